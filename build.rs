@@ -1,0 +1,2 @@
+// Same link setup as the solvers crate: see solvers/build.rs.
+include!("solvers/build.rs");

@@ -1,0 +1,153 @@
+//! The one loop that runs every sampler: it walks the grid, counts network evaluations,
+//! checks for non-finite values and reports each step.
+
+use crate::denoiser::Denoiser;
+use crate::error::{Result, SolverError};
+use crate::grid;
+use crate::noise::NoiseSource;
+use crate::sde::Sde;
+use tch::Tensor;
+
+/// What a sampler sees during one step from `sigmas[index]` to `sigmas[index + 1]`.
+pub struct StepCtx<'a> {
+    /// Step index, `0 .. steps`.
+    pub index: usize,
+    /// The whole grid (`steps + 1` levels ending in 0).
+    pub sigmas: &'a [f64],
+    /// The forward process, for samplers that step in its time `t` (Euler-Maruyama, PC).
+    pub sde: &'a dyn Sde,
+    /// Randomness, one generator per sample.
+    pub noise: &'a mut dyn NoiseSource,
+    /// Tensors a multistep sampler keeps between steps (emptied at the start of a run).
+    pub history: &'a mut Vec<Tensor>,
+    denoiser: &'a dyn Denoiser,
+    nfe: &'a mut usize,
+}
+
+impl StepCtx<'_> {
+    /// Current level `sigma_i`.
+    pub fn sigma(&self) -> f64 {
+        self.sigmas[self.index]
+    }
+    /// Next level `sigma_{i+1}`.
+    pub fn sigma_next(&self) -> f64 {
+        self.sigmas[self.index + 1]
+    }
+    /// Number of steps in the run.
+    pub fn steps(&self) -> usize {
+        self.sigmas.len() - 1
+    }
+    /// Whether this step ends at sigma = 0.
+    pub fn is_last(&self) -> bool {
+        self.sigma_next() == 0.0
+    }
+    /// `D(x; sigma)`, counted as one network evaluation.
+    pub fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        *self.nfe += 1;
+        self.denoiser.denoise(x, sigma)
+    }
+    /// The ODE derivative `dx/dsigma = (x - D(x; sigma)) / sigma` (one evaluation).
+    pub fn derivative(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        let d = self.denoise(x, sigma)?;
+        Ok((x - d) / sigma)
+    }
+}
+
+/// A sampler: one step of its update, in the scaled space `x / s(t)` with noise level sigma.
+pub trait Sampler {
+    /// The registry name, e.g. `heun`.
+    fn name(&self) -> &'static str;
+    /// Advance `x` from `ctx.sigma()` to `ctx.sigma_next()`.
+    fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor>;
+}
+
+/// Progress after each step.
+pub struct StepReport {
+    pub index: usize,
+    pub sigma: f64,
+    pub sigma_next: f64,
+    /// Network evaluations so far.
+    pub nfe: usize,
+}
+
+/// Options of a run.
+pub struct RunOptions {
+    /// Check for NaN/inf every this many steps (each check synchronizes with the device);
+    /// the final result is always checked. 0 checks only at the end.
+    pub check_every: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { check_every: 8 }
+    }
+}
+
+/// The result of a run.
+pub struct Outcome {
+    /// Samples at sigma = 0 (data space).
+    pub x: Tensor,
+    /// Network evaluations used.
+    pub nfe: usize,
+}
+
+fn all_finite(x: &Tensor) -> Result<bool> {
+    Ok(x.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0)
+}
+
+/// Run `sampler` over `sigmas` from `x`, which must already be at noise level `sigmas[0]` in the
+/// scaled space (e.g. `sigmas[0] * z`). `observer` sees each step's report and new `x`.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    sampler: &dyn Sampler,
+    denoiser: &dyn Denoiser,
+    sde: &dyn Sde,
+    sigmas: &[f64],
+    x: Tensor,
+    noise: &mut dyn NoiseSource,
+    options: &RunOptions,
+    observer: &mut dyn FnMut(&StepReport, &Tensor),
+) -> Result<Outcome> {
+    grid::validate(sigmas)?;
+    if !all_finite(&x)? {
+        return Err(SolverError::NonFinite {
+            step: 0,
+            sigma: sigmas[0],
+        });
+    }
+    let mut nfe = 0usize;
+    let mut history = Vec::new();
+    let mut x = x;
+    let steps = sigmas.len() - 1;
+    for index in 0..steps {
+        let mut ctx = StepCtx {
+            index,
+            sigmas,
+            sde,
+            noise: &mut *noise,
+            history: &mut history,
+            denoiser,
+            nfe: &mut nfe,
+        };
+        x = sampler.step(&mut ctx, x)?;
+        let last = index + 1 == steps;
+        if last || (options.check_every > 0 && (index + 1) % options.check_every == 0) {
+            if !all_finite(&x)? {
+                return Err(SolverError::NonFinite {
+                    step: index + 1,
+                    sigma: sigmas[index + 1],
+                });
+            }
+        }
+        observer(
+            &StepReport {
+                index,
+                sigma: sigmas[index],
+                sigma_next: sigmas[index + 1],
+                nfe,
+            },
+            &x,
+        );
+    }
+    Ok(Outcome { x, nfe })
+}

@@ -1,0 +1,144 @@
+//! Step grids: decreasing noise levels `sigma_0 = sigma_max > ... > sigma_{n-1} = sigma_min`,
+//! followed by `sigma_n = 0`, as f64 on the CPU. A grid of `n` steps has `n + 1` entries.
+
+use crate::error::{Result, SolverError};
+use crate::sde::{check_sigma_range, Sde};
+use serde::{Deserialize, Serialize};
+
+/// How the `n` nonzero noise levels are placed between `sigma_max` and `sigma_min`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum GridKind {
+    /// Karras et al. (2022), eq. 5: uniform in `sigma^(1/rho)`.
+    Karras {
+        #[serde(default = "default_rho")]
+        rho: f64,
+    },
+    /// Uniform in the SDE's time `t` (Song et al. 2021 for VP and VE).
+    UniformT,
+    /// Uniform in log-SNR, i.e. in `log sigma` (k-diffusion's `get_sigmas_exponential`).
+    LogSnr,
+    /// Polynomial in `t`: uniform in `t^(1/rho)` between `t(sigma_max)` and `t(sigma_min)`
+    /// (the Karras placement applied to time; equal to `karras` under the EDM SDE).
+    PolyT {
+        #[serde(default = "default_rho")]
+        rho: f64,
+    },
+}
+
+fn default_rho() -> f64 {
+    7.0
+}
+
+impl Default for GridKind {
+    fn default() -> Self {
+        GridKind::Karras { rho: 7.0 }
+    }
+}
+
+impl GridKind {
+    /// Parse a command-line name: `karras`, `uniform-t`, `log-snr`, `poly-t`.
+    pub fn from_name(name: &str, rho: f64) -> Result<Self> {
+        Ok(match name {
+            "karras" => GridKind::Karras { rho },
+            "uniform-t" => GridKind::UniformT,
+            "log-snr" => GridKind::LogSnr,
+            "poly-t" => GridKind::PolyT { rho },
+            other => {
+                return Err(SolverError::Grid(format!(
+                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t)"
+                )))
+            }
+        })
+    }
+}
+
+/// Interpolation fraction `i / (n - 1)`, 0 for a single step.
+fn frac(i: usize, n: usize) -> f64 {
+    if n <= 1 {
+        0.0
+    } else {
+        i as f64 / (n - 1) as f64
+    }
+}
+
+/// Build a grid of `steps` steps: `steps + 1` noise levels ending in 0.
+pub fn sigmas(
+    kind: &GridKind,
+    steps: usize,
+    sigma_min: f64,
+    sigma_max: f64,
+    sde: &dyn Sde,
+) -> Result<Vec<f64>> {
+    if steps == 0 {
+        return Err(SolverError::ZeroSteps(steps));
+    }
+    check_sigma_range(sigma_min, sigma_max)?;
+    let n = steps;
+    let mut out: Vec<f64> = match kind {
+        GridKind::Karras { rho } | GridKind::PolyT { rho } => {
+            if !(*rho > 0.0 && rho.is_finite()) {
+                return Err(SolverError::Parameter {
+                    name: "rho",
+                    value: *rho,
+                    why: "must be positive",
+                });
+            }
+            let (lo, hi, in_t) = match kind {
+                GridKind::Karras { .. } => (sigma_min, sigma_max, false),
+                _ => (sde.sigma_inv(sigma_min), sde.sigma_inv(sigma_max), true),
+            };
+            let (a, b) = (hi.powf(1.0 / rho), lo.powf(1.0 / rho));
+            (0..n)
+                .map(|i| {
+                    let v = (a + frac(i, n) * (b - a)).powf(*rho);
+                    if in_t {
+                        sde.sigma(v)
+                    } else {
+                        v
+                    }
+                })
+                .collect()
+        }
+        GridKind::UniformT => {
+            let (t_lo, t_hi) = (sde.sigma_inv(sigma_min), sde.sigma_inv(sigma_max));
+            (0..n)
+                .map(|i| sde.sigma(t_hi + frac(i, n) * (t_lo - t_hi)))
+                .collect()
+        }
+        GridKind::LogSnr => {
+            let (a, b) = (sigma_max.ln(), sigma_min.ln());
+            (0..n).map(|i| (a + frac(i, n) * (b - a)).exp()).collect()
+        }
+    };
+    // Pin the end points exactly (the round trip through t may move them by an ulp).
+    out[0] = sigma_max;
+    if n > 1 {
+        out[n - 1] = sigma_min;
+    }
+    out.push(0.0);
+    validate(&out)?;
+    Ok(out)
+}
+
+/// Check that a grid is usable by the samplers: finite, strictly decreasing, ending in 0.
+pub fn validate(sigmas: &[f64]) -> Result<()> {
+    if sigmas.len() < 2 {
+        return Err(SolverError::Grid(format!(
+            "need at least 2 levels, got {}",
+            sigmas.len()
+        )));
+    }
+    if *sigmas.last().unwrap() != 0.0 {
+        return Err(SolverError::Grid("the last level must be 0".into()));
+    }
+    for (i, w) in sigmas.windows(2).enumerate() {
+        if !(w[0].is_finite() && w[0] > w[1]) {
+            return Err(SolverError::Grid(format!(
+                "levels must be finite and strictly decreasing: sigma[{i}] = {} then {}",
+                w[0], w[1]
+            )));
+        }
+    }
+    Ok(())
+}

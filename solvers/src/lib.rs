@@ -1,0 +1,22 @@
+//! scoreflow-solvers: forward SDEs, step grids, the denoiser interface and the sampler library.
+//!
+//! A sampler knows a denoiser `D(x; sigma)`, a starting `x` and a decreasing grid of noise levels
+//! ending at 0. The SDE supplies the grid's placement, the prior's scale and, for the samplers
+//! that step in its time (Euler-Maruyama, predictor-corrector), `s(t)` and `sigma(t)`. No
+//! networks and no file formats live here.
+
+pub mod denoiser;
+pub mod driver;
+pub mod error;
+pub mod grid;
+pub mod noise;
+pub mod samplers;
+pub mod sde;
+
+pub use denoiser::{Counted, Denoiser, GaussianDenoiser, GaussianMixture};
+pub use driver::{run, Outcome, RunOptions, Sampler, StepCtx, StepReport};
+pub use error::{Result, SolverError};
+pub use grid::GridKind;
+pub use noise::{BrownianNoise, NoiseSource};
+pub use samplers::SamplerSpec;
+pub use sde::Sde;

@@ -1,0 +1,216 @@
+//! The sampler library: one file per sampler, all behind [`Sampler`](crate::driver::Sampler),
+//! and [`SamplerSpec`], the tagged configuration that builds them by name.
+
+pub mod ddim;
+pub mod ddpm;
+pub mod dpm2;
+pub mod dpmpp_2m;
+pub mod dpmpp_3m;
+pub mod edm_stochastic;
+pub mod euler;
+pub mod euler_ancestral;
+pub mod euler_maruyama;
+pub mod heun;
+pub mod lms;
+pub mod pc;
+
+use crate::driver::Sampler;
+use crate::error::{Result, SolverError};
+pub use ddpm::DdpmVariance;
+use serde::{Deserialize, Serialize};
+
+fn one() -> f64 {
+    1.0
+}
+fn inf() -> f64 {
+    f64::INFINITY
+}
+fn snr() -> f64 {
+    0.16
+}
+fn one_usize() -> usize {
+    1
+}
+fn four() -> usize {
+    4
+}
+
+/// A sampler and its parameters, as written in configs (`kind = "heun"`) and built by name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SamplerSpec {
+    Euler,
+    Heun,
+    EdmStochastic {
+        #[serde(default)]
+        s_churn: f64,
+        #[serde(default)]
+        s_tmin: f64,
+        #[serde(default = "inf")]
+        s_tmax: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
+    EulerMaruyama,
+    Ddim {
+        #[serde(default)]
+        eta: f64,
+    },
+    Ddpm {
+        #[serde(default)]
+        variance: DdpmVariance,
+    },
+    Pc {
+        #[serde(default = "snr")]
+        snr: f64,
+        #[serde(default = "one_usize")]
+        corrector_steps: usize,
+    },
+    #[serde(rename = "dpmpp-2m")]
+    DpmPp2M,
+    #[serde(rename = "dpmpp-3m")]
+    DpmPp3M,
+    EulerAncestral {
+        #[serde(default = "one")]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
+    Dpm2,
+    Lms {
+        #[serde(default = "four")]
+        order: usize,
+    },
+}
+
+/// Every registry name, in the order of the docs.
+pub const NAMES: &[&str] = &[
+    "euler",
+    "heun",
+    "edm-stochastic",
+    "euler-maruyama",
+    "ddim",
+    "ddpm",
+    "pc",
+    "dpmpp-2m",
+    "euler-ancestral",
+    "dpm2",
+    "lms",
+    "dpmpp-3m",
+];
+
+impl SamplerSpec {
+    /// The sampler of this name with its default parameters (EDM's churn defaults to 0,
+    /// which makes `edm-stochastic` deterministic: set `s_churn` for noise).
+    pub fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "euler" => SamplerSpec::Euler,
+            "heun" => SamplerSpec::Heun,
+            "edm-stochastic" => SamplerSpec::EdmStochastic {
+                s_churn: 0.0,
+                s_tmin: 0.0,
+                s_tmax: f64::INFINITY,
+                s_noise: 1.0,
+            },
+            "euler-maruyama" => SamplerSpec::EulerMaruyama,
+            "ddim" => SamplerSpec::Ddim { eta: 0.0 },
+            "ddpm" => SamplerSpec::Ddpm {
+                variance: DdpmVariance::Small,
+            },
+            "pc" => SamplerSpec::Pc {
+                snr: 0.16,
+                corrector_steps: 1,
+            },
+            "dpmpp-2m" => SamplerSpec::DpmPp2M,
+            "dpmpp-3m" => SamplerSpec::DpmPp3M,
+            "euler-ancestral" => SamplerSpec::EulerAncestral {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            "dpm2" => SamplerSpec::Dpm2,
+            "lms" => SamplerSpec::Lms { order: 4 },
+            other => {
+                return Err(SolverError::UnknownSampler {
+                    name: other.to_string(),
+                    known: NAMES.join(", "),
+                })
+            }
+        })
+    }
+
+    /// The registry name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SamplerSpec::Euler => "euler",
+            SamplerSpec::Heun => "heun",
+            SamplerSpec::EdmStochastic { .. } => "edm-stochastic",
+            SamplerSpec::EulerMaruyama => "euler-maruyama",
+            SamplerSpec::Ddim { .. } => "ddim",
+            SamplerSpec::Ddpm { .. } => "ddpm",
+            SamplerSpec::Pc { .. } => "pc",
+            SamplerSpec::DpmPp2M => "dpmpp-2m",
+            SamplerSpec::DpmPp3M => "dpmpp-3m",
+            SamplerSpec::EulerAncestral { .. } => "euler-ancestral",
+            SamplerSpec::Dpm2 => "dpm2",
+            SamplerSpec::Lms { .. } => "lms",
+        }
+    }
+
+    /// Whether the sampler draws noise (its output depends on the seed beyond the start).
+    pub fn is_stochastic(&self) -> bool {
+        match self {
+            SamplerSpec::EdmStochastic {
+                s_churn, s_noise, ..
+            } => *s_churn > 0.0 && *s_noise > 0.0,
+            SamplerSpec::EulerMaruyama | SamplerSpec::Ddpm { .. } | SamplerSpec::Pc { .. } => true,
+            SamplerSpec::Ddim { eta } => *eta > 0.0,
+            SamplerSpec::EulerAncestral { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
+            _ => false,
+        }
+    }
+
+    /// Network evaluations for `steps` steps (the driver counts them; this is for planning).
+    pub fn nfe(&self, steps: usize) -> usize {
+        match self {
+            SamplerSpec::Heun | SamplerSpec::EdmStochastic { .. } | SamplerSpec::Dpm2 => {
+                2 * steps - 1
+            }
+            SamplerSpec::Pc {
+                corrector_steps, ..
+            } => steps * (1 + corrector_steps),
+            _ => steps,
+        }
+    }
+
+    /// Build the sampler, validating the parameters.
+    pub fn build(&self) -> Result<Box<dyn Sampler>> {
+        Ok(match self {
+            SamplerSpec::Euler => Box::new(euler::Euler),
+            SamplerSpec::Heun => Box::new(heun::Heun),
+            SamplerSpec::EdmStochastic {
+                s_churn,
+                s_tmin,
+                s_tmax,
+                s_noise,
+            } => Box::new(edm_stochastic::EdmStochastic::new(
+                *s_churn, *s_tmin, *s_tmax, *s_noise,
+            )?),
+            SamplerSpec::EulerMaruyama => Box::new(euler_maruyama::EulerMaruyama),
+            SamplerSpec::Ddim { eta } => Box::new(ddim::Ddim::new(*eta)?),
+            SamplerSpec::Ddpm { variance } => Box::new(ddpm::Ddpm {
+                variance: *variance,
+            }),
+            SamplerSpec::Pc {
+                snr,
+                corrector_steps,
+            } => Box::new(pc::Pc::new(*snr, *corrector_steps)?),
+            SamplerSpec::DpmPp2M => Box::new(dpmpp_2m::DpmPp2M),
+            SamplerSpec::DpmPp3M => Box::new(dpmpp_3m::DpmPp3M),
+            SamplerSpec::EulerAncestral { eta, s_noise } => {
+                Box::new(euler_ancestral::EulerAncestral::new(*eta, *s_noise)?)
+            }
+            SamplerSpec::Dpm2 => Box::new(dpm2::Dpm2),
+            SamplerSpec::Lms { order } => Box::new(lms::Lms::new(*order)?),
+        })
+    }
+}

@@ -1,0 +1,194 @@
+//! SDE formulas, the DDPM map and grid properties.
+
+use scoreflow_solvers::grid::{self, GridKind};
+use scoreflow_solvers::sde::{DdpmChain, Edm, Sde, SubVp, Ve, VpCosine, VpLinear};
+
+fn all_sdes() -> Vec<Box<dyn Sde>> {
+    vec![
+        Box::new(Edm::default()),
+        Box::new(Ve::default()),
+        Box::new(VpLinear::default()),
+        Box::new(VpCosine::default()),
+        Box::new(SubVp::default()),
+    ]
+}
+
+#[test]
+fn sigma_inverse_round_trips() {
+    for sde in all_sdes() {
+        let (a, b) = sde.t_range();
+        for i in 0..=50 {
+            let t = a + (b - a) * i as f64 / 50.0;
+            let back = sde.sigma_inv(sde.sigma(t));
+            assert!(
+                (back - t).abs() <= 1e-9 * t.max(1.0),
+                "{}: t = {t}, sigma_inv(sigma(t)) = {back}",
+                sde.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn derivatives_match_finite_differences() {
+    for sde in all_sdes() {
+        let (a, b) = sde.t_range();
+        for i in 1..20 {
+            let t = a + (b - a) * i as f64 / 20.0;
+            let h = 1e-6 * t.max(1e-3);
+            let fd_sigma = (sde.sigma(t + h) - sde.sigma(t - h)) / (2.0 * h);
+            let fd_s = (sde.s(t + h) - sde.s(t - h)) / (2.0 * h);
+            let tol = |v: f64| 1e-5 * v.abs().max(1e-3);
+            assert!(
+                (fd_sigma - sde.sigma_deriv(t)).abs() < tol(fd_sigma),
+                "{} sigma'({t}): {} vs fd {fd_sigma}",
+                sde.name(),
+                sde.sigma_deriv(t)
+            );
+            assert!(
+                (fd_s - sde.s_deriv(t)).abs() < tol(fd_s) + 1e-9,
+                "{} s'({t}): {} vs fd {fd_s}",
+                sde.name(),
+                sde.s_deriv(t)
+            );
+        }
+    }
+}
+
+#[test]
+fn vp_marginal_variance_is_preserved_and_subvp_is_below() {
+    let vp = VpLinear::default();
+    let sub = SubVp::default();
+    for i in 1..=10 {
+        let t = i as f64 / 10.0;
+        // VP: s^2 (1 + sigma^2) = 1 (unit-variance data stays at unit variance).
+        let v = vp.s(t).powi(2) * (1.0 + vp.sigma(t).powi(2));
+        assert!((v - 1.0).abs() < 1e-12);
+        // sub-VP: the noise std is 1 - exp(-B(t)) (Song et al. 2021, eq. 34).
+        let std = sub.s(t) * sub.sigma(t);
+        assert!((std - (1.0 - (-vp.integral(t)).exp())).abs() < 1e-12);
+        assert!(std <= vp.s(t) * vp.sigma(t) + 1e-15);
+    }
+}
+
+#[test]
+fn cosine_schedule_matches_its_formula() {
+    let c = VpCosine::default();
+    let s0: f64 = 0.008;
+    let f = |t: f64| {
+        ((t + s0) / (1.0 + s0) * std::f64::consts::FRAC_PI_2)
+            .cos()
+            .powi(2)
+    };
+    for i in 0..=20 {
+        let t = 0.99 * i as f64 / 20.0;
+        let alpha_bar = f(t) / f(0.0);
+        assert!((c.s(t).powi(2) - alpha_bar).abs() < 1e-12, "t = {t}");
+        if t > 0.0 {
+            let sigma = (1.0 / alpha_bar - 1.0).sqrt();
+            assert!(
+                (c.sigma(t) - sigma).abs() < 1e-9 * sigma.max(1.0),
+                "t = {t}: {} vs {sigma}",
+                c.sigma(t)
+            );
+        }
+    }
+}
+
+#[test]
+fn ddpm_chain_maps_exactly_onto_vp() {
+    let vp = VpLinear::default();
+    let t_steps = 1000;
+    let chain = DdpmChain::from_vp(&vp, t_steps);
+    for (j, (ab, sigma)) in chain.alpha_bars().iter().zip(chain.sigmas()).enumerate() {
+        let t = (j + 1) as f64 / t_steps as f64;
+        assert!(
+            (ab - vp.s(t).powi(2)).abs() < 1e-12 * ab.max(1e-300).max(1e-3),
+            "step {j}"
+        );
+        assert!((sigma - vp.sigma(t)).abs() < 1e-9 * sigma, "step {j}");
+    }
+    // Ho et al.'s linear betas (1e-4 .. 0.02) are the VP SDE with beta_min = 0.1, beta_max = 20
+    // in the limit: the discrete and continuous alpha_bar agree to O(1/T).
+    let ho = DdpmChain::linear(t_steps, 1e-4, 0.02);
+    let ab = ho.alpha_bars();
+    for j in [99usize, 499, 999] {
+        let t = (j + 1) as f64 / t_steps as f64;
+        let rel = (ab[j] / vp.s(t).powi(2)).ln().abs();
+        assert!(
+            rel < 0.02 * vp.integral(t).max(1.0),
+            "step {j}: {} vs {}",
+            ab[j],
+            vp.s(t).powi(2)
+        );
+    }
+}
+
+#[test]
+fn grids_decrease_end_in_zero_and_hit_the_ends() {
+    let kinds = [
+        GridKind::Karras { rho: 7.0 },
+        GridKind::UniformT,
+        GridKind::LogSnr,
+        GridKind::PolyT { rho: 3.0 },
+    ];
+    for sde in all_sdes() {
+        let (lo, hi) = sde.default_sigma_range();
+        for kind in &kinds {
+            for steps in [1usize, 2, 5, 18, 100] {
+                let g = grid::sigmas(kind, steps, lo, hi, sde.as_ref()).unwrap();
+                assert_eq!(g.len(), steps + 1);
+                assert_eq!(g[steps], 0.0);
+                assert_eq!(g[0], hi);
+                if steps > 1 {
+                    assert_eq!(g[steps - 1], lo);
+                }
+                assert!(
+                    g.windows(2).all(|w| w[0] > w[1]),
+                    "{:?} {} {steps}: {g:?}",
+                    kind,
+                    sde.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn karras_grid_matches_eq5_and_uniform_t_is_uniform() {
+    let sde = Edm::default();
+    let g = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 18, 0.002, 80.0, &sde).unwrap();
+    for (i, s) in g[..18].iter().enumerate() {
+        let want = (80f64.powf(1.0 / 7.0)
+            + i as f64 / 17.0 * (0.002f64.powf(1.0 / 7.0) - 80f64.powf(1.0 / 7.0)))
+        .powf(7.0);
+        assert!((s - want).abs() < 1e-12 * want);
+    }
+    let vp = VpLinear::default();
+    let (lo, hi) = vp.default_sigma_range();
+    let g = grid::sigmas(&GridKind::UniformT, 10, lo, hi, &vp).unwrap();
+    let ts: Vec<f64> = g[..10].iter().map(|&s| vp.sigma_inv(s)).collect();
+    for w in ts.windows(2) {
+        assert!(((w[0] - w[1]) - (1.0 - 1e-3) / 9.0).abs() < 1e-9);
+    }
+    let g = grid::sigmas(&GridKind::LogSnr, 10, 0.01, 10.0, &sde).unwrap();
+    let r: Vec<f64> = g[..10].windows(2).map(|w| w[0] / w[1]).collect();
+    assert!(r.iter().all(|x| (x - r[0]).abs() < 1e-9));
+}
+
+#[test]
+fn bad_grid_input_is_an_error() {
+    let sde = Edm::default();
+    let k = GridKind::default();
+    assert!(grid::sigmas(&k, 0, 0.002, 80.0, &sde).is_err());
+    let e = grid::sigmas(&k, 10, 80.0, 0.002, &sde)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sigma_min"), "{e}");
+    assert!(grid::sigmas(&k, 10, 1.0, 1.0, &sde).is_err());
+    assert!(grid::sigmas(&k, 10, 0.0, 1.0, &sde).is_err());
+    assert!(grid::sigmas(&GridKind::Karras { rho: -1.0 }, 10, 0.1, 1.0, &sde).is_err());
+    assert!(grid::validate(&[1.0, 2.0, 0.0]).is_err());
+    assert!(grid::validate(&[2.0, 1.0]).is_err());
+    assert!(grid::validate(&[f64::NAN, 1.0, 0.0]).is_err());
+}

@@ -1,0 +1,130 @@
+//! `scoreflow bench`: how close each sampler runs to its floor, NFE x one denoiser call.
+//! A benchmark, not a test: it prints ratios measured in one run.
+
+use crate::job::{self, GridArgs};
+use crate::{device, model};
+use anyhow::{bail, Result};
+use clap::Args;
+use scoreflow_solvers::samplers::NAMES;
+use scoreflow_solvers::SamplerSpec;
+use std::time::Instant;
+use tch::Device;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// The model: builtin:gmm8, gmm:FILE.json or gaussian:FILE.json.
+    #[arg(long, default_value = "builtin:gmm8")]
+    pub denoiser: String,
+    /// Batch size.
+    #[arg(long, default_value_t = 4096)]
+    pub num: usize,
+    /// Steps per sampler run.
+    #[arg(long, default_value_t = 32)]
+    pub steps: usize,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Comma-separated sampler names (default: all).
+    #[arg(long)]
+    pub solvers: Option<String>,
+    #[command(flatten)]
+    pub grid: GridArgs,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Arithmetic precision: float32 or float64.
+    #[arg(long, default_value = "float32")]
+    pub dtype: String,
+}
+
+fn sync(d: Device) {
+    if let Device::Cuda(i) = d {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.reps == 0 || a.num == 0 || a.steps == 0 {
+        bail!("--reps, --num and --steps must be at least 1");
+    }
+    let names: Vec<String> = match &a.solvers {
+        Some(s) => s
+            .split(',')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect(),
+        None => NAMES.iter().map(|s| s.to_string()).collect(),
+    };
+    let specs: Vec<SamplerSpec> = names
+        .iter()
+        .map(|n| SamplerSpec::from_name(n))
+        .collect::<Result<_, _>>()?;
+    let sde = job::sde_from_name(&a.grid.sde)?;
+    let sigmas = a.grid.sigmas(sde.as_ref(), a.steps)?;
+    let dev = device::parse(&a.device)?;
+    let kind = job::kind_from_name(&a.dtype)?;
+    let model = model::parse(&a.denoiser, dev)?;
+    let den = model.denoiser();
+    let z = job::initial_noise(0, a.num, model.dim(), dev, kind);
+    let x = &z * 1.7;
+
+    // One denoiser call: warm up, then the median of many.
+    for _ in 0..5 {
+        let _ = den.denoise(&x, 1.0)?;
+    }
+    sync(dev);
+    let mut calls = Vec::new();
+    for _ in 0..(20 * a.reps).max(20) {
+        let t = Instant::now();
+        let _ = den.denoise(&x, 1.0)?;
+        sync(dev);
+        calls.push(t.elapsed().as_secs_f64());
+    }
+    let call = median(calls);
+    println!(
+        "denoiser {} at N = {}, {} on {}: one call {:.1} us (median)",
+        a.denoiser,
+        a.num,
+        a.dtype,
+        device::name(dev),
+        call * 1e6
+    );
+    println!(
+        "{:<16} {:>5} {:>12} {:>14} {:>8}",
+        "sampler", "nfe", "wall_ms", "nfe_x_call_ms", "ratio"
+    );
+    for spec in &specs {
+        let go = || -> Result<(f64, usize)> {
+            sync(dev);
+            let t = Instant::now();
+            let (_, nfe) =
+                job::run_from_noise(spec, den, sde.as_ref(), &sigmas, &z, 0, 0, &mut |_, _| {})?;
+            sync(dev);
+            Ok((t.elapsed().as_secs_f64(), nfe))
+        };
+        go()?; // warm-up
+        let mut walls = Vec::new();
+        let mut nfe = 0;
+        for _ in 0..a.reps {
+            let (w, n) = go()?;
+            walls.push(w);
+            nfe = n;
+        }
+        let wall = median(walls);
+        let floor = nfe as f64 * call;
+        println!(
+            "{:<16} {:>5} {:>12.3} {:>14.3} {:>8.3}",
+            spec.name(),
+            nfe,
+            wall * 1e3,
+            floor * 1e3,
+            wall / floor
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! `scoreflow compare`: every requested sampler at every step count on one exact model, from the
+//! same starting noise, measured against a reference solution of the probability-flow ODE.
+
+use crate::job::{self, GridArgs};
+use crate::{device, model, npy};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use scoreflow_solvers::{GaussianMixture, SamplerSpec};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+#[derive(Args)]
+pub struct CompareArgs {
+    /// The model: builtin:gmm8, gmm:FILE.json or gaussian:FILE.json.
+    #[arg(long, default_value = "builtin:gmm8")]
+    pub denoiser: String,
+    /// Comma-separated sampler names (default parameters).
+    #[arg(
+        long,
+        default_value = "euler,heun,dpm2,dpmpp-2m,dpmpp-3m,lms,euler-ancestral,ddpm,euler-maruyama"
+    )]
+    pub solvers: String,
+    /// Comma-separated step counts.
+    #[arg(long, default_value = "4,8,16,32,64,128")]
+    pub steps: String,
+    /// Number of samples.
+    #[arg(long, default_value_t = 2048)]
+    pub num: usize,
+    /// Seed of the starting noise and of the samplers' noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Steps of the reference solve (Heun on the same grid placement).
+    #[arg(long, default_value_t = 4096)]
+    pub reference_steps: usize,
+    #[command(flatten)]
+    pub grid: GridArgs,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Arithmetic precision: float32 or float64.
+    #[arg(long, default_value = "float64")]
+    pub dtype: String,
+    /// Folder for results.csv and error_vs_nfe.svg.
+    #[arg(long, default_value = "out/compare")]
+    pub out_dir: PathBuf,
+}
+
+/// One cell of the comparison.
+pub struct Row {
+    pub sampler: String,
+    pub steps: usize,
+    pub nfe: usize,
+    /// RMS over samples of the distance to the reference ODE solution (deterministic samplers).
+    pub rms: Option<f64>,
+    pub max: Option<f64>,
+    /// Total-variation distance between the sample's mode weights and the mixture's.
+    pub mode_tv: Option<f64>,
+    pub seconds: f64,
+}
+
+fn parse_list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
+    s.split(',')
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            v.parse::<T>()
+                .map_err(|_| anyhow::anyhow!("invalid {what} '{v}'"))
+        })
+        .collect()
+}
+
+/// Total-variation distance between empirical mode weights of `x` and the mixture's weights.
+pub fn mode_tv(gmm: &GaussianMixture, x: &Tensor) -> Result<f64> {
+    let k = gmm.components() as i64;
+    let n = x.size()[0] as f64;
+    let counts = gmm
+        .assign(x)?
+        .bincount(None::<Tensor>, k)
+        .to_kind(Kind::Double)
+        .to_device(tch::Device::Cpu)
+        / n;
+    let w = Tensor::from_slice(&gmm.weights);
+    Ok(0.5 * (counts - w).abs().sum(Kind::Double).double_value(&[]))
+}
+
+pub fn run(a: CompareArgs) -> Result<()> {
+    let names: Vec<String> = a
+        .solvers
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if names.is_empty() {
+        bail!("--solvers lists no sampler");
+    }
+    let specs: Vec<SamplerSpec> = names
+        .iter()
+        .map(|n| SamplerSpec::from_name(n))
+        .collect::<Result<_, _>>()?;
+    let steps: Vec<usize> = parse_list(&a.steps, "step count")?;
+    if steps.is_empty() || steps.contains(&0) {
+        bail!("--steps needs step counts of at least 1");
+    }
+    if a.num == 0 {
+        bail!("--num must be at least 1");
+    }
+    let sde = job::sde_from_name(&a.grid.sde)?;
+    for &n in &steps {
+        a.grid.sigmas(sde.as_ref(), n)?;
+    }
+    let dev = device::parse(&a.device)?;
+    let kind = job::kind_from_name(&a.dtype)?;
+    let model = model::parse(&a.denoiser, dev)?;
+    std::fs::create_dir_all(&a.out_dir)
+        .with_context(|| format!("cannot create {}", a.out_dir.display()))?;
+
+    let z = job::initial_noise(a.seed, a.num, model.dim(), dev, kind);
+    let den = model.denoiser();
+    let t0 = Instant::now();
+    let ref_sigmas = a.grid.sigmas(sde.as_ref(), a.reference_steps)?;
+    let (reference, _) = job::run_from_noise(
+        &SamplerSpec::Heun,
+        den,
+        sde.as_ref(),
+        &ref_sigmas,
+        &z,
+        a.seed,
+        0,
+        &mut |_, _| {},
+    )?;
+    eprintln!(
+        "reference: heun, {} steps, {:.1} s",
+        a.reference_steps,
+        t0.elapsed().as_secs_f64()
+    );
+    let fresh_tv = match model.mixture() {
+        Some(gmm) => Some(mode_tv(gmm, &gmm.sample(a.num, a.seed ^ 0xF2E5, dev))?),
+        None => None,
+    };
+
+    let mut rows = Vec::new();
+    for spec in &specs {
+        for &n in &steps {
+            let sigmas = a.grid.sigmas(sde.as_ref(), n)?;
+            let t = Instant::now();
+            let (x, nfe) = job::run_from_noise(
+                spec,
+                den,
+                sde.as_ref(),
+                &sigmas,
+                &z,
+                a.seed,
+                0,
+                &mut |_, _| {},
+            )?;
+            let seconds = t.elapsed().as_secs_f64();
+            let (rms, max) = if spec.is_stochastic() {
+                (None, None)
+            } else {
+                let dist = (&x - &reference)
+                    .square()
+                    .sum_dim_intlist(1, false, Kind::Double)
+                    .sqrt();
+                (
+                    Some(dist.square().mean(Kind::Double).sqrt().double_value(&[])),
+                    Some(dist.max().double_value(&[])),
+                )
+            };
+            let mode_tv = match model.mixture() {
+                Some(gmm) => Some(mode_tv(gmm, &x)?),
+                None => None,
+            };
+            rows.push(Row {
+                sampler: spec.name().to_string(),
+                steps: n,
+                nfe,
+                rms,
+                max,
+                mode_tv,
+                seconds,
+            });
+        }
+    }
+    print!("{}", table(&rows));
+    if let Some(tv) = fresh_tv {
+        println!(
+            "mode-weight TV of {} fresh exact samples (the sampling-noise floor): {tv:.4}",
+            a.num
+        );
+    }
+    let csv = a.out_dir.join("results.csv");
+    write_atomic(&csv, &to_csv(&rows))?;
+    let svg = a.out_dir.join("error_vs_nfe.svg");
+    plot(&svg, &rows, fresh_tv, &a.denoiser)?;
+    println!("results: {}", csv.display());
+    println!("plot: {}", svg.display());
+    Ok(())
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.3e}")).unwrap_or_else(|| "-".into())
+}
+
+pub fn table(rows: &[Row]) -> String {
+    let mut s = format!(
+        "{:<16} {:>6} {:>6} {:>11} {:>11} {:>8} {:>9}\n",
+        "sampler", "steps", "nfe", "rms_error", "max_error", "mode_tv", "seconds"
+    );
+    for r in rows {
+        let tv = r
+            .mode_tv
+            .map(|v| format!("{v:.4}"))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            s,
+            "{:<16} {:>6} {:>6} {:>11} {:>11} {:>8} {:>9.4}",
+            r.sampler,
+            r.steps,
+            r.nfe,
+            fmt_opt(r.rms),
+            fmt_opt(r.max),
+            tv,
+            r.seconds
+        );
+    }
+    s
+}
+
+fn to_csv(rows: &[Row]) -> String {
+    let o = |v: Option<f64>| v.map(|v| format!("{v:e}")).unwrap_or_default();
+    let mut s = String::from("sampler,steps,nfe,rms_error,max_error,mode_tv,seconds\n");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{},{}",
+            r.sampler,
+            r.steps,
+            r.nfe,
+            o(r.rms),
+            o(r.max),
+            o(r.mode_tv),
+            r.seconds
+        );
+    }
+    s
+}
+
+/// Write a text file through a temporary sibling and a rename.
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = npy::temp_path(path);
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            anyhow::anyhow!("cannot write {}: {e}", path.display())
+        })
+}
+
+fn plot(path: &Path, rows: &[Row], fresh_tv: Option<f64>, title: &str) -> Result<()> {
+    use plotters::prelude::*;
+    let tmp = npy::temp_path(path);
+    let result = (|| -> Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(&tmp, (1200, 520)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let panels = root.split_evenly((1, 2));
+        let samplers: Vec<&str> = {
+            let mut v: Vec<&str> = rows.iter().map(|r| r.sampler.as_str()).collect();
+            v.dedup();
+            v
+        };
+        let nfe_max = rows.iter().map(|r| r.nfe).max().unwrap_or(1).max(2) as f64;
+        let panel = |area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+                     caption: &str,
+                     ylabel: &str,
+                     get: &dyn Fn(&Row) -> Option<f64>,
+                     floor: Option<f64>|
+         -> Result<(), Box<dyn std::error::Error>> {
+            let vals: Vec<f64> = rows
+                .iter()
+                .filter_map(get)
+                .filter(|v| *v > 0.0)
+                .chain(floor)
+                .collect();
+            if vals.is_empty() {
+                return Ok(());
+            }
+            let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min) / 2.0;
+            let hi = vals.iter().cloned().fold(0.0, f64::max) * 2.0;
+            let mut chart = ChartBuilder::on(area)
+                .caption(caption, ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(70)
+                .build_cartesian_2d((1.0f64..nfe_max * 1.5).log_scale(), (lo..hi).log_scale())?;
+            chart.configure_mesh().x_desc("NFE").y_desc(ylabel).draw()?;
+            for (i, s) in samplers.iter().enumerate() {
+                let pts: Vec<(f64, f64)> = rows
+                    .iter()
+                    .filter(|r| r.sampler == *s)
+                    .filter_map(|r| get(r).filter(|v| *v > 0.0).map(|v| (r.nfe as f64, v)))
+                    .collect();
+                if pts.is_empty() {
+                    continue;
+                }
+                let color = Palette99::pick(i).to_rgba();
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                    .label(*s)
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                    });
+                chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
+            }
+            if let Some(f) = floor {
+                chart
+                    .draw_series(LineSeries::new(
+                        vec![(1.0, f), (nfe_max * 1.5, f)],
+                        BLACK.mix(0.5).stroke_width(1),
+                    ))?
+                    .label("fresh data (noise floor)")
+                    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.5)));
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::LowerLeft)
+                .draw()?;
+            Ok(())
+        };
+        panel(
+            &panels[0],
+            &format!("{title}: error vs reference ODE solution"),
+            "RMS error",
+            &|r| r.rms,
+            None,
+        )?;
+        panel(
+            &panels[1],
+            "mode-weight error (total variation)",
+            "TV distance",
+            &|r| r.mode_tv,
+            fresh_tv,
+        )?;
+        root.present()?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            bail!("cannot draw {}: {e}", path.display())
+        }
+    }
+}

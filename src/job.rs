@@ -1,0 +1,230 @@
+//! What every command shares: building the SDE, grid and sampler from options, and running a
+//! sampler from given standard-normal noise.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use scoreflow_solvers::noise::BrownianNoise;
+use scoreflow_solvers::samplers::DdpmVariance;
+use scoreflow_solvers::sde::{Edm, Sde, SubVp, Ve, VpCosine, VpLinear};
+use scoreflow_solvers::{grid, run, Denoiser, GridKind, RunOptions, SamplerSpec, StepReport};
+use tch::{Kind, Tensor};
+
+/// The forward process by name.
+pub fn sde_from_name(name: &str) -> Result<Box<dyn Sde>> {
+    Ok(match name {
+        "edm" => Box::new(Edm::default()),
+        "ve" => Box::new(Ve::default()),
+        "vp" => Box::new(VpLinear::default()),
+        "vp-cosine" => Box::new(VpCosine::default()),
+        "subvp" => Box::new(SubVp::default()),
+        _ => bail!("unknown SDE '{name}' (known: edm, ve, vp, vp-cosine, subvp)"),
+    })
+}
+
+/// `--dtype float32|float64`.
+pub fn kind_from_name(name: &str) -> Result<Kind> {
+    Ok(match name {
+        "float32" | "f32" => Kind::Float,
+        "float64" | "f64" => Kind::Double,
+        _ => bail!("unknown dtype '{name}' (expected float32 or float64)"),
+    })
+}
+
+/// The noise-level grid options shared by the commands.
+#[derive(Args, Clone, Debug)]
+pub struct GridArgs {
+    /// Smallest nonzero noise level.
+    #[arg(long, default_value_t = 0.002)]
+    pub sigma_min: f64,
+    /// Largest noise level (where sampling starts).
+    #[arg(long, default_value_t = 80.0)]
+    pub sigma_max: f64,
+    /// Exponent of the karras and poly-t grids.
+    #[arg(long, default_value_t = 7.0)]
+    pub rho: f64,
+    /// Grid placement: karras, uniform-t, log-snr or poly-t.
+    #[arg(long, default_value = "karras")]
+    pub grid: String,
+    /// Forward process: edm, ve, vp, vp-cosine or subvp.
+    #[arg(long, default_value = "edm")]
+    pub sde: String,
+}
+
+impl GridArgs {
+    pub fn kind(&self) -> Result<GridKind> {
+        Ok(GridKind::from_name(&self.grid, self.rho)?)
+    }
+    pub fn sigmas(&self, sde: &dyn Sde, steps: usize) -> Result<Vec<f64>> {
+        Ok(grid::sigmas(
+            &self.kind()?,
+            steps,
+            self.sigma_min,
+            self.sigma_max,
+            sde,
+        )?)
+    }
+}
+
+/// Sampler parameters; each applies only to the samplers that have it.
+#[derive(Args, Clone, Debug, Default)]
+pub struct SamplerArgs {
+    /// ddim, euler-ancestral: noise fraction (0 = deterministic).
+    #[arg(long)]
+    pub eta: Option<f64>,
+    /// edm-stochastic: S_churn.
+    #[arg(long)]
+    pub s_churn: Option<f64>,
+    /// edm-stochastic: S_tmin.
+    #[arg(long)]
+    pub s_tmin: Option<f64>,
+    /// edm-stochastic: S_tmax.
+    #[arg(long)]
+    pub s_tmax: Option<f64>,
+    /// edm-stochastic, euler-ancestral: S_noise.
+    #[arg(long)]
+    pub s_noise: Option<f64>,
+    /// pc: signal-to-noise ratio of the Langevin corrector.
+    #[arg(long)]
+    pub snr: Option<f64>,
+    /// pc: corrector steps per level.
+    #[arg(long)]
+    pub corrector_steps: Option<usize>,
+    /// ddpm: reverse variance, small (posterior) or large (beta).
+    #[arg(long)]
+    pub variance: Option<String>,
+    /// lms: order (1 to 4).
+    #[arg(long)]
+    pub order: Option<usize>,
+}
+
+impl SamplerArgs {
+    /// The sampler `name` with these parameters applied; a parameter the sampler does not have
+    /// is an error.
+    pub fn spec(&self, name: &str) -> Result<SamplerSpec> {
+        let mut spec = SamplerSpec::from_name(name)?;
+        let mut used = Vec::new();
+        match &mut spec {
+            SamplerSpec::Ddim { eta } => {
+                if let Some(v) = self.eta {
+                    *eta = v;
+                    used.push("eta");
+                }
+            }
+            SamplerSpec::EulerAncestral { eta, s_noise } => {
+                if let Some(v) = self.eta {
+                    *eta = v;
+                    used.push("eta");
+                }
+                if let Some(v) = self.s_noise {
+                    *s_noise = v;
+                    used.push("s-noise");
+                }
+            }
+            SamplerSpec::EdmStochastic {
+                s_churn,
+                s_tmin,
+                s_tmax,
+                s_noise,
+            } => {
+                for (flag, src, dst) in [
+                    ("s-churn", self.s_churn, s_churn),
+                    ("s-tmin", self.s_tmin, s_tmin),
+                    ("s-tmax", self.s_tmax, s_tmax),
+                    ("s-noise", self.s_noise, s_noise),
+                ] {
+                    if let Some(v) = src {
+                        *dst = v;
+                        used.push(flag);
+                    }
+                }
+            }
+            SamplerSpec::Pc {
+                snr,
+                corrector_steps,
+            } => {
+                if let Some(v) = self.snr {
+                    *snr = v;
+                    used.push("snr");
+                }
+                if let Some(v) = self.corrector_steps {
+                    *corrector_steps = v;
+                    used.push("corrector-steps");
+                }
+            }
+            SamplerSpec::Ddpm { variance } => {
+                if let Some(v) = &self.variance {
+                    *variance = v.parse::<DdpmVariance>()?;
+                    used.push("variance");
+                }
+            }
+            SamplerSpec::Lms { order } => {
+                if let Some(v) = self.order {
+                    *order = v;
+                    used.push("order");
+                }
+            }
+            _ => {}
+        }
+        let given = [
+            ("eta", self.eta.is_some()),
+            ("s-churn", self.s_churn.is_some()),
+            ("s-tmin", self.s_tmin.is_some()),
+            ("s-tmax", self.s_tmax.is_some()),
+            ("s-noise", self.s_noise.is_some()),
+            ("snr", self.snr.is_some()),
+            ("corrector-steps", self.corrector_steps.is_some()),
+            ("variance", self.variance.is_some()),
+            ("order", self.order.is_some()),
+        ];
+        for (flag, present) in given {
+            if present && !used.contains(&flag) {
+                bail!("--{flag} does not apply to the {name} sampler");
+            }
+        }
+        spec.build()?; // validate the values now, before any work
+        Ok(spec)
+    }
+}
+
+/// Run `spec` from standard normals `z` (`[N, d]`, on the target device and kind): the start is
+/// `sigma_max z`; stochastic samplers draw from per-sample Brownian paths of `seed`, with sample
+/// indices starting at `first`.
+pub fn run_from_noise(
+    spec: &SamplerSpec,
+    den: &dyn Denoiser,
+    sde: &dyn Sde,
+    sigmas: &[f64],
+    z: &Tensor,
+    seed: u64,
+    first: u64,
+    observer: &mut dyn FnMut(&StepReport, &Tensor),
+) -> Result<(Tensor, usize)> {
+    let size = z.size();
+    let span = sigmas[0].max(sde.time_of(sigmas[0])).max(sde.t_range().1) * 1.001 + 1e-3;
+    let mut noise = BrownianNoise::new(
+        seed,
+        first,
+        size[0] as usize,
+        &size[1..],
+        span,
+        z.device(),
+        z.kind(),
+    );
+    let sampler = spec.build()?;
+    let out = run(
+        sampler.as_ref(),
+        den,
+        sde,
+        sigmas,
+        z * sigmas[0],
+        &mut noise,
+        &RunOptions::default(),
+        observer,
+    )?;
+    Ok((out.x, out.nfe))
+}
+
+/// Standard-normal starting noise: `n` samples of dimension `d` from per-sample generators.
+pub fn initial_noise(seed: u64, n: usize, d: usize, device: tch::Device, kind: Kind) -> Tensor {
+    BrownianNoise::new(seed, 0, n, &[d as i64], 1.0, device, kind).initial()
+}

@@ -1,0 +1,14 @@
+//! scoreflow: continuous-time diffusion models on libtorch.
+//!
+//! The solver core (SDEs, grids, denoisers, samplers) lives in the `scoreflow-solvers` crate,
+//! re-exported here as [`solvers`]. This crate adds models named on the command line, file
+//! formats and the commands.
+
+pub use scoreflow_solvers as solvers;
+
+pub mod bench;
+pub mod compare;
+pub mod device;
+pub mod job;
+pub mod model;
+pub mod npy;

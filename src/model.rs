@@ -1,0 +1,104 @@
+//! Exact models named on the command line: `gmm:FILE.json`, `gaussian:FILE.json`, or a
+//! built-in (`builtin:gmm8`).
+
+use anyhow::{bail, Context, Result};
+use scoreflow_solvers::{Denoiser, GaussianDenoiser, GaussianMixture};
+use serde::Deserialize;
+use std::path::Path;
+use tch::Device;
+
+/// A mixture file: `{"weights": [..], "means": [[..], ..], "stds": [..]}`, each std a scalar or
+/// a per-dimension list.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixtureFile {
+    pub weights: Vec<f64>,
+    pub means: Vec<Vec<f64>>,
+    pub stds: Vec<StdEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum StdEntry {
+    Scalar(f64),
+    PerDim(Vec<f64>),
+}
+
+/// A Gaussian file: `{"mean": [..], "covariance": [[..], ..]}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GaussianFile {
+    pub mean: Vec<f64>,
+    #[serde(alias = "cov")]
+    pub covariance: Vec<Vec<f64>>,
+}
+
+/// An exact model: what it is and its denoiser.
+pub enum ExactModel {
+    Mixture(GaussianMixture),
+    Gaussian(GaussianDenoiser),
+}
+
+impl ExactModel {
+    pub fn dim(&self) -> usize {
+        match self {
+            ExactModel::Mixture(m) => m.dim(),
+            ExactModel::Gaussian(g) => g.dim(),
+        }
+    }
+    pub fn denoiser(&self) -> &dyn Denoiser {
+        match self {
+            ExactModel::Mixture(m) => m,
+            ExactModel::Gaussian(g) => g,
+        }
+    }
+    pub fn mixture(&self) -> Option<&GaussianMixture> {
+        match self {
+            ExactModel::Mixture(m) => Some(m),
+            ExactModel::Gaussian(_) => None,
+        }
+    }
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, what: &str) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {what} file {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{what} file {} is not valid", path.display()))
+}
+
+/// The built-in 2-D test problem `gmm8`: 8 equal-weight modes of std 0.2 on a circle of radius 2.
+pub fn builtin_gmm8(device: Device) -> Result<GaussianMixture> {
+    Ok(GaussianMixture::ring(8, 2.0, 0.2, device)?)
+}
+
+pub fn load_mixture(path: &Path, device: Device) -> Result<GaussianMixture> {
+    let f: MixtureFile = read_json(path, "mixture")?;
+    let stds = f
+        .stds
+        .into_iter()
+        .map(|s| match s {
+            StdEntry::Scalar(v) => vec![v],
+            StdEntry::PerDim(v) => v,
+        })
+        .collect();
+    GaussianMixture::new(f.weights, f.means, stds, device)
+        .with_context(|| format!("mixture file {}", path.display()))
+}
+
+pub fn load_gaussian(path: &Path, device: Device) -> Result<GaussianDenoiser> {
+    let f: GaussianFile = read_json(path, "Gaussian")?;
+    GaussianDenoiser::new(f.mean, f.covariance, device)
+        .with_context(|| format!("Gaussian file {}", path.display()))
+}
+
+/// Parse `--denoiser`.
+pub fn parse(spec: &str, device: Device) -> Result<ExactModel> {
+    let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
+    Ok(match kind {
+        "gmm" if !arg.is_empty() => ExactModel::Mixture(load_mixture(Path::new(arg), device)?),
+        "gaussian" if !arg.is_empty() => ExactModel::Gaussian(load_gaussian(Path::new(arg), device)?),
+        "builtin" if arg == "gmm8" => ExactModel::Mixture(builtin_gmm8(device)?),
+        _ => bail!("unknown denoiser '{spec}' (expected gmm:FILE.json, gaussian:FILE.json or builtin:gmm8)"),
+    })
+}

@@ -1,0 +1,86 @@
+//! Reading and writing `.npy` matrices, validated and written atomically.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// Read a float32 or float64 `.npy` array as an f64 tensor on the CPU, checking the file fully
+/// (header, dtype, length). Shape checks are the caller's.
+pub fn read(path: &Path) -> Result<Tensor> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let npy = npyz::NpyFile::new(&bytes[..])
+        .map_err(|e| anyhow::anyhow!("{} is not a valid .npy file: {e}", path.display()))?;
+    if npy.order() != npyz::Order::C {
+        bail!(
+            "{}: Fortran-ordered arrays are not supported",
+            path.display()
+        );
+    }
+    let shape: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
+    let dtype = npy.dtype().descr();
+    let data: Vec<f64> = match dtype.trim_start_matches(['<', '=', '|']) {
+        "f8" => npy.into_vec::<f64>(),
+        "f4" => npy
+            .into_vec::<f32>()
+            .map(|v| v.into_iter().map(f64::from).collect()),
+        other => bail!(
+            "{}: expected float32 or float64 data, found dtype '{other}'",
+            path.display()
+        ),
+    }
+    .map_err(|e| anyhow::anyhow!("{} is corrupt or truncated: {e}", path.display()))?;
+    let numel: i64 = shape.iter().product();
+    if data.len() as i64 != numel {
+        bail!(
+            "{} is corrupt: {} values for shape {:?}",
+            path.display(),
+            data.len(),
+            shape
+        );
+    }
+    Ok(Tensor::from_slice(&data).view(shape.as_slice()))
+}
+
+/// Read an `[N, d]` matrix of finite values.
+pub fn read_matrix(path: &Path, d: usize, what: &str) -> Result<Tensor> {
+    let t = read(path)?;
+    let size = t.size();
+    if size.len() != 2 || size[1] != d as i64 || size[0] == 0 {
+        bail!(
+            "{what} {} has shape {:?}, expected [N, {d}] with N >= 1",
+            path.display(),
+            size
+        );
+    }
+    if t.isfinite().all().int64_value(&[]) == 0 {
+        bail!("{what} {} contains NaN or infinite values", path.display());
+    }
+    Ok(t)
+}
+
+/// A temporary sibling of `path` that is renamed over it once complete.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.partial", std::process::id()))
+}
+
+/// Write `t` as a float32 `.npy` atomically: a temporary file in the same folder, then a rename,
+/// so a reader never sees a half-written file.
+pub fn write_f32(path: &Path, t: &Tensor) -> Result<()> {
+    let tmp = temp_path(path);
+    let result = t
+        .to_device(tch::Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous()
+        .write_npy(&tmp)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(anyhow::Error::from));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
