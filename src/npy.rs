@@ -17,7 +17,7 @@ pub fn read(path: &Path) -> Result<Tensor> {
         );
     }
     let shape: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
-    let dtype = npy.dtype().descr();
+    let dtype = npy.dtype().descr().trim_matches('\'').to_string();
     let data: Vec<f64> = match dtype.trim_start_matches(['<', '=', '|']) {
         "f8" => npy.into_vec::<f64>(),
         "f4" => npy

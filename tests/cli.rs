@@ -1,0 +1,473 @@
+//! The `scoreflow` command as a user runs it: outputs, the JSON line, and bad input answered
+//! with a one-line error, exit code 2 and no output file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_scoreflow"))
+}
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("run scoreflow")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Write a float .npy with a valid header and `values` (f64 `<f8` or f32 `<f4`).
+fn write_npy(path: &Path, shape: &[usize], values: &[f64], f32: bool) {
+    let shape_s = match shape.len() {
+        1 => format!("({},)", shape[0]),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let descr = if f32 { "<f4" } else { "<f8" };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in values {
+        if f32 {
+            bytes.extend_from_slice(&(*v as f32).to_le_bytes());
+        } else {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn read_f32_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    assert_eq!(npy.dtype().descr().trim_matches('\''), "<f4");
+    let shape = npy.shape().iter().map(|&d| d as usize).collect();
+    (shape, npy.into_vec::<f32>().unwrap())
+}
+
+fn assert_bad(args: &[&str], needle: &str, out: &Path) {
+    let o = run(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "args {args:?}: stderr {err}");
+    assert!(
+        err.to_lowercase().contains(&needle.to_lowercase()),
+        "args {args:?}: expected '{needle}' in: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.exists(), "args {args:?} left an output file");
+    let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn sample_writes_float32_samples_and_a_json_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.npy");
+    let gmm = repo("experiments/gmm8.json");
+    let o = run(&[
+        "sample",
+        "--denoiser",
+        &format!("gmm:{}", gmm.display()),
+        "--solver",
+        "heun",
+        "--steps",
+        "18",
+        "--num",
+        "300",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON line");
+    assert_eq!(line["solver"], "heun");
+    assert_eq!(line["steps"], 18);
+    assert_eq!(line["nfe"], 35);
+    assert_eq!(line["device"], "cpu");
+    assert!(line["seconds"].as_f64().unwrap() >= 0.0);
+    let (shape, x) = read_f32_npy(&out);
+    assert_eq!(shape, vec![300, 2]);
+    // Every sample lands near the ring of radius 2 where the mixture lives.
+    for p in x.chunks(2) {
+        let r = (p[0] * p[0] + p[1] * p[1]).sqrt();
+        assert!((r - 2.0).abs() < 1.2, "sample {p:?} off the ring");
+    }
+}
+
+#[test]
+fn noise_files_in_float32_and_float64_give_the_same_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let z: Vec<f64> = (0..40).map(|i| ((i as f64) * 0.37).sin() * 1.3).collect();
+    let (n32, n64) = (dir.path().join("z32.npy"), dir.path().join("z64.npy"));
+    write_npy(&n32, &[20, 2], &z, true);
+    write_npy(&n64, &[20, 2], &z, false);
+    let g = format!("gaussian:{}", repo("experiments/gauss2.json").display());
+    let mut outs = Vec::new();
+    for (i, noise) in [&n32, &n64].iter().enumerate() {
+        let out = dir.path().join(format!("o{i}.npy"));
+        let o = run(&[
+            "sample",
+            "--denoiser",
+            &g,
+            "--solver",
+            "dpmpp-2m",
+            "--steps",
+            "12",
+            "--noise",
+            noise.to_str().unwrap(),
+            "--sde",
+            "vp",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float64",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        outs.push(read_f32_npy(&out).1);
+    }
+    let diff = outs[0]
+        .iter()
+        .zip(&outs[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "float32 vs float64 noise: {diff}");
+}
+
+#[test]
+fn stochastic_samples_do_not_depend_on_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = "builtin:gmm8";
+    let mut outs = Vec::new();
+    for num in ["5", "40"] {
+        let out = dir.path().join(format!("a{num}.npy"));
+        let o = run(&[
+            "sample",
+            "--denoiser",
+            g,
+            "--solver",
+            "euler-ancestral",
+            "--steps",
+            "20",
+            "--num",
+            num,
+            "--seed",
+            "11",
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        outs.push(read_f32_npy(&out).1);
+    }
+    assert_eq!(&outs[0][..], &outs[1][..10]);
+}
+
+#[test]
+fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.npy");
+    let o = out.to_str().unwrap();
+    let d = dir.path();
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["sample", "--device", "cpu", "--out", o]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let check = |extra: &[&str], needle: &str| {
+        let args = base(extra);
+        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        assert_bad(&refs, needle, &out);
+    };
+    let good = ["--denoiser", "builtin:gmm8", "--num", "4"];
+    check(
+        &[&good[..], &["--solver", "nope", "--steps", "4"]].concat(),
+        "unknown sampler",
+    );
+    check(
+        &[&good[..], &["--solver", "heun", "--steps", "0"]].concat(),
+        "steps",
+    );
+    check(
+        &[
+            &good[..],
+            &[
+                "--solver",
+                "heun",
+                "--steps",
+                "4",
+                "--sigma-min",
+                "80",
+                "--sigma-max",
+                "1",
+            ],
+        ]
+        .concat(),
+        "sigma_min",
+    );
+    check(
+        &[
+            &good[..],
+            &[
+                "--solver",
+                "heun",
+                "--steps",
+                "4",
+                "--sigma-min",
+                "5",
+                "--sigma-max",
+                "5",
+            ],
+        ]
+        .concat(),
+        "sigma_min",
+    );
+    check(
+        &[
+            &good[..],
+            &["--solver", "heun", "--steps", "4", "--eta", "0.5"],
+        ]
+        .concat(),
+        "--eta does not apply",
+    );
+    check(
+        &[
+            &good[..],
+            &["--solver", "heun", "--steps", "4", "--sde", "nope"],
+        ]
+        .concat(),
+        "unknown SDE",
+    );
+    let args = [
+        "sample",
+        "--denoiser",
+        "builtin:gmm8",
+        "--num",
+        "4",
+        "--solver",
+        "heun",
+        "--steps",
+        "4",
+        "--device",
+        "quantum",
+        "--out",
+        o,
+    ];
+    assert_bad(&args, "unknown device", &out);
+    check(
+        &[&good[..], &["--solver", "heun", "--steps", "4", "--bogus"]].concat(),
+        "unexpected argument",
+    );
+
+    // Noise files: wrong shape, wrong dtype, truncated, garbage, missing, NaN.
+    let wrong = d.join("wrong.npy");
+    write_npy(&wrong, &[4, 3], &[0.0; 12], false);
+    let flat = d.join("flat.npy");
+    write_npy(&flat, &[8], &[0.0; 8], false);
+    let trunc = d.join("trunc.npy");
+    write_npy(&trunc, &[4, 2], &[0.0; 8], false);
+    let bytes = std::fs::read(&trunc).unwrap();
+    std::fs::write(&trunc, &bytes[..bytes.len() - 5]).unwrap();
+    let garbage = d.join("garbage.npy");
+    std::fs::write(&garbage, b"this is not numpy").unwrap();
+    let nan = d.join("nan.npy");
+    write_npy(&nan, &[2, 2], &[0.0, f64::NAN, 1.0, 2.0], false);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    for (file, needle) in [
+        (s(&wrong), "shape"),
+        (s(&flat), "shape"),
+        (s(&trunc), "corrupt"),
+        (s(&garbage), "not a valid .npy"),
+        (s(&d.join("missing.npy")), "cannot read"),
+        (s(&nan), "nan"),
+    ] {
+        check(
+            &[
+                "--denoiser",
+                "builtin:gmm8",
+                "--solver",
+                "euler",
+                "--steps",
+                "4",
+                "--noise",
+                &file,
+            ],
+            needle,
+        );
+    }
+
+    // Mixture files: weights not summing to 1, shapes that disagree, unknown keys, bad JSON.
+    let write = |name: &str, text: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        format!("gmm:{}", p.display())
+    };
+    for (text, needle) in [
+        (
+            r#"{"weights": [0.5, 0.4], "means": [[0, 0], [1, 1]], "stds": [1, 1]}"#,
+            "sum",
+        ),
+        (
+            r#"{"weights": [0.5, 0.5], "means": [[0, 0], [1]], "stds": [1, 1]}"#,
+            "shapes disagree",
+        ),
+        (
+            r#"{"weights": [0.5, 0.5], "means": [[0, 0], [1, 1]], "stds": [1]}"#,
+            "shapes disagree",
+        ),
+        (
+            r#"{"weights": [1.0], "means": [[0, 0]], "stds": [[1, 2, 3]]}"#,
+            "shapes disagree",
+        ),
+        (
+            r#"{"weights": [1.0], "means": [[0, 0]], "stds": [1], "extra": 1}"#,
+            "unknown field",
+        ),
+        (r#"{"weights": [1.0], "#, "not valid"),
+    ] {
+        let spec = write("m.json", text);
+        check(
+            &[
+                "--denoiser",
+                &spec,
+                "--solver",
+                "euler",
+                "--steps",
+                "4",
+                "--num",
+                "3",
+            ],
+            needle,
+        );
+    }
+    check(
+        &[
+            "--denoiser",
+            "gaussian:/nonexistent.json",
+            "--solver",
+            "euler",
+            "--steps",
+            "4",
+            "--num",
+            "3",
+        ],
+        "cannot read",
+    );
+    check(
+        &[
+            "--denoiser",
+            "mystery",
+            "--solver",
+            "euler",
+            "--steps",
+            "4",
+            "--num",
+            "3",
+        ],
+        "unknown denoiser",
+    );
+
+    // CUDA asked for where there is none.
+    if !tch::Cuda::is_available() {
+        let args = [
+            "sample",
+            "--denoiser",
+            "builtin:gmm8",
+            "--solver",
+            "euler",
+            "--steps",
+            "4",
+            "--num",
+            "3",
+            "--device",
+            "cuda",
+            "--out",
+            o,
+        ];
+        assert_bad(&args, "CUDA is not available", &out);
+    }
+}
+
+#[test]
+fn errors_are_single_lines() {
+    let o = run(&[
+        "sample",
+        "--denoiser",
+        "builtin:gmm8",
+        "--solver",
+        "nope",
+        "--steps",
+        "4",
+        "--num",
+        "2",
+        "--out",
+        "/tmp/never.npy",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn compare_writes_a_table_csv_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "compare",
+        "--solvers",
+        "euler,heun,ddpm",
+        "--steps",
+        "4,16",
+        "--num",
+        "256",
+        "--reference-steps",
+        "512",
+        "--device",
+        "cpu",
+        "--out-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("plot: "), "{stdout}");
+    let csv = std::fs::read_to_string(dir.path().join("results.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 1 + 3 * 2);
+    // Heun beats Euler at 16 steps against the reference.
+    let rms = |name: &str, steps: &str| -> f64 {
+        let l = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{name},{steps},")))
+            .unwrap();
+        l.split(',').nth(3).unwrap().parse().unwrap()
+    };
+    assert!(rms("heun", "16") < rms("euler", "16"));
+    let svg = std::fs::read_to_string(dir.path().join("error_vs_nfe.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("heun"));
+}
