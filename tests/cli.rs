@@ -471,3 +471,45 @@ fn compare_writes_a_table_csv_and_plot() {
     let svg = std::fs::read_to_string(dir.path().join("error_vs_nfe.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("heun"));
 }
+
+#[test]
+fn cuda_and_cpu_agree_within_float32_tolerance() {
+    if !tch::Cuda::is_available() {
+        println!(
+            "skipped: no CUDA device on this machine (the same test runs where one is present)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut outs = Vec::new();
+    for dev in ["cpu", "cuda"] {
+        let out = dir.path().join(format!("{dev}.npy"));
+        let o = run(&[
+            "sample",
+            "--denoiser",
+            "builtin:gmm8",
+            "--solver",
+            "heun",
+            "--steps",
+            "18",
+            "--num",
+            "512",
+            "--seed",
+            "4",
+            "--device",
+            dev,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(line["device"].as_str().unwrap().starts_with(dev), true);
+        outs.push(read_f32_npy(&out).1);
+    }
+    let diff = outs[0]
+        .iter()
+        .zip(&outs[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-3, "cpu vs cuda max difference {diff}");
+}
