@@ -32,6 +32,16 @@ pub trait Sde: Send + Sync {
     fn diffusion(&self, t: f64) -> f64 {
         self.s(t) * (2.0 * self.sigma_deriv(t) * self.sigma(t)).max(0.0).sqrt()
     }
+    /// Forward marginal sample `x_t = s(t) (x0 + sigma(t) eps)` for standard-normal `eps`.
+    fn perturb(&self, x0: &tch::Tensor, t: f64, eps: &tch::Tensor) -> tch::Tensor {
+        (x0 + eps * self.sigma(t)) * self.s(t)
+    }
+    /// Drift of the reverse-time SDE (Song et al. 2021, eq. 6), `f(t) x - g(t)^2 score`, where
+    /// `score = grad_x log p_t(x)` in the unscaled variable `x`.
+    fn reverse_drift(&self, x: &tch::Tensor, t: f64, score: &tch::Tensor) -> tch::Tensor {
+        let g = self.diffusion(t);
+        x * self.drift_coef(t) - score * (g * g)
+    }
     /// Standard deviation of the prior `x_T ~ N(0, prior_std^2 I)` used to start sampling at
     /// noise level `sigma_max`: `s(T) sigma_max`, ignoring the data's own spread, as EDM and
     /// k-diffusion do.

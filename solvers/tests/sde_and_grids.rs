@@ -192,3 +192,48 @@ fn bad_grid_input_is_an_error() {
     assert!(grid::validate(&[2.0, 1.0]).is_err());
     assert!(grid::validate(&[f64::NAN, 1.0, 0.0]).is_err());
 }
+
+#[test]
+fn drift_and_diffusion_reproduce_the_marginal_variance() {
+    // For dx = f x dt + g dw from x0 = 0, Var' = 2 f Var + g^2; the marginal says Var = s^2 sigma^2.
+    for sde in all_sdes() {
+        let (a, b) = sde.t_range();
+        for i in 1..20 {
+            let t = a + (b - a) * i as f64 / 20.0;
+            let var = |t: f64| (sde.s(t) * sde.sigma(t)).powi(2);
+            let h = 1e-6 * t.max(1e-3);
+            let lhs = (var(t + h) - var(t - h)) / (2.0 * h);
+            let rhs = 2.0 * sde.drift_coef(t) * var(t) + sde.diffusion(t).powi(2);
+            assert!(
+                (lhs - rhs).abs() < 1e-5 * lhs.abs().max(1e-3),
+                "{} at t = {t}: {lhs} vs {rhs}",
+                sde.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn perturbation_has_the_marginal_moments() {
+    use tch::{Device, Kind, Tensor};
+    let sde = VpLinear::default();
+    let n = 200_000;
+    let x0 = Tensor::full([n, 1], 2.0, (Kind::Double, Device::Cpu));
+    let eps = Tensor::randn([n, 1], (Kind::Double, Device::Cpu));
+    for t in [0.1, 0.5, 0.9] {
+        let x = sde.perturb(&x0, t, &eps);
+        let (mean, std) = (
+            x.mean(Kind::Double).double_value(&[]),
+            x.std(true).double_value(&[]),
+        );
+        let (want_mean, want_std) = (2.0 * sde.s(t), sde.s(t) * sde.sigma(t));
+        assert!(
+            (mean - want_mean).abs() < 5.0 * want_std / (n as f64).sqrt(),
+            "t = {t}: mean {mean} vs {want_mean}"
+        );
+        assert!(
+            (std / want_std - 1.0).abs() < 0.01,
+            "t = {t}: std {std} vs {want_std}"
+        );
+    }
+}

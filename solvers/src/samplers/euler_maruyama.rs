@@ -32,7 +32,7 @@ impl Sampler for EulerMaruyama {
         let g = sde.diffusion(t);
         let x = &x_hat * s;
         let score = (denoised - &x_hat) / (s * sigma * sigma);
-        let drift = &x * sde.drift_coef(t) - score * (g * g);
+        let drift = sde.reverse_drift(&x, t, &score);
         let dw = ctx.noise.increment(STREAM_TIME, t_next, t)?;
         let x_next = x + drift * (t_next - t) + dw * g;
         Ok(x_next / s_next)
