@@ -13,6 +13,7 @@ use crate::error::{Result, SolverError};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_distr::StandardNormal;
 use rand_xoshiro::{SplitMix64, Xoshiro256PlusPlus};
+use rayon::prelude::*;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
@@ -126,19 +127,22 @@ impl BrownianNoise {
         }
         let mut node = mix(key ^ 0x7EE);
         let mut z = Vec::with_capacity(d);
+        let mut wm = vec![0.0; d];
         while b - a > self.tol && t > a && t < b {
             let m = 0.5 * (a + b);
             z.clear();
             normals_into(node, d, &mut z);
             let sd = (0.25 * (b - a)).sqrt();
-            let wm: Vec<f64> = (0..d).map(|j| 0.5 * (wa[j] + wb[j]) + sd * z[j]).collect();
+            for j in 0..d {
+                wm[j] = 0.5 * (wa[j] + wb[j]) + sd * z[j];
+            }
             if t < m {
                 b = m;
-                wb = wm;
+                std::mem::swap(&mut wb, &mut wm);
                 node = mix(node ^ 0x1);
             } else {
                 a = m;
-                wa = wm;
+                std::mem::swap(&mut wa, &mut wm);
                 node = mix(node ^ 0x2);
             }
         }
@@ -162,10 +166,20 @@ impl BrownianNoise {
         if let Some(v) = self.cache.get(&key) {
             return Ok(v.clone());
         }
-        let mut out = Vec::with_capacity(self.keys.len() * self.numel);
-        for &k in &self.keys {
-            self.point(mix(k ^ mix(stream)), t.min(self.span), &mut out);
-        }
+        // Samples are independent trees: walk them in parallel, in fixed-size chunks so the
+        // result does not depend on the number of threads.
+        let (d, tq, sm) = (self.numel, t.min(self.span), mix(stream));
+        let mut out = vec![0.0; self.keys.len() * d];
+        let this = &*self;
+        out.par_chunks_mut(64 * d)
+            .zip(self.keys.par_chunks(64))
+            .for_each(|(dst, keys)| {
+                let mut buf = Vec::with_capacity(keys.len() * d);
+                for &k in keys {
+                    this.point(mix(k ^ sm), tq, &mut buf);
+                }
+                dst.copy_from_slice(&buf);
+            });
         if self.cache.len() >= 8 {
             self.cache.clear();
         }
