@@ -7,8 +7,15 @@
 pub use scoreflow_solvers as solvers;
 
 pub mod bench;
+pub mod checkpoint;
 pub mod compare;
+pub mod data;
 pub mod device;
 pub mod job;
+pub mod loss;
+pub mod metrics;
 pub mod model;
+pub mod nn;
 pub mod npy;
+pub mod precond;
+pub mod train;

@@ -3,7 +3,8 @@
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use scoreflow::job::{self, GridArgs, SamplerArgs};
-use scoreflow::{bench, compare, device, model, npy};
+use scoreflow::{bench, compare, device, model, npy, train};
+use scoreflow_solvers::Denoiser;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -26,13 +27,59 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Time each sampler against one denoiser call (wall / (NFE x call)).
     Bench(bench::BenchArgs),
+    /// Train a preconditioned denoiser from a TOML config (see experiments/*.toml).
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// The training config (TOML).
+    config: PathBuf,
+    /// Continue from the checkpoint in the config's out_dir.
+    #[arg(long)]
+    resume: bool,
+    /// Override the config's device: auto, cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+    /// Stop after this many steps in all (the run can be resumed later).
+    #[arg(long)]
+    stop_at: Option<usize>,
+}
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    let mut cfg = train::TrainConfig::load(&a.config)?;
+    if let Some(d) = a.device {
+        device::parse(&d)?;
+        cfg.device = d;
+    }
+    let report = train::run(
+        &cfg,
+        &train::RunOpts {
+            resume: a.resume,
+            stop_at: a.stop_at,
+            quiet: false,
+        },
+    )?;
+    let last = report.losses.last().map(|l| l.1);
+    println!(
+        "{}",
+        serde_json::json!({"step": report.final_step, "last_loss": last, "checkpoint": report.checkpoint.display().to_string(), "samples": cfg.out_dir.join("samples.npy").display().to_string()})
+    );
+    Ok(())
 }
 
 #[derive(Args)]
 struct SampleArgs {
     /// The model: gmm:FILE.json, gaussian:FILE.json or builtin:gmm8.
+    #[arg(
+        long,
+        required_unless_present = "checkpoint",
+        conflicts_with = "checkpoint"
+    )]
+    denoiser: Option<String>,
+    /// A trained network (its EMA weights) from `scoreflow train`.
     #[arg(long)]
-    denoiser: String,
+    checkpoint: Option<PathBuf>,
     /// Sampler name (see docs/samplers/).
     #[arg(long, alias = "sampler")]
     solver: String,
@@ -73,8 +120,16 @@ fn sample(a: SampleArgs) -> Result<()> {
     let sigmas = a.grid.sigmas(sde.as_ref(), a.steps)?;
     let dev = device::parse(&a.device)?;
     let kind = job::kind_from_name(&a.dtype)?;
-    let model = model::parse(&a.denoiser, dev)?;
-    let d = model.dim();
+    let (exact, trained) = match (&a.denoiser, &a.checkpoint) {
+        (Some(spec), _) => (Some(model::parse(spec, dev)?), None),
+        (None, Some(path)) => (None, Some(train::load_for_sampling(path, dev)?.0)),
+        (None, None) => bail!("give --denoiser or --checkpoint"),
+    };
+    let (den, d): (&dyn Denoiser, usize) = match (&exact, &trained) {
+        (Some(m), _) => (m.denoiser(), m.dim()),
+        (None, Some(t)) => (&t.net, t.net.dim as usize),
+        _ => unreachable!(),
+    };
     let z = match (&a.noise, a.num) {
         (Some(path), _) => npy::read_matrix(path, d, "noise file")?
             .to_device(dev)
@@ -92,7 +147,7 @@ fn sample(a: SampleArgs) -> Result<()> {
     let start = Instant::now();
     let (x, nfe) = job::run_from_noise(
         &spec,
-        model.denoiser(),
+        den,
         sde.as_ref(),
         &sigmas,
         &z,
@@ -124,6 +179,7 @@ fn main() {
         Command::Sample(a) => sample(a),
         Command::Compare(a) => compare::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train_cmd(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

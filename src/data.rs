@@ -1,0 +1,198 @@
+//! Training data: built-in 2-D sets, mixtures from JSON and `.npy` arrays.
+
+use crate::{model, npy};
+use anyhow::{bail, Result};
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+
+fn d_num() -> usize {
+    20_000
+}
+
+/// Where the training data comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum DataConfig {
+    /// Two interleaved half circles (scikit-learn's `make_moons`, noise 0.05).
+    Moons {
+        #[serde(default = "d_num")]
+        num: usize,
+    },
+    /// The 2-D swiss roll (scikit-learn's `make_swiss_roll` projected on (x, z), scaled by 1/5).
+    SwissRoll {
+        #[serde(default = "d_num")]
+        num: usize,
+    },
+    /// The built-in 8-mode ring (`builtin:gmm8`).
+    Gmm8 {
+        #[serde(default = "d_num")]
+        num: usize,
+    },
+    /// FFJORD's checkerboard on [-2, 2]^2.
+    Checkerboard {
+        #[serde(default = "d_num")]
+        num: usize,
+    },
+    /// FFJORD's pinwheel with 5 arms.
+    Pinwheel {
+        #[serde(default = "d_num")]
+        num: usize,
+    },
+    /// Samples of a mixture JSON file (`{"weights", "means", "stds"}`).
+    Mixture {
+        path: PathBuf,
+        #[serde(default = "d_num")]
+        num: usize,
+    },
+    /// A float32/float64 `.npy` of shape `[N, d]`.
+    Npy { path: PathBuf },
+}
+
+/// A data set in memory: `x` is `[N, d]` float32 on the CPU.
+pub struct Dataset {
+    pub x: Tensor,
+    pub labels: Option<Tensor>,
+    pub num_classes: usize,
+}
+
+impl Dataset {
+    pub fn dim(&self) -> i64 {
+        self.x.size()[1]
+    }
+    pub fn len(&self) -> i64 {
+        self.x.size()[0]
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn from_points(points: Vec<[f64; 2]>, labels: Vec<i64>, classes: usize) -> Dataset {
+    let flat: Vec<f64> = points.iter().flatten().copied().collect();
+    let n = points.len() as i64;
+    Dataset {
+        x: Tensor::from_slice(&flat).view([n, 2]).to_kind(Kind::Float),
+        labels: Some(Tensor::from_slice(&labels)),
+        num_classes: classes,
+    }
+}
+
+/// Build (or load) the data set; synthetic sets are drawn with `seed`.
+pub fn load(cfg: &DataConfig, seed: u64) -> Result<Dataset> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xDA7A);
+    let normal = |rng: &mut Xoshiro256PlusPlus| -> f64 { rng.sample(StandardNormal) };
+    let check = |num: usize| -> Result<()> {
+        if num == 0 {
+            bail!("data.num must be at least 1");
+        }
+        Ok(())
+    };
+    let pi = std::f64::consts::PI;
+    Ok(match cfg {
+        DataConfig::Moons { num } => {
+            check(*num)?;
+            let (mut pts, mut lab) = (Vec::new(), Vec::new());
+            for i in 0..*num {
+                let t = pi * rng.random::<f64>();
+                let (x, y, l) = if i % 2 == 0 {
+                    (t.cos(), t.sin(), 0)
+                } else {
+                    (1.0 - t.cos(), 0.5 - t.sin(), 1)
+                };
+                pts.push([x + 0.05 * normal(&mut rng), y + 0.05 * normal(&mut rng)]);
+                lab.push(l);
+            }
+            from_points(pts, lab, 2)
+        }
+        DataConfig::SwissRoll { num } => {
+            check(*num)?;
+            let pts = (0..*num)
+                .map(|_| {
+                    let t = 1.5 * pi * (1.0 + 2.0 * rng.random::<f64>());
+                    [
+                        t * t.cos() / 5.0 + 0.05 * normal(&mut rng),
+                        t * t.sin() / 5.0 + 0.05 * normal(&mut rng),
+                    ]
+                })
+                .collect();
+            from_points(pts, vec![0; *num], 1)
+        }
+        DataConfig::Gmm8 { num } => {
+            check(*num)?;
+            let gmm = model::builtin_gmm8(Device::Cpu)?;
+            let x = gmm.sample(*num, seed ^ 0x6A, Device::Cpu);
+            let labels = gmm.assign(&x)?;
+            Dataset {
+                x: x.to_kind(Kind::Float),
+                labels: Some(labels),
+                num_classes: 8,
+            }
+        }
+        DataConfig::Checkerboard { num } => {
+            check(*num)?;
+            let pts = (0..*num)
+                .map(|_| {
+                    let x1 = 4.0 * rng.random::<f64>() - 2.0;
+                    let x2 = rng.random::<f64>() - 2.0 * (rng.random::<f64>() < 0.5) as i32 as f64
+                        + (x1.floor().rem_euclid(2.0));
+                    [x1, x2]
+                })
+                .collect();
+            from_points(pts, vec![0; *num], 1)
+        }
+        DataConfig::Pinwheel { num } => {
+            check(*num)?;
+            let (arms, radial_std, tangential_std, rate) = (5usize, 0.3, 0.1, 0.25);
+            let (mut pts, mut lab) = (Vec::new(), Vec::new());
+            for i in 0..*num {
+                let k = i % arms;
+                let (fx, fy) = (
+                    normal(&mut rng) * radial_std + 1.0,
+                    normal(&mut rng) * tangential_std,
+                );
+                let angle = 2.0 * pi * k as f64 / arms as f64 + rate * fx.exp();
+                let (c, s) = (angle.cos(), angle.sin());
+                pts.push([2.0 * (c * fx + s * fy), 2.0 * (c * fy - s * fx)]);
+                lab.push(k as i64);
+            }
+            from_points(pts, lab, arms)
+        }
+        DataConfig::Mixture { path, num } => {
+            check(*num)?;
+            let gmm = model::load_mixture(path, Device::Cpu)?;
+            let x = gmm.sample(*num, seed ^ 0x6A, Device::Cpu);
+            let labels = gmm.assign(&x)?;
+            Dataset {
+                x: x.to_kind(Kind::Float),
+                labels: Some(labels),
+                num_classes: gmm.components(),
+            }
+        }
+        DataConfig::Npy { path } => {
+            let t = npy::read(path)?;
+            let size = t.size();
+            if size.len() != 2 || size[0] < 1 || size[1] < 1 {
+                bail!(
+                    "data file {} has shape {:?}, expected [N, d]",
+                    path.display(),
+                    size
+                );
+            }
+            if t.isfinite().all().int64_value(&[]) == 0 {
+                bail!(
+                    "data file {} contains NaN or infinite values",
+                    path.display()
+                );
+            }
+            Dataset {
+                x: t.to_kind(Kind::Float),
+                labels: None,
+                num_classes: 0,
+            }
+        }
+    })
+}

@@ -1,0 +1,220 @@
+//! Preconditioning: `D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)` (Karras et al. 2022,
+//! Table 1 and NVlabs/edm `training/networks.py`), and the eps-, x0- and v-prediction adapters.
+//! The backbone `F` sees sigma only through `c_noise`.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+fn half() -> f64 {
+    0.5
+}
+fn beta_d() -> f64 {
+    19.9
+}
+fn beta_min() -> f64 {
+    0.1
+}
+fn m() -> usize {
+    1000
+}
+fn c1() -> f64 {
+    0.001
+}
+fn c2() -> f64 {
+    0.008
+}
+
+/// Which preconditioning wraps the backbone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Precond {
+    /// EDM: `c_skip = sd^2 / (s^2 + sd^2)`, `c_out = s sd / sqrt(s^2 + sd^2)`,
+    /// `c_in = 1 / sqrt(s^2 + sd^2)`, `c_noise = ln(s) / 4`.
+    Edm {
+        #[serde(default = "half")]
+        sigma_data: f64,
+    },
+    /// VP (Song et al. 2021 as in EDM Table 1): `c_skip = 1`, `c_out = -s`,
+    /// `c_in = 1 / sqrt(s^2 + 1)`, `c_noise = (M - 1) t(s)` with the linear-beta VP's `t(s)`.
+    Vp {
+        #[serde(default = "beta_d")]
+        beta_d: f64,
+        #[serde(default = "beta_min")]
+        beta_min: f64,
+        #[serde(default = "m")]
+        m: usize,
+    },
+    /// VE: `c_skip = 1`, `c_out = s`, `c_in = 1`, `c_noise = ln(s / 2)`.
+    Ve,
+    /// iDDPM (Nichol & Dhariwal 2021 as in EDM Table 1): `c_skip = 1`, `c_out = -s`,
+    /// `c_in = 1 / sqrt(s^2 + 1)`, `c_noise = M - 1 - argmin_j |u_j - s|` over the cosine
+    /// schedule's levels `u_j`.
+    Iddpm {
+        #[serde(default = "c1")]
+        c1: f64,
+        #[serde(default = "c2")]
+        c2: f64,
+        #[serde(default = "m")]
+        m: usize,
+    },
+    /// eps-prediction adapter: `D = x - s F`, input scaled as in VP (`c_in = 1 / sqrt(s^2 + 1)`),
+    /// `c_noise = ln(s) / 4`.
+    Eps,
+    /// x0-prediction adapter: `D = F`, `c_in = 1 / sqrt(s^2 + 1)`, `c_noise = ln(s) / 4`.
+    X0,
+    /// v-prediction adapter (Salimans & Ho 2022): `c_skip = 1 / (s^2 + 1)`,
+    /// `c_out = -s / sqrt(s^2 + 1)`, `c_in = 1 / sqrt(s^2 + 1)`, `c_noise = ln(s) / 4`.
+    V,
+}
+
+impl Default for Precond {
+    fn default() -> Self {
+        Precond::Edm { sigma_data: 0.5 }
+    }
+}
+
+/// The four coefficients, each of shape `[N]`.
+pub struct Coefs {
+    pub skip: Tensor,
+    pub out: Tensor,
+    pub inp: Tensor,
+    pub noise: Tensor,
+}
+
+/// `u_j`, j = 0..=M, of the iDDPM preconditioning (EDM `iDDPMPrecond`).
+pub fn iddpm_levels(c1: f64, c2: f64, m: usize) -> Vec<f64> {
+    let alpha_bar = |j: usize| {
+        (0.5 * std::f64::consts::PI * j as f64 / m as f64 / (c2 + 1.0))
+            .sin()
+            .powi(2)
+    };
+    let mut u = vec![0.0; m + 1];
+    for j in (1..=m).rev() {
+        u[j - 1] = ((u[j] * u[j] + 1.0) / (alpha_bar(j - 1) / alpha_bar(j)).max(c1) - 1.0).sqrt();
+    }
+    u
+}
+
+impl Precond {
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Precond::Edm { sigma_data } if !(*sigma_data > 0.0 && sigma_data.is_finite()) => {
+                bail!("precond.sigma_data must be positive, got {sigma_data}")
+            }
+            Precond::Vp {
+                beta_d,
+                beta_min,
+                m,
+            } if !(*beta_d > 0.0 && *beta_min > 0.0 && *m > 1) => {
+                bail!("precond: vp needs beta_d > 0, beta_min > 0 and m > 1")
+            }
+            Precond::Iddpm { c1, c2, m } if !(*c1 > 0.0 && *c2 > 0.0 && *m > 1) => {
+                bail!("precond: iddpm needs c1 > 0, c2 > 0 and m > 1")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The noise range the preconditioning was built for, if it has one (EDM's
+    /// `sigma_min`/`sigma_max` of `VPPrecond` and `iDDPMPrecond`).
+    pub fn sigma_range(&self) -> Option<(f64, f64)> {
+        match self {
+            Precond::Vp {
+                beta_d, beta_min, ..
+            } => {
+                let s = |t: f64| ((0.5 * beta_d * t * t + beta_min * t).exp() - 1.0).sqrt();
+                Some((s(1e-5), s(1.0)))
+            }
+            Precond::Iddpm { c1, c2, m } => {
+                let u = iddpm_levels(*c1, *c2, *m);
+                Some((u[*m - 1], u[0]))
+            }
+            _ => None,
+        }
+    }
+
+    /// Coefficients for per-sample noise levels `sigma` (shape `[N]`).
+    pub fn coefs(&self, sigma: &Tensor) -> Coefs {
+        let s2 = sigma.square();
+        let ones = sigma.ones_like();
+        let vp_in = (&s2 + 1.0).rsqrt();
+        let quarter_log = sigma.log() * 0.25;
+        match self {
+            Precond::Edm { sigma_data } => {
+                let sd2 = sigma_data * sigma_data;
+                let denom = &s2 + sd2;
+                Coefs {
+                    skip: (&denom).reciprocal() * sd2,
+                    out: sigma * *sigma_data * denom.rsqrt(),
+                    inp: (&s2 + sd2).rsqrt(),
+                    noise: quarter_log,
+                }
+            }
+            Precond::Vp {
+                beta_d,
+                beta_min,
+                m,
+            } => {
+                let t = (((&s2).log1p() * (2.0 * beta_d)) + beta_min * beta_min).sqrt() - *beta_min;
+                Coefs {
+                    skip: ones,
+                    out: -sigma,
+                    inp: vp_in,
+                    noise: t * ((*m as f64 - 1.0) / beta_d),
+                }
+            }
+            Precond::Ve => Coefs {
+                skip: ones.shallow_clone(),
+                out: sigma.shallow_clone(),
+                inp: ones,
+                noise: (sigma * 0.5).log(),
+            },
+            Precond::Iddpm { c1, c2, m } => {
+                let u = Tensor::from_slice(&iddpm_levels(*c1, *c2, *m))
+                    .to_device(sigma.device())
+                    .to_kind(sigma.kind());
+                let idx = (sigma.unsqueeze(1) - u.unsqueeze(0))
+                    .abs()
+                    .argmin(1, false)
+                    .to_kind(sigma.kind());
+                Coefs {
+                    skip: ones,
+                    out: -sigma,
+                    inp: vp_in,
+                    noise: idx.neg() + (*m as f64 - 1.0),
+                }
+            }
+            Precond::Eps => Coefs {
+                skip: ones,
+                out: -sigma,
+                inp: vp_in,
+                noise: quarter_log,
+            },
+            Precond::X0 => Coefs {
+                skip: sigma.zeros_like(),
+                out: ones,
+                inp: vp_in,
+                noise: quarter_log,
+            },
+            Precond::V => Coefs {
+                skip: (&s2 + 1.0).reciprocal(),
+                out: -sigma * &vp_in,
+                inp: vp_in,
+                noise: quarter_log,
+            },
+        }
+    }
+}
+
+/// Reshape `[N]` coefficients to broadcast against `x` (`[N, ...]`).
+pub fn per_sample(c: &Tensor, x: &Tensor) -> Tensor {
+    let mut shape = vec![1i64; x.dim()];
+    shape[0] = -1;
+    c.to_kind(x.kind()).view(shape.as_slice())
+}
+
+/// A constant noise level for a whole batch as a `[N]` tensor.
+pub fn sigma_batch(sigma: f64, x: &Tensor) -> Tensor {
+    Tensor::full([x.size()[0]], sigma, (Kind::Double, x.device())).to_kind(x.kind())
+}

@@ -1,0 +1,471 @@
+//! `scoreflow train CONFIG.toml`: denoising score matching with Adam, warm-up, gradient
+//! clipping and an EMA of the weights (half-life in samples, as NVlabs/edm), seeded so that a
+//! resumed run continues exactly as an uninterrupted one.
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::data::{self, DataConfig, Dataset};
+use crate::loss::LossConfig;
+use crate::nn::{Backbone, Network};
+use crate::precond::Precond;
+use crate::{device, job, npy};
+use anyhow::{anyhow, bail, Context, Result};
+use scoreflow_solvers::noise::mix;
+use scoreflow_solvers::sde::Edm;
+use scoreflow_solvers::{grid, GridKind, SamplerSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+fn auto() -> String {
+    "auto".into()
+}
+fn d_batch() -> i64 {
+    512
+}
+fn d_lr() -> f64 {
+    1e-3
+}
+fn d_half_life() -> f64 {
+    50_000.0
+}
+fn d_ckpt() -> usize {
+    1000
+}
+fn d_log() -> usize {
+    100
+}
+
+/// The whole training configuration (a TOML file).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "auto")]
+    pub device: String,
+    /// Folder for the checkpoint, the log and sample snapshots.
+    pub out_dir: PathBuf,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub loss: LossConfig,
+    pub train: TrainParams,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    #[serde(default)]
+    pub precond: Precond,
+    #[serde(default)]
+    pub backbone: Backbone,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainParams {
+    /// Optimizer steps in all.
+    pub steps: usize,
+    #[serde(default = "d_batch")]
+    pub batch: i64,
+    /// Adam learning rate (betas 0.9, 0.999, eps 1e-8).
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    /// Linear learning-rate warm-up over this many steps.
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// Clip the global gradient norm to this value.
+    pub grad_clip: Option<f64>,
+    /// EMA half-life in training samples.
+    #[serde(default = "d_half_life")]
+    pub ema_half_life: f64,
+    /// EDM's EMA ramp-up: the half-life is at most this fraction of the samples seen so far.
+    pub ema_rampup: Option<f64>,
+    #[serde(default = "d_ckpt")]
+    pub checkpoint_every: usize,
+    #[serde(default = "d_log")]
+    pub log_every: usize,
+}
+
+impl TrainConfig {
+    /// Parse a TOML config; unknown keys and wrong types are errors that name the key and line.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
+        let cfg: TrainConfig = toml::from_str(text).map_err(|e| {
+            anyhow!(
+                "{}: {}",
+                origin.display(),
+                e.to_string().trim_end().replace('\n', " ")
+            )
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::from_toml(&text, path)
+    }
+    pub fn validate(&self) -> Result<()> {
+        self.model.precond.validate()?;
+        self.model.backbone.validate()?;
+        self.loss.validate()?;
+        let t = &self.train;
+        if t.steps == 0 || t.batch < 1 || t.checkpoint_every == 0 || t.log_every == 0 {
+            bail!("train.steps, train.batch, train.checkpoint_every and train.log_every must be at least 1");
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) || !(t.ema_half_life > 0.0) {
+            bail!("train.lr and train.ema_half_life must be positive");
+        }
+        if let Some(c) = t.grad_clip {
+            if !(c > 0.0) {
+                bail!("train.grad_clip must be positive");
+            }
+        }
+        device::parse(&self.device)?;
+        Ok(())
+    }
+}
+
+/// A network with its variables.
+pub struct Model {
+    pub vs: VarStore,
+    pub net: Network,
+}
+
+impl Model {
+    pub fn new(cfg: &ModelConfig, dim: i64, dev: Device) -> Model {
+        let vs = VarStore::new(dev);
+        let net = Network::new(&vs.root(), &cfg.precond, &cfg.backbone, dim);
+        Model { vs, net }
+    }
+    /// Variables sorted by name (a stable order for the optimizer).
+    pub fn named(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+    fn load_prefix(&mut self, ck: &Checkpoint, prefix: &str) -> Result<()> {
+        for (name, var) in self.named() {
+            let src = ck.tensor(&format!("{prefix}.{name}"))?;
+            if src.size() != var.size() {
+                bail!(
+                    "checkpoint tensor {prefix}.{name} has shape {:?}, the model expects {:?}",
+                    src.size(),
+                    var.size()
+                );
+            }
+            tch::no_grad(|| var.shallow_clone().copy_(src));
+        }
+        Ok(())
+    }
+}
+
+/// The network stored in a checkpoint, with its EMA weights, ready to sample.
+pub fn load_for_sampling(path: &Path, dev: Device) -> Result<(Model, TrainConfig)> {
+    let ck = checkpoint::load(path)?;
+    let cfg: TrainConfig =
+        serde_json::from_str(ck.meta("config")?).context("checkpoint config is not valid")?;
+    let dim: i64 = ck.meta("dim")?.parse().context("checkpoint dim")?;
+    let mut m = Model::new(&cfg.model, dim, dev);
+    m.load_prefix(&ck, "ema")?;
+    Ok((m, cfg))
+}
+
+/// Options of one invocation.
+pub struct RunOpts {
+    pub resume: bool,
+    /// Stop after this step (default: train.steps); for tests and interrupted runs.
+    pub stop_at: Option<usize>,
+    pub quiet: bool,
+}
+
+/// What a run produced.
+pub struct Report {
+    /// Per-step mean training loss, for the steps this invocation ran: (step, loss).
+    pub losses: Vec<(usize, f64)>,
+    pub checkpoint: PathBuf,
+    pub final_step: usize,
+}
+
+struct Adam {
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+}
+
+fn step_seed(seed: u64, step: usize) -> i64 {
+    (mix(seed ^ mix(step as u64 ^ 0x7EA1)) >> 1) as i64
+}
+
+pub fn checkpoint_path(cfg: &TrainConfig) -> PathBuf {
+    cfg.out_dir.join("checkpoint.safetensors")
+}
+
+/// Training reseeds libtorch's process-wide generator at every step (so a resumed run draws
+/// the same numbers as an uninterrupted one); runs in one process take turns.
+static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Train (or resume) as the config says.
+pub fn run(cfg: &TrainConfig, opts: &RunOpts) -> Result<Report> {
+    let _turn = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    let dev = device::parse(&cfg.device)?;
+    let data = data::load(&cfg.data, cfg.seed)?;
+    let dim = data.dim();
+    std::fs::create_dir_all(&cfg.out_dir)
+        .with_context(|| format!("cannot create {}", cfg.out_dir.display()))?;
+    let ckpt_path = checkpoint_path(cfg);
+
+    tch::manual_seed(step_seed(cfg.seed, usize::MAX));
+    let mut model = Model::new(&cfg.model, dim, dev);
+    let mut ema = Model::new(&cfg.model, dim, dev);
+    let params = model.named();
+    let trainable: Vec<usize> = (0..params.len())
+        .filter(|&i| params[i].1.requires_grad())
+        .collect();
+    let adam = Adam {
+        m: trainable
+            .iter()
+            .map(|&i| params[i].1.zeros_like())
+            .collect(),
+        v: trainable
+            .iter()
+            .map(|&i| params[i].1.zeros_like())
+            .collect(),
+    };
+    let ema_params = ema.named();
+    tch::no_grad(|| {
+        for ((_, e), (_, p)) in ema_params.iter().zip(&params) {
+            e.shallow_clone().copy_(p);
+        }
+    });
+
+    let mut start = 0usize;
+    if opts.resume {
+        let ck = checkpoint::load(&ckpt_path).with_context(|| "cannot resume")?;
+        let saved: TrainConfig =
+            serde_json::from_str(ck.meta("config")?).context("checkpoint config is not valid")?;
+        let comparable = |c: &TrainConfig| {
+            (
+                c.seed,
+                c.data.clone(),
+                c.model.clone(),
+                c.loss.clone(),
+                c.train.batch,
+            )
+        };
+        if comparable(&saved) != comparable(cfg) {
+            bail!("checkpoint {} was written by a different config (seed, data, model, loss or batch differ)", ckpt_path.display());
+        }
+        model.load_prefix(&ck, "net")?;
+        ema.load_prefix(&ck, "ema")?;
+        for (k, &i) in trainable.iter().enumerate() {
+            let name = &params[i].0;
+            for (state, prefix) in [(&adam.m[k], "adam_m"), (&adam.v[k], "adam_v")] {
+                let src = ck.tensor(&format!("{prefix}.{name}"))?;
+                tch::no_grad(|| state.shallow_clone().copy_(src));
+            }
+        }
+        start = ck.meta("step")?.parse().context("checkpoint step")?;
+    }
+    train_loop(
+        cfg, opts, &data, model, ema, params, trainable, adam, start, dev, &ckpt_path,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_loop(
+    cfg: &TrainConfig,
+    opts: &RunOpts,
+    data: &Dataset,
+    model: Model,
+    ema: Model,
+    params: Vec<(String, Tensor)>,
+    trainable: Vec<usize>,
+    adam: Adam,
+    start: usize,
+    dev: Device,
+    ckpt_path: &Path,
+) -> Result<Report> {
+    let t = &cfg.train;
+    let end = opts.stop_at.unwrap_or(t.steps).min(t.steps);
+    let x_all = data.x.to_device(dev);
+    let n_data = data.len();
+    let ema_params = ema.named();
+    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+    let mut losses = Vec::new();
+    let mut pending: Vec<(usize, Tensor)> = Vec::new();
+    let mut last_good = if start > 0 { Some(start) } else { None };
+    let bar = if opts.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new((end.saturating_sub(start)) as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}").unwrap(),
+    );
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cfg.out_dir.join("log.jsonl"))?;
+    let mut clock = Instant::now();
+    let mut interval_samples = 0i64;
+
+    for step in start..end {
+        tch::manual_seed(step_seed(cfg.seed, step));
+        let idx = Tensor::randint(n_data, [t.batch], (Kind::Int64, dev));
+        let y = x_all.index_select(0, &idx);
+        for &i in &trainable {
+            let mut p = params[i].1.shallow_clone();
+            p.zero_grad();
+        }
+        let loss = cfg.loss.loss(&model.net, &y).mean(Kind::Float);
+        loss.backward();
+        tch::no_grad(|| {
+            let grads: Vec<Tensor> = trainable.iter().map(|&i| params[i].1.grad()).collect();
+            let scale = match t.grad_clip {
+                Some(c) => {
+                    let norm = grads
+                        .iter()
+                        .map(|g| g.square().sum(Kind::Float))
+                        .fold(Tensor::zeros([], (Kind::Float, dev)), |a, b| a + b)
+                        .sqrt();
+                    Some((norm + 1e-6).reciprocal().multiply_scalar(c).clamp_max(1.0))
+                }
+                None => None,
+            };
+            let k = (step + 1) as i32;
+            let lr = t.lr
+                * if t.warmup_steps > 0 {
+                    ((step + 1) as f64 / t.warmup_steps as f64).min(1.0)
+                } else {
+                    1.0
+                };
+            let (bc1, bc2) = (1.0 - b1.powi(k), 1.0 - b2.powi(k));
+            for (j, &i) in trainable.iter().enumerate() {
+                let g = match &scale {
+                    Some(s) => &grads[j] * s,
+                    None => grads[j].shallow_clone(),
+                };
+                let m = &adam.m[j] * b1 + &g * (1.0 - b1);
+                let v = &adam.v[j] * b2 + g.square() * (1.0 - b2);
+                let update = (&m / bc1) / ((&v / bc2).sqrt() + eps) * lr;
+                adam.m[j].shallow_clone().copy_(&m);
+                adam.v[j].shallow_clone().copy_(&v);
+                let mut p = params[i].1.shallow_clone();
+                p.copy_(&(&params[i].1 - update));
+            }
+            // EMA with a half-life in samples (NVlabs/edm training_loop.py).
+            let seen = ((step + 1) as f64) * t.batch as f64;
+            let half_life = match t.ema_rampup {
+                Some(r) => t.ema_half_life.min(seen * r),
+                None => t.ema_half_life,
+            };
+            let beta = 0.5f64.powf(t.batch as f64 / half_life.max(1e-8));
+            for ((_, e), (_, p)) in ema_params.iter().zip(&params) {
+                e.shallow_clone().copy_(&(e * beta + p * (1.0 - beta)));
+            }
+        });
+        pending.push((step, loss.detach()));
+        interval_samples += t.batch;
+        bar.inc(1);
+        let done = step + 1;
+        let at_log = done % t.log_every == 0 || done == end;
+        let at_ckpt = done % t.checkpoint_every == 0 || done == end;
+        if at_log || at_ckpt {
+            // One synchronization per interval: read the losses, check them.
+            let values: Vec<f64> = Tensor::stack(
+                &pending
+                    .iter()
+                    .map(|(_, l)| l.shallow_clone())
+                    .collect::<Vec<_>>(),
+                0,
+            )
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Double)
+            .try_into()?;
+            let steps: Vec<usize> = pending.drain(..).map(|(s, _)| s).collect();
+            if let Some((s, _)) = steps.iter().zip(&values).find(|(_, v)| !v.is_finite()) {
+                bar.abandon();
+                let kept = match last_good {
+                    Some(g) => format!(
+                        "the last good checkpoint (step {g}) is kept at {}",
+                        ckpt_path.display()
+                    ),
+                    None => "no checkpoint had been written yet".to_string(),
+                };
+                bail!("non-finite training loss at step {}; {kept}", s + 1);
+            }
+            losses.extend(steps.iter().map(|s| s + 1).zip(values.iter().copied()));
+            let secs = clock.elapsed().as_secs_f64();
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            let rate = interval_samples as f64 / secs.max(1e-9);
+            bar.set_message(format!("loss {mean:.4} {rate:.0} samples/s"));
+            writeln!(
+                log,
+                "{}",
+                serde_json::json!({"step": done, "loss": mean, "samples_per_s": rate})
+            )?;
+            clock = Instant::now();
+            interval_samples = 0;
+        }
+        if at_ckpt {
+            let mut tensors = BTreeMap::new();
+            for (name, p) in &params {
+                tensors.insert(format!("net.{name}"), p.shallow_clone());
+            }
+            for (name, e) in &ema_params {
+                tensors.insert(format!("ema.{name}"), e.shallow_clone());
+            }
+            for (j, &i) in trainable.iter().enumerate() {
+                tensors.insert(format!("adam_m.{}", params[i].0), adam.m[j].shallow_clone());
+                tensors.insert(format!("adam_v.{}", params[i].0), adam.v[j].shallow_clone());
+            }
+            let finite = tensors
+                .values()
+                .all(|t| t.isfinite().all().int64_value(&[]) != 0);
+            if !finite {
+                bail!(
+                    "non-finite weights at step {done}; the last good checkpoint is kept at {}",
+                    ckpt_path.display()
+                );
+            }
+            let mut meta = HashMap::new();
+            meta.insert("format".into(), checkpoint::FORMAT.into());
+            meta.insert("config".into(), serde_json::to_string(cfg)?);
+            meta.insert("step".into(), done.to_string());
+            meta.insert("dim".into(), data.dim().to_string());
+            meta.insert("scoreflow_version".into(), env!("CARGO_PKG_VERSION").into());
+            checkpoint::save(ckpt_path, &tensors, meta)?;
+            last_good = Some(done);
+            snapshot(cfg, &ema, data.dim(), dev)?;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(Report {
+        losses,
+        checkpoint: ckpt_path.to_path_buf(),
+        final_step: end.max(start),
+    })
+}
+
+/// Sample 1000 points from the EMA network (Heun, 32 steps) into `out_dir/samples.npy`.
+fn snapshot(cfg: &TrainConfig, ema: &Model, dim: i64, dev: Device) -> Result<()> {
+    let (lo, hi) = cfg.model.precond.sigma_range().unwrap_or((0.002, 80.0));
+    let sde = Edm::default();
+    let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 32, lo, hi, &sde)?;
+    let z = job::initial_noise(cfg.seed, 1000, dim as usize, dev, Kind::Float);
+    let (x, _) = job::run_from_noise(
+        &SamplerSpec::Heun,
+        &ema.net,
+        &sde,
+        &sigmas,
+        &z,
+        cfg.seed,
+        0,
+        &mut |_, _| {},
+    )?;
+    npy::write_f32(&cfg.out_dir.join("samples.npy"), &x)
+}

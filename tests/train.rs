@@ -1,0 +1,373 @@
+//! Training: a small MLP learns the 8-mode mixture, resumed runs continue exactly, and bad
+//! configs, checkpoints and diverging runs end with clear errors.
+
+use scoreflow::metrics::sliced_w2;
+use scoreflow::solvers::sde::Edm;
+use scoreflow::solvers::{grid, GridKind, SamplerSpec};
+use scoreflow::train::{self, RunOpts, TrainConfig};
+use scoreflow::{job, model};
+use std::path::Path;
+use tch::{Device, Kind};
+
+fn config(out: &Path, steps: usize, extra_train: &str) -> TrainConfig {
+    let text = format!(
+        r#"
+seed = 1
+device = "cpu"
+out_dir = "{}"
+[data]
+kind = "gmm8"
+num = 20000
+[model.precond]
+kind = "edm"
+sigma_data = 1.4
+[model.backbone]
+kind = "mlp"
+hidden = 128
+depth = 3
+fourier_features = 16
+[loss]
+kind = "edm"
+[train]
+steps = {steps}
+batch = 512
+lr = 2e-3
+warmup_steps = 100
+grad_clip = 1.0
+ema_half_life = 20000
+ema_rampup = 0.05
+{extra_train}
+"#,
+        out.display()
+    );
+    TrainConfig::from_toml(&text, Path::new("test.toml")).unwrap()
+}
+
+#[test]
+fn mlp_learns_the_8_mode_mixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 3000, "checkpoint_every = 3000\nlog_every = 500");
+    let report = train::run(
+        &cfg,
+        &RunOpts {
+            resume: false,
+            stop_at: None,
+            quiet: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(report.final_step, 3000);
+    let (m, _) = train::load_for_sampling(&report.checkpoint, Device::Cpu).unwrap();
+    let n = 10_000;
+    let sde = Edm::default();
+    let sigmas = grid::sigmas(&GridKind::default(), 32, 0.002, 80.0, &sde).unwrap();
+    let z = job::initial_noise(7, n, 2, Device::Cpu, Kind::Float);
+    let (x, _) = job::run_from_noise(
+        &SamplerSpec::Heun,
+        &m.net,
+        &sde,
+        &sigmas,
+        &z,
+        7,
+        0,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let gmm = model::builtin_gmm8(Device::Cpu).unwrap();
+    let data = gmm.sample(n, 100, Device::Cpu);
+    let sw = |a: &tch::Tensor| sliced_w2(a, &data, 512, 5);
+    // The sampling-noise floor: the mean distance of four fresh data sets of the same size.
+    let floor = (0..4)
+        .map(|k| sw(&gmm.sample(n, 200 + k, Device::Cpu)))
+        .sum::<f64>()
+        / 4.0;
+    // A mixture whose modes are twice as wide as the data's (std 0.4, not 0.2).
+    let blurred = sw(
+        &scoreflow::solvers::GaussianMixture::ring(8, 2.0, 0.4, Device::Cpu)
+            .unwrap()
+            .sample(n, 300, Device::Cpu),
+    );
+    let sw_model = sw(&x);
+    println!("sliced W2 to data: model {sw_model:.4}, fresh data {floor:.4} (mean of 4), modes twice as wide {blurred:.4}");
+    // Allow the model twice the sampling noise of fresh data; the blurred mixture is beyond
+    // that bound, so the check can fail for a model that is merely close.
+    assert!(
+        blurred > 2.0 * floor,
+        "the bound would not catch blurred modes"
+    );
+    assert!(
+        sw_model < 2.0 * floor,
+        "model {sw_model} vs fresh-data floor {floor}"
+    );
+    let tv = scoreflow::compare::mode_tv(&gmm, &x).unwrap();
+    assert!(tv < 0.05, "mode-weight TV {tv}");
+}
+
+#[test]
+fn resumed_training_continues_exactly() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let extra = "checkpoint_every = 15\nlog_every = 5";
+    let full = train::run(
+        &config(a.path(), 40, extra),
+        &RunOpts {
+            resume: false,
+            stop_at: None,
+            quiet: true,
+        },
+    )
+    .unwrap();
+    let cfg_b = config(b.path(), 40, extra);
+    let first = train::run(
+        &cfg_b,
+        &RunOpts {
+            resume: false,
+            stop_at: Some(17),
+            quiet: true,
+        },
+    )
+    .unwrap();
+    // Stopped at step 17 (between checkpoints): the stop writes a checkpoint too.
+    assert_eq!(first.losses.len(), 17);
+    let ck = scoreflow::checkpoint::load(&first.checkpoint).unwrap();
+    assert_eq!(ck.meta("step").unwrap(), "17");
+    let rest = train::run(
+        &cfg_b,
+        &RunOpts {
+            resume: true,
+            stop_at: None,
+            quiet: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(rest.losses.first().unwrap().0, 18);
+    let tail: Vec<(usize, f64)> = full
+        .losses
+        .iter()
+        .filter(|(s, _)| *s >= 18)
+        .cloned()
+        .collect();
+    assert_eq!(
+        tail, rest.losses,
+        "resumed losses differ from the uninterrupted run"
+    );
+    assert_eq!(first.losses[..], full.losses[..17]);
+}
+
+fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_scoreflow"))
+}
+
+fn expect_error(args: &[&str], needle: &str) -> String {
+    let o = bin().args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected '{needle}' in {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn bad_configs_name_the_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/experiments/moons.toml"
+    ))
+    .unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let unknown = write(
+        "unknown.toml",
+        &good.replace("lr = 2e-3", "lr = 2e-3\nlearning_rate = 1"),
+    );
+    let err = expect_error(&["train", &unknown], "learning_rate");
+    assert!(err.contains("line"), "{err}");
+    let wrong = write(
+        "wrong.toml",
+        &good.replace("batch = 512", "batch = \"big\""),
+    );
+    let err = expect_error(&["train", &wrong], "batch");
+    assert!(err.contains("line"), "{err}");
+    let kind = write(
+        "kind.toml",
+        &good.replace("kind = \"moons\"", "kind = \"spirals\""),
+    );
+    expect_error(&["train", &kind], "spirals");
+    let bad_data = write(
+        "npy.toml",
+        &good.replace(
+            "kind = \"moons\"\nnum = 20000",
+            "kind = \"npy\"\npath = \"/nonexistent.npy\"",
+        ),
+    );
+    expect_error(&["train", &bad_data], "cannot read");
+    expect_error(&["train", "/nonexistent.toml"], "cannot read config");
+}
+
+#[test]
+fn corrupt_and_mismatched_checkpoints_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.npy");
+    let corrupt = dir.path().join("bad.safetensors");
+    std::fs::write(&corrupt, b"not a checkpoint at all").unwrap();
+    let o = out.to_str().unwrap();
+    expect_error(
+        &[
+            "sample",
+            "--checkpoint",
+            corrupt.to_str().unwrap(),
+            "--solver",
+            "heun",
+            "--steps",
+            "4",
+            "--num",
+            "3",
+            "--out",
+            o,
+        ],
+        "corrupt",
+    );
+    expect_error(
+        &[
+            "sample",
+            "--checkpoint",
+            "/nonexistent.safetensors",
+            "--solver",
+            "heun",
+            "--steps",
+            "4",
+            "--num",
+            "3",
+            "--out",
+            o,
+        ],
+        "cannot read checkpoint",
+    );
+    assert!(!out.exists());
+
+    // Train briefly, then resume with a different model: refused.
+    let cfg = config(
+        &dir.path().join("run"),
+        10,
+        "checkpoint_every = 10\nlog_every = 5",
+    );
+    let report = train::run(
+        &cfg,
+        &RunOpts {
+            resume: false,
+            stop_at: None,
+            quiet: true,
+        },
+    )
+    .unwrap();
+    let mut other = cfg.clone();
+    other.model.backbone = scoreflow::nn::Backbone::Mlp {
+        hidden: 64,
+        depth: 2,
+        fourier_features: 16,
+        fourier_scale: 1.0,
+    };
+    other.train.steps = 20;
+    let err = train::run(
+        &other,
+        &RunOpts {
+            resume: true,
+            stop_at: None,
+            quiet: true,
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("different config"), "{err}");
+    // A checkpoint whose tensors do not fit the model it claims: refused with the tensor named.
+    let mut ck = scoreflow::checkpoint::load(&report.checkpoint).unwrap();
+    let key = ck
+        .tensors
+        .keys()
+        .find(|k| k.starts_with("ema.") && k.ends_with("out.weight"))
+        .unwrap()
+        .clone();
+    ck.tensors.insert(
+        key.clone(),
+        tch::Tensor::zeros([3, 3], (Kind::Float, Device::Cpu)),
+    );
+    let broken = dir.path().join("broken.safetensors");
+    scoreflow::checkpoint::save(&broken, &ck.tensors, ck.meta.clone()).unwrap();
+    let err = train::load_for_sampling(&broken, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains(&key), "{err}");
+    // The good checkpoint samples from the command line with no model flags.
+    let ok = bin()
+        .args([
+            "sample",
+            "--checkpoint",
+            report.checkpoint.to_str().unwrap(),
+            "--solver",
+            "heun",
+            "--steps",
+            "8",
+            "--num",
+            "5",
+            "--device",
+            "cpu",
+            "--out",
+            o,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(out.exists());
+}
+
+#[test]
+fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 400, "checkpoint_every = 10\nlog_every = 10");
+    cfg.train.grad_clip = None;
+    cfg.train.warmup_steps = 0;
+    // Train stably to step 10, then blow the learning rate up.
+    train::run(
+        &cfg,
+        &RunOpts {
+            resume: false,
+            stop_at: Some(10),
+            quiet: true,
+        },
+    )
+    .unwrap();
+    let before = std::fs::read(train::checkpoint_path(&cfg)).unwrap();
+    cfg.train.lr = 1e12;
+    let err = train::run(
+        &cfg,
+        &RunOpts {
+            resume: true,
+            stop_at: None,
+            quiet: true,
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("non-finite") && err.contains("step 10"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(train::checkpoint_path(&cfg)).unwrap(),
+        before,
+        "the good checkpoint was overwritten"
+    );
+}
