@@ -116,8 +116,9 @@ impl Precond {
         }
     }
 
-    /// The noise range the preconditioning was built for, if it has one (EDM's
-    /// `sigma_min`/`sigma_max` of `VPPrecond` and `iDDPMPrecond`).
+    /// The noise range to sample in, where the preconditioning has one: VP's `sigma(1e-5)` to
+    /// `sigma(1)` (EDM `VPPrecond`), iDDPM's `u_{M-1}` to `u_8` (EDM's iDDPM sampling starts at
+    /// `j0 = 8`, about 80; `u_0` itself is about 2e4).
     pub fn sigma_range(&self) -> Option<(f64, f64)> {
         match self {
             Precond::Vp {
@@ -128,7 +129,7 @@ impl Precond {
             }
             Precond::Iddpm { c1, c2, m } => {
                 let u = iddpm_levels(*c1, *c2, *m);
-                Some((u[*m - 1], u[0]))
+                Some((u[*m - 1], u[8.min(*m - 1)]))
             }
             _ => None,
         }
