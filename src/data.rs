@@ -48,8 +48,67 @@ pub enum DataConfig {
         #[serde(default = "d_num")]
         num: usize,
     },
-    /// A float32/float64 `.npy` of shape `[N, d]`.
+    /// The 8x8 handwritten digits shipped in `experiments/data/digits.csv.gz` (or `path`), as
+    /// `[N, 1, 8, 8]` images in [-1, 1] with labels 0..9.
+    Digits { path: Option<PathBuf> },
+    /// A float32/float64 `.npy` of shape `[N, d]` or `[N, C, H, W]`, optional int labels.
     Npy { path: PathBuf },
+}
+
+/// Where the shipped digits live.
+pub fn default_digits_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("experiments/data/digits.csv.gz")
+}
+
+/// Read the digits CSV (gzip): `[N, 1, 8, 8]` in [-1, 1] and labels.
+pub fn read_digits(path: &std::path::Path) -> Result<Dataset> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .map_err(|e| anyhow::anyhow!("cannot read digits file {}: {e}", path.display()))?;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_string(&mut text)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "digits file {} is not a valid gzip CSV: {e}",
+                path.display()
+            )
+        })?;
+    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: Vec<f64> = line
+            .split(',')
+            .map(|s| s.trim().parse::<f64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                anyhow::anyhow!("digits file {} line {}: not numbers", path.display(), i + 1)
+            })?;
+        if v.len() != 65 {
+            bail!(
+                "digits file {} line {}: {} values, expected 65",
+                path.display(),
+                i + 1,
+                v.len()
+            );
+        }
+        pixels.extend(v[..64].iter().map(|p| p / 8.0 - 1.0));
+        labels.push(v[64] as i64);
+    }
+    let n = labels.len() as i64;
+    if n == 0 {
+        bail!("digits file {} is empty", path.display());
+    }
+    Ok(Dataset {
+        x: Tensor::from_slice(&pixels)
+            .view([n, 1, 8, 8])
+            .to_kind(Kind::Float),
+        labels: Some(Tensor::from_slice(&labels)),
+        num_classes: 10,
+    })
 }
 
 /// A data set in memory: `x` is `[N, d]` float32 on the CPU.
@@ -60,8 +119,9 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    pub fn dim(&self) -> i64 {
-        self.x.size()[1]
+    /// Per-sample shape: `[d]` or `[C, H, W]`.
+    pub fn shape(&self) -> Vec<i64> {
+        self.x.size()[1..].to_vec()
     }
     pub fn len(&self) -> i64 {
         self.x.size()[0]
@@ -172,12 +232,15 @@ pub fn load(cfg: &DataConfig, seed: u64) -> Result<Dataset> {
                 num_classes: gmm.components(),
             }
         }
+        DataConfig::Digits { path } => {
+            read_digits(path.as_deref().unwrap_or(&default_digits_path()))?
+        }
         DataConfig::Npy { path } => {
             let t = npy::read(path)?;
             let size = t.size();
-            if size.len() != 2 || size[0] < 1 || size[1] < 1 {
+            if !(size.len() == 2 || size.len() == 4) || size.iter().any(|&d| d < 1) {
                 bail!(
-                    "data file {} has shape {:?}, expected [N, d]",
+                    "data file {} has shape {:?}, expected [N, d] or [N, C, H, W]",
                     path.display(),
                     size
                 );

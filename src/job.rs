@@ -226,5 +226,16 @@ pub fn run_from_noise(
 
 /// Standard-normal starting noise: `n` samples of dimension `d` from per-sample generators.
 pub fn initial_noise(seed: u64, n: usize, d: usize, device: tch::Device, kind: Kind) -> Tensor {
-    BrownianNoise::new(seed, 0, n, &[d as i64], 1.0, device, kind).initial()
+    initial_noise_shaped(seed, n, &[d as i64], device, kind)
+}
+
+/// Standard-normal starting noise of per-sample shape `shape` (`[d]` or `[C, H, W]`).
+pub fn initial_noise_shaped(
+    seed: u64,
+    n: usize,
+    shape: &[i64],
+    device: tch::Device,
+    kind: Kind,
+) -> Tensor {
+    BrownianNoise::new(seed, 0, n, shape, 1.0, device, kind).initial()
 }

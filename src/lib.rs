@@ -11,6 +11,8 @@ pub mod checkpoint;
 pub mod compare;
 pub mod data;
 pub mod device;
+pub mod fid;
+pub mod image;
 pub mod job;
 pub mod loss;
 pub mod metrics;

@@ -213,18 +213,19 @@ impl LossConfig {
         (sigma, weight)
     }
 
-    /// Per-sample losses for a batch `y` (`[N, d]`).
-    pub fn loss(&self, net: &Network, y: &Tensor) -> Tensor {
+    /// Per-sample losses for a batch `y` (`[N, ...]`), with optional labels.
+    pub fn loss(&self, net: &Network, y: &Tensor, labels: Option<&Tensor>) -> Tensor {
         let sd = match net.precond {
             crate::precond::Precond::Edm { sigma_data } => sigma_data,
             _ => 0.5,
         };
         let (sigma, weight) = self.sigma_and_weight(y.size()[0], sd, y.device());
-        let noise = y.randn_like() * sigma.unsqueeze(1);
-        let d = net.forward(&(y + noise), &sigma);
+        let noise = y.randn_like() * crate::precond::per_sample(&sigma, y);
+        let d = net.forward(&(y + noise), &sigma, labels);
+        let dims: Vec<i64> = (1..y.dim() as i64).collect();
         (d - y)
             .square()
-            .mean_dim([1i64].as_slice(), false, Kind::Float)
+            .mean_dim(dims.as_slice(), false, Kind::Float)
             * weight
     }
 }

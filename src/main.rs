@@ -29,6 +29,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Train a preconditioned denoiser from a TOML config (see experiments/*.toml).
     Train(TrainArgs),
+    /// Fréchet distance of a digits model's samples on in-project classifier features.
+    EvalDigits(scoreflow::fid::EvalDigitsArgs),
 }
 
 #[derive(Args)]
@@ -105,9 +107,18 @@ struct SampleArgs {
     /// Arithmetic precision: float32 or float64.
     #[arg(long, default_value = "float32")]
     dtype: String,
-    /// Output .npy (float32 [N, d]).
+    /// Output .npy (float32 [N, d] or [N, C, H, W]).
     #[arg(long)]
     out: PathBuf,
+    /// Class-conditional checkpoints: the class to sample.
+    #[arg(long)]
+    class: Option<usize>,
+    /// Classifier-free guidance weight w in D_u + w (D_c - D_u) (1: plain conditional).
+    #[arg(long)]
+    guidance: Option<f64>,
+    /// Also draw image samples as a PNG grid.
+    #[arg(long)]
+    png: Option<PathBuf>,
 }
 
 fn sample(a: SampleArgs) -> Result<()> {
@@ -125,16 +136,45 @@ fn sample(a: SampleArgs) -> Result<()> {
         (None, Some(path)) => (None, Some(train::load_for_sampling(path, dev)?.0)),
         (None, None) => bail!("give --denoiser or --checkpoint"),
     };
-    let (den, d): (&dyn Denoiser, usize) = match (&exact, &trained) {
-        (Some(m), _) => (m.denoiser(), m.dim()),
-        (None, Some(t)) => (&t.net, t.net.dim as usize),
+    if (a.class.is_some() || a.guidance.is_some())
+        && trained.as_ref().is_none_or(|t| t.net.num_classes == 0)
+    {
+        bail!("--class and --guidance need a class-conditional checkpoint");
+    }
+    let guided;
+    let (den, shape): (&dyn Denoiser, Vec<i64>) = match (&exact, &trained) {
+        (Some(m), _) => (m.denoiser(), vec![m.dim() as i64]),
+        (None, Some(t)) => {
+            let shape = t.net.shape.clone();
+            match a.class {
+                Some(k) => {
+                    if k >= t.net.num_classes {
+                        bail!(
+                            "--class {k}: the model has classes 0..{}",
+                            t.net.num_classes - 1
+                        );
+                    }
+                    guided = scoreflow::nn::Guided {
+                        net: &t.net,
+                        class: k as i64,
+                        guidance: a.guidance.unwrap_or(1.0),
+                    };
+                    (&guided, shape)
+                }
+                None if a.guidance.is_some() => bail!("--guidance needs --class"),
+                None => (&t.net, shape),
+            }
+        }
         _ => unreachable!(),
     };
+    if a.png.is_some() && shape.len() != 3 {
+        bail!("--png draws image samples; this model's samples have shape {shape:?}");
+    }
     let z = match (&a.noise, a.num) {
-        (Some(path), _) => npy::read_matrix(path, d, "noise file")?
+        (Some(path), _) => npy::read_shaped(path, &shape, "noise file")?
             .to_device(dev)
             .to_kind(kind),
-        (None, Some(n)) if n > 0 => job::initial_noise(a.seed, n, d, dev, kind),
+        (None, Some(n)) if n > 0 => job::initial_noise_shaped(a.seed, n, &shape, dev, kind),
         (None, Some(_)) => bail!("--num must be at least 1"),
         (None, None) => bail!("give the starting noise with --noise FILE.npy or --num N"),
     };
@@ -158,6 +198,9 @@ fn sample(a: SampleArgs) -> Result<()> {
     let x = x.to_device(tch::Device::Cpu);
     let seconds = start.elapsed().as_secs_f64();
     npy::write_f32(&a.out, &x)?;
+    if let Some(png) = &a.png {
+        scoreflow::image::write_grid(png, &x, 10)?;
+    }
     let line = serde_json::json!({
         "solver": spec.name(),
         "steps": a.steps,
@@ -180,6 +223,7 @@ fn main() {
         Command::Compare(a) => compare::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train_cmd(a),
+        Command::EvalDigits(a) => scoreflow::fid::eval_digits(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -19,13 +19,25 @@ fn d_fourier() -> i64 {
 fn d_scale() -> f64 {
     1.0
 }
+fn d_channels() -> i64 {
+    64
+}
+fn d_mult() -> Vec<i64> {
+    vec![1, 2]
+}
+fn d_blocks() -> usize {
+    2
+}
+fn d_attn() -> Vec<i64> {
+    vec![4]
+}
 
 /// The network `F` inside the preconditioning.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Backbone {
-    /// An MLP of residual blocks for vector data, with a random Fourier-feature embedding of
-    /// `c_noise` (Tancik et al. 2020; Song et al. 2021's `GaussianFourierProjection`).
+    /// An MLP of residual blocks for vector data `[N, d]`, with a random Fourier-feature
+    /// embedding of `c_noise` (Tancik et al. 2020; Song et al. 2021's `GaussianFourierProjection`).
     Mlp {
         #[serde(default = "d_hidden")]
         hidden: i64,
@@ -35,6 +47,23 @@ pub enum Backbone {
         #[serde(default = "d_fourier")]
         fourier_features: i64,
         /// Standard deviation of the random frequencies.
+        #[serde(default = "d_scale")]
+        fourier_scale: f64,
+    },
+    /// A compact U-Net for images `[N, C, H, W]` (Ho et al. 2020; Song et al. 2021): residual
+    /// blocks with group norm and a noise-embedding shift, self-attention at the listed
+    /// resolutions, one level per entry of `channel_mult` (downsampling between levels).
+    Unet {
+        #[serde(default = "d_channels")]
+        channels: i64,
+        #[serde(default = "d_mult")]
+        channel_mult: Vec<i64>,
+        #[serde(default = "d_blocks")]
+        blocks: usize,
+        #[serde(default = "d_attn")]
+        attn_resolutions: Vec<i64>,
+        #[serde(default = "d_fourier")]
+        fourier_features: i64,
         #[serde(default = "d_scale")]
         fourier_scale: f64,
     },
@@ -64,30 +93,112 @@ impl Backbone {
                     bail!("model.backbone: hidden, depth and fourier_features must be >= 1 and fourier_scale > 0");
                 }
             }
+            Backbone::Unet {
+                channels,
+                channel_mult,
+                blocks,
+                fourier_features,
+                fourier_scale,
+                ..
+            } => {
+                if *channels < 8
+                    || channels % 8 != 0
+                    || channel_mult.is_empty()
+                    || channel_mult.iter().any(|m| *m < 1)
+                {
+                    bail!("model.backbone: channels must be a multiple of 8 (>= 8) and channel_mult non-empty and positive");
+                }
+                if *blocks < 1 || *fourier_features < 1 || !(*fourier_scale > 0.0) {
+                    bail!("model.backbone: blocks and fourier_features must be >= 1 and fourier_scale > 0");
+                }
+            }
         }
         Ok(())
     }
+
+    /// Check that the backbone fits samples of per-sample shape `shape`.
+    pub fn check_shape(&self, shape: &[i64]) -> Result<()> {
+        match self {
+            Backbone::Mlp { .. } if shape.len() != 1 => {
+                bail!("the mlp backbone needs vector data [N, d], the data has per-sample shape {shape:?}")
+            }
+            Backbone::Unet { channel_mult, .. } => {
+                if shape.len() != 3 {
+                    bail!("the unet backbone needs images [N, C, H, W], the data has per-sample shape {shape:?}");
+                }
+                let f = 1i64 << (channel_mult.len() - 1);
+                if shape[1] % f != 0 || shape[2] % f != 0 {
+                    bail!(
+                        "image size {}x{} must be divisible by {f} for {} U-Net levels",
+                        shape[1],
+                        shape[2],
+                        channel_mult.len()
+                    );
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
-/// Residual MLP: `h = W_in x + E(c_noise)`, then `depth` blocks
-/// `h <- h + W2 silu(W1 silu(h) + T_i emb)`, then `W_out silu(h)`.
-pub struct Mlp {
-    fourier: Tensor,
-    emb: nn::Linear,
+/// Random Fourier features of `c_noise`, then a two-layer MLP: the noise embedding.
+struct NoiseEmbedding {
+    freqs: Tensor,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    class: Option<nn::Embedding>,
+}
+
+impl NoiseEmbedding {
+    fn new(p: &nn::Path, nf: i64, scale: f64, dim: i64, num_classes: usize) -> Self {
+        // Fixed random frequencies: a buffer, saved with the weights, never trained.
+        let freqs = p.zeros_no_train("fourier_freqs", &[nf]);
+        tch::no_grad(|| {
+            let mut f = freqs.shallow_clone();
+            f.copy_(&(Tensor::randn([nf], (Kind::Float, p.device())) * scale));
+        });
+        // One extra row: the "no class" label used for unconditional evaluation.
+        let class = (num_classes > 0)
+            .then(|| nn::embedding(p / "class", num_classes as i64 + 1, dim, Default::default()));
+        NoiseEmbedding {
+            freqs,
+            fc1: nn::linear(p / "emb1", 2 * nf, dim, Default::default()),
+            fc2: nn::linear(p / "emb2", dim, dim, Default::default()),
+            class,
+        }
+    }
+    fn forward(&self, c_noise: &Tensor, labels: Option<&Tensor>) -> Tensor {
+        let arg = c_noise.unsqueeze(1) * self.freqs.unsqueeze(0) * (2.0 * std::f64::consts::PI);
+        let feats = Tensor::cat(&[arg.sin(), arg.cos()], 1);
+        let mut e = self.fc2.forward(&self.fc1.forward(&feats).silu());
+        if let (Some(c), Some(l)) = (&self.class, labels) {
+            e = e + c.forward(l);
+        }
+        e
+    }
+}
+
+/// Residual MLP: `h = W_in x + E`, then `depth` blocks `h <- h + W2 silu(W1 silu(h) + T_i E)`,
+/// then `W_out silu(h)`.
+struct Mlp {
+    emb: NoiseEmbedding,
     inp: nn::Linear,
     blocks: Vec<(nn::Linear, nn::Linear, nn::Linear)>,
     out: nn::Linear,
 }
 
 impl Mlp {
-    pub fn new(p: &nn::Path, dim: i64, hidden: i64, depth: usize, nf: i64, scale: f64) -> Self {
-        // Fixed random frequencies: a buffer, saved with the weights, never trained.
-        let fourier = p.zeros_no_train("fourier_freqs", &[nf]);
-        tch::no_grad(|| {
-            let mut f = fourier.shallow_clone();
-            f.copy_(&(Tensor::randn([nf], (Kind::Float, p.device())) * scale));
-        });
-        let emb = nn::linear(p / "emb", 2 * nf, hidden, Default::default());
+    fn new(
+        p: &nn::Path,
+        dim: i64,
+        hidden: i64,
+        depth: usize,
+        nf: i64,
+        scale: f64,
+        classes: usize,
+    ) -> Self {
+        let emb = NoiseEmbedding::new(p, nf, scale, hidden, classes);
         let inp = nn::linear(p / "in", dim, hidden, Default::default());
         let blocks = (0..depth)
             .map(|i| {
@@ -101,19 +212,14 @@ impl Mlp {
             .collect();
         let out = nn::linear(p / "out", hidden, dim, Default::default());
         Mlp {
-            fourier,
             emb,
             inp,
             blocks,
             out,
         }
     }
-
-    /// `x`: `[N, dim]` (already scaled by `c_in`), `c_noise`: `[N]`.
-    pub fn forward(&self, x: &Tensor, c_noise: &Tensor) -> Tensor {
-        let arg = c_noise.unsqueeze(1) * self.fourier.unsqueeze(0) * (2.0 * std::f64::consts::PI);
-        let feats = Tensor::cat(&[arg.sin(), arg.cos()], 1);
-        let temb = self.emb.forward(&feats).silu();
+    fn forward(&self, x: &Tensor, c_noise: &Tensor, labels: Option<&Tensor>) -> Tensor {
+        let temb = self.emb.forward(c_noise, labels).silu();
         let mut h = self.inp.forward(x) + &temb;
         for (fc1, t, fc2) in &self.blocks {
             let u = fc1.forward(&h.silu()) + t.forward(&temb);
@@ -123,56 +229,361 @@ impl Mlp {
     }
 }
 
+fn conv(p: nn::Path, i: i64, o: i64, k: i64, stride: i64) -> nn::Conv2D {
+    nn::conv2d(
+        p,
+        i,
+        o,
+        k,
+        nn::ConvConfig {
+            padding: k / 2,
+            stride,
+            ..Default::default()
+        },
+    )
+}
+
+fn gn(p: nn::Path, c: i64) -> nn::GroupNorm {
+    nn::group_norm(p, (c / 4).clamp(1, 32).min(c), c, Default::default())
+}
+
+/// GroupNorm -> SiLU -> conv, plus the embedding as a per-channel shift, twice, with a skip.
+struct ResBlock {
+    n1: nn::GroupNorm,
+    c1: nn::Conv2D,
+    t: nn::Linear,
+    n2: nn::GroupNorm,
+    c2: nn::Conv2D,
+    skip: Option<nn::Conv2D>,
+}
+
+impl ResBlock {
+    fn new(p: &nn::Path, i: i64, o: i64, emb: i64) -> Self {
+        ResBlock {
+            n1: gn(p / "norm1", i),
+            c1: conv(p / "conv1", i, o, 3, 1),
+            t: nn::linear(p / "temb", emb, o, Default::default()),
+            n2: gn(p / "norm2", o),
+            c2: conv(p / "conv2", o, o, 3, 1),
+            skip: (i != o).then(|| conv(p / "skip", i, o, 1, 1)),
+        }
+    }
+    fn forward(&self, x: &Tensor, emb: &Tensor) -> Tensor {
+        let h = self.c1.forward(&self.n1.forward(x).silu());
+        let h = h + self.t.forward(emb).unsqueeze(-1).unsqueeze(-1);
+        let h = self.c2.forward(&self.n2.forward(&h).silu());
+        match &self.skip {
+            Some(s) => s.forward(x) + h,
+            None => x + h,
+        }
+    }
+}
+
+/// Single-head self-attention over the pixels, with a residual connection.
+struct Attention {
+    norm: nn::GroupNorm,
+    qkv: nn::Conv2D,
+    proj: nn::Conv2D,
+}
+
+impl Attention {
+    fn new(p: &nn::Path, c: i64) -> Self {
+        Attention {
+            norm: gn(p / "norm", c),
+            qkv: conv(p / "qkv", c, 3 * c, 1, 1),
+            proj: conv(p / "proj", c, c, 1, 1),
+        }
+    }
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let (n, c, h, w) = x.size4().unwrap();
+        let qkv = self
+            .qkv
+            .forward(&self.norm.forward(x))
+            .reshape([n, 3, c, h * w]);
+        let (q, k, v) = (qkv.select(1, 0), qkv.select(1, 1), qkv.select(1, 2));
+        let att = (q.transpose(1, 2).matmul(&k) / (c as f64).sqrt()).softmax(-1, x.kind());
+        let out = v.matmul(&att.transpose(1, 2)).reshape([n, c, h, w]);
+        x + self.proj.forward(&out)
+    }
+}
+
+enum UnetLayer {
+    Res(ResBlock, Option<Attention>),
+    Down(nn::Conv2D),
+    Up(nn::Conv2D),
+}
+
+/// A compact DDPM-style U-Net.
+struct Unet {
+    emb: NoiseEmbedding,
+    inp: nn::Conv2D,
+    down: Vec<UnetLayer>,
+    mid: (ResBlock, Attention, ResBlock),
+    up: Vec<UnetLayer>,
+    out_norm: nn::GroupNorm,
+    out: nn::Conv2D,
+}
+
+impl Unet {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        p: &nn::Path,
+        shape: &[i64],
+        ch: i64,
+        mult: &[i64],
+        blocks: usize,
+        attn: &[i64],
+        nf: i64,
+        scale: f64,
+        classes: usize,
+    ) -> Self {
+        let (c_in, res0) = (shape[0], shape[1]);
+        let e = 4 * ch;
+        let emb = NoiseEmbedding::new(&(p / "emb"), nf, scale, e, classes);
+        let inp = conv(p / "in", c_in, ch, 3, 1);
+        let (mut down, mut skips) = (Vec::new(), vec![ch]);
+        let (mut cur, mut res) = (ch, res0);
+        for (lvl, m) in mult.iter().enumerate() {
+            for b in 0..blocks {
+                let o = ch * m;
+                let rb = ResBlock::new(&(p / format!("down{lvl}_{b}")), cur, o, e);
+                let at = attn
+                    .contains(&res)
+                    .then(|| Attention::new(&(p / format!("down{lvl}_{b}_attn")), o));
+                down.push(UnetLayer::Res(rb, at));
+                cur = o;
+                skips.push(cur);
+            }
+            if lvl + 1 < mult.len() {
+                down.push(UnetLayer::Down(conv(
+                    p / format!("down{lvl}_pool"),
+                    cur,
+                    cur,
+                    3,
+                    2,
+                )));
+                skips.push(cur);
+                res /= 2;
+            }
+        }
+        let mid = (
+            ResBlock::new(&(p / "mid1"), cur, cur, e),
+            Attention::new(&(p / "mid_attn"), cur),
+            ResBlock::new(&(p / "mid2"), cur, cur, e),
+        );
+        let mut up = Vec::new();
+        for (lvl, m) in mult.iter().enumerate().rev() {
+            for b in 0..=blocks {
+                let o = ch * m;
+                let s = skips.pop().unwrap();
+                let rb = ResBlock::new(&(p / format!("up{lvl}_{b}")), cur + s, o, e);
+                let at = attn
+                    .contains(&res)
+                    .then(|| Attention::new(&(p / format!("up{lvl}_{b}_attn")), o));
+                up.push(UnetLayer::Res(rb, at));
+                cur = o;
+            }
+            if lvl > 0 {
+                up.push(UnetLayer::Up(conv(
+                    p / format!("up{lvl}_upsample"),
+                    cur,
+                    cur,
+                    3,
+                    1,
+                )));
+                res *= 2;
+            }
+        }
+        Unet {
+            emb,
+            inp,
+            down,
+            mid,
+            up,
+            out_norm: gn(p / "out_norm", cur),
+            out: conv(p / "out", cur, c_in, 3, 1),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, c_noise: &Tensor, labels: Option<&Tensor>) -> Tensor {
+        let emb = self.emb.forward(c_noise, labels).silu();
+        let mut h = self.inp.forward(x);
+        let mut skips = vec![h.shallow_clone()];
+        for layer in &self.down {
+            h = match layer {
+                UnetLayer::Res(rb, at) => {
+                    let h = rb.forward(&h, &emb);
+                    at.as_ref().map_or(h.shallow_clone(), |a| a.forward(&h))
+                }
+                UnetLayer::Down(c) => c.forward(&h),
+                UnetLayer::Up(_) => unreachable!(),
+            };
+            skips.push(h.shallow_clone());
+        }
+        h = self.mid.0.forward(&h, &emb);
+        h = self.mid.1.forward(&h);
+        h = self.mid.2.forward(&h, &emb);
+        for layer in &self.up {
+            h = match layer {
+                UnetLayer::Res(rb, at) => {
+                    let s = skips.pop().unwrap();
+                    let h = rb.forward(&Tensor::cat(&[h, s], 1), &emb);
+                    at.as_ref().map_or(h.shallow_clone(), |a| a.forward(&h))
+                }
+                UnetLayer::Up(c) => {
+                    c.forward(&h.upsample_nearest2d([h.size()[2] * 2, h.size()[3] * 2], None, None))
+                }
+                UnetLayer::Down(_) => unreachable!(),
+            };
+        }
+        self.out.forward(&self.out_norm.forward(&h).silu())
+    }
+}
+
+enum Body {
+    Mlp(Mlp),
+    Unet(Unet),
+}
+
 /// A preconditioned backbone: `D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)`.
 pub struct Network {
     pub precond: Precond,
-    pub dim: i64,
-    mlp: Mlp,
+    /// Per-sample shape: `[d]` or `[C, H, W]`.
+    pub shape: Vec<i64>,
+    /// Number of classes for conditional models (0: unconditional).
+    pub num_classes: usize,
+    body: Body,
+    device: Device,
 }
 
 impl Network {
     /// Build the variables under `p` (their names become checkpoint keys).
-    pub fn new(p: &nn::Path, precond: &Precond, backbone: &Backbone, dim: i64) -> Self {
-        let mlp = match backbone {
+    pub fn new(
+        p: &nn::Path,
+        precond: &Precond,
+        backbone: &Backbone,
+        shape: &[i64],
+        num_classes: usize,
+    ) -> Self {
+        let body = match backbone {
             Backbone::Mlp {
                 hidden,
                 depth,
                 fourier_features,
                 fourier_scale,
-            } => Mlp::new(p, dim, *hidden, *depth, *fourier_features, *fourier_scale),
+            } => Body::Mlp(Mlp::new(
+                p,
+                shape[0],
+                *hidden,
+                *depth,
+                *fourier_features,
+                *fourier_scale,
+                num_classes,
+            )),
+            Backbone::Unet {
+                channels,
+                channel_mult,
+                blocks,
+                attn_resolutions,
+                fourier_features,
+                fourier_scale,
+            } => Body::Unet(Unet::new(
+                p,
+                shape,
+                *channels,
+                channel_mult,
+                *blocks,
+                attn_resolutions,
+                *fourier_features,
+                *fourier_scale,
+                num_classes,
+            )),
         };
         Network {
             precond: precond.clone(),
-            dim,
-            mlp,
+            shape: shape.to_vec(),
+            num_classes,
+            body,
+            device: p.device(),
         }
     }
 
-    /// `D(x; sigma)` with per-sample `sigma` (`[N]`), differentiable; computed in float32.
-    pub fn forward(&self, x: &Tensor, sigma: &Tensor) -> Tensor {
+    /// `D(x; sigma)` with per-sample `sigma` (`[N]`) and optional labels (`[N]`, int64; the value
+    /// `num_classes` means "no class"); differentiable; computed in float32.
+    pub fn forward(&self, x: &Tensor, sigma: &Tensor, labels: Option<&Tensor>) -> Tensor {
         let xf = x.to_kind(Kind::Float);
         let sf = sigma.to_kind(Kind::Float);
         let c = self.precond.coefs(&sf);
-        let f = self.mlp.forward(&(&xf * per_sample(&c.inp, &xf)), &c.noise);
+        let xin = &xf * per_sample(&c.inp, &xf);
+        // An unconditional call of a conditional model uses the "no class" label.
+        let null;
+        let labels = match (labels, self.num_classes) {
+            (None, k) if k > 0 => {
+                null = Tensor::full([x.size()[0]], k as i64, (Kind::Int64, x.device()));
+                Some(&null)
+            }
+            (l, _) => l,
+        };
+        let f = match &self.body {
+            Body::Mlp(m) => m.forward(&xin, &c.noise, labels),
+            Body::Unet(u) => u.forward(&xin, &c.noise, labels),
+        };
         per_sample(&c.skip, &xf) * &xf + per_sample(&c.out, &xf) * f
     }
 
     pub fn device(&self) -> Device {
-        self.mlp.fourier.device()
+        self.device
+    }
+
+    fn check(&self, x: &Tensor) -> Result<(), SolverError> {
+        let size = x.size();
+        if size.len() != self.shape.len() + 1 || size[1..] != self.shape[..] {
+            return Err(SolverError::Shape(format!(
+                "the network expects samples of shape [N, {:?}], got {size:?}",
+                self.shape
+            )));
+        }
+        Ok(())
     }
 }
 
 impl Denoiser for Network {
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor, SolverError> {
-        let size = x.size();
-        if size.len() != 2 || size[1] != self.dim {
-            return Err(SolverError::Shape(format!(
-                "the network expects samples of shape [N, {}], got {size:?}",
-                self.dim
-            )));
-        }
+        self.check(x)?;
         let out =
-            tch::no_grad(|| self.forward(&x.to_device(self.device()), &sigma_batch(sigma, x)));
+            tch::no_grad(|| self.forward(&x.to_device(self.device), &sigma_batch(sigma, x), None));
         Ok(out.to_device(x.device()).to_kind(x.kind()))
+    }
+}
+
+/// Classifier-free guidance (Ho & Salimans 2022) for one class:
+/// `D = D_u + w (D_c - D_u)`, `w = 1` is the plain conditional model, `w = 0` the unconditional
+/// one. Both branches run as one batched network call, counted as one evaluation.
+pub struct Guided<'a> {
+    pub net: &'a Network,
+    pub class: i64,
+    pub guidance: f64,
+}
+
+impl Denoiser for Guided<'_> {
+    fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor, SolverError> {
+        self.net.check(x)?;
+        let n = x.size()[0];
+        let dev = self.net.device;
+        let xx = Tensor::cat(&[x, x], 0).to_device(dev);
+        let labels = Tensor::cat(
+            &[
+                Tensor::full([n], self.class, (Kind::Int64, dev)),
+                Tensor::full([n], self.net.num_classes as i64, (Kind::Int64, dev)),
+            ],
+            0,
+        );
+        let out = tch::no_grad(|| {
+            self.net
+                .forward(&xx, &sigma_batch(sigma, &xx), Some(&labels))
+        });
+        let (cond, uncond) = (out.narrow(0, 0, n), out.narrow(0, n, n));
+        let d = &uncond + (cond - &uncond) * self.guidance;
+        Ok(d.to_device(x.device()).to_kind(x.kind()))
     }
 }

@@ -58,6 +58,31 @@ pub fn read_matrix(path: &Path, d: usize, what: &str) -> Result<Tensor> {
     Ok(t)
 }
 
+/// Read `[N, ...shape]` of finite values.
+pub fn read_shaped(path: &Path, shape: &[i64], what: &str) -> Result<Tensor> {
+    if shape.len() == 1 {
+        return read_matrix(path, shape[0] as usize, what);
+    }
+    let t = read(path)?;
+    let size = t.size();
+    if size.len() != shape.len() + 1 || size[1..] != shape[..] || size[0] == 0 {
+        bail!(
+            "{what} {} has shape {:?}, expected [N, {}]",
+            path.display(),
+            size,
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if t.isfinite().all().int64_value(&[]) == 0 {
+        bail!("{what} {} contains NaN or infinite values", path.display());
+    }
+    Ok(t)
+}
+
 /// A temporary sibling of `path` that is renamed over it once complete.
 pub fn temp_path(path: &Path) -> PathBuf {
     let name = path

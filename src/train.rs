@@ -63,6 +63,9 @@ pub struct ModelConfig {
     pub precond: Precond,
     #[serde(default)]
     pub backbone: Backbone,
+    /// Condition on the data's class labels (for classifier-free guidance).
+    #[serde(default)]
+    pub conditional: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -89,6 +92,13 @@ pub struct TrainParams {
     pub checkpoint_every: usize,
     #[serde(default = "d_log")]
     pub log_every: usize,
+    /// Conditional models: the fraction of labels replaced by "no class" (Ho & Salimans 2022).
+    #[serde(default = "d_dropout")]
+    pub label_dropout: f64,
+}
+
+fn d_dropout() -> f64 {
+    0.1
 }
 
 impl TrainConfig {
@@ -120,6 +130,9 @@ impl TrainConfig {
         if !(t.lr > 0.0 && t.lr.is_finite()) || !(t.ema_half_life > 0.0) {
             bail!("train.lr and train.ema_half_life must be positive");
         }
+        if !(0.0..=1.0).contains(&t.label_dropout) {
+            bail!("train.label_dropout must be in [0, 1]");
+        }
         if let Some(c) = t.grad_clip {
             if !(c > 0.0) {
                 bail!("train.grad_clip must be positive");
@@ -137,9 +150,9 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn new(cfg: &ModelConfig, dim: i64, dev: Device) -> Model {
+    pub fn new(cfg: &ModelConfig, shape: &[i64], num_classes: usize, dev: Device) -> Model {
         let vs = VarStore::new(dev);
-        let net = Network::new(&vs.root(), &cfg.precond, &cfg.backbone, dim);
+        let net = Network::new(&vs.root(), &cfg.precond, &cfg.backbone, shape, num_classes);
         Model { vs, net }
     }
     /// Variables sorted by name (a stable order for the optimizer).
@@ -169,8 +182,12 @@ pub fn load_for_sampling(path: &Path, dev: Device) -> Result<(Model, TrainConfig
     let ck = checkpoint::load(path)?;
     let cfg: TrainConfig =
         serde_json::from_str(ck.meta("config")?).context("checkpoint config is not valid")?;
-    let dim: i64 = ck.meta("dim")?.parse().context("checkpoint dim")?;
-    let mut m = Model::new(&cfg.model, dim, dev);
+    let shape: Vec<i64> = serde_json::from_str(ck.meta("shape")?).context("checkpoint shape")?;
+    let classes: usize = ck
+        .meta("num_classes")?
+        .parse()
+        .context("checkpoint num_classes")?;
+    let mut m = Model::new(&cfg.model, &shape, classes, dev);
     m.load_prefix(&ck, "ema")?;
     Ok((m, cfg))
 }
@@ -208,19 +225,33 @@ pub fn checkpoint_path(cfg: &TrainConfig) -> PathBuf {
 /// the same numbers as an uninterrupted one); runs in one process take turns.
 static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Hold libtorch's process-wide generator for a seeded computation.
+pub fn exclusive_rng() -> std::sync::MutexGuard<'static, ()> {
+    TRAINING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Train (or resume) as the config says.
 pub fn run(cfg: &TrainConfig, opts: &RunOpts) -> Result<Report> {
-    let _turn = TRAINING.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = exclusive_rng();
     let dev = device::parse(&cfg.device)?;
     let data = data::load(&cfg.data, cfg.seed)?;
-    let dim = data.dim();
+    let shape = data.shape();
+    cfg.model.backbone.check_shape(&shape)?;
+    let classes = if cfg.model.conditional {
+        if data.num_classes == 0 || data.labels.is_none() {
+            bail!("model.conditional needs labelled data; this data set has no labels");
+        }
+        data.num_classes
+    } else {
+        0
+    };
     std::fs::create_dir_all(&cfg.out_dir)
         .with_context(|| format!("cannot create {}", cfg.out_dir.display()))?;
     let ckpt_path = checkpoint_path(cfg);
 
     tch::manual_seed(step_seed(cfg.seed, usize::MAX));
-    let mut model = Model::new(&cfg.model, dim, dev);
-    let mut ema = Model::new(&cfg.model, dim, dev);
+    let mut model = Model::new(&cfg.model, &shape, classes, dev);
+    let mut ema = Model::new(&cfg.model, &shape, classes, dev);
     let params = model.named();
     let trainable: Vec<usize> = (0..params.len())
         .filter(|&i| params[i].1.requires_grad())
@@ -292,6 +323,11 @@ fn train_loop(
     let t = &cfg.train;
     let end = opts.stop_at.unwrap_or(t.steps).min(t.steps);
     let x_all = data.x.to_device(dev);
+    let labels_all = if model.net.num_classes > 0 {
+        data.labels.as_ref().map(|l| l.to_device(dev))
+    } else {
+        None
+    };
     let n_data = data.len();
     let ema_params = ema.named();
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
@@ -317,11 +353,23 @@ fn train_loop(
         tch::manual_seed(step_seed(cfg.seed, step));
         let idx = Tensor::randint(n_data, [t.batch], (Kind::Int64, dev));
         let y = x_all.index_select(0, &idx);
+        // Label dropout: replace a fraction of the labels by the "no class" label.
+        let labels = labels_all.as_ref().map(|l| {
+            let l = l.index_select(0, &idx);
+            let drop = Tensor::rand([t.batch], (Kind::Float, dev)).lt(t.label_dropout);
+            l.where_self(
+                &drop.logical_not(),
+                &Tensor::full([t.batch], model.net.num_classes as i64, (Kind::Int64, dev)),
+            )
+        });
         for &i in &trainable {
             let mut p = params[i].1.shallow_clone();
             p.zero_grad();
         }
-        let loss = cfg.loss.loss(&model.net, &y).mean(Kind::Float);
+        let loss = cfg
+            .loss
+            .loss(&model.net, &y, labels.as_ref())
+            .mean(Kind::Float);
         loss.backward();
         tch::no_grad(|| {
             let grads: Vec<Tensor> = trainable.iter().map(|&i| params[i].1.grad()).collect();
@@ -436,11 +484,12 @@ fn train_loop(
             meta.insert("format".into(), checkpoint::FORMAT.into());
             meta.insert("config".into(), serde_json::to_string(cfg)?);
             meta.insert("step".into(), done.to_string());
-            meta.insert("dim".into(), data.dim().to_string());
+            meta.insert("shape".into(), serde_json::to_string(&data.shape())?);
+            meta.insert("num_classes".into(), model.net.num_classes.to_string());
             meta.insert("scoreflow_version".into(), env!("CARGO_PKG_VERSION").into());
             checkpoint::save(ckpt_path, &tensors, meta)?;
             last_good = Some(done);
-            snapshot(cfg, &ema, data.dim(), dev)?;
+            snapshot(cfg, &ema, dev)?;
         }
     }
     bar.finish_and_clear();
@@ -451,12 +500,15 @@ fn train_loop(
     })
 }
 
-/// Sample 1000 points from the EMA network (Heun, 32 steps) into `out_dir/samples.npy`.
-fn snapshot(cfg: &TrainConfig, ema: &Model, dim: i64, dev: Device) -> Result<()> {
+/// Sample from the EMA network (Heun, 32 steps) into `out_dir/samples.npy` (1000 vectors, or
+/// 100 images, also drawn as `out_dir/samples.png`).
+fn snapshot(cfg: &TrainConfig, ema: &Model, dev: Device) -> Result<()> {
     let (lo, hi) = cfg.model.precond.sigma_range().unwrap_or((0.002, 80.0));
     let sde = Edm::default();
     let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 32, lo, hi, &sde)?;
-    let z = job::initial_noise(cfg.seed, 1000, dim as usize, dev, Kind::Float);
+    let shape = ema.net.shape.clone();
+    let n = if shape.len() == 3 { 100 } else { 1000 };
+    let z = job::initial_noise_shaped(cfg.seed, n, &shape, dev, Kind::Float);
     let (x, _) = job::run_from_noise(
         &SamplerSpec::Heun,
         &ema.net,
@@ -467,5 +519,9 @@ fn snapshot(cfg: &TrainConfig, ema: &Model, dim: i64, dev: Device) -> Result<()>
         0,
         &mut |_, _| {},
     )?;
-    npy::write_f32(&cfg.out_dir.join("samples.npy"), &x)
+    npy::write_f32(&cfg.out_dir.join("samples.npy"), &x)?;
+    if shape.len() == 3 {
+        crate::image::write_grid(&cfg.out_dir.join("samples.png"), &x, 10)?;
+    }
+    Ok(())
 }

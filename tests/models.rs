@@ -1,0 +1,176 @@
+//! Backbones, data sets, the Fréchet distance and class conditioning.
+
+use scoreflow::data::{self, DataConfig};
+use scoreflow::nn::{Backbone, Guided, Network};
+use scoreflow::precond::Precond;
+use scoreflow::solvers::Denoiser;
+use scoreflow::train::{self, RunOpts, TrainConfig};
+use std::path::Path;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+#[test]
+fn unet_keeps_image_shapes_and_sees_sigma_only_through_c_noise() {
+    let vs = VarStore::new(Device::Cpu);
+    let bb = Backbone::Unet {
+        channels: 16,
+        channel_mult: vec![1, 2],
+        blocks: 1,
+        attn_resolutions: vec![4],
+        fourier_features: 8,
+        fourier_scale: 1.0,
+    };
+    bb.check_shape(&[1, 8, 8]).unwrap();
+    assert!(bb.check_shape(&[1, 7, 7]).is_err());
+    assert!(bb.check_shape(&[64]).is_err());
+    let net = Network::new(&vs.root(), &Precond::default(), &bb, &[1, 8, 8], 10);
+    let x = Tensor::randn([3, 1, 8, 8], (Kind::Float, Device::Cpu));
+    let d = net.denoise(&x, 0.7).unwrap();
+    assert_eq!(d.size(), vec![3, 1, 8, 8]);
+    // At tiny sigma the EDM preconditioning makes D(x) ~ x whatever the backbone says.
+    let d0 = net.denoise(&x, 1e-4).unwrap();
+    assert!((d0 - &x).abs().max().double_value(&[]) < 1e-3);
+    // Wrong shapes are errors, not panics.
+    assert!(net
+        .denoise(&Tensor::zeros([2, 64], (Kind::Float, Device::Cpu)), 1.0)
+        .is_err());
+    let params: i64 = vs
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum();
+    assert!(params > 10_000, "{params}");
+}
+
+#[test]
+fn digits_load_as_labelled_images() {
+    let d = data::load(&DataConfig::Digits { path: None }, 0).unwrap();
+    assert_eq!(d.x.size(), vec![1797, 1, 8, 8]);
+    assert_eq!(d.num_classes, 10);
+    assert!(d.x.min().double_value(&[]) >= -1.0 && d.x.max().double_value(&[]) <= 1.0);
+    let counts = d.labels.unwrap().bincount(None::<Tensor>, 10);
+    assert!(Vec::<i64>::try_from(&counts)
+        .unwrap()
+        .iter()
+        .all(|&c| c > 150));
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bad.path(), b"not gzip").unwrap();
+    assert!(data::read_digits(bad.path()).is_err());
+}
+
+#[test]
+fn frechet_distance_of_known_gaussians() {
+    // N(0, I) vs N(mu, 4 I) in 3-D: |mu|^2 + Tr(I + 4I - 2 * 2I) = |mu|^2 + 3.
+    let n = 200_000;
+    let a = Tensor::randn([n, 3], (Kind::Double, Device::Cpu));
+    let mu = Tensor::from_slice(&[1.0, -2.0, 0.5]).view([1, 3]);
+    let b = Tensor::randn([n, 3], (Kind::Double, Device::Cpu)) * 2.0 + &mu;
+    let fd = scoreflow::fid::frechet(&a, &b);
+    assert!((fd - (5.25 + 3.0)).abs() < 0.1, "{fd}");
+    assert!(scoreflow::fid::frechet(&a, &a).abs() < 1e-8);
+}
+
+fn conditional_moons(out: &Path) -> TrainConfig {
+    let text = format!(
+        r#"
+seed = 3
+device = "cpu"
+out_dir = "{}"
+[data]
+kind = "moons"
+num = 2000
+[model]
+conditional = true
+[model.backbone]
+kind = "mlp"
+hidden = 64
+depth = 2
+[train]
+steps = 30
+batch = 128
+checkpoint_every = 30
+log_every = 10
+"#,
+        out.display()
+    );
+    TrainConfig::from_toml(&text, Path::new("moons.toml")).unwrap()
+}
+
+#[test]
+fn class_conditional_models_sample_with_guidance() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = conditional_moons(dir.path());
+    let report = train::run(
+        &cfg,
+        &RunOpts {
+            resume: false,
+            stop_at: None,
+            quiet: true,
+        },
+    )
+    .unwrap();
+    let (m, _) = train::load_for_sampling(&report.checkpoint, Device::Cpu).unwrap();
+    assert_eq!(m.net.num_classes, 2);
+    let x = Tensor::randn([5, 2], (Kind::Float, Device::Cpu));
+    // w = 1 is the conditional model, w = 0 the unconditional one.
+    let cond = tch::no_grad(|| {
+        m.net.forward(
+            &x,
+            &Tensor::full([5], 0.8, (Kind::Float, Device::Cpu)),
+            Some(&Tensor::zeros([5], (Kind::Int64, Device::Cpu))),
+        )
+    });
+    let g1 = Guided {
+        net: &m.net,
+        class: 0,
+        guidance: 1.0,
+    }
+    .denoise(&x, 0.8)
+    .unwrap();
+    let g0 = Guided {
+        net: &m.net,
+        class: 0,
+        guidance: 0.0,
+    }
+    .denoise(&x, 0.8)
+    .unwrap();
+    assert!((g1 - &cond).abs().max().double_value(&[]) < 1e-5);
+    assert!(
+        (g0 - m.net.denoise(&x, 0.8).unwrap())
+            .abs()
+            .max()
+            .double_value(&[])
+            < 1e-5
+    );
+
+    let bin = env!("CARGO_BIN_EXE_scoreflow");
+    let out = dir.path().join("s.npy");
+    let ck = report.checkpoint.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "--checkpoint",
+            ck,
+            "--solver",
+            "heun",
+            "--steps",
+            "6",
+            "--num",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        std::process::Command::new(bin)
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["--class", "1", "--guidance", "2"]).status.success());
+    let bad = run(&["--class", "5"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("classes 0..1"));
+    let bad = run(&["--guidance", "2"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
