@@ -174,3 +174,49 @@ fn class_conditional_models_sample_with_guidance() {
     let bad = run(&["--guidance", "2"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn sliced_score_matching_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+out_dir = "{}"
+device = "cpu"
+[data]
+kind = "gmm8"
+num = 5000
+[model.precond]
+kind = "edm"
+sigma_data = 1.4
+[model.backbone]
+kind = "mlp"
+hidden = 64
+depth = 2
+[loss]
+kind = "sliced-score"
+[train]
+steps = 300
+batch = 256
+lr = 2e-3
+checkpoint_every = 300
+log_every = 50
+"#,
+        dir.path().display()
+    );
+    let cfg = TrainConfig::from_toml(&text, Path::new("ssm.toml")).unwrap();
+    let r = train::run(
+        &cfg,
+        &RunOpts {
+            resume: false,
+            stop_at: None,
+            quiet: true,
+        },
+    )
+    .unwrap();
+    let mean = |s: &[(usize, f64)]| s.iter().map(|l| l.1).sum::<f64>() / s.len() as f64;
+    let (first, last) = (mean(&r.losses[..30]), mean(&r.losses[270..]));
+    assert!(
+        last < first - 0.1,
+        "sliced score matching did not learn: {first} -> {last}"
+    );
+}

@@ -120,3 +120,19 @@ fn iddpm_levels_and_indices() {
     let idx: Vec<f64> = Vec::try_from(&c.noise).unwrap();
     assert_eq!(idx, vec![999.0, 989.0, 499.0, 0.0]);
 }
+
+#[test]
+fn sliced_score_objective_of_the_exact_gaussian_score() {
+    // Data N(0, tau^2 I) perturbed by sigma: s(x) = -x / (tau^2 + sigma^2), and
+    // E[v . grad(v . s) + (v . s)^2 / 2] = E[tr grad s] + E|s|^2 / 2 = -d / (2 (tau^2 + sigma^2)).
+    let (n, d, var) = (200_000i64, 3i64, 0.7f64);
+    let x =
+        (Tensor::randn([n, d], (Kind::Float, Device::Cpu)) * var.sqrt()).set_requires_grad(true);
+    let s = -&x / var;
+    let v = Tensor::randn([n, d], (Kind::Float, Device::Cpu));
+    let obj = scoreflow::loss::sliced_score_objective(&x, &s, &v)
+        .mean(Kind::Double)
+        .double_value(&[]);
+    let want = -(d as f64) / (2.0 * var);
+    assert!((obj - want).abs() < 0.03 * want.abs(), "{obj} vs {want}");
+}
