@@ -128,3 +128,53 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// Options of `scoreflow bench-train`.
+#[derive(Args)]
+pub struct BenchTrainArgs {
+    /// Training configs to time (their data, model, loss and batch).
+    #[arg(required = true)]
+    pub configs: Vec<std::path::PathBuf>,
+    /// Timed optimizer steps.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Override the configs' device: auto, cpu, cuda or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// Training throughput: the time of `10 + steps` steps minus the time of 10 steps (both from
+/// scratch, so set-up, warm-up and the final checkpoint cancel), as samples per second.
+pub fn run_train(a: BenchTrainArgs) -> Result<()> {
+    use crate::train::{self, RunOpts, TrainConfig};
+    if a.steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    println!("{:<28} {:>8} {:>6} {:>12} {:>14}", "config", "device", "batch", "ms/step", "samples/s");
+    for path in &a.configs {
+        let mut cfg = TrainConfig::load(path)?;
+        if let Some(d) = &a.device {
+            device::parse(d)?;
+            cfg.device = d.clone();
+        }
+        let dir = std::env::temp_dir().join(format!("scoreflow-bench-{}", std::process::id()));
+        cfg.out_dir = dir.clone();
+        cfg.train.steps = 10 + a.steps;
+        cfg.train.checkpoint_every = usize::MAX;
+        cfg.train.log_every = usize::MAX;
+        let time = |stop: usize| -> Result<f64> {
+            let _ = std::fs::remove_dir_all(&dir);
+            let t = Instant::now();
+            train::run(&cfg, &RunOpts { resume: false, stop_at: Some(stop), quiet: true })?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        let short = time(10)?;
+        let long = time(10 + a.steps)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        let per_step = ((long - short) / a.steps as f64).max(1e-9);
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dev = device::name(device::parse(&cfg.device)?);
+        println!("{:<28} {:>8} {:>6} {:>12.2} {:>14.0}", name, dev, cfg.train.batch, per_step * 1e3, cfg.train.batch as f64 / per_step);
+    }
+    Ok(())
+}

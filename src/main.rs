@@ -29,6 +29,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Train a preconditioned denoiser from a TOML config (see experiments/*.toml).
     Train(TrainArgs),
+    /// Training throughput (samples/s) of one or more training configs.
+    BenchTrain(bench::BenchTrainArgs),
     /// Fréchet distance of a digits model's samples on in-project classifier features.
     EvalDigits(scoreflow::fid::EvalDigitsArgs),
 }
@@ -223,6 +225,7 @@ fn main() {
         Command::Compare(a) => compare::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train_cmd(a),
+        Command::BenchTrain(a) => bench::run_train(a),
         Command::EvalDigits(a) => scoreflow::fid::eval_digits(a),
     };
     if let Err(e) = result {
