@@ -150,7 +150,10 @@ pub fn run_train(a: BenchTrainArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    println!("{:<28} {:>8} {:>6} {:>12} {:>14}", "config", "device", "batch", "ms/step", "samples/s");
+    println!(
+        "{:<28} {:>8} {:>6} {:>12} {:>14}",
+        "config", "device", "batch", "ms/step", "samples/s"
+    );
     for path in &a.configs {
         let mut cfg = TrainConfig::load(path)?;
         if let Some(d) = &a.device {
@@ -165,16 +168,33 @@ pub fn run_train(a: BenchTrainArgs) -> Result<()> {
         let time = |stop: usize| -> Result<f64> {
             let _ = std::fs::remove_dir_all(&dir);
             let t = Instant::now();
-            train::run(&cfg, &RunOpts { resume: false, stop_at: Some(stop), quiet: true })?;
+            train::run(
+                &cfg,
+                &RunOpts {
+                    resume: false,
+                    stop_at: Some(stop),
+                    quiet: true,
+                },
+            )?;
             Ok(t.elapsed().as_secs_f64())
         };
         let short = time(10)?;
         let long = time(10 + a.steps)?;
         let _ = std::fs::remove_dir_all(&dir);
         let per_step = ((long - short) / a.steps as f64).max(1e-9);
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let dev = device::name(device::parse(&cfg.device)?);
-        println!("{:<28} {:>8} {:>6} {:>12.2} {:>14.0}", name, dev, cfg.train.batch, per_step * 1e3, cfg.train.batch as f64 / per_step);
+        println!(
+            "{:<28} {:>8} {:>6} {:>12.2} {:>14.0}",
+            name,
+            dev,
+            cfg.train.batch,
+            per_step * 1e3,
+            cfg.train.batch as f64 / per_step
+        );
     }
     Ok(())
 }

@@ -51,8 +51,12 @@ pub enum DataConfig {
     /// The 8x8 handwritten digits shipped in `experiments/data/digits.csv.gz` (or `path`), as
     /// `[N, 1, 8, 8]` images in [-1, 1] with labels 0..9.
     Digits { path: Option<PathBuf> },
-    /// A float32/float64 `.npy` of shape `[N, d]` or `[N, C, H, W]`, optional int labels.
-    Npy { path: PathBuf },
+    /// A float32/float64 `.npy` of shape `[N, d]` or `[N, C, H, W]`, with optional integer
+    /// class labels (an int32/int64 `.npy` of shape `[N]`, values 0..K-1).
+    Npy {
+        path: PathBuf,
+        labels: Option<PathBuf>,
+    },
 }
 
 /// Where the shipped digits live.
@@ -235,7 +239,7 @@ pub fn load(cfg: &DataConfig, seed: u64) -> Result<Dataset> {
         DataConfig::Digits { path } => {
             read_digits(path.as_deref().unwrap_or(&default_digits_path()))?
         }
-        DataConfig::Npy { path } => {
+        DataConfig::Npy { path, labels } => {
             let t = npy::read(path)?;
             let size = t.size();
             if !(size.len() == 2 || size.len() == 4) || size.iter().any(|&d| d < 1) {
@@ -251,10 +255,28 @@ pub fn load(cfg: &DataConfig, seed: u64) -> Result<Dataset> {
                     path.display()
                 );
             }
-            Dataset {
-                x: t.to_kind(Kind::Float),
-                labels: None,
-                num_classes: 0,
+            {
+                let (labels, num_classes) = match labels {
+                    Some(lp) => {
+                        let l = npy::read_labels(lp)?;
+                        if l.size()[0] != size[0] {
+                            bail!(
+                                "labels file {} has {} labels for {} samples",
+                                lp.display(),
+                                l.size()[0],
+                                size[0]
+                            );
+                        }
+                        let k = l.max().int64_value(&[]) + 1;
+                        (Some(l), k as usize)
+                    }
+                    None => (None, 0),
+                };
+                Dataset {
+                    x: t.to_kind(Kind::Float),
+                    labels,
+                    num_classes,
+                }
             }
         }
     })

@@ -41,6 +41,36 @@ pub fn read(path: &Path) -> Result<Tensor> {
     Ok(Tensor::from_slice(&data).view(shape.as_slice()))
 }
 
+/// Read class labels: an int32 or int64 `.npy` of shape `[N]` with values >= 0.
+pub fn read_labels(path: &Path) -> Result<Tensor> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let npy = npyz::NpyFile::new(&bytes[..])
+        .map_err(|e| anyhow::anyhow!("{} is not a valid .npy file: {e}", path.display()))?;
+    if npy.shape().len() != 1 || npy.shape()[0] == 0 {
+        bail!(
+            "labels file {} has shape {:?}, expected [N]",
+            path.display(),
+            npy.shape()
+        );
+    }
+    let dtype = npy.dtype().descr().trim_matches('\'').to_string();
+    let v: Vec<i64> = match dtype.trim_start_matches(['<', '=', '|']) {
+        "i8" => npy.into_vec::<i64>(),
+        "i4" => npy
+            .into_vec::<i32>()
+            .map(|v| v.into_iter().map(i64::from).collect()),
+        other => bail!(
+            "{}: expected int32 or int64 labels, found dtype '{other}'",
+            path.display()
+        ),
+    }
+    .map_err(|e| anyhow::anyhow!("{} is corrupt or truncated: {e}", path.display()))?;
+    if v.iter().any(|&l| l < 0) {
+        bail!("labels file {} has negative labels", path.display());
+    }
+    Ok(Tensor::from_slice(&v))
+}
+
 /// Read an `[N, d]` matrix of finite values.
 pub fn read_matrix(path: &Path, d: usize, what: &str) -> Result<Tensor> {
     let t = read(path)?;

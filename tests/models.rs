@@ -220,3 +220,80 @@ log_every = 50
         "sliced score matching did not learn: {first} -> {last}"
     );
 }
+
+#[test]
+fn npy_image_data_with_labels_and_shape_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = dir.path().join("x.npy");
+    let l = dir.path().join("l.npy");
+    let l_short = dir.path().join("l_short.npy");
+    (Tensor::rand([64, 1, 4, 4], (Kind::Float, Device::Cpu)) * 2.0 - 1.0)
+        .write_npy(&x)
+        .unwrap();
+    Tensor::arange(64, (Kind::Int64, Device::Cpu))
+        .remainder(4)
+        .write_npy(&l)
+        .unwrap();
+    Tensor::zeros([10], (Kind::Int64, Device::Cpu))
+        .write_npy(&l_short)
+        .unwrap();
+    let cfg = |backbone: &str, labels: &std::path::Path, conditional: bool| -> String {
+        let p = dir.path().join(format!("c{}.toml", rand_name()));
+        std::fs::write(
+            &p,
+            format!(
+                "out_dir = \"{}\"\ndevice = \"cpu\"\n[data]\nkind = \"npy\"\npath = \"{}\"\nlabels = \"{}\"\n[model]\nconditional = {conditional}\n[model.backbone]\n{backbone}\n[train]\nsteps = 3\nbatch = 8\ncheckpoint_every = 3\nlog_every = 3\n",
+                dir.path().join("run").display(),
+                x.display(),
+                labels.display()
+            ),
+        )
+        .unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let bin = env!("CARGO_BIN_EXE_scoreflow");
+    let run = |c: &str| {
+        std::process::Command::new(bin)
+            .args(["train", c])
+            .output()
+            .unwrap()
+    };
+    let unet =
+        "kind = \"unet\"\nchannels = 8\nchannel_mult = [1, 2]\nblocks = 1\nattn_resolutions = [2]";
+    let ok = run(&cfg(unet, &l, true));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let (m, _) =
+        train::load_for_sampling(&dir.path().join("run/checkpoint.safetensors"), Device::Cpu)
+            .unwrap();
+    assert_eq!((m.net.shape.clone(), m.net.num_classes), (vec![1, 4, 4], 4));
+    for (c, needle) in [
+        (
+            cfg("kind = \"mlp\"", &l, false),
+            "mlp backbone needs vector data",
+        ),
+        (cfg(unet, &l_short, true), "10 labels for 64 samples"),
+        (
+            cfg(
+                "kind = \"unet\"\nchannels = 8\nchannel_mult = [1, 2, 2, 2]",
+                &l,
+                false,
+            ),
+            "divisible",
+        ),
+    ] {
+        let o = run(&c);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "expected '{needle}' in {err}");
+    }
+}
+
+fn rand_name() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
