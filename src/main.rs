@@ -21,6 +21,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run an experiment: samplers x steps x seeds, results table and quality-vs-NFE plots.
+    Run(scoreflow::experiment::RunArgs),
+    /// Redraw an experiment's results.csv and plots from its results.jsonl.
+    Plot {
+        /// The experiment's output folder.
+        dir: PathBuf,
+    },
     /// Run one sampler on an exact model and write the samples as .npy.
     Sample(SampleArgs),
     /// Compare samplers across step counts on an exact model: a table of error vs NFE.
@@ -221,6 +228,8 @@ fn sample(a: SampleArgs) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(a) => scoreflow::experiment::run(a),
+        Command::Plot { dir } => scoreflow::experiment::plot_dir(&dir),
         Command::Sample(a) => sample(a),
         Command::Compare(a) => compare::run(a),
         Command::Bench(a) => bench::run(a),

@@ -28,3 +28,38 @@ pub fn sliced_w2(a: &Tensor, b: &Tensor, projections: i64, seed: u64) -> f64 {
         .sqrt()
         .double_value(&[])
 }
+
+/// Maximum mean discrepancy with a Gaussian kernel of bandwidth `h`:
+/// `sqrt(max(0, mean k(a,a') + mean k(b,b') - 2 mean k(a,b)))` (the biased V-statistic,
+/// Gretton et al. 2012).
+pub fn mmd(a: &Tensor, b: &Tensor, h: f64) -> f64 {
+    let a = a
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Double)
+        .flatten(1, -1);
+    let b = b
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Double)
+        .flatten(1, -1);
+    let k = |x: &Tensor, y: &Tensor| {
+        (Tensor::cdist(x, y, 2.0, None).square() / (-2.0 * h * h))
+            .exp()
+            .mean(Kind::Double)
+            .double_value(&[])
+    };
+    (k(&a, &a) + k(&b, &b) - 2.0 * k(&a, &b)).max(0.0).sqrt()
+}
+
+/// The median pairwise distance of (at most the first 1000 points of) `x`: the usual MMD
+/// bandwidth.
+pub fn median_distance(x: &Tensor) -> f64 {
+    let x = x
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Double)
+        .flatten(1, -1);
+    let x = x.narrow(0, 0, x.size()[0].min(1000));
+    let d = Tensor::cdist(&x, &x, 2.0, None);
+    let n = x.size()[0];
+    let iu = Tensor::ones([n, n], (Kind::Bool, Device::Cpu)).triu(1);
+    d.masked_select(&iu).median().double_value(&[]).max(1e-12)
+}

@@ -119,7 +119,12 @@ pub fn temp_path(path: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.partial", std::process::id()))
+    // Keep the extension last: some writers choose the format by it.
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.partial{ext}", std::process::id()))
 }
 
 /// Write `t` as a float32 `.npy` atomically: a temporary file in the same folder, then a rename,

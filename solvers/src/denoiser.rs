@@ -151,6 +151,12 @@ impl GaussianDenoiser {
         )
     }
 
+    /// Exact samples from standard normals `z` (`[N, d]`): `mu + V diag(sqrt(l)) z`.
+    pub fn sample_from(&self, z: &Tensor) -> Tensor {
+        let (mu, v, l) = self.parts(z);
+        mu + (z * l.sqrt()).matmul(&v.tr())
+    }
+
     /// The exact probability-flow ODE solution from `sigma_from` to `sigma_to` (scaled space):
     /// in the eigenbasis each coordinate scales by `sqrt(l + sigma_to^2) / sqrt(l + sigma_from^2)`.
     pub fn exact_flow(&self, x: &Tensor, sigma_from: f64, sigma_to: f64) -> Result<Tensor> {

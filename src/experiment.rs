@@ -1,0 +1,835 @@
+//! `scoreflow run EXPERIMENT.toml`: a grid of samplers x step counts (or NFE budgets) x seeds on
+//! one model, each cell measured against exact references, appended to `results.jsonl` as it
+//! finishes (a rerun skips finished cells), then `results.csv` and the plots.
+//! `scoreflow plot OUT_DIR` redraws the plots from `results.jsonl` alone.
+
+use crate::job;
+use crate::metrics::{median_distance, mmd, sliced_w2};
+use crate::model::{self, ExactModel};
+use crate::plot::{self, Panel, Scatter, Series};
+use crate::{compare, device, npy, train};
+use anyhow::{anyhow, bail, Context, Result};
+use scoreflow_solvers::{grid, Denoiser, GaussianMixture, GridKind, SamplerSpec, Sde};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+fn auto() -> String {
+    "auto".into()
+}
+fn f64s() -> String {
+    "float64".into()
+}
+fn d_num() -> usize {
+    2048
+}
+fn d_seeds() -> Vec<u64> {
+    vec![0]
+}
+fn d_ref() -> usize {
+    4096
+}
+fn d_sigma_min() -> f64 {
+    0.002
+}
+fn d_sigma_max() -> f64 {
+    80.0
+}
+fn edm() -> String {
+    "edm".into()
+}
+
+/// The experiment file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Folder for results.jsonl, results.csv and the plots.
+    pub out_dir: PathBuf,
+    #[serde(default = "auto")]
+    pub device: String,
+    /// float32 or float64.
+    #[serde(default = "f64s")]
+    pub dtype: String,
+    /// Samples per cell (one batch).
+    #[serde(default = "d_num")]
+    pub num: usize,
+    /// One starting noise per seed, shared by every cell of that seed.
+    #[serde(default = "d_seeds")]
+    pub seeds: Vec<u64>,
+    /// Step counts; or give `nfe` budgets instead (each sampler then takes the most steps whose
+    /// NFE fits the budget).
+    #[serde(default)]
+    pub steps: Vec<usize>,
+    #[serde(default)]
+    pub nfe: Vec<usize>,
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub grid: GridSpec,
+    pub samplers: Vec<SamplerSpec>,
+    pub metrics: Vec<Metric>,
+    /// Steps of the reference ODE solve (Heun on the same grid placement) where no exact flow
+    /// is known.
+    #[serde(default = "d_ref")]
+    pub reference_steps: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ModelSpec {
+    /// `name = "gmm8"`.
+    Builtin {
+        name: String,
+    },
+    Mixture {
+        path: PathBuf,
+    },
+    Gaussian {
+        path: PathBuf,
+    },
+    /// A trained network; with `train_config`, it is trained first if the file is missing.
+    Checkpoint {
+        path: PathBuf,
+        train_config: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridSpec {
+    #[serde(default)]
+    pub placement: GridKind,
+    #[serde(default = "d_sigma_min")]
+    pub sigma_min: f64,
+    #[serde(default = "d_sigma_max")]
+    pub sigma_max: f64,
+    #[serde(default = "edm")]
+    pub sde: String,
+}
+
+impl Default for GridSpec {
+    fn default() -> Self {
+        GridSpec {
+            placement: GridKind::default(),
+            sigma_min: 0.002,
+            sigma_max: 80.0,
+            sde: "edm".into(),
+        }
+    }
+}
+
+/// What is measured in each cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Metric {
+    /// RMS over samples of the distance to the reference ODE solution from the same noise.
+    Rms,
+    /// Largest distance to the reference solution.
+    Max,
+    /// Sliced Wasserstein-2 distance to fresh data (256 directions).
+    Sw2,
+    /// MMD to fresh data (Gaussian kernel, median-distance bandwidth).
+    Mmd,
+    /// Mixtures: total variation between sample and true mode weights.
+    ModeTv,
+    /// Mixtures: fraction of modes holding at least half their weight.
+    ModeCoverage,
+}
+
+impl Metric {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Metric::Rms => "rms",
+            Metric::Max => "max",
+            Metric::Sw2 => "sw2",
+            Metric::Mmd => "mmd",
+            Metric::ModeTv => "mode-tv",
+            Metric::ModeCoverage => "mode-coverage",
+        }
+    }
+    /// Metrics against the ODE solution only make sense for deterministic samplers.
+    fn needs_deterministic(&self) -> bool {
+        matches!(self, Metric::Rms | Metric::Max)
+    }
+}
+
+/// A sampler's label in tables and plots: its name and any non-default parameters.
+pub fn label(spec: &SamplerSpec) -> String {
+    let default = SamplerSpec::from_name(spec.name()).ok();
+    if default.as_ref() == Some(spec) {
+        return spec.name().to_string();
+    }
+    let v = serde_json::to_value(spec).unwrap_or(Value::Null);
+    let d = default
+        .map(|d| serde_json::to_value(d).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null);
+    let mut parts = Vec::new();
+    if let Value::Object(m) = &v {
+        for (k, val) in m {
+            if k != "kind" && d.get(k) != Some(val) {
+                let v = match val.as_f64() {
+                    Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+                    Some(f) => format!("{f}"),
+                    None => val.to_string().trim_matches('"').to_string(),
+                };
+                parts.push(format!("{}={v}", k.trim_start_matches("s_")));
+            }
+        }
+    }
+    format!("{}({})", spec.name(), parts.join(","))
+}
+
+impl ExperimentConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read experiment {}", path.display()))?;
+        let cfg: ExperimentConfig = toml::from_str(&text).map_err(|e| {
+            anyhow!(
+                "{}: {}",
+                path.display(),
+                e.to_string().trim_end().replace('\n', " ")
+            )
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Everything that can be checked before any work.
+    pub fn validate(&self) -> Result<()> {
+        if self.samplers.is_empty() {
+            bail!("the experiment lists no samplers");
+        }
+        if self.metrics.is_empty() {
+            bail!("the experiment lists no metrics");
+        }
+        if self.seeds.is_empty() || self.num == 0 {
+            bail!("seeds must not be empty and num must be at least 1");
+        }
+        match (self.steps.is_empty(), self.nfe.is_empty()) {
+            (true, true) => bail!("give steps = [...] or nfe = [...]"),
+            (false, false) => bail!("give steps or nfe, not both"),
+            _ => {}
+        }
+        if self.steps.contains(&0) {
+            bail!("steps must be at least 1");
+        }
+        for s in &self.samplers {
+            s.build()?;
+            for &b in &self.nfe {
+                if s.nfe(1) > b {
+                    bail!(
+                        "NFE budget {b} is below the {} sampler's cost of one step ({})",
+                        s.name(),
+                        s.nfe(1)
+                    );
+                }
+            }
+        }
+        let sde = job::sde_from_name(&self.grid.sde)?;
+        for n in self.all_steps() {
+            grid::sigmas(
+                &self.grid.placement,
+                n,
+                self.grid.sigma_min,
+                self.grid.sigma_max,
+                sde.as_ref(),
+            )?;
+        }
+        job::kind_from_name(&self.dtype)?;
+        device::parse(&self.device)?;
+        let mixture = matches!(
+            self.model,
+            ModelSpec::Builtin { .. } | ModelSpec::Mixture { .. }
+        );
+        for m in &self.metrics {
+            if matches!(m, Metric::ModeTv | Metric::ModeCoverage) && !mixture {
+                bail!("metric {} needs a mixture model", m.name());
+            }
+        }
+        match &self.model {
+            ModelSpec::Builtin { name } if name != "gmm8" => {
+                bail!("unknown built-in model '{name}' (known: gmm8)")
+            }
+            ModelSpec::Mixture { path } | ModelSpec::Gaussian { path } if !path.exists() => {
+                bail!("model file {} does not exist", path.display())
+            }
+            ModelSpec::Checkpoint { path, train_config } if !path.exists() => match train_config {
+                Some(tc) if tc.exists() => {}
+                Some(tc) => bail!(
+                    "checkpoint {} does not exist and neither does its train_config {}",
+                    path.display(),
+                    tc.display()
+                ),
+                None => bail!(
+                    "checkpoint {} does not exist (give train_config to train it on first use)",
+                    path.display()
+                ),
+            },
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Steps for a sampler: the configured ones, or the largest within each NFE budget.
+    pub fn steps_for(&self, s: &SamplerSpec) -> Vec<usize> {
+        if !self.steps.is_empty() {
+            return self.steps.clone();
+        }
+        let mut v: Vec<usize> = self
+            .nfe
+            .iter()
+            .map(|&b| {
+                let mut n = 1;
+                while s.nfe(n + 1) <= b {
+                    n += 1;
+                }
+                n
+            })
+            .collect();
+        v.dedup();
+        v
+    }
+
+    fn all_steps(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self
+            .samplers
+            .iter()
+            .flat_map(|s| self.steps_for(s))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
+/// The model of an experiment, with what the metrics need.
+enum Loaded {
+    Exact(ExactModel),
+    Trained(Box<train::Model>, Tensor),
+}
+
+impl Loaded {
+    fn denoiser(&self) -> &dyn Denoiser {
+        match self {
+            Loaded::Exact(m) => m.denoiser(),
+            Loaded::Trained(m, _) => &m.net,
+        }
+    }
+    fn shape(&self) -> Vec<i64> {
+        match self {
+            Loaded::Exact(m) => vec![m.dim() as i64],
+            Loaded::Trained(m, _) => m.net.shape.clone(),
+        }
+    }
+    fn mixture(&self) -> Option<&GaussianMixture> {
+        match self {
+            Loaded::Exact(m) => m.mixture(),
+            _ => None,
+        }
+    }
+    /// Fresh data for seed `seed`: exact samples, or a resample of the training data.
+    fn data(&self, n: usize, seed: u64, dev: Device) -> Result<Option<Tensor>> {
+        Ok(match self {
+            Loaded::Exact(ExactModel::Mixture(m)) => Some(m.sample(n, seed ^ 0xF2E5, dev)),
+            Loaded::Exact(ExactModel::Gaussian(g)) => {
+                let z = job::initial_noise(seed ^ 0xF2E5, n, g.dim(), dev, Kind::Double);
+                Some(g.sample_from(&z))
+            }
+            Loaded::Trained(_, data) => {
+                let _turn = train::exclusive_rng();
+                tch::manual_seed((seed ^ 0xF2E5) as i64 & i64::MAX);
+                let idx = Tensor::randint(data.size()[0], [n as i64], (Kind::Int64, Device::Cpu));
+                Some(data.index_select(0, &idx).to_device(dev))
+            }
+        })
+    }
+}
+
+fn load_model(spec: &ModelSpec, dev: Device) -> Result<Loaded> {
+    Ok(match spec {
+        ModelSpec::Builtin { name } => {
+            Loaded::Exact(model::parse(&format!("builtin:{name}"), dev)?)
+        }
+        ModelSpec::Mixture { path } => {
+            Loaded::Exact(ExactModel::Mixture(model::load_mixture(path, dev)?))
+        }
+        ModelSpec::Gaussian { path } => {
+            Loaded::Exact(ExactModel::Gaussian(model::load_gaussian(path, dev)?))
+        }
+        ModelSpec::Checkpoint { path, train_config } => {
+            if !path.exists() {
+                let tc = train_config
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("checkpoint {} does not exist", path.display()))?;
+                let cfg = train::TrainConfig::load(tc)?;
+                eprintln!(
+                    "training {} first (checkpoint {} is missing)",
+                    tc.display(),
+                    path.display()
+                );
+                let report = train::run(
+                    &cfg,
+                    &train::RunOpts {
+                        resume: false,
+                        stop_at: None,
+                        quiet: false,
+                    },
+                )?;
+                if report.checkpoint != *path {
+                    std::fs::copy(&report.checkpoint, path).with_context(|| {
+                        format!("cannot copy the checkpoint to {}", path.display())
+                    })?;
+                }
+            }
+            let (m, cfg) = train::load_for_sampling(path, dev)?;
+            let data = crate::data::load(&cfg.data, cfg.seed)?.x;
+            Loaded::Trained(Box::new(m), data)
+        }
+    })
+}
+
+/// A cell's identity: a hash of everything that determines its result.
+fn cell_key(cfg: &ExperimentConfig, spec: &SamplerSpec, steps: usize, seed: u64) -> String {
+    let ident = json!({
+        "model": cfg.model, "grid": cfg.grid, "num": cfg.num, "dtype": cfg.dtype, "sampler": spec,
+        "steps": steps, "seed": seed, "metrics": cfg.metrics, "reference_steps": cfg.reference_steps,
+    });
+    let digest = Sha256::digest(ident.to_string().as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lines of `results.jsonl` that parse (a line cut short by a kill is skipped).
+pub fn read_results(dir: &Path) -> Result<Vec<Value>> {
+    let path = dir.join("results.jsonl");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("key").is_some())
+        .collect())
+}
+
+/// Options of `scoreflow run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The experiment file (TOML).
+    pub config: PathBuf,
+    /// Override the experiment's device.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Stop after this many new cells (the rest run on the next invocation).
+    #[arg(long)]
+    pub max_cells: Option<usize>,
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let mut cfg = ExperimentConfig::load(&a.config)?;
+    if let Some(d) = a.device {
+        cfg.device = d;
+        cfg.validate()?;
+    }
+    run_config(&cfg, a.max_cells)
+}
+
+/// Run every unfinished cell of `cfg`, then write results.csv and the plots.
+pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()> {
+    let dev = device::parse(&cfg.device)?;
+    let kind = job::kind_from_name(&cfg.dtype)?;
+    std::fs::create_dir_all(&cfg.out_dir)
+        .with_context(|| format!("cannot create {}", cfg.out_dir.display()))?;
+    let model = load_model(&cfg.model, dev)?;
+    let shape = model.shape();
+    let sde = job::sde_from_name(&cfg.grid.sde)?;
+    let done: HashSet<String> = read_results(&cfg.out_dir)?
+        .iter()
+        .filter_map(|v| v["key"].as_str().map(String::from))
+        .collect();
+    let cells: Vec<(u64, &SamplerSpec, usize)> = cfg
+        .seeds
+        .iter()
+        .flat_map(|&seed| {
+            cfg.samplers
+                .iter()
+                .flat_map(move |s| cfg.steps_for(s).into_iter().map(move |n| (seed, s, n)))
+        })
+        .collect();
+    let todo: Vec<_> = cells
+        .iter()
+        .filter(|(seed, s, n)| !done.contains(&cell_key(cfg, s, *n, *seed)))
+        .collect();
+    let total = todo.len().min(max_cells.unwrap_or(usize::MAX));
+    eprintln!(
+        "{} cells, {} done, running {}",
+        cells.len(),
+        cells.len() - todo.len(),
+        total
+    );
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}").unwrap(),
+    );
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cfg.out_dir.join("results.jsonl"))?;
+    let mut per_seed: BTreeMap<u64, SeedState> = BTreeMap::new();
+    let mut bandwidth = None;
+    for &&(seed, spec, steps) in todo.iter().take(total) {
+        bar.set_message(format!("{} {} steps seed {seed}", label(spec), steps));
+        let state = match per_seed.entry(seed) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(SeedState::new(cfg, &model, &shape, seed, dev, kind)?)
+            }
+        };
+        let sigmas = grid::sigmas(
+            &cfg.grid.placement,
+            steps,
+            cfg.grid.sigma_min,
+            cfg.grid.sigma_max,
+            sde.as_ref(),
+        )?;
+        let t = Instant::now();
+        let (x, nfe) = job::run_from_noise(
+            spec,
+            model.denoiser(),
+            sde.as_ref(),
+            &sigmas,
+            &state.z,
+            seed,
+            0,
+            &mut |_, _| {},
+        )?;
+        let seconds = t.elapsed().as_secs_f64();
+        let mut rec = json!({
+            "key": cell_key(cfg, spec, steps, seed), "sampler": spec.name(), "label": label(spec), "params": spec,
+            "steps": steps, "nfe": nfe, "seed": seed, "num": cfg.num, "seconds": seconds,
+            "device": device::name(dev), "scoreflow_version": env!("CARGO_PKG_VERSION"),
+        });
+        for m in &cfg.metrics {
+            let v = match m {
+                _ if m.needs_deterministic() && spec.is_stochastic() => None,
+                Metric::Rms | Metric::Max => {
+                    let r = state.reference(cfg, &model, sde.as_ref())?;
+                    let dist = (&x - r)
+                        .flatten(1, -1)
+                        .square()
+                        .sum_dim_intlist(1, false, Kind::Double)
+                        .sqrt();
+                    Some(if *m == Metric::Rms {
+                        dist.square().mean(Kind::Double).sqrt().double_value(&[])
+                    } else {
+                        dist.max().double_value(&[])
+                    })
+                }
+                Metric::Sw2 => state
+                    .data
+                    .as_ref()
+                    .map(|d| sliced_w2(&x.flatten(1, -1), &d.flatten(1, -1), 256, seed ^ 0x5E)),
+                Metric::Mmd => state.data.as_ref().map(|d| {
+                    let h = *bandwidth.get_or_insert_with(|| median_distance(d));
+                    mmd(&x, d, h)
+                }),
+                Metric::ModeTv => model
+                    .mixture()
+                    .map(|g| compare::mode_tv(g, &x))
+                    .transpose()?,
+                Metric::ModeCoverage => {
+                    model.mixture().map(|g| mode_coverage(g, &x)).transpose()?
+                }
+            };
+            rec[m.name()] = v.map(Value::from).unwrap_or(Value::Null);
+        }
+        writeln!(out, "{rec}")?;
+        out.flush()?;
+        if shape.len() == 1 && shape[0] == 2 {
+            let snap = cfg.out_dir.join("samples");
+            std::fs::create_dir_all(&snap)?;
+            npy::write_f32(
+                &snap.join(format!("{}.npy", rec["key"].as_str().unwrap())),
+                &x.narrow(0, 0, x.size()[0].min(1000)),
+            )?;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    // The floor lines: distances between two fresh data sets.
+    let mut floors = BTreeMap::new();
+    for (seed, st) in per_seed.iter_mut().take(1) {
+        if let Some(d) = &st.data {
+            let other = model.data(cfg.num, seed ^ 0xABCD, dev)?.unwrap();
+            if cfg.metrics.contains(&Metric::Sw2) {
+                floors.insert(
+                    "sw2",
+                    sliced_w2(&other.flatten(1, -1), &d.flatten(1, -1), 256, seed ^ 0x5E),
+                );
+            }
+            if cfg.metrics.contains(&Metric::Mmd) {
+                floors.insert(
+                    "mmd",
+                    mmd(&other, d, bandwidth.unwrap_or_else(|| median_distance(d))),
+                );
+            }
+            if let (Some(g), true) = (model.mixture(), cfg.metrics.contains(&Metric::ModeTv)) {
+                floors.insert("mode-tv", compare::mode_tv(g, &other)?);
+            }
+        }
+    }
+    if !floors.is_empty() {
+        crate::compare::write_atomic(
+            &cfg.out_dir.join("floors.json"),
+            &serde_json::to_string_pretty(&floors)?,
+        )?;
+    }
+    crate::compare::write_atomic(
+        &cfg.out_dir.join("experiment.json"),
+        &serde_json::to_string_pretty(cfg)?,
+    )?;
+    let keys: HashSet<String> = cells
+        .iter()
+        .map(|(seed, s, n)| cell_key(cfg, s, *n, *seed))
+        .collect();
+    let finished = read_results(&cfg.out_dir)?
+        .into_iter()
+        .filter(|v| keys.contains(v["key"].as_str().unwrap_or("")))
+        .count();
+    if finished < cells.len() {
+        println!(
+            "{finished} of {} cells finished; run the same command again to continue",
+            cells.len()
+        );
+        return Ok(());
+    }
+    plot_dir(&cfg.out_dir)
+}
+
+/// Fraction of mixture components holding at least half their weight among the samples.
+pub fn mode_coverage(g: &GaussianMixture, x: &Tensor) -> Result<f64> {
+    let k = g.components() as i64;
+    let n = x.size()[0] as f64;
+    let counts: Vec<f64> = Vec::try_from(
+        g.assign(x)?
+            .bincount(None::<Tensor>, k)
+            .to_kind(Kind::Double)
+            .to_device(Device::Cpu),
+    )?;
+    let hit = counts
+        .iter()
+        .zip(&g.weights)
+        .filter(|(c, w)| **c / n >= 0.5 * **w)
+        .count();
+    Ok(hit as f64 / k as f64)
+}
+
+/// Per-seed state: the shared starting noise, fresh data and (lazily) the reference solution.
+struct SeedState {
+    seed: u64,
+    z: Tensor,
+    data: Option<Tensor>,
+    reference: Option<Tensor>,
+}
+
+impl SeedState {
+    fn new(
+        cfg: &ExperimentConfig,
+        model: &Loaded,
+        shape: &[i64],
+        seed: u64,
+        dev: Device,
+        kind: Kind,
+    ) -> Result<Self> {
+        let z = job::initial_noise_shaped(seed, cfg.num, shape, dev, kind);
+        let needs_data = cfg
+            .metrics
+            .iter()
+            .any(|m| matches!(m, Metric::Sw2 | Metric::Mmd));
+        let data = if needs_data {
+            model.data(cfg.num, seed, dev)?
+        } else {
+            None
+        };
+        Ok(SeedState {
+            seed,
+            z,
+            data,
+            reference: None,
+        })
+    }
+
+    /// The reference probability-flow solution from this seed's noise: the exact flow for
+    /// Gaussian data (to sigma_min, then the final denoising every grid ends with), else Heun
+    /// with `reference_steps` steps on the same grid placement.
+    fn reference(
+        &mut self,
+        cfg: &ExperimentConfig,
+        model: &Loaded,
+        sde: &dyn Sde,
+    ) -> Result<&Tensor> {
+        if self.reference.is_none() {
+            let (lo, hi) = (cfg.grid.sigma_min, cfg.grid.sigma_max);
+            let r = match model {
+                Loaded::Exact(ExactModel::Gaussian(g)) => {
+                    g.denoise(&g.exact_flow(&(&self.z * hi), hi, lo)?, lo)?
+                }
+                _ => {
+                    let sigmas =
+                        grid::sigmas(&cfg.grid.placement, cfg.reference_steps, lo, hi, sde)?;
+                    job::run_from_noise(
+                        &SamplerSpec::Heun,
+                        model.denoiser(),
+                        sde,
+                        &sigmas,
+                        &self.z,
+                        self.seed,
+                        0,
+                        &mut |_, _| {},
+                    )?
+                    .0
+                }
+            };
+            self.reference = Some(r);
+        }
+        Ok(self.reference.as_ref().unwrap())
+    }
+}
+
+/// `scoreflow plot OUT_DIR`: results.csv and the plots from results.jsonl.
+pub fn plot_dir(dir: &Path) -> Result<()> {
+    let rows = read_results(dir)?;
+    if rows.is_empty() {
+        bail!(
+            "{} has no results (results.jsonl is missing or empty)",
+            dir.display()
+        );
+    }
+    let floors: BTreeMap<String, f64> = std::fs::read_to_string(dir.join("floors.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let metric_names: Vec<&str> = ["rms", "max", "sw2", "mmd", "mode-tv", "mode-coverage"]
+        .into_iter()
+        .filter(|m| rows.iter().any(|r| r.get(*m).is_some()))
+        .collect();
+    // results.csv
+    let mut csv = format!(
+        "label,sampler,steps,nfe,seed,{},seconds,device\n",
+        metric_names.join(",")
+    );
+    for r in &rows {
+        let m: Vec<String> = metric_names
+            .iter()
+            .map(|k| r[*k].as_f64().map(|v| format!("{v:e}")).unwrap_or_default())
+            .collect();
+        csv += &format!(
+            "\"{}\",{},{},{},{},{},{},{}\n",
+            r["label"].as_str().unwrap_or(""),
+            r["sampler"].as_str().unwrap_or(""),
+            r["steps"],
+            r["nfe"],
+            r["seed"],
+            m.join(","),
+            r["seconds"],
+            r["device"].as_str().unwrap_or("")
+        );
+    }
+    crate::compare::write_atomic(&dir.join("results.csv"), &csv)?;
+    // Quality vs NFE: mean over seeds, bars from min to max.
+    let labels: Vec<String> = {
+        let mut v: Vec<String> = Vec::new();
+        for r in &rows {
+            let l = r["label"].as_str().unwrap_or("").to_string();
+            if !v.contains(&l) {
+                v.push(l);
+            }
+        }
+        v
+    };
+    let mut panels = Vec::new();
+    for m in metric_names.iter().filter(|m| **m != "mode-coverage") {
+        let mut series = Vec::new();
+        for l in &labels {
+            let mut by_nfe: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+            for r in rows.iter().filter(|r| r["label"].as_str() == Some(l)) {
+                if let (Some(n), Some(v)) = (r["nfe"].as_u64(), r[*m].as_f64()) {
+                    by_nfe.entry(n).or_default().push(v);
+                }
+            }
+            let points: Vec<(f64, f64, f64, f64)> = by_nfe
+                .iter()
+                .map(|(n, v)| {
+                    let mean = v.iter().sum::<f64>() / v.len() as f64;
+                    let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+                    let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    (*n as f64, mean, lo, hi)
+                })
+                .collect();
+            if !points.is_empty() {
+                series.push(Series {
+                    label: l.clone(),
+                    points,
+                });
+            }
+        }
+        let (title, ylabel) = match *m {
+            "rms" => ("RMS distance to the reference ODE solution", "RMS error"),
+            "max" => ("largest distance to the reference solution", "max error"),
+            "sw2" => ("sliced Wasserstein-2 to fresh data", "SW2"),
+            "mmd" => ("MMD to fresh data", "MMD"),
+            _ => ("mode-weight error (total variation)", "TV"),
+        };
+        let floor = floors
+            .get(*m)
+            .map(|f| ("fresh data vs fresh data".to_string(), *f));
+        panels.push(Panel {
+            title: title.into(),
+            ylabel: ylabel.into(),
+            series,
+            floor,
+        });
+    }
+    plot::quality_vs_nfe(&dir.join("quality_vs_nfe"), &panels)?;
+    // Scatter grid of 2-D samples (seed of the first row), one panel per sampler and step count.
+    let snap = dir.join("samples");
+    if snap.is_dir() {
+        let first_seed = rows[0]["seed"].as_u64();
+        let mut scat = Vec::new();
+        for r in rows.iter().filter(|r| r["seed"].as_u64() == first_seed) {
+            let p = snap.join(format!("{}.npy", r["key"].as_str().unwrap_or("")));
+            if let Ok(t) = npy::read(&p) {
+                let v: Vec<f64> = Vec::try_from(t.flatten(0, -1))?;
+                let short: String = r["label"].as_str().unwrap_or("").chars().take(24).collect();
+                scat.push(Scatter {
+                    title: format!("{short} nfe {}", r["nfe"]),
+                    points: v.chunks(2).map(|c| [c[0], c[1]]).collect(),
+                });
+            }
+        }
+        if !scat.is_empty() {
+            let cols = rows
+                .iter()
+                .filter(|r| r["seed"].as_u64() == first_seed && r["label"] == rows[0]["label"])
+                .count()
+                .max(1);
+            // Limits from the 99th percentile, so a few far-off samples do not shrink the rest.
+            let mut mags: Vec<f64> = scat
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p[0].abs().max(p[1].abs())))
+                .filter(|v| v.is_finite())
+                .collect();
+            mags.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let lim = mags.get(mags.len() * 99 / 100).copied().unwrap_or(1.0) * 1.2;
+            plot::scatter_grid(&dir.join("samples_grid"), &scat, cols, lim.max(1e-3))?;
+        }
+    }
+    println!("results: {}", dir.join("results.csv").display());
+    println!("plot: {}", dir.join("quality_vs_nfe.png").display());
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! Plots with plotters, as SVG and PNG (text drawn with the bundled DejaVu Sans, so PNGs look
+//! the same on machines without fonts). Every file is written to a temporary name and renamed.
+
+use crate::npy::temp_path;
+use anyhow::{anyhow, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::Path;
+use std::sync::Once;
+
+static FONT: Once = Once::new();
+
+fn register_font() {
+    FONT.call_once(|| {
+        let bytes: &'static [u8] = include_bytes!("assets/DejaVuSans.ttf");
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, bytes);
+    });
+}
+
+/// One line of a quality-vs-NFE plot: points `(nfe, mean, low, high)` (the band is the spread
+/// over seeds).
+pub struct Series {
+    pub label: String,
+    pub points: Vec<(f64, f64, f64, f64)>,
+}
+
+/// A log-log panel of quality against NFE.
+pub struct Panel {
+    pub title: String,
+    pub ylabel: String,
+    pub series: Vec<Series>,
+    /// A horizontal reference line (e.g. the distance between two fresh data sets).
+    pub floor: Option<(String, f64)>,
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    p: &Panel,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    let vals: Vec<f64> = p
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().flat_map(|q| [q.1, q.2, q.3]))
+        .chain(p.floor.iter().map(|f| f.1))
+        .filter(|v| *v > 0.0 && v.is_finite())
+        .collect();
+    let nfes: Vec<f64> = p
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|q| q.0))
+        .collect();
+    if vals.is_empty() || nfes.is_empty() {
+        return Ok(());
+    }
+    let (lo, hi) = (
+        vals.iter().cloned().fold(f64::INFINITY, f64::min) / 1.5,
+        vals.iter().cloned().fold(0.0, f64::max) * 1.5,
+    );
+    let (x0, x1) = (
+        nfes.iter().cloned().fold(f64::INFINITY, f64::min) / 1.3,
+        nfes.iter().cloned().fold(0.0, f64::max) * 1.3,
+    );
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((x0..x1).log_scale(), (lo..hi).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("NFE")
+        .y_desc(p.ylabel.as_str())
+        .label_style(("sans-serif", 13))
+        .draw()?;
+    for (i, s) in p.series.iter().enumerate() {
+        let pts: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .filter(|q| q.1 > 0.0)
+            .map(|q| (q.0, q.1))
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(s.label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart.draw_series(pts.iter().map(|q| Circle::new(*q, 3, color.filled())))?;
+        // The spread over seeds as vertical bars.
+        chart.draw_series(
+            s.points
+                .iter()
+                .filter(|q| q.2 > 0.0 && q.3 > q.2)
+                .map(|q| PathElement::new(vec![(q.0, q.2), (q.0, q.3)], color.stroke_width(1))),
+        )?;
+    }
+    if let Some((label, f)) = &p.floor {
+        chart
+            .draw_series(LineSeries::new(
+                vec![(x0, *f), (x1, *f)],
+                BLACK.mix(0.5).stroke_width(1),
+            ))?
+            .label(label.as_str())
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.5)));
+    }
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 12))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerLeft)
+        .draw()?;
+    Ok(())
+}
+
+/// Scatter panels of 2-D samples: `(title, points)`, `cols` per row, shared limits.
+pub struct Scatter {
+    pub title: String,
+    pub points: Vec<[f64; 2]>,
+}
+
+fn draw_scatter<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panels: &[Scatter],
+    cols: usize,
+    lim: f64,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    let rows = panels.len().div_ceil(cols.max(1));
+    let areas = area.split_evenly((rows.max(1), cols.max(1)));
+    for (a, p) in areas.iter().zip(panels) {
+        let mut chart = ChartBuilder::on(a)
+            .caption(&p.title, ("sans-serif", 13))
+            .margin(4)
+            .build_cartesian_2d(-lim..lim, -lim..lim)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(0)
+            .y_labels(0)
+            .draw()?;
+        let inside = p
+            .points
+            .iter()
+            .filter(|q| q[0].abs() <= lim && q[1].abs() <= lim);
+        chart.draw_series(inside.map(|q| Circle::new((q[0], q[1]), 1, BLUE.mix(0.4).filled())))?;
+    }
+    Ok(())
+}
+
+/// Quality-vs-NFE panels, two per row, as `stem.svg` and `stem.png`.
+pub fn quality_vs_nfe(stem: &Path, panels: &[Panel]) -> Result<()> {
+    let cols = panels.len().clamp(1, 2);
+    let rows = panels.len().div_ceil(cols).max(1);
+    render(stem, (640 * cols as u32, 540 * rows as u32), |svg, png| {
+        if let Some(a) = svg {
+            for (area, p) in a.split_evenly((rows, cols)).iter().zip(panels) {
+                draw_panel(area, p)?;
+            }
+        }
+        if let Some(a) = png {
+            for (area, p) in a.split_evenly((rows, cols)).iter().zip(panels) {
+                draw_panel(area, p)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A grid of 2-D scatter plots, as `stem.svg` and `stem.png`.
+pub fn scatter_grid(stem: &Path, panels: &[Scatter], cols: usize, lim: f64) -> Result<()> {
+    let rows = panels.len().div_ceil(cols.max(1)).max(1) as u32;
+    render(stem, (220 * cols.max(1) as u32, 220 * rows), |svg, png| {
+        if let Some(a) = svg {
+            draw_scatter(a, panels, cols, lim)?;
+        }
+        if let Some(a) = png {
+            draw_scatter(a, panels, cols, lim)?;
+        }
+        Ok(())
+    })
+}
+
+type DrawFn<'a> = dyn Fn(
+        Option<&DrawingArea<SVGBackend, Shift>>,
+        Option<&DrawingArea<BitMapBackend, Shift>>,
+    ) -> Result<(), Box<dyn std::error::Error>>
+    + 'a;
+
+fn render(
+    stem: &Path,
+    size: (u32, u32),
+    f: impl Fn(
+        Option<&DrawingArea<SVGBackend, Shift>>,
+        Option<&DrawingArea<BitMapBackend, Shift>>,
+    ) -> Result<(), Box<dyn std::error::Error>>,
+) -> Result<()> {
+    let f: &DrawFn = &f;
+    register_font();
+    let svg = stem.with_extension("svg");
+    let png = stem.with_extension("png");
+    let (tsvg, tpng) = (temp_path(&svg), temp_path(&png));
+    let res = (|| -> Result<(), Box<dyn std::error::Error>> {
+        {
+            let root = SVGBackend::new(&tsvg, size).into_drawing_area();
+            root.fill(&WHITE)?;
+            f(Some(&root), None)?;
+            root.present()?;
+        }
+        {
+            let root = BitMapBackend::new(&tpng, size).into_drawing_area();
+            root.fill(&WHITE)?;
+            f(None, Some(&root))?;
+            root.present()?;
+        }
+        std::fs::rename(&tsvg, &svg)?;
+        std::fs::rename(&tpng, &png)?;
+        Ok(())
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tsvg);
+        let _ = std::fs::remove_file(&tpng);
+        return Err(anyhow!("cannot draw {}: {e}", stem.display()));
+    }
+    Ok(())
+}

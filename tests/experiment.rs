@@ -1,0 +1,280 @@
+//! `scoreflow run` and `scoreflow plot`: the grid of cells, results, plots, resuming, budgets
+//! and bad experiment files.
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_scoreflow"))
+}
+
+fn write_config(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn small(out: &Path, extra: &str) -> String {
+    format!(
+        r#"
+out_dir = "{}"
+device = "cpu"
+num = 256
+seeds = [0, 1]
+reference_steps = 512
+metrics = ["rms", "max", "sw2", "mmd", "mode-tv", "mode-coverage"]
+{extra}
+[model]
+kind = "builtin"
+name = "gmm8"
+[[samplers]]
+kind = "euler"
+[[samplers]]
+kind = "heun"
+[[samplers]]
+kind = "ddim"
+eta = 1.0
+"#,
+        out.display()
+    )
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+/// Results without the timing, keyed and sorted, for comparing runs.
+fn results(dir: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir.join("results.jsonl")).unwrap();
+    let mut v: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|mut r| {
+            r.as_object_mut().unwrap().remove("seconds");
+            r
+        })
+        .collect();
+    v.sort_by(|a, b| a["key"].as_str().cmp(&b["key"].as_str()));
+    v
+}
+
+#[test]
+fn an_experiment_writes_results_and_plots_and_plot_redraws_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cfg = write_config(dir.path(), "e.toml", &small(&out, "steps = [16, 32]"));
+    let o = run(&["run", &cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("quality_vs_nfe.png"));
+    let rows = results(&out);
+    assert_eq!(rows.len(), 3 * 2 * 2);
+    let get = |label: &str, steps: u64, seed: u64, m: &str| -> Value {
+        rows.iter()
+            .find(|r| r["label"] == label && r["steps"] == steps && r["seed"] == seed)
+            .unwrap()[m]
+            .clone()
+    };
+    // Heun is closer to the reference ODE solution than Euler at 32 steps; the stochastic
+    // sampler has no ODE error but has distribution metrics.
+    assert!(
+        get("heun", 32, 0, "rms").as_f64().unwrap() < get("euler", 32, 0, "rms").as_f64().unwrap()
+    );
+    assert!(get("ddim(eta=1)", 32, 0, "rms").is_null());
+    assert!(get("ddim(eta=1)", 32, 0, "sw2").as_f64().unwrap() > 0.0);
+    assert_eq!(get("heun", 32, 1, "mode-coverage").as_f64().unwrap(), 1.0);
+    assert_eq!(get("heun", 32, 1, "nfe").as_u64().unwrap(), 63);
+    for f in [
+        "results.csv",
+        "quality_vs_nfe.png",
+        "quality_vs_nfe.svg",
+        "samples_grid.png",
+        "floors.json",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 12);
+    // plot redraws everything from results.jsonl alone.
+    for f in ["results.csv", "quality_vs_nfe.png", "quality_vs_nfe.svg"] {
+        std::fs::remove_file(out.join(f)).unwrap();
+    }
+    let o = run(&["plot", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.csv")).unwrap(),
+        csv
+    );
+    assert!(out.join("quality_vs_nfe.png").exists());
+    // A rerun finds every cell done.
+    let o = run(&["run", &cfg]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("12 done, running 0"));
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    let steps = "steps = [8, 16, 32, 64]";
+    let ca = write_config(dir.path(), "a.toml", &small(&a, steps));
+    let cb = write_config(dir.path(), "b.toml", &small(&b, steps));
+    let cc = write_config(dir.path(), "c.toml", &small(&c, steps));
+    assert!(run(&["run", &ca]).status.success());
+    // Stopped after 5 cells, then continued.
+    let o = run(&["run", &cb, "--max-cells", "5"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("5 of 24 cells finished"));
+    assert!(!b.join("quality_vs_nfe.png").exists());
+    assert!(run(&["run", &cb]).status.success());
+    // Killed for real while running, then rerun.
+    let mut child = bin()
+        .args(["run", &cc])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while t0.elapsed().as_secs() < 60 {
+        let n = std::fs::read_to_string(c.join("results.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if n >= 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(run(&["run", &cc]).status.success());
+    let ra = results(&a);
+    assert_eq!(ra.len(), 24);
+    assert_eq!(ra, results(&b));
+    assert_eq!(ra, results(&c));
+}
+
+#[test]
+fn nfe_budgets_pick_steps_per_sampler() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cfg = write_config(
+        dir.path(),
+        "e.toml",
+        &small(&out, "nfe = [10, 20]").replace(
+            "[\"rms\", \"max\", \"sw2\", \"mmd\", \"mode-tv\", \"mode-coverage\"]",
+            "[\"mode-tv\"]",
+        ),
+    );
+    let o = run(&["run", &cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = results(&out);
+    let nfes = |label: &str| {
+        let mut v: Vec<u64> = rows
+            .iter()
+            .filter(|r| r["label"] == label && r["seed"] == 0)
+            .map(|r| r["nfe"].as_u64().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(nfes("euler"), vec![10, 20]);
+    assert_eq!(nfes("heun"), vec![9, 19]);
+}
+
+#[test]
+fn gaussian_models_use_the_exact_flow_as_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let body = format!(
+        r#"
+out_dir = "{}"
+device = "cpu"
+num = 128
+steps = [16, 32, 64]
+metrics = ["rms"]
+[model]
+kind = "gaussian"
+path = "{}"
+[[samplers]]
+kind = "heun"
+"#,
+        out.display(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/gauss2.json")
+    );
+    let cfg = write_config(dir.path(), "g.toml", &body);
+    assert!(run(&["run", &cfg]).status.success());
+    let rows = results(&out);
+    let mut errs: Vec<(u64, f64)> = rows
+        .iter()
+        .map(|r| (r["steps"].as_u64().unwrap(), r["rms"].as_f64().unwrap()))
+        .collect();
+    errs.sort_by_key(|e| e.0);
+    // Second order: each doubling of the steps divides the error by about 4.
+    for w in errs.windows(2) {
+        let ratio = w[0].1 / w[1].1;
+        assert!(ratio > 3.0 && ratio < 5.5, "{errs:?}");
+    }
+}
+
+#[test]
+fn bad_experiments_fail_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("never");
+    let base = small(&out, "steps = [4, 8]");
+    let cases = [
+        (base.replace("kind = \"heun\"", "kind = \"heunn\""), "heunn"),
+        (base.replace("\"mmd\"", "\"fid-of-doom\""), "fid-of-doom"),
+        (
+            base.replace(
+                "steps = [4, 8]",
+                "steps = [4, 8]\n[grid]\nsigma_min = 80.0\nsigma_max = 1.0",
+            ),
+            "sigma_min",
+        ),
+        (
+            base.replace("steps = [4, 8]", "steps = [0]"),
+            "steps must be at least 1",
+        ),
+        (
+            base.replace("num = 256", "num = 256\ncolour = \"red\""),
+            "colour",
+        ),
+        (
+            base.replace(
+                "kind = \"builtin\"\nname = \"gmm8\"",
+                "kind = \"checkpoint\"\npath = \"/nonexistent.safetensors\"",
+            )
+            .replace(
+                "[\"rms\", \"max\", \"sw2\", \"mmd\", \"mode-tv\", \"mode-coverage\"]",
+                "[\"rms\"]",
+            ),
+            "does not exist",
+        ),
+        (
+            base.replace(
+                "kind = \"builtin\"\nname = \"gmm8\"",
+                &format!(
+                    "kind = \"gaussian\"\npath = \"{}\"",
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/gauss2.json")
+                ),
+            ),
+            "needs a mixture",
+        ),
+        (base.replace("steps = [4, 8]", "nfe = [1]"), "NFE budget 1"),
+    ];
+    for (i, (body, needle)) in cases.iter().enumerate() {
+        let cfg = write_config(dir.path(), &format!("bad{i}.toml"), body);
+        let o = run(&["run", &cfg]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "case {i}: {err}");
+        assert!(
+            err.contains(needle),
+            "case {i}: expected '{needle}' in {err}"
+        );
+        assert!(!out.exists(), "case {i}: work started");
+    }
+    let o = run(&["plot", dir.path().join("nothing").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+}
