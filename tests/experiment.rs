@@ -262,7 +262,7 @@ fn bad_experiments_fail_before_any_work() {
             ),
             "needs a mixture",
         ),
-        (base.replace("steps = [4, 8]", "nfe = [1]"), "NFE budget 1"),
+        (base.replace("steps = [4, 8]", "nfe = [0]"), "NFE budget 0"),
     ];
     for (i, (body, needle)) in cases.iter().enumerate() {
         let cfg = write_config(dir.path(), &format!("bad{i}.toml"), body);
