@@ -6,12 +6,19 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Write images `[N, C, H, W]` with values in [-1, 1] as a PNG grid `cols` wide (grayscale for
-/// C = 1, RGB for C = 3), one pixel of border between images. Written atomically.
+/// C = 1, RGB for C = 3), one pixel of border between images, each pixel drawn as a square of
+/// `64 / H` pixels (at least 1) so small images are visible. Written atomically.
 pub fn write_grid(path: &Path, x: &Tensor, cols: usize) -> Result<()> {
     let size = x.size();
     if size.len() != 4 || !(size[1] == 1 || size[1] == 3) {
         bail!("an image grid needs [N, 1 or 3, H, W], got {size:?}");
     }
+    let scale = (64 / size[2]).max(1);
+    let x = x
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .upsample_nearest2d([size[2] * scale, size[3] * scale], None, None);
+    let size = x.size();
     let (n, c, h, w) = (
         size[0] as usize,
         size[1] as usize,
@@ -22,10 +29,7 @@ pub fn write_grid(path: &Path, x: &Tensor, cols: usize) -> Result<()> {
     let rows = n.div_ceil(cols);
     let (gw, gh) = (cols * (w + 1) + 1, rows * (h + 1) + 1);
     let px: Vec<f32> = Vec::try_from(
-        (x.to_device(Device::Cpu)
-            .to_kind(Kind::Float)
-            .clamp(-1.0, 1.0)
-            + 1.0)
+        (x.to_kind(Kind::Float).clamp(-1.0, 1.0) + 1.0)
             .multiply_scalar(127.5)
             .contiguous()
             .view([-1]),
