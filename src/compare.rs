@@ -260,6 +260,7 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
 
 fn plot(path: &Path, rows: &[Row], fresh_tv: Option<f64>, title: &str) -> Result<()> {
     use plotters::prelude::*;
+    crate::plot::register_font();
     let tmp = npy::temp_path(path);
     let result = (|| -> Result<(), Box<dyn std::error::Error>> {
         let root = SVGBackend::new(&tmp, (1200, 520)).into_drawing_area();

@@ -10,7 +10,8 @@ use std::sync::Once;
 
 static FONT: Once = Once::new();
 
-fn register_font() {
+/// Make the bundled font the "sans-serif" family (once).
+pub fn register_font() {
     FONT.call_once(|| {
         let bytes: &'static [u8] = include_bytes!("assets/DejaVuSans.ttf");
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, bytes);
