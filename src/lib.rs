@@ -6,6 +6,7 @@
 
 pub use scoreflow_solvers as solvers;
 
+pub mod autocast;
 pub mod bench;
 pub mod checkpoint;
 pub mod compare;

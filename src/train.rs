@@ -95,6 +95,14 @@ pub struct TrainParams {
     /// Conditional models: the fraction of labels replaced by "no class" (Ho & Salimans 2022).
     #[serde(default = "d_dropout")]
     pub label_dropout: f64,
+    /// "float32", or "bf16" for bf16 autocast of the forward pass (weights, optimizer and EMA
+    /// stay float32).
+    #[serde(default = "d_precision")]
+    pub precision: String,
+}
+
+fn d_precision() -> String {
+    "float32".into()
 }
 
 fn d_dropout() -> f64 {
@@ -129,6 +137,12 @@ impl TrainConfig {
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) || !(t.ema_half_life > 0.0) {
             bail!("train.lr and train.ema_half_life must be positive");
+        }
+        if !matches!(t.precision.as_str(), "float32" | "bf16") {
+            bail!(
+                "train.precision must be \"float32\" or \"bf16\", got \"{}\"",
+                t.precision
+            );
         }
         if !(0.0..=1.0).contains(&t.label_dropout) {
             bail!("train.label_dropout must be in [0, 1]");
@@ -366,10 +380,14 @@ fn train_loop(
             let mut p = params[i].1.shallow_clone();
             p.zero_grad();
         }
-        let loss = cfg
-            .loss
-            .loss(&model.net, &y, labels.as_ref())
-            .mean(Kind::Float);
+        let per_sample = || cfg.loss.loss(&model.net, &y, labels.as_ref());
+        let loss = if t.precision == "bf16" {
+            crate::autocast::bf16(dev, per_sample)
+        } else {
+            per_sample()
+        }
+        .to_kind(Kind::Float)
+        .mean(Kind::Float);
         loss.backward();
         tch::no_grad(|| {
             let grads: Vec<Tensor> = trainable.iter().map(|&i| params[i].1.grad()).collect();

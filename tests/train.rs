@@ -371,3 +371,43 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
         "the good checkpoint was overwritten"
     );
 }
+
+#[test]
+fn bf16_autocast_trains_close_to_float32() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let extra = "checkpoint_every = 20\nlog_every = 10";
+    let f32_run = train::run(
+        &config(a.path(), 20, extra),
+        &RunOpts {
+            resume: false,
+            stop_at: None,
+            quiet: true,
+        },
+    )
+    .unwrap();
+    let mut cfg = config(b.path(), 20, extra);
+    cfg.train.precision = "bf16".into();
+    let bf16_run = train::run(
+        &cfg,
+        &RunOpts {
+            resume: false,
+            stop_at: None,
+            quiet: true,
+        },
+    )
+    .unwrap();
+    // Same batch and noise at step 1, so the losses differ only by bf16 rounding: a little, not
+    // nothing (autocast engaged) and not much (about 8 bits of mantissa).
+    let (l32, l16) = (f32_run.losses[0].1, bf16_run.losses[0].1);
+    let rel = (l32 - l16).abs() / l32;
+    assert!(rel > 1e-7 && rel < 0.05, "float32 {l32} vs bf16 {l16}");
+    assert!(bf16_run.losses.iter().all(|l| l.1.is_finite()));
+    let bad = TrainConfig::from_toml(
+        &format!(
+            "{}\nprecision = \"fp8\"",
+            "out_dir = \"x\"\n[data]\nkind = \"moons\"\n[train]\nsteps = 1"
+        ),
+        Path::new("p.toml"),
+    );
+    assert!(bad.err().unwrap().to_string().contains("precision"));
+}
