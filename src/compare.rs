@@ -42,7 +42,7 @@ pub struct CompareArgs {
     /// Arithmetic precision: float32 or float64.
     #[arg(long, default_value = "float64")]
     pub dtype: String,
-    /// Folder for results.csv and error_vs_nfe.svg.
+    /// Folder for results.csv and error_vs_nfe.{png,svg}.
     #[arg(long, default_value = "out/compare")]
     pub out_dir: PathBuf,
 }
@@ -192,10 +192,10 @@ pub fn run(a: CompareArgs) -> Result<()> {
     }
     let csv = a.out_dir.join("results.csv");
     write_atomic(&csv, &to_csv(&rows))?;
-    let svg = a.out_dir.join("error_vs_nfe.svg");
-    plot(&svg, &rows, fresh_tv, &a.denoiser)?;
+    let stem = a.out_dir.join("error_vs_nfe");
+    plot(&stem, &rows, fresh_tv, &a.denoiser)?;
     println!("results: {}", csv.display());
-    println!("plot: {}", svg.display());
+    println!("plot: {}", stem.with_extension("png").display());
     Ok(())
 }
 
@@ -258,103 +258,38 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
         })
 }
 
-fn plot(path: &Path, rows: &[Row], fresh_tv: Option<f64>, title: &str) -> Result<()> {
-    use plotters::prelude::*;
-    crate::plot::register_font();
-    let tmp = npy::temp_path(path);
-    let result = (|| -> Result<(), Box<dyn std::error::Error>> {
-        let root = SVGBackend::new(&tmp, (1200, 520)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let panels = root.split_evenly((1, 2));
-        let samplers: Vec<&str> = {
-            let mut v: Vec<&str> = rows.iter().map(|r| r.sampler.as_str()).collect();
-            v.dedup();
-            v
-        };
-        let nfe_max = rows.iter().map(|r| r.nfe).max().unwrap_or(1).max(2) as f64;
-        let panel = |area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
-                     caption: &str,
-                     ylabel: &str,
-                     get: &dyn Fn(&Row) -> Option<f64>,
-                     floor: Option<f64>|
-         -> Result<(), Box<dyn std::error::Error>> {
-            let vals: Vec<f64> = rows
-                .iter()
-                .filter_map(get)
-                .filter(|v| *v > 0.0)
-                .chain(floor)
-                .collect();
-            if vals.is_empty() {
-                return Ok(());
-            }
-            let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min) / 2.0;
-            let hi = vals.iter().cloned().fold(0.0, f64::max) * 2.0;
-            let mut chart = ChartBuilder::on(area)
-                .caption(caption, ("sans-serif", 18))
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(70)
-                .build_cartesian_2d((1.0f64..nfe_max * 1.5).log_scale(), (lo..hi).log_scale())?;
-            chart.configure_mesh().x_desc("NFE").y_desc(ylabel).draw()?;
-            for (i, s) in samplers.iter().enumerate() {
-                let pts: Vec<(f64, f64)> = rows
+/// Error and mode-weight panels, one line per sampler, as `stem.svg` and `stem.png`.
+fn plot(stem: &Path, rows: &[Row], fresh_tv: Option<f64>, title: &str) -> Result<()> {
+    use crate::plot::{Panel, Series};
+    let mut names: Vec<&str> = rows.iter().map(|r| r.sampler.as_str()).collect();
+    names.dedup();
+    let series = |get: &dyn Fn(&Row) -> Option<f64>| -> Vec<Series> {
+        names
+            .iter()
+            .map(|n| Series {
+                label: n.to_string(),
+                points: rows
                     .iter()
-                    .filter(|r| r.sampler == *s)
-                    .filter_map(|r| get(r).filter(|v| *v > 0.0).map(|v| (r.nfe as f64, v)))
-                    .collect();
-                if pts.is_empty() {
-                    continue;
-                }
-                let color = Palette99::pick(i).to_rgba();
-                chart
-                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-                    .label(*s)
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-                    });
-                chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
-            }
-            if let Some(f) = floor {
-                chart
-                    .draw_series(LineSeries::new(
-                        vec![(1.0, f), (nfe_max * 1.5, f)],
-                        BLACK.mix(0.5).stroke_width(1),
-                    ))?
-                    .label("fresh data (noise floor)")
-                    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.5)));
-            }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .position(SeriesLabelPosition::LowerLeft)
-                .draw()?;
-            Ok(())
-        };
-        panel(
-            &panels[0],
-            &format!("{title}: error vs reference ODE solution"),
-            "RMS error",
-            &|r| r.rms,
-            None,
-        )?;
-        panel(
-            &panels[1],
-            "mode-weight error (total variation)",
-            "TV distance",
-            &|r| r.mode_tv,
-            fresh_tv,
-        )?;
-        root.present()?;
-        Ok(())
-    })();
-    match result {
-        Ok(()) => {
-            std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            bail!("cannot draw {}: {e}", path.display())
-        }
-    }
+                    .filter(|r| r.sampler == *n)
+                    .filter_map(|r| get(r).map(|v| (r.nfe as f64, v, v, v)))
+                    .collect(),
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect()
+    };
+    let panels = [
+        Panel {
+            title: format!("{title}: error vs reference ODE solution"),
+            ylabel: "RMS error".into(),
+            series: series(&|r| r.rms),
+            floor: None,
+        },
+        Panel {
+            title: "mode-weight error (total variation)".into(),
+            ylabel: "TV distance".into(),
+            series: series(&|r| r.mode_tv),
+            floor: fresh_tv.map(|f| ("fresh data (noise floor)".to_string(), f)),
+        },
+    ];
+    crate::plot::quality_vs_nfe(stem, &panels)
 }
