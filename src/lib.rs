@@ -19,6 +19,7 @@ pub mod job;
 pub mod loss;
 pub mod metrics;
 pub mod model;
+pub mod nll;
 pub mod nn;
 pub mod npy;
 pub mod plot;

@@ -38,6 +38,8 @@ enum Command {
     Train(TrainArgs),
     /// Training throughput (samples/s) of one or more training configs.
     BenchTrain(bench::BenchTrainArgs),
+    /// Negative log-likelihood of data through the probability-flow ODE.
+    Nll(scoreflow::nll::NllArgs),
     /// Fréchet distance of a digits model's samples on in-project classifier features.
     EvalDigits(scoreflow::fid::EvalDigitsArgs),
 }
@@ -235,6 +237,7 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train_cmd(a),
         Command::BenchTrain(a) => bench::run_train(a),
+        Command::Nll(a) => scoreflow::nll::run(a),
         Command::EvalDigits(a) => scoreflow::fid::eval_digits(a),
     };
     if let Err(e) = result {

@@ -151,6 +151,18 @@ impl GaussianDenoiser {
         )
     }
 
+    /// `log p(x; sigma)` of `N(mu, Sigma + sigma^2 I)` for each sample, shape `[N]`.
+    pub fn log_density(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        check_features(x, self.dim(), "the Gaussian density")?;
+        let (mu, v, l) = self.parts(x);
+        let var = &l + sigma * sigma;
+        let y = (x - &mu).matmul(&v);
+        let quad = (y.square() / &var).sum_dim_intlist(-1, false, x.kind());
+        let log_det = var.log().sum_dim_intlist(-1, false, x.kind());
+        let c = self.dim() as f64 * (2.0 * std::f64::consts::PI).ln();
+        Ok((quad + log_det + c) * -0.5)
+    }
+
     /// Exact samples from standard normals `z` (`[N, d]`): `mu + V diag(sqrt(l)) z`.
     pub fn sample_from(&self, z: &Tensor) -> Tensor {
         let (mu, v, l) = self.parts(z);
