@@ -61,7 +61,7 @@ fn nll_command_reports_the_ode_and_exact_values() {
             "--num",
             "100",
             "--steps",
-            "48",
+            "128",
             "--device",
             "cpu",
         ])
