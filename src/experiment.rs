@@ -138,6 +138,9 @@ pub enum Metric {
     ModeTv,
     /// Mixtures: fraction of modes holding at least half their weight.
     ModeCoverage,
+    /// Images with class labels (a checkpoint trained on labelled images): Fréchet distance
+    /// on the features of a classifier trained on the training data (as `eval-digits`).
+    Fd,
 }
 
 impl Metric {
@@ -149,6 +152,7 @@ impl Metric {
             Metric::Mmd => "mmd",
             Metric::ModeTv => "mode-tv",
             Metric::ModeCoverage => "mode-coverage",
+            Metric::Fd => "fd",
         }
     }
     /// Metrics against the ODE solution only make sense for deterministic samplers.
@@ -249,6 +253,9 @@ impl ExperimentConfig {
             if matches!(m, Metric::ModeTv | Metric::ModeCoverage) && !mixture {
                 bail!("metric {} needs a mixture model", m.name());
             }
+            if *m == Metric::Fd && !matches!(self.model, ModelSpec::Checkpoint { .. }) {
+                bail!("metric fd needs a checkpoint trained on labelled images");
+            }
         }
         match &self.model {
             ModelSpec::Builtin { name } if name != "gmm8" => {
@@ -309,7 +316,7 @@ impl ExperimentConfig {
 /// The model of an experiment, with what the metrics need.
 enum Loaded {
     Exact(ExactModel),
-    Trained(Box<train::Model>, Tensor),
+    Trained(Box<train::Model>, crate::data::Dataset),
 }
 
 impl Loaded {
@@ -340,6 +347,7 @@ impl Loaded {
                 Some(g.sample_from(&z))
             }
             Loaded::Trained(_, data) => {
+                let data = &data.x;
                 let _turn = train::exclusive_rng();
                 tch::manual_seed((seed ^ 0xF2E5) as i64 & i64::MAX);
                 let idx = Tensor::randint(data.size()[0], [n as i64], (Kind::Int64, Device::Cpu));
@@ -386,7 +394,7 @@ fn load_model(spec: &ModelSpec, dev: Device) -> Result<Loaded> {
                 }
             }
             let (m, cfg) = train::load_for_sampling(path, dev)?;
-            let data = crate::data::load(&cfg.data, cfg.seed)?.x;
+            let data = crate::data::load(&cfg.data, cfg.seed)?;
             Loaded::Trained(Box::new(m), data)
         }
     })
@@ -447,6 +455,15 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
         .with_context(|| format!("cannot create {}", cfg.out_dir.display()))?;
     let model = load_model(&cfg.model, dev)?;
     let shape = model.shape();
+    let classifier = match (&model, cfg.metrics.contains(&Metric::Fd)) {
+        (Loaded::Trained(_, data), true) => {
+            if shape.len() != 3 || data.labels.is_none() {
+                bail!("metric fd needs a checkpoint trained on labelled images; this one has samples of shape {shape:?}");
+            }
+            Some(crate::fid::Classifier::train(data, 3000, 0xC1A5)?)
+        }
+        _ => None,
+    };
     let sde = job::sde_from_name(&cfg.grid.sde)?;
     let done: HashSet<String> = read_results(&cfg.out_dir)?
         .iter()
@@ -498,6 +515,18 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
             sde.as_ref(),
         )?;
         let t = Instant::now();
+        // The paths of the first 16 samples, for the trajectory plot of 2-D models.
+        let track = shape == [2];
+        let mut path: Vec<Tensor> = if track {
+            vec![(&state.z * sigmas[0]).narrow(0, 0, 16.min(cfg.num as i64))]
+        } else {
+            Vec::new()
+        };
+        let mut observe = |_: &scoreflow_solvers::StepReport, x: &Tensor| {
+            if track {
+                path.push(x.narrow(0, 0, 16.min(x.size()[0])).shallow_clone());
+            }
+        };
         let (x, nfe) = job::run_from_noise(
             spec,
             model.denoiser(),
@@ -506,7 +535,7 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
             &state.z,
             seed,
             0,
-            &mut |_, _| {},
+            &mut observe,
         )?;
         let seconds = t.elapsed().as_secs_f64();
         let mut rec = json!({
@@ -545,17 +574,32 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
                 Metric::ModeCoverage => {
                     model.mixture().map(|g| mode_coverage(g, &x)).transpose()?
                 }
+                Metric::Fd => match (&classifier, &state.data) {
+                    (Some(c), Some(d)) => {
+                        Some(crate::fid::frechet(&c.features(&x), &c.features(d)))
+                    }
+                    _ => None,
+                },
             };
             rec[m.name()] = v.map(Value::from).unwrap_or(Value::Null);
         }
         writeln!(out, "{rec}")?;
         out.flush()?;
-        if shape.len() == 1 && shape[0] == 2 {
-            let snap = cfg.out_dir.join("samples");
+        // Snapshots for the plots: 1000 points and 16 paths of 2-D models, 10 images of image models.
+        let key = rec["key"].as_str().unwrap().to_string();
+        let snap = cfg.out_dir.join("samples");
+        if track || shape.len() == 3 {
             std::fs::create_dir_all(&snap)?;
+            let keep = if track { 1000 } else { 10 };
             npy::write_f32(
-                &snap.join(format!("{}.npy", rec["key"].as_str().unwrap())),
-                &x.narrow(0, 0, x.size()[0].min(1000)),
+                &snap.join(format!("{key}.npy")),
+                &x.narrow(0, 0, x.size()[0].min(keep)),
+            )?;
+        }
+        if track {
+            npy::write_f32(
+                &snap.join(format!("{key}.path.npy")),
+                &Tensor::stack(&path, 0),
             )?;
         }
         bar.inc(1);
@@ -576,6 +620,12 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
                 floors.insert(
                     "mmd",
                     mmd(&other, d, bandwidth.unwrap_or_else(|| median_distance(d))),
+                );
+            }
+            if let Some(c) = &classifier {
+                floors.insert(
+                    "fd",
+                    crate::fid::frechet(&c.features(&other), &c.features(d)),
                 );
             }
             if let (Some(g), true) = (model.mixture(), cfg.metrics.contains(&Metric::ModeTv)) {
@@ -714,7 +764,7 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
-    let metric_names: Vec<&str> = ["rms", "max", "sw2", "mmd", "mode-tv", "mode-coverage"]
+    let metric_names: Vec<&str> = ["rms", "max", "sw2", "mmd", "fd", "mode-tv", "mode-coverage"]
         .into_iter()
         .filter(|m| rows.iter().any(|r| r.get(*m).is_some()))
         .collect();
@@ -783,6 +833,7 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
             "max" => ("largest distance to the reference solution", "max error"),
             "sw2" => ("sliced Wasserstein-2 to fresh data", "SW2"),
             "mmd" => ("MMD to fresh data", "MMD"),
+            "fd" => ("Fréchet distance on classifier features", "FD"),
             _ => ("mode-weight error (total variation)", "TV"),
         };
         let floor = floors
@@ -801,16 +852,66 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
     if snap.is_dir() {
         let first_seed = rows[0]["seed"].as_u64();
         let mut scat = Vec::new();
+        let mut images = Vec::new();
+        let mut paths: BTreeMap<String, (u64, Tensor)> = BTreeMap::new();
         for r in rows.iter().filter(|r| r["seed"].as_u64() == first_seed) {
-            let p = snap.join(format!("{}.npy", r["key"].as_str().unwrap_or("")));
-            if let Ok(t) = npy::read(&p) {
-                let v: Vec<f64> = Vec::try_from(t.flatten(0, -1))?;
-                let short: String = r["label"].as_str().unwrap_or("").chars().take(24).collect();
-                scat.push(Scatter {
-                    title: format!("{short} nfe {}", r["nfe"]),
-                    points: v.chunks(2).map(|c| [c[0], c[1]]).collect(),
-                });
+            let key = r["key"].as_str().unwrap_or("");
+            let label = r["label"].as_str().unwrap_or("").to_string();
+            let Ok(t) = npy::read(&snap.join(format!("{key}.npy"))) else {
+                continue;
+            };
+            if t.dim() == 4 {
+                images.push(t);
+                continue;
             }
+            let v: Vec<f64> = Vec::try_from(t.flatten(0, -1))?;
+            let short: String = label.chars().take(24).collect();
+            scat.push(Scatter {
+                title: format!("{short} nfe {}", r["nfe"]),
+                points: v.chunks(2).map(|c| [c[0], c[1]]).collect(),
+            });
+            // Trajectories: per sampler, the run whose step count is closest to 32 (in log scale).
+            let steps = r["steps"].as_u64().unwrap_or(0);
+            if let Ok(p) = npy::read(&snap.join(format!("{key}.path.npy"))) {
+                let dist = |n: u64| ((n.max(1) as f64) / 32.0).log2().abs();
+                let better = match paths.get(&label) {
+                    None => true,
+                    Some((s0, _)) => dist(steps) < dist(*s0),
+                };
+                if better {
+                    paths.insert(label, (steps, p));
+                }
+            }
+        }
+        if !images.is_empty() {
+            // One row of 10 images per sampler and step count (first seed).
+            crate::image::write_grid(&dir.join("samples_grid.png"), &Tensor::cat(&images, 0), 10)?;
+        }
+        if !paths.is_empty() {
+            let panels: Vec<(String, Vec<Vec<[f64; 2]>>)> = paths
+                .iter()
+                .map(|(label, (steps, p))| {
+                    let (t, n) = (p.size()[0], p.size()[1]);
+                    let v: Vec<f64> = Vec::try_from(p.flatten(0, -1)).unwrap_or_default();
+                    let lines = (0..n as usize)
+                        .map(|j| {
+                            (0..t as usize)
+                                .map(|i| {
+                                    [v[(i * n as usize + j) * 2], v[(i * n as usize + j) * 2 + 1]]
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    (
+                        format!(
+                            "{} ({steps} steps)",
+                            label.chars().take(28).collect::<String>()
+                        ),
+                        lines,
+                    )
+                })
+                .collect();
+            plot::trajectories(&dir.join("trajectories"), &panels)?;
         }
         if !scat.is_empty() {
             let cols = rows

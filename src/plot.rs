@@ -158,6 +158,63 @@ where
     Ok(())
 }
 
+fn draw_paths<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    panels: &[(String, Vec<Vec<[f64; 2]>>)],
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    let cols = panels.len().clamp(1, 4);
+    let rows = panels.len().div_ceil(cols).max(1);
+    for (a, (title, lines)) in area.split_evenly((rows, cols)).iter().zip(panels) {
+        // The last points (the samples) set the view; the start, at sigma_max, is far outside.
+        let lim = lines
+            .iter()
+            .filter_map(|l| l.last())
+            .map(|p| p[0].abs().max(p[1].abs()))
+            .fold(1e-3f64, f64::max)
+            * 1.6;
+        let mut chart = ChartBuilder::on(a)
+            .caption(title.as_str(), ("sans-serif", 13))
+            .margin(6)
+            .build_cartesian_2d(-lim..lim, -lim..lim)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(0)
+            .y_labels(0)
+            .draw()?;
+        for (i, l) in lines.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let pts: Vec<(f64, f64)> = l
+                .iter()
+                .map(|p| (p[0].clamp(-lim, lim), p[1].clamp(-lim, lim)))
+                .collect();
+            chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(1)))?;
+            if let Some(p) = pts.last() {
+                chart.draw_series(std::iter::once(Circle::new(*p, 3, color.filled())))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sample paths from sigma_max to 0, one panel per sampler, as `stem.svg` and `stem.png`.
+pub fn trajectories(stem: &Path, panels: &[(String, Vec<Vec<[f64; 2]>>)]) -> Result<()> {
+    let cols = panels.len().clamp(1, 4) as u32;
+    let rows = panels.len().div_ceil(cols as usize).max(1) as u32;
+    render(stem, (300 * cols, 300 * rows), |svg, png| {
+        if let Some(a) = svg {
+            draw_paths(a, panels)?;
+        }
+        if let Some(a) = png {
+            draw_paths(a, panels)?;
+        }
+        Ok(())
+    })
+}
+
 /// Quality-vs-NFE panels, two per row, as `stem.svg` and `stem.png`.
 pub fn quality_vs_nfe(stem: &Path, panels: &[Panel]) -> Result<()> {
     let cols = panels.len().clamp(1, 2);

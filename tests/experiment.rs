@@ -334,3 +334,45 @@ kind = "dpmpp-2m"
     // At (about) equal NFE, Heun and DPM-Solver++ are below Euler: Heun at 63 vs Euler at 64.
     assert!(h[2].1 < e[2].1 && d[2].1 < e[2].1);
 }
+
+#[test]
+fn image_models_get_fd_and_an_image_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let train_cfg = write_config(
+        dir.path(),
+        "t.toml",
+        &format!(
+            "out_dir = \"{}\"\ndevice = \"cpu\"\n[data]\nkind = \"digits\"\n[model.backbone]\nkind = \"unet\"\nchannels = 8\nchannel_mult = [1, 2]\nblocks = 1\nattn_resolutions = []\n[train]\nsteps = 5\nbatch = 16\ncheckpoint_every = 5\nlog_every = 5\n",
+            dir.path().join("run").display()
+        ),
+    );
+    let out = dir.path().join("out");
+    let ck = dir.path().join("run/checkpoint.safetensors");
+    let body = format!(
+        "out_dir = \"{}\"\ndevice = \"cpu\"\ndtype = \"float32\"\nnum = 64\nsteps = [2, 4]\nmetrics = [\"sw2\", \"fd\"]\n[model]\nkind = \"checkpoint\"\npath = \"{}\"\ntrain_config = \"{}\"\n[[samplers]]\nkind = \"euler\"\n",
+        out.display(),
+        ck.display(),
+        train_cfg
+    );
+    let cfg = write_config(dir.path(), "e.toml", &body);
+    let o = run(&["run", &cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(ck.exists(), "the checkpoint was trained on first use");
+    let rows = results(&out);
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["fd"].as_f64().unwrap() > 0.0));
+    let floors: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("floors.json")).unwrap()).unwrap();
+    // A barely trained network is far from the data; two resamples of the data are close.
+    assert!(rows[0]["fd"].as_f64().unwrap() > floors["fd"].as_f64().unwrap());
+    assert!(out.join("samples_grid.png").exists());
+    // fd on a model that is not a checkpoint is refused up front.
+    let bad = write_config(
+        dir.path(),
+        "b.toml",
+        &small(&dir.path().join("never"), "steps = [4]").replace("\"mode-coverage\"]", "\"fd\"]"),
+    );
+    let o = run(&["run", &bad]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("metric fd needs"));
+}
