@@ -9,7 +9,7 @@ use crate::model::{self, ExactModel};
 use crate::plot::{self, Panel, Scatter, Series};
 use crate::{compare, device, npy, train};
 use anyhow::{anyhow, bail, Context, Result};
-use scoreflow_solvers::{grid, Denoiser, GaussianMixture, GridKind, SamplerSpec, Sde};
+use scoreflow_solvers::{grid, Denoiser, GaussianMixture, GridKind, SamplerSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -31,8 +31,8 @@ fn d_num() -> usize {
 fn d_seeds() -> Vec<u64> {
     vec![0]
 }
-fn d_ref() -> usize {
-    4096
+fn d_ref() -> f64 {
+    1e-7
 }
 fn d_sigma_min() -> f64 {
     0.002
@@ -72,10 +72,10 @@ pub struct ExperimentConfig {
     pub grid: GridSpec,
     pub samplers: Vec<SamplerSpec>,
     pub metrics: Vec<Metric>,
-    /// Steps of the reference ODE solve (Heun on the same grid placement) where no exact flow
-    /// is known.
+    /// Tolerance of the adaptive reference ODE solve (Dormand-Prince 5(4)) where no exact flow
+    /// is known. Use about 1e-4 with float32.
     #[serde(default = "d_ref")]
-    pub reference_steps: usize,
+    pub reference_tol: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -245,6 +245,12 @@ impl ExperimentConfig {
         }
         job::kind_from_name(&self.dtype)?;
         device::parse(&self.device)?;
+        if !(self.reference_tol > 0.0 && self.reference_tol < 1.0) {
+            bail!(
+                "reference_tol must be in (0, 1), got {}",
+                self.reference_tol
+            );
+        }
         let mixture = matches!(
             self.model,
             ModelSpec::Builtin { .. } | ModelSpec::Mixture { .. }
@@ -404,7 +410,7 @@ fn load_model(spec: &ModelSpec, dev: Device) -> Result<Loaded> {
 fn cell_key(cfg: &ExperimentConfig, spec: &SamplerSpec, steps: usize, seed: u64) -> String {
     let ident = json!({
         "model": cfg.model, "grid": cfg.grid, "num": cfg.num, "dtype": cfg.dtype, "sampler": spec,
-        "steps": steps, "seed": seed, "metrics": cfg.metrics, "reference_steps": cfg.reference_steps,
+        "steps": steps, "seed": seed, "metrics": cfg.metrics, "reference_tol": cfg.reference_tol,
     });
     let digest = Sha256::digest(ident.to_string().as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
@@ -547,7 +553,7 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
             let v = match m {
                 _ if m.needs_deterministic() && spec.is_stochastic() => None,
                 Metric::Rms | Metric::Max => {
-                    let r = state.reference(cfg, &model, sde.as_ref())?;
+                    let r = state.reference(cfg, &model)?;
                     let dist = (&x - r)
                         .flatten(1, -1)
                         .square()
@@ -681,7 +687,6 @@ pub fn mode_coverage(g: &GaussianMixture, x: &Tensor) -> Result<f64> {
 
 /// Per-seed state: the shared starting noise, fresh data and (lazily) the reference solution.
 struct SeedState {
-    seed: u64,
     z: Tensor,
     data: Option<Tensor>,
     reference: Option<Tensor>,
@@ -707,45 +712,33 @@ impl SeedState {
             None
         };
         Ok(SeedState {
-            seed,
             z,
             data,
             reference: None,
         })
     }
 
-    /// The reference probability-flow solution from this seed's noise: the exact flow for
-    /// Gaussian data (to sigma_min, then the final denoising every grid ends with), else Heun
-    /// with `reference_steps` steps on the same grid placement.
-    fn reference(
-        &mut self,
-        cfg: &ExperimentConfig,
-        model: &Loaded,
-        sde: &dyn Sde,
-    ) -> Result<&Tensor> {
+    /// The reference probability-flow solution from this seed's noise, to `sigma_min` and then
+    /// the final denoising step every grid ends with: the exact flow for Gaussian data, else an
+    /// adaptive Dormand-Prince 5(4) solve to `reference_tol`.
+    fn reference(&mut self, cfg: &ExperimentConfig, model: &Loaded) -> Result<&Tensor> {
         if self.reference.is_none() {
             let (lo, hi) = (cfg.grid.sigma_min, cfg.grid.sigma_max);
-            let r = match model {
-                Loaded::Exact(ExactModel::Gaussian(g)) => {
-                    g.denoise(&g.exact_flow(&(&self.z * hi), hi, lo)?, lo)?
-                }
+            let start = &self.z * hi;
+            let at_min = match model {
+                Loaded::Exact(ExactModel::Gaussian(g)) => g.exact_flow(&start, hi, lo)?,
                 _ => {
-                    let sigmas =
-                        grid::sigmas(&cfg.grid.placement, cfg.reference_steps, lo, hi, sde)?;
-                    job::run_from_noise(
-                        &SamplerSpec::Heun,
+                    scoreflow_solvers::reference::solve_pf_ode(
                         model.denoiser(),
-                        sde,
-                        &sigmas,
-                        &self.z,
-                        self.seed,
-                        0,
-                        &mut |_, _| {},
+                        &start,
+                        hi,
+                        lo,
+                        cfg.reference_tol,
                     )?
                     .0
                 }
             };
-            self.reference = Some(r);
+            self.reference = Some(model.denoiser().denoise(&at_min, lo)?);
         }
         Ok(self.reference.as_ref().unwrap())
     }

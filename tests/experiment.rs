@@ -22,7 +22,7 @@ out_dir = "{}"
 device = "cpu"
 num = 256
 seeds = [0, 1]
-reference_steps = 512
+reference_tol = 1e-7
 metrics = ["rms", "max", "sw2", "mmd", "mode-tv", "mode-coverage"]
 {extra}
 [model]
@@ -290,7 +290,7 @@ device = "cpu"
 num = 512
 steps = [16, 32, 64]
 metrics = ["rms"]
-reference_steps = 1024
+reference_tol = 1e-7
 [model]
 kind = "builtin"
 name = "gmm8"

@@ -10,6 +10,7 @@ pub mod driver;
 pub mod error;
 pub mod grid;
 pub mod noise;
+pub mod reference;
 pub mod samplers;
 pub mod sde;
 

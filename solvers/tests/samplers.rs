@@ -487,3 +487,17 @@ fn bad_models_and_parameters_are_errors() {
         .denoise(&Tensor::zeros([4, 2], (Kind::Double, Device::Cpu)), 1.0)
         .is_err());
 }
+
+#[test]
+fn adaptive_reference_matches_the_exact_flow() {
+    let den = gaussian();
+    let x = start(4, 32, 3, 80.0);
+    for tol in [1e-5, 1e-8] {
+        let (r, nfe) =
+            scoreflow_solvers::reference::solve_pf_ode(&den, &x, 80.0, 0.002, tol).unwrap();
+        let exact = den.exact_flow(&x, 80.0, 0.002).unwrap();
+        let err = max_abs(&(r - exact));
+        println!("tol {tol:e}: max error {err:.2e} with {nfe} evaluations");
+        assert!(err < 50.0 * tol, "tol {tol}: error {err}");
+    }
+}
