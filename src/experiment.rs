@@ -9,7 +9,7 @@ use crate::model::{self, ExactModel};
 use crate::plot::{self, Panel, Scatter, Series};
 use crate::{compare, device, npy, train};
 use anyhow::{anyhow, bail, Context, Result};
-use scoreflow_solvers::{grid, Denoiser, GaussianMixture, GridKind, SamplerSpec};
+use scoreflow_solvers::{grid, Denoiser, GaussianMixture, GridKind, SamplerSpec, Sde};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -499,116 +499,61 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}").unwrap(),
     );
-    let mut out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(cfg.out_dir.join("results.jsonl"))?;
+    let out = std::sync::Mutex::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cfg.out_dir.join("results.jsonl"))?,
+    );
+    let todo: Vec<(u64, &SamplerSpec, usize)> = todo.iter().take(total).map(|c| **c).collect();
+    // Per-seed state first (starting noise, fresh data, reference solution): the cells then
+    // only read it.
+    let needs_ref = cfg.metrics.iter().any(|m| m.needs_deterministic());
     let mut per_seed: BTreeMap<u64, SeedState> = BTreeMap::new();
-    let mut bandwidth = None;
-    for &&(seed, spec, steps) in todo.iter().take(total) {
-        bar.set_message(format!("{} {} steps seed {seed}", label(spec), steps));
-        let state = match per_seed.entry(seed) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                e.insert(SeedState::new(cfg, &model, &shape, seed, dev, kind)?)
-            }
-        };
-        let sigmas = grid::sigmas(
-            &cfg.grid.placement,
-            steps,
-            cfg.grid.sigma_min,
-            cfg.grid.sigma_max,
-            sde.as_ref(),
-        )?;
-        let t = Instant::now();
-        // The paths of the first 16 samples, for the trajectory plot of 2-D models.
-        let track = shape == [2];
-        let mut path: Vec<Tensor> = if track {
-            vec![(&state.z * sigmas[0]).narrow(0, 0, 16.min(cfg.num as i64))]
-        } else {
-            Vec::new()
-        };
-        let mut observe = |_: &scoreflow_solvers::StepReport, x: &Tensor| {
-            if track {
-                path.push(x.narrow(0, 0, 16.min(x.size()[0])).shallow_clone());
-            }
-        };
-        let (x, nfe) = job::run_from_noise(
-            spec,
-            model.denoiser(),
-            sde.as_ref(),
-            &sigmas,
-            &state.z,
-            seed,
-            0,
-            &mut observe,
-        )?;
-        let seconds = t.elapsed().as_secs_f64();
-        let mut rec = json!({
-            "key": cell_key(cfg, spec, steps, seed), "sampler": spec.name(), "label": label(spec), "params": spec,
-            "steps": steps, "nfe": nfe, "seed": seed, "num": cfg.num, "seconds": seconds,
-            "device": device::name(dev), "scoreflow_version": env!("CARGO_PKG_VERSION"),
-        });
-        for m in &cfg.metrics {
-            let v = match m {
-                _ if m.needs_deterministic() && spec.is_stochastic() => None,
-                Metric::Rms | Metric::Max => {
-                    let r = state.reference(cfg, &model)?;
-                    let dist = (&x - r)
-                        .flatten(1, -1)
-                        .square()
-                        .sum_dim_intlist(1, false, Kind::Double)
-                        .sqrt();
-                    Some(if *m == Metric::Rms {
-                        dist.square().mean(Kind::Double).sqrt().double_value(&[])
-                    } else {
-                        dist.max().double_value(&[])
-                    })
-                }
-                Metric::Sw2 => state
-                    .data
-                    .as_ref()
-                    .map(|d| sliced_w2(&x.flatten(1, -1), &d.flatten(1, -1), 256, seed ^ 0x5E)),
-                Metric::Mmd => state.data.as_ref().map(|d| {
-                    let h = *bandwidth.get_or_insert_with(|| median_distance(d));
-                    mmd(&x, d, h)
-                }),
-                Metric::ModeTv => model
-                    .mixture()
-                    .map(|g| compare::mode_tv(g, &x))
-                    .transpose()?,
-                Metric::ModeCoverage => {
-                    model.mixture().map(|g| mode_coverage(g, &x)).transpose()?
-                }
-                Metric::Fd => match (&classifier, &state.data) {
-                    (Some(c), Some(d)) => {
-                        Some(crate::fid::frechet(&c.features(&x), &c.features(d)))
-                    }
-                    _ => None,
-                },
-            };
-            rec[m.name()] = v.map(Value::from).unwrap_or(Value::Null);
+    for &(seed, spec, _) in &todo {
+        if !per_seed.contains_key(&seed) {
+            per_seed.insert(seed, SeedState::new(cfg, &model, &shape, seed, dev, kind)?);
         }
-        writeln!(out, "{rec}")?;
-        out.flush()?;
-        // Snapshots for the plots: 1000 points and 16 paths of 2-D models, 10 images of image models.
-        let key = rec["key"].as_str().unwrap().to_string();
-        let snap = cfg.out_dir.join("samples");
-        if track || shape.len() == 3 {
-            std::fs::create_dir_all(&snap)?;
-            let keep = if track { 1000 } else { 10 };
-            npy::write_f32(
-                &snap.join(format!("{key}.npy")),
-                &x.narrow(0, 0, x.size()[0].min(keep)),
-            )?;
+        if needs_ref && !spec.is_stochastic() {
+            per_seed.get_mut(&seed).unwrap().reference(cfg, &model)?;
         }
-        if track {
-            npy::write_f32(
-                &snap.join(format!("{key}.path.npy")),
-                &Tensor::stack(&path, 0),
-            )?;
-        }
+    }
+    let bandwidth = match (
+        cfg.metrics.contains(&Metric::Mmd),
+        per_seed.values().next().and_then(|s| s.data.as_ref()),
+    ) {
+        (true, Some(d)) => Some(median_distance(d)),
+        _ => None,
+    };
+    let ctx = CellCtx {
+        cfg,
+        model: &model,
+        classifier: classifier.as_ref(),
+        per_seed: &per_seed,
+        bandwidth,
+        shape: &shape,
+        dev,
+        sde: sde.as_ref(),
+    };
+    let run_one = |&(seed, spec, steps): &(u64, &SamplerSpec, usize)| -> Result<()> {
+        let line = ctx.run_cell(seed, spec, steps)?;
+        let mut f = out.lock().unwrap_or_else(|e| e.into_inner());
+        writeln!(f, "{line}")?;
+        f.flush()?;
         bar.inc(1);
+        Ok(())
+    };
+    // On the CPU, cells run in parallel, one libtorch thread each; on a GPU one after another,
+    // each cell's whole sample set as one batch.
+    if dev == Device::Cpu && rayon::current_num_threads() > 1 && todo.len() > 1 {
+        use rayon::prelude::*;
+        let threads = tch::get_num_threads();
+        tch::set_num_threads(1);
+        let res = todo.par_iter().try_for_each(run_one);
+        tch::set_num_threads(threads);
+        res?;
+    } else {
+        todo.iter().try_for_each(run_one)?;
     }
     bar.finish_and_clear();
     // The floor lines: distances between two fresh data sets.
@@ -665,6 +610,129 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
         return Ok(());
     }
     plot_dir(&cfg.out_dir)
+}
+
+/// What every cell reads.
+struct CellCtx<'a> {
+    cfg: &'a ExperimentConfig,
+    model: &'a Loaded,
+    classifier: Option<&'a crate::fid::Classifier>,
+    per_seed: &'a BTreeMap<u64, SeedState>,
+    bandwidth: Option<f64>,
+    shape: &'a [i64],
+    dev: Device,
+    sde: &'a dyn Sde,
+}
+
+// SAFETY: while cells run in parallel the context is only read: the model's forward pass and
+// the metrics use read-only libtorch operations (no in-place updates, no autograd state) on
+// tensors that no thread modifies, which libtorch supports from several threads.
+unsafe impl Sync for CellCtx<'_> {}
+
+impl CellCtx<'_> {
+    /// Run one cell, write its snapshots, return its results line.
+    fn run_cell(&self, seed: u64, spec: &SamplerSpec, steps: usize) -> Result<Value> {
+        let (cfg, model, shape) = (self.cfg, self.model, self.shape);
+        let state = &self.per_seed[&seed];
+        let sigmas = grid::sigmas(
+            &cfg.grid.placement,
+            steps,
+            cfg.grid.sigma_min,
+            cfg.grid.sigma_max,
+            self.sde,
+        )?;
+        let t = Instant::now();
+        // The paths of the first 16 samples, for the trajectory plot of 2-D models.
+        let track = shape == [2];
+        let mut path: Vec<Tensor> = if track {
+            vec![(&state.z * sigmas[0]).narrow(0, 0, 16.min(cfg.num as i64))]
+        } else {
+            Vec::new()
+        };
+        let mut observe = |_: &scoreflow_solvers::StepReport, x: &Tensor| {
+            if track {
+                path.push(x.narrow(0, 0, 16.min(x.size()[0])).shallow_clone());
+            }
+        };
+        let (x, nfe) = job::run_from_noise(
+            spec,
+            model.denoiser(),
+            self.sde,
+            &sigmas,
+            &state.z,
+            seed,
+            0,
+            &mut observe,
+        )?;
+        let seconds = t.elapsed().as_secs_f64();
+        let key = cell_key(cfg, spec, steps, seed);
+        let mut rec = json!({
+            "key": key, "sampler": spec.name(), "label": label(spec), "params": spec,
+            "steps": steps, "nfe": nfe, "seed": seed, "num": cfg.num, "seconds": seconds,
+            "device": device::name(self.dev), "scoreflow_version": env!("CARGO_PKG_VERSION"),
+        });
+        for m in &cfg.metrics {
+            let v = match m {
+                _ if m.needs_deterministic() && spec.is_stochastic() => None,
+                Metric::Rms | Metric::Max => {
+                    let r = state
+                        .reference
+                        .as_ref()
+                        .ok_or_else(|| anyhow!("no reference solution for seed {seed}"))?;
+                    let dist = (&x - r)
+                        .flatten(1, -1)
+                        .square()
+                        .sum_dim_intlist(1, false, Kind::Double)
+                        .sqrt();
+                    Some(if *m == Metric::Rms {
+                        dist.square().mean(Kind::Double).sqrt().double_value(&[])
+                    } else {
+                        dist.max().double_value(&[])
+                    })
+                }
+                Metric::Sw2 => state
+                    .data
+                    .as_ref()
+                    .map(|d| sliced_w2(&x.flatten(1, -1), &d.flatten(1, -1), 256, seed ^ 0x5E)),
+                Metric::Mmd => match (&state.data, self.bandwidth) {
+                    (Some(d), Some(h)) => Some(mmd(&x, d, h)),
+                    _ => None,
+                },
+                Metric::ModeTv => model
+                    .mixture()
+                    .map(|g| compare::mode_tv(g, &x))
+                    .transpose()?,
+                Metric::ModeCoverage => {
+                    model.mixture().map(|g| mode_coverage(g, &x)).transpose()?
+                }
+                Metric::Fd => match (self.classifier, &state.data) {
+                    (Some(c), Some(d)) => {
+                        Some(crate::fid::frechet(&c.features(&x), &c.features(d)))
+                    }
+                    _ => None,
+                },
+            };
+            rec[m.name()] = v.map(Value::from).unwrap_or(Value::Null);
+        }
+        // Snapshots for the plots: 1000 points and 16 paths of 2-D models, 10 images of image
+        // models. Written before the results line, so a listed cell always has them.
+        let snap = cfg.out_dir.join("samples");
+        if track || shape.len() == 3 {
+            std::fs::create_dir_all(&snap)?;
+            let keep = if track { 1000 } else { 10 };
+            npy::write_f32(
+                &snap.join(format!("{key}.npy")),
+                &x.narrow(0, 0, x.size()[0].min(keep)),
+            )?;
+        }
+        if track {
+            npy::write_f32(
+                &snap.join(format!("{key}.path.npy")),
+                &Tensor::stack(&path, 0),
+            )?;
+        }
+        Ok(rec)
+    }
 }
 
 /// Fraction of mixture components holding at least half their weight among the samples.
@@ -746,7 +814,24 @@ impl SeedState {
 
 /// `scoreflow plot OUT_DIR`: results.csv and the plots from results.jsonl.
 pub fn plot_dir(dir: &Path) -> Result<()> {
-    let rows = read_results(dir)?;
+    let mut rows = read_results(dir)?;
+    // Cells may finish in any order: sort by seed, then sampler (in the experiment's order
+    // where experiment.json is present), then steps.
+    let order: Vec<String> = std::fs::read_to_string(dir.join("experiment.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<ExperimentConfig>(&t).ok())
+        .map(|c| c.samplers.iter().map(label).collect())
+        .unwrap_or_default();
+    let rank = |r: &Value| {
+        let l = r["label"].as_str().unwrap_or("");
+        (
+            r["seed"].as_u64().unwrap_or(0),
+            order.iter().position(|o| o == l).unwrap_or(usize::MAX),
+            l.to_string(),
+            r["steps"].as_u64().unwrap_or(0),
+        )
+    };
+    rows.sort_by_key(rank);
     if rows.is_empty() {
         bail!(
             "{} has no results (results.jsonl is missing or empty)",

@@ -208,9 +208,15 @@ fn sample(a: SampleArgs) -> Result<()> {
     )?;
     let x = x.to_device(tch::Device::Cpu);
     let seconds = start.elapsed().as_secs_f64();
-    npy::write_f32(&a.out, &x)?;
+    // The PNG first: if the .npy then fails, remove the PNG, so an error leaves no output.
     if let Some(png) = &a.png {
         scoreflow::image::write_grid(png, &x, 10)?;
+    }
+    if let Err(e) = npy::write_f32(&a.out, &x) {
+        if let Some(png) = &a.png {
+            let _ = std::fs::remove_file(png);
+        }
+        return Err(e);
     }
     let line = serde_json::json!({
         "solver": spec.name(),

@@ -25,6 +25,8 @@ pub enum SolverError {
     NonFinite { step: usize, sigma: f64 },
     #[error("shape mismatch: {0}")]
     Shape(String),
+    #[error("{0}")]
+    Invalid(String),
     #[error("invalid model: {0}")]
     Model(String),
     #[error("libtorch: {0}")]

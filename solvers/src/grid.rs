@@ -88,6 +88,13 @@ pub fn sigmas(
                 GridKind::Karras { .. } => (sigma_min, sigma_max, false),
                 _ => (sde.sigma_inv(sigma_min), sde.sigma_inv(sigma_max), true),
             };
+            if in_t && !(lo >= 0.0) {
+                return Err(SolverError::Grid(format!(
+                    "poly-t needs sigma_min at or above sigma(0) = {} of the {} SDE (sigma_min {sigma_min} is at t = {lo})",
+                    sde.sigma(0.0),
+                    sde.name()
+                )));
+            }
             let (a, b) = (hi.powf(1.0 / rho), lo.powf(1.0 / rho));
             (0..n)
                 .map(|i| {

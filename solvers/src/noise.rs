@@ -154,11 +154,17 @@ impl BrownianNoise {
         out.extend((0..d).map(|j| wa[j] + f * (wb[j] - wa[j])));
     }
 
-    /// `W(t)` of every sample for one stream, flattened, cached.
+    /// `W(t)` of every sample for one stream, flattened, cached. Negative times (a VE time
+    /// below `eps`, say) use a second, independent tree: `W(-u)` for `u > 0` is a Brownian
+    /// motion of its own started at `W(0) = 0`, so increments over disjoint intervals stay
+    /// independent with variance `|b - a|` on both sides of 0.
     fn values(&mut self, stream: u64, t: f64) -> Result<Vec<f64>> {
-        if !(t.is_finite() && t >= 0.0 && t <= self.span * (1.0 + 1e-12)) {
+        if t < 0.0 {
+            return self.values(stream ^ 0x4E47_0000_0000_0000, -t);
+        }
+        if !(t.is_finite() && t <= self.span * (1.0 + 1e-12)) {
             return Err(SolverError::Grid(format!(
-                "noise queried at {t}, outside the Brownian path's range [0, {}]",
+                "noise queried at {t}, outside the Brownian path's range [-{0}, {0}]",
                 self.span
             )));
         }

@@ -246,7 +246,7 @@ pub struct VpCosine {
 
 impl Default for VpCosine {
     fn default() -> Self {
-        // t_max = 0.9946 gives sigma_max ~ 80 like EDM's default range.
+        // t_max = 0.9946 stops before alpha_bar(1) = 0, at sigma of about 119.
         VpCosine {
             offset: 0.008,
             eps: 1e-3,

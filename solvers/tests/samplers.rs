@@ -36,8 +36,9 @@ fn deterministic() -> Vec<(SamplerSpec, f64)> {
     ]
 }
 
-/// The error of a deterministic run against the exact flow to sigma_min followed by the same
-/// final denoising step (every grid ends sigma_min -> 0 with `D(x; sigma_min)`).
+/// The error of a deterministic run against the exact flow to sigma_min followed by the final
+/// denoising step `D(x; sigma_min)` that ends the grid (lms, whose last step is a multistep
+/// update, ends close to it).
 fn flow_error(spec: &SamplerSpec, sde: &dyn Sde, kind: &GridKind, steps: usize) -> f64 {
     let den = gaussian();
     let sigmas = grid_for(sde, kind, steps);
@@ -158,6 +159,18 @@ fn ddim_eta0_is_euler_and_eta1_is_ddpm_and_euler_ancestral() {
             max_abs(&(e - f))
         );
     }
+    // EDM's stochastic sampler without churn is Heun.
+    let (h1, _) = sample(&SamplerSpec::Heun, &den, &sde, &sigmas, 3, 32, 2);
+    let (h2, _) = sample(
+        &SamplerSpec::from_name("edm-stochastic").unwrap(),
+        &den,
+        &sde,
+        &sigmas,
+        3,
+        32,
+        2,
+    );
+    assert!(max_abs(&(h1 - h2)) < 1e-12);
     // The stochastic ones really are stochastic: another seed moves the samples.
     let (g, _) = sample(
         &SamplerSpec::Ddim { eta: 1.0 },
@@ -499,5 +512,40 @@ fn adaptive_reference_matches_the_exact_flow() {
         let err = max_abs(&(r - exact));
         println!("tol {tol:e}: max error {err:.2e} with {nfe} evaluations");
         assert!(err < 50.0 * tol, "tol {tol}: error {err}");
+    }
+}
+
+#[test]
+fn euler_maruyama_runs_below_the_ve_time_range() {
+    // sigma_min = 0.002 is at t < 0 for the default VE (sigma(0) = 0.01): the Brownian path
+    // extends to negative times.
+    let den = gaussian();
+    let sde = Ve::default();
+    let sigmas =
+        scoreflow_solvers::grid::sigmas(&GridKind::UniformT, 20, 0.002, 50.0, &sde).unwrap();
+    let (x, nfe) = sample(&SamplerSpec::EulerMaruyama, &den, &sde, &sigmas, 1, 16, 3);
+    assert_eq!(nfe, 20);
+    assert!(x.isfinite().all().int64_value(&[]) == 1);
+    let err = scoreflow_solvers::grid::sigmas(&GridKind::PolyT { rho: 3.0 }, 10, 0.002, 50.0, &sde)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("poly-t needs sigma_min"), "{err}");
+}
+
+#[test]
+fn lms_coefficients_are_exact_on_fine_grids() {
+    // The coefficients integrate polynomials of degree < order exactly: for order 1 the single
+    // coefficient is the step length, and the order-4 weights sum to it too.
+    let sde = Edm::default();
+    let t = grid_for(&sde, &GridKind::default(), 4096);
+    for i in [3usize, 100, 2000, 4090] {
+        let h = t[i + 1] - t[i];
+        let sum: f64 = (0..4)
+            .map(|j| scoreflow_solvers::samplers::lms::linear_multistep_coeff(4, &t, i, j))
+            .sum();
+        assert!(
+            (sum - h).abs() < 1e-12 * h.abs().max(1e-300) + 1e-18,
+            "step {i}: {sum} vs {h}"
+        );
     }
 }

@@ -32,7 +32,7 @@ impl std::str::FromStr for DdpmVariance {
         match s {
             "small" => Ok(DdpmVariance::Small),
             "large" => Ok(DdpmVariance::Large),
-            _ => Err(SolverError::Grid(format!(
+            _ => Err(SolverError::Invalid(format!(
                 "unknown DDPM variance '{s}' (known: small, large)"
             ))),
         }

@@ -37,19 +37,19 @@ fn mul_linear(p: &[f64], root: f64, denom: f64) -> Vec<f64> {
 /// `int_{t[i]}^{t[i+1]} prod_{k != j, k < order} (tau - t[i-k]) / (t[i-j] - t[i-k]) dtau`,
 /// k-diffusion's `linear_multistep_coeff`, integrated exactly.
 pub fn linear_multistep_coeff(order: usize, t: &[f64], i: usize, j: usize) -> f64 {
+    // In the variable u = tau - t[i], so the integral runs from 0 to h = t[i+1] - t[i] and no
+    // large values cancel.
     let mut p = vec![1.0];
     for k in 0..order {
         if k != j {
-            p = mul_linear(&p, t[i - k], t[i - j] - t[i - k]);
+            p = mul_linear(&p, t[i - k] - t[i], t[i - j] - t[i - k]);
         }
     }
-    let antider = |x: f64| {
-        p.iter()
-            .enumerate()
-            .map(|(k, c)| c * x.powi(k as i32 + 1) / (k as f64 + 1.0))
-            .sum::<f64>()
-    };
-    antider(t[i + 1]) - antider(t[i])
+    let h = t[i + 1] - t[i];
+    p.iter()
+        .enumerate()
+        .map(|(k, c)| c * h.powi(k as i32 + 1) / (k as f64 + 1.0))
+        .sum::<f64>()
 }
 
 impl Sampler for Lms {
