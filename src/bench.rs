@@ -6,18 +6,21 @@ use crate::{device, model};
 use anyhow::{bail, Result};
 use clap::Args;
 use scoreflow_solvers::samplers::NAMES;
-use scoreflow_solvers::SamplerSpec;
+use scoreflow_solvers::{Denoiser, SamplerSpec};
 use std::time::Instant;
 use tch::Device;
 
 #[derive(Args)]
 pub struct BenchArgs {
     /// The model: builtin:gmm8, gmm:FILE.json or gaussian:FILE.json.
-    #[arg(long, default_value = "builtin:gmm8")]
+    #[arg(long, default_value = "builtin:gmm8", conflicts_with = "checkpoint")]
     pub denoiser: String,
-    /// Batch size.
-    #[arg(long, default_value_t = 4096)]
-    pub num: usize,
+    /// A trained network instead (e.g. the digits U-Net).
+    #[arg(long)]
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// Batch sizes, comma-separated (e.g. 1,64,256).
+    #[arg(long, default_value = "4096")]
+    pub num: String,
     /// Steps per sampler run.
     #[arg(long, default_value_t = 32)]
     pub steps: usize,
@@ -35,6 +38,9 @@ pub struct BenchArgs {
     /// Arithmetic precision: float32 or float64.
     #[arg(long, default_value = "float32")]
     pub dtype: String,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
 }
 
 fn sync(d: Device) {
@@ -49,7 +55,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if a.reps == 0 || a.num == 0 || a.steps == 0 {
+    let batches: Vec<usize> = a
+        .num
+        .split(',')
+        .map(|v| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| anyhow::anyhow!("invalid batch size '{v}' in --num"))
+        })
+        .collect::<Result<_>>()?;
+    if a.reps == 0 || a.steps == 0 || batches.is_empty() || batches.contains(&0) {
         bail!("--reps, --num and --steps must be at least 1");
     }
     let names: Vec<String> = match &a.solvers {
@@ -68,63 +83,91 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let sigmas = a.grid.sigmas(sde.as_ref(), a.steps)?;
     let dev = device::parse(&a.device)?;
     let kind = job::kind_from_name(&a.dtype)?;
-    let model = model::parse(&a.denoiser, dev)?;
-    let den = model.denoiser();
-    let z = job::initial_noise(0, a.num, model.dim(), dev, kind);
-    let x = &z * 1.7;
-
-    // One denoiser call: warm up, then the median of many.
-    for _ in 0..5 {
-        let _ = den.denoise(&x, 1.0)?;
-    }
-    sync(dev);
-    let mut calls = Vec::new();
-    for _ in 0..(20 * a.reps).max(20) {
-        let t = Instant::now();
-        let _ = den.denoise(&x, 1.0)?;
-        sync(dev);
-        calls.push(t.elapsed().as_secs_f64());
-    }
-    let call = median(calls);
-    println!(
-        "denoiser {} at N = {}, {} on {}: one call {:.1} us (median)",
-        a.denoiser,
-        a.num,
-        a.dtype,
-        device::name(dev),
-        call * 1e6
-    );
-    println!(
-        "{:<16} {:>5} {:>12} {:>14} {:>8}",
-        "sampler", "nfe", "wall_ms", "nfe_x_call_ms", "ratio"
-    );
-    for spec in &specs {
-        let go = || -> Result<(f64, usize)> {
-            sync(dev);
-            let t = Instant::now();
-            let (_, nfe) =
-                job::run_from_noise(spec, den, sde.as_ref(), &sigmas, &z, 0, 0, &mut |_, _| {})?;
-            sync(dev);
-            Ok((t.elapsed().as_secs_f64(), nfe))
-        };
-        go()?; // warm-up
-        let mut walls = Vec::new();
-        let mut nfe = 0;
-        for _ in 0..a.reps {
-            let (w, n) = go()?;
-            walls.push(w);
-            nfe = n;
+    let (exact, trained) = match &a.checkpoint {
+        Some(p) => (None, Some(crate::train::load_for_sampling(p, dev)?.0)),
+        None => (Some(model::parse(&a.denoiser, dev)?), None),
+    };
+    let (den, shape, what): (&dyn Denoiser, Vec<i64>, String) = match (&exact, &trained) {
+        (Some(m), _) => (m.denoiser(), vec![m.dim() as i64], a.denoiser.clone()),
+        (None, Some(t)) => (
+            &t.net,
+            t.net.shape.clone(),
+            a.checkpoint.as_ref().unwrap().display().to_string(),
+        ),
+        _ => unreachable!(),
+    };
+    let mut records = Vec::new();
+    for &num in &batches {
+        let z = job::initial_noise_shaped(0, num, &shape, dev, kind);
+        let x = &z * 1.7;
+        // One denoiser call: warm up, then the median of many.
+        for _ in 0..5 {
+            let _ = den.denoise(&x, 1.0)?;
         }
-        let wall = median(walls);
-        let floor = nfe as f64 * call;
+        sync(dev);
+        let mut calls = Vec::new();
+        for _ in 0..(20 * a.reps).max(20) {
+            let t = Instant::now();
+            let _ = den.denoise(&x, 1.0)?;
+            sync(dev);
+            calls.push(t.elapsed().as_secs_f64());
+        }
+        let call = median(calls);
         println!(
-            "{:<16} {:>5} {:>12.3} {:>14.3} {:>8.3}",
-            spec.name(),
-            nfe,
-            wall * 1e3,
-            floor * 1e3,
-            wall / floor
+            "denoiser {what} at N = {num}, {} on {}: one call {:.1} us (median)",
+            a.dtype,
+            device::name(dev),
+            call * 1e6
         );
+        println!(
+            "{:<16} {:>5} {:>12} {:>14} {:>8} {:>10}",
+            "sampler", "nfe", "wall_ms", "nfe_x_call_ms", "ratio", "nfe_per_s"
+        );
+        for spec in &specs {
+            let go = || -> Result<(f64, usize)> {
+                sync(dev);
+                let t = Instant::now();
+                let (_, nfe) = job::run_from_noise(
+                    spec,
+                    den,
+                    sde.as_ref(),
+                    &sigmas,
+                    &z,
+                    0,
+                    0,
+                    &mut |_, _| {},
+                )?;
+                sync(dev);
+                Ok((t.elapsed().as_secs_f64(), nfe))
+            };
+            go()?; // warm-up
+            let mut walls = Vec::new();
+            let mut nfe = 0;
+            for _ in 0..a.reps {
+                let (w, n) = go()?;
+                walls.push(w);
+                nfe = n;
+            }
+            let wall = median(walls);
+            let floor = nfe as f64 * call;
+            println!(
+                "{:<16} {:>5} {:>12.3} {:>14.3} {:>8.3} {:>10.1}",
+                spec.name(),
+                nfe,
+                wall * 1e3,
+                floor * 1e3,
+                wall / floor,
+                nfe as f64 / wall
+            );
+            records.push(serde_json::json!({
+                "model": what, "batch": num, "sampler": spec.name(), "steps": a.steps, "nfe": nfe,
+                "wall_s": wall, "call_s": call, "ratio": wall / floor, "nfe_per_s": nfe as f64 / wall,
+                "device": device::name(dev), "dtype": a.dtype,
+            }));
+        }
+    }
+    if let Some(path) = &a.json {
+        crate::compare::write_atomic(path, &serde_json::to_string_pretty(&records)?)?;
     }
     Ok(())
 }

@@ -513,3 +513,34 @@ fn cuda_and_cpu_agree_within_float32_tolerance() {
         .fold(0.0f32, f32::max);
     assert!(diff < 1e-3, "cpu vs cuda max difference {diff}");
 }
+
+#[test]
+fn bench_writes_json_for_each_batch_and_sampler() {
+    // Runs the benchmark for its output format only; no timing is asserted.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("b.json");
+    let o = run(&[
+        "bench",
+        "--num",
+        "1,16",
+        "--steps",
+        "4",
+        "--reps",
+        "1",
+        "--solvers",
+        "euler,heun",
+        "--device",
+        "cpu",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows[1]["nfe"], 7);
+    assert!(rows.iter().all(|r| r["ratio"].as_f64().unwrap() > 0.0));
+    let bad = run(&["bench", "--num", "0", "--device", "cpu"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
