@@ -51,3 +51,18 @@ else
   scoreflow_py="$SCOREFLOW_PYTHON"
 fi
 export SCOREFLOW_TORCH_LIB="$("$scoreflow_py" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+
+# The CUDA shim (src/shim/cuda.cpp: CUDA graphs, peak GPU memory) needs the CUDA runtime headers;
+# torch brings cuda_runtime_api.h, PyPI's nvidia-cuda-crt brings crt/host_config.h. Copied into
+# the same include folder once; without it the build leaves the shim out and says so.
+scoreflow_cuda_inc="$SCOREFLOW_TORCH_LIB/../../nvidia/cu13/include"
+if [ -f "$scoreflow_cuda_inc/cuda_runtime_api.h" ] && [ ! -f "$scoreflow_cuda_inc/crt/host_config.h" ]; then
+  scoreflow_tmp="$(mktemp -d)"
+  if "$scoreflow_py" -m pip install --quiet --disable-pip-version-check --no-deps --target "$scoreflow_tmp" "nvidia-cuda-crt==13.0.*" 2>/dev/null &&
+    [ -d "$scoreflow_tmp/nvidia/cu13/include/crt" ]; then
+    cp -r "$scoreflow_tmp/nvidia/cu13/include/crt" "$scoreflow_cuda_inc/"
+  else
+    echo "scoreflow: could not install nvidia-cuda-crt; building without the CUDA shim" >&2
+  fi
+  rm -rf "$scoreflow_tmp"
+fi

@@ -163,6 +163,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "model": what, "batch": num, "sampler": spec.name(), "steps": a.steps, "nfe": nfe,
                 "wall_s": wall, "call_s": call, "ratio": wall / floor, "nfe_per_s": nfe as f64 / wall,
                 "device": device::name(dev), "dtype": a.dtype,
+                "cuda_graphs": dev.is_cuda() && trained.is_some() && crate::cuda::graphs_enabled(),
             }));
         }
     }
@@ -184,6 +185,15 @@ pub struct BenchTrainArgs {
     /// Override the configs' device: auto, cpu, cuda or cuda:N.
     #[arg(long)]
     pub device: Option<String>,
+    /// Override the configs' batch size.
+    #[arg(long)]
+    pub batch: Option<i64>,
+    /// Precisions to time, comma-separated (float32, bf16; default: each config's own).
+    #[arg(long)]
+    pub precision: Option<String>,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
 }
 
 /// Training throughput: the time of `10 + steps` steps minus the time of 10 steps (both from
@@ -194,50 +204,78 @@ pub fn run_train(a: BenchTrainArgs) -> Result<()> {
         bail!("--steps must be at least 1");
     }
     println!(
-        "{:<28} {:>8} {:>6} {:>12} {:>14}",
-        "config", "device", "batch", "ms/step", "samples/s"
+        "{:<28} {:>8} {:>9} {:>6} {:>12} {:>14} {:>12}",
+        "config", "device", "precision", "batch", "ms/step", "samples/s", "peak_MiB"
     );
+    let mut records = Vec::new();
     for path in &a.configs {
-        let mut cfg = TrainConfig::load(path)?;
-        if let Some(d) = &a.device {
-            device::parse(d)?;
-            cfg.device = d.clone();
-        }
-        let dir = std::env::temp_dir().join(format!("scoreflow-bench-{}", std::process::id()));
-        cfg.out_dir = dir.clone();
-        cfg.train.steps = 10 + a.steps;
-        cfg.train.checkpoint_every = usize::MAX;
-        cfg.train.log_every = usize::MAX;
-        let time = |stop: usize| -> Result<f64> {
-            let _ = std::fs::remove_dir_all(&dir);
-            let t = Instant::now();
-            train::run(
-                &cfg,
-                &RunOpts {
-                    resume: false,
-                    stop_at: Some(stop),
-                    quiet: true,
-                },
-            )?;
-            Ok(t.elapsed().as_secs_f64())
+        let base = TrainConfig::load(path)?;
+        let precisions: Vec<String> = match &a.precision {
+            Some(p) => p.split(',').map(|s| s.trim().to_string()).collect(),
+            None => vec![base.train.precision.clone()],
         };
-        let short = time(10)?;
-        let long = time(10 + a.steps)?;
-        let _ = std::fs::remove_dir_all(&dir);
-        let per_step = ((long - short) / a.steps as f64).max(1e-9);
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let dev = device::name(device::parse(&cfg.device)?);
-        println!(
-            "{:<28} {:>8} {:>6} {:>12.2} {:>14.0}",
-            name,
-            dev,
-            cfg.train.batch,
-            per_step * 1e3,
-            cfg.train.batch as f64 / per_step
-        );
+        for precision in precisions {
+            let mut cfg = base.clone();
+            if let Some(d) = &a.device {
+                device::parse(d)?;
+                cfg.device = d.clone();
+            }
+            cfg.train.precision = precision.clone();
+            if let Some(b) = a.batch {
+                cfg.train.batch = b;
+            }
+            cfg.validate()?;
+            let dev = device::parse(&cfg.device)?;
+            let dir =
+                std::env::temp_dir().join(format!("scoreflow-bench-{}", std::process::id()));
+            cfg.out_dir = dir.clone();
+            cfg.train.steps = 10 + a.steps;
+            cfg.train.checkpoint_every = usize::MAX;
+            cfg.train.log_every = usize::MAX;
+            cfg.train.snapshot_samples = Some(0);
+            let time = |stop: usize| -> Result<f64> {
+                let _ = std::fs::remove_dir_all(&dir);
+                let t = Instant::now();
+                train::run(
+                    &cfg,
+                    &RunOpts {
+                        resume: false,
+                        stop_at: Some(stop),
+                        quiet: true,
+                    },
+                )?;
+                Ok(t.elapsed().as_secs_f64())
+            };
+            let short = time(10)?;
+            crate::cuda::reset_peak_memory(dev);
+            let long = time(10 + a.steps)?;
+            let peak = crate::cuda::peak_memory(dev);
+            let _ = std::fs::remove_dir_all(&dir);
+            let per_step = ((long - short) / a.steps as f64).max(1e-9);
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let peak_mib = peak.map(|b| b as f64 / (1024.0 * 1024.0));
+            println!(
+                "{:<28} {:>8} {:>9} {:>6} {:>12.2} {:>14.0} {:>12}",
+                name,
+                device::name(dev),
+                precision,
+                cfg.train.batch,
+                per_step * 1e3,
+                cfg.train.batch as f64 / per_step,
+                peak_mib.map_or("-".to_string(), |m| format!("{m:.1}"))
+            );
+            records.push(serde_json::json!({
+                "config": name, "device": device::name(dev), "precision": precision,
+                "batch": cfg.train.batch, "step_s": per_step,
+                "samples_per_s": cfg.train.batch as f64 / per_step, "peak_bytes": peak,
+            }));
+        }
+    }
+    if let Some(path) = &a.json {
+        crate::compare::write_atomic(path, &serde_json::to_string_pretty(&records)?)?;
     }
     Ok(())
 }

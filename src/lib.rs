@@ -10,6 +10,7 @@ pub mod autocast;
 pub mod bench;
 pub mod checkpoint;
 pub mod compare;
+pub mod cuda;
 pub mod data;
 pub mod device;
 pub mod experiment;

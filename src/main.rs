@@ -76,7 +76,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     let last = report.losses.last().map(|l| l.1);
     println!(
         "{}",
-        serde_json::json!({"step": report.final_step, "last_loss": last, "checkpoint": report.checkpoint.display().to_string(), "samples": cfg.out_dir.join("samples.npy").display().to_string()})
+        serde_json::json!({"step": report.final_step, "last_loss": last, "checkpoint": report.checkpoint.display().to_string(), "samples": (cfg.train.snapshot_samples != Some(0)).then(|| cfg.out_dir.join("samples.npy").display().to_string())})
     );
     Ok(())
 }

@@ -243,8 +243,18 @@ fn conv(p: nn::Path, i: i64, o: i64, k: i64, stride: i64) -> nn::Conv2D {
     )
 }
 
+/// The number of groups of a group norm over `c` channels: the largest divisor of `c` that is
+/// at most `min(32, c / 4)` (so concatenated skip channels of any width divide evenly).
+fn groups(c: i64) -> i64 {
+    let mut g = (c / 4).clamp(1, 32);
+    while c % g != 0 {
+        g -= 1;
+    }
+    g
+}
+
 fn gn(p: nn::Path, c: i64) -> nn::GroupNorm {
-    nn::group_norm(p, (c / 4).clamp(1, 32).min(c), c, Default::default())
+    nn::group_norm(p, groups(c), c, Default::default())
 }
 
 /// GroupNorm -> SiLU -> conv, plus the embedding as a per-channel shift, twice, with a skip.
@@ -454,7 +464,30 @@ pub struct Network {
     pub num_classes: usize,
     body: Body,
     device: Device,
+    graphs: std::sync::Mutex<GraphCache>,
 }
+
+/// CUDA graphs of `D(x; sigma)` for the batch shapes seen so far (see [`crate::cuda`]): the
+/// captured call reads `x` and the per-sample sigma from fixed tensors, so a new sigma is a fill,
+/// not a new capture.
+#[derive(Default)]
+struct GraphCache {
+    /// Capture failed once: stay eager.
+    failed: bool,
+    entries: Vec<GraphEntry>,
+}
+
+struct GraphEntry {
+    size: Vec<i64>,
+    kind: Kind,
+    x: Tensor,
+    sigma: Tensor,
+    out: Tensor,
+    graph: crate::cuda::CudaGraph,
+}
+
+/// At most this many captured batch shapes per network.
+const MAX_GRAPHS: usize = 8;
 
 impl Network {
     /// Build the variables under `p` (their names become checkpoint keys).
@@ -505,7 +538,66 @@ impl Network {
             num_classes,
             body,
             device: p.device(),
+            graphs: Default::default(),
         }
+    }
+
+    /// `D(x; sigma)` by replaying a CUDA graph of the whole network call, capturing it on the
+    /// first call for this batch shape. None where graphs do not apply (CPU, graphs off, a
+    /// failed capture), and the caller runs eagerly.
+    fn denoise_graphed(&self, x: &Tensor, sigma: f64) -> Result<Option<Tensor>, SolverError> {
+        if !self.device.is_cuda() || x.device() != self.device || !crate::cuda::graphs_enabled() {
+            return Ok(None);
+        }
+        let mut cache = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.failed {
+            return Ok(None);
+        }
+        let (size, kind) = (x.size(), x.kind());
+        let pos = match cache
+            .entries
+            .iter()
+            .position(|e| e.size == size && e.kind == kind)
+        {
+            Some(p) => p,
+            None => {
+                let sx = x.copy();
+                let ss = sigma_batch(sigma, x);
+                let captured = crate::cuda::CudaGraph::capture(self.device, || {
+                    tch::no_grad(|| self.forward(&sx, &ss, None))
+                });
+                match captured {
+                    Ok((graph, out)) => {
+                        if cache.entries.len() >= MAX_GRAPHS {
+                            cache.entries.remove(0);
+                        }
+                        cache.entries.push(GraphEntry {
+                            size,
+                            kind,
+                            x: sx,
+                            sigma: ss,
+                            out,
+                            graph,
+                        });
+                        cache.entries.len() - 1
+                    }
+                    Err(e) => {
+                        eprintln!("scoreflow: CUDA graph capture failed, running eagerly: {e}");
+                        cache.failed = true;
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        let e = &mut cache.entries[pos];
+        tch::no_grad(|| {
+            e.x.copy_(x);
+            let _ = e.sigma.fill_(sigma);
+        });
+        e.graph
+            .replay()
+            .map_err(|err| SolverError::Model(err.to_string()))?;
+        Ok(Some(e.out.to_kind(kind).copy()))
     }
 
     /// `D(x; sigma)` with per-sample `sigma` (`[N]`) and optional labels (`[N]`, int64; the value
@@ -550,6 +642,9 @@ impl Network {
 impl Denoiser for Network {
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor, SolverError> {
         self.check(x)?;
+        if let Some(out) = self.denoise_graphed(x, sigma)? {
+            return Ok(out);
+        }
         let out =
             tch::no_grad(|| self.forward(&x.to_device(self.device), &sigma_batch(sigma, x), None));
         Ok(out.to_device(x.device()).to_kind(x.kind()))

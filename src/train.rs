@@ -99,6 +99,10 @@ pub struct TrainParams {
     /// stay float32).
     #[serde(default = "d_precision")]
     pub precision: String,
+    /// Samples drawn from the EMA network at each checkpoint (default 1000 vectors or 100
+    /// images; 0 draws none).
+    #[serde(default)]
+    pub snapshot_samples: Option<usize>,
 }
 
 fn d_precision() -> String {
@@ -525,7 +529,13 @@ fn snapshot(cfg: &TrainConfig, ema: &Model, dev: Device) -> Result<()> {
     let sde = Edm::default();
     let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 32, lo, hi, &sde)?;
     let shape = ema.net.shape.clone();
-    let n = if shape.len() == 3 { 100 } else { 1000 };
+    let n = cfg
+        .train
+        .snapshot_samples
+        .unwrap_or(if shape.len() == 3 { 100 } else { 1000 });
+    if n == 0 {
+        return Ok(());
+    }
     let z = job::initial_noise_shaped(cfg.seed, n, &shape, dev, Kind::Float);
     let (x, _) = job::run_from_noise(
         &SamplerSpec::Heun,

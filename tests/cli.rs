@@ -515,6 +515,57 @@ fn cuda_and_cpu_agree_within_float32_tolerance() {
 }
 
 #[test]
+fn cuda_and_cpu_agree_on_the_digits_unet_with_and_without_graphs() {
+    if !tch::Cuda::is_available() {
+        println!(
+            "skipped: no CUDA device on this machine (the same test runs where one is present)"
+        );
+        return;
+    }
+    let ck = Path::new(env!("CARGO_MANIFEST_DIR")).join("runs/digits/checkpoint.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let mut outs = Vec::new();
+    for (dev, graphs) in [("cpu", "off"), ("cuda", "auto"), ("cuda", "off")] {
+        for solver in ["heun", "dpmpp-2m", "euler-ancestral"] {
+            let out = dir.path().join(format!("{dev}-{graphs}-{solver}.npy"));
+            let o = Command::new(env!("CARGO_BIN_EXE_scoreflow"))
+                .env("SCOREFLOW_CUDA_GRAPHS", graphs)
+                .args([
+                    "sample",
+                    "--checkpoint",
+                    ck.to_str().unwrap(),
+                    "--solver",
+                    solver,
+                    "--steps",
+                    "12",
+                    "--num",
+                    "16",
+                    "--seed",
+                    "2",
+                    "--device",
+                    dev,
+                    "--out",
+                    out.to_str().unwrap(),
+                ])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            outs.push((format!("{dev}/{graphs}/{solver}"), read_f32_npy(&out).1));
+        }
+    }
+    for i in 3..outs.len() {
+        let (name, b) = &outs[i];
+        let (ref_name, a) = &outs[i % 3];
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff < 2e-3, "{ref_name} vs {name}: max difference {diff}");
+    }
+}
+
+#[test]
 fn bench_writes_json_for_each_batch_and_sampler() {
     // Runs the benchmark for its output format only; no timing is asserted.
     let dir = tempfile::tempdir().unwrap();

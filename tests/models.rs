@@ -42,6 +42,65 @@ fn unet_keeps_image_shapes_and_sees_sigma_only_through_c_noise() {
 }
 
 #[test]
+fn unet_widths_whose_skip_concatenations_are_not_multiples_of_32_work() {
+    // channels 48, mult [1, 2]: the decoder concatenates 96 + 48 = 144 channels, which 32 groups
+    // do not divide; the group norm takes the largest divisor instead (24 here).
+    let vs = VarStore::new(Device::Cpu);
+    let bb = Backbone::Unet {
+        channels: 48,
+        channel_mult: vec![1, 2],
+        blocks: 1,
+        attn_resolutions: vec![],
+        fourier_features: 8,
+        fourier_scale: 1.0,
+    };
+    let net = Network::new(&vs.root(), &Precond::default(), &bb, &[1, 8, 8], 0);
+    let x = Tensor::randn([2, 1, 8, 8], (Kind::Float, Device::Cpu));
+    let d = net.denoise(&x, 1.3).unwrap();
+    assert_eq!(d.size(), vec![2, 1, 8, 8]);
+    assert!(d.isfinite().all().int64_value(&[]) != 0);
+}
+
+#[test]
+fn cuda_graph_replay_matches_the_eager_network() {
+    if !tch::Cuda::is_available() {
+        println!(
+            "skipped: no CUDA device on this machine (the same test runs where one is present)"
+        );
+        return;
+    }
+    let dev = Device::Cuda(0);
+    let vs = VarStore::new(dev);
+    let bb = Backbone::Unet {
+        channels: 32,
+        channel_mult: vec![1, 2],
+        blocks: 1,
+        attn_resolutions: vec![4],
+        fourier_features: 8,
+        fourier_scale: 1.0,
+    };
+    let net = Network::new(&vs.root(), &Precond::default(), &bb, &[1, 8, 8], 0);
+    let eager = |x: &Tensor, s: f64| {
+        tch::no_grad(|| {
+            net.forward(
+                x,
+                &Tensor::full([x.size()[0]], s, (Kind::Float, dev)),
+                None,
+            )
+        })
+    };
+    assert!(scoreflow::cuda::graphs_enabled(), "the CUDA shim is built in");
+    // The first call captures, later calls replay with new inputs and noise levels.
+    for (i, s) in [0.5, 3.0, 0.01, 40.0].into_iter().enumerate() {
+        let x = Tensor::randn([4, 1, 8, 8], (Kind::Float, dev)) * (1.0 + i as f64);
+        let g = net.denoise(&x, s).unwrap();
+        let e = eager(&x, s);
+        let diff = (g - e).abs().max().double_value(&[]);
+        assert!(diff < 1e-4, "sigma {s}: graph vs eager {diff}");
+    }
+}
+
+#[test]
 fn digits_load_as_labelled_images() {
     let d = data::load(&DataConfig::Digits { path: None }, 0).unwrap();
     assert_eq!(d.x.size(), vec![1797, 1, 8, 8]);

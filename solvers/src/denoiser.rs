@@ -80,6 +80,8 @@ pub struct GaussianDenoiser {
     /// Eigenvectors as columns, `[d, d]`.
     basis: Tensor,
     eig_t: Tensor,
+    /// The same three in float32, so a float32 call converts nothing.
+    f32: (Tensor, Tensor, Tensor),
 }
 
 impl GaussianDenoiser {
@@ -122,10 +124,15 @@ impl GaussianDenoiser {
             .map(|(i, j)| eig.eigenvectors[(i, j)])
             .collect();
         let to = |v: &[f64]| Tensor::from_slice(v).to_device(device);
+        let mean_t = to(&mean).view([1, d as i64]);
+        let basis = to(&basis_rows).view([d as i64, d as i64]);
+        let eig_t = to(&eigvals).view([1, d as i64]);
+        let f = |t: &Tensor| t.to_kind(Kind::Float);
         Ok(GaussianDenoiser {
-            mean_t: to(&mean).view([1, d as i64]),
-            basis: to(&basis_rows).view([d as i64, d as i64]),
-            eig_t: to(&eigvals).view([1, d as i64]),
+            f32: (f(&mean_t), f(&basis), f(&eig_t)),
+            mean_t,
+            basis,
+            eig_t,
             mean,
             eigvals,
         })
@@ -144,6 +151,10 @@ impl GaussianDenoiser {
 
     fn parts(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
         let (dev, kind) = (x.device(), x.kind());
+        if kind == Kind::Float && self.f32.0.device() == dev {
+            let (a, b, c) = &self.f32;
+            return (a.shallow_clone(), b.shallow_clone(), c.shallow_clone());
+        }
         (
             self.mean_t.to_device(dev).to_kind(kind),
             self.basis.to_device(dev).to_kind(kind),
@@ -203,6 +214,8 @@ pub struct GaussianMixture {
     log_w: Tensor,
     mu: Tensor,
     var: Tensor,
+    /// The same three in float32, so a float32 call converts nothing.
+    f32: (Tensor, Tensor, Tensor),
 }
 
 impl GaussianMixture {
@@ -270,12 +283,17 @@ impl GaussianMixture {
         let flat = |v: &[Vec<f64>]| v.iter().flatten().copied().collect::<Vec<f64>>();
         let log_w: Vec<f64> = weights.iter().map(|w| w.ln()).collect();
         let var: Vec<f64> = flat(&full).iter().map(|s| s * s).collect();
+        let log_w = Tensor::from_slice(&log_w).to_device(device).view([1, ki]);
+        let mu = Tensor::from_slice(&flat(&means))
+            .to_device(device)
+            .view([1, ki, di]);
+        let var = Tensor::from_slice(&var).to_device(device).view([1, ki, di]);
+        let f = |t: &Tensor| t.to_kind(Kind::Float);
         Ok(GaussianMixture {
-            log_w: Tensor::from_slice(&log_w).to_device(device).view([1, ki]),
-            mu: Tensor::from_slice(&flat(&means))
-                .to_device(device)
-                .view([1, ki, di]),
-            var: Tensor::from_slice(&var).to_device(device).view([1, ki, di]),
+            f32: (f(&log_w), f(&mu), f(&var)),
+            log_w,
+            mu,
+            var,
             weights,
             means,
             stds: full,
@@ -308,6 +326,10 @@ impl GaussianMixture {
 
     fn parts(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
         let (dev, kind) = (x.device(), x.kind());
+        if kind == Kind::Float && self.f32.0.device() == dev {
+            let (a, b, c) = &self.f32;
+            return (a.shallow_clone(), b.shallow_clone(), c.shallow_clone());
+        }
         (
             self.log_w.to_device(dev).to_kind(kind),
             self.mu.to_device(dev).to_kind(kind),

@@ -95,10 +95,21 @@ impl BrownianNoise {
     }
 
     fn to_tensor(&self, v: &[f64]) -> Tensor {
-        Tensor::from_slice(v)
+        let host = Tensor::from_slice(v)
             .view(self.full_shape().as_slice())
-            .to_device(self.device)
-            .to_kind(self.kind)
+            .to_kind(self.kind);
+        if self.device.is_cuda() {
+            // Through pinned memory with a non-blocking copy: the host does not wait for the
+            // GPU (a copy from pageable memory would synchronize the stream at every step).
+            // libtorch keeps the pinned buffer alive until the copy has run.
+            if let Ok(t) = host
+                .f_pin_memory(self.device)
+                .and_then(|p| p.f_to_device_(self.device, self.kind, true, false))
+            {
+                return t;
+            }
+        }
+        host.to_device(self.device)
     }
 
     /// Standard normals of the starting noise, one generator per sample, shape `[N, ...]`.

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The whole GPU check, run on the device machine from the repo root after scripts/gpu-prepare.sh
+# here (carry: device-bin, .whl). Writes everything under ${OUT:-out/gpu}:
+#   tests.log     the CUDA tests (CPU vs CUDA samples, CUDA graphs vs eager)
+#   bench-*.json  scoreflow bench: the mixture at N = 4096, the 32x32x3 U-Net at batch 1, 64, 256
+#                 with CUDA graphs on and off
+#   train.json    bench-train: MLP and U-Net, float32 and bf16, samples/s and peak memory
+#   peers/        the peer benchmark against k-diffusion (eager, torch.compile, CUDA graphs)
+# Usage: scripts/gpu-check.sh [tests] [bench] [train] [peers]   (default: all four)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-out/gpu}"
+mkdir -p "$out"
+export LD_LIBRARY_PATH="$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+bin="$PWD/device-bin/scoreflow"
+parts="${*:-tests bench train peers}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+# The test binaries look for the binary and the repo where they were built.
+built="$(cat device-bin/built-at)"
+if [ "$built" != "$PWD" ] && [ ! -e "$built" ]; then
+  mkdir -p "$(dirname "$built")" && ln -s "$PWD" "$built"
+fi
+mkdir -p "$built/target/release" && ln -sf "$bin" "$built/target/release/scoreflow"
+
+# The peer benchmark's wheels and the 32x32x3 U-Net checkpoint.
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+mkdir -p .peers
+[ -f .peers/unet32/checkpoint.safetensors ] || {
+  python3 -c "import numpy as np; np.save('.peers/unet32-data.npy', (0.5 * np.random.default_rng(0).standard_normal((64, 3, 32, 32))).astype('float32'))"
+  "$bin" train experiments/peers/unet32.toml --device cuda >/dev/null
+}
+
+for part in $parts; do
+  case "$part" in
+  tests)
+    { device-bin/test-cli cuda --nocapture; device-bin/test-models cuda --nocapture; } 2>&1 | tee "$out/tests.log"
+    ;;
+  bench)
+    "$bin" bench --denoiser builtin:gmm8 --num 4096 --steps 18 --device cuda --json "$out/bench-gmm8.json" | tee "$out/bench.log"
+    for g in auto off; do
+      SCOREFLOW_CUDA_GRAPHS=$g "$bin" bench --checkpoint .peers/unet32/checkpoint.safetensors --num 1,64,256 \
+        --steps 18 --solvers euler,heun,dpmpp-2m,dpm2,lms,dpmpp-3m,ddim,euler-ancestral --device cuda \
+        --json "$out/bench-unet32-graphs-$g.json" | tee -a "$out/bench.log"
+    done
+    ;;
+  train)
+    "$bin" bench-train experiments/gmm8-train.toml --device cuda --precision float32,bf16 --steps 50 \
+      --json "$out/train-mlp.json" | tee "$out/train.log"
+    "$bin" bench-train experiments/peers/unet32.toml --device cuda --batch 512 --precision float32,bf16 --steps 20 \
+      --json "$out/train-unet32.json" | tee -a "$out/train.log"
+    ;;
+  peers)
+    PYTHONUNBUFFERED=1 python3 experiments/peers/peers.py --scoreflow "$bin" \
+      --checkpoint .peers/unet32/checkpoint.safetensors --out "$out/peers" 2>&1 | tee "$out/peers.log"
+    ;;
+  esac
+done

@@ -1,0 +1,162 @@
+//! CUDA graphs and peak GPU memory through the C++ shim (`src/shim/cuda.cpp`, built against
+//! libtorch's `at::cuda::CUDAGraph` and caching allocator).
+//!
+//! A graph is captured once for a fixed computation on fixed tensors (warm-up and capture run on
+//! a side stream from libtorch's pool, as PyTorch's `torch.cuda.graph` does) and then replayed:
+//! one launch instead of one per op. Inputs are copied into the captured tensors before each
+//! replay; outputs are read from the tensors the capture produced.
+//!
+//! `SCOREFLOW_CUDA_GRAPHS=off` turns graphs off (anything else, or unset, leaves them on where
+//! the binary has the shim). Builds without the CUDA headers have no shim: graphs are off and
+//! peak memory is unknown.
+
+use anyhow::{bail, Result};
+use tch::Device;
+
+#[cfg(scoreflow_cuda_shim)]
+mod ffi {
+    use std::os::raw::{c_char, c_int, c_longlong, c_void};
+    extern "C" {
+        pub fn scoreflow_cuda_last_error() -> *const c_char;
+        pub fn scoreflow_graph_new(device: c_int) -> *mut c_void;
+        pub fn scoreflow_graph_enter(g: *mut c_void) -> c_int;
+        pub fn scoreflow_graph_exit(g: *mut c_void) -> c_int;
+        pub fn scoreflow_graph_capture_begin(g: *mut c_void) -> c_int;
+        pub fn scoreflow_graph_capture_end(g: *mut c_void) -> c_int;
+        pub fn scoreflow_graph_replay(g: *mut c_void) -> c_int;
+        pub fn scoreflow_graph_free(g: *mut c_void);
+        pub fn scoreflow_cuda_peak_bytes(device: c_int) -> c_longlong;
+        pub fn scoreflow_cuda_reset_peak(device: c_int) -> c_int;
+    }
+}
+
+#[cfg(scoreflow_cuda_shim)]
+fn check(status: i32, what: &str) -> Result<()> {
+    if status == 0 {
+        return Ok(());
+    }
+    // SAFETY: the shim returns a pointer to its thread-local, NUL-terminated message.
+    let msg = unsafe { std::ffi::CStr::from_ptr(ffi::scoreflow_cuda_last_error()) }
+        .to_string_lossy()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    bail!("{what}: {msg}")
+}
+
+/// Whether this binary can capture CUDA graphs and graphs are not turned off.
+pub fn graphs_enabled() -> bool {
+    cfg!(scoreflow_cuda_shim)
+        && std::env::var("SCOREFLOW_CUDA_GRAPHS")
+            .map(|v| !v.eq_ignore_ascii_case("off") && v != "0")
+            .unwrap_or(true)
+}
+
+/// A captured CUDA graph.
+pub struct CudaGraph {
+    #[cfg(scoreflow_cuda_shim)]
+    ptr: *mut std::os::raw::c_void,
+}
+
+// SAFETY: the graph is an owned C++ object; replays are serialized by its owner (a Mutex).
+unsafe impl Send for CudaGraph {}
+
+impl CudaGraph {
+    /// Run `f` twice on a side stream to warm up (allocator, cuDNN/cuBLAS set-up), then once
+    /// more under capture; returns the graph and what the captured run returned (its tensors are
+    /// the graph's outputs). `f` must not synchronize with the host.
+    #[allow(unused_variables, unused_mut)]
+    pub fn capture<T>(device: Device, mut f: impl FnMut() -> T) -> Result<(CudaGraph, T)> {
+        let Device::Cuda(index) = device else {
+            bail!("CUDA graphs need a CUDA device, got {device:?}");
+        };
+        #[cfg(scoreflow_cuda_shim)]
+        {
+            // SAFETY: calls into the shim with the pointer it returned; errors are statuses.
+            unsafe {
+                let ptr = ffi::scoreflow_graph_new(index as i32);
+                if ptr.is_null() {
+                    check(1, "cannot create a CUDA graph")?;
+                }
+                let g = CudaGraph { ptr };
+                check(ffi::scoreflow_graph_enter(ptr), "CUDA graph side stream")?;
+                // tch panics on libtorch errors (an op that synchronizes during capture, say):
+                // catch them, quietly, so that the caller can fall back to running eagerly.
+                let hook = std::panic::take_hook();
+                std::panic::set_hook(Box::new(|_| {}));
+                let mut run = || {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut f)).map_err(|p| {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .map(|s| s.as_str())
+                            .or_else(|| p.downcast_ref::<&str>().copied())
+                            .unwrap_or("panic");
+                        anyhow::anyhow!("{}", msg.lines().next().unwrap_or(""))
+                    })
+                };
+                let captured: Result<T> = (|| {
+                    run()?;
+                    run()?;
+                    check(ffi::scoreflow_graph_capture_begin(ptr), "CUDA graph capture")?;
+                    let out = run();
+                    let end = check(ffi::scoreflow_graph_capture_end(ptr), "CUDA graph capture");
+                    let out = out?;
+                    end?;
+                    Ok(out)
+                })();
+                std::panic::set_hook(hook);
+                let exited = check(ffi::scoreflow_graph_exit(ptr), "CUDA graph side stream");
+                let out = captured?;
+                exited?;
+                Ok((g, out))
+            }
+        }
+        #[cfg(not(scoreflow_cuda_shim))]
+        bail!("this scoreflow was built without the CUDA shim (no CUDA headers at build time)")
+    }
+
+    /// Replay the captured work on the current stream.
+    pub fn replay(&self) -> Result<()> {
+        #[cfg(scoreflow_cuda_shim)]
+        // SAFETY: `ptr` is a live graph owned by `self`.
+        return check(unsafe { ffi::scoreflow_graph_replay(self.ptr) }, "CUDA graph replay");
+        #[cfg(not(scoreflow_cuda_shim))]
+        bail!("this scoreflow was built without the CUDA shim")
+    }
+}
+
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        #[cfg(scoreflow_cuda_shim)]
+        // SAFETY: `ptr` came from `scoreflow_graph_new` and is freed once.
+        unsafe {
+            ffi::scoreflow_graph_free(self.ptr)
+        }
+    }
+}
+
+/// Peak bytes the caching allocator has handed out on `device` since the last
+/// [`reset_peak_memory`] (None on the CPU or without the shim).
+pub fn peak_memory(device: Device) -> Option<u64> {
+    #[cfg(scoreflow_cuda_shim)]
+    if let Device::Cuda(i) = device {
+        // SAFETY: a plain query; -1 on error.
+        let b = unsafe { ffi::scoreflow_cuda_peak_bytes(i as i32) };
+        return (b >= 0).then_some(b as u64);
+    }
+    let _ = device;
+    None
+}
+
+/// Reset the peak-memory statistic of `device` (no-op on the CPU).
+pub fn reset_peak_memory(device: Device) {
+    #[cfg(scoreflow_cuda_shim)]
+    if let Device::Cuda(i) = device {
+        // SAFETY: a plain call; its status is irrelevant here.
+        unsafe {
+            ffi::scoreflow_cuda_reset_peak(i as i32);
+        }
+    }
+    let _ = device;
+}
