@@ -566,6 +566,58 @@ fn cuda_and_cpu_agree_on_the_digits_unet_with_and_without_graphs() {
 }
 
 #[test]
+fn k_diffusion_gives_the_same_samples_as_scoreflow() {
+    // An independent implementation of the deterministic samplers: k-diffusion's
+    // sample_euler, sample_heun, sample_dpmpp_2m, sample_dpm_2, sample_lms and
+    // sample_dpmpp_3m_sde (eta = 0), around PyTorch twins of the exact mixture and of the digits
+    // U-Net (weights loaded from the checkpoint), from the same noise on the same Karras grid.
+    let (Ok(py), Ok(site)) = (
+        std::env::var("SCOREFLOW_PEERS_PYTHON"),
+        std::env::var("SCOREFLOW_PEERS_SITE"),
+    ) else {
+        println!("skipped: k-diffusion is not installed (scripts/test.sh installs it into .peers/site)");
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = match std::env::var("PYTHONPATH") {
+        Ok(p) if !p.is_empty() => format!("{site}:{p}"),
+        _ => site,
+    };
+    let o = Command::new(py)
+        .env("PYTHONPATH", path)
+        .arg(root.join("experiments/peers/peers.py"))
+        .args(["--scoreflow", env!("CARGO_BIN_EXE_scoreflow"), "--checkpoint"])
+        .arg(root.join("runs/digits/checkpoint.safetensors"))
+        .args(["--check-only", "--device", "cpu", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o)
+    );
+    println!("{}", String::from_utf8_lossy(&o.stdout));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("peers.json")).unwrap())
+            .unwrap();
+    let checks = v["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 2 * 6);
+    for c in checks {
+        let (diff, scale) = (
+            c["max_abs_diff"].as_f64().unwrap(),
+            c["max_abs"].as_f64().unwrap(),
+        );
+        // float32 arithmetic on both sides; lms differs a little more because k-diffusion
+        // integrates its coefficients numerically (scipy quad, epsrel 1e-4).
+        let tol = if c["sampler"] == "lms" { 5e-4 } else { 1e-4 } * scale.max(1.0);
+        assert!(diff <= tol, "{c}");
+    }
+}
+
+#[test]
 fn bench_writes_json_for_each_batch_and_sampler() {
     // Runs the benchmark for its output format only; no timing is asserted.
     let dir = tempfile::tempdir().unwrap();

@@ -92,7 +92,10 @@ class Mixture(nn.Module):
         self.register_buffer("var", (s * s)[None].float())
 
     def forward(self, x, sigma):
-        v = self.var + sigma.reshape(-1, 1, 1) ** 2
+        # k-diffusion passes one sigma per sample, all equal during sampling; use the first (a
+        # slice, no host-device synchronization), so that the arithmetic is scoreflow's, which
+        # takes one sigma per call.
+        v = self.var + sigma.reshape(-1)[:1].reshape(1, 1, 1) ** 2
         diff = x[:, None, :] - self.mu
         d = x.shape[-1]
         lj = self.log_w - 0.5 * ((diff**2 / v).sum(-1) + v.log().sum(-1) + d * math.log(2 * math.pi))
@@ -310,7 +313,23 @@ def median_time(fn, dev, reps, warmup):
     return statistics.median(ts)
 
 
-KD_NAMES = {"euler": "sample_euler", "heun": "sample_heun", "dpmpp-2m": "sample_dpmpp_2m"}
+# scoreflow sampler -> k-diffusion function and keyword arguments. dpmpp-3m is the eta = 0 case
+# of k-diffusion's DPM-Solver++(3M) SDE (a noise sampler that is never called is passed so that
+# no Brownian tree is built).
+KD_NAMES = {
+    "euler": ("sample_euler", {}),
+    "heun": ("sample_heun", {}),
+    "dpmpp-2m": ("sample_dpmpp_2m", {}),
+    "dpm2": ("sample_dpm_2", {}),
+    "lms": ("sample_lms", {}),
+    "dpmpp-3m": ("sample_dpmpp_3m_sde", {"eta": 0.0, "noise_sampler": lambda s, t: None}),
+}
+
+
+def kd_sampler(sampling, name):
+    fn, kw = KD_NAMES[name]
+    f = getattr(sampling, fn)
+    return lambda model, x, sigmas: f(model, x, sigmas, disable=True, **kw)
 
 
 def scoreflow(binary, args):
@@ -332,6 +351,8 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", required=True, help="output folder (peers.json and the logs)")
+    ap.add_argument("--check-only", action="store_true", help="only check that the samples agree (no timing)")
+    ap.add_argument("--check-samplers", default=",".join(KD_NAMES), help="samplers whose samples are compared")
     a = ap.parse_args()
 
     os.makedirs(a.out, exist_ok=True)
@@ -358,7 +379,7 @@ def main():
     # scoreflow's own timings first, before this process has run any torch kernels (on a small
     # CPU machine, idle-spinning OpenMP threads of this process would slow the child down).
     sf_all = {}
-    for name, model, shape, batches, sf_model in models:
+    for name, model, shape, batches, sf_model in ([] if a.check_only else models):
         js = os.path.join(a.out, f"scoreflow-{name.replace(':', '-')}.json")
         scoreflow(a.scoreflow, ["bench", *sf_model, "--num", ",".join(map(str, batches)), "--steps", str(a.steps),
                                 "--solvers", ",".join(samplers), "--reps", str(a.reps), "--device", sf_dev, "--json", js])
@@ -369,13 +390,13 @@ def main():
         z = torch.randn([n_check] + shape, generator=torch.Generator().manual_seed(7), dtype=torch.float32)
         with tempfile.TemporaryDirectory() as tmp:
             np.save(os.path.join(tmp, "z.npy"), z.numpy())
-            for s in samplers:
+            for s in [s for s in a.check_samplers.split(",") if s]:
                 out = os.path.join(tmp, "x.npy")
                 scoreflow(a.scoreflow, ["sample", *sf_model, "--solver", s, "--steps", str(a.steps),
                                         "--noise", os.path.join(tmp, "z.npy"), "--device", sf_dev, "--out", out])
                 x_sf = torch.from_numpy(np.load(out))
                 with torch.no_grad():
-                    x_kd = getattr(sampling, KD_NAMES[s])(model, z.to(dev) * 80.0, sigmas, disable=True).cpu()
+                    x_kd = kd_sampler(sampling, s)(model, z.to(dev) * 80.0, sigmas).cpu()
                 err = (x_sf - x_kd).abs().max().item()
                 scale = x_kd.abs().max().item()
                 checks.append({"model": name, "sampler": s, "max_abs_diff": err, "max_abs": scale})
@@ -383,6 +404,8 @@ def main():
                 if not err <= 1e-3 * max(1.0, scale):
                     sys.exit(f"peers: {name} {s}: scoreflow and k-diffusion disagree by {err}")
 
+        if a.check_only:
+            continue
         sf = sf_all[name]
         # 2. k-diffusion around the PyTorch twin, each mode.
         for mode in modes:
@@ -397,8 +420,8 @@ def main():
                 with torch.no_grad():
                     call = median_time(lambda: fn(x, sig), dev, max(20, 4 * a.reps), 5)
                     for s in samplers:
-                        f = getattr(sampling, KD_NAMES[s])
-                        wall = median_time(lambda: f(fn, x, sigmas, disable=True), dev, a.reps, 2)
+                        f = kd_sampler(sampling, s)
+                        wall = median_time(lambda: f(fn, x, sigmas), dev, a.reps, 2)
                         r = sf[(b, s)]
                         rows.append({
                             "model": name, "batch": b, "sampler": s, "mode": mode, "nfe": r["nfe"],
