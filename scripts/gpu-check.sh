@@ -20,7 +20,8 @@ built="$(cat device-bin/built-at)"
 if [ "$built" != "$PWD" ] && [ ! -e "$built" ]; then
   mkdir -p "$(dirname "$built")" && ln -s "$PWD" "$built"
 fi
-mkdir -p "$built/target/release" && ln -sf "$bin" "$built/target/release/scoreflow"
+mkdir -p "$built/target/release"
+[ -e "$built/target/release/scoreflow" ] || ln -s "$bin" "$built/target/release/scoreflow"
 
 # The peer benchmark's wheels and the 32x32x3 U-Net checkpoint.
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
