@@ -1,5 +1,6 @@
-// Same link setup as the solvers crate (see solvers/build.rs), plus two small C++ shims compiled
-// against the headers of the libtorch that torch-sys found: bf16 autocast (always), and CUDA
+// Same link setup as the solvers crate (see solvers/build.rs), plus small C++ shims compiled
+// against the headers of the libtorch that torch-sys found: bf16 autocast and the multi-tensor
+// optimizer kernels (always), and CUDA
 // graphs and peak-memory statistics (src/shim/cuda.cpp) where the CUDA runtime headers are
 // present (PyPI's nvidia-cuda-runtime and nvidia-cuda-crt, which scripts/env.sh installs);
 // without them the binary is built with `cfg(scoreflow_cuda_shim)` off and runs eagerly.
@@ -13,6 +14,7 @@ fn main() {
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys reports its libtorch folder");
     let inc = Path::new(&lib).join("../include");
     shim("autocast", &inc, &[]);
+    shim("optim", &inc, &[]);
     if let Some(cuda) = cuda_include(Path::new(&lib)) {
         if Path::new(&lib).join("libtorch_cuda.so").exists() {
             shim("cuda", &inc, &[cuda]);

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod nll;
 pub mod nn;
+pub mod optim;
 pub mod npy;
 pub mod plot;
 pub mod precond;

@@ -367,6 +367,11 @@ fn train_loop(
     let mut clock = Instant::now();
     let mut interval_samples = 0i64;
 
+    // Handles for the multi-tensor optimizer calls.
+    let trainable_t: Vec<Tensor> = trainable.iter().map(|&i| params[i].1.shallow_clone()).collect();
+    let params_t: Vec<Tensor> = params.iter().map(|(_, p)| p.shallow_clone()).collect();
+    let ema_t: Vec<Tensor> = ema_params.iter().map(|(_, e)| e.shallow_clone()).collect();
+    let mut step_t = Tensor::zeros([], (Kind::Float, dev));
     for step in start..end {
         tch::manual_seed(step_seed(cfg.seed, step));
         let idx = Tensor::randint(n_data, [t.batch], (Kind::Int64, dev));
@@ -393,40 +398,34 @@ fn train_loop(
         .to_kind(Kind::Float)
         .mean(Kind::Float);
         loss.backward();
-        tch::no_grad(|| {
+        tch::no_grad(|| -> Result<()> {
             let grads: Vec<Tensor> = trainable.iter().map(|&i| params[i].1.grad()).collect();
             let scale = match t.grad_clip {
                 Some(c) => {
-                    let norm = grads
-                        .iter()
-                        .map(|g| g.square().sum(Kind::Float))
-                        .fold(Tensor::zeros([], (Kind::Float, dev)), |a, b| a + b)
-                        .sqrt();
+                    let norm = crate::optim::global_norm(&grads)?.to_kind(Kind::Float);
                     Some((norm + 1e-6).reciprocal().multiply_scalar(c).clamp_max(1.0))
                 }
                 None => None,
             };
-            let k = (step + 1) as i32;
             let lr = t.lr
                 * if t.warmup_steps > 0 {
                     ((step + 1) as f64 / t.warmup_steps as f64).min(1.0)
                 } else {
                     1.0
                 };
-            let (bc1, bc2) = (1.0 - b1.powi(k), 1.0 - b2.powi(k));
-            for (j, &i) in trainable.iter().enumerate() {
-                let g = match &scale {
-                    Some(s) => &grads[j] * s,
-                    None => grads[j].shallow_clone(),
-                };
-                let m = &adam.m[j] * b1 + &g * (1.0 - b1);
-                let v = &adam.v[j] * b2 + g.square() * (1.0 - b2);
-                let update = (&m / bc1) / ((&v / bc2).sqrt() + eps) * lr;
-                adam.m[j].shallow_clone().copy_(&m);
-                adam.v[j].shallow_clone().copy_(&v);
-                let mut p = params[i].1.shallow_clone();
-                p.copy_(&(&params[i].1 - update));
-            }
+            // One fused Adam step over every trainable tensor (libtorch's at::_fused_adam_).
+            let _ = step_t.fill_((step + 1) as f64);
+            crate::optim::adam_step(
+                &trainable_t,
+                &grads,
+                &adam.m,
+                &adam.v,
+                &step_t,
+                scale.as_ref(),
+                lr,
+                (b1, b2),
+                eps,
+            )?;
             // EMA with a half-life in samples (NVlabs/edm training_loop.py).
             let seen = ((step + 1) as f64) * t.batch as f64;
             let half_life = match t.ema_rampup {
@@ -434,10 +433,8 @@ fn train_loop(
                 None => t.ema_half_life,
             };
             let beta = 0.5f64.powf(t.batch as f64 / half_life.max(1e-8));
-            for ((_, e), (_, p)) in ema_params.iter().zip(&params) {
-                e.shallow_clone().copy_(&(e * beta + p * (1.0 - beta)));
-            }
-        });
+            crate::optim::lerp(&ema_t, &params_t, 1.0 - beta)
+        })?;
         pending.push((step, loss.detach()));
         interval_samples += t.batch;
         bar.inc(1);
