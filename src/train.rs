@@ -360,10 +360,15 @@ fn train_loop(
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}").unwrap(),
     );
+    // A fresh run starts a fresh log; a resumed one appends to it.
+    let log_path = cfg.out_dir.join("log.jsonl");
+    if !opts.resume {
+        let _ = std::fs::remove_file(&log_path);
+    }
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(cfg.out_dir.join("log.jsonl"))?;
+        .open(&log_path)?;
     let mut clock = Instant::now();
     let mut interval_samples = 0i64;
 
