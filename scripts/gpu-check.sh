@@ -7,6 +7,8 @@
 #   train.json    bench-train: MLP and U-Net, float32 and bf16, samples/s and peak memory
 #   peers/        the peer benchmark against k-diffusion (eager, torch.compile, CUDA graphs)
 # Usage: scripts/gpu-check.sh [tests] [bench] [train] [peers]   (default: all four)
+# PEERS_ARGS adds options to peers.py, e.g. PEERS_ARGS="--unet-batches 1,64 --modes eager,reduce-overhead"
+# to fit one device call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-out/gpu}"
@@ -53,7 +55,7 @@ for part in $parts; do
     ;;
   peers)
     PYTHONUNBUFFERED=1 python3 experiments/peers/peers.py --scoreflow "$bin" \
-      --checkpoint .peers/unet32/checkpoint.safetensors --out "$out/peers" 2>&1 | tee "$out/peers.log"
+      --checkpoint .peers/unet32/checkpoint.safetensors --out "$out/peers" ${PEERS_ARGS:-} 2>&1 | tee "$out/peers.log"
     ;;
   esac
 done
