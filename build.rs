@@ -1,15 +1,16 @@
 // Same link setup as the solvers crate (see solvers/build.rs), plus small C++ shims compiled
 // against the headers of the libtorch that torch-sys found: bf16 autocast and the multi-tensor
-// optimizer kernels (always), and CUDA
-// graphs and peak-memory statistics (src/shim/cuda.cpp) where the CUDA runtime headers are
-// present (PyPI's nvidia-cuda-runtime and nvidia-cuda-crt, which scripts/env.sh installs);
-// without them the binary is built with `cfg(scoreflow_cuda_shim)` off and runs eagerly.
+// optimizer kernels (always), and CUDA graphs and peak-memory statistics (src/shim/cuda.cpp)
+// where the CUDA runtime headers are present (PyPI's nvidia-cuda-runtime and nvidia-cuda-crt,
+// which scripts/env.sh installs); without them the binary is built with
+// `cfg(scoreflow_cuda_shim)` off and runs eagerly.
 include!("solvers/link_libtorch.rs");
 
 use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rustc-check-cfg=cfg(scoreflow_cuda_shim)");
+    println!("cargo:rerun-if-changed=src/shim/status.h");
     link_libtorch();
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB").expect("torch-sys reports its libtorch folder");
     let inc = Path::new(&lib).join("../include");
@@ -37,7 +38,10 @@ fn cuda_include(torch_lib: &Path) -> Option<PathBuf> {
     dirs.push(site.join("nvidia/cu13/include"));
     dirs.push(site.join("nvidia/cuda_runtime/include"));
     dirs.into_iter().find(|d| {
-        println!("cargo:rerun-if-changed={}", d.join("crt/host_config.h").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            d.join("crt/host_config.h").display()
+        );
         d.join("cuda_runtime_api.h").exists() && d.join("crt/host_config.h").exists()
     })
 }

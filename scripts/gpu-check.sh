@@ -25,14 +25,9 @@ fi
 mkdir -p "$built/target/release"
 [ -e "$built/target/release/scoreflow" ] || ln -s "$bin" "$built/target/release/scoreflow"
 
-# The peer benchmark's wheels and the 32x32x3 U-Net checkpoint.
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-mkdir -p .peers
-[ -f .peers/unet32/checkpoint.safetensors ] || {
-  python3 -c "import numpy as np; np.save('.peers/unet32-data.npy', (0.5 * np.random.default_rng(0).standard_normal((64, 3, 32, 32))).astype('float32'))"
-  "$bin" train experiments/peers/unet32.toml --device cuda >/dev/null
-}
+# The peer benchmark's wheels (from .whl/) and the 32x32x3 U-Net checkpoint.
+scripts/peers-setup.sh python3 "$bin"
+export PYTHONPATH="$PWD/.peers/site${PYTHONPATH:+:$PYTHONPATH}"
 
 for part in $parts; do
   case "$part" in

@@ -14,13 +14,13 @@ for m in scipy:scipy torchdiffeq:torchdiffeq tqdm:tqdm safetensors:safetensors; 
 done
 if ! PYTHONPATH=.peers/site "$py" -c "import torchsde, trampoline" 2>/dev/null ||
   [ ! -d .peers/site/k_diffusion ] || [ ${#need[@]} -gt 0 ]; then
+  pip=("$py" -m pip install -q --disable-pip-version-check --no-deps --target .peers/site)
   if [ -d .whl ]; then
-    "$py" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile \
-      --target .peers/site .whl/*.whl
-  else
-    "$py" -m pip install -q --disable-pip-version-check --no-deps --target .peers/site \
-      "${wheels[@]}" "${need[@]}"
+    pip+=(--find-links .whl)
+    # Offline (the GPU machine) when only the wheels that gpu-prepare.sh downloaded are missing.
+    [ ${#need[@]} -eq 0 ] && pip+=(--no-index --no-compile)
   fi
+  "${pip[@]}" "${wheels[@]}" "${need[@]}"
 fi
 if [ -n "$bin" ] && [ ! -f .peers/unet32/checkpoint.safetensors ]; then
   "$py" -c "import numpy as np; np.save('.peers/unet32-data.npy', (0.5 * np.random.default_rng(0).standard_normal((64, 3, 32, 32))).astype('float32'))"

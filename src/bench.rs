@@ -203,13 +203,14 @@ pub fn run_train(a: BenchTrainArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    println!(
-        "{:<28} {:>8} {:>9} {:>6} {:>12} {:>14} {:>12}",
-        "config", "device", "precision", "batch", "ms/step", "samples/s", "peak_MiB"
-    );
-    let mut records = Vec::new();
+    // Every config and precision is checked before anything runs.
+    let mut jobs = Vec::new();
     for path in &a.configs {
         let base = TrainConfig::load(path)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let precisions: Vec<String> = match &a.precision {
             Some(p) => p.split(',').map(|s| s.trim().to_string()).collect(),
             None => vec![base.train.precision.clone()],
@@ -217,62 +218,67 @@ pub fn run_train(a: BenchTrainArgs) -> Result<()> {
         for precision in precisions {
             let mut cfg = base.clone();
             if let Some(d) = &a.device {
-                device::parse(d)?;
                 cfg.device = d.clone();
             }
-            cfg.train.precision = precision.clone();
             if let Some(b) = a.batch {
                 cfg.train.batch = b;
             }
+            cfg.train.precision = precision;
             cfg.validate()?;
             let dev = device::parse(&cfg.device)?;
-            let dir =
-                std::env::temp_dir().join(format!("scoreflow-bench-{}", std::process::id()));
-            cfg.out_dir = dir.clone();
-            cfg.train.steps = 10 + a.steps;
-            cfg.train.checkpoint_every = usize::MAX;
-            cfg.train.log_every = usize::MAX;
-            cfg.train.snapshot_samples = Some(0);
-            let time = |stop: usize| -> Result<f64> {
-                let _ = std::fs::remove_dir_all(&dir);
-                let t = Instant::now();
-                train::run(
-                    &cfg,
-                    &RunOpts {
-                        resume: false,
-                        stop_at: Some(stop),
-                        quiet: true,
-                    },
-                )?;
-                Ok(t.elapsed().as_secs_f64())
-            };
-            let short = time(10)?;
-            crate::cuda::reset_peak_memory(dev);
-            let long = time(10 + a.steps)?;
-            let peak = crate::cuda::peak_memory(dev);
-            let _ = std::fs::remove_dir_all(&dir);
-            let per_step = ((long - short) / a.steps as f64).max(1e-9);
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let peak_mib = peak.map(|b| b as f64 / (1024.0 * 1024.0));
-            println!(
-                "{:<28} {:>8} {:>9} {:>6} {:>12.2} {:>14.0} {:>12}",
-                name,
-                device::name(dev),
-                precision,
-                cfg.train.batch,
-                per_step * 1e3,
-                cfg.train.batch as f64 / per_step,
-                peak_mib.map_or("-".to_string(), |m| format!("{m:.1}"))
-            );
-            records.push(serde_json::json!({
-                "config": name, "device": device::name(dev), "precision": precision,
-                "batch": cfg.train.batch, "step_s": per_step,
-                "samples_per_s": cfg.train.batch as f64 / per_step, "peak_bytes": peak,
-            }));
+            jobs.push((name.clone(), cfg, dev));
         }
+    }
+    println!(
+        "{:<28} {:>8} {:>9} {:>6} {:>12} {:>14} {:>12}",
+        "config", "device", "precision", "batch", "ms/step", "samples/s", "peak_MiB"
+    );
+    let mut records = Vec::new();
+    let dir = std::env::temp_dir().join(format!("scoreflow-bench-{}", std::process::id()));
+    for (name, mut cfg, dev) in jobs {
+        cfg.out_dir = dir.clone();
+        cfg.train.steps = 10 + a.steps;
+        cfg.train.checkpoint_every = usize::MAX;
+        cfg.train.log_every = usize::MAX;
+        cfg.train.snapshot_samples = Some(0);
+        let time = |stop: usize| -> Result<f64> {
+            let _ = std::fs::remove_dir_all(&dir);
+            let t = Instant::now();
+            train::run(
+                &cfg,
+                &RunOpts {
+                    resume: false,
+                    stop_at: Some(stop),
+                    quiet: true,
+                },
+            )?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        let short = time(10)?;
+        crate::cuda::reset_peak_memory(dev);
+        let long = time(10 + a.steps)?;
+        let peak = crate::cuda::peak_memory(dev);
+        let _ = std::fs::remove_dir_all(&dir);
+        let per_step = ((long - short) / a.steps as f64).max(1e-9);
+        let samples_per_s = cfg.train.batch as f64 / per_step;
+        println!(
+            "{:<28} {:>8} {:>9} {:>6} {:>12.2} {:>14.0} {:>12}",
+            name,
+            device::name(dev),
+            cfg.train.precision,
+            cfg.train.batch,
+            per_step * 1e3,
+            samples_per_s,
+            peak.map_or("-".to_string(), |b| format!(
+                "{:.1}",
+                b as f64 / (1024.0 * 1024.0)
+            ))
+        );
+        records.push(serde_json::json!({
+            "config": name, "device": device::name(dev), "precision": cfg.train.precision,
+            "batch": cfg.train.batch, "step_s": per_step, "samples_per_s": samples_per_s,
+            "peak_bytes": peak,
+        }));
     }
     if let Some(path) = &a.json {
         crate::compare::write_atomic(path, &serde_json::to_string_pretty(&records)?)?;

@@ -15,9 +15,8 @@ use tch::Device;
 
 #[cfg(scoreflow_cuda_shim)]
 mod ffi {
-    use std::os::raw::{c_char, c_int, c_longlong, c_void};
+    use std::os::raw::{c_int, c_longlong, c_void};
     extern "C" {
-        pub fn scoreflow_cuda_last_error() -> *const c_char;
         pub fn scoreflow_graph_new(device: c_int) -> *mut c_void;
         pub fn scoreflow_graph_enter(g: *mut c_void) -> c_int;
         pub fn scoreflow_graph_exit(g: *mut c_void) -> c_int;
@@ -31,19 +30,7 @@ mod ffi {
 }
 
 #[cfg(scoreflow_cuda_shim)]
-fn check(status: i32, what: &str) -> Result<()> {
-    if status == 0 {
-        return Ok(());
-    }
-    // SAFETY: the shim returns a pointer to its thread-local, NUL-terminated message.
-    let msg = unsafe { std::ffi::CStr::from_ptr(ffi::scoreflow_cuda_last_error()) }
-        .to_string_lossy()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
-    bail!("{what}: {msg}")
-}
+use crate::shim::check;
 
 /// Whether this binary can capture CUDA graphs and graphs are not turned off.
 pub fn graphs_enabled() -> bool {
@@ -98,7 +85,10 @@ impl CudaGraph {
                 let captured: Result<T> = (|| {
                     run()?;
                     run()?;
-                    check(ffi::scoreflow_graph_capture_begin(ptr), "CUDA graph capture")?;
+                    check(
+                        ffi::scoreflow_graph_capture_begin(ptr),
+                        "CUDA graph capture",
+                    )?;
                     let out = run();
                     let end = check(ffi::scoreflow_graph_capture_end(ptr), "CUDA graph capture");
                     let out = out?;
@@ -120,7 +110,10 @@ impl CudaGraph {
     pub fn replay(&self) -> Result<()> {
         #[cfg(scoreflow_cuda_shim)]
         // SAFETY: `ptr` is a live graph owned by `self`.
-        return check(unsafe { ffi::scoreflow_graph_replay(self.ptr) }, "CUDA graph replay");
+        return check(
+            unsafe { ffi::scoreflow_graph_replay(self.ptr) },
+            "CUDA graph replay",
+        );
         #[cfg(not(scoreflow_cuda_shim))]
         bail!("this scoreflow was built without the CUDA shim")
     }

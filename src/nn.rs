@@ -597,7 +597,13 @@ impl Network {
         e.graph
             .replay()
             .map_err(|err| SolverError::Model(err.to_string()))?;
-        Ok(Some(e.out.to_kind(kind).copy()))
+        // The captured output is overwritten by the next replay: hand out a copy (a conversion
+        // is one already).
+        Ok(Some(if kind == e.out.kind() {
+            e.out.copy()
+        } else {
+            e.out.to_kind(kind)
+        }))
     }
 
     /// `D(x; sigma)` with per-sample `sigma` (`[N]`) and optional labels (`[N]`, int64; the value

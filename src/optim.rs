@@ -2,14 +2,14 @@
 //! (`at::_fused_adam_`, as `torch.optim.Adam(fused=True)`) and the foreach lerp for the EMA. On a
 //! GPU this is a handful of kernel launches per step instead of several per parameter tensor.
 
+use crate::shim::check;
 use anyhow::{bail, Result};
-use std::os::raw::{c_char, c_int};
+use std::os::raw::c_int;
 use tch::Tensor;
 
 type Raw = *mut torch_sys::C_tensor;
 
 extern "C" {
-    fn scoreflow_optim_last_error() -> *const c_char;
     #[allow(clippy::too_many_arguments)]
     fn scoreflow_adam_step(
         params: *const Raw,
@@ -32,20 +32,6 @@ fn raw(ts: &[Tensor]) -> Vec<Raw> {
     ts.iter().map(|t| t.as_ptr() as Raw).collect()
 }
 
-fn check(status: c_int, what: &str) -> Result<()> {
-    if status == 0 {
-        return Ok(());
-    }
-    // SAFETY: the shim returns its thread-local, NUL-terminated message.
-    let msg = unsafe { std::ffi::CStr::from_ptr(scoreflow_optim_last_error()) }
-        .to_string_lossy()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
-    bail!("{what}: {msg}")
-}
-
 /// One Adam step (no weight decay) on every parameter: `m`, `v` and the parameters are updated
 /// in place; `step` is a 0-dim float tensor holding the 1-based step count; `grad_mul`, a 0-dim
 /// tensor, scales the gradients first (in place). Call under `tch::no_grad`.
@@ -63,7 +49,12 @@ pub fn adam_step(
 ) -> Result<()> {
     let n = params.len();
     if grads.len() != n || m.len() != n || v.len() != n {
-        bail!("adam_step: {n} parameters but {} grads, {} m, {} v", grads.len(), m.len(), v.len());
+        bail!(
+            "adam_step: {n} parameters but {} grads, {} m, {} v",
+            grads.len(),
+            m.len(),
+            v.len()
+        );
     }
     let (p, g, mm, vv) = (raw(params), raw(grads), raw(m), raw(v));
     let gm = grad_mul.map_or(std::ptr::null_mut(), |t| t.as_ptr() as Raw);

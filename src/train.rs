@@ -373,7 +373,10 @@ fn train_loop(
     let mut interval_samples = 0i64;
 
     // Handles for the multi-tensor optimizer calls.
-    let trainable_t: Vec<Tensor> = trainable.iter().map(|&i| params[i].1.shallow_clone()).collect();
+    let trainable_t: Vec<Tensor> = trainable
+        .iter()
+        .map(|&i| params[i].1.shallow_clone())
+        .collect();
     let params_t: Vec<Tensor> = params.iter().map(|(_, p)| p.shallow_clone()).collect();
     let ema_t: Vec<Tensor> = ema_params.iter().map(|(_, e)| e.shallow_clone()).collect();
     let mut step_t = Tensor::zeros([], (Kind::Float, dev));

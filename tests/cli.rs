@@ -20,6 +20,17 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// True, with the reason printed, where a CUDA test has no device to run on.
+fn no_cuda() -> bool {
+    let none = !tch::Cuda::is_available();
+    if none {
+        println!(
+            "skipped: no CUDA device on this machine (the same test runs where one is present)"
+        );
+    }
+    none
+}
+
 /// Write a float .npy with a valid header and `values` (f64 `<f8` or f32 `<f4`).
 fn write_npy(path: &Path, shape: &[usize], values: &[f64], f32: bool) {
     let shape_s = match shape.len() {
@@ -474,10 +485,7 @@ fn compare_writes_a_table_csv_and_plot() {
 
 #[test]
 fn cuda_and_cpu_agree_within_float32_tolerance() {
-    if !tch::Cuda::is_available() {
-        println!(
-            "skipped: no CUDA device on this machine (the same test runs where one is present)"
-        );
+    if no_cuda() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -516,10 +524,7 @@ fn cuda_and_cpu_agree_within_float32_tolerance() {
 
 #[test]
 fn cuda_and_cpu_agree_on_the_digits_unet_with_and_without_graphs() {
-    if !tch::Cuda::is_available() {
-        println!(
-            "skipped: no CUDA device on this machine (the same test runs where one is present)"
-        );
+    if no_cuda() {
         return;
     }
     let ck = Path::new(env!("CARGO_MANIFEST_DIR")).join("runs/digits/checkpoint.safetensors");
@@ -575,7 +580,9 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         std::env::var("SCOREFLOW_PEERS_PYTHON"),
         std::env::var("SCOREFLOW_PEERS_SITE"),
     ) else {
-        println!("skipped: k-diffusion is not installed (scripts/test.sh installs it into .peers/site)");
+        println!(
+            "skipped: k-diffusion is not installed (scripts/test.sh installs it into .peers/site)"
+        );
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -587,7 +594,11 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     let o = Command::new(py)
         .env("PYTHONPATH", path)
         .arg(root.join("experiments/peers/peers.py"))
-        .args(["--scoreflow", env!("CARGO_BIN_EXE_scoreflow"), "--checkpoint"])
+        .args([
+            "--scoreflow",
+            env!("CARGO_BIN_EXE_scoreflow"),
+            "--checkpoint",
+        ])
         .arg(root.join("runs/digits/checkpoint.safetensors"))
         .args(["--check-only", "--device", "cpu", "--out"])
         .arg(dir.path())
@@ -615,6 +626,99 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         let tol = if c["sampler"] == "lms" { 5e-4 } else { 1e-4 } * scale.max(1.0);
         assert!(diff <= tol, "{c}");
     }
+}
+
+#[test]
+fn bench_train_times_each_precision_and_checks_them_all_first() {
+    // Output format only; no timing is asserted.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("t.json");
+    let cfg = repo("experiments/gmm8-train.toml");
+    let cfg = cfg.to_str().unwrap();
+    let o = run(&[
+        "bench-train",
+        cfg,
+        "--device",
+        "cpu",
+        "--batch",
+        "64",
+        "--steps",
+        "1",
+        "--precision",
+        "float32,bf16",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, p) in rows.iter().zip(["float32", "bf16"]) {
+        assert_eq!(row["precision"], p);
+        assert_eq!(row["batch"], 64);
+        assert!(row["samples_per_s"].as_f64().unwrap() > 0.0);
+        assert!(row["peak_bytes"].is_null(), "no peak memory on the CPU");
+    }
+    // An unknown precision anywhere in the list: an error before any row, no JSON.
+    let bad = dir.path().join("bad.json");
+    let o = run(&[
+        "bench-train",
+        cfg,
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--precision",
+        "float32,fp8",
+        "--json",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("fp8"), "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+    assert!(!bad.exists());
+}
+
+#[test]
+fn train_without_snapshots_and_a_fresh_log_per_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"out_dir = "{}"
+device = "cpu"
+[data]
+kind = "gmm8"
+num = 256
+[model.backbone]
+kind = "mlp"
+hidden = 16
+depth = 1
+[train]
+steps = 3
+batch = 32
+log_every = 1
+checkpoint_every = 3
+snapshot_samples = 0
+"#,
+            out.display()
+        ),
+    )
+    .unwrap();
+    for _ in 0..2 {
+        let o = run(&["train", cfg.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(line["samples"].is_null());
+    }
+    assert!(out.join("checkpoint.safetensors").exists());
+    assert!(!out.join("samples.npy").exists());
+    // The second fresh run replaced the first one's log: 3 steps, 3 lines.
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 3, "{log}");
 }
 
 #[test]

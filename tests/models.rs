@@ -81,15 +81,12 @@ fn cuda_graph_replay_matches_the_eager_network() {
     };
     let net = Network::new(&vs.root(), &Precond::default(), &bb, &[1, 8, 8], 0);
     let eager = |x: &Tensor, s: f64| {
-        tch::no_grad(|| {
-            net.forward(
-                x,
-                &Tensor::full([x.size()[0]], s, (Kind::Float, dev)),
-                None,
-            )
-        })
+        tch::no_grad(|| net.forward(x, &Tensor::full([x.size()[0]], s, (Kind::Float, dev)), None))
     };
-    assert!(scoreflow::cuda::graphs_enabled(), "the CUDA shim is built in");
+    assert!(
+        scoreflow::cuda::graphs_enabled(),
+        "the CUDA shim is built in"
+    );
     // The first call captures, later calls replay with new inputs and noise levels.
     for (i, s) in [0.5, 3.0, 0.01, 40.0].into_iter().enumerate() {
         let x = Tensor::randn([4, 1, 8, 8], (Kind::Float, dev)) * (1.0 + i as f64);

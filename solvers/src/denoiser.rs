@@ -71,17 +71,39 @@ fn check_features(x: &Tensor, d: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Three constant tensors of an exact model, kept in f64 and in f32 on the model's device, so
+/// that a float32 (or float64) call on that device converts and copies nothing.
+struct Consts {
+    f64: [Tensor; 3],
+    f32: [Tensor; 3],
+}
+
+impl Consts {
+    fn new(f64: [Tensor; 3]) -> Self {
+        let f32 = f64.each_ref().map(|t| t.to_kind(Kind::Float));
+        Consts { f64, f32 }
+    }
+
+    /// The three for `x`'s device and kind.
+    fn for_input(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let (dev, kind) = (x.device(), x.kind());
+        let src = if kind == Kind::Float {
+            &self.f32
+        } else {
+            &self.f64
+        };
+        let [a, b, c] = src.each_ref().map(|t| t.to_device(dev).to_kind(kind));
+        (a, b, c)
+    }
+}
+
 /// Exact denoiser for Gaussian data `x0 ~ N(mu, Sigma)` with full covariance:
 /// `D(x; sigma) = mu + Sigma (Sigma + sigma^2 I)^-1 (x - mu)`, computed in Sigma's eigenbasis.
 pub struct GaussianDenoiser {
     mean: Vec<f64>,
     eigvals: Vec<f64>,
-    mean_t: Tensor,
-    /// Eigenvectors as columns, `[d, d]`.
-    basis: Tensor,
-    eig_t: Tensor,
-    /// The same three in float32, so a float32 call converts nothing.
-    f32: (Tensor, Tensor, Tensor),
+    /// The mean `[1, d]`, the eigenvectors as columns `[d, d]` and the eigenvalues `[1, d]`.
+    consts: Consts,
 }
 
 impl GaussianDenoiser {
@@ -124,15 +146,12 @@ impl GaussianDenoiser {
             .map(|(i, j)| eig.eigenvectors[(i, j)])
             .collect();
         let to = |v: &[f64]| Tensor::from_slice(v).to_device(device);
-        let mean_t = to(&mean).view([1, d as i64]);
-        let basis = to(&basis_rows).view([d as i64, d as i64]);
-        let eig_t = to(&eigvals).view([1, d as i64]);
-        let f = |t: &Tensor| t.to_kind(Kind::Float);
         Ok(GaussianDenoiser {
-            f32: (f(&mean_t), f(&basis), f(&eig_t)),
-            mean_t,
-            basis,
-            eig_t,
+            consts: Consts::new([
+                to(&mean).view([1, d as i64]),
+                to(&basis_rows).view([d as i64, d as i64]),
+                to(&eigvals).view([1, d as i64]),
+            ]),
             mean,
             eigvals,
         })
@@ -150,16 +169,7 @@ impl GaussianDenoiser {
     }
 
     fn parts(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
-        let (dev, kind) = (x.device(), x.kind());
-        if kind == Kind::Float && self.f32.0.device() == dev {
-            let (a, b, c) = &self.f32;
-            return (a.shallow_clone(), b.shallow_clone(), c.shallow_clone());
-        }
-        (
-            self.mean_t.to_device(dev).to_kind(kind),
-            self.basis.to_device(dev).to_kind(kind),
-            self.eig_t.to_device(dev).to_kind(kind),
-        )
+        self.consts.for_input(x)
     }
 
     /// `log p(x; sigma)` of `N(mu, Sigma + sigma^2 I)` for each sample, shape `[N]`.
@@ -211,11 +221,8 @@ pub struct GaussianMixture {
     pub means: Vec<Vec<f64>>,
     /// Per-component, per-dimension standard deviations.
     pub stds: Vec<Vec<f64>>,
-    log_w: Tensor,
-    mu: Tensor,
-    var: Tensor,
-    /// The same three in float32, so a float32 call converts nothing.
-    f32: (Tensor, Tensor, Tensor),
+    /// `log w` `[1, K]`, the means `[1, K, d]` and the variances `[1, K, d]`.
+    consts: Consts,
 }
 
 impl GaussianMixture {
@@ -283,17 +290,14 @@ impl GaussianMixture {
         let flat = |v: &[Vec<f64>]| v.iter().flatten().copied().collect::<Vec<f64>>();
         let log_w: Vec<f64> = weights.iter().map(|w| w.ln()).collect();
         let var: Vec<f64> = flat(&full).iter().map(|s| s * s).collect();
-        let log_w = Tensor::from_slice(&log_w).to_device(device).view([1, ki]);
-        let mu = Tensor::from_slice(&flat(&means))
-            .to_device(device)
-            .view([1, ki, di]);
-        let var = Tensor::from_slice(&var).to_device(device).view([1, ki, di]);
-        let f = |t: &Tensor| t.to_kind(Kind::Float);
         Ok(GaussianMixture {
-            f32: (f(&log_w), f(&mu), f(&var)),
-            log_w,
-            mu,
-            var,
+            consts: Consts::new([
+                Tensor::from_slice(&log_w).to_device(device).view([1, ki]),
+                Tensor::from_slice(&flat(&means))
+                    .to_device(device)
+                    .view([1, ki, di]),
+                Tensor::from_slice(&var).to_device(device).view([1, ki, di]),
+            ]),
             weights,
             means,
             stds: full,
@@ -325,16 +329,7 @@ impl GaussianMixture {
     }
 
     fn parts(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
-        let (dev, kind) = (x.device(), x.kind());
-        if kind == Kind::Float && self.f32.0.device() == dev {
-            let (a, b, c) = &self.f32;
-            return (a.shallow_clone(), b.shallow_clone(), c.shallow_clone());
-        }
-        (
-            self.log_w.to_device(dev).to_kind(kind),
-            self.mu.to_device(dev).to_kind(kind),
-            self.var.to_device(dev).to_kind(kind),
-        )
+        self.consts.for_input(x)
     }
 
     /// Per-component log joint `log w_k + log N(x; mu_k, var_k + sigma^2)`, shape `[N, K]`,

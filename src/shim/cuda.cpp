@@ -2,19 +2,17 @@
 //   - CUDA graphs (at::cuda::CUDAGraph): warm up and capture on a side stream from libtorch's
 //     pool, then replay on the caller's current stream;
 //   - the caching allocator's peak-memory statistics (what torch.cuda.max_memory_allocated reads).
-// Every entry point catches C++ exceptions and returns a status; the message is kept per thread.
+// Every entry point returns a status (status.h).
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/core/Event.h>
 
-#include <exception>
 #include <optional>
-#include <string>
+
+#include "status.h"
 
 namespace {
-thread_local std::string last_error;
-
 struct Graph {
   at::cuda::CUDAGraph graph;
   c10::DeviceIndex device;
@@ -30,23 +28,9 @@ void wait_for(c10::cuda::CUDAStream waiter, c10::cuda::CUDAStream on) {
   ev.block(waiter.unwrap());
 }
 
-template <typename F>
-int guarded(F f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-  } catch (...) {
-    last_error = "unknown C++ exception";
-  }
-  return 1;
-}
 }  // namespace
 
 extern "C" {
-const char* scoreflow_cuda_last_error() { return last_error.c_str(); }
-
 void* scoreflow_graph_new(int device) {
   Graph* g = nullptr;
   guarded([&] { g = new Graph(static_cast<c10::DeviceIndex>(device)); });
