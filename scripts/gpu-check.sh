@@ -4,8 +4,9 @@
 #   tests.log     the CUDA tests (CPU vs CUDA samples, CUDA graphs vs eager)
 #   bench-*.json  scoreflow bench: the mixture at N = 4096, the 32x32x3 U-Net at batch 1, 64, 256
 #                 with CUDA graphs on and off
-#   train.json    bench-train: MLP and U-Net, float32 and bf16, samples/s and peak memory
-#   peers/        the peer benchmark against k-diffusion (eager, torch.compile, CUDA graphs)
+#   train/        training: scoreflow bench-train and the same step in PyTorch, MLP and U-Net at
+#                 batch 512, float32 and bf16, samples/s and peak memory (train/peers.json)
+#   peers/        the sampling peer benchmark against k-diffusion (eager, torch.compile, CUDA graphs)
 # Usage: scripts/gpu-check.sh [tests] [bench] [train] [peers]   (default: all four)
 # PEERS_ARGS adds options to peers.py, e.g. PEERS_ARGS="--unet-batches 1,64 --modes eager,reduce-overhead"
 # to fit one device call.
@@ -43,13 +44,14 @@ for part in $parts; do
     done
     ;;
   train)
-    "$bin" bench-train experiments/gmm8-train.toml --device cuda --precision float32,bf16 --steps 50 \
-      --json "$out/train-mlp.json" | tee "$out/train.log"
-    "$bin" bench-train experiments/peers/unet32.toml --device cuda --batch 512 --precision float32,bf16 --steps 20 \
-      --json "$out/train-unet32.json" | tee -a "$out/train.log"
+    # scoreflow bench-train, then the same training step in PyTorch (eager, fused optimizer,
+    # torch.compile): the MLP and the 32x32x3 U-Net at batch 512, float32 and bf16.
+    PYTHONUNBUFFERED=1 python3 experiments/peers/peers.py --scoreflow "$bin" --parts train \
+      --train experiments/gmm8-train.toml --train experiments/peers/unet32.toml --train-batch 512 \
+      --train-steps 30 --out "$out/train" 2>&1 | tee "$out/train.log"
     ;;
   peers)
-    PYTHONUNBUFFERED=1 python3 experiments/peers/peers.py --scoreflow "$bin" \
+    PYTHONUNBUFFERED=1 python3 experiments/peers/peers.py --scoreflow "$bin" --parts sample \
       --checkpoint .peers/unet32/checkpoint.safetensors --out "$out/peers" ${PEERS_ARGS:-} 2>&1 | tee "$out/peers.log"
     ;;
   esac

@@ -1,14 +1,14 @@
 //! `scoreflow bench`: how close each sampler runs to its floor, NFE x one denoiser call.
 //! A benchmark, not a test: it prints ratios measured in one run.
 
+use crate::device::{self, sync};
 use crate::job::{self, GridArgs};
-use crate::{device, model};
-use anyhow::{bail, Result};
+use crate::model;
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use scoreflow_solvers::samplers::NAMES;
 use scoreflow_solvers::{Denoiser, SamplerSpec};
 use std::time::Instant;
-use tch::Device;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -41,12 +41,6 @@ pub struct BenchArgs {
     /// Also write the results as JSON.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
-}
-
-fn sync(d: Device) {
-    if let Device::Cuda(i) = d {
-        tch::Cuda::synchronize(i as i64);
-    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -196,8 +190,12 @@ pub struct BenchTrainArgs {
     pub json: Option<std::path::PathBuf>,
 }
 
-/// Training throughput: the time of `10 + steps` steps minus the time of 10 steps (both from
-/// scratch, so set-up, warm-up and the final checkpoint cancel), as samples per second.
+/// Untimed training steps before the timed ones.
+const WARMUP: usize = 10;
+
+/// Training throughput: one run of `10 + steps` steps, of which the last `steps` are timed (the
+/// device synchronized before and after; set-up, warm-up and the final checkpoint are not), as
+/// samples per second.
 pub fn run_train(a: BenchTrainArgs) -> Result<()> {
     use crate::train::{self, RunOpts, TrainConfig};
     if a.steps == 0 {
@@ -237,29 +235,27 @@ pub fn run_train(a: BenchTrainArgs) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("scoreflow-bench-{}", std::process::id()));
     for (name, mut cfg, dev) in jobs {
         cfg.out_dir = dir.clone();
-        cfg.train.steps = 10 + a.steps;
+        cfg.train.steps = WARMUP + a.steps;
         cfg.train.checkpoint_every = usize::MAX;
         cfg.train.log_every = usize::MAX;
         cfg.train.snapshot_samples = Some(0);
-        let time = |stop: usize| -> Result<f64> {
-            let _ = std::fs::remove_dir_all(&dir);
-            let t = Instant::now();
-            train::run(
-                &cfg,
-                &RunOpts {
-                    resume: false,
-                    stop_at: Some(stop),
-                    quiet: true,
-                },
-            )?;
-            Ok(t.elapsed().as_secs_f64())
-        };
-        let short = time(10)?;
+        let _ = std::fs::remove_dir_all(&dir);
         crate::cuda::reset_peak_memory(dev);
-        let long = time(10 + a.steps)?;
+        let report = train::run(
+            &cfg,
+            &RunOpts {
+                resume: false,
+                stop_at: None,
+                quiet: true,
+                time_from: Some(WARMUP),
+            },
+        )?;
         let peak = crate::cuda::peak_memory(dev);
         let _ = std::fs::remove_dir_all(&dir);
-        let per_step = ((long - short) / a.steps as f64).max(1e-9);
+        let (n, secs) = report
+            .timed
+            .context("bench-train: the run timed no steps")?;
+        let per_step = secs / n as f64;
         let samples_per_s = cfg.train.batch as f64 / per_step;
         println!(
             "{:<28} {:>8} {:>9} {:>6} {:>12.2} {:>14.0} {:>12}",
@@ -277,7 +273,10 @@ pub fn run_train(a: BenchTrainArgs) -> Result<()> {
         records.push(serde_json::json!({
             "config": name, "device": device::name(dev), "precision": cfg.train.precision,
             "batch": cfg.train.batch, "step_s": per_step, "samples_per_s": samples_per_s,
-            "peak_bytes": peak,
+            "peak_bytes": peak, "steps": a.steps, "parameters": report.parameters,
+            "shape": report.shape, "num_classes": report.num_classes,
+            // What a peer needs to train the same model the same way (experiments/peers/peers.py).
+            "train_config": &cfg,
         }));
     }
     if let Some(path) = &a.json {

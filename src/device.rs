@@ -28,6 +28,13 @@ pub fn parse(spec: &str) -> Result<Device> {
     }
 }
 
+/// Wait for the device's queued work (a no-op on the CPU); before reading a clock.
+pub fn sync(d: Device) {
+    if let Device::Cuda(i) = d {
+        Cuda::synchronize(i as i64);
+    }
+}
+
 /// How a device is printed in results: `cpu`, `cuda:0`.
 pub fn name(d: Device) -> String {
     match d {

@@ -391,6 +391,7 @@ fn load_model(spec: &ModelSpec, dev: Device) -> Result<Loaded> {
                         resume: false,
                         stop_at: None,
                         quiet: false,
+                        time_from: None,
                     },
                 )?;
                 if report.checkpoint != *path {

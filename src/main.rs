@@ -71,6 +71,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             resume: a.resume,
             stop_at: a.stop_at,
             quiet: false,
+            time_from: None,
         },
     )?;
     let last = report.losses.last().map(|l| l.1);

@@ -216,6 +216,9 @@ pub struct RunOpts {
     /// Stop after this step (default: train.steps); for tests and interrupted runs.
     pub stop_at: Option<usize>,
     pub quiet: bool,
+    /// Time the steps from this one to the end (the device synchronized at both ends), for
+    /// `bench-train`; the time is in `Report::timed`.
+    pub time_from: Option<usize>,
 }
 
 /// What a run produced.
@@ -224,6 +227,13 @@ pub struct Report {
     pub losses: Vec<(usize, f64)>,
     pub checkpoint: PathBuf,
     pub final_step: usize,
+    /// Per-sample shape of the data, number of classes (0: unconditional) and the number of
+    /// trained parameters (the fixed Fourier frequencies excluded).
+    pub shape: Vec<i64>,
+    pub num_classes: usize,
+    pub parameters: i64,
+    /// With `RunOpts::time_from`: the number of timed steps and their wall time in seconds.
+    pub timed: Option<(usize, f64)>,
 }
 
 struct Adam {
@@ -380,7 +390,13 @@ fn train_loop(
     let params_t: Vec<Tensor> = params.iter().map(|(_, p)| p.shallow_clone()).collect();
     let ema_t: Vec<Tensor> = ema_params.iter().map(|(_, e)| e.shallow_clone()).collect();
     let mut step_t = Tensor::zeros([], (Kind::Float, dev));
+    let mut timer: Option<(usize, Instant)> = None;
+    let mut timed = None;
     for step in start..end {
+        if opts.time_from == Some(step) {
+            device::sync(dev);
+            timer = Some((step, Instant::now()));
+        }
         tch::manual_seed(step_seed(cfg.seed, step));
         let idx = Tensor::randint(n_data, [t.batch], (Kind::Int64, dev));
         let y = x_all.index_select(0, &idx);
@@ -447,6 +463,10 @@ fn train_loop(
         interval_samples += t.batch;
         bar.inc(1);
         let done = step + 1;
+        if let (Some((from, t0)), true) = (timer, done == end) {
+            device::sync(dev);
+            timed = Some((done - from, t0.elapsed().as_secs_f64()));
+        }
         let at_log = done % t.log_every == 0 || done == end;
         let at_ckpt = done % t.checkpoint_every == 0 || done == end;
         if at_log || at_ckpt {
@@ -524,6 +544,10 @@ fn train_loop(
         losses,
         checkpoint: ckpt_path.to_path_buf(),
         final_step: end.max(start),
+        shape: data.shape(),
+        num_classes: model.net.num_classes,
+        parameters: trainable.iter().map(|&i| params[i].1.numel() as i64).sum(),
+        timed,
     })
 }
 

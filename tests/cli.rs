@@ -570,12 +570,10 @@ fn cuda_and_cpu_agree_on_the_digits_unet_with_and_without_graphs() {
     }
 }
 
-#[test]
-fn k_diffusion_gives_the_same_samples_as_scoreflow() {
-    // An independent implementation of the deterministic samplers: k-diffusion's
-    // sample_euler, sample_heun, sample_dpmpp_2m, sample_dpm_2, sample_lms and
-    // sample_dpmpp_3m_sde (eta = 0), around PyTorch twins of the exact mixture and of the digits
-    // U-Net (weights loaded from the checkpoint), from the same noise on the same Karras grid.
+/// `python3 experiments/peers/peers.py ARGS --out DIR` with k-diffusion on the path (installed by
+/// scripts/test.sh into .peers/site), and the peers.json it wrote; None (after printing why)
+/// where k-diffusion is not installed.
+fn peers(args: &[&str], dir: &Path) -> Option<serde_json::Value> {
     let (Ok(py), Ok(site)) = (
         std::env::var("SCOREFLOW_PEERS_PYTHON"),
         std::env::var("SCOREFLOW_PEERS_SITE"),
@@ -583,25 +581,21 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         println!(
             "skipped: k-diffusion is not installed (scripts/test.sh installs it into .peers/site)"
         );
-        return;
+        return None;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = tempfile::tempdir().unwrap();
     let path = match std::env::var("PYTHONPATH") {
         Ok(p) if !p.is_empty() => format!("{site}:{p}"),
         _ => site,
     };
     let o = Command::new(py)
         .env("PYTHONPATH", path)
+        .current_dir(root)
         .arg(root.join("experiments/peers/peers.py"))
-        .args([
-            "--scoreflow",
-            env!("CARGO_BIN_EXE_scoreflow"),
-            "--checkpoint",
-        ])
-        .arg(root.join("runs/digits/checkpoint.safetensors"))
-        .args(["--check-only", "--device", "cpu", "--out"])
-        .arg(dir.path())
+        .args(["--scoreflow", env!("CARGO_BIN_EXE_scoreflow")])
+        .args(args)
+        .args(["--device", "cpu", "--out"])
+        .arg(dir)
         .output()
         .unwrap();
     assert!(
@@ -611,11 +605,31 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         stderr(&o)
     );
     println!("{}", String::from_utf8_lossy(&o.stdout));
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("peers.json")).unwrap())
-            .unwrap();
+    Some(serde_json::from_str(&std::fs::read_to_string(dir.join("peers.json")).unwrap()).unwrap())
+}
+
+#[test]
+fn k_diffusion_gives_the_same_samples_as_scoreflow() {
+    // An independent implementation of the deterministic samplers: k-diffusion's
+    // sample_euler, sample_heun, sample_dpmpp_2m, sample_dpm_2, sample_lms and
+    // sample_dpmpp_3m_sde (eta = 0), around PyTorch twins of the exact mixture, of the gmm8 MLP
+    // and of the digits U-Net (weights loaded from the checkpoints), from the same noise on the
+    // same Karras grid.
+    let dir = tempfile::tempdir().unwrap();
+    let Some(v) = peers(
+        &[
+            "--checkpoint",
+            "runs/gmm8/checkpoint.safetensors",
+            "--checkpoint",
+            "runs/digits/checkpoint.safetensors",
+            "--check-only",
+        ],
+        dir.path(),
+    ) else {
+        return;
+    };
     let checks = v["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 2 * 6);
+    assert_eq!(checks.len(), 3 * 6);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),
@@ -625,6 +639,53 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         // integrates its coefficients numerically (scipy quad, epsrel 1e-4).
         let tol = if c["sampler"] == "lms" { 5e-4 } else { 1e-4 } * scale.max(1.0);
         assert!(diff <= tol, "{c}");
+    }
+}
+
+#[test]
+fn the_pytorch_training_peer_times_the_same_models() {
+    // The training half of the peer benchmark: scoreflow bench-train, then the same step in
+    // PyTorch on twins of the same networks (peers.py stops with an error where the parameter
+    // counts differ). Output only; no speed is asserted.
+    let dir = tempfile::tempdir().unwrap();
+    let Some(v) = peers(
+        &[
+            "--parts",
+            "train",
+            "--train",
+            "experiments/gmm8-train.toml",
+            "--train",
+            "experiments/digits.toml",
+            "--train-batch",
+            "8",
+            "--train-steps",
+            "2",
+            "--train-precisions",
+            "float32",
+            "--train-modes",
+            "eager,eager-fused",
+        ],
+        dir.path(),
+    ) else {
+        return;
+    };
+    assert_eq!(v["complete"], true);
+    let rows = v["train_rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2 * 2, "{v}");
+    assert!(v["rows"].as_array().unwrap().is_empty(), "no sampling rows");
+    for (r, (config, params)) in rows.iter().zip([
+        ("gmm8-train.toml", 169_986),
+        ("gmm8-train.toml", 169_986),
+        ("digits.toml", 702_753),
+        ("digits.toml", 702_753),
+    ]) {
+        assert_eq!(r["config"], config);
+        assert_eq!(r["parameters"], params, "{r}");
+        assert_eq!(r["batch"], 8);
+        for k in ["sf_samples_per_s", "torch_samples_per_s", "sf_over_torch"] {
+            let x = r[k].as_f64().unwrap();
+            assert!(x.is_finite() && x > 0.0, "{k}: {r}");
+        }
     }
 }
 
@@ -659,6 +720,15 @@ fn bench_train_times_each_precision_and_checks_them_all_first() {
         assert_eq!(row["batch"], 64);
         assert!(row["samples_per_s"].as_f64().unwrap() > 0.0);
         assert!(row["peak_bytes"].is_null(), "no peak memory on the CPU");
+        assert_eq!(row["steps"], 1);
+        assert_eq!(row["shape"], serde_json::json!([2]));
+        assert_eq!(row["num_classes"], 0);
+        assert_eq!(row["train_config"]["train"]["batch"], 64);
+        // 2 -> 128 residual MLP, 3 blocks, 16 Fourier features (their frequencies not counted).
+        let (h, f) = (128, 16);
+        let emb = 2 * f * h + h + h * h + h;
+        let blocks = 3 * 3 * (h * h + h);
+        assert_eq!(row["parameters"], emb + (2 * h + h) + blocks + (h * 2 + 2));
     }
     // An unknown precision anywhere in the list: an error before any row, no JSON.
     let bad = dir.path().join("bad.json");

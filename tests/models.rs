@@ -161,6 +161,7 @@ fn class_conditional_models_sample_with_guidance() {
             resume: false,
             stop_at: None,
             quiet: true,
+            time_from: None,
         },
     )
     .unwrap();
@@ -266,6 +267,7 @@ log_every = 50
             resume: false,
             stop_at: None,
             quiet: true,
+            time_from: None,
         },
     )
     .unwrap();

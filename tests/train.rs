@@ -53,6 +53,7 @@ fn mlp_learns_the_8_mode_mixture() {
             resume: false,
             stop_at: None,
             quiet: true,
+            time_from: None,
         },
     )
     .unwrap();
@@ -113,6 +114,7 @@ fn resumed_training_continues_exactly() {
             resume: false,
             stop_at: None,
             quiet: true,
+            time_from: None,
         },
     )
     .unwrap();
@@ -123,6 +125,7 @@ fn resumed_training_continues_exactly() {
             resume: false,
             stop_at: Some(17),
             quiet: true,
+            time_from: None,
         },
     )
     .unwrap();
@@ -136,6 +139,7 @@ fn resumed_training_continues_exactly() {
             resume: true,
             stop_at: None,
             quiet: true,
+            time_from: None,
         },
     )
     .unwrap();
@@ -263,6 +267,7 @@ fn corrupt_and_mismatched_checkpoints_are_errors() {
             resume: false,
             stop_at: None,
             quiet: true,
+            time_from: None,
         },
     )
     .unwrap();
@@ -280,6 +285,7 @@ fn corrupt_and_mismatched_checkpoints_are_errors() {
             resume: true,
             stop_at: None,
             quiet: true,
+            time_from: None,
         },
     )
     .err()
@@ -345,6 +351,7 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
             resume: false,
             stop_at: Some(10),
             quiet: true,
+            time_from: None,
         },
     )
     .unwrap();
@@ -356,6 +363,7 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
             resume: true,
             stop_at: None,
             quiet: true,
+            time_from: None,
         },
     )
     .err()
@@ -382,6 +390,7 @@ fn bf16_autocast_trains_close_to_float32() {
             resume: false,
             stop_at: None,
             quiet: true,
+            time_from: None,
         },
     )
     .unwrap();
@@ -393,6 +402,7 @@ fn bf16_autocast_trains_close_to_float32() {
             resume: false,
             stop_at: None,
             quiet: true,
+            time_from: None,
         },
     )
     .unwrap();

@@ -3,9 +3,9 @@
 What it does (docs/performance.md has the figures and the commands):
 
 1. Builds the PyTorch twins of scoreflow's models: the exact Gaussian-mixture denoiser
-   (scoreflow's `builtin:gmm8`) and scoreflow's U-Net, whose weights it loads from a scoreflow
-   checkpoint with strict name and shape matching, so the layers, widths and parameter count are
-   those of the Rust network (both counts are printed).
+   (scoreflow's `builtin:gmm8`) and scoreflow's MLP and U-Net, whose weights it loads from a
+   scoreflow checkpoint with strict name and shape matching, so the layers, widths and parameter
+   count are those of the Rust network (both counts are printed).
 2. Checks that the two are the same model: k-diffusion's `sample_euler`, `sample_heun` and
    `sample_dpmpp_2m` and `scoreflow sample` start from the same noise file on the same Karras
    grid; the final samples must agree within float32 tolerance.
@@ -13,6 +13,9 @@ What it does (docs/performance.md has the figures and the commands):
    samplers around the PyTorch twin, eager and under torch.compile (and, on CUDA,
    torch.compile(mode="reduce-overhead"), i.e. CUDA graphs), warm-up first, median of reps,
    synchronizing before every clock read. Prints the table and writes peers.json.
+4. With --train: times `scoreflow bench-train` on those training configs and then the same
+   training step (EDM loss, Adam, clipping, EMA) in PyTorch on a twin of the same network,
+   eager, with the fused optimizer kernels, and under torch.compile; `train_rows` in peers.json.
 
 k-diffusion's package `__init__` imports heavy training dependencies, so only its
 `k_diffusion/sampling.py` is loaded, by file path; where its `utils.py` cannot be imported (no
@@ -134,6 +137,36 @@ class NoiseEmbedding(nn.Module):
         return e
 
 
+class MlpBlock(nn.Module):
+    def __init__(self, hidden):
+        super().__init__()
+        self.fc1, self.temb, self.fc2 = (nn.Linear(hidden, hidden) for _ in range(3))
+
+    def forward(self, h, temb):
+        return h + self.fc2(F.silu(self.fc1(F.silu(h)) + self.temb(temb)))
+
+
+class Mlp(NoiseEmbedding):
+    """scoreflow's residual MLP (src/nn.rs): h = W_in x + E, then `depth` blocks
+    h <- h + W2 silu(W1 silu(h) + T_i E), then W_out silu(h), E = silu(noise embedding); the
+    embedding's layers sit at the top level, as in the Rust network."""
+
+    def __init__(self, shape, hidden, depth, fourier_features, classes, **_):
+        super().__init__(fourier_features, hidden, classes)
+        self.in_ = nn.Linear(shape[0], hidden)
+        self.depth = depth
+        for i in range(depth):
+            self.add_module(f"block{i}", MlpBlock(hidden))
+        self.out = nn.Linear(hidden, shape[0])
+
+    def forward(self, x, c_noise, labels):
+        temb = F.silu(NoiseEmbedding.forward(self, c_noise, labels))
+        h = self.in_(x) + temb
+        for i in range(self.depth):
+            h = getattr(self, f"block{i}")(h, temb)
+        return self.out(F.silu(h))
+
+
 class ResBlock(nn.Module):
     def __init__(self, i, o, emb):
         super().__init__()
@@ -241,14 +274,13 @@ class EdmPrecond(nn.Module):
         super().__init__()
         self.net, self.sigma_data, self.classes = net, sigma_data, classes
 
-    def forward(self, x, sigma):
+    def forward(self, x, sigma, labels=None):
         sd2 = self.sigma_data**2
-        s = sigma.reshape(-1, 1, 1, 1).float()
+        s = sigma.reshape((-1,) + (1,) * (x.ndim - 1)).float()
         c_skip = sd2 / (s**2 + sd2)
         c_out = s * self.sigma_data * (s**2 + sd2).rsqrt()
         c_in = (s**2 + sd2).rsqrt()
-        labels = None
-        if self.classes > 0:
+        if labels is None and self.classes > 0:
             labels = torch.full((x.shape[0],), self.classes, dtype=torch.long, device=x.device)
         f = self.net(x * c_in, s.flatten().log() / 4, labels)
         return c_skip * x + c_out * f
@@ -275,15 +307,17 @@ def read_safetensors(path):
         return out, meta
 
 
-def unet_from_checkpoint(path):
+def model_from_checkpoint(path):
+    """The EDM-preconditioned PyTorch twin (MLP or U-Net) of a scoreflow checkpoint, with its EMA
+    weights."""
     tensors, meta = read_safetensors(path)
     cfg = json.loads(meta["config"])
     shape = json.loads(meta["shape"])
     classes = int(meta["num_classes"])
     bb, pc = cfg["model"]["backbone"], cfg["model"]["precond"]
-    if bb["kind"] != "unet" or pc["kind"] != "edm":
-        sys.exit(f"peers: {path} is not an EDM-preconditioned U-Net")
-    net = Unet(shape, classes=classes, **{k: v for k, v in bb.items() if k != "kind"})
+    if bb["kind"] not in ("mlp", "unet") or pc["kind"] != "edm":
+        sys.exit(f"peers: {path} is not an EDM-preconditioned MLP or U-Net")
+    net = {"mlp": Mlp, "unet": Unet}[bb["kind"]](shape, classes=classes, **{k: v for k, v in bb.items() if k != "kind"})
     rename = lambda k: ("in_" + k[2:] if k.startswith("in.") else k).replace(".class.", ".class_.")
     ema = {rename(k[4:]): v for k, v in tensors.items() if k.startswith("ema.")}
     net.load_state_dict(ema, strict=True)  # the same names and shapes as the Rust network
@@ -332,6 +366,107 @@ def kd_sampler(sampling, name):
     return lambda model, x, sigmas: f(model, x, sigmas, disable=True, **kw)
 
 
+# --------------------------------------------------------------------------- training
+
+
+def train_twin(rec):
+    """The PyTorch twin of the model a `scoreflow bench-train --json` record trained (fresh
+    weights: only the architecture matters for the speed)."""
+    cfg, shape, classes = rec["train_config"], rec["shape"], rec["num_classes"]
+    bb, pc, loss = cfg["model"]["backbone"], cfg["model"]["precond"], cfg["loss"]
+    if pc["kind"] != "edm" or loss["kind"] != "edm" or loss.get("min_snr_gamma") is not None:
+        sys.exit(f"peers: {rec['config']}: the training peer covers the EDM loss with EDM preconditioning only")
+    kw = {k: v for k, v in bb.items() if k != "kind"}
+    net = {"mlp": Mlp, "unet": Unet}[bb["kind"]](shape, classes=classes, **kw)
+    with torch.no_grad():
+        net.get_buffer("fourier_freqs" if bb["kind"] == "mlp" else "emb.fourier_freqs").normal_(0.0, bb.get("fourier_scale", 1.0))
+    return EdmPrecond(net, pc["sigma_data"], classes)
+
+
+# Training modes of the peer. eager: what a PyTorch user writes: torch.optim.Adam with its
+# defaults (foreach kernels on CUDA), torch.nn.utils.clip_grad_norm_, and NVlabs/edm's EMA loop
+# (training_loop.py: one lerp per parameter). eager-fused: Adam(fused=True) and one
+# torch._foreach_lerp_ for the EMA (what scoreflow does). compile: eager with the network under
+# torch.compile.
+TRAIN_MODES = ("eager", "eager-fused", "compile")
+
+
+def time_training(rec, mode, dev, steps, warmup=10):
+    """Samples/s of the scoreflow training step (src/train.rs) written in PyTorch: the batch drawn
+    on the device, ln sigma ~ N(P_mean, P_std^2), EDM loss weight, bf16 autocast of the loss where
+    asked, Adam without weight decay, gradient clipping, linear lr warm-up, EMA with a half-life in
+    samples; losses read once at the end. `warmup` steps first, then `steps` timed steps."""
+    cfg, shape, classes, batch = rec["train_config"], rec["shape"], rec["num_classes"], rec["batch"]
+    t, loss_cfg = cfg["train"], cfg["loss"]
+    torch.manual_seed(0)
+    model = train_twin(rec).to(dev).train()
+    ema = train_twin(rec).to(dev).eval().requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    params = [p for p in model.parameters()]
+    ema_params = [p for p in ema.parameters()]
+    n_params = sum(p.numel() for p in params)
+    n = max(4 * batch, 4096)
+    data = torch.randn([n] + shape, device=dev)
+    labels_all = torch.randint(classes, (n,), device=dev) if classes else None
+    fused = mode == "eager-fused"
+    opt = torch.optim.Adam(params, lr=t["lr"], betas=(0.9, 0.999), eps=1e-8, fused=True if fused else None)
+    fwd = torch.compile(model) if mode == "compile" else model
+    sd = loss_cfg.get("sigma_data") or model.sigma_data
+    p_mean, p_std = loss_cfg["p_mean"], loss_cfg["p_std"]
+    dims = tuple(range(1, 1 + len(shape)))
+    bf16 = rec["precision"] == "bf16"
+
+    def per_sample(y, labels):
+        sigma = (torch.randn(batch, device=dev) * p_std + p_mean).exp()
+        w = (sigma**2 + sd * sd) / (sigma * sd) ** 2
+        noise = torch.randn_like(y) * sigma.reshape((-1,) + (1,) * len(shape))
+        d = fwd(y + noise, sigma, labels)
+        return (d - y).square().mean(dims) * w
+
+    def step(i):
+        idx = torch.randint(n, (batch,), device=dev)
+        y = data.index_select(0, idx)
+        labels = None
+        if labels_all is not None:
+            labels = labels_all.index_select(0, idx)
+            drop = torch.rand(batch, device=dev) < t["label_dropout"]
+            labels = labels.masked_fill(drop, classes)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            per = per_sample(y, labels)
+        loss = per.float().mean()
+        loss.backward()
+        if t.get("grad_clip") is not None:
+            torch.nn.utils.clip_grad_norm_(params, t["grad_clip"])
+        warm = t.get("warmup_steps", 0)
+        for g in opt.param_groups:
+            g["lr"] = t["lr"] * (min((i + 1) / warm, 1.0) if warm > 0 else 1.0)
+        opt.step()
+        seen = (i + 1) * batch
+        half_life = t["ema_half_life"] if t.get("ema_rampup") is None else min(t["ema_half_life"], seen * t["ema_rampup"])
+        beta = 0.5 ** (batch / max(half_life, 1e-8))
+        with torch.no_grad():
+            if fused:
+                torch._foreach_lerp_(ema_params, params, 1.0 - beta)
+            else:
+                for pe, pn in zip(ema_params, params):
+                    pe.copy_(pn.detach().lerp(pe, beta))
+        return loss.detach()
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    losses = [step(i) for i in range(warmup)]
+    sync(dev)
+    t0 = time.perf_counter()
+    losses += [step(warmup + i) for i in range(steps)]
+    sync(dev)
+    per_step = (time.perf_counter() - t0) / steps
+    if not torch.stack(losses).isfinite().all():
+        sys.exit(f"peers: the PyTorch training of {rec['config']} ({mode}, {rec['precision']}) gave a non-finite loss")
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
+    return per_step, n_params, peak
+
+
 def scoreflow(binary, args):
     p = subprocess.run([binary] + args, capture_output=True, text=True)
     if p.returncode != 0:
@@ -342,7 +477,7 @@ def scoreflow(binary, args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scoreflow", required=True, help="the scoreflow binary")
-    ap.add_argument("--checkpoint", action="append", default=[], help="scoreflow U-Net checkpoint(s)")
+    ap.add_argument("--checkpoint", action="append", default=[], help="scoreflow checkpoint(s) of EDM-preconditioned MLPs or U-Nets")
     ap.add_argument("--unet-batches", default="1,64,256")
     ap.add_argument("--mixture-batch", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=18)
@@ -356,7 +491,20 @@ def main():
     ap.add_argument("--check-tol", type=float, default=1e-3,
                     help="largest difference that counts as the same samples, relative to max(1, max |x|); "
                          "a disagreement is reported, the timing still runs, and the exit code is 1")
+    ap.add_argument("--parts", default="sample,train", help="sample (the samplers), train (the training step)")
+    ap.add_argument("--train", action="append", default=[],
+                    help="scoreflow training config(s) whose training step is timed both ways (EDM loss and preconditioning)")
+    ap.add_argument("--train-batch", type=int, help="override the training configs' batch size")
+    ap.add_argument("--train-precisions", default="float32,bf16")
+    ap.add_argument("--train-steps", type=int, default=20, help="timed training steps (after 10 warm-up steps)")
+    ap.add_argument("--train-modes", default=",".join(TRAIN_MODES))
     a = ap.parse_args()
+    parts = set(p for p in a.parts.split(",") if p)
+    if parts - {"sample", "train"}:
+        ap.error(f"unknown --parts {sorted(parts - {'sample', 'train'})}")
+    train_modes = [m for m in a.train_modes.split(",") if m]
+    if set(train_modes) - set(TRAIN_MODES):
+        ap.error(f"unknown --train-modes {sorted(set(train_modes) - set(TRAIN_MODES))}")
 
     os.makedirs(a.out, exist_ok=True)
     dev = torch.device(a.device)
@@ -368,16 +516,29 @@ def main():
     torch.backends.cudnn.benchmark = False
 
     models = [("gmm8", gmm8().to(dev), [2], [a.mixture_batch], ["--denoiser", "builtin:gmm8"])]
-    for ck in a.checkpoint:
-        m, shape, n_rust, n_torch = unet_from_checkpoint(ck)
-        print(f"U-Net {ck}: {n_rust} parameters in the scoreflow checkpoint, {n_torch} in the PyTorch twin")
+    for ck in (a.checkpoint if "sample" in parts else []):
+        m, shape, n_rust, n_torch = model_from_checkpoint(ck)
+        print(f"{ck}: {n_rust} parameters in the scoreflow checkpoint, {n_torch} in the PyTorch twin")
         if n_rust != n_torch:
             sys.exit("peers: parameter counts differ")
         batches = [int(b) for b in a.unet_batches.split(",") if b]
         label = os.path.basename(os.path.dirname(os.path.abspath(ck))) or os.path.basename(ck)
-        models.append((f"unet:{label}", m.to(dev), shape, batches, ["--checkpoint", ck]))
+        models.append((f"{type(m.net).__name__.lower()}:{label}", m.to(dev), shape, batches, ["--checkpoint", ck]))
 
-    rows, checks = [], []
+    if "sample" not in parts:
+        models = []
+    rows, checks, train_rows = [], [], []
+    info = {"torch": torch.__version__, "device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+            "steps": a.steps, "reps": a.reps, "kdiffusion_sampling": os.path.join(kd_root, "sampling.py")}
+
+    def save(complete):
+        """peers.json, rewritten (atomically) after every measurement: a run cut short still
+        leaves what it measured, with "complete": false."""
+        tmp = os.path.join(a.out, "peers.json.partial")
+        with open(tmp, "w") as f:
+            json.dump({"info": info, "complete": complete, "checks": checks, "rows": rows, "train_rows": train_rows}, f, indent=1)
+        os.replace(tmp, os.path.join(a.out, "peers.json"))
+
     sf_dev = "cuda" if dev.type == "cuda" else "cpu"
     # scoreflow's own timings first, before this process has run any torch kernels (on a small
     # CPU machine, idle-spinning OpenMP threads of this process would slow the child down).
@@ -387,6 +548,13 @@ def main():
         scoreflow(a.scoreflow, ["bench", *sf_model, "--num", ",".join(map(str, batches)), "--steps", str(a.steps),
                                 "--solvers", ",".join(samplers), "--reps", str(a.reps), "--device", sf_dev, "--json", js])
         sf_all[name] = {(r["batch"], r["sampler"]): r for r in json.load(open(js))}
+    sf_train = []
+    if "train" in parts and a.train and not a.check_only:
+        js = os.path.join(a.out, "scoreflow-train.json")
+        scoreflow(a.scoreflow, ["bench-train", *a.train, "--device", sf_dev, "--precision", a.train_precisions,
+                                "--steps", str(a.train_steps), "--json", js]
+                  + (["--batch", str(a.train_batch)] if a.train_batch else []))
+        sf_train = json.load(open(js))
     for name, model, shape, batches, sf_model in models:
         # 1. Same model, same algorithm: compare final samples from one noise file.
         n_check = 8
@@ -406,6 +574,7 @@ def main():
                 checks.append({"model": name, "sampler": s, "max_abs_diff": err, "max_abs": scale, "agree": agree})
                 print(f"same samples? {name:<28} {s:<9} max |scoreflow - k-diffusion| = {err:.2e} (max |x| {scale:.2f})"
                       + ("" if agree else f"  DISAGREE (tolerance {a.check_tol} x max(1, max |x|))"))
+                save(False)
 
         if a.check_only:
             continue
@@ -432,18 +601,43 @@ def main():
                             "kd_over_sf": wall / r["wall_s"], "sf_ratio": r["ratio"],
                             "kd_overhead_per_nfe_us": (wall - r["nfe"] * call) / r["nfe"] * 1e6,
                         })
+                        print(f"measured: {name} batch {b} {s} {mode}: scoreflow {r['wall_s'] * 1e3:.3f} ms, "
+                              f"k-diffusion {wall * 1e3:.3f} ms", flush=True)
+                        save(False)
+
+    # 3. The training step: scoreflow bench-train's figures (above) against the PyTorch twin.
+    for rec in sf_train:
+        for mode in train_modes:
+            if mode == "compile":
+                torch._dynamo.reset()
+            step_s, n_torch, peak = time_training(rec, mode, dev, a.train_steps)
+            if n_torch != rec["parameters"]:
+                sys.exit(f"peers: {rec['config']}: {rec['parameters']} parameters in scoreflow, {n_torch} in the twin")
+            train_rows.append({
+                "config": rec["config"], "precision": rec["precision"], "batch": rec["batch"], "mode": mode,
+                "parameters": n_torch, "sf_samples_per_s": rec["samples_per_s"], "torch_samples_per_s": rec["batch"] / step_s,
+                "sf_over_torch": rec["samples_per_s"] * step_s / rec["batch"],
+                "sf_peak_bytes": rec["peak_bytes"], "torch_peak_bytes": peak,
+            })
+            print(f"measured: {rec['config']} {rec['precision']} batch {rec['batch']} {mode}: scoreflow "
+                  f"{rec['samples_per_s']:.0f} samples/s, PyTorch {rec['batch'] / step_s:.0f}", flush=True)
+            save(False)
 
     hdr = f"{'model':<28} {'batch':>5} {'sampler':<9} {'mode':<15} {'nfe':>4} {'scoreflow ms':>12} {'k-diff ms':>10} {'k-diff/sf':>9} {'sf wall/(nfe*call)':>18}"
-    print(hdr)
+    if rows:
+        print(hdr)
     for r in rows:
         print(f"{r['model']:<28} {r['batch']:>5} {r['sampler']:<9} {r['mode']:<15} {r['nfe']:>4} "
               f"{r['sf_wall_s'] * 1e3:>12.3f} {r['kd_wall_s'] * 1e3:>10.3f} {r['kd_over_sf']:>9.2f} {r['sf_ratio']:>18.3f}")
-    info = {"torch": torch.__version__, "device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-            "steps": a.steps, "reps": a.reps, "kdiffusion_sampling": os.path.join(kd_root, "sampling.py")}
-    tmp = os.path.join(a.out, "peers.json.partial")
-    with open(tmp, "w") as f:
-        json.dump({"info": info, "checks": checks, "rows": rows}, f, indent=1)
-    os.replace(tmp, os.path.join(a.out, "peers.json"))
+    if train_rows:
+        mib = lambda b: "-" if b is None else f"{b / 2**20:.0f}"
+        print(f"{'config':<20} {'precision':<9} {'batch':>5} {'mode':<12} {'params':>9} {'scoreflow/s':>11} "
+              f"{'torch/s':>9} {'sf/torch':>8} {'sf MiB':>7} {'torch MiB':>9}")
+        for r in train_rows:
+            print(f"{r['config']:<20} {r['precision']:<9} {r['batch']:>5} {r['mode']:<12} {r['parameters']:>9} "
+                  f"{r['sf_samples_per_s']:>11.0f} {r['torch_samples_per_s']:>9.0f} {r['sf_over_torch']:>8.2f} "
+                  f"{mib(r['sf_peak_bytes']):>7} {mib(r['torch_peak_bytes']):>9}")
+    save(True)
     print(f"wrote {os.path.join(a.out, 'peers.json')}")
     bad = [f"{c['model']}/{c['sampler']}" for c in checks if not c["agree"]]
     if bad:
