@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU check, run on the device machine from the repo root after scripts/gpu-prepare.sh
 # here (carry: device-bin, .whl). Writes everything under ${OUT:-out/gpu}:
-#   tests.log     the CUDA tests (CPU vs CUDA samples, CUDA graphs vs eager)
+#   tests.log     the CUDA tests (CPU vs CUDA samples, CUDA graphs vs eager, the Brownian tree
+#                 on the device vs the host)
 #   bench-*.json  scoreflow bench: the mixture at N = 4096, the 32x32x3 U-Net at batch 1, 64, 256
 #                 with CUDA graphs on and off
 #   train/        training: scoreflow bench-train and the same step in PyTorch, MLP and U-Net at

@@ -98,6 +98,31 @@ fn cuda_graph_replay_matches_the_eager_network() {
 }
 
 #[test]
+fn the_brownian_tree_on_cuda_equals_the_host_tree() {
+    // On CUDA the tree's normals are generated on the device (int64 tensor ops); on the CPU in
+    // Rust. Same keys, same walk: the same increments up to the last place of log and cos.
+    use scoreflow::solvers::noise::{BrownianNoise, NoiseSource, STREAM_STEP};
+    if !tch::Cuda::is_available() {
+        println!(
+            "skipped: no CUDA device on this machine (the same test runs where one is present)"
+        );
+        return;
+    }
+    let (n, shape) = (300, [3i64, 5, 7]);
+    let mut host = BrownianNoise::new(5, 0, n, &shape, 80.0, Device::Cpu, Kind::Double);
+    let mut dev = BrownianNoise::new(5, 0, n, &shape, 80.0, Device::Cuda(0), Kind::Double);
+    for (a, b) in [(80.0, 61.3), (61.3, 0.37), (0.37, 0.002), (-0.5, 0.002)] {
+        let h = host.increment(STREAM_STEP, a, b).unwrap();
+        let d = dev
+            .increment(STREAM_STEP, a, b)
+            .unwrap()
+            .to_device(Device::Cpu);
+        let err = (h - d).abs().max().double_value(&[]);
+        assert!(err < 1e-12, "interval [{a}, {b}]: max difference {err}");
+    }
+}
+
+#[test]
 fn digits_load_as_labelled_images() {
     let d = data::load(&DataConfig::Digits { path: None }, 0).unwrap();
     assert_eq!(d.x.size(), vec![1797, 1, 8, 8]);

@@ -126,9 +126,10 @@ impl BrownianNoise {
 
     /// The tree walk to `t` in `[0, span]`, which is the same for every sample: the bisection
     /// branches taken (1 left, 2 right) and the coefficients `c` with
-    /// `W(t) = c[0] sqrt(span)-scaled endpoint normal + sum_l c[1 + l] (level-l normal)`:
-    /// `W(span) = sqrt(span) Z_end`, each midpoint `W(m) = (W(a) + W(b)) / 2 + sqrt((b - a) / 4) Z_l`
-    /// (the Brownian bridge), and `W(t)` between the last two nodes linearly interpolated.
+    /// `W(t) = c[0] Z_end + sum_l c[1 + l] Z_l`, where `Z_end` is the endpoint's normal and
+    /// `Z_l` the normal of the node bisected at level `l`: `W(span) = sqrt(span) Z_end`, each
+    /// midpoint `W(m) = (W(a) + W(b)) / 2 + sqrt((b - a) / 4) Z_l` (the Brownian bridge), and
+    /// `W(t)` linear between the last two nodes.
     fn walk(&self, t: f64) -> (Vec<u64>, Vec<f64>) {
         let (mut a, mut b) = (0.0f64, self.span);
         let mut ca = vec![0.0];
