@@ -354,7 +354,7 @@ fn fmix64_tensor(z: &Tensor) -> Tensor {
 /// odd. Any `j` of any key is computed directly, on the host or (as tensor ops) on a device.
 pub fn normal_at(key: u64, j: u64) -> f64 {
     let (z0, z1) = normal_pair(key, j / 2);
-    if j % 2 == 0 {
+    if j & 1 == 0 {
         z0
     } else {
         z1
