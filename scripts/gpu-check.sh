@@ -3,8 +3,8 @@
 # here (carry: device-bin, .whl). Writes everything under ${OUT:-out/gpu}:
 #   tests.log     the CUDA tests (CPU vs CUDA samples, CUDA graphs vs eager, the Brownian tree
 #                 on the device vs the host)
-#   bench-*.json  scoreflow bench: the mixture at N = 4096, the 32x32x3 U-Net at batch 1, 64, 256
-#                 with CUDA graphs on and off
+#   bench-*.json  scoreflow bench: the mixture at N = 4096 and the 32x32x3 U-Net at batch 1, 64,
+#                 256, each with CUDA graphs on and off
 #   train/        training: scoreflow bench-train and the same step in PyTorch, MLP and U-Net at
 #                 batch 512, float32 and bf16, samples/s and peak memory (train/peers.json)
 #   peers/        the sampling peer benchmark against k-diffusion (eager, torch.compile, CUDA graphs)
@@ -37,7 +37,11 @@ for part in $parts; do
     { device-bin/test-cli cuda --nocapture; device-bin/test-models cuda --nocapture; } 2>&1 | tee "$out/tests.log"
     ;;
   bench)
-    "$bin" bench --denoiser builtin:gmm8 --num 4096 --steps 18 --device cuda --json "$out/bench-gmm8.json" | tee "$out/bench.log"
+    : > "$out/bench.log"
+    for g in auto off; do
+      SCOREFLOW_CUDA_GRAPHS=$g "$bin" bench --denoiser builtin:gmm8 --num 4096 --steps 18 --device cuda \
+        --json "$out/bench-gmm8-graphs-$g.json" | tee -a "$out/bench.log"
+    done
     for g in auto off; do
       SCOREFLOW_CUDA_GRAPHS=$g "$bin" bench --checkpoint .peers/unet32/checkpoint.safetensors --num 1,64,256 \
         --steps 18 --solvers euler,heun,dpmpp-2m,dpm2,lms,dpmpp-3m,ddim,euler-ancestral --device cuda \

@@ -157,7 +157,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "model": what, "batch": num, "sampler": spec.name(), "steps": a.steps, "nfe": nfe,
                 "wall_s": wall, "call_s": call, "ratio": wall / floor, "nfe_per_s": nfe as f64 / wall,
                 "device": device::name(dev), "dtype": a.dtype,
-                "cuda_graphs": dev.is_cuda() && trained.is_some() && crate::cuda::graphs_enabled(),
+                "cuda_graphs": dev.is_cuda() && crate::cuda::graphs_enabled(),
             }));
         }
     }

@@ -11,7 +11,7 @@
 //! peak memory is unknown.
 
 use anyhow::{bail, Result};
-use tch::Device;
+use tch::{Device, Kind, Tensor};
 
 #[cfg(scoreflow_cuda_shim)]
 mod ffi {
@@ -126,6 +126,106 @@ impl Drop for CudaGraph {
         unsafe {
             ffi::scoreflow_graph_free(self.ptr)
         }
+    }
+}
+
+/// CUDA graphs of a denoiser call `f(x, sigma)` for the batch shapes seen so far (at most 8,
+/// the oldest dropped first): the captured call reads `x` and sigma from fixed tensors, so a new
+/// sigma is a fill, not a new capture. Used by trained networks and the exact denoisers.
+#[derive(Default)]
+pub struct Graphs {
+    cache: std::sync::Mutex<GraphCache>,
+}
+
+#[derive(Default)]
+struct GraphCache {
+    /// Capture failed once: stay eager.
+    failed: bool,
+    entries: Vec<GraphEntry>,
+}
+
+struct GraphEntry {
+    size: Vec<i64>,
+    kind: Kind,
+    x: Tensor,
+    sigma: Tensor,
+    out: Tensor,
+    graph: CudaGraph,
+}
+
+/// At most this many captured batch shapes per denoiser.
+const MAX_GRAPHS: usize = 8;
+
+impl Graphs {
+    /// `f(x, sigma)` by replaying its CUDA graph for `x`'s shape and kind, capturing it on the
+    /// first call; `sigma_tensor(sigma, x)` makes the captured sigma (any shape: a replay fills
+    /// it with the new sigma). None where graphs do not apply (`x` not on CUDA or requiring
+    /// grad, graphs off, a capture that failed: it says so once on stderr), and the caller runs
+    /// eagerly. `f` runs
+    /// under no_grad and must not synchronize with the host.
+    pub fn call(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+        sigma_tensor: impl Fn(f64, &Tensor) -> Tensor,
+        f: impl Fn(&Tensor, &Tensor) -> Tensor,
+    ) -> Result<Option<Tensor>> {
+        let device = x.device();
+        // A replay has no autograd history: calls that differentiate through the denoiser
+        // (the likelihood's divergence) run eagerly.
+        if !device.is_cuda() || !graphs_enabled() || x.requires_grad() {
+            return Ok(None);
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.failed {
+            return Ok(None);
+        }
+        let (size, kind) = (x.size(), x.kind());
+        let pos = match cache
+            .entries
+            .iter()
+            .position(|e| e.size == size && e.kind == kind)
+        {
+            Some(p) => p,
+            None => {
+                let sx = x.copy();
+                let ss = sigma_tensor(sigma, x);
+                match CudaGraph::capture(device, || tch::no_grad(|| f(&sx, &ss))) {
+                    Ok((graph, out)) => {
+                        if cache.entries.len() >= MAX_GRAPHS {
+                            cache.entries.remove(0);
+                        }
+                        cache.entries.push(GraphEntry {
+                            size,
+                            kind,
+                            x: sx,
+                            sigma: ss,
+                            out,
+                            graph,
+                        });
+                        cache.entries.len() - 1
+                    }
+                    Err(e) => {
+                        eprintln!("scoreflow: CUDA graph capture failed, running eagerly: {e}");
+                        cache.failed = true;
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        let e = &mut cache.entries[pos];
+        tch::no_grad(|| {
+            e.x.copy_(x);
+            let _ = e.sigma.fill_(sigma);
+        });
+        e.graph.replay()?;
+        // The captured output is overwritten by the next replay: hand out a copy (a conversion
+        // is one already).
+        Ok(Some(if kind == e.out.kind() {
+            e.out.copy()
+        } else {
+            e.out.to_kind(kind)
+        }))
     }
 }
 

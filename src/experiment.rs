@@ -368,12 +368,12 @@ fn load_model(spec: &ModelSpec, dev: Device) -> Result<Loaded> {
         ModelSpec::Builtin { name } => {
             Loaded::Exact(model::parse(&format!("builtin:{name}"), dev)?)
         }
-        ModelSpec::Mixture { path } => {
-            Loaded::Exact(ExactModel::Mixture(model::load_mixture(path, dev)?))
-        }
-        ModelSpec::Gaussian { path } => {
-            Loaded::Exact(ExactModel::Gaussian(model::load_gaussian(path, dev)?))
-        }
+        ModelSpec::Mixture { path } => Loaded::Exact(ExactModel::Mixture(model::Graphed::new(
+            model::load_mixture(path, dev)?,
+        ))),
+        ModelSpec::Gaussian { path } => Loaded::Exact(ExactModel::Gaussian(model::Graphed::new(
+            model::load_gaussian(path, dev)?,
+        ))),
         ModelSpec::Checkpoint { path, train_config } => {
             if !path.exists() {
                 let tc = train_config

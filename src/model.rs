@@ -2,10 +2,11 @@
 //! built-in (`builtin:gmm8`).
 
 use anyhow::{bail, Context, Result};
+use scoreflow_solvers::error::Result as SolverResult;
 use scoreflow_solvers::{Denoiser, GaussianDenoiser, GaussianMixture};
 use serde::Deserialize;
 use std::path::Path;
-use tch::Device;
+use tch::{Device, Tensor};
 
 /// A mixture file: `{"weights": [..], "means": [[..], ..], "stds": [..]}`, each std a scalar or
 /// a per-dimension list.
@@ -35,8 +36,80 @@ pub struct GaussianFile {
 
 /// An exact model: what it is and its denoiser.
 pub enum ExactModel {
-    Mixture(GaussianMixture),
-    Gaussian(GaussianDenoiser),
+    Mixture(Graphed<GaussianMixture>),
+    Gaussian(Graphed<GaussianDenoiser>),
+}
+
+/// An exact denoiser whose calls on CUDA tensors replay a CUDA graph per batch shape (with
+/// sigma^2 as a captured tensor), as trained networks do; eager elsewhere. Dereferences to the
+/// model.
+pub struct Graphed<D> {
+    inner: D,
+    graphs: crate::cuda::Graphs,
+}
+
+impl<D> Graphed<D> {
+    pub fn new(inner: D) -> Self {
+        Graphed {
+            inner,
+            graphs: Default::default(),
+        }
+    }
+}
+
+impl<D> std::ops::Deref for Graphed<D> {
+    type Target = D;
+    fn deref(&self) -> &D {
+        &self.inner
+    }
+}
+
+/// `D(x; sigma)` with `sigma^2` as a 0-dim tensor (the exact denoisers' graph entry point).
+pub trait DenoiseSigma2: Denoiser {
+    fn denoise_sigma2(&self, x: &Tensor, sigma2: &Tensor) -> SolverResult<Tensor>;
+    fn dim(&self) -> usize;
+}
+
+impl DenoiseSigma2 for GaussianMixture {
+    fn dim(&self) -> usize {
+        GaussianMixture::dim(self)
+    }
+    fn denoise_sigma2(&self, x: &Tensor, sigma2: &Tensor) -> SolverResult<Tensor> {
+        GaussianMixture::denoise_sigma2(self, x, sigma2)
+    }
+}
+
+impl DenoiseSigma2 for GaussianDenoiser {
+    fn dim(&self) -> usize {
+        GaussianDenoiser::dim(self)
+    }
+    fn denoise_sigma2(&self, x: &Tensor, sigma2: &Tensor) -> SolverResult<Tensor> {
+        GaussianDenoiser::denoise_sigma2(self, x, sigma2)
+    }
+}
+
+impl<D: DenoiseSigma2> Denoiser for Graphed<D> {
+    fn denoise(&self, x: &Tensor, sigma: f64) -> SolverResult<Tensor> {
+        // Input of the wrong shape goes the eager way, which reports it.
+        let size = x.size();
+        if size.len() != 2 || size[1] != self.inner.dim() as i64 {
+            return self.inner.denoise(x, sigma);
+        }
+        let graphed = self.graphs.call(
+            x,
+            sigma * sigma,
+            |s2, x| Tensor::full([], s2, (x.kind(), x.device())),
+            |x, s2| {
+                self.inner
+                    .denoise_sigma2(x, s2)
+                    .unwrap_or_else(|e| panic!("{e}"))
+            },
+        );
+        match graphed {
+            Ok(Some(out)) => Ok(out),
+            _ => self.inner.denoise(x, sigma),
+        }
+    }
 }
 
 impl ExactModel {
@@ -54,7 +127,7 @@ impl ExactModel {
     }
     pub fn mixture(&self) -> Option<&GaussianMixture> {
         match self {
-            ExactModel::Mixture(m) => Some(m),
+            ExactModel::Mixture(m) => Some(&**m),
             ExactModel::Gaussian(_) => None,
         }
     }
@@ -96,9 +169,13 @@ pub fn load_gaussian(path: &Path, device: Device) -> Result<GaussianDenoiser> {
 pub fn parse(spec: &str, device: Device) -> Result<ExactModel> {
     let (kind, arg) = spec.split_once(':').unwrap_or((spec, ""));
     Ok(match kind {
-        "gmm" if !arg.is_empty() => ExactModel::Mixture(load_mixture(Path::new(arg), device)?),
-        "gaussian" if !arg.is_empty() => ExactModel::Gaussian(load_gaussian(Path::new(arg), device)?),
-        "builtin" if arg == "gmm8" => ExactModel::Mixture(builtin_gmm8(device)?),
+        "gmm" if !arg.is_empty() => {
+            ExactModel::Mixture(Graphed::new(load_mixture(Path::new(arg), device)?))
+        }
+        "gaussian" if !arg.is_empty() => {
+            ExactModel::Gaussian(Graphed::new(load_gaussian(Path::new(arg), device)?))
+        }
+        "builtin" if arg == "gmm8" => ExactModel::Mixture(Graphed::new(builtin_gmm8(device)?)),
         _ => bail!("unknown denoiser '{spec}' (expected gmm:FILE.json, gaussian:FILE.json or builtin:gmm8)"),
     })
 }

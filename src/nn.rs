@@ -464,30 +464,10 @@ pub struct Network {
     pub num_classes: usize,
     body: Body,
     device: Device,
-    graphs: std::sync::Mutex<GraphCache>,
+    /// CUDA graphs of the whole network call, one per batch shape (the per-sample sigma is a
+    /// captured tensor).
+    graphs: crate::cuda::Graphs,
 }
-
-/// CUDA graphs of `D(x; sigma)` for the batch shapes seen so far (see [`crate::cuda`]): the
-/// captured call reads `x` and the per-sample sigma from fixed tensors, so a new sigma is a fill,
-/// not a new capture.
-#[derive(Default)]
-struct GraphCache {
-    /// Capture failed once: stay eager.
-    failed: bool,
-    entries: Vec<GraphEntry>,
-}
-
-struct GraphEntry {
-    size: Vec<i64>,
-    kind: Kind,
-    x: Tensor,
-    sigma: Tensor,
-    out: Tensor,
-    graph: crate::cuda::CudaGraph,
-}
-
-/// At most this many captured batch shapes per network.
-const MAX_GRAPHS: usize = 8;
 
 impl Network {
     /// Build the variables under `p` (their names become checkpoint keys).
@@ -546,64 +526,12 @@ impl Network {
     /// first call for this batch shape. None where graphs do not apply (CPU, graphs off, a
     /// failed capture), and the caller runs eagerly.
     fn denoise_graphed(&self, x: &Tensor, sigma: f64) -> Result<Option<Tensor>, SolverError> {
-        if !self.device.is_cuda() || x.device() != self.device || !crate::cuda::graphs_enabled() {
+        if x.device() != self.device {
             return Ok(None);
         }
-        let mut cache = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.failed {
-            return Ok(None);
-        }
-        let (size, kind) = (x.size(), x.kind());
-        let pos = match cache
-            .entries
-            .iter()
-            .position(|e| e.size == size && e.kind == kind)
-        {
-            Some(p) => p,
-            None => {
-                let sx = x.copy();
-                let ss = sigma_batch(sigma, x);
-                let captured = crate::cuda::CudaGraph::capture(self.device, || {
-                    tch::no_grad(|| self.forward(&sx, &ss, None))
-                });
-                match captured {
-                    Ok((graph, out)) => {
-                        if cache.entries.len() >= MAX_GRAPHS {
-                            cache.entries.remove(0);
-                        }
-                        cache.entries.push(GraphEntry {
-                            size,
-                            kind,
-                            x: sx,
-                            sigma: ss,
-                            out,
-                            graph,
-                        });
-                        cache.entries.len() - 1
-                    }
-                    Err(e) => {
-                        eprintln!("scoreflow: CUDA graph capture failed, running eagerly: {e}");
-                        cache.failed = true;
-                        return Ok(None);
-                    }
-                }
-            }
-        };
-        let e = &mut cache.entries[pos];
-        tch::no_grad(|| {
-            e.x.copy_(x);
-            let _ = e.sigma.fill_(sigma);
-        });
-        e.graph
-            .replay()
-            .map_err(|err| SolverError::Model(err.to_string()))?;
-        // The captured output is overwritten by the next replay: hand out a copy (a conversion
-        // is one already).
-        Ok(Some(if kind == e.out.kind() {
-            e.out.copy()
-        } else {
-            e.out.to_kind(kind)
-        }))
+        self.graphs
+            .call(x, sigma, sigma_batch, |x, s| self.forward(x, s, None))
+            .map_err(|err| SolverError::Model(err.to_string()))
     }
 
     /// `D(x; sigma)` with per-sample `sigma` (`[N]`) and optional labels (`[N]`, int64; the value

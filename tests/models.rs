@@ -98,6 +98,62 @@ fn cuda_graph_replay_matches_the_eager_network() {
 }
 
 #[test]
+fn exact_denoisers_with_sigma_as_a_tensor_and_through_cuda_graphs() {
+    // The graph entry point (sigma^2 as a tensor) is the same arithmetic as the plain call; on
+    // CUDA the exact denoisers replay captured graphs, which must equal eager calls.
+    use scoreflow::model::{self, DenoiseSigma2};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let gauss = format!(
+        "gaussian:{}",
+        root.join("experiments/gauss2.json").display()
+    );
+    let mut devices = vec![Device::Cpu];
+    if tch::Cuda::is_available() {
+        devices.push(Device::Cuda(0));
+    } else {
+        println!("CUDA part skipped: no CUDA device on this machine");
+    }
+    for dev in devices {
+        for spec in ["builtin:gmm8", gauss.as_str()] {
+            let m = model::parse(spec, dev).unwrap();
+            let inner: &dyn DenoiseSigma2 = match &m {
+                model::ExactModel::Mixture(g) => &**g,
+                model::ExactModel::Gaussian(g) => &**g,
+            };
+            for kind in [Kind::Float, Kind::Double] {
+                for n in [5, 64] {
+                    for s in [80.0, 1.3, 0.002] {
+                        let x = Tensor::randn([n, 2], (kind, dev)) * (1.0 + s);
+                        let eager = inner.denoise(&x, s).unwrap();
+                        let s2 = Tensor::full([], s * s, (kind, dev));
+                        let at = inner.denoise_sigma2(&x, &s2).unwrap();
+                        let graphed = m.denoiser().denoise(&x, s).unwrap();
+                        for (what, y) in [("sigma^2 tensor", at), ("graphed", graphed)] {
+                            let diff = (y - &eager).abs().max().double_value(&[]);
+                            // Same kernels, same inputs: equal up to rounding (bitwise on the CPU).
+                            let tol = if kind == Kind::Float { 1e-6 } else { 1e-12 };
+                            let scale = 1.0 + eager.abs().max().double_value(&[]);
+                            assert!(
+                                diff <= tol * scale,
+                                "{spec} {dev:?} {kind:?} n {n} sigma {s}: {what} differs by {diff}"
+                            );
+                        }
+                    }
+                }
+            }
+            // Differentiating through the denoiser (the likelihood's divergence) still works.
+            let x = Tensor::randn([4, 2], (Kind::Double, dev)).set_requires_grad(true);
+            let y = m.denoiser().denoise(&x, 0.7).unwrap();
+            let g = Tensor::run_backward(&[y.sum(Kind::Double)], &[&x], false, false);
+            assert_eq!(g[0].size(), vec![4, 2]);
+            // Bad shapes are still errors, not capture failures.
+            let bad = Tensor::zeros([3, 5], (Kind::Float, dev));
+            assert!(m.denoiser().denoise(&bad, 1.0).is_err());
+        }
+    }
+}
+
+#[test]
 fn the_brownian_tree_on_cuda_equals_the_host_tree() {
     // On CUDA the tree's normals are generated on the device (int64 tensor ops); on the CPU in
     // Rust. Same keys, same walk: the same increments up to the last place of log and cos.

@@ -201,13 +201,25 @@ impl GaussianDenoiser {
     }
 }
 
-impl Denoiser for GaussianDenoiser {
-    fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+impl GaussianDenoiser {
+    /// `D(x; sigma)` with `sigma^2` given as a tensor (0-dim, `x`'s kind and device): the same
+    /// arithmetic as [`Denoiser::denoise`], for a CUDA graph that replays it at any sigma.
+    pub fn denoise_sigma2(&self, x: &Tensor, sigma2: &Tensor) -> Result<Tensor> {
+        self.denoise_with(x, |l| l + sigma2)
+    }
+
+    fn denoise_with(&self, x: &Tensor, plus_s2: impl Fn(&Tensor) -> Tensor) -> Result<Tensor> {
         check_features(x, self.dim(), "the Gaussian denoiser")?;
         let (mu, v, l) = self.parts(x);
         let y = (x - &mu).matmul(&v);
-        let shrink = &l / (&l + sigma * sigma);
+        let shrink = &l / plus_s2(&l);
         Ok(mu + (y * shrink).matmul(&v.tr()))
+    }
+}
+
+impl Denoiser for GaussianDenoiser {
+    fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        self.denoise_with(x, |l| l + sigma * sigma)
     }
 }
 
@@ -335,9 +347,17 @@ impl GaussianMixture {
     /// Per-component log joint `log w_k + log N(x; mu_k, var_k + sigma^2)`, shape `[N, K]`,
     /// and the centred samples `x - mu_k`, shape `[N, K, d]`.
     fn log_joint(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Tensor, Tensor)> {
+        self.log_joint_with(x, |var| var + sigma * sigma)
+    }
+
+    fn log_joint_with(
+        &self,
+        x: &Tensor,
+        plus_s2: impl Fn(&Tensor) -> Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         check_features(x, self.dim(), "the mixture")?;
         let (log_w, mu, var) = self.parts(x);
-        let v = var + sigma * sigma;
+        let v = plus_s2(&var);
         let diff = x.unsqueeze(1) - mu;
         let quad = (diff.square() / &v).sum_dim_intlist(-1, false, x.kind());
         let log_det = v.log().sum_dim_intlist(-1, false, x.kind());
@@ -398,13 +418,28 @@ impl GaussianMixture {
     }
 }
 
-impl Denoiser for GaussianMixture {
-    fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
-        let (lj, diff, v) = self.log_joint(x, sigma)?;
+impl GaussianMixture {
+    /// `D(x; sigma)` with `sigma^2` given as a tensor (0-dim, `x`'s kind and device): the same
+    /// arithmetic as [`Denoiser::denoise`], for a CUDA graph that replays it at any sigma.
+    pub fn denoise_sigma2(&self, x: &Tensor, sigma2: &Tensor) -> Result<Tensor> {
+        self.posterior_mean(self.log_joint_with(x, |var| var + sigma2)?, x)
+    }
+
+    fn posterior_mean(
+        &self,
+        (lj, diff, v): (Tensor, Tensor, Tensor),
+        x: &Tensor,
+    ) -> Result<Tensor> {
         let r = lj.softmax(-1, x.kind()).unsqueeze(-1);
         let (_, mu, var) = self.parts(x);
         let post = mu + diff * (var / v);
         Ok((r * post).sum_dim_intlist(1, false, x.kind()))
+    }
+}
+
+impl Denoiser for GaussianMixture {
+    fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        self.posterior_mean(self.log_joint(x, sigma)?, x)
     }
 }
 
