@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use scoreflow_solvers::error::Result as SolverResult;
-use scoreflow_solvers::{Denoiser, GaussianDenoiser, GaussianMixture};
+use scoreflow_solvers::{Denoiser, GaussianDenoiser, GaussianMixture, SolverError};
 use serde::Deserialize;
 use std::path::Path;
 use tch::{Device, Tensor};
@@ -107,7 +107,8 @@ impl<D: DenoiseSigma2> Denoiser for Graphed<D> {
         );
         match graphed {
             Ok(Some(out)) => Ok(out),
-            _ => self.inner.denoise(x, sigma),
+            Ok(None) => self.inner.denoise(x, sigma),
+            Err(e) => Err(SolverError::Model(e.to_string())),
         }
     }
 }

@@ -672,6 +672,36 @@ fn the_pytorch_training_peer_times_the_same_models() {
     assert_eq!(v["complete"], true);
     let rows = v["train_rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2 * 2, "{v}");
+    // Bad input: an unknown part, a missing checkpoint: exit code 2, a message, no peers.json.
+    let (py, site) = (
+        std::env::var("SCOREFLOW_PEERS_PYTHON").unwrap(),
+        std::env::var("SCOREFLOW_PEERS_SITE").unwrap(),
+    );
+    for (args, want) in [
+        (vec!["--parts", "bogus"], "bogus"),
+        (
+            vec!["--checkpoint", "no/such/checkpoint.safetensors"],
+            "no/such",
+        ),
+    ] {
+        let bad = dir.path().join("bad");
+        let o = Command::new(&py)
+            .env("PYTHONPATH", &site)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/peers/peers.py"))
+            .args([
+                "--scoreflow",
+                env!("CARGO_BIN_EXE_scoreflow"),
+                "--check-only",
+            ])
+            .args(&args)
+            .arg("--out")
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+        assert!(!bad.join("peers.json").exists());
+    }
     assert!(v["rows"].as_array().unwrap().is_empty(), "no sampling rows");
     for (r, (config, params)) in rows.iter().zip([
         ("gmm8-train.toml", 169_986),

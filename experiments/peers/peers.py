@@ -40,13 +40,20 @@ from torch import nn
 import torch.nn.functional as F
 
 
+def fail(msg):
+    """Bad input or a failed step: the message on stderr, exit code 2 (as scoreflow's own
+    errors). A disagreement between scoreflow and k-diffusion exits with 1 instead."""
+    print(f"peers: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 # --------------------------------------------------------------------------- k-diffusion
 
 
 def load_kdiffusion_sampling():
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or not spec.submodule_search_locations:
-        sys.exit("peers: k-diffusion is not installed (scripts/peers.sh installs it)")
+        fail("k-diffusion is not installed (scripts/peers.sh installs it)")
     root = list(spec.submodule_search_locations)[0]
     pkg = types.ModuleType("k_diffusion")
     pkg.__path__ = [root]
@@ -286,6 +293,12 @@ class EdmPrecond(nn.Module):
         return c_skip * x + c_out * f
 
 
+def backbone(bb, shape, classes):
+    """The PyTorch twin of a scoreflow backbone config (`model.backbone`)."""
+    kw = {k: v for k, v in bb.items() if k != "kind"}
+    return {"mlp": Mlp, "unet": Unet}[bb["kind"]](shape, classes=classes, **kw)
+
+
 def read_safetensors(path):
     """Tensors and metadata of a safetensors file (the `safetensors` package where it exists)."""
     try:
@@ -310,14 +323,17 @@ def read_safetensors(path):
 def model_from_checkpoint(path):
     """The EDM-preconditioned PyTorch twin (MLP or U-Net) of a scoreflow checkpoint, with its EMA
     weights."""
-    tensors, meta = read_safetensors(path)
-    cfg = json.loads(meta["config"])
+    try:
+        tensors, meta = read_safetensors(path)
+        cfg = json.loads(meta["config"])
+    except (OSError, ValueError, KeyError) as e:
+        fail(f"cannot read the scoreflow checkpoint {path}: {e}")
     shape = json.loads(meta["shape"])
     classes = int(meta["num_classes"])
     bb, pc = cfg["model"]["backbone"], cfg["model"]["precond"]
     if bb["kind"] not in ("mlp", "unet") or pc["kind"] != "edm":
-        sys.exit(f"peers: {path} is not an EDM-preconditioned MLP or U-Net")
-    net = {"mlp": Mlp, "unet": Unet}[bb["kind"]](shape, classes=classes, **{k: v for k, v in bb.items() if k != "kind"})
+        fail(f"{path} is not an EDM-preconditioned MLP or U-Net")
+    net = backbone(bb, shape, classes)
     rename = lambda k: ("in_" + k[2:] if k.startswith("in.") else k).replace(".class.", ".class_.")
     ema = {rename(k[4:]): v for k, v in tensors.items() if k.startswith("ema.")}
     net.load_state_dict(ema, strict=True)  # the same names and shapes as the Rust network
@@ -375,9 +391,10 @@ def train_twin(rec):
     cfg, shape, classes = rec["train_config"], rec["shape"], rec["num_classes"]
     bb, pc, loss = cfg["model"]["backbone"], cfg["model"]["precond"], cfg["loss"]
     if pc["kind"] != "edm" or loss["kind"] != "edm" or loss.get("min_snr_gamma") is not None:
-        sys.exit(f"peers: {rec['config']}: the training peer covers the EDM loss with EDM preconditioning only")
-    kw = {k: v for k, v in bb.items() if k != "kind"}
-    net = {"mlp": Mlp, "unet": Unet}[bb["kind"]](shape, classes=classes, **kw)
+        fail(f"{rec['config']}: the training peer covers the EDM loss with EDM preconditioning only")
+    if bb["kind"] not in ("mlp", "unet"):
+        fail(f"{rec['config']}: backbone {bb['kind']} has no PyTorch twin")
+    net = backbone(bb, shape, classes)
     with torch.no_grad():
         net.get_buffer("fourier_freqs" if bb["kind"] == "mlp" else "emb.fourier_freqs").normal_(0.0, bb.get("fourier_scale", 1.0))
     return EdmPrecond(net, pc["sigma_data"], classes)
@@ -462,7 +479,7 @@ def time_training(rec, mode, dev, steps, warmup=10):
     sync(dev)
     per_step = (time.perf_counter() - t0) / steps
     if not torch.stack(losses).isfinite().all():
-        sys.exit(f"peers: the PyTorch training of {rec['config']} ({mode}, {rec['precision']}) gave a non-finite loss")
+        fail(f"the PyTorch training of {rec['config']} ({mode}, {rec['precision']}) gave a non-finite loss")
     peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
     return per_step, n_params, peak
 
@@ -470,7 +487,7 @@ def time_training(rec, mode, dev, steps, warmup=10):
 def scoreflow(binary, args):
     p = subprocess.run([binary] + args, capture_output=True, text=True)
     if p.returncode != 0:
-        sys.exit(f"peers: scoreflow {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
+        fail(f"scoreflow {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
     return p.stdout
 
 
@@ -520,7 +537,7 @@ def main():
         m, shape, n_rust, n_torch = model_from_checkpoint(ck)
         print(f"{ck}: {n_rust} parameters in the scoreflow checkpoint, {n_torch} in the PyTorch twin")
         if n_rust != n_torch:
-            sys.exit("peers: parameter counts differ")
+            fail("parameter counts differ")
         batches = [int(b) for b in a.unet_batches.split(",") if b]
         label = os.path.basename(os.path.dirname(os.path.abspath(ck))) or os.path.basename(ck)
         models.append((f"{type(m.net).__name__.lower()}:{label}", m.to(dev), shape, batches, ["--checkpoint", ck]))
@@ -612,7 +629,7 @@ def main():
                 torch._dynamo.reset()
             step_s, n_torch, peak = time_training(rec, mode, dev, a.train_steps)
             if n_torch != rec["parameters"]:
-                sys.exit(f"peers: {rec['config']}: {rec['parameters']} parameters in scoreflow, {n_torch} in the twin")
+                fail(f"{rec['config']}: {rec['parameters']} parameters in scoreflow, {n_torch} in the twin")
             train_rows.append({
                 "config": rec["config"], "precision": rec["precision"], "batch": rec["batch"], "mode": mode,
                 "parameters": n_torch, "sf_samples_per_s": rec["samples_per_s"], "torch_samples_per_s": rec["batch"] / step_s,

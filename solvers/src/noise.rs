@@ -62,6 +62,8 @@ pub struct BrownianNoise {
     kind: Kind,
     cache: HashMap<(u64, u64), Tensor>,
     tensor_ops: bool,
+    /// The generator's position offsets on the device (tensor path), made on first use.
+    offsets: std::cell::OnceCell<(Tensor, Tensor)>,
 }
 
 impl BrownianNoise {
@@ -90,6 +92,7 @@ impl BrownianNoise {
             kind,
             cache: HashMap::new(),
             tensor_ops: device.is_cuda(),
+            offsets: Default::default(),
         }
     }
 
@@ -175,8 +178,9 @@ impl BrownianNoise {
     }
 
     /// `W(t)` of one sample and stream, computed value by value on the host: the reference
-    /// for the tensor computation in [`BrownianNoise::values`] (tests).
-    pub fn point_reference(&self, index: usize, stream: u64, t: f64) -> Vec<f64> {
+    /// for [`BrownianNoise::values`] in the tests.
+    #[cfg(test)]
+    fn point_reference(&self, index: usize, stream: u64, t: f64) -> Vec<f64> {
         let d = self.numel;
         let t = t.min(self.span);
         if t <= 0.0 {
@@ -222,61 +226,13 @@ impl BrownianNoise {
         let tq = t.min(self.span);
         let out = if tq <= 0.0 {
             Tensor::zeros([n as i64, d as i64], (Kind::Double, self.device))
-        } else if !self.tensor_ops {
-            let (branches, c) = self.walk(tq);
-            let sm = mix(stream);
-            let mut out = vec![0.0; n * d];
-            // Fixed-size chunks: the result does not depend on the number of threads.
-            out.par_chunks_mut(64 * d)
-                .zip(self.keys.par_chunks(64))
-                .for_each(|(dst, keys)| {
-                    for (row, &k) in dst.chunks_mut(d).zip(keys) {
-                        let nodes = Self::node_keys(mix(k ^ sm), &branches);
-                        for (&node, &ci) in nodes.iter().zip(&c) {
-                            for (p, pair) in row.chunks_mut(2).enumerate() {
-                                let (z0, z1) = normal_pair(node, p as u64);
-                                pair[0] += ci * z0;
-                                if let Some(v) = pair.get_mut(1) {
-                                    *v += ci * z1;
-                                }
-                            }
-                        }
-                    }
-                });
-            self.upload(Tensor::from_slice(&out).view([n as i64, d as i64]))
         } else {
             let (branches, c) = self.walk(tq);
-            let levels = c.len();
-            let sm = mix(stream);
-            // keys[i * n + k]: node i of sample k.
-            let per_sample: Vec<Vec<u64>> = self
-                .keys
-                .par_iter()
-                .map(|&k| Self::node_keys(mix(k ^ sm), &branches))
-                .collect();
-            let mut keys = vec![0i64; levels * n];
-            for (k, ks) in per_sample.iter().enumerate() {
-                for (i, &v) in ks.iter().enumerate() {
-                    keys[i * n + k] = v as i64;
-                }
+            if self.tensor_ops {
+                self.device_values(mix(stream), &branches, &c)
+            } else {
+                self.host_values(mix(stream), &branches, &c)
             }
-            let keys = self.upload(Tensor::from_slice(&keys).view([levels as i64, n as i64]));
-            let coefs = self.upload(Tensor::from_slice(&c));
-            // Levels in chunks of at most about 2^22 normal pairs.
-            let pairs = d.div_ceil(2);
-            let chunk = ((1usize << 22) / (n * pairs).max(1)).clamp(1, levels);
-            let mut acc = Tensor::zeros([n as i64, d as i64], (Kind::Double, self.device));
-            let mut i = 0;
-            while i < levels {
-                let len = chunk.min(levels - i);
-                let z = self.normals(&keys.narrow(0, i as i64, len as i64), d);
-                let w = coefs
-                    .narrow(0, i as i64, len as i64)
-                    .view([len as i64, 1, 1]);
-                acc += (z * w).sum_dim_intlist(0, false, Kind::Double);
-                i += len;
-            }
-            acc
         };
         if self.cache.len() >= 8 {
             self.cache.clear();
@@ -285,27 +241,86 @@ impl BrownianNoise {
         Ok(out)
     }
 
-    /// Normals `normal_at(keys[..], j)`, j = 0..d, as tensor ops on the device: `[L, N, d]`
+    /// `sum_i c_i Z_i` for every sample, in Rust, in parallel over fixed chunks of 64 samples
+    /// (the result does not depend on the number of threads); `sm` is the stream's hash.
+    fn host_values(&self, sm: u64, branches: &[u64], c: &[f64]) -> Tensor {
+        let (n, d) = (self.keys.len(), self.numel);
+        let mut out = vec![0.0; n * d];
+        out.par_chunks_mut(64 * d)
+            .zip(self.keys.par_chunks(64))
+            .for_each(|(dst, keys)| {
+                for (row, &k) in dst.chunks_mut(d).zip(keys) {
+                    let nodes = Self::node_keys(mix(k ^ sm), branches);
+                    for (&node, &ci) in nodes.iter().zip(c) {
+                        for (p, pair) in row.chunks_mut(2).enumerate() {
+                            let (z0, z1) = normal_pair(node, p as u64);
+                            pair[0] += ci * z0;
+                            if let Some(v) = pair.get_mut(1) {
+                                *v += ci * z1;
+                            }
+                        }
+                    }
+                }
+            });
+        self.upload(Tensor::from_slice(&out).view([n as i64, d as i64]))
+    }
+
+    /// `sum_i c_i Z_i` for every sample as tensor ops on the device: the host computes the node
+    /// keys (levels x samples) and sends them with the weights; the device draws the normals,
+    /// levels in chunks of at most about 2^22 normal pairs.
+    fn device_values(&self, sm: u64, branches: &[u64], c: &[f64]) -> Tensor {
+        let (n, d, levels) = (self.keys.len(), self.numel, c.len());
+        let per_sample: Vec<Vec<u64>> = self
+            .keys
+            .par_iter()
+            .map(|&k| Self::node_keys(mix(k ^ sm), branches))
+            .collect();
+        // keys[i * n + k]: node i of sample k.
+        let mut keys = vec![0i64; levels * n];
+        for (k, ks) in per_sample.iter().enumerate() {
+            for (i, &v) in ks.iter().enumerate() {
+                keys[i * n + k] = v as i64;
+            }
+        }
+        let keys = self.upload(Tensor::from_slice(&keys).view([levels as i64, n as i64]));
+        let coefs = self.upload(Tensor::from_slice(c));
+        let chunk = ((1usize << 22) / (n * d.div_ceil(2)).max(1)).clamp(1, levels);
+        let mut acc = Tensor::zeros([n as i64, d as i64], (Kind::Double, self.device));
+        for i in (0..levels).step_by(chunk) {
+            let len = chunk.min(levels - i) as i64;
+            let z = self.normals(&keys.narrow(0, i as i64, len));
+            let w = coefs.narrow(0, i as i64, len).view([len, 1, 1]);
+            acc += (z * w).sum_dim_intlist(0, false, Kind::Double);
+        }
+        acc
+    }
+
+    /// Normals `normal_at(keys[..], j)`, j = 0..numel, as tensor ops on the device: `[L, N, numel]`
     /// float64 for keys `[L, N]`.
-    fn normals(&self, keys: &Tensor, d: usize) -> Tensor {
-        let pairs = d.div_ceil(2) as i64;
-        // Stream positions 2p and 2p + 1 of pair p: key + (2p + 1) GAMMA and key + (2p + 2) GAMMA.
-        let offsets = |first: u64| -> Tensor {
-            let v: Vec<i64> = (0..pairs as u64)
-                .map(|p| GAMMA.wrapping_mul(2 * p + first) as i64)
-                .collect();
-            self.upload(Tensor::from_slice(&v))
-        };
+    fn normals(&self, keys: &Tensor) -> Tensor {
+        let d = self.numel as i64;
+        let pairs = (d + 1) / 2;
+        // Stream positions 2p and 2p + 1 of pair p: key + (2p + 1) GAMMA and key + (2p + 2)
+        // GAMMA; the offsets are made and sent once per tree.
+        let (odd, even) = self.offsets.get_or_init(|| {
+            let make = |first: u64| {
+                let v: Vec<i64> = (0..pairs as u64)
+                    .map(|p| GAMMA.wrapping_mul(2 * p + first) as i64)
+                    .collect();
+                self.upload(Tensor::from_slice(&v).view([1, 1, pairs]))
+            };
+            (make(1), make(2))
+        });
         let k = keys.unsqueeze(-1);
-        let b1 = fmix64_tensor(&(&k + offsets(1).view([1, 1, pairs])));
-        let b2 = fmix64_tensor(&(&k + offsets(2).view([1, 1, pairs])));
+        let b1 = fmix64_tensor(&(&k + odd));
+        let b2 = fmix64_tensor(&(&k + even));
         let u1 = (shr_logical(&b1, 11).to_kind(Kind::Double) + 1.0) * TWO_POW_M53;
         let u2 = shr_logical(&b2, 11).to_kind(Kind::Double) * TWO_POW_M53;
         let r = (u1.log() * -2.0).sqrt();
         let th = u2 * (2.0 * std::f64::consts::PI);
         let z = Tensor::stack(&[&r * th.cos(), r * th.sin()], -1);
         let sz = z.size();
-        z.view([sz[0], sz[1], 2 * pairs]).narrow(2, 0, d as i64)
+        z.view([sz[0], sz[1], 2 * pairs]).narrow(2, 0, d)
     }
 
     /// A host tensor on the device, through pinned memory with a non-blocking copy where the
@@ -411,11 +426,10 @@ mod tests {
     fn tensor_normals_equal_the_host_generator() {
         // The tensor ops (wrapping int64 arithmetic, logical shifts) against `normal_at`.
         let keys: Vec<u64> = (0..5).map(|i| mix(i * 7919)).chain([0, u64::MAX]).collect();
-        let b = cpu(0, 1, &[1], 1.0);
         let kt =
             Tensor::from_slice(&keys.iter().map(|&k| k as i64).collect::<Vec<_>>()).view([1, -1]);
         for d in [1usize, 2, 7] {
-            let z = to_vec(&b.normals(&kt, d));
+            let z = to_vec(&cpu(0, 1, &[d as i64], 1.0).normals(&kt));
             for (i, &k) in keys.iter().enumerate() {
                 for j in 0..d {
                     // The bits agree exactly; libtorch's vectorized log and cos may differ from
