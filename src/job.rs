@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use scoreflow_solvers::noise::BrownianNoise;
-use scoreflow_solvers::samplers::DdpmVariance;
+use scoreflow_solvers::samplers::{DdpmVariance, SolverType};
 use scoreflow_solvers::sde::{Edm, Sde, SubVp, Ve, VpCosine, VpLinear};
 use scoreflow_solvers::{grid, run, Denoiser, GridKind, RunOptions, SamplerSpec, StepReport};
 use tch::{Kind, Tensor};
@@ -68,7 +68,7 @@ impl GridArgs {
 /// Sampler parameters; each applies only to the samplers that have it.
 #[derive(Args, Clone, Debug, Default)]
 pub struct SamplerArgs {
-    /// ddim, euler-ancestral: noise fraction (0 = deterministic).
+    /// ddim, euler-ancestral, dpmpp-2m-sde, dpmpp-3m-sde: noise fraction (0 = deterministic).
     #[arg(long)]
     pub eta: Option<f64>,
     /// edm-stochastic: S_churn.
@@ -80,7 +80,7 @@ pub struct SamplerArgs {
     /// edm-stochastic: S_tmax.
     #[arg(long)]
     pub s_tmax: Option<f64>,
-    /// edm-stochastic, euler-ancestral: S_noise.
+    /// edm-stochastic, euler-ancestral, dpmpp-2m-sde, dpmpp-3m-sde: S_noise.
     #[arg(long)]
     pub s_noise: Option<f64>,
     /// pc: signal-to-noise ratio of the Langevin corrector.
@@ -95,6 +95,9 @@ pub struct SamplerArgs {
     /// lms: order (1 to 4).
     #[arg(long)]
     pub order: Option<usize>,
+    /// dpmpp-2m-sde: weighting of the second-order correction, midpoint or heun.
+    #[arg(long)]
+    pub solver_type: Option<String>,
 }
 
 impl SamplerArgs {
@@ -110,7 +113,8 @@ impl SamplerArgs {
                     used.push("eta");
                 }
             }
-            SamplerSpec::EulerAncestral { eta, s_noise } => {
+            SamplerSpec::EulerAncestral { eta, s_noise }
+            | SamplerSpec::DpmPp3MSde { eta, s_noise } => {
                 if let Some(v) = self.eta {
                     *eta = v;
                     used.push("eta");
@@ -163,6 +167,24 @@ impl SamplerArgs {
                     used.push("order");
                 }
             }
+            SamplerSpec::DpmPp2MSde {
+                eta,
+                s_noise,
+                solver_type,
+            } => {
+                if let Some(v) = self.eta {
+                    *eta = v;
+                    used.push("eta");
+                }
+                if let Some(v) = self.s_noise {
+                    *s_noise = v;
+                    used.push("s-noise");
+                }
+                if let Some(v) = &self.solver_type {
+                    *solver_type = v.parse::<SolverType>()?;
+                    used.push("solver-type");
+                }
+            }
             _ => {}
         }
         let given = [
@@ -175,6 +197,7 @@ impl SamplerArgs {
             ("corrector-steps", self.corrector_steps.is_some()),
             ("variance", self.variance.is_some()),
             ("order", self.order.is_some()),
+            ("solver-type", self.solver_type.is_some()),
         ];
         for (flag, present) in given {
             if present && !used.contains(&flag) {

@@ -574,6 +574,11 @@ fn cuda_and_cpu_agree_on_the_digits_unet_with_and_without_graphs() {
 /// scripts/test.sh into .peers/site), and the peers.json it wrote; None (after printing why)
 /// where k-diffusion is not installed.
 fn peers(args: &[&str], dir: &Path) -> Option<serde_json::Value> {
+    peers_exit(args, dir, 0)
+}
+
+/// [`peers`], expecting exit code `code`.
+fn peers_exit(args: &[&str], dir: &Path, code: i32) -> Option<serde_json::Value> {
     let (Ok(py), Ok(site)) = (
         std::env::var("SCOREFLOW_PEERS_PYTHON"),
         std::env::var("SCOREFLOW_PEERS_SITE"),
@@ -598,8 +603,9 @@ fn peers(args: &[&str], dir: &Path) -> Option<serde_json::Value> {
         .arg(dir)
         .output()
         .unwrap();
-    assert!(
-        o.status.success(),
+    assert_eq!(
+        o.status.code(),
+        Some(code),
         "{}\n{}",
         String::from_utf8_lossy(&o.stdout),
         stderr(&o)
@@ -610,11 +616,13 @@ fn peers(args: &[&str], dir: &Path) -> Option<serde_json::Value> {
 
 #[test]
 fn k_diffusion_gives_the_same_samples_as_scoreflow() {
-    // An independent implementation of the deterministic samplers: k-diffusion's
-    // sample_euler, sample_heun, sample_dpmpp_2m, sample_dpm_2, sample_lms and
-    // sample_dpmpp_3m_sde (eta = 0), around PyTorch twins of the exact mixture, of the gmm8 MLP
-    // and of the digits U-Net (weights loaded from the checkpoints), from the same noise on the
-    // same Karras grid.
+    // An independent implementation of the samplers: k-diffusion's sample_euler, sample_heun,
+    // sample_dpmpp_2m, sample_dpm_2, sample_lms, sample_dpmpp_3m_sde (eta = 0), and the
+    // stochastic sample_euler_ancestral, sample_heun with churn, sample_dpmpp_2m_sde (midpoint
+    // and heun) and sample_dpmpp_3m_sde, around PyTorch twins of the exact mixture, of the gmm8
+    // MLP and of the digits U-Net (weights loaded from the checkpoints), from the same starting
+    // noise on the same Karras grid; the stochastic ones get scoreflow's Brownian paths, rebuilt
+    // in numpy by peers.py from their description.
     let dir = tempfile::tempdir().unwrap();
     let Some(v) = peers(
         &[
@@ -629,7 +637,7 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         return;
     };
     let checks = v["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 3 * 6);
+    assert_eq!(checks.len(), 3 * 13);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),
@@ -639,6 +647,24 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         // integrates its coefficients numerically (scipy quad, epsrel 1e-4).
         let tol = if c["sampler"] == "lms" { 5e-4 } else { 1e-4 } * scale.max(1.0);
         assert!(diff <= tol, "{c}");
+    }
+    // The control: k-diffusion handed another seed's Brownian paths must disagree on every
+    // stochastic sampler (and still agree on the deterministic one), with exit code 1.
+    let dir = tempfile::tempdir().unwrap();
+    let v = peers_exit(
+        &[
+            "--check-only",
+            "--check-samplers",
+            "euler,euler-ancestral,edm-stochastic,dpmpp-2m-sde,dpmpp-3m-sde",
+            "--check-noise-seed",
+            "4",
+        ],
+        dir.path(),
+        1,
+    )
+    .unwrap();
+    for c in v["checks"].as_array().unwrap() {
+        assert_eq!(c["agree"], c["sampler"] == "euler", "{c}");
     }
 }
 

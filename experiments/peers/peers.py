@@ -363,9 +363,9 @@ def median_time(fn, dev, reps, warmup):
     return statistics.median(ts)
 
 
-# scoreflow sampler -> k-diffusion function and keyword arguments. dpmpp-3m is the eta = 0 case
-# of k-diffusion's DPM-Solver++(3M) SDE (a noise sampler that is never called is passed so that
-# no Brownian tree is built).
+# scoreflow sampler -> k-diffusion function and keyword arguments, for the timed runs. dpmpp-3m
+# is the eta = 0 case of k-diffusion's DPM-Solver++(3M) SDE (a noise sampler that is never called
+# is passed so that no Brownian tree is built).
 KD_NAMES = {
     "euler": ("sample_euler", {}),
     "heun": ("sample_heun", {}),
@@ -380,6 +380,166 @@ def kd_sampler(sampling, name):
     fn, kw = KD_NAMES[name]
     f = getattr(sampling, fn)
     return lambda model, x, sigmas: f(model, x, sigmas, disable=True, **kw)
+
+
+# --------------------------------------------------------------------------- scoreflow's noise
+
+# Noise streams of solvers/src/noise.rs.
+STREAM_STEP, STREAM_CHURN = 1, 2
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _fmix64(z):
+    """SplitMix64's output function on a uint64 array (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _mix(x):
+    return _fmix64(np.atleast_1d(np.asarray(x, dtype=np.uint64)) + _GAMMA)
+
+
+class ScoreflowNoise:
+    """The per-sample Brownian trees of `scoreflow sample --seed SEED`, written again from their
+    description in solvers/src/noise.rs and docs/conventions.md: sample k's key is
+    mix(mix(seed) ^ mix(k + 0x5EED)); W on [0, span] by Brownian-bridge bisection down to
+    1e-9 max(span, 1), every node's normals Box-Muller pairs of SplitMix64 positions keyed by the
+    node; W(t) linear between the last two nodes; negative times on a second tree. A sampler's
+    standard normal for the step from sigma to sigma' is (W(sigma) - W(sigma')) / sqrt(sigma - sigma').
+    Passing these to k-diffusion makes its stochastic samplers comparable with scoreflow's."""
+
+    def __init__(self, seed, n, shape, span):
+        self.keys = _mix(_mix(seed) ^ _mix(np.arange(n, dtype=np.uint64) + np.uint64(0x5EED)))
+        self.n, self.shape, self.d = n, list(shape), int(np.prod(shape))
+        self.span, self.tol = span, 1e-9 * max(span, 1.0)
+
+    def walk(self, t):
+        a, b = 0.0, self.span
+        ca, cb, branches = [0.0], [math.sqrt(self.span)], []
+        while b - a > self.tol and a < t < b:
+            m, sd = 0.5 * (a + b), math.sqrt(0.25 * (b - a))
+            ca.append(0.0)
+            cb.append(0.0)
+            cm = [0.5 * (x + y) for x, y in zip(ca, cb)]
+            cm[-1] = sd
+            if t < m:
+                b, cb = m, cm
+                branches.append(1)
+            else:
+                a, ca = m, cm
+                branches.append(2)
+        f = min(max((t - a) / (b - a), 0.0), 1.0) if b > a else 0.0
+        return branches, [x + f * (y - x) for x, y in zip(ca, cb)]
+
+    def values(self, stream, t):
+        if t < 0:
+            return self.values(stream ^ 0x4E47_0000_0000_0000, -t)
+        t = min(t, self.span)
+        out = np.zeros((self.n, self.d))
+        if t <= 0:
+            return out
+        branches, c = self.walk(t)
+        key = _mix(self.keys ^ _mix(stream))
+        nodes, node = [_mix(key ^ np.uint64(0xE4D))], _mix(key ^ np.uint64(0x7EE))
+        for br in branches:
+            nodes.append(node)
+            node = _mix(node ^ np.uint64(br))
+        p = np.arange((self.d + 1) // 2, dtype=np.uint64)
+        for k, ci in zip(nodes, c):
+            b1 = _fmix64(k[:, None] + _GAMMA * (np.uint64(2) * p + np.uint64(1)))
+            b2 = _fmix64(k[:, None] + _GAMMA * (np.uint64(2) * p + np.uint64(2)))
+            u1 = ((b1 >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53
+            u2 = (b2 >> np.uint64(11)).astype(np.float64) * 2.0**-53
+            r, th = np.sqrt(-2.0 * np.log(u1)), 2.0 * math.pi * u2
+            z = np.stack([r * np.cos(th), r * np.sin(th)], -1).reshape(self.n, -1)[:, : self.d]
+            out += ci * z
+        return out
+
+    def standard(self, stream, a, b):
+        """(W(b) - W(a)) / sqrt(|b - a|), shape [n, *shape], float64."""
+        v = (self.values(stream, b) - self.values(stream, a)) / math.sqrt(abs(b - a))
+        return torch.from_numpy(v.reshape([self.n] + self.shape))
+
+
+def karras_f64(steps, sigma_min=0.002, sigma_max=80.0, rho=7.0):
+    """scoreflow's Karras grid in float64 (solvers/src/grid.rs), ending in 0."""
+    a, b = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+    return [(a + (i / (steps - 1) if steps > 1 else 0.0) * (b - a)) ** rho for i in range(steps)] + [0.0]
+
+
+class _TorchWithNoise(types.ModuleType):
+    """The torch module with `randn_like` replaced (for k-diffusion's churn, which draws with it)."""
+
+    def __init__(self, draw):
+        super().__init__("torch")
+        self._draw = draw
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def randn_like(self, x, *args, **kwargs):
+        return self._draw(x)
+
+
+# Samples compared with k-diffusion: scoreflow flags, then a function running k-diffusion on
+# (sampling module, model, x, float32 sigmas, float64 grid, ScoreflowNoise). The stochastic ones
+# get scoreflow's noise: through `noise_sampler(sigma, sigma_next)` (called once per step, the
+# step found by its sigma), or for EDM churn through `torch.randn_like` (called once per step).
+EDM_CHURN = ["--s-churn", "40", "--s-tmin", "0.05", "--s-tmax", "50", "--s-noise", "1.003"]
+
+
+def _step_noise(grid, noise, stream, like):
+    def ns(sigma, sigma_next):
+        i = min(range(len(grid)), key=lambda j: abs(grid[j] - float(sigma)))
+        return noise.standard(stream, grid[i + 1], grid[i]).to(like.device, like.dtype)
+    return ns
+
+
+def _kd_churn(sampling, model, x, sigmas, grid, noise):
+    step = [0]
+
+    def draw(like):
+        i = step[0]
+        step[0] += 1
+        return noise.standard(STREAM_CHURN, grid[i + 1], grid[i]).to(like.device, like.dtype)
+
+    saved = sampling.torch
+    sampling.torch = _TorchWithNoise(draw)
+    try:
+        return sampling.sample_heun(model, x, sigmas, disable=True, s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003)
+    finally:
+        sampling.torch = saved
+
+
+def _kd_det(name):
+    return lambda sampling, model, x, sigmas, grid, noise: kd_sampler(sampling, name)(model, x, sigmas)
+
+
+CHECKS = {name: (["--solver", name], _kd_det(name)) for name in KD_NAMES}
+CHECKS.update({
+    "euler-ancestral": (["--solver", "euler-ancestral"],
+                        lambda sampling, model, x, sigmas, grid, noise: sampling.sample_euler_ancestral(
+                            model, x, sigmas, disable=True, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
+    "euler-ancestral-eta0.5": (["--solver", "euler-ancestral", "--eta", "0.5", "--s-noise", "1.1"],
+                               lambda sampling, model, x, sigmas, grid, noise: sampling.sample_euler_ancestral(
+                                   model, x, sigmas, disable=True, eta=0.5, s_noise=1.1,
+                                   noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
+    "edm-stochastic": (["--solver", "edm-stochastic"] + EDM_CHURN, _kd_churn),
+    "dpmpp-2m-sde": (["--solver", "dpmpp-2m-sde"],
+                     lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_2m_sde(
+                         model, x, sigmas, disable=True, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
+    "dpmpp-2m-sde-heun": (["--solver", "dpmpp-2m-sde", "--solver-type", "heun", "--eta", "0.7", "--s-noise", "0.9"],
+                          lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_2m_sde(
+                              model, x, sigmas, disable=True, eta=0.7, s_noise=0.9, solver_type="heun",
+                              noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
+    "dpmpp-3m-sde": (["--solver", "dpmpp-3m-sde"],
+                     lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_3m_sde(
+                         model, x, sigmas, disable=True, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
+    "dpmpp-3m-sde-eta0.5": (["--solver", "dpmpp-3m-sde", "--eta", "0.5"],
+                            lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_3m_sde(
+                                model, x, sigmas, disable=True, eta=0.5, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
+})
 
 
 # --------------------------------------------------------------------------- training
@@ -504,7 +664,10 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", required=True, help="output folder (peers.json and the logs)")
     ap.add_argument("--check-only", action="store_true", help="only check that the samples agree (no timing)")
-    ap.add_argument("--check-samplers", default=",".join(KD_NAMES), help="samplers whose samples are compared")
+    ap.add_argument("--check-samplers", default=",".join(CHECKS), help=f"samplers whose samples are compared, of {','.join(CHECKS)}")
+    ap.add_argument("--check-noise-seed", type=int,
+                    help="seed of the Brownian paths handed to k-diffusion's stochastic samplers (default: the one "
+                         "scoreflow samples with; any other is a control under which they must disagree)")
     ap.add_argument("--check-tol", type=float, default=1e-3,
                     help="largest difference that counts as the same samples, relative to max(1, max |x|); "
                          "a disagreement is reported, the timing still runs, and the exit code is 1")
@@ -522,6 +685,11 @@ def main():
     train_modes = [m for m in a.train_modes.split(",") if m]
     if set(train_modes) - set(TRAIN_MODES):
         ap.error(f"unknown --train-modes {sorted(set(train_modes) - set(TRAIN_MODES))}")
+    check_names = [c for c in a.check_samplers.split(",") if c]
+    if set(check_names) - set(CHECKS):
+        ap.error(f"unknown --check-samplers {sorted(set(check_names) - set(CHECKS))} (known: {', '.join(CHECKS)})")
+    if set(s for s in a.samplers.split(",") if s) - set(KD_NAMES):
+        ap.error(f"unknown --samplers {sorted(set(a.samplers.split(',')) - set(KD_NAMES) - {''})} (known: {', '.join(KD_NAMES)})")
 
     os.makedirs(a.out, exist_ok=True)
     dev = torch.device(a.device)
@@ -573,23 +741,28 @@ def main():
                   + (["--batch", str(a.train_batch)] if a.train_batch else []))
         sf_train = json.load(open(js))
     for name, model, shape, batches, sf_model in models:
-        # 1. Same model, same algorithm: compare final samples from one noise file.
-        n_check = 8
+        # 1. Same model, same algorithm: compare final samples from one noise file (and, for the
+        # stochastic samplers, scoreflow's Brownian paths of seed 3, rebuilt here).
+        n_check, seed = 8, 3
         z = torch.randn([n_check] + shape, generator=torch.Generator().manual_seed(7), dtype=torch.float32)
+        grid = karras_f64(a.steps)
+        noise_seed = seed if a.check_noise_seed is None else a.check_noise_seed
+        noise = ScoreflowNoise(noise_seed, n_check, shape, max(grid[0], 80.0) * 1.001 + 1e-3)
         with tempfile.TemporaryDirectory() as tmp:
             np.save(os.path.join(tmp, "z.npy"), z.numpy())
-            for s in [s for s in a.check_samplers.split(",") if s]:
+            for s in check_names:
                 out = os.path.join(tmp, "x.npy")
-                scoreflow(a.scoreflow, ["sample", *sf_model, "--solver", s, "--steps", str(a.steps),
+                flags, run_kd = CHECKS[s]
+                scoreflow(a.scoreflow, ["sample", *sf_model, *flags, "--steps", str(a.steps), "--seed", str(seed),
                                         "--noise", os.path.join(tmp, "z.npy"), "--device", sf_dev, "--out", out])
                 x_sf = torch.from_numpy(np.load(out))
                 with torch.no_grad():
-                    x_kd = kd_sampler(sampling, s)(model, z.to(dev) * 80.0, sigmas).cpu()
+                    x_kd = run_kd(sampling, model, z.to(dev) * 80.0, sigmas, grid, noise).cpu()
                 err = (x_sf - x_kd).abs().max().item()
                 scale = x_kd.abs().max().item()
                 agree = err <= a.check_tol * max(1.0, scale)
                 checks.append({"model": name, "sampler": s, "max_abs_diff": err, "max_abs": scale, "agree": agree})
-                print(f"same samples? {name:<28} {s:<9} max |scoreflow - k-diffusion| = {err:.2e} (max |x| {scale:.2f})"
+                print(f"same samples? {name:<28} {s:<22} max |scoreflow - k-diffusion| = {err:.2e} (max |x| {scale:.2f})"
                       + ("" if agree else f"  DISAGREE (tolerance {a.check_tol} x max(1, max |x|))"))
                 save(False)
 

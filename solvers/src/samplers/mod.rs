@@ -5,6 +5,7 @@ pub mod ddim;
 pub mod ddpm;
 pub mod dpm2;
 pub mod dpmpp_2m;
+pub mod dpmpp_2m_sde;
 pub mod dpmpp_3m;
 pub mod edm_stochastic;
 pub mod euler;
@@ -17,6 +18,7 @@ pub mod pc;
 use crate::driver::Sampler;
 use crate::error::{Result, SolverError};
 pub use ddpm::DdpmVariance;
+pub use dpmpp_2m_sde::SolverType;
 use serde::{Deserialize, Serialize};
 
 fn one() -> f64 {
@@ -81,6 +83,22 @@ pub enum SamplerSpec {
         #[serde(default = "four")]
         order: usize,
     },
+    #[serde(rename = "dpmpp-2m-sde")]
+    DpmPp2MSde {
+        #[serde(default = "one")]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+        #[serde(default)]
+        solver_type: SolverType,
+    },
+    #[serde(rename = "dpmpp-3m-sde")]
+    DpmPp3MSde {
+        #[serde(default = "one")]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
 }
 
 /// Every registry name, in the order of the docs.
@@ -97,6 +115,8 @@ pub const NAMES: &[&str] = &[
     "dpm2",
     "lms",
     "dpmpp-3m",
+    "dpmpp-2m-sde",
+    "dpmpp-3m-sde",
 ];
 
 impl SamplerSpec {
@@ -129,6 +149,15 @@ impl SamplerSpec {
             },
             "dpm2" => SamplerSpec::Dpm2,
             "lms" => SamplerSpec::Lms { order: 4 },
+            "dpmpp-2m-sde" => SamplerSpec::DpmPp2MSde {
+                eta: 1.0,
+                s_noise: 1.0,
+                solver_type: SolverType::Midpoint,
+            },
+            "dpmpp-3m-sde" => SamplerSpec::DpmPp3MSde {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
             other => {
                 return Err(SolverError::UnknownSampler {
                     name: other.to_string(),
@@ -153,6 +182,8 @@ impl SamplerSpec {
             SamplerSpec::EulerAncestral { .. } => "euler-ancestral",
             SamplerSpec::Dpm2 => "dpm2",
             SamplerSpec::Lms { .. } => "lms",
+            SamplerSpec::DpmPp2MSde { .. } => "dpmpp-2m-sde",
+            SamplerSpec::DpmPp3MSde { .. } => "dpmpp-3m-sde",
         }
     }
 
@@ -164,7 +195,9 @@ impl SamplerSpec {
             } => *s_churn > 0.0 && *s_noise > 0.0,
             SamplerSpec::EulerMaruyama | SamplerSpec::Ddpm { .. } | SamplerSpec::Pc { .. } => true,
             SamplerSpec::Ddim { eta } => *eta > 0.0,
-            SamplerSpec::EulerAncestral { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
+            SamplerSpec::EulerAncestral { eta, s_noise }
+            | SamplerSpec::DpmPp2MSde { eta, s_noise, .. }
+            | SamplerSpec::DpmPp3MSde { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
             _ => false,
         }
     }
@@ -205,12 +238,20 @@ impl SamplerSpec {
                 corrector_steps,
             } => Box::new(pc::Pc::new(*snr, *corrector_steps)?),
             SamplerSpec::DpmPp2M => Box::new(dpmpp_2m::DpmPp2M),
-            SamplerSpec::DpmPp3M => Box::new(dpmpp_3m::DpmPp3M),
+            SamplerSpec::DpmPp3M => Box::new(dpmpp_3m::DpmPp3M::ode()),
             SamplerSpec::EulerAncestral { eta, s_noise } => {
                 Box::new(euler_ancestral::EulerAncestral::new(*eta, *s_noise)?)
             }
             SamplerSpec::Dpm2 => Box::new(dpm2::Dpm2),
             SamplerSpec::Lms { order } => Box::new(lms::Lms::new(*order)?),
+            SamplerSpec::DpmPp2MSde {
+                eta,
+                s_noise,
+                solver_type,
+            } => Box::new(dpmpp_2m_sde::DpmPp2MSde::new(*eta, *s_noise, *solver_type)?),
+            SamplerSpec::DpmPp3MSde { eta, s_noise } => {
+                Box::new(dpmpp_3m::DpmPp3M::sde(*eta, *s_noise)?)
+            }
         })
     }
 }

@@ -34,6 +34,42 @@ pub fn sample(
     (out.x, out.nfe)
 }
 
+/// Run `spec` from the given start `x` (at `sigmas[0]`) with the Brownian paths of `noise_seed`:
+/// what a sampler's own noise changes, with the start held fixed.
+pub fn sample_with_noise(
+    spec: &SamplerSpec,
+    den: &dyn Denoiser,
+    sde: &dyn Sde,
+    sigmas: &[f64],
+    x: &Tensor,
+    noise_seed: u64,
+) -> Tensor {
+    let size = x.size();
+    let span = sigmas[0].max(sde.time_of(sigmas[0])) * 1.001 + 1.0;
+    let mut noise = BrownianNoise::new(
+        noise_seed,
+        0,
+        size[0] as usize,
+        &size[1..],
+        span,
+        Device::Cpu,
+        Kind::Double,
+    );
+    let sampler = spec.build().unwrap();
+    run(
+        sampler.as_ref(),
+        den,
+        sde,
+        sigmas,
+        x.shallow_clone(),
+        &mut noise,
+        &RunOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap()
+    .x
+}
+
 /// Starting noise of the same seed, scaled to sigma_max.
 pub fn start(seed: u64, n: usize, d: usize, sigma_max: f64) -> Tensor {
     BrownianNoise::new(seed, 0, n, &[d as i64], 1.0, Device::Cpu, Kind::Double).initial()
