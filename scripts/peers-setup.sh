@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares the peer benchmark: k-diffusion, torchsde and trampoline (and, where the python lacks
 # them, what k_diffusion/sampling.py imports: scipy, torchdiffeq, tqdm; safetensors to read
-# checkpoints) into .peers/site, then, given the binary, the 32x32x3 U-Net checkpoint.
+# checkpoints) into .peers/site, diffusers into .peers/diffusers, then, given the binary, the
+# 32x32x3 U-Net checkpoint.
 # Usage: peers-setup.sh PYTHON [SCOREFLOW]
 set -euo pipefail
 py="$1"; bin="${2:-}"
@@ -21,6 +22,13 @@ if ! PYTHONPATH=.peers/site "$py" -c "import torchsde, trampoline" 2>/dev/null |
     [ ${#need[@]} -eq 0 ] && pip+=(--no-index --no-compile)
   fi
   "${pip[@]}" "${wheels[@]}" "${need[@]}"
+fi
+# diffusers (with its dependencies, in a folder of its own that peers.py appends to sys.path) for
+# the DDPM and DDIM checks; best effort: without it (offline, say) those checks are skipped.
+if ! PYTHONPATH=.peers/diffusers "$py" -c "import diffusers" 2>/dev/null; then
+  rm -rf .peers/diffusers
+  "$py" -m pip install -q --disable-pip-version-check --target .peers/diffusers diffusers==0.42.1 ||
+    echo "peers-setup: could not install diffusers; the DDPM and DDIM peer checks will be skipped" >&2
 fi
 if [ -n "$bin" ] && [ ! -f .peers/unet32/checkpoint.safetensors ]; then
   "$py" -c "import numpy as np; np.save('.peers/unet32-data.npy', (0.5 * np.random.default_rng(0).standard_normal((64, 3, 32, 32))).astype('float32'))"

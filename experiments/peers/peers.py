@@ -6,8 +6,10 @@ What it does (docs/performance.md has the figures and the commands):
    (scoreflow's `builtin:gmm8`) and scoreflow's MLP and U-Net, whose weights it loads from a
    scoreflow checkpoint with strict name and shape matching, so the layers, widths and parameter
    count are those of the Rust network (both counts are printed).
-2. Checks that the two are the same model: k-diffusion's `sample_euler`, `sample_heun` and
-   `sample_dpmpp_2m` and `scoreflow sample` start from the same noise file on the same Karras
+2. Checks that the two are the same model and that scoreflow's samplers are the published
+   algorithms: k-diffusion's samplers (`CHECKS`; the stochastic ones given scoreflow's Brownian
+   paths, rebuilt here by `ScoreflowNoise`) and diffusers' DDPM and DDIM schedulers
+   (`DIFFUSERS_CHECKS`) and `scoreflow sample` start from the same noise file on the same Karras
    grid; the final samples must agree within float32 tolerance.
 3. Times, in the same run: `scoreflow bench` (its own medians, synchronized; run first) and k-diffusion's
    samplers around the PyTorch twin, eager and under torch.compile (and, on CUDA,
@@ -81,6 +83,21 @@ def load_kdiffusion_sampling():
     pkg.utils = utils
     sampling = load("k_diffusion.sampling", "sampling.py")
     return sampling, root, utils_note
+
+
+def load_diffusers_schedulers(site):
+    """diffusers' DDPM, DDIM and score-SDE (VE and VP) scheduler modules, from `site` (appended to sys.path, so that the
+    python's own numpy and torch come first) or the python's own packages; (None, reason) where
+    they cannot be imported."""
+    if os.path.isdir(site):
+        sys.path.append(site)
+    try:
+        from diffusers.schedulers import scheduling_ddim, scheduling_ddpm, scheduling_sde_ve
+        from diffusers.schedulers.deprecated import scheduling_sde_vp
+        import diffusers
+    except Exception as e:  # any import failure means: no diffusers peer
+        return None, f"{type(e).__name__}: {e}"
+    return (scheduling_ddpm, scheduling_ddim, scheduling_sde_ve, scheduling_sde_vp), f"diffusers {diffusers.__version__} from {os.path.dirname(diffusers.__file__)}"
 
 
 # --------------------------------------------------------------------------- models
@@ -385,7 +402,7 @@ def kd_sampler(sampling, name):
 # --------------------------------------------------------------------------- scoreflow's noise
 
 # Noise streams of solvers/src/noise.rs.
-STREAM_STEP, STREAM_CHURN = 1, 2
+STREAM_STEP, STREAM_CHURN, STREAM_TIME, STREAM_CORRECTOR = 1, 2, 3, 16
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -413,6 +430,13 @@ class ScoreflowNoise:
         self.keys = _mix(_mix(seed) ^ _mix(np.arange(n, dtype=np.uint64) + np.uint64(0x5EED)))
         self.n, self.shape, self.d = n, list(shape), int(np.prod(shape))
         self.span, self.tol = span, 1e-9 * max(span, 1.0)
+
+    def with_span(self, span):
+        """The same samples' paths on [0, span]."""
+        other = ScoreflowNoise.__new__(ScoreflowNoise)
+        other.__dict__.update(self.__dict__)
+        other.span, other.tol = span, 1e-9 * max(span, 1.0)
+        return other
 
     def walk(self, t):
         a, b = 0.0, self.span
@@ -510,6 +534,172 @@ def _kd_churn(sampling, model, x, sigmas, grid, noise):
         return sampling.sample_heun(model, x, sigmas, disable=True, s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003)
     finally:
         sampling.torch = saved
+
+
+def _diffusers_run(kind, eta=0.0, variance="fixed_small"):
+    """diffusers' DDPMScheduler or DDIMScheduler on scoreflow's grid: N train timesteps with
+    alphas_cumprod[t] = 1 / (1 + sigma_{N-1-t}^2), stepped t = N-1 .. 0 (t - 1 = -1 is
+    alpha_bar = 1, sigma = 0), clip_sample off, the model as an eps-predictor in the VP variable
+    x_vp = x / sqrt(1 + sigma^2), and scoreflow's step noise (STREAM_STEP) as DDPM's
+    randn_tensor or DDIM's variance_noise."""
+
+    def run(diffusers, model, x, sigmas, grid, noise):
+        ddpm_mod, ddim_mod = diffusers[:2]
+        n = len(grid) - 1
+        a = torch.tensor([1.0 / (1.0 + grid[n - 1 - t] ** 2) for t in range(n)], dtype=torch.float64)
+        if kind == "ddpm":
+            sch = ddpm_mod.DDPMScheduler(num_train_timesteps=n, clip_sample=False, variance_type=variance,
+                                         prediction_type="epsilon", timestep_spacing="leading", steps_offset=0)
+        else:
+            sch = ddim_mod.DDIMScheduler(num_train_timesteps=n, clip_sample=False, set_alpha_to_one=True,
+                                         prediction_type="epsilon", timestep_spacing="leading", steps_offset=0)
+        sch.alphas_cumprod = a
+        sch.set_timesteps(n)
+        ones = x.new_ones([x.shape[0]])
+        xv = x / math.sqrt(1.0 + grid[0] ** 2)
+        saved = ddpm_mod.randn_tensor
+        try:
+            for t in [int(t) for t in sch.timesteps]:
+                i = n - 1 - t
+                sig = grid[i]
+                xs = xv * math.sqrt(1.0 + sig * sig)
+                eps = (xs - model(xs, ones * sig)) / sig
+                z = (noise.standard(STREAM_STEP, grid[i + 1], sig) if grid[i + 1] > 0
+                     else torch.zeros(noise.n, *noise.shape, dtype=torch.float64)).to(x.device, x.dtype)
+                if kind == "ddpm":
+                    ddpm_mod.randn_tensor = lambda *args, _z=z, **kw: _z
+                    xv = sch.step(eps, t, xv).prev_sample
+                else:
+                    xv = sch.step(eps, t, xv, eta=eta, variance_noise=z).prev_sample
+        finally:
+            ddpm_mod.randn_tensor = saved
+        return xv
+
+    return run
+
+
+def _diffusers_pc(snr, corrector_steps):
+    """diffusers' ScoreSdeVeScheduler (Song et al.'s predictor-corrector for VE, as score_sde's
+    pc_sampler and diffusers' ScoreSdeVePipeline run it): at each level `corrector_steps`
+    `step_correct` (Langevin), then `step_pred` (reverse diffusion); the last level's predictor
+    mean is the result (score_sde's final denoising). Its `discrete_sigmas` are set to scoreflow's
+    grid (EDM SDE: s = 1, the VE formulas), step_pred is given the timestep (k + 1/2) / (N - 1)
+    that indexes level k, the score is (D(x; sigma) - x) / sigma^2 at the level's sigma, and
+    randn_tensor returns scoreflow's corrector (STREAM_CORRECTOR + j) and predictor (STREAM_STEP)
+    noise."""
+
+    def run(diffusers, model, x, sigmas, grid, noise):
+        sde_mod = diffusers[2]
+        n = len(grid) - 1
+        sch = sde_mod.ScoreSdeVeScheduler(num_train_timesteps=n, snr=snr, sigma_min=grid[n - 1], sigma_max=grid[0])
+        sch.set_timesteps(n)
+        sch.discrete_sigmas = torch.tensor(grid[:n][::-1], dtype=torch.float64)
+        ones = x.new_ones([x.shape[0]])
+        saved = sde_mod.randn_tensor
+        draws = []
+        sde_mod.randn_tensor = lambda *args, **kw: draws.pop(0)
+        try:
+            for i in range(n):
+                sig = grid[i]
+
+                def score(y):
+                    return (model(y, ones * sig) - y) / (sig * sig)
+
+                def z(stream):
+                    return noise.standard(stream, grid[i + 1], sig).to(x.device, x.dtype)
+
+                for j in range(corrector_steps):
+                    draws.append(z(STREAM_CORRECTOR + j))
+                    x = sch.step_correct(score(x), x).prev_sample.to(x.dtype)
+                draws.append(z(STREAM_STEP) if grid[i + 1] > 0 else torch.zeros_like(x))
+                out = sch.step_pred(score(x), (n - 1 - i + 0.5) / (n - 1), x)
+                x, mean = out.prev_sample.to(x.dtype), out.prev_sample_mean.to(x.dtype)
+        finally:
+            sde_mod.randn_tensor = saved
+        return mean
+
+    return run
+
+
+# scoreflow's VP SDE (linear beta, 0.1 to 20; solvers/src/sde.rs).
+VP_BETA_MIN, VP_BETA_MAX = 0.1, 20.0
+
+
+def _vp_integral(t):
+    return 0.5 * (VP_BETA_MAX - VP_BETA_MIN) * t * t + VP_BETA_MIN * t
+
+
+def _vp_sigma(t):
+    return math.sqrt(math.expm1(_vp_integral(t)))
+
+
+def _vp_time(sigma):
+    b = math.log1p(sigma * sigma)
+    return 2.0 * b / (VP_BETA_MIN + math.sqrt(VP_BETA_MIN**2 + 2.0 * (VP_BETA_MAX - VP_BETA_MIN) * b))
+
+
+# Euler-Maruyama is compared on the VP SDE, whose Euler-Maruyama diffusers' ScoreSdeVpScheduler
+# takes with steps of dt = 1 / EM_L: scoreflow's uniform-t grid from t = 1 down to
+# 1 - (steps - 1) / EM_L has exactly that step.
+EM_L = 20
+
+
+def _em_flags(steps):
+    t_lo = 1.0 - (steps - 1) / EM_L
+    return ["--solver", "euler-maruyama", "--sde", "vp", "--grid", "uniform-t",
+            "--sigma-min", repr(_vp_sigma(t_lo)), "--sigma-max", repr(_vp_sigma(1.0))]
+
+
+def _diffusers_em(diffusers, model, x, sigmas, grid, noise):
+    """diffusers' ScoreSdeVpScheduler.step_pred (score_sde's EulerMaruyamaPredictor on the VP SDE)
+    for the first steps - 1 steps of scoreflow's uniform-t grid (dt = 1 / EM_L, the score given as
+    -score * std as the scheduler expects), then scoreflow's last step, D(x / s; sigma) (score_sde's
+    final denoising). The noise: scoreflow's time-indexed stream (STREAM_TIME), its Brownian path
+    on [0, span] for the VP span, as randn_tensor. `x` is the start scaled by 80 (the Karras
+    sigma_max the other checks use), so z = x / 80."""
+    vp_mod = diffusers[3]
+    n = len(grid) - 1
+    s_max, s_min = _vp_sigma(1.0), _vp_sigma(1.0 - (n - 1) / EM_L)
+    t_hi, t_lo = _vp_time(s_max), _vp_time(s_min)
+    vgrid = [_vp_sigma(t_hi + (i / (n - 1)) * (t_lo - t_hi)) for i in range(n)]
+    times = [_vp_time(v) for v in vgrid]
+    paths = noise.with_span(max(vgrid[0], times[0], 1.0) * 1.001 + 1e-3)
+    sch = vp_mod.ScoreSdeVpScheduler(beta_min=VP_BETA_MIN, beta_max=VP_BETA_MAX)
+    sch.set_timesteps(EM_L)
+    b = x.shape[0]
+    s_of = lambda t: math.exp(-0.5 * _vp_integral(t))
+    xv = (x / 80.0) * vgrid[0] * s_of(times[0])
+    saved = vp_mod.randn_tensor
+    try:
+        for i in range(n - 1):
+            t, sig = times[i], vgrid[i]
+            s = s_of(t)
+            xh = xv / s
+            score = (model(xh, x.new_ones([b]) * sig) - xh) / (s * sig * sig)
+            tt = torch.full([b], t, dtype=torch.float64, device=x.device)
+            std = torch.sqrt(1.0 - torch.exp(2.0 * (-0.25 * tt**2 * (VP_BETA_MAX - VP_BETA_MIN) - 0.5 * tt * VP_BETA_MIN)))
+            z = paths.standard(STREAM_TIME, times[i + 1], t).to(x.device, x.dtype)
+            vp_mod.randn_tensor = lambda *args, _z=z, **kw: _z
+            xv, _ = sch.step_pred(-score * std.view([b] + [1] * (x.dim() - 1)), xv, tt)
+            xv = xv.to(x.dtype)
+    finally:
+        vp_mod.randn_tensor = saved
+    t, sig = times[n - 1], vgrid[n - 1]
+    return model(xv / s_of(t), x.new_ones([b]) * sig)
+
+
+# Compared with diffusers (run gets its scheduler modules instead of k-diffusion's sampling
+# module); flags may depend on the number of steps.
+DIFFUSERS_CHECKS = {
+    "ddpm": (["--solver", "ddpm"], _diffusers_run("ddpm")),
+    "ddpm-large": (["--solver", "ddpm", "--variance", "large"], _diffusers_run("ddpm", variance="fixed_large")),
+    "ddim": (["--solver", "ddim"], _diffusers_run("ddim")),
+    "ddim-eta0.5": (["--solver", "ddim", "--eta", "0.5"], _diffusers_run("ddim", eta=0.5)),
+    "ddim-eta1": (["--solver", "ddim", "--eta", "1"], _diffusers_run("ddim", eta=1.0)),
+    "pc": (["--solver", "pc"], _diffusers_pc(0.16, 1)),
+    "pc-c2": (["--solver", "pc", "--snr", "0.1", "--corrector-steps", "2"], _diffusers_pc(0.1, 2)),
+    "euler-maruyama": (_em_flags, _diffusers_em),
+}
 
 
 def _kd_det(name):
@@ -664,7 +854,12 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", required=True, help="output folder (peers.json and the logs)")
     ap.add_argument("--check-only", action="store_true", help="only check that the samples agree (no timing)")
-    ap.add_argument("--check-samplers", default=",".join(CHECKS), help=f"samplers whose samples are compared, of {','.join(CHECKS)}")
+    known_checks = list(CHECKS) + list(DIFFUSERS_CHECKS)
+    ap.add_argument("--check-samplers",
+                    help=f"samplers whose samples are compared, of {','.join(known_checks)} (default: all; the "
+                         "diffusers ones only where diffusers can be imported)")
+    ap.add_argument("--diffusers-site", default=os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".peers", "diffusers")),
+                    help="folder with diffusers installed (scripts/peers-setup.sh puts it there)")
     ap.add_argument("--check-noise-seed", type=int,
                     help="seed of the Brownian paths handed to k-diffusion's stochastic samplers (default: the one "
                          "scoreflow samples with; any other is a control under which they must disagree)")
@@ -685,19 +880,27 @@ def main():
     train_modes = [m for m in a.train_modes.split(",") if m]
     if set(train_modes) - set(TRAIN_MODES):
         ap.error(f"unknown --train-modes {sorted(set(train_modes) - set(TRAIN_MODES))}")
-    check_names = [c for c in a.check_samplers.split(",") if c]
-    if set(check_names) - set(CHECKS):
-        ap.error(f"unknown --check-samplers {sorted(set(check_names) - set(CHECKS))} (known: {', '.join(CHECKS)})")
+    check_names = [c for c in (a.check_samplers or ",".join(known_checks)).split(",") if c]
+    if set(check_names) - set(known_checks):
+        ap.error(f"unknown --check-samplers {sorted(set(check_names) - set(known_checks))} (known: {', '.join(known_checks)})")
     if set(s for s in a.samplers.split(",") if s) - set(KD_NAMES):
         ap.error(f"unknown --samplers {sorted(set(a.samplers.split(',')) - set(KD_NAMES) - {''})} (known: {', '.join(KD_NAMES)})")
 
     os.makedirs(a.out, exist_ok=True)
     dev = torch.device(a.device)
     sampling, kd_root, utils_note = load_kdiffusion_sampling()
+    diffusers, diffusers_note = (None, "not asked for")
+    if any(c in DIFFUSERS_CHECKS for c in check_names) and "sample" in parts:
+        diffusers, diffusers_note = load_diffusers_schedulers(a.diffusers_site)
+        if diffusers is None:
+            if a.check_samplers:
+                fail(f"--check-samplers asks for diffusers, which cannot be imported ({diffusers_note})")
+            print(f"skipped: the diffusers checks ({diffusers_note})")
+            check_names = [c for c in check_names if c not in DIFFUSERS_CHECKS]
     samplers = [s for s in a.samplers.split(",") if s]
     modes = [m for m in a.modes.split(",") if m and not (m == "reduce-overhead" and dev.type != "cuda")]
     sigmas = sampling.get_sigmas_karras(a.steps, 0.002, 80.0, 7.0, device=dev)
-    print(f"torch {torch.__version__} on {dev}; k-diffusion sampling.py from {kd_root} ({utils_note})")
+    print(f"torch {torch.__version__} on {dev}; k-diffusion sampling.py from {kd_root} ({utils_note}); {diffusers_note}")
     torch.backends.cudnn.benchmark = False
 
     models = [("gmm8", gmm8().to(dev), [2], [a.mixture_batch], ["--denoiser", "builtin:gmm8"])]
@@ -714,7 +917,8 @@ def main():
         models = []
     rows, checks, train_rows = [], [], []
     info = {"torch": torch.__version__, "device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-            "steps": a.steps, "reps": a.reps, "kdiffusion_sampling": os.path.join(kd_root, "sampling.py")}
+            "steps": a.steps, "reps": a.reps, "kdiffusion_sampling": os.path.join(kd_root, "sampling.py"),
+            "diffusers": diffusers_note}
 
     def save(complete):
         """peers.json, rewritten (atomically) after every measurement: a run cut short still
@@ -752,17 +956,19 @@ def main():
             np.save(os.path.join(tmp, "z.npy"), z.numpy())
             for s in check_names:
                 out = os.path.join(tmp, "x.npy")
-                flags, run_kd = CHECKS[s]
+                peer = "diffusers" if s in DIFFUSERS_CHECKS else "k-diffusion"
+                flags, run_kd = DIFFUSERS_CHECKS[s] if s in DIFFUSERS_CHECKS else CHECKS[s]
+                flags = flags(a.steps) if callable(flags) else flags
                 scoreflow(a.scoreflow, ["sample", *sf_model, *flags, "--steps", str(a.steps), "--seed", str(seed),
                                         "--noise", os.path.join(tmp, "z.npy"), "--device", sf_dev, "--out", out])
                 x_sf = torch.from_numpy(np.load(out))
                 with torch.no_grad():
-                    x_kd = run_kd(sampling, model, z.to(dev) * 80.0, sigmas, grid, noise).cpu()
+                    x_kd = run_kd(diffusers if peer == "diffusers" else sampling, model, z.to(dev) * 80.0, sigmas, grid, noise).cpu()
                 err = (x_sf - x_kd).abs().max().item()
                 scale = x_kd.abs().max().item()
                 agree = err <= a.check_tol * max(1.0, scale)
-                checks.append({"model": name, "sampler": s, "max_abs_diff": err, "max_abs": scale, "agree": agree})
-                print(f"same samples? {name:<28} {s:<22} max |scoreflow - k-diffusion| = {err:.2e} (max |x| {scale:.2f})"
+                checks.append({"model": name, "sampler": s, "peer": peer, "max_abs_diff": err, "max_abs": scale, "agree": agree})
+                print(f"same samples? {name:<28} {s:<22} max |scoreflow - {peer:<11}| = {err:.2e} (max |x| {scale:.2f})"
                       + ("" if agree else f"  DISAGREE (tolerance {a.check_tol} x max(1, max |x|))"))
                 save(False)
 
@@ -831,7 +1037,7 @@ def main():
     print(f"wrote {os.path.join(a.out, 'peers.json')}")
     bad = [f"{c['model']}/{c['sampler']}" for c in checks if not c["agree"]]
     if bad:
-        sys.exit(f"peers: scoreflow and k-diffusion disagree on {', '.join(bad)}")
+        sys.exit(f"peers: scoreflow and its peer disagree on {', '.join(bad)}")
 
 
 if __name__ == "__main__":
