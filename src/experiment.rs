@@ -512,8 +512,8 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     let needs_ref = cfg.metrics.iter().any(|m| m.needs_deterministic());
     let mut per_seed: BTreeMap<u64, SeedState> = BTreeMap::new();
     for &(seed, spec, _) in &todo {
-        if !per_seed.contains_key(&seed) {
-            per_seed.insert(seed, SeedState::new(cfg, &model, &shape, seed, dev, kind)?);
+        if let std::collections::btree_map::Entry::Vacant(e) = per_seed.entry(seed) {
+            e.insert(SeedState::new(cfg, &model, &shape, seed, dev, kind)?);
         }
         if needs_ref && !spec.is_stochastic() {
             per_seed.get_mut(&seed).unwrap().reference(cfg, &model)?;

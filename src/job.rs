@@ -212,6 +212,7 @@ impl SamplerArgs {
 /// Run `spec` from standard normals `z` (`[N, d]`, on the target device and kind): the start is
 /// `sigma_max z`; stochastic samplers draw from per-sample Brownian paths of `seed`, with sample
 /// indices starting at `first`.
+#[allow(clippy::too_many_arguments)]
 pub fn run_from_noise(
     spec: &SamplerSpec,
     den: &dyn Denoiser,

@@ -4,6 +4,10 @@
 //! re-exported here as [`solvers`]. This crate adds models named on the command line, file
 //! formats and the commands.
 
+// `a = a + b` on tensors is kept on purpose: `a += b` is tch's in-place `add_`, which writes into
+// storage other handles may share. `!(x > 0.0)` is kept on purpose too: it also rejects NaN.
+#![allow(clippy::assign_op_pattern, clippy::neg_cmp_op_on_partial_ord)]
+
 pub use scoreflow_solvers as solvers;
 
 pub mod autocast;

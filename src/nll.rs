@@ -8,6 +8,9 @@
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
+/// An exact model's log-density at the data, for the comparison the command prints.
+type LogDensity<'a> = Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>;
+
 /// A differentiable denoiser `D(x; sigma)`.
 pub type DenoiseFn<'a> = dyn Fn(&Tensor, f64) -> Result<Tensor> + 'a;
 
@@ -152,7 +155,7 @@ pub fn run(a: NllArgs) -> Result<()> {
     let (ll, nfe, exact, dim) = match (&a.denoiser, &a.checkpoint) {
         (Some(spec), _) => {
             let m = model::parse(spec, dev)?;
-            let (x0, exact): (Tensor, Box<dyn Fn(&Tensor) -> Result<Tensor>>) = match &m {
+            let (x0, exact): (Tensor, LogDensity) = match &m {
                 model::ExactModel::Mixture(g) => (
                     g.sample(a.num, a.seed ^ 0xDA7A, dev),
                     Box::new(|x: &Tensor| Ok(g.log_density(x, a.sigma_min)?)),

@@ -317,6 +317,8 @@ impl Attention {
     }
 }
 
+// A handful per network, built once: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum UnetLayer {
     Res(ResBlock, Option<Attention>),
     Down(nn::Conv2D),
@@ -450,6 +452,7 @@ impl Unet {
     }
 }
 
+#[allow(clippy::large_enum_variant)] // one per network
 enum Body {
     Mlp(Mlp),
     Unet(Unet),

@@ -146,7 +146,7 @@ impl Precond {
                 let sd2 = sigma_data * sigma_data;
                 let denom = &s2 + sd2;
                 Coefs {
-                    skip: (&denom).reciprocal() * sd2,
+                    skip: denom.reciprocal() * sd2,
                     out: sigma * *sigma_data * denom.rsqrt(),
                     inp: (&s2 + sd2).rsqrt(),
                     noise: quarter_log,
@@ -157,7 +157,7 @@ impl Precond {
                 beta_min,
                 m,
             } => {
-                let t = (((&s2).log1p() * (2.0 * beta_d)) + beta_min * beta_min).sqrt() - *beta_min;
+                let t = ((s2.log1p() * (2.0 * beta_d)) + beta_min * beta_min).sqrt() - *beta_min;
                 Coefs {
                     skip: ones,
                     out: -sigma,

@@ -511,7 +511,7 @@ fn cuda_and_cpu_agree_within_float32_tolerance() {
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(line["device"].as_str().unwrap().starts_with(dev), true);
+        assert!(line["device"].as_str().unwrap().starts_with(dev), "{line}");
         outs.push(read_f32_npy(&out).1);
     }
     let diff = outs[0]

@@ -131,13 +131,12 @@ pub fn run(
         };
         x = sampler.step(&mut ctx, x)?;
         let last = index + 1 == steps;
-        if last || (options.check_every > 0 && (index + 1) % options.check_every == 0) {
-            if !all_finite(&x)? {
-                return Err(SolverError::NonFinite {
-                    step: index + 1,
-                    sigma: sigmas[index + 1],
-                });
-            }
+        let check = last || (options.check_every > 0 && (index + 1) % options.check_every == 0);
+        if check && !all_finite(&x)? {
+            return Err(SolverError::NonFinite {
+                step: index + 1,
+                sigma: sigmas[index + 1],
+            });
         }
         observer(
             &StepReport {

@@ -5,6 +5,10 @@
 //! that step in its time (Euler-Maruyama, predictor-corrector), `s(t)` and `sigma(t)`. No
 //! networks and no file formats live here.
 
+// `a = a + b` on tensors is kept on purpose: `a += b` is tch's in-place `add_`, which writes into
+// storage other handles may share. `!(x > 0.0)` is kept on purpose too: it also rejects NaN.
+#![allow(clippy::assign_op_pattern, clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod denoiser;
 pub mod driver;
 pub mod error;

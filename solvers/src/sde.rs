@@ -299,17 +299,9 @@ impl Sde for VpCosine {
 
 /// Sub-VP (Song et al. 2021, eq. 34): same drift as VP, smaller diffusion, marginal
 /// `N(exp(-B/2) x0, (1 - exp(-B))^2 I)`: `s(t) = exp(-B/2)`, `sigma(t) = 2 sinh(B/2)`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SubVp {
     pub vp: VpLinear,
-}
-
-impl Default for SubVp {
-    fn default() -> Self {
-        SubVp {
-            vp: VpLinear::default(),
-        }
-    }
 }
 
 impl Sde for SubVp {
