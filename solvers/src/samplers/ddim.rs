@@ -9,7 +9,7 @@
 //! `(x / s, sigma)` (Karras et al. 2022, §4); with `eta = 1` it is DDPM's ancestral step.
 //! One evaluation per step.
 
-use super::euler_ancestral::check_eta;
+use super::check_nonneg;
 use crate::driver::{Sampler, StepCtx};
 use crate::error::Result;
 use crate::noise::STREAM_STEP;
@@ -23,7 +23,7 @@ pub struct Ddim {
 
 impl Ddim {
     pub fn new(eta: f64) -> Result<Self> {
-        check_eta(eta)?;
+        check_nonneg("eta", eta)?;
         Ok(Ddim { eta })
     }
 }

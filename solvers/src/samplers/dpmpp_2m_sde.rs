@@ -13,8 +13,8 @@
 //! `z` is the step's standard normal from the Brownian path ([`crate::noise::STREAM_STEP`],
 //! the same draw `euler-ancestral` uses). One evaluation per step.
 
+use super::check_nonneg;
 use super::dpmpp_2m::lambda;
-use super::euler_ancestral::check_eta;
 use crate::driver::{Sampler, StepCtx};
 use crate::error::{Result, SolverError};
 use crate::noise::STREAM_STEP;
@@ -52,22 +52,10 @@ pub struct DpmPp2MSde {
     pub solver_type: SolverType,
 }
 
-/// `s_noise` must be finite and non-negative.
-pub(crate) fn check_s_noise(s_noise: f64) -> Result<()> {
-    if !(s_noise >= 0.0 && s_noise.is_finite()) {
-        return Err(SolverError::Parameter {
-            name: "s_noise",
-            value: s_noise,
-            why: "must be finite and >= 0",
-        });
-    }
-    Ok(())
-}
-
 impl DpmPp2MSde {
     pub fn new(eta: f64, s_noise: f64, solver_type: SolverType) -> Result<Self> {
-        check_eta(eta)?;
-        check_s_noise(s_noise)?;
+        check_nonneg("eta", eta)?;
+        check_nonneg("s_noise", s_noise)?;
         Ok(DpmPp2MSde {
             eta,
             s_noise,

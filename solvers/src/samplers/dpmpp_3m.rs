@@ -11,9 +11,8 @@
 //! [`super::dpmpp_2m_sde`], `eta` is the Langevin rate of the reverse SDE (Karras et al. 2022,
 //! eq. 6) whose drift and noise the first-order part solves exactly. One evaluation per step.
 
+use super::check_nonneg;
 use super::dpmpp_2m::lambda;
-use super::dpmpp_2m_sde::check_s_noise;
-use super::euler_ancestral::check_eta;
 use crate::driver::{Sampler, StepCtx};
 use crate::error::Result;
 use crate::noise::STREAM_STEP;
@@ -39,8 +38,8 @@ impl DpmPp3M {
 
     /// `dpmpp-3m-sde` with Langevin rate `eta` and noise scale `s_noise`.
     pub fn sde(eta: f64, s_noise: f64) -> Result<Self> {
-        check_eta(eta)?;
-        check_s_noise(s_noise)?;
+        check_nonneg("eta", eta)?;
+        check_nonneg("s_noise", s_noise)?;
         Ok(DpmPp3M {
             eta,
             s_noise,

@@ -4,6 +4,7 @@
 //! `S_tmin <= sigma_i <= S_tmax` and 0 otherwise, then takes a Heun step from `sigma_hat` to
 //! `sigma_{i+1}`. With `S_churn = 0` it is exactly `heun`. `2n - 1` evaluations.
 
+use super::check_nonneg;
 use super::heun::heun_step;
 use crate::driver::{Sampler, StepCtx};
 use crate::error::{Result, SolverError};
@@ -20,20 +21,8 @@ pub struct EdmStochastic {
 
 impl EdmStochastic {
     pub fn new(s_churn: f64, s_tmin: f64, s_tmax: f64, s_noise: f64) -> Result<Self> {
-        if !(s_churn >= 0.0 && s_churn.is_finite()) {
-            return Err(SolverError::Parameter {
-                name: "s_churn",
-                value: s_churn,
-                why: "must be finite and >= 0",
-            });
-        }
-        if !(s_noise >= 0.0 && s_noise.is_finite()) {
-            return Err(SolverError::Parameter {
-                name: "s_noise",
-                value: s_noise,
-                why: "must be finite and >= 0",
-            });
-        }
+        check_nonneg("s_churn", s_churn)?;
+        check_nonneg("s_noise", s_noise)?;
         if !(s_tmin >= 0.0 && s_tmin <= s_tmax) {
             return Err(SolverError::Parameter {
                 name: "s_tmin",

@@ -4,8 +4,9 @@
 //! `sigma_down = sqrt(sigma'^2 - sigma_up^2)` (`get_ancestral_step`). With `eta = 1` this is the
 //! DDPM ancestral step in the sigma parameterization. One evaluation per step.
 
+use super::check_nonneg;
 use crate::driver::{Sampler, StepCtx};
-use crate::error::{Result, SolverError};
+use crate::error::Result;
 use crate::noise::STREAM_STEP;
 use tch::Tensor;
 
@@ -30,27 +31,10 @@ pub fn ancestral_step(sigma: f64, sigma_next: f64, eta: f64) -> (f64, f64) {
     (down, up)
 }
 
-pub(crate) fn check_eta(eta: f64) -> Result<()> {
-    if !(eta >= 0.0 && eta.is_finite()) {
-        return Err(SolverError::Parameter {
-            name: "eta",
-            value: eta,
-            why: "must be finite and >= 0",
-        });
-    }
-    Ok(())
-}
-
 impl EulerAncestral {
     pub fn new(eta: f64, s_noise: f64) -> Result<Self> {
-        check_eta(eta)?;
-        if !(s_noise >= 0.0 && s_noise.is_finite()) {
-            return Err(SolverError::Parameter {
-                name: "s_noise",
-                value: s_noise,
-                why: "must be finite and >= 0",
-            });
-        }
+        check_nonneg("eta", eta)?;
+        check_nonneg("s_noise", s_noise)?;
         Ok(EulerAncestral { eta, s_noise })
     }
 }

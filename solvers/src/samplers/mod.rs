@@ -21,6 +21,18 @@ pub use ddpm::DdpmVariance;
 pub use dpmpp_2m_sde::SolverType;
 use serde::{Deserialize, Serialize};
 
+/// A sampler parameter that must be finite and non-negative (eta, S_noise, S_churn, snr).
+pub(crate) fn check_nonneg(name: &'static str, value: f64) -> Result<()> {
+    if !(value >= 0.0 && value.is_finite()) {
+        return Err(SolverError::Parameter {
+            name,
+            value,
+            why: "must be finite and >= 0",
+        });
+    }
+    Ok(())
+}
+
 fn one() -> f64 {
     1.0
 }

@@ -17,8 +17,9 @@
 //! The step to sigma = 0 corrects, then returns `D(x^; sigma_{n-1})` (score_sde's final
 //! denoising). `n (1 + corrector_steps)` evaluations.
 
+use super::check_nonneg;
 use crate::driver::{Sampler, StepCtx};
-use crate::error::{Result, SolverError};
+use crate::error::Result;
 use crate::noise::{STREAM_CORRECTOR, STREAM_STEP};
 use tch::Tensor;
 
@@ -30,13 +31,7 @@ pub struct Pc {
 
 impl Pc {
     pub fn new(snr: f64, corrector_steps: usize) -> Result<Self> {
-        if !(snr >= 0.0 && snr.is_finite()) {
-            return Err(SolverError::Parameter {
-                name: "snr",
-                value: snr,
-                why: "must be finite and >= 0",
-            });
-        }
+        check_nonneg("snr", snr)?;
         Ok(Pc {
             snr,
             corrector_steps,
