@@ -1,6 +1,7 @@
 //! DPM-Solver++(2M) SDE, as k-diffusion's `sample_dpmpp_2m_sde`: the multistep data-prediction
 //! update of DPM-Solver++(2M) (Lu et al. 2022b) applied to the reverse SDE with Langevin rate
-//! `eta` (Karras et al. 2022, eq. 6, with `beta = eta`), plus fresh noise every step.
+//! `eta` per unit of `lambda = -log sigma` (Karras et al. 2022, eq. 6, with
+//! `beta(t) = eta sigma'(t) / sigma(t)`), plus fresh noise every step.
 //!
 //! With `lambda = -log sigma`, `h = lambda' - lambda`, `r = h_prev / h` and `e = expm1(-(1 + eta) h)`:
 //!

@@ -8,8 +8,9 @@
 //! where `d1`, `d2` are divided differences of the last three denoised outputs in `lambda`
 //! (first and second order on the first two steps) and `z` the step's standard normal from the
 //! Brownian path ([`crate::noise::STREAM_STEP`]); the step to sigma = 0 returns `D_i`. As for
-//! [`super::dpmpp_2m_sde`], `eta` is the Langevin rate of the reverse SDE (Karras et al. 2022,
-//! eq. 6) whose drift and noise the first-order part solves exactly. One evaluation per step.
+//! [`super::dpmpp_2m_sde`], `eta` is the Langevin rate per unit of `lambda` of the reverse SDE
+//! (Karras et al. 2022, eq. 6) whose drift and noise the first-order part solves exactly. One
+//! evaluation per step.
 
 use super::check_nonneg;
 use super::dpmpp_2m::lambda;
