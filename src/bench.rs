@@ -244,10 +244,9 @@ pub fn run_train(a: BenchTrainArgs) -> Result<()> {
         let report = train::run(
             &cfg,
             &RunOpts {
-                resume: false,
-                stop_at: None,
                 quiet: true,
                 time_from: Some(WARMUP),
+                ..Default::default()
             },
         )?;
         let peak = crate::cuda::peak_memory(dev);

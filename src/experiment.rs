@@ -385,15 +385,7 @@ fn load_model(spec: &ModelSpec, dev: Device) -> Result<Loaded> {
                     tc.display(),
                     path.display()
                 );
-                let report = train::run(
-                    &cfg,
-                    &train::RunOpts {
-                        resume: false,
-                        stop_at: None,
-                        quiet: false,
-                        time_from: None,
-                    },
-                )?;
+                let report = train::run(&cfg, &train::RunOpts::default())?;
                 if report.checkpoint != *path {
                     std::fs::copy(&report.checkpoint, path).with_context(|| {
                         format!("cannot copy the checkpoint to {}", path.display())

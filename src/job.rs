@@ -114,6 +114,7 @@ impl SamplerArgs {
                 }
             }
             SamplerSpec::EulerAncestral { eta, s_noise }
+            | SamplerSpec::DpmPp2MSde { eta, s_noise, .. }
             | SamplerSpec::DpmPp3MSde { eta, s_noise } => {
                 if let Some(v) = self.eta {
                     *eta = v;
@@ -167,25 +168,13 @@ impl SamplerArgs {
                     used.push("order");
                 }
             }
-            SamplerSpec::DpmPp2MSde {
-                eta,
-                s_noise,
-                solver_type,
-            } => {
-                if let Some(v) = self.eta {
-                    *eta = v;
-                    used.push("eta");
-                }
-                if let Some(v) = self.s_noise {
-                    *s_noise = v;
-                    used.push("s-noise");
-                }
-                if let Some(v) = &self.solver_type {
-                    *solver_type = v.parse::<SolverType>()?;
-                    used.push("solver-type");
-                }
-            }
             _ => {}
+        }
+        if let (SamplerSpec::DpmPp2MSde { solver_type, .. }, Some(v)) =
+            (&mut spec, &self.solver_type)
+        {
+            *solver_type = v.parse::<SolverType>()?;
+            used.push("solver-type");
         }
         let given = [
             ("eta", self.eta.is_some()),

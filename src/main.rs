@@ -72,8 +72,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
         &train::RunOpts {
             resume: a.resume,
             stop_at: a.stop_at,
-            quiet: false,
-            time_from: None,
+            ..Default::default()
         },
     )?;
     let last = report.losses.last().map(|l| l.1);

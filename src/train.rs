@@ -210,7 +210,8 @@ pub fn load_for_sampling(path: &Path, dev: Device) -> Result<(Model, TrainConfig
     Ok((m, cfg))
 }
 
-/// Options of one invocation.
+/// Options of one invocation (the default: a fresh, verbose, untimed run to train.steps).
+#[derive(Clone, Debug, Default)]
 pub struct RunOpts {
     pub resume: bool,
     /// Stop after this step (default: train.steps); for tests and interrupted runs.

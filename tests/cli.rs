@@ -272,6 +272,37 @@ fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
     check(
         &[
             &good[..],
+            &["--solver", "heun", "--steps", "4", "--solver-type", "heun"],
+        ]
+        .concat(),
+        "--solver-type does not apply",
+    );
+    check(
+        &[
+            &good[..],
+            &[
+                "--solver",
+                "dpmpp-2m-sde",
+                "--steps",
+                "4",
+                "--solver-type",
+                "trapezoid",
+            ],
+        ]
+        .concat(),
+        "unknown solver type 'trapezoid'",
+    );
+    check(
+        &[
+            &good[..],
+            &["--solver", "dpmpp-3m-sde", "--steps", "4", "--eta", "-1"],
+        ]
+        .concat(),
+        "eta",
+    );
+    check(
+        &[
+            &good[..],
             &["--solver", "heun", "--steps", "4", "--sde", "nope"],
         ]
         .concat(),
@@ -704,7 +735,8 @@ fn the_pytorch_training_peer_times_the_same_models() {
     assert_eq!(v["complete"], true);
     let rows = v["train_rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2 * 2, "{v}");
-    // Bad input: an unknown part, a missing checkpoint: exit code 2, a message, no peers.json.
+    // Bad input: an unknown part, a missing checkpoint, an unknown sampler to check or to time:
+    // exit code 2, a message, no peers.json.
     let (py, site) = (
         std::env::var("SCOREFLOW_PEERS_PYTHON").unwrap(),
         std::env::var("SCOREFLOW_PEERS_SITE").unwrap(),
@@ -715,6 +747,8 @@ fn the_pytorch_training_peer_times_the_same_models() {
             vec!["--checkpoint", "no/such/checkpoint.safetensors"],
             "no/such",
         ),
+        (vec!["--check-samplers", "euler,nope"], "nope"),
+        (vec!["--samplers", "euler-ancestral"], "euler-ancestral"),
     ] {
         let bad = dir.path().join("bad");
         let o = Command::new(&py)

@@ -239,10 +239,8 @@ fn class_conditional_models_sample_with_guidance() {
     let report = train::run(
         &cfg,
         &RunOpts {
-            resume: false,
-            stop_at: None,
             quiet: true,
-            time_from: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -345,10 +343,8 @@ log_every = 50
     let r = train::run(
         &cfg,
         &RunOpts {
-            resume: false,
-            stop_at: None,
             quiet: true,
-            time_from: None,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -50,10 +50,8 @@ fn mlp_learns_the_8_mode_mixture() {
     let report = train::run(
         &cfg,
         &RunOpts {
-            resume: false,
-            stop_at: None,
             quiet: true,
-            time_from: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -111,10 +109,8 @@ fn resumed_training_continues_exactly() {
     let full = train::run(
         &config(a.path(), 40, extra),
         &RunOpts {
-            resume: false,
-            stop_at: None,
             quiet: true,
-            time_from: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -122,10 +118,9 @@ fn resumed_training_continues_exactly() {
     let first = train::run(
         &cfg_b,
         &RunOpts {
-            resume: false,
             stop_at: Some(17),
             quiet: true,
-            time_from: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -137,9 +132,8 @@ fn resumed_training_continues_exactly() {
         &cfg_b,
         &RunOpts {
             resume: true,
-            stop_at: None,
             quiet: true,
-            time_from: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -264,10 +258,8 @@ fn corrupt_and_mismatched_checkpoints_are_errors() {
     let report = train::run(
         &cfg,
         &RunOpts {
-            resume: false,
-            stop_at: None,
             quiet: true,
-            time_from: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -283,9 +275,8 @@ fn corrupt_and_mismatched_checkpoints_are_errors() {
         &other,
         &RunOpts {
             resume: true,
-            stop_at: None,
             quiet: true,
-            time_from: None,
+            ..Default::default()
         },
     )
     .err()
@@ -348,10 +339,9 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     train::run(
         &cfg,
         &RunOpts {
-            resume: false,
             stop_at: Some(10),
             quiet: true,
-            time_from: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -361,9 +351,8 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
         &cfg,
         &RunOpts {
             resume: true,
-            stop_at: None,
             quiet: true,
-            time_from: None,
+            ..Default::default()
         },
     )
     .err()
@@ -387,10 +376,8 @@ fn bf16_autocast_trains_close_to_float32() {
     let f32_run = train::run(
         &config(a.path(), 20, extra),
         &RunOpts {
-            resume: false,
-            stop_at: None,
             quiet: true,
-            time_from: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -399,10 +386,8 @@ fn bf16_autocast_trains_close_to_float32() {
     let bf16_run = train::run(
         &cfg,
         &RunOpts {
-            resume: false,
-            stop_at: None,
             quiet: true,
-            time_from: None,
+            ..Default::default()
         },
     )
     .unwrap();
