@@ -295,7 +295,7 @@ fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
     check(
         &[
             &good[..],
-            &["--solver", "dpmpp-3m-sde", "--steps", "4", "--eta", "-1"],
+            &["--solver", "dpmpp-3m-sde", "--steps", "4", "--eta=-1"],
         ]
         .concat(),
         "eta",
