@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use scoreflow_solvers::noise::BrownianNoise;
-use scoreflow_solvers::samplers::{DdpmVariance, SolverType};
+use scoreflow_solvers::samplers::{DdpmVariance, SolverType, UniPcVariant};
 use scoreflow_solvers::sde::{Edm, Sde, SubVp, Ve, VpCosine, VpLinear};
 use scoreflow_solvers::{grid, run, Denoiser, GridKind, RunOptions, SamplerSpec, StepReport};
 use tch::{Kind, Tensor};
@@ -92,12 +92,16 @@ pub struct SamplerArgs {
     /// ddpm: reverse variance, small (posterior) or large (beta).
     #[arg(long)]
     pub variance: Option<String>,
-    /// lms: order (1 to 4).
+    /// lms, unipc: order (1 to 4).
     #[arg(long)]
     pub order: Option<usize>,
-    /// dpmpp-2m-sde: weighting of the second-order correction, midpoint or heun.
+    /// dpmpp-2m-sde: weighting of the second-order correction, midpoint or heun;
+    /// unipc: B(h), bh1 or bh2.
     #[arg(long)]
     pub solver_type: Option<String>,
+    /// unipc: apply the UniC corrector (true or false).
+    #[arg(long)]
+    pub corrector: Option<bool>,
 }
 
 impl SamplerArgs {
@@ -168,6 +172,24 @@ impl SamplerArgs {
                     used.push("order");
                 }
             }
+            SamplerSpec::UniPc {
+                order,
+                solver_type,
+                corrector,
+            } => {
+                if let Some(v) = self.order {
+                    *order = v;
+                    used.push("order");
+                }
+                if let Some(v) = &self.solver_type {
+                    *solver_type = v.parse::<UniPcVariant>()?;
+                    used.push("solver-type");
+                }
+                if let Some(v) = self.corrector {
+                    *corrector = v;
+                    used.push("corrector");
+                }
+            }
             _ => {}
         }
         if let (SamplerSpec::DpmPp2MSde { solver_type, .. }, Some(v)) =
@@ -187,6 +209,7 @@ impl SamplerArgs {
             ("variance", self.variance.is_some()),
             ("order", self.order.is_some()),
             ("solver-type", self.solver_type.is_some()),
+            ("corrector", self.corrector.is_some()),
         ];
         for (flag, present) in given {
             if present && !used.contains(&flag) {

@@ -300,6 +300,27 @@ fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
         .concat(),
         "eta",
     );
+    for (flags, want) in [
+        (
+            &["--solver-type", "midpoint"][..],
+            "unknown UniPC solver type 'midpoint'",
+        ),
+        (&["--order", "5"][..], "order"),
+        (&["--corrector", "maybe"][..], "--corrector"),
+    ] {
+        check(
+            &[&good[..], &["--solver", "unipc", "--steps", "4"], flags].concat(),
+            want,
+        );
+    }
+    check(
+        &[
+            &good[..],
+            &["--solver", "heun", "--steps", "4", "--corrector", "false"],
+        ]
+        .concat(),
+        "--corrector does not apply",
+    );
     check(
         &[
             &good[..],
@@ -655,7 +676,8 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // noise on the same Karras grid; the stochastic ones get scoreflow's Brownian paths, rebuilt
     // in numpy by peers.py from their description. And diffusers' DDPMScheduler (small and large
     // variance), DDIMScheduler (eta 0, 0.5, 1) and ScoreSdeVeScheduler (predictor-corrector) on
-    // the same grid, and ScoreSdeVpScheduler (Euler-Maruyama) on a uniform-t VP grid.
+    // the same grid, ScoreSdeVpScheduler (Euler-Maruyama) on a uniform-t VP grid, and
+    // UniPCMultistepScheduler on the same grid.
     let dir = tempfile::tempdir().unwrap();
     let Some(v) = peers(
         &[
@@ -670,9 +692,10 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         return;
     };
     let checks = v["checks"].as_array().unwrap();
-    // 13 against k-diffusion, 8 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
-    // predictor-corrector with 1 and 2 corrector steps, Euler-Maruyama on the VP SDE).
-    assert_eq!(checks.len(), 3 * 21);
+    // 13 against k-diffusion, 12 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
+    // predictor-corrector with 1 and 2 corrector steps, Euler-Maruyama on the VP SDE, UniPC at
+    // orders 2, 3 (bh1) and 4 and UniP-2 without the corrector).
+    assert_eq!(checks.len(), 3 * 25);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),

@@ -86,18 +86,19 @@ def load_kdiffusion_sampling():
 
 
 def load_diffusers_schedulers(site):
-    """diffusers' DDPM, DDIM and score-SDE (VE and VP) scheduler modules, from `site` (appended to sys.path, so that the
+    """diffusers' DDPM, DDIM, score-SDE (VE and VP) and UniPC scheduler modules, from `site` (appended to sys.path, so that the
     python's own numpy and torch come first) or the python's own packages; (None, reason) where
     they cannot be imported."""
     if os.path.isdir(site):
         sys.path.append(site)
     try:
-        from diffusers.schedulers import scheduling_ddim, scheduling_ddpm, scheduling_sde_ve
+        from diffusers.schedulers import scheduling_ddim, scheduling_ddpm, scheduling_sde_ve, scheduling_unipc_multistep
         from diffusers.schedulers.deprecated import scheduling_sde_vp
         import diffusers
     except Exception as e:  # any import failure means: no diffusers peer
         return None, f"{type(e).__name__}: {e}"
-    return (scheduling_ddpm, scheduling_ddim, scheduling_sde_ve, scheduling_sde_vp), f"diffusers {diffusers.__version__} from {os.path.dirname(diffusers.__file__)}"
+    return ((scheduling_ddpm, scheduling_ddim, scheduling_sde_ve, scheduling_sde_vp, scheduling_unipc_multistep),
+            f"diffusers {diffusers.__version__} from {os.path.dirname(diffusers.__file__)}")
 
 
 # --------------------------------------------------------------------------- models
@@ -688,6 +689,39 @@ def _diffusers_em(diffusers, model, x, sigmas, grid, noise):
     return model(xv / s_of(t), x.new_ones([b]) * sig)
 
 
+def _diffusers_unipc(order, solver_type="bh2", corrector=True):
+    """diffusers' UniPCMultistepScheduler (predict_x0, lower_order_final, final sigma 0) with its
+    sigmas set to scoreflow's grid (float64) and timesteps N-1 .. 0, the model's D given as the
+    "sample" prediction in the VP variable x_vp = x / sqrt(1 + sigma^2); without the corrector,
+    `disable_corrector` lists every step. With bh1, diffusers' own step to sigma = 0 multiplies
+    B(h) = -h = -inf by a zero residual (NaN); that step returns the model's D there, which is
+    what it returns with bh2, so the last evaluation's D is taken instead."""
+
+    def run(diffusers, model, x, sigmas, grid, noise):
+        uni_mod = diffusers[4]
+        n = len(grid) - 1
+        sch = uni_mod.UniPCMultistepScheduler(num_train_timesteps=max(n, 2), solver_order=order, solver_type=solver_type,
+                                              prediction_type="sample", predict_x0=True, lower_order_final=True,
+                                              final_sigmas_type="zero",
+                                              disable_corrector=[] if corrector else list(range(n)))
+        sch.set_timesteps(n)
+        sch.sigmas = torch.tensor(grid, dtype=torch.float64)
+        sch.timesteps = torch.arange(n - 1, -1, -1, dtype=torch.int64)
+        sch.num_inference_steps = n
+        sch.set_begin_index(0)
+        ones = x.new_ones([x.shape[0]])
+        xv = x / math.sqrt(1.0 + grid[0] ** 2)
+        for i, t in enumerate(sch.timesteps):
+            sig = grid[i]
+            d = model(xv * math.sqrt(1.0 + sig * sig), ones * sig)
+            if i == n - 1 and solver_type == "bh1":
+                return d
+            xv = sch.step(d, t, xv).prev_sample
+        return xv
+
+    return run
+
+
 # Compared with diffusers (run gets its scheduler modules instead of k-diffusion's sampling
 # module); flags may depend on the number of steps.
 DIFFUSERS_CHECKS = {
@@ -699,6 +733,10 @@ DIFFUSERS_CHECKS = {
     "pc": (["--solver", "pc"], _diffusers_pc(0.16, 1)),
     "pc-c2": (["--solver", "pc", "--snr", "0.1", "--corrector-steps", "2"], _diffusers_pc(0.1, 2)),
     "euler-maruyama": (_em_flags, _diffusers_em),
+    "unipc": (["--solver", "unipc"], _diffusers_unipc(2)),
+    "unipc-3-bh1": (["--solver", "unipc", "--order", "3", "--solver-type", "bh1"], _diffusers_unipc(3, "bh1")),
+    "unipc-4": (["--solver", "unipc", "--order", "4"], _diffusers_unipc(4)),
+    "unip-2": (["--solver", "unipc", "--corrector", "false"], _diffusers_unipc(2, corrector=False)),
 }
 
 

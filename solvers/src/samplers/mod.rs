@@ -14,12 +14,14 @@ pub mod euler_maruyama;
 pub mod heun;
 pub mod lms;
 pub mod pc;
+pub mod unipc;
 
 use crate::driver::Sampler;
 use crate::error::{Result, SolverError};
 pub use ddpm::DdpmVariance;
 pub use dpmpp_2m_sde::SolverType;
 use serde::{Deserialize, Serialize};
+pub use unipc::UniPcVariant;
 
 /// A sampler parameter that must be finite and non-negative (eta, S_noise, S_churn, snr).
 pub(crate) fn check_nonneg(name: &'static str, value: f64) -> Result<()> {
@@ -47,6 +49,12 @@ fn one_usize() -> usize {
 }
 fn four() -> usize {
     4
+}
+fn two() -> usize {
+    2
+}
+fn yes() -> bool {
+    true
 }
 
 /// A sampler and its parameters, as written in configs (`kind = "heun"`) and built by name.
@@ -111,6 +119,15 @@ pub enum SamplerSpec {
         #[serde(default = "one")]
         s_noise: f64,
     },
+    #[serde(rename = "unipc")]
+    UniPc {
+        #[serde(default = "two")]
+        order: usize,
+        #[serde(default)]
+        solver_type: UniPcVariant,
+        #[serde(default = "yes")]
+        corrector: bool,
+    },
 }
 
 /// Every registry name, in the order of the docs.
@@ -129,6 +146,7 @@ pub const NAMES: &[&str] = &[
     "dpmpp-3m",
     "dpmpp-2m-sde",
     "dpmpp-3m-sde",
+    "unipc",
 ];
 
 impl SamplerSpec {
@@ -170,6 +188,11 @@ impl SamplerSpec {
                 eta: 1.0,
                 s_noise: 1.0,
             },
+            "unipc" => SamplerSpec::UniPc {
+                order: 2,
+                solver_type: UniPcVariant::Bh2,
+                corrector: true,
+            },
             other => {
                 return Err(SolverError::UnknownSampler {
                     name: other.to_string(),
@@ -196,6 +219,7 @@ impl SamplerSpec {
             SamplerSpec::Lms { .. } => "lms",
             SamplerSpec::DpmPp2MSde { .. } => "dpmpp-2m-sde",
             SamplerSpec::DpmPp3MSde { .. } => "dpmpp-3m-sde",
+            SamplerSpec::UniPc { .. } => "unipc",
         }
     }
 
@@ -264,6 +288,11 @@ impl SamplerSpec {
             SamplerSpec::DpmPp3MSde { eta, s_noise } => {
                 Box::new(dpmpp_3m::DpmPp3M::sde(*eta, *s_noise)?)
             }
+            SamplerSpec::UniPc {
+                order,
+                solver_type,
+                corrector,
+            } => Box::new(unipc::UniPc::new(*order, *solver_type, *corrector)?),
         })
     }
 }
