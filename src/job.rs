@@ -68,7 +68,8 @@ impl GridArgs {
 /// Sampler parameters; each applies only to the samplers that have it.
 #[derive(Args, Clone, Debug, Default)]
 pub struct SamplerArgs {
-    /// ddim, euler-ancestral, dpmpp-2m-sde, dpmpp-3m-sde: noise fraction (0 = deterministic).
+    /// ddim, euler-ancestral, dpm2-ancestral, dpmpp-2s-ancestral, dpmpp-2m-sde, dpmpp-3m-sde:
+    /// noise fraction (0 = deterministic).
     #[arg(long)]
     pub eta: Option<f64>,
     /// edm-stochastic: S_churn.
@@ -80,7 +81,7 @@ pub struct SamplerArgs {
     /// edm-stochastic: S_tmax.
     #[arg(long)]
     pub s_tmax: Option<f64>,
-    /// edm-stochastic, euler-ancestral, dpmpp-2m-sde, dpmpp-3m-sde: S_noise.
+    /// edm-stochastic and the samplers that take --eta except ddim: S_noise.
     #[arg(long)]
     pub s_noise: Option<f64>,
     /// pc: signal-to-noise ratio of the Langevin corrector.
@@ -119,7 +120,9 @@ impl SamplerArgs {
             }
             SamplerSpec::EulerAncestral { eta, s_noise }
             | SamplerSpec::DpmPp2MSde { eta, s_noise, .. }
-            | SamplerSpec::DpmPp3MSde { eta, s_noise } => {
+            | SamplerSpec::DpmPp3MSde { eta, s_noise }
+            | SamplerSpec::Dpm2Ancestral { eta, s_noise }
+            | SamplerSpec::DpmPp2SAncestral { eta, s_noise } => {
                 if let Some(v) = self.eta {
                     *eta = v;
                     used.push("eta");

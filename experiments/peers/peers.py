@@ -764,6 +764,16 @@ CHECKS.update({
     "dpmpp-3m-sde": (["--solver", "dpmpp-3m-sde"],
                      lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_3m_sde(
                          model, x, sigmas, disable=True, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
+    "dpm2-ancestral": (["--solver", "dpm2-ancestral"],
+                       lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpm_2_ancestral(
+                           model, x, sigmas, disable=True, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
+    "dpmpp-2s-ancestral": (["--solver", "dpmpp-2s-ancestral"],
+                           lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_2s_ancestral(
+                               model, x, sigmas, disable=True, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
+    "dpmpp-2s-ancestral-eta0.5": (["--solver", "dpmpp-2s-ancestral", "--eta", "0.5", "--s-noise", "1.1"],
+                                  lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_2s_ancestral(
+                                      model, x, sigmas, disable=True, eta=0.5, s_noise=1.1,
+                                      noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
     "dpmpp-3m-sde-eta0.5": (["--solver", "dpmpp-3m-sde", "--eta", "0.5"],
                             lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_3m_sde(
                                 model, x, sigmas, disable=True, eta=0.5, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),

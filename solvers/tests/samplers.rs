@@ -33,7 +33,22 @@ fn deterministic() -> Vec<(SamplerSpec, f64)> {
         (SamplerSpec::Dpm2, 2.0),
         (SamplerSpec::DpmPp3M, 3.0),
         (SamplerSpec::Lms { order: 4 }, 4.0),
-        // UniPC-p is of order p + 1 with its corrector (Zhao et al. 2023, Thm. 3.3).
+        // The ancestral second-order samplers at eta = 0: dpm2 and DPM-Solver++(2S).
+        (
+            SamplerSpec::Dpm2Ancestral {
+                eta: 0.0,
+                s_noise: 1.0,
+            },
+            2.0,
+        ),
+        (
+            SamplerSpec::DpmPp2SAncestral {
+                eta: 0.0,
+                s_noise: 1.0,
+            },
+            2.0,
+        ),
+        // UniPC-p is of order p + 1 with its corrector (Zhao et al. 2023).
         (SamplerSpec::from_name("unipc").unwrap(), 3.0),
         (
             SamplerSpec::UniPc {
@@ -265,6 +280,49 @@ fn unipc_predictor_alone_is_ddim_and_dpmpp_2m() {
 }
 
 #[test]
+fn ancestral_second_order_samplers_at_eta_0_are_the_ode_samplers() {
+    let den = GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap();
+    let sde = Edm::default();
+    let sigmas = grid_for(&sde, &GridKind::default(), 25);
+    let run = |spec: &SamplerSpec| sample(spec, &den, &sde, &sigmas, 3, 32, 2).0;
+    let dpm2a = |eta: f64, s_noise: f64| SamplerSpec::Dpm2Ancestral { eta, s_noise };
+    let pp2sa = |eta: f64, s_noise: f64| SamplerSpec::DpmPp2SAncestral { eta, s_noise };
+    // dpm2-ancestral at eta = 0 runs dpm2's step.
+    assert_eq!(
+        max_abs(&(run(&dpm2a(0.0, 1.0)) - run(&SamplerSpec::Dpm2))),
+        0.0
+    );
+    // DPM-Solver++(2S) and DPM-Solver-2 both take the geometric midpoint; they differ at second
+    // order (data against noise prediction), not by nothing.
+    let d = max_abs(&(run(&pp2sa(0.0, 1.0)) - run(&SamplerSpec::Dpm2)));
+    assert!(d > 1e-6 && d < 5e-2, "dpmpp-2s vs dpm2 at eta 0: {d}");
+    // One step to 0 is one evaluation, D(x; sigma_max), for both.
+    let x0 = start(3, 32, 2, sigmas[0]);
+    let one = [sigmas[0], 0.0];
+    for spec in [dpm2a(1.0, 1.0), pp2sa(1.0, 1.0)] {
+        let out = sample_with_noise(&spec, &den, &sde, &one, &x0, 3);
+        let want = den.denoise(&x0, sigmas[0]).unwrap();
+        assert!(max_abs(&(out - want)) < 1e-9, "{spec:?}");
+    }
+    // Stochastic with eta > 0 and s_noise > 0: another noise seed moves the samples.
+    let moved = |spec: &SamplerSpec| {
+        let a = sample_with_noise(spec, &den, &sde, &sigmas, &x0, 3);
+        let b = sample_with_noise(spec, &den, &sde, &sigmas, &x0, 4);
+        max_abs(&(a - b))
+    };
+    for spec in [dpm2a(1.0, 1.0), pp2sa(1.0, 1.0), pp2sa(0.5, 1.1)] {
+        assert!(spec.is_stochastic());
+        assert!(moved(&spec) > 1e-2, "{spec:?}");
+    }
+    for spec in [dpm2a(1.0, 0.0), pp2sa(0.0, 1.0)] {
+        assert!(!spec.is_stochastic());
+        assert_eq!(moved(&spec), 0.0, "{spec:?}");
+    }
+    assert!(dpm2a(-0.1, 1.0).build().is_err());
+    assert!(pp2sa(1.0, f64::NAN).build().is_err());
+}
+
+#[test]
 fn dpmpp_sde_samplers_at_eta_0_are_the_ode_samplers() {
     let den = GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap();
     let sde = Edm::default();
@@ -427,6 +485,8 @@ fn samplers_recover_mixture_mode_weights() {
         (SamplerSpec::Ddim { eta: 0.5 }, 64),
         (SamplerSpec::from_name("dpmpp-2m-sde").unwrap(), 32),
         (SamplerSpec::from_name("dpmpp-3m-sde").unwrap(), 32),
+        (SamplerSpec::from_name("dpm2-ancestral").unwrap(), 32),
+        (SamplerSpec::from_name("dpmpp-2s-ancestral").unwrap(), 32),
         (SamplerSpec::Heun, 32),
         (SamplerSpec::DpmPp2M, 64),
     ];
@@ -494,7 +554,9 @@ fn nfe_counts_are_pinned() {
     let sde = Edm::default();
     let want = |name: &str, n: usize| -> usize {
         match name {
-            "heun" | "edm-stochastic" | "dpm2" => 2 * n - 1,
+            "heun" | "edm-stochastic" | "dpm2" | "dpm2-ancestral" | "dpmpp-2s-ancestral" => {
+                2 * n - 1
+            }
             "pc" => 2 * n,
             _ => n,
         }
@@ -525,6 +587,8 @@ fn a_sample_does_not_depend_on_its_batch() {
         "edm-stochastic",
         "dpmpp-2m-sde",
         "dpmpp-3m-sde",
+        "dpm2-ancestral",
+        "dpmpp-2s-ancestral",
     ] {
         let spec = match name {
             "edm-stochastic" => SamplerSpec::EdmStochastic {

@@ -2,26 +2,73 @@
 //! 2022, Appendix on the midpoint variant): an Euler half step to the geometric midpoint
 //! `sigma_mid = sqrt(sigma sigma')`, then the full step with the midpoint's derivative. The step
 //! to sigma = 0 is an Euler step, so `n` steps cost `2n - 1` evaluations.
+//!
+//! `dpm2-ancestral` is k-diffusion's `sample_dpm_2_ancestral`: the same step taken down to
+//! `sigma_down` of [`ancestral_step`], then fresh noise of standard deviation
+//! `s_noise sigma_up` from the step stream ([`crate::noise::STREAM_STEP`], the draw
+//! `euler-ancestral` uses); `eta = 0` is `dpm2`.
 
+use super::check_nonneg;
+use super::euler_ancestral::ancestral_step;
 use crate::driver::{Sampler, StepCtx};
 use crate::error::Result;
+use crate::noise::STREAM_STEP;
 use tch::Tensor;
 
-pub struct Dpm2;
+#[derive(Clone, Debug)]
+pub struct Dpm2 {
+    pub eta: f64,
+    pub s_noise: f64,
+    /// Named `dpm2-ancestral` (else `dpm2`, which has `eta = 0`).
+    ancestral: bool,
+}
+
+impl Dpm2 {
+    /// `dpm2`: the probability-flow ODE.
+    pub fn ode() -> Self {
+        Dpm2 {
+            eta: 0.0,
+            s_noise: 1.0,
+            ancestral: false,
+        }
+    }
+
+    /// `dpm2-ancestral` with noise fraction `eta` and noise scale `s_noise`.
+    pub fn ancestral(eta: f64, s_noise: f64) -> Result<Self> {
+        check_nonneg("eta", eta)?;
+        check_nonneg("s_noise", s_noise)?;
+        Ok(Dpm2 {
+            eta,
+            s_noise,
+            ancestral: true,
+        })
+    }
+}
 
 impl Sampler for Dpm2 {
     fn name(&self) -> &'static str {
-        "dpm2"
+        if self.ancestral {
+            "dpm2-ancestral"
+        } else {
+            "dpm2"
+        }
     }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
         let (s, s_next) = (ctx.sigma(), ctx.sigma_next());
+        let (down, up) = ancestral_step(s, s_next, self.eta);
         let d = ctx.derivative(&x, s)?;
-        if s_next == 0.0 {
-            return Ok(x + d * (s_next - s));
+        let x = if down == 0.0 {
+            x + d * (down - s)
+        } else {
+            let s_mid = (0.5 * (s.ln() + down.ln())).exp();
+            let x_mid = &x + d * (s_mid - s);
+            let d_mid = ctx.derivative(&x_mid, s_mid)?;
+            x + d_mid * (down - s)
+        };
+        if up > 0.0 && self.s_noise > 0.0 {
+            let z = ctx.noise.standard(STREAM_STEP, s_next, s)?;
+            return Ok(x + z * (up * self.s_noise));
         }
-        let s_mid = (0.5 * (s.ln() + s_next.ln())).exp();
-        let x_mid = &x + d * (s_mid - s);
-        let d_mid = ctx.derivative(&x_mid, s_mid)?;
-        Ok(x + d_mid * (s_next - s))
+        Ok(x)
     }
 }

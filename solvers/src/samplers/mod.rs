@@ -6,6 +6,7 @@ pub mod ddpm;
 pub mod dpm2;
 pub mod dpmpp_2m;
 pub mod dpmpp_2m_sde;
+pub mod dpmpp_2s_ancestral;
 pub mod dpmpp_3m;
 pub mod edm_stochastic;
 pub mod euler;
@@ -119,6 +120,19 @@ pub enum SamplerSpec {
         #[serde(default = "one")]
         s_noise: f64,
     },
+    Dpm2Ancestral {
+        #[serde(default = "one")]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
+    #[serde(rename = "dpmpp-2s-ancestral")]
+    DpmPp2SAncestral {
+        #[serde(default = "one")]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
     #[serde(rename = "unipc")]
     UniPc {
         #[serde(default = "two")]
@@ -147,6 +161,8 @@ pub const NAMES: &[&str] = &[
     "dpmpp-2m-sde",
     "dpmpp-3m-sde",
     "unipc",
+    "dpm2-ancestral",
+    "dpmpp-2s-ancestral",
 ];
 
 impl SamplerSpec {
@@ -188,6 +204,14 @@ impl SamplerSpec {
                 eta: 1.0,
                 s_noise: 1.0,
             },
+            "dpm2-ancestral" => SamplerSpec::Dpm2Ancestral {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            "dpmpp-2s-ancestral" => SamplerSpec::DpmPp2SAncestral {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
             "unipc" => SamplerSpec::UniPc {
                 order: 2,
                 solver_type: UniPcVariant::Bh2,
@@ -220,6 +244,8 @@ impl SamplerSpec {
             SamplerSpec::DpmPp2MSde { .. } => "dpmpp-2m-sde",
             SamplerSpec::DpmPp3MSde { .. } => "dpmpp-3m-sde",
             SamplerSpec::UniPc { .. } => "unipc",
+            SamplerSpec::Dpm2Ancestral { .. } => "dpm2-ancestral",
+            SamplerSpec::DpmPp2SAncestral { .. } => "dpmpp-2s-ancestral",
         }
     }
 
@@ -233,7 +259,9 @@ impl SamplerSpec {
             SamplerSpec::Ddim { eta } => *eta > 0.0,
             SamplerSpec::EulerAncestral { eta, s_noise }
             | SamplerSpec::DpmPp2MSde { eta, s_noise, .. }
-            | SamplerSpec::DpmPp3MSde { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
+            | SamplerSpec::DpmPp3MSde { eta, s_noise }
+            | SamplerSpec::Dpm2Ancestral { eta, s_noise }
+            | SamplerSpec::DpmPp2SAncestral { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
             _ => false,
         }
     }
@@ -241,9 +269,11 @@ impl SamplerSpec {
     /// Network evaluations for `steps` steps (the driver counts them; this is for planning).
     pub fn nfe(&self, steps: usize) -> usize {
         match self {
-            SamplerSpec::Heun | SamplerSpec::EdmStochastic { .. } | SamplerSpec::Dpm2 => {
-                2 * steps - 1
-            }
+            SamplerSpec::Heun
+            | SamplerSpec::EdmStochastic { .. }
+            | SamplerSpec::Dpm2
+            | SamplerSpec::Dpm2Ancestral { .. }
+            | SamplerSpec::DpmPp2SAncestral { .. } => 2 * steps - 1,
             SamplerSpec::Pc {
                 corrector_steps, ..
             } => steps * (1 + corrector_steps),
@@ -278,7 +308,13 @@ impl SamplerSpec {
             SamplerSpec::EulerAncestral { eta, s_noise } => {
                 Box::new(euler_ancestral::EulerAncestral::new(*eta, *s_noise)?)
             }
-            SamplerSpec::Dpm2 => Box::new(dpm2::Dpm2),
+            SamplerSpec::Dpm2 => Box::new(dpm2::Dpm2::ode()),
+            SamplerSpec::Dpm2Ancestral { eta, s_noise } => {
+                Box::new(dpm2::Dpm2::ancestral(*eta, *s_noise)?)
+            }
+            SamplerSpec::DpmPp2SAncestral { eta, s_noise } => {
+                Box::new(dpmpp_2s_ancestral::DpmPp2SAncestral::new(*eta, *s_noise)?)
+            }
             SamplerSpec::Lms { order } => Box::new(lms::Lms::new(*order)?),
             SamplerSpec::DpmPp2MSde {
                 eta,
