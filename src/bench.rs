@@ -114,7 +114,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             call * 1e6
         );
         println!(
-            "{:<16} {:>5} {:>12} {:>14} {:>8} {:>10}",
+            "{:<18} {:>5} {:>12} {:>14} {:>8} {:>10}",
             "sampler", "nfe", "wall_ms", "nfe_x_call_ms", "ratio", "nfe_per_s"
         );
         for spec in &specs {
@@ -145,7 +145,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let wall = median(walls);
             let floor = nfe as f64 * call;
             println!(
-                "{:<16} {:>5} {:>12.3} {:>14.3} {:>8.3} {:>10.1}",
+                "{:<18} {:>5} {:>12.3} {:>14.3} {:>8.3} {:>10.1}",
                 spec.name(),
                 nfe,
                 wall * 1e3,

@@ -205,7 +205,7 @@ fn fmt_opt(v: Option<f64>) -> String {
 
 pub fn table(rows: &[Row]) -> String {
     let mut s = format!(
-        "{:<16} {:>6} {:>6} {:>11} {:>11} {:>8} {:>9}\n",
+        "{:<18} {:>6} {:>6} {:>11} {:>11} {:>8} {:>9}\n",
         "sampler", "steps", "nfe", "rms_error", "max_error", "mode_tv", "seconds"
     );
     for r in rows {
@@ -215,7 +215,7 @@ pub fn table(rows: &[Row]) -> String {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             s,
-            "{:<16} {:>6} {:>6} {:>11} {:>11} {:>8} {:>9.4}",
+            "{:<18} {:>6} {:>6} {:>11} {:>11} {:>8} {:>9.4}",
             r.sampler,
             r.steps,
             r.nfe,
