@@ -68,8 +68,8 @@ impl GridArgs {
 /// Sampler parameters; each applies only to the samplers that have it.
 #[derive(Args, Clone, Debug, Default)]
 pub struct SamplerArgs {
-    /// ddim, euler-ancestral, dpm2-ancestral, dpmpp-2s-ancestral, dpmpp-2m-sde, dpmpp-3m-sde:
-    /// noise fraction (0 = deterministic).
+    /// ddim, euler-ancestral, dpm2-ancestral, dpmpp-2s-ancestral, dpmpp-sde, dpmpp-2m-sde,
+    /// dpmpp-3m-sde: noise fraction (0 = deterministic).
     #[arg(long)]
     pub eta: Option<f64>,
     /// edm-stochastic: S_churn.
@@ -122,7 +122,8 @@ impl SamplerArgs {
             | SamplerSpec::DpmPp2MSde { eta, s_noise, .. }
             | SamplerSpec::DpmPp3MSde { eta, s_noise }
             | SamplerSpec::Dpm2Ancestral { eta, s_noise }
-            | SamplerSpec::DpmPp2SAncestral { eta, s_noise } => {
+            | SamplerSpec::DpmPp2SAncestral { eta, s_noise }
+            | SamplerSpec::DpmPpSde { eta, s_noise } => {
                 if let Some(v) = self.eta {
                     *eta = v;
                     used.push("eta");

@@ -671,6 +671,7 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // An independent implementation of the samplers: k-diffusion's sample_euler, sample_heun,
     // sample_dpmpp_2m, sample_dpm_2, sample_lms, sample_dpmpp_3m_sde (eta = 0), and the
     // stochastic sample_euler_ancestral, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral,
+    // sample_dpmpp_sde,
     // sample_heun with churn, sample_dpmpp_2m_sde (midpoint and heun) and sample_dpmpp_3m_sde, around PyTorch twins of the exact mixture, of the gmm8
     // MLP and of the digits U-Net (weights loaded from the checkpoints), from the same starting
     // noise on the same Karras grid; the stochastic ones get scoreflow's Brownian paths, rebuilt
@@ -692,10 +693,10 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         return;
     };
     let checks = v["checks"].as_array().unwrap();
-    // 16 against k-diffusion, 12 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
+    // 18 against k-diffusion, 12 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
     // predictor-corrector with 1 and 2 corrector steps, Euler-Maruyama on the VP SDE, UniPC at
     // orders 2, 3 (bh1) and 4 and UniP-2 without the corrector).
-    assert_eq!(checks.len(), 3 * 28);
+    assert_eq!(checks.len(), 3 * 30);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),
@@ -715,8 +716,8 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         &[
             "--check-only",
             "--check-samplers",
-            "euler,euler-ancestral,dpm2-ancestral,dpmpp-2s-ancestral,edm-stochastic,dpmpp-2m-sde,\
-             dpmpp-3m-sde,ddpm,ddim-eta1,pc,euler-maruyama",
+            "euler,euler-ancestral,dpm2-ancestral,dpmpp-2s-ancestral,dpmpp-sde,edm-stochastic,\
+             dpmpp-2m-sde,dpmpp-3m-sde,ddpm,ddim-eta1,pc,euler-maruyama",
             "--check-noise-seed",
             "4",
         ],

@@ -521,6 +521,25 @@ def _step_noise(grid, noise, stream, like):
     return ns
 
 
+def _sde_mid_sigma(sigma, sigma_next):
+    """dpmpp-sde's intermediate level exp(-(t + h / 2)), t = -log sigma, in float64 as scoreflow
+    computes it (DpmPpSde::mid_sigma), so that the Brownian path is queried at the same point."""
+    t, t_next = -math.log(sigma), -math.log(sigma_next)
+    return math.exp(-(t + (t_next - t) * 0.5))
+
+
+def _dpmpp_sde_noise(grid, noise, like):
+    """k-diffusion's sample_dpmpp_sde asks for (W(sigma) - W(sigma_x)) / sqrt(|...|) with sigma_x
+    the step's end or its intermediate level; the step is found by its sigma, the end by
+    comparison with the grid (float32 sigmas come in; the float64 levels are used)."""
+    def ns(sigma, sigma_x):
+        i = min(range(len(grid)), key=lambda j: abs(grid[j] - float(sigma)))
+        nxt = grid[i + 1]
+        lo = nxt if abs(float(sigma_x) - nxt) <= 1e-5 * nxt else _sde_mid_sigma(grid[i], nxt)
+        return noise.standard(STREAM_STEP, lo, grid[i]).to(like.device, like.dtype)
+    return ns
+
+
 def _kd_churn(sampling, model, x, sigmas, grid, noise):
     step = [0]
 
@@ -774,6 +793,13 @@ CHECKS.update({
                                   lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_2s_ancestral(
                                       model, x, sigmas, disable=True, eta=0.5, s_noise=1.1,
                                       noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
+    "dpmpp-sde": (["--solver", "dpmpp-sde"],
+                  lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_sde(
+                      model, x, sigmas, disable=True, noise_sampler=_dpmpp_sde_noise(grid, noise, x))),
+    "dpmpp-sde-eta0.7": (["--solver", "dpmpp-sde", "--eta", "0.7", "--s-noise", "0.9"],
+                         lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_sde(
+                             model, x, sigmas, disable=True, eta=0.7, s_noise=0.9,
+                             noise_sampler=_dpmpp_sde_noise(grid, noise, x))),
     "dpmpp-3m-sde-eta0.5": (["--solver", "dpmpp-3m-sde", "--eta", "0.5"],
                             lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_3m_sde(
                                 model, x, sigmas, disable=True, eta=0.5, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),

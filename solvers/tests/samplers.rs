@@ -287,6 +287,10 @@ fn ancestral_second_order_samplers_at_eta_0_are_the_ode_samplers() {
     let run = |spec: &SamplerSpec| sample(spec, &den, &sde, &sigmas, 3, 32, 2).0;
     let dpm2a = |eta: f64, s_noise: f64| SamplerSpec::Dpm2Ancestral { eta, s_noise };
     let pp2sa = |eta: f64, s_noise: f64| SamplerSpec::DpmPp2SAncestral { eta, s_noise };
+    let ppsde = |eta: f64, s_noise: f64| SamplerSpec::DpmPpSde { eta, s_noise };
+    // dpmpp-sde at eta = 0 weights the second stage's output alone (r = 1/2): DPM-Solver++(2S).
+    let d = max_abs(&(run(&ppsde(0.0, 1.0)) - run(&pp2sa(0.0, 1.0))));
+    assert!(d < 1e-10, "dpmpp-sde vs dpmpp-2s at eta 0: {d}");
     // dpm2-ancestral at eta = 0 runs dpm2's step.
     assert_eq!(
         max_abs(&(run(&dpm2a(0.0, 1.0)) - run(&SamplerSpec::Dpm2))),
@@ -299,7 +303,7 @@ fn ancestral_second_order_samplers_at_eta_0_are_the_ode_samplers() {
     // One step to 0 is one evaluation, D(x; sigma_max), for both.
     let x0 = start(3, 32, 2, sigmas[0]);
     let one = [sigmas[0], 0.0];
-    for spec in [dpm2a(1.0, 1.0), pp2sa(1.0, 1.0)] {
+    for spec in [dpm2a(1.0, 1.0), pp2sa(1.0, 1.0), ppsde(1.0, 1.0)] {
         let out = sample_with_noise(&spec, &den, &sde, &one, &x0, 3);
         let want = den.denoise(&x0, sigmas[0]).unwrap();
         assert!(max_abs(&(out - want)) < 1e-9, "{spec:?}");
@@ -310,16 +314,23 @@ fn ancestral_second_order_samplers_at_eta_0_are_the_ode_samplers() {
         let b = sample_with_noise(spec, &den, &sde, &sigmas, &x0, 4);
         max_abs(&(a - b))
     };
-    for spec in [dpm2a(1.0, 1.0), pp2sa(1.0, 1.0), pp2sa(0.5, 1.1)] {
+    for spec in [
+        dpm2a(1.0, 1.0),
+        pp2sa(1.0, 1.0),
+        pp2sa(0.5, 1.1),
+        ppsde(1.0, 1.0),
+        ppsde(0.5, 0.9),
+    ] {
         assert!(spec.is_stochastic());
         assert!(moved(&spec) > 1e-2, "{spec:?}");
     }
-    for spec in [dpm2a(1.0, 0.0), pp2sa(0.0, 1.0)] {
+    for spec in [dpm2a(1.0, 0.0), pp2sa(0.0, 1.0), ppsde(0.0, 1.0)] {
         assert!(!spec.is_stochastic());
         assert_eq!(moved(&spec), 0.0, "{spec:?}");
     }
     assert!(dpm2a(-0.1, 1.0).build().is_err());
     assert!(pp2sa(1.0, f64::NAN).build().is_err());
+    assert!(ppsde(f64::INFINITY, 1.0).build().is_err());
 }
 
 #[test]
@@ -487,6 +498,7 @@ fn samplers_recover_mixture_mode_weights() {
         (SamplerSpec::from_name("dpmpp-3m-sde").unwrap(), 32),
         (SamplerSpec::from_name("dpm2-ancestral").unwrap(), 32),
         (SamplerSpec::from_name("dpmpp-2s-ancestral").unwrap(), 32),
+        (SamplerSpec::from_name("dpmpp-sde").unwrap(), 32),
         (SamplerSpec::Heun, 32),
         (SamplerSpec::DpmPp2M, 64),
     ];
@@ -554,9 +566,8 @@ fn nfe_counts_are_pinned() {
     let sde = Edm::default();
     let want = |name: &str, n: usize| -> usize {
         match name {
-            "heun" | "edm-stochastic" | "dpm2" | "dpm2-ancestral" | "dpmpp-2s-ancestral" => {
-                2 * n - 1
-            }
+            "heun" | "edm-stochastic" | "dpm2" | "dpm2-ancestral" | "dpmpp-2s-ancestral"
+            | "dpmpp-sde" => 2 * n - 1,
             "pc" => 2 * n,
             _ => n,
         }
@@ -589,6 +600,7 @@ fn a_sample_does_not_depend_on_its_batch() {
         "dpmpp-3m-sde",
         "dpm2-ancestral",
         "dpmpp-2s-ancestral",
+        "dpmpp-sde",
     ] {
         let spec = match name {
             "edm-stochastic" => SamplerSpec::EdmStochastic {

@@ -8,6 +8,7 @@ pub mod dpmpp_2m;
 pub mod dpmpp_2m_sde;
 pub mod dpmpp_2s_ancestral;
 pub mod dpmpp_3m;
+pub mod dpmpp_sde;
 pub mod edm_stochastic;
 pub mod euler;
 pub mod euler_ancestral;
@@ -133,6 +134,13 @@ pub enum SamplerSpec {
         #[serde(default = "one")]
         s_noise: f64,
     },
+    #[serde(rename = "dpmpp-sde")]
+    DpmPpSde {
+        #[serde(default = "one")]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
     #[serde(rename = "unipc")]
     UniPc {
         #[serde(default = "two")]
@@ -163,6 +171,7 @@ pub const NAMES: &[&str] = &[
     "unipc",
     "dpm2-ancestral",
     "dpmpp-2s-ancestral",
+    "dpmpp-sde",
 ];
 
 impl SamplerSpec {
@@ -212,6 +221,10 @@ impl SamplerSpec {
                 eta: 1.0,
                 s_noise: 1.0,
             },
+            "dpmpp-sde" => SamplerSpec::DpmPpSde {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
             "unipc" => SamplerSpec::UniPc {
                 order: 2,
                 solver_type: UniPcVariant::Bh2,
@@ -246,6 +259,7 @@ impl SamplerSpec {
             SamplerSpec::UniPc { .. } => "unipc",
             SamplerSpec::Dpm2Ancestral { .. } => "dpm2-ancestral",
             SamplerSpec::DpmPp2SAncestral { .. } => "dpmpp-2s-ancestral",
+            SamplerSpec::DpmPpSde { .. } => "dpmpp-sde",
         }
     }
 
@@ -261,7 +275,8 @@ impl SamplerSpec {
             | SamplerSpec::DpmPp2MSde { eta, s_noise, .. }
             | SamplerSpec::DpmPp3MSde { eta, s_noise }
             | SamplerSpec::Dpm2Ancestral { eta, s_noise }
-            | SamplerSpec::DpmPp2SAncestral { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
+            | SamplerSpec::DpmPp2SAncestral { eta, s_noise }
+            | SamplerSpec::DpmPpSde { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
             _ => false,
         }
     }
@@ -273,7 +288,8 @@ impl SamplerSpec {
             | SamplerSpec::EdmStochastic { .. }
             | SamplerSpec::Dpm2
             | SamplerSpec::Dpm2Ancestral { .. }
-            | SamplerSpec::DpmPp2SAncestral { .. } => 2 * steps - 1,
+            | SamplerSpec::DpmPp2SAncestral { .. }
+            | SamplerSpec::DpmPpSde { .. } => 2 * steps - 1,
             SamplerSpec::Pc {
                 corrector_steps, ..
             } => steps * (1 + corrector_steps),
@@ -323,6 +339,9 @@ impl SamplerSpec {
             } => Box::new(dpmpp_2m_sde::DpmPp2MSde::new(*eta, *s_noise, *solver_type)?),
             SamplerSpec::DpmPp3MSde { eta, s_noise } => {
                 Box::new(dpmpp_3m::DpmPp3M::sde(*eta, *s_noise)?)
+            }
+            SamplerSpec::DpmPpSde { eta, s_noise } => {
+                Box::new(dpmpp_sde::DpmPpSde::new(*eta, *s_noise)?)
             }
             SamplerSpec::UniPc {
                 order,
