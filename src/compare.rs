@@ -19,7 +19,7 @@ pub struct CompareArgs {
     /// Comma-separated sampler names (default parameters).
     #[arg(
         long,
-        default_value = "euler,heun,dpm2,dpmpp-2m,dpmpp-3m,lms,euler-ancestral,ddpm,euler-maruyama"
+        default_value = "euler,heun,dpm2,dpmpp-2m,dpmpp-3m,lms,unipc,euler-ancestral,ddpm,euler-maruyama"
     )]
     pub solvers: String,
     /// Comma-separated step counts.
