@@ -86,18 +86,20 @@ def load_kdiffusion_sampling():
 
 
 def load_diffusers_schedulers(site):
-    """diffusers' DDPM, DDIM, score-SDE (VE and VP) and UniPC scheduler modules, from `site` (appended to sys.path, so that the
+    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC and DEIS scheduler modules, from `site` (appended to sys.path, so that the
     python's own numpy and torch come first) or the python's own packages; (None, reason) where
     they cannot be imported."""
     if os.path.isdir(site):
         sys.path.append(site)
     try:
-        from diffusers.schedulers import scheduling_ddim, scheduling_ddpm, scheduling_sde_ve, scheduling_unipc_multistep
+        from diffusers.schedulers import scheduling_ddim, scheduling_ddpm, scheduling_deis_multistep, scheduling_sde_ve, \
+            scheduling_unipc_multistep
         from diffusers.schedulers.deprecated import scheduling_sde_vp
         import diffusers
     except Exception as e:  # any import failure means: no diffusers peer
         return None, f"{type(e).__name__}: {e}"
-    return ((scheduling_ddpm, scheduling_ddim, scheduling_sde_ve, scheduling_sde_vp, scheduling_unipc_multistep),
+    return ((scheduling_ddpm, scheduling_ddim, scheduling_sde_ve, scheduling_sde_vp, scheduling_unipc_multistep,
+             scheduling_deis_multistep),
             f"diffusers {diffusers.__version__} from {os.path.dirname(diffusers.__file__)}")
 
 
@@ -741,6 +743,36 @@ def _diffusers_unipc(order, solver_type="bh2", corrector=True):
     return run
 
 
+def _diffusers_deis(order):
+    """diffusers' DEISMultistepScheduler (algorithm "deis", solver "logrho", lower_order_final)
+    with its sigmas set to scoreflow's grid (float64) and timesteps N-1 .. 0, the model's D as
+    the "sample" prediction in x_vp = x / sqrt(1 + sigma^2). diffusers' own grids end at
+    sigma_min, not 0, and its update at sigma = 0 needs log 0 (NaN), so it runs the first N - 1
+    steps and the result is the last evaluation's D, as scoreflow's step to 0 returns."""
+
+    def run(diffusers, model, x, sigmas, grid, noise):
+        deis_mod = diffusers[5]
+        n = len(grid) - 1
+        sch = deis_mod.DEISMultistepScheduler(num_train_timesteps=max(n, 2), solver_order=order, prediction_type="sample",
+                                              algorithm_type="deis", solver_type="logrho", lower_order_final=True)
+        sch.set_timesteps(n)
+        sch.sigmas = torch.tensor(grid, dtype=torch.float64)
+        sch.timesteps = torch.arange(n - 1, -1, -1, dtype=torch.int64)
+        sch.num_inference_steps = n
+        sch.set_begin_index(0)
+        ones = x.new_ones([x.shape[0]])
+        xv = x / math.sqrt(1.0 + grid[0] ** 2)
+        for i, t in enumerate(sch.timesteps):
+            sig = grid[i]
+            d = model(xv * math.sqrt(1.0 + sig * sig), ones * sig)
+            if i == n - 1:
+                return d
+            xv = sch.step(d, t, xv).prev_sample
+        return xv
+
+    return run
+
+
 # Compared with diffusers (run gets its scheduler modules instead of k-diffusion's sampling
 # module); flags may depend on the number of steps.
 DIFFUSERS_CHECKS = {
@@ -756,6 +788,8 @@ DIFFUSERS_CHECKS = {
     "unipc-3-bh1": (["--solver", "unipc", "--order", "3", "--solver-type", "bh1"], _diffusers_unipc(3, "bh1")),
     "unipc-4": (["--solver", "unipc", "--order", "4"], _diffusers_unipc(4)),
     "unip-2": (["--solver", "unipc", "--corrector", "false"], _diffusers_unipc(2, corrector=False)),
+    "deis": (["--solver", "deis"], _diffusers_deis(3)),
+    "deis-2": (["--solver", "deis", "--order", "2"], _diffusers_deis(2)),
 }
 
 

@@ -48,6 +48,10 @@ fn deterministic() -> Vec<(SamplerSpec, f64)> {
             },
             2.0,
         ),
+        // DEIS (log-rho) of order 1 is Euler; orders 2 and 3 are multistep.
+        (SamplerSpec::Deis { order: 1 }, 1.0),
+        (SamplerSpec::Deis { order: 2 }, 2.0),
+        (SamplerSpec::Deis { order: 3 }, 3.0),
         // UniPC-p is of order p + 1 with its corrector (Zhao et al. 2023).
         (SamplerSpec::from_name("unipc").unwrap(), 3.0),
         (
@@ -146,7 +150,8 @@ fn convergence_orders_match_theory_under_edm_ve_and_vp() {
             };
             assert!(ok, "{report}");
         }
-        for name in ["dpmpp-3m", "lms"] {
+        // ("deis" is its order-3 entry, the last one of that name.)
+        for name in ["dpmpp-3m", "lms", "deis"] {
             assert!(
                 finest[name] < finest["dpmpp-2m"],
                 "{name} not below dpmpp-2m at {} steps\n{report}",
@@ -241,6 +246,36 @@ fn ddim_eta0_is_euler_and_eta1_is_ddpm_and_euler_ancestral() {
     };
     assert!(moved(&SamplerSpec::Ddim { eta: 1.0 }) > 1e-2);
     assert_eq!(moved(&SamplerSpec::Ddim { eta: 0.0 }), 0.0);
+}
+
+#[test]
+fn deis_order_1_is_euler_and_its_start_up_is_lower_order() {
+    let den = GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap();
+    let sde = Edm::default();
+    let run = |spec: &SamplerSpec, steps: usize| {
+        let sigmas = grid_for(&sde, &GridKind::default(), steps);
+        sample(spec, &den, &sde, &sigmas, 3, 32, 2).0
+    };
+    let d = max_abs(&(run(&SamplerSpec::Deis { order: 1 }, 25) - run(&SamplerSpec::Euler, 25)));
+    assert!(d < 1e-12, "deis(1) vs euler: {d}");
+    // With 2 steps, order 2 and 3 take an Euler first step and return D on the last: euler.
+    for order in [2, 3] {
+        let d = max_abs(&(run(&SamplerSpec::Deis { order }, 2) - run(&SamplerSpec::Euler, 2)));
+        assert!(d < 1e-12, "deis({order}) at 2 steps vs euler: {d}");
+    }
+    // With 3 steps order 3 is order 2 (warm-up, then lower_order_final at fewer than 15 steps).
+    let d = max_abs(
+        &(run(&SamplerSpec::Deis { order: 3 }, 3) - run(&SamplerSpec::Deis { order: 2 }, 3)),
+    );
+    assert!(d < 1e-12, "deis(3) vs deis(2) at 3 steps: {d}");
+    // From 4 steps on the third order is used (step 2 of 4 is capped at 2, so 5 steps).
+    let d = max_abs(
+        &(run(&SamplerSpec::Deis { order: 3 }, 5) - run(&SamplerSpec::Deis { order: 2 }, 5)),
+    );
+    assert!(d > 1e-6, "deis(3) vs deis(2) at 5 steps: {d}");
+    for order in [0, 4] {
+        assert!(SamplerSpec::Deis { order }.build().is_err());
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 pub mod ddim;
 pub mod ddpm;
+pub mod deis;
 pub mod dpm2;
 pub mod dpmpp_2m;
 pub mod dpmpp_2m_sde;
@@ -54,6 +55,9 @@ fn four() -> usize {
 }
 fn two() -> usize {
     2
+}
+fn three() -> usize {
+    3
 }
 fn yes() -> bool {
     true
@@ -141,6 +145,10 @@ pub enum SamplerSpec {
         #[serde(default = "one")]
         s_noise: f64,
     },
+    Deis {
+        #[serde(default = "three")]
+        order: usize,
+    },
     #[serde(rename = "unipc")]
     UniPc {
         #[serde(default = "two")]
@@ -172,6 +180,7 @@ pub const NAMES: &[&str] = &[
     "dpm2-ancestral",
     "dpmpp-2s-ancestral",
     "dpmpp-sde",
+    "deis",
 ];
 
 impl SamplerSpec {
@@ -225,6 +234,7 @@ impl SamplerSpec {
                 eta: 1.0,
                 s_noise: 1.0,
             },
+            "deis" => SamplerSpec::Deis { order: 3 },
             "unipc" => SamplerSpec::UniPc {
                 order: 2,
                 solver_type: UniPcVariant::Bh2,
@@ -260,6 +270,7 @@ impl SamplerSpec {
             SamplerSpec::Dpm2Ancestral { .. } => "dpm2-ancestral",
             SamplerSpec::DpmPp2SAncestral { .. } => "dpmpp-2s-ancestral",
             SamplerSpec::DpmPpSde { .. } => "dpmpp-sde",
+            SamplerSpec::Deis { .. } => "deis",
         }
     }
 
@@ -343,6 +354,7 @@ impl SamplerSpec {
             SamplerSpec::DpmPpSde { eta, s_noise } => {
                 Box::new(dpmpp_sde::DpmPpSde::new(*eta, *s_noise)?)
             }
+            SamplerSpec::Deis { order } => Box::new(deis::Deis::new(*order)?),
             SamplerSpec::UniPc {
                 order,
                 solver_type,
