@@ -93,7 +93,7 @@ pub struct SamplerArgs {
     /// ddpm: reverse variance, small (posterior) or large (beta).
     #[arg(long)]
     pub variance: Option<String>,
-    /// lms, unipc: order (1 to 4); deis: order (1 to 3).
+    /// lms, unipc, ipndm: order (1 to 4); deis: order (1 to 3).
     #[arg(long)]
     pub order: Option<usize>,
     /// dpmpp-2m-sde: weighting of the second-order correction, midpoint or heun;
@@ -170,7 +170,9 @@ impl SamplerArgs {
                     used.push("variance");
                 }
             }
-            SamplerSpec::Lms { order } | SamplerSpec::Deis { order } => {
+            SamplerSpec::Lms { order }
+            | SamplerSpec::Deis { order }
+            | SamplerSpec::Ipndm { order } => {
                 if let Some(v) = self.order {
                     *order = v;
                     used.push("order");

@@ -678,7 +678,7 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // in numpy by peers.py from their description. And diffusers' DDPMScheduler (small and large
     // variance), DDIMScheduler (eta 0, 0.5, 1) and ScoreSdeVeScheduler (predictor-corrector) on
     // the same grid, ScoreSdeVpScheduler (Euler-Maruyama) on a uniform-t VP grid, and
-    // UniPCMultistepScheduler and DEISMultistepScheduler on the same grid.
+    // UniPCMultistepScheduler, DEISMultistepScheduler and IPNDMScheduler on the same grid.
     let dir = tempfile::tempdir().unwrap();
     let Some(v) = peers(
         &[
@@ -693,10 +693,10 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         return;
     };
     let checks = v["checks"].as_array().unwrap();
-    // 18 against k-diffusion, 14 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
+    // 18 against k-diffusion, 15 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
     // predictor-corrector with 1 and 2 corrector steps, Euler-Maruyama on the VP SDE, UniPC at
-    // orders 2, 3 (bh1) and 4 and UniP-2 without the corrector, DEIS at orders 3 and 2).
-    assert_eq!(checks.len(), 3 * 32);
+    // orders 2, 3 (bh1) and 4 and UniP-2 without the corrector, DEIS at orders 3 and 2, iPNDM).
+    assert_eq!(checks.len(), 3 * 33);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),

@@ -376,3 +376,29 @@ fn image_models_get_fd_and_an_image_grid() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("metric fd needs"));
 }
+
+#[test]
+fn every_shipped_config_loads() {
+    // The experiment files (those with [[samplers]]) and the training configs in experiments/
+    // parse and validate: a sampler renamed or a key dropped breaks a documented command.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let mut seen = (0, 0);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        if text.contains("[[samplers]]") {
+            let cfg = scoreflow::experiment::ExperimentConfig::load(&path);
+            assert!(cfg.is_ok(), "{}: {:?}", path.display(), cfg.err());
+            seen.0 += 1;
+        } else {
+            let cfg = scoreflow::train::TrainConfig::load(&path);
+            assert!(cfg.is_ok(), "{}: {:?}", path.display(), cfg.err());
+            seen.1 += 1;
+        }
+    }
+    // gmm2d, fewstep, gauss64, moons-samplers, digits-samplers; moons, gmm8-train, digits.
+    assert_eq!(seen, (5, 3));
+}

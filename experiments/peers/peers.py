@@ -86,20 +86,20 @@ def load_kdiffusion_sampling():
 
 
 def load_diffusers_schedulers(site):
-    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC and DEIS scheduler modules, from `site` (appended to sys.path, so that the
+    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC, DEIS and iPNDM scheduler modules, from `site` (appended to sys.path, so that the
     python's own numpy and torch come first) or the python's own packages; (None, reason) where
     they cannot be imported."""
     if os.path.isdir(site):
         sys.path.append(site)
     try:
-        from diffusers.schedulers import scheduling_ddim, scheduling_ddpm, scheduling_deis_multistep, scheduling_sde_ve, \
-            scheduling_unipc_multistep
+        from diffusers.schedulers import scheduling_ddim, scheduling_ddpm, scheduling_deis_multistep, scheduling_ipndm, \
+            scheduling_sde_ve, scheduling_unipc_multistep
         from diffusers.schedulers.deprecated import scheduling_sde_vp
         import diffusers
     except Exception as e:  # any import failure means: no diffusers peer
         return None, f"{type(e).__name__}: {e}"
     return ((scheduling_ddpm, scheduling_ddim, scheduling_sde_ve, scheduling_sde_vp, scheduling_unipc_multistep,
-             scheduling_deis_multistep),
+             scheduling_deis_multistep, scheduling_ipndm),
             f"diffusers {diffusers.__version__} from {os.path.dirname(diffusers.__file__)}")
 
 
@@ -773,6 +773,31 @@ def _diffusers_deis(order):
     return run
 
 
+def _diffusers_ipndm(diffusers, model, x, sigmas, grid, noise):
+    """diffusers' IPNDMScheduler (fourth order) on scoreflow's grid: its `betas` and `alphas` (the
+    sine and cosine of its angle schedule, i.e. sigma and alpha of x_vp = alpha x0 + sigma eps)
+    set to sigma / sqrt(1 + sigma^2) and 1 / sqrt(1 + sigma^2) of the grid levels (0 and 1 at
+    the end), the model's D given as the v-prediction alpha eps - sigma_vp D it expects."""
+    ipndm_mod = diffusers[6]
+    n = len(grid) - 1
+    sch = ipndm_mod.IPNDMScheduler(num_train_timesteps=max(n, 2))
+    sch.set_timesteps(n)
+    sch.betas = torch.tensor([g / math.sqrt(1.0 + g * g) for g in grid], dtype=torch.float64)
+    sch.alphas = torch.tensor([1.0 / math.sqrt(1.0 + g * g) for g in grid], dtype=torch.float64)
+    sch.timesteps = torch.arange(n, 0, -1, dtype=torch.float64) / n
+    sch.set_begin_index(0)
+    ones = x.new_ones([x.shape[0]])
+    xv = x / math.sqrt(1.0 + grid[0] ** 2)
+    for i, t in enumerate(sch.timesteps):
+        sig = grid[i]
+        alpha, sigma_vp = 1.0 / math.sqrt(1.0 + sig * sig), sig / math.sqrt(1.0 + sig * sig)
+        xe = xv / alpha
+        d = model(xe, ones * sig)
+        v = alpha * (xe - d) / sig - sigma_vp * d
+        xv = sch.step(v, t, xv).prev_sample.to(x.dtype)
+    return xv
+
+
 # Compared with diffusers (run gets its scheduler modules instead of k-diffusion's sampling
 # module); flags may depend on the number of steps.
 DIFFUSERS_CHECKS = {
@@ -790,6 +815,7 @@ DIFFUSERS_CHECKS = {
     "unip-2": (["--solver", "unipc", "--corrector", "false"], _diffusers_unipc(2, corrector=False)),
     "deis": (["--solver", "deis"], _diffusers_deis(3)),
     "deis-2": (["--solver", "deis", "--order", "2"], _diffusers_deis(2)),
+    "ipndm": (["--solver", "ipndm"], _diffusers_ipndm),
 }
 
 

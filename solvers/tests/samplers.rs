@@ -52,6 +52,9 @@ fn deterministic() -> Vec<(SamplerSpec, f64)> {
         (SamplerSpec::Deis { order: 1 }, 1.0),
         (SamplerSpec::Deis { order: 2 }, 2.0),
         (SamplerSpec::Deis { order: 3 }, 3.0),
+        // iPNDM: fourth-order Adams-Bashforth weights for equal steps, on grids whose steps
+        // vary: second order (2.17 / 2.10 / 2.11), below dpmpp-2m's error.
+        (SamplerSpec::Ipndm { order: 4 }, 2.0),
         // UniPC-p is of order p + 1 with its corrector (Zhao et al. 2023).
         (SamplerSpec::from_name("unipc").unwrap(), 3.0),
         (
@@ -151,7 +154,7 @@ fn convergence_orders_match_theory_under_edm_ve_and_vp() {
             assert!(ok, "{report}");
         }
         // ("deis" is its order-3 entry, the last one of that name.)
-        for name in ["dpmpp-3m", "lms", "deis"] {
+        for name in ["dpmpp-3m", "lms", "deis", "ipndm"] {
             assert!(
                 finest[name] < finest["dpmpp-2m"],
                 "{name} not below dpmpp-2m at {} steps\n{report}",
@@ -249,7 +252,7 @@ fn ddim_eta0_is_euler_and_eta1_is_ddpm_and_euler_ancestral() {
 }
 
 #[test]
-fn deis_order_1_is_euler_and_its_start_up_is_lower_order() {
+fn deis_and_ipndm_order_1_are_euler_and_start_up_at_lower_order() {
     let den = GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap();
     let sde = Edm::default();
     let run = |spec: &SamplerSpec, steps: usize| {
@@ -275,6 +278,14 @@ fn deis_order_1_is_euler_and_its_start_up_is_lower_order() {
     assert!(d > 1e-6, "deis(3) vs deis(2) at 5 steps: {d}");
     for order in [0, 4] {
         assert!(SamplerSpec::Deis { order }.build().is_err());
+    }
+    // iPNDM's first step (and order 1) is Euler too; orders 0 and 5 are errors.
+    let d = max_abs(&(run(&SamplerSpec::Ipndm { order: 1 }, 25) - run(&SamplerSpec::Euler, 25)));
+    assert!(d < 1e-12, "ipndm(1) vs euler: {d}");
+    let d = max_abs(&(run(&SamplerSpec::Ipndm { order: 4 }, 1) - run(&SamplerSpec::Euler, 1)));
+    assert!(d < 1e-12, "ipndm(4) at 1 step vs euler: {d}");
+    for order in [0, 5] {
+        assert!(SamplerSpec::Ipndm { order }.build().is_err());
     }
 }
 

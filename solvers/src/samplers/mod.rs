@@ -15,6 +15,7 @@ pub mod euler;
 pub mod euler_ancestral;
 pub mod euler_maruyama;
 pub mod heun;
+pub mod ipndm;
 pub mod lms;
 pub mod pc;
 pub mod unipc;
@@ -149,6 +150,10 @@ pub enum SamplerSpec {
         #[serde(default = "three")]
         order: usize,
     },
+    Ipndm {
+        #[serde(default = "four")]
+        order: usize,
+    },
     #[serde(rename = "unipc")]
     UniPc {
         #[serde(default = "two")]
@@ -181,6 +186,7 @@ pub const NAMES: &[&str] = &[
     "dpmpp-2s-ancestral",
     "dpmpp-sde",
     "deis",
+    "ipndm",
 ];
 
 impl SamplerSpec {
@@ -235,6 +241,7 @@ impl SamplerSpec {
                 s_noise: 1.0,
             },
             "deis" => SamplerSpec::Deis { order: 3 },
+            "ipndm" => SamplerSpec::Ipndm { order: 4 },
             "unipc" => SamplerSpec::UniPc {
                 order: 2,
                 solver_type: UniPcVariant::Bh2,
@@ -271,6 +278,7 @@ impl SamplerSpec {
             SamplerSpec::DpmPp2SAncestral { .. } => "dpmpp-2s-ancestral",
             SamplerSpec::DpmPpSde { .. } => "dpmpp-sde",
             SamplerSpec::Deis { .. } => "deis",
+            SamplerSpec::Ipndm { .. } => "ipndm",
         }
     }
 
@@ -355,6 +363,7 @@ impl SamplerSpec {
                 Box::new(dpmpp_sde::DpmPpSde::new(*eta, *s_noise)?)
             }
             SamplerSpec::Deis { order } => Box::new(deis::Deis::new(*order)?),
+            SamplerSpec::Ipndm { order } => Box::new(ipndm::Ipndm::new(*order)?),
             SamplerSpec::UniPc {
                 order,
                 solver_type,
