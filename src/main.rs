@@ -44,6 +44,59 @@ enum Command {
     Nll(scoreflow::nll::NllArgs),
     /// Fréchet distance of a digits model's samples on in-project classifier features.
     EvalDigits(scoreflow::fid::EvalDigitsArgs),
+    /// List the samplers: name, NFE for n steps, stochastic or not, parameters and defaults.
+    Samplers {
+        /// Print one JSON object per sampler instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The samplers of the registry with their defaults (the `[[samplers]]` table of an experiment:
+/// `kind` plus the parameter keys).
+fn samplers_cmd(json: bool) -> Result<()> {
+    use scoreflow_solvers::samplers::NAMES;
+    use scoreflow_solvers::SamplerSpec;
+    if !json {
+        println!(
+            "{:<20} {:<7} {:<6} parameters (config key = default)",
+            "name", "nfe", "noise"
+        );
+    }
+    for name in NAMES {
+        let spec = SamplerSpec::from_name(name)?;
+        let (a, b) = (spec.nfe(1) as i64, spec.nfe(2) as i64);
+        let nfe = match (b - a, 2 * a - b) {
+            (1, 0) => "n".to_string(),
+            (k, 0) => format!("{k}n"),
+            (k, c) if c < 0 => format!("{k}n-{}", -c),
+            (k, c) => format!("{k}n+{c}"),
+        };
+        // As a TOML table (what an experiment's [[samplers]] entry takes; infinity is `inf`).
+        let mut table = toml::Table::try_from(&spec)?;
+        table.remove("kind");
+        if json {
+            let params: serde_json::Map<String, serde_json::Value> = table
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        toml::Value::Float(f) if !f.is_finite() => serde_json::json!(v.to_string()),
+                        _ => serde_json::to_value(v).unwrap_or(serde_json::Value::Null),
+                    };
+                    (k.clone(), v)
+                })
+                .collect();
+            let line = serde_json::json!({
+                "name": name, "nfe": nfe, "stochastic": spec.is_stochastic(), "parameters": params,
+            });
+            println!("{line}");
+        } else {
+            let text: Vec<String> = table.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+            let noise = if spec.is_stochastic() { "yes" } else { "no" };
+            println!("{name:<20} {nfe:<7} {noise:<6} {}", text.join(", "));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -247,6 +300,7 @@ fn main() {
         Command::BenchTrain(a) => bench::run_train(a),
         Command::Nll(a) => scoreflow::nll::run(a),
         Command::EvalDigits(a) => scoreflow::fid::eval_digits(a),
+        Command::Samplers { json } => samplers_cmd(json),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -942,3 +942,54 @@ fn bench_writes_json_for_each_batch_and_sampler() {
     let bad = run(&["bench", "--num", "0", "--device", "cpu"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn samplers_lists_every_sampler_with_its_config_defaults() {
+    use scoreflow::solvers::samplers::NAMES;
+    use scoreflow::solvers::SamplerSpec;
+    let o = run(&["samplers"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    let o = run(&["samplers", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), NAMES.len());
+    for (v, name) in lines.iter().zip(NAMES) {
+        assert_eq!(v["name"], *name);
+        assert!(table.lines().any(|l| l.starts_with(&format!("{name} "))));
+        let spec = SamplerSpec::from_name(name).unwrap();
+        assert_eq!(v["stochastic"], spec.is_stochastic(), "{name}");
+        // The NFE formula, evaluated at 7 steps, is the planned count.
+        let f = v["nfe"].as_str().unwrap();
+        let (k, c) = match f.split_once('n') {
+            Some((k, c)) => (
+                if k.is_empty() {
+                    1
+                } else {
+                    k.parse::<i64>().unwrap()
+                },
+                if c.is_empty() {
+                    0
+                } else {
+                    c.parse::<i64>().unwrap()
+                },
+            ),
+            None => panic!("{name}: nfe {f}"),
+        };
+        assert_eq!((7 * k + c) as usize, spec.nfe(7), "{name}: {f}");
+        // The parameters, written as an experiment's [[samplers]] entry, give the defaults back.
+        let mut toml_text = format!("kind = \"{name}\"\n");
+        for (key, val) in v["parameters"].as_object().unwrap() {
+            let val = match val.as_str() {
+                Some("inf") => "inf".to_string(),
+                _ => val.to_string(),
+            };
+            toml_text += &format!("{key} = {val}\n");
+        }
+        let back: SamplerSpec = toml::from_str(&toml_text).unwrap();
+        assert_eq!(back, spec, "{name}: {toml_text}");
+    }
+}
