@@ -993,3 +993,29 @@ fn samplers_lists_every_sampler_with_its_config_defaults() {
         assert_eq!(back, spec, "{name}: {toml_text}");
     }
 }
+
+#[test]
+fn every_sampler_has_a_doc_page_and_a_row_in_the_samplers_table() {
+    use scoreflow::solvers::samplers::NAMES;
+    let index = std::fs::read_to_string(repo("docs/samplers/README.md")).unwrap();
+    for name in NAMES {
+        let page = repo(&format!("docs/samplers/{name}.md"));
+        let text =
+            std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{}: {e}", page.display()));
+        assert!(
+            text.starts_with(&format!("# {name}\n")),
+            "{name}: page title"
+        );
+        let headings: Vec<&str> = text.lines().filter(|l| l.starts_with("## ")).collect();
+        for section in ["Reference", "Algorithm", "NFE", "Tests"] {
+            assert!(
+                headings.iter().any(|h| h.contains(section)),
+                "{name}: no section on {section}"
+            );
+        }
+        assert!(
+            index.contains(&format!("| [{name}]({name}.md) |")),
+            "{name}: no row in docs/samplers/README.md"
+        );
+    }
+}
