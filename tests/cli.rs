@@ -693,10 +693,10 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         return;
     };
     let checks = v["checks"].as_array().unwrap();
-    // 18 against k-diffusion, 15 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
+    // 19 against k-diffusion, 15 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
     // predictor-corrector with 1 and 2 corrector steps, Euler-Maruyama on the VP SDE, UniPC at
     // orders 2, 3 (bh1) and 4 and UniP-2 without the corrector, DEIS at orders 3 and 2, iPNDM).
-    assert_eq!(checks.len(), 3 * 33);
+    assert_eq!(checks.len(), 3 * 34);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),

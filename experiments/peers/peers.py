@@ -542,20 +542,27 @@ def _dpmpp_sde_noise(grid, noise, like):
     return ns
 
 
-def _kd_churn(sampling, model, x, sigmas, grid, noise):
-    step = [0]
+def _kd_churn(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003):
+    """k-diffusion's sample_heun with EDM's churn, its torch.randn_like (called once per step)
+    returning scoreflow's churn noise (STREAM_CHURN) of that step."""
 
-    def draw(like):
-        i = step[0]
-        step[0] += 1
-        return noise.standard(STREAM_CHURN, grid[i + 1], grid[i]).to(like.device, like.dtype)
+    def run(sampling, model, x, sigmas, grid, noise):
+        step = [0]
 
-    saved = sampling.torch
-    sampling.torch = _TorchWithNoise(draw)
-    try:
-        return sampling.sample_heun(model, x, sigmas, disable=True, s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003)
-    finally:
-        sampling.torch = saved
+        def draw(like):
+            i = step[0]
+            step[0] += 1
+            return noise.standard(STREAM_CHURN, grid[i + 1], grid[i]).to(like.device, like.dtype)
+
+        saved = sampling.torch
+        sampling.torch = _TorchWithNoise(draw)
+        try:
+            return sampling.sample_heun(model, x, sigmas, disable=True, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
+                                        s_noise=s_noise)
+        finally:
+            sampling.torch = saved
+
+    return run
 
 
 def _diffusers_run(kind, eta=0.0, variance="fixed_small"):
@@ -832,7 +839,10 @@ CHECKS.update({
                                lambda sampling, model, x, sigmas, grid, noise: sampling.sample_euler_ancestral(
                                    model, x, sigmas, disable=True, eta=0.5, s_noise=1.1,
                                    noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
-    "edm-stochastic": (["--solver", "edm-stochastic"] + EDM_CHURN, _kd_churn),
+    "edm-stochastic": (["--solver", "edm-stochastic"] + EDM_CHURN, _kd_churn()),
+    # Churn at every level (S_tmin 0, S_tmax inf, the defaults), the last one included.
+    "edm-stochastic-all": (["--solver", "edm-stochastic", "--s-churn", "10", "--s-noise", "0.95"],
+                           _kd_churn(10.0, 0.0, float("inf"), 0.95)),
     "dpmpp-2m-sde": (["--solver", "dpmpp-2m-sde"],
                      lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_2m_sde(
                          model, x, sigmas, disable=True, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
