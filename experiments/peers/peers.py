@@ -717,6 +717,28 @@ def _diffusers_em(diffusers, model, x, sigmas, grid, noise):
     return model(xv / s_of(t), x.new_ones([b]) * sig)
 
 
+def _x0_scheduler_on_grid(sch, model, x, grid, last_d):
+    """Run a diffusers multistep scheduler built with prediction_type="sample" on scoreflow's grid:
+    its sigmas set to the grid (float64), timesteps N-1 .. 0, the model's D given as the "sample"
+    prediction in the VP variable x_vp = x / sqrt(1 + sigma^2). With `last_d`, the last step is
+    not taken and the last evaluation's D is the result (scoreflow's step to sigma = 0)."""
+    n = len(grid) - 1
+    sch.set_timesteps(n)
+    sch.sigmas = torch.tensor(grid, dtype=torch.float64)
+    sch.timesteps = torch.arange(n - 1, -1, -1, dtype=torch.int64)
+    sch.num_inference_steps = n
+    sch.set_begin_index(0)
+    ones = x.new_ones([x.shape[0]])
+    xv = x / math.sqrt(1.0 + grid[0] ** 2)
+    for i, t in enumerate(sch.timesteps):
+        sig = grid[i]
+        d = model(xv * math.sqrt(1.0 + sig * sig), ones * sig)
+        if i == n - 1 and last_d:
+            return d
+        xv = sch.step(d, t, xv).prev_sample
+    return xv
+
+
 def _diffusers_unipc(order, solver_type="bh2", corrector=True):
     """diffusers' UniPCMultistepScheduler (predict_x0, lower_order_final, final sigma 0) with its
     sigmas set to scoreflow's grid (float64) and timesteps N-1 .. 0, the model's D given as the
@@ -726,26 +748,12 @@ def _diffusers_unipc(order, solver_type="bh2", corrector=True):
     what it returns with bh2, so the last evaluation's D is taken instead."""
 
     def run(diffusers, model, x, sigmas, grid, noise):
-        uni_mod = diffusers[4]
         n = len(grid) - 1
-        sch = uni_mod.UniPCMultistepScheduler(num_train_timesteps=max(n, 2), solver_order=order, solver_type=solver_type,
-                                              prediction_type="sample", predict_x0=True, lower_order_final=True,
-                                              final_sigmas_type="zero",
-                                              disable_corrector=[] if corrector else list(range(n)))
-        sch.set_timesteps(n)
-        sch.sigmas = torch.tensor(grid, dtype=torch.float64)
-        sch.timesteps = torch.arange(n - 1, -1, -1, dtype=torch.int64)
-        sch.num_inference_steps = n
-        sch.set_begin_index(0)
-        ones = x.new_ones([x.shape[0]])
-        xv = x / math.sqrt(1.0 + grid[0] ** 2)
-        for i, t in enumerate(sch.timesteps):
-            sig = grid[i]
-            d = model(xv * math.sqrt(1.0 + sig * sig), ones * sig)
-            if i == n - 1 and solver_type == "bh1":
-                return d
-            xv = sch.step(d, t, xv).prev_sample
-        return xv
+        sch = diffusers[4].UniPCMultistepScheduler(
+            num_train_timesteps=max(n, 2), solver_order=order, solver_type=solver_type, prediction_type="sample",
+            predict_x0=True, lower_order_final=True, final_sigmas_type="zero",
+            disable_corrector=[] if corrector else list(range(n)))
+        return _x0_scheduler_on_grid(sch, model, x, grid, last_d=solver_type == "bh1")
 
     return run
 
@@ -758,24 +766,10 @@ def _diffusers_deis(order):
     steps and the result is the last evaluation's D, as scoreflow's step to 0 returns."""
 
     def run(diffusers, model, x, sigmas, grid, noise):
-        deis_mod = diffusers[5]
-        n = len(grid) - 1
-        sch = deis_mod.DEISMultistepScheduler(num_train_timesteps=max(n, 2), solver_order=order, prediction_type="sample",
-                                              algorithm_type="deis", solver_type="logrho", lower_order_final=True)
-        sch.set_timesteps(n)
-        sch.sigmas = torch.tensor(grid, dtype=torch.float64)
-        sch.timesteps = torch.arange(n - 1, -1, -1, dtype=torch.int64)
-        sch.num_inference_steps = n
-        sch.set_begin_index(0)
-        ones = x.new_ones([x.shape[0]])
-        xv = x / math.sqrt(1.0 + grid[0] ** 2)
-        for i, t in enumerate(sch.timesteps):
-            sig = grid[i]
-            d = model(xv * math.sqrt(1.0 + sig * sig), ones * sig)
-            if i == n - 1:
-                return d
-            xv = sch.step(d, t, xv).prev_sample
-        return xv
+        sch = diffusers[5].DEISMultistepScheduler(
+            num_train_timesteps=max(len(grid) - 1, 2), solver_order=order, prediction_type="sample",
+            algorithm_type="deis", solver_type="logrho", lower_order_final=True)
+        return _x0_scheduler_on_grid(sch, model, x, grid, last_d=True)
 
     return run
 

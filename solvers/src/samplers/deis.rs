@@ -15,8 +15,9 @@
 //! `lower_order_final`); the step to sigma = 0 returns `D(x; sigma_{n-1})`, where every order's
 //! update would need `log 0`. One evaluation per step.
 
+use super::check_order;
 use crate::driver::{Sampler, StepCtx};
-use crate::error::{Result, SolverError};
+use crate::error::Result;
 use tch::Tensor;
 
 #[derive(Clone, Debug)]
@@ -26,13 +27,7 @@ pub struct Deis {
 
 impl Deis {
     pub fn new(order: usize) -> Result<Self> {
-        if !(1..=3).contains(&order) {
-            return Err(SolverError::Parameter {
-                name: "order",
-                value: order as f64,
-                why: "DEIS's order must be 1 to 3",
-            });
-        }
+        check_order(order, 3)?;
         Ok(Deis { order })
     }
 

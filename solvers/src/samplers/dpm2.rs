@@ -8,11 +8,10 @@
 //! `s_noise sigma_up` from the step stream ([`crate::noise::STREAM_STEP`], the draw
 //! `euler-ancestral` uses); `eta = 0` is `dpm2`.
 
-use super::check_nonneg;
 use super::euler_ancestral::ancestral_step;
+use super::{add_step_noise, check_nonneg};
 use crate::driver::{Sampler, StepCtx};
 use crate::error::Result;
-use crate::noise::STREAM_STEP;
 use tch::Tensor;
 
 #[derive(Clone, Debug)]
@@ -65,10 +64,6 @@ impl Sampler for Dpm2 {
             let d_mid = ctx.derivative(&x_mid, s_mid)?;
             x + d_mid * (down - s)
         };
-        if up > 0.0 && self.s_noise > 0.0 {
-            let z = ctx.noise.standard(STREAM_STEP, s_next, s)?;
-            return Ok(x + z * (up * self.s_noise));
-        }
-        Ok(x)
+        add_step_noise(ctx, x, s_next, s, up * self.s_noise)
     }
 }

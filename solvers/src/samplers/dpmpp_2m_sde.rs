@@ -14,11 +14,10 @@
 //! `z` is the step's standard normal from the Brownian path ([`crate::noise::STREAM_STEP`],
 //! the same draw `euler-ancestral` uses). One evaluation per step.
 
-use super::check_nonneg;
 use super::dpmpp_2m::lambda;
+use super::{add_step_noise, check_nonneg};
 use crate::driver::{Sampler, StepCtx};
 use crate::error::{Result, SolverError};
-use crate::noise::STREAM_STEP;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
@@ -88,11 +87,8 @@ impl Sampler for DpmPp2MSde {
                 };
                 out = out + (&denoised - old) * (c / r);
             }
-            if self.eta > 0.0 && self.s_noise > 0.0 {
-                let z = ctx.noise.standard(STREAM_STEP, s_next, s)?;
-                out = out + z * (s_next * (-(-2.0 * eta_h).exp_m1()).sqrt() * self.s_noise);
-            }
-            out
+            let scale = s_next * (-(-2.0 * eta_h).exp_m1()).sqrt() * self.s_noise;
+            add_step_noise(ctx, out, s_next, s, scale)?
         };
         ctx.history.clear();
         ctx.history.push(denoised);

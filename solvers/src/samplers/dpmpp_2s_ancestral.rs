@@ -10,11 +10,10 @@
 //! `euler-ancestral` uses). The step to sigma = 0 is an Euler step (it returns `D(x; sigma)`),
 //! so `n` steps cost `2n - 1` evaluations. `eta = 0` is the deterministic DPM-Solver++(2S).
 
-use super::check_nonneg;
 use super::euler_ancestral::ancestral_step;
+use super::{add_step_noise, check_nonneg};
 use crate::driver::{Sampler, StepCtx};
 use crate::error::Result;
-use crate::noise::STREAM_STEP;
 use tch::Tensor;
 
 #[derive(Clone, Debug)]
@@ -50,10 +49,6 @@ impl Sampler for DpmPp2SAncestral {
             let denoised_2 = ctx.denoise(&u, s_mid)?;
             x * (down / s) - denoised_2 * (-h).exp_m1()
         };
-        if up > 0.0 && self.s_noise > 0.0 {
-            let z = ctx.noise.standard(STREAM_STEP, s_next, s)?;
-            return Ok(x + z * (up * self.s_noise));
-        }
-        Ok(x)
+        add_step_noise(ctx, x, s_next, s, up * self.s_noise)
     }
 }

@@ -12,11 +12,10 @@
 //! (Karras et al. 2022, eq. 6) whose drift and noise the first-order part solves exactly. One
 //! evaluation per step.
 
-use super::check_nonneg;
 use super::dpmpp_2m::lambda;
+use super::{add_step_noise, check_nonneg};
 use crate::driver::{Sampler, StepCtx};
 use crate::error::Result;
-use crate::noise::STREAM_STEP;
 use tch::Tensor;
 
 #[derive(Clone, Debug)]
@@ -86,11 +85,8 @@ impl Sampler for DpmPp3M {
                 let r = h_1 / h;
                 out = out + (&denoised - &ctx.history[n - 1]) * (phi_2 / r);
             }
-            if self.eta > 0.0 && self.s_noise > 0.0 {
-                let z = ctx.noise.standard(STREAM_STEP, s_next, s)?;
-                out = out + z * (s_next * (-(-2.0 * h * self.eta).exp_m1()).sqrt() * self.s_noise);
-            }
-            out
+            let scale = s_next * (-(-2.0 * h * self.eta).exp_m1()).sqrt() * self.s_noise;
+            add_step_noise(ctx, out, s_next, s, scale)?
         };
         ctx.history.push(denoised);
         if ctx.history.len() > 2 {

@@ -16,11 +16,10 @@
 //! step (it returns `D_i`), so `n` steps cost `2n - 1` evaluations. At `eta = 0` this is
 //! `dpmpp-2s-ancestral` at `eta = 0`.
 
-use super::check_nonneg;
 use super::euler_ancestral::ancestral_step;
+use super::{add_step_noise, check_nonneg};
 use crate::driver::{Sampler, StepCtx};
 use crate::error::Result;
-use crate::noise::STREAM_STEP;
 use tch::Tensor;
 
 #[derive(Clone, Debug)]
@@ -58,22 +57,14 @@ impl Sampler for DpmPpSde {
         }
         let t = -s.ln();
         let s_mid = Self::mid_sigma(s, s_next);
-        let noisy = self.eta > 0.0 && self.s_noise > 0.0;
         // Stage 1: to sigma_s, ancestrally.
         let (d1, u1) = ancestral_step(s, s_mid, self.eta);
-        let mut x_2 = &x * (d1 / s) - &denoised * (t + d1.ln()).exp_m1();
-        if noisy && u1 > 0.0 {
-            let z = ctx.noise.standard(STREAM_STEP, s_mid, s)?;
-            x_2 = x_2 + z * (u1 * self.s_noise);
-        }
+        let x_2 = &x * (d1 / s) - &denoised * (t + d1.ln()).exp_m1();
+        let x_2 = add_step_noise(ctx, x_2, s_mid, s, u1 * self.s_noise)?;
         let denoised_2 = ctx.denoise(&x_2, s_mid)?;
         // Stage 2: the whole step with D~ = D(x_2; sigma_s) (fac = 1/(2r) = 1).
         let (d2, u2) = ancestral_step(s, s_next, self.eta);
-        let mut out = x * (d2 / s) - denoised_2 * (t + d2.ln()).exp_m1();
-        if noisy && u2 > 0.0 {
-            let z = ctx.noise.standard(STREAM_STEP, s_next, s)?;
-            out = out + z * (u2 * self.s_noise);
-        }
-        Ok(out)
+        let out = x * (d2 / s) - denoised_2 * (t + d2.ln()).exp_m1();
+        add_step_noise(ctx, out, s_next, s, u2 * self.s_noise)
     }
 }

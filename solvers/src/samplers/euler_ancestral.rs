@@ -4,10 +4,9 @@
 //! `sigma_down = sqrt(sigma'^2 - sigma_up^2)` (`get_ancestral_step`). With `eta = 1` this is the
 //! DDPM ancestral step in the sigma parameterization. One evaluation per step.
 
-use super::check_nonneg;
+use super::{add_step_noise, check_nonneg};
 use crate::driver::{Sampler, StepCtx};
 use crate::error::Result;
-use crate::noise::STREAM_STEP;
 use tch::Tensor;
 
 #[derive(Clone, Debug)]
@@ -48,10 +47,6 @@ impl Sampler for EulerAncestral {
         let (down, up) = ancestral_step(s, s_next, self.eta);
         let d = ctx.derivative(&x, s)?;
         let x = x + d * (down - s);
-        if up > 0.0 {
-            let z = ctx.noise.standard(STREAM_STEP, s_next, s)?;
-            return Ok(x + z * (up * self.s_noise));
-        }
-        Ok(x)
+        add_step_noise(ctx, x, s_next, s, up * self.s_noise)
     }
 }

@@ -10,8 +10,9 @@
 //! The step to sigma = 0 is the same multistep update (it does not return `D`). One evaluation
 //! per step.
 
+use super::check_order;
 use crate::driver::{Sampler, StepCtx};
-use crate::error::{Result, SolverError};
+use crate::error::Result;
 use tch::Tensor;
 
 /// Adams-Bashforth weights of `d_i, d_{i-1}, ...` for equal steps, orders 1 to 4.
@@ -29,13 +30,7 @@ pub struct Ipndm {
 
 impl Ipndm {
     pub fn new(order: usize) -> Result<Self> {
-        if !(1..=4).contains(&order) {
-            return Err(SolverError::Parameter {
-                name: "order",
-                value: order as f64,
-                why: "iPNDM's order must be 1 to 4",
-            });
-        }
+        check_order(order, 4)?;
         Ok(Ipndm { order })
     }
 }

@@ -3,8 +3,9 @@
 //! Lagrange polynomial in sigma, which is integrated exactly over `[sigma_i, sigma_{i+1}]`.
 //! Lower order while fewer derivatives exist. One evaluation per step.
 
+use super::check_order;
 use crate::driver::{Sampler, StepCtx};
-use crate::error::{Result, SolverError};
+use crate::error::Result;
 use tch::Tensor;
 
 pub struct Lms {
@@ -13,13 +14,7 @@ pub struct Lms {
 
 impl Lms {
     pub fn new(order: usize) -> Result<Self> {
-        if !(1..=4).contains(&order) {
-            return Err(SolverError::Parameter {
-                name: "order",
-                value: order as f64,
-                why: "must be 1 to 4",
-            });
-        }
+        check_order(order, 4)?;
         Ok(Lms { order })
     }
 }

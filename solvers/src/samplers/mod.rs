@@ -39,6 +39,32 @@ pub(crate) fn check_nonneg(name: &'static str, value: f64) -> Result<()> {
     Ok(())
 }
 
+/// A multistep order, 1 to `max`.
+pub(crate) fn check_order(order: usize, max: usize) -> Result<()> {
+    if !(1..=max).contains(&order) {
+        return Err(SolverError::Invalid(format!(
+            "invalid parameter order = {order}: must be 1 to {max}"
+        )));
+    }
+    Ok(())
+}
+
+/// `x + scale z` with `z` the standard normal of the step stream on `[lo, hi]`
+/// ([`crate::noise::STREAM_STEP`]); no draw when `scale` is 0 (eta or s_noise 0, the last step).
+pub(crate) fn add_step_noise(
+    ctx: &mut crate::driver::StepCtx<'_>,
+    x: tch::Tensor,
+    lo: f64,
+    hi: f64,
+    scale: f64,
+) -> Result<tch::Tensor> {
+    if scale > 0.0 {
+        let z = ctx.noise.standard(crate::noise::STREAM_STEP, lo, hi)?;
+        return Ok(x + z * scale);
+    }
+    Ok(x)
+}
+
 fn one() -> f64 {
     1.0
 }

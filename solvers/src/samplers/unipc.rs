@@ -20,6 +20,7 @@
 //! `min(order, i + 1, n - i)` (warm-up, and lower order at the end). The step to sigma = 0
 //! returns `D_i`. One evaluation per step.
 
+use super::check_order;
 use super::dpmpp_2m::lambda;
 use crate::driver::{Sampler, StepCtx};
 use crate::error::{Result, SolverError};
@@ -63,13 +64,7 @@ pub struct UniPc {
 
 impl UniPc {
     pub fn new(order: usize, variant: UniPcVariant, corrector: bool) -> Result<Self> {
-        if !(1..=MAX_ORDER).contains(&order) {
-            return Err(SolverError::Parameter {
-                name: "order",
-                value: order as f64,
-                why: "UniPC's order must be 1 to 4",
-            });
-        }
+        check_order(order, MAX_ORDER)?;
         Ok(UniPc {
             order,
             variant,
