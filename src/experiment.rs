@@ -161,8 +161,28 @@ impl Metric {
     }
 }
 
-/// A sampler's label in tables and plots: its name and any non-default parameters.
+/// A sampler's label in tables: its name and any non-default parameters.
 pub fn label(spec: &SamplerSpec) -> String {
+    label_without(spec, &[])
+}
+
+/// A curve of the quality-vs-NFE plot: the label without an adaptive sampler's tolerances, so
+/// that its runs at several tolerances form one curve.
+pub fn series(spec: &SamplerSpec) -> String {
+    if spec.is_adaptive() {
+        label_without(spec, &["rtol", "atol"])
+    } else {
+        label(spec)
+    }
+}
+
+fn series_of(r: &Value) -> String {
+    serde_json::from_value::<SamplerSpec>(r["params"].clone())
+        .map(|s| series(&s))
+        .unwrap_or_else(|_| r["label"].as_str().unwrap_or("").to_string())
+}
+
+fn label_without(spec: &SamplerSpec, skip: &[&str]) -> String {
     let default = SamplerSpec::from_name(spec.name()).ok();
     if default.as_ref() == Some(spec) {
         return spec.name().to_string();
@@ -174,7 +194,7 @@ pub fn label(spec: &SamplerSpec) -> String {
     let mut parts = Vec::new();
     if let Value::Object(m) = &v {
         for (k, val) in m {
-            if k != "kind" && d.get(k) != Some(val) {
+            if k != "kind" && !skip.contains(&k.as_str()) && d.get(k) != Some(val) {
                 let v = match val.as_f64() {
                     Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
                     Some(f) => format!("{f}"),
@@ -183,6 +203,9 @@ pub fn label(spec: &SamplerSpec) -> String {
                 parts.push(format!("{}={v}", k.trim_start_matches("s_")));
             }
         }
+    }
+    if parts.is_empty() {
+        return spec.name().to_string();
     }
     format!("{}({})", spec.name(), parts.join(","))
 }
@@ -223,12 +246,12 @@ impl ExperimentConfig {
         }
         for s in &self.samplers {
             s.build()?;
+            let Some(one) = s.nfe(1) else { continue };
             for &b in &self.nfe {
-                if s.nfe(1) > b {
+                if one > b {
                     bail!(
-                        "NFE budget {b} is below the {} sampler's cost of one step ({})",
+                        "NFE budget {b} is below the {} sampler's cost of one step ({one})",
                         s.name(),
-                        s.nfe(1)
                     );
                 }
             }
@@ -287,8 +310,13 @@ impl ExperimentConfig {
         Ok(())
     }
 
-    /// Steps for a sampler: the configured ones, or the largest within each NFE budget.
+    /// Steps for a sampler: the configured ones, or the largest within each NFE budget. An
+    /// adaptive sampler uses only the ends of the grid: one cell per seed, on the 2-step grid
+    /// (`sigma_max`, `sigma_min`, 0).
     pub fn steps_for(&self, s: &SamplerSpec) -> Vec<usize> {
+        if s.is_adaptive() {
+            return vec![2];
+        }
         if !self.steps.is_empty() {
             return self.steps.clone();
         }
@@ -297,7 +325,7 @@ impl ExperimentConfig {
             .iter()
             .map(|&b| {
                 let mut n = 1;
-                while s.nfe(n + 1) <= b {
+                while s.nfe(n + 1).is_some_and(|c| c <= b) {
                     n += 1;
                 }
                 n
@@ -862,11 +890,11 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
         );
     }
     crate::compare::write_atomic(&dir.join("results.csv"), &csv)?;
-    // Quality vs NFE: mean over seeds, bars from min to max.
+    // Quality vs NFE: mean over seeds, bars from min to max; one curve per series.
     let labels: Vec<String> = {
         let mut v: Vec<String> = Vec::new();
         for r in &rows {
-            let l = r["label"].as_str().unwrap_or("").to_string();
+            let l = series_of(r);
             if !v.contains(&l) {
                 v.push(l);
             }
@@ -877,21 +905,27 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
     for m in metric_names.iter().filter(|m| **m != "mode-coverage") {
         let mut series = Vec::new();
         for l in &labels {
-            let mut by_nfe: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
-            for r in rows.iter().filter(|r| r["label"].as_str() == Some(l)) {
+            // One point per run setting (steps and parameters), at the mean NFE over seeds (the
+            // same for every seed except with an adaptive sampler).
+            let mut by_cell: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+            for r in rows.iter().filter(|r| series_of(r) == *l) {
                 if let (Some(n), Some(v)) = (r["nfe"].as_u64(), r[*m].as_f64()) {
-                    by_nfe.entry(n).or_default().push(v);
+                    let cell = format!("{} {}", r["steps"], r["params"]);
+                    by_cell.entry(cell).or_default().push((n as f64, v));
                 }
             }
-            let points: Vec<(f64, f64, f64, f64)> = by_nfe
-                .iter()
-                .map(|(n, v)| {
-                    let mean = v.iter().sum::<f64>() / v.len() as f64;
-                    let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
-                    let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    (*n as f64, mean, lo, hi)
+            let mut points: Vec<(f64, f64, f64, f64)> = by_cell
+                .values()
+                .map(|c| {
+                    let k = c.len() as f64;
+                    let nfe = c.iter().map(|p| p.0).sum::<f64>() / k;
+                    let mean = c.iter().map(|p| p.1).sum::<f64>() / k;
+                    let lo = c.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+                    let hi = c.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+                    (nfe, mean, lo, hi)
                 })
                 .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
             if !points.is_empty() {
                 series.push(Series {
                     label: l.clone(),

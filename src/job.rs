@@ -69,7 +69,7 @@ impl GridArgs {
 #[derive(Args, Clone, Debug, Default)]
 pub struct SamplerArgs {
     /// ddim, euler-ancestral, dpm2-ancestral, dpmpp-2s-ancestral, dpmpp-sde, dpmpp-2m-sde,
-    /// dpmpp-3m-sde: noise fraction (0 = deterministic).
+    /// dpmpp-3m-sde, dpm-solver, dpm-adaptive: noise fraction (0 = deterministic).
     #[arg(long)]
     pub eta: Option<f64>,
     /// edm-stochastic: S_churn.
@@ -93,7 +93,7 @@ pub struct SamplerArgs {
     /// ddpm: reverse variance, small (posterior) or large (beta).
     #[arg(long)]
     pub variance: Option<String>,
-    /// lms, unipc, ipndm: order (1 to 4); deis: order (1 to 3).
+    /// lms, unipc, ipndm: order (1 to 4); deis, dpm-solver: order (1 to 3); dpm-adaptive: 2 or 3.
     #[arg(long)]
     pub order: Option<usize>,
     /// dpmpp-2m-sde: weighting of the second-order correction, midpoint or heun;
@@ -103,6 +103,27 @@ pub struct SamplerArgs {
     /// unipc: apply the UniC corrector (true or false).
     #[arg(long)]
     pub corrector: Option<bool>,
+    /// dpm-adaptive: relative tolerance of the step-size control.
+    #[arg(long)]
+    pub rtol: Option<f64>,
+    /// dpm-adaptive: absolute tolerance of the step-size control.
+    #[arg(long)]
+    pub atol: Option<f64>,
+    /// dpm-adaptive: first step size, in log sigma.
+    #[arg(long)]
+    pub h_init: Option<f64>,
+    /// dpm-adaptive: proportional coefficient of the PID step-size controller.
+    #[arg(long)]
+    pub pcoeff: Option<f64>,
+    /// dpm-adaptive: integral coefficient of the PID step-size controller.
+    #[arg(long)]
+    pub icoeff: Option<f64>,
+    /// dpm-adaptive: derivative coefficient of the PID step-size controller.
+    #[arg(long)]
+    pub dcoeff: Option<f64>,
+    /// dpm-adaptive: smallest step factor that accepts a step.
+    #[arg(long)]
+    pub accept_safety: Option<f64>,
 }
 
 impl SamplerArgs {
@@ -170,6 +191,56 @@ impl SamplerArgs {
                     used.push("variance");
                 }
             }
+            SamplerSpec::DpmSolver {
+                order,
+                eta,
+                s_noise,
+            } => {
+                if let Some(v) = self.order {
+                    *order = v;
+                    used.push("order");
+                }
+                for (flag, src, dst) in [("eta", self.eta, eta), ("s-noise", self.s_noise, s_noise)]
+                {
+                    if let Some(v) = src {
+                        *dst = v;
+                        used.push(flag);
+                    }
+                }
+            }
+            SamplerSpec::DpmAdaptive {
+                order,
+                rtol,
+                atol,
+                h_init,
+                pcoeff,
+                icoeff,
+                dcoeff,
+                accept_safety,
+                eta,
+                s_noise,
+            } => {
+                if let Some(v) = self.order {
+                    *order = v;
+                    used.push("order");
+                }
+                for (flag, src, dst) in [
+                    ("rtol", self.rtol, rtol),
+                    ("atol", self.atol, atol),
+                    ("h-init", self.h_init, h_init),
+                    ("pcoeff", self.pcoeff, pcoeff),
+                    ("icoeff", self.icoeff, icoeff),
+                    ("dcoeff", self.dcoeff, dcoeff),
+                    ("accept-safety", self.accept_safety, accept_safety),
+                    ("eta", self.eta, eta),
+                    ("s-noise", self.s_noise, s_noise),
+                ] {
+                    if let Some(v) = src {
+                        *dst = v;
+                        used.push(flag);
+                    }
+                }
+            }
             SamplerSpec::Lms { order }
             | SamplerSpec::Deis { order }
             | SamplerSpec::Ipndm { order } => {
@@ -216,6 +287,13 @@ impl SamplerArgs {
             ("order", self.order.is_some()),
             ("solver-type", self.solver_type.is_some()),
             ("corrector", self.corrector.is_some()),
+            ("rtol", self.rtol.is_some()),
+            ("atol", self.atol.is_some()),
+            ("h-init", self.h_init.is_some()),
+            ("pcoeff", self.pcoeff.is_some()),
+            ("icoeff", self.icoeff.is_some()),
+            ("dcoeff", self.dcoeff.is_some()),
+            ("accept-safety", self.accept_safety.is_some()),
         ];
         for (flag, present) in given {
             if present && !used.contains(&flag) {

@@ -59,18 +59,20 @@ fn samplers_cmd(json: bool) -> Result<()> {
     use scoreflow_solvers::SamplerSpec;
     if !json {
         println!(
-            "{:<20} {:<7} {:<6} parameters (config key = default)",
+            "{:<20} {:<8} {:<6} parameters (config key = default)",
             "name", "nfe", "noise"
         );
     }
     for name in NAMES {
         let spec = SamplerSpec::from_name(name)?;
-        let (a, b) = (spec.nfe(1) as i64, spec.nfe(2) as i64);
-        let nfe = match (b - a, 2 * a - b) {
-            (1, 0) => "n".to_string(),
-            (k, 0) => format!("{k}n"),
-            (k, c) if c < 0 => format!("{k}n-{}", -c),
-            (k, c) => format!("{k}n+{c}"),
+        let nfe = match (spec.nfe(1), spec.nfe(2)) {
+            (Some(a), Some(b)) => match (b as i64 - a as i64, 2 * a as i64 - b as i64) {
+                (1, 0) => "n".to_string(),
+                (k, 0) => format!("{k}n"),
+                (k, c) if c < 0 => format!("{k}n-{}", -c),
+                (k, c) => format!("{k}n+{c}"),
+            },
+            _ => "adaptive".to_string(),
         };
         // As a TOML table (what an experiment's [[samplers]] entry takes; infinity is `inf`).
         let mut table = toml::Table::try_from(&spec)?;
@@ -93,7 +95,7 @@ fn samplers_cmd(json: bool) -> Result<()> {
         } else {
             let text: Vec<String> = table.iter().map(|(k, v)| format!("{k} = {v}")).collect();
             let noise = if spec.is_stochastic() { "yes" } else { "no" };
-            println!("{name:<20} {nfe:<7} {noise:<6} {}", text.join(", "));
+            println!("{name:<20} {nfe:<8} {noise:<6} {}", text.join(", "));
         }
     }
     Ok(())

@@ -671,7 +671,8 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // An independent implementation of the samplers: k-diffusion's sample_euler, sample_heun,
     // sample_dpmpp_2m, sample_dpm_2, sample_lms, sample_dpmpp_3m_sde (eta = 0), and the
     // stochastic sample_euler_ancestral, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral,
-    // sample_dpmpp_sde,
+    // sample_dpmpp_sde, DPMSolver's singlestep steps (dpm-solver, also with noise) and its
+    // adaptive solver (dpm-adaptive, orders 3 and 2, and with noise in float64),
     // sample_heun with churn, sample_dpmpp_2m_sde (midpoint and heun) and sample_dpmpp_3m_sde, around PyTorch twins of the exact mixture, of the gmm8
     // MLP and of the digits U-Net (weights loaded from the checkpoints), from the same starting
     // noise on the same Karras grid; the stochastic ones get scoreflow's Brownian paths, rebuilt
@@ -693,10 +694,11 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         return;
     };
     let checks = v["checks"].as_array().unwrap();
-    // 19 against k-diffusion, 15 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
+    // 23 against k-diffusion, 15 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
     // predictor-corrector with 1 and 2 corrector steps, Euler-Maruyama on the VP SDE, UniPC at
-    // orders 2, 3 (bh1) and 4 and UniP-2 without the corrector, DEIS at orders 3 and 2, iPNDM).
-    assert_eq!(checks.len(), 3 * 34);
+    // orders 2, 3 (bh1) and 4 and UniP-2 without the corrector, DEIS at orders 3 and 2, iPNDM)
+    // on each model, and dpm-adaptive with noise, a float64 check, on the exact mixture.
+    assert_eq!(checks.len(), 3 * 38 + 1);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),
@@ -717,7 +719,8 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
             "--check-only",
             "--check-samplers",
             "euler,euler-ancestral,dpm2-ancestral,dpmpp-2s-ancestral,dpmpp-sde,edm-stochastic,\
-             dpmpp-2m-sde,dpmpp-3m-sde,ddpm,ddim-eta1,pc,euler-maruyama",
+             dpmpp-2m-sde,dpmpp-3m-sde,ddpm,ddim-eta1,pc,euler-maruyama,dpm-solver-eta0.5,\
+             dpm-adaptive-eta0.5",
             "--check-noise-seed",
             "4",
         ],
@@ -964,7 +967,11 @@ fn samplers_lists_every_sampler_with_its_config_defaults() {
         assert_eq!(v["stochastic"], spec.is_stochastic(), "{name}");
         // The NFE formula, evaluated at 7 steps, is the planned count.
         let f = v["nfe"].as_str().unwrap();
+        if f == "adaptive" {
+            assert!(spec.is_adaptive() && spec.nfe(7).is_none(), "{name}");
+        }
         let (k, c) = match f.split_once('n') {
+            _ if f == "adaptive" => (0, 0),
             Some((k, c)) => (
                 if k.is_empty() {
                     1
@@ -979,7 +986,9 @@ fn samplers_lists_every_sampler_with_its_config_defaults() {
             ),
             None => panic!("{name}: nfe {f}"),
         };
-        assert_eq!((7 * k + c) as usize, spec.nfe(7), "{name}: {f}");
+        if f != "adaptive" {
+            assert_eq!(Some((7 * k + c) as usize), spec.nfe(7), "{name}: {f}");
+        }
         // The parameters, written as an experiment's [[samplers]] entry, give the defaults back.
         let mut toml_text = format!("kind = \"{name}\"\n");
         for (key, val) in v["parameters"].as_object().unwrap() {

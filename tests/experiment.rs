@@ -184,6 +184,62 @@ fn nfe_budgets_pick_steps_per_sampler() {
 }
 
 #[test]
+fn an_adaptive_sampler_runs_once_per_seed_and_tolerance() {
+    // dpm-adaptive uses only the ends of the grid: whatever the step counts or budgets, one cell
+    // per seed and tolerance, on the 2-step grid, with the NFE it counted; tighter tolerances
+    // cost more evaluations and come closer to the reference. Its entries are one plot curve.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    for (i, budget) in ["steps = [4, 8, 16]", "nfe = [10, 20]"].iter().enumerate() {
+        let out = out.join(i.to_string());
+        let body = small(&out, budget).replace(
+            "[\"rms\", \"max\", \"sw2\", \"mmd\", \"mode-tv\", \"mode-coverage\"]",
+            "[\"rms\"]",
+        ) + "[[samplers]]\nkind = \"dpm-adaptive\"\nrtol = 0.1\natol = 0.01\n\
+             [[samplers]]\nkind = \"dpm-adaptive\"\nrtol = 0.001\natol = 0.0001\n";
+        let cfg = write_config(dir.path(), &format!("a{i}.toml"), &body);
+        let o = run(&["run", &cfg]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let rows = results(&out);
+        let adaptive: Vec<&Value> = rows
+            .iter()
+            .filter(|r| r["sampler"] == "dpm-adaptive")
+            .collect();
+        assert_eq!(adaptive.len(), 4, "two tolerances x two seeds");
+        let cell = |rtol: f64, seed: u64| {
+            adaptive
+                .iter()
+                .find(|r| r["params"]["rtol"] == rtol && r["seed"] == seed)
+                .unwrap()
+        };
+        for seed in [0, 1] {
+            let (loose, tight) = (cell(0.1, seed), cell(0.001, seed));
+            assert_eq!(loose["steps"], 2);
+            assert!(tight["nfe"].as_u64() > loose["nfe"].as_u64());
+            assert!(tight["rms"].as_f64() < loose["rms"].as_f64());
+        }
+        // The labels keep the tolerances (results.csv); the plot was drawn.
+        assert_ne!(cell(0.1, 0)["label"], cell(0.001, 0)["label"]);
+        assert!(out.join("quality_vs_nfe.png").exists());
+    }
+    assert_eq!(
+        scoreflow::experiment::series(&scoreflow_solvers::SamplerSpec::DpmAdaptive {
+            order: 3,
+            rtol: 0.001,
+            atol: 0.0001,
+            h_init: 0.05,
+            pcoeff: 0.0,
+            icoeff: 1.0,
+            dcoeff: 0.0,
+            accept_safety: 0.81,
+            eta: 0.0,
+            s_noise: 1.0,
+        }),
+        "dpm-adaptive"
+    );
+}
+
+#[test]
 fn gaussian_models_use_the_exact_flow_as_reference() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
@@ -399,6 +455,7 @@ fn every_shipped_config_loads() {
             seen.1 += 1;
         }
     }
-    // gmm2d, fewstep, gauss64, moons-samplers, digits-samplers; moons, gmm8-train, digits.
-    assert_eq!(seen, (5, 3));
+    // gmm2d, fewstep, adaptive, gauss64, moons-samplers, digits-samplers; moons, gmm8-train,
+    // digits.
+    assert_eq!(seen, (6, 3));
 }

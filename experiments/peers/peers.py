@@ -120,6 +120,15 @@ class Mixture(nn.Module):
         self.register_buffer("log_w", w.log()[None].float())
         self.register_buffer("mu", mu[None].float())
         self.register_buffer("var", (s * s)[None].float())
+        self.exact = (w, mu, s)
+
+    def to_float64(self):
+        """The same mixture in float64, from the float64 parameters (not the float32 buffers)."""
+        w, mu, s = self.exact
+        m = Mixture(w.tolist(), mu.tolist(), s.tolist())
+        dev = self.mu.device
+        m.log_w, m.mu, m.var = (v.to(dev) for v in (w.log()[None], mu[None], (s * s)[None]))
+        return m
 
     def forward(self, x, sigma):
         # k-diffusion passes one sigma per sample, all equal during sampling; use the first (a
@@ -542,6 +551,59 @@ def _dpmpp_sde_noise(grid, noise, like):
     return ns
 
 
+def _kd_dpm_solver(order, eta=0.0, s_noise=1.0):
+    """scoreflow's `dpm-solver` through k-diffusion's `DPMSolver` step functions
+    (`dpm_solver_{1,2,3}_step`, times t = -log sigma in float64) on every interval of the grid
+    down to its last nonzero level, each ancestral as in `DPMSolver.dpm_solver_fast` (sigma_down
+    from `get_ancestral_step`, not below the last level; noise sigma_up s_noise from
+    `noise_sampler(sigma, sigma_next)`), then D at the last level."""
+
+    def run(sampling, model, x, sigmas, grid, noise):
+        solver = sampling.DPMSolver(model)
+        step = {1: solver.dpm_solver_1_step, 2: solver.dpm_solver_2_step, 3: solver.dpm_solver_3_step}[order]
+        ns = _step_noise(grid, noise, STREAM_STEP, x)
+        f64 = lambda v: torch.tensor(v, dtype=torch.float64)
+        t_end = f64(-math.log(grid[-2]))
+        for i in range(len(grid) - 2):
+            t, t_next = f64(-math.log(grid[i])), f64(-math.log(grid[i + 1]))
+            if eta:
+                sd, su = sampling.get_ancestral_step(solver.sigma(t), solver.sigma(t_next), eta)
+                t_next_ = torch.minimum(t_end, solver.t(sd))
+                su = (solver.sigma(t_next) ** 2 - solver.sigma(t_next_) ** 2) ** 0.5
+            else:
+                t_next_, su = t_next, 0.0
+            x, _ = step(x, t, t_next_)
+            x = x + su * s_noise * ns(grid[i], grid[i + 1])
+        return model(x, torch.full([x.shape[0]], grid[-2], dtype=x.dtype))
+    return run
+
+
+# Checks run in float64 on both sides, on the exact mixture only (`--dtype float64`; the twin
+# rebuilt from its float64 parameters; scoreflow's networks keep their float32 weights and
+# arithmetic, so the networks are skipped):
+# with noise, dpm-adaptive's step sizes follow its error estimates continuously, and early on,
+# where the pair of solutions agrees to a few float32 ulps, float32 rounding (which differs
+# between any two implementations) moves the steps and with them the Brownian increments, which
+# are only Hölder-1/2 continuous in the step ends.
+FLOAT64_CHECKS = {"dpm-adaptive-eta0.5"}
+
+
+def _kd_dpm_adaptive(eta=0.0, s_noise=1.0, **kw):
+    """k-diffusion's `DPMSolver.dpm_solver_adaptive` (what `sample_dpm_adaptive` calls) from the
+    grid's first level to its last nonzero one, times in float64 as scoreflow computes them,
+    the noise of an accepted step from s to t scoreflow's on [sigma(t), sigma(s)]; then D at the
+    last level."""
+
+    def run(sampling, model, x, sigmas, grid, noise):
+        solver = sampling.DPMSolver(model)
+        ns = lambda sigma, sigma_next: noise.standard(STREAM_STEP, float(sigma_next), float(sigma)).to(x.device, x.dtype)
+        t0 = torch.tensor(-math.log(grid[0]), dtype=torch.float64)
+        t1 = torch.tensor(-math.log(grid[-2]), dtype=torch.float64)
+        x, _ = solver.dpm_solver_adaptive(x, t0, t1, eta=eta, s_noise=s_noise, noise_sampler=ns, **kw)
+        return model(x, torch.full([x.shape[0]], grid[-2], dtype=x.dtype))
+    return run
+
+
 def _kd_churn(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003):
     """k-diffusion's sample_heun with EDM's churn, its torch.randn_like (called once per step)
     returning scoreflow's churn noise (STREAM_CHURN) of that step."""
@@ -864,6 +926,16 @@ CHECKS.update({
                          lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_sde(
                              model, x, sigmas, disable=True, eta=0.7, s_noise=0.9,
                              noise_sampler=_dpmpp_sde_noise(grid, noise, x))),
+    "dpm-solver": (["--solver", "dpm-solver"], _kd_dpm_solver(3)),
+    "dpm-solver-eta0.5": (["--solver", "dpm-solver", "--eta", "0.5", "--s-noise", "1.1"], _kd_dpm_solver(3, 0.5, 1.1)),
+    "dpm-adaptive": (["--solver", "dpm-adaptive"], _kd_dpm_adaptive()),
+    "dpm-adaptive-order2": (["--solver", "dpm-adaptive", "--order", "2", "--rtol", "0.02", "--atol", "0.002"],
+                            _kd_dpm_adaptive(order=2, rtol=0.02, atol=0.002)),
+    # rtol and atol powers of 2: k-diffusion makes float32 tensors of them, which would move its
+    # steps against scoreflow's float64 ones (see FLOAT64_CHECKS).
+    "dpm-adaptive-eta0.5": (["--solver", "dpm-adaptive", "--eta", "0.5", "--rtol", "0.0625", "--atol", "0.0078125",
+                             "--pcoeff", "0.1", "--dcoeff", "0.05"],
+                            _kd_dpm_adaptive(eta=0.5, rtol=0.0625, atol=0.0078125, pcoeff=0.1, dcoeff=0.05)),
     "dpmpp-3m-sde-eta0.5": (["--solver", "dpmpp-3m-sde", "--eta", "0.5"],
                             lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_3m_sde(
                                 model, x, sigmas, disable=True, eta=0.5, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
@@ -1097,11 +1169,18 @@ def main():
                 peer = "diffusers" if s in DIFFUSERS_CHECKS else "k-diffusion"
                 flags, run_kd = DIFFUSERS_CHECKS[s] if s in DIFFUSERS_CHECKS else CHECKS[s]
                 flags = flags(a.steps) if callable(flags) else flags
+                wide = s in FLOAT64_CHECKS
+                if wide and not isinstance(model, Mixture):
+                    print(f"same samples? {name:<28} {s:<22} skipped (a float64 check, run on the exact mixture only)")
+                    continue
+                if wide:
+                    flags = [*flags, "--dtype", "float64"]
                 scoreflow(a.scoreflow, ["sample", *sf_model, *flags, "--steps", str(a.steps), "--seed", str(seed),
                                         "--noise", os.path.join(tmp, "z.npy"), "--device", sf_dev, "--out", out])
-                x_sf = torch.from_numpy(np.load(out))
+                x_sf = torch.from_numpy(np.load(out)).double()
                 with torch.no_grad():
-                    x_kd = run_kd(diffusers if peer == "diffusers" else sampling, model, z.to(dev) * 80.0, sigmas, grid, noise).cpu()
+                    m, x0 = (model.to_float64(), z.to(dev).double() * 80.0) if wide else (model, z.to(dev) * 80.0)
+                    x_kd = run_kd(diffusers if peer == "diffusers" else sampling, m, x0, sigmas, grid, noise).cpu().double()
                 err = (x_sf - x_kd).abs().max().item()
                 scale = x_kd.abs().max().item()
                 agree = err <= a.check_tol * max(1.0, scale)

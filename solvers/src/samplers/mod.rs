@@ -5,6 +5,7 @@ pub mod ddim;
 pub mod ddpm;
 pub mod deis;
 pub mod dpm2;
+pub mod dpm_solver;
 pub mod dpmpp_2m;
 pub mod dpmpp_2m_sde;
 pub mod dpmpp_2s_ancestral;
@@ -88,6 +89,18 @@ fn three() -> usize {
 }
 fn yes() -> bool {
     true
+}
+fn rtol() -> f64 {
+    0.05
+}
+fn atol() -> f64 {
+    0.0078
+}
+fn h_init() -> f64 {
+    0.05
+}
+fn accept_safety() -> f64 {
+    0.81
 }
 
 /// A sampler and its parameters, as written in configs (`kind = "heun"`) and built by name.
@@ -189,6 +202,36 @@ pub enum SamplerSpec {
         #[serde(default = "yes")]
         corrector: bool,
     },
+    DpmSolver {
+        #[serde(default = "three")]
+        order: usize,
+        #[serde(default)]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
+    DpmAdaptive {
+        #[serde(default = "three")]
+        order: usize,
+        #[serde(default = "rtol")]
+        rtol: f64,
+        #[serde(default = "atol")]
+        atol: f64,
+        #[serde(default = "h_init")]
+        h_init: f64,
+        #[serde(default)]
+        pcoeff: f64,
+        #[serde(default = "one")]
+        icoeff: f64,
+        #[serde(default)]
+        dcoeff: f64,
+        #[serde(default = "accept_safety")]
+        accept_safety: f64,
+        #[serde(default)]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
 }
 
 /// Every registry name, in the order of the docs.
@@ -213,6 +256,8 @@ pub const NAMES: &[&str] = &[
     "dpmpp-sde",
     "deis",
     "ipndm",
+    "dpm-solver",
+    "dpm-adaptive",
 ];
 
 impl SamplerSpec {
@@ -273,6 +318,26 @@ impl SamplerSpec {
                 solver_type: UniPcVariant::Bh2,
                 corrector: true,
             },
+            "dpm-solver" => SamplerSpec::DpmSolver {
+                order: 3,
+                eta: 0.0,
+                s_noise: 1.0,
+            },
+            "dpm-adaptive" => {
+                let p = dpm_solver::AdaptiveParams::default();
+                SamplerSpec::DpmAdaptive {
+                    order: p.order,
+                    rtol: p.rtol,
+                    atol: p.atol,
+                    h_init: p.h_init,
+                    pcoeff: p.pcoeff,
+                    icoeff: p.icoeff,
+                    dcoeff: p.dcoeff,
+                    accept_safety: p.accept_safety,
+                    eta: p.eta,
+                    s_noise: p.s_noise,
+                }
+            }
             other => {
                 return Err(SolverError::UnknownSampler {
                     name: other.to_string(),
@@ -305,6 +370,8 @@ impl SamplerSpec {
             SamplerSpec::DpmPpSde { .. } => "dpmpp-sde",
             SamplerSpec::Deis { .. } => "deis",
             SamplerSpec::Ipndm { .. } => "ipndm",
+            SamplerSpec::DpmSolver { .. } => "dpm-solver",
+            SamplerSpec::DpmAdaptive { .. } => "dpm-adaptive",
         }
     }
 
@@ -321,14 +388,25 @@ impl SamplerSpec {
             | SamplerSpec::DpmPp3MSde { eta, s_noise }
             | SamplerSpec::Dpm2Ancestral { eta, s_noise }
             | SamplerSpec::DpmPp2SAncestral { eta, s_noise }
-            | SamplerSpec::DpmPpSde { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
+            | SamplerSpec::DpmPpSde { eta, s_noise }
+            | SamplerSpec::DpmSolver { eta, s_noise, .. }
+            | SamplerSpec::DpmAdaptive { eta, s_noise, .. } => *eta > 0.0 && *s_noise > 0.0,
             _ => false,
         }
     }
 
-    /// Network evaluations for `steps` steps (the driver counts them; this is for planning).
-    pub fn nfe(&self, steps: usize) -> usize {
-        match self {
+    /// Whether the sampler chooses its own steps (`dpm-adaptive`): its NFE is known only after
+    /// the run, and only the ends of the grid matter.
+    pub fn is_adaptive(&self) -> bool {
+        matches!(self, SamplerSpec::DpmAdaptive { .. })
+    }
+
+    /// Network evaluations for `steps` steps (the driver counts them; this is for planning);
+    /// `None` for an adaptive sampler.
+    pub fn nfe(&self, steps: usize) -> Option<usize> {
+        Some(match self {
+            SamplerSpec::DpmAdaptive { .. } => return None,
+            SamplerSpec::DpmSolver { order, .. } => order * steps.saturating_sub(1) + 1,
             SamplerSpec::Heun
             | SamplerSpec::EdmStochastic { .. }
             | SamplerSpec::Dpm2
@@ -339,7 +417,7 @@ impl SamplerSpec {
                 corrector_steps, ..
             } => steps * (1 + corrector_steps),
             _ => steps,
-        }
+        })
     }
 
     /// Build the sampler, validating the parameters.
@@ -395,6 +473,34 @@ impl SamplerSpec {
                 solver_type,
                 corrector,
             } => Box::new(unipc::UniPc::new(*order, *solver_type, *corrector)?),
+            SamplerSpec::DpmSolver {
+                order,
+                eta,
+                s_noise,
+            } => Box::new(dpm_solver::DpmSolver::new(*order, *eta, *s_noise)?),
+            SamplerSpec::DpmAdaptive {
+                order,
+                rtol,
+                atol,
+                h_init,
+                pcoeff,
+                icoeff,
+                dcoeff,
+                accept_safety,
+                eta,
+                s_noise,
+            } => Box::new(dpm_solver::DpmAdaptive::new(dpm_solver::AdaptiveParams {
+                order: *order,
+                rtol: *rtol,
+                atol: *atol,
+                h_init: *h_init,
+                pcoeff: *pcoeff,
+                icoeff: *icoeff,
+                dcoeff: *dcoeff,
+                accept_safety: *accept_safety,
+                eta: *eta,
+                s_noise: *s_noise,
+            })?),
         })
     }
 }

@@ -1,0 +1,369 @@
+//! Singlestep DPM-Solver (Lu et al. 2022, "DPM-Solver: A Fast ODE Solver for Diffusion
+//! Probabilistic Model Sampling in Around 10 Steps", Algorithms 1 and 2), in the
+//! noise-prediction form and the variables of k-diffusion's `DPMSolver` class
+//! (`k_diffusion/sampling.py`): time `t = -log sigma`, `eps = (x - D(x; sigma)) / sigma`, the
+//! intermediate points at `r1 = 1/2` (order 2) and `r1 = 1/3, r2 = 2/3` (order 3).
+//!
+//! - `dpm-solver`: every step to a nonzero level is one DPM-Solver-`order` step (`order`
+//!   evaluations); the step to sigma = 0 returns `D(x; sigma)` (the limit of DPM-Solver-1, one
+//!   evaluation). With `eta > 0` each step is ancestral as in k-diffusion's `dpm_solver_fast`:
+//!   it goes down to `sigma_down` of [`ancestral_step`] (not below the grid's last nonzero level),
+//!   then adds fresh noise of standard deviation `s_noise sqrt(sigma'^2 - sigma_down^2)` from the
+//!   step stream. Order 1 is `euler`, order 2 is `dpm2` (the midpoint of both is the geometric
+//!   mean); order 3 is the paper's DPM-Solver-3.
+//! - `dpm-adaptive`: k-diffusion's `dpm_solver_adaptive` ("DPM-Solver-12" and "-23", the
+//!   paper's Algorithm 4 with k-diffusion's PID step-size controller): from the grid's first
+//!   level to its last nonzero level, steps of DPM-Solver-2 (with `r1 = 1/3`) and DPM-Solver-3
+//!   (order 3) or DPM-Solver-1 and -2 (order 2) taken together, the difference of the pair
+//!   measured against `max(atol, rtol max(|x_low|, |x_prev|))` in the RMS norm over the whole
+//!   batch; the higher-order result is kept when the step is accepted. The grid's interior
+//!   levels are not used (only its two ends); the step to 0 returns `D`. The evaluation at the
+//!   start of a rejected step is reused by the retry (k-diffusion evaluates it again), so the
+//!   NFE is `order` per attempt less one per rejection, plus one for the final `D`.
+
+use super::euler_ancestral::ancestral_step;
+use super::{add_step_noise, check_nonneg};
+use crate::driver::{Sampler, StepCtx};
+use crate::error::{Result, SolverError};
+use tch::Tensor;
+
+fn sig(t: f64) -> f64 {
+    (-t).exp()
+}
+
+/// `eps` at time `t` (one evaluation).
+fn eps_at(ctx: &mut StepCtx<'_>, x: &Tensor, t: f64) -> Result<Tensor> {
+    ctx.derivative(x, sig(t))
+}
+
+/// DPM-Solver-1 from `t` to `t_next` given `eps` at `(x, t)` (k-diffusion `dpm_solver_1_step`).
+fn step1(x: &Tensor, eps: &Tensor, t: f64, t_next: f64) -> Tensor {
+    let h = t_next - t;
+    x - eps * (sig(t_next) * h.exp_m1())
+}
+
+/// The evaluation at the intermediate point `t + r1 h` of DPM-Solver-2 and -3.
+fn eval_r1(
+    ctx: &mut StepCtx<'_>,
+    x: &Tensor,
+    eps: &Tensor,
+    t: f64,
+    t_next: f64,
+    r1: f64,
+) -> Result<Tensor> {
+    let h = t_next - t;
+    let s1 = t + r1 * h;
+    let u1 = x - eps * (sig(s1) * (r1 * h).exp_m1());
+    eps_at(ctx, &u1, s1)
+}
+
+/// DPM-Solver-2 with intermediate point `t + r1 h` (k-diffusion `dpm_solver_2_step`); returns the
+/// result and the evaluation at the intermediate point.
+fn step2(
+    ctx: &mut StepCtx<'_>,
+    x: &Tensor,
+    eps: &Tensor,
+    t: f64,
+    t_next: f64,
+    r1: f64,
+) -> Result<(Tensor, Tensor)> {
+    let eps_r1 = eval_r1(ctx, x, eps, t, t_next, r1)?;
+    let a = sig(t_next) * (t_next - t).exp_m1();
+    let x2 = x - eps * a - (&eps_r1 - eps) * (a / (2.0 * r1));
+    Ok((x2, eps_r1))
+}
+
+/// DPM-Solver-3 with intermediate points `t + r1 h`, `t + r2 h` (k-diffusion
+/// `dpm_solver_3_step`), given the evaluation `eps_r1` at the first (the point of [`step2`] with
+/// the same `r1`).
+fn step3(
+    ctx: &mut StepCtx<'_>,
+    x: &Tensor,
+    eps: &Tensor,
+    eps_r1: &Tensor,
+    t: f64,
+    t_next: f64,
+    (r1, r2): (f64, f64),
+) -> Result<Tensor> {
+    let h = t_next - t;
+    let s2 = t + r2 * h;
+    let e2 = (r2 * h).exp_m1();
+    let u2 =
+        x - eps * (sig(s2) * e2) - (eps_r1 - eps) * (sig(s2) * (r2 / r1) * (e2 / (r2 * h) - 1.0));
+    let eps_r2 = eps_at(ctx, &u2, s2)?;
+    let a = sig(t_next) * h.exp_m1();
+    Ok(x - eps * a - (eps_r2 - eps) * (sig(t_next) / r2 * (h.exp_m1() / h - 1.0)))
+}
+
+/// `(t_down, sigma_up)` of an ancestral step from `t` to `t_next`, `t_down` not beyond `t_end`
+/// (k-diffusion's `dpm_solver_fast` and `dpm_solver_adaptive`).
+fn ancestral(t: f64, t_next: f64, t_end: f64, eta: f64) -> (f64, f64) {
+    if eta == 0.0 {
+        return (t_next, 0.0);
+    }
+    let (down, _) = ancestral_step(sig(t), sig(t_next), eta);
+    let t_down = t_end.min(-down.ln());
+    let up = (sig(t_next).powi(2) - sig(t_down).powi(2)).max(0.0).sqrt();
+    (t_down, up)
+}
+
+fn last_nonzero(ctx: &StepCtx<'_>) -> f64 {
+    ctx.sigmas[ctx.steps() - 1]
+}
+
+/// `dpm-solver`: singlestep DPM-Solver of a fixed order on every interval of the grid.
+#[derive(Clone, Debug)]
+pub struct DpmSolver {
+    pub order: usize,
+    pub eta: f64,
+    pub s_noise: f64,
+}
+
+impl DpmSolver {
+    pub fn new(order: usize, eta: f64, s_noise: f64) -> Result<Self> {
+        super::check_order(order, 3)?;
+        check_nonneg("eta", eta)?;
+        check_nonneg("s_noise", s_noise)?;
+        Ok(DpmSolver {
+            order,
+            eta,
+            s_noise,
+        })
+    }
+}
+
+impl Sampler for DpmSolver {
+    fn name(&self) -> &'static str {
+        "dpm-solver"
+    }
+    fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
+        let (s, s_next) = (ctx.sigma(), ctx.sigma_next());
+        if s_next == 0.0 {
+            return ctx.denoise(&x, s);
+        }
+        let (t, t_next, t_end) = (-s.ln(), -s_next.ln(), -last_nonzero(ctx).ln());
+        let (t_down, up) = ancestral(t, t_next, t_end, self.eta);
+        let eps = eps_at(ctx, &x, t)?;
+        let x = match self.order {
+            1 => step1(&x, &eps, t, t_down),
+            2 => step2(ctx, &x, &eps, t, t_down, 0.5)?.0,
+            _ => {
+                let (r1, r2) = (1.0 / 3.0, 2.0 / 3.0);
+                let eps_r1 = eval_r1(ctx, &x, &eps, t, t_down, r1)?;
+                step3(ctx, &x, &eps, &eps_r1, t, t_down, (r1, r2))?
+            }
+        };
+        add_step_noise(ctx, x, s_next, s, up * self.s_noise)
+    }
+}
+
+/// k-diffusion's `PIDStepSizeController`: the step factor from the last three inverse errors,
+/// softened by `1 + atan(f - 1)`; a step is accepted when the factor reaches `accept_safety`.
+#[derive(Clone, Debug)]
+pub struct Pid {
+    pub h: f64,
+    b: [f64; 3],
+    accept_safety: f64,
+    errs: Option<[f64; 3]>,
+}
+
+impl Pid {
+    pub fn new(h: f64, (p, i, d): (f64, f64, f64), order: f64, accept_safety: f64) -> Self {
+        Pid {
+            h,
+            b: [(p + i + d) / order, -(p + 2.0 * d) / order, d / order],
+            accept_safety,
+            errs: None,
+        }
+    }
+
+    /// Update `h` from the error of the attempted step; whether to accept it.
+    pub fn propose(&mut self, error: f64) -> bool {
+        let inv = 1.0 / (error + 1e-8);
+        let mut e = self.errs.unwrap_or([inv; 3]);
+        e[0] = inv;
+        let f = e[0].powf(self.b[0]) * e[1].powf(self.b[1]) * e[2].powf(self.b[2]);
+        let f = 1.0 + (f - 1.0).atan();
+        let accept = f >= self.accept_safety;
+        if accept {
+            e[2] = e[1];
+            e[1] = e[0];
+        }
+        self.errs = Some(e);
+        self.h *= f;
+        accept
+    }
+}
+
+/// Parameters of `dpm-adaptive` (k-diffusion's names and defaults).
+#[derive(Clone, Debug)]
+pub struct AdaptiveParams {
+    pub order: usize,
+    pub rtol: f64,
+    pub atol: f64,
+    pub h_init: f64,
+    pub pcoeff: f64,
+    pub icoeff: f64,
+    pub dcoeff: f64,
+    pub accept_safety: f64,
+    pub eta: f64,
+    pub s_noise: f64,
+}
+
+impl Default for AdaptiveParams {
+    fn default() -> Self {
+        AdaptiveParams {
+            order: 3,
+            rtol: 0.05,
+            atol: 0.0078,
+            h_init: 0.05,
+            pcoeff: 0.0,
+            icoeff: 1.0,
+            dcoeff: 0.0,
+            accept_safety: 0.81,
+            eta: 0.0,
+            s_noise: 1.0,
+        }
+    }
+}
+
+/// Attempts after which `dpm-adaptive` gives up (a step size that keeps shrinking).
+pub const MAX_ATTEMPTS: usize = 100_000;
+
+/// `dpm-adaptive`: DPM-Solver-12 / -23 with adaptive steps.
+#[derive(Clone, Debug)]
+pub struct DpmAdaptive {
+    pub p: AdaptiveParams,
+}
+
+impl DpmAdaptive {
+    pub fn new(p: AdaptiveParams) -> Result<Self> {
+        if !(p.order == 2 || p.order == 3) {
+            return Err(SolverError::Invalid(format!(
+                "invalid parameter order = {}: must be 2 or 3",
+                p.order
+            )));
+        }
+        let positive = |name: &'static str, v: f64| {
+            if v > 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err(SolverError::Parameter {
+                    name,
+                    value: v,
+                    why: "must be finite and > 0",
+                })
+            }
+        };
+        positive("atol", p.atol)?;
+        positive("h_init", p.h_init)?;
+        positive("accept_safety", p.accept_safety)?;
+        check_nonneg("rtol", p.rtol)?;
+        check_nonneg("eta", p.eta)?;
+        check_nonneg("s_noise", p.s_noise)?;
+        for (name, v) in [
+            ("pcoeff", p.pcoeff),
+            ("icoeff", p.icoeff),
+            ("dcoeff", p.dcoeff),
+        ] {
+            if !v.is_finite() {
+                return Err(SolverError::Parameter {
+                    name,
+                    value: v,
+                    why: "must be finite",
+                });
+            }
+        }
+        Ok(DpmAdaptive { p })
+    }
+
+    /// Integrate from level `sigma_start` to `sigma_end` (both nonzero).
+    fn integrate(
+        &self,
+        ctx: &mut StepCtx<'_>,
+        x: Tensor,
+        sigma_start: f64,
+        sigma_end: f64,
+    ) -> Result<Tensor> {
+        let p = &self.p;
+        let (t_start, t_end) = (-sigma_start.ln(), -sigma_end.ln());
+        let pid_order = if p.eta > 0.0 { 1.5 } else { p.order as f64 };
+        let mut pid = Pid::new(
+            p.h_init,
+            (p.pcoeff, p.icoeff, p.dcoeff),
+            pid_order,
+            p.accept_safety,
+        );
+        let numel = x.numel() as f64;
+        let mut x = x;
+        let mut x_prev = x.shallow_clone();
+        let mut s = t_start;
+        let mut eps_s: Option<Tensor> = None;
+        let mut attempts = 0usize;
+        while s < t_end - 1e-5 {
+            attempts += 1;
+            if attempts > MAX_ATTEMPTS || !(pid.h > 1e-12) {
+                return Err(SolverError::Invalid(format!(
+                    "dpm-adaptive gave up at sigma = {} after {} attempts (step size {:e} in log sigma): raise rtol or atol",
+                    sig(s),
+                    attempts - 1,
+                    pid.h
+                )));
+            }
+            let t = t_end.min(s + pid.h);
+            let (t_down, up) = ancestral(s, t, t_end, p.eta);
+            let eps = match eps_s.take() {
+                Some(e) => e,
+                None => eps_at(ctx, &x, s)?,
+            };
+            let (x_low, x_high) = if p.order == 2 {
+                let low = step1(&x, &eps, s, t_down);
+                let (high, _) = step2(ctx, &x, &eps, s, t_down, 0.5)?;
+                (low, high)
+            } else {
+                let (low, eps_r1) = step2(ctx, &x, &eps, s, t_down, 1.0 / 3.0)?;
+                let high = step3(ctx, &x, &eps, &eps_r1, s, t_down, (1.0 / 3.0, 2.0 / 3.0))?;
+                (low, high)
+            };
+            let delta = (x_low.abs().maximum(&x_prev.abs()) * p.rtol).clamp_min(p.atol);
+            let error = ((&x_low - &x_high) / delta)
+                .square()
+                .sum(x.kind())
+                .sqrt()
+                .f_double_value(&[])?
+                / numel.sqrt();
+            if !error.is_finite() {
+                return Err(SolverError::NonFinite {
+                    step: ctx.index,
+                    sigma: sig(s),
+                });
+            }
+            if pid.propose(error) {
+                x_prev = x_low;
+                x = add_step_noise(ctx, x_high, sig(t), sig(s), up * p.s_noise)?;
+                s = t;
+            } else {
+                eps_s = Some(eps);
+            }
+        }
+        Ok(x)
+    }
+}
+
+impl Sampler for DpmAdaptive {
+    fn name(&self) -> &'static str {
+        "dpm-adaptive"
+    }
+    fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
+        let (s, s_next) = (ctx.sigma(), ctx.sigma_next());
+        if s_next == 0.0 {
+            return ctx.denoise(&x, s);
+        }
+        if ctx.index > 0 {
+            // Already at the last nonzero level (the interior levels are not used).
+            return Ok(x);
+        }
+        let end = last_nonzero(ctx);
+        self.integrate(ctx, x, s, end)
+    }
+}
