@@ -208,32 +208,21 @@ impl SamplerArgs {
                     }
                 }
             }
-            SamplerSpec::DpmAdaptive {
-                order,
-                rtol,
-                atol,
-                h_init,
-                pcoeff,
-                icoeff,
-                dcoeff,
-                accept_safety,
-                eta,
-                s_noise,
-            } => {
+            SamplerSpec::DpmAdaptive(p) => {
                 if let Some(v) = self.order {
-                    *order = v;
+                    p.order = v;
                     used.push("order");
                 }
                 for (flag, src, dst) in [
-                    ("rtol", self.rtol, rtol),
-                    ("atol", self.atol, atol),
-                    ("h-init", self.h_init, h_init),
-                    ("pcoeff", self.pcoeff, pcoeff),
-                    ("icoeff", self.icoeff, icoeff),
-                    ("dcoeff", self.dcoeff, dcoeff),
-                    ("accept-safety", self.accept_safety, accept_safety),
-                    ("eta", self.eta, eta),
-                    ("s-noise", self.s_noise, s_noise),
+                    ("rtol", self.rtol, &mut p.rtol),
+                    ("atol", self.atol, &mut p.atol),
+                    ("h-init", self.h_init, &mut p.h_init),
+                    ("pcoeff", self.pcoeff, &mut p.pcoeff),
+                    ("icoeff", self.icoeff, &mut p.icoeff),
+                    ("dcoeff", self.dcoeff, &mut p.dcoeff),
+                    ("accept-safety", self.accept_safety, &mut p.accept_safety),
+                    ("eta", self.eta, &mut p.eta),
+                    ("s-noise", self.s_noise, &mut p.s_noise),
                 ] {
                     if let Some(v) = src {
                         *dst = v;

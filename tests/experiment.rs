@@ -223,18 +223,13 @@ fn an_adaptive_sampler_runs_once_per_seed_and_tolerance() {
         assert!(out.join("quality_vs_nfe.png").exists());
     }
     assert_eq!(
-        scoreflow::experiment::series(&scoreflow_solvers::SamplerSpec::DpmAdaptive {
-            order: 3,
-            rtol: 0.001,
-            atol: 0.0001,
-            h_init: 0.05,
-            pcoeff: 0.0,
-            icoeff: 1.0,
-            dcoeff: 0.0,
-            accept_safety: 0.81,
-            eta: 0.0,
-            s_noise: 1.0,
-        }),
+        scoreflow::experiment::series(&scoreflow_solvers::SamplerSpec::DpmAdaptive(
+            scoreflow_solvers::samplers::dpm_solver::AdaptiveParams {
+                rtol: 0.001,
+                atol: 0.0001,
+                ..Default::default()
+            }
+        )),
         "dpm-adaptive"
     );
 }

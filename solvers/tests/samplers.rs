@@ -5,6 +5,7 @@
 mod common;
 use common::*;
 use scoreflow_solvers::noise::BrownianNoise;
+use scoreflow_solvers::samplers::dpm_solver::AdaptiveParams;
 use scoreflow_solvers::samplers::{DdpmVariance, SolverType, UniPcVariant, NAMES};
 use scoreflow_solvers::sde::{Edm, Sde, Ve, VpLinear};
 use scoreflow_solvers::{
@@ -848,18 +849,12 @@ fn lms_coefficients_are_exact_on_fine_grids() {
 }
 
 fn adaptive(rtol: f64, atol: f64, order: usize) -> SamplerSpec {
-    SamplerSpec::DpmAdaptive {
+    SamplerSpec::DpmAdaptive(AdaptiveParams {
         order,
         rtol,
         atol,
-        h_init: 0.05,
-        pcoeff: 0.0,
-        icoeff: 1.0,
-        dcoeff: 0.0,
-        accept_safety: 0.81,
-        eta: 0.0,
-        s_noise: 1.0,
-    }
+        ..Default::default()
+    })
 }
 
 #[test]

@@ -25,6 +25,7 @@ use super::euler_ancestral::ancestral_step;
 use super::{add_step_noise, check_nonneg};
 use crate::driver::{Sampler, StepCtx};
 use crate::error::{Result, SolverError};
+use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 fn sig(t: f64) -> f64 {
@@ -195,18 +196,45 @@ impl Pid {
     }
 }
 
-/// Parameters of `dpm-adaptive` (k-diffusion's names and defaults).
-#[derive(Clone, Debug)]
+fn rtol() -> f64 {
+    0.05
+}
+fn atol() -> f64 {
+    0.0078
+}
+fn h_init() -> f64 {
+    0.05
+}
+fn accept_safety() -> f64 {
+    0.81
+}
+
+/// Parameters of `dpm-adaptive` (k-diffusion's names and defaults), the keys of its
+/// `[[samplers]]` entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdaptiveParams {
+    /// 3: DPM-Solver-2 and -3 as the pair; 2: DPM-Solver-1 and -2.
+    #[serde(default = "super::three")]
     pub order: usize,
+    #[serde(default = "rtol")]
     pub rtol: f64,
+    #[serde(default = "atol")]
     pub atol: f64,
+    /// First step, in `t = -log sigma`.
+    #[serde(default = "h_init")]
     pub h_init: f64,
+    #[serde(default)]
     pub pcoeff: f64,
+    #[serde(default = "super::one")]
     pub icoeff: f64,
+    #[serde(default)]
     pub dcoeff: f64,
+    #[serde(default = "accept_safety")]
     pub accept_safety: f64,
+    #[serde(default)]
     pub eta: f64,
+    #[serde(default = "super::one")]
     pub s_noise: f64,
 }
 
@@ -214,13 +242,13 @@ impl Default for AdaptiveParams {
     fn default() -> Self {
         AdaptiveParams {
             order: 3,
-            rtol: 0.05,
-            atol: 0.0078,
-            h_init: 0.05,
+            rtol: rtol(),
+            atol: atol(),
+            h_init: h_init(),
             pcoeff: 0.0,
             icoeff: 1.0,
             dcoeff: 0.0,
-            accept_safety: 0.81,
+            accept_safety: accept_safety(),
             eta: 0.0,
             s_noise: 1.0,
         }

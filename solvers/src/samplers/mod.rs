@@ -66,7 +66,7 @@ pub(crate) fn add_step_noise(
     Ok(x)
 }
 
-fn one() -> f64 {
+pub(crate) fn one() -> f64 {
     1.0
 }
 fn inf() -> f64 {
@@ -84,23 +84,11 @@ fn four() -> usize {
 fn two() -> usize {
     2
 }
-fn three() -> usize {
+pub(crate) fn three() -> usize {
     3
 }
 fn yes() -> bool {
     true
-}
-fn rtol() -> f64 {
-    0.05
-}
-fn atol() -> f64 {
-    0.0078
-}
-fn h_init() -> f64 {
-    0.05
-}
-fn accept_safety() -> f64 {
-    0.81
 }
 
 /// A sampler and its parameters, as written in configs (`kind = "heun"`) and built by name.
@@ -210,28 +198,8 @@ pub enum SamplerSpec {
         #[serde(default = "one")]
         s_noise: f64,
     },
-    DpmAdaptive {
-        #[serde(default = "three")]
-        order: usize,
-        #[serde(default = "rtol")]
-        rtol: f64,
-        #[serde(default = "atol")]
-        atol: f64,
-        #[serde(default = "h_init")]
-        h_init: f64,
-        #[serde(default)]
-        pcoeff: f64,
-        #[serde(default = "one")]
-        icoeff: f64,
-        #[serde(default)]
-        dcoeff: f64,
-        #[serde(default = "accept_safety")]
-        accept_safety: f64,
-        #[serde(default)]
-        eta: f64,
-        #[serde(default = "one")]
-        s_noise: f64,
-    },
+    /// The parameters' names and defaults are k-diffusion's (see [`dpm_solver::AdaptiveParams`]).
+    DpmAdaptive(dpm_solver::AdaptiveParams),
 }
 
 /// Every registry name, in the order of the docs.
@@ -323,21 +291,7 @@ impl SamplerSpec {
                 eta: 0.0,
                 s_noise: 1.0,
             },
-            "dpm-adaptive" => {
-                let p = dpm_solver::AdaptiveParams::default();
-                SamplerSpec::DpmAdaptive {
-                    order: p.order,
-                    rtol: p.rtol,
-                    atol: p.atol,
-                    h_init: p.h_init,
-                    pcoeff: p.pcoeff,
-                    icoeff: p.icoeff,
-                    dcoeff: p.dcoeff,
-                    accept_safety: p.accept_safety,
-                    eta: p.eta,
-                    s_noise: p.s_noise,
-                }
-            }
+            "dpm-adaptive" => SamplerSpec::DpmAdaptive(dpm_solver::AdaptiveParams::default()),
             other => {
                 return Err(SolverError::UnknownSampler {
                     name: other.to_string(),
@@ -371,7 +325,7 @@ impl SamplerSpec {
             SamplerSpec::Deis { .. } => "deis",
             SamplerSpec::Ipndm { .. } => "ipndm",
             SamplerSpec::DpmSolver { .. } => "dpm-solver",
-            SamplerSpec::DpmAdaptive { .. } => "dpm-adaptive",
+            SamplerSpec::DpmAdaptive(_) => "dpm-adaptive",
         }
     }
 
@@ -389,8 +343,8 @@ impl SamplerSpec {
             | SamplerSpec::Dpm2Ancestral { eta, s_noise }
             | SamplerSpec::DpmPp2SAncestral { eta, s_noise }
             | SamplerSpec::DpmPpSde { eta, s_noise }
-            | SamplerSpec::DpmSolver { eta, s_noise, .. }
-            | SamplerSpec::DpmAdaptive { eta, s_noise, .. } => *eta > 0.0 && *s_noise > 0.0,
+            | SamplerSpec::DpmSolver { eta, s_noise, .. } => *eta > 0.0 && *s_noise > 0.0,
+            SamplerSpec::DpmAdaptive(p) => p.eta > 0.0 && p.s_noise > 0.0,
             _ => false,
         }
     }
@@ -398,14 +352,14 @@ impl SamplerSpec {
     /// Whether the sampler chooses its own steps (`dpm-adaptive`): its NFE is known only after
     /// the run, and only the ends of the grid matter.
     pub fn is_adaptive(&self) -> bool {
-        matches!(self, SamplerSpec::DpmAdaptive { .. })
+        matches!(self, SamplerSpec::DpmAdaptive(_))
     }
 
     /// Network evaluations for `steps` steps (the driver counts them; this is for planning);
     /// `None` for an adaptive sampler.
     pub fn nfe(&self, steps: usize) -> Option<usize> {
         Some(match self {
-            SamplerSpec::DpmAdaptive { .. } => return None,
+            SamplerSpec::DpmAdaptive(_) => return None,
             SamplerSpec::DpmSolver { order, .. } => order * steps.saturating_sub(1) + 1,
             SamplerSpec::Heun
             | SamplerSpec::EdmStochastic { .. }
@@ -478,29 +432,7 @@ impl SamplerSpec {
                 eta,
                 s_noise,
             } => Box::new(dpm_solver::DpmSolver::new(*order, *eta, *s_noise)?),
-            SamplerSpec::DpmAdaptive {
-                order,
-                rtol,
-                atol,
-                h_init,
-                pcoeff,
-                icoeff,
-                dcoeff,
-                accept_safety,
-                eta,
-                s_noise,
-            } => Box::new(dpm_solver::DpmAdaptive::new(dpm_solver::AdaptiveParams {
-                order: *order,
-                rtol: *rtol,
-                atol: *atol,
-                h_init: *h_init,
-                pcoeff: *pcoeff,
-                icoeff: *icoeff,
-                dcoeff: *dcoeff,
-                accept_safety: *accept_safety,
-                eta: *eta,
-                s_noise: *s_noise,
-            })?),
+            SamplerSpec::DpmAdaptive(p) => Box::new(dpm_solver::DpmAdaptive::new(p.clone())?),
         })
     }
 }
