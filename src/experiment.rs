@@ -891,12 +891,12 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
     }
     crate::compare::write_atomic(&dir.join("results.csv"), &csv)?;
     // Quality vs NFE: mean over seeds, bars from min to max; one curve per series.
+    let row_series: Vec<String> = rows.iter().map(series_of).collect();
     let labels: Vec<String> = {
         let mut v: Vec<String> = Vec::new();
-        for r in &rows {
-            let l = series_of(r);
-            if !v.contains(&l) {
-                v.push(l);
+        for l in &row_series {
+            if !v.contains(l) {
+                v.push(l.clone());
             }
         }
         v
@@ -908,7 +908,8 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
             // One point per run setting (steps and parameters), at the mean NFE over seeds (the
             // same for every seed except with an adaptive sampler).
             let mut by_cell: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-            for r in rows.iter().filter(|r| series_of(r) == *l) {
+            let in_series = rows.iter().zip(&row_series).filter(|(_, s)| *s == l);
+            for (r, _) in in_series {
                 if let (Some(n), Some(v)) = (r["nfe"].as_u64(), r[*m].as_f64()) {
                     let cell = format!("{} {}", r["steps"], r["params"]);
                     by_cell.entry(cell).or_default().push((n as f64, v));

@@ -170,6 +170,54 @@ fn noise_files_in_float32_and_float64_give_the_same_samples() {
 }
 
 #[test]
+fn every_dpm_adaptive_flag_reaches_the_sampler() {
+    // Each flag changes the samples (the controller's flags through the steps they choose).
+    let dir = tempfile::tempdir().unwrap();
+    let samples = |flags: &[&str]| -> Vec<f32> {
+        let out = dir.path().join("a.npy");
+        let o = run(&[
+            &[
+                "sample",
+                "--denoiser",
+                "builtin:gmm8",
+                "--solver",
+                "dpm-adaptive",
+                "--steps",
+                "2",
+                "--num",
+                "64",
+                "--device",
+                "cpu",
+                "--out",
+                out.to_str().unwrap(),
+            ][..],
+            flags,
+        ]
+        .concat());
+        assert!(o.status.success(), "{flags:?}: {}", stderr(&o));
+        read_f32_npy(&out).1
+    };
+    let default = samples(&[]);
+    for flags in [
+        &["--order", "2"][..],
+        &["--rtol", "0.005"],
+        &["--rtol", "0", "--atol", "0.0005"],
+        &["--h-init", "1.0"],
+        &["--pcoeff", "0.3"],
+        &["--icoeff", "0.5"],
+        &["--dcoeff", "0.3"],
+        &["--accept-safety", "0.99"],
+        &["--eta", "0.5"],
+    ] {
+        assert_ne!(
+            samples(flags),
+            default,
+            "{flags:?} left the samples unchanged"
+        );
+    }
+}
+
+#[test]
 fn stochastic_samples_do_not_depend_on_the_batch() {
     let dir = tempfile::tempdir().unwrap();
     let g = "builtin:gmm8";
@@ -321,6 +369,36 @@ fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
         .concat(),
         "--corrector does not apply",
     );
+    // dpm-solver and dpm-adaptive: orders, tolerances, controller parameters, foreign flags.
+    for (solver, flags, want) in [
+        ("dpm-solver", &["--order", "4"][..], "must be 1 to 3"),
+        (
+            "dpm-solver",
+            &["--rtol", "0.1"][..],
+            "--rtol does not apply",
+        ),
+        ("dpm-adaptive", &["--order", "1"][..], "must be 2 to 3"),
+        ("dpm-adaptive", &["--atol", "0"][..], "atol"),
+        ("dpm-adaptive", &["--rtol=-0.1"][..], "rtol"),
+        ("dpm-adaptive", &["--h-init", "0"][..], "h_init"),
+        (
+            "dpm-adaptive",
+            &["--accept-safety", "0"][..],
+            "accept_safety",
+        ),
+        ("dpm-adaptive", &["--pcoeff", "inf"][..], "pcoeff"),
+        (
+            "dpm-adaptive",
+            &["--rtol", "0", "--atol", "1e-30"][..],
+            "gave up",
+        ),
+        ("euler", &["--h-init", "0.1"][..], "--h-init does not apply"),
+    ] {
+        check(
+            &[&good[..], &["--solver", solver, "--steps", "2"], flags].concat(),
+            want,
+        );
+    }
     check(
         &[
             &good[..],
@@ -967,27 +1045,22 @@ fn samplers_lists_every_sampler_with_its_config_defaults() {
         assert_eq!(v["stochastic"], spec.is_stochastic(), "{name}");
         // The NFE formula, evaluated at 7 steps, is the planned count.
         let f = v["nfe"].as_str().unwrap();
-        if f == "adaptive" {
-            assert!(spec.is_adaptive() && spec.nfe(7).is_none(), "{name}");
-        }
-        let (k, c) = match f.split_once('n') {
-            _ if f == "adaptive" => (0, 0),
-            Some((k, c)) => (
-                if k.is_empty() {
+        match (f, f.split_once('n')) {
+            ("adaptive", _) => assert!(spec.is_adaptive() && spec.nfe(7).is_none(), "{name}"),
+            (_, Some((k, c))) => {
+                let k = if k.is_empty() {
                     1
                 } else {
                     k.parse::<i64>().unwrap()
-                },
-                if c.is_empty() {
+                };
+                let c = if c.is_empty() {
                     0
                 } else {
                     c.parse::<i64>().unwrap()
-                },
-            ),
-            None => panic!("{name}: nfe {f}"),
-        };
-        if f != "adaptive" {
-            assert_eq!(Some((7 * k + c) as usize), spec.nfe(7), "{name}: {f}");
+                };
+                assert_eq!(Some((7 * k + c) as usize), spec.nfe(7), "{name}: {f}");
+            }
+            (_, None) => panic!("{name}: nfe {f}"),
         }
         // The parameters, written as an experiment's [[samplers]] entry, give the defaults back.
         let mut toml_text = format!("kind = \"{name}\"\n");

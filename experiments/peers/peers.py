@@ -604,6 +604,16 @@ def _kd_dpm_adaptive(eta=0.0, s_noise=1.0, **kw):
     return run
 
 
+def _kd_noisy(fn, noise=None, **kw):
+    """k-diffusion's `sampling.<fn>` with keyword arguments `kw`, given scoreflow's noise as its
+    `noise_sampler` (the step stream by default; `noise` builds another from (grid, noise, x))."""
+
+    def run(sampling, model, x, sigmas, grid, paths):
+        ns = noise(grid, paths, x) if noise else _step_noise(grid, paths, STREAM_STEP, x)
+        return getattr(sampling, fn)(model, x, sigmas, disable=True, noise_sampler=ns, **kw)
+    return run
+
+
 def _kd_churn(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003):
     """k-diffusion's sample_heun with EDM's churn, its torch.randn_like (called once per step)
     returning scoreflow's churn noise (STREAM_CHURN) of that step."""
@@ -888,44 +898,24 @@ def _kd_det(name):
 
 CHECKS = {name: (["--solver", name], _kd_det(name)) for name in KD_NAMES}
 CHECKS.update({
-    "euler-ancestral": (["--solver", "euler-ancestral"],
-                        lambda sampling, model, x, sigmas, grid, noise: sampling.sample_euler_ancestral(
-                            model, x, sigmas, disable=True, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
+    "euler-ancestral": (["--solver", "euler-ancestral"], _kd_noisy("sample_euler_ancestral")),
     "euler-ancestral-eta0.5": (["--solver", "euler-ancestral", "--eta", "0.5", "--s-noise", "1.1"],
-                               lambda sampling, model, x, sigmas, grid, noise: sampling.sample_euler_ancestral(
-                                   model, x, sigmas, disable=True, eta=0.5, s_noise=1.1,
-                                   noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
+                               _kd_noisy("sample_euler_ancestral", eta=0.5, s_noise=1.1)),
     "edm-stochastic": (["--solver", "edm-stochastic"] + EDM_CHURN, _kd_churn()),
     # Churn at every level (S_tmin 0, S_tmax inf, the defaults), the last one included.
     "edm-stochastic-all": (["--solver", "edm-stochastic", "--s-churn", "10", "--s-noise", "0.95"],
                            _kd_churn(10.0, 0.0, float("inf"), 0.95)),
-    "dpmpp-2m-sde": (["--solver", "dpmpp-2m-sde"],
-                     lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_2m_sde(
-                         model, x, sigmas, disable=True, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
+    "dpmpp-2m-sde": (["--solver", "dpmpp-2m-sde"], _kd_noisy("sample_dpmpp_2m_sde")),
     "dpmpp-2m-sde-heun": (["--solver", "dpmpp-2m-sde", "--solver-type", "heun", "--eta", "0.7", "--s-noise", "0.9"],
-                          lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_2m_sde(
-                              model, x, sigmas, disable=True, eta=0.7, s_noise=0.9, solver_type="heun",
-                              noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
-    "dpmpp-3m-sde": (["--solver", "dpmpp-3m-sde"],
-                     lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_3m_sde(
-                         model, x, sigmas, disable=True, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
-    "dpm2-ancestral": (["--solver", "dpm2-ancestral"],
-                       lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpm_2_ancestral(
-                           model, x, sigmas, disable=True, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
-    "dpmpp-2s-ancestral": (["--solver", "dpmpp-2s-ancestral"],
-                           lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_2s_ancestral(
-                               model, x, sigmas, disable=True, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
+                          _kd_noisy("sample_dpmpp_2m_sde", eta=0.7, s_noise=0.9, solver_type="heun")),
+    "dpmpp-3m-sde": (["--solver", "dpmpp-3m-sde"], _kd_noisy("sample_dpmpp_3m_sde")),
+    "dpm2-ancestral": (["--solver", "dpm2-ancestral"], _kd_noisy("sample_dpm_2_ancestral")),
+    "dpmpp-2s-ancestral": (["--solver", "dpmpp-2s-ancestral"], _kd_noisy("sample_dpmpp_2s_ancestral")),
     "dpmpp-2s-ancestral-eta0.5": (["--solver", "dpmpp-2s-ancestral", "--eta", "0.5", "--s-noise", "1.1"],
-                                  lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_2s_ancestral(
-                                      model, x, sigmas, disable=True, eta=0.5, s_noise=1.1,
-                                      noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
-    "dpmpp-sde": (["--solver", "dpmpp-sde"],
-                  lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_sde(
-                      model, x, sigmas, disable=True, noise_sampler=_dpmpp_sde_noise(grid, noise, x))),
+                                  _kd_noisy("sample_dpmpp_2s_ancestral", eta=0.5, s_noise=1.1)),
+    "dpmpp-sde": (["--solver", "dpmpp-sde"], _kd_noisy("sample_dpmpp_sde", noise=_dpmpp_sde_noise)),
     "dpmpp-sde-eta0.7": (["--solver", "dpmpp-sde", "--eta", "0.7", "--s-noise", "0.9"],
-                         lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_sde(
-                             model, x, sigmas, disable=True, eta=0.7, s_noise=0.9,
-                             noise_sampler=_dpmpp_sde_noise(grid, noise, x))),
+                         _kd_noisy("sample_dpmpp_sde", noise=_dpmpp_sde_noise, eta=0.7, s_noise=0.9)),
     "dpm-solver": (["--solver", "dpm-solver"], _kd_dpm_solver(3)),
     "dpm-solver-eta0.5": (["--solver", "dpm-solver", "--eta", "0.5", "--s-noise", "1.1"], _kd_dpm_solver(3, 0.5, 1.1)),
     "dpm-adaptive": (["--solver", "dpm-adaptive"], _kd_dpm_adaptive()),
@@ -936,9 +926,7 @@ CHECKS.update({
     "dpm-adaptive-eta0.5": (["--solver", "dpm-adaptive", "--eta", "0.5", "--rtol", "0.0625", "--atol", "0.0078125",
                              "--pcoeff", "0.1", "--dcoeff", "0.05"],
                             _kd_dpm_adaptive(eta=0.5, rtol=0.0625, atol=0.0078125, pcoeff=0.1, dcoeff=0.05)),
-    "dpmpp-3m-sde-eta0.5": (["--solver", "dpmpp-3m-sde", "--eta", "0.5"],
-                            lambda sampling, model, x, sigmas, grid, noise: sampling.sample_dpmpp_3m_sde(
-                                model, x, sigmas, disable=True, eta=0.5, noise_sampler=_step_noise(grid, noise, STREAM_STEP, x))),
+    "dpmpp-3m-sde-eta0.5": (["--solver", "dpmpp-3m-sde", "--eta", "0.5"], _kd_noisy("sample_dpmpp_3m_sde", eta=0.5)),
 })
 
 

@@ -91,7 +91,7 @@ pub struct Outcome {
     pub nfe: usize,
 }
 
-fn all_finite(x: &Tensor) -> Result<bool> {
+pub(crate) fn all_finite(x: &Tensor) -> Result<bool> {
     Ok(x.f_isfinite()?.f_all()?.f_int64_value(&[])? != 0)
 }
 

@@ -924,22 +924,9 @@ fn dpm_adaptive_gives_up_with_an_error_instead_of_looping() {
     let den = gaussian();
     let sde = Edm::default();
     let sigmas = grid_for(&sde, &GridKind::default(), 2);
-    let spec = adaptive(0.0, 1e-30, 3);
-    let mut noise = BrownianNoise::new(1, 0, 8, &[3], 100.0, Device::Cpu, Kind::Double);
-    let x = noise.initial() * sigmas[0];
-    let err = run(
-        spec.build().unwrap().as_ref(),
-        &den,
-        &sde,
-        &sigmas,
-        x,
-        &mut noise,
-        &RunOptions::default(),
-        &mut |_, _| {},
-    )
-    .err()
-    .expect("an impossible tolerance must fail")
-    .to_string();
+    let err = try_sample(&adaptive(0.0, 1e-30, 3), &den, &sde, &sigmas, 1, 8, 3)
+        .expect_err("an impossible tolerance must fail")
+        .to_string();
     assert!(err.contains("gave up") && err.contains("rtol"), "{err}");
     // Parameters out of range.
     assert!(adaptive(0.05, 0.0, 3).build().is_err());

@@ -27,7 +27,7 @@ pub struct Deis {
 
 impl Deis {
     pub fn new(order: usize) -> Result<Self> {
-        check_order(order, 3)?;
+        check_order(order, 1..=3)?;
         Ok(Deis { order })
     }
 

@@ -22,7 +22,7 @@
 //!   NFE is `order` per attempt less one per rejection, plus one for the final `D`.
 
 use super::euler_ancestral::ancestral_step;
-use super::{add_step_noise, check_nonneg};
+use super::{add_step_noise, check_nonneg, check_order, check_positive, require};
 use crate::driver::{Sampler, StepCtx};
 use crate::error::{Result, SolverError};
 use serde::{Deserialize, Serialize};
@@ -122,7 +122,7 @@ pub struct DpmSolver {
 
 impl DpmSolver {
     pub fn new(order: usize, eta: f64, s_noise: f64) -> Result<Self> {
-        super::check_order(order, 3)?;
+        check_order(order, 1..=3)?;
         check_nonneg("eta", eta)?;
         check_nonneg("s_noise", s_noise)?;
         Ok(DpmSolver {
@@ -266,41 +266,23 @@ pub struct DpmAdaptive {
 
 impl DpmAdaptive {
     pub fn new(p: AdaptiveParams) -> Result<Self> {
-        if !(p.order == 2 || p.order == 3) {
-            return Err(SolverError::Invalid(format!(
-                "invalid parameter order = {}: must be 2 or 3",
-                p.order
-            )));
+        check_order(p.order, 2..=3)?;
+        for (name, v) in [
+            ("atol", p.atol),
+            ("h_init", p.h_init),
+            ("accept_safety", p.accept_safety),
+        ] {
+            check_positive(name, v)?;
         }
-        let positive = |name: &'static str, v: f64| {
-            if v > 0.0 && v.is_finite() {
-                Ok(())
-            } else {
-                Err(SolverError::Parameter {
-                    name,
-                    value: v,
-                    why: "must be finite and > 0",
-                })
-            }
-        };
-        positive("atol", p.atol)?;
-        positive("h_init", p.h_init)?;
-        positive("accept_safety", p.accept_safety)?;
-        check_nonneg("rtol", p.rtol)?;
-        check_nonneg("eta", p.eta)?;
-        check_nonneg("s_noise", p.s_noise)?;
+        for (name, v) in [("rtol", p.rtol), ("eta", p.eta), ("s_noise", p.s_noise)] {
+            check_nonneg(name, v)?;
+        }
         for (name, v) in [
             ("pcoeff", p.pcoeff),
             ("icoeff", p.icoeff),
             ("dcoeff", p.dcoeff),
         ] {
-            if !v.is_finite() {
-                return Err(SolverError::Parameter {
-                    name,
-                    value: v,
-                    why: "must be finite",
-                });
-            }
+            require(name, v, v.is_finite(), "must be finite")?;
         }
         Ok(DpmAdaptive { p })
     }
@@ -361,6 +343,14 @@ impl DpmAdaptive {
                 .f_double_value(&[])?
                 / numel.sqrt();
             if !error.is_finite() {
+                // Finite solutions with an infinite error: atol too small for the precision.
+                if crate::driver::all_finite(&x_high)? {
+                    return Err(SolverError::Invalid(format!(
+                        "dpm-adaptive gave up at sigma = {}: its error estimate overflows (atol {:e} is too small for this precision): raise atol",
+                        sig(s),
+                        p.atol
+                    )));
+                }
                 return Err(SolverError::NonFinite {
                     step: ctx.index,
                     sigma: sig(s),

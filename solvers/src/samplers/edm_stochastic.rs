@@ -4,10 +4,10 @@
 //! `S_tmin <= sigma_i <= S_tmax` and 0 otherwise, then takes a Heun step from `sigma_hat` to
 //! `sigma_{i+1}`. With `S_churn = 0` it is exactly `heun`. `2n - 1` evaluations.
 
-use super::check_nonneg;
 use super::heun::heun_step;
+use super::{check_nonneg, require};
 use crate::driver::{Sampler, StepCtx};
-use crate::error::{Result, SolverError};
+use crate::error::Result;
 use crate::noise::STREAM_CHURN;
 use tch::Tensor;
 
@@ -23,13 +23,12 @@ impl EdmStochastic {
     pub fn new(s_churn: f64, s_tmin: f64, s_tmax: f64, s_noise: f64) -> Result<Self> {
         check_nonneg("s_churn", s_churn)?;
         check_nonneg("s_noise", s_noise)?;
-        if !(s_tmin >= 0.0 && s_tmin <= s_tmax) {
-            return Err(SolverError::Parameter {
-                name: "s_tmin",
-                value: s_tmin,
-                why: "must be >= 0 and <= s_tmax",
-            });
-        }
+        require(
+            "s_tmin",
+            s_tmin,
+            s_tmin >= 0.0 && s_tmin <= s_tmax,
+            "must be >= 0 and <= s_tmax",
+        )?;
         Ok(EdmStochastic {
             s_churn,
             s_tmin,

@@ -30,7 +30,7 @@ pub struct Ipndm {
 
 impl Ipndm {
     pub fn new(order: usize) -> Result<Self> {
-        check_order(order, 4)?;
+        check_order(order, 1..=4)?;
         Ok(Ipndm { order })
     }
 }

@@ -14,7 +14,7 @@ pub struct Lms {
 
 impl Lms {
     pub fn new(order: usize) -> Result<Self> {
-        check_order(order, 4)?;
+        check_order(order, 1..=4)?;
         Ok(Lms { order })
     }
 }

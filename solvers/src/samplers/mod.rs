@@ -28,23 +28,42 @@ pub use dpmpp_2m_sde::SolverType;
 use serde::{Deserialize, Serialize};
 pub use unipc::UniPcVariant;
 
-/// A sampler parameter that must be finite and non-negative (eta, S_noise, S_churn, snr).
-pub(crate) fn check_nonneg(name: &'static str, value: f64) -> Result<()> {
-    if !(value >= 0.0 && value.is_finite()) {
-        return Err(SolverError::Parameter {
-            name,
-            value,
-            why: "must be finite and >= 0",
-        });
+/// `Err(SolverError::Parameter)` naming `name = value` and `why` unless `ok`.
+pub(crate) fn require(name: &'static str, value: f64, ok: bool, why: &'static str) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(SolverError::Parameter { name, value, why })
     }
-    Ok(())
 }
 
-/// A multistep order, 1 to `max`.
-pub(crate) fn check_order(order: usize, max: usize) -> Result<()> {
-    if !(1..=max).contains(&order) {
+/// A sampler parameter that must be finite and non-negative (eta, S_noise, S_churn, snr).
+pub(crate) fn check_nonneg(name: &'static str, value: f64) -> Result<()> {
+    require(
+        name,
+        value,
+        value >= 0.0 && value.is_finite(),
+        "must be finite and >= 0",
+    )
+}
+
+/// A sampler parameter that must be finite and positive (atol, h_init).
+pub(crate) fn check_positive(name: &'static str, value: f64) -> Result<()> {
+    require(
+        name,
+        value,
+        value > 0.0 && value.is_finite(),
+        "must be finite and > 0",
+    )
+}
+
+/// An order within `orders` (1 to 4 for the multistep methods).
+pub(crate) fn check_order(order: usize, orders: std::ops::RangeInclusive<usize>) -> Result<()> {
+    if !orders.contains(&order) {
         return Err(SolverError::Invalid(format!(
-            "invalid parameter order = {order}: must be 1 to {max}"
+            "invalid parameter order = {order}: must be {} to {}",
+            orders.start(),
+            orders.end()
         )));
     }
     Ok(())

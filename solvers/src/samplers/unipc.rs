@@ -64,7 +64,7 @@ pub struct UniPc {
 
 impl UniPc {
     pub fn new(order: usize, variant: UniPcVariant, corrector: bool) -> Result<Self> {
-        check_order(order, MAX_ORDER)?;
+        check_order(order, 1..=MAX_ORDER)?;
         Ok(UniPc {
             order,
             variant,

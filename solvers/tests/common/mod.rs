@@ -2,7 +2,7 @@
 //! Helpers shared by the solver tests.
 
 use scoreflow_solvers::{
-    grid, noise::BrownianNoise, run, Denoiser, GridKind, RunOptions, SamplerSpec, Sde,
+    grid, noise::BrownianNoise, run, Denoiser, GridKind, RunOptions, SamplerSpec, Sde, SolverError,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -16,10 +16,23 @@ pub fn sample(
     n: usize,
     d: usize,
 ) -> (Tensor, usize) {
+    try_sample(spec, den, sde, sigmas, seed, n, d).unwrap()
+}
+
+/// [`sample`], returning the run's error instead of panicking.
+pub fn try_sample(
+    spec: &SamplerSpec,
+    den: &dyn Denoiser,
+    sde: &dyn Sde,
+    sigmas: &[f64],
+    seed: u64,
+    n: usize,
+    d: usize,
+) -> Result<(Tensor, usize), SolverError> {
     let span = sigmas[0].max(sde.time_of(sigmas[0])) * 1.001 + 1.0;
     let mut noise = BrownianNoise::new(seed, 0, n, &[d as i64], span, Device::Cpu, Kind::Double);
     let x = noise.initial() * sigmas[0];
-    let sampler = spec.build().unwrap();
+    let sampler = spec.build()?;
     let out = run(
         sampler.as_ref(),
         den,
@@ -29,9 +42,8 @@ pub fn sample(
         &mut noise,
         &RunOptions::default(),
         &mut |_, _| {},
-    )
-    .unwrap();
-    (out.x, out.nfe)
+    )?;
+    Ok((out.x, out.nfe))
 }
 
 /// Run `spec` from the given start `x` (at `sigmas[0]`) with the Brownian paths of `noise_seed`:
