@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: the gmm2d experiment (8 samplers x 6 step counts x 3 seeds on the exact 2-D
+# The main job: the gmm2d experiment (10 samplers x 6 step counts x 3 seeds on the exact 2-D
 # 8-mode mixture), ending with the path of its quality-vs-NFE plot. Installs libtorch on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."

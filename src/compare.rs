@@ -121,7 +121,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
     let t0 = Instant::now();
     let ref_sigmas = a.grid.sigmas(sde.as_ref(), a.reference_steps)?;
     let (reference, _) = job::run_from_noise(
-        &SamplerSpec::Heun,
+        &SamplerSpec::Heun(Default::default()),
         den,
         sde.as_ref(),
         &ref_sigmas,

@@ -211,6 +211,26 @@ fn label_without(spec: &SamplerSpec, skip: &[&str]) -> String {
 }
 
 impl ExperimentConfig {
+    /// Every cell: (seed, sampler, steps).
+    fn cells(&self) -> Vec<(u64, &SamplerSpec, usize)> {
+        self.seeds
+            .iter()
+            .flat_map(|&seed| {
+                self.samplers
+                    .iter()
+                    .flat_map(move |s| self.steps_for(s).into_iter().map(move |n| (seed, s, n)))
+            })
+            .collect()
+    }
+
+    /// The keys of every cell, as written in results.jsonl.
+    fn cell_keys(&self) -> HashSet<String> {
+        self.cells()
+            .iter()
+            .map(|(seed, s, n)| cell_key(self, s, *n, *seed))
+            .collect()
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read experiment {}", path.display()))?;
@@ -496,15 +516,7 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
         .iter()
         .filter_map(|v| v["key"].as_str().map(String::from))
         .collect();
-    let cells: Vec<(u64, &SamplerSpec, usize)> = cfg
-        .seeds
-        .iter()
-        .flat_map(|&seed| {
-            cfg.samplers
-                .iter()
-                .flat_map(move |s| cfg.steps_for(s).into_iter().map(move |n| (seed, s, n)))
-        })
-        .collect();
+    let cells = cfg.cells();
     let todo: Vec<_> = cells
         .iter()
         .filter(|(seed, s, n)| !done.contains(&cell_key(cfg, s, *n, *seed)))
@@ -615,10 +627,7 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
         &cfg.out_dir.join("experiment.json"),
         &serde_json::to_string_pretty(cfg)?,
     )?;
-    let keys: HashSet<String> = cells
-        .iter()
-        .map(|(seed, s, n)| cell_key(cfg, s, *n, *seed))
-        .collect();
+    let keys = cfg.cell_keys();
     let finished = read_results(&cfg.out_dir)?
         .into_iter()
         .filter(|v| keys.contains(v["key"].as_str().unwrap_or("")))
@@ -836,11 +845,19 @@ impl SeedState {
 /// `scoreflow plot OUT_DIR`: results.csv and the plots from results.jsonl.
 pub fn plot_dir(dir: &Path) -> Result<()> {
     let mut rows = read_results(dir)?;
+    let cfg = std::fs::read_to_string(dir.join("experiment.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<ExperimentConfig>(&t).ok());
+    // Where experiment.json is present, only its cells are drawn: lines of an earlier config
+    // run into the same directory (another grid, a sampler since removed, a cell of an older
+    // version) stay in results.jsonl but are not mixed into the table and the plots.
+    if let Some(c) = &cfg {
+        let keys = c.cell_keys();
+        rows.retain(|r| keys.contains(r["key"].as_str().unwrap_or("")));
+    }
     // Cells may finish in any order: sort by seed, then sampler (in the experiment's order
     // where experiment.json is present), then steps.
-    let order: Vec<String> = std::fs::read_to_string(dir.join("experiment.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<ExperimentConfig>(&t).ok())
+    let order: Vec<String> = cfg
         .map(|c| c.samplers.iter().map(label).collect())
         .unwrap_or_default();
     let rank = |r: &Value| {

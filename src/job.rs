@@ -72,16 +72,16 @@ pub struct SamplerArgs {
     /// dpmpp-3m-sde, dpm-solver, dpm-adaptive: noise fraction (0 = deterministic).
     #[arg(long)]
     pub eta: Option<f64>,
-    /// edm-stochastic: S_churn.
+    /// euler, heun, dpm2, edm-stochastic: EDM's S_churn (0 = no churn).
     #[arg(long)]
     pub s_churn: Option<f64>,
-    /// edm-stochastic: S_tmin.
+    /// euler, heun, dpm2, edm-stochastic: S_tmin (no churn below it).
     #[arg(long)]
     pub s_tmin: Option<f64>,
-    /// edm-stochastic: S_tmax.
+    /// euler, heun, dpm2, edm-stochastic: S_tmax (no churn above it).
     #[arg(long)]
     pub s_tmax: Option<f64>,
-    /// edm-stochastic and the samplers that take --eta except ddim: S_noise.
+    /// The samplers that take --s-churn, and those that take --eta except ddim: S_noise.
     #[arg(long)]
     pub s_noise: Option<f64>,
     /// pc: signal-to-noise ratio of the Langevin corrector.
@@ -103,6 +103,10 @@ pub struct SamplerArgs {
     /// unipc: apply the UniC corrector (true or false).
     #[arg(long)]
     pub corrector: Option<bool>,
+    /// dpmpp-sde: position of the intermediate level in each step, a fraction of the step in
+    /// log sigma, in (0, 1] (k-diffusion's r; 1/2 by default).
+    #[arg(long)]
+    pub r: Option<f64>,
     /// dpm-adaptive: relative tolerance of the step-size control.
     #[arg(long)]
     pub rtol: Option<f64>,
@@ -144,7 +148,7 @@ impl SamplerArgs {
             | SamplerSpec::DpmPp3MSde { eta, s_noise }
             | SamplerSpec::Dpm2Ancestral { eta, s_noise }
             | SamplerSpec::DpmPp2SAncestral { eta, s_noise }
-            | SamplerSpec::DpmPpSde { eta, s_noise } => {
+            | SamplerSpec::DpmPpSde { eta, s_noise, .. } => {
                 if let Some(v) = self.eta {
                     *eta = v;
                     used.push("eta");
@@ -154,17 +158,15 @@ impl SamplerArgs {
                     used.push("s-noise");
                 }
             }
-            SamplerSpec::EdmStochastic {
-                s_churn,
-                s_tmin,
-                s_tmax,
-                s_noise,
-            } => {
+            SamplerSpec::Euler(c)
+            | SamplerSpec::Heun(c)
+            | SamplerSpec::EdmStochastic(c)
+            | SamplerSpec::Dpm2(c) => {
                 for (flag, src, dst) in [
-                    ("s-churn", self.s_churn, s_churn),
-                    ("s-tmin", self.s_tmin, s_tmin),
-                    ("s-tmax", self.s_tmax, s_tmax),
-                    ("s-noise", self.s_noise, s_noise),
+                    ("s-churn", self.s_churn, &mut c.s_churn),
+                    ("s-tmin", self.s_tmin, &mut c.s_tmin),
+                    ("s-tmax", self.s_tmax, &mut c.s_tmax),
+                    ("s-noise", self.s_noise, &mut c.s_noise),
                 ] {
                     if let Some(v) = src {
                         *dst = v;
@@ -258,6 +260,10 @@ impl SamplerArgs {
             }
             _ => {}
         }
+        if let (SamplerSpec::DpmPpSde { r, .. }, Some(v)) = (&mut spec, self.r) {
+            *r = v;
+            used.push("r");
+        }
         if let (SamplerSpec::DpmPp2MSde { solver_type, .. }, Some(v)) =
             (&mut spec, &self.solver_type)
         {
@@ -283,6 +289,7 @@ impl SamplerArgs {
             ("icoeff", self.icoeff.is_some()),
             ("dcoeff", self.dcoeff.is_some()),
             ("accept-safety", self.accept_safety.is_some()),
+            ("r", self.r.is_some()),
         ];
         for (flag, present) in given {
             if present && !used.contains(&flag) {

@@ -291,6 +291,13 @@ fn sample(a: SampleArgs) -> Result<()> {
 }
 
 fn main() {
+    // Output piped into a reader that stops early (`scoreflow samplers | head`) ends the process
+    // quietly, as for other Unix tools, instead of failing a print (Rust ignores SIGPIPE).
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread starts; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => scoreflow::experiment::run(a),

@@ -568,7 +568,7 @@ fn snapshot(cfg: &TrainConfig, ema: &Model, dev: Device) -> Result<()> {
     }
     let z = job::initial_noise_shaped(cfg.seed, n, &shape, dev, Kind::Float);
     let (x, _) = job::run_from_noise(
-        &SamplerSpec::Heun,
+        &SamplerSpec::Heun(Default::default()),
         &ema.net,
         &sde,
         &sigmas,

@@ -218,6 +218,60 @@ fn every_dpm_adaptive_flag_reaches_the_sampler() {
 }
 
 #[test]
+fn churn_flags_reach_euler_heun_and_dpm2_and_r_reaches_dpmpp_sde() {
+    // k-diffusion's sample_euler, sample_heun and sample_dpm_2 take EDM's churn: each flag
+    // changes the samples, and heun with churn is edm-stochastic with it. dpmpp-sde's --r moves
+    // its intermediate level.
+    let dir = tempfile::tempdir().unwrap();
+    let samples = |solver: &str, flags: &[&str]| -> Vec<f32> {
+        let out = dir.path().join("c.npy");
+        let o = run(&[
+            &[
+                "sample",
+                "--denoiser",
+                "builtin:gmm8",
+                "--solver",
+                solver,
+                "--steps",
+                "8",
+                "--num",
+                "32",
+                "--device",
+                "cpu",
+                "--out",
+                out.to_str().unwrap(),
+            ][..],
+            flags,
+        ]
+        .concat());
+        assert!(o.status.success(), "{solver} {flags:?}: {}", stderr(&o));
+        read_f32_npy(&out).1
+    };
+    let churn = ["--s-churn", "10"];
+    for solver in ["euler", "heun", "dpm2"] {
+        let plain = samples(solver, &[]);
+        let with = samples(solver, &churn);
+        assert_ne!(
+            with, plain,
+            "{solver}: --s-churn left the samples unchanged"
+        );
+        for extra in [["--s-noise", "0.9"], ["--s-tmin", "1"], ["--s-tmax", "1"]] {
+            let flags = [&churn[..], &extra[..]].concat();
+            assert_ne!(samples(solver, &flags), with, "{solver} {extra:?}");
+        }
+    }
+    assert_eq!(samples("heun", &churn), samples("edm-stochastic", &churn));
+    assert_ne!(
+        samples("dpmpp-sde", &["--r", "0.3"]),
+        samples("dpmpp-sde", &[])
+    );
+    assert_eq!(
+        samples("dpmpp-sde", &["--r", "0.5"]),
+        samples("dpmpp-sde", &[])
+    );
+}
+
+#[test]
 fn stochastic_samples_do_not_depend_on_the_batch() {
     let dir = tempfile::tempdir().unwrap();
     let g = "builtin:gmm8";
@@ -393,6 +447,17 @@ fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
             "gave up",
         ),
         ("euler", &["--h-init", "0.1"][..], "--h-init does not apply"),
+        ("euler", &["--s-churn=-1"][..], "s_churn"),
+        ("dpm2", &["--s-tmin", "2", "--s-tmax", "1"][..], "s_tmin"),
+        ("heun", &["--s-noise", "nan"][..], "s_noise"),
+        (
+            "euler-ancestral",
+            &["--s-churn", "1"][..],
+            "--s-churn does not apply",
+        ),
+        ("dpmpp-sde", &["--r", "0"][..], "r = 0"),
+        ("dpmpp-sde", &["--r", "1.5"][..], "r = 1.5"),
+        ("heun", &["--r", "0.3"][..], "--r does not apply"),
     ] {
         check(
             &[&good[..], &["--solver", solver, "--steps", "2"], flags].concat(),
@@ -749,9 +814,10 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // An independent implementation of the samplers: k-diffusion's sample_euler, sample_heun,
     // sample_dpmpp_2m, sample_dpm_2, sample_lms, sample_dpmpp_3m_sde (eta = 0), and the
     // stochastic sample_euler_ancestral, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral,
-    // sample_dpmpp_sde, DPMSolver's singlestep steps (dpm-solver, also with noise) and its
-    // adaptive solver (dpm-adaptive, orders 3 and 2, and with noise in float64),
-    // sample_heun with churn, sample_dpmpp_2m_sde (midpoint and heun) and sample_dpmpp_3m_sde, around PyTorch twins of the exact mixture, of the gmm8
+    // sample_dpmpp_sde (r 1/2 and 0.3), DPMSolver's singlestep steps (dpm-solver, with noise)
+    // and its adaptive solver (dpm-adaptive, orders 3 and 2, and with noise in float64),
+    // sample_heun, sample_euler and sample_dpm_2 with churn, sample_dpmpp_2m_sde (midpoint and
+    // heun) and sample_dpmpp_3m_sde, around PyTorch twins of the exact mixture, of the gmm8
     // MLP and of the digits U-Net (weights loaded from the checkpoints), from the same starting
     // noise on the same Karras grid; the stochastic ones get scoreflow's Brownian paths, rebuilt
     // in numpy by peers.py from their description. And diffusers' DDPMScheduler (small and large
@@ -772,11 +838,11 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         return;
     };
     let checks = v["checks"].as_array().unwrap();
-    // 23 against k-diffusion, 15 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
+    // 27 against k-diffusion, 15 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
     // predictor-corrector with 1 and 2 corrector steps, Euler-Maruyama on the VP SDE, UniPC at
     // orders 2, 3 (bh1) and 4 and UniP-2 without the corrector, DEIS at orders 3 and 2, iPNDM)
     // on each model, and dpm-adaptive with noise, a float64 check, on the exact mixture.
-    assert_eq!(checks.len(), 3 * 38 + 1);
+    assert_eq!(checks.len(), 3 * 42 + 1);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),
@@ -797,8 +863,8 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
             "--check-only",
             "--check-samplers",
             "euler,euler-ancestral,dpm2-ancestral,dpmpp-2s-ancestral,dpmpp-sde,edm-stochastic,\
-             dpmpp-2m-sde,dpmpp-3m-sde,ddpm,ddim-eta1,pc,euler-maruyama,dpm-solver-eta0.5,\
-             dpm-adaptive-eta0.5",
+             euler-churn,dpm2-churn,dpmpp-2m-sde,dpmpp-3m-sde,ddpm,ddim-eta1,pc,euler-maruyama,\
+             dpm-solver-eta0.5,dpm-adaptive-eta0.5,dpmpp-sde-r0.3",
             "--check-noise-seed",
             "4",
         ],

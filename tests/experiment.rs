@@ -109,6 +109,35 @@ fn an_experiment_writes_results_and_plots_and_plot_redraws_them() {
     // A rerun finds every cell done.
     let o = run(&["run", &cfg]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("12 done, running 0"));
+    // The same directory with other steps: results.jsonl keeps every line, the table and the
+    // plots show the experiment as now configured, samplers in its order (experiment.json,
+    // read back, gives the same cells; euler's default S_tmax, infinity, is null in JSON).
+    let cfg = write_config(dir.path(), "e.toml", &small(&out, "steps = [16, 64]"));
+    let o = run(&["run", &cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("6 done, running 6"));
+    assert_eq!(results(&out).len(), 18);
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 12);
+    assert!(rows.iter().all(|r| r[2] == "16" || r[2] == "64"), "{csv}");
+    let labels: Vec<&str> = rows.iter().take(6).map(|r| r[0]).collect();
+    assert_eq!(
+        labels,
+        [
+            "\"euler\"",
+            "\"euler\"",
+            "\"heun\"",
+            "\"heun\"",
+            "\"ddim(eta=1)\"",
+            "\"ddim(eta=1)\""
+        ],
+        "{csv}"
+    );
 }
 
 #[test]

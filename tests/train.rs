@@ -62,7 +62,7 @@ fn mlp_learns_the_8_mode_mixture() {
     let sigmas = grid::sigmas(&GridKind::default(), 32, 0.002, 80.0, &sde).unwrap();
     let z = job::initial_noise(7, n, 2, Device::Cpu, Kind::Float);
     let (x, _) = job::run_from_noise(
-        &SamplerSpec::Heun,
+        &SamplerSpec::Heun(Default::default()),
         &m.net,
         &sde,
         &sigmas,

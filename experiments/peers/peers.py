@@ -532,23 +532,25 @@ def _step_noise(grid, noise, stream, like):
     return ns
 
 
-def _sde_mid_sigma(sigma, sigma_next):
-    """dpmpp-sde's intermediate level exp(-(t + h / 2)), t = -log sigma, in float64 as scoreflow
+def _sde_mid_sigma(sigma, sigma_next, r=0.5):
+    """dpmpp-sde's intermediate level exp(-(t + h r)), t = -log sigma, in float64 as scoreflow
     computes it (DpmPpSde::mid_sigma), so that the Brownian path is queried at the same point."""
     t, t_next = -math.log(sigma), -math.log(sigma_next)
-    return math.exp(-(t + (t_next - t) * 0.5))
+    return math.exp(-(t + (t_next - t) * r))
 
 
-def _dpmpp_sde_noise(grid, noise, like):
-    """k-diffusion's sample_dpmpp_sde asks for (W(sigma) - W(sigma_x)) / sqrt(|...|) with sigma_x
-    the step's end or its intermediate level; the step is found by its sigma, the end by
-    comparison with the grid (float32 sigmas come in; the float64 levels are used)."""
-    def ns(sigma, sigma_x):
-        i = min(range(len(grid)), key=lambda j: abs(grid[j] - float(sigma)))
-        nxt = grid[i + 1]
-        lo = nxt if abs(float(sigma_x) - nxt) <= 1e-5 * nxt else _sde_mid_sigma(grid[i], nxt)
-        return noise.standard(STREAM_STEP, lo, grid[i]).to(like.device, like.dtype)
-    return ns
+def _dpmpp_sde_noise(r=0.5):
+    """k-diffusion's sample_dpmpp_sde (with its `r`) asks for (W(sigma) - W(sigma_x)) / sqrt(|...|)
+    with sigma_x the step's end or its intermediate level; the step is found by its sigma, the
+    end by comparison with the grid (float32 sigmas come in; the float64 levels are used)."""
+    def make(grid, noise, like):
+        def ns(sigma, sigma_x):
+            i = min(range(len(grid)), key=lambda j: abs(grid[j] - float(sigma)))
+            nxt = grid[i + 1]
+            lo = nxt if abs(float(sigma_x) - nxt) <= 1e-5 * nxt else _sde_mid_sigma(grid[i], nxt, r)
+            return noise.standard(STREAM_STEP, lo, grid[i]).to(like.device, like.dtype)
+        return ns
+    return make
 
 
 def _kd_dpm_solver(order, eta=0.0, s_noise=1.0):
@@ -614,9 +616,10 @@ def _kd_noisy(fn, noise=None, **kw):
     return run
 
 
-def _kd_churn(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003):
-    """k-diffusion's sample_heun with EDM's churn, its torch.randn_like (called once per step)
-    returning scoreflow's churn noise (STREAM_CHURN) of that step."""
+def _kd_churn(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003, fn="sample_heun"):
+    """k-diffusion's `fn` (sample_heun, sample_euler or sample_dpm_2) with EDM's churn, its
+    torch.randn_like (called once per step) returning scoreflow's churn noise (STREAM_CHURN) of
+    that step."""
 
     def run(sampling, model, x, sigmas, grid, noise):
         step = [0]
@@ -629,8 +632,8 @@ def _kd_churn(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003):
         saved = sampling.torch
         sampling.torch = _TorchWithNoise(draw)
         try:
-            return sampling.sample_heun(model, x, sigmas, disable=True, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
-                                        s_noise=s_noise)
+            return getattr(sampling, fn)(model, x, sigmas, disable=True, s_churn=s_churn, s_tmin=s_tmin,
+                                         s_tmax=s_tmax, s_noise=s_noise)
         finally:
             sampling.torch = saved
 
@@ -905,6 +908,12 @@ CHECKS.update({
     # Churn at every level (S_tmin 0, S_tmax inf, the defaults), the last one included.
     "edm-stochastic-all": (["--solver", "edm-stochastic", "--s-churn", "10", "--s-noise", "0.95"],
                            _kd_churn(10.0, 0.0, float("inf"), 0.95)),
+    # The same churn in k-diffusion's Euler, Heun and DPM-2 samplers.
+    "euler-churn": (["--solver", "euler"] + EDM_CHURN, _kd_churn(fn="sample_euler")),
+    "heun-churn": (["--solver", "heun", "--s-churn", "10", "--s-noise", "0.95"],
+                   _kd_churn(10.0, 0.0, float("inf"), 0.95)),
+    "dpm2-churn": (["--solver", "dpm2", "--s-churn", "20", "--s-tmax", "10", "--s-noise", "1.02"],
+                   _kd_churn(20.0, 0.0, 10.0, 1.02, fn="sample_dpm_2")),
     "dpmpp-2m-sde": (["--solver", "dpmpp-2m-sde"], _kd_noisy("sample_dpmpp_2m_sde")),
     "dpmpp-2m-sde-heun": (["--solver", "dpmpp-2m-sde", "--solver-type", "heun", "--eta", "0.7", "--s-noise", "0.9"],
                           _kd_noisy("sample_dpmpp_2m_sde", eta=0.7, s_noise=0.9, solver_type="heun")),
@@ -913,9 +922,12 @@ CHECKS.update({
     "dpmpp-2s-ancestral": (["--solver", "dpmpp-2s-ancestral"], _kd_noisy("sample_dpmpp_2s_ancestral")),
     "dpmpp-2s-ancestral-eta0.5": (["--solver", "dpmpp-2s-ancestral", "--eta", "0.5", "--s-noise", "1.1"],
                                   _kd_noisy("sample_dpmpp_2s_ancestral", eta=0.5, s_noise=1.1)),
-    "dpmpp-sde": (["--solver", "dpmpp-sde"], _kd_noisy("sample_dpmpp_sde", noise=_dpmpp_sde_noise)),
+    "dpmpp-sde": (["--solver", "dpmpp-sde"], _kd_noisy("sample_dpmpp_sde", noise=_dpmpp_sde_noise())),
     "dpmpp-sde-eta0.7": (["--solver", "dpmpp-sde", "--eta", "0.7", "--s-noise", "0.9"],
-                         _kd_noisy("sample_dpmpp_sde", noise=_dpmpp_sde_noise, eta=0.7, s_noise=0.9)),
+                         _kd_noisy("sample_dpmpp_sde", noise=_dpmpp_sde_noise(), eta=0.7, s_noise=0.9)),
+    # Another intermediate level: r = 1/3 (the second stage mixes the two evaluations).
+    "dpmpp-sde-r0.3": (["--solver", "dpmpp-sde", "--r", "0.3", "--eta", "0.8"],
+                       _kd_noisy("sample_dpmpp_sde", noise=_dpmpp_sde_noise(0.3), eta=0.8, r=0.3)),
     "dpm-solver": (["--solver", "dpm-solver"], _kd_dpm_solver(3)),
     "dpm-solver-eta0.5": (["--solver", "dpm-solver", "--eta", "0.5", "--s-noise", "1.1"], _kd_dpm_solver(3, 0.5, 1.1)),
     "dpm-adaptive": (["--solver", "dpm-adaptive"], _kd_dpm_adaptive()),

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use scoreflow_solvers::noise::BrownianNoise;
 use scoreflow_solvers::samplers::dpm_solver::AdaptiveParams;
-use scoreflow_solvers::samplers::{DdpmVariance, SolverType, UniPcVariant, NAMES};
+use scoreflow_solvers::samplers::{Churn, DdpmVariance, SolverType, UniPcVariant, NAMES};
 use scoreflow_solvers::sde::{Edm, Sde, Ve, VpLinear};
 use scoreflow_solvers::{
     run, Counted, Denoiser, GaussianDenoiser, GaussianMixture, GridKind, RunOptions, SamplerSpec,
@@ -26,12 +26,12 @@ fn gaussian() -> GaussianDenoiser {
 /// Deterministic samplers and their orders.
 fn deterministic() -> Vec<(SamplerSpec, f64)> {
     vec![
-        (SamplerSpec::Euler, 1.0),
-        (SamplerSpec::Heun, 2.0),
+        (SamplerSpec::Euler(Default::default()), 1.0),
+        (SamplerSpec::Heun(Default::default()), 2.0),
         (SamplerSpec::DpmPp2M, 2.0),
         (SamplerSpec::Ddim { eta: 0.0 }, 1.0),
         (SamplerSpec::from_name("edm-stochastic").unwrap(), 2.0),
-        (SamplerSpec::Dpm2, 2.0),
+        (SamplerSpec::Dpm2(Default::default()), 2.0),
         (SamplerSpec::DpmPp3M, 3.0),
         (SamplerSpec::Lms { order: 4 }, 4.0),
         // The ancestral second-order samplers at eta = 0: dpm2 and DPM-Solver++(2S).
@@ -56,6 +56,16 @@ fn deterministic() -> Vec<(SamplerSpec, f64)> {
         // iPNDM: fourth-order Adams-Bashforth weights for equal steps, on grids whose steps
         // vary: second order (2.17 / 2.10 / 2.11), below dpmpp-2m's error.
         (SamplerSpec::Ipndm { order: 4 }, 2.0),
+        // dpmpp-sde at eta = 0 with another intermediate level: DPM-Solver++(2S) with r = 1/3,
+        // its second stage a weighted mix (fac = 3/2) of the two evaluations; still order 2.
+        (
+            SamplerSpec::DpmPpSde {
+                eta: 0.0,
+                s_noise: 1.0,
+                r: 1.0 / 3.0,
+            },
+            2.0,
+        ),
         // UniPC-p is of order p + 1 with its corrector (Zhao et al. 2023).
         (SamplerSpec::from_name("unipc").unwrap(), 3.0),
         (
@@ -194,7 +204,15 @@ fn ddim_eta0_is_euler_and_eta1_is_ddpm_and_euler_ancestral() {
         32,
         2,
     );
-    let (b, _) = sample(&SamplerSpec::Euler, &den, &sde, &sigmas, 3, 32, 2);
+    let (b, _) = sample(
+        &SamplerSpec::Euler(Default::default()),
+        &den,
+        &sde,
+        &sigmas,
+        3,
+        32,
+        2,
+    );
     assert!(
         max_abs(&(&a - &b)) < 1e-9,
         "ddim(0) vs euler: {}",
@@ -243,7 +261,15 @@ fn ddim_eta0_is_euler_and_eta1_is_ddpm_and_euler_ancestral() {
         );
     }
     // EDM's stochastic sampler without churn is Heun.
-    let (h1, _) = sample(&SamplerSpec::Heun, &den, &sde, &sigmas, 3, 32, 2);
+    let (h1, _) = sample(
+        &SamplerSpec::Heun(Default::default()),
+        &den,
+        &sde,
+        &sigmas,
+        3,
+        32,
+        2,
+    );
     let (h2, _) = sample(
         &SamplerSpec::from_name("edm-stochastic").unwrap(),
         &den,
@@ -253,7 +279,28 @@ fn ddim_eta0_is_euler_and_eta1_is_ddpm_and_euler_ancestral() {
         32,
         2,
     );
-    assert!(max_abs(&(h1 - h2)) < 1e-12);
+    assert!(max_abs(&(&h1 - h2)) < 1e-12);
+    // With churn too: heun with churn is edm-stochastic, the same noise drawn the same way;
+    // euler and dpm2 with churn differ from heun with it, and churn moves all three.
+    let noisy = |spec: &SamplerSpec| sample(spec, &den, &sde, &sigmas, 3, 32, 2).0;
+    let hc = noisy(&SamplerSpec::Heun(edm_churn()));
+    let ec = noisy(&SamplerSpec::Euler(edm_churn()));
+    let dc = noisy(&SamplerSpec::Dpm2(edm_churn()));
+    assert_eq!(
+        max_abs(&(&hc - noisy(&SamplerSpec::EdmStochastic(edm_churn())))),
+        0.0
+    );
+    let e = noisy(&SamplerSpec::Euler(Default::default()));
+    let d = noisy(&SamplerSpec::Dpm2(Default::default()));
+    for (moved, by) in [
+        (max_abs(&(&hc - &h1)), "heun"),
+        (max_abs(&(&ec - &e)), "euler"),
+        (max_abs(&(&dc - &d)), "dpm2"),
+        (max_abs(&(&ec - &hc)), "euler vs heun"),
+        (max_abs(&(&dc - &hc)), "dpm2 vs heun"),
+    ] {
+        assert!(moved > 1e-3, "churn in {by}: {moved}");
+    }
     // The stochastic ones really are stochastic: from the same start, another noise seed moves
     // the samples (and leaves the deterministic ones where they were).
     let x0 = start(3, 32, 2, sigmas[0]);
@@ -274,11 +321,17 @@ fn deis_and_ipndm_order_1_are_euler_and_start_up_at_lower_order() {
         let sigmas = grid_for(&sde, &GridKind::default(), steps);
         sample(spec, &den, &sde, &sigmas, 3, 32, 2).0
     };
-    let d = max_abs(&(run(&SamplerSpec::Deis { order: 1 }, 25) - run(&SamplerSpec::Euler, 25)));
+    let d = max_abs(
+        &(run(&SamplerSpec::Deis { order: 1 }, 25)
+            - run(&SamplerSpec::Euler(Default::default()), 25)),
+    );
     assert!(d < 1e-12, "deis(1) vs euler: {d}");
     // With 2 steps, order 2 and 3 take an Euler first step and return D on the last: euler.
     for order in [2, 3] {
-        let d = max_abs(&(run(&SamplerSpec::Deis { order }, 2) - run(&SamplerSpec::Euler, 2)));
+        let d = max_abs(
+            &(run(&SamplerSpec::Deis { order }, 2)
+                - run(&SamplerSpec::Euler(Default::default()), 2)),
+        );
         assert!(d < 1e-12, "deis({order}) at 2 steps vs euler: {d}");
     }
     // With 3 steps order 3 is order 2 (warm-up, then lower_order_final at fewer than 15 steps).
@@ -295,9 +348,15 @@ fn deis_and_ipndm_order_1_are_euler_and_start_up_at_lower_order() {
         assert!(SamplerSpec::Deis { order }.build().is_err());
     }
     // iPNDM's first step (and order 1) is Euler too; orders 0 and 5 are errors.
-    let d = max_abs(&(run(&SamplerSpec::Ipndm { order: 1 }, 25) - run(&SamplerSpec::Euler, 25)));
+    let d = max_abs(
+        &(run(&SamplerSpec::Ipndm { order: 1 }, 25)
+            - run(&SamplerSpec::Euler(Default::default()), 25)),
+    );
     assert!(d < 1e-12, "ipndm(1) vs euler: {d}");
-    let d = max_abs(&(run(&SamplerSpec::Ipndm { order: 4 }, 1) - run(&SamplerSpec::Euler, 1)));
+    let d = max_abs(
+        &(run(&SamplerSpec::Ipndm { order: 4 }, 1)
+            - run(&SamplerSpec::Euler(Default::default()), 1)),
+    );
     assert!(d < 1e-12, "ipndm(4) at 1 step vs euler: {d}");
     for order in [0, 5] {
         assert!(SamplerSpec::Ipndm { order }.build().is_err());
@@ -317,7 +376,7 @@ fn unipc_predictor_alone_is_ddim_and_dpmpp_2m() {
         solver_type,
         corrector: false,
     };
-    let euler = run(&SamplerSpec::Euler);
+    let euler = run(&SamplerSpec::Euler(Default::default()));
     for v in [UniPcVariant::Bh1, UniPcVariant::Bh2] {
         let d = max_abs(&(run(&unip(1, v)) - &euler));
         assert!(d < 1e-10, "UniP-1 ({v:?}) vs euler: {d}");
@@ -348,18 +407,22 @@ fn ancestral_second_order_samplers_at_eta_0_are_the_ode_samplers() {
     let run = |spec: &SamplerSpec| sample(spec, &den, &sde, &sigmas, 3, 32, 2).0;
     let dpm2a = |eta: f64, s_noise: f64| SamplerSpec::Dpm2Ancestral { eta, s_noise };
     let pp2sa = |eta: f64, s_noise: f64| SamplerSpec::DpmPp2SAncestral { eta, s_noise };
-    let ppsde = |eta: f64, s_noise: f64| SamplerSpec::DpmPpSde { eta, s_noise };
+    let ppsde = |eta: f64, s_noise: f64| SamplerSpec::DpmPpSde {
+        eta,
+        s_noise,
+        r: 0.5,
+    };
     // dpmpp-sde at eta = 0 weights the second stage's output alone (r = 1/2): DPM-Solver++(2S).
     let d = max_abs(&(run(&ppsde(0.0, 1.0)) - run(&pp2sa(0.0, 1.0))));
     assert!(d < 1e-10, "dpmpp-sde vs dpmpp-2s at eta 0: {d}");
     // dpm2-ancestral at eta = 0 runs dpm2's step.
     assert_eq!(
-        max_abs(&(run(&dpm2a(0.0, 1.0)) - run(&SamplerSpec::Dpm2))),
+        max_abs(&(run(&dpm2a(0.0, 1.0)) - run(&SamplerSpec::Dpm2(Default::default())))),
         0.0
     );
     // DPM-Solver++(2S) and DPM-Solver-2 both take the geometric midpoint; they differ at second
     // order (data against noise prediction), not by nothing.
-    let d = max_abs(&(run(&pp2sa(0.0, 1.0)) - run(&SamplerSpec::Dpm2)));
+    let d = max_abs(&(run(&pp2sa(0.0, 1.0)) - run(&SamplerSpec::Dpm2(Default::default()))));
     assert!(d > 1e-6 && d < 5e-2, "dpmpp-2s vs dpm2 at eta 0: {d}");
     // One step to 0 is one evaluation, D(x; sigma_max), for both.
     let x0 = start(3, 32, 2, sigmas[0]);
@@ -527,15 +590,10 @@ fn samplers_recover_mixture_mode_weights() {
             },
             64,
         ),
-        (
-            SamplerSpec::EdmStochastic {
-                s_churn: 40.0,
-                s_tmin: 0.05,
-                s_tmax: 50.0,
-                s_noise: 1.003,
-            },
-            32,
-        ),
+        (SamplerSpec::EdmStochastic(edm_churn()), 32),
+        // The same churn with Euler (first order: a finer grid) and DPM-2 steps.
+        (SamplerSpec::Euler(edm_churn()), 64),
+        (SamplerSpec::Dpm2(edm_churn()), 32),
         // Song et al.'s snr = 0.16 inflates each level's variance by about snr^2 (Langevin's
         // discretization bias); a smaller snr keeps the check within the statistical error.
         // The reverse-diffusion predictor is a first-order discretization of the SDE (not an
@@ -560,7 +618,7 @@ fn samplers_recover_mixture_mode_weights() {
         (SamplerSpec::from_name("dpm2-ancestral").unwrap(), 32),
         (SamplerSpec::from_name("dpmpp-2s-ancestral").unwrap(), 32),
         (SamplerSpec::from_name("dpmpp-sde").unwrap(), 32),
-        (SamplerSpec::Heun, 32),
+        (SamplerSpec::Heun(Default::default()), 32),
         (SamplerSpec::DpmPp2M, 64),
     ];
     for (spec, steps) in specs {
@@ -662,6 +720,8 @@ fn a_sample_does_not_depend_on_its_batch() {
         "ddpm",
         "euler-ancestral",
         "edm-stochastic",
+        "euler",
+        "dpm2",
         "dpmpp-2m-sde",
         "dpmpp-3m-sde",
         "dpm2-ancestral",
@@ -675,12 +735,9 @@ fn a_sample_does_not_depend_on_its_batch() {
                 eta: 1.0,
                 s_noise: 1.0,
             },
-            "edm-stochastic" => SamplerSpec::EdmStochastic {
-                s_churn: 10.0,
-                s_tmin: 0.0,
-                s_tmax: f64::INFINITY,
-                s_noise: 1.0,
-            },
+            "edm-stochastic" => SamplerSpec::EdmStochastic(churn_everywhere()),
+            "euler" => SamplerSpec::Euler(churn_everywhere()),
+            "dpm2" => SamplerSpec::Dpm2(churn_everywhere()),
             _ => SamplerSpec::from_name(name).unwrap(),
         };
         let go = |first: u64, count: usize| {
@@ -705,6 +762,16 @@ fn a_sample_does_not_depend_on_its_batch() {
         let alone = go(6, 1);
         assert!(max_abs(&(batch.narrow(0, 6, 1) - alone)) < 1e-12, "{name}");
     }
+}
+
+/// EDM's churn settings (Karras et al. 2022, Table 5, ImageNet-64 as in NVlabs/edm).
+fn edm_churn() -> Churn {
+    Churn::new(40.0, 0.05, 50.0, 1.003).unwrap()
+}
+
+/// Churn at every level, the last one included.
+fn churn_everywhere() -> Churn {
+    Churn::new(10.0, 0.0, f64::INFINITY, 1.0).unwrap()
 }
 
 #[test]
@@ -736,7 +803,7 @@ fn nan_input_is_reported_not_propagated() {
     let sigmas = grid_for(&sde, &GridKind::default(), 5);
     let x = Tensor::full([4, 3], f64::NAN, (Kind::Double, Device::Cpu));
     let mut noise = BrownianNoise::new(0, 0, 4, &[3], 100.0, Device::Cpu, Kind::Double);
-    let s = SamplerSpec::Heun.build().unwrap();
+    let s = SamplerSpec::Heun(Default::default()).build().unwrap();
     let err = run(
         s.as_ref(),
         &den,
@@ -792,6 +859,71 @@ fn bad_models_and_parameters_are_errors() {
     assert!(SamplerSpec::from_name("nope").is_err());
     assert!(SamplerSpec::Ddim { eta: -1.0 }.build().is_err());
     assert!(SamplerSpec::Lms { order: 9 }.build().is_err());
+    for r in [0.0, -0.5, 1.5, f64::NAN] {
+        let e = SamplerSpec::DpmPpSde {
+            eta: 1.0,
+            s_noise: 1.0,
+            r,
+        }
+        .build()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("r = "), "r {r}: {e}");
+    }
+    // Churn: every sampler that takes it checks it, with the parameter named.
+    let bad = |c: Churn| {
+        [
+            SamplerSpec::Euler(c.clone()),
+            SamplerSpec::Heun(c.clone()),
+            SamplerSpec::Dpm2(c.clone()),
+            SamplerSpec::EdmStochastic(c),
+        ]
+        .map(|s| s.build().err().map(|e| e.to_string()).unwrap_or_default())
+    };
+    let base = Churn::default();
+    for (c, name) in [
+        (
+            Churn {
+                s_churn: -1.0,
+                ..base.clone()
+            },
+            "s_churn",
+        ),
+        (
+            Churn {
+                s_churn: f64::NAN,
+                ..base.clone()
+            },
+            "s_churn",
+        ),
+        (
+            Churn {
+                s_noise: f64::INFINITY,
+                ..base.clone()
+            },
+            "s_noise",
+        ),
+        (
+            Churn {
+                s_tmin: 2.0,
+                s_tmax: 1.0,
+                ..base.clone()
+            },
+            "s_tmin",
+        ),
+        (
+            Churn {
+                s_tmin: -0.5,
+                ..base.clone()
+            },
+            "s_tmin",
+        ),
+    ] {
+        for e in bad(c) {
+            assert!(e.contains(name), "{name}: {e}");
+        }
+    }
     // Wrong sample shapes are errors, not panics.
     let g = gaussian();
     assert!(g
@@ -877,11 +1009,11 @@ fn dpm_solver_orders_1_and_2_are_euler_and_dpm2() {
             s_noise: 1.0,
         };
         let (a, na) = go(&ds(1));
-        let (b, nb) = go(&SamplerSpec::Euler);
+        let (b, nb) = go(&SamplerSpec::Euler(Default::default()));
         assert!(max_abs(&(a - b)) < 1e-10);
         assert_eq!(na, nb);
         let (a, na) = go(&ds(2));
-        let (b, nb) = go(&SamplerSpec::Dpm2);
+        let (b, nb) = go(&SamplerSpec::Dpm2(Default::default()));
         assert!(max_abs(&(a - b)) < 1e-10);
         assert_eq!(na, nb);
     }

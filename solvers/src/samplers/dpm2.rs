@@ -7,7 +7,12 @@
 //! `sigma_down` of [`ancestral_step`], then fresh noise of standard deviation
 //! `s_noise sigma_up` from the step stream ([`crate::noise::STREAM_STEP`], the draw
 //! `euler-ancestral` uses); `eta = 0` is `dpm2`.
+//!
+//! `dpm2` takes EDM's churn ([`Churn`]) as k-diffusion's `sample_dpm_2` does: with
+//! `s_churn > 0` each step starts from the raised level `sigma_hat` (the midpoint is then
+//! `sqrt(sigma_hat sigma')`).
 
+use super::edm_stochastic::Churn;
 use super::euler_ancestral::ancestral_step;
 use super::{add_step_noise, check_nonneg};
 use crate::driver::{Sampler, StepCtx};
@@ -18,18 +23,22 @@ use tch::Tensor;
 pub struct Dpm2 {
     pub eta: f64,
     pub s_noise: f64,
+    /// `dpm2`'s churn (none for `dpm2-ancestral`).
+    pub churn: Churn,
     /// Named `dpm2-ancestral` (else `dpm2`, which has `eta = 0`).
     ancestral: bool,
 }
 
 impl Dpm2 {
-    /// `dpm2`: the probability-flow ODE.
-    pub fn ode() -> Self {
-        Dpm2 {
+    /// `dpm2`: the probability-flow ODE, with EDM's churn when `churn.s_churn > 0`.
+    pub fn ode(churn: Churn) -> Result<Self> {
+        churn.validate()?;
+        Ok(Dpm2 {
             eta: 0.0,
             s_noise: 1.0,
+            churn,
             ancestral: false,
-        }
+        })
     }
 
     /// `dpm2-ancestral` with noise fraction `eta` and noise scale `s_noise`.
@@ -39,6 +48,7 @@ impl Dpm2 {
         Ok(Dpm2 {
             eta,
             s_noise,
+            churn: Churn::default(),
             ancestral: true,
         })
     }
@@ -53,7 +63,8 @@ impl Sampler for Dpm2 {
         }
     }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
-        let (s, s_next) = (ctx.sigma(), ctx.sigma_next());
+        let (x, s) = self.churn.apply(ctx, x)?;
+        let s_next = ctx.sigma_next();
         let (down, up) = ancestral_step(s, s_next, self.eta);
         let d = ctx.derivative(&x, s)?;
         let x = if down == 0.0 {
@@ -64,6 +75,7 @@ impl Sampler for Dpm2 {
             let d_mid = ctx.derivative(&x_mid, s_mid)?;
             x + d_mid * (down - s)
         };
-        add_step_noise(ctx, x, s_next, s, up * self.s_noise)
+        let s_i = ctx.sigma();
+        add_step_noise(ctx, x, s_next, s_i, up * self.s_noise)
     }
 }

@@ -1,12 +1,24 @@
 //! Heun's second-order method on the probability-flow ODE: Karras et al. (2022), Algorithm 1
 //! (NVlabs/edm `generate.py`, k-diffusion `sample_heun`). The step to sigma = 0 is an Euler
-//! step, so `n` steps cost `2n - 1` evaluations.
+//! step, so `n` steps cost `2n - 1` evaluations. With `s_churn > 0` each step first adds EDM's
+//! churn ([`Churn`], as k-diffusion's `sample_heun` does): then it is `edm-stochastic`.
 
+use super::edm_stochastic::Churn;
 use crate::driver::{Sampler, StepCtx};
 use crate::error::Result;
 use tch::Tensor;
 
-pub struct Heun;
+#[derive(Clone, Debug, Default)]
+pub struct Heun {
+    pub churn: Churn,
+}
+
+impl Heun {
+    pub fn new(churn: Churn) -> Result<Self> {
+        churn.validate()?;
+        Ok(Heun { churn })
+    }
+}
 
 /// A Heun step from `sigma` to `sigma_next` (Euler when `sigma_next` is 0). Shared with the
 /// EDM stochastic sampler, whose deterministic part is this step.
@@ -31,7 +43,8 @@ impl Sampler for Heun {
         "heun"
     }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
-        let (s, s_next) = (ctx.sigma(), ctx.sigma_next());
+        let (x, s) = self.churn.apply(ctx, x)?;
+        let s_next = ctx.sigma_next();
         heun_step(ctx, &x, s, s_next)
     }
 }

@@ -25,6 +25,7 @@ use crate::driver::Sampler;
 use crate::error::{Result, SolverError};
 pub use ddpm::DdpmVariance;
 pub use dpmpp_2m_sde::SolverType;
+pub use edm_stochastic::Churn;
 use serde::{Deserialize, Serialize};
 pub use unipc::UniPcVariant;
 
@@ -88,6 +89,9 @@ pub(crate) fn add_step_noise(
 pub(crate) fn one() -> f64 {
     1.0
 }
+fn half() -> f64 {
+    0.5
+}
 fn inf() -> f64 {
     f64::INFINITY
 }
@@ -114,18 +118,10 @@ fn yes() -> bool {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum SamplerSpec {
-    Euler,
-    Heun,
-    EdmStochastic {
-        #[serde(default)]
-        s_churn: f64,
-        #[serde(default)]
-        s_tmin: f64,
-        #[serde(default = "inf")]
-        s_tmax: f64,
-        #[serde(default = "one")]
-        s_noise: f64,
-    },
+    /// The churn parameters' names and defaults are k-diffusion's (see [`Churn`]).
+    Euler(#[serde(default)] Churn),
+    Heun(#[serde(default)] Churn),
+    EdmStochastic(#[serde(default)] Churn),
     EulerMaruyama,
     Ddim {
         #[serde(default)]
@@ -151,7 +147,7 @@ pub enum SamplerSpec {
         #[serde(default = "one")]
         s_noise: f64,
     },
-    Dpm2,
+    Dpm2(#[serde(default)] Churn),
     Lms {
         #[serde(default = "four")]
         order: usize,
@@ -191,6 +187,8 @@ pub enum SamplerSpec {
         eta: f64,
         #[serde(default = "one")]
         s_noise: f64,
+        #[serde(default = "half")]
+        r: f64,
     },
     Deis {
         #[serde(default = "three")]
@@ -252,14 +250,9 @@ impl SamplerSpec {
     /// which makes `edm-stochastic` deterministic: set `s_churn` for noise).
     pub fn from_name(name: &str) -> Result<Self> {
         Ok(match name {
-            "euler" => SamplerSpec::Euler,
-            "heun" => SamplerSpec::Heun,
-            "edm-stochastic" => SamplerSpec::EdmStochastic {
-                s_churn: 0.0,
-                s_tmin: 0.0,
-                s_tmax: f64::INFINITY,
-                s_noise: 1.0,
-            },
+            "euler" => SamplerSpec::Euler(Churn::default()),
+            "heun" => SamplerSpec::Heun(Churn::default()),
+            "edm-stochastic" => SamplerSpec::EdmStochastic(Churn::default()),
             "euler-maruyama" => SamplerSpec::EulerMaruyama,
             "ddim" => SamplerSpec::Ddim { eta: 0.0 },
             "ddpm" => SamplerSpec::Ddpm {
@@ -275,7 +268,7 @@ impl SamplerSpec {
                 eta: 1.0,
                 s_noise: 1.0,
             },
-            "dpm2" => SamplerSpec::Dpm2,
+            "dpm2" => SamplerSpec::Dpm2(Churn::default()),
             "lms" => SamplerSpec::Lms { order: 4 },
             "dpmpp-2m-sde" => SamplerSpec::DpmPp2MSde {
                 eta: 1.0,
@@ -297,6 +290,7 @@ impl SamplerSpec {
             "dpmpp-sde" => SamplerSpec::DpmPpSde {
                 eta: 1.0,
                 s_noise: 1.0,
+                r: 0.5,
             },
             "deis" => SamplerSpec::Deis { order: 3 },
             "ipndm" => SamplerSpec::Ipndm { order: 4 },
@@ -323,9 +317,9 @@ impl SamplerSpec {
     /// The registry name.
     pub fn name(&self) -> &'static str {
         match self {
-            SamplerSpec::Euler => "euler",
-            SamplerSpec::Heun => "heun",
-            SamplerSpec::EdmStochastic { .. } => "edm-stochastic",
+            SamplerSpec::Euler(_) => "euler",
+            SamplerSpec::Heun(_) => "heun",
+            SamplerSpec::EdmStochastic(_) => "edm-stochastic",
             SamplerSpec::EulerMaruyama => "euler-maruyama",
             SamplerSpec::Ddim { .. } => "ddim",
             SamplerSpec::Ddpm { .. } => "ddpm",
@@ -333,7 +327,7 @@ impl SamplerSpec {
             SamplerSpec::DpmPp2M => "dpmpp-2m",
             SamplerSpec::DpmPp3M => "dpmpp-3m",
             SamplerSpec::EulerAncestral { .. } => "euler-ancestral",
-            SamplerSpec::Dpm2 => "dpm2",
+            SamplerSpec::Dpm2(_) => "dpm2",
             SamplerSpec::Lms { .. } => "lms",
             SamplerSpec::DpmPp2MSde { .. } => "dpmpp-2m-sde",
             SamplerSpec::DpmPp3MSde { .. } => "dpmpp-3m-sde",
@@ -351,9 +345,10 @@ impl SamplerSpec {
     /// Whether the sampler draws noise (its output depends on the seed beyond the start).
     pub fn is_stochastic(&self) -> bool {
         match self {
-            SamplerSpec::EdmStochastic {
-                s_churn, s_noise, ..
-            } => *s_churn > 0.0 && *s_noise > 0.0,
+            SamplerSpec::Euler(c)
+            | SamplerSpec::Heun(c)
+            | SamplerSpec::EdmStochastic(c)
+            | SamplerSpec::Dpm2(c) => c.is_stochastic(),
             SamplerSpec::EulerMaruyama | SamplerSpec::Ddpm { .. } | SamplerSpec::Pc { .. } => true,
             SamplerSpec::Ddim { eta } => *eta > 0.0,
             SamplerSpec::EulerAncestral { eta, s_noise }
@@ -361,7 +356,7 @@ impl SamplerSpec {
             | SamplerSpec::DpmPp3MSde { eta, s_noise }
             | SamplerSpec::Dpm2Ancestral { eta, s_noise }
             | SamplerSpec::DpmPp2SAncestral { eta, s_noise }
-            | SamplerSpec::DpmPpSde { eta, s_noise }
+            | SamplerSpec::DpmPpSde { eta, s_noise, .. }
             | SamplerSpec::DpmSolver { eta, s_noise, .. } => *eta > 0.0 && *s_noise > 0.0,
             SamplerSpec::DpmAdaptive(p) => p.eta > 0.0 && p.s_noise > 0.0,
             _ => false,
@@ -380,9 +375,9 @@ impl SamplerSpec {
         Some(match self {
             SamplerSpec::DpmAdaptive(_) => return None,
             SamplerSpec::DpmSolver { order, .. } => order * steps.saturating_sub(1) + 1,
-            SamplerSpec::Heun
-            | SamplerSpec::EdmStochastic { .. }
-            | SamplerSpec::Dpm2
+            SamplerSpec::Heun(_)
+            | SamplerSpec::EdmStochastic(_)
+            | SamplerSpec::Dpm2(_)
             | SamplerSpec::Dpm2Ancestral { .. }
             | SamplerSpec::DpmPp2SAncestral { .. }
             | SamplerSpec::DpmPpSde { .. } => 2 * steps - 1,
@@ -396,16 +391,11 @@ impl SamplerSpec {
     /// Build the sampler, validating the parameters.
     pub fn build(&self) -> Result<Box<dyn Sampler>> {
         Ok(match self {
-            SamplerSpec::Euler => Box::new(euler::Euler),
-            SamplerSpec::Heun => Box::new(heun::Heun),
-            SamplerSpec::EdmStochastic {
-                s_churn,
-                s_tmin,
-                s_tmax,
-                s_noise,
-            } => Box::new(edm_stochastic::EdmStochastic::new(
-                *s_churn, *s_tmin, *s_tmax, *s_noise,
-            )?),
+            SamplerSpec::Euler(c) => Box::new(euler::Euler::new(c.clone())?),
+            SamplerSpec::Heun(c) => Box::new(heun::Heun::new(c.clone())?),
+            SamplerSpec::EdmStochastic(c) => {
+                Box::new(edm_stochastic::EdmStochastic::new(c.clone())?)
+            }
             SamplerSpec::EulerMaruyama => Box::new(euler_maruyama::EulerMaruyama),
             SamplerSpec::Ddim { eta } => Box::new(ddim::Ddim::new(*eta)?),
             SamplerSpec::Ddpm { variance } => Box::new(ddpm::Ddpm {
@@ -420,7 +410,7 @@ impl SamplerSpec {
             SamplerSpec::EulerAncestral { eta, s_noise } => {
                 Box::new(euler_ancestral::EulerAncestral::new(*eta, *s_noise)?)
             }
-            SamplerSpec::Dpm2 => Box::new(dpm2::Dpm2::ode()),
+            SamplerSpec::Dpm2(c) => Box::new(dpm2::Dpm2::ode(c.clone())?),
             SamplerSpec::Dpm2Ancestral { eta, s_noise } => {
                 Box::new(dpm2::Dpm2::ancestral(*eta, *s_noise)?)
             }
@@ -436,8 +426,8 @@ impl SamplerSpec {
             SamplerSpec::DpmPp3MSde { eta, s_noise } => {
                 Box::new(dpmpp_3m::DpmPp3M::sde(*eta, *s_noise)?)
             }
-            SamplerSpec::DpmPpSde { eta, s_noise } => {
-                Box::new(dpmpp_sde::DpmPpSde::new(*eta, *s_noise)?)
+            SamplerSpec::DpmPpSde { eta, s_noise, r } => {
+                Box::new(dpmpp_sde::DpmPpSde::new(*eta, *s_noise, *r)?)
             }
             SamplerSpec::Deis { order } => Box::new(deis::Deis::new(*order)?),
             SamplerSpec::Ipndm { order } => Box::new(ipndm::Ipndm::new(*order)?),
