@@ -69,7 +69,7 @@ impl GridArgs {
 #[derive(Args, Clone, Debug, Default)]
 pub struct SamplerArgs {
     /// ddim, euler-ancestral, dpm2-ancestral, dpmpp-2s-ancestral, dpmpp-sde, dpmpp-2m-sde,
-    /// dpmpp-3m-sde, dpm-solver, dpm-adaptive: noise fraction (0 = deterministic).
+    /// dpmpp-3m-sde, dpm-solver, dpm-adaptive, dpm-fast: noise fraction (0 = deterministic).
     #[arg(long)]
     pub eta: Option<f64>,
     /// euler, heun, dpm2, edm-stochastic: EDM's S_churn (0 = no churn).
@@ -148,7 +148,8 @@ impl SamplerArgs {
             | SamplerSpec::DpmPp3MSde { eta, s_noise }
             | SamplerSpec::Dpm2Ancestral { eta, s_noise }
             | SamplerSpec::DpmPp2SAncestral { eta, s_noise }
-            | SamplerSpec::DpmPpSde { eta, s_noise, .. } => {
+            | SamplerSpec::DpmPpSde { eta, s_noise, .. }
+            | SamplerSpec::DpmFast { eta, s_noise } => {
                 if let Some(v) = self.eta {
                     *eta = v;
                     used.push("eta");

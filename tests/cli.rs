@@ -814,8 +814,9 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // An independent implementation of the samplers: k-diffusion's sample_euler, sample_heun,
     // sample_dpmpp_2m, sample_dpm_2, sample_lms, sample_dpmpp_3m_sde (eta = 0), and the
     // stochastic sample_euler_ancestral, sample_dpm_2_ancestral, sample_dpmpp_2s_ancestral,
-    // sample_dpmpp_sde (r 1/2 and 0.3), DPMSolver's singlestep steps (dpm-solver, with noise)
-    // and its adaptive solver (dpm-adaptive, orders 3 and 2, and with noise in float64),
+    // sample_dpmpp_sde (r 1/2 and 0.3), DPMSolver's singlestep steps (dpm-solver, with noise),
+    // its dpm_solver_fast (dpm-fast, with noise) and its adaptive solver (dpm-adaptive, orders
+    // 3 and 2, and with noise in float64),
     // sample_heun, sample_euler and sample_dpm_2 with churn, sample_dpmpp_2m_sde (midpoint and
     // heun) and sample_dpmpp_3m_sde, around PyTorch twins of the exact mixture, of the gmm8
     // MLP and of the digits U-Net (weights loaded from the checkpoints), from the same starting
@@ -838,11 +839,11 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         return;
     };
     let checks = v["checks"].as_array().unwrap();
-    // 27 against k-diffusion, 15 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
+    // 29 against k-diffusion, 15 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
     // predictor-corrector with 1 and 2 corrector steps, Euler-Maruyama on the VP SDE, UniPC at
     // orders 2, 3 (bh1) and 4 and UniP-2 without the corrector, DEIS at orders 3 and 2, iPNDM)
     // on each model, and dpm-adaptive with noise, a float64 check, on the exact mixture.
-    assert_eq!(checks.len(), 3 * 42 + 1);
+    assert_eq!(checks.len(), 3 * 44 + 1);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),
@@ -864,7 +865,7 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
             "--check-samplers",
             "euler,euler-ancestral,dpm2-ancestral,dpmpp-2s-ancestral,dpmpp-sde,edm-stochastic,\
              euler-churn,dpm2-churn,dpmpp-2m-sde,dpmpp-3m-sde,ddpm,ddim-eta1,pc,euler-maruyama,\
-             dpm-solver-eta0.5,dpm-adaptive-eta0.5,dpmpp-sde-r0.3",
+             dpm-solver-eta0.5,dpm-adaptive-eta0.5,dpmpp-sde-r0.3,dpm-fast-eta0.5",
             "--check-noise-seed",
             "4",
         ],

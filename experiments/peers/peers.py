@@ -580,6 +580,28 @@ def _kd_dpm_solver(order, eta=0.0, s_noise=1.0):
     return run
 
 
+def _kd_dpm_fast(eta=0.0, s_noise=1.0):
+    """k-diffusion's `DPMSolver.dpm_solver_fast` (what `sample_dpm_fast` calls) from the grid's
+    first level to its last nonzero one with the grid's steps less one as its budget of
+    evaluations, times in float64 (the default dtype is float64 during the call, so that its
+    `torch.linspace` of times is float64 as scoreflow's), the noise of a step from t to t_next
+    scoreflow's on [sigma(t_next), sigma(t)]; then D at the last level."""
+
+    def run(sampling, model, x, sigmas, grid, noise):
+        solver = sampling.DPMSolver(model)
+        ns = lambda sigma, sigma_next: noise.standard(STREAM_STEP, float(sigma_next), float(sigma)).to(x.device, x.dtype)
+        t0 = torch.tensor(-math.log(grid[0]), dtype=torch.float64)
+        t1 = torch.tensor(-math.log(grid[-2]), dtype=torch.float64)
+        saved = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            x = solver.dpm_solver_fast(x, t0, t1, len(grid) - 2, eta=eta, s_noise=s_noise, noise_sampler=ns)
+        finally:
+            torch.set_default_dtype(saved)
+        return model(x, torch.full([x.shape[0]], grid[-2], dtype=x.dtype))
+    return run
+
+
 # Checks run in float64 on both sides, on the exact mixture only (`--dtype float64`; the twin
 # rebuilt from its float64 parameters; scoreflow's networks keep their float32 weights and
 # arithmetic, so the networks are skipped):
@@ -939,6 +961,9 @@ CHECKS.update({
                              "--pcoeff", "0.1", "--dcoeff", "0.05"],
                             _kd_dpm_adaptive(eta=0.5, rtol=0.0625, atol=0.0078125, pcoeff=0.1, dcoeff=0.05)),
     "dpmpp-3m-sde-eta0.5": (["--solver", "dpmpp-3m-sde", "--eta", "0.5"], _kd_noisy("sample_dpmpp_3m_sde", eta=0.5)),
+    # 17 evaluations before the final D on the 18-step grid: orders 3, 3, 3, 3, 3, 2.
+    "dpm-fast": (["--solver", "dpm-fast"], _kd_dpm_fast()),
+    "dpm-fast-eta0.5": (["--solver", "dpm-fast", "--eta", "0.5", "--s-noise", "1.1"], _kd_dpm_fast(0.5, 1.1)),
 })
 
 

@@ -93,6 +93,15 @@ fn deterministic() -> Vec<(SamplerSpec, f64)> {
             },
             3.0,
         ),
+        // DPM-Solver-fast: DPM-Solver-3 steps uniform in log sigma from the grid's ends, the
+        // last one or two of lower order (an NFE budget of n - 1 before the final D).
+        (
+            SamplerSpec::DpmFast {
+                eta: 0.0,
+                s_noise: 1.0,
+            },
+            3.0,
+        ),
         // The probability-flow case of the 2M SDE with the other correction weight.
         (
             SamplerSpec::DpmPp2MSde {
@@ -159,7 +168,10 @@ fn convergence_orders_match_theory_under_edm_ve_and_vp() {
                     ..
                 }
             );
-            let singlestep3 = matches!(spec, SamplerSpec::DpmSolver { order: 3, .. });
+            let singlestep3 = matches!(
+                spec,
+                SamplerSpec::DpmSolver { order: 3, .. } | SamplerSpec::DpmFast { .. }
+            );
             let ok = if singlestep3 {
                 // A singlestep method has no lower-order start-up: DPM-Solver-3 is at least
                 // third order (on this Gaussian problem faster still; see docs/samplers).
@@ -728,10 +740,15 @@ fn a_sample_does_not_depend_on_its_batch() {
         "dpmpp-2s-ancestral",
         "dpmpp-sde",
         "dpm-solver",
+        "dpm-fast",
     ] {
         let spec = match name {
             "dpm-solver" => SamplerSpec::DpmSolver {
                 order: 3,
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            "dpm-fast" => SamplerSpec::DpmFast {
                 eta: 1.0,
                 s_noise: 1.0,
             },
@@ -1071,4 +1088,125 @@ fn dpm_adaptive_gives_up_with_an_error_instead_of_looping() {
     }
     .build()
     .is_err());
+}
+
+/// A denoiser that records the level of every call.
+struct Recorded<'a> {
+    inner: &'a dyn Denoiser,
+    sigmas: std::cell::RefCell<Vec<f64>>,
+}
+
+impl Denoiser for Recorded<'_> {
+    fn denoise(&self, x: &Tensor, sigma: f64) -> scoreflow_solvers::Result<Tensor> {
+        self.sigmas.borrow_mut().push(sigma);
+        self.inner.denoise(x, sigma)
+    }
+}
+
+#[test]
+fn dpm_fast_spends_its_budget_in_k_diffusions_order_pattern() {
+    // DPM-Solver-fast (Lu et al. 2022a, section 3.4; k-diffusion dpm_solver_fast) with K = n - 1
+    // evaluations: M = floor(K / 3) + 1 steps uniform in lambda = -log sigma between the grid's
+    // ends, DPM-Solver-3 (evaluations at t, t + h/3, t + 2h/3) but for the end: 2, 1 when 3
+    // divides K (DPM-Solver-2 at t, t + h/2; DPM-Solver-1 at t), else K mod 3; then D at the
+    // last level. The levels of the calls show the pattern.
+    let den = gaussian();
+    let sde = Edm::default();
+    let spec = SamplerSpec::from_name("dpm-fast").unwrap();
+    for (steps, orders) in [
+        (2usize, vec![1usize]),
+        (3, vec![2]),
+        (4, vec![2, 1]),
+        (5, vec![3, 1]),
+        (8, vec![3, 3, 1]),
+        (10, vec![3, 3, 2, 1]),
+        (18, vec![3, 3, 3, 3, 3, 2]),
+    ] {
+        let sigmas = grid_for(&sde, &GridKind::default(), steps);
+        let rec = Recorded {
+            inner: &den,
+            sigmas: Default::default(),
+        };
+        let (_, nfe) = sample(&spec, &rec, &sde, &sigmas, 1, 4, 3);
+        assert_eq!(nfe, steps);
+        let (t0, t1) = (-sigmas[0].ln(), -sigmas[steps - 1].ln());
+        let h = (t1 - t0) / orders.len() as f64;
+        let mut want = Vec::new();
+        for (i, &o) in orders.iter().enumerate() {
+            let t = t0 + h * i as f64;
+            let fractions: &[f64] = match o {
+                1 => &[0.0],
+                2 => &[0.0, 0.5],
+                _ => &[0.0, 1.0 / 3.0, 2.0 / 3.0],
+            };
+            want.extend(fractions.iter().map(|f| t + f * h));
+        }
+        want.push(t1);
+        let got: Vec<f64> = rec.sigmas.borrow().iter().map(|s| -s.ln()).collect();
+        assert_eq!(got.len(), want.len(), "{steps} steps: {got:?}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() < 1e-9,
+                "{steps} steps: {got:?} against {want:?}"
+            );
+        }
+    }
+    // Only the grid's ends matter: another placement with the same ends and count gives the
+    // same samples. One step of order 1 (2 steps in all) is Euler on the grid's ends.
+    let a = sample(
+        &spec,
+        &den,
+        &sde,
+        &grid_for(&sde, &GridKind::default(), 12),
+        3,
+        16,
+        3,
+    )
+    .0;
+    let b = sample(
+        &spec,
+        &den,
+        &sde,
+        &grid_for(&sde, &GridKind::LogSnr, 12),
+        3,
+        16,
+        3,
+    )
+    .0;
+    assert!(max_abs(&(a - b)) < 1e-12);
+    let two = grid_for(&sde, &GridKind::default(), 2);
+    let a = sample(&spec, &den, &sde, &two, 3, 16, 3).0;
+    let b = sample(
+        &SamplerSpec::Euler(Default::default()),
+        &den,
+        &sde,
+        &two,
+        3,
+        16,
+        3,
+    )
+    .0;
+    assert!(max_abs(&(a - b)) < 1e-10);
+    // With eta the steps are ancestral: the samples move with the noise seed; eta 0 does not
+    // draw; bad values are named.
+    let noisy = SamplerSpec::DpmFast {
+        eta: 1.0,
+        s_noise: 1.0,
+    };
+    let sigmas = grid_for(&sde, &GridKind::default(), 12);
+    let x0 = start(3, 32, 3, sigmas[0]);
+    let a = sample_with_noise(&noisy, &den, &sde, &sigmas, &x0, 1);
+    let b = sample_with_noise(&noisy, &den, &sde, &sigmas, &x0, 2);
+    assert!(max_abs(&(a - b)) > 1e-2);
+    let a = sample_with_noise(&spec, &den, &sde, &sigmas, &x0, 1);
+    let b = sample_with_noise(&spec, &den, &sde, &sigmas, &x0, 2);
+    assert_eq!(max_abs(&(a - b)), 0.0);
+    for (eta, s_noise, name) in [(-1.0, 1.0, "eta"), (1.0, f64::NAN, "s_noise")] {
+        let e = SamplerSpec::DpmFast { eta, s_noise }
+            .build()
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(name), "{e}");
+    }
 }

@@ -20,6 +20,12 @@
 //!   levels are not used (only its two ends); the step to 0 returns `D`. The evaluation at the
 //!   start of a rejected step is reused by the retry (k-diffusion evaluates it again), so the
 //!   NFE is `order` per attempt less one per rejection, plus one for the final `D`.
+//! - `dpm-fast`: k-diffusion's `dpm_solver_fast` ("DPM-Solver-fast", the paper's Section 3.4
+//!   recipe for a fixed budget of evaluations): with `K = n - 1` evaluations for `n` steps, `M =
+//!   floor(K / 3) + 1` steps uniform in `t = -log sigma` from the grid's first to its last
+//!   nonzero level, all DPM-Solver-3 but the end: `..., 3, 2, 1` when `K` is a multiple of 3,
+//!   else `..., 3, K mod 3`; then `D` at the last nonzero level. `n` evaluations in all, like
+//!   `euler`; only the two ends of the grid are used. Ancestral with `eta > 0` as `dpm-solver`.
 
 use super::euler_ancestral::ancestral_step;
 use super::{add_step_noise, check_nonneg, check_order, check_positive, require};
@@ -155,6 +161,88 @@ impl Sampler for DpmSolver {
             }
         };
         add_step_noise(ctx, x, s_next, s, up * self.s_noise)
+    }
+}
+
+/// The orders of `dpm-fast`'s steps for a budget of `nfe` evaluations (k-diffusion's
+/// `dpm_solver_fast`): they sum to `nfe`.
+pub fn fast_orders(nfe: usize) -> Vec<usize> {
+    let m = nfe / 3 + 1;
+    let mut orders = vec![3; m];
+    if nfe.is_multiple_of(3) {
+        orders.truncate(m - 1);
+        *orders.last_mut().expect("nfe >= 3 here") = 2;
+        orders.push(1);
+    } else {
+        *orders.last_mut().expect("m >= 1") = nfe % 3;
+    }
+    orders
+}
+
+/// `m + 1` points from `a` to `b`, as `torch.linspace` computes them (each half from its own
+/// end), so that the step ends match k-diffusion's to the last place.
+fn linspace(a: f64, b: f64, m: usize) -> Vec<f64> {
+    let step = (b - a) / m as f64;
+    let half = m.div_ceil(2); // torch: (number of points) / 2
+    (0..=m)
+        .map(|i| {
+            if i < half {
+                a + step * i as f64
+            } else {
+                b - step * (m - i) as f64
+            }
+        })
+        .collect()
+}
+
+/// `dpm-fast`: DPM-Solver-fast with the budget the grid's step count gives.
+#[derive(Clone, Debug)]
+pub struct DpmFast {
+    pub eta: f64,
+    pub s_noise: f64,
+}
+
+impl DpmFast {
+    pub fn new(eta: f64, s_noise: f64) -> Result<Self> {
+        check_nonneg("eta", eta)?;
+        check_nonneg("s_noise", s_noise)?;
+        Ok(DpmFast { eta, s_noise })
+    }
+}
+
+impl Sampler for DpmFast {
+    fn name(&self) -> &'static str {
+        "dpm-fast"
+    }
+    fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
+        let (s, s_next) = (ctx.sigma(), ctx.sigma_next());
+        if s_next == 0.0 {
+            return ctx.denoise(&x, s);
+        }
+        if ctx.index > 0 {
+            // Already at the last nonzero level (the interior levels are not used).
+            return Ok(x);
+        }
+        let orders = fast_orders(ctx.steps() - 1);
+        let t_end = -last_nonzero(ctx).ln();
+        let ts = linspace(-s.ln(), t_end, orders.len());
+        let mut x = x;
+        for (i, &order) in orders.iter().enumerate() {
+            let (t, t_next) = (ts[i], ts[i + 1]);
+            let (t_down, up) = ancestral(t, t_next, t_end, self.eta);
+            let eps = eps_at(ctx, &x, t)?;
+            x = match order {
+                1 => step1(&x, &eps, t, t_down),
+                2 => step2(ctx, &x, &eps, t, t_down, 0.5)?.0,
+                _ => {
+                    let (r1, r2) = (1.0 / 3.0, 2.0 / 3.0);
+                    let eps_r1 = eval_r1(ctx, &x, &eps, t, t_down, r1)?;
+                    step3(ctx, &x, &eps, &eps_r1, t, t_down, (r1, r2))?
+                }
+            };
+            x = add_step_noise(ctx, x, sig(t_next), sig(t), up * self.s_noise)?;
+        }
+        Ok(x)
     }
 }
 

@@ -217,6 +217,12 @@ pub enum SamplerSpec {
     },
     /// The parameters' names and defaults are k-diffusion's (see [`dpm_solver::AdaptiveParams`]).
     DpmAdaptive(dpm_solver::AdaptiveParams),
+    DpmFast {
+        #[serde(default)]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
 }
 
 /// Every registry name, in the order of the docs.
@@ -243,6 +249,7 @@ pub const NAMES: &[&str] = &[
     "ipndm",
     "dpm-solver",
     "dpm-adaptive",
+    "dpm-fast",
 ];
 
 impl SamplerSpec {
@@ -305,6 +312,10 @@ impl SamplerSpec {
                 s_noise: 1.0,
             },
             "dpm-adaptive" => SamplerSpec::DpmAdaptive(dpm_solver::AdaptiveParams::default()),
+            "dpm-fast" => SamplerSpec::DpmFast {
+                eta: 0.0,
+                s_noise: 1.0,
+            },
             other => {
                 return Err(SolverError::UnknownSampler {
                     name: other.to_string(),
@@ -339,6 +350,7 @@ impl SamplerSpec {
             SamplerSpec::Ipndm { .. } => "ipndm",
             SamplerSpec::DpmSolver { .. } => "dpm-solver",
             SamplerSpec::DpmAdaptive(_) => "dpm-adaptive",
+            SamplerSpec::DpmFast { .. } => "dpm-fast",
         }
     }
 
@@ -357,7 +369,8 @@ impl SamplerSpec {
             | SamplerSpec::Dpm2Ancestral { eta, s_noise }
             | SamplerSpec::DpmPp2SAncestral { eta, s_noise }
             | SamplerSpec::DpmPpSde { eta, s_noise, .. }
-            | SamplerSpec::DpmSolver { eta, s_noise, .. } => *eta > 0.0 && *s_noise > 0.0,
+            | SamplerSpec::DpmSolver { eta, s_noise, .. }
+            | SamplerSpec::DpmFast { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
             SamplerSpec::DpmAdaptive(p) => p.eta > 0.0 && p.s_noise > 0.0,
             _ => false,
         }
@@ -442,6 +455,9 @@ impl SamplerSpec {
                 s_noise,
             } => Box::new(dpm_solver::DpmSolver::new(*order, *eta, *s_noise)?),
             SamplerSpec::DpmAdaptive(p) => Box::new(dpm_solver::DpmAdaptive::new(p.clone())?),
+            SamplerSpec::DpmFast { eta, s_noise } => {
+                Box::new(dpm_solver::DpmFast::new(*eta, *s_noise)?)
+            }
         })
     }
 }
