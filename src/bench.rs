@@ -62,11 +62,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         bail!("--reps, --num and --steps must be at least 1");
     }
     let names: Vec<String> = match &a.solvers {
-        Some(s) => s
-            .split(',')
-            .map(|x| x.trim().to_string())
-            .filter(|x| !x.is_empty())
-            .collect(),
+        Some(s) => crate::compare::parse_list(s, "--solvers")?,
         None => NAMES.iter().map(|s| s.to_string()).collect(),
     };
     let specs: Vec<SamplerSpec> = names
@@ -92,7 +88,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let mut records = Vec::new();
     for &num in &batches {
-        let z = job::initial_noise_shaped(0, num, &shape, dev, kind);
+        let z = job::initial_noise_shaped(0, num, &shape, dev, kind)?;
         let x = &z * 1.7;
         // One denoiser call: warm up, then the median of many.
         for _ in 0..5 {

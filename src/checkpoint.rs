@@ -52,7 +52,7 @@ pub fn save(
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
     let data = safetensors::serialize(views, Some(meta))?;
     let tmp = temp_path(path);
-    let res = std::fs::write(&tmp, data).and_then(|_| std::fs::rename(&tmp, path));
+    let res = std::fs::write(&tmp, data).and_then(|_| crate::npy::commit(&tmp, path));
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
         bail!("cannot write checkpoint {}: {e}", path.display());

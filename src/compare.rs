@@ -60,10 +60,13 @@ pub struct Row {
     pub seconds: f64,
 }
 
-fn parse_list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
+/// A comma-separated list; an empty item (`a,,b`, a trailing comma) is an error.
+pub fn parse_list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
+    if s.split(',').any(|v| v.trim().is_empty()) {
+        bail!("{what} list '{s}' has an empty item");
+    }
     s.split(',')
         .map(|v| v.trim())
-        .filter(|v| !v.is_empty())
         .map(|v| {
             v.parse::<T>()
                 .map_err(|_| anyhow::anyhow!("invalid {what} '{v}'"))
@@ -86,12 +89,7 @@ pub fn mode_tv(gmm: &GaussianMixture, x: &Tensor) -> Result<f64> {
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
-    let names: Vec<String> = a
-        .solvers
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let names: Vec<String> = parse_list(&a.solvers, "--solvers")?;
     if names.is_empty() {
         bail!("--solvers lists no sampler");
     }
@@ -99,7 +97,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         .iter()
         .map(|n| SamplerSpec::from_name(n))
         .collect::<Result<_, _>>()?;
-    let steps: Vec<usize> = parse_list(&a.steps, "step count")?;
+    let steps: Vec<usize> = parse_list(&a.steps, "--steps")?;
     if steps.is_empty() || steps.contains(&0) {
         bail!("--steps needs step counts of at least 1");
     }
@@ -116,7 +114,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out_dir)
         .with_context(|| format!("cannot create {}", a.out_dir.display()))?;
 
-    let z = job::initial_noise(a.seed, a.num, model.dim(), dev, kind);
+    let z = job::initial_noise(a.seed, a.num, model.dim(), dev, kind)?;
     let den = model.denoiser();
     let t0 = Instant::now();
     let ref_sigmas = a.grid.sigmas(sde.as_ref(), a.reference_steps)?;
@@ -257,7 +255,7 @@ fn to_csv(rows: &[Row]) -> String {
 pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
     let tmp = npy::temp_path(path);
     std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, path))
+        .and_then(|_| npy::commit(&tmp, path))
         .map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             anyhow::anyhow!("cannot write {}: {e}", path.display())

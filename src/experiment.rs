@@ -264,6 +264,26 @@ impl ExperimentConfig {
         if self.steps.contains(&0) {
             bail!("steps must be at least 1");
         }
+        if self.out_dir.as_os_str().is_empty() {
+            bail!("out_dir must not be empty");
+        }
+        // A repeated entry would run the same cells twice and count them twice in the means.
+        fn repeated<T: PartialEq + std::fmt::Debug>(v: &[T]) -> Option<&T> {
+            v.iter()
+                .enumerate()
+                .find(|(i, x)| v[..*i].contains(x))
+                .map(|(_, x)| x)
+        }
+        for (what, dup) in [
+            ("seeds", repeated(&self.seeds).map(|d| format!("{d}"))),
+            ("steps", repeated(&self.steps).map(|d| format!("{d}"))),
+            ("nfe", repeated(&self.nfe).map(|d| format!("{d}"))),
+            ("samplers", repeated(&self.samplers).map(label)),
+        ] {
+            if let Some(d) = dup {
+                bail!("{what} lists {d} twice");
+            }
+        }
         for s in &self.samplers {
             s.build()?;
             let Some(one) = s.nfe(1) else { continue };
@@ -397,7 +417,7 @@ impl Loaded {
         Ok(match self {
             Loaded::Exact(ExactModel::Mixture(m)) => Some(m.sample(n, seed ^ 0xF2E5, dev)),
             Loaded::Exact(ExactModel::Gaussian(g)) => {
-                let z = job::initial_noise(seed ^ 0xF2E5, n, g.dim(), dev, Kind::Double);
+                let z = job::initial_noise(seed ^ 0xF2E5, n, g.dim(), dev, Kind::Double)?;
                 Some(g.sample_from(&z))
             }
             Loaded::Trained(_, data) => {
@@ -455,6 +475,27 @@ fn cell_key(cfg: &ExperimentConfig, spec: &SamplerSpec, steps: usize, seed: u64)
     });
     let digest = Sha256::digest(ident.to_string().as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// `path` opened for appending lines: a last line cut short by a kill is ended first, so that the
+/// next line starts on its own (and the cut one is skipped by [`read_results`]).
+pub fn open_for_append(path: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if f.seek(SeekFrom::End(0))? > 0 {
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::End(-1))?;
+        f.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            f.write_all(b"\n")?;
+        }
+    }
+    Ok(f)
 }
 
 /// Lines of `results.jsonl` that parse (a line cut short by a kill is skipped).
@@ -532,12 +573,7 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}").unwrap(),
     );
-    let out = std::sync::Mutex::new(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(cfg.out_dir.join("results.jsonl"))?,
-    );
+    let out = std::sync::Mutex::new(open_for_append(&cfg.out_dir.join("results.jsonl"))?);
     let todo: Vec<(u64, &SamplerSpec, usize)> = todo.iter().take(total).map(|c| **c).collect();
     // Per-seed state first (starting noise, fresh data, reference solution): the cells then
     // only read it.
@@ -799,7 +835,7 @@ impl SeedState {
         dev: Device,
         kind: Kind,
     ) -> Result<Self> {
-        let z = job::initial_noise_shaped(seed, cfg.num, shape, dev, kind);
+        let z = job::initial_noise_shaped(seed, cfg.num, shape, dev, kind)?;
         let needs_data = cfg
             .metrics
             .iter()

@@ -173,7 +173,7 @@ pub fn eval_digits(a: EvalDigitsArgs) -> Result<()> {
                 &m.net.shape,
                 dev,
                 Kind::Float,
-            );
+            )?;
             let g = crate::nn::Guided {
                 net: &m.net,
                 class: c as i64,
@@ -190,7 +190,7 @@ pub fn eval_digits(a: EvalDigitsArgs) -> Result<()> {
         }
         (Tensor::cat(&parts, 0), Some(Tensor::cat(&labs, 0)))
     } else {
-        let z = job::initial_noise_shaped(a.seed, count, &m.net.shape, dev, Kind::Float);
+        let z = job::initial_noise_shaped(a.seed, count, &m.net.shape, dev, Kind::Float)?;
         let (x, _) =
             job::run_from_noise(&spec, &m.net, &sde, &sigmas, &z, a.seed, 0, &mut |_, _| {})?;
         (x.to_device(Device::Cpu), None)

@@ -59,7 +59,7 @@ pub fn write_grid(path: &Path, x: &Tensor, cols: usize) -> Result<()> {
         let mut wr = enc.write_header()?;
         wr.write_image_data(&buf)?;
         wr.finish()?;
-        std::fs::rename(&tmp, path)?;
+        crate::npy::commit(&tmp, path)?;
         Ok(())
     })();
     if res.is_err() {

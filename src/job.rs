@@ -342,9 +342,19 @@ pub fn run_from_noise(
 }
 
 /// Standard-normal starting noise: `n` samples of dimension `d` from per-sample generators.
-pub fn initial_noise(seed: u64, n: usize, d: usize, device: tch::Device, kind: Kind) -> Tensor {
+pub fn initial_noise(
+    seed: u64,
+    n: usize,
+    d: usize,
+    device: tch::Device,
+    kind: Kind,
+) -> Result<Tensor> {
     initial_noise_shaped(seed, n, &[d as i64], device, kind)
 }
+
+/// The most numbers a batch of samples may hold (2^32; a mistyped count becomes this error,
+/// not an allocation failure).
+pub const MAX_ELEMENTS: u128 = 1 << 32;
 
 /// Standard-normal starting noise of per-sample shape `shape` (`[d]` or `[C, H, W]`).
 pub fn initial_noise_shaped(
@@ -353,6 +363,12 @@ pub fn initial_noise_shaped(
     shape: &[i64],
     device: tch::Device,
     kind: Kind,
-) -> Tensor {
-    BrownianNoise::new(seed, 0, n, shape, 1.0, device, kind).initial()
+) -> Result<Tensor> {
+    let numel: u128 = shape.iter().map(|&d| d.max(0) as u128).product();
+    if n as u128 * numel > MAX_ELEMENTS {
+        bail!(
+            "{n} samples of shape {shape:?} are more than {MAX_ELEMENTS} numbers; draw fewer at a time"
+        );
+    }
+    Ok(BrownianNoise::new(seed, 0, n, shape, 1.0, device, kind).initial())
 }

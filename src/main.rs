@@ -117,6 +117,9 @@ struct TrainArgs {
 }
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
+    if a.stop_at == Some(0) {
+        anyhow::bail!("--stop-at must be at least 1");
+    }
     let mut cfg = train::TrainConfig::load(&a.config)?;
     if let Some(d) = a.device {
         device::parse(&d)?;
@@ -242,7 +245,7 @@ fn sample(a: SampleArgs) -> Result<()> {
         (Some(path), _) => npy::read_shaped(path, &shape, "noise file")?
             .to_device(dev)
             .to_kind(kind),
-        (None, Some(n)) if n > 0 => job::initial_noise_shaped(a.seed, n, &shape, dev, kind),
+        (None, Some(n)) if n > 0 => job::initial_noise_shaped(a.seed, n, &shape, dev, kind)?,
         (None, Some(_)) => bail!("--num must be at least 1"),
         (None, None) => bail!("give the starting noise with --noise FILE.npy or --num N"),
     };

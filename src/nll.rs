@@ -80,8 +80,9 @@ pub fn log_likelihood(
                     x0.kind(),
                 )
             })
-            .collect::<Vec<_>>()
+            .collect::<Result<Vec<_>>>()
     });
+    let probes = probes.transpose()?;
     let (a, b) = (sigma_min.ln(), sigma_max.ln());
     let sig = |i: usize| (a + (b - a) * i as f64 / steps as f64).exp();
     let mut x = x0.shallow_clone();
@@ -152,6 +153,14 @@ pub fn run(a: NllArgs) -> Result<()> {
     if a.hutchinson == Some(0) {
         bail!("--hutchinson needs at least 1 probe");
     }
+    // Counts that could not be held in memory (a mistyped number) are errors, not aborts.
+    if a.num as u128 * (1 + a.hutchinson.unwrap_or(0) as u128) > crate::job::MAX_ELEMENTS / 64 {
+        bail!(
+            "--num {} with --hutchinson {:?} is too many points to hold at once",
+            a.num,
+            a.hutchinson
+        );
+    }
     let (ll, nfe, exact, dim) = match (&a.denoiser, &a.checkpoint) {
         (Some(spec), _) => {
             let m = model::parse(spec, dev)?;
@@ -167,7 +176,7 @@ pub fn run(a: NllArgs) -> Result<()> {
                         g.dim(),
                         dev,
                         Kind::Double,
-                    );
+                    )?;
                     (
                         g.sample_from(&z),
                         Box::new(|x: &Tensor| Ok(g.log_density(x, a.sigma_min)?)),

@@ -113,18 +113,62 @@ pub fn read_shaped(path: &Path, shape: &[i64], what: &str) -> Result<Tensor> {
     Ok(t)
 }
 
-/// A temporary sibling of `path` that is renamed over it once complete.
+/// `path` with its symbolic links followed to the last name (which need not exist yet).
+fn resolve_links(path: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::read_link(&p) {
+            Ok(t) if t.is_absolute() => p = t,
+            Ok(t) => p = p.parent().unwrap_or(Path::new("")).join(t),
+            Err(_) => break,
+        }
+    }
+    p
+}
+
+/// An existing output that is neither a regular file nor a folder: a device (`/dev/null`) or a
+/// named pipe, which is written into, not replaced.
+fn is_special(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .map(|m| !m.is_file() && !m.is_dir())
+        .unwrap_or(false)
+}
+
+/// A temporary sibling of `path` (of the file a symbolic link points to) that [`commit`] moves
+/// over it once complete; in the temporary folder where `path` is a device or a pipe.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path
+    let target = resolve_links(path);
+    let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     // Keep the extension last: some writers choose the format by it.
-    let ext = path
+    let ext = target
         .extension()
         .map(|e| format!(".{}", e.to_string_lossy()))
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.partial{ext}", std::process::id()))
+    let tmp = format!(".{name}.{}.partial{ext}", std::process::id());
+    if is_special(&target) {
+        return std::env::temp_dir().join(format!(".scoreflow{tmp}"));
+    }
+    target.with_file_name(tmp)
+}
+
+/// Put the finished temporary file `tmp` (from [`temp_path`]) in place of `path`: a rename, so
+/// a reader sees the old file or the new one, never part of one; a symbolic link keeps pointing
+/// where it did (the file it points to is replaced); a device or a named pipe is written into,
+/// as a shell redirection would.
+pub fn commit(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    let target = resolve_links(path);
+    if is_special(&target) {
+        let copied = std::fs::File::open(tmp).and_then(|mut src| {
+            let mut dst = std::fs::OpenOptions::new().write(true).open(&target)?;
+            std::io::copy(&mut src, &mut dst).map(|_| ())
+        });
+        let _ = std::fs::remove_file(tmp);
+        return copied;
+    }
+    std::fs::rename(tmp, &target)
 }
 
 /// Write `t` as a float32 `.npy` atomically: a temporary file in the same folder, then a rename,
@@ -137,7 +181,7 @@ pub fn write_f32(path: &Path, t: &Tensor) -> Result<()> {
         .contiguous()
         .write_npy(&tmp)
         .map_err(anyhow::Error::from)
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(anyhow::Error::from));
+        .and_then(|_| commit(&tmp, path).map_err(anyhow::Error::from));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("cannot write {}", path.display()));

@@ -34,6 +34,11 @@ pub struct Panel {
     pub floor: Option<(String, f64)>,
 }
 
+/// A value a log axis can show (plotters' log scale loops on 0 and on the ends of the float range).
+fn plottable(v: f64) -> bool {
+    v > 1e-300 && v < 1e300
+}
+
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     p: &Panel,
@@ -46,12 +51,13 @@ where
         .iter()
         .flat_map(|s| s.points.iter().flat_map(|q| [q.1, q.2, q.3]))
         .chain(p.floor.iter().map(|f| f.1))
-        .filter(|v| *v > 0.0 && v.is_finite())
+        .filter(|v| plottable(*v))
         .collect();
     let nfes: Vec<f64> = p
         .series
         .iter()
         .flat_map(|s| s.points.iter().map(|q| q.0))
+        .filter(|v| plottable(*v))
         .collect();
     if vals.is_empty() || nfes.is_empty() {
         return Ok(());
@@ -80,7 +86,7 @@ where
         let pts: Vec<(f64, f64)> = s
             .points
             .iter()
-            .filter(|q| q.1 > 0.0)
+            .filter(|q| plottable(q.0) && plottable(q.1))
             .map(|q| (q.0, q.1))
             .collect();
         if pts.is_empty() {
@@ -98,11 +104,11 @@ where
         chart.draw_series(
             s.points
                 .iter()
-                .filter(|q| q.2 > 0.0 && q.3 > q.2)
+                .filter(|q| plottable(q.0) && plottable(q.2) && plottable(q.3) && q.3 > q.2)
                 .map(|q| PathElement::new(vec![(q.0, q.2), (q.0, q.3)], color.stroke_width(1))),
         )?;
     }
-    if let Some((label, f)) = &p.floor {
+    if let Some((label, f)) = p.floor.as_ref().filter(|f| plottable(f.1)) {
         chart
             .draw_series(LineSeries::new(
                 vec![(x0, *f), (x1, *f)],
@@ -280,8 +286,8 @@ fn render(
             f(None, Some(&root))?;
             root.present()?;
         }
-        std::fs::rename(&tsvg, &svg)?;
-        std::fs::rename(&tpng, &png)?;
+        crate::npy::commit(&tsvg, &svg)?;
+        crate::npy::commit(&tpng, &png)?;
         Ok(())
     })();
     if let Err(e) = res {

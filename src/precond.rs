@@ -46,7 +46,7 @@ pub enum Precond {
         m: usize,
     },
     /// VE: `c_skip = 1`, `c_out = s`, `c_in = 1`, `c_noise = ln(s / 2)`.
-    Ve,
+    Ve {},
     /// iDDPM (Nichol & Dhariwal 2021 as in EDM Table 1): `c_skip = 1`, `c_out = -s`,
     /// `c_in = 1 / sqrt(s^2 + 1)`, `c_noise = M - 1 - argmin_j |u_j - s|` over the cosine
     /// schedule's levels `u_j`.
@@ -60,12 +60,12 @@ pub enum Precond {
     },
     /// eps-prediction adapter: `D = x - s F`, input scaled as in VP (`c_in = 1 / sqrt(s^2 + 1)`),
     /// `c_noise = ln(s) / 4`.
-    Eps,
+    Eps {},
     /// x0-prediction adapter: `D = F`, `c_in = 1 / sqrt(s^2 + 1)`, `c_noise = ln(s) / 4`.
-    X0,
+    X0 {},
     /// v-prediction adapter (Salimans & Ho 2022): `c_skip = 1 / (s^2 + 1)`,
     /// `c_out = -s / sqrt(s^2 + 1)`, `c_in = 1 / sqrt(s^2 + 1)`, `c_noise = ln(s) / 4`.
-    V,
+    V {},
 }
 
 impl Default for Precond {
@@ -165,7 +165,7 @@ impl Precond {
                     noise: t * ((*m as f64 - 1.0) / beta_d),
                 }
             }
-            Precond::Ve => Coefs {
+            Precond::Ve {} => Coefs {
                 skip: ones.shallow_clone(),
                 out: sigma.shallow_clone(),
                 inp: ones,
@@ -186,19 +186,19 @@ impl Precond {
                     noise: idx.neg() + (*m as f64 - 1.0),
                 }
             }
-            Precond::Eps => Coefs {
+            Precond::Eps {} => Coefs {
                 skip: ones,
                 out: -sigma,
                 inp: vp_in,
                 noise: quarter_log,
             },
-            Precond::X0 => Coefs {
+            Precond::X0 {} => Coefs {
                 skip: sigma.zeros_like(),
                 out: ones,
                 inp: vp_in,
                 noise: quarter_log,
             },
-            Precond::V => Coefs {
+            Precond::V {} => Coefs {
                 skip: (&s2 + 1.0).reciprocal(),
                 out: -sigma * &vp_in,
                 inp: vp_in,

@@ -142,6 +142,14 @@ impl TrainConfig {
         if !(t.lr > 0.0 && t.lr.is_finite() && t.ema_half_life > 0.0) {
             bail!("train.lr and train.ema_half_life must be positive");
         }
+        if let Some(r) = t.ema_rampup {
+            if !(r > 0.0 && r.is_finite()) {
+                bail!("train.ema_rampup must be positive, got {r}");
+            }
+        }
+        if self.out_dir.as_os_str().is_empty() {
+            bail!("out_dir must not be empty");
+        }
         if !matches!(t.precision.as_str(), "float32" | "bf16") {
             bail!(
                 "train.precision must be \"float32\" or \"bf16\", got \"{}\"",
@@ -180,7 +188,19 @@ impl Model {
         v
     }
     fn load_prefix(&mut self, ck: &Checkpoint, prefix: &str) -> Result<()> {
-        for (name, var) in self.named() {
+        let named = self.named();
+        let stored = ck
+            .tensors
+            .keys()
+            .filter(|k| k.starts_with(&format!("{prefix}.")))
+            .count();
+        if stored != named.len() {
+            bail!(
+                "the checkpoint has {stored} {prefix} tensors, its config's network has {}",
+                named.len()
+            );
+        }
+        for (name, var) in named {
             let src = ck.tensor(&format!("{prefix}.{name}"))?;
             if src.size() != var.size() {
                 bail!(
@@ -205,6 +225,19 @@ pub fn load_for_sampling(path: &Path, dev: Device) -> Result<(Model, TrainConfig
         .meta("num_classes")?
         .parse()
         .context("checkpoint num_classes")?;
+    // The stored model config and shape must describe a network these tensors can fill (the
+    // rest of the config, its device among it, is the training run's business).
+    cfg.model
+        .precond
+        .validate()
+        .and_then(|_| cfg.model.backbone.validate())
+        .and_then(|_| {
+            if shape.is_empty() || shape.iter().any(|&d| d < 1) {
+                bail!("per-sample shape {shape:?} has no elements");
+            }
+            cfg.model.backbone.check_shape(&shape)
+        })
+        .with_context(|| format!("checkpoint {}", path.display()))?;
     let mut m = Model::new(&cfg.model, &shape, classes, dev);
     m.load_prefix(&ck, "ema")?;
     Ok((m, cfg))
@@ -376,10 +409,7 @@ fn train_loop(
     if !opts.resume {
         let _ = std::fs::remove_file(&log_path);
     }
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)?;
+    let mut log = crate::experiment::open_for_append(&log_path)?;
     let mut clock = Instant::now();
     let mut interval_samples = 0i64;
 
@@ -566,7 +596,7 @@ fn snapshot(cfg: &TrainConfig, ema: &Model, dev: Device) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
-    let z = job::initial_noise_shaped(cfg.seed, n, &shape, dev, Kind::Float);
+    let z = job::initial_noise_shaped(cfg.seed, n, &shape, dev, Kind::Float)?;
     let (x, _) = job::run_from_noise(
         &SamplerSpec::Heun(Default::default()),
         &ema.net,

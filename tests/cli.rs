@@ -325,6 +325,32 @@ fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
         &[&good[..], &["--solver", "nope", "--steps", "4"]].concat(),
         "unknown sampler",
     );
+    // Mistyped counts are errors, not allocation failures.
+    check(
+        &[&good[..], &["--solver", "euler", "--steps", "99999999999"]].concat(),
+        "the most a grid may have",
+    );
+    check(
+        &[
+            "--denoiser",
+            "builtin:gmm8",
+            "--num",
+            "99999999999",
+            "--solver",
+            "euler",
+            "--steps",
+            "4",
+        ],
+        "draw fewer at a time",
+    );
+    check(
+        &[
+            &good[..],
+            &["--solver", "edm-stochastic", "--steps", "4", "--s-tmax=-1"],
+        ]
+        .concat(),
+        "s_tmax = -1",
+    );
     check(
         &[&good[..], &["--solver", "heun", "--steps", "0"]].concat(),
         "steps",
@@ -676,6 +702,19 @@ fn compare_writes_a_table_csv_and_plot() {
     assert!(rms("heun", "16") < rms("euler", "16"));
     let svg = std::fs::read_to_string(dir.path().join("error_vs_nfe.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("heun"));
+    // Lists with an empty item are refused (compare and bench).
+    let never = dir.path().join("never");
+    for args in [
+        &["compare", "--solvers", "euler,,heun", "--steps", "4"][..],
+        &["compare", "--solvers", "euler", "--steps", "4,"],
+        &["bench", "--solvers", "", "--num", "16", "--steps", "2"],
+    ] {
+        let mut a = args.to_vec();
+        if args[0] == "compare" {
+            a.extend(["--out-dir", never.to_str().unwrap()]);
+        }
+        assert_bad(&a, "has an empty item", &never);
+    }
 }
 
 #[test]
@@ -1167,4 +1206,48 @@ fn every_sampler_has_a_doc_page_and_a_row_in_the_samplers_table() {
             "{name}: no row in docs/samplers/README.md"
         );
     }
+}
+
+#[test]
+fn outputs_follow_links_and_write_into_devices() {
+    // The output is written beside the file and renamed over it (never half-written), but a
+    // symbolic link keeps pointing where it did and a device such as /dev/null is written into,
+    // not replaced by a regular file.
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.npy");
+    let link = dir.path().join("link.npy");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let sample = |out: &std::path::Path| {
+        run(&[
+            "sample",
+            "--denoiser",
+            "builtin:gmm8",
+            "--solver",
+            "euler",
+            "--steps",
+            "2",
+            "--num",
+            "4",
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let o = sample(&link);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(read_f32_npy(&real).0, vec![4, 2]);
+    let o = sample(std::path::Path::new("/dev/null"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata("/dev/null")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 2, "{left:?}");
 }

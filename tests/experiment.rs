@@ -182,6 +182,19 @@ fn an_interrupted_run_resumes_to_the_same_results() {
     assert_eq!(ra.len(), 24);
     assert_eq!(ra, results(&b));
     assert_eq!(ra, results(&c));
+    // A last line cut short (a kill in the middle of a write): skipped, and the next result
+    // starts on a line of its own.
+    let d = dir.path().join("d");
+    std::fs::create_dir_all(&d).unwrap();
+    let text = std::fs::read_to_string(a.join("results.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = format!("{}\n{}", lines[..5].join("\n"), &lines[5][..40]);
+    std::fs::write(d.join("results.jsonl"), cut).unwrap();
+    let cd = write_config(dir.path(), "d.toml", &small(&d, steps));
+    let o = run(&["run", &cd]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(d.join("quality_vs_nfe.png").exists());
+    assert_eq!(ra, results(&d));
 }
 
 #[test]
@@ -343,6 +356,46 @@ fn bad_experiments_fail_before_any_work() {
             "needs a mixture",
         ),
         (base.replace("steps = [4, 8]", "nfe = [0]"), "NFE budget 0"),
+        // Keys a sampler or grid placement without them does not have are refused too.
+        (
+            base.replace("kind = \"heun\"", "kind = \"dpmpp-2m\"\norder = 3"),
+            "unknown field `order`",
+        ),
+        (
+            base.replace("kind = \"heun\"", "kind = \"heun\"\norder = 3"),
+            "unknown field `order`",
+        ),
+        (
+            base.replace(
+                "steps = [4, 8]",
+                "steps = [4, 8]\n[grid]\nplacement = { kind = \"log-snr\", rho = 3.0 }",
+            ),
+            "unknown field `rho`",
+        ),
+        // Repeated entries would count the same cells twice.
+        (
+            base.replace("seeds = [0, 1]", "seeds = [0, 1, 0]"),
+            "seeds lists 0 twice",
+        ),
+        (
+            base.replace("steps = [4, 8]", "steps = [4, 8, 4]"),
+            "steps lists 4 twice",
+        ),
+        (
+            base.replace("kind = \"heun\"", "kind = \"euler\""),
+            "samplers lists euler twice",
+        ),
+        (
+            base.replace(
+                &format!("out_dir = \"{}\"", out.display()),
+                "out_dir = \"\"",
+            ),
+            "out_dir must not be empty",
+        ),
+        (
+            base.replace("steps = [4, 8]", "steps = [4, 100000000000]"),
+            "the most a grid may have",
+        ),
     ];
     for (i, (body, needle)) in cases.iter().enumerate() {
         let cfg = write_config(dir.path(), &format!("bad{i}.toml"), body);
@@ -482,4 +535,44 @@ fn every_shipped_config_loads() {
     // gmm2d, fewstep, adaptive, gauss64, moons-samplers, digits-samplers; moons, gmm8-train,
     // digits.
     assert_eq!(seen, (6, 3));
+}
+
+#[test]
+fn plot_draws_degenerate_values_without_hanging() {
+    // A zero NFE or metrics at the ends of the float range (a hand-edited or foreign
+    // results.jsonl) are left off the log axes instead of sending the plot library into a loop.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cfg = write_config(dir.path(), "e.toml", &small(&out, "steps = [4, 8]"));
+    assert!(run(&["run", &cfg]).status.success());
+    let text = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    let mut lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    lines[0]["nfe"] = 0.into();
+    lines[1]["rms"] = 1e308.into();
+    lines[2]["rms"] = 1e-320.into();
+    let edited: Vec<String> = lines.iter().map(|v| v.to_string()).collect();
+    std::fs::write(out.join("results.jsonl"), edited.join("\n") + "\n").unwrap();
+    std::fs::remove_file(out.join("experiment.json")).unwrap();
+    let mut child = bin()
+        .args(["plot", out.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed().as_secs() > 60 {
+            child.kill().unwrap();
+            panic!("plot still running after 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success());
+    assert!(out.join("quality_vs_nfe.png").exists());
 }

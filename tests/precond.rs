@@ -40,7 +40,7 @@ fn adapters_regress_on_eps_x0_and_v() {
     let y = Tensor::randn([n_s, 3], (Kind::Double, Device::Cpu));
     let n = Tensor::randn([n_s, 3], (Kind::Double, Device::Cpu));
     assert!(
-        max_abs(&(target(&Precond::Eps, &y, &n, &s) - &n)) < 1e-10,
+        max_abs(&(target(&Precond::Eps {}, &y, &n, &s) - &n)) < 1e-10,
         "eps"
     );
     assert!(
@@ -59,17 +59,20 @@ fn adapters_regress_on_eps_x0_and_v() {
         "vp = eps"
     );
     assert!(
-        max_abs(&(target(&Precond::X0, &y, &n, &s) - &y)) < 1e-10,
+        max_abs(&(target(&Precond::X0 {}, &y, &n, &s) - &y)) < 1e-10,
         "x0"
     );
     // v = alpha eps - sigma_t x0 with alpha = 1/sqrt(1+sigma^2), sigma_t = sigma/sqrt(1+sigma^2)
     // (Salimans & Ho 2022, in the variance-preserving scaling).
     let a = (s.square() + 1.0).rsqrt().unsqueeze(1);
     let v = &n * &a - &y * (&s.unsqueeze(1) * &a);
-    assert!(max_abs(&(target(&Precond::V, &y, &n, &s) - v)) < 1e-10, "v");
+    assert!(
+        max_abs(&(target(&Precond::V {}, &y, &n, &s) - v)) < 1e-10,
+        "v"
+    );
     // VE: c_skip = 1, c_out = sigma: the target is (y - x) / sigma = -n.
     assert!(
-        max_abs(&(target(&Precond::Ve, &y, &n, &s) + &n)) < 1e-10,
+        max_abs(&(target(&Precond::Ve {}, &y, &n, &s) + &n)) < 1e-10,
         "ve"
     );
 }

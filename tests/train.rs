@@ -60,7 +60,7 @@ fn mlp_learns_the_8_mode_mixture() {
     let n = 10_000;
     let sde = Edm::default();
     let sigmas = grid::sigmas(&GridKind::default(), 32, 0.002, 80.0, &sde).unwrap();
-    let z = job::initial_noise(7, n, 2, Device::Cpu, Kind::Float);
+    let z = job::initial_noise(7, n, 2, Device::Cpu, Kind::Float).unwrap();
     let (x, _) = job::run_from_noise(
         &SamplerSpec::Heun(Default::default()),
         &m.net,
@@ -206,6 +206,16 @@ fn bad_configs_name_the_key_and_line() {
     );
     expect_error(&["train", &bad_data], "cannot read");
     expect_error(&["train", "/nonexistent.toml"], "cannot read config");
+    let rampup = write(
+        "rampup.toml",
+        &good.replace("lr = 2e-3", "lr = 2e-3\nema_rampup = -0.5"),
+    );
+    expect_error(&["train", &rampup], "ema_rampup");
+    let moons = concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/moons.toml");
+    expect_error(
+        &["train", moons, "--stop-at", "0"],
+        "--stop-at must be at least 1",
+    );
 }
 
 #[test]
@@ -302,6 +312,43 @@ fn corrupt_and_mismatched_checkpoints_are_errors() {
         .unwrap()
         .to_string();
     assert!(err.contains(&key), "{err}");
+    // Metadata that does not describe these tensors: an empty shape, a U-Net config over vector
+    // data, sigma_data 0, a config with fewer blocks than the tensors (errors, not panics).
+    let good = scoreflow::checkpoint::load(&report.checkpoint).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&good.meta["config"]).unwrap();
+    let with = |edit: &dyn Fn(&mut std::collections::HashMap<String, String>)| {
+        let mut meta = good.meta.clone();
+        edit(&mut meta);
+        scoreflow::checkpoint::save(&broken, &good.tensors, meta).unwrap();
+        train::load_for_sampling(&broken, Device::Cpu)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default()
+    };
+    let err = with(&|m| {
+        m.insert("shape".into(), "[]".into());
+    });
+    assert!(err.contains("shape [] has no elements"), "{err}");
+    let set = |cfg: &serde_json::Value| {
+        let text = cfg.to_string();
+        with(&move |m| {
+            m.insert("config".into(), text.clone());
+        })
+    };
+    let mut unet = config.clone();
+    unet["model"]["backbone"] = serde_json::json!({"kind": "unet", "channels": 16});
+    let err = set(&unet);
+    assert!(err.contains("unet backbone needs images"), "{err}");
+    let mut zero = config.clone();
+    zero["model"]["precond"] = serde_json::json!({"kind": "edm", "sigma_data": 0.0});
+    let err = set(&zero);
+    assert!(err.contains("sigma_data"), "{err}");
+    config["model"]["backbone"]["depth"] = serde_json::json!(1);
+    let err = set(&config);
+    assert!(
+        err.contains("ema tensors, its config's network has"),
+        "{err}"
+    );
     // The good checkpoint samples from the command line with no model flags.
     let ok = bin()
         .args([

@@ -15,9 +15,9 @@ pub enum GridKind {
         rho: f64,
     },
     /// Uniform in the SDE's time `t` (Song et al. 2021 for VP and VE).
-    UniformT,
+    UniformT {},
     /// Uniform in log-SNR, i.e. in `log sigma` (k-diffusion's `get_sigmas_exponential`).
-    LogSnr,
+    LogSnr {},
     /// Polynomial in `t`: uniform in `t^(1/rho)` between `t(sigma_max)` and `t(sigma_min)`
     /// (the Karras placement applied to time; equal to `karras` under the EDM SDE).
     PolyT {
@@ -41,8 +41,8 @@ impl GridKind {
     pub fn from_name(name: &str, rho: f64) -> Result<Self> {
         Ok(match name {
             "karras" => GridKind::Karras { rho },
-            "uniform-t" => GridKind::UniformT,
-            "log-snr" => GridKind::LogSnr,
+            "uniform-t" => GridKind::UniformT {},
+            "log-snr" => GridKind::LogSnr {},
             "poly-t" => GridKind::PolyT { rho },
             other => {
                 return Err(SolverError::Grid(format!(
@@ -62,6 +62,10 @@ fn frac(i: usize, n: usize) -> f64 {
     }
 }
 
+/// The most steps a grid may have (a million: far beyond convergence for any sampler here, and
+/// a bound that turns a mistyped count into an error rather than an allocation failure).
+pub const MAX_STEPS: usize = 1_000_000;
+
 /// Build a grid of `steps` steps: `steps + 1` noise levels ending in 0.
 pub fn sigmas(
     kind: &GridKind,
@@ -72,6 +76,11 @@ pub fn sigmas(
 ) -> Result<Vec<f64>> {
     if steps == 0 {
         return Err(SolverError::ZeroSteps(steps));
+    }
+    if steps > MAX_STEPS {
+        return Err(SolverError::Grid(format!(
+            "steps = {steps} is more than {MAX_STEPS}, the most a grid may have"
+        )));
     }
     check_sigma_range(sigma_min, sigma_max)?;
     let n = steps;
@@ -107,13 +116,13 @@ pub fn sigmas(
                 })
                 .collect()
         }
-        GridKind::UniformT => {
+        GridKind::UniformT {} => {
             let (t_lo, t_hi) = (sde.sigma_inv(sigma_min), sde.sigma_inv(sigma_max));
             (0..n)
                 .map(|i| sde.sigma(t_hi + frac(i, n) * (t_lo - t_hi)))
                 .collect()
         }
-        GridKind::LogSnr => {
+        GridKind::LogSnr {} => {
             let (a, b) = (sigma_max.ln(), sigma_min.ln());
             (0..n).map(|i| (a + frac(i, n) * (b - a)).exp()).collect()
         }

@@ -28,11 +28,11 @@ fn deterministic() -> Vec<(SamplerSpec, f64)> {
     vec![
         (SamplerSpec::Euler(Default::default()), 1.0),
         (SamplerSpec::Heun(Default::default()), 2.0),
-        (SamplerSpec::DpmPp2M, 2.0),
+        (SamplerSpec::DpmPp2M {}, 2.0),
         (SamplerSpec::Ddim { eta: 0.0 }, 1.0),
         (SamplerSpec::from_name("edm-stochastic").unwrap(), 2.0),
         (SamplerSpec::Dpm2(Default::default()), 2.0),
-        (SamplerSpec::DpmPp3M, 3.0),
+        (SamplerSpec::DpmPp3M {}, 3.0),
         (SamplerSpec::Lms { order: 4 }, 4.0),
         // The ancestral second-order samplers at eta = 0: dpm2 and DPM-Solver++(2S).
         (
@@ -132,10 +132,10 @@ fn flow_error(spec: &SamplerSpec, sde: &dyn Sde, kind: &GridKind, steps: usize) 
 fn convergence_orders_match_theory_under_edm_ve_and_vp() {
     let sdes: Vec<(Box<dyn Sde>, GridKind)> = vec![
         (Box::new(Edm::default()), GridKind::Karras { rho: 7.0 }),
-        (Box::new(Ve::default()), GridKind::UniformT),
+        (Box::new(Ve::default()), GridKind::UniformT {}),
         // DPM-Solver's own grid for VP: on a uniform-t grid the last log-SNR steps stay large
         // and the multistep methods are still pre-asymptotic at 128 steps.
-        (Box::new(VpLinear::default()), GridKind::LogSnr),
+        (Box::new(VpLinear::default()), GridKind::LogSnr {}),
     ];
     let steps = [16usize, 32, 64, 128];
     let mut report = String::new();
@@ -393,10 +393,10 @@ fn unipc_predictor_alone_is_ddim_and_dpmpp_2m() {
         let d = max_abs(&(run(&unip(1, v)) - &euler));
         assert!(d < 1e-10, "UniP-1 ({v:?}) vs euler: {d}");
     }
-    let d = max_abs(&(run(&unip(2, UniPcVariant::Bh2)) - run(&SamplerSpec::DpmPp2M)));
+    let d = max_abs(&(run(&unip(2, UniPcVariant::Bh2)) - run(&SamplerSpec::DpmPp2M {})));
     assert!(d < 1e-10, "UniP-2 bh2 vs dpmpp-2m: {d}");
     // bh1 weights the correction by -h instead: a second-order difference, not zero.
-    let d = max_abs(&(run(&unip(2, UniPcVariant::Bh1)) - run(&SamplerSpec::DpmPp2M)));
+    let d = max_abs(&(run(&unip(2, UniPcVariant::Bh1)) - run(&SamplerSpec::DpmPp2M {})));
     assert!(d > 1e-6 && d < 5e-2, "UniP-2 bh1 vs dpmpp-2m: {d}");
     // The corrector moves the samples, by less than the predictor's own error.
     let corrected = run(&SamplerSpec::from_name("unipc").unwrap());
@@ -484,7 +484,7 @@ fn dpmpp_sde_samplers_at_eta_0_are_the_ode_samplers() {
     // The midpoint form of the 2M correction is dpmpp-2m's, rearranged.
     let (a, b) = (
         run(&sde2(0.0, SolverType::Midpoint), 3),
-        run(&SamplerSpec::DpmPp2M, 3),
+        run(&SamplerSpec::DpmPp2M {}, 3),
     );
     assert!(
         max_abs(&(&a - &b)) < 1e-10,
@@ -499,7 +499,7 @@ fn dpmpp_sde_samplers_at_eta_0_are_the_ode_samplers() {
         "2m-sde heun vs midpoint at eta 0: {d}"
     );
     // dpmpp-3m is the 3M SDE's eta = 0 case, in the same arithmetic.
-    let (e, f) = (run(&sde3(0.0), 3), run(&SamplerSpec::DpmPp3M, 3));
+    let (e, f) = (run(&sde3(0.0), 3), run(&SamplerSpec::DpmPp3M {}, 3));
     assert_eq!(max_abs(&(&e - &f)), 0.0);
     // With eta > 0 they draw noise: from the same start, another noise seed moves the samples;
     // s_noise = 0 removes the noise.
@@ -541,15 +541,15 @@ fn euler_maruyama_strong_order_on_a_shared_brownian_path() {
     let sde = VpLinear::default();
     let fine = 2048usize;
     let reference = {
-        let s = grid_for(&sde, &GridKind::UniformT, fine);
-        sample(&SamplerSpec::EulerMaruyama, &den, &sde, &s, 11, 200, 3).0
+        let s = grid_for(&sde, &GridKind::UniformT {}, fine);
+        sample(&SamplerSpec::EulerMaruyama {}, &den, &sde, &s, 11, 200, 3).0
     };
     let steps = [32usize, 64, 128, 256];
     let errs: Vec<f64> = steps
         .iter()
         .map(|&n| {
-            let s = grid_for(&sde, &GridKind::UniformT, n);
-            let out = sample(&SamplerSpec::EulerMaruyama, &den, &sde, &s, 11, 200, 3).0;
+            let s = grid_for(&sde, &GridKind::UniformT {}, n);
+            let out = sample(&SamplerSpec::EulerMaruyama {}, &den, &sde, &s, 11, 200, 3).0;
             (out - &reference)
                 .square()
                 .sum_dim_intlist(1, false, Kind::Double)
@@ -588,7 +588,7 @@ fn samplers_recover_mixture_mode_weights() {
     let sde = Edm::default();
     let n = 4000;
     let specs = vec![
-        (SamplerSpec::EulerMaruyama, 64),
+        (SamplerSpec::EulerMaruyama {}, 64),
         (
             SamplerSpec::Ddpm {
                 variance: DdpmVariance::Small,
@@ -631,7 +631,7 @@ fn samplers_recover_mixture_mode_weights() {
         (SamplerSpec::from_name("dpmpp-2s-ancestral").unwrap(), 32),
         (SamplerSpec::from_name("dpmpp-sde").unwrap(), 32),
         (SamplerSpec::Heun(Default::default()), 32),
-        (SamplerSpec::DpmPp2M, 64),
+        (SamplerSpec::DpmPp2M {}, 64),
     ];
     for (spec, steps) in specs {
         let sigmas = grid_for(&sde, &GridKind::default(), steps);
@@ -725,7 +725,7 @@ fn nfe_counts_are_pinned() {
 fn a_sample_does_not_depend_on_its_batch() {
     let gmm = unequal_mixture();
     let sde = VpLinear::default();
-    let sigmas = grid_for(&sde, &GridKind::UniformT, 20);
+    let sigmas = grid_for(&sde, &GridKind::UniformT {}, 20);
     // (pc is left out: its Langevin step size uses batch-averaged norms, as in score_sde.)
     for name in [
         "euler-maruyama",
@@ -969,8 +969,16 @@ fn euler_maruyama_runs_below_the_ve_time_range() {
     let den = gaussian();
     let sde = Ve::default();
     let sigmas =
-        scoreflow_solvers::grid::sigmas(&GridKind::UniformT, 20, 0.002, 50.0, &sde).unwrap();
-    let (x, nfe) = sample(&SamplerSpec::EulerMaruyama, &den, &sde, &sigmas, 1, 16, 3);
+        scoreflow_solvers::grid::sigmas(&GridKind::UniformT {}, 20, 0.002, 50.0, &sde).unwrap();
+    let (x, nfe) = sample(
+        &SamplerSpec::EulerMaruyama {},
+        &den,
+        &sde,
+        &sigmas,
+        1,
+        16,
+        3,
+    );
     assert_eq!(nfe, 20);
     assert!(x.isfinite().all().int64_value(&[]) == 1);
     let err = scoreflow_solvers::grid::sigmas(&GridKind::PolyT { rho: 3.0 }, 10, 0.002, 50.0, &sde)
@@ -1016,7 +1024,7 @@ fn dpm_solver_orders_1_and_2_are_euler_and_dpm2() {
             Box::new(Edm::default()) as Box<dyn Sde>,
             GridKind::default(),
         ),
-        (Box::new(VpLinear::default()), GridKind::LogSnr),
+        (Box::new(VpLinear::default()), GridKind::LogSnr {}),
     ] {
         let sigmas = grid_for(sde.as_ref(), &kind, 12);
         let go = |spec: &SamplerSpec| sample(spec, &den, sde.as_ref(), &sigmas, 5, 16, 3);
@@ -1167,7 +1175,7 @@ fn dpm_fast_spends_its_budget_in_k_diffusions_order_pattern() {
         &spec,
         &den,
         &sde,
-        &grid_for(&sde, &GridKind::LogSnr, 12),
+        &grid_for(&sde, &GridKind::LogSnr {}, 12),
         3,
         16,
         3,

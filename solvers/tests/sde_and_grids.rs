@@ -128,8 +128,8 @@ fn ddpm_chain_maps_exactly_onto_vp() {
 fn grids_decrease_end_in_zero_and_hit_the_ends() {
     let kinds = [
         GridKind::Karras { rho: 7.0 },
-        GridKind::UniformT,
-        GridKind::LogSnr,
+        GridKind::UniformT {},
+        GridKind::LogSnr {},
         GridKind::PolyT { rho: 3.0 },
     ];
     for sde in all_sdes() {
@@ -166,12 +166,12 @@ fn karras_grid_matches_eq5_and_uniform_t_is_uniform() {
     }
     let vp = VpLinear::default();
     let (lo, hi) = vp.default_sigma_range();
-    let g = grid::sigmas(&GridKind::UniformT, 10, lo, hi, &vp).unwrap();
+    let g = grid::sigmas(&GridKind::UniformT {}, 10, lo, hi, &vp).unwrap();
     let ts: Vec<f64> = g[..10].iter().map(|&s| vp.sigma_inv(s)).collect();
     for w in ts.windows(2) {
         assert!(((w[0] - w[1]) - (1.0 - 1e-3) / 9.0).abs() < 1e-9);
     }
-    let g = grid::sigmas(&GridKind::LogSnr, 10, 0.01, 10.0, &sde).unwrap();
+    let g = grid::sigmas(&GridKind::LogSnr {}, 10, 0.01, 10.0, &sde).unwrap();
     let r: Vec<f64> = g[..10].windows(2).map(|w| w[0] / w[1]).collect();
     assert!(r.iter().all(|x| (x - r[0]).abs() < 1e-9));
 }

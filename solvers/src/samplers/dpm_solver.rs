@@ -393,6 +393,14 @@ impl DpmAdaptive {
             p.accept_safety,
         );
         let numel = x.numel() as f64;
+        // libtorch refuses a clamp bound beyond the samples' kind; an atol that large already
+        // accepts every step, as the kind's largest value does.
+        let atol = p.atol.min(match x.kind() {
+            tch::Kind::Half => 65504.0,
+            tch::Kind::BFloat16 => 3.38e38,
+            tch::Kind::Float => f32::MAX as f64,
+            _ => f64::MAX,
+        });
         let mut x = x;
         let mut x_prev = x.shallow_clone();
         let mut s = t_start;
@@ -423,7 +431,7 @@ impl DpmAdaptive {
                 let high = step3(ctx, &x, &eps, &eps_r1, s, t_down, (1.0 / 3.0, 2.0 / 3.0))?;
                 (low, high)
             };
-            let delta = (x_low.abs().maximum(&x_prev.abs()) * p.rtol).clamp_min(p.atol);
+            let delta = (x_low.abs().maximum(&x_prev.abs()) * p.rtol).clamp_min(atol);
             let error = ((&x_low - &x_high) / delta)
                 .square()
                 .sum(x.kind())

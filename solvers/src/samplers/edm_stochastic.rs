@@ -67,6 +67,7 @@ impl Churn {
     pub fn validate(&self) -> Result<()> {
         check_nonneg("s_churn", self.s_churn)?;
         check_nonneg("s_noise", self.s_noise)?;
+        require("s_tmax", self.s_tmax, self.s_tmax >= 0.0, "must be >= 0")?;
         require(
             "s_tmin",
             self.s_tmin,

@@ -122,7 +122,7 @@ pub enum SamplerSpec {
     Euler(#[serde(default)] Churn),
     Heun(#[serde(default)] Churn),
     EdmStochastic(#[serde(default)] Churn),
-    EulerMaruyama,
+    EulerMaruyama {},
     Ddim {
         #[serde(default)]
         eta: f64,
@@ -138,9 +138,9 @@ pub enum SamplerSpec {
         corrector_steps: usize,
     },
     #[serde(rename = "dpmpp-2m")]
-    DpmPp2M,
+    DpmPp2M {},
     #[serde(rename = "dpmpp-3m")]
-    DpmPp3M,
+    DpmPp3M {},
     EulerAncestral {
         #[serde(default = "one")]
         eta: f64,
@@ -260,7 +260,7 @@ impl SamplerSpec {
             "euler" => SamplerSpec::Euler(Churn::default()),
             "heun" => SamplerSpec::Heun(Churn::default()),
             "edm-stochastic" => SamplerSpec::EdmStochastic(Churn::default()),
-            "euler-maruyama" => SamplerSpec::EulerMaruyama,
+            "euler-maruyama" => SamplerSpec::EulerMaruyama {},
             "ddim" => SamplerSpec::Ddim { eta: 0.0 },
             "ddpm" => SamplerSpec::Ddpm {
                 variance: DdpmVariance::Small,
@@ -269,8 +269,8 @@ impl SamplerSpec {
                 snr: 0.16,
                 corrector_steps: 1,
             },
-            "dpmpp-2m" => SamplerSpec::DpmPp2M,
-            "dpmpp-3m" => SamplerSpec::DpmPp3M,
+            "dpmpp-2m" => SamplerSpec::DpmPp2M {},
+            "dpmpp-3m" => SamplerSpec::DpmPp3M {},
             "euler-ancestral" => SamplerSpec::EulerAncestral {
                 eta: 1.0,
                 s_noise: 1.0,
@@ -331,12 +331,12 @@ impl SamplerSpec {
             SamplerSpec::Euler(_) => "euler",
             SamplerSpec::Heun(_) => "heun",
             SamplerSpec::EdmStochastic(_) => "edm-stochastic",
-            SamplerSpec::EulerMaruyama => "euler-maruyama",
+            SamplerSpec::EulerMaruyama {} => "euler-maruyama",
             SamplerSpec::Ddim { .. } => "ddim",
             SamplerSpec::Ddpm { .. } => "ddpm",
             SamplerSpec::Pc { .. } => "pc",
-            SamplerSpec::DpmPp2M => "dpmpp-2m",
-            SamplerSpec::DpmPp3M => "dpmpp-3m",
+            SamplerSpec::DpmPp2M {} => "dpmpp-2m",
+            SamplerSpec::DpmPp3M {} => "dpmpp-3m",
             SamplerSpec::EulerAncestral { .. } => "euler-ancestral",
             SamplerSpec::Dpm2(_) => "dpm2",
             SamplerSpec::Lms { .. } => "lms",
@@ -361,7 +361,9 @@ impl SamplerSpec {
             | SamplerSpec::Heun(c)
             | SamplerSpec::EdmStochastic(c)
             | SamplerSpec::Dpm2(c) => c.is_stochastic(),
-            SamplerSpec::EulerMaruyama | SamplerSpec::Ddpm { .. } | SamplerSpec::Pc { .. } => true,
+            SamplerSpec::EulerMaruyama {} | SamplerSpec::Ddpm { .. } | SamplerSpec::Pc { .. } => {
+                true
+            }
             SamplerSpec::Ddim { eta } => *eta > 0.0,
             SamplerSpec::EulerAncestral { eta, s_noise }
             | SamplerSpec::DpmPp2MSde { eta, s_noise, .. }
@@ -409,7 +411,7 @@ impl SamplerSpec {
             SamplerSpec::EdmStochastic(c) => {
                 Box::new(edm_stochastic::EdmStochastic::new(c.clone())?)
             }
-            SamplerSpec::EulerMaruyama => Box::new(euler_maruyama::EulerMaruyama),
+            SamplerSpec::EulerMaruyama {} => Box::new(euler_maruyama::EulerMaruyama),
             SamplerSpec::Ddim { eta } => Box::new(ddim::Ddim::new(*eta)?),
             SamplerSpec::Ddpm { variance } => Box::new(ddpm::Ddpm {
                 variance: *variance,
@@ -418,8 +420,8 @@ impl SamplerSpec {
                 snr,
                 corrector_steps,
             } => Box::new(pc::Pc::new(*snr, *corrector_steps)?),
-            SamplerSpec::DpmPp2M => Box::new(dpmpp_2m::DpmPp2M),
-            SamplerSpec::DpmPp3M => Box::new(dpmpp_3m::DpmPp3M::ode()),
+            SamplerSpec::DpmPp2M {} => Box::new(dpmpp_2m::DpmPp2M),
+            SamplerSpec::DpmPp3M {} => Box::new(dpmpp_3m::DpmPp3M::ode()),
             SamplerSpec::EulerAncestral { eta, s_noise } => {
                 Box::new(euler_ancestral::EulerAncestral::new(*eta, *s_noise)?)
             }
