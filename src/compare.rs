@@ -117,6 +117,9 @@ pub fn run(a: CompareArgs) -> Result<()> {
     let z = job::initial_noise(a.seed, a.num, model.dim(), dev, kind)?;
     let den = model.denoiser();
     let t0 = Instant::now();
+    if a.reference_steps == 0 {
+        bail!("--reference-steps must be at least 1");
+    }
     let ref_sigmas = a.grid.sigmas(sde.as_ref(), a.reference_steps)?;
     let (reference, _) = job::run_from_noise(
         &SamplerSpec::Heun(Default::default()),

@@ -59,6 +59,9 @@ pub enum DataConfig {
     },
 }
 
+/// The most classes a labelled data set may have (each is a row of the class embedding).
+pub const MAX_CLASSES: i64 = 100_000;
+
 /// Where the shipped digits live.
 pub fn default_digits_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("experiments/data/digits.csv.gz")
@@ -268,6 +271,14 @@ pub fn load(cfg: &DataConfig, seed: u64) -> Result<Dataset> {
                             );
                         }
                         let k = l.max().int64_value(&[]) + 1;
+                        if k > MAX_CLASSES {
+                            bail!(
+                                "labels file {} has class {} (at most {} classes)",
+                                lp.display(),
+                                k - 1,
+                                MAX_CLASSES
+                            );
+                        }
                         (Some(l), k as usize)
                     }
                     None => (None, 0),

@@ -130,6 +130,16 @@ pub fn eval_digits(a: EvalDigitsArgs) -> Result<()> {
     use crate::{data, device, job, train};
     use scoreflow_solvers::{sde::Edm, SamplerSpec};
     let spec = SamplerSpec::from_name(&a.solver)?;
+    if a.steps == 0 || a.steps > scoreflow_solvers::grid::MAX_STEPS {
+        bail!(
+            "--steps must be 1 to {}, got {}",
+            scoreflow_solvers::grid::MAX_STEPS,
+            a.steps
+        );
+    }
+    if !a.guidance.is_finite() {
+        bail!("--guidance must be finite, got {}", a.guidance);
+    }
     let dev = device::parse(&a.device)?;
     let digits = data::read_digits(&data::default_digits_path())?;
     let (m, cfg) = train::load_for_sampling(&a.checkpoint, dev)?;

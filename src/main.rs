@@ -207,6 +207,9 @@ fn sample(a: SampleArgs) -> Result<()> {
         (None, Some(path)) => (None, Some(train::load_for_sampling(path, dev)?.0)),
         (None, None) => bail!("give --denoiser or --checkpoint"),
     };
+    if let Some(w) = a.guidance.filter(|w| !w.is_finite()) {
+        bail!("--guidance must be finite, got {w}");
+    }
     if (a.class.is_some() || a.guidance.is_some())
         && trained.as_ref().is_none_or(|t| t.net.num_classes == 0)
     {

@@ -92,6 +92,9 @@ impl Backbone {
                 if *hidden < 1 || *depth < 1 || *fourier_features < 1 || !(*fourier_scale > 0.0) {
                     bail!("model.backbone: hidden, depth and fourier_features must be >= 1 and fourier_scale > 0");
                 }
+                if *hidden > 1 << 16 || *depth > 1000 || *fourier_features > 1 << 16 {
+                    bail!("model.backbone: hidden and fourier_features must be at most 65536 and depth at most 1000");
+                }
             }
             Backbone::Unet {
                 channels,
@@ -110,6 +113,14 @@ impl Backbone {
                 }
                 if *blocks < 1 || *fourier_features < 1 || !(*fourier_scale > 0.0) {
                     bail!("model.backbone: blocks and fourier_features must be >= 1 and fourier_scale > 0");
+                }
+                if *channels > 1 << 14
+                    || channel_mult.len() > 8
+                    || channel_mult.iter().any(|m| *m > 64)
+                    || *blocks > 100
+                    || *fourier_features > 1 << 16
+                {
+                    bail!("model.backbone: channels at most 16384, at most 8 levels of channel_mult up to 64, blocks at most 100, fourier_features at most 65536");
                 }
             }
         }

@@ -142,6 +142,29 @@ impl TrainConfig {
         if !(t.lr > 0.0 && t.lr.is_finite() && t.ema_half_life > 0.0) {
             bail!("train.lr and train.ema_half_life must be positive");
         }
+        // Sizes that could not be allocated (a mistyped number) are errors, not aborts.
+        let data_num = match &self.data {
+            DataConfig::Moons { num }
+            | DataConfig::SwissRoll { num }
+            | DataConfig::Gmm8 { num }
+            | DataConfig::Checkerboard { num }
+            | DataConfig::Pinwheel { num }
+            | DataConfig::Mixture { num, .. } => *num,
+            _ => 0,
+        };
+        for (what, v, max) in [
+            ("train.batch", t.batch.max(0) as u64, 1u64 << 24),
+            ("data.num", data_num as u64, 1 << 28),
+            (
+                "train.snapshot_samples",
+                t.snapshot_samples.unwrap_or(0) as u64,
+                1 << 20,
+            ),
+        ] {
+            if v > max {
+                bail!("{what} = {v} is more than {max}");
+            }
+        }
         if let Some(r) = t.ema_rampup {
             if !(r > 0.0 && r.is_finite()) {
                 bail!("train.ema_rampup must be positive, got {r}");

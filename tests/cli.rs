@@ -469,6 +469,11 @@ fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
         ("dpm-adaptive", &["--pcoeff", "inf"][..], "pcoeff"),
         (
             "dpm-adaptive",
+            &["--pcoeff=1e308"][..],
+            "use smaller controller coefficients",
+        ),
+        (
+            "dpm-adaptive",
             &["--rtol", "0", "--atol", "1e-30"][..],
             "gave up",
         ),

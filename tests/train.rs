@@ -211,6 +211,11 @@ fn bad_configs_name_the_key_and_line() {
         &good.replace("lr = 2e-3", "lr = 2e-3\nema_rampup = -0.5"),
     );
     expect_error(&["train", &rampup], "ema_rampup");
+    let huge = write(
+        "huge.toml",
+        &good.replace("batch = 512", "batch = 100000000000"),
+    );
+    expect_error(&["train", &huge], "train.batch = 100000000000 is more than");
     let moons = concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/moons.toml");
     expect_error(
         &["train", moons, "--stop-at", "0"],

@@ -408,6 +408,16 @@ impl DpmAdaptive {
         let mut attempts = 0usize;
         while s < t_end - 1e-5 {
             attempts += 1;
+            if !pid.h.is_finite() {
+                return Err(SolverError::Invalid(format!(
+                    "dpm-adaptive gave up at sigma = {}: the step-size controller gives a step of {} (pcoeff {:e}, icoeff {:e}, dcoeff {:e}): use smaller controller coefficients",
+                    sig(s),
+                    pid.h,
+                    p.pcoeff,
+                    p.icoeff,
+                    p.dcoeff
+                )));
+            }
             if attempts > MAX_ATTEMPTS || !(pid.h > 1e-12) {
                 return Err(SolverError::Invalid(format!(
                     "dpm-adaptive gave up at sigma = {} after {} attempts (step size {:e} in log sigma): raise rtol or atol",
