@@ -38,6 +38,22 @@ pub fn read(path: &Path) -> Result<Tensor> {
             shape
         );
     }
+    // The data must end where the header's shape says (trailing bytes mean a wrong header).
+    let offset = match bytes.get(6) {
+        Some(1) => 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize,
+        _ => 12 + u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+    };
+    let item = if dtype.ends_with("f8") { 8 } else { 4 };
+    let expected = offset + numel as usize * item;
+    if bytes.len() != expected {
+        bail!(
+            "{} is corrupt: {} bytes, but its header (shape {:?}) describes {}",
+            path.display(),
+            bytes.len(),
+            shape,
+            expected
+        );
+    }
     Ok(Tensor::from_slice(&data).view(shape.as_slice()))
 }
 

@@ -533,6 +533,12 @@ fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
     write_npy(&trunc, &[4, 2], &[0.0; 8], false);
     let bytes = std::fs::read(&trunc).unwrap();
     std::fs::write(&trunc, &bytes[..bytes.len() - 5]).unwrap();
+    // More data than the header's shape: a wrong header, not a shorter array.
+    let long = d.join("long.npy");
+    write_npy(&long, &[4, 2], &[0.0; 8], false);
+    let mut bytes = std::fs::read(&long).unwrap();
+    bytes.extend_from_slice(&[0u8; 64]);
+    std::fs::write(&long, bytes).unwrap();
     let garbage = d.join("garbage.npy");
     std::fs::write(&garbage, b"this is not numpy").unwrap();
     let nan = d.join("nan.npy");
@@ -542,6 +548,7 @@ fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
         (s(&wrong), "shape"),
         (s(&flat), "shape"),
         (s(&trunc), "corrupt"),
+        (s(&long), "its header (shape [4, 2]) describes"),
         (s(&garbage), "not a valid .npy"),
         (s(&d.join("missing.npy")), "cannot read"),
         (s(&nan), "nan"),
