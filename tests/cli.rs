@@ -72,6 +72,32 @@ fn read_f32_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     (shape, npy.into_vec::<f32>().unwrap())
 }
 
+/// `scoreflow sample` on the builtin 8-mode mixture on the CPU into `out`, with `flags` added;
+/// the samples (the run must succeed).
+fn gmm8_samples(out: &Path, solver: &str, steps: &str, num: &str, flags: &[&str]) -> Vec<f32> {
+    let o = run(&[
+        &[
+            "sample",
+            "--denoiser",
+            "builtin:gmm8",
+            "--solver",
+            solver,
+            "--steps",
+            steps,
+            "--num",
+            num,
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ][..],
+        flags,
+    ]
+    .concat());
+    assert!(o.status.success(), "{solver} {flags:?}: {}", stderr(&o));
+    read_f32_npy(out).1
+}
+
 fn assert_bad(args: &[&str], needle: &str, out: &Path) {
     let o = run(args);
     let err = stderr(&o);
@@ -173,30 +199,8 @@ fn noise_files_in_float32_and_float64_give_the_same_samples() {
 fn every_dpm_adaptive_flag_reaches_the_sampler() {
     // Each flag changes the samples (the controller's flags through the steps they choose).
     let dir = tempfile::tempdir().unwrap();
-    let samples = |flags: &[&str]| -> Vec<f32> {
-        let out = dir.path().join("a.npy");
-        let o = run(&[
-            &[
-                "sample",
-                "--denoiser",
-                "builtin:gmm8",
-                "--solver",
-                "dpm-adaptive",
-                "--steps",
-                "2",
-                "--num",
-                "64",
-                "--device",
-                "cpu",
-                "--out",
-                out.to_str().unwrap(),
-            ][..],
-            flags,
-        ]
-        .concat());
-        assert!(o.status.success(), "{flags:?}: {}", stderr(&o));
-        read_f32_npy(&out).1
-    };
+    let out = dir.path().join("a.npy");
+    let samples = |flags: &[&str]| gmm8_samples(&out, "dpm-adaptive", "2", "64", flags);
     let default = samples(&[]);
     for flags in [
         &["--order", "2"][..],
@@ -223,30 +227,8 @@ fn churn_flags_reach_euler_heun_and_dpm2_and_r_reaches_dpmpp_sde() {
     // changes the samples, and heun with churn is edm-stochastic with it. dpmpp-sde's --r moves
     // its intermediate level.
     let dir = tempfile::tempdir().unwrap();
-    let samples = |solver: &str, flags: &[&str]| -> Vec<f32> {
-        let out = dir.path().join("c.npy");
-        let o = run(&[
-            &[
-                "sample",
-                "--denoiser",
-                "builtin:gmm8",
-                "--solver",
-                solver,
-                "--steps",
-                "8",
-                "--num",
-                "32",
-                "--device",
-                "cpu",
-                "--out",
-                out.to_str().unwrap(),
-            ][..],
-            flags,
-        ]
-        .concat());
-        assert!(o.status.success(), "{solver} {flags:?}: {}", stderr(&o));
-        read_f32_npy(&out).1
-    };
+    let out = dir.path().join("c.npy");
+    let samples = |solver: &str, flags: &[&str]| gmm8_samples(&out, solver, "8", "32", flags);
     let churn = ["--s-churn", "10"];
     for solver in ["euler", "heun", "dpm2"] {
         let plain = samples(solver, &[]);

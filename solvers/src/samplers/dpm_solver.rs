@@ -118,6 +118,54 @@ fn last_nonzero(ctx: &StepCtx<'_>) -> f64 {
     ctx.sigmas[ctx.steps() - 1]
 }
 
+/// One DPM-Solver-`order` step (the k-diffusion step functions) from time `t` to `t_next`,
+/// ancestral as in `dpm_solver_fast` when `eta > 0`: down to `t_down` (not beyond `t_end`), then
+/// `s_noise sigma_up` times the step stream's normal on `[sigma_next, sigma]`, the levels of
+/// `t_next` and `t` as the caller holds them (so that the Brownian path is queried there).
+#[allow(clippy::too_many_arguments)]
+fn ancestral_dpm_step(
+    ctx: &mut StepCtx<'_>,
+    x: &Tensor,
+    order: usize,
+    (t, t_next): (f64, f64),
+    (sigma, sigma_next): (f64, f64),
+    t_end: f64,
+    (eta, s_noise): (f64, f64),
+) -> Result<Tensor> {
+    let (t_down, up) = ancestral(t, t_next, t_end, eta);
+    let eps = eps_at(ctx, x, t)?;
+    let x = match order {
+        1 => step1(x, &eps, t, t_down),
+        2 => step2(ctx, x, &eps, t, t_down, 0.5)?.0,
+        _ => {
+            let (r1, r2) = (1.0 / 3.0, 2.0 / 3.0);
+            let eps_r1 = eval_r1(ctx, x, &eps, t, t_down, r1)?;
+            step3(ctx, x, &eps, &eps_r1, t, t_down, (r1, r2))?
+        }
+    };
+    add_step_noise(ctx, x, sigma_next, sigma, up * s_noise)
+}
+
+/// The step of a sampler that uses only the grid's ends (`dpm-fast`, `dpm-adaptive`): on the
+/// first step `integrate(ctx, x, sigma_0, sigma_last)` to the last nonzero level, nothing on
+/// the interior steps, `D` on the step to 0.
+fn ends_only(
+    ctx: &mut StepCtx<'_>,
+    x: Tensor,
+    integrate: impl FnOnce(&mut StepCtx<'_>, Tensor, f64, f64) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let (s, s_next) = (ctx.sigma(), ctx.sigma_next());
+    if s_next == 0.0 {
+        return ctx.denoise(&x, s);
+    }
+    if ctx.index > 0 {
+        // Already at the last nonzero level (the interior levels are not used).
+        return Ok(x);
+    }
+    let end = last_nonzero(ctx);
+    integrate(ctx, x, s, end)
+}
+
 /// `dpm-solver`: singlestep DPM-Solver of a fixed order on every interval of the grid.
 #[derive(Clone, Debug)]
 pub struct DpmSolver {
@@ -148,19 +196,16 @@ impl Sampler for DpmSolver {
         if s_next == 0.0 {
             return ctx.denoise(&x, s);
         }
-        let (t, t_next, t_end) = (-s.ln(), -s_next.ln(), -last_nonzero(ctx).ln());
-        let (t_down, up) = ancestral(t, t_next, t_end, self.eta);
-        let eps = eps_at(ctx, &x, t)?;
-        let x = match self.order {
-            1 => step1(&x, &eps, t, t_down),
-            2 => step2(ctx, &x, &eps, t, t_down, 0.5)?.0,
-            _ => {
-                let (r1, r2) = (1.0 / 3.0, 2.0 / 3.0);
-                let eps_r1 = eval_r1(ctx, &x, &eps, t, t_down, r1)?;
-                step3(ctx, &x, &eps, &eps_r1, t, t_down, (r1, r2))?
-            }
-        };
-        add_step_noise(ctx, x, s_next, s, up * self.s_noise)
+        let t_end = -last_nonzero(ctx).ln();
+        ancestral_dpm_step(
+            ctx,
+            &x,
+            self.order,
+            (-s.ln(), -s_next.ln()),
+            (s, s_next),
+            t_end,
+            (self.eta, self.s_noise),
+        )
     }
 }
 
@@ -215,34 +260,24 @@ impl Sampler for DpmFast {
         "dpm-fast"
     }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
-        let (s, s_next) = (ctx.sigma(), ctx.sigma_next());
-        if s_next == 0.0 {
-            return ctx.denoise(&x, s);
-        }
-        if ctx.index > 0 {
-            // Already at the last nonzero level (the interior levels are not used).
-            return Ok(x);
-        }
-        let orders = fast_orders(ctx.steps() - 1);
-        let t_end = -last_nonzero(ctx).ln();
-        let ts = linspace(-s.ln(), t_end, orders.len());
-        let mut x = x;
-        for (i, &order) in orders.iter().enumerate() {
-            let (t, t_next) = (ts[i], ts[i + 1]);
-            let (t_down, up) = ancestral(t, t_next, t_end, self.eta);
-            let eps = eps_at(ctx, &x, t)?;
-            x = match order {
-                1 => step1(&x, &eps, t, t_down),
-                2 => step2(ctx, &x, &eps, t, t_down, 0.5)?.0,
-                _ => {
-                    let (r1, r2) = (1.0 / 3.0, 2.0 / 3.0);
-                    let eps_r1 = eval_r1(ctx, &x, &eps, t, t_down, r1)?;
-                    step3(ctx, &x, &eps, &eps_r1, t, t_down, (r1, r2))?
-                }
-            };
-            x = add_step_noise(ctx, x, sig(t_next), sig(t), up * self.s_noise)?;
-        }
-        Ok(x)
+        ends_only(ctx, x, |ctx, mut x, start, end| {
+            let orders = fast_orders(ctx.steps() - 1);
+            let t_end = -end.ln();
+            let ts = linspace(-start.ln(), t_end, orders.len());
+            for (i, &order) in orders.iter().enumerate() {
+                let (t, t_next) = (ts[i], ts[i + 1]);
+                x = ancestral_dpm_step(
+                    ctx,
+                    &x,
+                    order,
+                    (t, t_next),
+                    (sig(t), sig(t_next)),
+                    t_end,
+                    (self.eta, self.s_noise),
+                )?;
+            }
+            Ok(x)
+        })
     }
 }
 
@@ -479,15 +514,8 @@ impl Sampler for DpmAdaptive {
         "dpm-adaptive"
     }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
-        let (s, s_next) = (ctx.sigma(), ctx.sigma_next());
-        if s_next == 0.0 {
-            return ctx.denoise(&x, s);
-        }
-        if ctx.index > 0 {
-            // Already at the last nonzero level (the interior levels are not used).
-            return Ok(x);
-        }
-        let end = last_nonzero(ctx);
-        self.integrate(ctx, x, s, end)
+        ends_only(ctx, x, |ctx, x, start, end| {
+            self.integrate(ctx, x, start, end)
+        })
     }
 }
