@@ -3,7 +3,7 @@
 
 use crate::job::{self, GridArgs};
 use crate::{device, model, npy};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use scoreflow_solvers::{GaussianMixture, SamplerSpec};
 use std::fmt::Write as _;
@@ -110,16 +110,15 @@ pub fn run(a: CompareArgs) -> Result<()> {
     }
     let dev = device::parse(&a.device)?;
     let kind = job::kind_from_name(&a.dtype)?;
+    if a.reference_steps == 0 {
+        bail!("--reference-steps must be at least 1");
+    }
     let model = model::parse(&a.denoiser, dev)?;
-    std::fs::create_dir_all(&a.out_dir)
-        .with_context(|| format!("cannot create {}", a.out_dir.display()))?;
+    npy::check_out_dir(&a.out_dir)?;
 
     let z = job::initial_noise(a.seed, a.num, model.dim(), dev, kind)?;
     let den = model.denoiser();
     let t0 = Instant::now();
-    if a.reference_steps == 0 {
-        bail!("--reference-steps must be at least 1");
-    }
     let ref_sigmas = a.grid.sigmas(sde.as_ref(), a.reference_steps)?;
     let (reference, _) = job::run_from_noise(
         &SamplerSpec::Heun(Default::default()),
@@ -197,6 +196,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
             a.num
         );
     }
+    npy::create_out_dir(&a.out_dir)?;
     let csv = a.out_dir.join("results.csv");
     write_atomic(&csv, &to_csv(&rows))?;
     let stem = a.out_dir.join("error_vs_nfe");

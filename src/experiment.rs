@@ -144,6 +144,15 @@ pub enum Metric {
 }
 
 impl Metric {
+    pub const ALL: [Metric; 7] = [
+        Metric::Rms,
+        Metric::Max,
+        Metric::Sw2,
+        Metric::Mmd,
+        Metric::ModeTv,
+        Metric::ModeCoverage,
+        Metric::Fd,
+    ];
     pub fn name(&self) -> &'static str {
         match self {
             Metric::Rms => "rms",
@@ -506,11 +515,57 @@ pub fn read_results(dir: &Path) -> Result<Vec<Value>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("key").is_some())
-        .collect())
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if v.get("key").is_none() {
+            continue;
+        }
+        if let Some(problem) = row_problem(&v) {
+            bail!(
+                "{} line {}: {problem}; fix or delete the line (the cell then runs again)",
+                path.display(),
+                i + 1
+            );
+        }
+        rows.push(v);
+    }
+    Ok(rows)
+}
+
+/// What is wrong with the types of a results line (edited by hand), if anything.
+fn row_problem(v: &Value) -> Option<String> {
+    let want = |field: &str, ok: fn(&Value) -> bool, what: &str| -> Option<String> {
+        match v.get(field) {
+            Some(x) if ok(x) => None,
+            Some(x) => Some(format!("`{field}` should be {what}, not {x}")),
+            None => Some(format!("`{field}` is missing")),
+        }
+    };
+    let checks: [(&str, fn(&Value) -> bool, &str); 8] = [
+        ("key", Value::is_string, "a string"),
+        ("sampler", Value::is_string, "a string"),
+        ("label", Value::is_string, "a string"),
+        ("device", Value::is_string, "a string"),
+        ("steps", Value::is_u64, "a whole number"),
+        ("nfe", Value::is_u64, "a whole number"),
+        ("seed", Value::is_u64, "a whole number"),
+        ("seconds", Value::is_number, "a number"),
+    ];
+    for (field, ok, what) in checks {
+        if let Some(p) = want(field, ok, what) {
+            return Some(p);
+        }
+    }
+    Metric::ALL.iter().find_map(|m| match v.get(m.name()) {
+        Some(x) if !(x.is_number() || x.is_null()) => Some(format!(
+            "`{}` should be a number or null, not {x}",
+            m.name()
+        )),
+        _ => None,
+    })
 }
 
 /// Options of `scoreflow run`.
@@ -539,8 +594,7 @@ pub fn run(a: RunArgs) -> Result<()> {
 pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()> {
     let dev = device::parse(&cfg.device)?;
     let kind = job::kind_from_name(&cfg.dtype)?;
-    std::fs::create_dir_all(&cfg.out_dir)
-        .with_context(|| format!("cannot create {}", cfg.out_dir.display()))?;
+    npy::check_out_dir(&cfg.out_dir)?;
     let model = load_model(&cfg.model, dev)?;
     let shape = model.shape();
     let classifier = match (&model, cfg.metrics.contains(&Metric::Fd)) {
@@ -573,7 +627,9 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}").unwrap(),
     );
-    let out = std::sync::Mutex::new(open_for_append(&cfg.out_dir.join("results.jsonl"))?);
+    // results.jsonl (and the folder) are opened when the first cell finishes: a run that fails
+    // before that leaves nothing behind.
+    let out: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
     let todo: Vec<(u64, &SamplerSpec, usize)> = todo.iter().take(total).map(|c| **c).collect();
     // Per-seed state first (starting noise, fresh data, reference solution): the cells then
     // only read it.
@@ -606,7 +662,14 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     };
     let run_one = |&(seed, spec, steps): &(u64, &SamplerSpec, usize)| -> Result<()> {
         let line = ctx.run_cell(seed, spec, steps)?;
-        let mut f = out.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = out.lock().unwrap_or_else(|e| e.into_inner());
+        let f = match guard.as_mut() {
+            Some(f) => f,
+            None => {
+                npy::create_out_dir(&cfg.out_dir)?;
+                guard.insert(open_for_append(&cfg.out_dir.join("results.jsonl"))?)
+            }
+        };
         writeln!(f, "{line}")?;
         f.flush()?;
         bar.inc(1);
@@ -625,6 +688,7 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
         todo.iter().try_for_each(run_one)?;
     }
     bar.finish_and_clear();
+    npy::create_out_dir(&cfg.out_dir)?;
     // The floor lines: distances between two fresh data sets.
     let mut floors = BTreeMap::new();
     for (seed, st) in per_seed.iter_mut().take(1) {

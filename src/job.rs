@@ -1,12 +1,14 @@
 //! What every command shares: building the SDE, grid and sampler from options, and running a
 //! sampler from given standard-normal noise.
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use scoreflow_solvers::noise::BrownianNoise;
 use scoreflow_solvers::samplers::{DdpmVariance, SolverType, UniPcVariant};
 use scoreflow_solvers::sde::{Edm, Sde, SubVp, Ve, VpCosine, VpLinear};
-use scoreflow_solvers::{grid, run, Denoiser, GridKind, RunOptions, SamplerSpec, StepReport};
+use scoreflow_solvers::{
+    grid, run, Denoiser, GridKind, RunOptions, SamplerSpec, SolverError, StepReport,
+};
 use tch::{Kind, Tensor};
 
 /// The forward process by name.
@@ -337,8 +339,32 @@ pub fn run_from_noise(
         &mut noise,
         &RunOptions::default(),
         observer,
-    )?;
+    )
+    .map_err(|e| match e {
+        SolverError::NonFinite { .. } => match spec_parameters(spec) {
+            p if p.is_empty() => anyhow::Error::from(e),
+            p => anyhow!("{e}; sampler {} with {p}", spec.name()),
+        },
+        e => e.into(),
+    })?;
     Ok((out.x, out.nfe))
+}
+
+/// A sampler's parameters as `name = value, ...` (the spec's fields, as a config writes them),
+/// named in a non-finite-values error: a noise scale far above 1 (`eta = 1e308`) overflows in
+/// the step rather than being refused up front.
+pub fn spec_parameters(spec: &SamplerSpec) -> String {
+    let Ok(serde_json::Value::Object(map)) = serde_json::to_value(spec) else {
+        return String::new();
+    };
+    map.iter()
+        .filter(|(k, _)| k.as_str() != "kind")
+        .map(|(k, v)| match v {
+            serde_json::Value::Null => format!("{k} = inf"),
+            v => format!("{k} = {v}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Standard-normal starting noise: `n` samples of dimension `d` from per-sample generators.

@@ -158,7 +158,11 @@ impl LossConfig {
                 min_snr_gamma,
             } => {
                 if !(*sigma_min > 0.0 && sigma_min < sigma_max) {
-                    bail!("loss: sigma_min ({sigma_min}) must be positive and smaller than sigma_max ({sigma_max})");
+                    bail!(
+                        "loss: sigma_min ({}) must be positive and smaller than sigma_max ({})",
+                        scoreflow_solvers::Num(*sigma_min),
+                        scoreflow_solvers::Num(*sigma_max)
+                    );
                 }
                 min_snr_gamma
             }

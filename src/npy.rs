@@ -8,8 +8,13 @@ use tch::{Kind, Tensor};
 /// (header, dtype, length). Shape checks are the caller's.
 pub fn read(path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let npy = npyz::NpyFile::new(&bytes[..])
-        .map_err(|e| anyhow::anyhow!("{} is not a valid .npy file: {e}", path.display()))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a valid .npy file: {}",
+            path.display(),
+            one_line(&e.to_string())
+        )
+    })?;
     if npy.order() != npyz::Order::C {
         bail!(
             "{}: Fortran-ordered arrays are not supported",
@@ -60,8 +65,13 @@ pub fn read(path: &Path) -> Result<Tensor> {
 /// Read class labels: an int32 or int64 `.npy` of shape `[N]` with values >= 0.
 pub fn read_labels(path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let npy = npyz::NpyFile::new(&bytes[..])
-        .map_err(|e| anyhow::anyhow!("{} is not a valid .npy file: {e}", path.display()))?;
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a valid .npy file: {}",
+            path.display(),
+            one_line(&e.to_string())
+        )
+    })?;
     if npy.shape().len() != 1 || npy.shape()[0] == 0 {
         bail!(
             "labels file {} has shape {:?}, expected [N]",
@@ -148,6 +158,55 @@ fn is_special(path: &Path) -> bool {
     std::fs::metadata(path)
         .map(|m| !m.is_file() && !m.is_dir())
         .unwrap_or(false)
+}
+
+/// A parser's multi-line message (a header's syntax error draws the line and a caret) as one
+/// line: its first line and its `= ...` notes.
+fn one_line(msg: &str) -> String {
+    let mut lines = msg.lines().map(str::trim);
+    let mut out = lines.next().unwrap_or_default().to_string();
+    for note in lines.filter_map(|l| l.strip_prefix("= ")) {
+        out.push_str("; ");
+        out.push_str(note);
+    }
+    out
+}
+
+/// Check, before any work, that the output folder `dir` exists or could be created (its nearest
+/// existing ancestor is a folder), without creating it: a command creates its folder only when
+/// it has something to write, so a failure leaves no empty folder behind.
+pub fn check_out_dir(dir: &Path) -> Result<()> {
+    let mut p = dir;
+    loop {
+        if p.as_os_str().is_empty() {
+            return Ok(()); // relative to the current folder
+        }
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => bail!(
+                "cannot create output folder {}: {} is not a folder",
+                dir.display(),
+                p.display()
+            ),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match p.parent() {
+                    Some(parent) => p = parent,
+                    None => return Ok(()),
+                }
+            }
+            Err(e) => bail!("cannot create output folder {}: {e}", dir.display()),
+        }
+    }
+}
+
+/// Create the output folder `dir` (and its parents) when a command first writes into it.
+pub fn create_out_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
 }
 
 /// A temporary sibling of `path` (of the file a symbolic link points to) that [`commit`] moves

@@ -100,7 +100,10 @@ impl Precond {
     pub fn validate(&self) -> Result<()> {
         match self {
             Precond::Edm { sigma_data } if !(*sigma_data > 0.0 && sigma_data.is_finite()) => {
-                bail!("precond.sigma_data must be positive, got {sigma_data}")
+                bail!(
+                    "precond.sigma_data must be positive, got {}",
+                    scoreflow_solvers::Num(*sigma_data)
+                )
             }
             Precond::Vp {
                 beta_d,

@@ -167,7 +167,10 @@ impl TrainConfig {
         }
         if let Some(r) = t.ema_rampup {
             if !(r > 0.0 && r.is_finite()) {
-                bail!("train.ema_rampup must be positive, got {r}");
+                bail!(
+                    "train.ema_rampup must be positive, got {}",
+                    scoreflow_solvers::Num(r)
+                );
             }
         }
         if self.out_dir.as_os_str().is_empty() {
@@ -330,8 +333,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOpts) -> Result<Report> {
     } else {
         0
     };
-    std::fs::create_dir_all(&cfg.out_dir)
-        .with_context(|| format!("cannot create {}", cfg.out_dir.display()))?;
+    crate::npy::check_out_dir(&cfg.out_dir)?;
     let ckpt_path = checkpoint_path(cfg);
 
     tch::manual_seed(step_seed(cfg.seed, usize::MAX));
@@ -427,12 +429,11 @@ fn train_loop(
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} eta {eta}").unwrap(),
     );
-    // A fresh run starts a fresh log; a resumed one appends to it.
+    // A fresh run starts a fresh log; a resumed one appends to it. The log (and the folder) are
+    // opened at the first line, so a run that fails before it leaves nothing behind; a run that
+    // fails later keeps the lines it logged (the loss up to the failure).
     let log_path = cfg.out_dir.join("log.jsonl");
-    if !opts.resume {
-        let _ = std::fs::remove_file(&log_path);
-    }
-    let mut log = crate::experiment::open_for_append(&log_path)?;
+    let mut log: Option<std::fs::File> = None;
     let mut clock = Instant::now();
     let mut interval_samples = 0i64;
 
@@ -552,6 +553,16 @@ fn train_loop(
             let mean = values.iter().sum::<f64>() / values.len() as f64;
             let rate = interval_samples as f64 / secs.max(1e-9);
             bar.set_message(format!("loss {mean:.4} {rate:.0} samples/s"));
+            let log = match log.as_mut() {
+                Some(f) => f,
+                None => {
+                    crate::npy::create_out_dir(&cfg.out_dir)?;
+                    if !opts.resume {
+                        let _ = std::fs::remove_file(&log_path);
+                    }
+                    log.insert(crate::experiment::open_for_append(&log_path)?)
+                }
+            };
             writeln!(
                 log,
                 "{}",

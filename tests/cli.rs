@@ -107,6 +107,10 @@ fn assert_bad(args: &[&str], needle: &str, out: &Path) {
         "args {args:?}: expected '{needle}' in: {err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+    // One line, apart from clap's own usage errors (which end with a pointer to --help).
+    if !err.contains("For more information, try '--help'") {
+        assert_eq!(err.trim_end().lines().count(), 1, "args {args:?}: {err}");
+    }
     assert!(!out.exists(), "args {args:?} left an output file");
     let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
         .unwrap()
@@ -306,6 +310,34 @@ fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
     check(
         &[&good[..], &["--solver", "nope", "--steps", "4"]].concat(),
         "unknown sampler",
+    );
+    // A noise scale so large that the step overflows: the error names the sampler's parameters.
+    check(
+        &[
+            &good[..],
+            &["--solver", "ddim", "--steps", "4", "--eta", "1e308"],
+        ]
+        .concat(),
+        "sampler ddim with eta = 1e+308",
+    );
+    check(
+        &[
+            &good[..],
+            &["--solver", "edm-stochastic", "--steps", "4"],
+            &["--s-churn", "1", "--s-noise", "1e39"],
+        ]
+        .concat(),
+        "s_noise = 1e+39",
+    );
+    // Huge numbers are written in exponent form, not in 301 digits.
+    check(
+        &[
+            &good[..],
+            &["--solver", "euler", "--steps", "4"],
+            &["--sigma-min", "1e300", "--sigma-max", "1e200"],
+        ]
+        .concat(),
+        "sigma_min (1e300) must be positive and smaller than sigma_max (1e200)",
     );
     // Mistyped counts are errors, not allocation failures.
     check(
@@ -521,6 +553,14 @@ fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
     let mut bytes = std::fs::read(&long).unwrap();
     bytes.extend_from_slice(&[0u8; 64]);
     std::fs::write(&long, bytes).unwrap();
+    // A header whose dictionary does not parse: the parser's caret drawing becomes one line.
+    let header = d.join("header.npy");
+    write_npy(&header, &[4, 2], &[0.0; 8], true);
+    let bytes = std::fs::read(&header).unwrap();
+    let text = String::from_utf8_lossy(&bytes[10..20]).replace("'descr'", "descr: ");
+    let mut bad_header = bytes.clone();
+    bad_header[10..20].copy_from_slice(&text.as_bytes()[..10]);
+    std::fs::write(&header, bad_header).unwrap();
     let garbage = d.join("garbage.npy");
     std::fs::write(&garbage, b"this is not numpy").unwrap();
     let nan = d.join("nan.npy");
@@ -532,6 +572,7 @@ fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
         (s(&trunc), "corrupt"),
         (s(&long), "its header (shape [4, 2]) describes"),
         (s(&garbage), "not a valid .npy"),
+        (s(&header), "could not parse"),
         (s(&d.join("missing.npy")), "cannot read"),
         (s(&nan), "nan"),
     ] {
@@ -709,6 +750,38 @@ fn compare_writes_a_table_csv_and_plot() {
         }
         assert_bad(&a, "has an empty item", &never);
     }
+    // Failures after the arguments are read leave no (empty) output folder behind.
+    let nested = never.join("deeper");
+    let n = nested.to_str().unwrap();
+    for (args, needle) in [
+        (&["--num", "99999999999"][..], "draw fewer at a time"),
+        (
+            &["--reference-steps", "0"],
+            "--reference-steps must be at least 1",
+        ),
+    ] {
+        let mut a = vec![
+            "compare",
+            "--solvers",
+            "euler",
+            "--steps",
+            "4",
+            "--out-dir",
+            n,
+        ];
+        a.extend(args);
+        let o = run(&a);
+        assert_eq!(o.status.code(), Some(2), "{a:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{a:?}: {}", stderr(&o));
+        assert!(!never.exists(), "{a:?} left {never:?}");
+    }
+    let file = dir.path().join("results.csv");
+    let o = run(&["compare", "--out-dir", file.join("sub").to_str().unwrap()]);
+    assert!(
+        stderr(&o).contains("results.csv is not a folder"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `scoreflow run` and `scoreflow plot`: the grid of cells, results, plots, resuming, budgets
 //! and bad experiment files.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -396,6 +396,23 @@ fn bad_experiments_fail_before_any_work() {
             base.replace("steps = [4, 8]", "steps = [4, 100000000000]"),
             "the most a grid may have",
         ),
+        // An output folder that cannot be created is found before any work...
+        (
+            base.replace(
+                &format!("out_dir = \"{}\"", out.display()),
+                &format!("out_dir = \"{}/bad0.toml/sub\"", dir.path().display()),
+            ),
+            "bad0.toml is not a folder",
+        ),
+        // ...and cells that fail before any finished leave no folder behind.
+        (
+            base.replace(
+                "[[samplers]]\nkind = \"euler\"\n[[samplers]]\nkind = \"heun\"\n",
+                "",
+            )
+            .replace("eta = 1.0", "eta = 1e308"),
+            "sampler ddim with eta = 1e+308",
+        ),
     ];
     for (i, (body, needle)) in cases.iter().enumerate() {
         let cfg = write_config(dir.path(), &format!("bad{i}.toml"), body);
@@ -575,4 +592,30 @@ fn plot_draws_degenerate_values_without_hanging() {
     };
     assert!(status.success());
     assert!(out.join("quality_vs_nfe.png").exists());
+    // Wrong types in an edited line are an error naming the line and the field, for plot and
+    // for run (which would otherwise count the cell as done).
+    for (field, value, needle) in [
+        (
+            "nfe",
+            json!("eight"),
+            "line 2: `nfe` should be a whole number, not \"eight\"",
+        ),
+        (
+            "rms",
+            json!([1]),
+            "line 2: `rms` should be a number or null",
+        ),
+        ("label", json!(null), "line 2: `label` should be a string"),
+    ] {
+        let mut bad = lines.clone();
+        bad[1][field] = value;
+        let edited: Vec<String> = bad.iter().map(|v| v.to_string()).collect();
+        std::fs::write(out.join("results.jsonl"), edited.join("\n") + "\n").unwrap();
+        for args in [&["plot", out.to_str().unwrap()][..], &["run", &cfg]] {
+            let o = run(args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
 }

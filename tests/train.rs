@@ -419,6 +419,20 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
         before,
         "the good checkpoint was overwritten"
     );
+    // A fresh run that fails before its first log line leaves no folder behind.
+    cfg.out_dir = dir.path().join("fresh");
+    let err = train::run(
+        &cfg,
+        &RunOpts {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("non-finite"), "{err}");
+    assert!(!cfg.out_dir.exists(), "a failed run left {:?}", cfg.out_dir);
 }
 
 #[test]

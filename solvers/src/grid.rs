@@ -152,7 +152,8 @@ pub fn validate(sigmas: &[f64]) -> Result<()> {
         if !(w[0].is_finite() && w[0] > w[1]) {
             return Err(SolverError::Grid(format!(
                 "levels must be finite and strictly decreasing: sigma[{i}] = {} then {}",
-                w[0], w[1]
+                crate::Num(w[0]),
+                crate::Num(w[1])
             )));
         }
     }

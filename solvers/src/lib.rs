@@ -20,7 +20,7 @@ pub mod sde;
 
 pub use denoiser::{Counted, Denoiser, GaussianDenoiser, GaussianMixture};
 pub use driver::{run, Outcome, RunOptions, Sampler, StepCtx, StepReport};
-pub use error::{Result, SolverError};
+pub use error::{Num, Result, SolverError};
 pub use grid::GridKind;
 pub use noise::{BrownianNoise, NoiseSource};
 pub use samplers::SamplerSpec;
