@@ -105,6 +105,10 @@ pub struct SamplerArgs {
     /// unipc: apply the UniC corrector (true or false).
     #[arg(long)]
     pub corrector: Option<bool>,
+    /// pndm: start with one trapezoidal step instead of three pseudo Runge-Kutta steps (PLMS,
+    /// true or false; diffusers' skip_prk_steps).
+    #[arg(long)]
+    pub skip_prk_steps: Option<bool>,
     /// dpmpp-sde: position of the intermediate level in each step, a fraction of the step in
     /// log sigma, in (0, 1] (k-diffusion's r; 1/2 by default).
     #[arg(long)]
@@ -261,6 +265,12 @@ impl SamplerArgs {
                     used.push("corrector");
                 }
             }
+            SamplerSpec::Pndm { skip_prk_steps } => {
+                if let Some(v) = self.skip_prk_steps {
+                    *skip_prk_steps = v;
+                    used.push("skip-prk-steps");
+                }
+            }
             _ => {}
         }
         if let (SamplerSpec::DpmPpSde { r, .. }, Some(v)) = (&mut spec, self.r) {
@@ -285,6 +295,7 @@ impl SamplerArgs {
             ("order", self.order.is_some()),
             ("solver-type", self.solver_type.is_some()),
             ("corrector", self.corrector.is_some()),
+            ("skip-prk-steps", self.skip_prk_steps.is_some()),
             ("rtol", self.rtol.is_some()),
             ("atol", self.atol.is_some()),
             ("h-init", self.h_init.is_some()),

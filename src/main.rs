@@ -59,19 +59,36 @@ fn samplers_cmd(json: bool) -> Result<()> {
     use scoreflow_solvers::SamplerSpec;
     if !json {
         println!(
-            "{:<20} {:<8} {:<6} parameters (config key = default)",
+            "{:<20} {:<14} {:<6} parameters (config key = default)",
             "name", "nfe", "noise"
         );
     }
     for name in NAMES {
         let spec = SamplerSpec::from_name(name)?;
-        let nfe = match (spec.nfe(1), spec.nfe(2)) {
-            (Some(a), Some(b)) => match (b as i64 - a as i64, 2 * a as i64 - b as i64) {
-                (1, 0) => "n".to_string(),
-                (k, 0) => format!("{k}n"),
-                (k, c) if c < 0 => format!("{k}n-{}", -c),
-                (k, c) => format!("{k}n+{c}"),
-            },
+        // `k n + c`, fitted where the count has become linear (pndm's start steps end at n = 4),
+        // with the smallest n from which it holds where that is not 1.
+        let nfe = match (spec.nfe(20), spec.nfe(21)) {
+            (Some(a), Some(b)) => {
+                let (k, c) = (b as i64 - a as i64, a as i64 - 20 * (b as i64 - a as i64));
+                let kn = if k == 1 {
+                    "n".to_string()
+                } else {
+                    format!("{k}n")
+                };
+                let mut text = match c {
+                    0 => kn,
+                    c if c < 0 => format!("{kn}-{}", -c),
+                    c => format!("{kn}+{c}"),
+                };
+                let from = (1..=20)
+                    .rev()
+                    .find(|&n| spec.nfe(n) != Some((k * n as i64 + c) as usize))
+                    .map_or(1, |n| n + 1);
+                if from > 1 {
+                    text += &format!(" (n >= {from})");
+                }
+                text
+            }
             _ => "adaptive".to_string(),
         };
         // As a TOML table (what an experiment's [[samplers]] entry takes; infinity is `inf`).
@@ -95,7 +112,7 @@ fn samplers_cmd(json: bool) -> Result<()> {
         } else {
             let text: Vec<String> = table.iter().map(|(k, v)| format!("{k} = {v}")).collect();
             let noise = if spec.is_stochastic() { "yes" } else { "no" };
-            println!("{name:<20} {nfe:<8} {noise:<6} {}", text.join(", "));
+            println!("{name:<20} {nfe:<14} {noise:<6} {}", text.join(", "));
         }
     }
     Ok(())

@@ -226,7 +226,7 @@ fn every_dpm_adaptive_flag_reaches_the_sampler() {
 }
 
 #[test]
-fn churn_flags_reach_euler_heun_and_dpm2_and_r_reaches_dpmpp_sde() {
+fn churn_flags_reach_euler_heun_and_dpm2_and_r_and_skip_prk_steps_reach_theirs() {
     // k-diffusion's sample_euler, sample_heun and sample_dpm_2 take EDM's churn: each flag
     // changes the samples, and heun with churn is edm-stochastic with it. dpmpp-sde's --r moves
     // its intermediate level.
@@ -254,6 +254,40 @@ fn churn_flags_reach_euler_heun_and_dpm2_and_r_reaches_dpmpp_sde() {
     assert_eq!(
         samples("dpmpp-sde", &["--r", "0.5"]),
         samples("dpmpp-sde", &[])
+    );
+    // pndm's --skip-prk-steps (PLMS) changes the samples and the count: 8 + 9 against 8 + 1.
+    let nfe = |flags: &[&str]| -> u64 {
+        let o = run(&[
+            &[
+                "sample",
+                "--denoiser",
+                "builtin:gmm8",
+                "--solver",
+                "pndm",
+                "--steps",
+                "8",
+            ][..],
+            &[
+                "--num",
+                "4",
+                "--device",
+                "cpu",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            flags,
+        ]
+        .concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["nfe"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(nfe(&[]), 17);
+    assert_eq!(nfe(&["--skip-prk-steps", "true"]), 9);
+    assert_ne!(
+        samples("pndm", &["--skip-prk-steps", "true"]),
+        samples("pndm", &[])
     );
 }
 
@@ -945,11 +979,12 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         return;
     };
     let checks = v["checks"].as_array().unwrap();
-    // 29 against k-diffusion, 15 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
+    // 29 against k-diffusion, 18 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
     // predictor-corrector with 1 and 2 corrector steps, Euler-Maruyama on the VP SDE, UniPC at
-    // orders 2, 3 (bh1) and 4 and UniP-2 without the corrector, DEIS at orders 3 and 2, iPNDM)
-    // on each model, and dpm-adaptive with noise, a float64 check, on the exact mixture.
-    assert_eq!(checks.len(), 3 * 44 + 1);
+    // orders 2, 3 (bh1) and 4 and UniP-2 without the corrector, DEIS at orders 3 and 2, iPNDM,
+    // PNDM from sigma 80 and from 2, PLMS) on each model, and dpm-adaptive with noise, a float64
+    // check, on the exact mixture.
+    assert_eq!(checks.len(), 3 * 47 + 1);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),
@@ -1216,8 +1251,13 @@ fn samplers_lists_every_sampler_with_its_config_defaults() {
         assert!(table.lines().any(|l| l.starts_with(&format!("{name} "))));
         let spec = SamplerSpec::from_name(name).unwrap();
         assert_eq!(v["stochastic"], spec.is_stochastic(), "{name}");
-        // The NFE formula, evaluated at 7 steps, is the planned count.
+        // The NFE formula, evaluated at 7 steps, is the planned count (a formula that holds from
+        // some n on, `n+9 (n >= 4)`, says so).
         let f = v["nfe"].as_str().unwrap();
+        let (f, from) = match f.split_once(" (n >= ") {
+            Some((f, from)) => (f, from.trim_end_matches(')').parse::<usize>().unwrap()),
+            None => (f, 1),
+        };
         match (f, f.split_once('n')) {
             ("adaptive", _) => assert!(spec.is_adaptive() && spec.nfe(7).is_none(), "{name}"),
             (_, Some((k, c))) => {
@@ -1232,6 +1272,20 @@ fn samplers_lists_every_sampler_with_its_config_defaults() {
                     c.parse::<i64>().unwrap()
                 };
                 assert_eq!(Some((7 * k + c) as usize), spec.nfe(7), "{name}: {f}");
+                assert_eq!(
+                    Some((from as i64 * k + c) as usize),
+                    spec.nfe(from),
+                    "{name}: {f}"
+                );
+                if from > 1 {
+                    // The formula fails just below the n it names.
+                    let n = (from - 1) as i64;
+                    assert_ne!(
+                        Some((n * k + c) as usize),
+                        spec.nfe(from - 1),
+                        "{name}: {f}"
+                    );
+                }
             }
             (_, None) => panic!("{name}: nfe {f}"),
         }

@@ -86,20 +86,20 @@ def load_kdiffusion_sampling():
 
 
 def load_diffusers_schedulers(site):
-    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC, DEIS and iPNDM scheduler modules, from `site` (appended to sys.path, so that the
+    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC, DEIS, iPNDM and PNDM scheduler modules, from `site` (appended to sys.path, so that the
     python's own numpy and torch come first) or the python's own packages; (None, reason) where
     they cannot be imported."""
     if os.path.isdir(site):
         sys.path.append(site)
     try:
         from diffusers.schedulers import scheduling_ddim, scheduling_ddpm, scheduling_deis_multistep, scheduling_ipndm, \
-            scheduling_sde_ve, scheduling_unipc_multistep
+            scheduling_pndm, scheduling_sde_ve, scheduling_unipc_multistep
         from diffusers.schedulers.deprecated import scheduling_sde_vp
         import diffusers
     except Exception as e:  # any import failure means: no diffusers peer
         return None, f"{type(e).__name__}: {e}"
     return ((scheduling_ddpm, scheduling_ddim, scheduling_sde_ve, scheduling_sde_vp, scheduling_unipc_multistep,
-             scheduling_deis_multistep, scheduling_ipndm),
+             scheduling_deis_multistep, scheduling_ipndm, scheduling_pndm),
             f"diffusers {diffusers.__version__} from {os.path.dirname(diffusers.__file__)}")
 
 
@@ -896,6 +896,43 @@ def _diffusers_ipndm(diffusers, model, x, sigmas, grid, noise):
     return xv
 
 
+def _diffusers_pndm(skip_prk_steps, sigma_max=None):
+    """diffusers' PNDMScheduler (skip_prk_steps False: PNDM's pseudo Runge-Kutta start; True:
+    PLMS) on scoreflow's grid: 2N train timesteps, "leading" spacing with step ratio 2, so that
+    the inference timesteps 2k are the grid levels, alphas_cumprod[2k] = 1 / (1 + sigma_{N-1-k}^2),
+    and the odd timesteps 2k - 1 its PRK midpoints, set to the level halfway in the EDM SDE's time
+    (sigma = t, the mean of the two sigmas) as scoreflow takes it; the last step goes to
+    final_alpha_cumprod = 1 (sigma = 0). The model is an eps-predictor in x_vp = x / sqrt(1 +
+    sigma^2). Needs N >= 4 steps with the PRK start (diffusers' own limit). With `sigma_max`
+    (scoreflow given the same `--sigma-max`) the Karras grid is rebuilt from that level: from 80
+    the start steps lie where the flow is nearly straight and the midpoint hardly matters."""
+
+    def run(diffusers, model, x, sigmas, grid, noise):
+        pndm_mod = diffusers[7]
+        n = len(grid) - 1
+        if sigma_max is not None:  # the start x = z sigma_max, the grid from sigma_max
+            x = x * (sigma_max / grid[0])
+            grid = karras_f64(n, sigma_max=sigma_max)
+        level = {2 * k: grid[n - 1 - k] for k in range(n)}
+        level.update({2 * k - 1: 0.5 * (grid[n - 1 - k] + grid[n - k]) for k in range(1, n)})
+        sch = pndm_mod.PNDMScheduler(num_train_timesteps=2 * n, skip_prk_steps=skip_prk_steps,
+                                     set_alpha_to_one=True, prediction_type="epsilon",
+                                     timestep_spacing="leading", steps_offset=0)
+        sch.alphas_cumprod = torch.tensor([1.0 / (1.0 + level[t] ** 2) for t in range(2 * n - 1)] + [1.0],
+                                          dtype=torch.float64)
+        sch.set_timesteps(n)
+        ones = x.new_ones([x.shape[0]])
+        xv = x / math.sqrt(1.0 + grid[0] ** 2)
+        for t in [int(t) for t in sch.timesteps]:
+            sig = level[t]
+            xs = xv * math.sqrt(1.0 + sig * sig)
+            eps = (xs - model(xs, ones * sig)) / sig
+            xv = sch.step(eps, t, xv).prev_sample.to(x.dtype)
+        return xv
+
+    return run
+
+
 # Compared with diffusers (run gets its scheduler modules instead of k-diffusion's sampling
 # module); flags may depend on the number of steps.
 DIFFUSERS_CHECKS = {
@@ -914,6 +951,9 @@ DIFFUSERS_CHECKS = {
     "deis": (["--solver", "deis"], _diffusers_deis(3)),
     "deis-2": (["--solver", "deis", "--order", "2"], _diffusers_deis(2)),
     "ipndm": (["--solver", "ipndm"], _diffusers_ipndm),
+    "pndm": (["--solver", "pndm"], _diffusers_pndm(False)),
+    "pndm-smax2": (["--solver", "pndm", "--sigma-max", "2"], _diffusers_pndm(False, sigma_max=2.0)),
+    "plms": (["--solver", "pndm", "--skip-prk-steps", "true"], _diffusers_pndm(True)),
 }
 
 

@@ -56,6 +56,19 @@ fn deterministic() -> Vec<(SamplerSpec, f64)> {
         // iPNDM: fourth-order Adams-Bashforth weights for equal steps, on grids whose steps
         // vary: second order (2.17 / 2.10 / 2.11), below dpmpp-2m's error.
         (SamplerSpec::Ipndm { order: 4 }, 2.0),
+        // PNDM and PLMS: the same equal-step weights after an RK4 or trapezoidal start.
+        (
+            SamplerSpec::Pndm {
+                skip_prk_steps: false,
+            },
+            2.0,
+        ),
+        (
+            SamplerSpec::Pndm {
+                skip_prk_steps: true,
+            },
+            2.0,
+        ),
         // dpmpp-sde at eta = 0 with another intermediate level: DPM-Solver++(2S) with r = 1/3,
         // its second stage a weighted mix (fac = 3/2) of the two evaluations; still order 2.
         (
@@ -190,8 +203,8 @@ fn convergence_orders_match_theory_under_edm_ve_and_vp() {
             };
             assert!(ok, "{report}");
         }
-        // ("deis" is its order-3 entry, the last one of that name.)
-        for name in ["dpmpp-3m", "lms", "deis", "ipndm"] {
+        // ("deis" is its order-3 entry, the last one of that name; "pndm" its PLMS entry.)
+        for name in ["dpmpp-3m", "lms", "deis", "ipndm", "pndm"] {
             assert!(
                 finest[name] < finest["dpmpp-2m"],
                 "{name} not below dpmpp-2m at {} steps\n{report}",
@@ -701,6 +714,7 @@ fn nfe_counts_are_pinned() {
             | "dpmpp-sde" => 2 * n - 1,
             "pc" => 2 * n,
             "dpm-solver" => 3 * n - 2,
+            "pndm" => n + 3 * (n - 1).min(3),
             _ => n,
         }
     };
@@ -1216,5 +1230,95 @@ fn dpm_fast_spends_its_budget_in_k_diffusions_order_pattern() {
             .unwrap()
             .to_string();
         assert!(e.contains(name), "{e}");
+    }
+}
+
+/// PNDM as Liu et al. (2022) and diffusers' `PNDMScheduler` write it, in the scaled variable:
+/// the transfer `phi(x, e, s -> s') = x + (s' - s) e` (the DDIM step), a pseudo Runge-Kutta
+/// (PNDM) or trapezoidal (PLMS) start, then the linear multistep formulas spelled out.
+fn pndm_by_hand(
+    den: &dyn Denoiser,
+    sde: &dyn Sde,
+    sigmas: &[f64],
+    x: &Tensor,
+    plms: bool,
+) -> Tensor {
+    let e = |x: &Tensor, s: f64| (x - den.denoise(x, s).unwrap()) / s;
+    let n = sigmas.len() - 1;
+    let mut ets: Vec<Tensor> = Vec::new();
+    let mut x = x.shallow_clone();
+    for i in 0..n {
+        let (s, s2) = (sigmas[i], sigmas[i + 1]);
+        let phi = |x: &Tensor, e: &Tensor, to: f64| x + e * (to - s);
+        let warm = i + 1 < n && i < if plms { 1 } else { 3 };
+        let e1 = e(&x, s);
+        let ep = if warm && plms {
+            (&e1 + e(&phi(&x, &e1, s2), s2)) / 2.0
+        } else if warm {
+            let m = sde.sigma(0.5 * (sde.sigma_inv(s) + sde.sigma_inv(s2)));
+            let e2 = e(&phi(&x, &e1, m), m);
+            let e3 = e(&phi(&x, &e2, m), m);
+            let e4 = e(&phi(&x, &e3, s2), s2);
+            (&e1 + &e2 * 2.0 + &e3 * 2.0 + &e4) / 6.0
+        } else {
+            let k = ets.len();
+            match k {
+                0 => e1.shallow_clone(),
+                1 => (&e1 * 3.0 - &ets[k - 1]) / 2.0,
+                2 => (&e1 * 23.0 - &ets[k - 1] * 16.0 + &ets[k - 2] * 5.0) / 12.0,
+                _ => {
+                    (&e1 * 55.0 - &ets[k - 1] * 59.0 + &ets[k - 2] * 37.0 - &ets[k - 3] * 9.0)
+                        / 24.0
+                }
+            }
+        };
+        x = phi(&x, &ep, s2);
+        ets.push(e1);
+    }
+    x
+}
+
+#[test]
+fn pndm_and_plms_are_the_published_algorithms() {
+    let den = gaussian();
+    // Under VP the pseudo Runge-Kutta midpoint (halfway in t) differs from the sigmas' mean.
+    let sde = VpLinear::default();
+    for plms in [false, true] {
+        let spec = SamplerSpec::Pndm {
+            skip_prk_steps: plms,
+        };
+        for steps in [1usize, 2, 3, 4, 5, 9] {
+            let sigmas = grid_for(&sde, &GridKind::default(), steps);
+            let x = start(3, 16, 3, sigmas[0]);
+            let rec = Recorded {
+                inner: &den,
+                sigmas: Default::default(),
+            };
+            let got = sample_with_noise(&spec, &rec, &sde, &sigmas, &x, 0);
+            let want = pndm_by_hand(&den, &sde, &sigmas, &x, plms);
+            let d = max_abs(&(&got - &want));
+            assert!(d < 1e-12, "plms {plms}, {steps} steps: {d}");
+            // The levels of the calls: four per PRK step (start, midpoint twice, end), two per
+            // trapezoidal step (start, end), one per multistep step.
+            let warm = (steps - 1).min(if plms { 1 } else { 3 });
+            let mut levels = Vec::new();
+            for i in 0..steps {
+                let (s, s2) = (sigmas[i], sigmas[i + 1]);
+                levels.push(s);
+                if i < warm && plms {
+                    levels.push(s2);
+                } else if i < warm {
+                    let m = sde.sigma(0.5 * (sde.sigma_inv(s) + sde.sigma_inv(s2)));
+                    assert!((m - 0.5 * (s + s2)).abs() > 1e-3 * s2, "midpoint in t");
+                    levels.extend([m, m, s2]);
+                }
+            }
+            let called = rec.sigmas.borrow().clone();
+            assert_eq!(called.len(), levels.len(), "plms {plms}, {steps} steps");
+            for (c, l) in called.iter().zip(&levels) {
+                assert!((c / l - 1.0).abs() < 1e-12, "{called:?} against {levels:?}");
+            }
+            assert_eq!(spec.nfe(steps), Some(levels.len()));
+        }
     }
 }

@@ -19,6 +19,7 @@ pub mod heun;
 pub mod ipndm;
 pub mod lms;
 pub mod pc;
+pub mod pndm;
 pub mod unipc;
 
 use crate::driver::Sampler;
@@ -198,6 +199,11 @@ pub enum SamplerSpec {
         #[serde(default = "four")]
         order: usize,
     },
+    /// PNDM (pseudo Runge-Kutta start) or, with `skip_prk_steps`, PLMS; diffusers' names.
+    Pndm {
+        #[serde(default)]
+        skip_prk_steps: bool,
+    },
     #[serde(rename = "unipc")]
     UniPc {
         #[serde(default = "two")]
@@ -247,6 +253,7 @@ pub const NAMES: &[&str] = &[
     "dpmpp-sde",
     "deis",
     "ipndm",
+    "pndm",
     "dpm-solver",
     "dpm-adaptive",
     "dpm-fast",
@@ -301,6 +308,9 @@ impl SamplerSpec {
             },
             "deis" => SamplerSpec::Deis { order: 3 },
             "ipndm" => SamplerSpec::Ipndm { order: 4 },
+            "pndm" => SamplerSpec::Pndm {
+                skip_prk_steps: false,
+            },
             "unipc" => SamplerSpec::UniPc {
                 order: 2,
                 solver_type: UniPcVariant::Bh2,
@@ -348,6 +358,7 @@ impl SamplerSpec {
             SamplerSpec::DpmPpSde { .. } => "dpmpp-sde",
             SamplerSpec::Deis { .. } => "deis",
             SamplerSpec::Ipndm { .. } => "ipndm",
+            SamplerSpec::Pndm { .. } => "pndm",
             SamplerSpec::DpmSolver { .. } => "dpm-solver",
             SamplerSpec::DpmAdaptive(_) => "dpm-adaptive",
             SamplerSpec::DpmFast { .. } => "dpm-fast",
@@ -399,6 +410,7 @@ impl SamplerSpec {
             SamplerSpec::Pc {
                 corrector_steps, ..
             } => steps * (1 + corrector_steps),
+            SamplerSpec::Pndm { skip_prk_steps } => pndm::Pndm::nfe(*skip_prk_steps, steps),
             _ => steps,
         })
     }
@@ -446,6 +458,9 @@ impl SamplerSpec {
             }
             SamplerSpec::Deis { order } => Box::new(deis::Deis::new(*order)?),
             SamplerSpec::Ipndm { order } => Box::new(ipndm::Ipndm::new(*order)?),
+            SamplerSpec::Pndm { skip_prk_steps } => Box::new(pndm::Pndm {
+                skip_prk_steps: *skip_prk_steps,
+            }),
             SamplerSpec::UniPc {
                 order,
                 solver_type,
