@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use scoreflow_solvers::noise::BrownianNoise;
-use scoreflow_solvers::samplers::{DdpmVariance, SolverType, UniPcVariant};
+use scoreflow_solvers::samplers::{AlgorithmType, DdpmVariance, SolverType, UniPcVariant};
 use scoreflow_solvers::sde::{Edm, Sde, SubVp, Ve, VpCosine, VpLinear};
 use scoreflow_solvers::{
     grid, run, Denoiser, GridKind, RunOptions, SamplerSpec, SolverError, StepReport,
@@ -95,16 +95,20 @@ pub struct SamplerArgs {
     /// ddpm: reverse variance, small (posterior) or large (beta).
     #[arg(long)]
     pub variance: Option<String>,
-    /// lms, unipc, ipndm: order (1 to 4); deis, dpm-solver: order (1 to 3); dpm-adaptive: 2 or 3.
+    /// lms, unipc, ipndm: order (1 to 4); deis, dpm-solver, dpm-singlestep: order (1 to 3);
+    /// dpm-adaptive: 2 or 3.
     #[arg(long)]
     pub order: Option<usize>,
-    /// dpmpp-2m-sde: weighting of the second-order correction, midpoint or heun;
+    /// dpmpp-2m-sde, dpm-singlestep: form of the higher-order correction, midpoint or heun;
     /// unipc: B(h), bh1 or bh2.
     #[arg(long)]
     pub solver_type: Option<String>,
     /// unipc: apply the UniC corrector (true or false).
     #[arg(long)]
     pub corrector: Option<bool>,
+    /// dpm-singlestep: dpmsolver++ (data prediction, DPM-Solver++) or dpmsolver (noise).
+    #[arg(long)]
+    pub algorithm_type: Option<String>,
     /// pndm: start with one trapezoidal step instead of three pseudo Runge-Kutta steps (PLMS,
     /// true or false; diffusers' skip_prk_steps).
     #[arg(long)]
@@ -265,6 +269,24 @@ impl SamplerArgs {
                     used.push("corrector");
                 }
             }
+            SamplerSpec::DpmSinglestep {
+                order,
+                algorithm_type,
+                solver_type,
+            } => {
+                if let Some(v) = self.order {
+                    *order = v;
+                    used.push("order");
+                }
+                if let Some(v) = &self.algorithm_type {
+                    *algorithm_type = v.parse::<AlgorithmType>()?;
+                    used.push("algorithm-type");
+                }
+                if let Some(v) = &self.solver_type {
+                    *solver_type = v.parse::<SolverType>()?;
+                    used.push("solver-type");
+                }
+            }
             SamplerSpec::Pndm { skip_prk_steps } => {
                 if let Some(v) = self.skip_prk_steps {
                     *skip_prk_steps = v;
@@ -296,6 +318,7 @@ impl SamplerArgs {
             ("solver-type", self.solver_type.is_some()),
             ("corrector", self.corrector.is_some()),
             ("skip-prk-steps", self.skip_prk_steps.is_some()),
+            ("algorithm-type", self.algorithm_type.is_some()),
             ("rtol", self.rtol.is_some()),
             ("atol", self.atol.is_some()),
             ("h-init", self.h_init.is_some()),

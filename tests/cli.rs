@@ -284,6 +284,14 @@ fn churn_flags_reach_euler_heun_and_dpm2_and_r_and_skip_prk_steps_reach_theirs()
             .unwrap()
     };
     assert_eq!(nfe(&[]), 17);
+    // dpm-singlestep's --algorithm-type and --solver-type reach it (both matter at order 2).
+    let ss = samples("dpm-singlestep", &[]);
+    assert_ne!(
+        samples("dpm-singlestep", &["--algorithm-type", "dpmsolver"]),
+        ss
+    );
+    assert_ne!(samples("dpm-singlestep", &["--solver-type", "heun"]), ss);
+    assert_ne!(samples("dpm-singlestep", &["--order", "3"]), ss);
     assert_eq!(nfe(&["--skip-prk-steps", "true"]), 9);
     assert_ne!(
         samples("pndm", &["--skip-prk-steps", "true"]),
@@ -979,12 +987,13 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         return;
     };
     let checks = v["checks"].as_array().unwrap();
-    // 29 against k-diffusion, 18 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
+    // 29 against k-diffusion, 22 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
     // predictor-corrector with 1 and 2 corrector steps, Euler-Maruyama on the VP SDE, UniPC at
     // orders 2, 3 (bh1) and 4 and UniP-2 without the corrector, DEIS at orders 3 and 2, iPNDM,
-    // PNDM from sigma 80 and from 2, PLMS) on each model, and dpm-adaptive with noise, a float64
-    // check, on the exact mixture.
-    assert_eq!(checks.len(), 3 * 47 + 1);
+    // PNDM from sigma 80 and from 2, PLMS, singlestep DPM-Solver++ of order 2 (midpoint and
+    // heun) and 3 and DPM-Solver of order 3 (heun)) on each model, and dpm-adaptive with noise, a
+    // float64 check, on the exact mixture.
+    assert_eq!(checks.len(), 3 * 51 + 1);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),

@@ -86,20 +86,20 @@ def load_kdiffusion_sampling():
 
 
 def load_diffusers_schedulers(site):
-    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC, DEIS, iPNDM and PNDM scheduler modules, from `site` (appended to sys.path, so that the
+    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC, DEIS, iPNDM, PNDM and singlestep DPM-Solver scheduler modules, from `site` (appended to sys.path, so that the
     python's own numpy and torch come first) or the python's own packages; (None, reason) where
     they cannot be imported."""
     if os.path.isdir(site):
         sys.path.append(site)
     try:
         from diffusers.schedulers import scheduling_ddim, scheduling_ddpm, scheduling_deis_multistep, scheduling_ipndm, \
-            scheduling_pndm, scheduling_sde_ve, scheduling_unipc_multistep
+            scheduling_pndm, scheduling_sde_ve, scheduling_unipc_multistep, scheduling_dpmsolver_singlestep
         from diffusers.schedulers.deprecated import scheduling_sde_vp
         import diffusers
     except Exception as e:  # any import failure means: no diffusers peer
         return None, f"{type(e).__name__}: {e}"
     return ((scheduling_ddpm, scheduling_ddim, scheduling_sde_ve, scheduling_sde_vp, scheduling_unipc_multistep,
-             scheduling_deis_multistep, scheduling_ipndm, scheduling_pndm),
+             scheduling_deis_multistep, scheduling_ipndm, scheduling_pndm, scheduling_dpmsolver_singlestep),
             f"diffusers {diffusers.__version__} from {os.path.dirname(diffusers.__file__)}")
 
 
@@ -933,6 +933,25 @@ def _diffusers_pndm(skip_prk_steps, sigma_max=None):
     return run
 
 
+def _diffusers_singlestep(order, algorithm_type="dpmsolver++", solver_type="midpoint"):
+    """diffusers' DPMSolverSinglestepScheduler (final sigma 0, which forces lower_order_final)
+    with its sigmas set to scoreflow's grid (float64) and timesteps N-1 .. 0, the model's D given
+    as the "sample" prediction in x_vp = x / sqrt(1 + sigma^2). diffusers refuses a final sigma of
+    0 with algorithm_type "dpmsolver" (its step there would multiply sigma_t = 0 by e^h - 1 = inf);
+    that first-order step returns the model's D, so there the scheduler is built with
+    final_sigmas_type "sigma_min" (the grid replaces its sigmas), runs the first N - 1 steps, and
+    the last evaluation's D is the result."""
+
+    def run(diffusers, model, x, sigmas, grid, noise):
+        sch = diffusers[8].DPMSolverSinglestepScheduler(
+            solver_order=order, prediction_type="sample", algorithm_type=algorithm_type,
+            solver_type=solver_type, lower_order_final=True,
+            final_sigmas_type="zero" if algorithm_type == "dpmsolver++" else "sigma_min")
+        return _x0_scheduler_on_grid(sch, model, x, grid, last_d=algorithm_type == "dpmsolver")
+
+    return run
+
+
 # Compared with diffusers (run gets its scheduler modules instead of k-diffusion's sampling
 # module); flags may depend on the number of steps.
 DIFFUSERS_CHECKS = {
@@ -954,6 +973,12 @@ DIFFUSERS_CHECKS = {
     "pndm": (["--solver", "pndm"], _diffusers_pndm(False)),
     "pndm-smax2": (["--solver", "pndm", "--sigma-max", "2"], _diffusers_pndm(False, sigma_max=2.0)),
     "plms": (["--solver", "pndm", "--skip-prk-steps", "true"], _diffusers_pndm(True)),
+    "dpm-singlestep": (["--solver", "dpm-singlestep"], _diffusers_singlestep(2)),
+    "dpm-singlestep-2-heun": (["--solver", "dpm-singlestep", "--solver-type", "heun"],
+                              _diffusers_singlestep(2, solver_type="heun")),
+    "dpm-singlestep-3": (["--solver", "dpm-singlestep", "--order", "3"], _diffusers_singlestep(3)),
+    "dpm-singlestep-3-eps-heun": (["--solver", "dpm-singlestep", "--order", "3", "--algorithm-type", "dpmsolver",
+                                   "--solver-type", "heun"], _diffusers_singlestep(3, "dpmsolver", "heun")),
 }
 
 
@@ -1250,7 +1275,7 @@ def main():
                 scale = x_kd.abs().max().item()
                 agree = err <= a.check_tol * max(1.0, scale)
                 checks.append({"model": name, "sampler": s, "peer": peer, "max_abs_diff": err, "max_abs": scale, "agree": agree})
-                print(f"same samples? {name:<28} {s:<22} max |scoreflow - {peer:<11}| = {err:.2e} (max |x| {scale:.2f})"
+                print(f"same samples? {name:<28} {s:<25} max |scoreflow - {peer:<11}| = {err:.2e} (max |x| {scale:.2f})"
                       + ("" if agree else f"  DISAGREE (tolerance {a.check_tol} x max(1, max |x|))"))
                 save(False)
 

@@ -5,8 +5,11 @@
 mod common;
 use common::*;
 use scoreflow_solvers::noise::BrownianNoise;
+use scoreflow_solvers::samplers::dpm_singlestep::DpmSinglestep;
 use scoreflow_solvers::samplers::dpm_solver::AdaptiveParams;
-use scoreflow_solvers::samplers::{Churn, DdpmVariance, SolverType, UniPcVariant, NAMES};
+use scoreflow_solvers::samplers::{
+    AlgorithmType, Churn, DdpmVariance, SolverType, UniPcVariant, NAMES,
+};
 use scoreflow_solvers::sde::{Edm, Sde, Ve, VpLinear};
 use scoreflow_solvers::{
     run, Counted, Denoiser, GaussianDenoiser, GaussianMixture, GridKind, RunOptions, SamplerSpec,
@@ -56,6 +59,41 @@ fn deterministic() -> Vec<(SamplerSpec, f64)> {
         // iPNDM: fourth-order Adams-Bashforth weights for equal steps, on grids whose steps
         // vary: second order (2.17 / 2.10 / 2.11), below dpmpp-2m's error.
         (SamplerSpec::Ipndm { order: 4 }, 2.0),
+        // Singlestep DPM-Solver(++) on the grid's levels (diffusers' arrangement): order 1 is
+        // Euler; orders 2 and 3 in both forms of the correction and both algorithm types.
+        (
+            SamplerSpec::DpmSinglestep {
+                order: 1,
+                algorithm_type: AlgorithmType::DpmSolverPlusPlus,
+                solver_type: SolverType::Midpoint,
+            },
+            1.0,
+        ),
+        (SamplerSpec::from_name("dpm-singlestep").unwrap(), 2.0),
+        (
+            SamplerSpec::DpmSinglestep {
+                order: 2,
+                algorithm_type: AlgorithmType::DpmSolver,
+                solver_type: SolverType::Heun,
+            },
+            2.0,
+        ),
+        (
+            SamplerSpec::DpmSinglestep {
+                order: 3,
+                algorithm_type: AlgorithmType::DpmSolverPlusPlus,
+                solver_type: SolverType::Midpoint,
+            },
+            3.0,
+        ),
+        (
+            SamplerSpec::DpmSinglestep {
+                order: 3,
+                algorithm_type: AlgorithmType::DpmSolver,
+                solver_type: SolverType::Heun,
+            },
+            3.0,
+        ),
         // PNDM and PLMS: the same equal-step weights after an RK4 or trapezoidal start.
         (
             SamplerSpec::Pndm {
@@ -203,8 +241,9 @@ fn convergence_orders_match_theory_under_edm_ve_and_vp() {
             };
             assert!(ok, "{report}");
         }
-        // ("deis" is its order-3 entry, the last one of that name; "pndm" its PLMS entry.)
-        for name in ["dpmpp-3m", "lms", "deis", "ipndm", "pndm"] {
+        // ("deis" is its order-3 entry, the last one of that name; "pndm" its PLMS entry;
+        // "dpm-singlestep" its order-3 DPM-Solver heun entry.)
+        for name in ["dpmpp-3m", "lms", "deis", "ipndm", "pndm", "dpm-singlestep"] {
             assert!(
                 finest[name] < finest["dpmpp-2m"],
                 "{name} not below dpmpp-2m at {} steps\n{report}",
@@ -1320,5 +1359,74 @@ fn pndm_and_plms_are_the_published_algorithms() {
             }
             assert_eq!(spec.nfe(steps), Some(levels.len()));
         }
+    }
+}
+
+#[test]
+fn dpm_singlestep_groups_steps_as_diffusers_and_order_1_is_euler() {
+    // diffusers' get_order_list with lower_order_final (forced by the final sigma 0) and the last
+    // order set to 1.
+    for (order, n, want) in [
+        (2usize, 1usize, vec![1usize]),
+        (2, 2, vec![1, 1]),
+        (2, 5, vec![1, 2, 1, 2, 1]),
+        (2, 6, vec![1, 2, 1, 2, 1, 1]),
+        (3, 2, vec![1, 1]),
+        (3, 3, vec![1, 2, 1]),
+        (3, 6, vec![1, 2, 3, 1, 2, 1]),
+        (3, 7, vec![1, 2, 3, 1, 2, 3, 1]),
+        (3, 8, vec![1, 2, 3, 1, 2, 3, 1, 1]),
+        (1, 3, vec![1, 1, 1]),
+    ] {
+        assert_eq!(
+            DpmSinglestep::order_list(order, n),
+            want,
+            "order {order}, {n} steps"
+        );
+    }
+    let den = gaussian();
+    let sde = Edm::default();
+    let sigmas = grid_for(&sde, &GridKind::default(), 12);
+    let x = start(5, 32, 3, sigmas[0]);
+    let euler = sample_with_noise(
+        &SamplerSpec::Euler(Default::default()),
+        &den,
+        &sde,
+        &sigmas,
+        &x,
+        0,
+    );
+    for algorithm_type in [AlgorithmType::DpmSolverPlusPlus, AlgorithmType::DpmSolver] {
+        let one = SamplerSpec::DpmSinglestep {
+            order: 1,
+            algorithm_type,
+            solver_type: SolverType::Midpoint,
+        };
+        let d = max_abs(&(sample_with_noise(&one, &den, &sde, &sigmas, &x, 0) - &euler));
+        assert!(d < 1e-12, "{algorithm_type:?}: {d}");
+    }
+    // DPM-Solver and DPM-Solver++ differ beyond first order (a noise against a data model).
+    let two = |algorithm_type| SamplerSpec::DpmSinglestep {
+        order: 2,
+        algorithm_type,
+        solver_type: SolverType::Midpoint,
+    };
+    let a = sample_with_noise(
+        &two(AlgorithmType::DpmSolverPlusPlus),
+        &den,
+        &sde,
+        &sigmas,
+        &x,
+        0,
+    );
+    let b = sample_with_noise(&two(AlgorithmType::DpmSolver), &den, &sde, &sigmas, &x, 0);
+    assert!(max_abs(&(a - b)) > 1e-6);
+    for order in [0, 4] {
+        let bad = SamplerSpec::DpmSinglestep {
+            order,
+            algorithm_type: AlgorithmType::DpmSolverPlusPlus,
+            solver_type: SolverType::Midpoint,
+        };
+        assert!(bad.build().is_err());
     }
 }

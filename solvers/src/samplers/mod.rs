@@ -5,6 +5,7 @@ pub mod ddim;
 pub mod ddpm;
 pub mod deis;
 pub mod dpm2;
+pub mod dpm_singlestep;
 pub mod dpm_solver;
 pub mod dpmpp_2m;
 pub mod dpmpp_2m_sde;
@@ -25,6 +26,7 @@ pub mod unipc;
 use crate::driver::Sampler;
 use crate::error::{Result, SolverError};
 pub use ddpm::DdpmVariance;
+pub use dpm_singlestep::AlgorithmType;
 pub use dpmpp_2m_sde::SolverType;
 pub use edm_stochastic::Churn;
 use serde::{Deserialize, Serialize};
@@ -229,6 +231,15 @@ pub enum SamplerSpec {
         #[serde(default = "one")]
         s_noise: f64,
     },
+    /// diffusers' `DPMSolverSinglestepScheduler` (its names and defaults).
+    DpmSinglestep {
+        #[serde(default = "two")]
+        order: usize,
+        #[serde(default)]
+        algorithm_type: AlgorithmType,
+        #[serde(default)]
+        solver_type: SolverType,
+    },
 }
 
 /// Every registry name, in the order of the docs.
@@ -257,6 +268,7 @@ pub const NAMES: &[&str] = &[
     "dpm-solver",
     "dpm-adaptive",
     "dpm-fast",
+    "dpm-singlestep",
 ];
 
 impl SamplerSpec {
@@ -326,6 +338,11 @@ impl SamplerSpec {
                 eta: 0.0,
                 s_noise: 1.0,
             },
+            "dpm-singlestep" => SamplerSpec::DpmSinglestep {
+                order: 2,
+                algorithm_type: AlgorithmType::DpmSolverPlusPlus,
+                solver_type: SolverType::Midpoint,
+            },
             other => {
                 return Err(SolverError::UnknownSampler {
                     name: other.to_string(),
@@ -362,6 +379,7 @@ impl SamplerSpec {
             SamplerSpec::DpmSolver { .. } => "dpm-solver",
             SamplerSpec::DpmAdaptive(_) => "dpm-adaptive",
             SamplerSpec::DpmFast { .. } => "dpm-fast",
+            SamplerSpec::DpmSinglestep { .. } => "dpm-singlestep",
         }
     }
 
@@ -475,6 +493,15 @@ impl SamplerSpec {
             SamplerSpec::DpmFast { eta, s_noise } => {
                 Box::new(dpm_solver::DpmFast::new(*eta, *s_noise)?)
             }
+            SamplerSpec::DpmSinglestep {
+                order,
+                algorithm_type,
+                solver_type,
+            } => Box::new(dpm_singlestep::DpmSinglestep::new(
+                *order,
+                *algorithm_type,
+                *solver_type,
+            )?),
         })
     }
 }
