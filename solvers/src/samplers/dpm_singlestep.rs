@@ -94,7 +94,7 @@ impl DpmSinglestep {
             }
             2 => {
                 let mut v: Vec<usize> = [1, 2].repeat(n / 2);
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     v.truncate(v.len().saturating_sub(2));
                     v.extend([1, 1]);
                 } else {
