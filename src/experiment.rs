@@ -544,7 +544,8 @@ fn row_problem(v: &Value) -> Option<String> {
             None => Some(format!("`{field}` is missing")),
         }
     };
-    let checks: [(&str, fn(&Value) -> bool, &str); 8] = [
+    type Check = (&'static str, fn(&Value) -> bool, &'static str);
+    let checks: [Check; 8] = [
         ("key", Value::is_string, "a string"),
         ("sampler", Value::is_string, "a string"),
         ("label", Value::is_string, "a string"),
