@@ -8,13 +8,7 @@ use tch::{Kind, Tensor};
 /// (header, dtype, length). Shape checks are the caller's.
 pub fn read(path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not a valid .npy file: {}",
-            path.display(),
-            one_line(&e.to_string())
-        )
-    })?;
+    let npy = parse(path, &bytes)?;
     if npy.order() != npyz::Order::C {
         bail!(
             "{}: Fortran-ordered arrays are not supported",
@@ -65,13 +59,7 @@ pub fn read(path: &Path) -> Result<Tensor> {
 /// Read class labels: an int32 or int64 `.npy` of shape `[N]` with values >= 0.
 pub fn read_labels(path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not a valid .npy file: {}",
-            path.display(),
-            one_line(&e.to_string())
-        )
-    })?;
+    let npy = parse(path, &bytes)?;
     if npy.shape().len() != 1 || npy.shape()[0] == 0 {
         bail!(
             "labels file {} has shape {:?}, expected [N]",
@@ -158,6 +146,17 @@ fn is_special(path: &Path) -> bool {
     std::fs::metadata(path)
         .map(|m| !m.is_file() && !m.is_dir())
         .unwrap_or(false)
+}
+
+/// The `.npy` header of `bytes` (the contents of `path`), its parse error on one line.
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<npyz::NpyFile<&'a [u8]>> {
+    npyz::NpyFile::new(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a valid .npy file: {}",
+            path.display(),
+            one_line(&e.to_string())
+        )
+    })
 }
 
 /// A parser's multi-line message (a header's syntax error draws the line and a caret) as one
