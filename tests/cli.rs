@@ -987,13 +987,13 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         return;
     };
     let checks = v["checks"].as_array().unwrap();
-    // 29 against k-diffusion, 22 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
+    // 29 against k-diffusion, 24 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
     // predictor-corrector with 1 and 2 corrector steps, Euler-Maruyama on the VP SDE, UniPC at
     // orders 2, 3 (bh1) and 4 and UniP-2 without the corrector, DEIS at orders 3 and 2, iPNDM,
-    // PNDM from sigma 80 and from 2, PLMS, singlestep DPM-Solver++ of order 2 (midpoint and
-    // heun) and 3 and DPM-Solver of order 3 (heun)) on each model, and dpm-adaptive with noise, a
-    // float64 check, on the exact mixture.
-    assert_eq!(checks.len(), 3 * 51 + 1);
+    // PNDM from sigma 80 and from 2, PLMS, multistep DPM-Solver++ of orders 2 and 3, singlestep
+    // DPM-Solver++ of order 2 (midpoint and heun) and 3 and DPM-Solver of order 3 (heun)) on
+    // each model, and dpm-adaptive with noise, a float64 check, on the exact mixture.
+    assert_eq!(checks.len(), 3 * 53 + 1);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),

@@ -86,20 +86,22 @@ def load_kdiffusion_sampling():
 
 
 def load_diffusers_schedulers(site):
-    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC, DEIS, iPNDM, PNDM and singlestep DPM-Solver scheduler modules, from `site` (appended to sys.path, so that the
+    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC, DEIS, iPNDM, PNDM and singlestep and multistep DPM-Solver scheduler modules, from `site` (appended to sys.path, so that the
     python's own numpy and torch come first) or the python's own packages; (None, reason) where
     they cannot be imported."""
     if os.path.isdir(site):
         sys.path.append(site)
     try:
         from diffusers.schedulers import scheduling_ddim, scheduling_ddpm, scheduling_deis_multistep, scheduling_ipndm, \
-            scheduling_pndm, scheduling_sde_ve, scheduling_unipc_multistep, scheduling_dpmsolver_singlestep
+            scheduling_pndm, scheduling_sde_ve, scheduling_unipc_multistep, scheduling_dpmsolver_singlestep, \
+            scheduling_dpmsolver_multistep
         from diffusers.schedulers.deprecated import scheduling_sde_vp
         import diffusers
     except Exception as e:  # any import failure means: no diffusers peer
         return None, f"{type(e).__name__}: {e}"
     return ((scheduling_ddpm, scheduling_ddim, scheduling_sde_ve, scheduling_sde_vp, scheduling_unipc_multistep,
-             scheduling_deis_multistep, scheduling_ipndm, scheduling_pndm, scheduling_dpmsolver_singlestep),
+             scheduling_deis_multistep, scheduling_ipndm, scheduling_pndm, scheduling_dpmsolver_singlestep,
+             scheduling_dpmsolver_multistep),
             f"diffusers {diffusers.__version__} from {os.path.dirname(diffusers.__file__)}")
 
 
@@ -952,6 +954,21 @@ def _diffusers_singlestep(order, algorithm_type="dpmsolver++", solver_type="midp
     return run
 
 
+def _diffusers_multistep(order, solver_type):
+    """diffusers' DPMSolverMultistepScheduler (DPM-Solver++, final sigma 0, whose last step is
+    first order) with its sigmas set to scoreflow's grid: a second implementation of dpmpp-2m
+    (order 2, midpoint) and dpmpp-3m (order 3; its second-order start-up step is the "heun" form,
+    as in k-diffusion's sample_dpmpp_3m_sde)."""
+
+    def run(diffusers, model, x, sigmas, grid, noise):
+        sch = diffusers[9].DPMSolverMultistepScheduler(
+            solver_order=order, prediction_type="sample", algorithm_type="dpmsolver++",
+            solver_type=solver_type, final_sigmas_type="zero")
+        return _x0_scheduler_on_grid(sch, model, x, grid, last_d=False)
+
+    return run
+
+
 # Compared with diffusers (run gets its scheduler modules instead of k-diffusion's sampling
 # module); flags may depend on the number of steps.
 DIFFUSERS_CHECKS = {
@@ -973,6 +990,8 @@ DIFFUSERS_CHECKS = {
     "pndm": (["--solver", "pndm"], _diffusers_pndm(False)),
     "pndm-smax2": (["--solver", "pndm", "--sigma-max", "2"], _diffusers_pndm(False, sigma_max=2.0)),
     "plms": (["--solver", "pndm", "--skip-prk-steps", "true"], _diffusers_pndm(True)),
+    "dpmpp-2m-diffusers": (["--solver", "dpmpp-2m"], _diffusers_multistep(2, "midpoint")),
+    "dpmpp-3m-diffusers": (["--solver", "dpmpp-3m"], _diffusers_multistep(3, "heun")),
     "dpm-singlestep": (["--solver", "dpm-singlestep"], _diffusers_singlestep(2)),
     "dpm-singlestep-2-heun": (["--solver", "dpm-singlestep", "--solver-type", "heun"],
                               _diffusers_singlestep(2, solver_type="heun")),
