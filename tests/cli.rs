@@ -987,13 +987,14 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         return;
     };
     let checks = v["checks"].as_array().unwrap();
-    // 29 against k-diffusion, 24 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
+    // 29 against k-diffusion, 26 against diffusers (DDPM small and large, DDIM at eta 0, 0.5, 1,
     // predictor-corrector with 1 and 2 corrector steps, Euler-Maruyama on the VP SDE, UniPC at
     // orders 2, 3 (bh1) and 4 and UniP-2 without the corrector, DEIS at orders 3 and 2, iPNDM,
-    // PNDM from sigma 80 and from 2, PLMS, multistep DPM-Solver++ of orders 2 and 3, singlestep
+    // PNDM from sigma 80 and from 2, PLMS, multistep DPM-Solver++ of orders 2 and 3 and its SDE
+    // form (midpoint and heun), singlestep
     // DPM-Solver++ of order 2 (midpoint and heun) and 3 and DPM-Solver of order 3 (heun)) on
     // each model, and dpm-adaptive with noise, a float64 check, on the exact mixture.
-    assert_eq!(checks.len(), 3 * 53 + 1);
+    assert_eq!(checks.len(), 3 * 55 + 1);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),
@@ -1015,7 +1016,8 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
             "--check-samplers",
             "euler,euler-ancestral,dpm2-ancestral,dpmpp-2s-ancestral,dpmpp-sde,edm-stochastic,\
              euler-churn,dpm2-churn,dpmpp-2m-sde,dpmpp-3m-sde,ddpm,ddim-eta1,pc,euler-maruyama,\
-             dpm-solver-eta0.5,dpm-adaptive-eta0.5,dpmpp-sde-r0.3,dpm-fast-eta0.5",
+             dpm-solver-eta0.5,dpm-adaptive-eta0.5,dpmpp-sde-r0.3,dpm-fast-eta0.5,\
+             dpmpp-2m-sde-diffusers",
             "--check-noise-seed",
             "4",
         ],

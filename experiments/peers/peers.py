@@ -969,6 +969,37 @@ def _diffusers_multistep(order, solver_type):
     return run
 
 
+def _diffusers_multistep_sde(solver_type):
+    """diffusers' DPMSolverMultistepScheduler with algorithm_type "sde-dpmsolver++" (order 2,
+    final sigma 0) on scoreflow's grid, its randn_tensor returning scoreflow's step noise
+    (STREAM_STEP on the step's interval; zeros on the step to 0, where sigma_t = 0 multiplies
+    it): a second implementation of dpmpp-2m-sde at eta 1 besides k-diffusion's."""
+
+    def run(diffusers, model, x, sigmas, grid, noise):
+        mod = diffusers[9]
+        sch = mod.DPMSolverMultistepScheduler(
+            solver_order=2, prediction_type="sample", algorithm_type="sde-dpmsolver++",
+            solver_type=solver_type, final_sigmas_type="zero")
+        n = len(grid) - 1
+        step = [0]
+
+        def draw(shape, **kw):
+            i = step[0]
+            step[0] += 1
+            if grid[i + 1] == 0:
+                return torch.zeros(shape, dtype=kw.get("dtype"), device=kw.get("device"))
+            return noise.standard(STREAM_STEP, grid[i + 1], grid[i]).to(kw.get("device"), kw.get("dtype"))
+
+        saved = mod.randn_tensor
+        mod.randn_tensor = draw
+        try:
+            return _x0_scheduler_on_grid(sch, model, x, grid, last_d=False)
+        finally:
+            mod.randn_tensor = saved
+
+    return run
+
+
 # Compared with diffusers (run gets its scheduler modules instead of k-diffusion's sampling
 # module); flags may depend on the number of steps.
 DIFFUSERS_CHECKS = {
@@ -992,6 +1023,9 @@ DIFFUSERS_CHECKS = {
     "plms": (["--solver", "pndm", "--skip-prk-steps", "true"], _diffusers_pndm(True)),
     "dpmpp-2m-diffusers": (["--solver", "dpmpp-2m"], _diffusers_multistep(2, "midpoint")),
     "dpmpp-3m-diffusers": (["--solver", "dpmpp-3m"], _diffusers_multistep(3, "heun")),
+    "dpmpp-2m-sde-diffusers": (["--solver", "dpmpp-2m-sde"], _diffusers_multistep_sde("midpoint")),
+    "dpmpp-2m-sde-heun-diffusers": (["--solver", "dpmpp-2m-sde", "--solver-type", "heun"],
+                                    _diffusers_multistep_sde("heun")),
     "dpm-singlestep": (["--solver", "dpm-singlestep"], _diffusers_singlestep(2)),
     "dpm-singlestep-2-heun": (["--solver", "dpm-singlestep", "--solver-type", "heun"],
                               _diffusers_singlestep(2, solver_type="heun")),
