@@ -44,7 +44,7 @@ pub struct GridArgs {
     /// Exponent of the karras and poly-t grids.
     #[arg(long, default_value_t = 7.0)]
     pub rho: f64,
-    /// Grid placement: karras, uniform-t, log-snr or poly-t.
+    /// Grid placement: karras, uniform-t, log-snr, poly-t or iddpm.
     #[arg(long, default_value = "karras")]
     pub grid: String,
     /// Forward process: edm, ve, vp, vp-cosine or subvp.

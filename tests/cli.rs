@@ -381,6 +381,17 @@ fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
         .concat(),
         "sigma_min (1e300) must be positive and smaller than sigma_max (1e200)",
     );
+    // edm's iddpm discretization is a fixed set of levels: more steps than it has in the range
+    // is an error.
+    check(
+        &[
+            &good[..],
+            &["--solver", "euler", "--steps", "500", "--grid", "iddpm"],
+            &["--sigma-max", "1"],
+        ]
+        .concat(),
+        "has 496 levels in [0.002, 1]: at most 496 steps",
+    );
     // Mistyped counts are errors, not allocation failures.
     check(
         &[&good[..], &["--solver", "euler", "--steps", "99999999999"]].concat(),

@@ -24,10 +24,86 @@ pub enum GridKind {
         #[serde(default = "default_rho")]
         rho: f64,
     },
+    /// The improved-DDPM discretization of Karras et al. (2022), Table 1, as NVlabs/edm's
+    /// `ablation_sampler` (`discretization='iddpm'`) builds it: the `M + 1` levels `u_M = 0`,
+    /// `u_{j-1} = sqrt((u_j^2 + 1) / max(abar(j - 1) / abar(j), C_1) - 1)` with
+    /// `abar(j) = sin^2(pi j / (2 M (C_2 + 1)))` (the cosine schedule of Nichol & Dhariwal 2021),
+    /// those within `[sigma_min, sigma_max]` kept, `n` of them picked at the indices
+    /// `round((K - 1) / (n - 1) i)` (ties to even, as torch rounds).
+    Iddpm {
+        #[serde(default = "default_c_1")]
+        c_1: f64,
+        #[serde(default = "default_c_2")]
+        c_2: f64,
+        #[serde(default = "default_m")]
+        m: usize,
+    },
 }
 
 fn default_rho() -> f64 {
     7.0
+}
+fn default_c_1() -> f64 {
+    0.001
+}
+fn default_c_2() -> f64 {
+    0.008
+}
+fn default_m() -> usize {
+    1000
+}
+
+/// The largest `M` of the iddpm grid (its levels are computed one by one).
+pub const MAX_IDDPM_M: usize = 10_000_000;
+
+/// The iddpm levels (see [`GridKind::Iddpm`]) for `n` steps.
+fn iddpm_levels(
+    n: usize,
+    sigma_min: f64,
+    sigma_max: f64,
+    c_1: f64,
+    c_2: f64,
+    m: usize,
+) -> Result<Vec<f64>> {
+    let bad = |name, value: f64, why| Err(SolverError::Parameter { name, value, why });
+    if !(c_1 > 0.0 && c_1 <= 1.0) {
+        return bad("c_1", c_1, "must be in (0, 1]");
+    }
+    if !(c_2 >= 0.0 && c_2.is_finite()) {
+        return bad("c_2", c_2, "must be finite and >= 0");
+    }
+    if !(1..=MAX_IDDPM_M).contains(&m) {
+        return bad("m", m as f64, "must be 1 to 10,000,000");
+    }
+    let abar = |j: usize| {
+        (0.5 * std::f64::consts::PI * j as f64 / m as f64 / (c_2 + 1.0))
+            .sin()
+            .powi(2)
+    };
+    let mut u = vec![0.0f64; m + 1];
+    for j in (1..=m).rev() {
+        u[j - 1] = ((u[j] * u[j] + 1.0) / (abar(j - 1) / abar(j)).max(c_1) - 1.0).sqrt();
+    }
+    let kept: Vec<f64> = u
+        .into_iter()
+        .filter(|v| *v >= sigma_min && *v <= sigma_max)
+        .collect();
+    let k = kept.len();
+    if n > k {
+        return Err(SolverError::Grid(format!(
+            "the iddpm discretization (M = {m}) has {k} levels in [{}, {}]: at most {k} steps",
+            crate::Num(sigma_min),
+            crate::Num(sigma_max)
+        )));
+    }
+    let ratio = if n > 1 {
+        (k - 1) as f64 / (n - 1) as f64
+    } else {
+        0.0
+    };
+    Ok((0..n)
+        .map(|i| kept[(ratio * i as f64).round_ties_even() as usize])
+        .collect())
 }
 
 impl Default for GridKind {
@@ -44,9 +120,14 @@ impl GridKind {
             "uniform-t" => GridKind::UniformT {},
             "log-snr" => GridKind::LogSnr {},
             "poly-t" => GridKind::PolyT { rho },
+            "iddpm" => GridKind::Iddpm {
+                c_1: default_c_1(),
+                c_2: default_c_2(),
+                m: default_m(),
+            },
             other => {
                 return Err(SolverError::Grid(format!(
-                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t)"
+                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t, iddpm)"
                 )))
             }
         })
@@ -126,11 +207,15 @@ pub fn sigmas(
             let (a, b) = (sigma_max.ln(), sigma_min.ln());
             (0..n).map(|i| (a + frac(i, n) * (b - a)).exp()).collect()
         }
+        GridKind::Iddpm { c_1, c_2, m } => iddpm_levels(n, sigma_min, sigma_max, *c_1, *c_2, *m)?,
     };
-    // Pin the end points exactly (the round trip through t may move them by an ulp).
-    out[0] = sigma_max;
-    if n > 1 {
-        out[n - 1] = sigma_min;
+    // Pin the end points exactly (the round trip through t may move them by an ulp); the iddpm
+    // levels are a fixed set, whose ends lie inside the range.
+    if !matches!(kind, GridKind::Iddpm { .. }) {
+        out[0] = sigma_max;
+        if n > 1 {
+            out[n - 1] = sigma_min;
+        }
     }
     out.push(0.0);
     validate(&out)?;

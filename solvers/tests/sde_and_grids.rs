@@ -177,6 +177,112 @@ fn karras_grid_matches_eq5_and_uniform_t_is_uniform() {
 }
 
 #[test]
+fn iddpm_grid_matches_nvlabs_edm() {
+    // Levels printed by NVlabs/edm's own ablation_sampler (discretization='iddpm', C_1 = 0.001,
+    // C_2 = 0.008, M = 1000) through experiments/peers/edm_grid.py, for 18 steps in
+    // [0.002, 81] (edm's iddpm defaults) and 10 steps in [0.01, 50]: with --float64-index (edm's
+    // code with its index j as float64, i.e. the formula in f64, as here) to 1e-12; as edm runs
+    // it (j int64, so abar in float32 by torch's promotion) to 1e-6 relative plus 5e-6 (the
+    // float32 rounding, carried through the recursion, moves the levels by up to 3.2e-7
+    // relative at the top, 2.6e-5 at 80.2, and 2.9e-6 absolute at the bottom, 0.0064254
+    // against 0.0064225).
+    let f64_18 = [
+        80.20370184547417,
+        9.687851806661078,
+        5.068197397968531,
+        3.4107615916100413,
+        2.5361017291918597,
+        1.9883938697889367,
+        1.602383451598721,
+        1.3200218607270113,
+        1.0980041840050299,
+        0.9133123990376618,
+        0.7597645848620865,
+        0.6259974160274171,
+        0.5046302461866713,
+        0.3958451955033939,
+        0.2945713627265193,
+        0.19850584869046975,
+        0.10403676110236446,
+        0.006425412771141183,
+        0.0,
+    ];
+    let f64_10 = [
+        49.351927899069935,
+        5.1959963554384165,
+        2.644194098849802,
+        1.7011207272169404,
+        1.1840806576451548,
+        0.8389418099015329,
+        0.5834219811051016,
+        0.3743586941475332,
+        0.18878434850678602,
+        0.011765978826564981,
+        0.0,
+    ];
+    let edm_18 = [
+        80.20367617799776,
+        9.687848103884503,
+        5.068195961652411,
+        3.4107606410408473,
+        2.5361010609130563,
+        1.9883932885155027,
+        1.6023834730291455,
+        1.3200216159794353,
+        1.098003886076512,
+        0.9133120999194778,
+        0.759764295135753,
+        0.6259973154403513,
+        0.5046302701569558,
+        0.39584529576659044,
+        0.2945708527913949,
+        0.19850549501482204,
+        0.10403644724603973,
+        0.0064224695811984575,
+        0.0,
+    ];
+    let edm_10 = [
+        49.35191122354962,
+        5.195994870574154,
+        2.644193482778128,
+        1.7011204170289878,
+        1.1840803470920478,
+        0.8389413486517695,
+        0.5834219914943771,
+        0.3743586776238295,
+        0.18878367337309798,
+        0.01176498109294423,
+        0.0,
+    ];
+    let sde = Edm::default();
+    let kind = GridKind::from_name("iddpm", 7.0).unwrap();
+    for (n, lo, hi, exact, edm) in [
+        (18, 0.002, 81.0, &f64_18[..], &edm_18[..]),
+        (10, 0.01, 50.0, &f64_10[..], &edm_10[..]),
+    ] {
+        let g = grid::sigmas(&kind, n, lo, hi, &sde).unwrap();
+        for (want, rel, abs) in [(exact, 1e-12, 0.0), (edm, 1e-6, 5e-6)] {
+            assert_eq!(g.len(), want.len());
+            for (a, b) in g.iter().zip(want) {
+                assert!(
+                    (a - b).abs() <= rel * b + abs,
+                    "{n} steps: {g:?} against {want:?}"
+                );
+            }
+        }
+    }
+    // The levels are a fixed set: more steps than levels in the range is an error, not a grid
+    // with repeated levels; bad constants are errors.
+    let e = grid::sigmas(&kind, 400, 0.5, 0.6, &sde)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("levels in [0.5, 0.6]: at most"), "{e}");
+    for (c_1, c_2, m) in [(0.0, 0.008, 1000), (0.001, -1.0, 1000), (0.001, 0.008, 0)] {
+        assert!(grid::sigmas(&GridKind::Iddpm { c_1, c_2, m }, 4, 0.002, 80.0, &sde).is_err());
+    }
+}
+
+#[test]
 fn bad_grid_input_is_an_error() {
     let sde = Edm::default();
     let k = GridKind::default();
