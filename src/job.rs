@@ -117,10 +117,10 @@ pub struct SamplerArgs {
     /// log sigma, in (0, 1] (k-diffusion's r; 1/2 by default).
     #[arg(long)]
     pub r: Option<f64>,
-    /// dpm-adaptive: relative tolerance of the step-size control.
+    /// dpm-adaptive, rk45: relative tolerance of the step-size control.
     #[arg(long)]
     pub rtol: Option<f64>,
-    /// dpm-adaptive: absolute tolerance of the step-size control.
+    /// dpm-adaptive, rk45: absolute tolerance of the step-size control.
     #[arg(long)]
     pub atol: Option<f64>,
     /// dpm-adaptive: first step size, in log sigma.
@@ -236,6 +236,17 @@ impl SamplerArgs {
                     ("accept-safety", self.accept_safety, &mut p.accept_safety),
                     ("eta", self.eta, &mut p.eta),
                     ("s-noise", self.s_noise, &mut p.s_noise),
+                ] {
+                    if let Some(v) = src {
+                        *dst = v;
+                        used.push(flag);
+                    }
+                }
+            }
+            SamplerSpec::Rk45(p) => {
+                for (flag, src, dst) in [
+                    ("rtol", self.rtol, &mut p.rtol),
+                    ("atol", self.atol, &mut p.atol),
                 ] {
                     if let Some(v) = src {
                         *dst = v;

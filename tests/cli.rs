@@ -200,7 +200,7 @@ fn noise_files_in_float32_and_float64_give_the_same_samples() {
 }
 
 #[test]
-fn every_dpm_adaptive_flag_reaches_the_sampler() {
+fn every_dpm_adaptive_and_rk45_flag_reaches_the_sampler() {
     // Each flag changes the samples (the controller's flags through the steps they choose).
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("a.npy");
@@ -221,6 +221,16 @@ fn every_dpm_adaptive_flag_reaches_the_sampler() {
             samples(flags),
             default,
             "{flags:?} left the samples unchanged"
+        );
+    }
+    // rk45's two tolerances too.
+    let samples = |flags: &[&str]| gmm8_samples(&out, "rk45", "2", "64", flags);
+    let default = samples(&[]);
+    for flags in [&["--rtol", "0.001"][..], &["--atol", "0.001"]] {
+        assert_ne!(
+            samples(flags),
+            default,
+            "rk45 {flags:?} left the samples unchanged"
         );
     }
 }
@@ -516,7 +526,8 @@ fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
         .concat(),
         "--corrector does not apply",
     );
-    // dpm-solver and dpm-adaptive: orders, tolerances, controller parameters, foreign flags.
+    // dpm-solver, dpm-adaptive and rk45: orders, tolerances, controller parameters, foreign
+    // flags.
     for (solver, flags, want) in [
         ("dpm-solver", &["--order", "4"][..], "must be 1 to 3"),
         (
@@ -544,6 +555,9 @@ fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
             &["--rtol", "0", "--atol", "1e-30"][..],
             "gave up",
         ),
+        ("rk45", &["--rtol", "1e-15"][..], "scipy's floor"),
+        ("rk45", &["--atol=-1"][..], "atol"),
+        ("rk45", &["--h-init", "0.1"][..], "--h-init does not apply"),
         ("euler", &["--h-init", "0.1"][..], "--h-init does not apply"),
         ("euler", &["--s-churn=-1"][..], "s_churn"),
         ("dpm2", &["--s-tmin", "2", "--s-tmax", "1"][..], "s_tmin"),
@@ -983,7 +997,9 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // in numpy by peers.py from their description. And diffusers' DDPMScheduler (small and large
     // variance), DDIMScheduler (eta 0, 0.5, 1) and ScoreSdeVeScheduler (predictor-corrector) on
     // the same grid, ScoreSdeVpScheduler (Euler-Maruyama) on a uniform-t VP grid, and
-    // UniPCMultistepScheduler, DEISMultistepScheduler and IPNDMScheduler on the same grid.
+    // UniPCMultistepScheduler, DEISMultistepScheduler and IPNDMScheduler on the same grid. And
+    // scipy's solve_ivp(method="RK45") as score_sde's ODE sampler calls it (rk45 under EDM, VP
+    // and VE).
     let dir = tempfile::tempdir().unwrap();
     let Some(v) = peers(
         &[
@@ -1004,8 +1020,9 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // PNDM from sigma 80 and from 2, PLMS, multistep DPM-Solver++ of orders 2 and 3 and its SDE
     // form (midpoint and heun), singlestep
     // DPM-Solver++ of order 2 (midpoint and heun) and 3 and DPM-Solver of order 3 (heun)) on
-    // each model, and dpm-adaptive with noise, a float64 check, on the exact mixture.
-    assert_eq!(checks.len(), 3 * 55 + 1);
+    // each model; 3 against scipy (rk45 under EDM, VP and VE with other tolerances); and two
+    // float64 checks on the exact mixture: dpm-adaptive with noise and rk45.
+    assert_eq!(checks.len(), 3 * 58 + 2);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),
@@ -1017,6 +1034,10 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
         let loose = c["sampler"] == "lms" || c["sampler"].as_str().unwrap().starts_with("pc");
         let tol = if loose { 5e-4 } else { 1e-4 } * scale.max(1.0);
         assert!(diff <= tol, "{c}");
+        if c["sampler"] == "rk45-float64" {
+            // The same steps in float64: only the float32 output file's rounding is left.
+            assert!(diff <= 1e-6 * scale.max(1.0), "{c}");
+        }
     }
     // The control: k-diffusion handed another seed's Brownian paths must disagree on every
     // stochastic sampler (and still agree on the deterministic one), with exit code 1.

@@ -610,8 +610,9 @@ def _kd_dpm_fast(eta=0.0, s_noise=1.0):
 # with noise, dpm-adaptive's step sizes follow its error estimates continuously, and early on,
 # where the pair of solutions agrees to a few float32 ulps, float32 rounding (which differs
 # between any two implementations) moves the steps and with them the Brownian increments, which
-# are only Hölder-1/2 continuous in the step ends.
-FLOAT64_CHECKS = {"dpm-adaptive-eta0.5"}
+# are only Hölder-1/2 continuous in the step ends. rk45 (scipy's RK45 at rtol 1e-5) in float32
+# sees rounding noise in its error estimate near sigma_min, where x - D cancels (SCIPY_CHECKS).
+FLOAT64_CHECKS = {"dpm-adaptive-eta0.5", "rk45-float64"}
 
 
 def _kd_dpm_adaptive(eta=0.0, s_noise=1.0, **kw):
@@ -1035,6 +1036,77 @@ DIFFUSERS_CHECKS = {
 }
 
 
+# --------------------------------------------------------------------------- scipy (score_sde)
+
+
+def load_scipy_integrate():
+    """scipy.integrate, which score_sde's ODE sampler calls; (None, reason) where it cannot be
+    imported (it comes with torchsde, which scripts/peers.sh installs)."""
+    try:
+        import scipy
+        from scipy import integrate
+    except Exception as e:  # any import failure means: no scipy peer
+        return None, f"{type(e).__name__}: {e}"
+    return integrate, f"scipy {scipy.__version__} from {os.path.dirname(scipy.__file__)}"
+
+
+# The forward processes as score_sde writes them (sde_lib.py): sigma(t) of the scaled variable,
+# the scale s(t), the drift coefficient f(t) and g(t)^2, and the time of a noise level.
+# scoreflow's VE is sigma_min (sigma_max / sigma_min)^t with 0.01 and 50.
+VE_SIGMA_MIN, VE_SIGMA_MAX = 0.01, 50.0
+SCORE_SDE_FORMS = {
+    "edm": (lambda t: t, lambda t: 1.0, lambda t: 0.0, lambda t: 2.0 * t, lambda sigma: sigma),
+    "vp": (_vp_sigma, lambda t: math.exp(-0.5 * _vp_integral(t)), lambda t: -0.5 * (VP_BETA_MIN + t * (VP_BETA_MAX - VP_BETA_MIN)),
+           lambda t: VP_BETA_MIN + t * (VP_BETA_MAX - VP_BETA_MIN), _vp_time),
+    "ve": (lambda t: VE_SIGMA_MIN * (VE_SIGMA_MAX / VE_SIGMA_MIN) ** t, lambda t: 1.0, lambda t: 0.0,
+           lambda t: (VE_SIGMA_MIN * (VE_SIGMA_MAX / VE_SIGMA_MIN) ** t) ** 2 * 2.0 * math.log(VE_SIGMA_MAX / VE_SIGMA_MIN),
+           lambda sigma: math.log(sigma / VE_SIGMA_MIN) / math.log(VE_SIGMA_MAX / VE_SIGMA_MIN)),
+}
+
+
+def _scipy_rk45(sde="edm", rtol=1e-5, atol=1e-5):
+    """score_sde's ODE sampler (sampling.py, get_ode_sampler): scipy.integrate.solve_ivp with
+    method="RK45" on the probability-flow drift f(t) x - g(t)^2 score / 2 in the process's time
+    and the unscaled x = s(t) x^, the state flattened to float64 and the model called in the
+    samples' dtype, from t(sigma_0) to t(sigma_{n-1}) of the grid; then scoreflow's last step, D
+    at the last nonzero level (score_sde ends with a reverse-diffusion denoising step instead)."""
+    sig_of, s_of, f_of, g2_of, t_of = SCORE_SDE_FORMS[sde]
+
+    def run(integrate, model, x, sigmas, grid, noise):
+        t0, t1 = t_of(grid[0]), t_of(grid[-2])
+        shape = x.shape
+        ones = x.new_ones([shape[0]])
+
+        def fun(t, y):
+            xt = torch.from_numpy(y).reshape(shape).to(x.device, x.dtype)
+            sig, s = sig_of(t), s_of(t)
+            xh = xt / s
+            score = (model(xh, ones * sig) - xh) / (s * sig * sig)
+            return (xt * f_of(t) - score * (0.5 * g2_of(t))).double().cpu().numpy().reshape(-1)
+
+        y0 = (x.double() * s_of(t0)).cpu().numpy().reshape(-1)
+        sol = integrate.solve_ivp(fun, (t0, t1), y0, rtol=rtol, atol=atol, method="RK45")
+        if sol.status != 0:
+            fail(f"scipy's RK45 failed: {sol.message}")
+        xe = torch.from_numpy(sol.y[:, -1]).reshape(shape).to(x.device, x.dtype)
+        return model(xe / s_of(t1), ones * grid[-2])
+
+    return run
+
+
+# Compared with scipy's solve_ivp as score_sde calls it (run gets scipy.integrate).
+SCIPY_CHECKS = {
+    "rk45": (["--solver", "rk45"], _scipy_rk45()),
+    # In float32 the drift's rounding noise is what the error estimate sees near sigma_min (x - D
+    # cancels there), so the two sides' steps part there (on the mixture, 159 and 177 evaluations,
+    # 6.5e-5 apart); in float64 they take the same steps (a float64 check, on the mixture only).
+    "rk45-float64": (["--solver", "rk45"], _scipy_rk45()),
+    "rk45-vp": (["--solver", "rk45", "--sde", "vp"], _scipy_rk45("vp")),
+    "rk45-ve-tol": (["--solver", "rk45", "--sde", "ve", "--rtol", "0.001", "--atol", "0.0001"],
+                    _scipy_rk45("ve", 1e-3, 1e-4)),
+}
+
+
 def _kd_det(name):
     return lambda sampling, model, x, sigmas, grid, noise: kd_sampler(sampling, name)(model, x, sigmas)
 
@@ -1207,7 +1279,7 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", required=True, help="output folder (peers.json and the logs)")
     ap.add_argument("--check-only", action="store_true", help="only check that the samples agree (no timing)")
-    known_checks = list(CHECKS) + list(DIFFUSERS_CHECKS)
+    known_checks = list(CHECKS) + list(DIFFUSERS_CHECKS) + list(SCIPY_CHECKS)
     ap.add_argument("--check-samplers",
                     help=f"samplers whose samples are compared, of {','.join(known_checks)} (default: all; the "
                          "diffusers ones only where diffusers can be imported)")
@@ -1250,10 +1322,18 @@ def main():
                 fail(f"--check-samplers asks for diffusers, which cannot be imported ({diffusers_note})")
             print(f"skipped: the diffusers checks ({diffusers_note})")
             check_names = [c for c in check_names if c not in DIFFUSERS_CHECKS]
+    integrate, scipy_note = (None, "not asked for")
+    if any(c in SCIPY_CHECKS for c in check_names) and "sample" in parts:
+        integrate, scipy_note = load_scipy_integrate()
+        if integrate is None:
+            if a.check_samplers:
+                fail(f"--check-samplers asks for scipy, which cannot be imported ({scipy_note})")
+            print(f"skipped: the scipy checks ({scipy_note})")
+            check_names = [c for c in check_names if c not in SCIPY_CHECKS]
     samplers = [s for s in a.samplers.split(",") if s]
     modes = [m for m in a.modes.split(",") if m and not (m == "reduce-overhead" and dev.type != "cuda")]
     sigmas = sampling.get_sigmas_karras(a.steps, 0.002, 80.0, 7.0, device=dev)
-    print(f"torch {torch.__version__} on {dev}; k-diffusion sampling.py from {kd_root} ({utils_note}); {diffusers_note}")
+    print(f"torch {torch.__version__} on {dev}; k-diffusion sampling.py from {kd_root} ({utils_note}); {diffusers_note}; {scipy_note}")
     torch.backends.cudnn.benchmark = False
 
     models = [("gmm8", gmm8().to(dev), [2], [a.mixture_batch], ["--denoiser", "builtin:gmm8"])]
@@ -1271,7 +1351,7 @@ def main():
     rows, checks, train_rows = [], [], []
     info = {"torch": torch.__version__, "device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
             "steps": a.steps, "reps": a.reps, "kdiffusion_sampling": os.path.join(kd_root, "sampling.py"),
-            "diffusers": diffusers_note}
+            "diffusers": diffusers_note, "scipy": scipy_note}
 
     def save(complete):
         """peers.json, rewritten (atomically) after every measurement: a run cut short still
@@ -1309,8 +1389,8 @@ def main():
             np.save(os.path.join(tmp, "z.npy"), z.numpy())
             for s in check_names:
                 out = os.path.join(tmp, "x.npy")
-                peer = "diffusers" if s in DIFFUSERS_CHECKS else "k-diffusion"
-                flags, run_kd = DIFFUSERS_CHECKS[s] if s in DIFFUSERS_CHECKS else CHECKS[s]
+                peer = "diffusers" if s in DIFFUSERS_CHECKS else "scipy" if s in SCIPY_CHECKS else "k-diffusion"
+                flags, run_kd = {**CHECKS, **DIFFUSERS_CHECKS, **SCIPY_CHECKS}[s]
                 flags = flags(a.steps) if callable(flags) else flags
                 wide = s in FLOAT64_CHECKS
                 if wide and not isinstance(model, Mixture):
@@ -1323,7 +1403,8 @@ def main():
                 x_sf = torch.from_numpy(np.load(out)).double()
                 with torch.no_grad():
                     m, x0 = (model.to_float64(), z.to(dev).double() * 80.0) if wide else (model, z.to(dev) * 80.0)
-                    x_kd = run_kd(diffusers if peer == "diffusers" else sampling, m, x0, sigmas, grid, noise).cpu().double()
+                    peer_mod = {"diffusers": diffusers, "scipy": integrate}.get(peer, sampling)
+                    x_kd = run_kd(peer_mod, m, x0, sigmas, grid, noise).cpu().double()
                 err = (x_sf - x_kd).abs().max().item()
                 scale = x_kd.abs().max().item()
                 agree = err <= a.check_tol * max(1.0, scale)

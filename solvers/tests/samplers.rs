@@ -1430,3 +1430,133 @@ fn dpm_singlestep_groups_steps_as_diffusers_and_order_1_is_euler() {
         assert!(bad.build().is_err());
     }
 }
+
+fn rk45(rtol: f64, atol: f64) -> SamplerSpec {
+    SamplerSpec::Rk45(scoreflow_solvers::samplers::rk45::Rk45Params { rtol, atol })
+}
+
+#[test]
+fn rk45_is_dormand_prince_and_meets_its_tolerance_under_edm_ve_and_vp() {
+    use scoreflow_solvers::samplers::rk45::{A, B, C, E};
+    // The tableau: each row of A sums to its node, the fifth-order weights to 1, the error
+    // weights (fifth minus fourth order, FSAL stage last) to 0; the last stage is the step's
+    // result (FSAL: row 6 of A is B).
+    for (row, c) in A.iter().zip(C) {
+        assert!((row.iter().sum::<f64>() - c).abs() < 1e-14, "{row:?} {c}");
+    }
+    assert!((B.iter().sum::<f64>() - 1.0).abs() < 1e-14);
+    assert!(E.iter().sum::<f64>().abs() < 1e-15);
+    // The fourth-order weights B + E (scipy's E is fourth minus fifth order; E[6] weighs the
+    // FSAL stage, whose weight in the fifth-order solution is 0) sum to 1 too, and both sets
+    // integrate t^k exactly for k < 4: sum_i b_i c_i^k = 1 / (k + 1).
+    let b4: Vec<f64> = (0..7)
+        .map(|i| if i < 6 { B[i] } else { 0.0 } + E[i])
+        .collect();
+    assert!((b4[0] - 5179.0 / 57600.0).abs() < 1e-16 && (b4[6] - 1.0 / 40.0).abs() < 1e-16);
+    let c7 = [C[0], C[1], C[2], C[3], C[4], C[5], 1.0];
+    for k in 0..4 {
+        let q5: f64 = (0..6).map(|i| B[i] * C[i].powi(k)).sum();
+        let q4: f64 = (0..7).map(|i| b4[i] * c7[i].powi(k)).sum();
+        let want = 1.0 / (k as f64 + 1.0);
+        assert!(
+            (q5 - want).abs() < 1e-14 && (q4 - want).abs() < 1e-14,
+            "k {k}: {q5} {q4}"
+        );
+    }
+    // The fifth-order weights also for k = 4, and the fourth-order ones not (an embedded pair).
+    let q5: f64 = (0..6).map(|i| B[i] * C[i].powi(4)).sum();
+    let q4: f64 = (0..7).map(|i| b4[i] * c7[i].powi(4)).sum();
+    assert!(
+        (q5 - 0.2).abs() < 1e-14 && (q4 - 0.2).abs() > 1e-6,
+        "{q5} {q4}"
+    );
+    // Against the exact flow of Gaussian data: the error falls with the tolerance and stays
+    // within a small multiple of it; the evaluations are 2 (the first f and the initial-step
+    // probe) + 6 per attempted step + 1 (the final D), so 3 mod 6.
+    let mut report = String::new();
+    let sdes: Vec<(Box<dyn Sde>, GridKind)> = vec![
+        (Box::new(Edm::default()), GridKind::default()),
+        (Box::new(Ve::default()), GridKind::UniformT {}),
+        (Box::new(VpLinear::default()), GridKind::LogSnr {}),
+    ];
+    for (sde, kind) in &sdes {
+        let mut last = (f64::INFINITY, 0usize);
+        for tol in [1e-3, 1e-5, 1e-7] {
+            let spec = rk45(tol, tol);
+            let err = flow_error(&spec, sde.as_ref(), kind, 2);
+            let den = gaussian();
+            let (_, nfe) = sample(
+                &spec,
+                &den,
+                sde.as_ref(),
+                &grid_for(sde.as_ref(), kind, 2),
+                7,
+                64,
+                3,
+            );
+            report += &format!(
+                "{} tol {tol:e}: error {err:.2e}, {nfe} evaluations\n",
+                sde.name()
+            );
+            assert!(err < last.0 && nfe > last.1, "{report}");
+            assert!(err < 50.0 * tol, "{report}");
+            assert_eq!(nfe % 6, 3, "{report}");
+            last = (err, nfe);
+        }
+    }
+    println!("{report}");
+    // The interior levels of the grid are not used.
+    let den = gaussian();
+    let sde = Edm::default();
+    let spec = SamplerSpec::from_name("rk45").unwrap();
+    let (a, na) = sample(
+        &spec,
+        &den,
+        &sde,
+        &grid_for(&sde, &GridKind::default(), 2),
+        3,
+        16,
+        3,
+    );
+    let (b, nb) = sample(
+        &spec,
+        &den,
+        &sde,
+        &grid_for(&sde, &GridKind::default(), 18),
+        3,
+        16,
+        3,
+    );
+    assert_eq!(na, nb);
+    assert!(max_abs(&(a - b)) == 0.0);
+    // scipy's smallest rtol is reachable in float64 (at a few thousand evaluations), but not
+    // in float32, whose rounding the error estimate sees: the sampler stops with a message.
+    // Parameters out of range are refused.
+    let sigmas = grid_for(&sde, &GridKind::default(), 2);
+    let min = scoreflow_solvers::samplers::rk45::MIN_RTOL;
+    let (_, nfe) = sample(&rk45(min, 0.0), &den, &sde, &sigmas, 1, 8, 3);
+    assert!(nfe > 1000, "{nfe}");
+    let x = start(1, 8, 3, sigmas[0]).to_kind(Kind::Float);
+    let mut noise = BrownianNoise::new(1, 0, 8, &[3], 81.0, Device::Cpu, Kind::Float);
+    let err = run(
+        rk45(1e-12, 0.0).build().unwrap().as_ref(),
+        &den,
+        &sde,
+        &sigmas,
+        x,
+        &mut noise,
+        &RunOptions::default(),
+        &mut |_, _| {},
+    )
+    .map(|o| o.nfe)
+    .expect_err("an impossible tolerance must fail")
+    .to_string();
+    assert!(
+        err.contains("rk45 gave up") && err.contains("rtol"),
+        "{err}"
+    );
+    assert!(rk45(0.0, 1e-5).build().is_err());
+    assert!(rk45(min / 2.0, 1e-5).build().is_err());
+    assert!(rk45(1e-5, -1.0).build().is_err());
+    assert!(rk45(f64::NAN, 1e-5).build().is_err());
+}

@@ -149,7 +149,7 @@ fn ancestral_dpm_step(
 /// The step of a sampler that uses only the grid's ends (`dpm-fast`, `dpm-adaptive`): on the
 /// first step `integrate(ctx, x, sigma_0, sigma_last)` to the last nonzero level, nothing on
 /// the interior steps, `D` on the step to 0.
-fn ends_only(
+pub(crate) fn ends_only(
     ctx: &mut StepCtx<'_>,
     x: Tensor,
     integrate: impl FnOnce(&mut StepCtx<'_>, Tensor, f64, f64) -> Result<Tensor>,

@@ -21,6 +21,7 @@ pub mod ipndm;
 pub mod lms;
 pub mod pc;
 pub mod pndm;
+pub mod rk45;
 pub mod unipc;
 
 use crate::driver::Sampler;
@@ -240,6 +241,8 @@ pub enum SamplerSpec {
         #[serde(default)]
         solver_type: SolverType,
     },
+    /// score_sde's ODE sampler (scipy's RK45; see [`rk45::Rk45Params`]).
+    Rk45(rk45::Rk45Params),
 }
 
 /// Every registry name, in the order of the docs.
@@ -269,6 +272,7 @@ pub const NAMES: &[&str] = &[
     "dpm-adaptive",
     "dpm-fast",
     "dpm-singlestep",
+    "rk45",
 ];
 
 impl SamplerSpec {
@@ -343,6 +347,7 @@ impl SamplerSpec {
                 algorithm_type: AlgorithmType::DpmSolverPlusPlus,
                 solver_type: SolverType::Midpoint,
             },
+            "rk45" => SamplerSpec::Rk45(rk45::Rk45Params::default()),
             other => {
                 return Err(SolverError::UnknownSampler {
                     name: other.to_string(),
@@ -380,6 +385,7 @@ impl SamplerSpec {
             SamplerSpec::DpmAdaptive(_) => "dpm-adaptive",
             SamplerSpec::DpmFast { .. } => "dpm-fast",
             SamplerSpec::DpmSinglestep { .. } => "dpm-singlestep",
+            SamplerSpec::Rk45(_) => "rk45",
         }
     }
 
@@ -407,17 +413,17 @@ impl SamplerSpec {
         }
     }
 
-    /// Whether the sampler chooses its own steps (`dpm-adaptive`): its NFE is known only after
-    /// the run, and only the ends of the grid matter.
+    /// Whether the sampler chooses its own steps (`dpm-adaptive`, `rk45`): its NFE is known
+    /// only after the run, and only the ends of the grid matter.
     pub fn is_adaptive(&self) -> bool {
-        matches!(self, SamplerSpec::DpmAdaptive(_))
+        matches!(self, SamplerSpec::DpmAdaptive(_) | SamplerSpec::Rk45(_))
     }
 
     /// Network evaluations for `steps` steps (the driver counts them; this is for planning);
     /// `None` for an adaptive sampler.
     pub fn nfe(&self, steps: usize) -> Option<usize> {
         Some(match self {
-            SamplerSpec::DpmAdaptive(_) => return None,
+            SamplerSpec::DpmAdaptive(_) | SamplerSpec::Rk45(_) => return None,
             SamplerSpec::DpmSolver { order, .. } => order * steps.saturating_sub(1) + 1,
             SamplerSpec::Heun(_)
             | SamplerSpec::EdmStochastic(_)
@@ -502,6 +508,7 @@ impl SamplerSpec {
                 *algorithm_type,
                 *solver_type,
             )?),
+            SamplerSpec::Rk45(p) => Box::new(rk45::Rk45::new(p.clone())?),
         })
     }
 }
