@@ -74,13 +74,13 @@ pub struct SamplerArgs {
     /// dpmpp-3m-sde, dpm-solver, dpm-adaptive, dpm-fast: noise fraction (0 = deterministic).
     #[arg(long)]
     pub eta: Option<f64>,
-    /// euler, heun, dpm2, edm-stochastic: EDM's S_churn (0 = no churn).
+    /// euler, heun, dpm2, edm-stochastic, edm-ablation: EDM's S_churn (0 = no churn).
     #[arg(long)]
     pub s_churn: Option<f64>,
-    /// euler, heun, dpm2, edm-stochastic: S_tmin (no churn below it).
+    /// euler, heun, dpm2, edm-stochastic, edm-ablation: S_tmin (no churn below it).
     #[arg(long)]
     pub s_tmin: Option<f64>,
-    /// euler, heun, dpm2, edm-stochastic: S_tmax (no churn above it).
+    /// euler, heun, dpm2, edm-stochastic, edm-ablation: S_tmax (no churn above it).
     #[arg(long)]
     pub s_tmax: Option<f64>,
     /// The samplers that take --s-churn, and those that take --eta except ddim: S_noise.
@@ -100,7 +100,7 @@ pub struct SamplerArgs {
     #[arg(long)]
     pub order: Option<usize>,
     /// dpmpp-2m-sde, dpm-singlestep: form of the higher-order correction, midpoint or heun;
-    /// unipc: B(h), bh1 or bh2.
+    /// unipc: B(h), bh1 or bh2; edm-ablation: euler or heun (edm's solver).
     #[arg(long)]
     pub solver_type: Option<String>,
     /// unipc: apply the UniC corrector (true or false).
@@ -117,6 +117,19 @@ pub struct SamplerArgs {
     /// log sigma, in (0, 1] (k-diffusion's r; 1/2 by default).
     #[arg(long)]
     pub r: Option<f64>,
+    /// edm-ablation: position of the second evaluation, a fraction of the step, in (0, 1]
+    /// (EDM's generalized second-order step; 1 is Heun).
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// edm-ablation: the ODE's time variable, linear (sigma = t), vp or ve (sigma = sqrt t).
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// edm-ablation: the scaling s(t) of x, none or vp (1 / sqrt(1 + sigma^2)).
+    #[arg(long)]
+    pub scaling: Option<String>,
+    /// edm-ablation: the time of the last nonzero level under the vp schedule.
+    #[arg(long)]
+    pub epsilon_s: Option<f64>,
     /// dpm-adaptive, rk45: relative tolerance of the step-size control.
     #[arg(long)]
     pub rtol: Option<f64>,
@@ -243,6 +256,33 @@ impl SamplerArgs {
                     }
                 }
             }
+            SamplerSpec::EdmAblation(p) => {
+                for (flag, src, dst) in [
+                    ("alpha", self.alpha, &mut p.alpha),
+                    ("epsilon-s", self.epsilon_s, &mut p.epsilon_s),
+                    ("s-churn", self.s_churn, &mut p.s_churn),
+                    ("s-tmin", self.s_tmin, &mut p.s_tmin),
+                    ("s-tmax", self.s_tmax, &mut p.s_tmax),
+                    ("s-noise", self.s_noise, &mut p.s_noise),
+                ] {
+                    if let Some(v) = src {
+                        *dst = v;
+                        used.push(flag);
+                    }
+                }
+                if let Some(v) = &self.solver_type {
+                    p.solver_type = v.parse()?;
+                    used.push("solver-type");
+                }
+                if let Some(v) = &self.schedule {
+                    p.schedule = v.parse()?;
+                    used.push("schedule");
+                }
+                if let Some(v) = &self.scaling {
+                    p.scaling = v.parse()?;
+                    used.push("scaling");
+                }
+            }
             SamplerSpec::Rk45(p) => {
                 for (flag, src, dst) in [
                     ("rtol", self.rtol, &mut p.rtol),
@@ -338,6 +378,10 @@ impl SamplerArgs {
             ("dcoeff", self.dcoeff.is_some()),
             ("accept-safety", self.accept_safety.is_some()),
             ("r", self.r.is_some()),
+            ("alpha", self.alpha.is_some()),
+            ("schedule", self.schedule.is_some()),
+            ("scaling", self.scaling.is_some()),
+            ("epsilon-s", self.epsilon_s.is_some()),
         ];
         for (flag, present) in given {
             if present && !used.contains(&flag) {

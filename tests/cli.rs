@@ -236,7 +236,7 @@ fn every_dpm_adaptive_and_rk45_flag_reaches_the_sampler() {
 }
 
 #[test]
-fn churn_flags_reach_euler_heun_and_dpm2_and_r_and_skip_prk_steps_reach_theirs() {
+fn churn_flags_reach_euler_heun_and_dpm2_and_the_other_samplers_flags_reach_theirs() {
     // k-diffusion's sample_euler, sample_heun and sample_dpm_2 take EDM's churn: each flag
     // changes the samples, and heun with churn is edm-stochastic with it. dpmpp-sde's --r moves
     // its intermediate level.
@@ -306,6 +306,41 @@ fn churn_flags_reach_euler_heun_and_dpm2_and_r_and_skip_prk_steps_reach_theirs()
     assert_ne!(
         samples("pndm", &["--skip-prk-steps", "true"]),
         samples("pndm", &[])
+    );
+    // edm-ablation: at the defaults heun (edm-stochastic with churn, euler with --solver-type
+    // euler), up to float32 rounding (its step is written in the general form); each of its
+    // own flags changes the samples.
+    let close = |a: Vec<f32>, b: Vec<f32>, what: &str| {
+        let d = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(a.len() == b.len() && d < 1e-5, "{what}: {d}");
+    };
+    close(samples("edm-ablation", &[]), samples("heun", &[]), "heun");
+    close(
+        samples("edm-ablation", &churn),
+        samples("edm-stochastic", &churn),
+        "edm-stochastic",
+    );
+    close(
+        samples("edm-ablation", &["--solver-type", "euler"]),
+        samples("euler", &[]),
+        "euler",
+    );
+    let ab = samples("edm-ablation", &[]);
+    for flags in [
+        &["--alpha", "0.5"][..],
+        &["--schedule", "vp"],
+        &["--schedule", "ve"],
+        &["--scaling", "vp"],
+    ] {
+        assert_ne!(samples("edm-ablation", flags), ab, "edm-ablation {flags:?}");
+    }
+    assert_ne!(
+        samples("edm-ablation", &["--schedule", "vp", "--epsilon-s", "0.01"]),
+        samples("edm-ablation", &["--schedule", "vp"])
     );
 }
 
@@ -556,6 +591,28 @@ fn bad_input_is_a_one_line_error_with_exit_code_2_and_no_output() {
             "gave up",
         ),
         ("rk45", &["--rtol", "1e-15"][..], "scipy's floor"),
+        ("edm-ablation", &["--alpha", "1.5"][..], "alpha"),
+        (
+            "edm-ablation",
+            &["--schedule", "cosine"][..],
+            "unknown schedule 'cosine'",
+        ),
+        (
+            "edm-ablation",
+            &["--scaling", "ve"][..],
+            "unknown scaling 've'",
+        ),
+        (
+            "edm-ablation",
+            &["--solver-type", "midpoint"][..],
+            "unknown solver type",
+        ),
+        ("edm-ablation", &["--epsilon-s", "0"][..], "epsilon_s"),
+        (
+            "heun",
+            &["--schedule", "vp"][..],
+            "--schedule does not apply",
+        ),
         ("rk45", &["--atol=-1"][..], "atol"),
         ("rk45", &["--h-init", "0.1"][..], "--h-init does not apply"),
         ("euler", &["--h-init", "0.1"][..], "--h-init does not apply"),

@@ -12,7 +12,8 @@ use scoreflow_solvers::samplers::{
 };
 use scoreflow_solvers::sde::{Edm, Sde, Ve, VpLinear};
 use scoreflow_solvers::{
-    run, Counted, Denoiser, GaussianDenoiser, GaussianMixture, GridKind, RunOptions, SamplerSpec,
+    grid, run, Counted, Denoiser, GaussianDenoiser, GaussianMixture, GridKind, RunOptions,
+    SamplerSpec,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -750,7 +751,7 @@ fn nfe_counts_are_pinned() {
     let want = |name: &str, n: usize| -> usize {
         match name {
             "heun" | "edm-stochastic" | "dpm2" | "dpm2-ancestral" | "dpmpp-2s-ancestral"
-            | "dpmpp-sde" => 2 * n - 1,
+            | "dpmpp-sde" | "edm-ablation" => 2 * n - 1,
             "pc" => 2 * n,
             "dpm-solver" => 3 * n - 2,
             "pndm" => n + 3 * (n - 1).min(3),
@@ -1509,24 +1510,18 @@ fn rk45_is_dormand_prince_and_meets_its_tolerance_under_edm_ve_and_vp() {
     let den = gaussian();
     let sde = Edm::default();
     let spec = SamplerSpec::from_name("rk45").unwrap();
-    let (a, na) = sample(
-        &spec,
-        &den,
-        &sde,
-        &grid_for(&sde, &GridKind::default(), 2),
-        3,
-        16,
-        3,
-    );
-    let (b, nb) = sample(
-        &spec,
-        &den,
-        &sde,
-        &grid_for(&sde, &GridKind::default(), 18),
-        3,
-        16,
-        3,
-    );
+    let on = |steps| {
+        sample(
+            &spec,
+            &den,
+            &sde,
+            &grid_for(&sde, &GridKind::default(), steps),
+            3,
+            16,
+            3,
+        )
+    };
+    let ((a, na), (b, nb)) = (on(2), on(18));
     assert_eq!(na, nb);
     assert!(max_abs(&(a - b)) == 0.0);
     // scipy's smallest rtol is reachable in float64 (at a few thousand evaluations), but not
@@ -1559,4 +1554,264 @@ fn rk45_is_dormand_prince_and_meets_its_tolerance_under_edm_ve_and_vp() {
     assert!(rk45(min / 2.0, 1e-5).build().is_err());
     assert!(rk45(1e-5, -1.0).build().is_err());
     assert!(rk45(f64::NAN, 1e-5).build().is_err());
+}
+
+#[test]
+fn edm_ablation_matches_nvlabs_edms_ablation_sampler() {
+    use scoreflow_solvers::samplers::edm_ablation::{AblationParams, OdeSolver, Scaling, Schedule};
+    // Samples printed by NVlabs/edm's own ablation_sampler (generate.py, run as it stands by
+    // `python3 experiments/peers/edm_sampler.py EDM_REPO`) for the exact denoiser of N((0.5,
+    // -1), 0.25 I) in float64 from three fixed latents, for its discretizations (edm = karras,
+    // vp = uniform t under the VP SDE's default range, ve = geometric from 100 to 0.02 =
+    // log-snr), schedules, scalings, solvers and alphas.
+    let den = GaussianDenoiser::new(
+        vec![0.5, -1.0],
+        vec![vec![0.25, 0.0], vec![0.0, 0.25]],
+        Device::Cpu,
+    )
+    .unwrap();
+    let latents = Tensor::from_slice(&[0.3, -1.2, 1.5, 0.7, -0.4, 0.1])
+        .view([3, 2])
+        .to_kind(Kind::Double);
+    let edm = Edm::default();
+    let vp = VpLinear::default();
+    let karras = |n| grid::sigmas(&GridKind::Karras { rho: 7.0 }, n, 0.002, 80.0, &edm).unwrap();
+    type Case = (
+        &'static str,
+        Vec<f64>,
+        OdeSolver,
+        Schedule,
+        Scaling,
+        f64,
+        [f64; 6],
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "edm-linear-none-heun",
+            karras(18),
+            OdeSolver::Heun,
+            Schedule::Linear,
+            Scaling::None,
+            1.0,
+            [
+                0.6549897371190575,
+                -1.6265542564387436,
+                1.2881393015203142,
+                -0.6240674461367537,
+                0.2856524912183246,
+                -0.9406422283373823,
+            ],
+        ),
+        (
+            "edm-vp-vp-heun",
+            karras(18),
+            OdeSolver::Heun,
+            Schedule::Vp,
+            Scaling::Vp,
+            1.0,
+            [
+                0.6427684049442185,
+                -1.587939648358495,
+                1.2475740818843353,
+                -0.6303306598699779,
+                0.28996509339581705,
+                -0.9327334983400358,
+            ],
+        ),
+        (
+            "edm-ve-none-euler",
+            karras(18),
+            OdeSolver::Euler,
+            Schedule::Ve,
+            Scaling::None,
+            1.0,
+            [
+                0.9051637992942987,
+                -2.6378962099131216,
+                2.5603010219433466,
+                -0.017262274052126998,
+                -0.06033291391764685,
+                -0.8448308853766516,
+            ],
+        ),
+        (
+            "vp-vp-vp-heun",
+            grid_for(&vp, &GridKind::UniformT {}, 12),
+            OdeSolver::Heun,
+            Schedule::Vp,
+            Scaling::Vp,
+            1.0,
+            [
+                0.6467776320121975,
+                -1.5991585594440743,
+                1.2579842228515585,
+                -0.6314147906150822,
+                0.29024045402256776,
+                -0.9370180860347641,
+            ],
+        ),
+        (
+            "ve-ve-none-heun-alpha0.5",
+            grid::sigmas(&GridKind::LogSnr {}, 12, 0.02, 100.0, &edm).unwrap(),
+            OdeSolver::Heun,
+            Schedule::Ve,
+            Scaling::None,
+            0.5,
+            [
+                0.6820282197061628,
+                -1.734283326950284,
+                1.42248199478208,
+                -0.5618981830800829,
+                0.2500968509118779,
+                -0.9321250706180408,
+            ],
+        ),
+        (
+            "edm-linear-vp-heun-alpha0.7",
+            karras(10),
+            OdeSolver::Heun,
+            Schedule::Linear,
+            Scaling::Vp,
+            0.7,
+            [
+                0.6494203818272953,
+                -1.5889516753717194,
+                1.229642205261556,
+                -0.670267121600808,
+                0.3109576514906429,
+                -0.9603780333179378,
+            ],
+        ),
+    ];
+    let mut report = String::new();
+    for (name, sigmas, solver_type, schedule, scaling, alpha, want) in cases {
+        let spec = SamplerSpec::EdmAblation(AblationParams {
+            solver_type,
+            schedule,
+            scaling,
+            alpha,
+            ..Default::default()
+        });
+        let mut noise = BrownianNoise::new(0, 0, 3, &[2], 101.0, Device::Cpu, Kind::Double);
+        let out = run(
+            spec.build().unwrap().as_ref(),
+            &den,
+            &edm,
+            &sigmas,
+            &latents * sigmas[0],
+            &mut noise,
+            &RunOptions::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let n = sigmas.len() - 1;
+        let nfe = if solver_type == OdeSolver::Heun {
+            2 * n - 1
+        } else {
+            n
+        };
+        assert_eq!(out.nfe, nfe, "{name}");
+        let err = max_abs(&(out.x - Tensor::from_slice(&want).view([3, 2])));
+        report += &format!("{name}: {err:.1e}\n");
+        assert!(err < 1e-12, "{report}");
+    }
+    println!("{report}");
+}
+
+#[test]
+fn edm_ablation_at_the_defaults_is_heun_and_with_euler_is_euler() {
+    use scoreflow_solvers::samplers::edm_ablation::{AblationParams, OdeSolver, Schedule};
+    // At edm's defaults (linear schedule, no scaling, alpha 1) the general step is EDM's
+    // Algorithm 1 and 2 in sigma: heun and edm-stochastic (with churn, on the same noise), and
+    // with solver euler, euler. The schedule and scaling change the steps, not the ODE: the
+    // other schedules converge to the same exact flow at second order.
+    let den = gaussian();
+    let sde = Edm::default();
+    let sigmas = grid_for(&sde, &GridKind::default(), 12);
+    let churn = Churn::new(20.0, 0.05, 50.0, 1.003).unwrap();
+    let ablation = |solver_type, churn: &Churn| {
+        SamplerSpec::EdmAblation(AblationParams {
+            solver_type,
+            s_churn: churn.s_churn,
+            s_tmin: churn.s_tmin,
+            s_tmax: churn.s_tmax,
+            s_noise: churn.s_noise,
+            ..Default::default()
+        })
+    };
+    for (a, b) in [
+        (
+            ablation(OdeSolver::Heun, &Churn::default()),
+            SamplerSpec::Heun(Churn::default()),
+        ),
+        (
+            ablation(OdeSolver::Heun, &churn),
+            SamplerSpec::EdmStochastic(churn.clone()),
+        ),
+        (
+            ablation(OdeSolver::Euler, &churn),
+            SamplerSpec::Euler(churn.clone()),
+        ),
+    ] {
+        let (xa, na) = sample(&a, &den, &sde, &sigmas, 5, 16, 3);
+        let (xb, nb) = sample(&b, &den, &sde, &sigmas, 5, 16, 3);
+        assert_eq!(na, nb, "{a:?}");
+        assert!(max_abs(&(xa - xb)) < 1e-12, "{a:?}");
+    }
+    let mut report = String::new();
+    for (schedule, scaling) in [
+        (
+            Schedule::Vp,
+            scoreflow_solvers::samplers::edm_ablation::Scaling::Vp,
+        ),
+        (
+            Schedule::Ve,
+            scoreflow_solvers::samplers::edm_ablation::Scaling::None,
+        ),
+    ] {
+        let spec = SamplerSpec::EdmAblation(AblationParams {
+            schedule,
+            scaling,
+            ..Default::default()
+        });
+        let steps = [32usize, 64, 128];
+        let errs: Vec<f64> = steps
+            .iter()
+            .map(|&n| flow_error(&spec, &sde, &GridKind::default(), n))
+            .collect();
+        let order = fitted_order(&steps, &errs);
+        report += &format!(
+            "{schedule:?}/{scaling:?}: order {order:.2}, errors {}\n",
+            sci(&errs)
+        );
+        assert!((order - 2.0).abs() < 0.3, "{report}");
+    }
+    println!("{report}");
+    // Out of range: alpha 0 or above 1, epsilon_s 1, the vp schedule on one step.
+    for p in [
+        AblationParams {
+            alpha: 0.0,
+            ..Default::default()
+        },
+        AblationParams {
+            alpha: 1.5,
+            ..Default::default()
+        },
+        AblationParams {
+            epsilon_s: 1.0,
+            ..Default::default()
+        },
+    ] {
+        assert!(SamplerSpec::EdmAblation(p).build().is_err());
+    }
+    let one = grid_for(&sde, &GridKind::default(), 1);
+    let vp1 = SamplerSpec::EdmAblation(AblationParams {
+        schedule: Schedule::Vp,
+        ..Default::default()
+    });
+    let err = try_sample(&vp1, &den, &sde, &one, 1, 4, 3)
+        .map(|(_, n)| n)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at least 2 steps"), "{err}");
 }

@@ -12,6 +12,7 @@ pub mod dpmpp_2m_sde;
 pub mod dpmpp_2s_ancestral;
 pub mod dpmpp_3m;
 pub mod dpmpp_sde;
+pub mod edm_ablation;
 pub mod edm_stochastic;
 pub mod euler;
 pub mod euler_ancestral;
@@ -243,6 +244,8 @@ pub enum SamplerSpec {
     },
     /// score_sde's ODE sampler (scipy's RK45; see [`rk45::Rk45Params`]).
     Rk45(rk45::Rk45Params),
+    /// NVlabs/edm's `ablation_sampler` (see [`edm_ablation::AblationParams`]).
+    EdmAblation(edm_ablation::AblationParams),
 }
 
 /// Every registry name, in the order of the docs.
@@ -273,6 +276,7 @@ pub const NAMES: &[&str] = &[
     "dpm-fast",
     "dpm-singlestep",
     "rk45",
+    "edm-ablation",
 ];
 
 impl SamplerSpec {
@@ -348,6 +352,7 @@ impl SamplerSpec {
                 solver_type: SolverType::Midpoint,
             },
             "rk45" => SamplerSpec::Rk45(rk45::Rk45Params::default()),
+            "edm-ablation" => SamplerSpec::EdmAblation(edm_ablation::AblationParams::default()),
             other => {
                 return Err(SolverError::UnknownSampler {
                     name: other.to_string(),
@@ -386,6 +391,7 @@ impl SamplerSpec {
             SamplerSpec::DpmFast { .. } => "dpm-fast",
             SamplerSpec::DpmSinglestep { .. } => "dpm-singlestep",
             SamplerSpec::Rk45(_) => "rk45",
+            SamplerSpec::EdmAblation(_) => "edm-ablation",
         }
     }
 
@@ -409,6 +415,7 @@ impl SamplerSpec {
             | SamplerSpec::DpmSolver { eta, s_noise, .. }
             | SamplerSpec::DpmFast { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
             SamplerSpec::DpmAdaptive(p) => p.eta > 0.0 && p.s_noise > 0.0,
+            SamplerSpec::EdmAblation(p) => p.churn().is_stochastic(),
             _ => false,
         }
     }
@@ -435,6 +442,9 @@ impl SamplerSpec {
                 corrector_steps, ..
             } => steps * (1 + corrector_steps),
             SamplerSpec::Pndm { skip_prk_steps } => pndm::Pndm::nfe(*skip_prk_steps, steps),
+            SamplerSpec::EdmAblation(p) if p.solver_type == edm_ablation::OdeSolver::Heun => {
+                2 * steps - 1
+            }
             _ => steps,
         })
     }
@@ -509,6 +519,7 @@ impl SamplerSpec {
                 *solver_type,
             )?),
             SamplerSpec::Rk45(p) => Box::new(rk45::Rk45::new(p.clone())?),
+            SamplerSpec::EdmAblation(p) => Box::new(edm_ablation::EdmAblation::new(p.clone())?),
         })
     }
 }
