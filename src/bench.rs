@@ -61,14 +61,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.reps == 0 || a.steps == 0 || batches.is_empty() || batches.contains(&0) {
         bail!("--reps, --num and --steps must be at least 1");
     }
-    let names: Vec<String> = match &a.solvers {
-        Some(s) => crate::compare::parse_list(s, "--solvers")?,
-        None => NAMES.iter().map(|s| s.to_string()).collect(),
+    let specs: Vec<SamplerSpec> = match &a.solvers {
+        Some(s) => job::parse_samplers(s, "--solvers")?,
+        None => NAMES
+            .iter()
+            .map(|n| SamplerSpec::from_name(n))
+            .collect::<Result<_, _>>()?,
     };
-    let specs: Vec<SamplerSpec> = names
-        .iter()
-        .map(|n| SamplerSpec::from_name(n))
-        .collect::<Result<_, _>>()?;
     let sde = job::sde_from_name(&a.grid.sde)?;
     let sigmas = a.grid.sigmas(sde.as_ref(), a.steps)?;
     let dev = device::parse(&a.device)?;
@@ -109,11 +108,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
             device::name(dev),
             call * 1e6
         );
+        let labels: Vec<String> = specs.iter().map(crate::experiment::label).collect();
+        let w = labels.iter().map(|l| l.len()).max().unwrap_or(0).max(18);
         println!(
-            "{:<18} {:>5} {:>12} {:>14} {:>8} {:>10}",
+            "{:<w$} {:>5} {:>12} {:>14} {:>8} {:>10}",
             "sampler", "nfe", "wall_ms", "nfe_x_call_ms", "ratio", "nfe_per_s"
         );
-        for spec in &specs {
+        for (spec, label) in specs.iter().zip(&labels) {
             let go = || -> Result<(f64, usize)> {
                 sync(dev);
                 let t = Instant::now();
@@ -141,8 +142,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let wall = median(walls);
             let floor = nfe as f64 * call;
             println!(
-                "{:<18} {:>5} {:>12.3} {:>14.3} {:>8.3} {:>10.1}",
-                spec.name(),
+                "{:<w$} {:>5} {:>12.3} {:>14.3} {:>8.3} {:>10.1}",
+                label,
                 nfe,
                 wall * 1e3,
                 floor * 1e3,
@@ -150,7 +151,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 nfe as f64 / wall
             );
             records.push(serde_json::json!({
-                "model": what, "batch": num, "sampler": spec.name(), "steps": a.steps, "nfe": nfe,
+                "model": what, "batch": num, "sampler": label, "steps": a.steps, "nfe": nfe,
                 "wall_s": wall, "call_s": call, "ratio": wall / floor, "nfe_per_s": nfe as f64 / wall,
                 "device": device::name(dev), "dtype": a.dtype,
                 "cuda_graphs": dev.is_cuda() && crate::cuda::graphs_enabled(),

@@ -89,14 +89,7 @@ pub fn mode_tv(gmm: &GaussianMixture, x: &Tensor) -> Result<f64> {
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
-    let names: Vec<String> = parse_list(&a.solvers, "--solvers")?;
-    if names.is_empty() {
-        bail!("--solvers lists no sampler");
-    }
-    let specs: Vec<SamplerSpec> = names
-        .iter()
-        .map(|n| SamplerSpec::from_name(n))
-        .collect::<Result<_, _>>()?;
+    let specs: Vec<SamplerSpec> = job::parse_samplers(&a.solvers, "--solvers")?;
     let steps: Vec<usize> = parse_list(&a.steps, "--steps")?;
     if steps.is_empty() || steps.contains(&0) {
         bail!("--steps needs step counts of at least 1");
@@ -179,7 +172,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
                 None => None,
             };
             rows.push(Row {
-                sampler: spec.name().to_string(),
+                sampler: crate::experiment::label(spec),
                 steps: n,
                 nfe,
                 rms,
@@ -211,8 +204,14 @@ fn fmt_opt(v: Option<f64>) -> String {
 }
 
 pub fn table(rows: &[Row]) -> String {
+    let w = rows
+        .iter()
+        .map(|r| r.sampler.len())
+        .max()
+        .unwrap_or(0)
+        .max(18);
     let mut s = format!(
-        "{:<18} {:>6} {:>6} {:>11} {:>11} {:>8} {:>9}\n",
+        "{:<w$} {:>6} {:>6} {:>11} {:>11} {:>8} {:>9}\n",
         "sampler", "steps", "nfe", "rms_error", "max_error", "mode_tv", "seconds"
     );
     for r in rows {
@@ -222,7 +221,7 @@ pub fn table(rows: &[Row]) -> String {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             s,
-            "{:<18} {:>6} {:>6} {:>11} {:>11} {:>8} {:>9.4}",
+            "{:<w$} {:>6} {:>6} {:>11} {:>11} {:>8} {:>9.4}",
             r.sampler,
             r.steps,
             r.nfe,
@@ -242,7 +241,11 @@ fn to_csv(rows: &[Row]) -> String {
         let _ = writeln!(
             s,
             "{},{},{},{},{},{},{}",
-            r.sampler,
+            if r.sampler.contains(',') {
+                format!("\"{}\"", r.sampler)
+            } else {
+                r.sampler.clone()
+            },
             r.steps,
             r.nfe,
             o(r.rms),

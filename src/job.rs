@@ -487,3 +487,94 @@ pub fn initial_noise_shaped(
     }
     Ok(BrownianNoise::new(seed, 0, n, shape, 1.0, device, kind).initial())
 }
+
+/// A sampler written as its table label: `name` (the defaults) or `name(key=value,...)` with
+/// the keys of its `[[samplers]]` entry (`edm-ablation(schedule=vp,scaling=vp)`,
+/// `dpm-adaptive(rtol=0.01,atol=0.001)`). A value is read as TOML (`0.5`, `true`, `1e-3`) and
+/// otherwise as a string (`vp`); the labels' short churn keys (`churn`, `tmin`, `tmax`,
+/// `noise`) stand for `s_churn`, ... where the sampler has those.
+pub fn parse_sampler(item: &str) -> Result<SamplerSpec> {
+    let item = item.trim();
+    let (name, params) = match item.split_once('(') {
+        None => (item, ""),
+        Some((name, rest)) => match rest.strip_suffix(')') {
+            Some(p) if !p.contains(['(', ')']) => (name.trim(), p),
+            _ => bail!("sampler '{item}': write name(key=value,...) with one pair of parentheses"),
+        },
+    };
+    if item.contains(')') && params.is_empty() && !item.ends_with("()") {
+        bail!("sampler '{item}': write name(key=value,...) with one pair of parentheses");
+    }
+    let default = SamplerSpec::from_name(name)?;
+    if params.trim().is_empty() {
+        return Ok(default);
+    }
+    let known = match serde_json::to_value(&default)? {
+        serde_json::Value::Object(m) => m.keys().cloned().collect::<Vec<_>>(),
+        _ => Vec::new(),
+    };
+    let mut table = toml::Table::new();
+    table.insert("kind".into(), toml::Value::String(name.into()));
+    for pair in params.split(',') {
+        let Some((k, v)) = pair.split_once('=') else {
+            bail!("sampler '{item}': '{}' is not key=value", pair.trim());
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() || v.is_empty() {
+            bail!("sampler '{item}': '{}' is not key=value", pair.trim());
+        }
+        let long = format!("s_{k}");
+        let key = if !known.iter().any(|n| n == k) && known.contains(&long) {
+            long
+        } else {
+            k.to_string()
+        };
+        let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(v.to_string()));
+        if table.insert(key.clone(), value).is_some() {
+            bail!("sampler '{item}': {key} is given twice");
+        }
+    }
+    let spec: SamplerSpec =
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                anyhow!(
+                    "sampler '{item}': {}",
+                    e.message().trim_end().replace('\n', " ")
+                )
+            })?;
+    spec.build().map_err(|e| anyhow!("sampler '{item}': {e}"))?;
+    Ok(spec)
+}
+
+/// A comma-separated list of [`parse_sampler`] items (commas inside parentheses belong to the
+/// item).
+pub fn parse_samplers(list: &str, what: &str) -> Result<Vec<SamplerSpec>> {
+    let mut items = Vec::new();
+    let (mut depth, mut start) = (0i32, 0usize);
+    for (i, c) in list.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&list[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        if !(0..=1).contains(&depth) {
+            bail!("{what} list '{list}' has unbalanced parentheses");
+        }
+    }
+    if depth != 0 {
+        bail!("{what} list '{list}' has unbalanced parentheses");
+    }
+    items.push(&list[start..]);
+    if items.iter().any(|v| v.trim().is_empty()) {
+        bail!("{what} list '{list}' has an empty item");
+    }
+    items.into_iter().map(parse_sampler).collect()
+}

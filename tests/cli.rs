@@ -827,6 +827,108 @@ fn errors_are_single_lines() {
 }
 
 #[test]
+fn compare_and_bench_take_samplers_with_parameters_as_their_labels() {
+    // `name(key=value,...)`, the form of the tables' labels: each variant is a row of its own,
+    // labelled as written (keys sorted), with the parameters applied (a churned euler is
+    // stochastic: no rms_error), and the results.csv label quoted where it has a comma.
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "compare",
+        "--solvers",
+        "heun,edm-ablation(scaling=vp,schedule=vp),edm-ablation,euler(churn=10)",
+        "--steps",
+        "8",
+        "--num",
+        "64",
+        "--reference-steps",
+        "256",
+        "--device",
+        "cpu",
+        "--out-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(dir.path().join("results.csv")).unwrap();
+    let row = |label: &str| -> Vec<String> {
+        csv.lines()
+            .find(|l| l.starts_with(&format!("{label},")))
+            .unwrap_or_else(|| panic!("{label} in {csv}"))
+            .strip_prefix(&format!("{label},"))
+            .unwrap()
+            .split(',')
+            .map(String::from)
+            .collect()
+    };
+    let (heun, ab, vp, churn) = (
+        row("heun"),
+        row("edm-ablation"),
+        row("\"edm-ablation(scaling=vp,schedule=vp)\""),
+        row("euler(churn=10)"),
+    );
+    assert_eq!(heun[..2], ab[..2]);
+    let f = |r: &[String]| r[2].parse::<f64>().unwrap();
+    assert!(
+        (f(&heun) - f(&ab)).abs() < 1e-12,
+        "edm-ablation at its defaults is heun: {heun:?} {ab:?}"
+    );
+    assert_ne!(heun[2], vp[2], "the vp schedule changes the samples");
+    assert_eq!(churn[2], "", "a churned euler reports no rms_error");
+    // bench takes the same form and labels its rows (and JSON) with it.
+    let js = dir.path().join("b.json");
+    let o = run(&[
+        "bench",
+        "--solvers",
+        "edm-ablation(alpha=0.5),heun",
+        "--num",
+        "16",
+        "--steps",
+        "4",
+        "--reps",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        js.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&js).unwrap()).unwrap();
+    let labels: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["sampler"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["edm-ablation(alpha=0.5)", "heun"]);
+    // Mistakes are one-line errors with exit code 2.
+    let never = dir.path().join("never");
+    for (list, needle) in [
+        ("heun(foo=1)", "unknown field `foo`"),
+        ("edm-ablation(schedule=vp", "unbalanced parentheses"),
+        ("heun)", "unbalanced parentheses"),
+        ("edm-ablation(schedule=cosine)", "unknown variant `cosine`"),
+        ("edm-ablation(alpha=2)", "alpha = 2"),
+        ("heun(churn=1,churn=2)", "s_churn is given twice"),
+        ("heun(churn)", "'churn' is not key=value"),
+        ("ddim(eta=x)", "expected f64"),
+        ("nosuch(a=1)", "unknown sampler 'nosuch'"),
+    ] {
+        assert_bad(
+            &[
+                "compare",
+                "--solvers",
+                list,
+                "--steps",
+                "4",
+                "--out-dir",
+                never.to_str().unwrap(),
+            ],
+            needle,
+            &never,
+        );
+    }
+}
+
+#[test]
 fn compare_writes_a_table_csv_and_plot() {
     let dir = tempfile::tempdir().unwrap();
     let o = run(&[
