@@ -106,7 +106,8 @@ pub struct SamplerArgs {
     /// unipc: apply the UniC corrector (true or false).
     #[arg(long)]
     pub corrector: Option<bool>,
-    /// dpm-singlestep: dpmsolver++ (data prediction, DPM-Solver++) or dpmsolver (noise).
+    /// dpm-singlestep: dpmsolver++ (data prediction, DPM-Solver++), dpmsolver (noise) or
+    /// sde-dpmsolver++ (DPM-Solver++ on the SDE, fresh noise every step).
     #[arg(long)]
     pub algorithm_type: Option<String>,
     /// pndm: start with one trapezoidal step instead of three pseudo Runge-Kutta steps (PLMS,
@@ -154,10 +155,10 @@ pub struct SamplerArgs {
 }
 
 impl SamplerArgs {
-    /// The sampler `name` with these parameters applied; a parameter the sampler does not have
-    /// is an error.
+    /// The sampler `name` (or `name(key=value,...)`, see [`parse_sampler`]) with these
+    /// parameters applied on top; a parameter the sampler does not have is an error.
     pub fn spec(&self, name: &str) -> Result<SamplerSpec> {
-        let mut spec = SamplerSpec::from_name(name)?;
+        let mut spec = parse_sampler(name)?;
         let mut used = Vec::new();
         match &mut spec {
             SamplerSpec::Ddim { eta } => {

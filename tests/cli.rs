@@ -329,6 +329,16 @@ fn churn_flags_reach_euler_heun_and_dpm2_and_the_other_samplers_flags_reach_thei
         samples("euler", &[]),
         "euler",
     );
+    // --solver also takes the label form, with flags on top.
+    close(
+        samples("edm-ablation(solver_type=euler)", &[]),
+        samples("euler", &[]),
+        "label form",
+    );
+    assert_eq!(
+        samples("heun(churn=10)", &["--s-noise", "0.9"]),
+        samples("heun", &["--s-churn", "10", "--s-noise", "0.9"])
+    );
     let ab = samples("edm-ablation", &[]);
     for flags in [
         &["--alpha", "0.5"][..],
@@ -1179,9 +1189,10 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // PNDM from sigma 80 and from 2, PLMS, multistep DPM-Solver++ of orders 2 and 3 and its SDE
     // form (midpoint and heun), singlestep
     // DPM-Solver++ of order 2 (midpoint and heun) and 3 and DPM-Solver of order 3 (heun)) on
-    // each model; 3 against scipy (rk45 under EDM, VP and VE with other tolerances); and two
+    // each model, and singlestep sde-dpmsolver++ (order 2 midpoint, order 3 heun) given the same
+    // step noise; 3 against scipy (rk45 under EDM, VP and VE with other tolerances); and two
     // float64 checks on the exact mixture: dpm-adaptive with noise and rk45.
-    assert_eq!(checks.len(), 3 * 58 + 2);
+    assert_eq!(checks.len(), 3 * 60 + 2);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),
@@ -1208,7 +1219,7 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
             "euler,euler-ancestral,dpm2-ancestral,dpmpp-2s-ancestral,dpmpp-sde,edm-stochastic,\
              euler-churn,dpm2-churn,dpmpp-2m-sde,dpmpp-3m-sde,ddpm,ddim-eta1,pc,euler-maruyama,\
              dpm-solver-eta0.5,dpm-adaptive-eta0.5,dpmpp-sde-r0.3,dpm-fast-eta0.5,\
-             dpmpp-2m-sde-diffusers",
+             dpmpp-2m-sde-diffusers,dpm-singlestep-sde",
             "--check-noise-seed",
             "4",
         ],

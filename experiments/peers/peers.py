@@ -946,11 +946,30 @@ def _diffusers_singlestep(order, algorithm_type="dpmsolver++", solver_type="midp
     the last evaluation's D is the result."""
 
     def run(diffusers, model, x, sigmas, grid, noise):
-        sch = diffusers[8].DPMSolverSinglestepScheduler(
+        mod = diffusers[8]
+        sch = mod.DPMSolverSinglestepScheduler(
             solver_order=order, prediction_type="sample", algorithm_type=algorithm_type,
             solver_type=solver_type, lower_order_final=True,
-            final_sigmas_type="zero" if algorithm_type == "dpmsolver++" else "sigma_min")
-        return _x0_scheduler_on_grid(sch, model, x, grid, last_d=algorithm_type == "dpmsolver")
+            final_sigmas_type="sigma_min" if algorithm_type == "dpmsolver" else "zero")
+        if algorithm_type != "sde-dpmsolver++":
+            return _x0_scheduler_on_grid(sch, model, x, grid, last_d=algorithm_type == "dpmsolver")
+        # sde-dpmsolver++ draws a fresh noise every step: scoreflow's step noise on the step's
+        # interval (zeros on the step to 0, where sigma_t = 0 multiplies it).
+        step = [0]
+
+        def draw(shape, **kw):
+            i = step[0]
+            step[0] += 1
+            if grid[i + 1] == 0:
+                return torch.zeros(shape, dtype=kw.get("dtype"), device=kw.get("device"))
+            return noise.standard(STREAM_STEP, grid[i + 1], grid[i]).to(kw.get("device"), kw.get("dtype"))
+
+        saved = mod.randn_tensor
+        mod.randn_tensor = draw
+        try:
+            return _x0_scheduler_on_grid(sch, model, x, grid, last_d=False)
+        finally:
+            mod.randn_tensor = saved
 
     return run
 
@@ -1033,6 +1052,10 @@ DIFFUSERS_CHECKS = {
     "dpm-singlestep-3": (["--solver", "dpm-singlestep", "--order", "3"], _diffusers_singlestep(3)),
     "dpm-singlestep-3-eps-heun": (["--solver", "dpm-singlestep", "--order", "3", "--algorithm-type", "dpmsolver",
                                    "--solver-type", "heun"], _diffusers_singlestep(3, "dpmsolver", "heun")),
+    "dpm-singlestep-sde": (["--solver", "dpm-singlestep", "--algorithm-type", "sde-dpmsolver++"],
+                           _diffusers_singlestep(2, "sde-dpmsolver++")),
+    "dpm-singlestep-3-sde-heun": (["--solver", "dpm-singlestep", "--order", "3", "--algorithm-type", "sde-dpmsolver++",
+                                   "--solver-type", "heun"], _diffusers_singlestep(3, "sde-dpmsolver++", "heun")),
 }
 
 

@@ -683,6 +683,14 @@ fn samplers_recover_mixture_mode_weights() {
         (SamplerSpec::from_name("dpm2-ancestral").unwrap(), 32),
         (SamplerSpec::from_name("dpmpp-2s-ancestral").unwrap(), 32),
         (SamplerSpec::from_name("dpmpp-sde").unwrap(), 32),
+        (
+            SamplerSpec::DpmSinglestep {
+                order: 2,
+                algorithm_type: AlgorithmType::SdeDpmSolverPlusPlus,
+                solver_type: SolverType::Midpoint,
+            },
+            32,
+        ),
         (SamplerSpec::Heun(Default::default()), 32),
         (SamplerSpec::DpmPp2M {}, 64),
     ];
@@ -1406,6 +1414,20 @@ fn dpm_singlestep_groups_steps_as_diffusers_and_order_1_is_euler() {
         let d = max_abs(&(sample_with_noise(&one, &den, &sde, &sigmas, &x, 0) - &euler));
         assert!(d < 1e-12, "{algorithm_type:?}: {d}");
     }
+    // Its SDE form (diffusers' sde-dpmsolver++) at order 1 is DDPM's ancestral step (and
+    // dpmpp-2m-sde's first step at eta 1) on the same step noise.
+    let sde_one = SamplerSpec::DpmSinglestep {
+        order: 1,
+        algorithm_type: AlgorithmType::SdeDpmSolverPlusPlus,
+        solver_type: SolverType::Midpoint,
+    };
+    assert!(sde_one.is_stochastic());
+    let ddpm = SamplerSpec::from_name("ddpm").unwrap();
+    let d = max_abs(
+        &(sample_with_noise(&sde_one, &den, &sde, &sigmas, &x, 3)
+            - sample_with_noise(&ddpm, &den, &sde, &sigmas, &x, 3)),
+    );
+    assert!(d < 1e-10, "sde-dpmsolver++ order 1 against ddpm: {d}");
     // DPM-Solver and DPM-Solver++ differ beyond first order (a noise against a data model).
     let two = |algorithm_type| SamplerSpec::DpmSinglestep {
         order: 2,

@@ -416,6 +416,9 @@ impl SamplerSpec {
             | SamplerSpec::DpmFast { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
             SamplerSpec::DpmAdaptive(p) => p.eta > 0.0 && p.s_noise > 0.0,
             SamplerSpec::EdmAblation(p) => p.churn().is_stochastic(),
+            SamplerSpec::DpmSinglestep { algorithm_type, .. } => {
+                *algorithm_type == AlgorithmType::SdeDpmSolverPlusPlus
+            }
             _ => false,
         }
     }
