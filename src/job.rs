@@ -4,7 +4,7 @@
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use scoreflow_solvers::noise::BrownianNoise;
-use scoreflow_solvers::samplers::{AlgorithmType, DdpmVariance, SolverType, UniPcVariant};
+use scoreflow_solvers::samplers::{restart, AlgorithmType, DdpmVariance, SolverType, UniPcVariant};
 use scoreflow_solvers::sde::{Edm, Sde, SubVp, Ve, VpCosine, VpLinear};
 use scoreflow_solvers::{
     grid, run, Denoiser, GridKind, RunOptions, SamplerSpec, SolverError, StepReport,
@@ -74,13 +74,13 @@ pub struct SamplerArgs {
     /// dpmpp-3m-sde, dpm-solver, dpm-adaptive, dpm-fast: noise fraction (0 = deterministic).
     #[arg(long)]
     pub eta: Option<f64>,
-    /// euler, heun, dpm2, edm-stochastic, edm-ablation: EDM's S_churn (0 = no churn).
+    /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: EDM's S_churn (0 = no churn).
     #[arg(long)]
     pub s_churn: Option<f64>,
-    /// euler, heun, dpm2, edm-stochastic, edm-ablation: S_tmin (no churn below it).
+    /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: S_tmin (no churn below it).
     #[arg(long)]
     pub s_tmin: Option<f64>,
-    /// euler, heun, dpm2, edm-stochastic, edm-ablation: S_tmax (no churn above it).
+    /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: S_tmax (no churn above it).
     #[arg(long)]
     pub s_tmax: Option<f64>,
     /// The samplers that take --s-churn, and those that take --eta except ddim: S_noise.
@@ -131,6 +131,14 @@ pub struct SamplerArgs {
     /// edm-ablation: the time of the last nonzero level under the vp schedule.
     #[arg(long)]
     pub epsilon_s: Option<f64>,
+    /// restart: the restart segments, a TOML array of [N, K, t_min, t_max] (the paper's
+    /// restart_info): K restarts from the grid level nearest t_min up to t_max, each back down
+    /// in N - 1 Heun steps, e.g. '[[3,2,0.06,0.3]]' (the default) or '[]' (none).
+    #[arg(long)]
+    pub segments: Option<String>,
+    /// restart: the churn of every restart step within [s_tmin, s_tmax] (0.05 by default).
+    #[arg(long)]
+    pub restart_gamma: Option<f64>,
     /// dpm-adaptive, rk45: relative tolerance of the step-size control.
     #[arg(long)]
     pub rtol: Option<f64>,
@@ -284,6 +292,24 @@ impl SamplerArgs {
                     used.push("scaling");
                 }
             }
+            SamplerSpec::Restart(p) => {
+                for (flag, src, dst) in [
+                    ("restart-gamma", self.restart_gamma, &mut p.restart_gamma),
+                    ("s-churn", self.s_churn, &mut p.s_churn),
+                    ("s-tmin", self.s_tmin, &mut p.s_tmin),
+                    ("s-tmax", self.s_tmax, &mut p.s_tmax),
+                    ("s-noise", self.s_noise, &mut p.s_noise),
+                ] {
+                    if let Some(v) = src {
+                        *dst = v;
+                        used.push(flag);
+                    }
+                }
+                if let Some(v) = &self.segments {
+                    p.segments = parse_segments(v)?;
+                    used.push("segments");
+                }
+            }
             SamplerSpec::Rk45(p) => {
                 for (flag, src, dst) in [
                     ("rtol", self.rtol, &mut p.rtol),
@@ -383,6 +409,8 @@ impl SamplerArgs {
             ("schedule", self.schedule.is_some()),
             ("scaling", self.scaling.is_some()),
             ("epsilon-s", self.epsilon_s.is_some()),
+            ("segments", self.segments.is_some()),
+            ("restart-gamma", self.restart_gamma.is_some()),
         ];
         for (flag, present) in given {
             if present && !used.contains(&flag) {
@@ -392,6 +420,22 @@ impl SamplerArgs {
         spec.build()?; // validate the values now, before any work
         Ok(spec)
     }
+}
+
+/// `--segments`: a TOML array of `[N, K, t_min, t_max]`.
+fn parse_segments(v: &str) -> Result<Vec<restart::Segment>> {
+    #[derive(serde::Deserialize)]
+    struct S {
+        v: Vec<restart::Segment>,
+    }
+    toml::from_str::<S>(&format!("v = {v}"))
+        .map(|s| s.v)
+        .map_err(|e| {
+            anyhow!(
+                "--segments '{v}': write a TOML array of [N, K, t_min, t_max], e.g. [[3,2,0.06,0.3]] ({})",
+                e.message().trim_end().replace('\n', " ")
+            )
+        })
 }
 
 /// Run `spec` from standard normals `z` (`[N, d]`, on the target device and kind): the start is
@@ -492,7 +536,7 @@ pub fn initial_noise_shaped(
 /// A sampler written as its table label: `name` (the defaults) or `name(key=value,...)` with
 /// the keys of its `[[samplers]]` entry (`edm-ablation(schedule=vp,scaling=vp)`,
 /// `dpm-adaptive(rtol=0.01,atol=0.001)`). A value is read as TOML (`0.5`, `true`, `1e-3`) and
-/// otherwise as a string (`vp`); the labels' short churn keys (`churn`, `tmin`, `tmax`,
+/// otherwise as a string (`vp`), arrays included (`restart(segments=[[3,2,0.06,0.3]])`); the labels' short churn keys (`churn`, `tmin`, `tmax`,
 /// `noise`) stand for `s_churn`, ... where the sampler has those.
 pub fn parse_sampler(item: &str) -> Result<SamplerSpec> {
     let item = item.trim();
@@ -516,7 +560,7 @@ pub fn parse_sampler(item: &str) -> Result<SamplerSpec> {
     };
     let mut table = toml::Table::new();
     table.insert("kind".into(), toml::Value::String(name.into()));
-    for pair in params.split(',') {
+    for pair in split_top_level(params) {
         let Some((k, v)) = pair.split_once('=') else {
             bail!("sampler '{item}': '{}' is not key=value", pair.trim());
         };
@@ -549,6 +593,24 @@ pub fn parse_sampler(item: &str) -> Result<SamplerSpec> {
             })?;
     spec.build().map_err(|e| anyhow!("sampler '{item}': {e}"))?;
     Ok(spec)
+}
+
+/// `params` split at the commas outside TOML arrays and inline tables (`[...]`, `{...}`).
+fn split_top_level(params: &str) -> Vec<&str> {
+    let (mut depth, mut start, mut out) = (0i32, 0usize, Vec::new());
+    for (i, c) in params.char_indices() {
+        match c {
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&params[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&params[start..]);
+    out
 }
 
 /// A comma-separated list of [`parse_sampler`] items (commas inside parentheses belong to the

@@ -79,6 +79,7 @@ where
     chart
         .configure_mesh()
         .x_desc("NFE")
+        .x_label_formatter(&|v| nfe_tick(*v))
         .y_desc(p.ylabel.as_str())
         .label_style(("sans-serif", 13))
         .draw()?;
@@ -117,14 +118,87 @@ where
             .label(label.as_str())
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.5)));
     }
+    // The legend goes to the corner that hides the fewest points (its size estimated from the
+    // labels: 12 px text, about 7 px per character, 18 px per row, in the plotting area).
+    let (pw, ph) = area.dim_in_pixel();
+    let (pw, ph) = ((pw as f64 - 100.0).max(1.0), (ph as f64 - 90.0).max(1.0));
+    let rows = p.series.len() + usize::from(p.floor.is_some());
+    let chars = p
+        .series
+        .iter()
+        .map(|s| s.label.chars().count())
+        .chain(p.floor.iter().map(|f| f.0.chars().count()))
+        .max()
+        .unwrap_or(0);
+    let size = (
+        ((chars as f64 * 7.0 + 50.0) / pw).min(1.0),
+        ((rows as f64 * 18.0 + 16.0) / ph).min(1.0),
+    );
+    let (lx, ly) = ((x1 / x0).ln(), (hi / lo).ln());
+    let unit: Vec<(f64, f64)> = p
+        .series
+        .iter()
+        .flat_map(|s| {
+            s.points
+                .iter()
+                .flat_map(|q| [(q.0, q.1), (q.0, q.2), (q.0, q.3)])
+        })
+        .filter(|q| plottable(q.0) && plottable(q.1))
+        .map(|(x, y)| ((x / x0).ln() / lx, (y / lo).ln() / ly))
+        .collect();
     chart
         .configure_series_labels()
         .label_font(("sans-serif", 12))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerLeft)
+        .position(legend_corner(&unit, size))
         .draw()?;
     Ok(())
+}
+
+/// An NFE tick's text: 1, 2 and 5 times a power of ten, blank between them (a log axis's ticks
+/// at 60, 70, 80, 90 would run into each other).
+fn nfe_tick(v: f64) -> String {
+    if !(v > 0.0 && v.is_finite()) {
+        return String::new();
+    }
+    let p = 10f64.powf(v.log10().floor());
+    let m = v / p;
+    if [1.0, 2.0, 5.0].iter().any(|k| (m - k).abs() < 1e-6) {
+        format!("{}", (m.round() * p * 1e6).round() / 1e6)
+    } else {
+        String::new()
+    }
+}
+
+/// The corner of the unit square (x right, y up) whose `size` box holds the fewest of `points`,
+/// lower left first among equals.
+fn legend_corner(points: &[(f64, f64)], size: (f64, f64)) -> SeriesLabelPosition {
+    let (w, h) = size;
+    let corners = [
+        (SeriesLabelPosition::LowerLeft, (0.0, w), (0.0, h)),
+        (
+            SeriesLabelPosition::UpperRight,
+            (1.0 - w, 1.0),
+            (1.0 - h, 1.0),
+        ),
+        (SeriesLabelPosition::LowerRight, (1.0 - w, 1.0), (0.0, h)),
+        (SeriesLabelPosition::UpperLeft, (0.0, w), (1.0 - h, 1.0)),
+    ];
+    let hidden = |xr: (f64, f64), yr: (f64, f64)| {
+        points
+            .iter()
+            .filter(|(x, y)| *x >= xr.0 && *x <= xr.1 && *y >= yr.0 && *y <= yr.1)
+            .count()
+    };
+    let mut best = (usize::MAX, SeriesLabelPosition::LowerLeft);
+    for (pos, xr, yr) in corners {
+        let n = hidden(xr, yr);
+        if n < best.0 {
+            best = (n, pos);
+        }
+    }
+    best.1
 }
 
 /// Scatter panels of 2-D samples: `(title, points)`, `cols` per row, shared limits.
@@ -296,4 +370,42 @@ fn render(
         return Err(anyhow!("cannot draw {}: {e}", stem.display()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nfe_ticks_are_1_2_5_times_powers_of_ten() {
+        let t: Vec<String> = [1.0, 3.0, 10.0, 20.0, 50.0, 60.0, 70.0, 100.0, 200.0, 0.5]
+            .iter()
+            .map(|v| nfe_tick(*v))
+            .collect();
+        assert_eq!(t, ["1", "", "10", "20", "50", "", "", "100", "200", "0.5"]);
+    }
+
+    #[test]
+    fn the_legend_goes_where_it_hides_the_fewest_points() {
+        let is = |p: SeriesLabelPosition, want: SeriesLabelPosition| {
+            std::mem::discriminant(&p) == std::mem::discriminant(&want)
+        };
+        // Falling curves that flatten at the bottom: the upper right is empty.
+        let falling: Vec<(f64, f64)> = (0..20)
+            .map(|i| {
+                let x = i as f64 / 19.0;
+                (x, (1.0 - 3.0 * x).max(0.05))
+            })
+            .collect();
+        assert!(is(
+            legend_corner(&falling, (0.4, 0.3)),
+            SeriesLabelPosition::UpperRight
+        ));
+        // Nothing in the lower left: it stays there.
+        let high: Vec<(f64, f64)> = (0..20).map(|i| (i as f64 / 19.0, 0.9)).collect();
+        assert!(is(
+            legend_corner(&high, (0.4, 0.3)),
+            SeriesLabelPosition::LowerLeft
+        ));
+    }
 }

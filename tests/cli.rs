@@ -1585,3 +1585,115 @@ fn outputs_follow_links_and_write_into_devices() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(left.len(), 2, "{left:?}");
 }
+
+#[test]
+fn restart_takes_its_segments_as_a_flag_and_in_the_label() {
+    // `--segments` (a TOML array of [N, K, t_min, t_max]) and the label form
+    // `restart(segments=[[...]],...)` give the same sampler; the NFE adds 2 K (N - 1) per
+    // segment to heun's 2n - 1; and compare's table labels it so that the label reads back.
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name);
+    let sample = |extra: &[&str], file: &std::path::Path| {
+        let mut args = vec![
+            "sample",
+            "--denoiser",
+            "builtin:gmm8",
+            "--num",
+            "32",
+            "--steps",
+            "18",
+            "--device",
+            "cpu",
+            "--out",
+            file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let a = sample(
+        &[
+            "--solver",
+            "restart",
+            "--segments",
+            "[[4,1,19.35,40.79],[4,1,1.09,1.92]]",
+            "--restart-gamma",
+            "0.1",
+        ],
+        &out("a.npy"),
+    );
+    assert!(a.status.success(), "{}", stderr(&a));
+    let b = sample(
+        &[
+            "--solver",
+            "restart(segments=[[4,1,19.35,40.79],[4,1,1.09,1.92]],restart_gamma=0.1)",
+        ],
+        &out("b.npy"),
+    );
+    assert!(b.status.success(), "{}", stderr(&b));
+    let line: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
+    assert_eq!(line["nfe"], 35 + 6 + 6);
+    assert_eq!(
+        std::fs::read(out("a.npy")).unwrap(),
+        std::fs::read(out("b.npy")).unwrap()
+    );
+    let o = run(&[
+        "compare",
+        "--solvers",
+        "restart(segments=[[3,2,0.06,0.3],[4,1,1.0,2.0]]),heun",
+        "--steps",
+        "8",
+        "--num",
+        "32",
+        "--reference-steps",
+        "64",
+        "--device",
+        "cpu",
+        "--out-dir",
+        out("cmp").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(out("cmp").join("results.csv")).unwrap();
+    let label = "restart(segments=[[3,2,0.06,0.3],[4,1,1.0,2.0]])";
+    assert!(csv.contains(&format!("\"{label}\",8,29,")), "{csv}");
+    scoreflow::job::parse_sampler(label).unwrap();
+    // Segments that do not fit are one-line errors with exit code 2 and no output.
+    let never = out("never.npy");
+    for (extra, needle) in [
+        (
+            vec!["--solver", "restart", "--segments", "[[4,1,19.35]]"],
+            "write a TOML array of [N, K, t_min, t_max]",
+        ),
+        (
+            vec!["--solver", "restart", "--segments", "[[1,1,0.06,0.3]]"],
+            "N (levels of each restart) must be >= 2",
+        ),
+        (
+            vec!["--solver", "restart", "--segments", "[[3,1,0.06,300]]"],
+            "at most the grid's first level 80",
+        ),
+        (
+            vec!["--solver", "restart(segments=[[3,1,1e-5,0.3]])"],
+            "nearest to the grid's final level",
+        ),
+        (
+            vec!["--solver", "heun", "--segments", "[]"],
+            "--segments does not apply to the heun sampler",
+        ),
+    ] {
+        let mut args = vec![
+            "sample",
+            "--denoiser",
+            "builtin:gmm8",
+            "--num",
+            "8",
+            "--steps",
+            "18",
+            "--device",
+            "cpu",
+            "--out",
+            never.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        assert_bad(&args, needle, &never);
+    }
+}

@@ -549,9 +549,9 @@ fn every_shipped_config_loads() {
             seen.1 += 1;
         }
     }
-    // gmm2d, fewstep, adaptive, edm-ablation, gauss64, moons-samplers, digits-samplers; moons,
-    // gmm8-train, digits.
-    assert_eq!(seen, (7, 3));
+    // gmm2d, fewstep, adaptive, edm-ablation, restart, gauss64, moons-samplers,
+    // digits-samplers; moons, gmm8-train, digits.
+    assert_eq!(seen, (8, 3));
 }
 
 #[test]

@@ -693,6 +693,19 @@ fn samplers_recover_mixture_mode_weights() {
         ),
         (SamplerSpec::Heun(Default::default()), 32),
         (SamplerSpec::DpmPp2M {}, 64),
+        (SamplerSpec::from_name("restart").unwrap(), 32),
+        // Restarts from sigma 5, where the modes overlap: each jump re-chooses the mode.
+        (
+            restart_spec(
+                &[(8, 2, 0.5, 5.0), (4, 2, 0.06, 0.3)],
+                0.0,
+                0.01,
+                1.0,
+                1.0,
+                0.05,
+            ),
+            32,
+        ),
     ];
     for (spec, steps) in specs {
         let sigmas = grid_for(&sde, &GridKind::default(), steps);
@@ -763,6 +776,8 @@ fn nfe_counts_are_pinned() {
             "pc" => 2 * n,
             "dpm-solver" => 3 * n - 2,
             "pndm" => n + 3 * (n - 1).min(3),
+            // One segment [3, 2, ...]: 2 restarts of 2 Heun steps.
+            "restart" => 2 * n - 1 + 8,
             _ => n,
         }
     };
@@ -770,6 +785,12 @@ fn nfe_counts_are_pinned() {
         let spec = SamplerSpec::from_name(name).unwrap();
         for steps in [1usize, 2, 7, 18] {
             let sigmas = grid_for(&sde, &GridKind::default(), steps);
+            if *name == "restart" && steps == 1 {
+                // No level between the first and the last step to restart from.
+                let err = try_sample(&spec, &den, &sde, &sigmas, 1, 4, 3).unwrap_err();
+                assert!(err.to_string().contains("at least 2 steps"), "{err}");
+                continue;
+            }
             let counted = Counted::new(&den);
             let (_, nfe) = sample(&spec, &counted, &sde, &sigmas, 1, 4, 3);
             assert_eq!(nfe, counted.count(), "{name}: driver and wrapper disagree");
@@ -803,6 +824,7 @@ fn a_sample_does_not_depend_on_its_batch() {
         "dpmpp-sde",
         "dpm-solver",
         "dpm-fast",
+        "restart",
     ] {
         let spec = match name {
             "dpm-solver" => SamplerSpec::DpmSolver {
@@ -868,6 +890,8 @@ fn last_step_returns_the_denoised_estimate() {
                 snr: 0.16,
                 corrector_steps: 0,
             },
+            // A restart needs a level between the first and the last step.
+            "restart" => restart_spec(&[], 0.0, 0.01, 1.0, 1.0, 0.05),
             _ => SamplerSpec::from_name(name).unwrap(),
         };
         let (out, _) = sample(&spec, &den, &sde, &sigmas, 2, 8, 3);
@@ -1836,4 +1860,309 @@ fn edm_ablation_at_the_defaults_is_heun_and_with_euler_is_euler() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("at least 2 steps"), "{err}");
+}
+
+/// The noise of `experiments/peers/restart_sampler.py`: draw `k` is
+/// `Z_k[i][j] = sqrt(2) sin(1.7 k + 2.3 i + 0.9 j + 0.5)`, whatever the stream and interval.
+struct SequenceNoise {
+    k: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl scoreflow_solvers::noise::NoiseSource for SequenceNoise {
+    fn increment(
+        &mut self,
+        stream: u64,
+        a: f64,
+        b: f64,
+    ) -> Result<Tensor, scoreflow_solvers::SolverError> {
+        Ok(self.standard(stream, a, b)? * (b - a).abs().sqrt())
+    }
+    fn standard(
+        &mut self,
+        _stream: u64,
+        _a: f64,
+        _b: f64,
+    ) -> Result<Tensor, scoreflow_solvers::SolverError> {
+        let k = self.k as f64;
+        let z: Vec<f64> = (0..self.rows)
+            .flat_map(|i| {
+                (0..self.cols).map(move |j| {
+                    2f64.sqrt() * (1.7 * k + 2.3 * i as f64 + 0.9 * j as f64 + 0.5).sin()
+                })
+            })
+            .collect();
+        self.k += 1;
+        Ok(Tensor::from_slice(&z).view([self.rows as i64, self.cols as i64]))
+    }
+}
+
+fn restart_spec(
+    segments: &[(usize, usize, f64, f64)],
+    s_churn: f64,
+    s_tmin: f64,
+    s_tmax: f64,
+    s_noise: f64,
+    restart_gamma: f64,
+) -> SamplerSpec {
+    use scoreflow_solvers::samplers::restart::RestartParams;
+    SamplerSpec::Restart(RestartParams {
+        segments: segments.iter().map(|&s| s.into()).collect(),
+        s_churn,
+        s_tmin,
+        s_tmax,
+        s_noise,
+        restart_gamma,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn restart_matches_the_authors_restart_sampler() {
+    // Samples printed by the authors' restart_sampler (Newbeeer/diffusion_restart_sampling,
+    // benchmarks/generate_restart.py, run as it stands by `python3
+    // experiments/peers/restart_sampler.py REPO [--float64-levels]`) for the exact denoiser of
+    // N((0.5, -1), 0.25 I) in float64 from three fixed latents on EDM's grid (karras, 0.002 ..
+    // 80), with the same formula noise drawn in the same order. The reference computes each
+    // restart's levels in float32; with them in float64 (`--float64-levels`) it agrees with
+    // scoreflow to the last places, as shipped to the float32 rounding of the levels.
+    let den = GaussianDenoiser::new(
+        vec![0.5, -1.0],
+        vec![vec![0.25, 0.0], vec![0.0, 0.25]],
+        Device::Cpu,
+    )
+    .unwrap();
+    let latents = Tensor::from_slice(&[0.3, -1.2, 1.5, 0.7, -0.4, 0.1])
+        .view([3, 2])
+        .to_kind(Kind::Double);
+    let edm = Edm::default();
+    let inf = f64::INFINITY;
+    type Case = (&'static str, usize, SamplerSpec, usize, [f64; 6], [f64; 6]);
+    let cases: Vec<Case> = vec![
+        (
+            "cifar-noise0",
+            18,
+            restart_spec(&[(3, 2, 0.06, 0.30)], 0.0, 0.01, 1.0, 0.0, 0.05),
+            35 + 2 * 2 * 2,
+            [
+                0.6128558673075475,
+                -1.4562258465624265,
+                1.0738840912022107,
+                -0.7262644920625443,
+                0.3439227367023277,
+                -0.9567786040098752,
+            ],
+            [
+                0.6128558771580686,
+                -1.456225886383681,
+                1.0738841412931563,
+                -0.7262644681697915,
+                0.3439227230792671,
+                -0.9567786002373353,
+            ],
+        ),
+        (
+            "cifar-churned",
+            18,
+            restart_spec(&[(3, 2, 0.06, 0.30)], 4.0, 0.0, inf, 1.003, 0.05),
+            35 + 2 * 2 * 2,
+            [
+                0.12871436025013339,
+                -1.1842839060998904,
+                0.9079668264761441,
+                -0.5977057897798735,
+                0.4006109582840015,
+                -1.3566720798782699,
+            ],
+            [
+                0.1287143910232541,
+                -1.1842839626237986,
+                0.9079667441055221,
+                -0.597705811798467,
+                0.4006110436424728,
+                -1.3566719944392123,
+            ],
+        ),
+        (
+            "three-segments",
+            12,
+            restart_spec(
+                &[(3, 3, 0.3, 0.59), (4, 1, 19.35, 40.79), (4, 1, 1.09, 1.92)],
+                2.0,
+                0.0,
+                inf,
+                1.0,
+                0.1,
+            ),
+            23 + 2 * 3 * 2 + 2 * 3 + 2 * 3,
+            [
+                0.8479252597646358,
+                -0.5766474270316051,
+                0.4797336858973781,
+                -1.3584126344439333,
+                0.1881231062187857,
+                -0.9463536321753316,
+            ],
+            [
+                0.8479252930032686,
+                -0.5766473977918978,
+                0.479733674680306,
+                -1.358412667431214,
+                0.1881230896605922,
+                -0.946353617573639,
+            ],
+        ),
+    ];
+    let mut report = String::new();
+    for (name, n, spec, nfe, want64, shipped) in cases {
+        let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, n, 0.002, 80.0, &edm).unwrap();
+        let mut noise = SequenceNoise {
+            k: 0,
+            rows: 3,
+            cols: 2,
+        };
+        let out = run(
+            spec.build().unwrap().as_ref(),
+            &den,
+            &edm,
+            &sigmas,
+            &latents * sigmas[0],
+            &mut noise,
+            &RunOptions::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(out.nfe, nfe, "{name}");
+        assert_eq!(spec.nfe(n), Some(nfe), "{name}");
+        let err64 = max_abs(&(&out.x - Tensor::from_slice(&want64).view([3, 2])));
+        let err32 = max_abs(&(&out.x - Tensor::from_slice(&shipped).view([3, 2])));
+        report += &format!("{name}: float64 levels {err64:.1e}, as shipped {err32:.1e}\n");
+        assert!(err64 < 1e-12 && err32 < 1e-6 && err32 > 1e-9, "{report}");
+    }
+    println!("{report}");
+}
+
+#[test]
+fn restart_without_segments_is_heun_and_its_restarts_keep_the_marginal() {
+    // No segments: the main pass alone, heun with EDM's churn (on the same noise).
+    let den = gaussian();
+    let sde = Edm::default();
+    let sigmas = grid_for(&sde, &GridKind::default(), 12);
+    let churn = Churn::new(20.0, 0.05, 50.0, 1.003).unwrap();
+    let bare = restart_spec(&[], churn.s_churn, churn.s_tmin, churn.s_tmax, 1.003, 0.05);
+    let (xa, na) = sample(&bare, &den, &sde, &sigmas, 5, 16, 3);
+    let (xb, nb) = sample(&SamplerSpec::Heun(churn), &den, &sde, &sigmas, 5, 16, 3);
+    assert_eq!((na, nb), (23, 23));
+    assert!(max_abs(&(xa - xb)) < 1e-12);
+
+    // A restart's jump adds exactly the forward process's noise from t_min to t_max, so with
+    // the exact denoiser and fine steps the samples keep the data's law however many times
+    // they restart: mean and covariance of N(m, C) within sampling error, and the restarts
+    // change the samples (fresh noise each time).
+    let n = 4096;
+    let sigmas = grid_for(&sde, &GridKind::default(), 64);
+    let plain = sample(
+        &SamplerSpec::from_name("heun").unwrap(),
+        &den,
+        &sde,
+        &sigmas,
+        9,
+        n,
+        3,
+    )
+    .0;
+    let spec = restart_spec(
+        &[(16, 4, 0.2, 2.0), (16, 2, 0.03, 0.2)],
+        0.0,
+        0.01,
+        1.0,
+        1.0,
+        0.05,
+    );
+    let (x, nfe) = sample(&spec, &den, &sde, &sigmas, 9, n, 3);
+    assert_eq!(nfe, 127 + 2 * 4 * 15 + 2 * 2 * 15);
+    let moved = (&x - &plain)
+        .square()
+        .mean(Kind::Double)
+        .sqrt()
+        .double_value(&[]);
+    let mean = x.mean_dim(0, false, Kind::Double);
+    let c = &x - &mean;
+    let cov = c.transpose(0, 1).matmul(&c) / (n as f64 - 1.0);
+    let want_mean = Tensor::from_slice(&[0.5, -1.0, 2.0]);
+    let want_cov =
+        Tensor::from_slice(&[1.0, 0.3, -0.1, 0.3, 0.5, 0.05, -0.1, 0.05, 0.08]).view([3, 3]);
+    let (dm, dc) = (max_abs(&(mean - want_mean)), max_abs(&(cov - want_cov)));
+    println!(
+        "restarted samples moved by {moved:.3} rms; mean off by {dm:.4}, covariance by {dc:.4}"
+    );
+    assert!(moved > 0.1, "{moved}");
+    // Standard errors at n = 4096: mean <= 1/64, covariance entries <= sqrt(2)/64.
+    assert!(dm < 0.05 && dc < 0.08, "mean {dm}, covariance {dc}");
+}
+
+#[test]
+fn restart_segments_that_do_not_fit_the_grid_are_errors() {
+    let den = gaussian();
+    let sde = Edm::default();
+    let sigmas = grid_for(&sde, &GridKind::default(), 8);
+    let cases: Vec<(SamplerSpec, &str)> = vec![
+        (
+            restart_spec(&[(3, 2, 100.0, 200.0)], 0.0, 0.01, 1.0, 1.0, 0.05),
+            "nearest to the grid's first level",
+        ),
+        (
+            restart_spec(&[(3, 2, 1e-4, 0.3)], 0.0, 0.01, 1.0, 1.0, 0.05),
+            "nearest to the grid's final level",
+        ),
+        (
+            restart_spec(&[(3, 2, 0.06, 500.0)], 0.0, 0.01, 1.0, 1.0, 0.05),
+            "at most the grid's first level",
+        ),
+    ];
+    for (spec, want) in cases {
+        let err = try_sample(&spec, &den, &sde, &sigmas, 0, 4, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{spec:?}: {err}");
+    }
+    // Two segments nearest to the same level both run there, in the order given.
+    let (a, b) = ((3, 2, 0.06, 0.3), (4, 1, 0.07, 0.5));
+    let ab = restart_spec(&[a, b], 0.0, 0.01, 1.0, 1.0, 0.05);
+    let ba = restart_spec(&[b, a], 0.0, 0.01, 1.0, 1.0, 0.05);
+    let (xab, nab) = sample(&ab, &den, &sde, &sigmas, 0, 4, 3);
+    let (xba, nba) = sample(&ba, &den, &sde, &sigmas, 0, 4, 3);
+    assert_eq!((nab, nba), (15 + 8 + 6, 15 + 8 + 6));
+    assert!(max_abs(&(xab - xba)) > 1e-3);
+    let one = grid_for(&sde, &GridKind::default(), 1);
+    let err = try_sample(
+        &SamplerSpec::from_name("restart").unwrap(),
+        &den,
+        &sde,
+        &one,
+        0,
+        4,
+        3,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("at least 2 steps"), "{err}");
+    for (segment, want) in [
+        ((1, 2, 0.06, 0.3), "N (levels of each restart) must be >= 2"),
+        ((3, 0, 0.06, 0.3), "K (restarts) >= 1"),
+        ((3, 2, 0.3, 0.06), "0 < t_min < t_max"),
+        ((3, 2, 0.0, 0.3), "0 < t_min < t_max"),
+        (
+            (3, usize::MAX / 2, 0.06, 0.3),
+            "more than 1000000 network evaluations",
+        ),
+    ] {
+        let err = restart_spec(&[segment], 0.0, 0.01, 1.0, 1.0, 0.05)
+            .build()
+            .err()
+            .expect("an error")
+            .to_string();
+        assert!(err.contains(want), "{segment:?}: {err}");
+    }
 }

@@ -22,6 +22,7 @@ pub mod ipndm;
 pub mod lms;
 pub mod pc;
 pub mod pndm;
+pub mod restart;
 pub mod rk45;
 pub mod unipc;
 
@@ -246,6 +247,8 @@ pub enum SamplerSpec {
     Rk45(rk45::Rk45Params),
     /// NVlabs/edm's `ablation_sampler` (see [`edm_ablation::AblationParams`]).
     EdmAblation(edm_ablation::AblationParams),
+    /// Restart sampling (Xu et al. 2023; see [`restart::RestartParams`]).
+    Restart(restart::RestartParams),
 }
 
 /// Every registry name, in the order of the docs.
@@ -277,6 +280,7 @@ pub const NAMES: &[&str] = &[
     "dpm-singlestep",
     "rk45",
     "edm-ablation",
+    "restart",
 ];
 
 impl SamplerSpec {
@@ -353,6 +357,7 @@ impl SamplerSpec {
             },
             "rk45" => SamplerSpec::Rk45(rk45::Rk45Params::default()),
             "edm-ablation" => SamplerSpec::EdmAblation(edm_ablation::AblationParams::default()),
+            "restart" => SamplerSpec::Restart(restart::RestartParams::default()),
             other => {
                 return Err(SolverError::UnknownSampler {
                     name: other.to_string(),
@@ -392,6 +397,7 @@ impl SamplerSpec {
             SamplerSpec::DpmSinglestep { .. } => "dpm-singlestep",
             SamplerSpec::Rk45(_) => "rk45",
             SamplerSpec::EdmAblation(_) => "edm-ablation",
+            SamplerSpec::Restart(_) => "restart",
         }
     }
 
@@ -416,6 +422,7 @@ impl SamplerSpec {
             | SamplerSpec::DpmFast { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
             SamplerSpec::DpmAdaptive(p) => p.eta > 0.0 && p.s_noise > 0.0,
             SamplerSpec::EdmAblation(p) => p.churn().is_stochastic(),
+            SamplerSpec::Restart(p) => p.is_stochastic(),
             SamplerSpec::DpmSinglestep { algorithm_type, .. } => {
                 *algorithm_type == AlgorithmType::SdeDpmSolverPlusPlus
             }
@@ -448,6 +455,7 @@ impl SamplerSpec {
             SamplerSpec::EdmAblation(p) if p.solver_type == edm_ablation::OdeSolver::Heun => {
                 2 * steps - 1
             }
+            SamplerSpec::Restart(p) => 2 * steps - 1 + p.restart_nfe(),
             _ => steps,
         })
     }
@@ -523,6 +531,7 @@ impl SamplerSpec {
             )?),
             SamplerSpec::Rk45(p) => Box::new(rk45::Rk45::new(p.clone())?),
             SamplerSpec::EdmAblation(p) => Box::new(edm_ablation::EdmAblation::new(p.clone())?),
+            SamplerSpec::Restart(p) => Box::new(restart::Restart::new(p.clone())?),
         })
     }
 }
