@@ -421,22 +421,43 @@ impl Loaded {
             _ => None,
         }
     }
-    /// Fresh data for seed `seed`: exact samples, or a resample of the training data.
-    fn data(&self, n: usize, seed: u64, dev: Device) -> Result<Option<Tensor>> {
+    /// Fresh data for seed `seed`: exact samples, or training data. `part` 0 is the set the
+    /// cells are measured against, part 1 the second set of the floor: for exact models an
+    /// independent draw, for training data the next `n` rows of the same seeded shuffle, so the
+    /// two sets share no point (drawn with replacement only where the data has fewer than `2n`
+    /// rows).
+    fn data(&self, n: usize, seed: u64, part: u64, dev: Device) -> Result<Option<Tensor>> {
+        let key = if part == 0 { seed } else { seed ^ 0xABCD };
         Ok(match self {
-            Loaded::Exact(ExactModel::Mixture(m)) => Some(m.sample(n, seed ^ 0xF2E5, dev)),
+            Loaded::Exact(ExactModel::Mixture(m)) => Some(m.sample(n, key ^ 0xF2E5, dev)),
             Loaded::Exact(ExactModel::Gaussian(g)) => {
-                let z = job::initial_noise(seed ^ 0xF2E5, n, g.dim(), dev, Kind::Double)?;
+                let z = job::initial_noise(key ^ 0xF2E5, n, g.dim(), dev, Kind::Double)?;
                 Some(g.sample_from(&z))
             }
             Loaded::Trained(_, data) => {
-                let data = &data.x;
-                let _turn = train::exclusive_rng();
-                tch::manual_seed((seed ^ 0xF2E5) as i64 & i64::MAX);
-                let idx = Tensor::randint(data.size()[0], [n as i64], (Kind::Int64, Device::Cpu));
-                Some(data.index_select(0, &idx).to_device(dev))
+                let idx = fresh_rows(data.x.size()[0], n, seed, part);
+                Some(data.x.index_select(0, &idx).to_device(dev))
             }
         })
+    }
+}
+
+/// The training-data rows of fresh-data set `part` (0 or 1) for `seed`: rows `part n ..
+/// (part + 1) n` of a shuffle seeded by `seed` (the two parts share no row), or, where the data
+/// has fewer than `2n` rows, `n` rows drawn with replacement.
+fn fresh_rows(rows: i64, n: usize, seed: u64, part: u64) -> Tensor {
+    let _turn = train::exclusive_rng();
+    if rows >= 2 * n as i64 {
+        tch::manual_seed((seed ^ 0xF2E5) as i64 & i64::MAX);
+        Tensor::randperm(rows, (Kind::Int64, Device::Cpu)).narrow(
+            0,
+            part as i64 * n as i64,
+            n as i64,
+        )
+    } else {
+        let key = if part == 0 { seed } else { seed ^ 0xABCD };
+        tch::manual_seed((key ^ 0xF2E5) as i64 & i64::MAX);
+        Tensor::randint(rows, [n as i64], (Kind::Int64, Device::Cpu))
     }
 }
 
@@ -694,7 +715,7 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     let mut floors = BTreeMap::new();
     for (seed, st) in per_seed.iter_mut().take(1) {
         if let Some(d) = &st.data {
-            let other = model.data(cfg.num, seed ^ 0xABCD, dev)?.unwrap();
+            let other = model.data(cfg.num, *seed, 1, dev)?.unwrap();
             if cfg.metrics.contains(&Metric::Sw2) {
                 floors.insert(
                     "sw2",
@@ -906,7 +927,7 @@ impl SeedState {
             .iter()
             .any(|m| matches!(m, Metric::Sw2 | Metric::Mmd));
         let data = if needs_data {
-            model.data(cfg.num, seed, dev)?
+            model.data(cfg.num, seed, 0, dev)?
         } else {
             None
         };
@@ -1157,4 +1178,29 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
     println!("results: {}", dir.join("results.csv").display());
     println!("plot: {}", dir.join("quality_vs_nfe.png").display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fresh_rows;
+
+    #[test]
+    fn the_floors_second_data_set_shares_no_row_with_the_first() {
+        let rows = |part| Vec::<i64>::try_from(&fresh_rows(1000, 300, 7, part)).unwrap();
+        let (a, b) = (rows(0), rows(1));
+        let mut all: Vec<i64> = a.iter().chain(&b).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 600, "600 distinct rows");
+        assert!(all.iter().all(|&r| (0..1000).contains(&r)));
+        assert_eq!(a, rows(0), "the same rows for the same seed");
+        assert_ne!(
+            a,
+            Vec::<i64>::try_from(&fresh_rows(1000, 300, 8, 0)).unwrap()
+        );
+        // Too few rows for two disjoint sets: drawn with replacement, still in range.
+        let c = Vec::<i64>::try_from(&fresh_rows(500, 300, 7, 1)).unwrap();
+        assert_eq!(c.len(), 300);
+        assert!(c.iter().all(|&r| (0..500).contains(&r)));
+    }
 }
