@@ -2166,3 +2166,33 @@ fn restart_segments_that_do_not_fit_the_grid_are_errors() {
         assert!(err.contains(want), "{segment:?}: {err}");
     }
 }
+
+#[test]
+fn pc_under_vp_keeps_a_gaussians_mean_and_covariance() {
+    // Under VP the predictor's `a = s(t) / s(t')` and the corrector's `alpha = a^2` differ from
+    // 1 (under EDM both are 1: the VE formulas, which diffusers checks). With the exact score
+    // and a fine uniform-t grid, PC's samples have the data's mean and covariance, with and
+    // without the corrector (snr kept small: Langevin inflates each level's variance by about
+    // snr^2).
+    let den = gaussian();
+    let vp = VpLinear::default();
+    let sigmas = grid_for(&vp, &GridKind::UniformT {}, 200);
+    let n = 4096;
+    for (snr, corrector_steps) in [(0.0, 0), (0.05, 1)] {
+        let spec = SamplerSpec::Pc {
+            snr,
+            corrector_steps,
+        };
+        let (x, _) = sample(&spec, &den, &vp, &sigmas, 11, n, 3);
+        let mean = x.mean_dim(0, false, Kind::Double);
+        let c = &x - &mean;
+        let cov = c.transpose(0, 1).matmul(&c) / (n as f64 - 1.0);
+        let want_mean = Tensor::from_slice(&[0.5, -1.0, 2.0]);
+        let want_cov =
+            Tensor::from_slice(&[1.0, 0.3, -0.1, 0.3, 0.5, 0.05, -0.1, 0.05, 0.08]).view([3, 3]);
+        let (dm, dc) = (max_abs(&(mean - want_mean)), max_abs(&(cov - want_cov)));
+        println!("pc under vp, snr {snr}, {corrector_steps} corrector steps: mean off by {dm:.4}, covariance by {dc:.4}");
+        // Standard errors at n = 4096: mean <= 1/64, covariance entries <= sqrt(2)/64.
+        assert!(dm < 0.05 && dc < 0.08, "mean {dm}, covariance {dc}");
+    }
+}
