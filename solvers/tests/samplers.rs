@@ -1602,14 +1602,9 @@ fn rk45_is_dormand_prince_and_meets_its_tolerance_under_edm_ve_and_vp() {
     assert!(rk45(f64::NAN, 1e-5).build().is_err());
 }
 
-#[test]
-fn edm_ablation_matches_nvlabs_edms_ablation_sampler() {
-    use scoreflow_solvers::samplers::edm_ablation::{AblationParams, OdeSolver, Scaling, Schedule};
-    // Samples printed by NVlabs/edm's own ablation_sampler (generate.py, run as it stands by
-    // `python3 experiments/peers/edm_sampler.py EDM_REPO`) for the exact denoiser of N((0.5,
-    // -1), 0.25 I) in float64 from three fixed latents, for its discretizations (edm = karras,
-    // vp = uniform t under the VP SDE's default range, ve = geometric from 100 to 0.02 =
-    // log-snr), schedules, scalings, solvers and alphas.
+/// The problem of the scripts that print reference samples (experiments/peers/edm_sampler.py,
+/// restart_sampler.py): the exact denoiser of N((0.5, -1), 0.25 I) in float64 and three latents.
+fn pinned_problem() -> (GaussianDenoiser, Tensor) {
     let den = GaussianDenoiser::new(
         vec![0.5, -1.0],
         vec![vec![0.25, 0.0], vec![0.0, 0.25]],
@@ -1619,6 +1614,18 @@ fn edm_ablation_matches_nvlabs_edms_ablation_sampler() {
     let latents = Tensor::from_slice(&[0.3, -1.2, 1.5, 0.7, -0.4, 0.1])
         .view([3, 2])
         .to_kind(Kind::Double);
+    (den, latents)
+}
+
+#[test]
+fn edm_ablation_matches_nvlabs_edms_ablation_sampler() {
+    use scoreflow_solvers::samplers::edm_ablation::{AblationParams, OdeSolver, Scaling, Schedule};
+    // Samples printed by NVlabs/edm's own ablation_sampler (generate.py, run as it stands by
+    // `python3 experiments/peers/edm_sampler.py EDM_REPO`) for the exact denoiser of N((0.5,
+    // -1), 0.25 I) in float64 from three fixed latents, for its discretizations (edm = karras,
+    // vp = uniform t under the VP SDE's default range, ve = geometric from 100 to 0.02 =
+    // log-snr), schedules, scalings, solvers and alphas.
+    let (den, latents) = pinned_problem();
     let edm = Edm::default();
     let vp = VpLinear::default();
     let karras = |n| grid::sigmas(&GridKind::Karras { rho: 7.0 }, n, 0.002, 80.0, &edm).unwrap();
@@ -1927,15 +1934,7 @@ fn restart_matches_the_authors_restart_sampler() {
     // 80), with the same formula noise drawn in the same order. The reference computes each
     // restart's levels in float32; with them in float64 (`--float64-levels`) it agrees with
     // scoreflow to the last places, as shipped to the float32 rounding of the levels.
-    let den = GaussianDenoiser::new(
-        vec![0.5, -1.0],
-        vec![vec![0.25, 0.0], vec![0.0, 0.25]],
-        Device::Cpu,
-    )
-    .unwrap();
-    let latents = Tensor::from_slice(&[0.3, -1.2, 1.5, 0.7, -0.4, 0.1])
-        .view([3, 2])
-        .to_kind(Kind::Double);
+    let (den, latents) = pinned_problem();
     let edm = Edm::default();
     let inf = f64::INFINITY;
     type Case = (&'static str, usize, SamplerSpec, usize, [f64; 6], [f64; 6]);
