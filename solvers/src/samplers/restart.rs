@@ -213,12 +213,7 @@ impl Restart {
         }
         let mut targets = Vec::with_capacity(self.p.segments.len());
         for (k, s) in self.p.segments.iter().enumerate() {
-            let mut best = 0;
-            for (i, &level) in sigmas.iter().enumerate() {
-                if (level - s.t_min).abs() < (sigmas[best] - s.t_min).abs() {
-                    best = i;
-                }
-            }
+            let best = nearest_level(sigmas, s.t_min);
             let k = k + 1;
             if best == 0 || best == n {
                 return Err(SolverError::Invalid(format!(
@@ -291,6 +286,18 @@ impl Restart {
     }
 }
 
+/// The index of the level of the decreasing grid `sigmas` nearest to `t`, the first of two
+/// equally near (as `argmin`), by bisection.
+fn nearest_level(sigmas: &[f64], t: f64) -> usize {
+    let below = sigmas.partition_point(|&s| s > t);
+    match below {
+        0 => 0,
+        i if i == sigmas.len() => i - 1,
+        i if (sigmas[i - 1] - t).abs() <= (sigmas[i] - t).abs() => i - 1,
+        i => i,
+    }
+}
+
 impl Sampler for Restart {
     fn name(&self) -> &'static str {
         "restart"
@@ -325,5 +332,29 @@ impl Sampler for Restart {
             }
         }
         Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nearest_level;
+
+    #[test]
+    fn nearest_level_is_the_first_of_the_nearest_as_argmin() {
+        let grid = [80.0, 10.0, 1.0, 0.5, 0.1, 0.0];
+        let argmin = |t: f64| {
+            let mut best = 0;
+            for (i, s) in grid.iter().enumerate() {
+                if (s - t).abs() < (grid[best] - t).abs() {
+                    best = i;
+                }
+            }
+            best
+        };
+        for t in [
+            1e3, 80.0, 45.0, 44.9, 45.1, 10.0, 5.5, 0.75, 0.5, 0.3, 0.1, 0.05, 0.04, 1e-9,
+        ] {
+            assert_eq!(nearest_level(&grid, t), argmin(t), "t = {t}");
+        }
     }
 }
