@@ -975,7 +975,15 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
     // version) stay in results.jsonl but are not mixed into the table and the plots.
     if let Some(c) = &cfg {
         let keys = c.cell_keys();
+        let all = rows.len();
         rows.retain(|r| keys.contains(r["key"].as_str().unwrap_or("")));
+        if rows.len() < all {
+            eprintln!(
+                "note: {} of {all} lines in {} are not cells of experiment.json (another configuration, or cells of an older scoreflow whose samplers have gained parameters since) and are not drawn; `scoreflow run` the experiment again to compute the missing cells",
+                all - rows.len(),
+                dir.join("results.jsonl").display()
+            );
+        }
     }
     // Cells may finish in any order: sort by seed, then sampler (in the experiment's order
     // where experiment.json is present), then steps.

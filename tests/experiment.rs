@@ -138,6 +138,14 @@ fn an_experiment_writes_results_and_plots_and_plot_redraws_them() {
         ],
         "{csv}"
     );
+    // plot says that it leaves the other 6 lines out.
+    let o = run(&["plot", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("6 of 18 lines") && err.contains("are not drawn"),
+        "{err}"
+    );
 }
 
 #[test]
