@@ -163,6 +163,23 @@ pub struct SamplerArgs {
 }
 
 impl SamplerArgs {
+    /// EDM's churn flags (`--s-churn`, `--s-tmin`, `--s-tmax`, `--s-noise`) onto a sampler's
+    /// four churn fields, for [`set_flags`].
+    fn churn_flags<'a>(
+        &self,
+        s_churn: &'a mut f64,
+        s_tmin: &'a mut f64,
+        s_tmax: &'a mut f64,
+        s_noise: &'a mut f64,
+    ) -> [(&'static str, Option<f64>, &'a mut f64); 4] {
+        [
+            ("s-churn", self.s_churn, s_churn),
+            ("s-tmin", self.s_tmin, s_tmin),
+            ("s-tmax", self.s_tmax, s_tmax),
+            ("s-noise", self.s_noise, s_noise),
+        ]
+    }
+
     /// The sampler `name` (or `name(key=value,...)`, see [`parse_sampler`]) with these
     /// parameters applied on top; a parameter the sampler does not have is an error.
     pub fn spec(&self, name: &str) -> Result<SamplerSpec> {
@@ -195,17 +212,10 @@ impl SamplerArgs {
             | SamplerSpec::Heun(c)
             | SamplerSpec::EdmStochastic(c)
             | SamplerSpec::Dpm2(c) => {
-                for (flag, src, dst) in [
-                    ("s-churn", self.s_churn, &mut c.s_churn),
-                    ("s-tmin", self.s_tmin, &mut c.s_tmin),
-                    ("s-tmax", self.s_tmax, &mut c.s_tmax),
-                    ("s-noise", self.s_noise, &mut c.s_noise),
-                ] {
-                    if let Some(v) = src {
-                        *dst = v;
-                        used.push(flag);
-                    }
-                }
+                set_flags(
+                    &mut used,
+                    self.churn_flags(&mut c.s_churn, &mut c.s_tmin, &mut c.s_tmax, &mut c.s_noise),
+                );
             }
             SamplerSpec::Pc {
                 snr,
@@ -235,50 +245,43 @@ impl SamplerArgs {
                     *order = v;
                     used.push("order");
                 }
-                for (flag, src, dst) in [("eta", self.eta, eta), ("s-noise", self.s_noise, s_noise)]
-                {
-                    if let Some(v) = src {
-                        *dst = v;
-                        used.push(flag);
-                    }
-                }
+                set_flags(
+                    &mut used,
+                    [("eta", self.eta, eta), ("s-noise", self.s_noise, s_noise)],
+                );
             }
             SamplerSpec::DpmAdaptive(p) => {
                 if let Some(v) = self.order {
                     p.order = v;
                     used.push("order");
                 }
-                for (flag, src, dst) in [
-                    ("rtol", self.rtol, &mut p.rtol),
-                    ("atol", self.atol, &mut p.atol),
-                    ("h-init", self.h_init, &mut p.h_init),
-                    ("pcoeff", self.pcoeff, &mut p.pcoeff),
-                    ("icoeff", self.icoeff, &mut p.icoeff),
-                    ("dcoeff", self.dcoeff, &mut p.dcoeff),
-                    ("accept-safety", self.accept_safety, &mut p.accept_safety),
-                    ("eta", self.eta, &mut p.eta),
-                    ("s-noise", self.s_noise, &mut p.s_noise),
-                ] {
-                    if let Some(v) = src {
-                        *dst = v;
-                        used.push(flag);
-                    }
-                }
+                set_flags(
+                    &mut used,
+                    [
+                        ("rtol", self.rtol, &mut p.rtol),
+                        ("atol", self.atol, &mut p.atol),
+                        ("h-init", self.h_init, &mut p.h_init),
+                        ("pcoeff", self.pcoeff, &mut p.pcoeff),
+                        ("icoeff", self.icoeff, &mut p.icoeff),
+                        ("dcoeff", self.dcoeff, &mut p.dcoeff),
+                        ("accept-safety", self.accept_safety, &mut p.accept_safety),
+                        ("eta", self.eta, &mut p.eta),
+                        ("s-noise", self.s_noise, &mut p.s_noise),
+                    ],
+                );
             }
             SamplerSpec::EdmAblation(p) => {
-                for (flag, src, dst) in [
-                    ("alpha", self.alpha, &mut p.alpha),
-                    ("epsilon-s", self.epsilon_s, &mut p.epsilon_s),
-                    ("s-churn", self.s_churn, &mut p.s_churn),
-                    ("s-tmin", self.s_tmin, &mut p.s_tmin),
-                    ("s-tmax", self.s_tmax, &mut p.s_tmax),
-                    ("s-noise", self.s_noise, &mut p.s_noise),
-                ] {
-                    if let Some(v) = src {
-                        *dst = v;
-                        used.push(flag);
-                    }
-                }
+                set_flags(
+                    &mut used,
+                    [
+                        ("alpha", self.alpha, &mut p.alpha),
+                        ("epsilon-s", self.epsilon_s, &mut p.epsilon_s),
+                    ],
+                );
+                set_flags(
+                    &mut used,
+                    self.churn_flags(&mut p.s_churn, &mut p.s_tmin, &mut p.s_tmax, &mut p.s_noise),
+                );
                 if let Some(v) = &self.solver_type {
                     p.solver_type = v.parse()?;
                     used.push("solver-type");
@@ -293,33 +296,27 @@ impl SamplerArgs {
                 }
             }
             SamplerSpec::Restart(p) => {
-                for (flag, src, dst) in [
-                    ("restart-gamma", self.restart_gamma, &mut p.restart_gamma),
-                    ("s-churn", self.s_churn, &mut p.s_churn),
-                    ("s-tmin", self.s_tmin, &mut p.s_tmin),
-                    ("s-tmax", self.s_tmax, &mut p.s_tmax),
-                    ("s-noise", self.s_noise, &mut p.s_noise),
-                ] {
-                    if let Some(v) = src {
-                        *dst = v;
-                        used.push(flag);
-                    }
-                }
+                set_flags(
+                    &mut used,
+                    [("restart-gamma", self.restart_gamma, &mut p.restart_gamma)],
+                );
+                set_flags(
+                    &mut used,
+                    self.churn_flags(&mut p.s_churn, &mut p.s_tmin, &mut p.s_tmax, &mut p.s_noise),
+                );
                 if let Some(v) = &self.segments {
                     p.segments = parse_segments(v)?;
                     used.push("segments");
                 }
             }
             SamplerSpec::Rk45(p) => {
-                for (flag, src, dst) in [
-                    ("rtol", self.rtol, &mut p.rtol),
-                    ("atol", self.atol, &mut p.atol),
-                ] {
-                    if let Some(v) = src {
-                        *dst = v;
-                        used.push(flag);
-                    }
-                }
+                set_flags(
+                    &mut used,
+                    [
+                        ("rtol", self.rtol, &mut p.rtol),
+                        ("atol", self.atol, &mut p.atol),
+                    ],
+                );
             }
             SamplerSpec::Lms { order }
             | SamplerSpec::Deis { order }
@@ -419,6 +416,20 @@ impl SamplerArgs {
         }
         spec.build()?; // validate the values now, before any work
         Ok(spec)
+    }
+}
+
+/// Each `(flag, value, field)` whose flag was given: the value into the field, the flag into
+/// `used`.
+fn set_flags<const N: usize>(
+    used: &mut Vec<&'static str>,
+    flags: [(&'static str, Option<f64>, &mut f64); N],
+) {
+    for (flag, value, field) in flags {
+        if let Some(v) = value {
+            *field = v;
+            used.push(flag);
+        }
     }
 }
 

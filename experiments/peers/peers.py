@@ -953,25 +953,31 @@ def _diffusers_singlestep(order, algorithm_type="dpmsolver++", solver_type="midp
             final_sigmas_type="sigma_min" if algorithm_type == "dpmsolver" else "zero")
         if algorithm_type != "sde-dpmsolver++":
             return _x0_scheduler_on_grid(sch, model, x, grid, last_d=algorithm_type == "dpmsolver")
-        # sde-dpmsolver++ draws a fresh noise every step: scoreflow's step noise on the step's
-        # interval (zeros on the step to 0, where sigma_t = 0 multiplies it).
-        step = [0]
-
-        def draw(shape, **kw):
-            i = step[0]
-            step[0] += 1
-            if grid[i + 1] == 0:
-                return torch.zeros(shape, dtype=kw.get("dtype"), device=kw.get("device"))
-            return noise.standard(STREAM_STEP, grid[i + 1], grid[i]).to(kw.get("device"), kw.get("dtype"))
-
-        saved = mod.randn_tensor
-        mod.randn_tensor = draw
-        try:
-            return _x0_scheduler_on_grid(sch, model, x, grid, last_d=False)
-        finally:
-            mod.randn_tensor = saved
+        # sde-dpmsolver++ draws a fresh noise every step.
+        return _x0_scheduler_with_step_noise(mod, sch, model, x, grid, noise)
 
     return run
+
+
+def _x0_scheduler_with_step_noise(mod, sch, model, x, grid, noise):
+    """`_x0_scheduler_on_grid` with the scheduler module's randn_tensor returning scoreflow's
+    step noise, one draw per step: STREAM_STEP on the step's interval, zeros on the step to 0
+    (where sigma_t = 0 multiplies it)."""
+    step = [0]
+
+    def draw(shape, **kw):
+        i = step[0]
+        step[0] += 1
+        if grid[i + 1] == 0:
+            return torch.zeros(shape, dtype=kw.get("dtype"), device=kw.get("device"))
+        return noise.standard(STREAM_STEP, grid[i + 1], grid[i]).to(kw.get("device"), kw.get("dtype"))
+
+    saved = mod.randn_tensor
+    mod.randn_tensor = draw
+    try:
+        return _x0_scheduler_on_grid(sch, model, x, grid, last_d=False)
+    finally:
+        mod.randn_tensor = saved
 
 
 def _diffusers_multistep(order, solver_type):
@@ -1000,22 +1006,7 @@ def _diffusers_multistep_sde(solver_type):
         sch = mod.DPMSolverMultistepScheduler(
             solver_order=2, prediction_type="sample", algorithm_type="sde-dpmsolver++",
             solver_type=solver_type, final_sigmas_type="zero")
-        n = len(grid) - 1
-        step = [0]
-
-        def draw(shape, **kw):
-            i = step[0]
-            step[0] += 1
-            if grid[i + 1] == 0:
-                return torch.zeros(shape, dtype=kw.get("dtype"), device=kw.get("device"))
-            return noise.standard(STREAM_STEP, grid[i + 1], grid[i]).to(kw.get("device"), kw.get("dtype"))
-
-        saved = mod.randn_tensor
-        mod.randn_tensor = draw
-        try:
-            return _x0_scheduler_on_grid(sch, model, x, grid, last_d=False)
-        finally:
-            mod.randn_tensor = saved
+        return _x0_scheduler_with_step_noise(mod, sch, model, x, grid, noise)
 
     return run
 

@@ -126,22 +126,28 @@ impl Sampler for DpmSinglestep {
         let i = ctx.index;
         let k = Self::order_list(self.order, ctx.steps())[i];
         let (s_i, t) = (ctx.sigma(), ctx.sigma_next());
-        if self.algorithm_type == AlgorithmType::SdeDpmSolverPlusPlus {
-            return self.sde_step(ctx, x, k);
-        }
-        let plus = self.algorithm_type == AlgorithmType::DpmSolverPlusPlus;
+        // The model output of the group's integral: D (data prediction) or eps = (x - D) / sigma.
         let d = ctx.denoise(&x, s_i)?;
-        let m = if plus { d } else { (&x - d) / s_i };
+        let m = if self.algorithm_type == AlgorithmType::DpmSolver {
+            (&x - d) / s_i
+        } else {
+            d
+        };
         if k == 1 {
             ctx.history.clear();
-            ctx.history.push(x.shallow_clone());
+            ctx.history.push(x);
         }
         ctx.history.push(m);
+        // The group starts at s; h = lambda_t - lambda_s with lambda = -log sigma (at t = 0, order
+        // 1 only, h = inf).
         let s = ctx.sigmas[i + 1 - k];
+        let h = (s / t).ln();
+        if self.algorithm_type == AlgorithmType::SdeDpmSolverPlusPlus {
+            return self.sde_step(ctx, k, s, h);
+        }
+        let plus = self.algorithm_type == AlgorithmType::DpmSolverPlusPlus;
         let x_s = &ctx.history[0];
         let ms = &ctx.history[1..];
-        // h = lambda_t - lambda_s with lambda = -log sigma; at t = 0 (order 1 only) h = inf.
-        let h = (s / t).ln();
         let r = |j: usize| (s / ctx.sigmas[i + 1 - k + j]).ln() / h;
         // ++: x_t = (sigma_t / sigma_s) x_s - em1 (D0 + ...), em1 = e^{-h} - 1 = t / s - 1.
         // DPM-Solver: x_t = x_s - ep (D0 + ...), ep = sigma_t (e^h - 1) = s - t.
@@ -199,19 +205,12 @@ impl DpmSinglestep {
     /// midpoint `g / (-2h) + 1` on `D1_1`, heun that on `D1` and `(g - 2h) / (4h^2) - 1/2` on
     /// `D2`. `z` is a fresh standard normal every step (the step stream on the step's own
     /// interval, though the update spans the group); none on the step to sigma = 0.
-    fn sde_step(&self, ctx: &mut StepCtx<'_>, x: Tensor, k: usize) -> Result<Tensor> {
+    /// `ctx.history` already holds `x_s` and the group's outputs `m`; the group starts at `s`.
+    fn sde_step(&self, ctx: &mut StepCtx<'_>, k: usize, s: f64, h: f64) -> Result<Tensor> {
         let i = ctx.index;
         let (s_i, t) = (ctx.sigma(), ctx.sigma_next());
-        let m = ctx.denoise(&x, s_i)?;
-        if k == 1 {
-            ctx.history.clear();
-            ctx.history.push(x.shallow_clone());
-        }
-        ctx.history.push(m);
-        let s = ctx.sigmas[i + 1 - k];
         let x_s = &ctx.history[0];
         let ms = &ctx.history[1..];
-        let h = (s / t).ln();
         let r = |j: usize| (s / ctx.sigmas[i + 1 - k + j]).ln() / h;
         let q = (t / s) * (t / s);
         let g = 1.0 - q;
