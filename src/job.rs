@@ -77,10 +77,12 @@ pub struct SamplerArgs {
     /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: EDM's S_churn (0 = no churn).
     #[arg(long)]
     pub s_churn: Option<f64>,
-    /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: S_tmin (no churn below it).
+    /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: S_tmin (no churn below it);
+    /// sa-solver: no noise (tau = 0) below it.
     #[arg(long)]
     pub s_tmin: Option<f64>,
-    /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: S_tmax (no churn above it).
+    /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: S_tmax (no churn above it);
+    /// sa-solver: no noise (tau = 0) above it.
     #[arg(long)]
     pub s_tmax: Option<f64>,
     /// The samplers that take --s-churn, and those that take --eta except ddim: S_noise.
@@ -139,6 +141,16 @@ pub struct SamplerArgs {
     /// restart: the churn of every restart step within [s_tmin, s_tmax] (0.05 by default).
     #[arg(long)]
     pub restart_gamma: Option<f64>,
+    /// sa-solver: order of the stochastic Adams-Bashforth predictor (1 to 4).
+    #[arg(long)]
+    pub predictor_order: Option<usize>,
+    /// sa-solver: order of the stochastic Adams-Moulton corrector (1 to 4).
+    #[arg(long)]
+    pub corrector_order: Option<usize>,
+    /// sa-solver: stochasticity within [s_tmin, s_tmax] (0: the probability-flow ODE, 1: the
+    /// reverse SDE; 1 by default).
+    #[arg(long)]
+    pub tau: Option<f64>,
     /// dpm-adaptive, rk45: relative tolerance of the step-size control.
     #[arg(long)]
     pub rtol: Option<f64>,
@@ -309,6 +321,24 @@ impl SamplerArgs {
                     used.push("segments");
                 }
             }
+            SamplerSpec::SaSolver(p) => {
+                set_flags(
+                    &mut used,
+                    [
+                        ("tau", self.tau, &mut p.tau),
+                        ("s-tmin", self.s_tmin, &mut p.s_tmin),
+                        ("s-tmax", self.s_tmax, &mut p.s_tmax),
+                    ],
+                );
+                if let Some(v) = self.predictor_order {
+                    p.predictor_order = v;
+                    used.push("predictor-order");
+                }
+                if let Some(v) = self.corrector_order {
+                    p.corrector_order = v;
+                    used.push("corrector-order");
+                }
+            }
             SamplerSpec::Rk45(p) => {
                 set_flags(
                     &mut used,
@@ -408,6 +438,9 @@ impl SamplerArgs {
             ("epsilon-s", self.epsilon_s.is_some()),
             ("segments", self.segments.is_some()),
             ("restart-gamma", self.restart_gamma.is_some()),
+            ("predictor-order", self.predictor_order.is_some()),
+            ("corrector-order", self.corrector_order.is_some()),
+            ("tau", self.tau.is_some()),
         ];
         for (flag, present) in given {
             if present && !used.contains(&flag) {

@@ -1168,7 +1168,7 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // the same grid, ScoreSdeVpScheduler (Euler-Maruyama) on a uniform-t VP grid, and
     // UniPCMultistepScheduler, DEISMultistepScheduler and IPNDMScheduler on the same grid. And
     // scipy's solve_ivp(method="RK45") as score_sde's ODE sampler calls it (rk45 under EDM, VP
-    // and VE).
+    // and VE). And diffusers' SASolverScheduler, given scoreflow's step noise.
     let dir = tempfile::tempdir().unwrap();
     let Some(v) = peers(
         &[
@@ -1189,10 +1189,11 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // PNDM from sigma 80 and from 2, PLMS, multistep DPM-Solver++ of orders 2 and 3 and its SDE
     // form (midpoint and heun), singlestep
     // DPM-Solver++ of order 2 (midpoint and heun) and 3 and DPM-Solver of order 3 (heun)) on
-    // each model, and singlestep sde-dpmsolver++ (order 2 midpoint, order 3 heun) given the same
+    // each model, and singlestep sde-dpmsolver++ (order 2 midpoint, order 3 heun) and SASolver
+    // (the defaults; orders 3/3 at tau 0; 4/3 at tau 0.6; 1/4 in another window) given the same
     // step noise; 3 against scipy (rk45 under EDM, VP and VE with other tolerances); and two
     // float64 checks on the exact mixture: dpm-adaptive with noise and rk45.
-    assert_eq!(checks.len(), 3 * 60 + 2);
+    assert_eq!(checks.len(), 3 * 64 + 2);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),
@@ -1219,7 +1220,7 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
             "euler,euler-ancestral,dpm2-ancestral,dpmpp-2s-ancestral,dpmpp-sde,edm-stochastic,\
              euler-churn,dpm2-churn,dpmpp-2m-sde,dpmpp-3m-sde,ddpm,ddim-eta1,pc,euler-maruyama,\
              dpm-solver-eta0.5,dpm-adaptive-eta0.5,dpmpp-sde-r0.3,dpm-fast-eta0.5,\
-             dpmpp-2m-sde-diffusers,dpm-singlestep-sde",
+             dpmpp-2m-sde-diffusers,dpm-singlestep-sde,sa-solver",
             "--check-noise-seed",
             "4",
         ],
@@ -1688,6 +1689,103 @@ fn restart_takes_its_segments_as_a_flag_and_in_the_label() {
             "8",
             "--steps",
             "18",
+            "--device",
+            "cpu",
+            "--out",
+            never.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        assert_bad(&args, needle, &never);
+    }
+}
+
+#[test]
+fn sa_solver_takes_its_flags_and_its_label_alike() {
+    // The flags and the label `sa-solver(key=value,...)` give the same sampler (bit for bit,
+    // noise included); tau = 0 draws no noise (two seeds agree); bad orders, a negative tau and
+    // another sampler's flag are one-line errors with exit code 2 and no output.
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name);
+    let sample = |extra: &[&str], seed: &str, file: &std::path::Path| {
+        let mut args = vec![
+            "sample",
+            "--denoiser",
+            "builtin:gmm8",
+            "--num",
+            "32",
+            "--steps",
+            "12",
+            "--seed",
+            seed,
+            "--device",
+            "cpu",
+            "--out",
+            file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(line["nfe"], 12);
+        std::fs::read(file).unwrap()
+    };
+    let flags = [
+        "--solver",
+        "sa-solver",
+        "--predictor-order",
+        "3",
+        "--corrector-order",
+        "1",
+        "--tau",
+        "0.5",
+        "--s-tmin",
+        "0.1",
+        "--s-tmax",
+        "10",
+    ];
+    let a = sample(&flags, "0", &out("a.npy"));
+    let label = "sa-solver(predictor_order=3,corrector_order=1,tau=0.5,tmin=0.1,tmax=10)";
+    let b = sample(&["--solver", label], "0", &out("b.npy"));
+    assert_eq!(a, b);
+    let c = sample(&flags, "1", &out("c.npy"));
+    assert_ne!(a, c);
+    let ode = ["--solver", "sa-solver", "--tau", "0"];
+    let d0 = sample(&ode, "0", &out("d0.npy"));
+    assert_ne!(a, d0);
+    // The start depends on the seed; the rest of an ODE run does not: same start, same result.
+    let e = sample(&["--solver", "sa-solver(tau=0)"], "0", &out("e.npy"));
+    assert_eq!(d0, e);
+    let never = out("never.npy");
+    for (extra, needle) in [
+        (
+            vec!["--solver", "sa-solver", "--predictor-order", "5"],
+            "invalid parameter order = 5: must be 1 to 4",
+        ),
+        (
+            vec!["--solver", "sa-solver(corrector_order=0)"],
+            "invalid parameter order = 0: must be 1 to 4",
+        ),
+        (
+            vec!["--solver", "sa-solver", "--tau=-1"],
+            "tau = -1: must be finite and >= 0",
+        ),
+        (
+            vec!["--solver", "sa-solver", "--s-tmin", "30"],
+            "must be >= 0 and <= s_tmax",
+        ),
+        (
+            vec!["--solver", "unipc", "--tau", "1"],
+            "--tau does not apply to the unipc sampler",
+        ),
+    ] {
+        let mut args = vec![
+            "sample",
+            "--denoiser",
+            "builtin:gmm8",
+            "--num",
+            "8",
+            "--steps",
+            "12",
             "--device",
             "cpu",
             "--out",

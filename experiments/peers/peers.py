@@ -86,7 +86,7 @@ def load_kdiffusion_sampling():
 
 
 def load_diffusers_schedulers(site):
-    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC, DEIS, iPNDM, PNDM and singlestep and multistep DPM-Solver scheduler modules, from `site` (appended to sys.path, so that the
+    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC, DEIS, iPNDM, PNDM, singlestep and multistep DPM-Solver and SA-Solver scheduler modules, from `site` (appended to sys.path, so that the
     python's own numpy and torch come first) or the python's own packages; (None, reason) where
     they cannot be imported."""
     if os.path.isdir(site):
@@ -94,14 +94,14 @@ def load_diffusers_schedulers(site):
     try:
         from diffusers.schedulers import scheduling_ddim, scheduling_ddpm, scheduling_deis_multistep, scheduling_ipndm, \
             scheduling_pndm, scheduling_sde_ve, scheduling_unipc_multistep, scheduling_dpmsolver_singlestep, \
-            scheduling_dpmsolver_multistep
+            scheduling_dpmsolver_multistep, scheduling_sasolver
         from diffusers.schedulers.deprecated import scheduling_sde_vp
         import diffusers
     except Exception as e:  # any import failure means: no diffusers peer
         return None, f"{type(e).__name__}: {e}"
     return ((scheduling_ddpm, scheduling_ddim, scheduling_sde_ve, scheduling_sde_vp, scheduling_unipc_multistep,
              scheduling_deis_multistep, scheduling_ipndm, scheduling_pndm, scheduling_dpmsolver_singlestep,
-             scheduling_dpmsolver_multistep),
+             scheduling_dpmsolver_multistep, scheduling_sasolver),
             f"diffusers {diffusers.__version__} from {os.path.dirname(diffusers.__file__)}")
 
 
@@ -959,7 +959,7 @@ def _diffusers_singlestep(order, algorithm_type="dpmsolver++", solver_type="midp
     return run
 
 
-def _x0_scheduler_with_step_noise(mod, sch, model, x, grid, noise):
+def _x0_scheduler_with_step_noise(mod, sch, model, x, grid, noise, last_d=False):
     """`_x0_scheduler_on_grid` with the scheduler module's randn_tensor returning scoreflow's
     step noise, one draw per step: STREAM_STEP on the step's interval, zeros on the step to 0
     (where sigma_t = 0 multiplies it)."""
@@ -975,7 +975,7 @@ def _x0_scheduler_with_step_noise(mod, sch, model, x, grid, noise):
     saved = mod.randn_tensor
     mod.randn_tensor = draw
     try:
-        return _x0_scheduler_on_grid(sch, model, x, grid, last_d=False)
+        return _x0_scheduler_on_grid(sch, model, x, grid, last_d=last_d)
     finally:
         mod.randn_tensor = saved
 
@@ -1011,6 +1011,36 @@ def _diffusers_multistep_sde(solver_type):
     return run
 
 
+def _diffusers_sa_solver(predictor_order=2, corrector_order=2, tau=1.0, s_tmin=None, s_tmax=None):
+    """diffusers' SASolverScheduler (data prediction, lower_order_final) with its sigmas set to
+    scoreflow's grid (float64) and timesteps N-1 .. 0, the model's D given as the "sample"
+    prediction in x_vp = x / sqrt(1 + sigma^2), and its randn_tensor returning scoreflow's step
+    noise. Its tau_func gets the timestep t, i.e. the level grid[N-1-t]: tau where s_tmin <= that
+    level <= s_tmax (scoreflow's window; None: diffusers' default 200..800 of DDPM's linear
+    schedule, as sigmas), else 0. diffusers' update at sigma = 0 needs log 0, so it runs the first
+    N - 1 steps (each correcting the one before) and the result is the last evaluation's D, as
+    scoreflow's step to 0 returns (the first-order update's limit)."""
+
+    def run(diffusers, model, x, sigmas, grid, noise):
+        mod = diffusers[10]
+        n = len(grid) - 1
+        if s_tmin is None:  # diffusers' default window, timesteps 200 .. 800, as noise levels
+            ac = torch.cumprod(1.0 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+            lo, hi = [math.sqrt((1.0 - ac[t].item()) / ac[t].item()) for t in (200, 800)]
+        else:
+            lo, hi = s_tmin, s_tmax
+
+        def tau_func(t):
+            return tau if lo <= grid[n - 1 - int(t)] <= hi else 0.0
+
+        sch = mod.SASolverScheduler(
+            num_train_timesteps=max(n, 2), predictor_order=predictor_order, corrector_order=corrector_order,
+            prediction_type="sample", tau_func=tau_func, algorithm_type="data_prediction", lower_order_final=True)
+        return _x0_scheduler_with_step_noise(mod, sch, model, x, grid, noise, last_d=True)
+
+    return run
+
+
 # Compared with diffusers (run gets its scheduler modules instead of k-diffusion's sampling
 # module); flags may depend on the number of steps.
 DIFFUSERS_CHECKS = {
@@ -1038,6 +1068,14 @@ DIFFUSERS_CHECKS = {
     "dpmpp-2m-sde-heun-diffusers": (["--solver", "dpmpp-2m-sde", "--solver-type", "heun"],
                                     _diffusers_multistep_sde("heun")),
     "dpm-singlestep": (["--solver", "dpm-singlestep"], _diffusers_singlestep(2)),
+    "sa-solver": (["--solver", "sa-solver"], _diffusers_sa_solver()),
+    "sa-solver-3-3-ode": (["--solver", "sa-solver", "--predictor-order", "3", "--corrector-order", "3", "--tau", "0"],
+                          _diffusers_sa_solver(3, 3, tau=0.0, s_tmin=0.0, s_tmax=math.inf)),
+    "sa-solver-4-3-tau0.6": (["--solver", "sa-solver", "--predictor-order", "4", "--corrector-order", "3", "--tau", "0.6",
+                              "--s-tmin", "0", "--s-tmax", "inf"],
+                             _diffusers_sa_solver(4, 3, tau=0.6, s_tmin=0.0, s_tmax=math.inf)),
+    "sa-solver-1-4": (["--solver", "sa-solver", "--predictor-order", "1", "--corrector-order", "4", "--s-tmin", "0.1",
+                       "--s-tmax", "5"], _diffusers_sa_solver(1, 4, s_tmin=0.1, s_tmax=5.0)),
     "dpm-singlestep-2-heun": (["--solver", "dpm-singlestep", "--solver-type", "heun"],
                               _diffusers_singlestep(2, solver_type="heun")),
     "dpm-singlestep-3": (["--solver", "dpm-singlestep", "--order", "3"], _diffusers_singlestep(3)),

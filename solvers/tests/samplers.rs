@@ -7,6 +7,7 @@ use common::*;
 use scoreflow_solvers::noise::BrownianNoise;
 use scoreflow_solvers::samplers::dpm_singlestep::DpmSinglestep;
 use scoreflow_solvers::samplers::dpm_solver::AdaptiveParams;
+use scoreflow_solvers::samplers::sa_solver::SaSolverParams;
 use scoreflow_solvers::samplers::{
     AlgorithmType, Churn, DdpmVariance, SolverType, UniPcVariant, NAMES,
 };
@@ -25,6 +26,17 @@ fn gaussian() -> GaussianDenoiser {
         vec![-0.1, 0.05, 0.08],
     ];
     GaussianDenoiser::new(vec![0.5, -1.0, 2.0], cov, Device::Cpu).unwrap()
+}
+
+/// SA-Solver with these orders and `tau` on every level.
+fn sa_solver(predictor_order: usize, corrector_order: usize, tau: f64) -> SamplerSpec {
+    SamplerSpec::SaSolver(SaSolverParams {
+        predictor_order,
+        corrector_order,
+        tau,
+        s_tmin: 0.0,
+        s_tmax: f64::INFINITY,
+    })
 }
 
 /// Deterministic samplers and their orders.
@@ -163,6 +175,15 @@ fn deterministic() -> Vec<(SamplerSpec, f64)> {
             },
             2.0,
         ),
+        // SA-Solver at tau = 0: exponential Adams-Bashforth predictor and Adams-Moulton
+        // corrector in lambda, of the corrector's order (with p >= c - 1).
+        (sa_solver(2, 1, 0.0), 1.0),
+        (sa_solver(1, 2, 0.0), 2.0),
+        (sa_solver(2, 2, 0.0), 2.0),
+        (sa_solver(2, 3, 0.0), 3.0),
+        (sa_solver(3, 3, 0.0), 3.0),
+        (sa_solver(3, 4, 0.0), 4.0),
+        (sa_solver(4, 4, 0.0), 4.0),
     ]
 }
 
@@ -224,7 +245,13 @@ fn convergence_orders_match_theory_under_edm_ve_and_vp() {
                 spec,
                 SamplerSpec::DpmSolver { order: 3, .. } | SamplerSpec::DpmFast { .. }
             );
-            let ok = if singlestep3 {
+            let ok = if let SamplerSpec::SaSolver(_) = spec {
+                // SA-Solver converges at its corrector's order (measured: 1.03 / 0.99 / 0.99
+                // for p2c1, 3.18 / 3.11 / 3.12 for p2c3), capped at 3 by its warm-up's
+                // lower-order first correctors (p3c4: 4.47 / 3.73 / 3.86 over these grids).
+                let want = order.min(3.0) - 0.35;
+                fitted > want || fitted_fine > want
+            } else if singlestep3 {
                 // A singlestep method has no lower-order start-up: DPM-Solver-3 is at least
                 // third order (on this Gaussian problem faster still; see docs/samplers).
                 fitted > order - 0.35 && fitted_fine > order - 0.35
@@ -706,6 +733,10 @@ fn samplers_recover_mixture_mode_weights() {
             ),
             32,
         ),
+        // SA-Solver with diffusers' tau window (sigma 0.72 to 25.7) and with tau = 1 on every
+        // level (the reverse SDE).
+        (SamplerSpec::from_name("sa-solver").unwrap(), 32),
+        (sa_solver(3, 3, 1.0), 32),
     ];
     for (spec, steps) in specs {
         let sigmas = grid_for(&sde, &GridKind::default(), steps);
@@ -825,6 +856,7 @@ fn a_sample_does_not_depend_on_its_batch() {
         "dpm-solver",
         "dpm-fast",
         "restart",
+        "sa-solver",
     ] {
         let spec = match name {
             "dpm-solver" => SamplerSpec::DpmSolver {
@@ -837,6 +869,7 @@ fn a_sample_does_not_depend_on_its_batch() {
                 s_noise: 1.0,
             },
             "edm-stochastic" => SamplerSpec::EdmStochastic(churn_everywhere()),
+            "sa-solver" => sa_solver(3, 3, 1.0),
             "euler" => SamplerSpec::Euler(churn_everywhere()),
             "dpm2" => SamplerSpec::Dpm2(churn_everywhere()),
             _ => SamplerSpec::from_name(name).unwrap(),

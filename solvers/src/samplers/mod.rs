@@ -24,6 +24,7 @@ pub mod pc;
 pub mod pndm;
 pub mod restart;
 pub mod rk45;
+pub mod sa_solver;
 pub mod unipc;
 
 use crate::driver::Sampler;
@@ -249,6 +250,8 @@ pub enum SamplerSpec {
     EdmAblation(edm_ablation::AblationParams),
     /// Restart sampling (Xu et al. 2023; see [`restart::RestartParams`]).
     Restart(restart::RestartParams),
+    /// SA-Solver (Xue et al. 2023; see [`sa_solver::SaSolverParams`]).
+    SaSolver(sa_solver::SaSolverParams),
 }
 
 /// Every registry name, in the order of the docs.
@@ -281,6 +284,7 @@ pub const NAMES: &[&str] = &[
     "rk45",
     "edm-ablation",
     "restart",
+    "sa-solver",
 ];
 
 impl SamplerSpec {
@@ -358,6 +362,7 @@ impl SamplerSpec {
             "rk45" => SamplerSpec::Rk45(rk45::Rk45Params::default()),
             "edm-ablation" => SamplerSpec::EdmAblation(edm_ablation::AblationParams::default()),
             "restart" => SamplerSpec::Restart(restart::RestartParams::default()),
+            "sa-solver" => SamplerSpec::SaSolver(sa_solver::SaSolverParams::default()),
             other => {
                 return Err(SolverError::UnknownSampler {
                     name: other.to_string(),
@@ -398,6 +403,7 @@ impl SamplerSpec {
             SamplerSpec::Rk45(_) => "rk45",
             SamplerSpec::EdmAblation(_) => "edm-ablation",
             SamplerSpec::Restart(_) => "restart",
+            SamplerSpec::SaSolver(_) => "sa-solver",
         }
     }
 
@@ -423,6 +429,7 @@ impl SamplerSpec {
             SamplerSpec::DpmAdaptive(p) => p.eta > 0.0 && p.s_noise > 0.0,
             SamplerSpec::EdmAblation(p) => p.churn().is_stochastic(),
             SamplerSpec::Restart(p) => p.is_stochastic(),
+            SamplerSpec::SaSolver(p) => p.is_stochastic(),
             SamplerSpec::DpmSinglestep { algorithm_type, .. } => {
                 *algorithm_type == AlgorithmType::SdeDpmSolverPlusPlus
             }
@@ -532,6 +539,7 @@ impl SamplerSpec {
             SamplerSpec::Rk45(p) => Box::new(rk45::Rk45::new(p.clone())?),
             SamplerSpec::EdmAblation(p) => Box::new(edm_ablation::EdmAblation::new(p.clone())?),
             SamplerSpec::Restart(p) => Box::new(restart::Restart::new(p.clone())?),
+            SamplerSpec::SaSolver(p) => Box::new(sa_solver::SaSolver::new(p.clone())?),
         })
     }
 }
