@@ -207,6 +207,9 @@ fn label_without(spec: &SamplerSpec, skip: &[&str]) -> String {
                 let v = match val.as_f64() {
                     Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
                     Some(f) => format!("{f}"),
+                    // JSON has no infinity: serde_json writes it as null. Every parameter is
+                    // validated finite or +inf (an s_tmax, say), so null is inf.
+                    None if val.is_null() => "inf".to_string(),
                     None => val.to_string().trim_matches('"').to_string(),
                 };
                 parts.push(format!("{}={v}", k.trim_start_matches("s_")));
@@ -1190,7 +1193,30 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::fresh_rows;
+    use super::{fresh_rows, label};
+    use scoreflow_solvers::SamplerSpec;
+
+    #[test]
+    fn labels_read_back_as_the_same_sampler_infinity_included() {
+        // An infinite parameter (serde_json writes it as null) is labelled `inf`, which
+        // parse_sampler reads back.
+        for text in [
+            "sa-solver(tmax=inf,tmin=0)",
+            "euler(churn=3,tmax=20)",
+            "restart(segments=[[3,2,0.06,0.3]],tmax=inf)",
+            "dpm-adaptive(atol=0.001,rtol=0.01)",
+        ] {
+            let spec: SamplerSpec = crate::job::parse_sampler(text).unwrap();
+            let l = label(&spec);
+            assert_eq!(
+                crate::job::parse_sampler(&l).unwrap(),
+                spec,
+                "{text} -> {l}"
+            );
+        }
+        let spec = crate::job::parse_sampler("sa-solver(tmax=inf,tmin=0)").unwrap();
+        assert_eq!(label(&spec), "sa-solver(tmax=inf,tmin=0)");
+    }
 
     #[test]
     fn the_floors_second_data_set_shares_no_row_with_the_first() {

@@ -105,9 +105,13 @@ pub struct SamplerArgs {
     /// unipc: B(h), bh1 or bh2; edm-ablation: euler or heun (edm's solver).
     #[arg(long)]
     pub solver_type: Option<String>,
-    /// unipc: apply the UniC corrector (true or false).
+    /// unipc: apply the UniC corrector (true or false); pc: the corrector, langevin, ald
+    /// (annealed Langevin dynamics) or none.
     #[arg(long)]
-    pub corrector: Option<bool>,
+    pub corrector: Option<String>,
+    /// pc: the predictor, reverse-diffusion, ancestral-sampling, euler-maruyama or none.
+    #[arg(long)]
+    pub predictor: Option<String>,
     /// dpm-singlestep: dpmsolver++ (data prediction, DPM-Solver++), dpmsolver (noise) or
     /// sde-dpmsolver++ (DPM-Solver++ on the SDE, fresh noise every step).
     #[arg(long)]
@@ -232,6 +236,8 @@ impl SamplerArgs {
             SamplerSpec::Pc {
                 snr,
                 corrector_steps,
+                predictor,
+                corrector,
             } => {
                 if let Some(v) = self.snr {
                     *snr = v;
@@ -240,6 +246,14 @@ impl SamplerArgs {
                 if let Some(v) = self.corrector_steps {
                     *corrector_steps = v;
                     used.push("corrector-steps");
+                }
+                if let Some(v) = &self.predictor {
+                    *predictor = v.parse()?;
+                    used.push("predictor");
+                }
+                if let Some(v) = &self.corrector {
+                    *corrector = v.parse()?;
+                    used.push("corrector");
                 }
             }
             SamplerSpec::Ddpm { variance } => {
@@ -369,8 +383,10 @@ impl SamplerArgs {
                     *solver_type = v.parse::<UniPcVariant>()?;
                     used.push("solver-type");
                 }
-                if let Some(v) = self.corrector {
-                    *corrector = v;
+                if let Some(v) = &self.corrector {
+                    *corrector = v
+                        .parse()
+                        .map_err(|_| anyhow!("unipc's --corrector is true or false, not '{v}'"))?;
                     used.push("corrector");
                 }
             }
@@ -422,6 +438,7 @@ impl SamplerArgs {
             ("order", self.order.is_some()),
             ("solver-type", self.solver_type.is_some()),
             ("corrector", self.corrector.is_some()),
+            ("predictor", self.predictor.is_some()),
             ("skip-prk-steps", self.skip_prk_steps.is_some()),
             ("algorithm-type", self.algorithm_type.is_some()),
             ("rtol", self.rtol.is_some()),

@@ -98,6 +98,26 @@ fn gmm8_samples(out: &Path, solver: &str, steps: &str, num: &str, flags: &[&str]
     read_f32_npy(out).1
 }
 
+/// `sample` of 8 points of builtin:gmm8 in `steps` steps with `extra` flags fails as
+/// [`assert_bad`] asks.
+fn assert_bad_sample(extra: &[&str], steps: &str, needle: &str, out: &Path) {
+    let mut args = vec![
+        "sample",
+        "--denoiser",
+        "builtin:gmm8",
+        "--num",
+        "8",
+        "--steps",
+        steps,
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    assert_bad(&args, needle, out);
+}
+
 fn assert_bad(args: &[&str], needle: &str, out: &Path) {
     let o = run(args);
     let err = stderr(&o);
@@ -1681,21 +1701,7 @@ fn restart_takes_its_segments_as_a_flag_and_in_the_label() {
             "--segments does not apply to the heun sampler",
         ),
     ] {
-        let mut args = vec![
-            "sample",
-            "--denoiser",
-            "builtin:gmm8",
-            "--num",
-            "8",
-            "--steps",
-            "18",
-            "--device",
-            "cpu",
-            "--out",
-            never.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        assert_bad(&args, needle, &never);
+        assert_bad_sample(&extra, "18", needle, &never);
     }
 }
 
@@ -1778,20 +1784,108 @@ fn sa_solver_takes_its_flags_and_its_label_alike() {
             "--tau does not apply to the unipc sampler",
         ),
     ] {
+        assert_bad_sample(&extra, "12", needle, &never);
+    }
+}
+
+#[test]
+fn pc_takes_score_sdes_predictors_and_correctors_by_name() {
+    // `--predictor` / `--corrector` and the label keys give the same sampler; the NFE follows
+    // (predictor none: only the final D besides the corrector steps); bad names and the flags
+    // on other samplers are one-line errors with exit code 2 and no output.
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name);
+    let sample = |extra: &[&str], out: &Path| -> (u64, Vec<u8>) {
         let mut args = vec![
             "sample",
             "--denoiser",
             "builtin:gmm8",
             "--num",
-            "8",
+            "16",
             "--steps",
-            "12",
+            "10",
             "--device",
             "cpu",
             "--out",
-            never.to_str().unwrap(),
+            out.to_str().unwrap(),
         ];
-        args.extend(extra);
-        assert_bad(&args, needle, &never);
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (line["nfe"].as_u64().unwrap(), std::fs::read(out).unwrap())
+    };
+    let (nfe, a) = sample(
+        &[
+            "--solver",
+            "pc",
+            "--predictor",
+            "none",
+            "--corrector",
+            "ald",
+            "--corrector-steps",
+            "3",
+        ],
+        &file("a.npy"),
+    );
+    assert_eq!(nfe, 10 * 3 + 1);
+    let (_, b) = sample(
+        &[
+            "--solver",
+            "pc(predictor=none,corrector=ald,corrector_steps=3)",
+        ],
+        &file("b.npy"),
+    );
+    assert_eq!(a, b);
+    let (nfe, _) = sample(
+        &[
+            "--solver",
+            "pc",
+            "--predictor",
+            "ancestral_sampling",
+            "--corrector",
+            "none",
+        ],
+        &file("c.npy"),
+    );
+    assert_eq!(nfe, 10);
+    let never = file("never.npy");
+    for (extra, needle) in [
+        (
+            vec!["--solver", "pc", "--predictor", "ancestral"],
+            "unknown PC predictor 'ancestral'",
+        ),
+        (
+            vec![
+                "--solver",
+                "pc",
+                "--predictor",
+                "none",
+                "--corrector",
+                "none",
+            ],
+            "needs a corrector",
+        ),
+        (
+            vec!["--solver", "unipc", "--corrector", "ald"],
+            "unipc's --corrector is true or false, not 'ald'",
+        ),
+        (
+            vec!["--solver", "heun", "--predictor", "none"],
+            "--predictor does not apply to the heun sampler",
+        ),
+        (
+            vec![
+                "--solver",
+                "pc",
+                "--sde",
+                "subvp",
+                "--predictor",
+                "ancestral-sampling",
+            ],
+            "needs a VE, EDM or VP SDE",
+        ),
+    ] {
+        assert_bad_sample(&extra, "10", needle, &never);
     }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use scoreflow_solvers::noise::BrownianNoise;
+use scoreflow_solvers::noise::{BrownianNoise, NoiseSource};
 use scoreflow_solvers::samplers::dpm_singlestep::DpmSinglestep;
 use scoreflow_solvers::samplers::dpm_solver::AdaptiveParams;
 use scoreflow_solvers::samplers::sa_solver::SaSolverParams;
@@ -26,6 +26,16 @@ fn gaussian() -> GaussianDenoiser {
         vec![-0.1, 0.05, 0.08],
     ];
     GaussianDenoiser::new(vec![0.5, -1.0, 2.0], cov, Device::Cpu).unwrap()
+}
+
+/// score_sde's PC sampler with this predictor, corrector, snr and corrector steps.
+fn pc(predictor: &str, corrector: &str, snr: f64, corrector_steps: usize) -> SamplerSpec {
+    SamplerSpec::Pc {
+        snr,
+        corrector_steps,
+        predictor: predictor.parse().unwrap(),
+        corrector: corrector.parse().unwrap(),
+    }
 }
 
 /// SA-Solver with these orders and `tau` on every level.
@@ -690,20 +700,12 @@ fn samplers_recover_mixture_mode_weights() {
         // discretization bias); a smaller snr keeps the check within the statistical error.
         // The reverse-diffusion predictor is a first-order discretization of the SDE (not an
         // exact Gaussian posterior step like DDPM's), so it needs finer grids, as in the paper.
-        (
-            SamplerSpec::Pc {
-                snr: 0.05,
-                corrector_steps: 1,
-            },
-            256,
-        ),
-        (
-            SamplerSpec::Pc {
-                snr: 0.0,
-                corrector_steps: 0,
-            },
-            256,
-        ),
+        (pc("reverse-diffusion", "langevin", 0.05, 1), 256),
+        (pc("reverse-diffusion", "langevin", 0.0, 0), 256),
+        // (Annealed Langevin dynamics alone, predictor none, does not recover unequal weights
+        // at these settings, 0.12 for a mode of weight 0.05: the weakness of Langevin mixing
+        // between separated modes that Song et al. 2021 fix with the predictor. Its update is
+        // pinned in `pc_with_annealed_langevin_alone_is_ncsns_update`.)
         (SamplerSpec::Ddim { eta: 0.5 }, 64),
         (SamplerSpec::from_name("dpmpp-2m-sde").unwrap(), 32),
         (SamplerSpec::from_name("dpmpp-3m-sde").unwrap(), 32),
@@ -919,10 +921,7 @@ fn last_step_returns_the_denoised_estimate() {
     for name in NAMES {
         let spec = match *name {
             // The corrector runs before the final denoising; without it PC is one D call too.
-            "pc" => SamplerSpec::Pc {
-                snr: 0.16,
-                corrector_steps: 0,
-            },
+            "pc" => pc("reverse-diffusion", "langevin", 0.16, 0),
             // A restart needs a level between the first and the last step.
             "restart" => restart_spec(&[], 0.0, 0.01, 1.0, 1.0, 0.05),
             _ => SamplerSpec::from_name(name).unwrap(),
@@ -2210,11 +2209,13 @@ fn pc_under_vp_keeps_a_gaussians_mean_and_covariance() {
     let vp = VpLinear::default();
     let sigmas = grid_for(&vp, &GridKind::UniformT {}, 200);
     let n = 4096;
-    for (snr, corrector_steps) in [(0.0, 0), (0.05, 1)] {
-        let spec = SamplerSpec::Pc {
-            snr,
-            corrector_steps,
-        };
+    for (predictor, corrector, snr, corrector_steps) in [
+        ("reverse-diffusion", "langevin", 0.0, 0),
+        ("reverse-diffusion", "langevin", 0.05, 1),
+        ("ancestral-sampling", "none", 0.0, 1),
+        ("euler-maruyama", "ald", 0.05, 1),
+    ] {
+        let spec = pc(predictor, corrector, snr, corrector_steps);
         let (x, _) = sample(&spec, &den, &vp, &sigmas, 11, n, 3);
         let mean = x.mean_dim(0, false, Kind::Double);
         let c = &x - &mean;
@@ -2223,8 +2224,136 @@ fn pc_under_vp_keeps_a_gaussians_mean_and_covariance() {
         let want_cov =
             Tensor::from_slice(&[1.0, 0.3, -0.1, 0.3, 0.5, 0.05, -0.1, 0.05, 0.08]).view([3, 3]);
         let (dm, dc) = (max_abs(&(mean - want_mean)), max_abs(&(cov - want_cov)));
-        println!("pc under vp, snr {snr}, {corrector_steps} corrector steps: mean off by {dm:.4}, covariance by {dc:.4}");
+        println!("pc under vp, {predictor} + {corrector}, snr {snr}, {corrector_steps} corrector steps: mean off by {dm:.4}, covariance by {dc:.4}");
         // Standard errors at n = 4096: mean <= 1/64, covariance entries <= sqrt(2)/64.
-        assert!(dm < 0.05 && dc < 0.08, "mean {dm}, covariance {dc}");
+        assert!(
+            dm < 0.05 && dc < 0.08,
+            "{predictor} + {corrector}: mean {dm}, covariance {dc}"
+        );
     }
+}
+
+#[test]
+fn pc_predictors_are_score_sdes_and_equal_their_one_step_samplers() {
+    // Without a corrector, score_sde's ancestral-sampling predictor is DDPM's ancestral step:
+    // under VE/EDM (SMLD's form, the posterior variance) `ddpm` with the small variance, under
+    // VP (DDPM's form, variance beta) `ddpm` with the large one, on the same step noise; its
+    // Euler-Maruyama predictor is `euler-maruyama` on the same Brownian path.
+    let gmm = unequal_mixture();
+    let (edm, vp) = (Edm::default(), VpLinear::default());
+    let cases: Vec<(&dyn Sde, SamplerSpec, SamplerSpec)> = vec![
+        (
+            &edm,
+            pc("ancestral-sampling", "none", 0.16, 1),
+            SamplerSpec::Ddpm {
+                variance: DdpmVariance::Small,
+            },
+        ),
+        (
+            &vp,
+            pc("ancestral_sampling", "none", 0.16, 1),
+            SamplerSpec::Ddpm {
+                variance: DdpmVariance::Large,
+            },
+        ),
+        (
+            &vp,
+            pc("euler-maruyama", "none", 0.16, 3),
+            SamplerSpec::EulerMaruyama {},
+        ),
+        (
+            &edm,
+            pc("euler_maruyama", "none", 0.16, 1),
+            SamplerSpec::EulerMaruyama {},
+        ),
+    ];
+    for (sde, a, b) in cases {
+        let sigmas = grid_for(sde, &GridKind::UniformT {}, 30);
+        let (x, nfe) = sample(&a, &gmm, sde, &sigmas, 4, 64, 2);
+        let (y, _) = sample(&b, &gmm, sde, &sigmas, 4, 64, 2);
+        assert_eq!(nfe, 30, "{a:?}");
+        let d = max_abs(&(&x - &y));
+        assert!(d < 1e-10, "{} {a:?} vs {b:?}: {d}", sde.name());
+        // Sanity: the samples moved (a grid of 30 from sigma_max).
+        assert!(max_abs(&x) < 20.0);
+    }
+    // ancestral-sampling is defined for VE and VP only, as in score_sde.
+    let sub = scoreflow_solvers::sde::SubVp::default();
+    let sigmas = grid_for(&sub, &GridKind::UniformT {}, 8);
+    let err = try_sample(
+        &pc("ancestral-sampling", "langevin", 0.16, 1),
+        &gmm,
+        &sub,
+        &sigmas,
+        1,
+        4,
+        2,
+    )
+    .expect_err("subvp is refused")
+    .to_string();
+    assert!(err.contains("needs a VE, EDM or VP SDE"), "{err}");
+    // A corrector-only sampler needs a corrector; unknown names list the known ones.
+    let none = pc("none", "none", 0.16, 1)
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(none.contains("needs a corrector"), "{none}");
+    let none = pc("none", "ald", 0.16, 0)
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(none.contains("corrector_steps >= 1"), "{none}");
+    let e = "langevine"
+        .parse::<scoreflow_solvers::samplers::PcCorrector>()
+        .unwrap_err();
+    assert!(e.to_string().contains("known: langevin, ald, none"), "{e}");
+}
+
+#[test]
+fn pc_with_annealed_langevin_alone_is_ncsns_update() {
+    // Predictor none and the ALD corrector on a 2-step VP grid [s0, s1, 0]: at each level,
+    // eps = 2 alpha (snr s sigma)^2 and x <- x + eps score + sqrt(2 eps) z with the corrector
+    // stream's normal of the step's interval, in the unscaled x = s x^; then D at s1. Written
+    // out here with the same noise; NFE = 2 corrector steps x 2 levels + the final D.
+    let gmm = unequal_mixture();
+    let vp = VpLinear::default();
+    let sigmas = vec![3.0, 0.5, 0.0];
+    let (snr, steps) = (0.2, 2usize);
+    let spec = pc("none", "ald", snr, steps);
+    let n = 16;
+    let (got, nfe) = sample(&spec, &gmm, &vp, &sigmas, 8, n, 2);
+    assert_eq!(nfe, 2 * steps + 1);
+    assert_eq!(spec.nfe(2), Some(2 * steps + 1));
+    let span = sigmas[0].max(vp.time_of(sigmas[0])) * 1.001 + 1.0;
+    let mut noise = BrownianNoise::new(8, 0, n, &[2], span, Device::Cpu, Kind::Double);
+    let mut xh = noise.initial() * sigmas[0];
+    let s_of = |sigma: f64| vp.s(vp.sigma_inv(sigma));
+    for i in 0..2 {
+        let (sig, sig_next) = (sigmas[i], sigmas[i + 1]);
+        let s = s_of(sig);
+        let a = s / vp.s_of_sigma(sig_next);
+        let mut x = &xh * s;
+        for j in 0..steps {
+            let xs = &x / s;
+            let score = (gmm.denoise(&xs, sig).unwrap() - &xs) / (s * sig * sig);
+            let z = noise
+                .standard(
+                    scoreflow_solvers::noise::STREAM_CORRECTOR + j as u64,
+                    sig_next,
+                    sig,
+                )
+                .unwrap();
+            let eps = 2.0 * a * a * (snr * s * sig).powi(2);
+            x = &x + score * eps + z * (2.0 * eps).sqrt();
+        }
+        xh = if sig_next == 0.0 {
+            gmm.denoise(&(&x / s), sig).unwrap()
+        } else {
+            x / vp.s_of_sigma(sig_next)
+        };
+    }
+    let d = max_abs(&(&got - &xh));
+    assert!(d < 1e-12, "{d}");
 }

@@ -9,7 +9,7 @@
 //! `edm-stochastic` is `heun` with churn under EDM's name.
 
 use super::heun::heun_step;
-use super::{check_nonneg, require};
+use super::{check_nonneg, check_window};
 use crate::driver::{Sampler, StepCtx};
 use crate::error::Result;
 use crate::noise::STREAM_CHURN;
@@ -69,13 +69,7 @@ impl Churn {
     pub fn validate(&self) -> Result<()> {
         check_nonneg("s_churn", self.s_churn)?;
         check_nonneg("s_noise", self.s_noise)?;
-        require("s_tmax", self.s_tmax, self.s_tmax >= 0.0, "must be >= 0")?;
-        require(
-            "s_tmin",
-            self.s_tmin,
-            self.s_tmin >= 0.0 && self.s_tmin <= self.s_tmax,
-            "must be >= 0 and <= s_tmax",
-        )
+        check_window(self.s_tmin, self.s_tmax)
     }
 
     /// Whether any noise is added (on a grid that reaches `[S_tmin, S_tmax]`).

@@ -33,6 +33,7 @@ pub use ddpm::DdpmVariance;
 pub use dpm_singlestep::AlgorithmType;
 pub use dpmpp_2m_sde::SolverType;
 pub use edm_stochastic::Churn;
+pub use pc::{PcCorrector, PcPredictor};
 use serde::{Deserialize, Serialize};
 pub use unipc::UniPcVariant;
 
@@ -93,6 +94,46 @@ pub(crate) fn add_step_noise(
     Ok(x)
 }
 
+/// `s_tmin` and `s_tmax`, the window of noise levels where a sampler adds noise: both >= 0 and
+/// `s_tmin <= s_tmax`.
+pub(crate) fn check_window(s_tmin: f64, s_tmax: f64) -> Result<()> {
+    require("s_tmax", s_tmax, s_tmax >= 0.0, "must be >= 0")?;
+    require(
+        "s_tmin",
+        s_tmin,
+        s_tmin >= 0.0 && s_tmin <= s_tmax,
+        "must be >= 0 and <= s_tmax",
+    )
+}
+
+/// The earlier outputs `[D_{i-m}, ..., D_{i-1}]` of a multistep predictor-corrector
+/// (`unipc`, `sa-solver`), whose `ctx.history` is `[anchor, D_{i-m}, ..., D_{i-1}]`; empty at
+/// the first step.
+pub(crate) fn corrector_outputs(ctx: &crate::driver::StepCtx<'_>) -> Vec<tch::Tensor> {
+    if ctx.index > 0 && ctx.history.len() >= 2 {
+        ctx.history[1..].iter().map(|t| t.shallow_clone()).collect()
+    } else {
+        Vec::new()
+    }
+}
+
+/// Store `[anchor, the last `keep` of outputs + newest]` as the history of a multistep
+/// predictor-corrector (see [`corrector_outputs`]).
+pub(crate) fn keep_corrector_history(
+    ctx: &mut crate::driver::StepCtx<'_>,
+    anchor: tch::Tensor,
+    mut outputs: Vec<tch::Tensor>,
+    newest: tch::Tensor,
+    keep: usize,
+) {
+    outputs.push(newest);
+    let drop_n = outputs.len().saturating_sub(keep);
+    outputs.drain(..drop_n);
+    ctx.history.clear();
+    ctx.history.push(anchor);
+    ctx.history.extend(outputs);
+}
+
 pub(crate) fn one() -> f64 {
     1.0
 }
@@ -138,11 +179,17 @@ pub enum SamplerSpec {
         #[serde(default)]
         variance: DdpmVariance,
     },
+    /// score_sde's predictor-corrector sampler; `predictor` and `corrector` are its names
+    /// (kebab-case; see [`pc`]).
     Pc {
         #[serde(default = "snr")]
         snr: f64,
         #[serde(default = "one_usize")]
         corrector_steps: usize,
+        #[serde(default)]
+        predictor: PcPredictor,
+        #[serde(default)]
+        corrector: PcCorrector,
     },
     #[serde(rename = "dpmpp-2m")]
     DpmPp2M {},
@@ -303,6 +350,8 @@ impl SamplerSpec {
             "pc" => SamplerSpec::Pc {
                 snr: 0.16,
                 corrector_steps: 1,
+                predictor: PcPredictor::ReverseDiffusion,
+                corrector: PcCorrector::Langevin,
             },
             "dpmpp-2m" => SamplerSpec::DpmPp2M {},
             "dpmpp-3m" => SamplerSpec::DpmPp3M {},
@@ -456,8 +505,17 @@ impl SamplerSpec {
             | SamplerSpec::DpmPp2SAncestral { .. }
             | SamplerSpec::DpmPpSde { .. } => 2 * steps - 1,
             SamplerSpec::Pc {
-                corrector_steps, ..
-            } => steps * (1 + corrector_steps),
+                snr,
+                corrector_steps,
+                predictor,
+                corrector,
+            } => pc::Pc {
+                snr: *snr,
+                corrector_steps: *corrector_steps,
+                predictor: *predictor,
+                corrector: *corrector,
+            }
+            .nfe(steps),
             SamplerSpec::Pndm { skip_prk_steps } => pndm::Pndm::nfe(*skip_prk_steps, steps),
             SamplerSpec::EdmAblation(p) if p.solver_type == edm_ablation::OdeSolver::Heun => {
                 2 * steps - 1
@@ -483,7 +541,9 @@ impl SamplerSpec {
             SamplerSpec::Pc {
                 snr,
                 corrector_steps,
-            } => Box::new(pc::Pc::new(*snr, *corrector_steps)?),
+                predictor,
+                corrector,
+            } => Box::new(pc::Pc::new(*snr, *corrector_steps, *predictor, *corrector)?),
             SamplerSpec::DpmPp2M {} => Box::new(dpmpp_2m::DpmPp2M),
             SamplerSpec::DpmPp3M {} => Box::new(dpmpp_3m::DpmPp3M::ode()),
             SamplerSpec::EulerAncestral { eta, s_noise } => {

@@ -35,7 +35,7 @@
 //! Adams-Bashforth-Moulton method in lambda).
 
 use super::dpmpp_2m::lambda;
-use super::{check_nonneg, check_order, require};
+use super::{check_nonneg, check_order, check_window, corrector_outputs, keep_corrector_history};
 use crate::driver::{Sampler, StepCtx};
 use crate::error::Result;
 use crate::sde::DdpmChain;
@@ -108,13 +108,7 @@ impl SaSolver {
         check_order(p.predictor_order, 1..=MAX_ORDER)?;
         check_order(p.corrector_order, 1..=MAX_ORDER)?;
         check_nonneg("tau", p.tau)?;
-        require("s_tmax", p.s_tmax, p.s_tmax >= 0.0, "must be >= 0")?;
-        require(
-            "s_tmin",
-            p.s_tmin,
-            p.s_tmin >= 0.0 && p.s_tmin <= p.s_tmax,
-            "must be >= 0 and <= s_tmax",
-        )?;
+        check_window(p.s_tmin, p.s_tmax)?;
         Ok(SaSolver { p })
     }
 
@@ -227,12 +221,8 @@ impl Sampler for SaSolver {
             ctx.history.clear();
             return Ok(denoised);
         }
-        let old: Vec<Tensor> = if i > 0 && ctx.history.len() >= 2 {
-            ctx.history[1..].iter().map(|t| t.shallow_clone()).collect()
-        } else {
-            Vec::new()
-        };
         // old = [D_{i-m}, ..., D_{i-1}]; outputs[k] = D_{i-k}.
+        let old = corrector_outputs(ctx);
         let mut outputs: Vec<&Tensor> = vec![&denoised];
         outputs.extend(old.iter().rev());
         let lam = |k: usize| lambda(sigmas[k]);
@@ -266,13 +256,7 @@ impl Sampler for SaSolver {
         }
         let out = combine(&base, &w, &outputs[..p]);
         // Keep base_i and the last max(p, c - 1) outputs.
-        let mut keep = old;
-        keep.push(denoised);
-        let drop_n = keep.len().saturating_sub(self.kept());
-        keep.drain(..drop_n);
-        ctx.history.clear();
-        ctx.history.push(base);
-        ctx.history.extend(keep);
+        keep_corrector_history(ctx, base, old, denoised, self.kept());
         Ok(out)
     }
 }

@@ -20,8 +20,8 @@
 //! `min(order, i + 1, n - i)` (warm-up, and lower order at the end). The step to sigma = 0
 //! returns `D_i`. One evaluation per step.
 
-use super::check_order;
 use super::dpmpp_2m::lambda;
+use super::{check_order, corrector_outputs, keep_corrector_history};
 use crate::driver::{Sampler, StepCtx};
 use crate::error::{Result, SolverError};
 use nalgebra::{DMatrix, DVector};
@@ -169,11 +169,7 @@ impl Sampler for UniPc {
             return Ok(denoised);
         }
         let mut x = x;
-        let ds: Vec<Tensor> = if i > 0 && ctx.history.len() >= 2 {
-            ctx.history[1..].iter().map(|t| t.shallow_clone()).collect()
-        } else {
-            Vec::new()
-        };
+        let ds = corrector_outputs(ctx);
         // ds = [D_{i-m}, ..., D_{i-1}].
         if self.corrector && i > 0 && !ds.is_empty() {
             let p = self.order_at(i - 1, steps);
@@ -212,13 +208,7 @@ impl Sampler for UniPc {
             &x, s, s_next, &denoised, &earlier, &rks, &rhos, h_phi_1, b_h, None,
         );
         // Keep the corrected x and the last `order` outputs.
-        let mut keep: Vec<Tensor> = ds;
-        keep.push(denoised);
-        let drop_n = keep.len().saturating_sub(self.order);
-        keep.drain(..drop_n);
-        ctx.history.clear();
-        ctx.history.push(x);
-        ctx.history.extend(keep);
+        keep_corrector_history(ctx, x, ds, denoised, self.order);
         Ok(out)
     }
 }
