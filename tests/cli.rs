@@ -1188,7 +1188,9 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // the same grid, ScoreSdeVpScheduler (Euler-Maruyama) on a uniform-t VP grid, and
     // UniPCMultistepScheduler, DEISMultistepScheduler and IPNDMScheduler on the same grid. And
     // scipy's solve_ivp(method="RK45") as score_sde's ODE sampler calls it (rk45 under EDM, VP
-    // and VE). And diffusers' SASolverScheduler, given scoreflow's step noise.
+    // and VE). And diffusers' SASolverScheduler, given scoreflow's step noise, and its
+    // KarrasVeScheduler (edm-stochastic with EDM's churn and with churn at every level), given
+    // scoreflow's churn noise.
     let dir = tempfile::tempdir().unwrap();
     let Some(v) = peers(
         &[
@@ -1213,7 +1215,7 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // (the defaults; orders 3/3 at tau 0; 4/3 at tau 0.6; 1/4 in another window) given the same
     // step noise; 3 against scipy (rk45 under EDM, VP and VE with other tolerances); and two
     // float64 checks on the exact mixture: dpm-adaptive with noise and rk45.
-    assert_eq!(checks.len(), 3 * 64 + 2);
+    assert_eq!(checks.len(), 3 * 66 + 2);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),
@@ -1240,7 +1242,7 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
             "euler,euler-ancestral,dpm2-ancestral,dpmpp-2s-ancestral,dpmpp-sde,edm-stochastic,\
              euler-churn,dpm2-churn,dpmpp-2m-sde,dpmpp-3m-sde,ddpm,ddim-eta1,pc,euler-maruyama,\
              dpm-solver-eta0.5,dpm-adaptive-eta0.5,dpmpp-sde-r0.3,dpm-fast-eta0.5,\
-             dpmpp-2m-sde-diffusers,dpm-singlestep-sde,sa-solver",
+             dpmpp-2m-sde-diffusers,dpm-singlestep-sde,sa-solver,edm-stochastic-karras-ve",
             "--check-noise-seed",
             "4",
         ],

@@ -86,7 +86,7 @@ def load_kdiffusion_sampling():
 
 
 def load_diffusers_schedulers(site):
-    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC, DEIS, iPNDM, PNDM, singlestep and multistep DPM-Solver and SA-Solver scheduler modules, from `site` (appended to sys.path, so that the
+    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC, DEIS, iPNDM, PNDM, singlestep and multistep DPM-Solver, SA-Solver and Karras-VE scheduler modules, from `site` (appended to sys.path, so that the
     python's own numpy and torch come first) or the python's own packages; (None, reason) where
     they cannot be imported."""
     if os.path.isdir(site):
@@ -95,13 +95,13 @@ def load_diffusers_schedulers(site):
         from diffusers.schedulers import scheduling_ddim, scheduling_ddpm, scheduling_deis_multistep, scheduling_ipndm, \
             scheduling_pndm, scheduling_sde_ve, scheduling_unipc_multistep, scheduling_dpmsolver_singlestep, \
             scheduling_dpmsolver_multistep, scheduling_sasolver
-        from diffusers.schedulers.deprecated import scheduling_sde_vp
+        from diffusers.schedulers.deprecated import scheduling_sde_vp, scheduling_karras_ve
         import diffusers
     except Exception as e:  # any import failure means: no diffusers peer
         return None, f"{type(e).__name__}: {e}"
     return ((scheduling_ddpm, scheduling_ddim, scheduling_sde_ve, scheduling_sde_vp, scheduling_unipc_multistep,
              scheduling_deis_multistep, scheduling_ipndm, scheduling_pndm, scheduling_dpmsolver_singlestep,
-             scheduling_dpmsolver_multistep, scheduling_sasolver),
+             scheduling_dpmsolver_multistep, scheduling_sasolver, scheduling_karras_ve),
             f"diffusers {diffusers.__version__} from {os.path.dirname(diffusers.__file__)}")
 
 
@@ -1041,6 +1041,46 @@ def _diffusers_sa_solver(predictor_order=2, corrector_order=2, tau=1.0, s_tmin=N
     return run
 
 
+def _diffusers_karras_ve(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003):
+    """diffusers' (deprecated) KarrasVeScheduler, Karras et al.'s Algorithm 2, driven as its
+    KarrasVePipeline does (add_noise_to_input, step, step_correct where sigma_prev > 0) on
+    scoreflow's grid levels, the model output being (D - x) / sigma, its randn_tensor returning
+    scoreflow's churn noise (STREAM_CHURN) of the step: a third implementation of
+    edm-stochastic besides k-diffusion's sample_heun and NVlabs/edm's (pinned) code."""
+
+    def run(diffusers, model, x, sigmas, grid, noise):
+        mod = diffusers[11]
+        n = len(grid) - 1
+        sch = mod.KarrasVeScheduler(sigma_min=grid[n - 1], sigma_max=grid[0], s_noise=s_noise, s_churn=s_churn,
+                                    s_min=s_tmin, s_max=s_tmax)
+        sch.set_timesteps(n)
+        ones = x.new_ones([x.shape[0]])
+        step = [0]
+
+        def draw(shape, generator=None, **kw):
+            i = step[0]
+            return noise.standard(STREAM_CHURN, grid[i + 1], grid[i]).to(x.dtype)
+
+        saved = mod.randn_tensor
+        mod.randn_tensor = draw
+        try:
+            for i in range(n):
+                step[0] = i
+                sigma, sigma_prev = grid[i], grid[i + 1]
+                x_hat, sigma_hat = sch.add_noise_to_input(x, sigma)
+                out = sch.step((model(x_hat, ones * sigma_hat) - x_hat) / sigma_hat, sigma_hat, sigma_prev, x_hat)
+                if sigma_prev != 0:
+                    x_prev = out.prev_sample
+                    out = sch.step_correct((model(x_prev, ones * sigma_prev) - x_prev) / sigma_prev, sigma_hat,
+                                           sigma_prev, x_hat, x_prev, out.derivative)
+                x = out.prev_sample.to(x.dtype)
+        finally:
+            mod.randn_tensor = saved
+        return x
+
+    return run
+
+
 # Compared with diffusers (run gets its scheduler modules instead of k-diffusion's sampling
 # module); flags may depend on the number of steps.
 DIFFUSERS_CHECKS = {
@@ -1068,6 +1108,9 @@ DIFFUSERS_CHECKS = {
     "dpmpp-2m-sde-heun-diffusers": (["--solver", "dpmpp-2m-sde", "--solver-type", "heun"],
                                     _diffusers_multistep_sde("heun")),
     "dpm-singlestep": (["--solver", "dpm-singlestep"], _diffusers_singlestep(2)),
+    "edm-stochastic-karras-ve": (["--solver", "edm-stochastic"] + EDM_CHURN, _diffusers_karras_ve()),
+    "edm-stochastic-all-karras-ve": (["--solver", "edm-stochastic", "--s-churn", "10", "--s-noise", "0.95"],
+                                     _diffusers_karras_ve(10.0, 0.0, float("inf"), 0.95)),
     "sa-solver": (["--solver", "sa-solver"], _diffusers_sa_solver()),
     "sa-solver-3-3-ode": (["--solver", "sa-solver", "--predictor-order", "3", "--corrector-order", "3", "--tau", "0"],
                           _diffusers_sa_solver(3, 3, tau=0.0, s_tmin=0.0, s_tmax=math.inf)),
