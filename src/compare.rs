@@ -16,7 +16,7 @@ pub struct CompareArgs {
     /// The model: builtin:gmm8, gmm:FILE.json or gaussian:FILE.json.
     #[arg(long, default_value = "builtin:gmm8")]
     pub denoiser: String,
-    /// Comma-separated sampler names (default parameters).
+    /// Comma-separated samplers, each a name (its defaults) or name(key=value,...).
     #[arg(
         long,
         default_value = "euler,heun,dpm2,dpmpp-2m,dpmpp-3m,lms,unipc,euler-ancestral,ddpm,euler-maruyama"

@@ -41,10 +41,11 @@ pub struct GridArgs {
     /// Largest noise level (where sampling starts).
     #[arg(long, default_value_t = 80.0)]
     pub sigma_max: f64,
-    /// Exponent of the karras and poly-t grids.
-    #[arg(long, default_value_t = 7.0)]
-    pub rho: f64,
-    /// Grid placement: karras, uniform-t, log-snr, poly-t or iddpm.
+    /// Exponent of the karras and poly-t grids (7 by default) and of the poly-exponential grid
+    /// (1 by default).
+    #[arg(long)]
+    pub rho: Option<f64>,
+    /// Grid placement: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential or beta.
     #[arg(long, default_value = "karras")]
     pub grid: String,
     /// Forward process: edm, ve, vp, vp-cosine or subvp.

@@ -1891,3 +1891,55 @@ fn pc_takes_score_sdes_predictors_and_correctors_by_name() {
         assert_bad_sample(&extra, "10", needle, &never);
     }
 }
+
+#[test]
+fn grids_by_name_take_rho_only_where_they_have_one() {
+    // poly-exponential (rho 1 by default: log-snr) and beta run from the command line; --rho
+    // with a grid that has no rho is a one-line error with exit code 2 and no output.
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name);
+    let sample = |extra: &[&str], file: &Path| {
+        let mut args = vec![
+            "sample",
+            "--denoiser",
+            "builtin:gmm8",
+            "--solver",
+            "euler",
+            "--num",
+            "8",
+            "--steps",
+            "6",
+            "--device",
+            "cpu",
+            "--out",
+            file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read(file).unwrap()
+    };
+    let a = sample(&["--grid", "poly-exponential"], &out("a.npy"));
+    let b = sample(&["--grid", "log-snr"], &out("b.npy"));
+    assert_eq!(a, b);
+    let c = sample(&["--grid", "poly-exponential", "--rho", "2"], &out("c.npy"));
+    assert_ne!(a, c);
+    let d = sample(&["--grid", "beta"], &out("d.npy"));
+    assert_ne!(a, d);
+    let k7 = sample(&["--grid", "karras"], &out("k7.npy"));
+    let k = sample(&["--grid", "karras", "--rho", "7"], &out("k.npy"));
+    assert_eq!(k7, k);
+    let never = out("never.npy");
+    assert_bad_sample(
+        &["--solver", "euler", "--grid", "beta", "--rho", "3"],
+        "6",
+        "--rho applies to the karras, poly-t and poly-exponential grids, not beta",
+        &never,
+    );
+    assert_bad_sample(
+        &["--solver", "euler", "--grid", "gauss"],
+        "6",
+        "unknown grid 'gauss'",
+        &never,
+    );
+}

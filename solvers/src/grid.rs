@@ -38,6 +38,30 @@ pub enum GridKind {
         #[serde(default = "default_m")]
         m: usize,
     },
+    /// k-diffusion's `get_sigmas_polyexponential`: `log sigma` moves from `log sigma_max` to
+    /// `log sigma_min` as `1 - (1 - i / (n - 1))^rho` (rho 1: `log-snr`; larger rho takes
+    /// smaller steps at the low levels).
+    PolyExponential {
+        #[serde(default = "one")]
+        rho: f64,
+    },
+    /// diffusers' `use_beta_sigmas` (Lee et al. 2024, "Beta Sampling is All You Need"):
+    /// `sigma_i = sigma_min + F^-1(1 - i / (n - 1)) (sigma_max - sigma_min)` with `F^-1` the
+    /// quantile function of the Beta(alpha, beta) distribution (alpha = beta = 0.6, diffusers'
+    /// defaults: more levels near both ends).
+    Beta {
+        #[serde(default = "point_six")]
+        alpha: f64,
+        #[serde(default = "point_six")]
+        beta: f64,
+    },
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn point_six() -> f64 {
+    0.6
 }
 
 fn default_rho() -> f64 {
@@ -113,13 +137,29 @@ impl Default for GridKind {
 }
 
 impl GridKind {
-    /// Parse a command-line name: `karras`, `uniform-t`, `log-snr`, `poly-t`.
-    pub fn from_name(name: &str, rho: f64) -> Result<Self> {
+    /// Parse a command-line name: `karras`, `uniform-t`, `log-snr`, `poly-t`, `iddpm`,
+    /// `poly-exponential`, `beta` (their default parameters; `rho`, where given, for the grids
+    /// that have one).
+    pub fn from_name(name: &str, rho: Option<f64>) -> Result<Self> {
+        let given_rho = rho;
+        let rho = rho.unwrap_or_else(default_rho);
+        if given_rho.is_some() && !matches!(name, "karras" | "poly-t" | "poly-exponential") {
+            return Err(SolverError::Grid(format!(
+                "--rho applies to the karras, poly-t and poly-exponential grids, not {name}"
+            )));
+        }
         Ok(match name {
             "karras" => GridKind::Karras { rho },
             "uniform-t" => GridKind::UniformT {},
             "log-snr" => GridKind::LogSnr {},
             "poly-t" => GridKind::PolyT { rho },
+            "poly-exponential" => GridKind::PolyExponential {
+                rho: given_rho.unwrap_or_else(one),
+            },
+            "beta" => GridKind::Beta {
+                alpha: point_six(),
+                beta: point_six(),
+            },
             "iddpm" => GridKind::Iddpm {
                 c_1: default_c_1(),
                 c_2: default_c_2(),
@@ -127,7 +167,7 @@ impl GridKind {
             },
             other => {
                 return Err(SolverError::Grid(format!(
-                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t, iddpm)"
+                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta)"
                 )))
             }
         })
@@ -208,6 +248,36 @@ pub fn sigmas(
             (0..n).map(|i| (a + frac(i, n) * (b - a)).exp()).collect()
         }
         GridKind::Iddpm { c_1, c_2, m } => iddpm_levels(n, sigma_min, sigma_max, *c_1, *c_2, *m)?,
+        GridKind::PolyExponential { rho } => {
+            if !(*rho > 0.0 && rho.is_finite()) {
+                return Err(SolverError::Parameter {
+                    name: "rho",
+                    value: *rho,
+                    why: "must be positive",
+                });
+            }
+            let (lo, hi) = (sigma_min.ln(), sigma_max.ln());
+            (0..n)
+                .map(|i| ((1.0 - frac(i, n)).powf(*rho) * (hi - lo) + lo).exp())
+                .collect()
+        }
+        GridKind::Beta { alpha, beta } => {
+            for (name, v) in [("alpha", *alpha), ("beta", *beta)] {
+                if !(v > 0.0 && v.is_finite()) {
+                    return Err(SolverError::Parameter {
+                        name,
+                        value: v,
+                        why: "must be finite and positive",
+                    });
+                }
+            }
+            (0..n)
+                .map(|i| {
+                    let q = statrs::function::beta::inv_beta_reg(*alpha, *beta, 1.0 - frac(i, n));
+                    sigma_min + q * (sigma_max - sigma_min)
+                })
+                .collect()
+        }
     };
     // Pin the end points exactly (the round trip through t may move them by an ulp); the iddpm
     // levels are a fixed set, whose ends lie inside the range.

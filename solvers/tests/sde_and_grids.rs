@@ -131,6 +131,11 @@ fn grids_decrease_end_in_zero_and_hit_the_ends() {
         GridKind::UniformT {},
         GridKind::LogSnr {},
         GridKind::PolyT { rho: 3.0 },
+        GridKind::PolyExponential { rho: 2.0 },
+        GridKind::Beta {
+            alpha: 0.6,
+            beta: 0.6,
+        },
     ];
     for sde in all_sdes() {
         let (lo, hi) = sde.default_sigma_range();
@@ -255,7 +260,7 @@ fn iddpm_grid_matches_nvlabs_edm() {
         0.0,
     ];
     let sde = Edm::default();
-    let kind = GridKind::from_name("iddpm", 7.0).unwrap();
+    let kind = GridKind::from_name("iddpm", None).unwrap();
     for (n, lo, hi, exact, edm) in [
         (18, 0.002, 81.0, &f64_18[..], &edm_18[..]),
         (10, 0.01, 50.0, &f64_10[..], &edm_10[..]),
@@ -279,6 +284,137 @@ fn iddpm_grid_matches_nvlabs_edm() {
     assert!(e.contains("levels in [0.5, 0.6]: at most"), "{e}");
     for (c_1, c_2, m) in [(0.0, 0.008, 1000), (0.001, -1.0, 1000), (0.001, 0.008, 0)] {
         assert!(grid::sigmas(&GridKind::Iddpm { c_1, c_2, m }, 4, 0.002, 80.0, &sde).is_err());
+    }
+}
+
+#[test]
+fn poly_exponential_and_beta_grids_match_k_diffusion_and_diffusers() {
+    // Levels printed by k-diffusion 0.1.1's get_sigmas_polyexponential (run in float64:
+    // torch.set_default_dtype(torch.float64)) and by diffusers 0.42.1's
+    // EulerDiscreteScheduler._convert_to_beta (scipy.stats.beta.ppf), on [0.002, 80].
+    let sde = Edm::default();
+    let check = |kind: GridKind, want: &[f64], tol: f64| {
+        let n = want.len();
+        let g = grid::sigmas(&kind, n, 0.002, 80.0, &sde).unwrap();
+        assert_eq!(g.len(), n + 1);
+        for (got, w) in g.iter().zip(want) {
+            assert!((got - w).abs() <= tol * w, "{kind:?}: {g:?} vs {want:?}");
+        }
+    };
+    check(
+        GridKind::PolyExponential { rho: 2.0 },
+        &[
+            79.99999999999997,
+            8.654172436400145,
+            1.2161641933393268,
+            0.22201892311392488,
+            0.052652486066748785,
+            0.01622104700700145,
+            0.006491872694040338,
+            0.0033751433066864013,
+            0.0022795312542437814,
+            0.0020000000000000005,
+        ],
+        1e-13,
+    );
+    check(
+        GridKind::PolyExponential { rho: 0.5 },
+        &[
+            79.99999999999997,
+            26.1359076265041,
+            7.341255455637648,
+            1.6279021469284956,
+            0.22863030256947178,
+            0.0020000000000000005,
+        ],
+        1e-13,
+    );
+    // rho = 1 is log-snr.
+    let a = grid::sigmas(
+        &GridKind::PolyExponential { rho: 1.0 },
+        5,
+        0.002,
+        80.0,
+        &sde,
+    )
+    .unwrap();
+    let b = grid::sigmas(&GridKind::LogSnr {}, 5, 0.002, 80.0, &sde).unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-13 * y, "{a:?} {b:?}");
+    }
+    check(
+        GridKind::Beta {
+            alpha: 0.6,
+            beta: 0.6,
+        },
+        &[
+            80.0,
+            76.2327487797117,
+            68.35220343088105,
+            57.96748756437169,
+            46.14686529667538,
+            33.85513470332463,
+            22.034512435628326,
+            11.649796569118964,
+            3.7692512202882993,
+            0.002,
+        ],
+        1e-10,
+    );
+    check(
+        GridKind::Beta {
+            alpha: 0.5,
+            beta: 0.7,
+        },
+        &[
+            80.0,
+            66.88607212829787,
+            47.745367407680014,
+            28.887990882737242,
+            13.46468762554942,
+            3.4597781761964757,
+            0.002,
+        ],
+        1e-10,
+    );
+    // The command-line names, their defaults and bad parameters.
+    assert_eq!(
+        GridKind::from_name("beta", None).unwrap(),
+        GridKind::Beta {
+            alpha: 0.6,
+            beta: 0.6
+        }
+    );
+    assert_eq!(
+        GridKind::from_name("poly-exponential", None).unwrap(),
+        GridKind::PolyExponential { rho: 1.0 }
+    );
+    assert_eq!(
+        GridKind::from_name("karras", None).unwrap(),
+        GridKind::Karras { rho: 7.0 }
+    );
+    let e = GridKind::from_name("beta", Some(3.0))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--rho applies to the karras, poly-t and poly-exponential"),
+        "{e}"
+    );
+    for kind in [
+        GridKind::Beta {
+            alpha: 0.0,
+            beta: 0.6,
+        },
+        GridKind::Beta {
+            alpha: 0.6,
+            beta: f64::INFINITY,
+        },
+        GridKind::PolyExponential { rho: -1.0 },
+    ] {
+        assert!(
+            grid::sigmas(&kind, 8, 0.002, 80.0, &sde).is_err(),
+            "{kind:?}"
+        );
     }
 }
 

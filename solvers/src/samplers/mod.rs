@@ -301,7 +301,7 @@ pub enum SamplerSpec {
     SaSolver(sa_solver::SaSolverParams),
 }
 
-/// Every registry name, in the order of the docs.
+/// Every registry name, in the order `scoreflow samplers` and `bench` list them.
 pub const NAMES: &[&str] = &[
     "euler",
     "heun",
