@@ -118,6 +118,29 @@ fn assert_bad_sample(extra: &[&str], steps: &str, needle: &str, out: &Path) {
     assert_bad(&args, needle, out);
 }
 
+/// `sample` of `num` points of builtin:gmm8 in `steps` steps on the CPU with `extra` flags,
+/// which must succeed: (the NFE it reports, the bytes of the output file).
+fn sample_gmm8(extra: &[&str], num: &str, steps: &str, out: &Path) -> (u64, Vec<u8>) {
+    let mut args = vec![
+        "sample",
+        "--denoiser",
+        "builtin:gmm8",
+        "--num",
+        num,
+        "--steps",
+        steps,
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    (line["nfe"].as_u64().unwrap(), std::fs::read(out).unwrap())
+}
+
 fn assert_bad(args: &[&str], needle: &str, out: &Path) {
     let o = run(args);
     let err = stderr(&o);
@@ -1710,32 +1733,16 @@ fn restart_takes_its_segments_as_a_flag_and_in_the_label() {
 #[test]
 fn sa_solver_takes_its_flags_and_its_label_alike() {
     // The flags and the label `sa-solver(key=value,...)` give the same sampler (bit for bit,
-    // noise included); tau = 0 draws no noise (two seeds agree); bad orders, a negative tau and
+    // noise included), as do `--tau 0` and `sa-solver(tau=0)`; another seed or another tau
+    // changes the samples; bad orders, a negative tau, a window with s_tmin > s_tmax and
     // another sampler's flag are one-line errors with exit code 2 and no output.
     let dir = tempfile::tempdir().unwrap();
     let out = |name: &str| dir.path().join(name);
-    let sample = |extra: &[&str], seed: &str, file: &std::path::Path| {
-        let mut args = vec![
-            "sample",
-            "--denoiser",
-            "builtin:gmm8",
-            "--num",
-            "32",
-            "--steps",
-            "12",
-            "--seed",
-            seed,
-            "--device",
-            "cpu",
-            "--out",
-            file.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let o = run(&args);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(line["nfe"], 12);
-        std::fs::read(file).unwrap()
+    let sample = |extra: &[&str], seed: &str, file: &Path| {
+        let args = [extra, &["--seed", seed]].concat();
+        let (nfe, bytes) = sample_gmm8(&args, "32", "12", file);
+        assert_eq!(nfe, 12);
+        bytes
     };
     let flags = [
         "--solver",
@@ -1760,7 +1767,6 @@ fn sa_solver_takes_its_flags_and_its_label_alike() {
     let ode = ["--solver", "sa-solver", "--tau", "0"];
     let d0 = sample(&ode, "0", &out("d0.npy"));
     assert_ne!(a, d0);
-    // The start depends on the seed; the rest of an ODE run does not: same start, same result.
     let e = sample(&["--solver", "sa-solver(tau=0)"], "0", &out("e.npy"));
     assert_eq!(d0, e);
     let never = out("never.npy");
@@ -1797,26 +1803,7 @@ fn pc_takes_score_sdes_predictors_and_correctors_by_name() {
     // on other samplers are one-line errors with exit code 2 and no output.
     let dir = tempfile::tempdir().unwrap();
     let file = |name: &str| dir.path().join(name);
-    let sample = |extra: &[&str], out: &Path| -> (u64, Vec<u8>) {
-        let mut args = vec![
-            "sample",
-            "--denoiser",
-            "builtin:gmm8",
-            "--num",
-            "16",
-            "--steps",
-            "10",
-            "--device",
-            "cpu",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let o = run(&args);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        (line["nfe"].as_u64().unwrap(), std::fs::read(out).unwrap())
-    };
+    let sample = |extra: &[&str], out: &Path| sample_gmm8(extra, "16", "10", out);
     let (nfe, a) = sample(
         &[
             "--solver",
@@ -1899,25 +1886,7 @@ fn grids_by_name_take_rho_only_where_they_have_one() {
     let dir = tempfile::tempdir().unwrap();
     let out = |name: &str| dir.path().join(name);
     let sample = |extra: &[&str], file: &Path| {
-        let mut args = vec![
-            "sample",
-            "--denoiser",
-            "builtin:gmm8",
-            "--solver",
-            "euler",
-            "--num",
-            "8",
-            "--steps",
-            "6",
-            "--device",
-            "cpu",
-            "--out",
-            file.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let o = run(&args);
-        assert!(o.status.success(), "{}", stderr(&o));
-        std::fs::read(file).unwrap()
+        sample_gmm8(&[&["--solver", "euler"], extra].concat(), "8", "6", file).1
     };
     let a = sample(&["--grid", "poly-exponential"], &out("a.npy"));
     let b = sample(&["--grid", "log-snr"], &out("b.npy"));

@@ -2,6 +2,7 @@
 //! followed by `sigma_n = 0`, as f64 on the CPU. A grid of `n` steps has `n + 1` entries.
 
 use crate::error::{Result, SolverError};
+use crate::samplers::check_positive;
 use crate::sde::{check_sigma_range, Sde};
 use serde::{Deserialize, Serialize};
 
@@ -141,20 +142,22 @@ impl GridKind {
     /// `poly-exponential`, `beta` (their default parameters; `rho`, where given, for the grids
     /// that have one).
     pub fn from_name(name: &str, rho: Option<f64>) -> Result<Self> {
-        let given_rho = rho;
-        let rho = rho.unwrap_or_else(default_rho);
-        if given_rho.is_some() && !matches!(name, "karras" | "poly-t" | "poly-exponential") {
+        if rho.is_some() && !matches!(name, "karras" | "poly-t" | "poly-exponential") {
             return Err(SolverError::Grid(format!(
                 "--rho applies to the karras, poly-t and poly-exponential grids, not {name}"
             )));
         }
         Ok(match name {
-            "karras" => GridKind::Karras { rho },
+            "karras" => GridKind::Karras {
+                rho: rho.unwrap_or_else(default_rho),
+            },
             "uniform-t" => GridKind::UniformT {},
             "log-snr" => GridKind::LogSnr {},
-            "poly-t" => GridKind::PolyT { rho },
+            "poly-t" => GridKind::PolyT {
+                rho: rho.unwrap_or_else(default_rho),
+            },
             "poly-exponential" => GridKind::PolyExponential {
-                rho: given_rho.unwrap_or_else(one),
+                rho: rho.unwrap_or_else(one),
             },
             "beta" => GridKind::Beta {
                 alpha: point_six(),
@@ -207,13 +210,7 @@ pub fn sigmas(
     let n = steps;
     let mut out: Vec<f64> = match kind {
         GridKind::Karras { rho } | GridKind::PolyT { rho } => {
-            if !(*rho > 0.0 && rho.is_finite()) {
-                return Err(SolverError::Parameter {
-                    name: "rho",
-                    value: *rho,
-                    why: "must be positive",
-                });
-            }
+            check_positive("rho", *rho)?;
             let (lo, hi, in_t) = match kind {
                 GridKind::Karras { .. } => (sigma_min, sigma_max, false),
                 _ => (sde.sigma_inv(sigma_min), sde.sigma_inv(sigma_max), true),
@@ -249,28 +246,15 @@ pub fn sigmas(
         }
         GridKind::Iddpm { c_1, c_2, m } => iddpm_levels(n, sigma_min, sigma_max, *c_1, *c_2, *m)?,
         GridKind::PolyExponential { rho } => {
-            if !(*rho > 0.0 && rho.is_finite()) {
-                return Err(SolverError::Parameter {
-                    name: "rho",
-                    value: *rho,
-                    why: "must be positive",
-                });
-            }
+            check_positive("rho", *rho)?;
             let (lo, hi) = (sigma_min.ln(), sigma_max.ln());
             (0..n)
                 .map(|i| ((1.0 - frac(i, n)).powf(*rho) * (hi - lo) + lo).exp())
                 .collect()
         }
         GridKind::Beta { alpha, beta } => {
-            for (name, v) in [("alpha", *alpha), ("beta", *beta)] {
-                if !(v > 0.0 && v.is_finite()) {
-                    return Err(SolverError::Parameter {
-                        name,
-                        value: v,
-                        why: "must be finite and positive",
-                    });
-                }
-            }
+            check_positive("alpha", *alpha)?;
+            check_positive("beta", *beta)?;
             (0..n)
                 .map(|i| {
                     let q = statrs::function::beta::inv_beta_reg(*alpha, *beta, 1.0 - frac(i, n));

@@ -9,7 +9,7 @@
 //! `edm-stochastic` is `heun` with churn under EDM's name.
 
 use super::heun::heun_step;
-use super::{check_nonneg, check_window};
+use super::{check_nonneg, check_window, in_window};
 use crate::driver::{Sampler, StepCtx};
 use crate::error::Result;
 use crate::noise::STREAM_CHURN;
@@ -79,7 +79,7 @@ impl Churn {
 
     /// `gamma_i` of Algorithm 2 at level `sigma` of a run of `steps` steps.
     pub fn gamma(&self, sigma: f64, steps: usize) -> f64 {
-        if sigma >= self.s_tmin && sigma <= self.s_tmax {
+        if in_window(sigma, self.s_tmin, self.s_tmax) {
             (self.s_churn / steps as f64).min(std::f64::consts::SQRT_2 - 1.0)
         } else {
             0.0

@@ -106,6 +106,29 @@ pub(crate) fn check_window(s_tmin: f64, s_tmax: f64) -> Result<()> {
     )
 }
 
+/// Whether `sigma` lies in the window `[s_tmin, s_tmax]` (see [`check_window`]).
+pub(crate) fn in_window(sigma: f64, s_tmin: f64, s_tmax: f64) -> bool {
+    sigma >= s_tmin && sigma <= s_tmax
+}
+
+/// `sum_k w_k T_k` over the nonzero weights; `None` when every weight is 0.
+pub(crate) fn weighted_sum<T: std::borrow::Borrow<tch::Tensor>>(
+    terms: &[T],
+    w: &[f64],
+) -> Option<tch::Tensor> {
+    let mut acc: Option<tch::Tensor> = None;
+    for (t, &wk) in terms.iter().zip(w) {
+        if wk != 0.0 {
+            let term = t.borrow() * wk;
+            acc = Some(match acc {
+                Some(a) => a + term,
+                None => term,
+            });
+        }
+    }
+    acc
+}
+
 /// The earlier outputs `[D_{i-m}, ..., D_{i-1}]` of a multistep predictor-corrector
 /// (`unipc`, `sa-solver`), whose `ctx.history` is `[anchor, D_{i-m}, ..., D_{i-1}]`; empty at
 /// the first step.
@@ -505,17 +528,11 @@ impl SamplerSpec {
             | SamplerSpec::DpmPp2SAncestral { .. }
             | SamplerSpec::DpmPpSde { .. } => 2 * steps - 1,
             SamplerSpec::Pc {
-                snr,
                 corrector_steps,
                 predictor,
                 corrector,
-            } => pc::Pc {
-                snr: *snr,
-                corrector_steps: *corrector_steps,
-                predictor: *predictor,
-                corrector: *corrector,
-            }
-            .nfe(steps),
+                ..
+            } => pc::nfe(steps, *corrector_steps, *predictor, *corrector),
             SamplerSpec::Pndm { skip_prk_steps } => pndm::Pndm::nfe(*skip_prk_steps, steps),
             SamplerSpec::EdmAblation(p) if p.solver_type == edm_ablation::OdeSolver::Heun => {
                 2 * steps - 1

@@ -128,20 +128,31 @@ impl Pc {
 
     /// Corrector steps (evaluations) per level.
     pub fn steps_per_level(&self) -> usize {
-        match self.corrector {
-            PcCorrector::None => 0,
-            _ => self.corrector_steps,
-        }
+        corrector_evals(self.corrector, self.corrector_steps)
     }
+}
 
-    /// Evaluations for `steps` levels.
-    pub fn nfe(&self, steps: usize) -> usize {
-        let predictor = match self.predictor {
-            PcPredictor::None => 1,
-            _ => steps,
-        };
-        steps * self.steps_per_level() + predictor
+/// Corrector evaluations per level: `corrector_steps`, none for the corrector `none`.
+fn corrector_evals(corrector: PcCorrector, corrector_steps: usize) -> usize {
+    match corrector {
+        PcCorrector::None => 0,
+        _ => corrector_steps,
     }
+}
+
+/// Evaluations for `steps` levels: the correctors' at every level, plus one predictor
+/// evaluation per level (only the final `D` for the predictor `none`).
+pub fn nfe(
+    steps: usize,
+    corrector_steps: usize,
+    predictor: PcPredictor,
+    corrector: PcCorrector,
+) -> usize {
+    let predictor = match predictor {
+        PcPredictor::None => 1,
+        _ => steps,
+    };
+    steps * corrector_evals(corrector, corrector_steps) + predictor
 }
 
 /// Per-sample L2 norms averaged over the batch (a 0-d tensor: no host synchronization).

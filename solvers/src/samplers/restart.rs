@@ -270,7 +270,7 @@ impl Restart {
         let levels = self.restart_levels(seg.levels, t_min, seg.t_max);
         for w in levels.windows(2) {
             let (t_cur, t_next) = (w[0], w[1]);
-            let gamma = if t_cur >= self.p.s_tmin && t_cur <= self.p.s_tmax {
+            let gamma = if super::in_window(t_cur, self.p.s_tmin, self.p.s_tmax) {
                 self.p.restart_gamma
             } else {
                 0.0

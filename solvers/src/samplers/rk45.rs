@@ -141,17 +141,7 @@ fn rms(x: &Tensor) -> Result<f64> {
 
 /// `sum_i w_i K_i` over the nonzero weights.
 fn combine(k: &[Tensor], w: &[f64]) -> Tensor {
-    let mut acc: Option<Tensor> = None;
-    for (ki, &wi) in k.iter().zip(w) {
-        if wi != 0.0 {
-            let term = ki * wi;
-            acc = Some(match acc {
-                Some(a) => a + term,
-                None => term,
-            });
-        }
-    }
-    acc.unwrap_or_else(|| k[0].zeros_like())
+    super::weighted_sum(k, w).unwrap_or_else(|| k[0].zeros_like())
 }
 
 struct Ode<'s> {

@@ -35,7 +35,10 @@
 //! Adams-Bashforth-Moulton method in lambda).
 
 use super::dpmpp_2m::lambda;
-use super::{check_nonneg, check_order, check_window, corrector_outputs, keep_corrector_history};
+use super::{
+    check_nonneg, check_order, check_window, corrector_outputs, in_window, keep_corrector_history,
+    weighted_sum,
+};
 use crate::driver::{Sampler, StepCtx};
 use crate::error::Result;
 use crate::sde::DdpmChain;
@@ -114,7 +117,7 @@ impl SaSolver {
 
     /// The stochasticity of the step that starts at `sigma`.
     fn tau_at(&self, sigma: f64) -> f64 {
-        if sigma >= self.p.s_tmin && sigma <= self.p.s_tmax {
+        if in_window(sigma, self.p.s_tmin, self.p.s_tmax) {
             self.p.tau
         } else {
             0.0
@@ -127,7 +130,7 @@ impl SaSolver {
     }
 }
 
-/// `g_m(c) = int_0^1 exp(-c v) v^m dv` for `m = 0 .. n`: a power series for `c < 1`, where the
+/// `g_m(c) = int_0^1 exp(-c v) v^m dv` for `m = 0 .. n - 1`: a power series for `c < 1`, where the
 /// recurrence would cancel, and `g_m = (m g_{m-1} - exp(-c)) / c` otherwise.
 fn exp_moments(c: f64, n: usize) -> Vec<f64> {
     if c < 1.0 {
@@ -195,11 +198,10 @@ pub fn weights(h: f64, a: f64, nodes: &[f64], spacing: Option<f64>) -> Vec<f64> 
 
 /// `base + sum_k w_k D_k`.
 fn combine(base: &Tensor, w: &[f64], ds: &[&Tensor]) -> Tensor {
-    let mut out = base.shallow_clone();
-    for (wk, d) in w.iter().zip(ds) {
-        out = out + *d * *wk;
+    match weighted_sum(ds, w) {
+        Some(sum) => base + sum,
+        None => base.shallow_clone(),
     }
-    out
 }
 
 impl Sampler for SaSolver {
