@@ -42,7 +42,7 @@ pub struct GridArgs {
     #[arg(long, default_value_t = 80.0)]
     pub sigma_max: f64,
     /// Exponent of the karras and poly-t grids (7 by default) and of the poly-exponential grid
-    /// (1 by default).
+    /// (1 by default); an error with the other grids.
     #[arg(long)]
     pub rho: Option<f64>,
     /// Grid placement: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential or beta.
