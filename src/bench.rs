@@ -15,7 +15,8 @@ pub struct BenchArgs {
     /// The model: builtin:gmm8, gmm:FILE.json or gaussian:FILE.json.
     #[arg(long, default_value = "builtin:gmm8", conflicts_with = "checkpoint")]
     pub denoiser: String,
-    /// A trained network instead (e.g. the digits U-Net).
+    /// A trained network instead: a scoreflow checkpoint (e.g. the digits U-Net) or a model card
+    /// (.toml) of a TorchScript module (see docs/models.md).
     #[arg(long)]
     pub checkpoint: Option<std::path::PathBuf>,
     /// Batch sizes, comma-separated (e.g. 1,64,256).
@@ -73,7 +74,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let dev = device::parse(&a.device)?;
     let kind = job::kind_from_name(&a.dtype)?;
     let (exact, trained) = match &a.checkpoint {
-        Some(p) => (None, Some(crate::train::load_for_sampling(p, dev)?.0)),
+        Some(p) => (None, Some(crate::card::load_trained(p, dev)?.model)),
         None => (Some(model::parse(&a.denoiser, dev)?), None),
     };
     let (den, shape, what): (&dyn Denoiser, Vec<i64>, String) = match (&exact, &trained) {

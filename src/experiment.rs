@@ -91,7 +91,8 @@ pub enum ModelSpec {
     Gaussian {
         path: PathBuf,
     },
-    /// A trained network; with `train_config`, it is trained first if the file is missing.
+    /// A trained network; with `train_config`, it is trained first if the file is missing. A
+    /// model card (`.toml`, a TorchScript module; see docs/models.md) works the same way.
     Checkpoint {
         path: PathBuf,
         train_config: Option<PathBuf>,
@@ -402,7 +403,8 @@ impl ExperimentConfig {
 /// The model of an experiment, with what the metrics need.
 enum Loaded {
     Exact(ExactModel),
-    Trained(Box<train::Model>, crate::data::Dataset),
+    /// With its data where known (a model card may have none).
+    Trained(Box<train::Model>, Option<crate::data::Dataset>),
 }
 
 impl Loaded {
@@ -437,7 +439,8 @@ impl Loaded {
                 let z = job::initial_noise(key ^ 0xF2E5, n, g.dim(), dev, Kind::Double)?;
                 Some(g.sample_from(&z))
             }
-            Loaded::Trained(_, data) => {
+            Loaded::Trained(_, None) => None,
+            Loaded::Trained(_, Some(data)) => {
                 let idx = fresh_rows(data.x.size()[0], n, seed, part);
                 Some(data.x.index_select(0, &idx).to_device(dev))
             }
@@ -493,9 +496,12 @@ fn load_model(spec: &ModelSpec, dev: Device) -> Result<Loaded> {
                     })?;
                 }
             }
-            let (m, cfg) = train::load_for_sampling(path, dev)?;
-            let data = crate::data::load(&cfg.data, cfg.seed)?;
-            Loaded::Trained(Box::new(m), data)
+            let t = crate::card::load_trained(path, dev)?;
+            let data = match &t.data {
+                Some((d, seed)) => Some(crate::data::load(d, *seed)?),
+                None => None,
+            };
+            Loaded::Trained(Box::new(t.model), data)
         }
     })
 }
@@ -624,13 +630,27 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     let shape = model.shape();
     let classifier = match (&model, cfg.metrics.contains(&Metric::Fd)) {
         (Loaded::Trained(_, data), true) => {
-            if shape.len() != 3 || data.labels.is_none() {
+            let Some(data) = data
+                .as_ref()
+                .filter(|d| shape.len() == 3 && d.labels.is_some())
+            else {
                 bail!("metric fd needs a checkpoint trained on labelled images; this one has samples of shape {shape:?}");
-            }
+            };
             Some(crate::fid::Classifier::train(data, 3000, 0xC1A5)?)
         }
         _ => None,
     };
+    if let (Loaded::Trained(_, None), Some(m)) = (
+        &model,
+        cfg.metrics
+            .iter()
+            .find(|m| matches!(m, Metric::Sw2 | Metric::Mmd)),
+    ) {
+        bail!(
+            "metric {} compares with data, and the model card has no [data] table",
+            m.name()
+        );
+    }
     let sde = job::sde_from_name(&cfg.grid.sde)?;
     let done: HashSet<String> = read_results(&cfg.out_dir)?
         .iter()

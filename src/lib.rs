@@ -12,6 +12,7 @@ pub use scoreflow_solvers as solvers;
 
 pub mod autocast;
 pub mod bench;
+pub mod card;
 pub mod checkpoint;
 pub mod compare;
 pub mod cuda;

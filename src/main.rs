@@ -167,7 +167,8 @@ struct SampleArgs {
         conflicts_with = "checkpoint"
     )]
     denoiser: Option<String>,
-    /// A trained network (its EMA weights) from `scoreflow train`.
+    /// A trained network: a checkpoint from `scoreflow train` (its EMA weights), or a model card
+    /// (.toml) of a TorchScript module exported from PyTorch (see docs/models.md).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Sampler name (see docs/samplers/).
@@ -221,7 +222,7 @@ fn sample(a: SampleArgs) -> Result<()> {
     let kind = job::kind_from_name(&a.dtype)?;
     let (exact, trained) = match (&a.denoiser, &a.checkpoint) {
         (Some(spec), _) => (Some(model::parse(spec, dev)?), None),
-        (None, Some(path)) => (None, Some(train::load_for_sampling(path, dev)?.0)),
+        (None, Some(path)) => (None, Some(scoreflow::card::load_trained(path, dev)?.model)),
         (None, None) => bail!("give --denoiser or --checkpoint"),
     };
     if let Some(w) = a.guidance.filter(|w| !w.is_finite()) {

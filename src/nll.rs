@@ -119,7 +119,8 @@ pub struct NllArgs {
         conflicts_with = "checkpoint"
     )]
     pub denoiser: Option<String>,
-    /// A trained network (its EMA weights); the data are its training set.
+    /// A trained network (its EMA weights); the data are its training set. Or a model card (.toml)
+    /// with a [data] table.
     #[arg(long)]
     pub checkpoint: Option<std::path::PathBuf>,
     /// Data points to evaluate (fresh exact samples, or the first of the shuffled training set).
@@ -203,8 +204,15 @@ pub fn run(a: NllArgs) -> Result<()> {
             )
         }
         (None, Some(path)) => {
-            let (m, cfg) = train::load_for_sampling(path, dev)?;
-            let data = crate::data::load(&cfg.data, cfg.seed)?.x;
+            let t = crate::card::load_trained(path, dev)?;
+            let m = t.model;
+            let (data, seed) = t.data.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "nll needs the model's data: model card {} has no [data] table",
+                    path.display()
+                )
+            })?;
+            let data = crate::data::load(&data, seed)?.x;
             let x0 =
                 {
                     let _turn = train::exclusive_rng();

@@ -467,6 +467,13 @@ impl Unet {
 enum Body {
     Mlp(Mlp),
     Unet(Unet),
+    /// A TorchScript module (a model card, [`crate::card`]): `forward(x_in, c_noise)`, or
+    /// `forward(x_in, c_noise, labels)` for a conditional one; with `learned_sigmas` its output
+    /// has twice the channels (dim 1) and the first half is the prediction.
+    Script {
+        module: tch::CModule,
+        learned_sigmas: bool,
+    },
 }
 
 /// A preconditioned backbone: `D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)`.
@@ -481,6 +488,8 @@ pub struct Network {
     /// CUDA graphs of the whole network call, one per batch shape (the per-sample sigma is a
     /// captured tensor).
     graphs: crate::cuda::Graphs,
+    /// The preconditioning's lookup table ([`Precond::levels`]) on the device, float32.
+    levels: Option<Tensor>,
 }
 
 impl Network {
@@ -526,14 +535,46 @@ impl Network {
                 num_classes,
             )),
         };
+        Network::with_body(precond, shape, num_classes, body, p.device())
+    }
+
+    fn with_body(
+        precond: &Precond,
+        shape: &[i64],
+        num_classes: usize,
+        body: Body,
+        device: Device,
+    ) -> Self {
+        let levels = precond.levels().map(|l| {
+            Tensor::from_slice(&l)
+                .to_kind(Kind::Float)
+                .to_device(device)
+        });
         Network {
             precond: precond.clone(),
             shape: shape.to_vec(),
             num_classes,
             body,
-            device: p.device(),
+            device,
             graphs: Default::default(),
+            levels,
         }
+    }
+
+    /// A TorchScript module as the backbone (already on `device`, float32, in eval mode).
+    pub fn scripted(
+        module: tch::CModule,
+        learned_sigmas: bool,
+        precond: &Precond,
+        shape: &[i64],
+        num_classes: usize,
+        device: Device,
+    ) -> Self {
+        let body = Body::Script {
+            module,
+            learned_sigmas,
+        };
+        Network::with_body(precond, shape, num_classes, body, device)
     }
 
     /// `D(x; sigma)` by replaying a CUDA graph of the whole network call, capturing it on the
@@ -551,9 +592,22 @@ impl Network {
     /// `D(x; sigma)` with per-sample `sigma` (`[N]`) and optional labels (`[N]`, int64; the value
     /// `num_classes` means "no class"); differentiable; computed in float32.
     pub fn forward(&self, x: &Tensor, sigma: &Tensor, labels: Option<&Tensor>) -> Tensor {
+        self.try_forward(x, sigma, labels)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::forward`], with a TorchScript backbone's failure (an exception in its code, an
+    /// output of the wrong shape) as an error.
+    pub fn try_forward(
+        &self,
+        x: &Tensor,
+        sigma: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<Tensor, SolverError> {
         let xf = x.to_kind(Kind::Float);
         let sf = sigma.to_kind(Kind::Float);
-        let c = self.precond.coefs(&sf);
+        let levels = self.levels.as_ref().filter(|l| l.device() == sf.device());
+        let c = self.precond.coefs_with(&sf, levels);
         let xin = &xf * per_sample(&c.inp, &xf);
         // An unconditional call of a conditional model uses the "no class" label.
         let null;
@@ -567,8 +621,37 @@ impl Network {
         let f = match &self.body {
             Body::Mlp(m) => m.forward(&xin, &c.noise, labels),
             Body::Unet(u) => u.forward(&xin, &c.noise, labels),
+            Body::Script {
+                module,
+                learned_sigmas,
+            } => {
+                let out = match labels {
+                    Some(l) => module.forward_ts(&[&xin, &c.noise, l]),
+                    None => module.forward_ts(&[&xin, &c.noise]),
+                }
+                .map_err(|e| SolverError::Model(format!("the TorchScript module failed: {e}")))?;
+                let out = if *learned_sigmas && out.dim() >= 2 && out.size()[1] > 0 {
+                    let c = out.size()[1];
+                    out.narrow(1, 0, c / 2)
+                } else {
+                    out
+                };
+                if out.size() != xin.size() {
+                    return Err(SolverError::Shape(format!(
+                        "the TorchScript module returned shape {:?} for input {:?}{}",
+                        out.size(),
+                        xin.size(),
+                        if *learned_sigmas {
+                            " (after taking the first half of dim 1: learned_sigmas)"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+                out.to_kind(Kind::Float)
+            }
         };
-        per_sample(&c.skip, &xf) * &xf + per_sample(&c.out, &xf) * f
+        Ok(per_sample(&c.skip, &xf) * &xf + per_sample(&c.out, &xf) * f)
     }
 
     pub fn device(&self) -> Device {
@@ -593,8 +676,9 @@ impl Denoiser for Network {
         if let Some(out) = self.denoise_graphed(x, sigma)? {
             return Ok(out);
         }
-        let out =
-            tch::no_grad(|| self.forward(&x.to_device(self.device), &sigma_batch(sigma, x), None));
+        let out = tch::no_grad(|| {
+            self.try_forward(&x.to_device(self.device), &sigma_batch(sigma, x), None)
+        })?;
         Ok(out.to_device(x.device()).to_kind(x.kind()))
     }
 }
@@ -623,8 +707,8 @@ impl Denoiser for Guided<'_> {
         );
         let out = tch::no_grad(|| {
             self.net
-                .forward(&xx, &sigma_batch(sigma, &xx), Some(&labels))
-        });
+                .try_forward(&xx, &sigma_batch(sigma, &xx), Some(&labels))
+        })?;
         let (cond, uncond) = (out.narrow(0, 0, n), out.narrow(0, n, n));
         let d = &uncond + (cond - &uncond) * self.guidance;
         Ok(d.to_device(x.device()).to_kind(x.kind()))

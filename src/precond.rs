@@ -18,11 +18,50 @@ fn beta_min() -> f64 {
 fn m() -> usize {
     1000
 }
+fn eps() -> Prediction {
+    Prediction::Eps
+}
 fn c1() -> f64 {
     0.001
 }
 fn c2() -> f64 {
     0.008
+}
+fn d_beta_start() -> f64 {
+    1e-4
+}
+fn d_beta_end() -> f64 {
+    0.02
+}
+
+/// What a discrete-time network predicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Prediction {
+    /// The noise `eps` (DDPM; diffusers' `epsilon`).
+    #[serde(alias = "epsilon")]
+    Eps,
+    /// The clean sample `x0` (diffusers' `sample`).
+    #[serde(alias = "sample")]
+    X0,
+    /// `v = alpha eps - sigma_vp x0` (Salimans & Ho 2022; diffusers' `v_prediction`).
+    #[serde(alias = "v-prediction")]
+    V,
+}
+
+/// A discrete DDPM beta schedule (diffusers' `beta_schedule`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BetaSchedule {
+    /// `beta_i` linear from `beta_start` to `beta_end` (DDPM).
+    #[default]
+    Linear,
+    /// `sqrt(beta_i)` linear (Latent/Stable Diffusion).
+    #[serde(alias = "scaled_linear")]
+    ScaledLinear,
+    /// Nichol & Dhariwal's cosine schedule (`beta_start`/`beta_end` unused).
+    #[serde(alias = "squaredcos_cap_v2")]
+    SquaredcosCapV2,
 }
 
 /// Which preconditioning wraps the backbone.
@@ -58,6 +97,29 @@ pub enum Precond {
         #[serde(default = "m")]
         m: usize,
     },
+    /// A network trained on a discrete DDPM chain of `timesteps` steps that takes the step index
+    /// as its time input (k-diffusion's `DiscreteEpsDDPMDenoiser` / `DiscreteVDDPMDenoiser`,
+    /// `external.py`; diffusers' UNets): `c_in = 1 / sqrt(s^2 + 1)`, `c_noise = t(s)`, the
+    /// fractional step whose noise level is `s` (log-sigma interpolation between the chain's
+    /// levels `sigma_j = sqrt(1 / alpha_bar_j - 1)`, j = 0..T-1, clamped to [0, T-1]; with
+    /// `quantize` the nearest step), and the output read as `prediction`.
+    Discrete {
+        #[serde(default = "eps")]
+        prediction: Prediction,
+        #[serde(default)]
+        schedule: BetaSchedule,
+        #[serde(default = "d_beta_start")]
+        beta_start: f64,
+        #[serde(default = "d_beta_end")]
+        beta_end: f64,
+        #[serde(default = "m")]
+        timesteps: usize,
+        #[serde(default)]
+        quantize: bool,
+    },
+    /// v-diffusion (Crowson's `v-diffusion-pytorch`; k-diffusion's `VDenoiser`): the v adapter
+    /// with the time input `c_noise = atan(s) 2 / pi`.
+    VDiffusion {},
     /// eps-prediction adapter: `D = x - s F`, input scaled as in VP (`c_in = 1 / sqrt(s^2 + 1)`),
     /// `c_noise = ln(s) / 4`.
     Eps {},
@@ -115,7 +177,58 @@ impl Precond {
             Precond::Iddpm { c1, c2, m } if !(*c1 > 0.0 && *c2 > 0.0 && *m > 1) => {
                 bail!("precond: iddpm needs c1 > 0, c2 > 0 and m > 1")
             }
+            Precond::Discrete { timesteps, .. } if *timesteps < 2 => {
+                bail!("precond.timesteps must be at least 2, got {timesteps}")
+            }
+            Precond::Discrete {
+                schedule: BetaSchedule::Linear | BetaSchedule::ScaledLinear,
+                beta_start,
+                beta_end,
+                ..
+            } if !(*beta_start > 0.0 && beta_start <= beta_end && *beta_end < 1.0) => {
+                bail!(
+                    "precond: discrete needs 0 < beta_start <= beta_end < 1, got beta_start {} and beta_end {}",
+                    scoreflow_solvers::Num(*beta_start),
+                    scoreflow_solvers::Num(*beta_end)
+                )
+            }
             _ => Ok(()),
+        }
+    }
+
+    /// The noise levels of a discrete chain, `sigma_j = sqrt(1 / alpha_bar_j - 1)`, j = 0..T-1
+    /// (k-diffusion's `DiscreteSchedule.sigmas`); None for the continuous preconditionings.
+    pub fn discrete_sigmas(&self) -> Option<Vec<f64>> {
+        use scoreflow_solvers::sde::DdpmChain;
+        let Precond::Discrete {
+            schedule,
+            beta_start,
+            beta_end,
+            timesteps,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let chain = match schedule {
+            BetaSchedule::Linear => DdpmChain::linear(*timesteps, *beta_start, *beta_end),
+            BetaSchedule::ScaledLinear => {
+                DdpmChain::scaled_linear(*timesteps, *beta_start, *beta_end)
+            }
+            BetaSchedule::SquaredcosCapV2 => DdpmChain::squaredcos_cap_v2(*timesteps),
+        };
+        Some(chain.sigmas())
+    }
+
+    /// The table `c_noise` is looked up in, where there is one: iDDPM's levels `u_j`, the
+    /// discrete chain's `ln sigma_j`. A network keeps it on its device (see [`Self::coefs_with`]).
+    pub fn levels(&self) -> Option<Vec<f64>> {
+        match self {
+            Precond::Iddpm { c1, c2, m } => Some(iddpm_levels(*c1, *c2, *m)),
+            Precond::Discrete { .. } => self
+                .discrete_sigmas()
+                .map(|s| s.iter().map(|v| v.ln()).collect()),
+            _ => None,
         }
     }
 
@@ -134,12 +247,34 @@ impl Precond {
                 let u = iddpm_levels(*c1, *c2, *m);
                 Some((u[*m - 1], u[8.min(*m - 1)]))
             }
+            Precond::Discrete { .. } => {
+                let s = self.discrete_sigmas()?;
+                Some((s[0], s[s.len() - 1]))
+            }
             _ => None,
         }
     }
 
     /// Coefficients for per-sample noise levels `sigma` (shape `[N]`).
     pub fn coefs(&self, sigma: &Tensor) -> Coefs {
+        self.coefs_with(sigma, None)
+    }
+
+    /// [`Self::coefs`] with [`Self::levels`] already as a tensor on `sigma`'s device and kind
+    /// (a network keeps it, so that a call copies nothing from the host); None: made here.
+    pub fn coefs_with(&self, sigma: &Tensor, levels: Option<&Tensor>) -> Coefs {
+        let made;
+        let levels = match levels {
+            Some(l) => Some(l),
+            None => {
+                made = self.levels().map(|l| {
+                    Tensor::from_slice(&l)
+                        .to_device(sigma.device())
+                        .to_kind(sigma.kind())
+                });
+                made.as_ref()
+            }
+        };
         let s2 = sigma.square();
         let ones = sigma.ones_like();
         let vp_in = (&s2 + 1.0).rsqrt();
@@ -174,10 +309,8 @@ impl Precond {
                 inp: ones,
                 noise: (sigma * 0.5).log(),
             },
-            Precond::Iddpm { c1, c2, m } => {
-                let u = Tensor::from_slice(&iddpm_levels(*c1, *c2, *m))
-                    .to_device(sigma.device())
-                    .to_kind(sigma.kind());
+            Precond::Iddpm { m, .. } => {
+                let u = levels.unwrap();
                 let idx = (sigma.unsqueeze(1) - u.unsqueeze(0))
                     .abs()
                     .argmin(1, false)
@@ -189,6 +322,30 @@ impl Precond {
                     noise: idx.neg() + (*m as f64 - 1.0),
                 }
             }
+            Precond::Discrete {
+                prediction,
+                quantize,
+                ..
+            } => {
+                let t = discrete_time(sigma, levels.unwrap(), *quantize);
+                let (skip, out) = match prediction {
+                    Prediction::Eps => (ones, -sigma),
+                    Prediction::X0 => (sigma.zeros_like(), ones),
+                    Prediction::V => ((&s2 + 1.0).reciprocal(), -sigma * &vp_in),
+                };
+                Coefs {
+                    skip,
+                    out,
+                    inp: vp_in,
+                    noise: t,
+                }
+            }
+            Precond::VDiffusion {} => Coefs {
+                skip: (&s2 + 1.0).reciprocal(),
+                out: -sigma * &vp_in,
+                inp: vp_in,
+                noise: sigma.atan() * std::f64::consts::FRAC_2_PI,
+            },
             Precond::Eps {} => Coefs {
                 skip: ones,
                 out: -sigma,
@@ -209,6 +366,26 @@ impl Precond {
             },
         }
     }
+}
+
+/// The fractional step of a discrete chain whose noise level is `sigma` (`[N]`), given the
+/// chain's `ln sigma_j` (`[T]`, increasing): k-diffusion's `DiscreteSchedule.sigma_to_t`. With
+/// `low` the last j where `ln sigma_j <= ln sigma` (clamped to 0..=T-2),
+/// `t = low + clamp((ln sigma_low - ln sigma) / (ln sigma_low - ln sigma_low+1), 0, 1)`, so
+/// levels outside the chain's range map to 0 or T-1; with `quantize`, the nearest j in
+/// log sigma.
+pub fn discrete_time(sigma: &Tensor, log_sigmas: &Tensor, quantize: bool) -> Tensor {
+    let ls = sigma.log();
+    let dists = ls.unsqueeze(0) - log_sigmas.unsqueeze(1);
+    if quantize {
+        return dists.abs().argmin(0, false).to_kind(sigma.kind());
+    }
+    let last = log_sigmas.size()[0] - 2;
+    let low = (dists.ge(0.0).sum_dim_intlist(0, false, Kind::Int64) - 1).clamp(0, last);
+    let lo = log_sigmas.index_select(0, &low);
+    let hi = log_sigmas.index_select(0, &(&low + 1));
+    let w = ((&lo - &ls) / (&lo - hi)).clamp(0.0, 1.0);
+    low.to_kind(sigma.kind()) + w
 }
 
 /// Reshape `[N]` coefficients to broadcast against `x` (`[N, ...]`).

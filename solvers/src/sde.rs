@@ -347,6 +347,33 @@ impl DdpmChain {
             .collect();
         DdpmChain { betas }
     }
+    /// Latent Diffusion's `scaled_linear` schedule (diffusers' name; Stable Diffusion uses
+    /// 0.00085 to 0.012 over 1000 steps): `sqrt(beta_i)` linear from `sqrt(beta_1)` to
+    /// `sqrt(beta_T)`.
+    pub fn scaled_linear(steps: usize, beta_1: f64, beta_t: f64) -> Self {
+        let (a, b) = (beta_1.sqrt(), beta_t.sqrt());
+        let betas = (0..steps)
+            .map(|i| (a + (b - a) * i as f64 / (steps.max(2) - 1) as f64).powi(2))
+            .collect();
+        DdpmChain { betas }
+    }
+    /// The cosine schedule of Nichol & Dhariwal (2021, eq. 17), as diffusers'
+    /// `squaredcos_cap_v2`: `beta_i = min(1 - abar(i / T) / abar((i - 1) / T), 0.999)` with
+    /// `abar(t) = cos^2((t + 0.008) / 1.008 pi / 2)`.
+    pub fn squaredcos_cap_v2(steps: usize) -> Self {
+        let abar = |t: f64| {
+            ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+                .cos()
+                .powi(2)
+        };
+        let betas = (0..steps)
+            .map(|i| {
+                let (t1, t2) = (i as f64 / steps as f64, (i + 1) as f64 / steps as f64);
+                (1.0 - abar(t2) / abar(t1)).min(0.999)
+            })
+            .collect();
+        DdpmChain { betas }
+    }
     /// The chain whose `alpha_bar` matches a continuous VP at `t_j = j / T` exactly.
     pub fn from_vp(vp: &VpLinear, steps: usize) -> Self {
         let t = |j: usize| j as f64 / steps as f64;

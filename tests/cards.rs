@@ -1,0 +1,489 @@
+//! Model cards: TorchScript networks wrapped by the discrete-chain and v-diffusion
+//! preconditionings (k-diffusion's `external.py` wrappers), loaded by every command that takes
+//! `--checkpoint` and by experiments.
+//!
+//! The TorchScript modules here are traced from Rust (`CModule::create_by_tracing`): the exact
+//! denoiser of the built-in 8-mode mixture, exposed as a network that takes a discrete step
+//! index (or v-diffusion's time) and returns eps, v or x0. Wrapped by the right card they must
+//! sample as the exact mixture does.
+
+use scoreflow::precond::{discrete_time, Precond};
+use std::f64::consts::PI;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tch::{CModule, Device, Kind, Tensor};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_scoreflow"))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn f64s(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+}
+
+fn discrete(prediction: &str, schedule: &str, quantize: bool) -> Precond {
+    toml::from_str(&format!(
+        "kind = \"discrete\"\nprediction = \"{prediction}\"\nschedule = \"{schedule}\"\nquantize = {quantize}"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn discrete_chains_and_their_times_are_k_diffusions() {
+    // Printed by k-diffusion 0.1.1's DiscreteSchedule (external.py) in float64 for the linear
+    // chain (1e-4 to 0.02, T = 1000): sigma_to_t, and with quantize=True.
+    let p = discrete("eps", "linear", false);
+    let (lo, hi) = p.sigma_range().unwrap();
+    assert!((lo / 0.010000500037502575 - 1.0).abs() < 1e-11, "{lo}");
+    assert!((hi / 157.40728081040757 - 1.0).abs() < 1e-11, "{hi}");
+    let sigma = Tensor::from_slice(&[0.005, 0.0101, 0.02, 0.5, 1.0, 14.6, 80.0, 157.0, 500.0]);
+    let ls = Tensor::from_slice(&p.levels().unwrap());
+    let want = [
+        0.0,
+        0.025122677635676438,
+        2.2878141132833267,
+        144.15387197413403,
+        258.09301969495516,
+        726.7528138630919,
+        929.6180579037473,
+        998.7435313358329,
+        999.0,
+    ];
+    for (g, w) in f64s(&discrete_time(&sigma, &ls, false)).iter().zip(want) {
+        assert!((g - w).abs() < 1e-9, "t {g} != {w}");
+    }
+    let want_q = [0.0, 0.0, 2.0, 144.0, 258.0, 727.0, 930.0, 999.0, 999.0];
+    assert_eq!(f64s(&discrete_time(&sigma, &ls, true)), want_q);
+    // The card's coefficients use that time, and the quantized one where asked.
+    let c = discrete("eps", "linear", true).coefs(&sigma);
+    assert_eq!(f64s(&c.noise), want_q);
+    // Latent Diffusion's scaled-linear chain (0.00085 to 0.012) and the cosine chain: levels
+    // 0, 499 and 999 as k-diffusion computes them from the alphas_cumprod (float64).
+    for (p, want) in [
+        (
+            toml::from_str::<Precond>(
+                "kind = \"discrete\"\nschedule = \"scaled-linear\"\nbeta_start = 0.00085\nbeta_end = 0.012",
+            )
+            .unwrap(),
+            [0.029167158151720367, 1.612886194303876, 14.614641229333639],
+        ),
+        (
+            discrete("eps", "squaredcos-cap-v2", false),
+            [0.006425412771142061, 1.0123895639480032, 20291.169610019886],
+        ),
+    ] {
+        let s = p.discrete_sigmas().unwrap();
+        for (g, w) in [s[0], s[499], s[999]].iter().zip(want) {
+            assert!((g / w - 1.0).abs() < 1e-12, "{g} != {w}");
+        }
+    }
+    // v-diffusion's time, atan(sigma) 2 / pi (k-diffusion's VDenoiser.sigma_to_t).
+    let v: Precond = toml::from_str("kind = \"v-diffusion\"").unwrap();
+    let want_v = [
+        0.0031830723364119386,
+        0.006429641077630776,
+        0.012730698201945594,
+        0.2951672353008665,
+        0.5,
+        0.9564639015103625,
+        0.992042667272551,
+        0.9959451518252151,
+        0.9987267621529134,
+    ];
+    for (g, w) in f64s(&v.coefs(&sigma).noise).iter().zip(want_v) {
+        assert!((g - w).abs() < 1e-15, "{g} != {w}");
+    }
+    // Bad chains are errors naming the key.
+    for (text, needle) in [
+        ("kind = \"discrete\"\ntimesteps = 1", "timesteps"),
+        ("kind = \"discrete\"\nbeta_start = 0.03", "beta_start"),
+        ("kind = \"discrete\"\nbeta_end = 1.0", "beta_end"),
+    ] {
+        let p: Precond = toml::from_str(text).unwrap();
+        let err = p.validate().unwrap_err().to_string();
+        assert!(err.contains(needle), "{text}: {err}");
+    }
+    assert!(toml::from_str::<Precond>("kind = \"discrete\"\nprediction = \"score\"").is_err());
+}
+
+/// The means of the built-in gmm8: 8 modes on a circle of radius 2 (`[8, 2]`). Made outside
+/// a trace: the tracer records a tensor made from host data as `zeros`.
+fn gmm8_means() -> Tensor {
+    let mu: Vec<f64> = (0..8)
+        .map(|k| 2.0 * PI * k as f64 / 8.0)
+        .flat_map(|a| [2.0 * a.cos(), 2.0 * a.sin()])
+        .collect();
+    Tensor::from_slice(&mu).view([8, 2]).to_kind(Kind::Float)
+}
+
+/// The exact denoiser of the built-in gmm8 (modes of std 0.2 at `mu`) at per-sample noise
+/// levels `sigma` (`[N, 1]`), in tensor ops that trace.
+fn gmm8_denoiser(x: &Tensor, sigma: &Tensor, mu: &Tensor) -> Tensor {
+    let var = sigma.square() + 0.04; // [N, 1]
+    let d2 = (x.unsqueeze(1) - mu.unsqueeze(0)).square().sum_dim_intlist(
+        &[2i64][..],
+        false,
+        Kind::Float,
+    ); // [N, 8]
+    let p = (-d2 / (&var * 2.0)).softmax(1, Kind::Float);
+    let m = p.matmul(mu);
+    (x * 0.04 + sigma.square() * m) / var
+}
+
+/// Trace a module `forward(x_in, c_noise) -> F` of the exact gmm8 denoiser, where `to_sigma`
+/// maps the time input (`[N]`) back to the noise level and `output` turns (x, D, sigma) into
+/// what the network predicts. `x_in = x / sqrt(sigma^2 + 1)` for every kind here.
+fn trace_gmm8(
+    path: &Path,
+    to_sigma: impl Fn(&Tensor) -> Tensor,
+    output: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+) {
+    let xin = Tensor::randn([4, 2], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[3.5f32, 100.25, 500.0, 998.0]);
+    let mu = gmm8_means();
+    let m = CModule::create_by_tracing("Gmm8", "forward", &[xin, t], &mut |ins| {
+        let sigma = to_sigma(&ins[1]).unsqueeze(1);
+        let x = &ins[0] * (sigma.square() + 1.0).sqrt();
+        let d = gmm8_denoiser(&x, &sigma, &mu);
+        vec![output(&x, &d, &sigma)]
+    })
+    .unwrap();
+    m.save(path).unwrap();
+}
+
+/// k-diffusion's `DiscreteSchedule.t_to_sigma` for a chain's `ln sigma_j`: the log-sigma
+/// interpolation between the levels around a fractional step.
+fn chain_sigma(p: &Precond) -> impl Fn(&Tensor) -> Tensor {
+    let ls = Tensor::from_slice(&p.levels().unwrap()).to_kind(Kind::Float);
+    move |t: &Tensor| {
+        let low = t.floor();
+        let w = t - &low;
+        let lo = ls.index_select(0, &low.to_kind(Kind::Int64));
+        let hi = ls.index_select(0, &t.ceil().to_kind(Kind::Int64));
+        (lo * (w.ones_like() - &w) + hi * &w).exp()
+    }
+}
+
+fn write_card(dir: &Path, name: &str, ts: &str, precond: &str, extra: &str) -> PathBuf {
+    let card = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &card,
+        format!("torchscript = \"{ts}\"\nshape = [2]\n{extra}\n[precond]\n{precond}\n"),
+    )
+    .unwrap();
+    card
+}
+
+fn sample(model: &[&str], solver: &str, range: (f64, f64), out: &Path) -> Vec<f32> {
+    let (lo, hi) = (range.0.to_string(), range.1.to_string());
+    let o = bin()
+        .arg("sample")
+        .args(model)
+        .args([
+            "--solver", solver, "--steps", "18", "--num", "256", "--seed", "5",
+        ])
+        .args(["--sigma-min", &lo, "--sigma-max", &hi, "--device", "cpu"])
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{model:?}: {}", stderr(&o));
+    let bytes = std::fs::read(out).unwrap();
+    let header = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[header..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn torchscript_eps_v_and_x0_networks_sample_as_the_exact_mixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let exact_at = |range: (f64, f64), solver: &str| {
+        sample(
+            &["--denoiser", "builtin:gmm8"],
+            solver,
+            range,
+            &d.join("exact.npy"),
+        )
+    };
+    // eps on DDPM's linear chain, v on Latent Diffusion's scaled-linear one, x0 on the cosine
+    // chain: each card's wrapper must undo exactly what its network predicts.
+    let linear = discrete("eps", "linear", false);
+    trace_gmm8(&d.join("eps.pt"), chain_sigma(&linear), |x, dd, s| {
+        (x - dd) / s
+    });
+    let scaled: Precond = toml::from_str(
+        "kind = \"discrete\"\nprediction = \"v\"\nschedule = \"scaled-linear\"\nbeta_start = 0.00085\nbeta_end = 0.012",
+    )
+    .unwrap();
+    // v = alpha eps - sigma_vp x0 with alpha = 1 / sqrt(s^2 + 1), sigma_vp = s alpha.
+    let v_of = |x: &Tensor, dd: &Tensor, s: &Tensor| {
+        let a = (s.square() + 1.0).rsqrt();
+        (x - dd) / s * &a - dd * s * &a
+    };
+    trace_gmm8(&d.join("v.pt"), chain_sigma(&scaled), v_of);
+    let cosine = discrete("x0", "squaredcos-cap-v2", false);
+    trace_gmm8(&d.join("x0.pt"), chain_sigma(&cosine), |_, dd, _| {
+        dd.shallow_clone()
+    });
+    trace_gmm8(&d.join("vd.pt"), |t| (t * (PI / 2.0)).tan(), v_of);
+    let cases = [
+        ("eps", "eps.pt", "kind = \"discrete\"", linear.sigma_range().unwrap()),
+        (
+            "v",
+            "v.pt",
+            "kind = \"discrete\"\nprediction = \"v\"\nschedule = \"scaled_linear\"\nbeta_start = 0.00085\nbeta_end = 0.012",
+            scaled.sigma_range().unwrap(),
+        ),
+        (
+            "x0",
+            "x0.pt",
+            "kind = \"discrete\"\nprediction = \"sample\"\nschedule = \"squaredcos_cap_v2\"",
+            (cosine.sigma_range().unwrap().0, 80.0),
+        ),
+        ("vd", "vd.pt", "kind = \"v-diffusion\"", (0.002, 80.0)),
+    ];
+    for (name, ts, precond, range) in cases {
+        let card = write_card(d, name, ts, precond, "");
+        for solver in ["heun", "dpmpp-2m", "euler-ancestral"] {
+            let got = sample(
+                &["--checkpoint", card.to_str().unwrap()],
+                solver,
+                range,
+                &d.join("x.npy"),
+            );
+            let want = exact_at(range, solver);
+            let diff = max_diff(&got, &want);
+            println!("{name} {solver}: {diff:.2e}");
+            assert!(diff < 2e-4, "{name} {solver}: {diff}");
+        }
+    }
+    // A control: the eps network read as v is not the mixture.
+    let wrong = write_card(
+        d,
+        "wrong",
+        "eps.pt",
+        "kind = \"discrete\"\nprediction = \"v\"",
+        "",
+    );
+    let range = linear.sigma_range().unwrap();
+    let got = sample(
+        &["--checkpoint", wrong.to_str().unwrap()],
+        "heun",
+        range,
+        &d.join("x.npy"),
+    );
+    assert!(max_diff(&got, &exact_at(range, "heun")) > 0.1);
+}
+
+#[test]
+fn an_experiment_runs_on_a_card_and_asks_for_data_where_its_metrics_need_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let linear = discrete("eps", "linear", false);
+    trace_gmm8(&d.join("eps.pt"), chain_sigma(&linear), |x, dd, s| {
+        (x - dd) / s
+    });
+    write_card(d, "nodata", "eps.pt", "kind = \"discrete\"", "");
+    write_card(
+        d,
+        "card",
+        "eps.pt",
+        "kind = \"discrete\"",
+        "[data]\nkind = \"gmm8\"\nnum = 4096",
+    );
+    let exp = |card: &str, metrics: &str, out: &str| {
+        let path = d.join(format!("{out}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "out_dir = \"{}\"\nnum = 256\nseeds = [0]\nsteps = [8, 16]\ndtype = \"float32\"\nreference_tol = 1e-4\nmetrics = [{metrics}]\nsamplers = [{{ kind = \"heun\" }}, {{ kind = \"dpmpp-2m\" }}]\n[model]\nkind = \"checkpoint\"\npath = \"{}\"\n[grid]\nsigma_min = 0.0101\nsigma_max = 150.0\n",
+                d.join(out).display(),
+                d.join(card).display()
+            ),
+        )
+        .unwrap();
+        bin().args(["run"]).arg(&path).output().unwrap()
+    };
+    let o = exp("nodata.toml", "\"rms\", \"sw2\"", "a");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("sw2") && stderr(&o).contains("[data]"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d.join("a").exists());
+    let o = exp("nodata.toml", "\"rms\"", "b");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = exp("card.toml", "\"rms\", \"sw2\"", "c");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(d.join("c/results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(d.join("c/quality_vs_nfe.png").exists());
+}
+
+#[test]
+fn bad_cards_are_one_line_errors_with_exit_code_2_and_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let linear = discrete("eps", "linear", false);
+    trace_gmm8(&d.join("eps.pt"), chain_sigma(&linear), |x, dd, s| {
+        (x - dd) / s
+    });
+    std::fs::write(d.join("corrupt.pt"), b"not a zip archive").unwrap();
+    // A module that returns the wrong shape, and one that takes a third input.
+    let m = CModule::create_by_tracing(
+        "Bad",
+        "forward",
+        &[
+            Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)),
+            Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+        ],
+        &mut |ins| vec![ins[0].sum_dim_intlist(&[1i64][..], true, Kind::Float)],
+    )
+    .unwrap();
+    m.save(d.join("shape.pt")).unwrap();
+    let m = CModule::create_by_tracing(
+        "Three",
+        "forward",
+        &[
+            Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)),
+            Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+            Tensor::zeros([2], (Kind::Float, Device::Cpu)),
+        ],
+        &mut |ins| vec![&ins[0] * ins[1].unsqueeze(1) * ins[2].unsqueeze(1)],
+    )
+    .unwrap();
+    m.save(d.join("three.pt")).unwrap();
+    let eps = "kind = \"discrete\"";
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (
+            write_card(d, "missing", "nowhere.pt", eps, ""),
+            "nowhere.pt does not exist",
+        ),
+        (
+            write_card(d, "corrupt", "corrupt.pt", eps, ""),
+            "cannot load TorchScript file",
+        ),
+        (
+            write_card(d, "shape", "shape.pt", eps, ""),
+            "returned shape [2, 1]",
+        ),
+        (write_card(d, "three", "three.pt", eps, ""), "test call"),
+        (
+            write_card(d, "unknown", "eps.pt", eps, "color = 1"),
+            "unknown field `color`",
+        ),
+        (
+            write_card(
+                d,
+                "badchain",
+                "eps.pt",
+                "kind = \"discrete\"\nbeta_end = 2.0",
+                "",
+            ),
+            "beta_end",
+        ),
+        (
+            write_card(d, "badkind", "eps.pt", "kind = \"ddpm\"", ""),
+            "unknown variant `ddpm`",
+        ),
+        (d.join("absent.toml"), "cannot read model card"),
+    ];
+    std::fs::write(
+        d.join("badshape.toml"),
+        "torchscript = \"eps.pt\"\nshape = [0]\n[precond]\nkind = \"eps\"\n",
+    )
+    .unwrap();
+    let mut cases = cases;
+    cases.push((d.join("badshape.toml"), "shape must be"));
+    for (card, needle) in cases {
+        let out = d.join("x.npy");
+        let o = bin()
+            .args([
+                "sample",
+                "--solver",
+                "heun",
+                "--steps",
+                "4",
+                "--num",
+                "8",
+                "--checkpoint",
+            ])
+            .arg(&card)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{}: {err}", card.display());
+        assert!(err.contains(needle), "{}: {err}", card.display());
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(!out.exists());
+    }
+    // nll needs the card's data.
+    let card = write_card(d, "eps", "eps.pt", eps, "");
+    let o = bin()
+        .args(["nll", "--num", "8", "--checkpoint"])
+        .arg(&card)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("[data]"), "{}", stderr(&o));
+}
+
+#[test]
+fn k_diffusions_model_wrappers_give_the_same_samples_as_cards() {
+    // experiments/peers/external_models.py: TorchScript modules (the exact mixture as discrete
+    // eps, v and x0 networks on the three chains, quantized, v-diffusion, and a traced conv net
+    // with learned variances) sampled by k-diffusion's DiscreteEpsDDPMDenoiser,
+    // DiscreteVDDPMDenoiser, VDenoiser and OpenAIDenoiser with sample_euler, sample_heun and
+    // sample_dpmpp_2m, and by scoreflow through the cards, from the same noise.
+    let (Ok(py), Ok(site)) = (
+        std::env::var("SCOREFLOW_PEERS_PYTHON"),
+        std::env::var("SCOREFLOW_PEERS_SITE"),
+    ) else {
+        println!(
+            "skipped: k-diffusion is not installed (scripts/test.sh installs it into .peers/site)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new(py)
+        .env("PYTHONPATH", site)
+        .arg(root.join("experiments/peers/external_models.py"))
+        .args(["--scoreflow", env!("CARGO_BIN_EXE_scoreflow"), "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    println!("{stdout}");
+    assert_eq!(o.status.code(), Some(0), "{stdout}\n{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("external.json")).unwrap(),
+    )
+    .unwrap();
+    let rows = v.as_array().unwrap();
+    // 6 models x 3 samplers against k-diffusion, 4 exact-mixture models x 3 against
+    // builtin:gmm8, 3 controls.
+    assert_eq!(rows.len(), 33, "{v}");
+    assert!(rows.iter().all(|r| r["ok"] == true), "{v}");
+    let controls: Vec<_> = rows.iter().filter(|r| r["control"] == true).collect();
+    assert_eq!(controls.len(), 3);
+    assert!(controls.iter().all(|r| r["diff"].as_f64().unwrap() > 0.1), "{v}");
+}
