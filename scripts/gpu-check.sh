@@ -34,7 +34,7 @@ export PYTHONPATH="$PWD/.peers/site${PYTHONPATH:+:$PYTHONPATH}"
 for part in $parts; do
   case "$part" in
   tests)
-    { device-bin/test-cli cuda --nocapture; device-bin/test-models cuda --nocapture; } 2>&1 | tee "$out/tests.log"
+    { device-bin/test-cli cuda --nocapture; device-bin/test-models cuda --nocapture; device-bin/test-cards cuda --nocapture; } 2>&1 | tee "$out/tests.log"
     ;;
   bench)
     : > "$out/bench.log"

@@ -10,7 +10,7 @@ cargo build --release --quiet
 mkdir -p device-bin .whl
 cp target/release/scoreflow device-bin/
 # Test executables (their paths to the binary and the repo are absolute; gpu-check.sh links them).
-for t in cli models; do
+for t in cli models cards; do
   exe=$(cargo test --release --no-run --message-format=json --test "$t" 2>/dev/null |
     python3 -c 'import json,sys; print([m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable")][-1])')
   cp "$exe" "device-bin/test-$t"

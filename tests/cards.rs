@@ -474,10 +474,9 @@ fn k_diffusions_model_wrappers_give_the_same_samples_as_cards() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     println!("{stdout}");
     assert_eq!(o.status.code(), Some(0), "{stdout}\n{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("external.json")).unwrap(),
-    )
-    .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("external.json")).unwrap())
+            .unwrap();
     let rows = v.as_array().unwrap();
     // 6 models x 3 samplers against k-diffusion, 4 exact-mixture models x 3 against
     // builtin:gmm8, 3 controls.
@@ -485,5 +484,145 @@ fn k_diffusions_model_wrappers_give_the_same_samples_as_cards() {
     assert!(rows.iter().all(|r| r["ok"] == true), "{v}");
     let controls: Vec<_> = rows.iter().filter(|r| r["control"] == true).collect();
     assert_eq!(controls.len(), 3);
-    assert!(controls.iter().all(|r| r["diff"].as_f64().unwrap() > 0.1), "{v}");
+    assert!(
+        controls.iter().all(|r| r["diff"].as_f64().unwrap() > 0.1),
+        "{v}"
+    );
+}
+
+/// Trace a class-conditional module `forward(x_in, t, labels)` on the linear chain: the exact
+/// eps of the gmm8 mode `label` alone (a Gaussian of std 0.2), or of the whole mixture for the
+/// label 8 ("no class").
+fn trace_conditional_gmm8(path: &Path) {
+    let linear = discrete("eps", "linear", false);
+    let to_sigma = chain_sigma(&linear);
+    let mu = gmm8_means();
+    let ins = [
+        Tensor::randn([4, 2], (Kind::Float, Device::Cpu)),
+        Tensor::from_slice(&[3.5f32, 100.25, 500.0, 998.0]),
+        Tensor::from_slice(&[0i64, 3, 8, 5]),
+    ];
+    let m = CModule::create_by_tracing("Cond", "forward", &ins, &mut |ins| {
+        let sigma = to_sigma(&ins[1]).unsqueeze(1);
+        let x = &ins[0] * (sigma.square() + 1.0).sqrt();
+        let var = sigma.square() + 0.04;
+        let d2 = (x.unsqueeze(1) - mu.unsqueeze(0)).square().sum_dim_intlist(
+            &[2i64][..],
+            false,
+            Kind::Float,
+        );
+        let logits = -d2 / (&var * 2.0);
+        let modes = Tensor::arange(8, (Kind::Int64, Device::Cpu)).unsqueeze(0);
+        let label = ins[2].unsqueeze(1);
+        let keep = modes.eq_tensor(&label).logical_or(&label.eq(8));
+        let logits = logits.where_self(&keep, &(logits.zeros_like() - 1e9));
+        let m = logits.softmax(1, Kind::Float).matmul(&mu);
+        let d = (&x * 0.04 + sigma.square() * m) / var;
+        vec![(x - d) / sigma]
+    })
+    .unwrap();
+    m.save(path).unwrap();
+}
+
+#[test]
+fn a_class_conditional_card_takes_labels_and_guidance() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    trace_conditional_gmm8(&d.join("cond.pt"));
+    let card = write_card(d, "cond", "cond.pt", "kind = \"discrete\"", "classes = 8");
+    let range = discrete("eps", "linear", false).sigma_range().unwrap();
+    let card_arg = ["--checkpoint", card.to_str().unwrap()];
+    // Unconditional: the whole mixture (the module gets label 8).
+    let uncond = sample(&card_arg, "heun", range, &d.join("u.npy"));
+    let exact = sample(
+        &["--denoiser", "builtin:gmm8"],
+        "heun",
+        range,
+        &d.join("e.npy"),
+    );
+    assert!(max_diff(&uncond, &exact) < 2e-4);
+    // Class 3, with and without guidance: every sample near mode 3, (2 cos 3pi/4, 2 sin 3pi/4).
+    let m3 = (2.0 * (3.0 * PI / 4.0).cos(), 2.0 * (3.0 * PI / 4.0).sin());
+    for guidance in ["1", "2.5"] {
+        let mut args = card_arg.to_vec();
+        args.extend(["--class", "3", "--guidance", guidance]);
+        let x = sample(&args, "heun", range, &d.join("c.npy"));
+        let far = x
+            .chunks(2)
+            .map(|p| ((p[0] as f64 - m3.0).powi(2) + (p[1] as f64 - m3.1).powi(2)).sqrt())
+            .fold(0.0, f64::max);
+        assert!(far < 1.2, "guidance {guidance}: a sample {far} from mode 3");
+    }
+    // A class the card does not have is an error.
+    let o = bin()
+        .args([
+            "sample", "--solver", "heun", "--steps", "4", "--num", "8", "--class", "8",
+        ])
+        .args(card_arg)
+        .arg("--out")
+        .arg(d.join("bad.npy"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn cards_on_cuda_agree_with_the_cpu_with_and_without_graphs() {
+    if !tch::Cuda::is_available() {
+        println!(
+            "skipped: no CUDA device on this machine (the same test runs where one is present)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let linear = discrete("eps", "linear", false);
+    trace_gmm8(&d.join("eps.pt"), chain_sigma(&linear), |x, dd, s| {
+        (x - dd) / s
+    });
+    let card = write_card(d, "eps", "eps.pt", "kind = \"discrete\"", "");
+    let range = linear.sigma_range().unwrap();
+    for solver in ["heun", "dpmpp-2m", "euler-ancestral"] {
+        let cpu = sample(
+            &["--checkpoint", card.to_str().unwrap()],
+            solver,
+            range,
+            &d.join("a.npy"),
+        );
+        for graphs in ["on", "off"] {
+            let (lo, hi) = (range.0.to_string(), range.1.to_string());
+            let out = d.join("b.npy");
+            let o = bin()
+                .env("SCOREFLOW_CUDA_GRAPHS", graphs)
+                .args([
+                    "sample",
+                    "--checkpoint",
+                    card.to_str().unwrap(),
+                    "--solver",
+                    solver,
+                ])
+                .args([
+                    "--steps", "18", "--num", "256", "--seed", "5", "--device", "cuda",
+                ])
+                .args(["--sigma-min", &lo, "--sigma-max", &hi, "--out"])
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            assert!(
+                !stderr(&o).contains("capture"),
+                "graphs {graphs}: {}",
+                stderr(&o)
+            );
+            let bytes = std::fs::read(&out).unwrap();
+            let header = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+            let cuda: Vec<f32> = bytes[header..]
+                .chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            let diff = max_diff(&cpu, &cuda);
+            println!("{solver} graphs {graphs}: {diff:.2e}");
+            assert!(diff < 2e-3, "{solver} graphs {graphs}: {diff}");
+        }
+    }
 }
