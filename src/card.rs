@@ -104,7 +104,7 @@ pub fn load(path: &Path, dev: Device) -> Result<(Network, ModelCard)> {
             "model card {}: cannot load TorchScript file {} (corrupt, or not saved by torch.jit): {}",
             path.display(),
             ts.display(),
-            first_line(&e.to_string())
+            crate::nn::torch_message(&e.to_string())
         )
     })?;
     module.to(dev, Kind::Float, false);
@@ -132,20 +132,10 @@ pub fn load(path: &Path, dev: Device) -> Result<(Network, ModelCard)> {
             } else {
                 ""
             },
-            first_line(&e.to_string())
+            e
         )
     })?;
     Ok((net, card))
-}
-
-/// The first line of a libtorch error (the rest is its C++ backtrace).
-fn first_line(s: &str) -> String {
-    let s = s.trim_start_matches("Torch(\"").trim_start();
-    s.lines()
-        .next()
-        .unwrap_or("")
-        .trim_end_matches("\")")
-        .to_string()
 }
 
 /// A trained network to sample: a scoreflow checkpoint (its EMA weights) or a model card,

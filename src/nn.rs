@@ -629,7 +629,12 @@ impl Network {
                     Some(l) => module.forward_ts(&[&xin, &c.noise, l]),
                     None => module.forward_ts(&[&xin, &c.noise]),
                 }
-                .map_err(|e| SolverError::Model(format!("the TorchScript module failed: {e}")))?;
+                .map_err(|e| {
+                    SolverError::Model(format!(
+                        "the TorchScript module failed: {}",
+                        torch_message(&e.to_string())
+                    ))
+                })?;
                 let out = if *learned_sigmas && out.dim() >= 2 && out.size()[1] > 0 {
                     let c = out.size()[1];
                     out.narrow(1, 0, c / 2)
@@ -680,6 +685,30 @@ impl Denoiser for Network {
             self.try_forward(&x.to_device(self.device), &sigma_batch(sigma, x), None)
         })?;
         Ok(out.to_device(x.device()).to_kind(x.kind()))
+    }
+}
+
+/// One line from a libtorch error: for an exception raised in TorchScript code, its last
+/// `...Error: ...` line and where in the module's original source it was raised; otherwise the
+/// first line (the rest is a C++ backtrace).
+pub fn torch_message(s: &str) -> String {
+    let s = s.trim_start_matches("Internal torch error: ");
+    let lines: Vec<&str> = s.lines().collect();
+    let error = lines.iter().rev().find(|l| {
+        l.split_once(": ")
+            .is_some_and(|(head, _)| head.ends_with("Error") && !head.contains(' '))
+    });
+    match error {
+        Some(e) => {
+            let place = lines
+                .iter()
+                .rev()
+                .find(|l| l.trim_start().starts_with("File \""))
+                .map(|l| format!(" (at {})", l.trim()))
+                .unwrap_or_default();
+            format!("{}{place}", e.trim())
+        }
+        None => lines.first().unwrap_or(&"").trim().to_string(),
     }
 }
 

@@ -383,7 +383,7 @@ fn bad_cards_are_one_line_errors_with_exit_code_2_and_no_output() {
             write_card(d, "shape", "shape.pt", eps, ""),
             "returned shape [2, 1]",
         ),
-        (write_card(d, "three", "three.pt", eps, ""), "test call"),
+        (write_card(d, "three", "three.pt", eps, ""), "is missing value for argument"),
         (
             write_card(d, "unknown", "eps.pt", eps, "color = 1"),
             "unknown field `color`",
