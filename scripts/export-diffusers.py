@@ -58,8 +58,9 @@ PEERS_DIFFUSERS = os.path.join(REPO, ".peers", "diffusers")
 SCHEDULES = {"linear": "linear", "scaled_linear": "scaled-linear", "squaredcos_cap_v2": "squaredcos-cap-v2"}
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 # Scheduler config keys the card takes (the rest are listed in the card as ignored).
+# (rescale_betas_zero_snr and timestep_type are checked: true and "continuous" are refused.)
 USED_KEYS = {"num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type", "variance_type",
-             "trained_betas", "_class_name", "_diffusers_version"}
+             "trained_betas", "rescale_betas_zero_snr", "timestep_type", "_class_name", "_diffusers_version"}
 # Agreement of the trace with the eager UNet on fresh inputs (relative to max |output|).
 TRACE_TOL = 1e-4
 
@@ -99,7 +100,8 @@ def read_json(path, what):
 
 def locate(a):
     """(folder given to from_pretrained, subfolder or None, the UNet's config.json, the scheduler
-    config's path)."""
+    config's path: --scheduler-config, else MODEL_DIR/scheduler/scheduler_config.json, which
+    main checks after the UNet's config, so that a UNet out of scope is named first)."""
     if not os.path.isdir(a.model_dir):
         fail(f"{a.model_dir} is not a folder")
     if a.subfolder is not None:
@@ -122,9 +124,6 @@ def locate(a):
             fail(f"--scheduler-config {a.scheduler_config}: no such file")
     else:
         sched = os.path.join(a.model_dir, "scheduler", "scheduler_config.json")
-        if not os.path.isfile(sched):
-            fail(f"{a.model_dir} has no scheduler/scheduler_config.json (a bare UNet folder?): "
-                 f"pass --scheduler-config PATH, the scheduler config the model was trained with")
     return a.model_dir, subfolder, unet_config, sched
 
 
@@ -136,10 +135,10 @@ def check_unet_config(cfg, path):
              f"scope for now: only unconditional UNet2DModels are exported")
     if cls is not None and cls != "UNet2DModel":
         fail(f"{path}: {cls} is not a UNet2DModel (only unconditional UNet2DModels are exported for now)")
-    if cfg.get("num_class_embeds") is not None or cfg.get("class_embed_type") is not None:
-        fail(f"{path}: a class-conditional UNet2DModel (num_class_embeds = {cfg.get('num_class_embeds')}, "
-             f"class_embed_type = {cfg.get('class_embed_type')}) is out of scope for now: only unconditional "
-             f"UNet2DModels are exported")
+    cond = [f"{k} = {json.dumps(cfg[k])}" for k in ("num_class_embeds", "class_embed_type") if cfg.get(k) is not None]
+    if cond:
+        fail(f"{path}: a class-conditional UNet2DModel ({', '.join(cond)}) is out of scope for now: only "
+             f"unconditional UNet2DModels are exported")
     if cfg.get("time_embedding_type", "positional") == "fourier":
         fail(f"{path}: time_embedding_type = \"fourier\" (a score-SDE VE UNet whose time input is sigma, not a step "
              f"of a beta chain) is out of scope for now")
@@ -190,8 +189,8 @@ def scheduler_settings(diffusers, cfg, path):
     ignored = {k: v for k, v in cfg.items() if k not in USED_KEYS}
     if "variance_type" in cfg and variance not in ("learned", "learned_range"):
         ignored["variance_type"] = variance  # a fixed variance: what DDPM's ancestral step would add
-    return {"class": cls_name, "timesteps": timesteps, "schedule": schedule, "beta_start": float(beta_start),
-            "beta_end": float(beta_end), "prediction": PREDICTIONS[prediction],
+    return {"class": cls_name, "timesteps": timesteps, "schedule": schedule, "beta_start": beta_start,
+            "beta_end": beta_end, "prediction": PREDICTIONS[prediction],
             "variance": variance, "learned": variance in ("learned", "learned_range"), "ignored": ignored}
 
 
@@ -284,12 +283,20 @@ def card_text(source, s, shape, sigmas, quantize):
     lines = [
         "# scoreflow model card of a diffusers UNet2DModel, written by scripts/export-diffusers.py (docs/models.md)",
         f"# from {source}",
-        f"# scheduler: {s['class'] or '(no _class_name)'}; the chain's noise range (sigma_0 and sigma_{{T-1}}, float64):",
+        f"# scheduler: {s['class'] or '(no _class_name)'}",
+        "# the chain's noise range (sigma_0 and sigma_{T-1}, float64), where to sample:",
         f"#   --sigma-min {lo!r} --sigma-max {hi!r}",
     ]
     if s["ignored"]:
-        opts = ", ".join(f"{k} = {toml_value(v) if v is not None else 'null'}" for k, v in sorted(s["ignored"].items()))
-        lines.append(f"# scheduler options scoreflow ignores: {opts}")
+        lines.append("# scheduler options scoreflow ignores (it has no clipping, thresholding or step spacing):")
+        opts = [f"{k} = {toml_value(v) if v is not None else 'null'}" for k, v in sorted(s["ignored"].items())]
+        line = "#  "
+        for o in opts:  # a few to a line
+            if len(line) + len(o) > 98 and line != "#  ":
+                lines.append(line)
+                line = "#  "
+            line += f" {o},"
+        lines.append(line.rstrip(","))
     lines += [
         'torchscript = "unet.pt"',
         f"shape = {json.dumps(list(shape))}",
@@ -301,7 +308,7 @@ def card_text(source, s, shape, sigmas, quantize):
         f"schedule = \"{SCHEDULES[s['schedule']]}\"",
     ]
     if s["schedule"] != "squaredcos_cap_v2":  # the cosine chain has no betas to give
-        lines += [f"beta_start = {s['beta_start']!r}", f"beta_end = {s['beta_end']!r}"]
+        lines += [f"beta_start = {float(s['beta_start'])!r}", f"beta_end = {float(s['beta_end'])!r}"]
     lines += [f"timesteps = {s['timesteps']}", f"quantize = {toml_value(quantize)}"]
     return "\n".join(lines) + "\n"
 
@@ -323,6 +330,9 @@ def main():
     model_dir, subfolder, unet_config_path, sched_path = locate(a)
     unet_cfg = read_json(unet_config_path, "UNet config")
     check_unet_config(unet_cfg, unet_config_path)
+    if not os.path.isfile(sched_path):
+        fail(f"{model_dir} has no scheduler/scheduler_config.json (a bare UNet folder?): pass --scheduler-config PATH, "
+             f"the scheduler config the model was trained with")
     diffusers = import_diffusers()
     s = scheduler_settings(diffusers, read_json(sched_path, "scheduler config"), sched_path)
 

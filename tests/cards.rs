@@ -383,7 +383,10 @@ fn bad_cards_are_one_line_errors_with_exit_code_2_and_no_output() {
             write_card(d, "shape", "shape.pt", eps, ""),
             "returned shape [2, 1]",
         ),
-        (write_card(d, "three", "three.pt", eps, ""), "is missing value for argument"),
+        (
+            write_card(d, "three", "three.pt", eps, ""),
+            "is missing value for argument",
+        ),
         (
             write_card(d, "unknown", "eps.pt", eps, "color = 1"),
             "unknown field `color`",
@@ -625,4 +628,53 @@ fn cards_on_cuda_agree_with_the_cpu_with_and_without_graphs() {
             assert!(diff < 2e-3, "{solver} graphs {graphs}: {diff}");
         }
     }
+}
+
+#[test]
+fn a_diffusers_unet_exported_by_the_script_samples_as_diffusers_schedulers() {
+    // scripts/export-diffusers.py on tiny random diffusers UNet2DModels (eps on the linear
+    // chain, v on scaled-linear, learned variances on the cosine chain, x0 on a rectangular
+    // image), then experiments/peers/diffusers_models.py: diffusers' EulerDiscreteScheduler,
+    // HeunDiscreteScheduler and DPMSolverMultistepScheduler (Karras sigmas) against
+    // `scoreflow sample --checkpoint CARD` from the same start.
+    let Ok(py) = std::env::var("SCOREFLOW_PEERS_PYTHON") else {
+        println!(
+            "skipped: no python with torch given (scripts/test.sh sets SCOREFLOW_PEERS_PYTHON)"
+        );
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let has_diffusers = Command::new(&py)
+        .env("PYTHONPATH", root.join(".peers/diffusers"))
+        .args(["-c", "import diffusers"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_diffusers {
+        println!("skipped: diffusers cannot be imported (scripts/peers-setup.sh installs it into .peers/diffusers)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(py)
+        .current_dir(root)
+        .arg(root.join("experiments/peers/diffusers_models.py"))
+        .args(["--scoreflow", env!("CARGO_BIN_EXE_scoreflow"), "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    println!("{stdout}");
+    assert_eq!(o.status.code(), Some(0), "{stdout}\n{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("diffusers.json")).unwrap())
+            .unwrap();
+    let rows = v.as_array().unwrap();
+    // 4 models x 3 samplers, and diffusers' DPM-Solver with its rounded timesteps against
+    // cards with quantize = true (3 models); 3 controls that must disagree; "info" rows are
+    // reported, not judged.
+    let checks: Vec<_> = rows.iter().filter(|r| r["kind"] == "check").collect();
+    assert_eq!(checks.len(), 15, "{v}");
+    assert!(checks.iter().all(|r| r["ok"] == true), "{v}");
+    let controls: Vec<_> = rows.iter().filter(|r| r["control"] == true).collect();
+    assert_eq!(controls.len(), 3, "{v}");
+    assert!(controls.iter().all(|r| r["ok"] == true), "{v}");
 }
