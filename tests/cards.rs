@@ -449,6 +449,33 @@ fn bad_cards_are_one_line_errors_with_exit_code_2_and_no_output() {
     assert!(stderr(&o).contains("[data]"), "{}", stderr(&o));
 }
 
+/// `PY experiments/peers/SCRIPT --scoreflow BIN --out DIR` (with `PYTHONPATH` where given),
+/// which must exit 0; the JSON file it wrote into DIR.
+fn run_check_script(
+    py: &str,
+    pythonpath: Option<&str>,
+    script: &str,
+    json: &str,
+) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new(py);
+    if let Some(p) = pythonpath {
+        cmd.env("PYTHONPATH", p);
+    }
+    let o = cmd
+        .current_dir(root)
+        .arg(root.join("experiments/peers").join(script))
+        .args(["--scoreflow", env!("CARGO_BIN_EXE_scoreflow"), "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    println!("{stdout}");
+    assert_eq!(o.status.code(), Some(0), "{stdout}\n{}", stderr(&o));
+    serde_json::from_str(&std::fs::read_to_string(dir.path().join(json)).unwrap()).unwrap()
+}
+
 #[test]
 fn k_diffusions_model_wrappers_give_the_same_samples_as_cards() {
     // experiments/peers/external_models.py: TorchScript modules (the exact mixture as discrete
@@ -465,21 +492,7 @@ fn k_diffusions_model_wrappers_give_the_same_samples_as_cards() {
         );
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let o = Command::new(py)
-        .env("PYTHONPATH", site)
-        .arg(root.join("experiments/peers/external_models.py"))
-        .args(["--scoreflow", env!("CARGO_BIN_EXE_scoreflow"), "--out"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    println!("{stdout}");
-    assert_eq!(o.status.code(), Some(0), "{stdout}\n{}", stderr(&o));
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("external.json")).unwrap())
-            .unwrap();
+    let v = run_check_script(&py, Some(&site), "external_models.py", "external.json");
     let rows = v.as_array().unwrap();
     // 6 models x 3 samplers against k-diffusion, 4 exact-mixture models x 3 against
     // builtin:gmm8, 3 controls.
@@ -653,20 +666,7 @@ fn a_diffusers_unet_exported_by_the_script_samples_as_diffusers_schedulers() {
         println!("skipped: diffusers cannot be imported (scripts/peers-setup.sh installs it into .peers/diffusers)");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(py)
-        .current_dir(root)
-        .arg(root.join("experiments/peers/diffusers_models.py"))
-        .args(["--scoreflow", env!("CARGO_BIN_EXE_scoreflow"), "--out"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    println!("{stdout}");
-    assert_eq!(o.status.code(), Some(0), "{stdout}\n{}", stderr(&o));
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("diffusers.json")).unwrap())
-            .unwrap();
+    let v = run_check_script(&py, None, "diffusers_models.py", "diffusers.json");
     let rows = v.as_array().unwrap();
     // 4 models x 3 samplers, and diffusers' DPM-Solver with its rounded timesteps against
     // cards with quantize = true (3 models); 3 controls that must disagree; "info" rows are

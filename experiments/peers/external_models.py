@@ -43,7 +43,6 @@ and `k_diffusion/external.py` are loaded by file path (as peers.py loads samplin
 """
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -56,6 +55,8 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+import kdiffusion_files  # this folder, next to this script
 
 SAMPLERS = {"euler": "sample_euler", "heun": "sample_heun", "dpmpp-2m": "sample_dpmpp_2m"}
 
@@ -71,38 +72,9 @@ def fail(msg):
 
 
 def load_kdiffusion():
-    """k-diffusion's sampling.py and external.py, loaded by file path under their package names
-    (external.py imports `sampling` and `utils` relatively)."""
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        fail("k-diffusion is not installed (put .peers/site on PYTHONPATH; scripts/peers.sh installs it)")
-    root = list(spec.submodule_search_locations)[0]
-    pkg = types.ModuleType("k_diffusion")
-    pkg.__path__ = [root]
-    sys.modules["k_diffusion"] = pkg
-
-    def load(name, file):
-        s = importlib.util.spec_from_file_location(name, os.path.join(root, file))
-        m = importlib.util.module_from_spec(s)
-        sys.modules[name] = m
-        s.loader.exec_module(m)
-        return m
-
-    try:
-        utils = load("k_diffusion.utils", "utils.py")
-        utils_note = "k_diffusion/utils.py"
-    except ImportError as e:
-        utils = types.ModuleType("k_diffusion.utils")
-
-        def append_dims(x, target_dims):
-            return x.reshape(tuple(x.shape) + (1,) * (target_dims - x.ndim))
-
-        utils.append_dims = append_dims
-        sys.modules["k_diffusion.utils"] = utils
-        utils_note = f"stand-in append_dims ({e})"
-    pkg.utils = utils
-    pkg.sampling = load("k_diffusion.sampling", "sampling.py")
-    pkg.external = load("k_diffusion.external", "external.py")
+    """k-diffusion's sampling.py and external.py, by file path (kdiffusion_files.py; external.py
+    imports `sampling` and `utils` relatively)."""
+    pkg, root, utils_note = kdiffusion_files.load(fail, ("sampling.py", "external.py"))
     return pkg.sampling, pkg.external, root, utils_note
 
 

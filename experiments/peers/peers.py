@@ -25,7 +25,6 @@ torchvision, say) the one helper sampling.py takes from it, `append_dims`, is pr
 """
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -41,6 +40,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+import kdiffusion_files  # this folder, next to this script
+
 
 def fail(msg):
     """Bad input or a failed step: the message on stderr, exit code 2 (as scoreflow's own
@@ -53,36 +54,9 @@ def fail(msg):
 
 
 def load_kdiffusion_sampling():
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        fail("k-diffusion is not installed (scripts/peers.sh installs it)")
-    root = list(spec.submodule_search_locations)[0]
-    pkg = types.ModuleType("k_diffusion")
-    pkg.__path__ = [root]
-    sys.modules["k_diffusion"] = pkg
-
-    def load(name, file):
-        s = importlib.util.spec_from_file_location(name, os.path.join(root, file))
-        m = importlib.util.module_from_spec(s)
-        sys.modules[name] = m
-        s.loader.exec_module(m)
-        return m
-
-    try:
-        utils = load("k_diffusion.utils", "utils.py")
-        utils_note = "k_diffusion/utils.py"
-    except ImportError as e:
-        utils = types.ModuleType("k_diffusion.utils")
-
-        def append_dims(x, target_dims):
-            return x.reshape(tuple(x.shape) + (1,) * (target_dims - x.ndim))
-
-        utils.append_dims = append_dims
-        sys.modules["k_diffusion.utils"] = utils
-        utils_note = f"stand-in append_dims ({e})"
-    pkg.utils = utils
-    sampling = load("k_diffusion.sampling", "sampling.py")
-    return sampling, root, utils_note
+    """k-diffusion's sampling.py, by file path (kdiffusion_files.py)."""
+    pkg, root, utils_note = kdiffusion_files.load(fail)
+    return pkg.sampling, root, utils_note
 
 
 def load_diffusers_schedulers(site):
