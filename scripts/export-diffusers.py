@@ -284,8 +284,10 @@ def card_text(source, s, shape, sigmas, quantize):
         "# scoreflow model card of a diffusers UNet2DModel, written by scripts/export-diffusers.py (docs/models.md)",
         f"# from {source}",
         f"# scheduler: {s['class'] or '(no _class_name)'}",
-        "# the chain's noise range (sigma_0 and sigma_{T-1}, float64), where to sample:",
-        f"#   --sigma-min {lo!r} --sigma-max {hi!r}",
+        "# the chain's noise range (sigma_0 and sigma_{T-1}, float64), where scoreflow sample and bench",
+        "# sample unless --sigma-min/--sigma-max say otherwise (an experiment's [grid] takes them as:)",
+        f"#   sigma_min = {lo!r}",
+        f"#   sigma_max = {hi!r}",
     ]
     if s["ignored"]:
         lines.append("# scheduler options scoreflow ignores (it has no clipping, thresholding or step spacing):")

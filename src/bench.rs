@@ -70,13 +70,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .collect::<Result<_, _>>()?,
     };
     let sde = job::sde_from_name(&a.grid.sde)?;
-    let sigmas = a.grid.sigmas(sde.as_ref(), a.steps)?;
+    a.grid.kind()?;
     let dev = device::parse(&a.device)?;
     let kind = job::kind_from_name(&a.dtype)?;
     let (exact, trained) = match &a.checkpoint {
         Some(p) => (None, Some(crate::card::load_trained(p, dev)?.model)),
         None => (Some(model::parse(&a.denoiser, dev)?), None),
     };
+    let sigmas = a.grid.sigmas_within(
+        sde.as_ref(),
+        a.steps,
+        trained.as_ref().map(|t| &t.net.precond),
+    )?;
     let (den, shape, what): (&dyn Denoiser, Vec<i64>, String) = match (&exact, &trained) {
         (Some(m), _) => (m.denoiser(), vec![m.dim() as i64], a.denoiser.clone()),
         (None, Some(t)) => (

@@ -43,7 +43,8 @@ pub struct ModelCard {
     #[serde(default)]
     pub learned_sigmas: bool,
     pub precond: Precond,
-    /// Data the model was trained on, for the metrics that compare with data and for `nll`.
+    /// Data the model was trained on, for the metrics that compare with data and for `nll` (a
+    /// data file's path, like `torchscript`, relative to the card's folder).
     #[serde(default)]
     pub data: Option<DataConfig>,
     /// Seed of `data` (for the data kinds that draw samples).
@@ -78,9 +79,24 @@ impl ModelCard {
             ))
             .with_context(ctx);
         }
-        if card.torchscript.is_relative() {
-            if let Some(dir) = path.parent() {
-                card.torchscript = dir.join(&card.torchscript);
+        // Paths in a card are relative to its folder.
+        if let Some(dir) = path.parent() {
+            let resolve = |p: &mut PathBuf| {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            };
+            resolve(&mut card.torchscript);
+            match &mut card.data {
+                Some(DataConfig::Mixture { path, .. })
+                | Some(DataConfig::Digits { path: Some(path) }) => resolve(path),
+                Some(DataConfig::Npy { path, labels }) => {
+                    resolve(path);
+                    if let Some(l) = labels {
+                        resolve(l);
+                    }
+                }
+                _ => {}
             }
         }
         Ok(card)

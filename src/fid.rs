@@ -142,6 +142,12 @@ pub fn eval_digits(a: EvalDigitsArgs) -> Result<()> {
     }
     let dev = device::parse(&a.device)?;
     let digits = data::read_digits(&data::default_digits_path())?;
+    if crate::card::is_card(&a.checkpoint) {
+        bail!(
+            "eval-digits needs a checkpoint trained by scoreflow on the digits; {} is a model card",
+            a.checkpoint.display()
+        );
+    }
     let (m, cfg) = train::load_for_sampling(&a.checkpoint, dev)?;
     if m.net.shape != digits.shape() {
         bail!(

@@ -35,19 +35,26 @@ pub fn kind_from_name(name: &str) -> Result<Kind> {
 /// The noise-level grid options shared by the commands.
 #[derive(Args, Clone, Debug)]
 pub struct GridArgs {
-    /// Smallest nonzero noise level.
-    #[arg(long, default_value_t = 0.002)]
-    pub sigma_min: f64,
-    /// Largest noise level (where sampling starts).
-    #[arg(long, default_value_t = 80.0)]
-    pub sigma_max: f64,
+    /// Smallest nonzero noise level [default: 0.002, or the lowest level a trained network
+    /// has (VP, iDDPM, a discrete chain)].
+    #[arg(long)]
+    pub sigma_min: Option<f64>,
+    /// Largest noise level, where sampling starts [default: 80, or the highest level a trained
+    /// network has].
+    #[arg(long)]
+    pub sigma_max: Option<f64>,
     /// Exponent of the karras and poly-t grids (7 by default) and of the poly-exponential grid
     /// (1 by default); an error with the other grids.
     #[arg(long)]
     pub rho: Option<f64>,
-    /// Grid placement: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential or beta.
+    /// Grid placement: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta, or
+    /// ddpm-leading, ddpm-trailing, ddpm-linspace (diffusers' timestep spacings on a discrete
+    /// chain: a model card's, else DDPM's linear one).
     #[arg(long, default_value = "karras")]
     pub grid: String,
+    /// ddpm-leading: diffusers' steps_offset, added to every timestep (Stable Diffusion's is 1).
+    #[arg(long)]
+    pub steps_offset: Option<usize>,
     /// Forward process: edm, ve, vp, vp-cosine or subvp.
     #[arg(long, default_value = "edm")]
     pub sde: String,
@@ -55,16 +62,58 @@ pub struct GridArgs {
 
 impl GridArgs {
     pub fn kind(&self) -> Result<GridKind> {
-        Ok(GridKind::from_name(&self.grid, self.rho)?)
+        let mut kind = GridKind::from_name(&self.grid, self.rho)?;
+        if let Some(o) = self.steps_offset {
+            match &mut kind {
+                GridKind::Timesteps { steps_offset, .. } => *steps_offset = o,
+                _ => bail!(
+                    "--steps-offset applies to the ddpm-* grids, not {}",
+                    self.grid
+                ),
+            }
+        }
+        Ok(kind)
     }
     pub fn sigmas(&self, sde: &dyn Sde, steps: usize) -> Result<Vec<f64>> {
-        Ok(grid::sigmas(
-            &self.kind()?,
-            steps,
-            self.sigma_min,
-            self.sigma_max,
-            sde,
-        )?)
+        self.sigmas_within(sde, steps, None)
+    }
+    /// The ends of the grid: the flags, else the model's range where it has one (the levels a
+    /// VP, iDDPM or discrete-chain network was trained on), else 0.002 and 80.
+    pub fn range(&self, model: Option<(f64, f64)>) -> (f64, f64) {
+        let (lo, hi) = model.unwrap_or((0.002, 80.0));
+        (self.sigma_min.unwrap_or(lo), self.sigma_max.unwrap_or(hi))
+    }
+    /// [`Self::sigmas`] for a trained network's preconditioning: the ends of [`Self::range`]
+    /// with its noise range, and the `ddpm-*` grids on its chain where it has one (a model
+    /// card's `discrete` preconditioning).
+    pub fn sigmas_within(
+        &self,
+        sde: &dyn Sde,
+        steps: usize,
+        model: Option<&crate::precond::Precond>,
+    ) -> Result<Vec<f64>> {
+        let (lo, hi) = self.range(model.and_then(|p| p.sigma_range()));
+        let mut kind = self.kind()?;
+        if let (
+            GridKind::Timesteps {
+                schedule,
+                beta_start,
+                beta_end,
+                timesteps,
+                ..
+            },
+            Some(crate::precond::Precond::Discrete {
+                schedule: s,
+                beta_start: b0,
+                beta_end: b1,
+                timesteps: t,
+                ..
+            }),
+        ) = (&mut kind, model)
+        {
+            (*schedule, *beta_start, *beta_end, *timesteps) = (*s, *b0, *b1, *t);
+        }
+        Ok(grid::sigmas(&kind, steps, lo, hi, sde)?)
     }
 }
 

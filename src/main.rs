@@ -217,7 +217,7 @@ fn sample(a: SampleArgs) -> Result<()> {
         bail!("--steps must be at least 1");
     }
     let sde = job::sde_from_name(&a.grid.sde)?;
-    let sigmas = a.grid.sigmas(sde.as_ref(), a.steps)?;
+    a.grid.kind()?;
     let dev = device::parse(&a.device)?;
     let kind = job::kind_from_name(&a.dtype)?;
     let (exact, trained) = match (&a.denoiser, &a.checkpoint) {
@@ -225,6 +225,12 @@ fn sample(a: SampleArgs) -> Result<()> {
         (None, Some(path)) => (None, Some(scoreflow::card::load_trained(path, dev)?.model)),
         (None, None) => bail!("give --denoiser or --checkpoint"),
     };
+    // A trained network samples in its own noise range unless the flags say otherwise.
+    let sigmas = a.grid.sigmas_within(
+        sde.as_ref(),
+        a.steps,
+        trained.as_ref().map(|t| &t.net.precond),
+    )?;
     if let Some(w) = a.guidance.filter(|w| !w.is_finite()) {
         bail!("--guidance must be finite, got {w}");
     }
@@ -307,6 +313,8 @@ fn sample(a: SampleArgs) -> Result<()> {
         "device": device::name(dev),
         "sde": sde.name(),
         "grid": a.grid.grid,
+        "sigma_min": sigmas[sigmas.len() - 2],
+        "sigma_max": sigmas[0],
         "num": n,
         "out": a.out.display().to_string(),
     });

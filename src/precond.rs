@@ -49,20 +49,7 @@ pub enum Prediction {
     V,
 }
 
-/// A discrete DDPM beta schedule (diffusers' `beta_schedule`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BetaSchedule {
-    /// `beta_i` linear from `beta_start` to `beta_end` (DDPM).
-    #[default]
-    Linear,
-    /// `sqrt(beta_i)` linear (Latent/Stable Diffusion).
-    #[serde(alias = "scaled_linear")]
-    ScaledLinear,
-    /// Nichol & Dhariwal's cosine schedule (`beta_start`/`beta_end` unused).
-    #[serde(alias = "squaredcos_cap_v2")]
-    SquaredcosCapV2,
-}
+pub use scoreflow_solvers::sde::BetaSchedule;
 
 /// Which preconditioning wraps the backbone.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -210,14 +197,7 @@ impl Precond {
         else {
             return None;
         };
-        let chain = match schedule {
-            BetaSchedule::Linear => DdpmChain::linear(*timesteps, *beta_start, *beta_end),
-            BetaSchedule::ScaledLinear => {
-                DdpmChain::scaled_linear(*timesteps, *beta_start, *beta_end)
-            }
-            BetaSchedule::SquaredcosCapV2 => DdpmChain::squaredcos_cap_v2(*timesteps),
-        };
-        Some(chain.sigmas())
+        Some(DdpmChain::from_schedule(*schedule, *timesteps, *beta_start, *beta_end).sigmas())
     }
 
     /// The table `c_noise` is looked up in, where there is one: iDDPM's levels `u_j`, the

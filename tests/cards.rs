@@ -299,12 +299,21 @@ fn an_experiment_runs_on_a_card_and_asks_for_data_where_its_metrics_need_it() {
         (x - dd) / s
     });
     write_card(d, "nodata", "eps.pt", "kind = \"discrete\"", "");
+    // The card's data: exact samples of the mixture in an .npy next to it (a path relative to
+    // the card's folder; the experiment runs from elsewhere).
+    let range = linear.sigma_range().unwrap();
+    sample(
+        &["--denoiser", "builtin:gmm8"],
+        "heun",
+        range,
+        &d.join("data.npy"),
+    );
     write_card(
         d,
         "card",
         "eps.pt",
         "kind = \"discrete\"",
-        "[data]\nkind = \"gmm8\"\nnum = 4096",
+        "[data]\nkind = \"npy\"\npath = \"data.npy\"",
     );
     let exp = |card: &str, metrics: &str, out: &str| {
         let path = d.join(format!("{out}.toml"));
@@ -668,13 +677,151 @@ fn a_diffusers_unet_exported_by_the_script_samples_as_diffusers_schedulers() {
     }
     let v = run_check_script(&py, None, "diffusers_models.py", "diffusers.json");
     let rows = v.as_array().unwrap();
-    // 4 models x 3 samplers, and diffusers' DPM-Solver with its rounded timesteps against
-    // cards with quantize = true (3 models); 3 controls that must disagree; "info" rows are
-    // reported, not judged.
+    // 4 models x 3 samplers, diffusers' DPM-Solver with its rounded timesteps against cards
+    // with quantize = true (3 models), DDIMScheduler against ddim on the ddpm-leading and
+    // ddpm-trailing grids (3 models); 3 controls that must disagree; "info" rows are reported,
+    // not judged.
     let checks: Vec<_> = rows.iter().filter(|r| r["kind"] == "check").collect();
-    assert_eq!(checks.len(), 15, "{v}");
+    assert_eq!(checks.len(), 18, "{v}");
     assert!(checks.iter().all(|r| r["ok"] == true), "{v}");
     let controls: Vec<_> = rows.iter().filter(|r| r["control"] == true).collect();
     assert_eq!(controls.len(), 3, "{v}");
     assert!(controls.iter().all(|r| r["ok"] == true), "{v}");
+}
+
+#[test]
+fn a_card_samples_in_its_chains_range_unless_the_flags_say_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let linear = discrete("eps", "linear", false);
+    trace_gmm8(&d.join("eps.pt"), chain_sigma(&linear), |x, dd, s| {
+        (x - dd) / s
+    });
+    let card = write_card(d, "eps", "eps.pt", "kind = \"discrete\"", "");
+    let (lo, hi) = linear.sigma_range().unwrap();
+    let run = |extra: &[&str]| {
+        let o = bin()
+            .args([
+                "sample",
+                "--solver",
+                "heun",
+                "--steps",
+                "6",
+                "--num",
+                "8",
+                "--checkpoint",
+            ])
+            .arg(&card)
+            .args(extra)
+            .arg("--out")
+            .arg(d.join("x.npy"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (
+            line["sigma_min"].as_f64().unwrap(),
+            line["sigma_max"].as_f64().unwrap(),
+        )
+    };
+    let (a, b) = run(&[]);
+    assert!(
+        (a / lo - 1.0).abs() < 1e-12 && (b / hi - 1.0).abs() < 1e-12,
+        "{a} {b}"
+    );
+    assert_eq!(run(&["--sigma-max", "80"]), (a, 80.0));
+    assert_eq!(run(&["--sigma-min", "0.05"]), (0.05, b));
+    // An exact model keeps EDM's 0.002 to 80.
+    let o = bin()
+        .args([
+            "sample",
+            "--denoiser",
+            "builtin:gmm8",
+            "--solver",
+            "heun",
+            "--steps",
+            "6",
+        ])
+        .args(["--num", "8", "--out"])
+        .arg(d.join("y.npy"))
+        .output()
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(line["sigma_min"], 0.002);
+    assert_eq!(line["sigma_max"], 80.0);
+}
+
+#[test]
+fn the_ddpm_grids_take_the_cards_chain() {
+    // A v network on the scaled-linear chain; `--grid ddpm-trailing` then places its levels on
+    // that chain (not DDPM's linear one), at diffusers' trailing timesteps.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let precond = "kind = \"discrete\"\nprediction = \"v\"\nschedule = \"scaled-linear\"\nbeta_start = 0.00085\nbeta_end = 0.012";
+    let scaled: Precond = toml::from_str(precond).unwrap();
+    let v_of = |x: &Tensor, dd: &Tensor, s: &Tensor| {
+        let a = (s.square() + 1.0).rsqrt();
+        (x - dd) / s * &a - dd * s * &a
+    };
+    trace_gmm8(&d.join("v.pt"), chain_sigma(&scaled), v_of);
+    let card = write_card(d, "v", "v.pt", precond, "");
+    let chain = scaled.discrete_sigmas().unwrap();
+    let run = |grid: &[&str], out: &str| {
+        let o = bin()
+            .args([
+                "sample",
+                "--solver",
+                "ddim",
+                "--steps",
+                "6",
+                "--num",
+                "64",
+                "--checkpoint",
+            ])
+            .arg(&card)
+            .args(grid)
+            .arg("--out")
+            .arg(d.join(out))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (
+            line["sigma_max"].as_f64().unwrap(),
+            line["sigma_min"].as_f64().unwrap(),
+        )
+    };
+    // trailing, 6 of 1000: timesteps 999, 832, 666, 499, 332, 166.
+    assert_eq!(
+        run(&["--grid", "ddpm-trailing"], "t.npy"),
+        (chain[999], chain[166])
+    );
+    // leading with Stable Diffusion's offset: 831 (= 5 x (1000 div 6) + 1) down to 1.
+    assert_eq!(
+        run(&["--grid", "ddpm-leading", "--steps-offset", "1"], "l.npy"),
+        (chain[831], chain[1])
+    );
+    // --steps-offset with another grid is an error.
+    let o = bin()
+        .args([
+            "sample",
+            "--solver",
+            "ddim",
+            "--steps",
+            "6",
+            "--num",
+            "4",
+            "--steps-offset",
+            "1",
+        ])
+        .args(["--denoiser", "builtin:gmm8", "--out"])
+        .arg(d.join("bad.npy"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--steps-offset applies to the ddpm-* grids"),
+        "{}",
+        stderr(&o)
+    );
 }

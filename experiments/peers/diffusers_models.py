@@ -46,6 +46,11 @@ What it does:
    `set_begin_index(0)`: without it the cosine chain's repeated timesteps (eight 998s at 18
    steps) make the scheduler skip the first sigma and fail with an IndexError.
 5. A control that must disagree: model (b)'s card with prediction = "eps" instead of "v".
+6. DDIM on diffusers' own timesteps: `DDIMScheduler` (eta 0, set_alpha_to_one, the model's
+   timestep_spacing and steps_offset, 20 steps) against `scoreflow sample --solver ddim --grid
+   ddpm-SPACING --steps-offset K` (the grid takes the card's chain). DDIM steps from t to
+   t - T div n, the grid's next level under "leading" and under "trailing" when n divides T
+   (so 20 steps); under "linspace" (model (c)) it is not, and that row is reported, not judged.
 
 Prints one line per comparison and writes OUT/diffusers.json. Exit status: 0 all agree, 1 a
 disagreement (or a control that agreed), 2 bad input or a failed step (an export, a scoreflow
@@ -354,6 +359,36 @@ def main():
                               'prediction = "eps"')
                 x_bad = scoreflow(a, bad, s, z_path, lo, hi, os.path.join(folder, f"sf-{s}-as-eps.npy"))
                 compare(name + " as eps", s, ref, "card, eps", x_ref, x_bad, kind="control")
+
+        # 6. DDIM on diffusers' own timesteps: DDIMScheduler (eta 0, set_alpha_to_one, the model's
+        # timestep_spacing and steps_offset) against scoreflow's ddim on the ddpm-* grid of the same
+        # spacing, which takes the card's chain. DDIM steps from t to t - T div n whatever the
+        # spacing: that is the next timestep under "leading", and under "trailing" where n divides T
+        # (hence 20 steps here, not --steps), but not under "linspace": reported, not judged.
+        spacing = config.get("timestep_spacing", "leading")
+        ddim_steps = 20
+        sched = diffusers.DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=True,
+                                                    thresholding=False)
+        sched.set_timesteps(ddim_steps)
+        x = z * sched.init_noise_sigma
+        with torch.no_grad():
+            for t in sched.timesteps:
+                out = unet(sched.scale_model_input(x, t), t).sample[:, :channels]
+                x = sched.step(out, t, x, eta=0.0).prev_sample
+        # diffusers starts at x_T = z in VP units; in scoreflow's units that is z sqrt(sigma^2 + 1) at the
+        # top level sigma = sigma_{t_0}, so scoreflow's noise is z sqrt(sigma^2 + 1) / sigma.
+        top = float(sig64[int(sched.timesteps[0])])
+        z_path = os.path.join(folder, "z-ddim.npy")
+        np.save(z_path, z.double().numpy() * (top**2 + 1) ** 0.5 / top)
+        args = ["sample", "--checkpoint", card, "--solver", "ddim", "--steps", str(ddim_steps), "--noise", z_path,
+                "--grid", f"ddpm-{spacing}", "--steps-offset", str(config.get("steps_offset", 0)),
+                "--device", "cpu", "--out", os.path.join(folder, "sf-ddim.npy")]
+        p = subprocess.run([a.scoreflow] + args, capture_output=True, text=True, env=ENV)
+        if p.returncode != 0:
+            fail(f"scoreflow {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
+        x_sf = torch.from_numpy(np.load(os.path.join(folder, "sf-ddim.npy"))).double()
+        compare(name, "ddim", f"diffusers DDIM, {spacing}", f"ddpm-{spacing}", x.double(), x_sf,
+                kind="info" if spacing == "linspace" else "check")
 
     bad = [r for r in rows if not r["ok"]]
     with open(os.path.join(a.out, "diffusers.json"), "w") as f:

@@ -3,7 +3,7 @@
 
 use crate::error::{Result, SolverError};
 use crate::samplers::check_positive;
-use crate::sde::{check_sigma_range, Sde};
+use crate::sde::{check_sigma_range, BetaSchedule, DdpmChain, Sde};
 use serde::{Deserialize, Serialize};
 
 /// How the `n` nonzero noise levels are placed between `sigma_max` and `sigma_min`.
@@ -56,6 +56,71 @@ pub enum GridKind {
         #[serde(default = "point_six")]
         beta: f64,
     },
+    /// The levels of a discrete DDPM chain at the training timesteps diffusers' schedulers pick
+    /// (`timestep_spacing`, `scheduling_euler_discrete.py` and the others): for `n` steps of a
+    /// chain of `T`, `leading` takes `j = i (T div n) + steps_offset`, `trailing`
+    /// `j = round(T - i T / n) - 1`, `linspace` `j = round(i (T - 1) / (n - 1))` (i = 0..n-1,
+    /// from the top), and the level of step `j` is the chain's `sigma_j = sqrt(1 / abar_j - 1)`.
+    /// `sigma_min`/`sigma_max` are not used: the chain sets the levels (a model card's chain on
+    /// the command line, see docs/models.md).
+    Timesteps {
+        spacing: Spacing,
+        #[serde(default)]
+        steps_offset: usize,
+        #[serde(default)]
+        schedule: BetaSchedule,
+        #[serde(default = "beta_start")]
+        beta_start: f64,
+        #[serde(default = "beta_end")]
+        beta_end: f64,
+        #[serde(default = "default_m")]
+        timesteps: usize,
+    },
+}
+
+/// diffusers' `timestep_spacing` (see [`GridKind::Timesteps`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Spacing {
+    Leading,
+    Trailing,
+    Linspace,
+}
+
+fn beta_start() -> f64 {
+    1e-4
+}
+fn beta_end() -> f64 {
+    0.02
+}
+
+/// The training steps `j` (descending) of [`GridKind::Timesteps`]: diffusers'
+/// `set_timesteps` for `n` steps of a chain of `t` (rounding half to even, as numpy).
+pub fn spaced_timesteps(spacing: Spacing, n: usize, t: usize, offset: usize) -> Vec<i64> {
+    let mut j: Vec<i64> = match spacing {
+        Spacing::Leading => (0..n)
+            .map(|i| (i * (t / n.max(1)) + offset) as i64)
+            .collect(),
+        Spacing::Trailing => {
+            let ratio = t as f64 / n as f64;
+            (0..n)
+                .map(|i| (t as f64 - i as f64 * ratio).round_ties_even() as i64 - 1)
+                .rev()
+                .collect()
+        }
+        Spacing::Linspace => (0..n)
+            .map(|i| {
+                let v = if n > 1 {
+                    i as f64 * (t - 1) as f64 / (n - 1) as f64
+                } else {
+                    0.0
+                };
+                v.round_ties_even() as i64
+            })
+            .collect(),
+    };
+    j.sort_unstable_by(|a, b| b.cmp(a));
+    j
 }
 
 fn one() -> f64 {
@@ -163,6 +228,18 @@ impl GridKind {
                 alpha: point_six(),
                 beta: point_six(),
             },
+            "ddpm-leading" | "ddpm-trailing" | "ddpm-linspace" => GridKind::Timesteps {
+                spacing: match name {
+                    "ddpm-leading" => Spacing::Leading,
+                    "ddpm-trailing" => Spacing::Trailing,
+                    _ => Spacing::Linspace,
+                },
+                steps_offset: 0,
+                schedule: BetaSchedule::Linear,
+                beta_start: beta_start(),
+                beta_end: beta_end(),
+                timesteps: default_m(),
+            },
             "iddpm" => GridKind::Iddpm {
                 c_1: default_c_1(),
                 c_2: default_c_2(),
@@ -170,7 +247,7 @@ impl GridKind {
             },
             other => {
                 return Err(SolverError::Grid(format!(
-                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta)"
+                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta, ddpm-leading, ddpm-trailing, ddpm-linspace)"
                 )))
             }
         })
@@ -262,10 +339,34 @@ pub fn sigmas(
                 })
                 .collect()
         }
+        GridKind::Timesteps {
+            spacing,
+            steps_offset,
+            schedule,
+            beta_start,
+            beta_end,
+            timesteps,
+        } => {
+            let t = *timesteps;
+            if t < 2 || n > t {
+                return Err(SolverError::Grid(format!(
+                    "a chain of {t} timesteps has room for at most {t} steps, asked for {n}"
+                )));
+            }
+            let chain = DdpmChain::from_schedule(*schedule, t, *beta_start, *beta_end).sigmas();
+            let j = spaced_timesteps(*spacing, n, t, *steps_offset);
+            if let Some(bad) = j.iter().find(|&&j| j < 0 || j >= t as i64) {
+                return Err(SolverError::Grid(format!(
+                    "timestep {bad} is outside the chain's 0..{} (steps_offset {steps_offset})",
+                    t - 1
+                )));
+            }
+            j.iter().map(|&j| chain[j as usize]).collect()
+        }
     };
     // Pin the end points exactly (the round trip through t may move them by an ulp); the iddpm
     // levels are a fixed set, whose ends lie inside the range.
-    if !matches!(kind, GridKind::Iddpm { .. }) {
+    if !matches!(kind, GridKind::Iddpm { .. } | GridKind::Timesteps { .. }) {
         out[0] = sigma_max;
         if n > 1 {
             out[n - 1] = sigma_min;

@@ -328,6 +328,21 @@ impl Sde for SubVp {
     }
 }
 
+/// A discrete DDPM beta schedule (diffusers' `beta_schedule`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BetaSchedule {
+    /// `beta_i` linear from `beta_start` to `beta_end` (DDPM).
+    #[default]
+    Linear,
+    /// `sqrt(beta_i)` linear (Latent/Stable Diffusion).
+    #[serde(alias = "scaled_linear")]
+    ScaledLinear,
+    /// Nichol & Dhariwal's cosine schedule (`beta_start`/`beta_end` unused).
+    #[serde(alias = "squaredcos_cap_v2")]
+    SquaredcosCapV2,
+}
+
 /// The discrete DDPM chain (Ho et al. 2020) and its exact place on the VP process.
 ///
 /// `alpha_bar_i = prod_{j<=i} (1 - beta_j)` is the squared scale after `i` steps, so step `i`
@@ -373,6 +388,19 @@ impl DdpmChain {
             })
             .collect();
         DdpmChain { betas }
+    }
+    /// The chain of a [`BetaSchedule`] (`beta_start`/`beta_end` unused by the cosine one).
+    pub fn from_schedule(
+        schedule: BetaSchedule,
+        steps: usize,
+        beta_start: f64,
+        beta_end: f64,
+    ) -> Self {
+        match schedule {
+            BetaSchedule::Linear => DdpmChain::linear(steps, beta_start, beta_end),
+            BetaSchedule::ScaledLinear => DdpmChain::scaled_linear(steps, beta_start, beta_end),
+            BetaSchedule::SquaredcosCapV2 => DdpmChain::squaredcos_cap_v2(steps),
+        }
     }
     /// The chain whose `alpha_bar` matches a continuous VP at `t_j = j / T` exactly.
     pub fn from_vp(vp: &VpLinear, steps: usize) -> Self {

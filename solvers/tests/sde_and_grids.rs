@@ -1,7 +1,7 @@
 //! SDE formulas, the DDPM map and grid properties.
 
 use scoreflow_solvers::grid::{self, GridKind};
-use scoreflow_solvers::sde::{DdpmChain, Edm, Sde, SubVp, Ve, VpCosine, VpLinear};
+use scoreflow_solvers::sde::{BetaSchedule, DdpmChain, Edm, Sde, SubVp, Ve, VpCosine, VpLinear};
 
 fn all_sdes() -> Vec<Box<dyn Sde>> {
     vec![
@@ -478,4 +478,106 @@ fn perturbation_has_the_marginal_moments() {
             "t = {t}: std {std} vs {want_std}"
         );
     }
+}
+
+#[test]
+fn ddpm_spaced_grids_are_diffusers_timesteps_on_the_chain() {
+    use scoreflow_solvers::grid::{spaced_timesteps, Spacing};
+    // diffusers 0.42.1's set_timesteps(10) for 1000 training steps.
+    assert_eq!(
+        spaced_timesteps(Spacing::Leading, 10, 1000, 0),
+        vec![900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    );
+    assert_eq!(
+        spaced_timesteps(Spacing::Leading, 10, 1000, 1),
+        vec![901, 801, 701, 601, 501, 401, 301, 201, 101, 1]
+    );
+    assert_eq!(
+        spaced_timesteps(Spacing::Trailing, 10, 1000, 0),
+        vec![999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    );
+    assert_eq!(
+        spaced_timesteps(Spacing::Linspace, 10, 1000, 0),
+        vec![999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    );
+    // And the levels: diffusers' EulerDiscreteScheduler sigmas (computed in float32) at
+    // positions 0, 4 and 9 for the linear chain (1e-4 to 0.02), and for Stable Diffusion's
+    // scaled-linear chain (0.00085 to 0.012, leading, steps_offset 1, 25 steps) at 0, 12, 24.
+    let chain = |spacing, steps_offset, schedule, beta_start, beta_end| GridKind::Timesteps {
+        spacing,
+        steps_offset,
+        schedule,
+        beta_start,
+        beta_end,
+        timesteps: 1000,
+    };
+    let linear = |spacing, offset| chain(spacing, offset, BetaSchedule::Linear, 1e-4, 0.02);
+    let cases: Vec<(GridKind, usize, [f64; 3], [usize; 3])> = vec![
+        (
+            linear(Spacing::Leading, 0),
+            10,
+            [60.82230758666992, 3.442967414855957, 0.010001329705119133],
+            [0, 4, 9],
+        ),
+        (
+            linear(Spacing::Leading, 1),
+            10,
+            [61.37885665893555, 3.4619228839874268, 0.014832044020295143],
+            [0, 4, 9],
+        ),
+        (
+            linear(Spacing::Trailing, 0),
+            10,
+            [157.4072723388672, 6.135210037231445, 0.3388286828994751],
+            [0, 4, 9],
+        ),
+        (
+            linear(Spacing::Linspace, 0),
+            10,
+            [157.4072723388672, 4.703334331512451, 0.010001329705119133],
+            [0, 4, 9],
+        ),
+        (
+            chain(
+                Spacing::Leading,
+                1,
+                BetaSchedule::ScaledLinear,
+                0.00085,
+                0.012,
+            ),
+            25,
+            [11.676050186157227, 1.519217610359192, 0.04131447896361351],
+            [0, 12, 24],
+        ),
+    ];
+    for (kind, n, want, at) in cases {
+        // sigma_min and sigma_max are not used by this grid.
+        let s = grid::sigmas(&kind, n, 0.5, 1.0, &Edm::default()).unwrap();
+        assert_eq!(s.len(), n + 1);
+        assert_eq!(s[n], 0.0);
+        for (w, i) in want.iter().zip(at) {
+            // diffusers' chain is float32: 1e-4 relative.
+            assert!(
+                (s[i] / w - 1.0).abs() < 1e-4,
+                "{kind:?}: sigma[{i}] {} != {w}",
+                s[i]
+            );
+        }
+    }
+    // The command-line names, and a chain too short for the steps.
+    let k = GridKind::from_name("ddpm-trailing", None).unwrap();
+    assert!(matches!(
+        k,
+        GridKind::Timesteps {
+            spacing: Spacing::Trailing,
+            ..
+        }
+    ));
+    assert!(GridKind::from_name("ddpm-leading", Some(7.0)).is_err());
+    let err = grid::sigmas(&k, 1001, 0.002, 80.0, &Edm::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at most 1000 steps"), "{err}");
+    let off = linear(Spacing::Leading, 200);
+    assert!(grid::sigmas(&off, 5, 0.002, 80.0, &Edm::default()).is_err());
 }
