@@ -290,7 +290,7 @@ def card_text(source, s, shape, sigmas, quantize):
         f"#   sigma_max = {hi!r}",
     ]
     if s["ignored"]:
-        lines.append("# scheduler options scoreflow ignores (it has no clipping, thresholding or step spacing):")
+        lines.append("# scheduler options scoreflow ignores (no clipping or thresholding; for diffusers' timestep_spacing use --grid ddpm-leading|ddpm-trailing|ddpm-linspace, with --steps-offset for leading):")
         opts = [f"{k} = {toml_value(v) if v is not None else 'null'}" for k, v in sorted(s["ignored"].items())]
         line = "#  "
         for o in opts:  # a few to a line

@@ -72,6 +72,18 @@ impl ModelCard {
         })?;
         let ctx = || format!("model card {}", path.display());
         card.precond.validate().with_context(ctx)?;
+        let elements = card
+            .shape
+            .iter()
+            .try_fold(1i64, |acc, &d| acc.checked_mul(d))
+            .unwrap_or(i64::MAX);
+        if elements > 1 << 28 {
+            return Err(anyhow!(
+                "shape {:?} has {elements} elements per sample, more than 2^28",
+                card.shape
+            ))
+            .with_context(ctx);
+        }
         if card.shape.is_empty() || card.shape.len() > 3 || card.shape.iter().any(|&d| d < 1) {
             return Err(anyhow!(
                 "shape must be [d] or [C, H, W] with positive sizes, got {:?}",

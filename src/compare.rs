@@ -98,6 +98,15 @@ pub fn run(a: CompareArgs) -> Result<()> {
         bail!("--num must be at least 1");
     }
     let sde = job::sde_from_name(&a.grid.sde)?;
+    if matches!(
+        a.grid.kind()?,
+        scoreflow_solvers::GridKind::Timesteps { .. }
+    ) {
+        bail!(
+            "compare measures each step count against a fine solve on the same placement, and the {} grid has no finer version starting and ending at the same levels: use sample, or run with the sw2, mmd or mode metrics",
+            a.grid.grid
+        );
+    }
     for &n in &steps {
         a.grid.sigmas(sde.as_ref(), n)?;
     }

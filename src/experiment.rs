@@ -280,6 +280,27 @@ impl ExperimentConfig {
         if self.out_dir.as_os_str().is_empty() {
             bail!("out_dir must not be empty");
         }
+        // The timesteps placement fixes each step count's levels to a chain's steps, whose ends
+        // move with the step count (leading starts lower, trailing stops higher): there is no one
+        // reference path for rms/max, and no range for the adaptive samplers.
+        if matches!(self.grid.placement, GridKind::Timesteps { .. }) {
+            if let Some(m) = self
+                .metrics
+                .iter()
+                .find(|m| matches!(m, Metric::Rms | Metric::Max))
+            {
+                bail!(
+                    "metric {} needs one reference path, and the timesteps placement starts and ends each step count at other levels: use sw2, mmd or the mode metrics",
+                    m.name()
+                );
+            }
+            if let Some(s) = self.samplers.iter().find(|s| s.is_adaptive()) {
+                bail!(
+                    "the adaptive sampler {} chooses its own steps; the timesteps placement has no range for it",
+                    s.name()
+                );
+            }
+        }
         // A repeated entry would run the same cells twice and count them twice in the means.
         fn repeated<T: PartialEq + std::fmt::Debug>(v: &[T]) -> Option<&T> {
             v.iter()
@@ -353,6 +374,9 @@ impl ExperimentConfig {
                     path.display(),
                     tc.display()
                 ),
+                None if crate::card::is_card(path) => {
+                    bail!("model card {} does not exist", path.display())
+                }
                 None => bail!(
                     "checkpoint {} does not exist (give train_config to train it on first use)",
                     path.display()

@@ -35,12 +35,12 @@ pub fn kind_from_name(name: &str) -> Result<Kind> {
 /// The noise-level grid options shared by the commands.
 #[derive(Args, Clone, Debug)]
 pub struct GridArgs {
-    /// Smallest nonzero noise level [default: 0.002, or the lowest level a trained network
-    /// has (VP, iDDPM, a discrete chain)].
+    /// Smallest nonzero noise level [default: 0.002; sample and bench: the lowest level of a
+    /// trained network that has a range (VP, iDDPM, a discrete chain)].
     #[arg(long)]
     pub sigma_min: Option<f64>,
-    /// Largest noise level, where sampling starts [default: 80, or the highest level a trained
-    /// network has].
+    /// Largest noise level, where sampling starts [default: 80; sample and bench: the highest
+    /// level of a trained network that has a range].
     #[arg(long)]
     pub sigma_max: Option<f64>,
     /// Exponent of the karras and poly-t grids (7 by default) and of the poly-exponential grid
@@ -65,9 +65,13 @@ impl GridArgs {
         let mut kind = GridKind::from_name(&self.grid, self.rho)?;
         if let Some(o) = self.steps_offset {
             match &mut kind {
-                GridKind::Timesteps { steps_offset, .. } => *steps_offset = o,
+                GridKind::Timesteps {
+                    steps_offset,
+                    spacing: scoreflow_solvers::grid::Spacing::Leading,
+                    ..
+                } => *steps_offset = o,
                 _ => bail!(
-                    "--steps-offset applies to the ddpm-* grids, not {}",
+                    "--steps-offset applies to the ddpm-leading grid, not {}",
                     self.grid
                 ),
             }

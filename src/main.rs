@@ -30,7 +30,7 @@ enum Command {
         /// The experiment's output folder.
         dir: PathBuf,
     },
-    /// Run one sampler on an exact model and write the samples as .npy.
+    /// Run one sampler on an exact model or a trained network and write the samples as .npy.
     Sample(SampleArgs),
     /// Compare samplers across step counts on an exact model: a table of error vs NFE.
     Compare(compare::CompareArgs),

@@ -225,7 +225,7 @@ pub fn run(a: NllArgs) -> Result<()> {
                 };
             let d = |x: &Tensor, s: f64| -> Result<Tensor> {
                 let sig = crate::precond::sigma_batch(s, x);
-                Ok(m.net.forward(x, &sig, None).to_kind(x.kind()))
+                Ok(m.net.try_forward(x, &sig, None)?.to_kind(x.kind()))
             };
             let (ll, nfe) = log_likelihood(
                 &d,

@@ -635,9 +635,13 @@ impl Network {
                         torch_message(&e.to_string())
                     ))
                 })?;
-                let out = if *learned_sigmas && out.dim() >= 2 && out.size()[1] > 0 {
-                    let c = out.size()[1];
-                    out.narrow(1, 0, c / 2)
+                // With learned variances the output has exactly twice the input's channels.
+                let out = if *learned_sigmas
+                    && out.dim() >= 2
+                    && xin.dim() >= 2
+                    && out.size()[1] == 2 * xin.size()[1]
+                {
+                    out.narrow(1, 0, xin.size()[1])
                 } else {
                     out
                 };

@@ -45,7 +45,7 @@ pub enum Prediction {
     #[serde(alias = "sample")]
     X0,
     /// `v = alpha eps - sigma_vp x0` (Salimans & Ho 2022; diffusers' `v_prediction`).
-    #[serde(alias = "v-prediction")]
+    #[serde(alias = "v-prediction", alias = "v_prediction")]
     V,
 }
 
@@ -164,8 +164,8 @@ impl Precond {
             Precond::Iddpm { c1, c2, m } if !(*c1 > 0.0 && *c2 > 0.0 && *m > 1) => {
                 bail!("precond: iddpm needs c1 > 0, c2 > 0 and m > 1")
             }
-            Precond::Discrete { timesteps, .. } if *timesteps < 2 => {
-                bail!("precond.timesteps must be at least 2, got {timesteps}")
+            Precond::Discrete { timesteps, .. } if !(2..=1_000_000).contains(timesteps) => {
+                bail!("precond.timesteps must be 2 to 1000000, got {timesteps}")
             }
             Precond::Discrete {
                 schedule: BetaSchedule::Linear | BetaSchedule::ScaledLinear,

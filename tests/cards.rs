@@ -246,7 +246,8 @@ fn torchscript_eps_v_and_x0_networks_sample_as_the_exact_mixture() {
         (
             "v",
             "v.pt",
-            "kind = \"discrete\"\nprediction = \"v\"\nschedule = \"scaled_linear\"\nbeta_start = 0.00085\nbeta_end = 0.012",
+            // diffusers' spellings: v_prediction, scaled_linear.
+            "kind = \"discrete\"\nprediction = \"v_prediction\"\nschedule = \"scaled_linear\"\nbeta_start = 0.00085\nbeta_end = 0.012",
             scaled.sigma_range().unwrap(),
         ),
         (
@@ -343,6 +344,41 @@ fn an_experiment_runs_on_a_card_and_asks_for_data_where_its_metrics_need_it() {
     let csv = std::fs::read_to_string(d.join("c/results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
     assert!(d.join("c/quality_vs_nfe.png").exists());
+    // The timesteps placement (diffusers' spacings on the card's chain, given in [grid]):
+    // data metrics run; rms (one reference path) and adaptive samplers are refused.
+    let ts = |metrics: &str, sampler: &str, out: &str| {
+        let path = d.join(format!("{out}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "out_dir = \"{}\"\nnum = 256\nseeds = [0]\nsteps = [10, 20]\ndtype = \"float32\"\nmetrics = [{metrics}]\nsamplers = [{{ kind = \"{sampler}\" }}]\n[model]\nkind = \"checkpoint\"\npath = \"{}\"\n[grid]\nplacement = {{ kind = \"timesteps\", spacing = \"trailing\" }}\n",
+                d.join(out).display(),
+                d.join("card.toml").display()
+            ),
+        )
+        .unwrap();
+        bin().args(["run"]).arg(&path).output().unwrap()
+    };
+    let o = ts("\"sw2\"", "ddim", "t1");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(d.join("t1/results.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    let o = ts("\"rms\"", "ddim", "t2");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("metric rms needs one reference path"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ts("\"sw2\"", "dpm-adaptive", "t3");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("adaptive sampler"), "{}", stderr(&o));
+    assert!(!d.join("t2").exists() && !d.join("t3").exists());
 }
 
 #[test]
@@ -378,6 +414,20 @@ fn bad_cards_are_one_line_errors_with_exit_code_2_and_no_output() {
     )
     .unwrap();
     m.save(d.join("three.pt")).unwrap();
+    // A module with 2C + 1 output channels (learned_sigmas wants exactly 2C), and one traced
+    // at batch 2 whose `view` kept that size (it passes the check call, then fails on 8).
+    let two = || Tensor::zeros([2, 2], (Kind::Float, Device::Cpu));
+    let t2 = || Tensor::zeros([2], (Kind::Float, Device::Cpu));
+    let m = CModule::create_by_tracing("Odd", "forward", &[two(), t2()], &mut |ins| {
+        vec![Tensor::cat(&[&ins[0], &ins[0], &ins[0].narrow(1, 0, 1)], 1)]
+    })
+    .unwrap();
+    m.save(d.join("odd.pt")).unwrap();
+    let m = CModule::create_by_tracing("Batch2", "forward", &[two(), t2()], &mut |ins| {
+        vec![ins[0].view([2, 2]) * 0.5]
+    })
+    .unwrap();
+    m.save(d.join("batch2.pt")).unwrap();
     let eps = "kind = \"discrete\"";
     let cases: Vec<(PathBuf, &str)> = vec![
         (
@@ -395,6 +445,14 @@ fn bad_cards_are_one_line_errors_with_exit_code_2_and_no_output() {
         (
             write_card(d, "three", "three.pt", eps, ""),
             "is missing value for argument",
+        ),
+        (
+            write_card(d, "odd", "odd.pt", eps, "learned_sigmas = true"),
+            "returned shape [2, 5]",
+        ),
+        (
+            write_card(d, "batch2", "batch2.pt", eps, ""),
+            "the TorchScript module failed",
         ),
         (
             write_card(d, "unknown", "eps.pt", eps, "color = 1"),
@@ -456,6 +514,20 @@ fn bad_cards_are_one_line_errors_with_exit_code_2_and_no_output() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("[data]"), "{}", stderr(&o));
+    // A module that fails during nll's integration is an error, not a panic.
+    let card = write_card(d, "b2", "batch2.pt", eps, "[data]\nkind = \"gmm8\"");
+    let o = bin()
+        .args(["nll", "--num", "8", "--steps", "2", "--checkpoint"])
+        .arg(&card)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the TorchScript module failed"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stderr(&o).trim_end().lines().count(), 1, "{}", stderr(&o));
 }
 
 /// `PY experiments/peers/SCRIPT --scoreflow BIN --out DIR` (with `PYTHONPATH` where given),
@@ -801,6 +873,24 @@ fn the_ddpm_grids_take_the_cards_chain() {
         run(&["--grid", "ddpm-leading", "--steps-offset", "1"], "l.npy"),
         (chain[831], chain[1])
     );
+    // compare refuses the ddpm-* grids (no finer grid with the same ends to measure against).
+    let o = bin()
+        .args([
+            "compare",
+            "--solvers",
+            "ddim",
+            "--steps",
+            "5",
+            "--grid",
+            "ddpm-leading",
+        ])
+        .args(["--out-dir"])
+        .arg(d.join("cmp"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no finer version"), "{}", stderr(&o));
+    assert!(!d.join("cmp").exists());
     // --steps-offset with another grid is an error.
     let o = bin()
         .args([
@@ -820,7 +910,7 @@ fn the_ddpm_grids_take_the_cards_chain() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains("--steps-offset applies to the ddpm-* grids"),
+        stderr(&o).contains("--steps-offset applies to the ddpm-leading grid"),
         "{}",
         stderr(&o)
     );

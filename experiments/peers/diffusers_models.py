@@ -381,8 +381,9 @@ def main():
         z_path = os.path.join(folder, "z-ddim.npy")
         np.save(z_path, z.double().numpy() * (top**2 + 1) ** 0.5 / top)
         args = ["sample", "--checkpoint", card, "--solver", "ddim", "--steps", str(ddim_steps), "--noise", z_path,
-                "--grid", f"ddpm-{spacing}", "--steps-offset", str(config.get("steps_offset", 0)),
-                "--device", "cpu", "--out", os.path.join(folder, "sf-ddim.npy")]
+                "--grid", f"ddpm-{spacing}", "--device", "cpu", "--out", os.path.join(folder, "sf-ddim.npy")]
+        if spacing == "leading":  # diffusers adds steps_offset under leading spacing only
+            args += ["--steps-offset", str(config.get("steps_offset", 0))]
         p = subprocess.run([a.scoreflow] + args, capture_output=True, text=True, env=ENV)
         if p.returncode != 0:
             fail(f"scoreflow {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")

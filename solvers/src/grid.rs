@@ -101,23 +101,32 @@ pub fn spaced_timesteps(spacing: Spacing, n: usize, t: usize, offset: usize) -> 
         Spacing::Leading => (0..n)
             .map(|i| (i * (t / n.max(1)) + offset) as i64)
             .collect(),
+        // numpy's arithmetic, so that values near .5 round as diffusers' do: `np.arange(T, 0,
+        // -T / n)` fills `T + i d` with `d = (T - T / n) - T`; `np.linspace(0, T - 1, n)` is
+        // `i ((T - 1) / (n - 1))` with the last value exactly `T - 1`.
         Spacing::Trailing => {
-            let ratio = t as f64 / n as f64;
+            let (tf, ratio) = (t as f64, t as f64 / n as f64);
+            let d = (tf - ratio) - tf;
             (0..n)
-                .map(|i| (t as f64 - i as f64 * ratio).round_ties_even() as i64 - 1)
-                .rev()
+                .map(|i| (tf + i as f64 * d).round_ties_even() as i64 - 1)
                 .collect()
         }
-        Spacing::Linspace => (0..n)
-            .map(|i| {
-                let v = if n > 1 {
-                    i as f64 * (t - 1) as f64 / (n - 1) as f64
-                } else {
-                    0.0
-                };
-                v.round_ties_even() as i64
-            })
-            .collect(),
+        Spacing::Linspace => {
+            let step = if n > 1 {
+                (t - 1) as f64 / (n - 1) as f64
+            } else {
+                0.0
+            };
+            (0..n)
+                .map(|i| {
+                    if n > 1 && i == n - 1 {
+                        (t - 1) as i64
+                    } else {
+                        (i as f64 * step).round_ties_even() as i64
+                    }
+                })
+                .collect()
+        }
     };
     j.sort_unstable_by(|a, b| b.cmp(a));
     j
@@ -348,7 +357,27 @@ pub fn sigmas(
             timesteps,
         } => {
             let t = *timesteps;
-            if t < 2 || n > t {
+            if !(2..=MAX_STEPS).contains(&t) {
+                return Err(SolverError::Grid(format!(
+                    "the chain's timesteps must be 2 to {MAX_STEPS}, got {t}"
+                )));
+            }
+            if *schedule != BetaSchedule::SquaredcosCapV2
+                && !(*beta_start > 0.0 && beta_start <= beta_end && *beta_end < 1.0)
+            {
+                return Err(SolverError::Grid(format!(
+                    "the chain needs 0 < beta_start <= beta_end < 1, got beta_start {} and beta_end {}",
+                    crate::Num(*beta_start),
+                    crate::Num(*beta_end)
+                )));
+            }
+            if *steps_offset > 0 && *spacing != Spacing::Leading {
+                return Err(SolverError::Grid(format!(
+                    "steps_offset applies to the leading spacing only (diffusers adds it there), got {steps_offset} with the {} spacing",
+                    if *spacing == Spacing::Trailing { "trailing" } else { "linspace" }
+                )));
+            }
+            if n > t {
                 return Err(SolverError::Grid(format!(
                     "a chain of {t} timesteps has room for at most {t} steps, asked for {n}"
                 )));

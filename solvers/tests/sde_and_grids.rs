@@ -500,6 +500,23 @@ fn ddpm_spaced_grids_are_diffusers_timesteps_on_the_chain() {
         spaced_timesteps(Spacing::Linspace, 10, 1000, 0),
         vec![999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
     );
+    // Step counts where numpy's arithmetic rounds a .5 the other way than the plain formula
+    // (np.arange(1000, 0, -1000 / 48) and np.linspace(0, 999, 27), as diffusers computes them).
+    assert_eq!(
+        spaced_timesteps(Spacing::Trailing, 48, 1000, 0),
+        vec![
+            999, 978, 957, 936, 916, 895, 874, 853, 832, 811, 791, 770, 749, 728, 707, 686, 666,
+            645, 624, 603, 582, 561, 541, 520, 499, 478, 457, 436, 416, 395, 374, 353, 332, 311,
+            291, 270, 249, 228, 207, 186, 166, 145, 124, 103, 82, 61, 41, 20
+        ]
+    );
+    assert_eq!(
+        spaced_timesteps(Spacing::Linspace, 27, 1000, 0),
+        vec![
+            999, 961, 922, 884, 845, 807, 768, 730, 692, 653, 615, 576, 538, 499, 461, 423, 384,
+            346, 307, 269, 231, 192, 154, 115, 77, 38, 0
+        ]
+    );
     // And the levels: diffusers' EulerDiscreteScheduler sigmas (computed in float32) at
     // positions 0, 4 and 9 for the linear chain (1e-4 to 0.02), and for Stable Diffusion's
     // scaled-linear chain (0.00085 to 0.012, leading, steps_offset 1, 25 steps) at 0, 12, 24.
@@ -580,4 +597,32 @@ fn ddpm_spaced_grids_are_diffusers_timesteps_on_the_chain() {
     assert!(err.contains("at most 1000 steps"), "{err}");
     let off = linear(Spacing::Leading, 200);
     assert!(grid::sigmas(&off, 5, 0.002, 80.0, &Edm::default()).is_err());
+    // A bad chain, and an offset with another spacing, are errors that say so.
+    for (k, needle) in [
+        (
+            chain(Spacing::Leading, 0, BetaSchedule::Linear, 0.5, 0.1),
+            "0 < beta_start <= beta_end < 1",
+        ),
+        (
+            chain(Spacing::Leading, 0, BetaSchedule::Linear, 1e-4, 1.5),
+            "0 < beta_start <= beta_end < 1",
+        ),
+        (
+            linear(Spacing::Trailing, 1),
+            "steps_offset applies to the leading spacing only",
+        ),
+    ] {
+        let err = grid::sigmas(&k, 5, 0.002, 80.0, &Edm::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+    let mut huge = linear(Spacing::Leading, 0);
+    if let GridKind::Timesteps { timesteps, .. } = &mut huge {
+        *timesteps = 100_000_000_000;
+    }
+    let err = grid::sigmas(&huge, 5, 0.002, 80.0, &Edm::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("timesteps must be 2 to"), "{err}");
 }
