@@ -541,7 +541,10 @@ fn every_shipped_config_loads() {
     // parse and validate: a sampler renamed or a key dropped breaks a documented command.
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
     let mut seen = (0, 0);
-    for entry in std::fs::read_dir(&dir).unwrap() {
+    let files = std::fs::read_dir(&dir)
+        .unwrap()
+        .chain(std::fs::read_dir(dir.join("spacing")).unwrap());
+    for entry in files {
         let path = entry.unwrap().path();
         if path.extension().and_then(|e| e.to_str()) != Some("toml") {
             continue;
@@ -558,8 +561,8 @@ fn every_shipped_config_loads() {
         }
     }
     // gmm2d, fewstep, adaptive, edm-ablation, restart, gauss64, moons-samplers,
-    // digits-samplers; moons, gmm8-train, digits.
-    assert_eq!(seen, (8, 3));
+    // digits-samplers, spacing/{leading,trailing,linspace}; moons, gmm8-train, digits.
+    assert_eq!(seen, (11, 3));
 }
 
 #[test]
