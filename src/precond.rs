@@ -259,6 +259,21 @@ impl Precond {
         let ones = sigma.ones_like();
         let vp_in = (&s2 + 1.0).rsqrt();
         let quarter_log = sigma.log() * 0.25;
+        // The eps-, x0- and v-prediction outputs (all with the VP input scaling), whatever the
+        // time input.
+        let adapter = |prediction: Prediction, noise: Tensor| {
+            let (skip, out) = match prediction {
+                Prediction::Eps => (sigma.ones_like(), -sigma),
+                Prediction::X0 => (sigma.zeros_like(), sigma.ones_like()),
+                Prediction::V => ((&s2 + 1.0).reciprocal(), -sigma * &vp_in),
+            };
+            Coefs {
+                skip,
+                out,
+                inp: vp_in.shallow_clone(),
+                noise,
+            }
+        };
         match self {
             Precond::Edm { sigma_data } => {
                 let sd2 = sigma_data * sigma_data;
@@ -306,44 +321,16 @@ impl Precond {
                 prediction,
                 quantize,
                 ..
-            } => {
-                let t = discrete_time(sigma, levels.unwrap(), *quantize);
-                let (skip, out) = match prediction {
-                    Prediction::Eps => (ones, -sigma),
-                    Prediction::X0 => (sigma.zeros_like(), ones),
-                    Prediction::V => ((&s2 + 1.0).reciprocal(), -sigma * &vp_in),
-                };
-                Coefs {
-                    skip,
-                    out,
-                    inp: vp_in,
-                    noise: t,
-                }
+            } => adapter(
+                *prediction,
+                discrete_time(sigma, levels.unwrap(), *quantize),
+            ),
+            Precond::VDiffusion {} => {
+                adapter(Prediction::V, sigma.atan() * std::f64::consts::FRAC_2_PI)
             }
-            Precond::VDiffusion {} => Coefs {
-                skip: (&s2 + 1.0).reciprocal(),
-                out: -sigma * &vp_in,
-                inp: vp_in,
-                noise: sigma.atan() * std::f64::consts::FRAC_2_PI,
-            },
-            Precond::Eps {} => Coefs {
-                skip: ones,
-                out: -sigma,
-                inp: vp_in,
-                noise: quarter_log,
-            },
-            Precond::X0 {} => Coefs {
-                skip: sigma.zeros_like(),
-                out: ones,
-                inp: vp_in,
-                noise: quarter_log,
-            },
-            Precond::V {} => Coefs {
-                skip: (&s2 + 1.0).reciprocal(),
-                out: -sigma * &vp_in,
-                inp: vp_in,
-                noise: quarter_log,
-            },
+            Precond::Eps {} => adapter(Prediction::Eps, quarter_log),
+            Precond::X0 {} => adapter(Prediction::X0, quarter_log),
+            Precond::V {} => adapter(Prediction::V, quarter_log),
         }
     }
 }

@@ -192,7 +192,12 @@ fn sample(model: &[&str], solver: &str, range: (f64, f64), out: &Path) -> Vec<f3
         .output()
         .unwrap();
     assert!(o.status.success(), "{model:?}: {}", stderr(&o));
-    let bytes = std::fs::read(out).unwrap();
+    read_f32(out)
+}
+
+/// The values of a float32 `.npy` that scoreflow wrote.
+fn read_f32(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
     let header = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     bytes[header..]
         .chunks(4)
@@ -711,13 +716,7 @@ fn cards_on_cuda_agree_with_the_cpu_with_and_without_graphs() {
                 "graphs {graphs}: {}",
                 stderr(&o)
             );
-            let bytes = std::fs::read(&out).unwrap();
-            let header = 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-            let cuda: Vec<f32> = bytes[header..]
-                .chunks(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            let diff = max_diff(&cpu, &cuda);
+            let diff = max_diff(&cpu, &read_f32(&out));
             println!("{solver} graphs {graphs}: {diff:.2e}");
             assert!(diff < 2e-3, "{solver} graphs {graphs}: {diff}");
         }
