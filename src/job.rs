@@ -148,7 +148,8 @@ pub struct SamplerArgs {
     /// pc: corrector steps per level.
     #[arg(long)]
     pub corrector_steps: Option<usize>,
-    /// ddpm: reverse variance, small (posterior) or large (beta).
+    /// ddpm: reverse variance, small (posterior), large (beta) or learned (the network's
+    /// learned variance output: a card with learned_sigmas).
     #[arg(long)]
     pub variance: Option<String>,
     /// lms, unipc, ipndm: order (1 to 4); deis, dpm-solver, dpm-singlestep: order (1 to 3);

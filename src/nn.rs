@@ -488,6 +488,8 @@ pub struct Network {
     /// CUDA graphs of the whole network call, one per batch shape (the per-sample sigma is a
     /// captured tensor).
     graphs: crate::cuda::Graphs,
+    /// The same for calls that also return the learned variance (`D` and `v` concatenated).
+    graphs_with_variance: crate::cuda::Graphs,
     /// The preconditioning's lookup table ([`Precond::levels`]) on the device, float32.
     levels: Option<Tensor>,
 }
@@ -557,6 +559,7 @@ impl Network {
             body,
             device,
             graphs: Default::default(),
+            graphs_with_variance: Default::default(),
             levels,
         }
     }
@@ -604,6 +607,28 @@ impl Network {
         sigma: &Tensor,
         labels: Option<&Tensor>,
     ) -> Result<Tensor, SolverError> {
+        Ok(self.try_forward_parts(x, sigma, labels)?.0)
+    }
+
+    /// Whether the backbone has a learned variance output (a card with `learned_sigmas`).
+    pub fn has_learned_variance(&self) -> bool {
+        matches!(
+            self.body,
+            Body::Script {
+                learned_sigmas: true,
+                ..
+            }
+        )
+    }
+
+    /// [`Self::try_forward`] and, for a backbone with learned variances, the second half of its
+    /// output channels as it came (the variance output `v`, float32).
+    pub fn try_forward_parts(
+        &self,
+        x: &Tensor,
+        sigma: &Tensor,
+        labels: Option<&Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>), SolverError> {
         let xf = x.to_kind(Kind::Float);
         let sf = sigma.to_kind(Kind::Float);
         let levels = self.levels.as_ref().filter(|l| l.device() == sf.device());
@@ -618,6 +643,7 @@ impl Network {
             }
             (l, _) => l,
         };
+        let mut variance = None;
         let f = match &self.body {
             Body::Mlp(m) => m.forward(&xin, &c.noise, labels),
             Body::Unet(u) => u.forward(&xin, &c.noise, labels),
@@ -636,14 +662,15 @@ impl Network {
                     ))
                 })?;
                 // With learned variances the output has exactly twice the input's channels.
-                let out = if *learned_sigmas
+                let (out, v) = if *learned_sigmas
                     && out.dim() >= 2
                     && xin.dim() >= 2
                     && out.size()[1] == 2 * xin.size()[1]
                 {
-                    out.narrow(1, 0, xin.size()[1])
+                    let c = xin.size()[1];
+                    (out.narrow(1, 0, c), Some(out.narrow(1, c, c)))
                 } else {
-                    out
+                    (out, None)
                 };
                 if out.size() != xin.size() {
                     return Err(SolverError::Shape(format!(
@@ -657,10 +684,14 @@ impl Network {
                         }
                     )));
                 }
+                variance = v.map(|v| v.to_kind(Kind::Float));
                 out.to_kind(Kind::Float)
             }
         };
-        Ok(per_sample(&c.skip, &xf) * &xf + per_sample(&c.out, &xf) * f)
+        Ok((
+            per_sample(&c.skip, &xf) * &xf + per_sample(&c.out, &xf) * f,
+            variance,
+        ))
     }
 
     pub fn device(&self) -> Device {
@@ -689,6 +720,39 @@ impl Denoiser for Network {
             self.try_forward(&x.to_device(self.device), &sigma_batch(sigma, x), None)
         })?;
         Ok(out.to_device(x.device()).to_kind(x.kind()))
+    }
+
+    fn denoise_with_variance(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+    ) -> Result<(Tensor, Option<Tensor>), SolverError> {
+        if !self.has_learned_variance() {
+            return Ok((self.denoise(x, sigma)?, None));
+        }
+        self.check(x)?;
+        let c = x.size()[1];
+        let back = |t: Tensor| t.to_device(x.device()).to_kind(x.kind());
+        if x.device() == self.device {
+            // One graph of the call with D and v concatenated along the channels.
+            let graphed = self
+                .graphs_with_variance
+                .call(x, sigma, sigma_batch, |x, s| {
+                    let (d, v) = self
+                        .try_forward_parts(x, s, None)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    let v = v.expect("a backbone with learned variances returns them");
+                    Tensor::cat(&[d, v], 1)
+                })
+                .map_err(|err| SolverError::Model(err.to_string()))?;
+            if let Some(out) = graphed {
+                return Ok((out.narrow(1, 0, c), Some(out.narrow(1, c, c))));
+            }
+        }
+        let (d, v) = tch::no_grad(|| {
+            self.try_forward_parts(&x.to_device(self.device), &sigma_batch(sigma, x), None)
+        })?;
+        Ok((back(d), v.map(back)))
     }
 }
 
@@ -727,6 +791,15 @@ pub struct Guided<'a> {
 
 impl Denoiser for Guided<'_> {
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor, SolverError> {
+        Ok(self.denoise_with_variance(x, sigma)?.0)
+    }
+
+    /// The guided `D` and the conditional branch's variance output (as GLIDE's sampler takes it).
+    fn denoise_with_variance(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+    ) -> Result<(Tensor, Option<Tensor>), SolverError> {
         self.net.check(x)?;
         let n = x.size()[0];
         let dev = self.net.device;
@@ -738,12 +811,13 @@ impl Denoiser for Guided<'_> {
             ],
             0,
         );
-        let out = tch::no_grad(|| {
+        let (out, v) = tch::no_grad(|| {
             self.net
-                .try_forward(&xx, &sigma_batch(sigma, &xx), Some(&labels))
+                .try_forward_parts(&xx, &sigma_batch(sigma, &xx), Some(&labels))
         })?;
         let (cond, uncond) = (out.narrow(0, 0, n), out.narrow(0, n, n));
         let d = &uncond + (cond - &uncond) * self.guidance;
-        Ok(d.to_device(x.device()).to_kind(x.kind()))
+        let back = |t: Tensor| t.to_device(x.device()).to_kind(x.kind());
+        Ok((back(d), v.map(|v| back(v.narrow(0, 0, n)))))
     }
 }

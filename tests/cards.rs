@@ -683,26 +683,37 @@ fn cards_on_cuda_agree_with_the_cpu_with_and_without_graphs() {
         (x - dd) / s
     });
     let card = write_card(d, "eps", "eps.pt", "kind = \"discrete\"", "");
+    // With a learned variance output (its own CUDA graph: D and v in one captured call).
+    trace_gmm8(&d.join("learned.pt"), chain_sigma(&linear), |x, dd, s| {
+        let eps = (x - dd) / s;
+        let v = (x * 0.5).tanh();
+        Tensor::cat(&[eps, v], 1)
+    });
+    let learned = write_card(
+        d,
+        "learned",
+        "learned.pt",
+        "kind = \"discrete\"",
+        "learned_sigmas = true",
+    );
     let range = linear.sigma_range().unwrap();
-    for solver in ["heun", "dpmpp-2m", "euler-ancestral"] {
-        let cpu = sample(
-            &["--checkpoint", card.to_str().unwrap()],
-            solver,
-            range,
-            &d.join("a.npy"),
-        );
+    for (card, solver, extra) in [
+        (&card, "heun", None),
+        (&card, "dpmpp-2m", None),
+        (&card, "euler-ancestral", None),
+        (&learned, "ddpm", Some(["--variance", "learned"])),
+    ] {
+        let mut model = vec!["--checkpoint", card.to_str().unwrap()];
+        model.extend(extra.iter().flatten());
+        let cpu = sample(&model, solver, range, &d.join("a.npy"));
         for graphs in ["on", "off"] {
             let (lo, hi) = (range.0.to_string(), range.1.to_string());
             let out = d.join("b.npy");
             let o = bin()
                 .env("SCOREFLOW_CUDA_GRAPHS", graphs)
-                .args([
-                    "sample",
-                    "--checkpoint",
-                    card.to_str().unwrap(),
-                    "--solver",
-                    solver,
-                ])
+                .arg("sample")
+                .args(&model)
+                .args(["--solver", solver])
                 .args([
                     "--steps", "18", "--num", "256", "--seed", "5", "--device", "cuda",
                 ])
@@ -724,12 +735,117 @@ fn cards_on_cuda_agree_with_the_cpu_with_and_without_graphs() {
 }
 
 #[test]
+fn a_learned_variance_card_samples_with_ddpm_learned() {
+    // The exact gmm8 eps with a constant variance output v: DDPM with the learned variance is
+    // DDPM with the small variance at v = -1 and the large one at v = 1 (same seed, same noise);
+    // a varying v gives neither; the card without learned_sigmas cannot use it.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let linear = discrete("eps", "linear", false);
+    let range = linear.sigma_range().unwrap();
+    trace_gmm8(&d.join("eps.pt"), chain_sigma(&linear), |x, dd, s| {
+        (x - dd) / s
+    });
+    let plain = write_card(d, "eps", "eps.pt", "kind = \"discrete\"", "");
+    let plain = ["--checkpoint", plain.to_str().unwrap()];
+    let mut learned = Vec::new();
+    for (name, v) in [("minus", Some(-1.0)), ("plus", Some(1.0)), ("tanh", None)] {
+        trace_gmm8(
+            &d.join(format!("{name}.pt")),
+            chain_sigma(&linear),
+            |x, dd, s| {
+                let eps = (x - dd) / s;
+                let v = match v {
+                    Some(c) => eps.full_like(c),
+                    None => (x * 0.5).tanh(),
+                };
+                Tensor::cat(&[eps, v], 1)
+            },
+        );
+        learned.push(write_card(
+            d,
+            name,
+            &format!("{name}.pt"),
+            "kind = \"discrete\"",
+            "learned_sigmas = true",
+        ));
+    }
+    let with = |card: &Path, variance: &str, out: &str| {
+        sample(
+            &[
+                "--checkpoint",
+                card.to_str().unwrap(),
+                "--variance",
+                variance,
+            ],
+            "ddpm",
+            range,
+            &d.join(out),
+        )
+    };
+    let small = sample(
+        &[&plain[..], &["--variance", "small"]].concat(),
+        "ddpm",
+        range,
+        &d.join("s.npy"),
+    );
+    let large = sample(
+        &[&plain[..], &["--variance", "large"]].concat(),
+        "ddpm",
+        range,
+        &d.join("l.npy"),
+    );
+    let minus = with(&learned[0], "learned", "m.npy");
+    let plus = with(&learned[1], "learned", "p.npy");
+    let tanh = with(&learned[2], "learned", "t.npy");
+    println!(
+        "v = -1 vs small {:.2e}, v = 1 vs large {:.2e}, tanh vs small {:.2e}, vs large {:.2e}",
+        max_diff(&minus, &small),
+        max_diff(&plus, &large),
+        max_diff(&tanh, &small),
+        max_diff(&tanh, &large)
+    );
+    assert!(max_diff(&minus, &small) < 1e-4);
+    assert!(max_diff(&plus, &large) < 1e-4);
+    assert!(max_diff(&tanh, &small) > 1e-2 && max_diff(&tanh, &large) > 1e-2);
+    // The other samplers ignore v: the learned card's heun is the plain card's.
+    let a = sample(&plain, "heun", range, &d.join("h1.npy"));
+    let b = sample(
+        &["--checkpoint", learned[2].to_str().unwrap()],
+        "heun",
+        range,
+        &d.join("h2.npy"),
+    );
+    assert!(max_diff(&a, &b) < 1e-5, "{}", max_diff(&a, &b));
+    // Without learned_sigmas: an error that names it, exit 2, no output.
+    let out = d.join("none.npy");
+    let o = bin()
+        .args([
+            "sample",
+            "--checkpoint",
+            plain[1],
+            "--solver",
+            "ddpm",
+            "--variance",
+            "learned",
+        ])
+        .args(["--steps", "10", "--num", "8", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("learned_sigmas"), "{}", stderr(&o));
+    assert!(!out.exists());
+}
+
+#[test]
 fn a_diffusers_unet_exported_by_the_script_samples_as_diffusers_schedulers() {
     // scripts/export-diffusers.py on tiny random diffusers UNet2DModels (eps on the linear
-    // chain, v on scaled-linear, learned variances on the cosine chain, x0 on a rectangular
-    // image), then experiments/peers/diffusers_models.py: diffusers' EulerDiscreteScheduler,
-    // HeunDiscreteScheduler and DPMSolverMultistepScheduler (Karras sigmas) against
-    // `scoreflow sample --checkpoint CARD` from the same start.
+    // chain, v on scaled-linear, v with learned variances on the cosine chain, x0 on a
+    // rectangular image), then experiments/peers/diffusers_models.py: diffusers'
+    // EulerDiscreteScheduler, HeunDiscreteScheduler and DPMSolverMultistepScheduler (Karras
+    // sigmas), DDIMScheduler and DDPMScheduler (its own timesteps) against `scoreflow sample
+    // --checkpoint CARD` from the same start (and for DDPM the same step noise).
     let Ok(py) = std::env::var("SCOREFLOW_PEERS_PYTHON") else {
         println!(
             "skipped: no python with torch given (scripts/test.sh sets SCOREFLOW_PEERS_PYTHON)"
@@ -750,13 +866,20 @@ fn a_diffusers_unet_exported_by_the_script_samples_as_diffusers_schedulers() {
     let rows = v.as_array().unwrap();
     // 4 models x 3 samplers, diffusers' DPM-Solver with its rounded timesteps against cards
     // with quantize = true (3 models), DDIMScheduler against ddim on the ddpm-leading and
-    // ddpm-trailing grids (3 models); 3 controls that must disagree; "info" rows are reported,
+    // ddpm-trailing grids (3 models), DDPMScheduler against ddpm on the model's ddpm-* grid with
+    // its variance (4 models; learned_range on the cosine model); 4 controls that must disagree
+    // (one: the learned-variance model sampled with --variance small); "info" rows are reported,
     // not judged.
     let checks: Vec<_> = rows.iter().filter(|r| r["kind"] == "check").collect();
-    assert_eq!(checks.len(), 18, "{v}");
+    assert_eq!(checks.len(), 22, "{v}");
     assert!(checks.iter().all(|r| r["ok"] == true), "{v}");
+    let learned = checks
+        .iter()
+        .filter(|r| r["sampler"] == "ddpm" && r["card"].as_str().unwrap().starts_with("learned"))
+        .count();
+    assert_eq!(learned, 1, "{v}");
     let controls: Vec<_> = rows.iter().filter(|r| r["control"] == true).collect();
-    assert_eq!(controls.len(), 3, "{v}");
+    assert_eq!(controls.len(), 4, "{v}");
     assert!(controls.iter().all(|r| r["ok"] == true), "{v}");
 }
 

@@ -21,8 +21,9 @@ What it does:
        (clip_sample = true, timestep_spacing = "leading");
    (b) `scaled-linear-v`: scaled_linear 0.00085..0.012, v_prediction, leading spacing with
        steps_offset 1 (Stable Diffusion 2's settings);
-   (c) `cosine-learned`: squaredcos_cap_v2, epsilon, variance_type "learned_range" (6 output
-       channels), linspace spacing;
+   (c) `cosine-learned`: squaredcos_cap_v2, v_prediction, variance_type "learned_range" (6
+       output channels), linspace spacing (v rather than eps keeps the samples of order one on
+       this chain, whose sigma_max is 20291, so that the tolerance below is a tight one);
    (d) `scaled-linear-x0`: scaled_linear, prediction_type "sample" (x0), trailing spacing, on
        [3, 8, 12] (sample_size a pair).
 2. Runs scripts/export-diffusers.py on each folder (a subprocess, as a user would).
@@ -45,12 +46,20 @@ What it does:
    of the rounding (as shipped against the card as exported). The loop starts with
    `set_begin_index(0)`: without it the cosine chain's repeated timesteps (eight 998s at 18
    steps) make the scheduler skip the first sigma and fail with an IndexError.
-5. A control that must disagree: model (b)'s card with prediction = "eps" instead of "v".
+5. A control that must disagree: model (b)'s card with prediction = "eps" instead of "v" (one
+   per sampler).
 6. DDIM on diffusers' own timesteps: `DDIMScheduler` (eta 0, set_alpha_to_one, the model's
    timestep_spacing and steps_offset, 20 steps) against `scoreflow sample --solver ddim --grid
    ddpm-SPACING --steps-offset K` (the grid takes the card's chain). DDIM steps from t to
    t - T div n, the grid's next level under "leading" and under "trailing" when n divides T
    (so 20 steps); under "linspace" (model (c)) it is not, and that row is reported, not judged.
+7. DDPM ancestral sampling on diffusers' own timesteps: `DDPMScheduler` (the model's
+   variance_type, spacing and steps_offset, clip_sample off, 18 steps; it steps to the next
+   timestep of its list under every spacing) against `scoreflow sample --solver ddpm --variance
+   small|learned --grid ddpm-SPACING`, the scheduler's `randn_tensor` returning scoreflow's step
+   noise (peers.py's `ScoreflowNoise`, seed 0). Model (c) is the check of `--variance learned`
+   against diffusers' "learned_range" (improved DDPM's interpolated log variance); its control,
+   which must disagree, is the same card sampled with `--variance small`.
 
 Prints one line per comparison and writes OUT/diffusers.json. Exit status: 0 all agree, 1 a
 disagreement (or a control that agreed), 2 bad input or a failed step (an export, a scoreflow
@@ -72,6 +81,8 @@ import time
 
 import numpy as np
 import torch
+
+from peers import STREAM_STEP, ScoreflowNoise  # this folder: scoreflow's step noise, written again
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPORT = os.path.join(REPO, "scripts", "export-diffusers.py")
@@ -112,7 +123,7 @@ MODELS = [
     ("scaled-linear-v", 8, 3, dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                    prediction_type="v_prediction", clip_sample=False, timestep_spacing="leading",
                                    steps_offset=1)),
-    ("cosine-learned", 8, 6, dict(beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+    ("cosine-learned", 8, 6, dict(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
                                   variance_type="learned_range", timestep_spacing="linspace")),
     ("scaled-linear-x0", (8, 12), 3, dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                           prediction_type="sample", clip_sample=False, timestep_spacing="trailing")),
@@ -390,6 +401,46 @@ def main():
         x_sf = torch.from_numpy(np.load(os.path.join(folder, "sf-ddim.npy"))).double()
         compare(name, "ddim", f"diffusers DDIM, {spacing}", f"ddpm-{spacing}", x.double(), x_sf,
                 kind="info" if spacing == "linspace" else "check")
+
+        # 7. DDPM ancestral sampling on diffusers' own timesteps: DDPMScheduler (the model's
+        # variance_type, spacing and steps_offset, clip_sample off, --steps steps; it steps to the
+        # next timestep of its list under every spacing) against scoreflow's ddpm on the
+        # ddpm-SPACING grid, --variance small for fixed_small and learned for learned_range (model
+        # (c): the UNet's second half of channels, diffusers' frac = (v + 1) / 2 between log beta~
+        # and log beta of the step). The scheduler's randn_tensor returns scoreflow's step noise
+        # (STREAM_STEP on [sigma_next, sigma]) of seed 0; control: model (c) with --variance small.
+        variance = {"fixed_small": "small", "fixed_large": "large", "learned_range": "learned"}[config["variance_type"]]
+        ddpm_mod = sys.modules[type(diffusers.DDPMScheduler()).__module__]
+        sched = diffusers.DDPMScheduler.from_config(config, clip_sample=False, thresholding=False)
+        sched.set_timesteps(a.steps)
+        levels = [float(sig64[int(t)]) for t in sched.timesteps] + [0.0]
+        noise = ScoreflowNoise(0, z.shape[0], list(z.shape[1:]), max(levels[0], 80.0) * 1.001 + 1e-3)
+        x, saved = z.clone(), ddpm_mod.randn_tensor
+        try:
+            with torch.no_grad():
+                for i, t in enumerate(sched.timesteps):
+                    out = unet(x, t).sample  # all channels: the scheduler splits off a learned variance
+                    step_z = (noise.standard(STREAM_STEP, levels[i + 1], levels[i]).float() if levels[i + 1] > 0
+                              else torch.zeros_like(z))
+                    ddpm_mod.randn_tensor = lambda *args, _z=step_z, **kw: _z
+                    x = sched.step(out, t, x).prev_sample
+        finally:
+            ddpm_mod.randn_tensor = saved
+        # As for DDIM: diffusers starts at z in VP units at the first timestep.
+        z_path = os.path.join(folder, "z-ddpm.npy")
+        np.save(z_path, z.double().numpy() * (levels[0] ** 2 + 1) ** 0.5 / levels[0])
+        for v, kind in [(variance, "check")] + ([("small", "control")] if variance == "learned" else []):
+            args = ["sample", "--checkpoint", card, "--solver", "ddpm", "--variance", v, "--steps", str(a.steps),
+                    "--noise", z_path, "--seed", "0", "--grid", f"ddpm-{spacing}", "--device", "cpu",
+                    "--out", os.path.join(folder, f"sf-ddpm-{v}.npy")]
+            if spacing == "leading":
+                args += ["--steps-offset", str(config.get("steps_offset", 0))]
+            p = subprocess.run([a.scoreflow] + args, capture_output=True, text=True, env=ENV)
+            if p.returncode != 0:
+                fail(f"scoreflow {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
+            x_sf = torch.from_numpy(np.load(os.path.join(folder, f"sf-ddpm-{v}.npy"))).double()
+            compare(name, "ddpm", f"diffusers DDPM, {config['variance_type']}", f"{v}, ddpm-{spacing}", x.double(),
+                    x_sf, kind=kind)
 
     bad = [r for r in rows if not r["ok"]]
     with open(os.path.join(a.out, "diffusers.json"), "w") as f:

@@ -14,6 +14,15 @@ use tch::{Device, Kind, Tensor};
 pub trait Denoiser {
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor>;
 
+    /// `D(x; sigma)` and, for a network trained with learned reverse variances (improved DDPM,
+    /// Nichol & Dhariwal 2021), its variance output from the same evaluation: `v` of `x`'s
+    /// shape, nominally in [-1, 1], which sets the log variance of a DDPM step to
+    /// `(1 + v) / 2 log beta + (1 - v) / 2 log beta~` (`beta~` the posterior variance). None for a
+    /// denoiser without one (the default).
+    fn denoise_with_variance(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((self.denoise(x, sigma)?, None))
+    }
+
     /// The score `(D(x; sigma) - x) / sigma^2`.
     fn score(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         Ok((self.denoise(x, sigma)? - x) / (sigma * sigma))
@@ -24,11 +33,17 @@ impl<T: Denoiser + ?Sized> Denoiser for &T {
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         (**self).denoise(x, sigma)
     }
+    fn denoise_with_variance(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
+        (**self).denoise_with_variance(x, sigma)
+    }
 }
 
 impl<T: Denoiser + ?Sized> Denoiser for Box<T> {
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         (**self).denoise(x, sigma)
+    }
+    fn denoise_with_variance(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
+        (**self).denoise_with_variance(x, sigma)
     }
 }
 
@@ -58,6 +73,10 @@ impl<D: Denoiser> Denoiser for Counted<D> {
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         self.count.set(self.count.get() + 1);
         self.inner.denoise(x, sigma)
+    }
+    fn denoise_with_variance(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
+        self.count.set(self.count.get() + 1);
+        self.inner.denoise_with_variance(x, sigma)
     }
 }
 

@@ -46,6 +46,16 @@ impl StepCtx<'_> {
         *self.nfe += 1;
         self.denoiser.denoise(x, sigma)
     }
+    /// `D(x; sigma)` and the network's learned variance output, where it has one
+    /// ([`Denoiser::denoise_with_variance`]), counted as one network evaluation.
+    pub fn denoise_with_variance(
+        &mut self,
+        x: &Tensor,
+        sigma: f64,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        *self.nfe += 1;
+        self.denoiser.denoise_with_variance(x, sigma)
+    }
     /// The ODE derivative `dx/dsigma = (x - D(x; sigma)) / sigma` (one evaluation).
     pub fn derivative(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         let d = self.denoise(x, sigma)?;

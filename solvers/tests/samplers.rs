@@ -2357,3 +2357,110 @@ fn pc_with_annealed_langevin_alone_is_ncsns_update() {
     let d = max_abs(&(&got - &xh));
     assert!(d < 1e-12, "{d}");
 }
+
+/// The ring mixture's exact denoiser with a made-up learned variance output `v = tanh(2 x)` (a
+/// value per element and sample, inside (-1, 1)), or a constant `v`.
+struct WithVariance {
+    gmm: GaussianMixture,
+    constant: Option<f64>,
+}
+
+impl Denoiser for WithVariance {
+    fn denoise(&self, x: &Tensor, sigma: f64) -> scoreflow_solvers::error::Result<Tensor> {
+        self.gmm.denoise(x, sigma)
+    }
+    fn denoise_with_variance(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+    ) -> scoreflow_solvers::error::Result<(Tensor, Option<Tensor>)> {
+        let v = match self.constant {
+            Some(c) => x.full_like(c),
+            None => (x * 2.0).tanh(),
+        };
+        Ok((self.gmm.denoise(x, sigma)?, Some(v)))
+    }
+}
+
+#[test]
+fn ddpm_learned_variance_is_improved_ddpms_log_interpolation() {
+    use scoreflow_solvers::noise::STREAM_STEP;
+    let sde = Edm::default();
+    let sigmas = grid_for(&sde, &GridKind::default(), 12);
+    let (n, d, seed) = (64usize, 2usize, 5u64);
+    let learned = SamplerSpec::Ddpm {
+        variance: DdpmVariance::Learned,
+    };
+    let den = WithVariance {
+        gmm: GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap(),
+        constant: None,
+    };
+    let (x, nfe) = sample(&learned, &den, &sde, &sigmas, seed, n, d);
+    assert_eq!(nfe, 12, "one evaluation per step");
+
+    // By hand, in improved DDPM's variables (Nichol & Dhariwal 2021; guided-diffusion's
+    // p_mean_variance with LEARNED_RANGE on the respaced chain): x_vp = sqrt(abar) x, the
+    // posterior mean from the predicted x0, log variance (1 + v) / 2 log beta + (1 - v) / 2 log
+    // beta~ of the step between consecutive levels, the sampler's step noise.
+    let span = sigmas[0].max(sde.time_of(sigmas[0])) * 1.001 + 1.0;
+    let mut noise = BrownianNoise::new(seed, 0, n, &[d as i64], span, Device::Cpu, Kind::Double);
+    let mut xv = noise.initial() * sigmas[0] / (1.0 + sigmas[0] * sigmas[0]).sqrt();
+    for i in 0..12 {
+        let (s, s2) = (sigmas[i], sigmas[i + 1]);
+        let (a, a_prev) = (1.0 / (1.0 + s * s), 1.0 / (1.0 + s2 * s2));
+        let beta = 1.0 - a / a_prev;
+        let x = &xv / a.sqrt();
+        let (dx, v) = den.denoise_with_variance(&x, s).unwrap();
+        let eps = (&x - &dx) / s;
+        let x0 = (&xv - &eps * (1.0 - a).sqrt()) / a.sqrt();
+        let mean = &x0 * (a_prev.sqrt() * beta / (1.0 - a))
+            + &xv * ((1.0 - beta).sqrt() * (1.0 - a_prev) / (1.0 - a));
+        xv = if s2 > 0.0 {
+            let post = beta * (1.0 - a_prev) / (1.0 - a);
+            let frac = (v.unwrap() + 1.0) / 2.0;
+            let log_var: Tensor = &frac * beta.ln() + (1.0 - &frac) * post.ln();
+            mean + (log_var / 2.0).exp() * noise.standard(STREAM_STEP, s2, s).unwrap()
+        } else {
+            mean
+        };
+    }
+    let diff = max_abs(&(&x - &xv));
+    assert!(diff < 1e-9, "ddpm learned vs by hand: {diff:e}");
+
+    // v = -1 is the posterior variance ("small"), v = 1 is beta ("large"), v = 0 neither.
+    let plain = GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap();
+    for (c, variance) in [(-1.0, DdpmVariance::Small), (1.0, DdpmVariance::Large)] {
+        let den = WithVariance {
+            gmm: GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap(),
+            constant: Some(c),
+        };
+        let (a, _) = sample(&learned, &den, &sde, &sigmas, seed, n, d);
+        let (b, _) = sample(
+            &SamplerSpec::Ddpm { variance },
+            &plain,
+            &sde,
+            &sigmas,
+            seed,
+            n,
+            d,
+        );
+        let diff = max_abs(&(&a - &b));
+        assert!(diff < 1e-9, "learned v = {c} vs {variance:?}: {diff:e}");
+        let mid = WithVariance {
+            gmm: GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap(),
+            constant: Some(0.0),
+        };
+        let (m, _) = sample(&learned, &mid, &sde, &sigmas, seed, n, d);
+        assert!(
+            max_abs(&(&m - &b)) > 1e-3,
+            "v = 0 must differ from {variance:?}"
+        );
+    }
+
+    // A denoiser without a variance output: an error that says what is needed.
+    let err = try_sample(&learned, &plain, &sde, &sigmas, seed, n, d).unwrap_err();
+    assert!(
+        err.to_string().contains("learned_sigmas"),
+        "unexpected error: {err}"
+    );
+}

@@ -5,8 +5,10 @@
 //! `x'_vp = (x_vp - beta_t / sqrt(1 - a) eps) / sqrt(alpha_t) + s_t z`,
 //!
 //! `eps = (x - D(x; sigma)) / sigma`, and `s_t^2 = (1 - a') / (1 - a) beta_t` (the posterior
-//! variance, "small", default) or `beta_t` ("large"); no noise on the step to sigma = 0.
-//! One evaluation per step.
+//! variance, "small", default) or `beta_t` ("large"), or the network's learned interpolation
+//! between their logs ("learned", improved DDPM: `log s_t^2 = (1 + v) / 2 log beta_t + (1 - v) / 2
+//! log beta~_t`, `v` the variance output of the same evaluation); no noise on the step to
+//! sigma = 0. One evaluation per step.
 
 use crate::driver::{Sampler, StepCtx};
 use crate::error::{Result, SolverError};
@@ -24,6 +26,10 @@ pub enum DdpmVariance {
     Small,
     /// `beta_t`.
     Large,
+    /// The network's learned variance (Nichol & Dhariwal 2021; diffusers' "learned_range"):
+    /// `exp((1 + v) / 2 log beta_t + (1 - v) / 2 log beta~_t)` per element, `v` its variance
+    /// output ([`crate::Denoiser::denoise_with_variance`]).
+    Learned,
 }
 
 impl std::str::FromStr for DdpmVariance {
@@ -32,8 +38,9 @@ impl std::str::FromStr for DdpmVariance {
         match s {
             "small" => Ok(DdpmVariance::Small),
             "large" => Ok(DdpmVariance::Large),
+            "learned" => Ok(DdpmVariance::Learned),
             _ => Err(SolverError::Invalid(format!(
-                "unknown DDPM variance '{s}' (known: small, large)"
+                "unknown DDPM variance '{s}' (known: small, large, learned)"
             ))),
         }
     }
@@ -53,15 +60,35 @@ impl Sampler for Ddpm {
         let (a, a_next) = (alpha_bar_of_sigma(s), alpha_bar_of_sigma(s_next));
         let alpha_t = a / a_next;
         let beta_t = 1.0 - alpha_t;
-        let eps = ctx.derivative(&x, s)?;
+        let (d, v) = if self.variance == DdpmVariance::Learned {
+            let (d, v) = ctx.denoise_with_variance(&x, s)?;
+            let v = v.ok_or_else(|| {
+                SolverError::Invalid(
+                    "ddpm with variance = learned needs a network with a learned variance output (a model card with learned_sigmas = true)".into(),
+                )
+            })?;
+            (d, Some(v))
+        } else {
+            (ctx.denoise(&x, s)?, None)
+        };
+        let eps = (&x - d) / s;
         let x_vp = &x * a.sqrt();
         let mut next = (x_vp - eps * (beta_t / (1.0 - a).sqrt())) / alpha_t.sqrt();
         if s_next > 0.0 {
-            let var = match self.variance {
-                DdpmVariance::Small => (1.0 - a_next) / (1.0 - a) * beta_t,
-                DdpmVariance::Large => beta_t,
+            let small = (1.0 - a_next) / (1.0 - a) * beta_t;
+            let z = ctx.noise.standard(STREAM_STEP, s_next, s)?;
+            next += match &v {
+                // Learned: the log variance interpolated per element; the logs clamped as
+                // diffusers does (small > 0 on every step that adds noise).
+                Some(v) => {
+                    let (lo, hi) = (small.max(1e-20).ln(), beta_t.max(1e-20).ln());
+                    let frac = (v.to_kind(z.kind()) + 1.0) * 0.5;
+                    let log_var = &frac * hi + (frac.neg() + 1.0) * lo;
+                    z * (log_var * 0.5).exp()
+                }
+                None if self.variance == DdpmVariance::Large => z * beta_t.sqrt(),
+                None => z * small.sqrt(),
             };
-            next += ctx.noise.standard(STREAM_STEP, s_next, s)? * var.sqrt();
         }
         Ok(next / a_next.sqrt())
     }
