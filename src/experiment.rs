@@ -224,6 +224,17 @@ fn label_without(spec: &SamplerSpec, skip: &[&str]) -> String {
 }
 
 impl ExperimentConfig {
+    /// The noise levels of a run of `steps` steps (ending in 0).
+    fn sigmas(&self, steps: usize, sde: &dyn Sde) -> Result<Vec<f64>> {
+        Ok(grid::sigmas(
+            &self.grid.placement,
+            steps,
+            self.grid.sigma_min,
+            self.grid.sigma_max,
+            sde,
+        )?)
+    }
+
     /// Every cell: (seed, sampler, steps).
     fn cells(&self) -> Vec<(u64, &SamplerSpec, usize)> {
         self.seeds
@@ -281,19 +292,9 @@ impl ExperimentConfig {
             bail!("out_dir must not be empty");
         }
         // The timesteps placement fixes each step count's levels to a chain's steps, whose ends
-        // move with the step count (leading starts lower, trailing stops higher): there is no one
-        // reference path for rms/max, and no range for the adaptive samplers.
+        // move with the step count (leading starts lower, trailing stops higher): no range for
+        // the adaptive samplers. (rms/max take a reference between each step count's own ends.)
         if matches!(self.grid.placement, GridKind::Timesteps { .. }) {
-            if let Some(m) = self
-                .metrics
-                .iter()
-                .find(|m| matches!(m, Metric::Rms | Metric::Max))
-            {
-                bail!(
-                    "metric {} needs one reference path, and the timesteps placement starts and ends each step count at other levels: use sw2, mmd or the mode metrics",
-                    m.name()
-                );
-            }
             if let Some(s) = self.samplers.iter().find(|s| s.is_adaptive()) {
                 bail!(
                     "the adaptive sampler {} chooses its own steps; the timesteps placement has no range for it",
@@ -332,13 +333,7 @@ impl ExperimentConfig {
         }
         let sde = job::sde_from_name(&self.grid.sde)?;
         for n in self.all_steps() {
-            grid::sigmas(
-                &self.grid.placement,
-                n,
-                self.grid.sigma_min,
-                self.grid.sigma_max,
-                sde.as_ref(),
-            )?;
+            self.sigmas(n, sde.as_ref())?;
         }
         job::kind_from_name(&self.dtype)?;
         device::parse(&self.device)?;
@@ -704,12 +699,17 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     // only read it.
     let needs_ref = cfg.metrics.iter().any(|m| m.needs_deterministic());
     let mut per_seed: BTreeMap<u64, SeedState> = BTreeMap::new();
-    for &(seed, spec, _) in &todo {
+    for &(seed, spec, steps) in &todo {
         if let std::collections::btree_map::Entry::Vacant(e) = per_seed.entry(seed) {
             e.insert(SeedState::new(cfg, &model, &shape, seed, dev, kind)?);
         }
         if needs_ref && !spec.is_stochastic() {
-            per_seed.get_mut(&seed).unwrap().reference(cfg, &model)?;
+            let sigmas = cfg.sigmas(steps, sde.as_ref())?;
+            per_seed.get_mut(&seed).unwrap().reference(
+                cfg,
+                &model,
+                reference_ends(cfg, &sigmas),
+            )?;
         }
     }
     let bandwidth = match (
@@ -833,13 +833,7 @@ impl CellCtx<'_> {
     fn run_cell(&self, seed: u64, spec: &SamplerSpec, steps: usize) -> Result<Value> {
         let (cfg, model, shape) = (self.cfg, self.model, self.shape);
         let state = &self.per_seed[&seed];
-        let sigmas = grid::sigmas(
-            &cfg.grid.placement,
-            steps,
-            cfg.grid.sigma_min,
-            cfg.grid.sigma_max,
-            self.sde,
-        )?;
+        let sigmas = cfg.sigmas(steps, self.sde)?;
         let t = Instant::now();
         // The paths of the first 16 samples, for the trajectory plot of 2-D models.
         let track = shape == [2];
@@ -876,7 +870,7 @@ impl CellCtx<'_> {
                 Metric::Rms | Metric::Max => {
                     let r = state
                         .reference
-                        .as_ref()
+                        .get(&ends_key(reference_ends(cfg, &sigmas)))
                         .ok_or_else(|| anyhow!("no reference solution for seed {seed}"))?;
                     let dist = (&x - r)
                         .flatten(1, -1)
@@ -952,11 +946,12 @@ pub fn mode_coverage(g: &GaussianMixture, x: &Tensor) -> Result<f64> {
     Ok(hit as f64 / k as f64)
 }
 
-/// Per-seed state: the shared starting noise, fresh data and (lazily) the reference solution.
+/// Per-seed state: the shared starting noise, fresh data and (lazily) the reference solutions,
+/// one per pair of grid ends ([`reference_ends`]).
 struct SeedState {
     z: Tensor,
     data: Option<Tensor>,
-    reference: Option<Tensor>,
+    reference: BTreeMap<(u64, u64), Tensor>,
 }
 
 impl SeedState {
@@ -981,16 +976,21 @@ impl SeedState {
         Ok(SeedState {
             z,
             data,
-            reference: None,
+            reference: BTreeMap::new(),
         })
     }
 
-    /// The reference probability-flow solution from this seed's noise, to `sigma_min` and then
-    /// the final denoising step every grid ends with: the exact flow for Gaussian data, else an
-    /// adaptive Dormand-Prince 5(4) solve to `reference_tol`.
-    fn reference(&mut self, cfg: &ExperimentConfig, model: &Loaded) -> Result<&Tensor> {
-        if self.reference.is_none() {
-            let (lo, hi) = (cfg.grid.sigma_min, cfg.grid.sigma_max);
+    /// The reference probability-flow solution from this seed's noise, from `hi` to `lo` and
+    /// then the final denoising step every grid ends with: the exact flow for Gaussian data,
+    /// else an adaptive Dormand-Prince 5(4) solve to `reference_tol`.
+    fn reference(
+        &mut self,
+        cfg: &ExperimentConfig,
+        model: &Loaded,
+        (hi, lo): (f64, f64),
+    ) -> Result<&Tensor> {
+        let key = ends_key((hi, lo));
+        if !self.reference.contains_key(&key) {
             let start = &self.z * hi;
             let at_min = match model {
                 Loaded::Exact(ExactModel::Gaussian(g)) => g.exact_flow(&start, hi, lo)?,
@@ -1005,10 +1005,25 @@ impl SeedState {
                     .0
                 }
             };
-            self.reference = Some(model.denoiser().denoise(&at_min, lo)?);
+            let r = model.denoiser().denoise(&at_min, lo)?;
+            self.reference.insert(key, r);
         }
-        Ok(self.reference.as_ref().unwrap())
+        Ok(&self.reference[&key])
     }
+}
+
+/// The ends `(sigma_max, sigma_min)` of the reference path that a cell on `sigmas` approximates:
+/// `[grid]`'s for every placement but `timesteps`, whose levels are a chain's steps, so each step
+/// count has its own first level and last level above 0.
+fn reference_ends(cfg: &ExperimentConfig, sigmas: &[f64]) -> (f64, f64) {
+    match cfg.grid.placement {
+        GridKind::Timesteps { .. } => (sigmas[0], sigmas[sigmas.len() - 2]),
+        _ => (cfg.grid.sigma_max, cfg.grid.sigma_min),
+    }
+}
+
+fn ends_key((hi, lo): (f64, f64)) -> (u64, u64) {
+    (hi.to_bits(), lo.to_bits())
 }
 
 /// `scoreflow plot OUT_DIR`: results.csv and the plots from results.jsonl.

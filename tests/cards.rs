@@ -350,7 +350,7 @@ fn an_experiment_runs_on_a_card_and_asks_for_data_where_its_metrics_need_it() {
     assert_eq!(csv.lines().count(), 5, "{csv}");
     assert!(d.join("c/quality_vs_nfe.png").exists());
     // The timesteps placement (diffusers' spacings on the card's chain, given in [grid]):
-    // data metrics run; rms (one reference path) and adaptive samplers are refused.
+    // data metrics and rms run; adaptive samplers are refused.
     let ts = |metrics: &str, sampler: &str, out: &str| {
         let path = d.join(format!("{out}.toml"));
         std::fs::write(
@@ -373,17 +373,31 @@ fn an_experiment_runs_on_a_card_and_asks_for_data_where_its_metrics_need_it() {
             .count(),
         3
     );
-    let o = ts("\"rms\"", "ddim", "t2");
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("metric rms needs one reference path"),
-        "{}",
-        stderr(&o)
+    // rms against a reference between each step count's own ends (trailing: at 10 steps the
+    // last level above 0 is the chain's sigma at t = 99, at 20 steps at t = 49; a reference
+    // to another sigma_min would leave an error of the size of the samples' spread).
+    let o = ts("\"rms\"", "heun", "t2");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(d.join("t2/results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rms = |steps: u64| {
+        rows.iter().find(|r| r["steps"] == steps).unwrap()["rms"]
+            .as_f64()
+            .unwrap()
+    };
+    println!(
+        "heun, trailing, rms at 10 and 20 steps: {:.3e} {:.3e}",
+        rms(10),
+        rms(20)
     );
+    assert!(rms(10) < 0.05 && rms(20) < rms(10) / 2.5, "{rows:?}");
     let o = ts("\"sw2\"", "dpm-adaptive", "t3");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("adaptive sampler"), "{}", stderr(&o));
-    assert!(!d.join("t2").exists() && !d.join("t3").exists());
+    assert!(!d.join("t3").exists());
 }
 
 #[test]
