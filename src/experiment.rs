@@ -9,6 +9,7 @@ use crate::model::{self, ExactModel};
 use crate::plot::{self, Panel, Scatter, Series};
 use crate::{compare, device, npy, train};
 use anyhow::{anyhow, bail, Context, Result};
+use scoreflow_solvers::sde::BetaSchedule;
 use scoreflow_solvers::{grid, Denoiser, GaussianMixture, GridKind, SamplerSpec, Sde};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -640,12 +641,62 @@ pub fn run(a: RunArgs) -> Result<()> {
     run_config(&cfg, a.max_cells)
 }
 
+/// The timesteps placement places its levels on the chain that `[grid]` names (DDPM's linear one
+/// unless it says otherwise); on a model card with a discrete chain that must be the card's own
+/// chain, else the levels would be another model's timesteps.
+fn check_chain(cfg: &ExperimentConfig, model: &Loaded) -> Result<()> {
+    let (
+        GridKind::Timesteps {
+            schedule,
+            beta_start,
+            beta_end,
+            timesteps,
+            ..
+        },
+        Loaded::Trained(m, _),
+    ) = (&cfg.grid.placement, model)
+    else {
+        return Ok(());
+    };
+    let crate::precond::Precond::Discrete {
+        schedule: s,
+        beta_start: b0,
+        beta_end: b1,
+        timesteps: t,
+        ..
+    } = &m.net.precond
+    else {
+        return Ok(());
+    };
+    let text = |schedule: &BetaSchedule, b0: f64, b1: f64, t: usize| {
+        let name = serde_json::to_value(schedule)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        match schedule {
+            BetaSchedule::SquaredcosCapV2 => format!("schedule = \"{name}\", timesteps = {t}"),
+            _ => format!(
+                "schedule = \"{name}\", beta_start = {b0}, beta_end = {b1}, timesteps = {t}"
+            ),
+        }
+    };
+    let ours = text(schedule, *beta_start, *beta_end, *timesteps);
+    let card = text(s, *b0, *b1, *t);
+    if ours != card {
+        bail!(
+            "the timesteps placement's chain ({ours}) is not the model card's ({card}): give the card's chain in [grid] placement"
+        );
+    }
+    Ok(())
+}
+
 /// Run every unfinished cell of `cfg`, then write results.csv and the plots.
 pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()> {
     let dev = device::parse(&cfg.device)?;
     let kind = job::kind_from_name(&cfg.dtype)?;
     npy::check_out_dir(&cfg.out_dir)?;
     let model = load_model(&cfg.model, dev)?;
+    check_chain(cfg, &model)?;
     let shape = model.shape();
     let classifier = match (&model, cfg.metrics.contains(&Metric::Fd)) {
         (Loaded::Trained(_, data), true) => {

@@ -394,6 +394,26 @@ fn an_experiment_runs_on_a_card_and_asks_for_data_where_its_metrics_need_it() {
         rms(20)
     );
     assert!(rms(10) < 0.05 && rms(20) < rms(10) / 2.5, "{rows:?}");
+    // A chain other than the card's: an error naming both, no output.
+    let path = d.join("t4.toml");
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(d.join("t1.toml")).unwrap().replace(
+            "spacing = \"trailing\" }",
+            "spacing = \"trailing\", schedule = \"scaled-linear\", beta_start = 0.00085, beta_end = 0.012 }",
+        ).replace("/t1\"", "/t4\""),
+    )
+    .unwrap();
+    let o = bin().args(["run"]).arg(&path).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("schedule = \"scaled-linear\", beta_start = 0.00085")
+            && stderr(&o)
+                .contains("is not the model card's (schedule = \"linear\", beta_start = 0.0001"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d.join("t4").exists());
     let o = ts("\"sw2\"", "dpm-adaptive", "t3");
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("adaptive sampler"), "{}", stderr(&o));
