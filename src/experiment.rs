@@ -1077,7 +1077,23 @@ fn ends_key((hi, lo): (f64, f64)) -> (u64, u64) {
     (hi.to_bits(), lo.to_bits())
 }
 
-/// `scoreflow plot OUT_DIR`: results.csv and the plots from results.jsonl.
+/// A metric's plot title and axis label.
+fn metric_title(m: &str) -> (&'static str, &'static str) {
+    match m {
+        "rms" => ("RMS distance to the reference ODE solution", "RMS error"),
+        "max" => ("largest distance to the reference solution", "max error"),
+        "sw2" => ("sliced Wasserstein-2 to fresh data", "SW2"),
+        "mmd" => ("MMD to fresh data", "MMD"),
+        "fd" => ("Fréchet distance on classifier features", "FD"),
+        "mode-coverage" => (
+            "fraction of modes holding at least half their weight",
+            "coverage",
+        ),
+        _ => ("mode-weight error (total variation)", "TV"),
+    }
+}
+
+/// `scoreflow plot OUT_DIR`: results.csv, summary.md and the plots from results.jsonl.
 pub fn plot_dir(dir: &Path) -> Result<()> {
     let mut rows = read_results(dir)?;
     let cfg = std::fs::read_to_string(dir.join("experiment.json"))
@@ -1098,6 +1114,10 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
             );
         }
     }
+    // The experiment's first metric leads the summary printed at the end.
+    let primary: Option<&'static str> = cfg
+        .as_ref()
+        .and_then(|c| c.metrics.first().map(|m| m.name()));
     // Cells may finish in any order: sort by seed, then sampler (in the experiment's order
     // where experiment.json is present), then steps.
     let order: Vec<String> = cfg
@@ -1150,6 +1170,19 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
         );
     }
     crate::compare::write_atomic(&dir.join("results.csv"), &csv)?;
+    let titles: Vec<(&str, &str)> = metric_names
+        .iter()
+        .map(|m| (*m, metric_title(m).0))
+        .collect();
+    crate::compare::write_atomic(
+        &dir.join("summary.md"),
+        &crate::summary::markdown(
+            &format!("Summary of {}", dir.display()),
+            &rows,
+            &titles,
+            &floors,
+        ),
+    )?;
     // Quality vs NFE: mean over seeds, bars from min to max; one curve per series.
     let row_series: Vec<String> = rows.iter().map(series_of).collect();
     let labels: Vec<String> = {
@@ -1194,14 +1227,7 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
                 });
             }
         }
-        let (title, ylabel) = match *m {
-            "rms" => ("RMS distance to the reference ODE solution", "RMS error"),
-            "max" => ("largest distance to the reference solution", "max error"),
-            "sw2" => ("sliced Wasserstein-2 to fresh data", "SW2"),
-            "mmd" => ("MMD to fresh data", "MMD"),
-            "fd" => ("Fréchet distance on classifier features", "FD"),
-            _ => ("mode-weight error (total variation)", "TV"),
-        };
+        let (title, ylabel) = metric_title(m);
         let floor = floors
             .get(*m)
             .map(|f| ("fresh data vs fresh data".to_string(), *f));
@@ -1296,7 +1322,15 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
             plot::scatter_grid(&dir.join("samples_grid"), &scat, cols, lim.max(1e-3))?;
         }
     }
+    if let Some(h) = primary
+        .into_iter()
+        .chain(metric_names.iter().copied())
+        .find_map(|m| crate::summary::headline(&rows, m))
+    {
+        println!("{h}");
+    }
     println!("results: {}", dir.join("results.csv").display());
+    println!("summary: {}", dir.join("summary.md").display());
     println!("plot: {}", dir.join("quality_vs_nfe.png").display());
     Ok(())
 }

@@ -32,4 +32,5 @@ pub mod optim;
 pub mod plot;
 pub mod precond;
 mod shim;
+pub mod summary;
 pub mod train;

@@ -630,3 +630,93 @@ fn plot_draws_degenerate_values_without_hanging() {
         }
     }
 }
+
+#[test]
+fn the_summary_names_the_best_sampler_within_each_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cfg = write_config(dir.path(), "e.toml", &small(&out, "steps = [4, 8, 16]"));
+    let o = run(&["run", &cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("best rms within a budget of evaluations") && stdout.contains("summary.md"),
+        "{stdout}"
+    );
+    let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    // Means over the two seeds, from results.jsonl, per (label, steps).
+    let rows = results(&out);
+    let mean = |label: &str, steps: u64, m: &str| -> Option<(f64, f64)> {
+        let v: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| r["label"] == label && r["steps"] == steps)
+            .filter_map(|r| Some((r["nfe"].as_f64()?, r[m].as_f64()?)))
+            .collect();
+        (!v.is_empty()).then(|| {
+            let k = v.len() as f64;
+            (
+                v.iter().map(|p| p.0).sum::<f64>() / k,
+                v.iter().map(|p| p.1).sum::<f64>() / k,
+            )
+        })
+    };
+    let cells: Vec<(&str, u64)> = ["euler", "heun", "ddim(eta=1)"]
+        .iter()
+        .flat_map(|l| [4u64, 8, 16].map(|s| (*l, s)))
+        .collect();
+    for (m, higher) in [("rms", false), ("sw2", false), ("mode-coverage", true)] {
+        let section = md
+            .split("\n## ")
+            .find(|s| s.starts_with(&format!("{m}:")))
+            .unwrap_or_else(|| panic!("no section {m} in\n{md}"));
+        // The matrix: heun at 8 steps is 15 evaluations.
+        let heun = section.lines().find(|l| l.starts_with("| heun |")).unwrap();
+        assert!(heun.contains("(15)"), "{heun}");
+        // The budget table, checked against the means: every line's sampler is the best cell
+        // within its budget, and every budget where the best cell changes has a line.
+        let lines: Vec<Vec<String>> = section
+            .lines()
+            .skip_while(|l| !l.starts_with("| NFE at most"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+            .collect();
+        let mut budgets: Vec<f64> = cells
+            .iter()
+            .filter_map(|(l, s)| mean(l, *s, m).map(|p| p.0))
+            .collect();
+        budgets.sort_by(|a, b| a.total_cmp(b));
+        budgets.dedup();
+        let mut expected = Vec::new();
+        for b in budgets {
+            let best = cells
+                .iter()
+                .filter_map(|(l, s)| mean(l, *s, m).map(|p| (*l, *s, p)))
+                .filter(|(_, _, p)| p.0 <= b)
+                .fold(None, |acc: Option<(&str, u64, (f64, f64))>, c| match acc {
+                    Some(a) if (higher && a.2 .1 >= c.2 .1) || (!higher && a.2 .1 <= c.2 .1) => {
+                        Some(a)
+                    }
+                    _ => Some(c),
+                })
+                .unwrap();
+            if expected.last().map(|e: &(f64, &str, u64)| (e.1, e.2)) != Some((best.0, best.1)) {
+                expected.push((b, best.0, best.1));
+            }
+        }
+        assert_eq!(lines.len(), expected.len(), "{m}:\n{section}");
+        for (line, (b, label, steps)) in lines.iter().zip(&expected) {
+            assert_eq!(line[1].parse::<f64>().unwrap(), *b, "{m}: {line:?}");
+            assert_eq!(line[2], *label, "{m}: {line:?}");
+            assert_eq!(line[3], steps.to_string(), "{m}: {line:?}");
+        }
+        if m == "rms" {
+            // The stochastic sampler has no rms: it never appears in that section.
+            assert!(!section.contains("ddim(eta=1)"), "{section}");
+            // More budget buys a smaller error: the last line is heun at 16 steps (31 NFE).
+            assert_eq!(expected.last().unwrap().1, "heun");
+        }
+    }
+    // The floor of sw2 is named.
+    assert!(md.contains("between two fresh data sets"), "{md}");
+}
