@@ -47,7 +47,8 @@ pub struct GridArgs {
     /// (1 by default); an error with the other grids.
     #[arg(long)]
     pub rho: Option<f64>,
-    /// Grid placement: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta, or
+    /// Grid placement: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta,
+    /// kl-optimal, or
     /// ddpm-leading, ddpm-trailing, ddpm-linspace (diffusers' timestep spacings on a discrete
     /// chain: a model card's, else DDPM's linear one).
     #[arg(long, default_value = "karras")]

@@ -56,6 +56,11 @@ pub enum GridKind {
         #[serde(default = "point_six")]
         beta: f64,
     },
+    /// The "KL-optimal" schedule of Sabour, Fidler & Kreis (2024, "Align Your Steps"), the
+    /// tangent law their analysis gives for Euler steps on Gaussian data of unit variance:
+    /// uniform in `atan(sigma)`, `sigma_i = tan((1 - f_i) atan(sigma_max) + f_i atan(sigma_min))`
+    /// (ComfyUI's `kl_optimal_scheduler`, comfy/samplers.py).
+    KlOptimal {},
     /// The levels of a discrete DDPM chain at the training timesteps diffusers' schedulers pick
     /// (`timestep_spacing`, `scheduling_euler_discrete.py` and the others): for `n` steps of a
     /// chain of `T`, `leading` takes `j = i (T div n) + steps_offset`, `trailing`
@@ -213,7 +218,7 @@ impl Default for GridKind {
 
 impl GridKind {
     /// Parse a command-line name: `karras`, `uniform-t`, `log-snr`, `poly-t`, `iddpm`,
-    /// `poly-exponential`, `beta` (their default parameters; `rho`, where given, for the grids
+    /// `poly-exponential`, `beta`, `kl-optimal`, `ddpm-*` (their default parameters; `rho`, where given, for the grids
     /// that have one).
     pub fn from_name(name: &str, rho: Option<f64>) -> Result<Self> {
         if rho.is_some() && !matches!(name, "karras" | "poly-t" | "poly-exponential") {
@@ -237,6 +242,7 @@ impl GridKind {
                 alpha: point_six(),
                 beta: point_six(),
             },
+            "kl-optimal" => GridKind::KlOptimal {},
             "ddpm-leading" | "ddpm-trailing" | "ddpm-linspace" => GridKind::Timesteps {
                 spacing: match name {
                     "ddpm-leading" => Spacing::Leading,
@@ -256,7 +262,7 @@ impl GridKind {
             },
             other => {
                 return Err(SolverError::Grid(format!(
-                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta, ddpm-leading, ddpm-trailing, ddpm-linspace)"
+                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta, kl-optimal, ddpm-leading, ddpm-trailing, ddpm-linspace)"
                 )))
             }
         })
@@ -347,6 +353,10 @@ pub fn sigmas(
                     sigma_min + q * (sigma_max - sigma_min)
                 })
                 .collect()
+        }
+        GridKind::KlOptimal {} => {
+            let (a, b) = (sigma_max.atan(), sigma_min.atan());
+            (0..n).map(|i| (a + frac(i, n) * (b - a)).tan()).collect()
         }
         GridKind::Timesteps {
             spacing,

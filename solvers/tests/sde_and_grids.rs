@@ -136,6 +136,7 @@ fn grids_decrease_end_in_zero_and_hit_the_ends() {
             alpha: 0.6,
             beta: 0.6,
         },
+        GridKind::KlOptimal {},
     ];
     for sde in all_sdes() {
         let (lo, hi) = sde.default_sigma_range();
@@ -285,6 +286,38 @@ fn iddpm_grid_matches_nvlabs_edm() {
     for (c_1, c_2, m) in [(0.0, 0.008, 1000), (0.001, -1.0, 1000), (0.001, 0.008, 0)] {
         assert!(grid::sigmas(&GridKind::Iddpm { c_1, c_2, m }, 4, 0.002, 80.0, &sde).is_err());
     }
+}
+
+#[test]
+fn kl_optimal_grid_is_uniform_in_atan_sigma() {
+    // The formula of ComfyUI's kl_optimal_scheduler, tan(f atan(sigma_min) + (1 - f)
+    // atan(sigma_max)), evaluated in Python's float64 math on [0.002, 80] at 6 steps.
+    let sde = Edm::default();
+    let want = [
+        79.99999999999964,
+        2.980038326595726,
+        1.3571672807241477,
+        0.7207529951808902,
+        0.3239251128214752,
+        0.002,
+    ];
+    let g = grid::sigmas(&GridKind::KlOptimal {}, 6, 0.002, 80.0, &sde).unwrap();
+    assert_eq!(g.len(), 7);
+    for (got, w) in g.iter().zip(&want) {
+        assert!((got - w).abs() <= 1e-13 * w, "{g:?} vs {want:?}");
+    }
+    // Equal steps in atan(sigma) at any count, and the name parses.
+    let g = grid::sigmas(&GridKind::KlOptimal {}, 37, 0.01, 20.0, &sde).unwrap();
+    let d: Vec<f64> = g[..37]
+        .windows(2)
+        .map(|w| w[0].atan() - w[1].atan())
+        .collect();
+    assert!(d.iter().all(|x| (x - d[0]).abs() < 1e-12), "{d:?}");
+    assert_eq!(
+        GridKind::from_name("kl-optimal", None).unwrap(),
+        GridKind::KlOptimal {}
+    );
+    assert!(GridKind::from_name("kl-optimal", Some(7.0)).is_err());
 }
 
 #[test]
