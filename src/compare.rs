@@ -5,7 +5,7 @@ use crate::job::{self, GridArgs};
 use crate::{device, model, npy};
 use anyhow::{bail, Result};
 use clap::Args;
-use scoreflow_solvers::{GaussianMixture, SamplerSpec};
+use scoreflow_solvers::{grid, GaussianMixture, GridKind, SamplerSpec};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -98,15 +98,12 @@ pub fn run(a: CompareArgs) -> Result<()> {
         bail!("--num must be at least 1");
     }
     let sde = job::sde_from_name(&a.grid.sde)?;
-    if matches!(
+    // The ddpm-* grids fix each step count's levels to a chain's steps, with ends that move with
+    // the count: each count gets its own reference between its first and last levels.
+    let per_count = matches!(
         a.grid.kind()?,
         scoreflow_solvers::GridKind::Timesteps { .. }
-    ) {
-        bail!(
-            "compare measures each step count against a fine solve on the same placement, and the {} grid has no finer version starting and ending at the same levels: use sample, or run with the sw2, mmd or mode metrics",
-            a.grid.grid
-        );
-    }
+    );
     for &n in &steps {
         a.grid.sigmas(sde.as_ref(), n)?;
     }
@@ -120,23 +117,60 @@ pub fn run(a: CompareArgs) -> Result<()> {
 
     let z = job::initial_noise(a.seed, a.num, model.dim(), dev, kind)?;
     let den = model.denoiser();
-    let t0 = Instant::now();
-    let ref_sigmas = a.grid.sigmas(sde.as_ref(), a.reference_steps)?;
-    let (reference, _) = job::run_from_noise(
-        &SamplerSpec::Heun(Default::default()),
-        den,
-        sde.as_ref(),
-        &ref_sigmas,
-        &z,
-        a.seed,
-        0,
-        &mut |_, _| {},
-    )?;
-    eprintln!(
-        "reference: heun, {} steps, {:.1} s",
-        a.reference_steps,
-        t0.elapsed().as_secs_f64()
-    );
+    // Heun with --reference-steps steps from the same noise: on the same placement, or for a
+    // ddpm grid on a log-sigma-uniform grid between the step count's own ends (cached by ends).
+    let mut references: Vec<((f64, f64), Tensor)> = Vec::new();
+    let mut reference_for = |sigmas: &[f64]| -> Result<Tensor> {
+        // One reference for every count on the other placements (their grids share the ends).
+        let ends = if per_count {
+            (sigmas[0], sigmas[sigmas.len() - 2])
+        } else {
+            (0.0, 0.0)
+        };
+        if let Some((_, r)) = references.iter().find(|(e, _)| *e == ends) {
+            return Ok(r.shallow_clone());
+        }
+        let t0 = Instant::now();
+        let ref_sigmas = if per_count && ends.0 <= ends.1 {
+            // One step: the run is the final denoising step alone, and so is its reference.
+            sigmas.to_vec()
+        } else if per_count {
+            grid::sigmas(
+                &GridKind::LogSnr {},
+                a.reference_steps,
+                ends.1,
+                ends.0,
+                sde.as_ref(),
+            )?
+        } else {
+            a.grid.sigmas(sde.as_ref(), a.reference_steps)?
+        };
+        let (r, _) = job::run_from_noise(
+            &SamplerSpec::Heun(Default::default()),
+            den,
+            sde.as_ref(),
+            &ref_sigmas,
+            &z,
+            a.seed,
+            0,
+            &mut |_, _| {},
+        )?;
+        eprintln!(
+            "reference: heun, {} steps{}, {:.1} s",
+            a.reference_steps,
+            if per_count {
+                format!(" on log-snr from {} to {}", ends.0, ends.1)
+            } else {
+                String::new()
+            },
+            t0.elapsed().as_secs_f64()
+        );
+        references.push((ends, r.shallow_clone()));
+        Ok(r)
+    };
+    if !per_count {
+        let _ = reference_for(&a.grid.sigmas(sde.as_ref(), steps[0])?)?;
+    }
     let fresh_tv = match model.mixture() {
         Some(gmm) => Some(mode_tv(gmm, &gmm.sample(a.num, a.seed ^ 0xF2E5, dev))?),
         None => None,
@@ -167,6 +201,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
             let (rms, max) = if spec.is_stochastic() {
                 (None, None)
             } else {
+                let reference = reference_for(&sigmas)?;
                 let dist = (&x - &reference)
                     .square()
                     .sum_dim_intlist(1, false, Kind::Double)

@@ -1029,24 +1029,47 @@ fn the_ddpm_grids_take_the_cards_chain() {
         run(&["--grid", "ddpm-leading", "--steps-offset", "1"], "l.npy"),
         (chain[831], chain[1])
     );
-    // compare refuses the ddpm-* grids (no finer grid with the same ends to measure against).
+    // compare on a ddpm-* grid: each step count against its own reference, a fine Heun solve
+    // between that count's first and last levels (trailing at 5 steps stops at sigma 0.72, at 20
+    // at 0.17: a reference to another sigma_min would leave errors of order 0.1 to 1).
     let o = bin()
         .args([
             "compare",
             "--solvers",
-            "ddim",
+            "heun",
             "--steps",
-            "5",
-            "--grid",
-            "ddpm-leading",
+            "5,20",
+            "--num",
+            "256",
         ])
-        .args(["--out-dir"])
+        .args([
+            "--reference-steps",
+            "1024",
+            "--grid",
+            "ddpm-trailing",
+            "--out-dir",
+        ])
         .arg(d.join("cmp"))
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("no finer version"), "{}", stderr(&o));
-    assert!(!d.join("cmp").exists());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).matches("on log-snr from").count(),
+        2,
+        "{}",
+        stderr(&o)
+    );
+    let csv = std::fs::read_to_string(d.join("cmp/results.csv")).unwrap();
+    let rms: Vec<f64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
+        .collect();
+    println!("compare, heun, ddpm-trailing, rms at 5 and 20 steps: {rms:?}");
+    assert!(
+        rms[0] < 0.3 && rms[1] < 0.02 && rms[1] < rms[0] / 4.0,
+        "{csv}"
+    );
     // --steps-offset with another grid is an error.
     let o = bin()
         .args([
