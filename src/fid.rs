@@ -113,6 +113,10 @@ pub struct EvalDigitsArgs {
     /// Guidance weight for class-conditional models (1: plain conditional).
     #[arg(long, default_value_t = 1.0)]
     pub guidance: f64,
+    /// LO,HI: apply the guidance only at noise levels LO < sigma <= HI (Kynkaanniemi et al.
+    /// 2024).
+    #[arg(long, allow_hyphen_values = true)]
+    pub guidance_interval: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// PNG grid of samples (one row per class for conditional models).
@@ -140,6 +144,11 @@ pub fn eval_digits(a: EvalDigitsArgs) -> Result<()> {
     if !a.guidance.is_finite() {
         bail!("--guidance must be finite, got {}", a.guidance);
     }
+    let interval = a
+        .guidance_interval
+        .as_deref()
+        .map(crate::nn::parse_interval)
+        .transpose()?;
     let dev = device::parse(&a.device)?;
     let digits = data::read_digits(&data::default_digits_path())?;
     if crate::card::is_card(&a.checkpoint) {
@@ -194,6 +203,7 @@ pub fn eval_digits(a: EvalDigitsArgs) -> Result<()> {
                 net: &m.net,
                 class: c as i64,
                 guidance: a.guidance,
+                interval,
             };
             let (x, _) =
                 job::run_from_noise(&spec, &g, &sde, &sigmas, &z, a.seed, 0, &mut |_, _| {})?;
@@ -238,6 +248,7 @@ pub fn eval_digits(a: EvalDigitsArgs) -> Result<()> {
             "solver": spec.name(),
             "steps": a.steps,
             "guidance": a.guidance,
+            "guidance_interval": interval.map(|(lo, hi)| [lo, hi]),
             "png": a.png.display().to_string(),
         })
     );

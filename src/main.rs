@@ -205,6 +205,10 @@ struct SampleArgs {
     /// Classifier-free guidance weight w in D_u + w (D_c - D_u) (1: plain conditional).
     #[arg(long)]
     guidance: Option<f64>,
+    /// LO,HI: apply the guidance only at noise levels LO < sigma <= HI, the plain conditional
+    /// model elsewhere (Kynkaanniemi et al. 2024).
+    #[arg(long, allow_hyphen_values = true)]
+    guidance_interval: Option<String>,
     /// Also draw image samples as a PNG grid.
     #[arg(long)]
     png: Option<PathBuf>,
@@ -234,11 +238,16 @@ fn sample(a: SampleArgs) -> Result<()> {
     if let Some(w) = a.guidance.filter(|w| !w.is_finite()) {
         bail!("--guidance must be finite, got {w}");
     }
-    if (a.class.is_some() || a.guidance.is_some())
+    if (a.class.is_some() || a.guidance.is_some() || a.guidance_interval.is_some())
         && trained.as_ref().is_none_or(|t| t.net.num_classes == 0)
     {
         bail!("--class and --guidance need a class-conditional checkpoint");
     }
+    let interval = a
+        .guidance_interval
+        .as_deref()
+        .map(scoreflow::nn::parse_interval)
+        .transpose()?;
     let guided;
     let (den, shape): (&dyn Denoiser, Vec<i64>) = match (&exact, &trained) {
         (Some(m), _) => (m.denoiser(), vec![m.dim() as i64]),
@@ -256,10 +265,13 @@ fn sample(a: SampleArgs) -> Result<()> {
                         net: &t.net,
                         class: k as i64,
                         guidance: a.guidance.unwrap_or(1.0),
+                        interval,
                     };
                     (&guided, shape)
                 }
-                None if a.guidance.is_some() => bail!("--guidance needs --class"),
+                None if a.guidance.is_some() || interval.is_some() => {
+                    bail!("--guidance and --guidance-interval need --class")
+                }
                 None => (&t.net, shape),
             }
         }

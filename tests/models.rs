@@ -255,21 +255,26 @@ fn class_conditional_models_sample_with_guidance() {
             Some(&Tensor::zeros([5], (Kind::Int64, Device::Cpu))),
         )
     });
-    let g1 = Guided {
-        net: &m.net,
-        class: 0,
-        guidance: 1.0,
-    }
-    .denoise(&x, 0.8)
-    .unwrap();
-    let g0 = Guided {
-        net: &m.net,
-        class: 0,
-        guidance: 0.0,
-    }
-    .denoise(&x, 0.8)
-    .unwrap();
-    assert!((g1 - &cond).abs().max().double_value(&[]) < 1e-5);
+    let guided = |guidance: f64, interval: Option<(f64, f64)>| {
+        Guided {
+            net: &m.net,
+            class: 0,
+            guidance,
+            interval,
+        }
+        .denoise(&x, 0.8)
+        .unwrap()
+    };
+    let g1 = guided(1.0, None);
+    let g0 = guided(0.0, None);
+    assert!((&g1 - &cond).abs().max().double_value(&[]) < 1e-5);
+    // A guidance interval (lo, hi]: inside it the guided model, outside the conditional one.
+    let g3 = guided(3.0, None);
+    let inside = guided(3.0, Some((0.5, 0.8)));
+    let outside = guided(3.0, Some((0.8, 2.0)));
+    assert!((&inside - &g3).abs().max().double_value(&[]) < 1e-6);
+    assert!((&outside - &cond).abs().max().double_value(&[]) < 1e-5);
+    assert!((&g3 - &cond).abs().max().double_value(&[]) > 1e-3);
     assert!(
         (g0 - m.net.denoise(&x, 0.8).unwrap())
             .abs()
@@ -309,6 +314,37 @@ fn class_conditional_models_sample_with_guidance() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("classes 0..1"));
     let bad = run(&["--guidance", "2"]);
     assert_eq!(bad.status.code(), Some(2));
+    // --guidance-interval: a run, and bad intervals as one-line errors with no output.
+    assert!(run(&[
+        "--class",
+        "1",
+        "--guidance",
+        "2",
+        "--guidance-interval",
+        "0.3,5"
+    ])
+    .status
+    .success());
+    let _ = std::fs::remove_file(&out);
+    for bad in ["5,0.3", "0.3", "a,b", "-1,2", "0.3,inf"] {
+        let o = run(&[
+            "--class",
+            "1",
+            "--guidance",
+            "2",
+            "--guidance-interval",
+            bad,
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("--guidance-interval"),
+            "{bad}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!out.exists(), "{bad}");
+    }
+    let o = run(&["--guidance-interval", "0.3,5"]);
+    assert_eq!(o.status.code(), Some(2));
 }
 
 #[test]
