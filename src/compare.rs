@@ -31,7 +31,8 @@ pub struct CompareArgs {
     /// Seed of the starting noise and of the samplers' noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Steps of the reference solve (Heun on the same grid placement).
+    /// Steps of the reference solve (Heun on the same grid placement; for the ddpm-* grids on a
+    /// log-sigma grid between each step count's own ends).
     #[arg(long, default_value_t = 4096)]
     pub reference_steps: usize,
     #[command(flatten)]
@@ -104,6 +105,13 @@ pub fn run(a: CompareArgs) -> Result<()> {
         a.grid.kind()?,
         scoreflow_solvers::GridKind::Timesteps { .. }
     );
+    if let Some(s) = specs.iter().find(|s| per_count && s.is_adaptive()) {
+        bail!(
+            "the adaptive sampler {} chooses its own steps between the grid's ends, and the {} grid's ends move with the step count: use a grid with fixed ends",
+            s.name(),
+            a.grid.grid
+        );
+    }
     for &n in &steps {
         a.grid.sigmas(sde.as_ref(), n)?;
     }
@@ -118,23 +126,24 @@ pub fn run(a: CompareArgs) -> Result<()> {
     let z = job::initial_noise(a.seed, a.num, model.dim(), dev, kind)?;
     let den = model.denoiser();
     // Heun with --reference-steps steps from the same noise: on the same placement, or for a
-    // ddpm grid on a log-sigma-uniform grid between the step count's own ends (cached by ends).
+    // ddpm grid on a log-sigma-uniform grid between the step count's own ends (one per pair of
+    // ends; a one-step ddpm grid solves no ODE and has no reference).
     let mut references: Vec<((f64, f64), Tensor)> = Vec::new();
-    let mut reference_for = |sigmas: &[f64]| -> Result<Tensor> {
+    let mut reference_for = |sigmas: &[f64]| -> Result<Option<Tensor>> {
         // One reference for every count on the other placements (their grids share the ends).
         let ends = if per_count {
-            (sigmas[0], sigmas[sigmas.len() - 2])
+            grid::ends(sigmas)
         } else {
             (0.0, 0.0)
         };
+        if per_count && ends.0 <= ends.1 {
+            return Ok(None);
+        }
         if let Some((_, r)) = references.iter().find(|(e, _)| *e == ends) {
-            return Ok(r.shallow_clone());
+            return Ok(Some(r.shallow_clone()));
         }
         let t0 = Instant::now();
-        let ref_sigmas = if per_count && ends.0 <= ends.1 {
-            // One step: the run is the final denoising step alone, and so is its reference.
-            sigmas.to_vec()
-        } else if per_count {
+        let ref_sigmas = if per_count {
             grid::sigmas(
                 &GridKind::LogSnr {},
                 a.reference_steps,
@@ -166,7 +175,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
             t0.elapsed().as_secs_f64()
         );
         references.push((ends, r.shallow_clone()));
-        Ok(r)
+        Ok(Some(r))
     };
     if !per_count {
         let _ = reference_for(&a.grid.sigmas(sde.as_ref(), steps[0])?)?;
@@ -198,10 +207,12 @@ pub fn run(a: CompareArgs) -> Result<()> {
                 &mut |_, _| {},
             )?;
             let seconds = t.elapsed().as_secs_f64();
-            let (rms, max) = if spec.is_stochastic() {
-                (None, None)
+            let reference = if spec.is_stochastic() {
+                None
             } else {
-                let reference = reference_for(&sigmas)?;
+                reference_for(&sigmas)?
+            };
+            let (rms, max) = if let Some(reference) = reference {
                 let dist = (&x - &reference)
                     .square()
                     .sum_dim_intlist(1, false, Kind::Double)
@@ -210,6 +221,8 @@ pub fn run(a: CompareArgs) -> Result<()> {
                     Some(dist.square().mean(Kind::Double).sqrt().double_value(&[])),
                     Some(dist.max().double_value(&[])),
                 )
+            } else {
+                (None, None)
             };
             let mode_tv = match model.mixture() {
                 Some(gmm) => Some(mode_tv(gmm, &x)?),

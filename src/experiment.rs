@@ -697,6 +697,20 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     npy::check_out_dir(&cfg.out_dir)?;
     let model = load_model(&cfg.model, dev)?;
     check_chain(cfg, &model)?;
+    // Checked here, not at the first such cell, so that no cell's results are written.
+    let learned = |s: &&SamplerSpec| {
+        matches!(
+            s,
+            SamplerSpec::Ddpm {
+                variance: scoreflow_solvers::samplers::DdpmVariance::Learned
+            }
+        )
+    };
+    if cfg.samplers.iter().any(|s| learned(&s))
+        && !matches!(&model, Loaded::Trained(m, _) if m.net.has_learned_variance())
+    {
+        bail!("sampler ddpm with variance = learned needs a network with a learned variance output (a model card with learned_sigmas = true)");
+    }
     let shape = model.shape();
     let classifier = match (&model, cfg.metrics.contains(&Metric::Fd)) {
         (Loaded::Trained(_, data), true) => {
@@ -918,6 +932,16 @@ impl CellCtx<'_> {
         for m in &cfg.metrics {
             let v = match m {
                 _ if m.needs_deterministic() && spec.is_stochastic() => None,
+                // A one-level grid (one step of the timesteps placement) solves no ODE: the cell
+                // and its reference are the same denoising step.
+                Metric::Rms | Metric::Max
+                    if {
+                        let (hi, lo) = reference_ends(cfg, &sigmas);
+                        hi <= lo
+                    } =>
+                {
+                    None
+                }
                 Metric::Rms | Metric::Max => {
                     let r = state
                         .reference
@@ -1068,7 +1092,7 @@ impl SeedState {
 /// count has its own first level and last level above 0.
 fn reference_ends(cfg: &ExperimentConfig, sigmas: &[f64]) -> (f64, f64) {
     match cfg.grid.placement {
-        GridKind::Timesteps { .. } => (sigmas[0], sigmas[sigmas.len() - 2]),
+        GridKind::Timesteps { .. } => grid::ends(sigmas),
         _ => (cfg.grid.sigma_max, cfg.grid.sigma_min),
     }
 }
@@ -1114,10 +1138,15 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
             );
         }
     }
-    // The experiment's first metric leads the summary printed at the end.
+    // The experiment's first metric leads the summary printed at the end. Under the timesteps
+    // placement rms/max are measured between each step count's own ends: not ranked by budget.
     let primary: Option<&'static str> = cfg
         .as_ref()
         .and_then(|c| c.metrics.first().map(|m| m.name()));
+    let unranked: &[&str] = match &cfg {
+        Some(c) if matches!(c.grid.placement, GridKind::Timesteps { .. }) => &["rms", "max"],
+        _ => &[],
+    };
     // Cells may finish in any order: sort by seed, then sampler (in the experiment's order
     // where experiment.json is present), then steps.
     let order: Vec<String> = cfg
@@ -1181,6 +1210,7 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
             &rows,
             &titles,
             &floors,
+            unranked,
         ),
     )?;
     // Quality vs NFE: mean over seeds, bars from min to max; one curve per series.
@@ -1325,6 +1355,7 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
     if let Some(h) = primary
         .into_iter()
         .chain(metric_names.iter().copied())
+        .filter(|m| !unranked.contains(m))
         .find_map(|m| crate::summary::headline(&rows, m))
     {
         println!("{h}");

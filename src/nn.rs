@@ -580,16 +580,49 @@ impl Network {
         Network::with_body(precond, shape, num_classes, body, device)
     }
 
-    /// `D(x; sigma)` by replaying a CUDA graph of the whole network call, capturing it on the
-    /// first call for this batch shape. None where graphs do not apply (CPU, graphs off, a
-    /// failed capture), and the caller runs eagerly.
-    fn denoise_graphed(&self, x: &Tensor, sigma: f64) -> Result<Option<Tensor>, SolverError> {
-        if x.device() != self.device {
-            return Ok(None);
+    /// `D(x; sigma)`, and with `with_variance` the learned variance output, for a batch with
+    /// one sigma. On the network's CUDA device the call replays a CUDA graph of the whole network
+    /// call (one per batch shape, captured on its first call; with the variance, `D` and `v`
+    /// concatenated along the channels in a graph of their own); eager elsewhere (CPU, graphs
+    /// off, a failed capture).
+    fn call(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+        with_variance: bool,
+    ) -> Result<(Tensor, Option<Tensor>), SolverError> {
+        self.check(x)?;
+        let c = x.size()[1];
+        if x.device() == self.device {
+            let graphs = if with_variance {
+                &self.graphs_with_variance
+            } else {
+                &self.graphs
+            };
+            let graphed = graphs
+                .call(x, sigma, sigma_batch, |x, s| {
+                    let (d, v) = self
+                        .try_forward_parts(x, s, None)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    match v {
+                        Some(v) if with_variance => Tensor::cat(&[d, v], 1),
+                        _ => d,
+                    }
+                })
+                .map_err(|err| SolverError::Model(err.to_string()))?;
+            if let Some(out) = graphed {
+                return Ok(if with_variance {
+                    (out.narrow(1, 0, c), Some(out.narrow(1, c, c)))
+                } else {
+                    (out, None)
+                });
+            }
         }
-        self.graphs
-            .call(x, sigma, sigma_batch, |x, s| self.forward(x, s, None))
-            .map_err(|err| SolverError::Model(err.to_string()))
+        let (d, v) = tch::no_grad(|| {
+            self.try_forward_parts(&x.to_device(self.device), &sigma_batch(sigma, x), None)
+        })?;
+        let back = |t: Tensor| t.to_device(x.device()).to_kind(x.kind());
+        Ok((back(d), v.filter(|_| with_variance).map(back)))
     }
 
     /// `D(x; sigma)` with per-sample `sigma` (`[N]`) and optional labels (`[N]`, int64; the value
@@ -672,6 +705,13 @@ impl Network {
                 } else {
                     (out, None)
                 };
+                if *learned_sigmas && v.is_none() {
+                    return Err(SolverError::Shape(format!(
+                        "learned_sigmas = true, but the TorchScript module returned shape {:?} for input {:?} (it must return twice the channels, dim 1)",
+                        out.size(),
+                        xin.size()
+                    )));
+                }
                 if out.size() != xin.size() {
                     return Err(SolverError::Shape(format!(
                         "the TorchScript module returned shape {:?} for input {:?}{}",
@@ -712,14 +752,7 @@ impl Network {
 
 impl Denoiser for Network {
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor, SolverError> {
-        self.check(x)?;
-        if let Some(out) = self.denoise_graphed(x, sigma)? {
-            return Ok(out);
-        }
-        let out = tch::no_grad(|| {
-            self.try_forward(&x.to_device(self.device), &sigma_batch(sigma, x), None)
-        })?;
-        Ok(out.to_device(x.device()).to_kind(x.kind()))
+        Ok(self.call(x, sigma, false)?.0)
     }
 
     fn denoise_with_variance(
@@ -727,32 +760,7 @@ impl Denoiser for Network {
         x: &Tensor,
         sigma: f64,
     ) -> Result<(Tensor, Option<Tensor>), SolverError> {
-        if !self.has_learned_variance() {
-            return Ok((self.denoise(x, sigma)?, None));
-        }
-        self.check(x)?;
-        let c = x.size()[1];
-        let back = |t: Tensor| t.to_device(x.device()).to_kind(x.kind());
-        if x.device() == self.device {
-            // One graph of the call with D and v concatenated along the channels.
-            let graphed = self
-                .graphs_with_variance
-                .call(x, sigma, sigma_batch, |x, s| {
-                    let (d, v) = self
-                        .try_forward_parts(x, s, None)
-                        .unwrap_or_else(|e| panic!("{e}"));
-                    let v = v.expect("a backbone with learned variances returns them");
-                    Tensor::cat(&[d, v], 1)
-                })
-                .map_err(|err| SolverError::Model(err.to_string()))?;
-            if let Some(out) = graphed {
-                return Ok((out.narrow(1, 0, c), Some(out.narrow(1, c, c))));
-            }
-        }
-        let (d, v) = tch::no_grad(|| {
-            self.try_forward_parts(&x.to_device(self.device), &sigma_batch(sigma, x), None)
-        })?;
-        Ok((back(d), v.map(back)))
+        self.call(x, sigma, self.has_learned_variance())
     }
 }
 

@@ -2,16 +2,36 @@
 //! count, and which sampler is best within each budget of network evaluations: the question
 //! "which sampler, at which step count, gives which quality" answered in a table.
 
+use scoreflow_solvers::SamplerSpec;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// One (sampler label, steps) cell, averaged over the seeds that have the metric.
+/// One (sampler label, steps) cell, averaged over the seeds that have the metric. `steps` is
+/// None for an adaptive sampler (it picks its own steps; its grid only gives the ends).
 struct Cell {
     label: String,
-    steps: u64,
+    steps: Option<u64>,
     nfe: f64,
     mean: f64,
     seeds: usize,
+}
+
+/// "18 steps", "1 step", "adaptive".
+fn steps_text(steps: Option<u64>) -> String {
+    match steps {
+        Some(1) => "1 step".into(),
+        Some(n) => format!("{n} steps"),
+        None => "adaptive".into(),
+    }
+}
+
+/// " (2 of 3 seeds)" for a cell that not every seed has, else nothing.
+fn partial(c: &Cell, seeds: usize) -> String {
+    if c.seeds < seeds {
+        format!(" ({} of {seeds} seeds)", c.seeds)
+    } else {
+        String::new()
+    }
 }
 
 /// Whether larger values of a metric are better (only `mode-coverage`).
@@ -43,16 +63,24 @@ fn fmt_nfe(v: f64) -> String {
     }
 }
 
+/// A cell's key: the sampler's label and its step count (None: adaptive).
+type Key = (String, Option<u64>);
+
 fn cells(rows: &[Value], metric: &str) -> Vec<Cell> {
-    let mut by: BTreeMap<(String, u64), Vec<(f64, f64)>> = BTreeMap::new();
-    let mut order: Vec<(String, u64)> = Vec::new();
+    let mut by: BTreeMap<Key, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut order: Vec<Key> = Vec::new();
     for r in rows {
         let (Some(v), Some(nfe), Some(steps)) =
             (r[metric].as_f64(), r["nfe"].as_u64(), r["steps"].as_u64())
         else {
             continue;
         };
-        let key = (r["label"].as_str().unwrap_or("").to_string(), steps);
+        let adaptive = serde_json::from_value::<SamplerSpec>(r["params"].clone())
+            .is_ok_and(|s| s.is_adaptive());
+        let key = (
+            r["label"].as_str().unwrap_or("").to_string(),
+            (!adaptive).then_some(steps),
+        );
         if !by.contains_key(&key) {
             order.push(key.clone());
         }
@@ -110,22 +138,26 @@ fn frontier<'a>(cells: &'a [Cell], metric: &str) -> Vec<(f64, &'a Cell)> {
 }
 
 /// The summary of `rows` (an experiment's cells, sorted by seed, sampler, steps) for `metrics`
-/// (with their titles), with the floors where known, as Markdown.
+/// (with their titles), with the floors where known, as Markdown. The metrics in `unranked` get
+/// their table but no budget ranking (their values at different step counts measure different
+/// things: under the timesteps placement each step count has its own reference).
 pub fn markdown(
     title: &str,
     rows: &[Value],
     metrics: &[(&str, &str)],
     floors: &BTreeMap<String, f64>,
+    unranked: &[&str],
 ) -> String {
-    let seeds: std::collections::BTreeSet<u64> =
-        rows.iter().filter_map(|r| r["seed"].as_u64()).collect();
+    let seeds = rows
+        .iter()
+        .filter_map(|r| r["seed"].as_u64())
+        .collect::<std::collections::BTreeSet<u64>>()
+        .len();
     let mut out = format!(
-        "# {title}\n\nMeans over {} seed{} of each sampler at each step count (NFE in parentheses: \
-         network evaluations per sample, averaged over seeds), then the best sampler within each \
-         budget of evaluations. {} is better for every metric but mode-coverage.\n",
-        seeds.len(),
-        if seeds.len() == 1 { "" } else { "s" },
-        "Lower"
+        "# {title}\n\nMeans over {seeds} seed{} of each sampler at each step count (NFE in \
+         parentheses: network evaluations per sample, averaged over seeds), then the best sampler \
+         within each budget of evaluations. Lower is better for every metric but mode-coverage.\n",
+        if seeds == 1 { "" } else { "s" },
     );
     for (m, what) in metrics {
         let cells = cells(rows, m);
@@ -137,8 +169,9 @@ pub fn markdown(
             .map(|f| format!("; between two fresh data sets: {}", fmt3(*f)))
             .unwrap_or_default();
         out += &format!("\n## {m}: {what}{floor}\n\n");
-        let mut steps: Vec<u64> = cells.iter().map(|c| c.steps).collect();
-        steps.sort_unstable();
+        // Columns: step counts ascending, then the adaptive samplers' column.
+        let mut steps: Vec<Option<u64>> = cells.iter().map(|c| c.steps).collect();
+        steps.sort_by_key(|s| (s.is_none(), *s));
         steps.dedup();
         let mut labels: Vec<&str> = Vec::new();
         for c in &cells {
@@ -148,7 +181,7 @@ pub fn markdown(
         }
         out += "| sampler |";
         for s in &steps {
-            out += &format!(" {s} steps |");
+            out += &format!(" {} |", steps_text(*s));
         }
         out += "\n|---|";
         out += &"---|".repeat(steps.len());
@@ -157,28 +190,37 @@ pub fn markdown(
             out += &format!("| {l} |");
             for s in &steps {
                 match cells.iter().find(|c| c.label == *l && c.steps == *s) {
-                    Some(c) => out += &format!(" {} ({}) |", fmt3(c.mean), fmt_nfe(c.nfe)),
+                    Some(c) => {
+                        out += &format!(
+                            " {} ({}){} |",
+                            fmt3(c.mean),
+                            fmt_nfe(c.nfe),
+                            partial(c, seeds)
+                        )
+                    }
                     None => out += " |",
                 }
             }
             out += "\n";
         }
+        if unranked.contains(m) {
+            out += "\nNot ranked by budget: each step count is measured against its own reference \
+                    (between its own first and last levels), so values at different step counts \
+                    are not comparable.\n";
+            continue;
+        }
         out += &format!(
             "\n| NFE at most | best sampler | steps | NFE | {m} |\n|---|---|---|---|---|\n"
         );
         for (b, c) in frontier(&cells, m) {
-            let partial = if c.seeds < seeds.len() {
-                format!(" ({} of {} seeds)", c.seeds, seeds.len())
-            } else {
-                String::new()
-            };
             out += &format!(
-                "| {} | {} | {} | {} | {}{partial} |\n",
+                "| {} | {} | {} | {} | {}{} |\n",
                 fmt_nfe(b),
                 c.label,
-                c.steps,
+                c.steps.map_or("adaptive".to_string(), |s| s.to_string()),
                 fmt_nfe(c.nfe),
-                fmt3(c.mean)
+                fmt3(c.mean),
+                partial(c, seeds)
             );
         }
     }
@@ -192,10 +234,11 @@ pub fn headline(rows: &[Value], metric: &str) -> Option<String> {
         .into_iter()
         .map(|(b, c)| {
             format!(
-                "  NFE <= {:>5}: {} at {} steps, {metric} {}",
+                "  NFE <= {:>5}: {}{}, {metric} {}",
                 fmt_nfe(b),
                 c.label,
-                c.steps,
+                c.steps
+                    .map_or(String::new(), |s| format!(" at {}", steps_text(Some(s)))),
                 fmt3(c.mean)
             )
         })
@@ -206,4 +249,80 @@ pub fn headline(rows: &[Value], metric: &str) -> Option<String> {
             lines.join("\n")
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn row(label: &str, kind: &str, steps: u64, nfe: u64, seed: u64, m: (&str, f64)) -> Value {
+        let mut r = json!({"label": label, "params": {"kind": kind}, "steps": steps, "nfe": nfe,
+            "seed": seed});
+        r[m.0] = json!(m.1);
+        r
+    }
+
+    #[test]
+    fn higher_coverage_wins_and_partial_and_adaptive_cells_are_marked() {
+        let c = |label: &str, steps: u64, nfe: u64, seed: u64, v: f64| {
+            row(label, label, steps, nfe, seed, ("mode-coverage", v))
+        };
+        let rows = vec![
+            c("euler", 4, 4, 0, 0.5),
+            c("euler", 4, 4, 1, 0.75),
+            c("heun", 4, 7, 0, 1.0),
+            c("heun", 4, 7, 1, 1.0),
+            c("euler", 8, 8, 0, 0.875),
+            // seed 1 of euler at 8 steps is missing
+        ];
+        let md = markdown(
+            "t",
+            &rows,
+            &[("mode-coverage", "cov")],
+            &BTreeMap::new(),
+            &[],
+        );
+        // Budget 4: euler (0.625); budget 7: heun (1.0, higher is better), and heun stays best.
+        assert!(md.contains("| 4 | euler | 4 | 4 | 0.625 |"), "{md}");
+        assert!(md.contains("| 7 | heun | 4 | 7 | 1.00 |"), "{md}");
+        assert!(!md.contains("| 8 | euler"), "{md}");
+        assert!(md.contains("0.875 (8) (1 of 2 seeds)"), "{md}");
+        // Lower is better for the others: the same values as an error pick euler at 7 and 8.
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r["rms"] = r["mode-coverage"].clone();
+                r
+            })
+            .collect();
+        let h = headline(&rows, "rms").unwrap();
+        assert!(
+            h.contains("NFE <=     4: euler at 4 steps, rms 0.625"),
+            "{h}"
+        );
+        assert!(!h.contains("heun"), "{h}");
+        // An adaptive sampler's cell has no step count; unranked metrics get no budget table.
+        let mut a = c("dpm-adaptive", 2, 31, 0, 0.9);
+        a["params"] = json!({"kind": "dpm-adaptive"});
+        let md = markdown(
+            "t",
+            &[a],
+            &[("mode-coverage", "cov")],
+            &BTreeMap::new(),
+            &[],
+        );
+        assert!(md.contains("| sampler | adaptive |"), "{md}");
+        assert!(
+            md.contains("| 31 | dpm-adaptive | adaptive | 31 | 0.900 |"),
+            "{md}"
+        );
+        let md = markdown("t", &rows, &[("rms", "err")], &BTreeMap::new(), &["rms"]);
+        assert!(
+            md.contains("Not ranked by budget") && !md.contains("NFE at most"),
+            "{md}"
+        );
+        assert!(md.contains("| sampler | 4 steps | 8 steps |"), "{md}");
+    }
 }

@@ -493,6 +493,11 @@ fn bad_cards_are_one_line_errors_with_exit_code_2_and_no_output() {
             write_card(d, "batch2", "batch2.pt", eps, ""),
             "the TorchScript module failed",
         ),
+        // learned_sigmas with a module of C channels: no variance to take.
+        (
+            write_card(d, "nolearned", "eps.pt", eps, "learned_sigmas = true"),
+            "learned_sigmas = true, but the TorchScript module returned shape [2, 2]",
+        ),
         (
             write_card(d, "unknown", "eps.pt", eps, "color = 1"),
             "unknown field `color`",
@@ -629,7 +634,8 @@ fn k_diffusions_model_wrappers_give_the_same_samples_as_cards() {
 /// Trace a class-conditional module `forward(x_in, t, labels)` on the linear chain: the exact
 /// eps of the gmm8 mode `label` alone (a Gaussian of std 0.2), or of the whole mixture for the
 /// label 8 ("no class").
-fn trace_conditional_gmm8(path: &Path) {
+/// With `learned`, a variance output too: v = -1 for a class, +1 for the null label.
+fn trace_conditional_gmm8(path: &Path, learned: bool) {
     let linear = discrete("eps", "linear", false);
     let to_sigma = chain_sigma(&linear);
     let mu = gmm8_means();
@@ -654,7 +660,13 @@ fn trace_conditional_gmm8(path: &Path) {
         let logits = logits.where_self(&keep, &(logits.zeros_like() - 1e9));
         let m = logits.softmax(1, Kind::Float).matmul(&mu);
         let d = (&x * 0.04 + sigma.square() * m) / var;
-        vec![(x - d) / sigma]
+        let eps = (&x - d) / sigma;
+        if learned {
+            let v = (label.eq(8).to_kind(Kind::Float) * 2.0 - 1.0).expand_as(&eps);
+            vec![Tensor::cat(&[eps, v], 1)]
+        } else {
+            vec![eps]
+        }
     })
     .unwrap();
     m.save(path).unwrap();
@@ -664,7 +676,7 @@ fn trace_conditional_gmm8(path: &Path) {
 fn a_class_conditional_card_takes_labels_and_guidance() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    trace_conditional_gmm8(&d.join("cond.pt"));
+    trace_conditional_gmm8(&d.join("cond.pt"), false);
     let card = write_card(d, "cond", "cond.pt", "kind = \"discrete\"", "classes = 8");
     let range = discrete("eps", "linear", false).sigma_range().unwrap();
     let card_arg = ["--checkpoint", card.to_str().unwrap()];
@@ -689,6 +701,38 @@ fn a_class_conditional_card_takes_labels_and_guidance() {
             .fold(0.0, f64::max);
         assert!(far < 1.2, "guidance {guidance}: a sample {far} from mode 3");
     }
+    // With learned variances, guided DDPM takes the conditional branch's variance (v = -1 here,
+    // the small variance; the null label's v = 1 would be the large one).
+    trace_conditional_gmm8(&d.join("condv.pt"), true);
+    let learned = write_card(
+        d,
+        "condv",
+        "condv.pt",
+        "kind = \"discrete\"",
+        "classes = 8\nlearned_sigmas = true",
+    );
+    let guided = |card: &Path, variance: &str, out: &str| {
+        let args = [
+            "--checkpoint",
+            card.to_str().unwrap(),
+            "--class",
+            "3",
+            "--guidance",
+            "2.5",
+            "--variance",
+            variance,
+        ];
+        sample(&args, "ddpm", range, &d.join(out))
+    };
+    let small = guided(&card, "small", "s.npy");
+    let large = guided(&card, "large", "l.npy");
+    let from_cond = guided(&learned, "learned", "v.npy");
+    assert!(
+        max_diff(&from_cond, &small) < 1e-4,
+        "{}",
+        max_diff(&from_cond, &small)
+    );
+    assert!(max_diff(&from_cond, &large) > 1e-2);
     // A class the card does not have is an error.
     let o = bin()
         .args([

@@ -342,6 +342,15 @@ fn bad_experiments_fail_before_any_work() {
             base.replace("num = 256", "num = 256\ncolour = \"red\""),
             "colour",
         ),
+        // ddpm with the learned variance on a model without one: refused before the first cell
+        // (euler's cells come first and would otherwise be written).
+        (
+            base.replace(
+                "kind = \"ddim\"\neta = 1.0",
+                "kind = \"ddpm\"\nvariance = \"learned\"",
+            ),
+            "learned_sigmas = true",
+        ),
         (
             base.replace(
                 "kind = \"builtin\"\nname = \"gmm8\"",

@@ -355,8 +355,12 @@ pub fn sigmas(
                 .collect()
         }
         GridKind::KlOptimal {} => {
-            let (a, b) = (sigma_max.atan(), sigma_min.atan());
-            (0..n).map(|i| (a + frac(i, n) * (b - a)).tan()).collect()
+            // In the complementary angle, atan(1 / sigma) = pi/2 - atan(sigma), which keeps
+            // its precision for large sigma (where atan(sigma) is within an ulp of pi/2).
+            let (a, b) = ((1.0 / sigma_max).atan(), (1.0 / sigma_min).atan());
+            (0..n)
+                .map(|i| 1.0 / (a + frac(i, n) * (b - a)).tan())
+                .collect()
         }
         GridKind::Timesteps {
             spacing,
@@ -414,6 +418,11 @@ pub fn sigmas(
     out.push(0.0);
     validate(&out)?;
     Ok(out)
+}
+
+/// A grid's first level and its last level above 0 (equal for a one-step grid).
+pub fn ends(sigmas: &[f64]) -> (f64, f64) {
+    (sigmas[0], sigmas[sigmas.len().saturating_sub(2)])
 }
 
 /// Check that a grid is usable by the samplers: finite, strictly decreasing, ending in 0.

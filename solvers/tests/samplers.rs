@@ -2429,6 +2429,10 @@ fn ddpm_learned_variance_is_improved_ddpms_log_interpolation() {
 
     // v = -1 is the posterior variance ("small"), v = 1 is beta ("large"), v = 0 neither.
     let plain = GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap();
+    let mid = WithVariance {
+        gmm: GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap(),
+        constant: Some(0.0),
+    };
     for (c, variance) in [(-1.0, DdpmVariance::Small), (1.0, DdpmVariance::Large)] {
         let den = WithVariance {
             gmm: GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap(),
@@ -2446,10 +2450,6 @@ fn ddpm_learned_variance_is_improved_ddpms_log_interpolation() {
         );
         let diff = max_abs(&(&a - &b));
         assert!(diff < 1e-9, "learned v = {c} vs {variance:?}: {diff:e}");
-        let mid = WithVariance {
-            gmm: GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap(),
-            constant: Some(0.0),
-        };
         let (m, _) = sample(&learned, &mid, &sde, &sigmas, seed, n, d);
         assert!(
             max_abs(&(&m - &b)) > 1e-3,
