@@ -186,6 +186,8 @@ pub fn run(a: CompareArgs) -> Result<()> {
     };
 
     let mut rows = Vec::new();
+    // The same cells for summary.md (src/summary.rs).
+    let mut summary_rows = Vec::new();
     for spec in &specs {
         // An adaptive sampler uses only the ends of the grid: one run, on the 2-step grid.
         let spec_steps = if spec.is_adaptive() {
@@ -228,6 +230,10 @@ pub fn run(a: CompareArgs) -> Result<()> {
                 Some(gmm) => Some(mode_tv(gmm, &x)?),
                 None => None,
             };
+            summary_rows.push(serde_json::json!({
+                "label": crate::experiment::label(spec), "params": spec, "steps": n, "nfe": nfe,
+                "seed": a.seed, "rms": rms, "max": max, "mode-tv": mode_tv,
+            }));
             rows.push(Row {
                 sampler: crate::experiment::label(spec),
                 steps: n,
@@ -246,12 +252,41 @@ pub fn run(a: CompareArgs) -> Result<()> {
             a.num
         );
     }
+    // Per-count references (ddpm grids) make rms/max incomparable across step counts.
+    let unranked: &[&str] = if per_count { &["rms", "max"] } else { &[] };
+    if let Some(h) = ["rms", "mode-tv"]
+        .into_iter()
+        .filter(|m| !unranked.contains(m))
+        .find_map(|m| crate::summary::headline(&summary_rows, m))
+    {
+        println!("{h}");
+    }
     npy::create_out_dir(&a.out_dir)?;
     let csv = a.out_dir.join("results.csv");
     write_atomic(&csv, &to_csv(&rows))?;
+    let floors: std::collections::BTreeMap<String, f64> = fresh_tv
+        .map(|tv| ("mode-tv".to_string(), tv))
+        .into_iter()
+        .collect();
+    let summary = a.out_dir.join("summary.md");
+    write_atomic(
+        &summary,
+        &crate::summary::markdown(
+            &format!("compare on {}", a.denoiser),
+            &summary_rows,
+            &[
+                ("rms", "RMS distance to the reference ODE solution"),
+                ("max", "largest distance to the reference solution"),
+                ("mode-tv", "mode-weight error (total variation)"),
+            ],
+            &floors,
+            unranked,
+        ),
+    )?;
     let stem = a.out_dir.join("error_vs_nfe");
     plot(&stem, &rows, fresh_tv, &a.denoiser)?;
     println!("results: {}", csv.display());
+    println!("summary: {}", summary.display());
     println!("plot: {}", stem.with_extension("png").display());
     Ok(())
 }

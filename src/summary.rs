@@ -166,7 +166,12 @@ pub fn markdown(
         }
         let floor = floors
             .get(*m)
-            .map(|f| format!("; between two fresh data sets: {}", fmt3(*f)))
+            .map(|f| {
+                format!(
+                    "; fresh data's own value (the sampling-noise floor): {}",
+                    fmt3(*f)
+                )
+            })
             .unwrap_or_default();
         out += &format!("\n## {m}: {what}{floor}\n\n");
         // Columns: step counts ascending, then the adaptive samplers' column.

@@ -1014,6 +1014,16 @@ fn compare_writes_a_table_csv_and_plot() {
         l.split(',').nth(3).unwrap().parse().unwrap()
     };
     assert!(rms("heun", "16") < rms("euler", "16"));
+    // summary.md: the same cells, ranked by budget; the best rms within 31 evaluations is
+    // heun at 16 steps (ddpm, stochastic, has no rms).
+    let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+    let rms_section = md.split("\n## ").find(|p| p.starts_with("rms:")).unwrap();
+    assert!(
+        rms_section.contains("| 31 | heun | 16 | 31 | ") && !rms_section.contains("| ddpm |"),
+        "{md}"
+    );
+    assert!(md.contains("| ddpm |"), "mode-tv has every sampler: {md}");
+    assert!(stdout.contains("best rms within a budget"), "{stdout}");
     let svg = std::fs::read_to_string(dir.path().join("error_vs_nfe.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("heun"));
     // Lists with an empty item are refused (compare and bench).

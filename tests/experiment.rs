@@ -727,5 +727,5 @@ fn the_summary_names_the_best_sampler_within_each_budget() {
         }
     }
     // The floor of sw2 is named.
-    assert!(md.contains("between two fresh data sets"), "{md}");
+    assert!(md.contains("fresh data's own value"), "{md}");
 }
