@@ -93,10 +93,19 @@ pub enum ModelSpec {
         path: PathBuf,
     },
     /// A trained network; with `train_config`, it is trained first if the file is missing. A
-    /// model card (`.toml`, a TorchScript module; see docs/models.md) works the same way.
+    /// model card (`.toml`, a TorchScript module; see docs/models.md) works the same way. A
+    /// class-conditional one samples unconditionally unless `conditional = true` (sample `i` of
+    /// class `i mod K`), then with classifier-free guidance `guidance` (1: none), applied only
+    /// within `guidance_interval = [lo, hi]` where given.
     Checkpoint {
         path: PathBuf,
         train_config: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        conditional: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        guidance: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        guidance_interval: Option<[f64; 2]>,
     },
 }
 
@@ -275,6 +284,7 @@ impl ExperimentConfig {
         if self.samplers.is_empty() {
             bail!("the experiment lists no samplers");
         }
+        guidance_settings(&self.model)?;
         if self.metrics.is_empty() {
             bail!("the experiment lists no metrics");
         }
@@ -363,7 +373,9 @@ impl ExperimentConfig {
             ModelSpec::Mixture { path } | ModelSpec::Gaussian { path } if !path.exists() => {
                 bail!("model file {} does not exist", path.display())
             }
-            ModelSpec::Checkpoint { path, train_config } if !path.exists() => match train_config {
+            ModelSpec::Checkpoint {
+                path, train_config, ..
+            } if !path.exists() => match train_config {
                 Some(tc) if tc.exists() => {}
                 Some(tc) => bail!(
                     "checkpoint {} does not exist and neither does its train_config {}",
@@ -498,7 +510,9 @@ fn load_model(spec: &ModelSpec, dev: Device) -> Result<Loaded> {
         ModelSpec::Gaussian { path } => Loaded::Exact(ExactModel::Gaussian(model::Graphed::new(
             model::load_gaussian(path, dev)?,
         ))),
-        ModelSpec::Checkpoint { path, train_config } => {
+        ModelSpec::Checkpoint {
+            path, train_config, ..
+        } => {
             if !path.exists() {
                 let tc = train_config
                     .as_ref()
@@ -641,6 +655,62 @@ pub fn run(a: RunArgs) -> Result<()> {
     run_config(&cfg, a.max_cells)
 }
 
+/// The guidance of a `[model]` with `conditional = true`: its weight and interval, checked;
+/// None for unconditional sampling.
+#[allow(clippy::type_complexity)]
+fn guidance_settings(spec: &ModelSpec) -> Result<Option<(f64, Option<(f64, f64)>)>> {
+    let ModelSpec::Checkpoint {
+        conditional,
+        guidance,
+        guidance_interval,
+        ..
+    } = spec
+    else {
+        return Ok(None);
+    };
+    if !conditional {
+        if guidance.is_some() || guidance_interval.is_some() {
+            bail!("[model] guidance and guidance_interval need conditional = true");
+        }
+        return Ok(None);
+    }
+    let w = guidance.unwrap_or(1.0);
+    if !w.is_finite() {
+        bail!("[model] guidance must be finite, got {w}");
+    }
+    let interval = match guidance_interval {
+        Some([lo, hi]) if lo.is_finite() && hi.is_finite() && 0.0 <= *lo && lo < hi => {
+            Some((*lo, *hi))
+        }
+        Some([lo, hi]) => {
+            bail!("[model] guidance_interval must be [lo, hi] with 0 <= lo < hi, both finite, got [{lo}, {hi}]")
+        }
+        None => None,
+    };
+    Ok(Some((w, interval)))
+}
+
+/// The guided denoiser of a `[model]` with `conditional = true` (classes in equal shares, sample
+/// `i` of class `i mod K`); None for unconditional sampling.
+fn guided_denoiser<'a>(
+    spec: &ModelSpec,
+    model: &'a Loaded,
+) -> Result<Option<crate::nn::Guided<'a>>> {
+    let Some((guidance, interval)) = guidance_settings(spec)? else {
+        return Ok(None);
+    };
+    let net = match model {
+        Loaded::Trained(m, _) if m.net.num_classes > 0 => &m.net,
+        _ => bail!("[model] conditional = true needs a class-conditional network"),
+    };
+    Ok(Some(crate::nn::Guided {
+        net,
+        class: crate::nn::Classes::Cycle,
+        guidance,
+        interval,
+    }))
+}
+
 /// The timesteps placement places its levels on the chain that `[grid]` names (DDPM's linear one
 /// unless it says otherwise); on a model card with a discrete chain that must be the card's own
 /// chain, else the levels would be another model's timesteps.
@@ -711,6 +781,11 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     {
         bail!("sampler ddpm with variance = learned needs a network with a learned variance output (a model card with learned_sigmas = true)");
     }
+    let guided = guided_denoiser(&cfg.model, &model)?;
+    let den: &dyn Denoiser = match &guided {
+        Some(g) => g,
+        None => model.denoiser(),
+    };
     let shape = model.shape();
     let classifier = match (&model, cfg.metrics.contains(&Metric::Fd)) {
         (Loaded::Trained(_, data), true) => {
@@ -773,6 +848,7 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
             per_seed.get_mut(&seed).unwrap().reference(
                 cfg,
                 &model,
+                den,
                 reference_ends(cfg, &sigmas),
             )?;
         }
@@ -787,6 +863,7 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     let ctx = CellCtx {
         cfg,
         model: &model,
+        den,
         classifier: classifier.as_ref(),
         per_seed: &per_seed,
         bandwidth,
@@ -880,6 +957,8 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
 struct CellCtx<'a> {
     cfg: &'a ExperimentConfig,
     model: &'a Loaded,
+    /// The model's denoiser, guided where `[model]` says so.
+    den: &'a dyn Denoiser,
     classifier: Option<&'a crate::fid::Classifier>,
     per_seed: &'a BTreeMap<u64, SeedState>,
     bandwidth: Option<f64>,
@@ -914,7 +993,7 @@ impl CellCtx<'_> {
         };
         let (x, nfe) = job::run_from_noise(
             spec,
-            model.denoiser(),
+            self.den,
             self.sde,
             &sigmas,
             &state.z,
@@ -1042,7 +1121,7 @@ impl SeedState {
         let needs_data = cfg
             .metrics
             .iter()
-            .any(|m| matches!(m, Metric::Sw2 | Metric::Mmd));
+            .any(|m| matches!(m, Metric::Sw2 | Metric::Mmd | Metric::Fd));
         let data = if needs_data {
             model.data(cfg.num, seed, 0, dev)?
         } else {
@@ -1062,6 +1141,7 @@ impl SeedState {
         &mut self,
         cfg: &ExperimentConfig,
         model: &Loaded,
+        den: &dyn Denoiser,
         (hi, lo): (f64, f64),
     ) -> Result<&Tensor> {
         let key = ends_key((hi, lo));
@@ -1071,7 +1151,7 @@ impl SeedState {
                 Loaded::Exact(ExactModel::Gaussian(g)) => g.exact_flow(&start, hi, lo)?,
                 _ => {
                     scoreflow_solvers::reference::solve_pf_ode(
-                        model.denoiser(),
+                        den,
                         &start,
                         hi,
                         lo,
@@ -1080,7 +1160,7 @@ impl SeedState {
                     .0
                 }
             };
-            let r = model.denoiser().denoise(&at_min, lo)?;
+            let r = den.denoise(&at_min, lo)?;
             self.reference.insert(key, r);
         }
         Ok(&self.reference[&key])

@@ -201,7 +201,7 @@ pub fn eval_digits(a: EvalDigitsArgs) -> Result<()> {
             )?;
             let g = crate::nn::Guided {
                 net: &m.net,
-                class: c as i64,
+                class: crate::nn::Classes::One(c as i64),
                 guidance: a.guidance,
                 interval,
             };

@@ -263,7 +263,7 @@ fn sample(a: SampleArgs) -> Result<()> {
                     }
                     guided = scoreflow::nn::Guided {
                         net: &t.net,
-                        class: k as i64,
+                        class: scoreflow::nn::Classes::One(k as i64),
                         guidance: a.guidance.unwrap_or(1.0),
                         interval,
                     };

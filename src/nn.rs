@@ -815,9 +815,30 @@ pub fn parse_interval(s: &str) -> anyhow::Result<(f64, f64)> {
 /// Models".
 pub struct Guided<'a> {
     pub net: &'a Network,
-    pub class: i64,
+    pub class: Classes,
     pub guidance: f64,
     pub interval: Option<(f64, f64)>,
+}
+
+/// The classes a guided batch samples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Classes {
+    /// Every sample of this class.
+    One(i64),
+    /// Sample `i` of class `i mod K` (equal shares of the `K` classes).
+    Cycle,
+}
+
+impl Classes {
+    /// The labels of a batch of `n` on `dev`.
+    fn labels(self, n: i64, num_classes: usize, dev: Device) -> Tensor {
+        match self {
+            Classes::One(k) => Tensor::full([n], k, (Kind::Int64, dev)),
+            Classes::Cycle => {
+                Tensor::arange(n, (Kind::Int64, dev)).remainder(num_classes.max(1) as i64)
+            }
+        }
+    }
 }
 
 impl Denoiser for Guided<'_> {
@@ -835,12 +856,13 @@ impl Denoiser for Guided<'_> {
         let n = x.size()[0];
         let dev = self.net.device;
         let back = |t: Tensor| t.to_device(x.device()).to_kind(x.kind());
-        if self
-            .interval
-            .is_some_and(|(lo, hi)| !(sigma > lo && sigma <= hi))
+        if self.guidance == 1.0
+            || self
+                .interval
+                .is_some_and(|(lo, hi)| !(sigma > lo && sigma <= hi))
         {
-            // Outside the interval: the conditional branch alone.
-            let labels = Tensor::full([n], self.class, (Kind::Int64, dev));
+            // w = 1, or outside the interval: the conditional branch alone.
+            let labels = self.class.labels(n, self.net.num_classes, dev);
             let (d, v) = tch::no_grad(|| {
                 self.net
                     .try_forward_parts(&x.to_device(dev), &sigma_batch(sigma, x), Some(&labels))
@@ -850,7 +872,7 @@ impl Denoiser for Guided<'_> {
         let xx = Tensor::cat(&[x, x], 0).to_device(dev);
         let labels = Tensor::cat(
             &[
-                Tensor::full([n], self.class, (Kind::Int64, dev)),
+                self.class.labels(n, self.net.num_classes, dev),
                 Tensor::full([n], self.net.num_classes as i64, (Kind::Int64, dev)),
             ],
             0,

@@ -747,6 +747,101 @@ fn a_class_conditional_card_takes_labels_and_guidance() {
 }
 
 #[test]
+fn an_experiment_samples_a_class_conditional_card_with_guidance() {
+    // [model] conditional = true: sample i of class i mod 8, each near its mode; with guidance
+    // and an interval; and the settings checked before any work.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    trace_conditional_gmm8(&d.join("cond.pt"), false);
+    let card = write_card(d, "cond", "cond.pt", "kind = \"discrete\"", "classes = 8");
+    let exp = |model_extra: &str, out: &str| {
+        let path = d.join(format!("{out}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "out_dir = \"{}\"\nnum = 64\nseeds = [0]\nsteps = [16]\nmetrics = [\"rms\"]\nsamplers = [{{ kind = \"heun\" }}]\n[model]\nkind = \"checkpoint\"\npath = \"{}\"\n{model_extra}\n[grid]\nsigma_min = 0.01\nsigma_max = 80.0\n",
+                d.join(out).display(),
+                card.display()
+            ),
+        )
+        .unwrap();
+        bin().args(["run"]).arg(&path).output().unwrap()
+    };
+    let modes: Vec<(f64, f64)> = (0..8)
+        .map(|k| {
+            let a = 2.0 * PI * k as f64 / 8.0;
+            (2.0 * a.cos(), 2.0 * a.sin())
+        })
+        .collect();
+    for (extra, out) in [
+        ("conditional = true", "c1"),
+        ("conditional = true\nguidance = 2.5", "c2"),
+        (
+            "conditional = true\nguidance = 2.5\nguidance_interval = [0.3, 5.0]",
+            "c3",
+        ),
+    ] {
+        let o = exp(extra, out);
+        assert!(o.status.success(), "{extra}: {}", stderr(&o));
+        let snap = std::fs::read_dir(d.join(out).join("samples"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| !p.to_str().unwrap().ends_with(".path.npy"))
+            .unwrap();
+        let x = read_f32(&snap);
+        assert_eq!(x.len(), 128);
+        for (i, p) in x.chunks(2).enumerate() {
+            let m = modes[i % 8];
+            let dist = ((p[0] as f64 - m.0).powi(2) + (p[1] as f64 - m.1).powi(2)).sqrt();
+            assert!(
+                dist < 1.2,
+                "{extra}: sample {i} is {dist} from mode {}",
+                i % 8
+            );
+        }
+    }
+    // Without conditional = true the same card samples the whole mixture (the null label).
+    let o = exp("", "u");
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Bad settings: one-line errors, exit 2, no output folder.
+    for (extra, needle) in [
+        ("guidance = 2.0", "need conditional = true"),
+        (
+            "conditional = true\nguidance_interval = [5.0, 0.3]",
+            "0 <= lo < hi",
+        ),
+    ] {
+        let o = exp(extra, "bad");
+        assert_eq!(o.status.code(), Some(2), "{extra}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{extra}: {}", stderr(&o));
+        assert!(!d.join("bad").exists());
+    }
+    trace_gmm8(
+        &d.join("eps.pt"),
+        chain_sigma(&discrete("eps", "linear", false)),
+        |x, dd, s| (x - dd) / s,
+    );
+    let plain = write_card(d, "plain", "eps.pt", "kind = \"discrete\"", "");
+    let path = d.join("plain-exp.toml");
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(d.join("c1.toml"))
+            .unwrap()
+            .replace(card.to_str().unwrap(), plain.to_str().unwrap())
+            .replace("/c1\"", "/bad\""),
+    )
+    .unwrap();
+    let o = bin().args(["run"]).arg(&path).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("class-conditional network"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d.join("bad").exists());
+}
+
+#[test]
 fn cards_on_cuda_agree_with_the_cpu_with_and_without_graphs() {
     if !tch::Cuda::is_available() {
         println!(

@@ -516,7 +516,7 @@ fn image_models_get_fd_and_an_image_grid() {
     let out = dir.path().join("out");
     let ck = dir.path().join("run/checkpoint.safetensors");
     let body = format!(
-        "out_dir = \"{}\"\ndevice = \"cpu\"\ndtype = \"float32\"\nnum = 64\nsteps = [2, 4]\nmetrics = [\"sw2\", \"fd\"]\n[model]\nkind = \"checkpoint\"\npath = \"{}\"\ntrain_config = \"{}\"\n[[samplers]]\nkind = \"euler\"\n",
+        "out_dir = \"{}\"\ndevice = \"cpu\"\ndtype = \"float32\"\nnum = 64\nsteps = [2, 4]\nmetrics = [\"fd\"]\n[model]\nkind = \"checkpoint\"\npath = \"{}\"\ntrain_config = \"{}\"\n[[samplers]]\nkind = \"euler\"\n",
         out.display(),
         ck.display(),
         train_cfg
@@ -570,8 +570,9 @@ fn every_shipped_config_loads() {
         }
     }
     // gmm2d, fewstep, adaptive, edm-ablation, restart, gauss64, moons-samplers,
-    // digits-samplers, spacing/{leading,trailing,linspace}; moons, gmm8-train, digits.
-    assert_eq!(seen, (11, 3));
+    // digits-samplers, digits-conditional, digits-guidance, digits-guidance-interval,
+    // spacing/{leading,trailing,linspace}; moons, gmm8-train, digits.
+    assert_eq!(seen, (14, 3));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Backbones, data sets, the Fréchet distance and class conditioning.
 
 use scoreflow::data::{self, DataConfig};
-use scoreflow::nn::{Backbone, Guided, Network};
+use scoreflow::nn::{Backbone, Classes, Guided, Network};
 use scoreflow::precond::Precond;
 use scoreflow::solvers::Denoiser;
 use scoreflow::train::{self, RunOpts, TrainConfig};
@@ -258,7 +258,7 @@ fn class_conditional_models_sample_with_guidance() {
     let guided = |guidance: f64, interval: Option<(f64, f64)>| {
         Guided {
             net: &m.net,
-            class: 0,
+            class: Classes::One(0),
             guidance,
             interval,
         }
