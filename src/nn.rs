@@ -805,9 +805,10 @@ pub fn parse_interval(s: &str) -> anyhow::Result<(f64, f64)> {
     }
 }
 
-/// Classifier-free guidance (Ho & Salimans 2022) for one class:
-/// `D = D_u + w (D_c - D_u)`, `w = 1` is the plain conditional model, `w = 0` the unconditional
-/// one. Both branches run as one batched network call, counted as one evaluation.
+/// Classifier-free guidance (Ho & Salimans 2022) for one class (or every class in turn,
+/// [`Classes::Cycle`]): `D = D_u + w (D_c - D_u)`, `w = 1` is the plain conditional model, `w = 0`
+/// the unconditional one. Both branches run as one batched network call, counted as one
+/// evaluation; at `w = 1` only the conditional one runs.
 ///
 /// With `interval = Some((lo, hi))` the guidance applies only at noise levels `lo < sigma <= hi`
 /// and the plain conditional model (one branch, `w = 1`) elsewhere: Kynkaanniemi et al. (2024),
