@@ -199,9 +199,9 @@ struct SampleArgs {
     /// Output .npy (float32 [N, d] or [N, C, H, W]).
     #[arg(long)]
     out: PathBuf,
-    /// Class-conditional checkpoints: the class to sample.
+    /// Class-conditional checkpoints: the class to sample, or `each` (sample i of class i mod K).
     #[arg(long)]
-    class: Option<usize>,
+    class: Option<String>,
     /// Classifier-free guidance weight w in D_u + w (D_c - D_u) (1: plain conditional).
     #[arg(long)]
     guidance: Option<f64>,
@@ -253,17 +253,24 @@ fn sample(a: SampleArgs) -> Result<()> {
         (Some(m), _) => (m.denoiser(), vec![m.dim() as i64]),
         (None, Some(t)) => {
             let shape = t.net.shape.clone();
-            match a.class {
-                Some(k) => {
-                    if k >= t.net.num_classes {
-                        bail!(
-                            "--class {k}: the model has classes 0..{}",
-                            t.net.num_classes - 1
-                        );
-                    }
+            match a.class.as_deref() {
+                Some(c) => {
+                    let class = match c {
+                        "each" => scoreflow::nn::Classes::Cycle,
+                        _ => match c.parse::<usize>() {
+                            Ok(k) if k < t.net.num_classes => {
+                                scoreflow::nn::Classes::One(k as i64)
+                            }
+                            _ => bail!(
+                                "--class {c}: the model has classes 0..{} (or each: sample i of class i mod {})",
+                                t.net.num_classes - 1,
+                                t.net.num_classes
+                            ),
+                        },
+                    };
                     guided = scoreflow::nn::Guided {
                         net: &t.net,
-                        class: scoreflow::nn::Classes::One(k as i64),
+                        class,
                         guidance: a.guidance.unwrap_or(1.0),
                         interval,
                     };

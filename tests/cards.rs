@@ -701,6 +701,20 @@ fn a_class_conditional_card_takes_labels_and_guidance() {
             .fold(0.0, f64::max);
         assert!(far < 1.2, "guidance {guidance}: a sample {far} from mode 3");
     }
+    // --class each: sample i of class i mod 8, each near its mode.
+    let mut args = card_arg.to_vec();
+    args.extend(["--class", "each", "--guidance", "2.5"]);
+    let x = sample(&args, "heun", range, &d.join("each.npy"));
+    for (i, p) in x.chunks(2).enumerate() {
+        let a = 2.0 * PI * (i % 8) as f64 / 8.0;
+        let dist =
+            ((p[0] as f64 - 2.0 * a.cos()).powi(2) + (p[1] as f64 - 2.0 * a.sin()).powi(2)).sqrt();
+        assert!(
+            dist < 1.2,
+            "--class each: sample {i} is {dist} from mode {}",
+            i % 8
+        );
+    }
     // With learned variances, guided DDPM takes the conditional branch's variance (v = -1 here,
     // the small variance; the null label's v = 1 would be the large one).
     trace_conditional_gmm8(&d.join("condv.pt"), true);
@@ -733,17 +747,21 @@ fn a_class_conditional_card_takes_labels_and_guidance() {
         max_diff(&from_cond, &small)
     );
     assert!(max_diff(&from_cond, &large) > 1e-2);
-    // A class the card does not have is an error.
-    let o = bin()
-        .args([
-            "sample", "--solver", "heun", "--steps", "4", "--num", "8", "--class", "8",
-        ])
-        .args(card_arg)
-        .arg("--out")
-        .arg(d.join("bad.npy"))
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // A class the card does not have is an error, and so is a word other than each.
+    for bad in ["8", "all"] {
+        let o = bin()
+            .args([
+                "sample", "--solver", "heun", "--steps", "4", "--num", "8", "--class", bad,
+            ])
+            .args(card_arg)
+            .arg("--out")
+            .arg(d.join("bad.npy"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("or each"), "{}", stderr(&o));
+        assert!(!d.join("bad.npy").exists());
+    }
 }
 
 #[test]
