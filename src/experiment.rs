@@ -679,9 +679,7 @@ fn guidance_settings(spec: &ModelSpec) -> Result<Option<(f64, Option<(f64, f64)>
         bail!("[model] guidance must be finite, got {w}");
     }
     let interval = match guidance_interval {
-        Some([lo, hi]) if lo.is_finite() && hi.is_finite() && 0.0 <= *lo && lo < hi => {
-            Some((*lo, *hi))
-        }
+        Some([lo, hi]) if crate::nn::valid_interval(*lo, *hi) => Some((*lo, *hi)),
         Some([lo, hi]) => {
             bail!("[model] guidance_interval must be [lo, hi] with 0 <= lo < hi, both finite, got [{lo}, {hi}]")
         }

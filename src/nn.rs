@@ -788,6 +788,11 @@ pub fn torch_message(s: &str) -> String {
     }
 }
 
+/// Whether `(lo, hi]` is a guidance interval: finite, `0 <= lo < hi`.
+pub fn valid_interval(lo: f64, hi: f64) -> bool {
+    lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo < hi
+}
+
 /// `LO,HI` of `--guidance-interval`: two finite levels with `0 <= LO < HI`.
 pub fn parse_interval(s: &str) -> anyhow::Result<(f64, f64)> {
     let v: Vec<f64> = s
@@ -798,7 +803,7 @@ pub fn parse_interval(s: &str) -> anyhow::Result<(f64, f64)> {
             anyhow::anyhow!("--guidance-interval must be LO,HI (two numbers), got '{s}'")
         })?;
     match v[..] {
-        [lo, hi] if lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo < hi => Ok((lo, hi)),
+        [lo, hi] if valid_interval(lo, hi) => Ok((lo, hi)),
         _ => anyhow::bail!(
             "--guidance-interval must be LO,HI with 0 <= LO < HI, both finite, got '{s}'"
         ),

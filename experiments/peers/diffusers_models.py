@@ -244,14 +244,29 @@ def sigma_to_t64(sigma, log_sigmas):
 # --------------------------------------------------------------------------- scoreflow
 
 
-def scoreflow(a, card, solver, z_path, lo, hi, out):
-    args = ["sample", "--checkpoint", card, "--solver", solver, "--steps", str(a.steps), "--noise", z_path,
-            "--sigma-min", repr(lo), "--sigma-max", repr(hi), "--grid", "karras", "--rho", "7", "--device", "cpu",
-            "--out", out]
+def run_sample(a, card, z_path, out, args):
+    """`scoreflow sample --checkpoint CARD --noise Z ... --out OUT` on the CPU; its samples."""
+    args = ["sample", "--checkpoint", card, "--noise", z_path, "--device", "cpu", "--out", out] + args
     p = subprocess.run([a.scoreflow] + args, capture_output=True, text=True, env=ENV)
     if p.returncode != 0:
         fail(f"scoreflow {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
     return torch.from_numpy(np.load(out)).double()
+
+
+def scoreflow(a, card, solver, z_path, lo, hi, out):
+    """The card on scoreflow's Karras grid over [lo, hi]."""
+    return run_sample(a, card, z_path, out, ["--solver", solver, "--steps", str(a.steps), "--sigma-min", repr(lo),
+                                             "--sigma-max", repr(hi), "--grid", "karras", "--rho", "7"])
+
+
+def ddpm_grid(config):
+    """The flags of the ddpm-* grid of a model's timestep_spacing (diffusers adds steps_offset under
+    leading spacing only)."""
+    spacing = config.get("timestep_spacing", "leading")
+    args = ["--grid", f"ddpm-{spacing}"]
+    if spacing == "leading":
+        args += ["--steps-offset", str(config.get("steps_offset", 0))]
+    return args
 
 
 def variant(card, out, old, new):
@@ -391,14 +406,8 @@ def main():
         top = float(sig64[int(sched.timesteps[0])])
         z_path = os.path.join(folder, "z-ddim.npy")
         np.save(z_path, z.double().numpy() * (top**2 + 1) ** 0.5 / top)
-        args = ["sample", "--checkpoint", card, "--solver", "ddim", "--steps", str(ddim_steps), "--noise", z_path,
-                "--grid", f"ddpm-{spacing}", "--device", "cpu", "--out", os.path.join(folder, "sf-ddim.npy")]
-        if spacing == "leading":  # diffusers adds steps_offset under leading spacing only
-            args += ["--steps-offset", str(config.get("steps_offset", 0))]
-        p = subprocess.run([a.scoreflow] + args, capture_output=True, text=True, env=ENV)
-        if p.returncode != 0:
-            fail(f"scoreflow {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
-        x_sf = torch.from_numpy(np.load(os.path.join(folder, "sf-ddim.npy"))).double()
+        x_sf = run_sample(a, card, z_path, os.path.join(folder, "sf-ddim.npy"),
+                          ["--solver", "ddim", "--steps", str(ddim_steps)] + ddpm_grid(config))
         compare(name, "ddim", f"diffusers DDIM, {spacing}", f"ddpm-{spacing}", x.double(), x_sf,
                 kind="info" if spacing == "linspace" else "check")
 
@@ -430,15 +439,9 @@ def main():
         z_path = os.path.join(folder, "z-ddpm.npy")
         np.save(z_path, z.double().numpy() * (levels[0] ** 2 + 1) ** 0.5 / levels[0])
         for v, kind in [(variance, "check")] + ([("small", "control")] if variance == "learned" else []):
-            args = ["sample", "--checkpoint", card, "--solver", "ddpm", "--variance", v, "--steps", str(a.steps),
-                    "--noise", z_path, "--seed", "0", "--grid", f"ddpm-{spacing}", "--device", "cpu",
-                    "--out", os.path.join(folder, f"sf-ddpm-{v}.npy")]
-            if spacing == "leading":
-                args += ["--steps-offset", str(config.get("steps_offset", 0))]
-            p = subprocess.run([a.scoreflow] + args, capture_output=True, text=True, env=ENV)
-            if p.returncode != 0:
-                fail(f"scoreflow {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
-            x_sf = torch.from_numpy(np.load(os.path.join(folder, f"sf-ddpm-{v}.npy"))).double()
+            x_sf = run_sample(a, card, z_path, os.path.join(folder, f"sf-ddpm-{v}.npy"),
+                              ["--solver", "ddpm", "--variance", v, "--steps", str(a.steps), "--seed", "0"]
+                              + ddpm_grid(config))
             compare(name, "ddpm", f"diffusers DDPM, {config['variance_type']}", f"{v}, ddpm-{spacing}", x.double(),
                     x_sf, kind=kind)
 
