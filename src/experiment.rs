@@ -777,7 +777,7 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     if cfg.samplers.iter().any(|s| learned(&s))
         && !matches!(&model, Loaded::Trained(m, _) if m.net.has_learned_variance())
     {
-        bail!("sampler ddpm with variance = learned needs a network with a learned variance output (a model card with learned_sigmas = true)");
+        bail!("sampler ddpm with variance = learned needs a network with a learned variance output (a model card with learned_sigmas = true, or a network trained with model.learned_sigmas = true)");
     }
     let guided = guided_denoiser(&cfg.model, &model)?;
     let den: &dyn Denoiser = match &guided {

@@ -4,6 +4,7 @@
 
 use crate::nn::Network;
 use anyhow::{bail, Result};
+use scoreflow_solvers::sde::{BetaSchedule, DdpmChain};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -70,8 +71,11 @@ pub enum LossConfig {
         sigma_max: f64,
         min_snr_gamma: Option<f64>,
     },
-    /// DDPM's eps-MSE (Ho et al. 2020): `t ~ U{1..T}` on the linear beta chain,
-    /// `sigma = sqrt(1 / alpha_bar_t - 1)`; `|eps_hat - eps|^2 = |D - y|^2 / sigma^2`.
+    /// DDPM's eps-MSE (Ho et al. 2020): `t ~ U{1..T}` on a discrete beta chain (linear by
+    /// default), `sigma = sqrt(1 / alpha_bar_t - 1)`; `|eps_hat - eps|^2 = |D - y|^2 / sigma^2`.
+    /// For a network with `model.learned_sigmas`, improved DDPM's hybrid loss (Nichol & Dhariwal
+    /// 2021, sec. 3.1): plus `vlb_weight` times the variational bound's term at `t`, which
+    /// trains the variance output only ([`vlb_term`]).
     Ddpm {
         #[serde(default = "ddpm_t")]
         steps: usize,
@@ -79,7 +83,16 @@ pub enum LossConfig {
         beta_1: f64,
         #[serde(default = "beta_t")]
         beta_t: f64,
+        /// The chain's beta schedule (diffusers' names): linear, scaled-linear or
+        /// squaredcos-cap-v2 (the cosine one; beta_1 and beta_t unused).
+        #[serde(default)]
+        schedule: BetaSchedule,
         min_snr_gamma: Option<f64>,
+        /// Learned variances: lambda in `L_simple + lambda L_vlb`, `L_vlb = T E_t[L_t]`
+        /// (0.001, improved DDPM's).
+        vlb_weight: Option<f64>,
+        /// Learned variances: the decoder term `L_0 = -log p(x_0 | x_1)`.
+        decoder: Option<Decoder>,
     },
     /// Sliced score matching (Song et al. 2019) on the perturbed data, an alternative objective
     /// for vector data: with `s = (D - x) / sigma^2` and random directions `v`,
@@ -92,6 +105,92 @@ pub enum LossConfig {
         #[serde(default = "one_projection")]
         projections: usize,
     },
+}
+
+/// The decoder `p(x_0 | x_1)` of the variational bound's first term (learned variances).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decoder {
+    /// A Gaussian density: `-log N(y; mean, s^2)` per element (continuous data).
+    #[default]
+    Gaussian,
+    /// Improved DDPM's discretized Gaussian for 8-bit images scaled to [-1, 1]: the mass of the
+    /// data's bin of width 2/255, the outermost bins open-ended.
+    Discretized,
+}
+
+/// The per-step tables of a chain for the variational bound, index `i` for step `i + 1`:
+/// the posterior mean's coefficient of `x_0` in `x_{t-1}`'s scale, `beta_t sqrt(abar_{t-1}) /
+/// (1 - abar_t)`; `ln beta~_t`, the posterior variance `(1 - abar_{t-1}) / (1 - abar_t) beta_t`
+/// (step 1's, which is 0, replaced by step 2's as improved DDPM clips it); `ln beta_t`.
+pub fn vlb_tables(chain: &DdpmChain) -> [Vec<f64>; 3] {
+    let abar = chain.alpha_bars();
+    let prev = |i: usize| if i == 0 { 1.0 } else { abar[i - 1] };
+    let n = chain.betas.len();
+    let post = |i: usize| (1.0 - prev(i)) / (1.0 - abar[i]) * chain.betas[i];
+    let coef = (0..n)
+        .map(|i| chain.betas[i] * prev(i).sqrt() / (1.0 - abar[i]))
+        .collect();
+    let log_post = (0..n)
+        .map(|i| post(if i == 0 { 1.min(n - 1) } else { i }).ln())
+        .collect();
+    let log_beta = chain.betas.iter().map(|b| b.ln()).collect();
+    [coef, log_post, log_beta]
+}
+
+/// The variational bound's term at each sample's step (bits per dimension, improved DDPM's
+/// `_vb_terms_bpd`): `KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))` for `t > 1`, both Gaussian
+/// with the posterior's variance and the learned one `exp((1 + v)/2 ln beta_t + (1 - v)/2 ln
+/// beta~_t)`, their means differing by `coef (y - D)`; the decoder's `-log p(x_0 | x_1)` with
+/// mean `D` at `t = 1`. `d` should be detached (the mean is trained by the MSE alone); `idx`
+/// (`[N]`, int64) indexes the tables ([`vlb_tables`], on the device, float32).
+pub fn vlb_term(
+    y: &Tensor,
+    d: &Tensor,
+    v: &Tensor,
+    idx: &Tensor,
+    tables: &[Tensor; 3],
+    decoder: Decoder,
+) -> Tensor {
+    use crate::precond::per_sample;
+    let pick = |t: &Tensor| per_sample(&t.index_select(0, idx), y);
+    let (coef, log_post, log_beta) = (pick(&tables[0]), pick(&tables[1]), pick(&tables[2]));
+    let frac = (v.to_kind(Kind::Float) + 1.0) * 0.5;
+    let log_var = &frac * &log_beta + (frac.neg() + 1.0) * &log_post;
+    let err = y - d;
+    let kl = ((&log_var - &log_post) + (&log_post - &log_var).exp() - 1.0
+        + (&coef * &err).square() * log_var.neg().exp())
+        * 0.5;
+    let nll = match decoder {
+        Decoder::Gaussian => {
+            (&log_var + (2.0 * std::f64::consts::PI).ln() + err.square() * log_var.neg().exp())
+                * 0.5
+        }
+        Decoder::Discretized => {
+            // The bin [y - 1/255, y + 1/255] under N(D, s^2), with the tanh approximation of
+            // the normal CDF that improved DDPM uses.
+            let inv_s = (&log_var * -0.5).exp();
+            let cdf = |z: Tensor| {
+                ((&z + z.pow_tensor_scalar(3) * 0.044715) * (2.0 / std::f64::consts::PI).sqrt())
+                    .tanh()
+                    * 0.5
+                    + 0.5
+            };
+            let plus = cdf(&inv_s * (&err + 1.0 / 255.0));
+            let minus = cdf(&inv_s * (&err - 1.0 / 255.0));
+            let log_plus = plus.clamp_min(1e-12).log();
+            let log_one_minus = (minus.neg() + 1.0).clamp_min(1e-12).log();
+            let log_mid = (plus - minus).clamp_min(1e-12).log();
+            let logp = log_plus.where_self(
+                &y.lt(-0.999),
+                &log_one_minus.where_self(&y.gt(0.999), &log_mid),
+            );
+            logp.neg()
+        }
+    };
+    let dims: Vec<i64> = (1..y.dim() as i64).collect();
+    let bits = |t: Tensor| t.mean_dim(dims.as_slice(), false, Kind::Float) / 2f64.ln();
+    bits(nll).where_self(&idx.eq(0), &bits(kl))
 }
 
 /// The sliced score-matching objective per sample, `v . grad_x (v . s) + (v . s)^2 / 2`, for a
@@ -171,9 +270,22 @@ impl LossConfig {
                 beta_1,
                 beta_t,
                 min_snr_gamma,
+                vlb_weight,
+                ..
             } => {
                 if *steps < 1 || !(*beta_1 > 0.0 && beta_1 <= beta_t && *beta_t < 1.0) {
                     bail!("loss: ddpm needs steps >= 1 and 0 < beta_1 <= beta_t < 1");
+                }
+                if *steps > 1_000_000 {
+                    bail!("loss: ddpm steps must be at most 1000000, got {steps}");
+                }
+                if let Some(w) = vlb_weight {
+                    if !(*w > 0.0 && w.is_finite()) {
+                        bail!(
+                            "loss.vlb_weight must be positive, got {}",
+                            scoreflow_solvers::Num(*w)
+                        );
+                    }
                 }
                 min_snr_gamma
             }
@@ -186,14 +298,74 @@ impl LossConfig {
         Ok(())
     }
 
-    /// Draw per-sample sigma (`[N]`, float32) and its weight.
+    /// Check the loss against the model it trains: a learned variance output is trained by the
+    /// `ddpm` loss's variational bound, and its options need one.
+    pub fn check_model(&self, model: &crate::train::ModelConfig) -> Result<()> {
+        match (self, model.learned_sigmas) {
+            (LossConfig::Ddpm { steps, .. }, true) if *steps < 2 => {
+                bail!("model.learned_sigmas = true needs a ddpm loss of at least 2 steps")
+            }
+            (LossConfig::Ddpm { .. }, true) => Ok(()),
+            (_, true) => bail!(
+                "model.learned_sigmas = true needs [loss] kind = \"ddpm\" (the variance output is trained by its variational bound)"
+            ),
+            (
+                LossConfig::Ddpm {
+                    vlb_weight,
+                    decoder,
+                    ..
+                },
+                false,
+            ) if vlb_weight.is_some() || decoder.is_some() => bail!(
+                "loss.vlb_weight and loss.decoder apply to a network with model.learned_sigmas = true"
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The discrete chain of the `ddpm` loss.
+    pub fn chain(&self) -> Option<DdpmChain> {
+        match self {
+            LossConfig::Ddpm {
+                steps,
+                beta_1,
+                beta_t,
+                schedule,
+                ..
+            } => Some(DdpmChain::from_schedule(
+                *schedule, *steps, *beta_1, *beta_t,
+            )),
+            _ => None,
+        }
+    }
+
+    /// The loss with its lookup tables on `dev`, built once for a training run (no host copy
+    /// in a step).
+    pub fn prepare(&self, dev: tch::Device) -> Prepared<'_> {
+        let on_dev = |t: &[f64]| Tensor::from_slice(t).to_kind(Kind::Float).to_device(dev);
+        let chain = self.chain().map(|c| ChainTables {
+            sigmas: on_dev(&c.sigmas()),
+            vlb: vlb_tables(&c).map(|t| on_dev(&t)),
+        });
+        Prepared { cfg: self, chain }
+    }
+
+    /// Per-sample losses for a batch `y` (`[N, ...]`), with optional labels.
+    pub fn loss(&self, net: &Network, y: &Tensor, labels: Option<&Tensor>) -> Tensor {
+        self.prepare(y.device()).loss(net, y, labels)
+    }
+
+    /// Draw per-sample sigma (`[N]`, float32) and its weight, and for the `ddpm` loss the
+    /// chain's step index (`[N]`, int64; 0 is step 1).
     fn sigma_and_weight(
         &self,
         n: i64,
         sigma_data_default: f64,
         dev: tch::Device,
-    ) -> (Tensor, Tensor) {
+        chain: Option<&ChainTables>,
+    ) -> (Tensor, Tensor, Option<Tensor>) {
         let opts = (Kind::Float, dev);
+        let mut step = None;
         let (sigma, weight, gamma) = match self {
             LossConfig::SlicedScore { p_mean, p_std, .. } => {
                 let sigma = (Tensor::randn([n], opts) * *p_std + *p_mean).exp();
@@ -234,17 +406,14 @@ impl LossConfig {
             }
             LossConfig::Ddpm {
                 steps,
-                beta_1,
-                beta_t,
                 min_snr_gamma,
+                ..
             } => {
-                let chain = scoreflow_solvers::sde::DdpmChain::linear(*steps, *beta_1, *beta_t);
-                let table = Tensor::from_slice(&chain.sigmas())
-                    .to_kind(Kind::Float)
-                    .to_device(dev);
+                let table = &chain.expect("a ddpm loss has its chain's tables").sigmas;
                 let idx = Tensor::randint(*steps as i64, [n], (Kind::Int64, dev));
                 let sigma = table.index_select(0, &idx);
                 let w = sigma.square().reciprocal();
+                step = Some(idx);
                 (sigma, w, min_snr_gamma)
             }
         };
@@ -254,17 +423,33 @@ impl LossConfig {
             Some(g) => sigma.square().reciprocal().clamp_max(*g),
             None => weight,
         };
-        (sigma, weight)
+        (sigma, weight, step)
     }
+}
 
+/// A `ddpm` loss's chain on the device: the levels, and the variational bound's tables.
+pub struct ChainTables {
+    sigmas: Tensor,
+    vlb: [Tensor; 3],
+}
+
+/// A loss ready to train ([`LossConfig::prepare`]).
+pub struct Prepared<'a> {
+    cfg: &'a LossConfig,
+    chain: Option<ChainTables>,
+}
+
+impl Prepared<'_> {
     /// Per-sample losses for a batch `y` (`[N, ...]`), with optional labels.
     pub fn loss(&self, net: &Network, y: &Tensor, labels: Option<&Tensor>) -> Tensor {
+        let this = self.cfg;
         let sd = match net.precond {
             crate::precond::Precond::Edm { sigma_data } => sigma_data,
             _ => 0.5,
         };
-        let (sigma, weight) = self.sigma_and_weight(y.size()[0], sd, y.device());
-        if let LossConfig::SlicedScore { projections, .. } = self {
+        let (sigma, weight, step) =
+            this.sigma_and_weight(y.size()[0], sd, y.device(), self.chain.as_ref());
+        if let LossConfig::SlicedScore { projections, .. } = this {
             let x = (y + y.randn_like() * crate::precond::per_sample(&sigma, y))
                 .detach()
                 .set_requires_grad(true);
@@ -277,11 +462,37 @@ impl LossConfig {
             return total / *projections as f64 * weight;
         }
         let noise = y.randn_like() * crate::precond::per_sample(&sigma, y);
-        let d = net.forward(&(y + noise), &sigma, labels);
+        let (d, v) = net
+            .try_forward_parts(&(y + noise), &sigma, labels)
+            .unwrap_or_else(|e| panic!("{e}"));
         let dims: Vec<i64> = (1..y.dim() as i64).collect();
-        (d - y)
+        let mse = (&d - y)
             .square()
             .mean_dim(dims.as_slice(), false, Kind::Float)
-            * weight
+            * weight;
+        match (this, v, step, &self.chain) {
+            (
+                LossConfig::Ddpm {
+                    steps,
+                    vlb_weight,
+                    decoder,
+                    ..
+                },
+                Some(v),
+                Some(idx),
+                Some(chain),
+            ) => {
+                let vb = vlb_term(
+                    y,
+                    &d.detach(),
+                    &v,
+                    &idx,
+                    &chain.vlb,
+                    decoder.unwrap_or_default(),
+                );
+                mse + vb * (vlb_weight.unwrap_or(0.001) * *steps as f64)
+            }
+            _ => mse,
+        }
     }
 }

@@ -200,6 +200,7 @@ struct Mlp {
 }
 
 impl Mlp {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         p: &nn::Path,
         dim: i64,
@@ -208,6 +209,7 @@ impl Mlp {
         nf: i64,
         scale: f64,
         classes: usize,
+        out_mult: i64,
     ) -> Self {
         let emb = NoiseEmbedding::new(p, nf, scale, hidden, classes);
         let inp = nn::linear(p / "in", dim, hidden, Default::default());
@@ -221,7 +223,7 @@ impl Mlp {
                 )
             })
             .collect();
-        let out = nn::linear(p / "out", hidden, dim, Default::default());
+        let out = nn::linear(p / "out", hidden, out_mult * dim, Default::default());
         Mlp {
             emb,
             inp,
@@ -359,6 +361,7 @@ impl Unet {
         nf: i64,
         scale: f64,
         classes: usize,
+        out_mult: i64,
     ) -> Self {
         let (c_in, res0) = (shape[0], shape[1]);
         let e = 4 * ch;
@@ -424,7 +427,7 @@ impl Unet {
             mid,
             up,
             out_norm: gn(p / "out_norm", cur),
-            out: conv(p / "out", cur, c_in, 3, 1),
+            out: conv(p / "out", cur, out_mult * c_in, 3, 1),
         }
     }
 
@@ -465,8 +468,10 @@ impl Unet {
 
 #[allow(clippy::large_enum_variant)] // one per network
 enum Body {
-    Mlp(Mlp),
-    Unet(Unet),
+    /// The trained backbones; with `learned_sigmas` their output has twice the channels, as a
+    /// card's (`Network::new`).
+    Mlp(Mlp, bool),
+    Unet(Unet, bool),
     /// A TorchScript module (a model card, [`crate::card`]): `forward(x_in, c_noise)`, or
     /// `forward(x_in, c_noise, labels)` for a conditional one; with `learned_sigmas` its output
     /// has twice the channels (dim 1) and the first half is the prediction.
@@ -503,21 +508,40 @@ impl Network {
         shape: &[i64],
         num_classes: usize,
     ) -> Self {
+        Network::with_variance_output(p, precond, backbone, shape, num_classes, false)
+    }
+
+    /// [`Self::new`], and with `learned_sigmas` a backbone whose output has twice the channels
+    /// (dim 1): the prediction and a learned variance output `v` (improved DDPM's
+    /// `learn_sigma`), trained by the `ddpm` loss's variational bound ([`crate::loss`]).
+    pub fn with_variance_output(
+        p: &nn::Path,
+        precond: &Precond,
+        backbone: &Backbone,
+        shape: &[i64],
+        num_classes: usize,
+        learned_sigmas: bool,
+    ) -> Self {
+        let out_mult = if learned_sigmas { 2 } else { 1 };
         let body = match backbone {
             Backbone::Mlp {
                 hidden,
                 depth,
                 fourier_features,
                 fourier_scale,
-            } => Body::Mlp(Mlp::new(
-                p,
-                shape[0],
-                *hidden,
-                *depth,
-                *fourier_features,
-                *fourier_scale,
-                num_classes,
-            )),
+            } => Body::Mlp(
+                Mlp::new(
+                    p,
+                    shape[0],
+                    *hidden,
+                    *depth,
+                    *fourier_features,
+                    *fourier_scale,
+                    num_classes,
+                    out_mult,
+                ),
+                learned_sigmas,
+            ),
             Backbone::Unet {
                 channels,
                 channel_mult,
@@ -525,17 +549,21 @@ impl Network {
                 attn_resolutions,
                 fourier_features,
                 fourier_scale,
-            } => Body::Unet(Unet::new(
-                p,
-                shape,
-                *channels,
-                channel_mult,
-                *blocks,
-                attn_resolutions,
-                *fourier_features,
-                *fourier_scale,
-                num_classes,
-            )),
+            } => Body::Unet(
+                Unet::new(
+                    p,
+                    shape,
+                    *channels,
+                    channel_mult,
+                    *blocks,
+                    attn_resolutions,
+                    *fourier_features,
+                    *fourier_scale,
+                    num_classes,
+                    out_mult,
+                ),
+                learned_sigmas,
+            ),
         };
         Network::with_body(precond, shape, num_classes, body, p.device())
     }
@@ -643,14 +671,16 @@ impl Network {
         Ok(self.try_forward_parts(x, sigma, labels)?.0)
     }
 
-    /// Whether the backbone has a learned variance output (a card with `learned_sigmas`).
+    /// Whether the backbone has a learned variance output (a card with `learned_sigmas`, or a
+    /// network trained with `model.learned_sigmas`).
     pub fn has_learned_variance(&self) -> bool {
         matches!(
             self.body,
             Body::Script {
                 learned_sigmas: true,
                 ..
-            }
+            } | Body::Mlp(_, true)
+                | Body::Unet(_, true)
         )
     }
 
@@ -678,8 +708,12 @@ impl Network {
         };
         let mut variance = None;
         let f = match &self.body {
-            Body::Mlp(m) => m.forward(&xin, &c.noise, labels),
-            Body::Unet(u) => u.forward(&xin, &c.noise, labels),
+            Body::Mlp(m, learned) => {
+                split_variance(m.forward(&xin, &c.noise, labels), *learned, &mut variance)
+            }
+            Body::Unet(u, learned) => {
+                split_variance(u.forward(&xin, &c.noise, labels), *learned, &mut variance)
+            }
             Body::Script {
                 module,
                 learned_sigmas,
@@ -748,6 +782,17 @@ impl Network {
         }
         Ok(())
     }
+}
+
+/// A trained backbone's output: with `learned`, its first half along dim 1 (the prediction),
+/// the second half stored in `variance`.
+fn split_variance(out: Tensor, learned: bool, variance: &mut Option<Tensor>) -> Tensor {
+    if !learned {
+        return out;
+    }
+    let c = out.size()[1] / 2;
+    *variance = Some(out.narrow(1, c, c));
+    out.narrow(1, 0, c)
 }
 
 impl Denoiser for Network {

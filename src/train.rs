@@ -66,6 +66,11 @@ pub struct ModelConfig {
     /// Condition on the data's class labels (for classifier-free guidance).
     #[serde(default)]
     pub conditional: bool,
+    /// A second output of the data's shape, the learned reverse variance (improved DDPM's
+    /// `learn_sigma`), trained by the `ddpm` loss's variational bound and used by
+    /// `ddpm --variance learned`.
+    #[serde(default)]
+    pub learned_sigmas: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -135,6 +140,7 @@ impl TrainConfig {
         self.model.precond.validate()?;
         self.model.backbone.validate()?;
         self.loss.validate()?;
+        self.loss.check_model(&self.model)?;
         let t = &self.train;
         if t.steps == 0 || t.batch < 1 || t.checkpoint_every == 0 || t.log_every == 0 {
             bail!("train.steps, train.batch, train.checkpoint_every and train.log_every must be at least 1");
@@ -204,7 +210,14 @@ pub struct Model {
 impl Model {
     pub fn new(cfg: &ModelConfig, shape: &[i64], num_classes: usize, dev: Device) -> Model {
         let vs = VarStore::new(dev);
-        let net = Network::new(&vs.root(), &cfg.precond, &cfg.backbone, shape, num_classes);
+        let net = Network::with_variance_output(
+            &vs.root(),
+            &cfg.precond,
+            &cfg.backbone,
+            shape,
+            num_classes,
+            cfg.learned_sigmas,
+        );
         Model { vs, net }
     }
     /// Variables sorted by name (a stable order for the optimizer).
@@ -445,6 +458,7 @@ fn train_loop(
     let params_t: Vec<Tensor> = params.iter().map(|(_, p)| p.shallow_clone()).collect();
     let ema_t: Vec<Tensor> = ema_params.iter().map(|(_, e)| e.shallow_clone()).collect();
     let mut step_t = Tensor::zeros([], (Kind::Float, dev));
+    let loss_fn = cfg.loss.prepare(dev);
     let mut timer: Option<(usize, Instant)> = None;
     let mut timed = None;
     for step in start..end {
@@ -468,7 +482,7 @@ fn train_loop(
             let mut p = params[i].1.shallow_clone();
             p.zero_grad();
         }
-        let per_sample = || cfg.loss.loss(&model.net, &y, labels.as_ref());
+        let per_sample = || loss_fn.loss(&model.net, &y, labels.as_ref());
         let loss = if t.precision == "bf16" {
             crate::autocast::bf16(dev, per_sample)
         } else {

@@ -64,7 +64,7 @@ impl Sampler for Ddpm {
             let (d, v) = ctx.denoise_with_variance(&x, s)?;
             let v = v.ok_or_else(|| {
                 SolverError::Invalid(
-                    "ddpm with variance = learned needs a network with a learned variance output (a model card with learned_sigmas = true)".into(),
+                    "ddpm with variance = learned needs a network with a learned variance output (a model card with learned_sigmas = true, or a network trained with model.learned_sigmas = true)".into(),
                 )
             })?;
             (d, Some(v))

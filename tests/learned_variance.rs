@@ -1,0 +1,438 @@
+//! Training with learned variances (improved DDPM's hybrid loss): the variational bound's term
+//! against a loop in improved DDPM's own variables, a network that learns the optimal reverse
+//! variance of Gaussian data, its checkpoint sampled by `ddpm --variance learned`, and the
+//! configs that are refused.
+
+use scoreflow::loss::{vlb_tables, vlb_term, Decoder};
+use scoreflow::solvers::sde::DdpmChain;
+use scoreflow::train::{self, RunOpts, TrainConfig};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+fn to_vec(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+}
+
+/// Improved DDPM's `_vb_terms_bpd` for one sample, written in its variables (x_t on the DDPM
+/// scale, the model's mean from its eps prediction through `pred_xstart` and the posterior's
+/// two coefficients), in f64: the bits per dimension at 0-based step `t`.
+fn iddpm_vb(
+    chain: &DdpmChain,
+    t: usize,
+    y: &[f64],
+    eps: &[f64],
+    d: &[f64],
+    v: &[f64],
+    decoder: Decoder,
+) -> f64 {
+    let betas = &chain.betas;
+    let mut abar = vec![];
+    let mut acc = 1.0;
+    for b in betas {
+        acc *= 1.0 - b;
+        abar.push(acc);
+    }
+    let abar_prev = if t == 0 { 1.0 } else { abar[t - 1] };
+    let post_var = |i: usize| {
+        let prev = if i == 0 { 1.0 } else { abar[i - 1] };
+        betas[i] * (1.0 - prev) / (1.0 - abar[i])
+    };
+    let log_post = if t == 0 { post_var(1) } else { post_var(t) }.ln();
+    let c1 = betas[t] * abar_prev.sqrt() / (1.0 - abar[t]);
+    let c2 = (1.0 - abar_prev) * (1.0 - betas[t]).sqrt() / (1.0 - abar[t]);
+    let mut total = 0.0;
+    for j in 0..y.len() {
+        let x_t = abar[t].sqrt() * y[j] + (1.0 - abar[t]).sqrt() * eps[j];
+        // A denoiser's output D as an eps prediction, and back through pred_xstart.
+        let eps_hat = (x_t - abar[t].sqrt() * d[j]) / (1.0 - abar[t]).sqrt();
+        let x0 = (1.0 / abar[t]).sqrt() * x_t - (1.0 / abar[t] - 1.0).sqrt() * eps_hat;
+        let (true_mean, mean) = (c1 * y[j] + c2 * x_t, c1 * x0 + c2 * x_t);
+        let frac = (v[j] + 1.0) / 2.0;
+        let lv = frac * betas[t].ln() + (1.0 - frac) * log_post;
+        total += if t > 0 {
+            0.5 * (-1.0 + lv - log_post
+                + (log_post - lv).exp()
+                + (true_mean - mean).powi(2) * (-lv).exp())
+        } else {
+            match decoder {
+                Decoder::Gaussian => {
+                    0.5 * ((2.0 * std::f64::consts::PI).ln()
+                        + lv
+                        + (y[j] - mean).powi(2) * (-lv).exp())
+                }
+                Decoder::Discretized => {
+                    let cdf = |z: f64| {
+                        0.5 * (1.0
+                            + ((2.0 / std::f64::consts::PI).sqrt() * (z + 0.044715 * z.powi(3)))
+                                .tanh())
+                    };
+                    let inv = (-0.5 * lv).exp();
+                    let plus = cdf(inv * (y[j] - mean + 1.0 / 255.0));
+                    let minus = cdf(inv * (y[j] - mean - 1.0 / 255.0));
+                    -if y[j] < -0.999 {
+                        plus.max(1e-12).ln()
+                    } else if y[j] > 0.999 {
+                        (1.0 - minus).max(1e-12).ln()
+                    } else {
+                        (plus - minus).max(1e-12).ln()
+                    }
+                }
+            }
+        };
+    }
+    total / y.len() as f64 / 2f64.ln()
+}
+
+#[test]
+fn the_vlb_term_is_improved_ddpms_bound_in_its_own_variables() {
+    tch::manual_seed(3);
+    let (n, dim) = (6i64, 5i64);
+    for (chain, name) in [
+        (DdpmChain::linear(1000, 1e-4, 0.02), "linear"),
+        (DdpmChain::squaredcos_cap_v2(50), "cosine"),
+    ] {
+        let t_max = chain.betas.len() as i64;
+        let tables = vlb_tables(&chain).map(|t| {
+            Tensor::from_slice(&t)
+                .to_kind(Kind::Float)
+                .to_device(Device::Cpu)
+        });
+        let sigmas = chain.sigmas();
+        for decoder in [Decoder::Gaussian, Decoder::Discretized] {
+            // Steps 1, 2, one in the middle and the last; images on the 8-bit grid in [-1, 1]
+            // (the discretized decoder's edge bins included).
+            let idx = Tensor::from_slice(&[0i64, 0, 1, t_max / 2, t_max - 1, 0]);
+            let y = (Tensor::randint(256, [n, dim], (Kind::Float, Device::Cpu)) * (2.0 / 255.0)
+                - 1.0)
+                .to_kind(Kind::Float);
+            let _ = y.get(0).get(0).fill_(-1.0);
+            let _ = y.get(1).get(0).fill_(1.0);
+            let eps = Tensor::randn([n, dim], (Kind::Float, Device::Cpu));
+            // A denoiser output near y, and a variance output within and beyond [-1, 1].
+            let d = &y + Tensor::randn([n, dim], (Kind::Float, Device::Cpu)) * 0.01;
+            let v = Tensor::rand([n, dim], (Kind::Float, Device::Cpu)) * 2.4 - 1.2;
+            let got = to_vec(&vlb_term(&y, &d, &v, &idx, &tables, decoder));
+            for i in 0..n {
+                let t = idx.int64_value(&[i]) as usize;
+                let row = |x: &Tensor| to_vec(&x.get(i));
+                let want = iddpm_vb(&chain, t, &row(&y), &row(&eps), &row(&d), &row(&v), decoder);
+                let rel = (got[i as usize] - want).abs() / want.abs().max(1e-3);
+                assert!(
+                    rel < 2e-4,
+                    "{name} {decoder:?} t = {t} (sigma {}): {} vs improved DDPM's {want}",
+                    sigmas[t],
+                    got[i as usize]
+                );
+            }
+        }
+    }
+}
+
+/// Gaussian data N(0, c^2 I): the reverse step's optimal variance is
+/// `beta~_t + coef_t^2 Var(x0 | x_t)` (the KL term's minimum over the variance, with the exact
+/// denoiser), `Var(x0 | x_t) = c^2 s^2 / (c^2 + s^2)` at noise level `s`; at step 1 (the
+/// Gaussian decoder) `Var(x0 | x_1)` itself. As `v`: `2 (ln opt - ln beta~) / (ln beta -
+/// ln beta~) - 1`.
+fn optimal_v(chain: &DdpmChain, t: usize, c: f64) -> f64 {
+    let [coef, log_post, log_beta] = vlb_tables(chain);
+    let s = chain.sigmas()[t];
+    let var0 = c * c * s * s / (c * c + s * s);
+    let opt = if t == 0 {
+        var0
+    } else {
+        log_post[t].exp() + coef[t].powi(2) * var0
+    };
+    2.0 * (opt.ln() - log_post[t]) / (log_beta[t] - log_post[t]) - 1.0
+}
+
+fn gaussian_config(dir: &Path, steps: usize) -> TrainConfig {
+    let mix = dir.join("gauss.json");
+    std::fs::write(
+        &mix,
+        r#"{"weights": [1.0], "means": [[0.0, 0.0]], "stds": [0.05]}"#,
+    )
+    .unwrap();
+    let text = format!(
+        r#"
+seed = 2
+device = "cpu"
+out_dir = "{}"
+[data]
+kind = "mixture"
+path = "{}"
+num = 20000
+[model]
+learned_sigmas = true
+[model.precond]
+kind = "discrete"
+prediction = "eps"
+schedule = "squaredcos-cap-v2"
+timesteps = 100
+[model.backbone]
+kind = "mlp"
+hidden = 128
+depth = 3
+fourier_features = 16
+[loss]
+kind = "ddpm"
+schedule = "squaredcos-cap-v2"
+steps = 100
+vlb_weight = 0.01
+[train]
+steps = {steps}
+batch = 512
+lr = 2e-3
+warmup_steps = 100
+ema_half_life = 20000
+checkpoint_every = {steps}
+log_every = 500
+snapshot_samples = 0
+"#,
+        dir.join("run").display(),
+        mix.display()
+    );
+    TrainConfig::from_toml(&text, Path::new("test.toml")).unwrap()
+}
+
+#[test]
+fn learned_variances_train_to_the_optimal_reverse_variance() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = gaussian_config(dir.path(), 2000);
+    let report = train::run(
+        &cfg,
+        &RunOpts {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (m, _) = train::load_for_sampling(&report.checkpoint, Device::Cpu).unwrap();
+    assert!(m.net.has_learned_variance());
+    let chain = DdpmChain::squaredcos_cap_v2(100);
+    let sigmas = chain.sigmas();
+    let [_, log_post, log_beta] = vlb_tables(&chain);
+    tch::manual_seed(7);
+    let y = Tensor::randn([2000, 2], (Kind::Float, Device::Cpu)) * 0.05;
+    // The bound's excess over its minimum from the variance alone, summed over the steps:
+    // 0.5 (opt / var - 1 + ln var - ln opt) per element, in nats.
+    let (mut learned, mut small, mut large) = (0.0, 0.0, 0.0);
+    for t in 0..100 {
+        let s = sigmas[t];
+        let x = &y + y.randn_like() * s;
+        let sig = Tensor::full([2000], s, (Kind::Float, Device::Cpu));
+        let (_, v) = tch::no_grad(|| m.net.try_forward_parts(&x, &sig, None)).unwrap();
+        let v = v.unwrap().to_kind(Kind::Double);
+        let want = optimal_v(&chain, t, 0.05);
+        let half_gap = (log_beta[t] - log_post[t]) / 2.0;
+        let excess = |dv: &Tensor| {
+            let d = dv * half_gap; // ln var - ln opt
+            ((d.neg().exp() - 1.0 + &d) * 0.5)
+                .mean(Kind::Double)
+                .double_value(&[])
+        };
+        let l = excess(&(&v - want));
+        let (sm, la) = (
+            excess(&Tensor::from(-1.0 - want)),
+            excess(&Tensor::from(1.0 - want)),
+        );
+        learned += l;
+        small += sm;
+        large += la;
+        // Where the variance matters (the first steps, where beta and beta~ differ most and
+        // the optimum lies between them), v is the optimum's.
+        let mean_v = v.mean(Kind::Double).double_value(&[]);
+        if (1..=5).contains(&t) {
+            assert!(
+                (mean_v - want).abs() < 0.15,
+                "step {}: mean v {mean_v:.3}, optimal {want:.3}",
+                t + 1
+            );
+        }
+    }
+    println!("the bound's excess: learned {learned:.3e}, small {small:.3e}, large {large:.3e}");
+    assert!(
+        learned < 0.1 * small.min(large),
+        "learned {learned:.3e}, small {small:.3e}, large {large:.3e}"
+    );
+
+    // The checkpoint samples from the command line with its learned variance. On the whole
+    // chain (100 steps) the learned variance is each step's optimum, so for Gaussian data the
+    // steps are the exact reverse conditionals: the samples' spread is the data's (0.05),
+    // where the posterior variance gives too little and beta too much. Respaced to 25 steps
+    // (improved DDPM's interpolation between the new steps' bounds) it lies between them.
+    let std = |variance: &str, steps: &str| {
+        let out = dir.path().join(format!("{variance}-{steps}.npy"));
+        let o = bin()
+            .args(["sample", "--checkpoint"])
+            .arg(&report.checkpoint)
+            .args(["--solver", "ddpm", "--variance", variance])
+            .args(["--grid", "ddpm-trailing", "--steps", steps])
+            .args(["--num", "4000", "--seed", "3", "--device", "cpu", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        scoreflow::npy::read(&out)
+            .unwrap()
+            .std(true)
+            .double_value(&[])
+    };
+    let [learned, small, large] = ["learned", "small", "large"].map(|v| std(v, "100"));
+    println!("100 steps: std learned {learned:.4}, small {small:.4}, large {large:.4} (data 0.05)");
+    let err = |s: f64| (s - 0.05).abs();
+    assert!(
+        err(learned) < err(small).min(err(large)),
+        "100 steps: std learned {learned:.4}, small {small:.4}, large {large:.4} (data 0.05)"
+    );
+    let [learned, small, large] = ["learned", "small", "large"].map(|v| std(v, "25"));
+    assert!(
+        small < learned && learned < large,
+        "25 steps: std learned {learned:.4}, small {small:.4}, large {large:.4}"
+    );
+}
+
+fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_scoreflow"))
+}
+
+#[test]
+fn learned_variance_configs_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = |model: &str, loss: &str| {
+        format!(
+            "out_dir = \"{}\"\n[data]\nkind = \"moons\"\n[model]\n{model}\n[loss]\n{loss}\n[train]\nsteps = 1\n",
+            dir.path().join("run").display()
+        )
+    };
+    for (model, loss, needle) in [
+        (
+            "learned_sigmas = true",
+            "kind = \"edm\"",
+            "model.learned_sigmas = true needs [loss] kind = \"ddpm\"",
+        ),
+        (
+            "",
+            "kind = \"ddpm\"\nvlb_weight = 0.001",
+            "loss.vlb_weight and loss.decoder apply to a network with model.learned_sigmas = true",
+        ),
+        (
+            "",
+            "kind = \"ddpm\"\ndecoder = \"gaussian\"",
+            "loss.vlb_weight and loss.decoder apply",
+        ),
+        (
+            "learned_sigmas = true",
+            "kind = \"ddpm\"\nvlb_weight = -1.0",
+            "loss.vlb_weight must be positive, got -1",
+        ),
+        (
+            "learned_sigmas = true",
+            "kind = \"ddpm\"\nsteps = 1",
+            "a ddpm loss of at least 2 steps",
+        ),
+        (
+            "learned_sigmas = true",
+            "kind = \"ddpm\"\ndecoder = \"logistic\"",
+            "unknown variant `logistic`, expected `gaussian` or `discretized`",
+        ),
+        (
+            "learned_sigmas = true",
+            "kind = \"ddpm\"\nschedule = \"cosine\"",
+            "unknown variant `cosine`",
+        ),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, base(model, loss)).unwrap();
+        let err = TrainConfig::load(&path).err().unwrap().to_string();
+        assert!(err.contains(needle), "{model} / {loss}: {err}");
+        // From the command line: exit code 2, the message, no output folder.
+        let o = bin().arg("train").arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(needle) && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+        assert!(!dir.path().join("run").exists());
+    }
+    // The accepted forms: the cosine chain with the discretized decoder, the default weight.
+    std::fs::write(
+        dir.path().join("ok.toml"),
+        base(
+            "learned_sigmas = true",
+            "kind = \"ddpm\"\nschedule = \"squaredcos-cap-v2\"\ndecoder = \"discretized\"",
+        ),
+    )
+    .unwrap();
+    TrainConfig::load(&dir.path().join("ok.toml")).unwrap();
+}
+
+/// A U-Net with learned variances: twice the output channels, the second half `v`; a training
+/// step of the hybrid loss updates it; `ddpm --variance learned` samples it.
+#[test]
+fn a_unet_with_learned_variances_trains_and_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+device = "cpu"
+out_dir = "{}"
+[data]
+kind = "digits"
+[model]
+learned_sigmas = true
+[model.precond]
+kind = "discrete"
+[model.backbone]
+kind = "unet"
+channels = 8
+channel_mult = [1]
+blocks = 1
+attn_resolutions = []
+[loss]
+kind = "ddpm"
+decoder = "discretized"
+[train]
+steps = 3
+batch = 8
+checkpoint_every = 3
+log_every = 1
+snapshot_samples = 4
+"#,
+        dir.path().join("run").display()
+    );
+    let cfg = TrainConfig::from_toml(&text, Path::new("unet.toml")).unwrap();
+    let report = train::run(
+        &cfg,
+        &RunOpts {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(report.losses.iter().all(|l| l.1.is_finite()));
+    let (m, _) = train::load_for_sampling(&report.checkpoint, Device::Cpu).unwrap();
+    assert!(m.net.has_learned_variance());
+    let x = Tensor::randn([2, 1, 8, 8], (Kind::Float, Device::Cpu));
+    let sig = Tensor::from_slice(&[0.5f32, 5.0]);
+    let (d, v) = tch::no_grad(|| m.net.try_forward_parts(&x, &sig, None)).unwrap();
+    assert_eq!(d.size(), [2, 1, 8, 8]);
+    assert_eq!(v.unwrap().size(), [2, 1, 8, 8]);
+    let out = dir.path().join("x.npy");
+    let o = bin()
+        .args(["sample", "--checkpoint"])
+        .arg(&report.checkpoint)
+        .args([
+            "--solver",
+            "ddpm",
+            "--variance",
+            "learned",
+            "--grid",
+            "ddpm-leading",
+        ])
+        .args(["--steps", "4", "--num", "3", "--device", "cpu", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(scoreflow::npy::read(&out).unwrap().size(), [3, 1, 8, 8]);
+}
