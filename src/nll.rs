@@ -5,11 +5,13 @@
 //! The divergence is exact (one backward pass per dimension) or Hutchinson's estimate with
 //! Gaussian probes (Grathwohl et al. 2019). Heun's method on a log-uniform grid.
 
+use crate::loss::Decoder;
 use anyhow::{bail, Result};
+use scoreflow_solvers::samplers::DdpmVariance;
+use scoreflow_solvers::sde::DdpmChain;
+use scoreflow_solvers::Denoiser;
 use tch::{Kind, Tensor};
 
-/// An exact model's log-density at the data, for the comparison the command prints.
-type LogDensity<'a> = Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>;
 
 /// A differentiable denoiser `D(x; sigma)`.
 pub type DenoiseFn<'a> = dyn Fn(&Tensor, f64) -> Result<Tensor> + 'a;
@@ -109,6 +111,109 @@ pub fn log_likelihood(
     Ok((log_prior + integral.to_kind(Kind::Double), nfe))
 }
 
+/// The discrete chain through the noise levels `levels` (ascending, all positive: the levels
+/// of a DDPM chain or of a respacing of one): `alpha_bar_j = 1 / (1 + sigma_j^2)`, `beta_j = 1 -
+/// alpha_bar_j / alpha_bar_{j-1}` with `alpha_bar_0 = 1` (improved DDPM's respacing, Sec. 4).
+pub fn chain_through(levels: &[f64]) -> DdpmChain {
+    let abar: Vec<f64> = levels.iter().map(|&s| 1.0 / (1.0 + s * s)).collect();
+    let betas = (0..abar.len())
+        .map(|j| 1.0 - abar[j] / if j == 0 { 1.0 } else { abar[j - 1] })
+        .collect();
+    DdpmChain { betas }
+}
+
+/// The parts of the variational bound, bits per dimension per sample.
+pub struct Bound {
+    /// `L_T`: `KL(q(x_T | x_0) || N(0, I))`.
+    pub prior: Tensor,
+    /// `L_0`: the decoder's `-log p(x_0 | x_1)`.
+    pub decoder: Tensor,
+    /// `sum_{t>1} L_{t-1}`: the KL terms of the reverse steps.
+    pub steps: Tensor,
+}
+
+impl Bound {
+    pub fn total(&self) -> Tensor {
+        &self.prior + &self.decoder + &self.steps
+    }
+}
+
+/// The DDPM variational bound on `-log p(x_0)` (Ho et al. 2020, eq. 5; improved DDPM's
+/// `calc_bpd_loop`) of the reverse chain through `levels` (ascending, positive; at least 2),
+/// in bits per dimension per sample of `x0` (`[N, ...]`): the prior term, each step's KL
+/// between the posterior and the model's Gaussian ([`crate::loss::vlb_term`], the model's mean
+/// from `den`, its variance the posterior's (`small`), `beta` (`large`) or the learned one),
+/// and the decoder. Each level's `x_t` is drawn from `q(x_t | x_0)` with its own noise from
+/// `seed`. One evaluation per level.
+pub fn variational_bound(
+    den: &dyn Denoiser,
+    x0: &Tensor,
+    levels: &[f64],
+    variance: DdpmVariance,
+    decoder: Decoder,
+    seed: u64,
+) -> Result<Bound> {
+    if levels.len() < 2 || levels.windows(2).any(|w| !(w[0] > 0.0 && w[0] < w[1])) {
+        bail!("the variational bound needs at least 2 increasing positive noise levels");
+    }
+    let chain = chain_through(levels);
+    let dev = x0.device();
+    let tables = crate::loss::vlb_tables(&chain)
+        .map(|t| Tensor::from_slice(&t).to_kind(Kind::Float).to_device(dev));
+    let y = x0.to_kind(Kind::Float);
+    let n = y.size()[0];
+    let shape = y.size();
+    let mut steps = Tensor::zeros([n], (Kind::Float, dev));
+    let mut decoder_term = None;
+    for (j, &sigma) in levels.iter().enumerate() {
+        let noise = crate::job::initial_noise_shaped(
+            seed ^ (0xB0_0000 + j as u64),
+            n as usize,
+            &shape[1..],
+            dev,
+            Kind::Float,
+        )?;
+        let x = &y + noise * sigma;
+        let (d, v) = match variance {
+            DdpmVariance::Learned => {
+                let (d, v) = den.denoise_with_variance(&x, sigma)?;
+                let v = v.ok_or_else(|| {
+                    anyhow::anyhow!("--variance learned needs a network with a learned variance output (a model card with learned_sigmas = true, or a network trained with model.learned_sigmas = true)")
+                })?;
+                (d, v)
+            }
+            fixed => (
+                den.denoise(&x, sigma)?,
+                Tensor::full_like(
+                    &y,
+                    if fixed == DdpmVariance::Large {
+                        1.0
+                    } else {
+                        -1.0
+                    },
+                ),
+            ),
+        };
+        let idx = Tensor::full([n], j as i64, (Kind::Int64, dev));
+        let term = crate::loss::vlb_term(&y, &d.to_kind(Kind::Float), &v, &idx, &tables, decoder);
+        if j == 0 {
+            decoder_term = Some(term);
+        } else {
+            steps += term;
+        }
+    }
+    // KL(N(sqrt(abar_K) x0, 1 - abar_K) || N(0, 1)) per element, on DDPM's scale.
+    let abar = 1.0 / (1.0 + levels[levels.len() - 1].powi(2));
+    let kl = (y.square() * abar + (-(1.0 - abar).ln() + (1.0 - abar) - 1.0)) * 0.5;
+    let dims: Vec<i64> = (1..y.dim() as i64).collect();
+    let prior = kl.mean_dim(dims.as_slice(), false, Kind::Float) / std::f64::consts::LN_2;
+    Ok(Bound {
+        prior,
+        decoder: decoder_term.expect("at least one level"),
+        steps,
+    })
+}
+
 /// Options of `scoreflow nll`.
 #[derive(clap::Args)]
 pub struct NllArgs {
@@ -126,9 +231,10 @@ pub struct NllArgs {
     /// Data points to evaluate (fresh exact samples, or the first of the shuffled training set).
     #[arg(long, default_value_t = 1000)]
     pub num: usize,
-    /// Heun steps from sigma_min to sigma_max (2 NFE each).
-    #[arg(long, default_value_t = 128)]
-    pub steps: usize,
+    /// Heun steps from sigma_min to sigma_max (2 NFE each) [default: 128]; with --bound, the
+    /// steps of the (respaced) chain [default: the whole chain].
+    #[arg(long)]
+    pub steps: Option<usize>,
     #[arg(long, default_value_t = 0.002)]
     pub sigma_min: f64,
     #[arg(long, default_value_t = 80.0)]
@@ -136,6 +242,19 @@ pub struct NllArgs {
     /// Use Hutchinson's estimator with this many probes instead of the exact divergence.
     #[arg(long)]
     pub hutchinson: Option<usize>,
+    /// The DDPM variational bound of the discrete reverse chain instead of the ODE.
+    #[arg(long)]
+    pub bound: bool,
+    /// --bound: the chain's levels, ddpm-linspace (default), ddpm-leading or ddpm-trailing
+    /// (diffusers' timestep spacings on the model's discrete chain, else DDPM's linear one).
+    #[arg(long)]
+    pub grid: Option<String>,
+    /// --bound: the reverse steps' variance, small (default), large or learned.
+    #[arg(long)]
+    pub variance: Option<String>,
+    /// --bound: the decoder p(x_0 | x_1), gaussian (default) or discretized (8-bit images).
+    #[arg(long)]
+    pub decoder: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// auto, cpu, cuda or cuda:N.
@@ -143,12 +262,33 @@ pub struct NllArgs {
     pub device: String,
 }
 
+/// The model `nll` evaluates, with its data.
+enum Subject {
+    Exact(crate::model::ExactModel),
+    Trained(crate::train::Model),
+}
+
 /// `scoreflow nll`: the model's negative log-likelihood of data at sigma_min through the
-/// probability-flow ODE, next to the exact value where the density is known.
+/// probability-flow ODE, next to the exact value where the density is known; or with `--bound`
+/// the DDPM variational bound of its discrete reverse chain.
 pub fn run(a: NllArgs) -> Result<()> {
     use crate::{device, model, train};
     let dev = device::parse(&a.device)?;
-    if a.num == 0 || a.steps == 0 || !(a.sigma_min > 0.0 && a.sigma_min < a.sigma_max) {
+    if !a.bound {
+        for (flag, given) in [
+            ("--grid", a.grid.is_some()),
+            ("--variance", a.variance.is_some()),
+            ("--decoder", a.decoder.is_some()),
+        ] {
+            if given {
+                bail!("{flag} applies to --bound");
+            }
+        }
+    } else if a.hutchinson.is_some() {
+        bail!("--hutchinson applies to the ODE likelihood, not --bound");
+    }
+    let steps = a.steps.unwrap_or(128);
+    if a.num == 0 || steps == 0 || !(a.sigma_min > 0.0 && a.sigma_min < a.sigma_max) {
         bail!("--num and --steps must be at least 1 and 0 < --sigma-min < --sigma-max");
     }
     if a.hutchinson == Some(0) {
@@ -162,14 +302,12 @@ pub fn run(a: NllArgs) -> Result<()> {
             a.hutchinson
         );
     }
-    let (ll, nfe, exact, dim) = match (&a.denoiser, &a.checkpoint) {
+    // The model, its data (float64) and, for exact models, the data's log-density at a level.
+    let (subject, x0) = match (&a.denoiser, &a.checkpoint) {
         (Some(spec), _) => {
             let m = model::parse(spec, dev)?;
-            let (x0, exact): (Tensor, LogDensity) = match &m {
-                model::ExactModel::Mixture(g) => (
-                    g.sample(a.num, a.seed ^ 0xDA7A, dev),
-                    Box::new(|x: &Tensor| Ok(g.log_density(x, a.sigma_min)?)),
-                ),
+            let x0 = match &m {
+                model::ExactModel::Mixture(g) => g.sample(a.num, a.seed ^ 0xDA7A, dev),
                 model::ExactModel::Gaussian(g) => {
                     let z = crate::job::initial_noise(
                         a.seed ^ 0xDA7A,
@@ -178,34 +316,13 @@ pub fn run(a: NllArgs) -> Result<()> {
                         dev,
                         Kind::Double,
                     )?;
-                    (
-                        g.sample_from(&z),
-                        Box::new(|x: &Tensor| Ok(g.log_density(x, a.sigma_min)?)),
-                    )
+                    g.sample_from(&z)
                 }
             };
-            let den = m.denoiser();
-            let d = |x: &Tensor, s: f64| -> Result<Tensor> { Ok(den.denoise(x, s)?) };
-            let (ll, nfe) = log_likelihood(
-                &d,
-                &x0,
-                a.sigma_min,
-                a.sigma_max,
-                a.steps,
-                a.hutchinson,
-                a.seed,
-            )?;
-            let ex = exact(&x0)?;
-            (
-                ll,
-                nfe,
-                Some(-ex.mean(Kind::Double).double_value(&[])),
-                m.dim() as f64,
-            )
+            (Subject::Exact(m), x0)
         }
         (None, Some(path)) => {
             let t = crate::card::load_trained(path, dev)?;
-            let m = t.model;
             let (data, seed) = t.data.ok_or_else(|| {
                 anyhow::anyhow!(
                     "nll needs the model's data: model card {} has no [data] table",
@@ -213,33 +330,112 @@ pub fn run(a: NllArgs) -> Result<()> {
                 )
             })?;
             let data = crate::data::load(&data, seed)?.x;
-            let x0 =
-                {
-                    let _turn = train::exclusive_rng();
-                    tch::manual_seed((a.seed ^ 0xDA7A) as i64 & i64::MAX);
-                    let idx = Tensor::randperm(data.size()[0], (Kind::Int64, tch::Device::Cpu))
-                        .narrow(0, 0, (a.num as i64).min(data.size()[0]));
-                    data.index_select(0, &idx)
-                        .to_device(dev)
-                        .to_kind(Kind::Double)
-                };
+            let x0 = {
+                let _turn = train::exclusive_rng();
+                tch::manual_seed((a.seed ^ 0xDA7A) as i64 & i64::MAX);
+                let idx = Tensor::randperm(data.size()[0], (Kind::Int64, tch::Device::Cpu))
+                    .narrow(0, 0, (a.num as i64).min(data.size()[0]));
+                data.index_select(0, &idx)
+                    .to_device(dev)
+                    .to_kind(Kind::Double)
+            };
+            (Subject::Trained(t.model), x0)
+        }
+        (None, None) => bail!("give --denoiser or --checkpoint"),
+    };
+    let dim = x0.numel() as f64 / x0.size()[0] as f64;
+    // The exact model's -log density of the data at `sigma` (mean over the points).
+    let exact = |sigma: f64| -> Result<Option<f64>> {
+        let lp = match &subject {
+            Subject::Exact(model::ExactModel::Mixture(g)) => g.log_density(&x0, sigma)?,
+            Subject::Exact(model::ExactModel::Gaussian(g)) => g.log_density(&x0, sigma)?,
+            Subject::Trained(_) => return Ok(None),
+        };
+        Ok(Some(-lp.mean(Kind::Double).double_value(&[])))
+    };
+    if a.bound {
+        let precond = match &subject {
+            Subject::Trained(m) => Some(&m.net.precond),
+            Subject::Exact(_) => None,
+        };
+        let grid_name = a.grid.clone().unwrap_or_else(|| "ddpm-linspace".into());
+        if !grid_name.starts_with("ddpm-") {
+            bail!("--bound needs a ddpm-* grid (ddpm-linspace, ddpm-leading or ddpm-trailing), not {grid_name}");
+        }
+        let chain_steps = match precond {
+            Some(crate::precond::Precond::Discrete { timesteps, .. }) => *timesteps,
+            _ => 1000,
+        };
+        let steps = a.steps.unwrap_or(chain_steps);
+        let grid = crate::job::GridArgs {
+            sigma_min: None,
+            sigma_max: None,
+            rho: None,
+            grid: grid_name.clone(),
+            steps_offset: None,
+            sde: "edm".into(),
+        };
+        let sde = scoreflow_solvers::sde::Edm::default();
+        let mut levels: Vec<f64> = grid
+            .sigmas_within(&sde, steps, precond)?
+            .into_iter()
+            .filter(|&s| s > 0.0)
+            .collect();
+        levels.reverse();
+        let variance: DdpmVariance = a.variance.as_deref().unwrap_or("small").parse()?;
+        let decoder = match a.decoder.as_deref().unwrap_or("gaussian") {
+            "gaussian" => Decoder::Gaussian,
+            "discretized" => Decoder::Discretized,
+            other => bail!("unknown --decoder '{other}' (known: gaussian, discretized)"),
+        };
+        let bound = tch::no_grad(|| -> Result<Bound> {
+            match &subject {
+                Subject::Exact(m) => {
+                    variational_bound(m.denoiser(), &x0, &levels, variance, decoder, a.seed)
+                }
+                Subject::Trained(m) => {
+                    variational_bound(&m.net, &x0, &levels, variance, decoder, a.seed)
+                }
+            }
+        })?;
+        let total = bound.total();
+        if total.isfinite().all().int64_value(&[]) == 0 {
+            bail!("non-finite variational bound (a variance output that overflows?)");
+        }
+        let mean = |t: &Tensor| t.mean(Kind::Double).double_value(&[]);
+        let bits = mean(&total);
+        println!(
+            "{}",
+            serde_json::json!({
+                "method": "bound",
+                "nll_nats": bits * dim * std::f64::consts::LN_2,
+                "bits_per_dim": bits,
+                "prior_bits_per_dim": mean(&bound.prior),
+                "decoder_bits_per_dim": mean(&bound.decoder),
+                "steps_bits_per_dim": mean(&bound.steps),
+                "exact_nll_nats": exact(0.0)?,
+                "variance": a.variance.as_deref().unwrap_or("small"),
+                "decoder": a.decoder.as_deref().unwrap_or("gaussian"),
+                "grid": grid_name,
+                "steps": levels.len(), "nfe": levels.len(), "num": x0.size()[0],
+                "sigma_min": levels[0], "sigma_max": levels[levels.len() - 1],
+            })
+        );
+        return Ok(());
+    }
+    let (ll, nfe) = match &subject {
+        Subject::Exact(m) => {
+            let den = m.denoiser();
+            let d = |x: &Tensor, s: f64| -> Result<Tensor> { Ok(den.denoise(x, s)?) };
+            log_likelihood(&d, &x0, a.sigma_min, a.sigma_max, steps, a.hutchinson, a.seed)?
+        }
+        Subject::Trained(m) => {
             let d = |x: &Tensor, s: f64| -> Result<Tensor> {
                 let sig = crate::precond::sigma_batch(s, x);
                 Ok(m.net.try_forward(x, &sig, None)?.to_kind(x.kind()))
             };
-            let (ll, nfe) = log_likelihood(
-                &d,
-                &x0,
-                a.sigma_min,
-                a.sigma_max,
-                a.steps,
-                a.hutchinson,
-                a.seed,
-            )?;
-            let dim = m.net.shape.iter().product::<i64>() as f64;
-            (ll, nfe, None, dim)
+            log_likelihood(&d, &x0, a.sigma_min, a.sigma_max, steps, a.hutchinson, a.seed)?
         }
-        (None, None) => bail!("give --denoiser or --checkpoint"),
     };
     if ll.isfinite().all().int64_value(&[]) == 0 {
         bail!("non-finite log-likelihood (the ODE solve diverged); try more --steps");
@@ -248,11 +444,12 @@ pub fn run(a: NllArgs) -> Result<()> {
     println!(
         "{}",
         serde_json::json!({
+            "method": "ode",
             "nll_nats": nll,
             "bits_per_dim": nll / dim / std::f64::consts::LN_2,
-            "exact_nll_nats": exact,
+            "exact_nll_nats": exact(a.sigma_min)?,
             "divergence": match a.hutchinson { Some(k) => format!("hutchinson({k})"), None => "exact".into() },
-            "steps": a.steps, "nfe": nfe, "num": ll.size()[0], "sigma_min": a.sigma_min,
+            "steps": steps, "nfe": nfe, "num": ll.size()[0], "sigma_min": a.sigma_min,
         })
     );
     Ok(())

@@ -81,3 +81,160 @@ fn nll_command_reports_the_ode_and_exact_values() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// Gaussian data N(0, c^2 I) with its exact denoiser and, as the variance output, each reverse
+/// step's optimal variance `beta~_j + coef_j^2 Var(x0 | x_j)` (at the first level `Var(x0 |
+/// x_1)`, the decoder's): then every step of the model is the exact reverse conditional
+/// `q(x_{j-1} | x_j)`, on any respacing, and the bound is tight.
+struct OptimalVariance {
+    inner: scoreflow::solvers::GaussianDenoiser,
+    c: f64,
+    levels: Vec<f64>,
+}
+
+impl Denoiser for OptimalVariance {
+    fn denoise(&self, x: &tch::Tensor, sigma: f64) -> scoreflow::solvers::Result<tch::Tensor> {
+        self.inner.denoise(x, sigma)
+    }
+    fn denoise_with_variance(
+        &self,
+        x: &tch::Tensor,
+        sigma: f64,
+    ) -> scoreflow::solvers::Result<(tch::Tensor, Option<tch::Tensor>)> {
+        let j = self.levels.iter().position(|&s| s == sigma).unwrap();
+        let [coef, log_post, log_beta] =
+            scoreflow::loss::vlb_tables(&scoreflow::nll::chain_through(&self.levels));
+        let c2 = self.c * self.c;
+        let var0 = c2 * sigma * sigma / (c2 + sigma * sigma);
+        let opt = if j == 0 {
+            var0
+        } else {
+            log_post[j].exp() + coef[j].powi(2) * var0
+        };
+        let v = 2.0 * (opt.ln() - log_post[j]) / (log_beta[j] - log_post[j]) - 1.0;
+        Ok((self.denoise(x, sigma)?, Some(x.ones_like() * v)))
+    }
+}
+
+#[test]
+fn the_variational_bound_is_tight_for_the_exact_reverse_chain() {
+    use scoreflow::loss::Decoder;
+    use scoreflow::nll::variational_bound;
+    use scoreflow::solvers::samplers::DdpmVariance;
+    use scoreflow::solvers::sde::DdpmChain;
+    let (c, dim, n) = (0.1f64, 8usize, 4000usize);
+    let inner = scoreflow::solvers::GaussianDenoiser::new(
+        vec![0.0; dim],
+        (0..dim)
+            .map(|i| (0..dim).map(|j| if i == j { c * c } else { 0.0 }).collect())
+            .collect(),
+        Device::Cpu,
+    )
+    .unwrap();
+    let x0 = inner.sample_from(
+        &scoreflow::job::initial_noise(5, n, dim, Device::Cpu, Kind::Double).unwrap(),
+    );
+    // -log q(x0) in bits per dimension, and its standard error.
+    let exact = -inner.log_density(&x0, 0.0).unwrap() / (dim as f64 * std::f64::consts::LN_2);
+    let entropy = exact.mean(Kind::Double).double_value(&[]);
+    let chain = DdpmChain::linear(1000, 1e-4, 0.02);
+    let all = chain.sigmas();
+    for stride in [10usize, 40] {
+        // Every 10th level of DDPM's chain (100 steps), and every 40th (25 steps).
+        let levels: Vec<f64> = all.iter().copied().skip(stride - 1).step_by(stride).collect();
+        let den = OptimalVariance {
+            inner: scoreflow::solvers::GaussianDenoiser::new(
+                vec![0.0; dim],
+                (0..dim)
+                    .map(|i| (0..dim).map(|j| if i == j { c * c } else { 0.0 }).collect())
+                    .collect(),
+                Device::Cpu,
+            )
+            .unwrap(),
+            c,
+            levels: levels.clone(),
+        };
+        let bound = |variance| {
+            let b = variational_bound(&den, &x0, &levels, variance, Decoder::Gaussian, 1).unwrap();
+            let t = b.total().to_kind(Kind::Double);
+            // The bound minus -log q(x0), per sample: its mean and standard error.
+            let gap = &t - &exact;
+            (
+                t.mean(Kind::Double).double_value(&[]),
+                gap.mean(Kind::Double).double_value(&[]),
+                gap.std(true).double_value(&[]) / (n as f64).sqrt(),
+                b.prior.mean(Kind::Double).double_value(&[]),
+            )
+        };
+        let (learned, gap, se, prior) = bound(DdpmVariance::Learned);
+        let (small, ..) = bound(DdpmVariance::Small);
+        let (large, ..) = bound(DdpmVariance::Large);
+        println!(
+            "{} levels: bound with the optimal variance {learned:.4} bits/dim (gap {gap:.2e} +- {se:.1e}, prior {prior:.1e}), small {small:.4}, large {large:.4}, -log q(x0) {entropy:.4}",
+            levels.len()
+        );
+        // Tight up to the prior's KL (q(x_T) is not exactly N(0, I)) and Monte Carlo error.
+        assert!(
+            (gap - prior).abs() < 4.0 * se + 1e-3,
+            "gap {gap} prior {prior} se {se}"
+        );
+        // The fixed variances are looser.
+        assert!(
+            small > learned + 0.01 && large > learned + 0.01,
+            "small {small} large {large} learned {learned}"
+        );
+    }
+}
+
+#[test]
+fn nll_bound_command_reports_the_bound_and_refuses_bad_flags() {
+    let bin = env!("CARGO_BIN_EXE_scoreflow");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let bound = |variance: &str| {
+        let o = run(&[
+            "nll", "--denoiser", "builtin:gmm8", "--bound", "--steps", "50", "--num", "500",
+            "--variance", variance, "--device", "cpu",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    // Respaced to 50 steps, the posterior variance makes a loose bound (improved DDPM, Sec. 4).
+    let small = bound("small")["nll_nats"].as_f64().unwrap();
+    let o = run(&[
+        "nll", "--denoiser", "builtin:gmm8", "--bound", "--steps", "50", "--num", "500",
+        "--variance", "large", "--device", "cpu",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (nll, exact) = (
+        v["nll_nats"].as_f64().unwrap(),
+        v["exact_nll_nats"].as_f64().unwrap(),
+    );
+    // A bound: above the data's own -log density, and not far above it with the exact
+    // denoiser of the ring.
+    assert!(nll > exact && nll < exact + 1.0, "{nll} vs {exact}");
+    assert!(small > nll + 10.0, "small {small} large {nll}");
+    assert_eq!(v["steps"], 50);
+    assert_eq!(v["nfe"], 50);
+    let parts = ["prior_bits_per_dim", "decoder_bits_per_dim", "steps_bits_per_dim"]
+        .map(|k| v[k].as_f64().unwrap());
+    let total = v["bits_per_dim"].as_f64().unwrap();
+    assert!((parts.iter().sum::<f64>() - total).abs() < 1e-5 * total.abs().max(1.0));
+    for (args, needle) in [
+        (vec!["--variance", "learned"], "needs a network with a learned variance output"),
+        (vec!["--grid", "karras"], "--bound needs a ddpm-* grid"),
+        (vec!["--decoder", "logistic"], "unknown --decoder 'logistic'"),
+        (vec!["--hutchinson", "2"], "--hutchinson applies to the ODE likelihood"),
+        (vec!["--steps", "1"], "at least 2 increasing positive noise levels"),
+    ] {
+        let mut all = vec!["nll", "--denoiser", "builtin:gmm8", "--bound", "--num", "10"];
+        all.extend(args);
+        let o = run(&all);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{all:?}: {err}");
+        assert!(err.contains(needle) && !err.contains("panicked"), "{all:?}: {err}");
+    }
+    let o = run(&["nll", "--denoiser", "builtin:gmm8", "--variance", "small"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--variance applies to --bound"));
+}
