@@ -12,7 +12,6 @@ use scoreflow_solvers::sde::DdpmChain;
 use scoreflow_solvers::Denoiser;
 use tch::{Kind, Tensor};
 
-
 /// A differentiable denoiser `D(x; sigma)`.
 pub type DenoiseFn<'a> = dyn Fn(&Tensor, f64) -> Result<Tensor> + 'a;
 
@@ -265,7 +264,7 @@ pub struct NllArgs {
 /// The model `nll` evaluates, with its data.
 enum Subject {
     Exact(crate::model::ExactModel),
-    Trained(crate::train::Model),
+    Trained(Box<crate::train::Model>),
 }
 
 /// `scoreflow nll`: the model's negative log-likelihood of data at sigma_min through the
@@ -330,16 +329,17 @@ pub fn run(a: NllArgs) -> Result<()> {
                 )
             })?;
             let data = crate::data::load(&data, seed)?.x;
-            let x0 = {
-                let _turn = train::exclusive_rng();
-                tch::manual_seed((a.seed ^ 0xDA7A) as i64 & i64::MAX);
-                let idx = Tensor::randperm(data.size()[0], (Kind::Int64, tch::Device::Cpu))
-                    .narrow(0, 0, (a.num as i64).min(data.size()[0]));
-                data.index_select(0, &idx)
-                    .to_device(dev)
-                    .to_kind(Kind::Double)
-            };
-            (Subject::Trained(t.model), x0)
+            let x0 =
+                {
+                    let _turn = train::exclusive_rng();
+                    tch::manual_seed((a.seed ^ 0xDA7A) as i64 & i64::MAX);
+                    let idx = Tensor::randperm(data.size()[0], (Kind::Int64, tch::Device::Cpu))
+                        .narrow(0, 0, (a.num as i64).min(data.size()[0]));
+                    data.index_select(0, &idx)
+                        .to_device(dev)
+                        .to_kind(Kind::Double)
+                };
+            (Subject::Trained(Box::new(t.model)), x0)
         }
         (None, None) => bail!("give --denoiser or --checkpoint"),
     };
@@ -427,14 +427,30 @@ pub fn run(a: NllArgs) -> Result<()> {
         Subject::Exact(m) => {
             let den = m.denoiser();
             let d = |x: &Tensor, s: f64| -> Result<Tensor> { Ok(den.denoise(x, s)?) };
-            log_likelihood(&d, &x0, a.sigma_min, a.sigma_max, steps, a.hutchinson, a.seed)?
+            log_likelihood(
+                &d,
+                &x0,
+                a.sigma_min,
+                a.sigma_max,
+                steps,
+                a.hutchinson,
+                a.seed,
+            )?
         }
         Subject::Trained(m) => {
             let d = |x: &Tensor, s: f64| -> Result<Tensor> {
                 let sig = crate::precond::sigma_batch(s, x);
                 Ok(m.net.try_forward(x, &sig, None)?.to_kind(x.kind()))
             };
-            log_likelihood(&d, &x0, a.sigma_min, a.sigma_max, steps, a.hutchinson, a.seed)?
+            log_likelihood(
+                &d,
+                &x0,
+                a.sigma_min,
+                a.sigma_max,
+                steps,
+                a.hutchinson,
+                a.seed,
+            )?
         }
     };
     if ll.isfinite().all().int64_value(&[]) == 0 {

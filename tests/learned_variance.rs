@@ -66,9 +66,8 @@ fn iddpm_vb(
                     // (down to the 1e-12 clamp), and f64 would give another number.
                     let cdf = |z: f32| {
                         0.5 * (1.0
-                            + ((2.0f32 / std::f32::consts::PI).sqrt()
-                                * (z + 0.044715 * z.powi(3)))
-                            .tanh())
+                            + ((2.0f32 / std::f32::consts::PI).sqrt() * (z + 0.044715 * z.powi(3)))
+                                .tanh())
                     };
                     let inv = (-0.5 * lv as f32).exp();
                     let c = (y[j] - mean) as f32;
@@ -141,7 +140,8 @@ fn the_vlb_term_is_improved_ddpms_bound_in_its_own_variables() {
 #[test]
 fn the_hybrid_loss_is_improved_ddpms_training_loss() {
     let chain = DdpmChain::squaredcos_cap_v2(50);
-    let loss_toml = "kind = \"ddpm\"\nschedule = \"squaredcos-cap-v2\"\nsteps = 50\ndecoder = \"discretized\"";
+    let loss_toml =
+        "kind = \"ddpm\"\nschedule = \"squaredcos-cap-v2\"\nsteps = 50\ndecoder = \"discretized\"";
     let text = format!(
         "out_dir = \"x\"\n[data]\nkind = \"moons\"\n[model]\nlearned_sigmas = true\n[model.precond]\nkind = \"discrete\"\nschedule = \"squaredcos-cap-v2\"\ntimesteps = 50\n[model.backbone]\nkind = \"mlp\"\nhidden = 32\ndepth = 2\n[loss]\n{loss_toml}\n[train]\nsteps = 1\n"
     );
@@ -172,10 +172,22 @@ fn the_hybrid_loss_is_improved_ddpms_training_loss() {
         let t = steps[i as usize] as usize;
         let (e, eh) = (row(&noise), row(&eps_hat));
         let mse = e.iter().zip(&eh).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / dim as f64;
-        let vb = iddpm_vb(&chain, t, &row(&y), &e, &row(&d), &row(&v), Decoder::Discretized);
+        let vb = iddpm_vb(
+            &chain,
+            t,
+            &row(&y),
+            &e,
+            &row(&d),
+            &row(&v),
+            Decoder::Discretized,
+        );
         let want = mse + 50.0 / 1000.0 * vb;
         let rel = (got[i as usize] - want).abs() / want.abs().max(1e-2);
-        assert!(rel < 2e-4, "sample {i}, t = {t}: {} vs {want}", got[i as usize]);
+        assert!(
+            rel < 2e-4,
+            "sample {i}, t = {t}: {} vs {want}",
+            got[i as usize]
+        );
     }
     if let Ok(dir) = std::env::var("SCOREFLOW_IDDPM_CASE") {
         let dir = Path::new(&dir);

@@ -131,9 +131,8 @@ fn the_variational_bound_is_tight_for_the_exact_reverse_chain() {
         Device::Cpu,
     )
     .unwrap();
-    let x0 = inner.sample_from(
-        &scoreflow::job::initial_noise(5, n, dim, Device::Cpu, Kind::Double).unwrap(),
-    );
+    let x0 = inner
+        .sample_from(&scoreflow::job::initial_noise(5, n, dim, Device::Cpu, Kind::Double).unwrap());
     // -log q(x0) in bits per dimension, and its standard error.
     let exact = -inner.log_density(&x0, 0.0).unwrap() / (dim as f64 * std::f64::consts::LN_2);
     let entropy = exact.mean(Kind::Double).double_value(&[]);
@@ -141,7 +140,12 @@ fn the_variational_bound_is_tight_for_the_exact_reverse_chain() {
     let all = chain.sigmas();
     for stride in [10usize, 40] {
         // Every 10th level of DDPM's chain (100 steps), and every 40th (25 steps).
-        let levels: Vec<f64> = all.iter().copied().skip(stride - 1).step_by(stride).collect();
+        let levels: Vec<f64> = all
+            .iter()
+            .copied()
+            .skip(stride - 1)
+            .step_by(stride)
+            .collect();
         let den = OptimalVariance {
             inner: scoreflow::solvers::GaussianDenoiser::new(
                 vec![0.0; dim],
@@ -192,8 +196,18 @@ fn nll_bound_command_reports_the_bound_and_refuses_bad_flags() {
     let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
     let bound = |variance: &str| {
         let o = run(&[
-            "nll", "--denoiser", "builtin:gmm8", "--bound", "--steps", "50", "--num", "500",
-            "--variance", variance, "--device", "cpu",
+            "nll",
+            "--denoiser",
+            "builtin:gmm8",
+            "--bound",
+            "--steps",
+            "50",
+            "--num",
+            "500",
+            "--variance",
+            variance,
+            "--device",
+            "cpu",
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
@@ -201,8 +215,18 @@ fn nll_bound_command_reports_the_bound_and_refuses_bad_flags() {
     // Respaced to 50 steps, the posterior variance makes a loose bound (improved DDPM, Sec. 4).
     let small = bound("small")["nll_nats"].as_f64().unwrap();
     let o = run(&[
-        "nll", "--denoiser", "builtin:gmm8", "--bound", "--steps", "50", "--num", "500",
-        "--variance", "large", "--device", "cpu",
+        "nll",
+        "--denoiser",
+        "builtin:gmm8",
+        "--bound",
+        "--steps",
+        "50",
+        "--num",
+        "500",
+        "--variance",
+        "large",
+        "--device",
+        "cpu",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -216,23 +240,49 @@ fn nll_bound_command_reports_the_bound_and_refuses_bad_flags() {
     assert!(small > nll + 10.0, "small {small} large {nll}");
     assert_eq!(v["steps"], 50);
     assert_eq!(v["nfe"], 50);
-    let parts = ["prior_bits_per_dim", "decoder_bits_per_dim", "steps_bits_per_dim"]
-        .map(|k| v[k].as_f64().unwrap());
+    let parts = [
+        "prior_bits_per_dim",
+        "decoder_bits_per_dim",
+        "steps_bits_per_dim",
+    ]
+    .map(|k| v[k].as_f64().unwrap());
     let total = v["bits_per_dim"].as_f64().unwrap();
     assert!((parts.iter().sum::<f64>() - total).abs() < 1e-5 * total.abs().max(1.0));
     for (args, needle) in [
-        (vec!["--variance", "learned"], "needs a network with a learned variance output"),
+        (
+            vec!["--variance", "learned"],
+            "needs a network with a learned variance output",
+        ),
         (vec!["--grid", "karras"], "--bound needs a ddpm-* grid"),
-        (vec!["--decoder", "logistic"], "unknown --decoder 'logistic'"),
-        (vec!["--hutchinson", "2"], "--hutchinson applies to the ODE likelihood"),
-        (vec!["--steps", "1"], "at least 2 increasing positive noise levels"),
+        (
+            vec!["--decoder", "logistic"],
+            "unknown --decoder 'logistic'",
+        ),
+        (
+            vec!["--hutchinson", "2"],
+            "--hutchinson applies to the ODE likelihood",
+        ),
+        (
+            vec!["--steps", "1"],
+            "at least 2 increasing positive noise levels",
+        ),
     ] {
-        let mut all = vec!["nll", "--denoiser", "builtin:gmm8", "--bound", "--num", "10"];
+        let mut all = vec![
+            "nll",
+            "--denoiser",
+            "builtin:gmm8",
+            "--bound",
+            "--num",
+            "10",
+        ];
         all.extend(args);
         let o = run(&all);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{all:?}: {err}");
-        assert!(err.contains(needle) && !err.contains("panicked"), "{all:?}: {err}");
+        assert!(
+            err.contains(needle) && !err.contains("panicked"),
+            "{all:?}: {err}"
+        );
     }
     let o = run(&["nll", "--denoiser", "builtin:gmm8", "--variance", "small"]);
     assert_eq!(o.status.code(), Some(2));
