@@ -77,6 +77,12 @@ pub struct ExperimentConfig {
     /// is known. Use about 1e-4 with float32.
     #[serde(default = "d_ref")]
     pub reference_tol: f64,
+    /// Clip every denoised estimate to [-R, R] (diffusers' `clip_sample`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_denoised: Option<f64>,
+    /// `[ratio, max]`: dynamic thresholding of every denoised estimate (Saharia et al. 2022).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_threshold: Option<[f64; 2]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -279,12 +285,26 @@ impl ExperimentConfig {
         Ok(cfg)
     }
 
+    /// The limit on the denoised estimate (`clip_denoised` or `dynamic_threshold`), checked.
+    pub fn threshold(&self) -> Result<Option<scoreflow_solvers::Threshold>> {
+        use scoreflow_solvers::Threshold;
+        let t = match (self.clip_denoised, self.dynamic_threshold) {
+            (Some(_), Some(_)) => bail!("give clip_denoised or dynamic_threshold, not both"),
+            (Some(r), None) => Threshold::Clip(r),
+            (None, Some([ratio, max])) => Threshold::Dynamic { ratio, max },
+            (None, None) => return Ok(None),
+        };
+        t.validate()?;
+        Ok(Some(t))
+    }
+
     /// Everything that can be checked before any work.
     pub fn validate(&self) -> Result<()> {
         if self.samplers.is_empty() {
             bail!("the experiment lists no samplers");
         }
         guidance_settings(&self.model)?;
+        self.threshold()?;
         if self.metrics.is_empty() {
             bail!("the experiment lists no metrics");
         }
@@ -542,10 +562,17 @@ fn load_model(spec: &ModelSpec, dev: Device) -> Result<Loaded> {
 
 /// A cell's identity: a hash of everything that determines its result.
 fn cell_key(cfg: &ExperimentConfig, spec: &SamplerSpec, steps: usize, seed: u64) -> String {
-    let ident = json!({
+    let mut ident = json!({
         "model": cfg.model, "grid": cfg.grid, "num": cfg.num, "dtype": cfg.dtype, "sampler": spec,
         "steps": steps, "seed": seed, "metrics": cfg.metrics, "reference_tol": cfg.reference_tol,
     });
+    // Only where set, so that the keys of experiments without them stay what they were.
+    if let Some(r) = cfg.clip_denoised {
+        ident["clip_denoised"] = json!(r);
+    }
+    if let Some(t) = cfg.dynamic_threshold {
+        ident["dynamic_threshold"] = json!(t);
+    }
     let digest = Sha256::digest(ident.to_string().as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
@@ -783,6 +810,17 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     let den: &dyn Denoiser = match &guided {
         Some(g) => g,
         None => model.denoiser(),
+    };
+    let thresholded;
+    let den: &dyn Denoiser = match cfg.threshold()? {
+        Some(threshold) => {
+            thresholded = scoreflow_solvers::Thresholded {
+                inner: den,
+                threshold,
+            };
+            &thresholded
+        }
+        None => den,
     };
     let shape = model.shape();
     let classifier = match (&model, cfg.metrics.contains(&Metric::Fd)) {
@@ -1133,8 +1171,9 @@ impl SeedState {
     }
 
     /// The reference probability-flow solution from this seed's noise, from `hi` to `lo` and
-    /// then the final denoising step every grid ends with: the exact flow for Gaussian data,
-    /// else an adaptive Dormand-Prince 5(4) solve to `reference_tol`.
+    /// then the final denoising step every grid ends with: the exact flow for Gaussian data
+    /// (unless the denoised estimate is clipped or thresholded, which changes the flow), else an
+    /// adaptive Dormand-Prince 5(4) solve to `reference_tol`.
     fn reference(
         &mut self,
         cfg: &ExperimentConfig,
@@ -1146,7 +1185,11 @@ impl SeedState {
         if !self.reference.contains_key(&key) {
             let start = &self.z * hi;
             let at_min = match model {
-                Loaded::Exact(ExactModel::Gaussian(g)) => g.exact_flow(&start, hi, lo)?,
+                Loaded::Exact(ExactModel::Gaussian(g))
+                    if cfg.clip_denoised.is_none() && cfg.dynamic_threshold.is_none() =>
+                {
+                    g.exact_flow(&start, hi, lo)?
+                }
                 _ => {
                     scoreflow_solvers::reference::solve_pf_ode(
                         den,

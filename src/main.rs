@@ -209,6 +209,13 @@ struct SampleArgs {
     /// model elsewhere (Kynkaanniemi et al. 2024).
     #[arg(long, allow_hyphen_values = true)]
     guidance_interval: Option<String>,
+    /// Clip the denoised estimate to [-R, R] before every step (diffusers' clip_sample).
+    #[arg(long, conflicts_with = "dynamic_threshold", allow_hyphen_values = true)]
+    clip_denoised: Option<f64>,
+    /// RATIO[,MAX]: dynamic thresholding of the denoised estimate (Saharia et al. 2022;
+    /// diffusers' thresholding; MAX 1 by default).
+    #[arg(long)]
+    dynamic_threshold: Option<String>,
     /// Also draw image samples as a PNG grid.
     #[arg(long)]
     png: Option<PathBuf>,
@@ -283,6 +290,19 @@ fn sample(a: SampleArgs) -> Result<()> {
             }
         }
         _ => unreachable!(),
+    };
+    let threshold =
+        scoreflow::nn::parse_threshold(a.clip_denoised, a.dynamic_threshold.as_deref())?;
+    let thresholded;
+    let den: &dyn Denoiser = match threshold {
+        Some(threshold) => {
+            thresholded = scoreflow::solvers::Thresholded {
+                inner: den,
+                threshold,
+            };
+            &thresholded
+        }
+        None => den,
     };
     if a.png.is_some() && shape.len() != 3 {
         bail!("--png draws image samples; this model's samples have shape {shape:?}");

@@ -809,6 +809,43 @@ impl Denoiser for Network {
     }
 }
 
+/// The limit on the denoised estimate that `--clip-denoised R` or `--dynamic-threshold
+/// RATIO[,MAX]` asks for (at most one of them), checked.
+pub fn parse_threshold(
+    clip: Option<f64>,
+    dynamic: Option<&str>,
+) -> anyhow::Result<Option<scoreflow_solvers::Threshold>> {
+    use scoreflow_solvers::Threshold;
+    let t = match (clip, dynamic) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("give --clip-denoised or --dynamic-threshold, not both")
+        }
+        (Some(r), None) => Threshold::Clip(r),
+        (None, Some(text)) => {
+            let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+            let num = |s: &str| {
+                s.parse::<f64>().map_err(|_| {
+                    anyhow::anyhow!("--dynamic-threshold takes RATIO[,MAX], got '{text}'")
+                })
+            };
+            match parts[..] {
+                [r] => Threshold::Dynamic {
+                    ratio: num(r)?,
+                    max: 1.0,
+                },
+                [r, m] => Threshold::Dynamic {
+                    ratio: num(r)?,
+                    max: num(m)?,
+                },
+                _ => anyhow::bail!("--dynamic-threshold takes RATIO[,MAX], got '{text}'"),
+            }
+        }
+        (None, None) => return Ok(None),
+    };
+    t.validate()?;
+    Ok(Some(t))
+}
+
 /// One line from a libtorch error: for an exception raised in TorchScript code, its last
 /// `...Error: ...` line and where in the module's original source it was raised; otherwise the
 /// first line (the rest is a C++ backtrace).

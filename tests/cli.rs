@@ -1922,3 +1922,69 @@ fn grids_by_name_take_rho_only_where_they_have_one() {
         &never,
     );
 }
+
+#[test]
+fn sample_clips_or_thresholds_the_denoised_estimate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.npy");
+    let sample = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_scoreflow"))
+            .args([
+                "sample",
+                "--denoiser",
+                "builtin:gmm8",
+                "--solver",
+                "dpmpp-2m",
+                "--steps",
+                "12",
+            ])
+            .args(["--num", "500", "--device", "cpu", "--out"])
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (extra, bound) in [
+        (vec![], 1.5),
+        (vec!["--clip-denoised", "0.5"], 0.5),
+        (vec!["--dynamic-threshold", "0.9,1.5"], 1.0),
+    ] {
+        let o = sample(&extra);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let m = scoreflow::npy::read(&out)
+            .unwrap()
+            .abs()
+            .max()
+            .double_value(&[]);
+        if extra.is_empty() {
+            assert!(m > bound, "the ring reaches radius 2: {m}");
+        } else {
+            assert!(m <= bound + 1e-6, "{extra:?}: {m}");
+        }
+    }
+    let _ = std::fs::remove_file(&out);
+    for (extra, needle) in [
+        (
+            vec!["--clip-denoised", "1", "--dynamic-threshold", "0.9"],
+            "cannot be used with",
+        ),
+        (
+            vec!["--clip-denoised", "-1"],
+            "the clipping range must be positive",
+        ),
+        (
+            vec!["--dynamic-threshold", "0.9,0.5"],
+            "dynamic thresholding needs",
+        ),
+        (
+            vec!["--dynamic-threshold", "a,b"],
+            "--dynamic-threshold takes RATIO[,MAX]",
+        ),
+    ] {
+        let o = sample(&extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        assert!(!out.exists());
+    }
+}

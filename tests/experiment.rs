@@ -320,6 +320,82 @@ kind = "heun"
 }
 
 #[test]
+fn clipped_experiments_key_their_cells_and_solve_their_own_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = |out: &Path, extra: &str| {
+        format!(
+            r#"
+out_dir = "{}"
+device = "cpu"
+num = 128
+steps = [16, 32, 64]
+metrics = ["rms"]
+{extra}
+[model]
+kind = "gaussian"
+path = "{}"
+[[samplers]]
+kind = "heun"
+"#,
+            out.display(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/gauss2.json")
+        )
+    };
+    let (plain, clipped) = (dir.path().join("plain"), dir.path().join("clipped"));
+    for (out, extra) in [(&plain, ""), (&clipped, "clip_denoised = 0.8")] {
+        let cfg = write_config(dir.path(), "c.toml", &body(out, extra));
+        let o = run(&["run", &cfg]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (a, b) = (results(&plain), results(&clipped));
+    let keys = |rows: &[Value]| -> Vec<String> {
+        rows.iter()
+            .map(|r| r["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(
+        keys(&a).iter().all(|k| !keys(&b).contains(k)),
+        "a clip changes every cell's key"
+    );
+    // The clipped samples lie within [-0.8, 0.8] (the Gaussian's mean is at (1, -0.5)), and the
+    // reference is the clipped model's own flow (not the Gaussian's exact one): the errors
+    // still fall with the steps.
+    for k in keys(&b) {
+        let x = scoreflow::npy::read(&clipped.join("samples").join(format!("{k}.npy"))).unwrap();
+        assert!(x.abs().max().double_value(&[]) <= 0.8 + 1e-6);
+    }
+    let mut errs: Vec<(u64, f64)> = b
+        .iter()
+        .map(|r| (r["steps"].as_u64().unwrap(), r["rms"].as_f64().unwrap()))
+        .collect();
+    errs.sort_by_key(|e| e.0);
+    println!("clipped: {errs:?}");
+    assert!(errs[0].1 > errs[2].1 && errs[2].1 < 0.05, "{errs:?}");
+    for (extra, needle) in [
+        (
+            "clip_denoised = 1.0\ndynamic_threshold = [0.99, 1.5]",
+            "give clip_denoised or dynamic_threshold, not both",
+        ),
+        (
+            "clip_denoised = -1.0",
+            "the clipping range must be positive",
+        ),
+        (
+            "dynamic_threshold = [1.5, 2.0]",
+            "dynamic thresholding needs 0 < ratio <= 1",
+        ),
+    ] {
+        let out = dir.path().join("never");
+        let cfg = write_config(dir.path(), "bad.toml", &body(&out, extra));
+        let o = run(&["run", &cfg]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "{extra}: {err}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
 fn bad_experiments_fail_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("never");

@@ -60,6 +60,12 @@ What it does:
    noise (peers.py's `ScoreflowNoise`, seed 0). Model (c) is the check of `--variance learned`
    against diffusers' "learned_range" (improved DDPM's interpolated log variance); its control,
    which must disagree, is the same card sampled with `--variance small`.
+8. The limits on the predicted x0 (same loop): `DDPMScheduler` with `clip_sample` (range 0.5)
+   against `--clip-denoised 0.5`, and with `thresholding` (ratio 0.9, `sample_max_value` 1.5)
+   against `--dynamic-threshold 0.9,1.5` (control: the clipped run against scoreflow
+   unclipped); `DDIMScheduler` with `clip_sample` and `use_clipped_model_output=True` against
+   `ddim --clip-denoised 0.5` (not on linspace, as in 6), and with diffusers' default
+   `use_clipped_model_output=False`, which keeps the raw eps in DDIM's direction term, reported.
 
 Prints one line per comparison and writes OUT/diffusers.json. Exit status: 0 all agree, 1 a
 disagreement (or a control that agreed), 2 bad input or a failed step (an export, a scoreflow
@@ -420,30 +426,74 @@ def main():
         # (STREAM_STEP on [sigma_next, sigma]) of seed 0; control: model (c) with --variance small.
         variance = {"fixed_small": "small", "fixed_large": "large", "learned_range": "learned"}[config["variance_type"]]
         ddpm_mod = sys.modules[type(diffusers.DDPMScheduler()).__module__]
-        sched = diffusers.DDPMScheduler.from_config(config, clip_sample=False, thresholding=False)
-        sched.set_timesteps(a.steps)
-        levels = [float(sig64[int(t)]) for t in sched.timesteps] + [0.0]
-        noise = ScoreflowNoise(0, z.shape[0], list(z.shape[1:]), max(levels[0], 80.0) * 1.001 + 1e-3)
-        x, saved = z.clone(), ddpm_mod.randn_tensor
-        try:
-            with torch.no_grad():
-                for i, t in enumerate(sched.timesteps):
-                    out = unet(x, t).sample  # all channels: the scheduler splits off a learned variance
-                    step_z = (noise.standard(STREAM_STEP, levels[i + 1], levels[i]).float() if levels[i + 1] > 0
-                              else torch.zeros_like(z))
-                    ddpm_mod.randn_tensor = lambda *args, _z=step_z, **kw: _z
-                    x = sched.step(out, t, x).prev_sample
-        finally:
-            ddpm_mod.randn_tensor = saved
+
+        def diffusers_ddpm(**limits):
+            sched = diffusers.DDPMScheduler.from_config(config, **{"clip_sample": False, "thresholding": False,
+                                                                   **limits})
+            sched.set_timesteps(a.steps)
+            levels = [float(sig64[int(t)]) for t in sched.timesteps] + [0.0]
+            noise = ScoreflowNoise(0, z.shape[0], list(z.shape[1:]), max(levels[0], 80.0) * 1.001 + 1e-3)
+            x, saved = z.clone(), ddpm_mod.randn_tensor
+            try:
+                with torch.no_grad():
+                    for i, t in enumerate(sched.timesteps):
+                        out = unet(x, t).sample  # all channels: the scheduler splits off a learned variance
+                        step_z = (noise.standard(STREAM_STEP, levels[i + 1], levels[i]).float()
+                                  if levels[i + 1] > 0 else torch.zeros_like(z))
+                        ddpm_mod.randn_tensor = lambda *args, _z=step_z, **kw: _z
+                        x = sched.step(out, t, x).prev_sample
+            finally:
+                ddpm_mod.randn_tensor = saved
+            return x.double(), levels
+
+        x, levels = diffusers_ddpm()
         # As for DDIM: diffusers starts at z in VP units at the first timestep.
         z_path = os.path.join(folder, "z-ddpm.npy")
         np.save(z_path, z.double().numpy() * (levels[0] ** 2 + 1) ** 0.5 / levels[0])
+        ddpm_args = ["--solver", "ddpm", "--variance", variance, "--steps", str(a.steps), "--seed", "0"]
+        ddpm_args += ddpm_grid(config)
         for v, kind in [(variance, "check")] + ([("small", "control")] if variance == "learned" else []):
             x_sf = run_sample(a, card, z_path, os.path.join(folder, f"sf-ddpm-{v}.npy"),
                               ["--solver", "ddpm", "--variance", v, "--steps", str(a.steps), "--seed", "0"]
                               + ddpm_grid(config))
-            compare(name, "ddpm", f"diffusers DDPM, {config['variance_type']}", f"{v}, ddpm-{spacing}", x.double(),
-                    x_sf, kind=kind)
+            compare(name, "ddpm", f"diffusers DDPM, {config['variance_type']}", f"{v}, ddpm-{spacing}", x, x_sf,
+                    kind=kind)
+
+        # 8. The limits on the predicted x0: DDPMScheduler with clip_sample (range 0.5, so that
+        # it bites on these random UNets) against --clip-denoised 0.5, and with thresholding
+        # (ratio 0.9, sample_max_value 1.5) against --dynamic-threshold 0.9,1.5; control: the
+        # clipped diffusers run against scoreflow unclipped. Then DDIMScheduler with clip_sample
+        # and use_clipped_model_output=True (the step's eps re-derived from the clipped x0, as
+        # scoreflow's clipped D makes every sampler do) against ddim --clip-denoised 0.5; with
+        # diffusers' default use_clipped_model_output=False (the raw eps in the direction term)
+        # reported, not judged.
+        x_clip, _ = diffusers_ddpm(clip_sample=True, clip_sample_range=0.5)
+        x_sf = run_sample(a, card, z_path, os.path.join(folder, "sf-ddpm-clip.npy"),
+                          ddpm_args + ["--clip-denoised", "0.5"])
+        compare(name, "ddpm", "diffusers DDPM, clip_sample 0.5", "--clip-denoised 0.5", x_clip, x_sf)
+        compare(name, "ddpm", "diffusers DDPM, clip_sample 0.5", "unclipped", x_clip,
+                run_sample(a, card, z_path, os.path.join(folder, "sf-ddpm-noclip.npy"), ddpm_args),
+                kind="control")
+        x_thr, _ = diffusers_ddpm(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.5)
+        x_sf = run_sample(a, card, z_path, os.path.join(folder, "sf-ddpm-thr.npy"),
+                          ddpm_args + ["--dynamic-threshold", "0.9,1.5"])
+        compare(name, "ddpm", "diffusers DDPM, thresholding 0.9, 1.5", "--dynamic-threshold 0.9,1.5", x_thr, x_sf)
+        if spacing != "linspace":
+            z_ddim = os.path.join(folder, "z-ddim.npy")
+            x_sf = run_sample(a, card, z_ddim, os.path.join(folder, "sf-ddim-clip.npy"),
+                              ["--solver", "ddim", "--steps", str(ddim_steps), "--clip-denoised", "0.5"]
+                              + ddpm_grid(config))
+            for clipped_eps, kind in [(True, "check"), (False, "info")]:
+                sched = diffusers.DDIMScheduler.from_config(config, clip_sample=True, clip_sample_range=0.5,
+                                                            set_alpha_to_one=True, thresholding=False)
+                sched.set_timesteps(ddim_steps)
+                x = z * sched.init_noise_sigma
+                with torch.no_grad():
+                    for t in sched.timesteps:
+                        out = unet(sched.scale_model_input(x, t), t).sample[:, :channels]
+                        x = sched.step(out, t, x, eta=0.0, use_clipped_model_output=clipped_eps).prev_sample
+                compare(name, "ddim", f"diffusers DDIM, clip_sample 0.5, use_clipped_model_output={clipped_eps}",
+                        "--clip-denoised 0.5", x.double(), x_sf, kind=kind)
 
     bad = [r for r in rows if not r["ok"]]
     with open(os.path.join(a.out, "diffusers.json"), "w") as f:

@@ -2464,3 +2464,96 @@ fn ddpm_learned_variance_is_improved_ddpms_log_interpolation() {
         "unexpected error: {err}"
     );
 }
+
+/// A stand-in model with a fixed denoised estimate and variance output.
+struct Fixed(Tensor, Tensor);
+
+impl Denoiser for Fixed {
+    fn denoise(&self, _x: &Tensor, _sigma: f64) -> scoreflow_solvers::error::Result<Tensor> {
+        Ok(self.0.shallow_clone())
+    }
+    fn denoise_with_variance(
+        &self,
+        _x: &Tensor,
+        _sigma: f64,
+    ) -> scoreflow_solvers::error::Result<(Tensor, Option<Tensor>)> {
+        Ok((self.0.shallow_clone(), Some(self.1.shallow_clone())))
+    }
+}
+
+#[test]
+fn clipping_and_dynamic_thresholding_limit_the_denoised_estimate() {
+    use scoreflow_solvers::{Threshold, Thresholded};
+    // Two samples of 10 elements: |D| = 0.2 .. 2.0 and 0.05 .. 0.5, with mixed signs.
+    let a: Vec<f64> = (1..=10)
+        .map(|i| 0.2 * i as f64 * if i % 2 == 0 { -1.0 } else { 1.0 })
+        .collect();
+    let b: Vec<f64> = (1..=10).map(|i| 0.05 * i as f64).collect();
+    let d = Tensor::from_slice(&[a.clone(), b.clone()].concat()).view([2, 10]);
+    let v = Tensor::from_slice(&[0.3f64; 20]).view([2, 10]);
+    let x = d.zeros_like();
+    let clip = Thresholded {
+        inner: Fixed(d.shallow_clone(), v.shallow_clone()),
+        threshold: Threshold::Clip(0.5),
+    };
+    let got = Vec::<f64>::try_from(clip.denoise(&x, 1.0).unwrap().flatten(0, -1)).unwrap();
+    let want: Vec<f64> = [a.clone(), b.clone()]
+        .concat()
+        .iter()
+        .map(|e| e.clamp(-0.5, 0.5))
+        .collect();
+    assert_eq!(got, want);
+    // Dynamic: the 0.75 quantile of |D| per sample (linear interpolation between order
+    // statistics, position 0.75 * 9 = 6.75): 1.4 + 0.75 * 0.2 = 1.55 for the first sample, then
+    // clamped to [1, max]; 0.3875 for the second, clamped up to 1 (plain clipping to [-1, 1]).
+    for (max, s0) in [(1.2, 1.2), (3.0, 1.55)] {
+        let dynamic = Thresholded {
+            inner: Fixed(d.shallow_clone(), v.shallow_clone()),
+            threshold: Threshold::Dynamic { ratio: 0.75, max },
+        };
+        let (out, var) = dynamic.denoise_with_variance(&x, 1.0).unwrap();
+        assert!(var.unwrap().equal(&v), "the variance output passes through");
+        let got = Vec::<f64>::try_from(out.flatten(0, -1)).unwrap();
+        for (i, e) in a.iter().enumerate() {
+            assert!(
+                (got[i] - e.clamp(-s0, s0) / s0).abs() < 1e-12,
+                "max {max}: {got:?}"
+            );
+        }
+        for (i, e) in b.iter().enumerate() {
+            assert!(
+                (got[10 + i] - e).abs() < 1e-12,
+                "the second sample is within [-1, 1]"
+            );
+        }
+    }
+    // Every sampler sees the limited estimate: the last step of any grid returns D itself.
+    let gmm = GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap();
+    let clipped = Thresholded {
+        inner: &gmm,
+        threshold: Threshold::Clip(1.0),
+    };
+    let sde = Edm::default();
+    let sigmas = grid_for(&sde, &GridKind::Karras { rho: 7.0 }, 8);
+    for name in ["heun", "dpmpp-2m", "ddpm", "euler-ancestral"] {
+        let spec = SamplerSpec::from_name(name).unwrap();
+        let (out, _) = sample(&spec, &clipped, &sde, &sigmas, 3, 256, 2);
+        assert!(max_abs(&out) <= 1.0 + 1e-9, "{name}: {}", max_abs(&out));
+        let (free, _) = sample(&spec, &gmm, &sde, &sigmas, 3, 256, 2);
+        assert!(max_abs(&free) > 1.5, "{name}: the ring reaches radius 2");
+    }
+    for bad in [
+        Threshold::Clip(0.0),
+        Threshold::Clip(f64::NAN),
+        Threshold::Dynamic {
+            ratio: 0.0,
+            max: 1.0,
+        },
+        Threshold::Dynamic {
+            ratio: 0.9,
+            max: 0.5,
+        },
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?}");
+    }
+}
