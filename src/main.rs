@@ -40,7 +40,8 @@ enum Command {
     Train(TrainArgs),
     /// Training throughput (samples/s) of one or more training configs.
     BenchTrain(bench::BenchTrainArgs),
-    /// Negative log-likelihood of data through the probability-flow ODE.
+    /// Negative log-likelihood of data through the probability-flow ODE, or the DDPM variational
+    /// bound of the discrete reverse chain (--bound).
     Nll(scoreflow::nll::NllArgs),
     /// Fréchet distance of a digits model's samples on in-project classifier features.
     EvalDigits(scoreflow::fid::EvalDigitsArgs),
