@@ -423,36 +423,25 @@ pub fn run(a: NllArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let (ll, nfe) = match &subject {
+    let d: Box<DenoiseFn> = match &subject {
         Subject::Exact(m) => {
             let den = m.denoiser();
-            let d = |x: &Tensor, s: f64| -> Result<Tensor> { Ok(den.denoise(x, s)?) };
-            log_likelihood(
-                &d,
-                &x0,
-                a.sigma_min,
-                a.sigma_max,
-                steps,
-                a.hutchinson,
-                a.seed,
-            )?
+            Box::new(move |x: &Tensor, s: f64| -> Result<Tensor> { Ok(den.denoise(x, s)?) })
         }
-        Subject::Trained(m) => {
-            let d = |x: &Tensor, s: f64| -> Result<Tensor> {
-                let sig = crate::precond::sigma_batch(s, x);
-                Ok(m.net.try_forward(x, &sig, None)?.to_kind(x.kind()))
-            };
-            log_likelihood(
-                &d,
-                &x0,
-                a.sigma_min,
-                a.sigma_max,
-                steps,
-                a.hutchinson,
-                a.seed,
-            )?
-        }
+        Subject::Trained(m) => Box::new(|x: &Tensor, s: f64| -> Result<Tensor> {
+            let sig = crate::precond::sigma_batch(s, x);
+            Ok(m.net.try_forward(x, &sig, None)?.to_kind(x.kind()))
+        }),
     };
+    let (ll, nfe) = log_likelihood(
+        d.as_ref(),
+        &x0,
+        a.sigma_min,
+        a.sigma_max,
+        steps,
+        a.hutchinson,
+        a.seed,
+    )?;
     if ll.isfinite().all().int64_value(&[]) == 0 {
         bail!("non-finite log-likelihood (the ODE solve diverged); try more --steps");
     }
