@@ -1058,11 +1058,22 @@ fn a_diffusers_unet_exported_by_the_script_samples_as_diffusers_schedulers() {
     // 4 models x 3 samplers, diffusers' DPM-Solver with its rounded timesteps against cards
     // with quantize = true (3 models), DDIMScheduler against ddim on the ddpm-leading and
     // ddpm-trailing grids (3 models), DDPMScheduler against ddpm on the model's ddpm-* grid with
-    // its variance (4 models; learned_range on the cosine model); 4 controls that must disagree
-    // (one: the learned-variance model sampled with --variance small); "info" rows are reported,
-    // not judged.
+    // its variance (4 models; learned_range on the cosine model); DDPMScheduler with clip_sample
+    // and with thresholding against --clip-denoised and --dynamic-threshold (4 models each),
+    // DDIMScheduler with clip_sample and use_clipped_model_output against ddim --clip-denoised
+    // (3 models); 8 controls that must disagree (one: the learned-variance model sampled with
+    // --variance small; four: the clipped DDPM against scoreflow unclipped); "info" rows are
+    // reported, not judged.
     let checks: Vec<_> = rows.iter().filter(|r| r["kind"] == "check").collect();
-    assert_eq!(checks.len(), 22, "{v}");
+    assert_eq!(checks.len(), 33, "{v}");
+    let limited = checks
+        .iter()
+        .filter(|r| {
+            let card = r["card"].as_str().unwrap();
+            card.starts_with("--clip-denoised") || card.starts_with("--dynamic-threshold")
+        })
+        .count();
+    assert_eq!(limited, 11, "{v}");
     assert!(checks.iter().all(|r| r["ok"] == true), "{v}");
     let learned = checks
         .iter()
@@ -1070,7 +1081,7 @@ fn a_diffusers_unet_exported_by_the_script_samples_as_diffusers_schedulers() {
         .count();
     assert_eq!(learned, 1, "{v}");
     let controls: Vec<_> = rows.iter().filter(|r| r["control"] == true).collect();
-    assert_eq!(controls.len(), 4, "{v}");
+    assert_eq!(controls.len(), 8, "{v}");
     assert!(controls.iter().all(|r| r["ok"] == true), "{v}");
 }
 
