@@ -287,15 +287,10 @@ impl ExperimentConfig {
 
     /// The limit on the denoised estimate (`clip_denoised` or `dynamic_threshold`), checked.
     pub fn threshold(&self) -> Result<Option<scoreflow_solvers::Threshold>> {
-        use scoreflow_solvers::Threshold;
-        let t = match (self.clip_denoised, self.dynamic_threshold) {
-            (Some(_), Some(_)) => bail!("give clip_denoised or dynamic_threshold, not both"),
-            (Some(r), None) => Threshold::Clip(r),
-            (None, Some([ratio, max])) => Threshold::Dynamic { ratio, max },
-            (None, None) => return Ok(None),
-        };
-        t.validate()?;
-        Ok(Some(t))
+        Ok(scoreflow_solvers::Threshold::from_options(
+            self.clip_denoised,
+            self.dynamic_threshold.map(|[ratio, max]| (ratio, max)),
+        )?)
     }
 
     /// Everything that can be checked before any work.
@@ -811,17 +806,8 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
         Some(g) => g,
         None => model.denoiser(),
     };
-    let thresholded;
-    let den: &dyn Denoiser = match cfg.threshold()? {
-        Some(threshold) => {
-            thresholded = scoreflow_solvers::Thresholded {
-                inner: den,
-                threshold,
-            };
-            &thresholded
-        }
-        None => den,
-    };
+    let den = scoreflow_solvers::thresholded(den, cfg.threshold()?);
+    let den: &dyn Denoiser = den.as_ref();
     let shape = model.shape();
     let classifier = match (&model, cfg.metrics.contains(&Metric::Fd)) {
         (Loaded::Trained(_, data), true) => {

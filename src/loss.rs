@@ -89,7 +89,7 @@ pub enum LossConfig {
         schedule: BetaSchedule,
         min_snr_gamma: Option<f64>,
         /// Learned variances: lambda in `L_simple + lambda L_vlb`, `L_vlb = T E_t[L_t]`
-        /// (0.001, improved DDPM's).
+        /// ([`VLB_WEIGHT`] when not given).
         vlb_weight: Option<f64>,
         /// Learned variances: the decoder term `L_0 = -log p(x_0 | x_1)`.
         decoder: Option<Decoder>,
@@ -106,6 +106,9 @@ pub enum LossConfig {
         projections: usize,
     },
 }
+
+/// Improved DDPM's weight of the variational bound in the hybrid loss (their lambda).
+pub const VLB_WEIGHT: f64 = 0.001;
 
 /// The decoder `p(x_0 | x_1)` of the variational bound's first term (learned variances).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -490,7 +493,7 @@ impl Prepared<'_> {
                     &chain.vlb,
                     decoder.unwrap_or_default(),
                 );
-                mse + vb * (vlb_weight.unwrap_or(0.001) * *steps as f64)
+                mse + vb * (vlb_weight.unwrap_or(VLB_WEIGHT) * *steps as f64)
             }
             _ => mse,
         }

@@ -294,17 +294,7 @@ fn sample(a: SampleArgs) -> Result<()> {
     };
     let threshold =
         scoreflow::nn::parse_threshold(a.clip_denoised, a.dynamic_threshold.as_deref())?;
-    let thresholded;
-    let den: &dyn Denoiser = match threshold {
-        Some(threshold) => {
-            thresholded = scoreflow::solvers::Thresholded {
-                inner: den,
-                threshold,
-            };
-            &thresholded
-        }
-        None => den,
-    };
+    let den = scoreflow::solvers::thresholded(den, threshold);
     if a.png.is_some() && shape.len() != 3 {
         bail!("--png draws image samples; this model's samples have shape {shape:?}");
     }
@@ -325,7 +315,7 @@ fn sample(a: SampleArgs) -> Result<()> {
     let start = Instant::now();
     let (x, nfe) = job::run_from_noise(
         &spec,
-        den,
+        den.as_ref(),
         sde.as_ref(),
         &sigmas,
         &z,

@@ -8,7 +8,7 @@
 use crate::loss::Decoder;
 use anyhow::{bail, Result};
 use scoreflow_solvers::samplers::DdpmVariance;
-use scoreflow_solvers::sde::DdpmChain;
+use scoreflow_solvers::sde::{alpha_bar_of_sigma, DdpmChain};
 use scoreflow_solvers::Denoiser;
 use tch::{Kind, Tensor};
 
@@ -114,7 +114,7 @@ pub fn log_likelihood(
 /// of a DDPM chain or of a respacing of one): `alpha_bar_j = 1 / (1 + sigma_j^2)`, `beta_j = 1 -
 /// alpha_bar_j / alpha_bar_{j-1}` with `alpha_bar_0 = 1` (improved DDPM's respacing, Sec. 4).
 pub fn chain_through(levels: &[f64]) -> DdpmChain {
-    let abar: Vec<f64> = levels.iter().map(|&s| 1.0 / (1.0 + s * s)).collect();
+    let abar: Vec<f64> = levels.iter().map(|&s| alpha_bar_of_sigma(s)).collect();
     let betas = (0..abar.len())
         .map(|j| 1.0 - abar[j] / if j == 0 { 1.0 } else { abar[j - 1] })
         .collect();

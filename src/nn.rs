@@ -810,40 +810,23 @@ impl Denoiser for Network {
 }
 
 /// The limit on the denoised estimate that `--clip-denoised R` or `--dynamic-threshold
-/// RATIO[,MAX]` asks for (at most one of them), checked.
+/// RATIO[,MAX]` asks for (MAX 1 by default), checked.
 pub fn parse_threshold(
     clip: Option<f64>,
     dynamic: Option<&str>,
 ) -> anyhow::Result<Option<scoreflow_solvers::Threshold>> {
-    use scoreflow_solvers::Threshold;
-    let t = match (clip, dynamic) {
-        (Some(_), Some(_)) => {
-            anyhow::bail!("give --clip-denoised or --dynamic-threshold, not both")
-        }
-        (Some(r), None) => Threshold::Clip(r),
-        (None, Some(text)) => {
-            let parts: Vec<&str> = text.split(',').map(str::trim).collect();
-            let num = |s: &str| {
-                s.parse::<f64>().map_err(|_| {
-                    anyhow::anyhow!("--dynamic-threshold takes RATIO[,MAX], got '{text}'")
-                })
-            };
-            match parts[..] {
-                [r] => Threshold::Dynamic {
-                    ratio: num(r)?,
-                    max: 1.0,
-                },
-                [r, m] => Threshold::Dynamic {
-                    ratio: num(r)?,
-                    max: num(m)?,
-                },
-                _ => anyhow::bail!("--dynamic-threshold takes RATIO[,MAX], got '{text}'"),
+    let dynamic = dynamic
+        .map(|text| {
+            let bad = || anyhow::anyhow!("--dynamic-threshold takes RATIO[,MAX], got '{text}'");
+            let num = |s: &str| s.trim().parse::<f64>().map_err(|_| bad());
+            match text.split(',').collect::<Vec<_>>()[..] {
+                [r] => Ok((num(r)?, 1.0)),
+                [r, m] => Ok((num(r)?, num(m)?)),
+                _ => Err(bad()),
             }
-        }
-        (None, None) => return Ok(None),
-    };
-    t.validate()?;
-    Ok(Some(t))
+        })
+        .transpose()?;
+    Ok(scoreflow_solvers::Threshold::from_options(clip, dynamic)?)
 }
 
 /// One line from a libtorch error: for an exception raised in TorchScript code, its last

@@ -284,17 +284,16 @@ fn an_adaptive_sampler_runs_once_per_seed_and_tolerance() {
     );
 }
 
-#[test]
-fn gaussian_models_use_the_exact_flow_as_reference() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let body = format!(
+/// Heun at 16, 32 and 64 steps on the 2-D Gaussian of experiments/gauss2.json, rms only.
+fn gaussian_heun(out: &Path, extra: &str) -> String {
+    format!(
         r#"
 out_dir = "{}"
 device = "cpu"
 num = 128
 steps = [16, 32, 64]
 metrics = ["rms"]
+{extra}
 [model]
 kind = "gaussian"
 path = "{}"
@@ -303,8 +302,14 @@ kind = "heun"
 "#,
         out.display(),
         concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/gauss2.json")
-    );
-    let cfg = write_config(dir.path(), "g.toml", &body);
+    )
+}
+
+#[test]
+fn gaussian_models_use_the_exact_flow_as_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let cfg = write_config(dir.path(), "g.toml", &gaussian_heun(&out, ""));
     assert!(run(&["run", &cfg]).status.success());
     let rows = results(&out);
     let mut errs: Vec<(u64, f64)> = rows
@@ -322,25 +327,7 @@ kind = "heun"
 #[test]
 fn clipped_experiments_key_their_cells_and_solve_their_own_reference() {
     let dir = tempfile::tempdir().unwrap();
-    let body = |out: &Path, extra: &str| {
-        format!(
-            r#"
-out_dir = "{}"
-device = "cpu"
-num = 128
-steps = [16, 32, 64]
-metrics = ["rms"]
-{extra}
-[model]
-kind = "gaussian"
-path = "{}"
-[[samplers]]
-kind = "heun"
-"#,
-            out.display(),
-            concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/gauss2.json")
-        )
-    };
+    let body = gaussian_heun;
     let (plain, clipped) = (dir.path().join("plain"), dir.path().join("clipped"));
     for (out, extra) in [(&plain, ""), (&clipped, "clip_denoised = 0.8")] {
         let cfg = write_config(dir.path(), "c.toml", &body(out, extra));

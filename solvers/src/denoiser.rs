@@ -95,6 +95,23 @@ pub enum Threshold {
 }
 
 impl Threshold {
+    /// The limit that a clipping range or `(ratio, max)` of dynamic thresholding asks for (at
+    /// most one of them), checked; None for neither.
+    pub fn from_options(clip: Option<f64>, dynamic: Option<(f64, f64)>) -> Result<Option<Self>> {
+        let t = match (clip, dynamic) {
+            (Some(_), Some(_)) => {
+                return Err(SolverError::Invalid(
+                    "give clip_denoised or dynamic_threshold, not both".into(),
+                ))
+            }
+            (Some(r), None) => Threshold::Clip(r),
+            (None, Some((ratio, max))) => Threshold::Dynamic { ratio, max },
+            (None, None) => return Ok(None),
+        };
+        t.validate()?;
+        Ok(Some(t))
+    }
+
     pub fn validate(&self) -> Result<()> {
         match *self {
             Threshold::Clip(r) if !(r > 0.0 && r.is_finite()) => Err(SolverError::Invalid(
@@ -128,7 +145,7 @@ impl Threshold {
                     .chain(std::iter::repeat_n(1, d.dim() - 1))
                     .collect();
                 let s = s.reshape(shape.as_slice());
-                d.maximum(&s.neg()).minimum(&s) / s
+                d.clamp_tensor(Some(&s.neg()), Some(&s)) / s
             }
         }
     }
@@ -140,6 +157,17 @@ impl Threshold {
 pub struct Thresholded<D> {
     pub inner: D,
     pub threshold: Threshold,
+}
+
+/// `inner`, limited by `threshold` where one is given.
+pub fn thresholded<'a>(
+    inner: &'a dyn Denoiser,
+    threshold: Option<Threshold>,
+) -> Box<dyn Denoiser + 'a> {
+    match threshold {
+        Some(threshold) => Box::new(Thresholded { inner, threshold }),
+        None => Box::new(inner),
+    }
 }
 
 impl<D: Denoiser> Denoiser for Thresholded<D> {

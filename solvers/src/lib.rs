@@ -18,7 +18,9 @@ pub mod reference;
 pub mod samplers;
 pub mod sde;
 
-pub use denoiser::{Counted, Denoiser, GaussianDenoiser, GaussianMixture, Threshold, Thresholded};
+pub use denoiser::{
+    thresholded, Counted, Denoiser, GaussianDenoiser, GaussianMixture, Threshold, Thresholded,
+};
 pub use driver::{run, Outcome, RunOptions, Sampler, StepCtx, StepReport};
 pub use error::{Num, Result, SolverError};
 pub use grid::GridKind;
