@@ -111,15 +111,64 @@ pub enum LossConfig {
 pub const VLB_WEIGHT: f64 = 0.001;
 
 /// The decoder `p(x_0 | x_1)` of the variational bound's first term (learned variances).
+/// Written `"gaussian"`, `"discretized"` (256 levels) or `"discretized:K"` in configs and on the
+/// command line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(try_from = "String", into = "String")]
 pub enum Decoder {
     /// A Gaussian density: `-log N(y; mean, s^2)` per element (continuous data).
     #[default]
     Gaussian,
-    /// Improved DDPM's discretized Gaussian for 8-bit images scaled to [-1, 1]: the mass of the
-    /// data's bin of width 2/255, the outermost bins open-ended.
-    Discretized,
+    /// Improved DDPM's discretized Gaussian for data on `levels` evenly spaced values from -1 to 1
+    /// (256 for 8-bit images): the mass of the data's bin of width `2 / (levels - 1)`, the
+    /// outermost bins open-ended.
+    Discretized { levels: u32 },
+}
+
+impl Decoder {
+    /// Improved DDPM's decoder for 8-bit images.
+    pub const EIGHT_BIT: Decoder = Decoder::Discretized { levels: 256 };
+}
+
+impl std::str::FromStr for Decoder {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let levels = match s.split_once(':') {
+            None if s == "gaussian" => return Ok(Decoder::Gaussian),
+            None if s == "discretized" => 256,
+            Some(("discretized", k)) => k.trim().parse::<u32>().map_err(|_| {
+                anyhow::anyhow!("decoder '{s}': the number of levels must be an integer")
+            })?,
+            _ => bail!("unknown decoder '{s}' (known: gaussian, discretized, discretized:LEVELS)"),
+        };
+        if levels < 2 {
+            bail!("decoder '{s}': a discretized decoder needs at least 2 levels");
+        }
+        Ok(Decoder::Discretized { levels })
+    }
+}
+
+impl TryFrom<String> for Decoder {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<Decoder> for String {
+    fn from(d: Decoder) -> String {
+        d.to_string()
+    }
+}
+
+impl std::fmt::Display for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Decoder::Gaussian => write!(f, "gaussian"),
+            Decoder::Discretized { levels: 256 } => write!(f, "discretized"),
+            Decoder::Discretized { levels } => write!(f, "discretized:{levels}"),
+        }
+    }
 }
 
 /// The per-step tables of a chain for the variational bound, index `i` for step `i + 1`:
@@ -169,9 +218,12 @@ pub fn vlb_term(
             (&log_var + (2.0 * std::f64::consts::PI).ln() + err.square() * log_var.neg().exp())
                 * 0.5
         }
-        Decoder::Discretized => {
-            // The bin [y - 1/255, y + 1/255] under N(D, s^2), with the tanh approximation of
-            // the normal CDF that improved DDPM uses.
+        Decoder::Discretized { levels } => {
+            // The bin [y - h, y + h], h = 1 / (levels - 1) (1/255 for 8-bit images), under
+            // N(D, s^2), with the tanh approximation of the normal CDF that improved DDPM uses;
+            // the outermost bins are open-ended.
+            let half = 1.0 / (levels as f64 - 1.0);
+            let edge = 1.0 - half / 2.0;
             let inv_s = (&log_var * -0.5).exp();
             let cdf = |z: Tensor| {
                 ((&z + z.pow_tensor_scalar(3) * 0.044715) * (2.0 / std::f64::consts::PI).sqrt())
@@ -179,14 +231,14 @@ pub fn vlb_term(
                     * 0.5
                     + 0.5
             };
-            let plus = cdf(&inv_s * (&err + 1.0 / 255.0));
-            let minus = cdf(&inv_s * (&err - 1.0 / 255.0));
+            let plus = cdf(&inv_s * (&err + half));
+            let minus = cdf(&inv_s * (&err - half));
             let log_plus = plus.clamp_min(1e-12).log();
             let log_one_minus = (minus.neg() + 1.0).clamp_min(1e-12).log();
             let log_mid = (plus - minus).clamp_min(1e-12).log();
             let logp = log_plus.where_self(
-                &y.lt(-0.999),
-                &log_one_minus.where_self(&y.gt(0.999), &log_mid),
+                &y.lt(-edge),
+                &log_one_minus.where_self(&y.gt(edge), &log_mid),
             );
             logp.neg()
         }

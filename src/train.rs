@@ -336,6 +336,14 @@ pub fn run(cfg: &TrainConfig, opts: &RunOpts) -> Result<Report> {
     let _turn = exclusive_rng();
     let dev = device::parse(&cfg.device)?;
     let data = data::load(&cfg.data, cfg.seed)?;
+    if let crate::loss::LossConfig::Ddpm {
+        decoder: Some(crate::loss::Decoder::Discretized { levels }),
+        ..
+    } = &cfg.loss
+    {
+        crate::nll::check_on_levels(&data.x, *levels)
+            .map_err(|e| anyhow::anyhow!("loss.decoder = \"discretized:{levels}\": {e}"))?;
+    }
     let shape = data.shape();
     cfg.model.backbone.check_shape(&shape)?;
     let classes = if cfg.model.conditional {

@@ -60,7 +60,7 @@ fn iddpm_vb(
                         + lv
                         + (y[j] - mean).powi(2) * (-lv).exp())
                 }
-                Decoder::Discretized => {
+                Decoder::Discretized { levels } => {
                     // In float32, as improved DDPM computes it: far in the tails the bin's mass
                     // is a difference of two CDF values near 1 that float32 cannot resolve
                     // (down to the 1e-12 clamp), and f64 would give another number.
@@ -71,8 +71,10 @@ fn iddpm_vb(
                     };
                     let inv = (-0.5 * lv as f32).exp();
                     let c = (y[j] - mean) as f32;
-                    let plus = cdf(inv * (c + 1.0 / 255.0));
-                    let minus = cdf(inv * (c - 1.0 / 255.0));
+                    // improved DDPM's bin half-width 1/255, for `levels` values in [-1, 1].
+                    let half = 1.0 / (levels as f32 - 1.0);
+                    let plus = cdf(inv * (c + half));
+                    let minus = cdf(inv * (c - half));
                     -f64::from(if y[j] < -0.999 {
                         plus.max(1e-12).ln()
                     } else if y[j] > 0.999 {
@@ -102,11 +104,20 @@ fn the_vlb_term_is_improved_ddpms_bound_in_its_own_variables() {
                 .to_device(Device::Cpu)
         });
         let sigmas = chain.sigmas();
-        for decoder in [Decoder::Gaussian, Decoder::Discretized] {
-            // Steps 1, 2, one in the middle and the last; images on the 8-bit grid in [-1, 1]
-            // (the discretized decoder's edge bins included).
+        for decoder in [
+            Decoder::Gaussian,
+            Decoder::EIGHT_BIT,
+            Decoder::Discretized { levels: 17 },
+        ] {
+            // Steps 1, 2, one in the middle and the last; data on the decoder's grid in [-1, 1]
+            // (8-bit for the Gaussian one; the discretized decoder's edge bins included).
+            let k = match decoder {
+                Decoder::Discretized { levels } => levels as i64,
+                Decoder::Gaussian => 256,
+            };
             let idx = Tensor::from_slice(&[0i64, 0, 1, t_max / 2, t_max - 1, 0]);
-            let y = (Tensor::randint(256, [n, dim], (Kind::Float, Device::Cpu)) * (2.0 / 255.0)
+            let y = (Tensor::randint(k, [n, dim], (Kind::Float, Device::Cpu))
+                * (2.0 / (k - 1) as f64)
                 - 1.0)
                 .to_kind(Kind::Float);
             let _ = y.get(0).get(0).fill_(-1.0);
@@ -179,7 +190,7 @@ fn the_hybrid_loss_is_improved_ddpms_training_loss() {
             &e,
             &row(&d),
             &row(&v),
-            Decoder::Discretized,
+            Decoder::EIGHT_BIT,
         );
         let want = mse + 50.0 / 1000.0 * vb;
         let rel = (got[i as usize] - want).abs() / want.abs().max(1e-2);
@@ -412,7 +423,12 @@ fn learned_variance_configs_are_checked() {
         (
             "learned_sigmas = true",
             "kind = \"ddpm\"\ndecoder = \"logistic\"",
-            "unknown variant `logistic`, expected `gaussian` or `discretized`",
+            "unknown decoder 'logistic' (known: gaussian, discretized, discretized:LEVELS)",
+        ),
+        (
+            "learned_sigmas = true",
+            "kind = \"ddpm\"\ndecoder = \"discretized:1\"",
+            "a discretized decoder needs at least 2 levels",
         ),
         (
             "learned_sigmas = true",
@@ -434,6 +450,26 @@ fn learned_variance_configs_are_checked() {
         );
         assert!(!dir.path().join("run").exists());
     }
+    // A discretized decoder on data that are not on its levels (the moons are continuous).
+    let path = dir.path().join("off-grid.toml");
+    std::fs::write(
+        &path,
+        base(
+            "learned_sigmas = true",
+            "kind = \"ddpm\"\ndecoder = \"discretized:17\"",
+        ),
+    )
+    .unwrap();
+    let o = bin().arg("train").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "loss.decoder = \"discretized:17\": the data are not on 17 evenly spaced levels"
+        ),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("run").exists());
     // The accepted forms: the cosine chain with the discretized decoder, the default weight.
     std::fs::write(
         dir.path().join("ok.toml"),
@@ -443,7 +479,14 @@ fn learned_variance_configs_are_checked() {
         ),
     )
     .unwrap();
-    TrainConfig::load(&dir.path().join("ok.toml")).unwrap();
+    let ok = TrainConfig::load(&dir.path().join("ok.toml")).unwrap();
+    assert!(matches!(
+        ok.loss,
+        scoreflow::loss::LossConfig::Ddpm {
+            decoder: Some(Decoder::EIGHT_BIT),
+            ..
+        }
+    ));
 }
 
 /// A U-Net with learned variances: twice the output channels, the second half `v`; a training
@@ -469,7 +512,7 @@ blocks = 1
 attn_resolutions = []
 [loss]
 kind = "ddpm"
-decoder = "discretized"
+decoder = "discretized:17"
 [train]
 steps = 3
 batch = 8
