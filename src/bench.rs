@@ -62,8 +62,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.reps == 0 || a.steps == 0 || batches.is_empty() || batches.contains(&0) {
         bail!("--reps, --num and --steps must be at least 1");
     }
+    if a.reps > 10_000 {
+        bail!("--reps {} is more than 10000", a.reps);
+    }
+    if let Some(d) = job::repeated(&batches) {
+        bail!("--num lists {d} twice");
+    }
     let specs: Vec<SamplerSpec> = match &a.solvers {
-        Some(s) => job::parse_samplers(s, "--solvers")?,
+        Some(s) => {
+            let specs = job::parse_samplers(s, "--solvers")?;
+            job::no_repeated_samplers(&specs, "--solvers")?;
+            specs
+        }
         None => NAMES
             .iter()
             .map(|n| SamplerSpec::from_name(n))
@@ -205,6 +215,15 @@ pub fn run_train(a: BenchTrainArgs) -> Result<()> {
         bail!("--steps must be at least 1");
     }
     // Every config and precision is checked before anything runs.
+    if let Some(d) = job::repeated(&a.configs) {
+        bail!("the config {} is listed twice", d.display());
+    }
+    if let Some(p) = &a.precision {
+        let list: Vec<&str> = p.split(',').map(str::trim).collect();
+        if let Some(d) = job::repeated(&list) {
+            bail!("--precision lists {d} twice");
+        }
+    }
     let mut jobs = Vec::new();
     for path in &a.configs {
         let base = TrainConfig::load(path)?;

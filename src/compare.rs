@@ -92,6 +92,10 @@ pub fn mode_tv(gmm: &GaussianMixture, x: &Tensor) -> Result<f64> {
 pub fn run(a: CompareArgs) -> Result<()> {
     let specs: Vec<SamplerSpec> = job::parse_samplers(&a.solvers, "--solvers")?;
     let steps: Vec<usize> = parse_list(&a.steps, "--steps")?;
+    job::no_repeated_samplers(&specs, "--solvers")?;
+    if let Some(d) = job::repeated(&steps) {
+        bail!("--steps lists {d} twice");
+    }
     if steps.is_empty() || steps.contains(&0) {
         bail!("--steps needs step counts of at least 1");
     }

@@ -102,8 +102,26 @@ pub fn read_digits(path: &std::path::Path) -> Result<Dataset> {
                 v.len()
             );
         }
+        if let Some(p) = v[..64]
+            .iter()
+            .find(|p| !(p.is_finite() && (0.0..=16.0).contains(*p)))
+        {
+            bail!(
+                "digits file {} line {}: pixel value {p} is not a grey level in 0..=16",
+                path.display(),
+                i + 1
+            );
+        }
+        let label = v[64];
+        if !(label.fract() == 0.0 && (0.0..=9.0).contains(&label)) {
+            bail!(
+                "digits file {} line {}: label {label} is not a digit 0..=9",
+                path.display(),
+                i + 1
+            );
+        }
         pixels.extend(v[..64].iter().map(|p| p / 8.0 - 1.0));
-        labels.push(v[64] as i64);
+        labels.push(label as i64);
     }
     let n = labels.len() as i64;
     if n == 0 {

@@ -329,12 +329,7 @@ impl ExperimentConfig {
             }
         }
         // A repeated entry would run the same cells twice and count them twice in the means.
-        fn repeated<T: PartialEq + std::fmt::Debug>(v: &[T]) -> Option<&T> {
-            v.iter()
-                .enumerate()
-                .find(|(i, x)| v[..*i].contains(x))
-                .map(|(_, x)| x)
-        }
+        use job::repeated;
         for (what, dup) in [
             ("seeds", repeated(&self.seeds).map(|d| format!("{d}"))),
             ("steps", repeated(&self.steps).map(|d| format!("{d}"))),
@@ -593,7 +588,8 @@ pub fn open_for_append(path: &Path) -> Result<std::fs::File> {
     Ok(f)
 }
 
-/// Lines of `results.jsonl` that parse (a line cut short by a kill is skipped).
+/// The lines of `results.jsonl` (a line cut short by a kill is skipped; any other line that is
+/// not a results line is an error naming it).
 pub fn read_results(dir: &Path) -> Result<Vec<Value>> {
     let path = dir.join("results.jsonl");
     let text = match std::fs::read_to_string(&path) {
@@ -603,12 +599,20 @@ pub fn read_results(dir: &Path) -> Result<Vec<Value>> {
     };
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        if v.get("key").is_none() {
+        if line.trim().is_empty() {
             continue;
         }
+        let v = match serde_json::from_str::<Value>(line) {
+            Ok(v) => v,
+            // A line cut short by a kill (JSON that ends early; later results continue on
+            // the next line): that cell runs again.
+            Err(e) if e.is_eof() => continue,
+            Err(e) => bail!(
+                "{} line {} is not a results line ({e}); fix or delete the line (the cell then runs again)",
+                path.display(),
+                i + 1
+            ),
+        };
         if let Some(problem) = row_problem(&v) {
             bail!(
                 "{} line {}: {problem}; fix or delete the line (the cell then runs again)",
@@ -673,6 +677,9 @@ pub fn run(a: RunArgs) -> Result<()> {
     if let Some(d) = a.device {
         cfg.device = d;
         cfg.validate()?;
+    }
+    if a.max_cells == Some(0) {
+        bail!("--max-cells must be at least 1");
     }
     run_config(&cfg, a.max_cells)
 }
@@ -1087,7 +1094,8 @@ impl CellCtx<'_> {
         // models. Written before the results line, so a listed cell always has them.
         let snap = cfg.out_dir.join("samples");
         if track || shape.len() == 3 {
-            std::fs::create_dir_all(&snap)?;
+            std::fs::create_dir_all(&snap)
+                .with_context(|| format!("cannot create the snapshot folder {}", snap.display()))?;
             let keep = if track { 1000 } else { 10 };
             npy::write_f32(
                 &snap.join(format!("{key}.npy")),
@@ -1102,6 +1110,34 @@ impl CellCtx<'_> {
         }
         Ok(rec)
     }
+}
+
+/// Read a snapshot of an experiment's `samples/` folder: finite, with one of the `shapes` (-1
+/// for any size).
+fn read_snapshot(path: &Path, shapes: &[&[i64]], expected: &str) -> Result<Tensor> {
+    let t = npy::read(path).with_context(|| "a snapshot of the experiment's samples")?;
+    let size = t.size();
+    let fits = |want: &&[i64]| {
+        want.len() == size.len()
+            && want
+                .iter()
+                .zip(&size)
+                .all(|(&w, &s)| s > 0 && (w < 0 || w == s))
+    };
+    if !shapes.iter().any(fits) {
+        bail!(
+            "snapshot {} has shape {:?}, expected {expected}",
+            path.display(),
+            size
+        );
+    }
+    if t.isfinite().all().int64_value(&[]) == 0 {
+        bail!(
+            "snapshot {} contains NaN or infinite values",
+            path.display()
+        );
+    }
+    Ok(t)
 }
 
 /// Fraction of mixture components holding at least half their weight among the samples.
@@ -1227,9 +1263,31 @@ fn metric_title(m: &str) -> (&'static str, &'static str) {
 /// `scoreflow plot OUT_DIR`: results.csv, summary.md and the plots from results.jsonl.
 pub fn plot_dir(dir: &Path) -> Result<()> {
     let mut rows = read_results(dir)?;
-    let cfg = std::fs::read_to_string(dir.join("experiment.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<ExperimentConfig>(&t).ok());
+    // experiment.json must be JSON where it is present; one that an older scoreflow wrote and
+    // this one cannot read as a configuration is noted, and every line is drawn.
+    let cfg_path = dir.join("experiment.json");
+    let cfg = match std::fs::read_to_string(&cfg_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", cfg_path.display())),
+        Ok(t) => {
+            let v: Value = serde_json::from_str(&t).with_context(|| {
+                format!(
+                    "{} is corrupt (delete it to draw every line of results.jsonl)",
+                    cfg_path.display()
+                )
+            })?;
+            match serde_json::from_value::<ExperimentConfig>(v) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!(
+                        "note: {} is not a configuration this scoreflow reads ({e}); every line of results.jsonl is drawn",
+                        cfg_path.display()
+                    );
+                    None
+                }
+            }
+        }
+    };
     // Where experiment.json is present, only its cells are drawn: lines of an earlier config
     // run into the same directory (another grid, a sampler since removed, a cell of an older
     // version) stay in results.jsonl but are not mixed into the table and the plots.
@@ -1275,10 +1333,17 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
             dir.display()
         );
     }
-    let floors: BTreeMap<String, f64> = std::fs::read_to_string(dir.join("floors.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
+    let floors_path = dir.join("floors.json");
+    let floors: BTreeMap<String, f64> = match std::fs::read_to_string(&floors_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", floors_path.display())),
+        Ok(t) => serde_json::from_str(&t).with_context(|| {
+            format!(
+                "{} is corrupt (it should map metrics to numbers; delete it and rerun `scoreflow run` to recompute it)",
+                floors_path.display()
+            )
+        })?,
+    };
     let metric_names: Vec<&str> = ["rms", "max", "sw2", "mmd", "fd", "mode-tv", "mode-coverage"]
         .into_iter()
         .filter(|m| rows.iter().any(|r| r.get(*m).is_some()))
@@ -1386,9 +1451,17 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
         for r in rows.iter().filter(|r| r["seed"].as_u64() == first_seed) {
             let key = r["key"].as_str().unwrap_or("");
             let label = r["label"].as_str().unwrap_or("").to_string();
-            let Ok(t) = npy::read(&snap.join(format!("{key}.npy"))) else {
+            // A cell's snapshots are optional (older runs, other shapes), but one that is there
+            // must be readable and of a snapshot's shape.
+            let file = snap.join(format!("{key}.npy"));
+            if !file.exists() {
                 continue;
-            };
+            }
+            let t = read_snapshot(
+                &file,
+                &[&[-1, 2], &[-1, -1, -1, -1]],
+                "[N, 2] or [N, C, H, W]",
+            )?;
             if t.dim() == 4 {
                 images.push(t);
                 continue;
@@ -1401,7 +1474,9 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
             });
             // Trajectories: per sampler, the run whose step count is closest to 32 (in log scale).
             let steps = r["steps"].as_u64().unwrap_or(0);
-            if let Ok(p) = npy::read(&snap.join(format!("{key}.path.npy"))) {
+            let path_file = snap.join(format!("{key}.path.npy"));
+            if path_file.exists() {
+                let p = read_snapshot(&path_file, &[&[-1, -1, 2]], "[steps + 1, paths, 2]")?;
                 let dist = |n: u64| ((n.max(1) as f64) / 32.0).log2().abs();
                 let better = match paths.get(&label) {
                     None => true,
@@ -1412,7 +1487,13 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
                 }
             }
         }
-        if !images.is_empty() {
+        if let Some(first) = images.first() {
+            if images.iter().any(|t| t.size()[1..] != first.size()[1..]) {
+                bail!(
+                    "the image snapshots in {} have different shapes; rerun the experiment into a new out_dir",
+                    snap.display()
+                );
+            }
             // One row of 10 images per sampler and step count (first seed).
             crate::image::write_grid(&dir.join("samples_grid.png"), &Tensor::cat(&images, 0), 10)?;
         }

@@ -105,7 +105,7 @@ pub struct EvalDigitsArgs {
     /// A checkpoint trained on the digits (experiments/digits.toml).
     #[arg(long)]
     pub checkpoint: std::path::PathBuf,
-    /// Sampler name.
+    /// Sampler: a name, or name(key=value, ...) as in compare and bench.
     #[arg(long, default_value = "heun")]
     pub solver: String,
     #[arg(long, default_value_t = 18)]
@@ -133,7 +133,7 @@ pub struct EvalDigitsArgs {
 pub fn eval_digits(a: EvalDigitsArgs) -> Result<()> {
     use crate::{data, device, job, train};
     use scoreflow_solvers::{sde::Edm, SamplerSpec};
-    let spec = SamplerSpec::from_name(&a.solver)?;
+    let spec: SamplerSpec = crate::job::parse_sampler(&a.solver)?;
     if a.steps == 0 || a.steps > scoreflow_solvers::grid::MAX_STEPS {
         bail!(
             "--steps must be 1 to {}, got {}",
@@ -150,6 +150,9 @@ pub fn eval_digits(a: EvalDigitsArgs) -> Result<()> {
         .map(crate::nn::parse_interval)
         .transpose()?;
     let dev = device::parse(&a.device)?;
+    if let Some(dir) = a.png.parent() {
+        crate::npy::check_out_dir(dir)?;
+    }
     let digits = data::read_digits(&data::default_digits_path())?;
     if crate::card::is_card(&a.checkpoint) {
         bail!(
@@ -234,7 +237,7 @@ pub fn eval_digits(a: EvalDigitsArgs) -> Result<()> {
         None => samples.narrow(0, 0, 100.min(count as i64)),
     };
     if let Some(dir) = a.png.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        crate::npy::create_out_dir(dir)?;
     }
     crate::image::write_grid(&a.png, &grid, 10)?;
     println!(

@@ -593,8 +593,14 @@ pub fn run_from_noise(
     )
     .map_err(|e| match e {
         SolverError::NonFinite { .. } => match spec_parameters(spec) {
-            p if p.is_empty() => anyhow::Error::from(e),
-            p => anyhow!("{e}; sampler {} with {p}", spec.name()),
+            p if p.is_empty() => anyhow!(
+                "{e}: the model's output or the sampler diverged (sampler {})",
+                spec.name()
+            ),
+            p => anyhow!(
+                "{e}: the model's output or the sampler diverged (sampler {} with {p})",
+                spec.name()
+            ),
         },
         e => e.into(),
     })?;
@@ -732,6 +738,24 @@ fn split_top_level(params: &str) -> Vec<&str> {
 
 /// A comma-separated list of [`parse_sampler`] items (commas inside parentheses belong to the
 /// item).
+/// The first entry of `v` that repeats an earlier one.
+pub fn repeated<T: PartialEq>(v: &[T]) -> Option<&T> {
+    v.iter()
+        .enumerate()
+        .find(|(i, x)| v[..*i].contains(x))
+        .map(|(_, x)| x)
+}
+
+/// Refuse a list of samplers that names one twice (defaults spelled out or not): it would
+/// repeat rows of a table.
+pub fn no_repeated_samplers(specs: &[SamplerSpec], what: &str) -> Result<()> {
+    let labels: Vec<String> = specs.iter().map(crate::experiment::label).collect();
+    if let Some(d) = repeated(&labels) {
+        bail!("{what} lists {d} twice");
+    }
+    Ok(())
+}
+
 pub fn parse_samplers(list: &str, what: &str) -> Result<Vec<SamplerSpec>> {
     let mut items = Vec::new();
     let (mut depth, mut start) = (0i32, 0usize);

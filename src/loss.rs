@@ -93,6 +93,13 @@ pub enum LossConfig {
         vlb_weight: Option<f64>,
         /// Learned variances: the decoder term `L_0 = -log p(x_0 | x_1)`.
         decoder: Option<Decoder>,
+        /// Learned variances: `hybrid` (the default, eps-MSE plus `vlb_weight` times the bound
+        /// with the mean held fixed) or `vlb` (the bound alone, `T L_t`, training the mean too:
+        /// improved DDPM's `RESCALED_KL`, their `use_kl`).
+        objective: Option<Objective>,
+        /// How the step `t` is drawn: `uniform` (default) or `loss-second-moment` (improved
+        /// DDPM's importance sampling, [`LossSecondMoment`]).
+        step_sampler: Option<StepSampler>,
     },
     /// Sliced score matching (Song et al. 2019) on the perturbed data, an alternative objective
     /// for vector data: with `s = (D - x) / sigma^2` and random directions `v`,
@@ -105,6 +112,107 @@ pub enum LossConfig {
         #[serde(default = "one_projection")]
         projections: usize,
     },
+}
+
+/// What a `ddpm` loss with learned variances trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
+    /// `L_simple + lambda L_vlb`, the mean by the MSE, the variance by the bound.
+    #[default]
+    Hybrid,
+    /// `L_vlb = T E_t[L_t]` alone, through the mean and the variance.
+    Vlb,
+}
+
+/// How a `ddpm` loss draws its steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepSampler {
+    #[default]
+    Uniform,
+    /// Improved DDPM's `LossSecondMomentResampler` ([`LossSecondMoment`]).
+    LossSecondMoment,
+}
+
+/// Improved DDPM's importance sampling of steps (Nichol & Dhariwal 2021, eq. 17; their
+/// `LossSecondMomentResampler` in `resample.py`): the last [`Self::HISTORY`] losses of each
+/// step are kept; until every step has that many, steps are uniform; then `p_t` is
+/// proportional to `sqrt(E[L_t^2])` over the kept losses, mixed with [`Self::UNIFORM`] of the
+/// uniform distribution, and each sample's loss is weighted by `1 / (T p_t)`.
+///
+/// The state lives on the device and is updated with tensor ops, no host copy: each step's
+/// last `HISTORY` losses sit in a ring (the mean of squares does not depend on their order, so
+/// this is their shift register); within one batch, the losses of a repeated step are taken
+/// in batch order, as their sequential update does. Not saved in checkpoints: a resumed run
+/// warms up again (as improved DDPM's).
+pub struct LossSecondMoment {
+    /// `[T + 1, HISTORY]`; the last row is a sink for losses that a batch overwrites.
+    history: Tensor,
+    /// `[T]`, int64: how many losses each step has seen.
+    seen: Tensor,
+    steps: i64,
+}
+
+impl LossSecondMoment {
+    pub const HISTORY: i64 = 10;
+    pub const UNIFORM: f64 = 0.001;
+
+    pub fn new(steps: usize, dev: tch::Device) -> Self {
+        let steps = steps as i64;
+        LossSecondMoment {
+            history: Tensor::zeros([steps + 1, Self::HISTORY], (Kind::Double, dev)),
+            seen: Tensor::zeros([steps], (Kind::Int64, dev)),
+            steps,
+        }
+    }
+
+    /// The sampling distribution over the steps (`[T]`, float64 on the device).
+    pub fn probabilities(&self) -> Tensor {
+        let t = self.steps;
+        let rms = self
+            .history
+            .narrow(0, 0, t)
+            .square()
+            .mean_dim([1i64].as_slice(), false, Kind::Double)
+            .sqrt();
+        let p = &rms / rms.sum(Kind::Double) * (1.0 - Self::UNIFORM) + Self::UNIFORM / t as f64;
+        let uniform = p.ones_like() / t as f64;
+        let warm = self.seen.min().ge(Self::HISTORY);
+        p.where_self(&warm, &uniform)
+    }
+
+    /// Draw `n` steps (int64 indices, 0 for step 1) and their weights `1 / (T p_t)`.
+    pub fn sample(&self, n: i64) -> (Tensor, Tensor) {
+        let p = self.probabilities();
+        let idx = p.multinomial(n, true);
+        let w = (p.index_select(0, &idx) * self.steps as f64).reciprocal();
+        (idx, w.to_kind(Kind::Float))
+    }
+
+    /// Record a batch's per-sample losses (`[N]`) at its steps (`idx`, `[N]` int64).
+    pub fn update(&self, idx: &Tensor, losses: &Tensor) {
+        let n = idx.size()[0];
+        let dev = idx.device();
+        let (sorted, order) = idx.sort_stable(true, 0, false);
+        let losses = losses
+            .detach()
+            .to_kind(Kind::Double)
+            .index_select(0, &order);
+        // Each sample's rank among the batch's samples of its step, and their number.
+        let first = sorted.searchsorted(&sorted, false, false, "left", None::<Tensor>);
+        let after = sorted.searchsorted(&sorted, false, true, "right", None::<Tensor>);
+        let rank = Tensor::arange(n, (Kind::Int64, dev)) - &first;
+        let count = after - &first;
+        // Only the last HISTORY of a step's losses survive; the others go to the sink row.
+        let keep = rank.ge_tensor(&(count - Self::HISTORY));
+        let row = sorted.where_self(&keep, &sorted.full_like(self.steps));
+        let slot = (self.seen.index_select(0, &sorted) + &rank).remainder(Self::HISTORY);
+        let mut history = self.history.shallow_clone();
+        let _ = history.index_put_(&[Some(row), Some(slot)], &losses, false);
+        let mut seen = self.seen.shallow_clone();
+        let _ = seen.index_add_(0, idx, &idx.ones_like());
+    }
 }
 
 /// Improved DDPM's weight of the variational bound in the hybrid loss (their lambda).
@@ -326,6 +434,7 @@ impl LossConfig {
                 beta_t,
                 min_snr_gamma,
                 vlb_weight,
+                objective,
                 ..
             } => {
                 if *steps < 1 || !(*beta_1 > 0.0 && beta_1 <= beta_t && *beta_t < 1.0) {
@@ -333,6 +442,11 @@ impl LossConfig {
                 }
                 if *steps > 1_000_000 {
                     bail!("loss: ddpm steps must be at most 1000000, got {steps}");
+                }
+                if vlb_weight.is_some() && *objective == Some(Objective::Vlb) {
+                    bail!(
+                        "loss.vlb_weight applies to the hybrid objective, not objective = \"vlb\""
+                    );
                 }
                 if let Some(w) = vlb_weight {
                     if !(*w > 0.0 && w.is_finite()) {
@@ -368,11 +482,12 @@ impl LossConfig {
                 LossConfig::Ddpm {
                     vlb_weight,
                     decoder,
+                    objective,
                     ..
                 },
                 false,
-            ) if vlb_weight.is_some() || decoder.is_some() => bail!(
-                "loss.vlb_weight and loss.decoder apply to a network with model.learned_sigmas = true"
+            ) if vlb_weight.is_some() || decoder.is_some() || objective.is_some() => bail!(
+                "loss.vlb_weight, loss.decoder and loss.objective apply to a network with model.learned_sigmas = true"
             ),
             _ => Ok(()),
         }
@@ -398,9 +513,18 @@ impl LossConfig {
     /// in a step).
     pub fn prepare(&self, dev: tch::Device) -> Prepared<'_> {
         let on_dev = |t: &[f64]| Tensor::from_slice(t).to_kind(Kind::Float).to_device(dev);
+        let resampler = match self {
+            LossConfig::Ddpm {
+                steps,
+                step_sampler: Some(StepSampler::LossSecondMoment),
+                ..
+            } => Some(LossSecondMoment::new(*steps, dev)),
+            _ => None,
+        };
         let chain = self.chain().map(|c| ChainTables {
             sigmas: on_dev(&c.sigmas()),
             vlb: vlb_tables(&c).map(|t| on_dev(&t)),
+            resampler,
         });
         Prepared { cfg: self, chain }
     }
@@ -411,14 +535,15 @@ impl LossConfig {
     }
 
     /// Draw per-sample sigma (`[N]`, float32) and its weight, and for the `ddpm` loss the
-    /// chain's step index (`[N]`, int64; 0 is step 1).
+    /// chain's step index (`[N]`, int64; 0 is step 1) with the importance weight of a
+    /// loss-aware step sampler.
     fn sigma_and_weight(
         &self,
         n: i64,
         sigma_data_default: f64,
         dev: tch::Device,
         chain: Option<&ChainTables>,
-    ) -> (Tensor, Tensor, Option<Tensor>) {
+    ) -> (Tensor, Tensor, Option<(Tensor, Option<Tensor>)>) {
         let opts = (Kind::Float, dev);
         let mut step = None;
         let (sigma, weight, gamma) = match self {
@@ -464,11 +589,20 @@ impl LossConfig {
                 min_snr_gamma,
                 ..
             } => {
-                let table = &chain.expect("a ddpm loss has its chain's tables").sigmas;
-                let idx = Tensor::randint(*steps as i64, [n], (Kind::Int64, dev));
-                let sigma = table.index_select(0, &idx);
+                let chain = chain.expect("a ddpm loss has its chain's tables");
+                let (idx, is_weight) = match &chain.resampler {
+                    Some(r) => {
+                        let (idx, w) = r.sample(n);
+                        (idx, Some(w))
+                    }
+                    None => (
+                        Tensor::randint(*steps as i64, [n], (Kind::Int64, dev)),
+                        None,
+                    ),
+                };
+                let sigma = chain.sigmas.index_select(0, &idx);
                 let w = sigma.square().reciprocal();
-                step = Some(idx);
+                step = Some((idx, is_weight));
                 (sigma, w, min_snr_gamma)
             }
         };
@@ -486,6 +620,7 @@ impl LossConfig {
 pub struct ChainTables {
     sigmas: Tensor,
     vlb: [Tensor; 3],
+    resampler: Option<LossSecondMoment>,
 }
 
 /// A loss ready to train ([`LossConfig::prepare`]).
@@ -525,29 +660,49 @@ impl Prepared<'_> {
             .square()
             .mean_dim(dims.as_slice(), false, Kind::Float)
             * weight;
-        match (this, v, step, &self.chain) {
+        let (idx, is_weight) = match step {
+            Some((idx, w)) => (Some(idx), w),
+            None => (None, None),
+        };
+        let total = match (this, v, &idx, &self.chain) {
             (
                 LossConfig::Ddpm {
                     steps,
                     vlb_weight,
                     decoder,
+                    objective,
                     ..
                 },
                 Some(v),
                 Some(idx),
                 Some(chain),
             ) => {
-                let vb = vlb_term(
-                    y,
-                    &d.detach(),
-                    &v,
-                    &idx,
-                    &chain.vlb,
-                    decoder.unwrap_or_default(),
-                );
-                mse + vb * (vlb_weight.unwrap_or(VLB_WEIGHT) * *steps as f64)
+                let decoder = decoder.unwrap_or_default();
+                let t = *steps as f64;
+                match objective.unwrap_or_default() {
+                    Objective::Hybrid => {
+                        let vb = vlb_term(y, &d.detach(), &v, idx, &chain.vlb, decoder);
+                        mse + vb * (vlb_weight.unwrap_or(VLB_WEIGHT) * t)
+                    }
+                    Objective::Vlb => vlb_term(y, &d, &v, idx, &chain.vlb, decoder) * t,
+                }
             }
             _ => mse,
+        };
+        // A loss-aware step sampler learns from the unweighted losses (improved DDPM's
+        // update_with_local_losses), and the loss is importance-weighted.
+        if let (
+            Some(idx),
+            Some(ChainTables {
+                resampler: Some(r), ..
+            }),
+        ) = (&idx, &self.chain)
+        {
+            r.update(idx, &total);
+        }
+        match is_weight {
+            Some(w) => total * w,
+            None => total,
         }
     }
 }

@@ -360,6 +360,22 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // A print to a standard output that cannot take it (a full disk, /dev/full) is an error
+    // like any other, exit code 2, not a panic (`println!` panics on a write error).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if let Some(why) = msg.strip_prefix("failed printing to stdout") {
+            eprintln!("error: cannot write to standard output{why}");
+            std::process::exit(2);
+        }
+        default_hook(info);
+    }));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => scoreflow::experiment::run(a),

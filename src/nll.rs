@@ -334,8 +334,11 @@ pub fn run(a: NllArgs) -> Result<()> {
         bail!("--hutchinson applies to the ODE likelihood, not --bound");
     }
     let steps = a.steps.unwrap_or(128);
-    if a.num == Some(0) || steps == 0 || !(a.sigma_min > 0.0 && a.sigma_min < a.sigma_max) {
-        bail!("--num and --steps must be at least 1 and 0 < --sigma-min < --sigma-max");
+    if a.num == Some(0)
+        || steps == 0
+        || !(a.sigma_min > 0.0 && a.sigma_min < a.sigma_max && a.sigma_max.is_finite())
+    {
+        bail!("--num and --steps must be at least 1 and 0 < --sigma-min < --sigma-max < inf");
     }
     if a.levels.is_some_and(|k| k < 2) {
         bail!("--levels must be at least 2");
@@ -374,9 +377,10 @@ pub fn run(a: NllArgs) -> Result<()> {
         && num as u128 * (1 + a.hutchinson.unwrap_or(0) as u128) > crate::job::MAX_ELEMENTS / 64
     {
         bail!(
-            "--num {} with --hutchinson {:?} is too many points to hold at once",
-            num,
+            "--num {num}{} is too many points to hold at once",
             a.hutchinson
+                .map(|k| format!(" with --hutchinson {k}"))
+                .unwrap_or_default()
         );
     }
     // The model, its data (float64) and, for exact models, the data's log-density at a level.

@@ -248,6 +248,9 @@ impl Model {
                     var.size()
                 );
             }
+            if src.is_floating_point() && src.isfinite().all().int64_value(&[]) == 0 {
+                bail!("checkpoint tensor {prefix}.{name} contains NaN or infinite values");
+            }
             tch::no_grad(|| var.shallow_clone().copy_(src));
         }
         Ok(())
@@ -257,6 +260,10 @@ impl Model {
 /// The network stored in a checkpoint, with its EMA weights, ready to sample.
 pub fn load_for_sampling(path: &Path, dev: Device) -> Result<(Model, TrainConfig)> {
     let ck = checkpoint::load(path)?;
+    from_checkpoint(&ck, dev).with_context(|| format!("checkpoint {}", path.display()))
+}
+
+fn from_checkpoint(ck: &Checkpoint, dev: Device) -> Result<(Model, TrainConfig)> {
     let cfg: TrainConfig =
         serde_json::from_str(ck.meta("config")?).context("checkpoint config is not valid")?;
     let shape: Vec<i64> = serde_json::from_str(ck.meta("shape")?).context("checkpoint shape")?;
@@ -275,10 +282,12 @@ pub fn load_for_sampling(path: &Path, dev: Device) -> Result<(Model, TrainConfig
                 bail!("per-sample shape {shape:?} has no elements");
             }
             cfg.model.backbone.check_shape(&shape)
-        })
-        .with_context(|| format!("checkpoint {}", path.display()))?;
+        })?;
+    if cfg.model.conditional && classes == 0 {
+        bail!("its config is class-conditional but it stores num_classes = 0");
+    }
     let mut m = Model::new(&cfg.model, &shape, classes, dev);
-    m.load_prefix(&ck, "ema")?;
+    m.load_prefix(ck, "ema")?;
     Ok((m, cfg))
 }
 
@@ -384,8 +393,10 @@ pub fn run(cfg: &TrainConfig, opts: &RunOpts) -> Result<Report> {
     let mut start = 0usize;
     if opts.resume {
         let ck = checkpoint::load(&ckpt_path).with_context(|| "cannot resume")?;
-        let saved: TrainConfig =
-            serde_json::from_str(ck.meta("config")?).context("checkpoint config is not valid")?;
+        let in_ck = || format!("cannot resume from checkpoint {}", ckpt_path.display());
+        let saved: TrainConfig = serde_json::from_str(ck.meta("config").with_context(in_ck)?)
+            .context("checkpoint config is not valid")
+            .with_context(in_ck)?;
         let comparable = |c: &TrainConfig| {
             (
                 c.seed,
@@ -398,16 +409,28 @@ pub fn run(cfg: &TrainConfig, opts: &RunOpts) -> Result<Report> {
         if comparable(&saved) != comparable(cfg) {
             bail!("checkpoint {} was written by a different config (seed, data, model, loss or batch differ)", ckpt_path.display());
         }
-        model.load_prefix(&ck, "net")?;
-        ema.load_prefix(&ck, "ema")?;
+        model.load_prefix(&ck, "net").with_context(in_ck)?;
+        ema.load_prefix(&ck, "ema").with_context(in_ck)?;
         for (k, &i) in trainable.iter().enumerate() {
             let name = &params[i].0;
             for (state, prefix) in [(&adam.m[k], "adam_m"), (&adam.v[k], "adam_v")] {
-                let src = ck.tensor(&format!("{prefix}.{name}"))?;
+                let key = format!("{prefix}.{name}");
+                let src = ck.tensor(&key).with_context(in_ck)?;
+                if src.size() != state.size() || src.isfinite().all().int64_value(&[]) == 0 {
+                    bail!(
+                        "{}: tensor {key} has shape {:?} (expected {:?}) or non-finite values",
+                        in_ck(),
+                        src.size(),
+                        state.size()
+                    );
+                }
                 tch::no_grad(|| state.shallow_clone().copy_(src));
             }
         }
-        start = ck.meta("step")?.parse().context("checkpoint step")?;
+        start = ck
+            .meta("step")
+            .and_then(|s| s.parse().context("step is not a whole number"))
+            .with_context(in_ck)?;
     }
     train_loop(
         cfg, opts, &data, model, ema, params, trainable, adam, start, dev, &ckpt_path,
@@ -429,6 +452,12 @@ fn train_loop(
     ckpt_path: &Path,
 ) -> Result<Report> {
     let t = &cfg.train;
+    if start > t.steps {
+        bail!(
+            "the checkpoint is at step {start}, past train.steps = {}; raise train.steps to train further",
+            t.steps
+        );
+    }
     let end = opts.stop_at.unwrap_or(t.steps).min(t.steps);
     let x_all = data.x.to_device(dev);
     let labels_all = if model.net.num_classes > 0 {

@@ -1988,3 +1988,198 @@ fn sample_clips_or_thresholds_the_denoised_estimate() {
         assert!(!out.exists());
     }
 }
+
+/// Cases from a bad-input audit (2026-12-06): each is an error naming the problem, exit code 2,
+/// never a panic.
+#[test]
+fn audited_bad_inputs_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name);
+    let expect = |o: Output, needle: &str| {
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{needle}: {err}");
+        assert!(
+            err.contains(needle) && !err.contains("panicked"),
+            "{needle}: {err}"
+        );
+    };
+    // A standard output that cannot be written.
+    if Path::new("/dev/full").exists() {
+        let full = std::fs::File::create("/dev/full").unwrap();
+        let o = bin().arg("samplers").stdout(full).output().unwrap();
+        expect(o, "cannot write to standard output");
+    }
+    // Lists that name a sampler, a step count, a batch, a config or a precision twice.
+    let gmm = ["--denoiser", "builtin:gmm8", "--num", "16"];
+    let cmp_dir = d("cmp");
+    let compare = |extra: &[&str]| {
+        let mut a = vec!["compare"];
+        a.extend(gmm);
+        a.extend([
+            "--reference-steps",
+            "64",
+            "--out-dir",
+            cmp_dir.to_str().unwrap(),
+        ]);
+        a.extend(extra);
+        run(&a)
+    };
+    expect(
+        compare(&["--steps", "4,4", "--solvers", "euler"]),
+        "--steps lists 4 twice",
+    );
+    expect(
+        compare(&["--steps", "4", "--solvers", "euler,euler(s_churn=0)"]),
+        "--solvers lists euler twice",
+    );
+    assert!(!d("cmp").exists());
+    let bench = |extra: &[&str]| {
+        let mut a = vec!["bench", "--steps", "2", "--device", "cpu"];
+        a.extend(extra);
+        run(&a)
+    };
+    expect(
+        bench(&["--num", "16,16", "--reps", "1"]),
+        "--num lists 16 twice",
+    );
+    expect(
+        bench(&["--num", "16", "--reps", "1", "--solvers", "heun,heun"]),
+        "--solvers lists heun twice",
+    );
+    expect(
+        bench(&["--num", "16", "--reps", "99999999999"]),
+        "--reps 99999999999 is more than",
+    );
+    let cfg = repo("experiments/gmm8-train.toml");
+    let cfg = cfg.to_str().unwrap();
+    expect(
+        run(&["bench-train", "--steps", "1", cfg, cfg]),
+        "is listed twice",
+    );
+    expect(
+        run(&[
+            "bench-train",
+            "--steps",
+            "1",
+            "--precision",
+            "float32,float32",
+            cfg,
+        ]),
+        "--precision lists float32 twice",
+    );
+    // A sampler parameter that would run for ever.
+    expect(
+        run(&[
+            "sample",
+            "--denoiser",
+            "builtin:gmm8",
+            "--solver",
+            "pc(corrector_steps=100000000)",
+            "--steps",
+            "2",
+            "--num",
+            "4",
+            "--out",
+            d("pc.npy").to_str().unwrap(),
+        ]),
+        "corrector_steps = 100000000 is more than 1000",
+    );
+    // nll: an infinite sigma_max, and counts without Rust's debug text.
+    expect(
+        run(&[
+            "nll",
+            "--denoiser",
+            "builtin:gmm8",
+            "--num",
+            "16",
+            "--sigma-max",
+            "inf",
+        ]),
+        "--sigma-max < inf",
+    );
+    let o = run(&["nll", "--denoiser", "builtin:gmm8", "--num", "99999999999"]);
+    assert!(!stderr(&o).contains("None"), "{}", stderr(&o));
+    expect(o, "--num 99999999999 is too many points");
+    // Digits files with a label that is not a digit, and a pixel that is not a grey level.
+    let digits = std::fs::read(repo("experiments/data/digits.csv.gz")).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&digits[..]), &mut text)
+        .unwrap();
+    for (name, from, to, needle) in [
+        ("label", ",0\n", ",99\n", "label 99 is not a digit"),
+        (
+            "pixel",
+            "0,0,5,",
+            "0,nan,5,",
+            "pixel value NaN is not a grey level",
+        ),
+    ] {
+        let bad = text.replacen(from, to, 1);
+        let path = d(&format!("{name}.csv.gz"));
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        std::io::Write::write_all(&mut gz, bad.as_bytes()).unwrap();
+        gz.finish().unwrap();
+        let config = d(&format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "out_dir = \"{}\"\n[data]\nkind = \"digits\"\npath = \"{}\"\n[model]\nconditional = true\n[model.backbone]\nkind = \"unet\"\nchannels = 8\nchannel_mult = [1]\nblocks = 1\nattn_resolutions = []\n[train]\nsteps = 1\nbatch = 8\n",
+                d(&format!("{name}-run")).display(),
+                path.display()
+            ),
+        )
+        .unwrap();
+        expect(run(&["train", config.to_str().unwrap()]), needle);
+        assert!(!d(&format!("{name}-run")).exists());
+    }
+    // An experiment's output folder with damaged files: each named.
+    let exp = d("exp.toml");
+    let out = d("exp");
+    std::fs::write(
+        &exp,
+        format!(
+            "out_dir = \"{}\"\ndevice = \"cpu\"\nnum = 64\nseeds = [0]\nsteps = [2, 4]\nmetrics = [\"rms\"]\n[model]\nkind = \"builtin\"\nname = \"gmm8\"\n[[samplers]]\nkind = \"euler\"\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    expect(
+        run(&["run", exp.to_str().unwrap(), "--max-cells", "0"]),
+        "--max-cells must be at least 1",
+    );
+    assert!(!out.exists());
+    let o = run(&["run", exp.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plot = || run(&["plot", out.to_str().unwrap()]);
+    assert!(plot().status.success());
+    let results = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    std::fs::write(out.join("results.jsonl"), format!("{{garbage\n{results}")).unwrap();
+    expect(plot(), "results.jsonl line 1 is not a results line");
+    // A last line cut short (a kill) is skipped; that cell runs again.
+    std::fs::write(out.join("results.jsonl"), format!("{results}{{\"key\":")).unwrap();
+    assert!(plot().status.success());
+    std::fs::write(out.join("results.jsonl"), &results).unwrap();
+    for (file, needle) in [
+        ("floors.json", "floors.json is corrupt"),
+        ("experiment.json", "experiment.json is corrupt"),
+    ] {
+        let path = out.join(file);
+        let keep = std::fs::read(&path).ok();
+        std::fs::write(&path, "{bad").unwrap();
+        expect(plot(), needle);
+        match keep {
+            Some(k) => std::fs::write(&path, k).unwrap(),
+            None => std::fs::remove_file(&path).unwrap(),
+        }
+    }
+    let snap = std::fs::read_dir(out.join("samples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".path.npy"))
+        .unwrap();
+    write_npy(&snap, &[4, 2], &[0.0; 8], true);
+    expect(plot(), "has shape [4, 2], expected [steps + 1, paths, 2]");
+}

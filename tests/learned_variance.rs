@@ -200,9 +200,40 @@ fn the_hybrid_loss_is_improved_ddpms_training_loss() {
             got[i as usize]
         );
     }
+    // objective = "vlb": the bound alone, T L_t (improved DDPM's RESCALED_KL), on the same draws.
+    let cfg_kl = TrainConfig::from_toml(
+        &text.replace(loss_toml, &format!("{loss_toml}\nobjective = \"vlb\"")),
+        Path::new("t.toml"),
+    )
+    .unwrap();
+    tch::manual_seed(12);
+    let got_kl = to_vec(&tch::no_grad(|| cfg_kl.loss.loss(&model.net, &y, None)));
+    for i in 0..n {
+        let row = |t: &Tensor| to_vec(&t.get(i));
+        let t = steps[i as usize] as usize;
+        let vb = iddpm_vb(
+            &chain,
+            t,
+            &row(&y),
+            &row(&noise),
+            &row(&d),
+            &row(&v),
+            Decoder::EIGHT_BIT,
+        );
+        let want = 50.0 * vb;
+        let rel = (got_kl[i as usize] - want).abs() / want.abs().max(1e-2);
+        assert!(
+            rel < 2e-4,
+            "vlb objective, sample {i}, t = {t}: {} vs {want}",
+            got_kl[i as usize]
+        );
+    }
     if let Ok(dir) = std::env::var("SCOREFLOW_IDDPM_CASE") {
         let dir = Path::new(&dir);
         std::fs::create_dir_all(dir).unwrap();
+        Tensor::from_slice(&got_kl)
+            .write_npy(dir.join("loss_kl.npy"))
+            .unwrap();
         let betas = Tensor::from_slice(&chain.betas);
         for (name, t) in [
             ("betas", betas),
@@ -215,6 +246,108 @@ fn the_hybrid_loss_is_improved_ddpms_training_loss() {
         ] {
             t.write_npy(dir.join(format!("{name}.npy"))).unwrap();
         }
+    }
+}
+
+/// Improved DDPM's `LossSecondMomentResampler` (`resample.py`), as it is written: a shift
+/// register of the last 10 losses per step, updated one loss at a time.
+struct ReferenceResampler {
+    history: Vec<Vec<f64>>,
+    counts: Vec<usize>,
+}
+
+impl ReferenceResampler {
+    fn weights(&self) -> Vec<f64> {
+        let t = self.counts.len();
+        if self.counts.iter().any(|&c| c < 10) {
+            return vec![1.0 / t as f64; t];
+        }
+        let w: Vec<f64> = self
+            .history
+            .iter()
+            .map(|h| (h.iter().map(|l| l * l).sum::<f64>() / 10.0).sqrt())
+            .collect();
+        let sum: f64 = w.iter().sum();
+        w.iter()
+            .map(|x| x / sum * (1.0 - 0.001) + 0.001 / t as f64)
+            .collect()
+    }
+    fn update(&mut self, ts: &[i64], losses: &[f64]) {
+        for (&t, &l) in ts.iter().zip(losses) {
+            let t = t as usize;
+            if self.counts[t] == 10 {
+                self.history[t].remove(0);
+                self.history[t].push(l);
+            } else {
+                self.history[t][self.counts[t]] = l;
+                self.counts[t] += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn the_step_sampler_is_improved_ddpms_loss_second_moment_resampler() {
+    use scoreflow::loss::LossSecondMoment;
+    let t_max = 7;
+    let ours = LossSecondMoment::new(t_max, Device::Cpu);
+    let mut reference = ReferenceResampler {
+        history: vec![vec![0.0; 10]; t_max],
+        counts: vec![0; t_max],
+    };
+    tch::manual_seed(4);
+    let (mut all_t, mut all_l) = (vec![], vec![]);
+    let mut warm_seen = false;
+    for batch in 0..30 {
+        // Batches of 24 with repeated steps; one batch puts 15 losses on step 3 (more than the
+        // history keeps).
+        let idx = if batch == 12 {
+            Tensor::full([15], 3i64, (Kind::Int64, Device::Cpu))
+        } else {
+            Tensor::randint(t_max as i64, [24], (Kind::Int64, Device::Cpu))
+        };
+        let losses = Tensor::rand([idx.size()[0]], (Kind::Float, Device::Cpu)) * (1 + batch % 5);
+        ours.update(&idx, &losses);
+        let (ts, ls): (Vec<i64>, Vec<f64>) = (
+            Vec::try_from(&idx).unwrap(),
+            Vec::try_from(&losses.to_kind(Kind::Double)).unwrap(),
+        );
+        reference.update(&ts, &ls);
+        all_t.extend(ts);
+        all_l.extend(ls);
+        let got: Vec<f64> = Vec::try_from(&ours.probabilities()).unwrap();
+        let want = reference.weights();
+        warm_seen |= reference.counts.iter().all(|&c| c == 10);
+        for k in 0..t_max {
+            assert!(
+                (got[k] - want[k]).abs() < 1e-6 * want[k],
+                "batch {batch}, step {k}: {} vs improved DDPM's {}",
+                got[k],
+                want[k]
+            );
+        }
+    }
+    assert!(warm_seen);
+    // Not uniform once warm, and each drawn step's weight is 1 / (T p_t).
+    let p: Vec<f64> = Vec::try_from(&ours.probabilities()).unwrap();
+    assert!(p.iter().cloned().fold(0.0, f64::max) > 1.5 * p.iter().cloned().fold(1.0, f64::min));
+    let (idx, w) = ours.sample(64);
+    for (i, t) in Vec::<i64>::try_from(&idx).unwrap().into_iter().enumerate() {
+        let want = 1.0 / (t_max as f64 * p[t as usize]);
+        assert!((w.double_value(&[i as i64]) - want).abs() < 1e-5 * want);
+    }
+    if let Ok(dir) = std::env::var("SCOREFLOW_IDDPM_CASE") {
+        let dir = Path::new(&dir);
+        std::fs::create_dir_all(dir).unwrap();
+        Tensor::from_slice(&all_t)
+            .write_npy(dir.join("resample_t.npy"))
+            .unwrap();
+        Tensor::from_slice(&all_l)
+            .write_npy(dir.join("resample_loss.npy"))
+            .unwrap();
+        ours.probabilities()
+            .write_npy(dir.join("resample_p.npy"))
+            .unwrap();
     }
 }
 
@@ -236,6 +369,10 @@ fn optimal_v(chain: &DdpmChain, t: usize, c: f64) -> f64 {
 }
 
 fn gaussian_config(dir: &Path, steps: usize) -> TrainConfig {
+    gaussian_config_with(dir, steps, "vlb_weight = 0.01")
+}
+
+fn gaussian_config_with(dir: &Path, steps: usize, loss_lines: &str) -> TrainConfig {
     let mix = dir.join("gauss.json");
     std::fs::write(
         &mix,
@@ -267,7 +404,7 @@ fourier_features = 16
 kind = "ddpm"
 schedule = "squaredcos-cap-v2"
 steps = 100
-vlb_weight = 0.01
+{loss_lines}
 [train]
 steps = {steps}
 batch = 512
@@ -381,6 +518,77 @@ fn learned_variances_train_to_the_optimal_reverse_variance() {
     );
 }
 
+/// `objective = "vlb"` with improved DDPM's importance sampling of steps: the bound alone
+/// trains mean and variance. On the Gaussian data of the test above, the learned variance is
+/// again near each step's optimum where it matters, and the model's bound is below those of
+/// the fixed variances.
+#[test]
+fn the_vlb_objective_with_importance_sampling_trains_mean_and_variance() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = gaussian_config_with(
+        dir.path(),
+        2000,
+        "objective = \"vlb\"\nstep_sampler = \"loss-second-moment\"",
+    );
+    let report = train::run(
+        &cfg,
+        &RunOpts {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(report.losses.iter().all(|l| l.1.is_finite()));
+    let (m, _) = train::load_for_sampling(&report.checkpoint, Device::Cpu).unwrap();
+    let chain = DdpmChain::squaredcos_cap_v2(100);
+    let sigmas = chain.sigmas();
+    tch::manual_seed(7);
+    let y = Tensor::randn([2000, 2], (Kind::Float, Device::Cpu)) * 0.05;
+    let mut report_v = vec![];
+    for (t, &s) in sigmas.iter().enumerate().take(6).skip(1) {
+        let x = &y + y.randn_like() * s;
+        let sig = Tensor::full([2000], s, (Kind::Float, Device::Cpu));
+        let (_, v) = tch::no_grad(|| m.net.try_forward_parts(&x, &sig, None)).unwrap();
+        let mean_v = v.unwrap().mean(Kind::Double).double_value(&[]);
+        report_v.push((t + 1, mean_v, optimal_v(&chain, t, 0.05)));
+    }
+    println!("vlb objective: (step, mean v, optimal v) {report_v:.3?}");
+    for &(t, got, want) in &report_v {
+        assert!(
+            (got - want).abs() < 0.2,
+            "step {t}: mean v {got:.3}, optimal {want:.3}"
+        );
+    }
+    let bound = |variance: &str| {
+        let o = bin()
+            .args(["nll", "--checkpoint"])
+            .arg(&report.checkpoint)
+            .args([
+                "--bound",
+                "--variance",
+                variance,
+                "--num",
+                "2000",
+                "--device",
+                "cpu",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["bits_per_dim"]
+            .as_f64()
+            .unwrap()
+    };
+    let [learned, small, large] = ["learned", "small", "large"].map(bound);
+    println!(
+        "vlb objective, bound (bits/dim): learned {learned:.4}, small {small:.4}, large {large:.4}"
+    );
+    assert!(
+        learned < small.min(large),
+        "learned {learned}, small {small}, large {large}"
+    );
+}
+
 fn bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_scoreflow"))
 }
@@ -403,12 +611,27 @@ fn learned_variance_configs_are_checked() {
         (
             "",
             "kind = \"ddpm\"\nvlb_weight = 0.001",
-            "loss.vlb_weight and loss.decoder apply to a network with model.learned_sigmas = true",
+            "loss.vlb_weight, loss.decoder and loss.objective apply to a network with model.learned_sigmas = true",
         ),
         (
             "",
             "kind = \"ddpm\"\ndecoder = \"gaussian\"",
-            "loss.vlb_weight and loss.decoder apply",
+            "loss.vlb_weight, loss.decoder and loss.objective apply",
+        ),
+        (
+            "",
+            "kind = \"ddpm\"\nobjective = \"vlb\"",
+            "loss.vlb_weight, loss.decoder and loss.objective apply",
+        ),
+        (
+            "learned_sigmas = true",
+            "kind = \"ddpm\"\nobjective = \"vlb\"\nvlb_weight = 0.01",
+            "loss.vlb_weight applies to the hybrid objective",
+        ),
+        (
+            "learned_sigmas = true",
+            "kind = \"ddpm\"\nstep_sampler = \"importance\"",
+            "unknown variant `importance`",
         ),
         (
             "learned_sigmas = true",

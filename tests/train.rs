@@ -312,11 +312,16 @@ fn corrupt_and_mismatched_checkpoints_are_errors() {
     );
     let broken = dir.path().join("broken.safetensors");
     scoreflow::checkpoint::save(&broken, &ck.tensors, ck.meta.clone()).unwrap();
-    let err = train::load_for_sampling(&broken, Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(err.contains(&key), "{err}");
+    let err = format!(
+        "{:#}",
+        train::load_for_sampling(&broken, Device::Cpu)
+            .err()
+            .unwrap()
+    );
+    assert!(
+        err.contains(&key) && err.contains("broken.safetensors"),
+        "{err}"
+    );
     // Metadata that does not describe these tensors: an empty shape, a U-Net config over vector
     // data, sigma_data 0, a config with fewer blocks than the tensors (errors, not panics).
     let good = scoreflow::checkpoint::load(&report.checkpoint).unwrap();

@@ -1,7 +1,7 @@
 """Run improved DDPM's own training loss on a case that scoreflow's hybrid loss computed.
 
 Usage:
-  SCOREFLOW_IDDPM_CASE=/tmp/iddpm-case cargo test --release --test learned_variance the_hybrid_loss
+  SCOREFLOW_IDDPM_CASE=/tmp/iddpm-case cargo test --release --test learned_variance the_
   python3 experiments/peers/iddpm_loss.py /tmp/iddpm-case IMPROVED_DIFFUSION_REPO
 
 IMPROVED_DIFFUSION_REPO is a checkout of https://github.com/openai/improved-diffusion. The test
@@ -12,7 +12,9 @@ per-sample loss (`[loss] kind = "ddpm"`, decoder "discretized", a network with
 betas with ModelMeanType.EPSILON, ModelVarType.LEARNED_RANGE and LossType.RESCALED_MSE (the
 hybrid objective of `--learn_sigma True`), calls its `training_losses` with a stand-in model
 that returns those outputs, and prints the largest relative difference of the per-sample
-losses, and of the parts ("mse", "vb").
+losses, and of the parts ("mse", "vb"). The same for `objective = "vlb"` (LossType.RESCALED_KL),
+and improved-diffusion's LossSecondMomentResampler fed the sequence of (step, loss) that
+scoreflow's `step_sampler = "loss-second-moment"` saw, against its final probabilities.
 """
 import os
 import sys
@@ -58,6 +60,47 @@ def main():
     )
     if rel.max() > 1e-4:
         sys.exit(f"scoreflow's hybrid loss differs from improved-diffusion's by {rel.max():.2e}")
+
+    # objective = "vlb": LossType.RESCALED_KL on the same draws.
+    if os.path.exists(os.path.join(case, "loss_kl.npy")):
+        ours_kl = load("loss_kl").astype(np.float64)
+        kl = gd.GaussianDiffusion(
+            betas=betas,
+            model_mean_type=gd.ModelMeanType.EPSILON,
+            model_var_type=gd.ModelVarType.LEARNED_RANGE,
+            loss_type=gd.LossType.RESCALED_KL,
+            rescale_timesteps=False,
+        )
+        theirs_kl = kl.training_losses(lambda x, ts: out, x_start, t, noise=noise)["loss"]
+        theirs_kl = theirs_kl.double().numpy()
+        rel_kl = np.abs(ours_kl - theirs_kl) / np.maximum(np.abs(theirs_kl), 1e-2)
+        print(f"objective vlb (RESCALED_KL): largest relative difference {rel_kl.max():.2e}")
+        if rel_kl.max() > 1e-4:
+            sys.exit(f"scoreflow's vlb objective differs from improved-diffusion's by {rel_kl.max():.2e}")
+
+    # step_sampler = "loss-second-moment": their LossSecondMomentResampler fed the same losses.
+    if os.path.exists(os.path.join(case, "resample_t.npy")):
+        from improved_diffusion import resample
+
+        ts, losses = load("resample_t"), load("resample_loss").astype(np.float64)
+        ours_p = load("resample_p").astype(np.float64)
+
+        class Steps:
+            num_timesteps = len(ours_p)
+
+        if not hasattr(np, "int"):
+            np.int = int  # resample.py uses the alias that numpy 1.24 removed
+        sampler = resample.LossSecondMomentResampler(Steps())
+        sampler.update_with_all_losses([int(x) for x in ts], [float(x) for x in losses])
+        w = sampler.weights()
+        theirs_p = w / w.sum()
+        diff = np.abs(ours_p - theirs_p).max() / theirs_p.max()
+        print(
+            f"step sampler after {len(ts)} losses on {len(ours_p)} steps: "
+            f"largest difference of the probabilities {diff:.2e} (relative to the largest)"
+        )
+        if diff > 1e-6:
+            sys.exit(f"scoreflow's step sampler differs from improved-diffusion's by {diff:.2e}")
 
 
 if __name__ == "__main__":

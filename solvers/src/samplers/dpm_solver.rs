@@ -400,6 +400,14 @@ impl DpmAdaptive {
         for (name, v) in [("rtol", p.rtol), ("eta", p.eta), ("s_noise", p.s_noise)] {
             check_nonneg(name, v)?;
         }
+        // The softened factor 1 + atan(f - 1) stays below 1 + pi/2: a safety at or above it
+        // would reject every step.
+        require(
+            "accept_safety",
+            p.accept_safety,
+            p.accept_safety < 1.0 + std::f64::consts::FRAC_PI_2,
+            "must be below 1 + pi/2, which the softened step factor never reaches",
+        )?;
         for (name, v) in [
             ("pcoeff", p.pcoeff),
             ("icoeff", p.icoeff),

@@ -103,6 +103,10 @@ pub struct Pc {
     pub corrector: PcCorrector,
 }
 
+/// The most corrector steps per level (score_sde uses 1; a mistyped count is an error, not a
+/// run that never ends).
+pub const MAX_CORRECTOR_STEPS: usize = 1000;
+
 impl Pc {
     pub fn new(
         snr: f64,
@@ -111,6 +115,11 @@ impl Pc {
         corrector: PcCorrector,
     ) -> Result<Self> {
         check_nonneg("snr", snr)?;
+        if corrector_steps > MAX_CORRECTOR_STEPS {
+            return Err(SolverError::Invalid(format!(
+                "pc: corrector_steps = {corrector_steps} is more than {MAX_CORRECTOR_STEPS}"
+            )));
+        }
         let pc = Pc {
             snr,
             corrector_steps,
