@@ -384,40 +384,18 @@ pub fn run(a: NllArgs) -> Result<()> {
         );
     }
     // The model, its data (float64) and, for exact models, the data's log-density at a level.
-    let given = match &a.data {
-        Some(path) => Some(crate::npy::read(path)?),
-        None => None,
-    };
-    // The points of --data, checked against the model's per-sample shape.
-    let from_file = |t: &Tensor, shape: &[i64]| -> Result<Tensor> {
-        let path = a.data.as_deref().expect("--data given");
-        let size = t.size();
-        if size.len() != shape.len() + 1 || size[1..] != shape[..] || size[0] == 0 {
-            bail!(
-                "--data {} has shape {:?}, expected [N, {}] for this model",
-                path.display(),
-                size,
-                shape
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        if t.isfinite().all().int64_value(&[]) == 0 {
-            bail!("--data {} contains NaN or infinite values", path.display());
-        }
-        Ok(
-            t.narrow(0, 0, i64::try_from(num).unwrap_or(i64::MAX).min(size[0]))
-                .to_device(dev)
-                .to_kind(Kind::Double),
-        )
+    // The points of --data (checked against the model's per-sample shape), the first `num`.
+    let from_file = |shape: &[i64]| -> Result<Option<Tensor>> {
+        let Some(path) = &a.data else { return Ok(None) };
+        let t = crate::npy::read_shaped(path, shape, "--data")?;
+        let n = i64::try_from(num).unwrap_or(i64::MAX).min(t.size()[0]);
+        Ok(Some(t.narrow(0, 0, n).to_device(dev).to_kind(Kind::Double)))
     };
     let (subject, x0) = match (&a.denoiser, &a.checkpoint) {
         (Some(spec), _) => {
             let m = model::parse(spec, dev)?;
-            let x0 = match (&given, &m) {
-                (Some(t), m) => from_file(t, &[m.dim() as i64])?,
+            let x0 = match (from_file(&[m.dim() as i64])?, &m) {
+                (Some(t), _) => t,
                 (None, model::ExactModel::Mixture(g)) => g.sample(num, a.seed ^ 0xDA7A, dev),
                 (None, model::ExactModel::Gaussian(g)) => {
                     let z = crate::job::initial_noise(
@@ -434,8 +412,8 @@ pub fn run(a: NllArgs) -> Result<()> {
         }
         (None, Some(path)) => {
             let t = crate::card::load_trained(path, dev)?;
-            let x0 = match &given {
-                Some(g) => from_file(g, &t.model.net.shape)?,
+            let x0 = match from_file(&t.model.net.shape)? {
+                Some(x) => x,
                 None => {
                     let (data, seed) = t.data.ok_or_else(|| {
                         anyhow::anyhow!(

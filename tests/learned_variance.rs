@@ -425,14 +425,7 @@ snapshot_samples = 0
 fn learned_variances_train_to_the_optimal_reverse_variance() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = gaussian_config(dir.path(), 2000);
-    let report = train::run(
-        &cfg,
-        &RunOpts {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let report = train_quietly(&cfg);
     let (m, _) = train::load_for_sampling(&report.checkpoint, Device::Cpu).unwrap();
     assert!(m.net.has_learned_variance());
     let chain = DdpmChain::squaredcos_cap_v2(100);
@@ -530,14 +523,7 @@ fn the_vlb_objective_with_importance_sampling_trains_mean_and_variance() {
         2000,
         "objective = \"vlb\"\nstep_sampler = \"loss-second-moment\"",
     );
-    let report = train::run(
-        &cfg,
-        &RunOpts {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let report = train_quietly(&cfg);
     assert!(report.losses.iter().all(|l| l.1.is_finite()));
     let (m, _) = train::load_for_sampling(&report.checkpoint, Device::Cpu).unwrap();
     let chain = DdpmChain::squaredcos_cap_v2(100);
@@ -587,6 +573,17 @@ fn the_vlb_objective_with_importance_sampling_trains_mean_and_variance() {
         learned < small.min(large),
         "learned {learned}, small {small}, large {large}"
     );
+}
+
+fn train_quietly(cfg: &TrainConfig) -> train::Report {
+    train::run(
+        cfg,
+        &RunOpts {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 fn bin() -> std::process::Command {
@@ -746,14 +743,7 @@ snapshot_samples = 4
         dir.path().join("run").display()
     );
     let cfg = TrainConfig::from_toml(&text, Path::new("unet.toml")).unwrap();
-    let report = train::run(
-        &cfg,
-        &RunOpts {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let report = train_quietly(&cfg);
     assert!(report.losses.iter().all(|l| l.1.is_finite()));
     let (m, _) = train::load_for_sampling(&report.checkpoint, Device::Cpu).unwrap();
     assert!(m.net.has_learned_variance());

@@ -36,14 +36,17 @@ def main():
     out = torch.cat([torch.from_numpy(load("eps_hat")), torch.from_numpy(load("v"))], dim=1)
     ours = load("loss").astype(np.float64)
 
-    diffusion = gd.GaussianDiffusion(
-        betas=betas,
-        model_mean_type=gd.ModelMeanType.EPSILON,
-        model_var_type=gd.ModelVarType.LEARNED_RANGE,
-        loss_type=gd.LossType.RESCALED_MSE,
-        rescale_timesteps=False,
-    )
-    terms = diffusion.training_losses(lambda x, ts: out, x_start, t, noise=noise)
+    def losses(loss_type):
+        diffusion = gd.GaussianDiffusion(
+            betas=betas,
+            model_mean_type=gd.ModelMeanType.EPSILON,
+            model_var_type=gd.ModelVarType.LEARNED_RANGE,
+            loss_type=loss_type,
+            rescale_timesteps=False,
+        )
+        return diffusion.training_losses(lambda x, ts: out, x_start, t, noise=noise)
+
+    terms = losses(gd.LossType.RESCALED_MSE)
     theirs = terms["loss"].double().numpy()
     rel = np.abs(ours - theirs) / np.maximum(np.abs(theirs), 1e-2)
     worst = int(rel.argmax())
@@ -64,15 +67,7 @@ def main():
     # objective = "vlb": LossType.RESCALED_KL on the same draws.
     if os.path.exists(os.path.join(case, "loss_kl.npy")):
         ours_kl = load("loss_kl").astype(np.float64)
-        kl = gd.GaussianDiffusion(
-            betas=betas,
-            model_mean_type=gd.ModelMeanType.EPSILON,
-            model_var_type=gd.ModelVarType.LEARNED_RANGE,
-            loss_type=gd.LossType.RESCALED_KL,
-            rescale_timesteps=False,
-        )
-        theirs_kl = kl.training_losses(lambda x, ts: out, x_start, t, noise=noise)["loss"]
-        theirs_kl = theirs_kl.double().numpy()
+        theirs_kl = losses(gd.LossType.RESCALED_KL)["loss"].double().numpy()
         rel_kl = np.abs(ours_kl - theirs_kl) / np.maximum(np.abs(theirs_kl), 1e-2)
         print(f"objective vlb (RESCALED_KL): largest relative difference {rel_kl.max():.2e}")
         if rel_kl.max() > 1e-4:
