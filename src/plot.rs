@@ -80,6 +80,7 @@ where
         .configure_mesh()
         .x_desc("NFE")
         .x_label_formatter(&|v| nfe_tick(*v))
+        .y_label_formatter(&|v| value_tick(*v))
         .y_desc(p.ylabel.as_str())
         .label_style(("sans-serif", 13))
         .draw()?;
@@ -168,6 +169,32 @@ fn nfe_tick(v: f64) -> String {
         format!("{}", (m.round() * p * 1e6).round() / 1e6)
     } else {
         String::new()
+    }
+}
+
+/// A value tick's text, three significant digits without float noise (0.3, not
+/// 0.30000000000000004): decimals from 1e-3 to 1e5, else scientific.
+fn value_tick(v: f64) -> String {
+    if !v.is_finite() {
+        return String::new();
+    }
+    if v == 0.0 {
+        return "0".into();
+    }
+    let trim = |t: String| {
+        if t.contains('.') {
+            t.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            t
+        }
+    };
+    let e = v.abs().log10().floor();
+    if (-3.0..5.0).contains(&e) {
+        trim(format!("{:.*}", (2.0 - e).max(0.0) as usize, v))
+    } else {
+        let t = format!("{v:.2e}");
+        let (m, x) = t.split_once('e').unwrap_or((&t, "0"));
+        format!("{}e{x}", trim(m.to_string()))
     }
 }
 
@@ -375,6 +402,25 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_ticks_have_no_float_noise() {
+        for (v, want) in [
+            (0.30000000000000004, "0.3"),
+            (0.6000000000000001, "0.6"),
+            (0.02, "0.02"),
+            (1.0, "1"),
+            (200.0, "200"),
+            (0.001, "0.001"),
+            (0.0005, "5e-4"),
+            (1e-7, "1e-7"),
+            (2.5e6, "2.5e6"),
+            (0.0123456, "0.0123"),
+            (0.0, "0"),
+        ] {
+            assert_eq!(value_tick(v), want, "{v}");
+        }
+    }
 
     #[test]
     fn nfe_ticks_are_1_2_5_times_powers_of_ten() {
