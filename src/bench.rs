@@ -211,8 +211,8 @@ const WARMUP: usize = 10;
 /// samples per second.
 pub fn run_train(a: BenchTrainArgs) -> Result<()> {
     use crate::train::{self, RunOpts, TrainConfig};
-    if a.steps == 0 {
-        bail!("--steps must be at least 1");
+    if a.steps == 0 || a.steps > 1_000_000 {
+        bail!("--steps must be 1 to 1000000, got {}", a.steps);
     }
     // Every config and precision is checked before anything runs.
     if let Some(d) = job::repeated(&a.configs) {

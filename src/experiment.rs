@@ -335,6 +335,10 @@ impl ExperimentConfig {
             ("steps", repeated(&self.steps).map(|d| format!("{d}"))),
             ("nfe", repeated(&self.nfe).map(|d| format!("{d}"))),
             ("samplers", repeated(&self.samplers).map(label)),
+            (
+                "metrics",
+                repeated(&self.metrics).map(|m| m.name().to_string()),
+            ),
         ] {
             if let Some(d) = dup {
                 bail!("{what} lists {d} twice");

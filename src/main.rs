@@ -307,6 +307,13 @@ fn sample(a: SampleArgs) -> Result<()> {
         (None, None) => bail!("give the starting noise with --noise FILE.npy or --num N"),
     };
     if let Some(dir) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if dir.exists() && !dir.is_dir() {
+            bail!(
+                "cannot write {}: {} is not a folder",
+                a.out.display(),
+                dir.display()
+            );
+        }
         if !dir.is_dir() {
             bail!("output folder {} does not exist", dir.display());
         }

@@ -2067,6 +2067,30 @@ fn audited_bad_inputs_are_errors_not_panics() {
         ]),
         "--precision lists float32 twice",
     );
+    expect(
+        run(&["bench-train", "--steps", "99999999999", cfg]),
+        "--steps must be 1 to 1000000",
+    );
+    // An output path under a file.
+    let file = d("file");
+    std::fs::write(&file, "x").unwrap();
+    let under = file.join("x.npy");
+    expect(
+        run(&[
+            "sample",
+            "--denoiser",
+            "builtin:gmm8",
+            "--solver",
+            "euler",
+            "--steps",
+            "2",
+            "--num",
+            "4",
+            "--out",
+            under.to_str().unwrap(),
+        ]),
+        "is not a folder",
+    );
     // A sampler parameter that would run for ever.
     expect(
         run(&[
@@ -2146,6 +2170,18 @@ fn audited_bad_inputs_are_errors_not_panics() {
         ),
     )
     .unwrap();
+    let twice = d("twice.toml");
+    std::fs::write(
+        &twice,
+        std::fs::read_to_string(&exp)
+            .unwrap()
+            .replace("[\"rms\"]", "[\"rms\", \"rms\"]"),
+    )
+    .unwrap();
+    expect(
+        run(&["run", twice.to_str().unwrap()]),
+        "metrics lists rms twice",
+    );
     expect(
         run(&["run", exp.to_str().unwrap(), "--max-cells", "0"]),
         "--max-cells must be at least 1",
