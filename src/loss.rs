@@ -182,10 +182,16 @@ impl LossSecondMoment {
         p.where_self(&warm, &uniform)
     }
 
-    /// Draw `n` steps (int64 indices, 0 for step 1) and their weights `1 / (T p_t)`.
+    /// Draw `n` steps (int64 indices, 0 for step 1) and their weights `1 / (T p_t)`, by
+    /// inverting the cumulative distribution at uniform draws (cumsum and searchsorted: no
+    /// host-device synchronization, unlike a checked multinomial).
     pub fn sample(&self, n: i64) -> (Tensor, Tensor) {
         let p = self.probabilities();
-        let idx = p.multinomial(n, true);
+        let cdf = p.cumsum(0, Kind::Double);
+        let u = Tensor::rand([n], (Kind::Double, p.device())) * cdf.select(0, self.steps - 1);
+        let idx = u
+            .searchsorted(&cdf, false, true, "right", None::<Tensor>)
+            .clamp_max(self.steps - 1);
         let w = (p.index_select(0, &idx) * self.steps as f64).reciprocal();
         (idx, w.to_kind(Kind::Float))
     }

@@ -369,6 +369,8 @@ pub fn run(a: NllArgs) -> Result<()> {
     let num = a
         .num
         .unwrap_or(if a.data.is_some() { usize::MAX } else { 1000 });
+    // The first `num` of `n` points.
+    let take = |n: i64| i64::try_from(num).unwrap_or(i64::MAX).min(n);
     if a.hutchinson == Some(0) {
         bail!("--hutchinson needs at least 1 probe");
     }
@@ -388,7 +390,7 @@ pub fn run(a: NllArgs) -> Result<()> {
     let from_file = |shape: &[i64]| -> Result<Option<Tensor>> {
         let Some(path) = &a.data else { return Ok(None) };
         let t = crate::npy::read_shaped(path, shape, "--data")?;
-        let n = i64::try_from(num).unwrap_or(i64::MAX).min(t.size()[0]);
+        let n = take(t.size()[0]);
         Ok(Some(t.narrow(0, 0, n).to_device(dev).to_kind(Kind::Double)))
     };
     let (subject, x0) = match (&a.denoiser, &a.checkpoint) {
@@ -425,11 +427,7 @@ pub fn run(a: NllArgs) -> Result<()> {
                     let _turn = train::exclusive_rng();
                     tch::manual_seed((a.seed ^ 0xDA7A) as i64 & i64::MAX);
                     let idx = Tensor::randperm(data.size()[0], (Kind::Int64, tch::Device::Cpu))
-                        .narrow(
-                            0,
-                            0,
-                            i64::try_from(num).unwrap_or(i64::MAX).min(data.size()[0]),
-                        );
+                        .narrow(0, 0, take(data.size()[0]));
                     data.index_select(0, &idx)
                         .to_device(dev)
                         .to_kind(Kind::Double)
@@ -439,7 +437,8 @@ pub fn run(a: NllArgs) -> Result<()> {
         }
         (None, None) => bail!("give --denoiser or --checkpoint"),
     };
-    if let Some(k) = grid_levels.filter(|_| a.bound || a.levels.is_some()) {
+    // (Without --bound a decoder comes only from --levels: --decoder alone was refused above.)
+    if let Some(k) = grid_levels {
         check_on_levels(&x0, k)?;
     }
     let dim = x0.numel() as f64 / x0.size()[0] as f64;
