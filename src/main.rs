@@ -1,7 +1,7 @@
 //! The `scoreflow` command.
 
 use anyhow::{bail, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use scoreflow::job::{self, GridArgs, SamplerArgs};
 use scoreflow::{bench, compare, device, model, npy, train};
 use scoreflow_solvers::Denoiser;
@@ -383,7 +383,12 @@ fn main() {
         }
         default_hook(info);
     }));
-    let cli = Cli::parse();
+    // Negative numbers are values (`--sigma-max -1` reaches the option's own check, which names
+    // the problem, instead of clap's "unexpected argument '-1'").
+    let matches = Cli::command()
+        .mut_subcommands(|c| c.allow_negative_numbers(true))
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Run(a) => scoreflow::experiment::run(a),
         Command::Plot { dir } => scoreflow::experiment::plot_dir(&dir),

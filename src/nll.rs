@@ -280,10 +280,13 @@ pub struct NllArgs {
     /// steps of the (respaced) chain [default: the whole chain].
     #[arg(long)]
     pub steps: Option<usize>,
-    #[arg(long, default_value_t = 0.002)]
-    pub sigma_min: f64,
-    #[arg(long, default_value_t = 80.0)]
-    pub sigma_max: f64,
+    /// The ODE's lower end, where the likelihood is taken [default: 0.002]; not with --bound.
+    #[arg(long)]
+    pub sigma_min: Option<f64>,
+    /// The ODE's upper end, where the prior is N(0, sigma_max^2 I) [default: 80]; not with
+    /// --bound.
+    #[arg(long)]
+    pub sigma_max: Option<f64>,
     /// Use Hutchinson's estimator with this many probes instead of the exact divergence.
     #[arg(long)]
     pub hutchinson: Option<usize>,
@@ -330,13 +333,22 @@ pub fn run(a: NllArgs) -> Result<()> {
                 bail!("{flag} applies to --bound");
             }
         }
-    } else if a.hutchinson.is_some() {
-        bail!("--hutchinson applies to the ODE likelihood, not --bound");
+    } else {
+        for (flag, given) in [
+            ("--hutchinson", a.hutchinson.is_some()),
+            ("--sigma-min", a.sigma_min.is_some()),
+            ("--sigma-max", a.sigma_max.is_some()),
+        ] {
+            if given {
+                bail!("{flag} applies to the ODE likelihood, not --bound (the chain's levels set its range)");
+            }
+        }
     }
     let steps = a.steps.unwrap_or(128);
+    let (sigma_min, sigma_max) = (a.sigma_min.unwrap_or(0.002), a.sigma_max.unwrap_or(80.0));
     if a.num == Some(0)
         || steps == 0
-        || !(a.sigma_min > 0.0 && a.sigma_min < a.sigma_max && a.sigma_max.is_finite())
+        || !(sigma_min > 0.0 && sigma_min < sigma_max && sigma_max.is_finite())
     {
         bail!("--num and --steps must be at least 1 and 0 < --sigma-min < --sigma-max < inf");
     }
@@ -537,8 +549,8 @@ pub fn run(a: NllArgs) -> Result<()> {
     let (ll, nfe) = log_likelihood(
         d.as_ref(),
         &x,
-        a.sigma_min,
-        a.sigma_max,
+        sigma_min,
+        sigma_max,
         steps,
         a.hutchinson,
         a.seed,
@@ -553,10 +565,10 @@ pub fn run(a: NllArgs) -> Result<()> {
             "method": "ode",
             "nll_nats": nll,
             "bits_per_dim": nll / dim / std::f64::consts::LN_2,
-            "exact_nll_nats": exact(&x, a.sigma_min)?.map(|e| e - dim * ln_bin),
+            "exact_nll_nats": exact(&x, sigma_min)?.map(|e| e - dim * ln_bin),
             "levels": a.levels,
             "divergence": match a.hutchinson { Some(k) => format!("hutchinson({k})"), None => "exact".into() },
-            "steps": steps, "nfe": nfe, "num": ll.size()[0], "sigma_min": a.sigma_min,
+            "steps": steps, "nfe": nfe, "num": ll.size()[0], "sigma_min": sigma_min,
         })
     );
     Ok(())

@@ -2071,6 +2071,26 @@ fn audited_bad_inputs_are_errors_not_panics() {
         run(&["bench-train", "--steps", "99999999999", cfg]),
         "--steps must be 1 to 1000000",
     );
+    // Negative numbers reach the option's own check; nll's ODE range is not for --bound.
+    expect(
+        run(&["nll", "--denoiser", "builtin:gmm8", "--sigma-max", "-1"]),
+        "0 < --sigma-min < --sigma-max < inf",
+    );
+    expect(
+        run(&["compare", "--denoiser", "builtin:gmm8", "--steps", "-4"]),
+        "invalid --steps '-4'",
+    );
+    expect(
+        run(&[
+            "nll",
+            "--denoiser",
+            "builtin:gmm8",
+            "--bound",
+            "--sigma-min",
+            "0.01",
+        ]),
+        "--sigma-min applies to the ODE likelihood, not --bound",
+    );
     // An output path under a file.
     let file = d("file");
     std::fs::write(&file, "x").unwrap();
