@@ -158,10 +158,14 @@ pub enum Metric {
     /// Images with class labels (a checkpoint trained on labelled images): Fréchet distance
     /// on the features of a classifier trained on the training data (as `eval-digits`).
     Fd,
+    /// Samplers that invert ([`scoreflow_solvers::Sampler::invertible`]): RMS over samples of
+    /// the distance between the starting noise and the noise recovered by running the same
+    /// sampler back up the same grid from the samples (`sample --invert`), in units of the noise.
+    Roundtrip,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 7] = [
+    pub const ALL: [Metric; 8] = [
         Metric::Rms,
         Metric::Max,
         Metric::Sw2,
@@ -169,6 +173,7 @@ impl Metric {
         Metric::ModeTv,
         Metric::ModeCoverage,
         Metric::Fd,
+        Metric::Roundtrip,
     ];
     pub fn name(&self) -> &'static str {
         match self {
@@ -179,6 +184,7 @@ impl Metric {
             Metric::ModeTv => "mode-tv",
             Metric::ModeCoverage => "mode-coverage",
             Metric::Fd => "fd",
+            Metric::Roundtrip => "roundtrip",
         }
     }
     /// Metrics against the ODE solution only make sense for deterministic samplers.
@@ -1085,6 +1091,12 @@ impl CellCtx<'_> {
                 Metric::ModeCoverage => {
                     model.mixture().map(|g| mode_coverage(g, &x)).transpose()?
                 }
+                // (Not counted in the cell's NFE: the inversion's own steps - 1 evaluations.)
+                Metric::Roundtrip if steps >= 2 && spec.build()?.invertible() => {
+                    let (z, _) = job::invert_to_noise(spec, self.den, self.sde, &sigmas, &x, seed)?;
+                    Some(crate::metrics::rms_distance(&z, &state.z))
+                }
+                Metric::Roundtrip => None,
                 Metric::Fd => match (self.classifier, &state.data) {
                     (Some(c), Some(d)) => {
                         Some(crate::fid::frechet(&c.features(&x), &c.features(d)))
@@ -1256,6 +1268,10 @@ fn metric_title(m: &str) -> (&'static str, &'static str) {
         "sw2" => ("sliced Wasserstein-2 to fresh data", "SW2"),
         "mmd" => ("MMD to fresh data", "MMD"),
         "fd" => ("Fréchet distance on classifier features", "FD"),
+        "roundtrip" => (
+            "noise recovered by inverting the samples (RMS, units of the noise)",
+            "round-trip error",
+        ),
         "mode-coverage" => (
             "fraction of modes holding at least half their weight",
             "coverage",
@@ -1348,10 +1364,19 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
             )
         })?,
     };
-    let metric_names: Vec<&str> = ["rms", "max", "sw2", "mmd", "fd", "mode-tv", "mode-coverage"]
-        .into_iter()
-        .filter(|m| rows.iter().any(|r| r.get(*m).is_some()))
-        .collect();
+    let metric_names: Vec<&str> = [
+        "rms",
+        "max",
+        "sw2",
+        "mmd",
+        "fd",
+        "mode-tv",
+        "mode-coverage",
+        "roundtrip",
+    ]
+    .into_iter()
+    .filter(|m| rows.iter().any(|r| r.get(*m).is_some()))
+    .collect();
     // results.csv
     let mut csv = format!(
         "label,sampler,steps,nfe,seed,{},seconds,device\n",

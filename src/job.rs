@@ -607,6 +607,62 @@ pub fn run_from_noise(
     Ok((out.x, out.nfe))
 }
 
+/// The levels an inversion walks up: the sampling grid `sigmas` (ending in 0) without its 0,
+/// from the lowest level to the highest, so that sampling from the latents on `sigmas` walks the
+/// same levels back down (and then takes its final step to 0).
+pub fn inversion_levels(sigmas: &[f64]) -> Result<Vec<f64>> {
+    if sigmas.len() < 3 {
+        bail!("inversion needs --steps >= 2 (the levels above 0 of the sampling grid of --steps steps, one step fewer)");
+    }
+    Ok(sigmas[..sigmas.len() - 1].iter().rev().copied().collect())
+}
+
+/// Invert sampling: run `spec` up the levels of the sampling grid `sigmas` from the data `x0`
+/// (taken as the points at the lowest level) with [`scoreflow_solvers::invert`]. Returns the
+/// standard-normal latents `x(sigma_max) / sigma_max` that sampling on `sigmas` starts from,
+/// and the NFE.
+pub fn invert_to_noise(
+    spec: &SamplerSpec,
+    den: &dyn Denoiser,
+    sde: &dyn Sde,
+    sigmas: &[f64],
+    x0: &Tensor,
+    seed: u64,
+) -> Result<(Tensor, usize)> {
+    let up = inversion_levels(sigmas)?;
+    let top = up[up.len() - 1];
+    let size = x0.size();
+    // Invertible samplers draw no noise; the source is there for the driver's signature.
+    let mut noise = BrownianNoise::new(
+        seed,
+        0,
+        size[0] as usize,
+        &size[1..],
+        top * 1.001 + 1e-3,
+        x0.device(),
+        x0.kind(),
+    );
+    let sampler = spec.build()?;
+    let out = scoreflow_solvers::invert(
+        sampler.as_ref(),
+        den,
+        sde,
+        &up,
+        x0.shallow_clone(),
+        &mut noise,
+        &RunOptions::default(),
+        &mut |_, _| {},
+    )
+    .map_err(|e| match e {
+        SolverError::NonFinite { .. } => anyhow!(
+            "{e}: the model's output or the inversion diverged (sampler {})",
+            spec.name()
+        ),
+        e => e.into(),
+    })?;
+    Ok((out.x / top, out.nfe))
+}
+
 /// A sampler's parameters as `name = value, ...` (the spec's fields, as a config writes them),
 /// named in a non-finite-values error: a noise scale far above 1 (`eta = 1e308`) overflows in
 /// the step rather than being refused up front.

@@ -7,6 +7,7 @@ use scoreflow::{bench, compare, device, model, npy, train};
 use scoreflow_solvers::Denoiser;
 use std::path::PathBuf;
 use std::time::Instant;
+use tch::{Kind, Tensor};
 
 #[derive(Parser)]
 #[command(
@@ -220,6 +221,15 @@ struct SampleArgs {
     /// Also draw image samples as a PNG grid.
     #[arg(long)]
     png: Option<PathBuf>,
+    /// Invert sampling: take the data in this .npy (`[N, ...]` in the model's per-sample shape)
+    /// as the points at the grid's lowest level, run the sampler up the same levels
+    /// (deterministic samplers) and write the standard-normal latents that --noise takes.
+    #[arg(long, conflicts_with_all = ["noise", "num", "png"])]
+    invert: Option<PathBuf>,
+    /// With --invert: decode the latents again as `sample --noise OUT` would (same sampler,
+    /// steps and grid) and report the round trip's error.
+    #[arg(long)]
+    roundtrip: bool,
 }
 
 fn sample(a: SampleArgs) -> Result<()> {
@@ -227,6 +237,21 @@ fn sample(a: SampleArgs) -> Result<()> {
     let spec = a.params.spec(&a.solver)?;
     if a.steps == 0 {
         bail!("--steps must be at least 1");
+    }
+    if a.roundtrip && a.invert.is_none() {
+        bail!("--roundtrip applies to --invert");
+    }
+    if a.invert.is_some() {
+        if !spec.build()?.invertible() {
+            bail!(
+                "--invert: sampler {} cannot run backwards (inversion takes a deterministic \
+                 sampler whose steps hold upwards; see docs/commands/sample.md)",
+                scoreflow::experiment::label(&spec)
+            );
+        }
+        if a.steps < 2 {
+            bail!("--invert needs --steps >= 2 (it walks the levels above 0 of the sampling grid)");
+        }
     }
     let sde = job::sde_from_name(&a.grid.sde)?;
     a.grid.kind()?;
@@ -298,13 +323,20 @@ fn sample(a: SampleArgs) -> Result<()> {
     if a.png.is_some() && shape.len() != 3 {
         bail!("--png draws image samples; this model's samples have shape {shape:?}");
     }
-    let z = match (&a.noise, a.num) {
-        (Some(path), _) => npy::read_shaped(path, &shape, "noise file")?
+    let z = match (&a.invert, &a.noise, a.num) {
+        (Some(path), _, _) => npy::read_shaped(path, &shape, "data file")?
             .to_device(dev)
             .to_kind(kind),
-        (None, Some(n)) if n > 0 => job::initial_noise_shaped(a.seed, n, &shape, dev, kind)?,
-        (None, Some(_)) => bail!("--num must be at least 1"),
-        (None, None) => bail!("give the starting noise with --noise FILE.npy or --num N"),
+        (None, Some(path), _) => npy::read_shaped(path, &shape, "noise file")?
+            .to_device(dev)
+            .to_kind(kind),
+        (None, None, Some(n)) if n > 0 => {
+            job::initial_noise_shaped(a.seed, n, &shape, dev, kind)?
+        }
+        (None, None, Some(_)) => bail!("--num must be at least 1"),
+        (None, None, None) => bail!(
+            "give the starting noise with --noise FILE.npy or --num N (or data to encode with --invert FILE.npy)"
+        ),
     };
     if let Some(dir) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         if dir.exists() && !dir.is_dir() {
@@ -317,6 +349,17 @@ fn sample(a: SampleArgs) -> Result<()> {
         if !dir.is_dir() {
             bail!("output folder {} does not exist", dir.display());
         }
+    }
+    if a.invert.is_some() {
+        return invert(
+            &a,
+            &spec,
+            den.as_ref(),
+            sde.as_ref(),
+            &sigmas,
+            &z,
+            exact.as_ref(),
+        );
     }
     let n = z.size()[0];
     let start = Instant::now();
@@ -353,6 +396,65 @@ fn sample(a: SampleArgs) -> Result<()> {
         "sigma_min": sigmas[sigmas.len() - 2],
         "sigma_max": sigmas[0],
         "num": n,
+        "out": a.out.display().to_string(),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// `sample --invert`: the data up the sampling grid's levels to the latents, with the error
+/// against the exact encoding on an exact model and, with --roundtrip, of decoding them again.
+fn invert(
+    a: &SampleArgs,
+    spec: &scoreflow_solvers::SamplerSpec,
+    den: &dyn Denoiser,
+    sde: &dyn scoreflow_solvers::Sde,
+    sigmas: &[f64],
+    x0: &Tensor,
+    exact: Option<&model::ExactModel>,
+) -> Result<()> {
+    let start = Instant::now();
+    let (z, nfe) = job::invert_to_noise(spec, den, sde, sigmas, x0, a.seed)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let up = job::inversion_levels(sigmas)?;
+    let (lo, hi) = (up[0], up[up.len() - 1]);
+    // The exact encoding, in float64: the Gaussian's closed-form flow, or for a mixture an
+    // adaptive Dormand-Prince solve to 1e-8.
+    let rms_error = match exact {
+        Some(m) => {
+            let x = x0.to_kind(Kind::Double);
+            let top = match m {
+                model::ExactModel::Gaussian(g) => g.exact_flow(&x, lo, hi)?,
+                model::ExactModel::Mixture(g) => {
+                    scoreflow_solvers::reference::solve_pf_ode(&**g, &x, lo, hi, 1e-8)?.0
+                }
+            };
+            Some(scoreflow::metrics::rms_distance(&z, &(top / hi)))
+        }
+        None => None,
+    };
+    let roundtrip = if a.roundtrip {
+        let (x, nfe) = job::run_from_noise(spec, den, sde, sigmas, &z, a.seed, 0, &mut |_, _| {})?;
+        Some((scoreflow::metrics::rms_distance(&x, x0), nfe))
+    } else {
+        None
+    };
+    npy::write_f32(&a.out, &z.to_device(tch::Device::Cpu))?;
+    let line = serde_json::json!({
+        "solver": spec.name(),
+        "invert": a.invert.as_ref().map(|p| p.display().to_string()),
+        "steps": a.steps,
+        "nfe": nfe,
+        "seconds": seconds,
+        "device": device::name(x0.device()),
+        "sde": sde.name(),
+        "grid": a.grid.grid,
+        "sigma_min": lo,
+        "sigma_max": hi,
+        "num": x0.size()[0],
+        "rms_error": rms_error,
+        "roundtrip_rms": roundtrip.map(|r| r.0),
+        "roundtrip_nfe": roundtrip.map(|r| r.1),
         "out": a.out.display().to_string(),
     });
     println!("{line}");

@@ -2,6 +2,17 @@
 
 use tch::{Device, Kind, Tensor};
 
+/// RMS over samples of the per-sample Euclidean distance between `a` and `b` (`[N, ...]`), in
+/// float64.
+pub fn rms_distance(a: &Tensor, b: &Tensor) -> f64 {
+    let diff = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).flatten(1, -1);
+    diff.square()
+        .sum_dim_intlist(1, false, Kind::Double)
+        .mean(Kind::Double)
+        .sqrt()
+        .double_value(&[])
+}
+
 /// Sliced Wasserstein-2 distance between two equally sized point sets `[N, d]`:
 /// `sqrt(mean over directions of W2^2 of the 1-D projections)`, with `projections` random unit
 /// directions drawn from `seed`. 1-D W2 between equal-size sets is the RMS difference of the

@@ -2229,3 +2229,185 @@ fn audited_bad_inputs_are_errors_not_panics() {
     write_npy(&snap, &[4, 2], &[0.0; 8], true);
     expect(plot(), "has shape [4, 2], expected [steps + 1, paths, 2]");
 }
+
+#[test]
+fn sample_invert_encodes_data_into_the_noise_that_samples_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let s = |path: &Path| path.to_str().unwrap().to_owned();
+    let gauss = format!("gaussian:{}", s(&repo("experiments/gauss2.json")));
+    // Standard-normal noise (Box-Muller on a fixed LCG), sampled with heun in 64 steps.
+    let mut state = 12345u64;
+    let mut uniform = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let z: Vec<f64> = (0..400)
+        .flat_map(|_| {
+            let (u, v) = (uniform(), uniform());
+            let r = (-2.0 * u.ln()).sqrt();
+            let a = 2.0 * std::f64::consts::PI * v;
+            [r * a.cos(), r * a.sin()]
+        })
+        .collect();
+    write_npy(&p("z.npy"), &[400, 2], &z, false);
+    let sample = |noise: &Path, steps: &str, out: &Path| {
+        let o = run(&[
+            "sample",
+            "--denoiser",
+            &gauss,
+            "--solver",
+            "heun",
+            "--steps",
+            steps,
+            "--noise",
+            &s(noise),
+            "--device",
+            "cpu",
+            "--out",
+            &s(out),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        read_f32_npy(out).1
+    };
+    let x = sample(&p("z.npy"), "64", &p("x.npy"));
+    let invert = |solver: &str, steps: &str, out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "--denoiser",
+            &gauss,
+            "--solver",
+            solver,
+            "--steps",
+            steps,
+            "--device",
+            "cpu",
+        ];
+        let (data, out) = (s(&p("x.npy")), s(out));
+        args.extend(["--invert", &data, "--out", &out]);
+        args.extend(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        line
+    };
+    let rms = |a: &[f32], b: &[f32]| {
+        let sq: f64 = a
+            .iter()
+            .zip(b)
+            .map(|(u, v)| (*u as f64 - *v as f64).powi(2))
+            .sum();
+        (sq / (a.len() / 2) as f64).sqrt()
+    };
+    // Heun in 64 steps gives back the noise, near the exact encoding; fewer steps, less so.
+    let line = invert("heun", "64", &p("zh.npy"), &["--roundtrip"]);
+    let (shape, zh) = read_f32_npy(&p("zh.npy"));
+    assert_eq!(shape, [400, 2]);
+    let back = rms(&zh, &z.iter().map(|&v| v as f32).collect::<Vec<_>>());
+    let exact = line["rms_error"].as_f64().unwrap();
+    assert!(back < 5e-3 && exact < 5e-3, "{back} {exact} {line}");
+    assert_eq!(line["nfe"].as_u64(), Some(2 * 63 - 1 + 1), "{line}");
+    assert_eq!(line["sigma_min"].as_f64(), Some(0.002));
+    assert_eq!(line["sigma_max"].as_f64(), Some(80.0));
+    // The round trip is `sample --noise` of the latents with the same flags.
+    let again = sample(&p("zh.npy"), "64", &p("xh.npy"));
+    let roundtrip = line["roundtrip_rms"].as_f64().unwrap();
+    assert!(
+        (rms(&again, &x) - roundtrip).abs() < 1e-5 && roundtrip < 5e-3,
+        "{} vs {roundtrip}",
+        rms(&again, &x)
+    );
+    assert_eq!(line["roundtrip_nfe"].as_u64(), Some(2 * 64 - 1));
+    let coarse = invert("heun", "8", &p("z8.npy"), &[]);
+    let euler = invert("euler", "64", &p("ze.npy"), &[]);
+    let (coarse, euler) = (
+        coarse["rms_error"].as_f64().unwrap(),
+        euler["rms_error"].as_f64().unwrap(),
+    );
+    assert!(
+        coarse > 10.0 * exact && euler > 5.0 * exact,
+        "{coarse} {euler} {exact}"
+    );
+    assert!(line["roundtrip_rms"].is_number() && !coarse.is_nan());
+
+    // Bad input: exit code 2, no output.
+    let out = p("bad.npy");
+    let data = s(&p("x.npy"));
+    let bad = |extra: &[&str], needle: &str| {
+        let mut args = vec![
+            "sample",
+            "--denoiser",
+            &gauss,
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        assert_bad(&args, needle, &out);
+    };
+    bad(
+        &[
+            "--solver",
+            "euler-ancestral",
+            "--steps",
+            "8",
+            "--invert",
+            &data,
+        ],
+        "sampler euler-ancestral cannot run backwards",
+    );
+    bad(
+        &[
+            "--solver", "ddim", "--eta", "1", "--steps", "8", "--invert", &data,
+        ],
+        "cannot run backwards",
+    );
+    bad(
+        &["--solver", "heun", "--steps", "1", "--invert", &data],
+        "--invert needs --steps >= 2",
+    );
+    bad(
+        &[
+            "--solver", "heun", "--steps", "8", "--invert", &data, "--num", "4",
+        ],
+        "cannot be used with",
+    );
+    bad(
+        &[
+            "--solver",
+            "heun",
+            "--steps",
+            "8",
+            "--roundtrip",
+            "--num",
+            "4",
+        ],
+        "--invert",
+    );
+    write_npy(&p("x3.npy"), &[4, 3], &[0.0; 12], false);
+    bad(
+        &[
+            "--solver",
+            "heun",
+            "--steps",
+            "8",
+            "--invert",
+            &s(&p("x3.npy")),
+        ],
+        "data file",
+    );
+    bad(
+        &[
+            "--solver",
+            "heun",
+            "--steps",
+            "8",
+            "--invert",
+            &s(&p("missing.npy")),
+        ],
+        "missing.npy",
+    );
+}

@@ -325,6 +325,44 @@ fn gaussian_models_use_the_exact_flow_as_reference() {
 }
 
 #[test]
+fn the_roundtrip_metric_recovers_the_noise_at_the_samplers_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let body = gaussian_heun(&out, "")
+        .replace("metrics = [\"rms\"]", "metrics = [\"rms\", \"roundtrip\"]")
+        + "[[samplers]]\nkind = \"euler-ancestral\"\n[[samplers]]\nkind = \"euler\"\n";
+    let cfg = write_config(dir.path(), "g.toml", &body);
+    let o = run(&["run", &cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = results(&out);
+    let trip = |label: &str, steps: u64| {
+        rows.iter()
+            .find(|r| r["label"] == label && r["steps"] == steps)
+            .unwrap()["roundtrip"]
+            .clone()
+    };
+    // Euler's round trip falls about 2x per doubling of the steps (first order), Heun's about
+    // 8x: third order, one more than its own, as the leading local errors of a method of even
+    // order p, C h^(p+1) on the way down and C (-h)^(p+1) on the way up, cancel. A sampler that
+    // draws noise has none.
+    for (label, lo, hi) in [("heun", 6.5, 11.0), ("euler", 1.6, 2.5)] {
+        let e: Vec<f64> = [16, 32, 64]
+            .iter()
+            .map(|&n| trip(label, n).as_f64().unwrap())
+            .collect();
+        for w in e.windows(2) {
+            assert!(w[0] / w[1] > lo && w[0] / w[1] < hi, "{label} {e:?}");
+        }
+    }
+    assert!(trip("heun", 64).as_f64().unwrap() < 5e-3);
+    assert!(trip("euler-ancestral", 32).is_null());
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().contains(",roundtrip,"), "{csv}");
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains("## roundtrip"), "{summary}");
+}
+
+#[test]
 fn clipped_experiments_key_their_cells_and_solve_their_own_reference() {
     let dir = tempfile::tempdir().unwrap();
     let body = gaussian_heun;

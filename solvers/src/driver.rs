@@ -69,6 +69,12 @@ pub trait Sampler {
     fn name(&self) -> &'static str;
     /// Advance `x` from `ctx.sigma()` to `ctx.sigma_next()`.
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor>;
+    /// Whether the step also integrates the probability-flow ODE upwards (`sigma_next >
+    /// sigma`), for [`invert`]: a deterministic step whose formulas hold for either sign of the
+    /// step, as its inversion test measures. False by default.
+    fn invertible(&self) -> bool {
+        false
+    }
 }
 
 /// Progress after each step.
@@ -95,7 +101,8 @@ impl Default for RunOptions {
 
 /// The result of a run.
 pub struct Outcome {
-    /// Samples at sigma = 0 (data space).
+    /// Samples at the grid's last level: sigma = 0 (data space) for [`run`], the top level
+    /// for [`invert`].
     pub x: Tensor,
     /// Network evaluations used.
     pub nfe: usize,
@@ -119,6 +126,49 @@ pub fn run(
     observer: &mut dyn FnMut(&StepReport, &Tensor),
 ) -> Result<Outcome> {
     grid::validate(sigmas)?;
+    walk(sampler, denoiser, sde, sigmas, x, noise, options, observer)
+}
+
+/// Run `sampler` up an increasing grid (`sigmas[0] > 0`, no level 0): the inversion of
+/// sampling, which encodes `x` at noise level `sigmas[0]` (data taken as the solution at the
+/// lowest level) into its point at `sigmas[last]` on the same probability-flow trajectory:
+/// DDIM inversion (Song, Meng & Ermon 2021, Sec. 4.3; Dhariwal & Nichol 2021, App. F) with any
+/// deterministic sampler whose step holds in both directions ([`Sampler::invertible`]); others
+/// are an error. `Outcome::x` is the point at the top level.
+#[allow(clippy::too_many_arguments)]
+pub fn invert(
+    sampler: &dyn Sampler,
+    denoiser: &dyn Denoiser,
+    sde: &dyn Sde,
+    sigmas: &[f64],
+    x: Tensor,
+    noise: &mut dyn NoiseSource,
+    options: &RunOptions,
+    observer: &mut dyn FnMut(&StepReport, &Tensor),
+) -> Result<Outcome> {
+    grid::validate_ascending(sigmas)?;
+    if !sampler.invertible() {
+        return Err(SolverError::Invalid(format!(
+            "sampler {} cannot run backwards (inversion needs a deterministic sampler whose \
+             steps hold upwards: see docs/samplers/README.md)",
+            sampler.name()
+        )));
+    }
+    walk(sampler, denoiser, sde, sigmas, x, noise, options, observer)
+}
+
+/// The loop of [`run`] and [`invert`], over a validated grid.
+#[allow(clippy::too_many_arguments)]
+fn walk(
+    sampler: &dyn Sampler,
+    denoiser: &dyn Denoiser,
+    sde: &dyn Sde,
+    sigmas: &[f64],
+    x: Tensor,
+    noise: &mut dyn NoiseSource,
+    options: &RunOptions,
+    observer: &mut dyn FnMut(&StepReport, &Tensor),
+) -> Result<Outcome> {
     if !all_finite(&x)? {
         return Err(SolverError::NonFinite {
             step: 0,

@@ -425,6 +425,33 @@ pub fn ends(sigmas: &[f64]) -> (f64, f64) {
     (sigmas[0], sigmas[sigmas.len().saturating_sub(2)])
 }
 
+/// Check that a grid is usable for inversion ([`crate::driver::invert`]): at least 2 levels,
+/// finite, positive and strictly increasing.
+pub fn validate_ascending(sigmas: &[f64]) -> Result<()> {
+    if sigmas.len() < 2 {
+        return Err(SolverError::Grid(format!(
+            "need at least 2 levels, got {}",
+            sigmas.len()
+        )));
+    }
+    if !(sigmas[0] > 0.0) {
+        return Err(SolverError::Grid(format!(
+            "an inversion grid starts above 0, got sigma[0] = {}",
+            crate::Num(sigmas[0])
+        )));
+    }
+    for (i, w) in sigmas.windows(2).enumerate() {
+        if !(w[1].is_finite() && w[0] < w[1]) {
+            return Err(SolverError::Grid(format!(
+                "inversion levels must be finite and strictly increasing: sigma[{i}] = {} then {}",
+                crate::Num(w[0]),
+                crate::Num(w[1])
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Check that a grid is usable by the samplers: finite, strictly decreasing, ending in 0.
 pub fn validate(sigmas: &[f64]) -> Result<()> {
     if sigmas.len() < 2 {

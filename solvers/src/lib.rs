@@ -21,7 +21,7 @@ pub mod sde;
 pub use denoiser::{
     thresholded, Counted, Denoiser, GaussianDenoiser, GaussianMixture, Threshold, Thresholded,
 };
-pub use driver::{run, Outcome, RunOptions, Sampler, StepCtx, StepReport};
+pub use driver::{invert, run, Outcome, RunOptions, Sampler, StepCtx, StepReport};
 pub use error::{Num, Result, SolverError};
 pub use grid::GridKind;
 pub use noise::{BrownianNoise, NoiseSource};

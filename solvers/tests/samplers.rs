@@ -292,6 +292,166 @@ fn convergence_orders_match_theory_under_edm_ve_and_vp() {
     println!("{report}");
 }
 
+/// The inversion grid of `steps` steps: the sampling grid of `steps + 1` steps without its 0,
+/// from the lowest level up.
+fn inversion_grid(sde: &dyn Sde, kind: &GridKind, steps: usize) -> Vec<f64> {
+    let mut up = grid_for(sde, kind, steps + 1);
+    up.pop();
+    up.reverse();
+    up
+}
+
+/// Encode points on the exact flow at the lowest level back up to the top level: the error
+/// against the noise they came from, in units of that noise (`z`, the latent of the top level
+/// `sigma_max z`).
+fn inversion_error(spec: &SamplerSpec, sde: &dyn Sde, kind: &GridKind, steps: usize) -> f64 {
+    let den = gaussian();
+    let up = inversion_grid(sde, kind, steps);
+    let (lo, hi) = (up[0], up[steps]);
+    let top = start(7, 64, 3, hi);
+    let x = den.exact_flow(&top, hi, lo).unwrap();
+    let mut noise = BrownianNoise::new(0, 0, 64, &[3], hi * 2.0, Device::Cpu, Kind::Double);
+    let sampler = spec.build().unwrap();
+    let out = scoreflow_solvers::invert(
+        sampler.as_ref(),
+        &den,
+        sde,
+        &up,
+        x,
+        &mut noise,
+        &RunOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    max_abs(&(out.x - top)) / hi
+}
+
+#[test]
+fn inversion_converges_at_each_samplers_order_under_edm_ve_and_vp() {
+    let sdes: Vec<(Box<dyn Sde>, GridKind)> = vec![
+        (Box::new(Edm::default()), GridKind::Karras { rho: 7.0 }),
+        (Box::new(Ve::default()), GridKind::UniformT {}),
+        (Box::new(VpLinear::default()), GridKind::LogSnr {}),
+    ];
+    let steps = [16usize, 32, 64, 128];
+    let mut report = String::new();
+    let mut invertible = std::collections::BTreeSet::new();
+    for (sde, kind) in &sdes {
+        for (spec, order) in deterministic() {
+            if !spec.build().unwrap().invertible() {
+                continue;
+            }
+            invertible.insert(spec.name());
+            let errs: Vec<f64> = steps
+                .iter()
+                .map(|&n| inversion_error(&spec, sde.as_ref(), kind, n))
+                .collect();
+            let fitted = fitted_order(&steps, &errs);
+            let fitted_fine = fitted_order(&steps[1..], &errs[1..]);
+            report += &format!(
+                "{:>6} {:>15} order {fitted:.2} (fine {fitted_fine:.2}, theory {order}) errors {}\n",
+                sde.name(),
+                spec.name(),
+                sci(&errs)
+            );
+            // The same bounds as sampling's convergence test: orders up to 2 within 0.25 (or
+            // 0.15 without the coarsest grid); the higher-order multistep methods, whose
+            // first-order start-up caps them at 2, above 1.8; UniPC with its corrector within
+            // 0.35 of its order.
+            let unipc_corrected = matches!(
+                spec,
+                SamplerSpec::UniPc {
+                    corrector: true,
+                    ..
+                }
+            );
+            let ok = if unipc_corrected {
+                fitted > order - 0.35 || fitted_fine > order - 0.35
+            } else if order > 2.0 {
+                fitted > 1.8
+            } else {
+                (fitted - order).abs() < 0.25 || (fitted_fine - order).abs() < 0.15
+            };
+            // And it converges to the exact encoding.
+            let finest = if order >= 2.0 { 1e-2 } else { 0.1 };
+            assert!(ok && errs[3] < finest, "{report}");
+        }
+    }
+    println!("{report}");
+    let want = [
+        "ddim",
+        "deis",
+        "dpm-singlestep",
+        "dpm2",
+        "dpm2-ancestral",
+        "dpmpp-2m",
+        "dpmpp-3m",
+        "edm-stochastic",
+        "euler",
+        "heun",
+        "ipndm",
+        "lms",
+        "pndm",
+        "unipc",
+    ];
+    assert_eq!(invertible.into_iter().collect::<Vec<_>>(), want);
+}
+
+#[test]
+fn inversion_refuses_stochastic_samplers_and_bad_grids() {
+    let den = gaussian();
+    let sde = Edm::default();
+    let up = inversion_grid(&sde, &GridKind::default(), 8);
+    let x = start(1, 4, 3, 0.002);
+    let try_invert = |spec: &SamplerSpec, levels: &[f64]| {
+        let mut noise = BrownianNoise::new(0, 0, 4, &[3], 200.0, Device::Cpu, Kind::Double);
+        let sampler = spec.build().unwrap();
+        scoreflow_solvers::invert(
+            sampler.as_ref(),
+            &den,
+            &sde,
+            levels,
+            x.shallow_clone(),
+            &mut noise,
+            &RunOptions::default(),
+            &mut |_, _| {},
+        )
+        .map(|o| o.x)
+    };
+    // Every sampler that draws noise at its defaults, and churn or eta on an invertible one.
+    let mut refused = vec![
+        SamplerSpec::Euler(edm_churn()),
+        SamplerSpec::Heun(edm_churn()),
+        SamplerSpec::Ddim { eta: 0.5 },
+        SamplerSpec::Dpm2Ancestral {
+            eta: 1.0,
+            s_noise: 1.0,
+        },
+    ];
+    for name in NAMES {
+        let spec = SamplerSpec::from_name(name).unwrap();
+        if spec.is_stochastic() || spec.is_adaptive() {
+            refused.push(spec);
+        }
+    }
+    for spec in &refused {
+        assert!(!spec.build().unwrap().invertible(), "{}", spec.name());
+        let e = try_invert(spec, &up).unwrap_err().to_string();
+        assert!(e.contains("cannot run backwards"), "{}: {e}", spec.name());
+    }
+    let euler = SamplerSpec::Euler(Default::default());
+    assert!(try_invert(&euler, &up).is_ok());
+    for (levels, needle) in [
+        (vec![80.0, 1.0], "strictly increasing"),
+        (vec![0.0, 1.0, 80.0], "starts above 0"),
+        (vec![0.1, 1.0, f64::INFINITY], "finite"),
+        (vec![0.1], "at least 2 levels"),
+    ] {
+        let e = try_invert(&euler, &levels).unwrap_err().to_string();
+        assert!(e.contains(needle), "{levels:?}: {e}");
+    }
+}
+
 #[test]
 fn ddim_eta0_is_euler_and_eta1_is_ddpm_and_euler_ancestral() {
     let den = GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap();

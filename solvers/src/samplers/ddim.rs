@@ -32,12 +32,20 @@ impl Sampler for Ddim {
     fn name(&self) -> &'static str {
         "ddim"
     }
+    fn invertible(&self) -> bool {
+        self.eta == 0.0
+    }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
         let (s, s_next) = (ctx.sigma(), ctx.sigma_next());
         let (a, a_next) = (alpha_bar_of_sigma(s), alpha_bar_of_sigma(s_next));
         let x0 = ctx.denoise(&x, s)?;
         let eps = (&x - &x0) / s;
-        let s_eta = self.eta * ((1.0 - a_next) / (1.0 - a)).sqrt() * (1.0 - a / a_next).sqrt();
+        // (At eta = 0 no noise, also upwards, where the square root below is of a negative.)
+        let s_eta = if self.eta == 0.0 {
+            0.0
+        } else {
+            self.eta * ((1.0 - a_next) / (1.0 - a)).sqrt() * (1.0 - a / a_next).sqrt()
+        };
         let dir = (1.0 - a_next - s_eta * s_eta).max(0.0).sqrt();
         let mut x_vp = x0 * a_next.sqrt() + eps * dir;
         if s_eta > 0.0 {

@@ -75,6 +75,9 @@ impl Sampler for Deis {
     fn name(&self) -> &'static str {
         "deis"
     }
+    fn invertible(&self) -> bool {
+        true
+    }
 
     /// `ctx.history` holds `[eps_{i-m}, ..., eps_{i-1}]`, `m < order`.
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {

@@ -62,6 +62,9 @@ impl Sampler for Dpm2 {
             "dpm2"
         }
     }
+    fn invertible(&self) -> bool {
+        self.churn.s_churn == 0.0 && self.eta == 0.0
+    }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
         let (x, s) = self.churn.apply(ctx, x)?;
         let s_next = ctx.sigma_next();

@@ -120,6 +120,9 @@ impl Sampler for DpmSinglestep {
     fn name(&self) -> &'static str {
         "dpm-singlestep"
     }
+    fn invertible(&self) -> bool {
+        self.algorithm_type != AlgorithmType::SdeDpmSolverPlusPlus
+    }
 
     /// `ctx.history` holds the group's first sample, then the group's outputs so far.
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {

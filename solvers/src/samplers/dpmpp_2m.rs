@@ -22,6 +22,9 @@ impl Sampler for DpmPp2M {
     fn name(&self) -> &'static str {
         "dpmpp-2m"
     }
+    fn invertible(&self) -> bool {
+        true
+    }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
         let (s, s_next) = (ctx.sigma(), ctx.sigma_next());
         let denoised = ctx.denoise(&x, s)?;

@@ -56,6 +56,9 @@ impl Sampler for DpmPp3M {
             "dpmpp-3m"
         }
     }
+    fn invertible(&self) -> bool {
+        self.eta == 0.0
+    }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
         let (i, s, s_next) = (ctx.index, ctx.sigma(), ctx.sigma_next());
         let denoised = ctx.denoise(&x, s)?;

@@ -119,6 +119,9 @@ impl Sampler for EdmStochastic {
     fn name(&self) -> &'static str {
         "edm-stochastic"
     }
+    fn invertible(&self) -> bool {
+        self.0.s_churn == 0.0
+    }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
         let (x_hat, s_hat) = self.0.apply(ctx, x)?;
         let s_next = ctx.sigma_next();

@@ -25,6 +25,9 @@ impl Sampler for Euler {
     fn name(&self) -> &'static str {
         "euler"
     }
+    fn invertible(&self) -> bool {
+        self.churn.s_churn == 0.0
+    }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
         let (x, s) = self.churn.apply(ctx, x)?;
         let s_next = ctx.sigma_next();

@@ -42,6 +42,9 @@ impl Sampler for Heun {
     fn name(&self) -> &'static str {
         "heun"
     }
+    fn invertible(&self) -> bool {
+        self.churn.s_churn == 0.0
+    }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
         let (x, s) = self.churn.apply(ctx, x)?;
         let s_next = ctx.sigma_next();

@@ -39,6 +39,9 @@ impl Sampler for Ipndm {
     fn name(&self) -> &'static str {
         "ipndm"
     }
+    fn invertible(&self) -> bool {
+        true
+    }
 
     /// `ctx.history` holds `[d_{i-m}, ..., d_{i-1}]`, `m < order`.
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {

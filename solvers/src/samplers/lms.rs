@@ -51,6 +51,9 @@ impl Sampler for Lms {
     fn name(&self) -> &'static str {
         "lms"
     }
+    fn invertible(&self) -> bool {
+        true
+    }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
         let (i, s) = (ctx.index, ctx.sigma());
         let d = ctx.derivative(&x, s)?;

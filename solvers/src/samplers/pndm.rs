@@ -61,6 +61,9 @@ impl Sampler for Pndm {
     fn name(&self) -> &'static str {
         "pndm"
     }
+    fn invertible(&self) -> bool {
+        true
+    }
 
     /// `ctx.history` holds the start estimates `e_j` of the last (at most three) steps.
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {

@@ -155,6 +155,9 @@ impl Sampler for UniPc {
     fn name(&self) -> &'static str {
         "unipc"
     }
+    fn invertible(&self) -> bool {
+        true
+    }
 
     /// `ctx.history` holds `[x_{i-1} (corrected), D_{i-m}, ..., D_{i-1}]` with `m <= order`.
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
