@@ -61,12 +61,14 @@ fn samplers_cmd(json: bool) -> Result<()> {
     use scoreflow_solvers::SamplerSpec;
     if !json {
         println!(
-            "{:<20} {:<14} {:<6} parameters (config key = default)",
-            "name", "nfe", "noise"
+            "{:<20} {:<14} {:<6} {:<7} parameters (config key = default)",
+            "name", "nfe", "noise", "inverts"
         );
     }
     for name in NAMES {
         let spec = SamplerSpec::from_name(name)?;
+        // Whether `sample --invert` takes it at the defaults.
+        let inverts = spec.build()?.invertible();
         // `k n + c`, fitted where the count has become linear (pndm's start steps end at n = 4),
         // with the smallest n from which it holds where that is not 1.
         let nfe = match (spec.nfe(20), spec.nfe(21)) {
@@ -108,13 +110,18 @@ fn samplers_cmd(json: bool) -> Result<()> {
                 })
                 .collect();
             let line = serde_json::json!({
-                "name": name, "nfe": nfe, "stochastic": spec.is_stochastic(), "parameters": params,
+                "name": name, "nfe": nfe, "stochastic": spec.is_stochastic(),
+                "invertible": inverts, "parameters": params,
             });
             println!("{line}");
         } else {
             let text: Vec<String> = table.iter().map(|(k, v)| format!("{k} = {v}")).collect();
-            let noise = if spec.is_stochastic() { "yes" } else { "no" };
-            println!("{name:<20} {nfe:<14} {noise:<6} {}", text.join(", "));
+            let yes = |b: bool| if b { "yes" } else { "no" };
+            let (noise, inverts) = (yes(spec.is_stochastic()), yes(inverts));
+            println!(
+                "{name:<20} {nfe:<14} {noise:<6} {inverts:<7} {}",
+                text.join(", ")
+            );
         }
     }
     Ok(())

@@ -1520,6 +1520,13 @@ fn samplers_lists_every_sampler_with_its_config_defaults() {
         assert!(table.lines().any(|l| l.starts_with(&format!("{name} "))));
         let spec = SamplerSpec::from_name(name).unwrap();
         assert_eq!(v["stochastic"], spec.is_stochastic(), "{name}");
+        // Inverts at the defaults: deterministic (and not adaptive), as `sample --invert` takes.
+        let inverts = v["invertible"].as_bool().unwrap();
+        assert_eq!(inverts, spec.build().unwrap().invertible(), "{name}");
+        assert!(
+            !inverts || !(spec.is_stochastic() || spec.is_adaptive()),
+            "{name}"
+        );
         // The NFE formula, evaluated at 7 steps, is the planned count (a formula that holds from
         // some n on, `n+9 (n >= 4)`, says so).
         let f = v["nfe"].as_str().unwrap();

@@ -672,9 +672,9 @@ fn every_shipped_config_loads() {
     }
     // gmm2d, fewstep, adaptive, edm-ablation, restart, gauss64, moons-samplers,
     // digits-samplers, digits-conditional, digits-guidance, digits-guidance-interval,
-    // gmm8-variance, digits-variance, digits-clip, spacing/{leading,trailing,linspace}; moons,
-    // gmm8-train, digits, gmm8-learned, digits-learned.
-    assert_eq!(seen, (17, 5));
+    // gmm8-variance, digits-variance, digits-clip, inversion, spacing/{leading,trailing,
+    // linspace}; moons, gmm8-train, digits, gmm8-learned, digits-learned.
+    assert_eq!(seen, (18, 5));
 }
 
 #[test]
