@@ -2418,3 +2418,46 @@ fn sample_invert_encodes_data_into_the_noise_that_samples_them() {
         "missing.npy",
     );
 }
+
+#[test]
+fn inversion_matches_diffusers_dpm_solver_multistep_inverse_scheduler() {
+    // experiments/peers/inversion_check.py: `sample --invert` with euler, ddim, dpmpp-2m and
+    // dpmpp-3m against diffusers' DPMSolverMultistepInverseScheduler (orders 1, 2, 3) on the
+    // same levels from the same data (exact gmm8, float64), at 8 and 25 sampling steps, plus a
+    // control that must differ.
+    let (Ok(py), Ok(site)) = (
+        std::env::var("SCOREFLOW_PEERS_PYTHON"),
+        std::env::var("SCOREFLOW_PEERS_SITE"),
+    ) else {
+        println!("skipped: the peers are not installed (scripts/test.sh installs them)");
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(py)
+        .env("PYTHONPATH", site)
+        .current_dir(root)
+        .arg(root.join("experiments/peers/inversion_check.py"))
+        .args(["--scoreflow", env!("CARGO_BIN_EXE_scoreflow"), "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    println!("{out}");
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    if lines[0].get("skipped").is_some() {
+        println!("skipped: {}", lines[0]["skipped"]);
+        return;
+    }
+    let judged: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("ok").is_some()).collect();
+    // 4 samplers at 2 step counts, and 2 controls.
+    assert_eq!(judged.len(), 10, "{out}");
+    assert!(judged.iter().all(|l| l["ok"] == true), "{out}");
+    for l in judged.iter().filter(|l| l.get("solver").is_some()) {
+        assert!(l["max_abs_diff"].as_f64().unwrap() < 5e-7, "{l}");
+    }
+}
