@@ -2339,84 +2339,61 @@ fn sample_invert_encodes_data_into_the_noise_that_samples_them() {
     );
     assert!(line["roundtrip_rms"].is_number() && !coarse.is_nan());
 
-    // Bad input: exit code 2, no output.
+    // Bad input: exit code 2, no output. Each case: the sampler and steps, then the other flags.
     let out = p("bad.npy");
-    let data = s(&p("x.npy"));
-    let bad = |extra: &[&str], needle: &str| {
+    write_npy(&p("x3.npy"), &[4, 3], &[0.0; 12], false);
+    let (data, data3, missing) = (s(&p("x.npy")), s(&p("x3.npy")), s(&p("missing.npy")));
+    let cases: [(&str, &str, &[&str], &str); 7] = [
+        (
+            "euler-ancestral",
+            "8",
+            &["--invert", &data],
+            "sampler euler-ancestral cannot run backwards",
+        ),
+        (
+            "ddim",
+            "8",
+            &["--eta", "1", "--invert", &data],
+            "cannot run backwards",
+        ),
+        (
+            "heun",
+            "1",
+            &["--invert", &data],
+            "--invert needs --steps >= 2",
+        ),
+        (
+            "heun",
+            "8",
+            &["--invert", &data, "--num", "4"],
+            "cannot be used with",
+        ),
+        (
+            "heun",
+            "8",
+            &["--roundtrip", "--num", "4"],
+            "--roundtrip applies to --invert",
+        ),
+        ("heun", "8", &["--invert", &data3], "data file"),
+        ("heun", "8", &["--invert", &missing], "missing.npy"),
+    ];
+    for (solver, steps, extra, needle) in cases {
         let mut args = vec![
             "sample",
             "--denoiser",
             &gauss,
             "--device",
             "cpu",
+            "--solver",
+            solver,
+            "--steps",
+            steps,
             "--out",
             out.to_str().unwrap(),
         ];
         args.extend(extra);
         assert_bad(&args, needle, &out);
-    };
-    bad(
-        &[
-            "--solver",
-            "euler-ancestral",
-            "--steps",
-            "8",
-            "--invert",
-            &data,
-        ],
-        "sampler euler-ancestral cannot run backwards",
-    );
-    bad(
-        &[
-            "--solver", "ddim", "--eta", "1", "--steps", "8", "--invert", &data,
-        ],
-        "cannot run backwards",
-    );
-    bad(
-        &["--solver", "heun", "--steps", "1", "--invert", &data],
-        "--invert needs --steps >= 2",
-    );
-    bad(
-        &[
-            "--solver", "heun", "--steps", "8", "--invert", &data, "--num", "4",
-        ],
-        "cannot be used with",
-    );
-    bad(
-        &[
-            "--solver",
-            "heun",
-            "--steps",
-            "8",
-            "--roundtrip",
-            "--num",
-            "4",
-        ],
-        "--invert",
-    );
-    write_npy(&p("x3.npy"), &[4, 3], &[0.0; 12], false);
-    bad(
-        &[
-            "--solver",
-            "heun",
-            "--steps",
-            "8",
-            "--invert",
-            &s(&p("x3.npy")),
-        ],
-        "data file",
-    );
-    bad(
-        &[
-            "--solver",
-            "heun",
-            "--steps",
-            "8",
-            "--invert",
-            &s(&p("missing.npy")),
-        ],
-        "missing.npy",
-    );
+    }
 }
 
 #[test]
