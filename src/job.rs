@@ -153,11 +153,13 @@ pub struct SamplerArgs {
     /// learned variance output: a card with learned_sigmas).
     #[arg(long)]
     pub variance: Option<String>,
-    /// lms, unipc, ipndm: order (1 to 4); deis, dpm-solver, dpm-singlestep: order (1 to 3);
+    /// lms, unipc, ipndm: order (1 to 4); deis, dpm-solver, dpm-singlestep, dpm-multistep: order
+    /// (1 to 3);
     /// dpm-adaptive: 2 or 3.
     #[arg(long)]
     pub order: Option<usize>,
-    /// dpmpp-2m-sde, dpm-singlestep: form of the higher-order correction, midpoint or heun;
+    /// dpmpp-2m-sde, dpm-singlestep, dpm-multistep: form of the second-order correction,
+    /// midpoint or heun;
     /// unipc: B(h), bh1 or bh2; edm-ablation: euler or heun (edm's solver).
     #[arg(long)]
     pub solver_type: Option<String>,
@@ -168,14 +170,19 @@ pub struct SamplerArgs {
     /// pc: the predictor, reverse-diffusion, ancestral-sampling, euler-maruyama or none.
     #[arg(long)]
     pub predictor: Option<String>,
-    /// dpm-singlestep: dpmsolver++ (data prediction, DPM-Solver++), dpmsolver (noise) or
-    /// sde-dpmsolver++ (DPM-Solver++ on the SDE, fresh noise every step).
+    /// dpm-singlestep, dpm-multistep: dpmsolver++ (data prediction, DPM-Solver++), dpmsolver
+    /// (noise) or sde-dpmsolver++ (DPM-Solver++ on the SDE, fresh noise every step);
+    /// dpm-multistep also sde-dpmsolver (DPM-Solver on the SDE).
     #[arg(long)]
     pub algorithm_type: Option<String>,
     /// pndm: start with one trapezoidal step instead of three pseudo Runge-Kutta steps (PLMS,
     /// true or false; diffusers' skip_prk_steps).
     #[arg(long)]
     pub skip_prk_steps: Option<bool>,
+    /// dpm-multistep: lower the order of the last two steps on grids of fewer than 15 steps
+    /// (true or false; diffusers' lower_order_final, true by default).
+    #[arg(long)]
+    pub lower_order_final: Option<bool>,
     /// dpmpp-sde: position of the intermediate level in each step, a fraction of the step in
     /// log sigma, in (0, 1] (k-diffusion's r; 1/2 by default).
     #[arg(long)]
@@ -464,6 +471,29 @@ impl SamplerArgs {
                     used.push("solver-type");
                 }
             }
+            SamplerSpec::DpmMultistep {
+                order,
+                algorithm_type,
+                solver_type,
+                lower_order_final,
+            } => {
+                if let Some(v) = self.order {
+                    *order = v;
+                    used.push("order");
+                }
+                if let Some(v) = &self.algorithm_type {
+                    *algorithm_type = v.parse::<AlgorithmType>()?;
+                    used.push("algorithm-type");
+                }
+                if let Some(v) = &self.solver_type {
+                    *solver_type = v.parse::<SolverType>()?;
+                    used.push("solver-type");
+                }
+                if let Some(v) = self.lower_order_final {
+                    *lower_order_final = v;
+                    used.push("lower-order-final");
+                }
+            }
             SamplerSpec::Pndm { skip_prk_steps } => {
                 if let Some(v) = self.skip_prk_steps {
                     *skip_prk_steps = v;
@@ -496,6 +526,7 @@ impl SamplerArgs {
             ("corrector", self.corrector.is_some()),
             ("predictor", self.predictor.is_some()),
             ("skip-prk-steps", self.skip_prk_steps.is_some()),
+            ("lower-order-final", self.lower_order_final.is_some()),
             ("algorithm-type", self.algorithm_type.is_some()),
             ("rtol", self.rtol.is_some()),
             ("atol", self.atol.is_some()),

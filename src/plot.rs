@@ -8,6 +8,33 @@ use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
 
+/// Line colors: the ten of matplotlib's tab10, then six darker ones, all readable on white
+/// (plotters' Palette99 turns pale from its 15th color); repeats after 16.
+const SERIES_COLORS: [(u8, u8, u8); 16] = [
+    (0x1f, 0x77, 0xb4),
+    (0xff, 0x7f, 0x0e),
+    (0x2c, 0xa0, 0x2c),
+    (0xd6, 0x27, 0x28),
+    (0x94, 0x67, 0xbd),
+    (0x8c, 0x56, 0x4b),
+    (0xe3, 0x77, 0xc2),
+    (0x7f, 0x7f, 0x7f),
+    (0xbc, 0xbd, 0x22),
+    (0x17, 0xbe, 0xcf),
+    (0x00, 0x00, 0x80),
+    (0x80, 0x80, 0x00),
+    (0x00, 0x80, 0x80),
+    (0x80, 0x00, 0x00),
+    (0x00, 0x00, 0x00),
+    (0xff, 0x14, 0x93),
+];
+
+/// The color of series `i`.
+fn series_color(i: usize) -> RGBAColor {
+    let (r, g, b) = SERIES_COLORS[i % SERIES_COLORS.len()];
+    RGBColor(r, g, b).to_rgba()
+}
+
 static FONT: Once = Once::new();
 
 /// Make the bundled font the "sans-serif" family (once).
@@ -94,7 +121,7 @@ where
         if pts.is_empty() {
             continue;
         }
-        let color = Palette99::pick(i).to_rgba();
+        let color = series_color(i);
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
             .label(s.label.as_str())
@@ -293,7 +320,7 @@ where
             .y_labels(0)
             .draw()?;
         for (i, l) in lines.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
+            let color = series_color(i);
             let pts: Vec<(f64, f64)> = l
                 .iter()
                 .map(|p| (p[0].clamp(-lim, lim), p[1].clamp(-lim, lim)))

@@ -1247,8 +1247,10 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // each model, and singlestep sde-dpmsolver++ (order 2 midpoint, order 3 heun) and SASolver
     // (the defaults; orders 3/3 at tau 0; 4/3 at tau 0.6; 1/4 in another window) given the same
     // step noise; 3 against scipy (rk45 under EDM, VP and VE with other tolerances); and two
-    // float64 checks on the exact mixture: dpm-adaptive with noise and rk45.
-    assert_eq!(checks.len(), 3 * 66 + 2);
+    // float64 checks on the exact mixture: dpm-adaptive with noise and rk45. And 7 of
+    // dpm-multistep against DPMSolverMultistepScheduler (order 3; DPM-Solver of orders 2,
+    // midpoint and heun, and 3; sde-dpmsolver++ of order 3; sde-dpmsolver, midpoint and heun).
+    assert_eq!(checks.len(), 3 * 73 + 2);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),
@@ -1275,7 +1277,8 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
             "euler,euler-ancestral,dpm2-ancestral,dpmpp-2s-ancestral,dpmpp-sde,edm-stochastic,\
              euler-churn,dpm2-churn,dpmpp-2m-sde,dpmpp-3m-sde,ddpm,ddim-eta1,pc,euler-maruyama,\
              dpm-solver-eta0.5,dpm-adaptive-eta0.5,dpmpp-sde-r0.3,dpm-fast-eta0.5,\
-             dpmpp-2m-sde-diffusers,dpm-singlestep-sde,sa-solver,edm-stochastic-karras-ve",
+             dpmpp-2m-sde-diffusers,dpm-singlestep-sde,sa-solver,edm-stochastic-karras-ve,\
+             dpm-multistep-3-sde,dpm-multistep-sde-eps",
             "--check-noise-seed",
             "4",
         ],
@@ -2436,5 +2439,36 @@ fn inversion_matches_diffusers_dpm_solver_multistep_inverse_scheduler() {
     assert!(judged.iter().all(|l| l["ok"] == true), "{out}");
     for l in judged.iter().filter(|l| l.get("solver").is_some()) {
         assert!(l["max_abs_diff"].as_f64().unwrap() < 5e-7, "{l}");
+    }
+}
+
+#[test]
+fn dpm_multistep_lowers_its_final_orders_as_diffusers_does() {
+    // On an 8-step grid diffusers' DPMSolverMultistepScheduler (lower_order_final) takes the
+    // step before the last at second order: dpm-multistep of order 3 gives its samples in the
+    // data-prediction, noise-prediction and SDE forms, while dpmpp-3m (k-diffusion's 3M, third
+    // order there) does not (exit code 1 for that disagreement).
+    let dir = tempfile::tempdir().unwrap();
+    let Some(v) = peers_exit(
+        &[
+            "--check-only",
+            "--steps",
+            "8",
+            "--check-samplers",
+            "dpm-multistep-3,dpm-multistep-3-eps,dpm-multistep-3-sde,dpmpp-3m-diffusers",
+        ],
+        dir.path(),
+        1,
+    ) else {
+        return;
+    };
+    let checks = v["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 4);
+    for c in checks {
+        let ours = c["sampler"].as_str().unwrap().starts_with("dpm-multistep");
+        assert_eq!(c["agree"], ours, "{c}");
+        if !ours {
+            assert!(c["max_abs_diff"].as_f64().unwrap() > 0.1, "{c}");
+        }
     }
 }

@@ -985,6 +985,28 @@ def _diffusers_multistep_sde(solver_type):
     return run
 
 
+def _diffusers_multistep_full(order, algorithm_type, solver_type="midpoint"):
+    """diffusers' DPMSolverMultistepScheduler with any algorithm type (dpm-multistep) on
+    scoreflow's grid, the model's D as the "sample" prediction, the SDE types given scoreflow's
+    step noise. diffusers refuses a final sigma of 0 for the noise-prediction types "dpmsolver"
+    and "sde-dpmsolver" (sigma_t = 0 times e^h - 1 = inf); there the scheduler is built with
+    final_sigmas_type "sigma_min" (the grid replaces its sigmas), runs the first N - 1 steps, and
+    the last evaluation's D is the result, as scoreflow's step to 0 returns."""
+
+    def run(diffusers, model, x, sigmas, grid, noise):
+        mod = diffusers[9]
+        eps = algorithm_type in ("dpmsolver", "sde-dpmsolver")
+        sch = mod.DPMSolverMultistepScheduler(
+            solver_order=order, prediction_type="sample", algorithm_type=algorithm_type,
+            solver_type=solver_type, lower_order_final=True,
+            final_sigmas_type="sigma_min" if eps else "zero")
+        if algorithm_type.startswith("sde-"):
+            return _x0_scheduler_with_step_noise(mod, sch, model, x, grid, noise, last_d=eps)
+        return _x0_scheduler_on_grid(sch, model, x, grid, last_d=eps)
+
+    return run
+
+
 def _diffusers_sa_solver(predictor_order=2, corrector_order=2, tau=1.0, s_tmin=None, s_tmax=None):
     """diffusers' SASolverScheduler (data prediction, lower_order_final) with its sigmas set to
     scoreflow's grid (float64) and timesteps N-1 .. 0, the model's D given as the "sample"
@@ -1102,6 +1124,19 @@ DIFFUSERS_CHECKS = {
                            _diffusers_singlestep(2, "sde-dpmsolver++")),
     "dpm-singlestep-3-sde-heun": (["--solver", "dpm-singlestep", "--order", "3", "--algorithm-type", "sde-dpmsolver++",
                                    "--solver-type", "heun"], _diffusers_singlestep(3, "sde-dpmsolver++", "heun")),
+    "dpm-multistep-3": (["--solver", "dpm-multistep", "--order", "3"], _diffusers_multistep_full(3, "dpmsolver++")),
+    "dpm-multistep-eps": (["--solver", "dpm-multistep", "--algorithm-type", "dpmsolver"],
+                          _diffusers_multistep_full(2, "dpmsolver")),
+    "dpm-multistep-eps-heun": (["--solver", "dpm-multistep", "--algorithm-type", "dpmsolver", "--solver-type", "heun"],
+                               _diffusers_multistep_full(2, "dpmsolver", "heun")),
+    "dpm-multistep-3-eps": (["--solver", "dpm-multistep", "--order", "3", "--algorithm-type", "dpmsolver"],
+                            _diffusers_multistep_full(3, "dpmsolver")),
+    "dpm-multistep-3-sde": (["--solver", "dpm-multistep", "--order", "3", "--algorithm-type", "sde-dpmsolver++"],
+                            _diffusers_multistep_full(3, "sde-dpmsolver++")),
+    "dpm-multistep-sde-eps": (["--solver", "dpm-multistep", "--algorithm-type", "sde-dpmsolver"],
+                              _diffusers_multistep_full(2, "sde-dpmsolver")),
+    "dpm-multistep-sde-eps-heun": (["--solver", "dpm-multistep", "--algorithm-type", "sde-dpmsolver",
+                                    "--solver-type", "heun"], _diffusers_multistep_full(2, "sde-dpmsolver", "heun")),
 }
 
 

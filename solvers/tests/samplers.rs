@@ -49,6 +49,21 @@ fn sa_solver(predictor_order: usize, corrector_order: usize, tau: f64) -> Sample
     })
 }
 
+/// diffusers' multistep DPM-Solver with these settings.
+fn multistep(
+    order: usize,
+    algorithm_type: AlgorithmType,
+    solver_type: SolverType,
+    lower_order_final: bool,
+) -> SamplerSpec {
+    SamplerSpec::DpmMultistep {
+        order,
+        algorithm_type,
+        solver_type,
+        lower_order_final,
+    }
+}
+
 /// Deterministic samplers and their orders.
 fn deterministic() -> Vec<(SamplerSpec, f64)> {
     vec![
@@ -184,6 +199,26 @@ fn deterministic() -> Vec<(SamplerSpec, f64)> {
                 solver_type: SolverType::Heun,
             },
             2.0,
+        ),
+        // diffusers' multistep DPM-Solver(++): the defaults (dpmpp-2m), order 3 (data and noise
+        // prediction, lower-order final steps only below 15 steps) and DPM-Solver-2M heun.
+        (SamplerSpec::from_name("dpm-multistep").unwrap(), 2.0),
+        (
+            multistep(
+                3,
+                AlgorithmType::DpmSolverPlusPlus,
+                SolverType::Midpoint,
+                true,
+            ),
+            3.0,
+        ),
+        (
+            multistep(2, AlgorithmType::DpmSolver, SolverType::Heun, true),
+            2.0,
+        ),
+        (
+            multistep(3, AlgorithmType::DpmSolver, SolverType::Midpoint, true),
+            3.0,
         ),
         // SA-Solver at tau = 0: exponential Adams-Bashforth predictor and Adams-Moulton
         // corrector in lambda, of the corrector's order (with p >= c - 1).
@@ -381,6 +416,7 @@ fn inversion_converges_at_each_samplers_order_under_edm_ve_and_vp() {
     let want = [
         "ddim",
         "deis",
+        "dpm-multistep",
         "dpm-singlestep",
         "dpm2",
         "dpm2-ancestral",
@@ -720,6 +756,75 @@ fn ancestral_second_order_samplers_at_eta_0_are_the_ode_samplers() {
 }
 
 #[test]
+fn dpm_multistep_contains_dpmpp_2m_3m_and_the_2m_sde_and_lowers_its_final_orders() {
+    let den = GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap();
+    let sde = Edm::default();
+    let diff = |a: &SamplerSpec, b: &SamplerSpec, steps: usize| {
+        let sigmas = grid_for(&sde, &GridKind::default(), steps);
+        let x = sample(a, &den, &sde, &sigmas, 3, 32, 2).0;
+        let y = sample(b, &den, &sde, &sigmas, 3, 32, 2).0;
+        max_abs(&(x - y))
+    };
+    let pp = AlgorithmType::DpmSolverPlusPlus;
+    let (mid, heun) = (SolverType::Midpoint, SolverType::Heun);
+    let defaults = SamplerSpec::from_name("dpm-multistep").unwrap();
+    assert_eq!(defaults, multistep(2, pp, mid, true));
+    for steps in [6, 25] {
+        // The defaults are DPM-Solver++(2M); order 3 with the heun start-up step and no
+        // lower-order final steps is dpmpp-3m (k-diffusion's 3M).
+        let d = diff(&defaults, &SamplerSpec::DpmPp2M {}, steps);
+        assert!(d < 1e-10, "dpm-multistep vs dpmpp-2m at {steps}: {d}");
+        let d = diff(
+            &multistep(3, pp, heun, false),
+            &SamplerSpec::DpmPp3M {},
+            steps,
+        );
+        assert!(d < 1e-10, "order 3 vs dpmpp-3m at {steps}: {d}");
+        // Order 1 is Euler's step in both forms.
+        let euler = SamplerSpec::Euler(Default::default());
+        for algorithm in [pp, AlgorithmType::DpmSolver] {
+            let d = diff(&multistep(1, algorithm, mid, true), &euler, steps);
+            assert!(d < 1e-10, "order 1 {algorithm:?} vs euler at {steps}: {d}");
+        }
+        // sde-dpmsolver++ of order 2 is dpmpp-2m-sde (eta 1) with the same noise, in both forms.
+        for solver_type in [mid, heun] {
+            let two_m_sde = SamplerSpec::DpmPp2MSde {
+                eta: 1.0,
+                s_noise: 1.0,
+                solver_type,
+            };
+            let sde_pp = multistep(2, AlgorithmType::SdeDpmSolverPlusPlus, solver_type, true);
+            let d = diff(&sde_pp, &two_m_sde, steps);
+            assert!(d < 1e-10, "sde-dpmsolver++ vs dpmpp-2m-sde at {steps}: {d}");
+        }
+    }
+    // Below 15 steps lower_order_final lowers the third-order step before the last one; from
+    // 15 steps on it changes nothing.
+    assert!(diff(&multistep(3, pp, heun, true), &SamplerSpec::DpmPp3M {}, 6) > 1e-6);
+    assert!(diff(&multistep(3, pp, heun, true), &SamplerSpec::DpmPp3M {}, 15) < 1e-10);
+    let m =
+        scoreflow_solvers::samplers::dpm_multistep::DpmMultistep::new(3, pp, mid, true).unwrap();
+    let orders: Vec<usize> = (0..6).map(|i| m.order_at(i, 6, 0.0)).collect();
+    assert_eq!(orders, [1, 2, 3, 3, 2, 1]);
+    let orders: Vec<usize> = (0..16).map(|i| m.order_at(i, 16, 0.0)).collect();
+    assert_eq!(orders[13..], [3, 3, 1]);
+    // sde-dpmsolver has no third order; dpm-singlestep no sde-dpmsolver.
+    let e = multistep(3, AlgorithmType::SdeDpmSolver, mid, true)
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("orders 1"), "{e}");
+    let singlestep = SamplerSpec::DpmSinglestep {
+        order: 2,
+        algorithm_type: AlgorithmType::SdeDpmSolver,
+        solver_type: mid,
+    };
+    assert!(singlestep.build().is_err());
+    assert!(multistep(2, AlgorithmType::SdeDpmSolver, mid, true).is_stochastic());
+}
+
+#[test]
 fn dpmpp_sde_samplers_at_eta_0_are_the_ode_samplers() {
     let den = GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap();
     let sde = Edm::default();
@@ -880,6 +985,19 @@ fn samplers_recover_mixture_mode_weights() {
             },
             32,
         ),
+        (
+            multistep(2, AlgorithmType::SdeDpmSolver, SolverType::Midpoint, true),
+            32,
+        ),
+        (
+            multistep(
+                3,
+                AlgorithmType::SdeDpmSolverPlusPlus,
+                SolverType::Midpoint,
+                true,
+            ),
+            32,
+        ),
         (SamplerSpec::Heun(Default::default()), 32),
         (SamplerSpec::DpmPp2M {}, 64),
         (SamplerSpec::from_name("restart").unwrap(), 32),
@@ -1019,8 +1137,10 @@ fn a_sample_does_not_depend_on_its_batch() {
         "dpm-fast",
         "restart",
         "sa-solver",
+        "dpm-multistep",
     ] {
         let spec = match name {
+            "dpm-multistep" => multistep(2, AlgorithmType::SdeDpmSolver, SolverType::Heun, true),
             "dpm-solver" => SamplerSpec::DpmSolver {
                 order: 3,
                 eta: 1.0,

@@ -43,6 +43,9 @@ pub enum AlgorithmType {
     /// DPM-Solver++ on the SDE (diffusers' `sde-dpmsolver++`): fresh noise every step.
     #[serde(rename = "sde-dpmsolver++")]
     SdeDpmSolverPlusPlus,
+    /// DPM-Solver on the SDE (diffusers' `sde-dpmsolver`; multistep only, orders 1 and 2).
+    #[serde(rename = "sde-dpmsolver")]
+    SdeDpmSolver,
 }
 
 impl std::str::FromStr for AlgorithmType {
@@ -52,8 +55,9 @@ impl std::str::FromStr for AlgorithmType {
             "dpmsolver++" => Ok(AlgorithmType::DpmSolverPlusPlus),
             "dpmsolver" => Ok(AlgorithmType::DpmSolver),
             "sde-dpmsolver++" => Ok(AlgorithmType::SdeDpmSolverPlusPlus),
+            "sde-dpmsolver" => Ok(AlgorithmType::SdeDpmSolver),
             _ => Err(SolverError::Invalid(format!(
-                "unknown algorithm type '{s}' (known: dpmsolver++, dpmsolver, sde-dpmsolver++)"
+                "unknown algorithm type '{s}' (known: dpmsolver++, dpmsolver, sde-dpmsolver++, sde-dpmsolver)"
             ))),
         }
     }
@@ -73,6 +77,13 @@ impl DpmSinglestep {
         solver_type: SolverType,
     ) -> Result<Self> {
         check_order(order, 1..=3)?;
+        if algorithm_type == AlgorithmType::SdeDpmSolver {
+            return Err(SolverError::Invalid(
+                "dpm-singlestep has no algorithm_type sde-dpmsolver (diffusers' singlestep \
+                 scheduler neither; dpm-multistep has it)"
+                    .into(),
+            ));
+        }
         Ok(DpmSinglestep {
             order,
             algorithm_type,

@@ -5,6 +5,7 @@ pub mod ddim;
 pub mod ddpm;
 pub mod deis;
 pub mod dpm2;
+pub mod dpm_multistep;
 pub mod dpm_singlestep;
 pub mod dpm_solver;
 pub mod dpmpp_2m;
@@ -316,6 +317,17 @@ pub enum SamplerSpec {
     },
     /// score_sde's ODE sampler (scipy's RK45; see [`rk45::Rk45Params`]).
     Rk45(rk45::Rk45Params),
+    /// diffusers' `DPMSolverMultistepScheduler` (its names and defaults).
+    DpmMultistep {
+        #[serde(default = "two")]
+        order: usize,
+        #[serde(default)]
+        algorithm_type: AlgorithmType,
+        #[serde(default)]
+        solver_type: SolverType,
+        #[serde(default = "yes")]
+        lower_order_final: bool,
+    },
     /// NVlabs/edm's `ablation_sampler` (see [`edm_ablation::AblationParams`]).
     EdmAblation(edm_ablation::AblationParams),
     /// Restart sampling (Xu et al. 2023; see [`restart::RestartParams`]).
@@ -355,6 +367,7 @@ pub const NAMES: &[&str] = &[
     "edm-ablation",
     "restart",
     "sa-solver",
+    "dpm-multistep",
 ];
 
 impl SamplerSpec {
@@ -432,6 +445,12 @@ impl SamplerSpec {
                 solver_type: SolverType::Midpoint,
             },
             "rk45" => SamplerSpec::Rk45(rk45::Rk45Params::default()),
+            "dpm-multistep" => SamplerSpec::DpmMultistep {
+                order: 2,
+                algorithm_type: AlgorithmType::DpmSolverPlusPlus,
+                solver_type: SolverType::Midpoint,
+                lower_order_final: true,
+            },
             "edm-ablation" => SamplerSpec::EdmAblation(edm_ablation::AblationParams::default()),
             "restart" => SamplerSpec::Restart(restart::RestartParams::default()),
             "sa-solver" => SamplerSpec::SaSolver(sa_solver::SaSolverParams::default()),
@@ -472,6 +491,7 @@ impl SamplerSpec {
             SamplerSpec::DpmAdaptive(_) => "dpm-adaptive",
             SamplerSpec::DpmFast { .. } => "dpm-fast",
             SamplerSpec::DpmSinglestep { .. } => "dpm-singlestep",
+            SamplerSpec::DpmMultistep { .. } => "dpm-multistep",
             SamplerSpec::Rk45(_) => "rk45",
             SamplerSpec::EdmAblation(_) => "edm-ablation",
             SamplerSpec::Restart(_) => "restart",
@@ -502,9 +522,11 @@ impl SamplerSpec {
             SamplerSpec::EdmAblation(p) => p.churn().is_stochastic(),
             SamplerSpec::Restart(p) => p.is_stochastic(),
             SamplerSpec::SaSolver(p) => p.is_stochastic(),
-            SamplerSpec::DpmSinglestep { algorithm_type, .. } => {
-                *algorithm_type == AlgorithmType::SdeDpmSolverPlusPlus
-            }
+            SamplerSpec::DpmSinglestep { algorithm_type, .. }
+            | SamplerSpec::DpmMultistep { algorithm_type, .. } => matches!(
+                algorithm_type,
+                AlgorithmType::SdeDpmSolverPlusPlus | AlgorithmType::SdeDpmSolver
+            ),
             _ => false,
         }
     }
@@ -612,6 +634,17 @@ impl SamplerSpec {
                 *order,
                 *algorithm_type,
                 *solver_type,
+            )?),
+            SamplerSpec::DpmMultistep {
+                order,
+                algorithm_type,
+                solver_type,
+                lower_order_final,
+            } => Box::new(dpm_multistep::DpmMultistep::new(
+                *order,
+                *algorithm_type,
+                *solver_type,
+                *lower_order_final,
             )?),
             SamplerSpec::Rk45(p) => Box::new(rk45::Rk45::new(p.clone())?),
             SamplerSpec::EdmAblation(p) => Box::new(edm_ablation::EdmAblation::new(p.clone())?),
