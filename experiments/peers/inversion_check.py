@@ -1,7 +1,8 @@
-"""Inversion against diffusers: `scoreflow sample --invert` with euler, ddim, dpmpp-2m and
-dpmpp-3m against diffusers' DPMSolverMultistepInverseScheduler (DPM-Solver++ of orders 1, 2 and
-3 run up an increasing grid; order 1 is DDIM's and Euler's step) on the same levels, from the
-same data, on the exact 8-mode ring (scoreflow's builtin:gmm8) in float64.
+"""Inversion against diffusers: `scoreflow sample --invert` with euler, ddim, dpmpp-2m, dpmpp-3m
+and dpm-multistep (order 3; DPM-Solver of order 2) against diffusers'
+DPMSolverMultistepInverseScheduler (DPM-Solver++ and DPM-Solver of orders 1, 2 and 3 run up an
+increasing grid; order 1 is DDIM's and Euler's step) on the same levels, from the same data, on
+the exact 8-mode ring (scoreflow's builtin:gmm8) in float64.
 
 Usage: PYTHONPATH=.peers/site python3 experiments/peers/inversion_check.py --scoreflow BINARY
        [--diffusers-site .peers/diffusers] [--out DIR]
@@ -10,8 +11,9 @@ Usage: PYTHONPATH=.peers/site python3 experiments/peers/inversion_check.py --sco
 of S steps upwards (S - 1 steps, the data taken as the points at sigma_min) and writes
 z = x(sigma_max) / sigma_max. The scheduler gets those levels as its sigmas (diffusers' VP
 variable x_vp = x / sqrt(1 + sigma^2), the model's D as the "sample" prediction, timesteps
-0 .. S - 2), `lower_order_final` off (its lower-order last steps below 15 steps are a sampling
-device that scoreflow's upward steps do not copy), and order 3 with solver_type "heun" (its
+0 .. S - 2), `lower_order_final` off for euler, ddim, dpmpp-2m and dpmpp-3m (its lower-order
+last steps below 15 steps, which those do not take) and on for dpm-multistep (which takes them,
+diffusers' default), and for dpmpp-3m order 3 with solver_type "heun" (its
 second-order start-up step in the form of scoreflow's dpmpp-3m, as in the sampling check of
 peers.py). Prints one JSON line per comparison and exits 1 when one differs by more than
 --tol (1e-8).
@@ -42,12 +44,12 @@ def scoreflow(binary, args):
     return json.loads(p.stdout)
 
 
-def dpm_inverse(module, order, solver_type, model, x, up):
+def dpm_inverse(module, order, solver_type, model, x, up, algorithm_type="dpmsolver++", lower_order_final=False):
     """DPMSolverMultistepInverseScheduler on the increasing levels `up` from x at up[0]: z."""
     n = len(up) - 1
     sch = module.DPMSolverMultistepInverseScheduler(
-        solver_order=order, prediction_type="sample", algorithm_type="dpmsolver++",
-        solver_type=solver_type, lower_order_final=False)
+        solver_order=order, prediction_type="sample", algorithm_type=algorithm_type,
+        solver_type=solver_type, lower_order_final=lower_order_final)
     sch.set_timesteps(n)
     sch.sigmas = torch.tensor(up, dtype=torch.float64)
     sch.timesteps = torch.arange(0, n, dtype=torch.int64)
@@ -110,24 +112,31 @@ def main():
     model = peers.gmm8().to_float64()
     print(json.dumps({"peer": f"diffusers {diffusers.__version__}", "data": data, "num": a.num}))
     failed = 0
-    cases = [("euler", 1, "midpoint"), ("ddim", 1, "midpoint"), ("dpmpp-2m", 2, "midpoint"),
-             ("dpmpp-3m", 3, "heun")]
+    # (scoreflow's sampler, the scheduler's order, solver_type, algorithm_type, lower_order_final):
+    # dpm-multistep keeps diffusers' lower_order_final (on by default), which lowers the last
+    # orders of the 7 upward steps of an 8-step grid, as the inverse scheduler does.
+    cases = [("euler", 1, "midpoint", "dpmsolver++", False), ("ddim", 1, "midpoint", "dpmsolver++", False),
+             ("dpmpp-2m", 2, "midpoint", "dpmsolver++", False), ("dpmpp-3m", 3, "heun", "dpmsolver++", False),
+             ("dpm-multistep(order=3)", 3, "midpoint", "dpmsolver++", True),
+             ("dpm-multistep(algorithm_type=dpmsolver)", 2, "midpoint", "dpmsolver", True)]
     for steps in (8, 25):
         up = peers.karras_f64(steps)[:-1][::-1]
-        for solver, order, solver_type in cases:
-            z_path = os.path.join(out, f"z-{solver}-{steps}.npy")
+        for solver, order, solver_type, algorithm_type, lower in cases:
+            tag = solver.replace("(", "-").replace(")", "").replace("=", "-").replace(",", "-")
+            z_path = os.path.join(out, f"z-{tag}-{steps}.npy")
             line = scoreflow(a.scoreflow, ["sample", *common, "--solver", solver, "--steps", str(steps),
                                            "--invert", data, "--out", z_path])
             # scoreflow computes in float64 and writes float32 latents: allow their rounding.
             z_sf = torch.from_numpy(np.load(z_path).astype(np.float64))
-            z_peer = dpm_inverse(dpm_mod, order, solver_type, model, x, up)
+            z_peer = dpm_inverse(dpm_mod, order, solver_type, model, x, up, algorithm_type, lower)
             diff = float((z_sf - z_peer).abs().max())
             scale = float(z_peer.abs().max())
             ok = diff <= a.tol + 6e-8 * scale  # float32 rounding of the written latents
             failed += not ok
             print(json.dumps({"solver": solver, "steps": steps, "inversion_steps": steps - 1, "nfe": line["nfe"],
                               "peer": f"DPMSolverMultistepInverseScheduler(solver_order={order}, "
-                                      f"solver_type={solver_type})",
+                                      f"solver_type={solver_type}, algorithm_type={algorithm_type}, "
+                                      f"lower_order_final={lower})",
                               "max_abs_diff": diff, "max_abs_z": scale, "ok": ok}))
         # A control: the check tells the orders apart (dpmpp-2m's latents against order 1).
         z_2m = torch.from_numpy(np.load(os.path.join(out, f"z-dpmpp-2m-{steps}.npy")).astype(np.float64))
