@@ -137,6 +137,41 @@ fn frontier<'a>(cells: &'a [Cell], metric: &str) -> Vec<(f64, &'a Cell)> {
     out
 }
 
+/// Quality targets for a lower-is-better metric: the values 1 and 3 times a power of ten that
+/// some cell reaches and some does not (from the largest down).
+fn targets(cells: &[Cell]) -> Vec<f64> {
+    let means: Vec<f64> = cells
+        .iter()
+        .map(|c| c.mean)
+        .filter(|m| m.is_finite() && *m > 0.0)
+        .collect();
+    let (Some(lo), Some(hi)) = (
+        means.iter().copied().reduce(f64::min),
+        means.iter().copied().reduce(f64::max),
+    ) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for k in (lo.log10().floor() as i32..=hi.log10().ceil() as i32).rev() {
+        for f in [3.0, 1.0] {
+            let t = f * 10f64.powi(k);
+            if t >= lo && t < hi {
+                out.push(t);
+            }
+        }
+    }
+    out
+}
+
+/// The cheapest cell (fewest mean evaluations; then the lower value) whose mean is at most
+/// `target`.
+fn cheapest_reaching(cells: &[Cell], target: f64) -> Option<&Cell> {
+    cells
+        .iter()
+        .filter(|c| c.mean <= target)
+        .min_by(|a, b| a.nfe.total_cmp(&b.nfe).then(a.mean.total_cmp(&b.mean)))
+}
+
 /// The summary of `rows` (an experiment's cells, sorted by seed, sampler, steps) for `metrics`
 /// (with their titles), with the floors where known, as Markdown. The metrics in `unranked` get
 /// their table but no budget ranking (their values at different step counts measure different
@@ -156,7 +191,8 @@ pub fn markdown(
     let mut out = format!(
         "# {title}\n\nMeans over {seeds} seed{} of each sampler at each step count (NFE in \
          parentheses: network evaluations per sample, averaged over seeds), then the best sampler \
-         within each budget of evaluations. Lower is better for every metric but mode-coverage.\n",
+         within each budget of evaluations and the cheapest sampler reaching each quality. Lower \
+         is better for every metric but mode-coverage.\n",
         if seeds == 1 { "" } else { "s" },
     );
     for (m, what) in metrics {
@@ -228,6 +264,40 @@ pub fn markdown(
                 partial(c, seeds)
             );
         }
+        // The other way round: the fewest evaluations that reach a quality.
+        let goals = if higher_is_better(m) {
+            Vec::new()
+        } else {
+            targets(&cells)
+        };
+        if !goals.is_empty() {
+            out += &format!(
+                "\n| {m} at most | cheapest sampler | steps | NFE | {m} |\n|---|---|---|---|---|\n"
+            );
+            // A target whose cheapest cell also reaches the next, tighter one is left out.
+            let mut rows: Vec<(f64, &Cell)> = Vec::new();
+            for t in goals {
+                if let Some(c) = cheapest_reaching(&cells, t) {
+                    if rows.last().is_some_and(|(_, p)| std::ptr::eq(*p, c)) {
+                        rows.pop();
+                    }
+                    rows.push((t, c));
+                }
+            }
+            for (t, c) in rows {
+                {
+                    out += &format!(
+                        "| {} | {} | {} | {} | {}{} |\n",
+                        fmt3(t),
+                        c.label,
+                        c.steps.map_or("adaptive".to_string(), |s| s.to_string()),
+                        fmt_nfe(c.nfe),
+                        fmt3(c.mean),
+                        partial(c, seeds)
+                    );
+                }
+            }
+        }
     }
     out
 }
@@ -266,6 +336,45 @@ mod tests {
             "seed": seed});
         r[m.0] = json!(m.1);
         r
+    }
+
+    #[test]
+    fn the_cheapest_cell_reaching_each_quality_is_listed() {
+        let e = |label: &str, steps: u64, nfe: u64, v: f64| {
+            row(label, label, steps, nfe, 0, ("rms", v))
+        };
+        let rows = vec![
+            e("euler", 4, 4, 0.5),
+            e("euler", 8, 8, 0.2),
+            e("euler", 16, 16, 0.09),
+            e("heun", 4, 7, 0.3),
+            e("heun", 8, 15, 0.02),
+        ];
+        let md = markdown("t", &rows, &[("rms", "err")], &BTreeMap::new(), &[]);
+        // Targets 0.3, 0.1 and 0.03 lie between the best (0.02) and the worst (0.5) cell; heun
+        // at 15 NFE is the cheapest for both 0.1 and 0.03, listed once, at the tighter one.
+        assert!(
+            md.contains("| rms at most | cheapest sampler | steps | NFE | rms |"),
+            "{md}"
+        );
+        assert!(md.contains("| 0.300 | heun | 4 | 7 | 0.300 |"), "{md}");
+        assert!(!md.contains("| 0.100 |"), "{md}");
+        assert!(md.contains("| 0.0300 | heun | 8 | 15 | 0.0200 |"), "{md}");
+        assert!(
+            !md.contains("| 1.00 |") && !md.contains("| 0.0100 |"),
+            "{md}"
+        );
+        // No such table for mode-coverage (higher is better).
+        let cov: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r["mode-coverage"] = r["rms"].clone();
+                r
+            })
+            .collect();
+        let md = markdown("t", &cov, &[("mode-coverage", "c")], &BTreeMap::new(), &[]);
+        assert!(!md.contains("| mode-coverage at most |"), "{md}");
     }
 
     #[test]

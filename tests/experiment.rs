@@ -822,7 +822,30 @@ fn the_summary_names_the_best_sampler_within_each_budget() {
             assert_eq!(line[2], *label, "{m}: {line:?}");
             assert_eq!(line[3], steps.to_string(), "{m}: {line:?}");
         }
+        // The cheapest-to-reach table: each line's cell reaches its target with the fewest
+        // evaluations of all cells that do (lower-is-better metrics only).
+        let reach: Vec<Vec<String>> = section
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("| {m} at most")))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+            .collect();
+        assert_eq!(reach.is_empty(), higher, "{m}:\n{section}");
+        for line in &reach {
+            let target: f64 = line[1].parse().unwrap();
+            let fewest = cells
+                .iter()
+                .filter_map(|(l, s)| mean(l, *s, m))
+                .filter(|p| p.1 <= target)
+                .map(|p| p.0)
+                .fold(f64::INFINITY, f64::min);
+            let (label, steps) = (line[2].as_str(), line[3].parse::<u64>().unwrap());
+            let (nfe, value) = mean(label, steps, m).unwrap();
+            assert!(value <= target && nfe == fewest, "{m}: {line:?}");
+        }
         if m == "rms" {
+            assert!(!reach.is_empty(), "{section}");
             // The stochastic sampler has no rms: it never appears in that section.
             assert!(!section.contains("ddim(eta=1)"), "{section}");
             // More budget buys a smaller error: the last line is heun at 16 steps (31 NFE).
