@@ -457,25 +457,12 @@ impl SamplerArgs {
                 order,
                 algorithm_type,
                 solver_type,
-            } => {
-                if let Some(v) = self.order {
-                    *order = v;
-                    used.push("order");
-                }
-                if let Some(v) = &self.algorithm_type {
-                    *algorithm_type = v.parse::<AlgorithmType>()?;
-                    used.push("algorithm-type");
-                }
-                if let Some(v) = &self.solver_type {
-                    *solver_type = v.parse::<SolverType>()?;
-                    used.push("solver-type");
-                }
             }
-            SamplerSpec::DpmMultistep {
+            | SamplerSpec::DpmMultistep {
                 order,
                 algorithm_type,
                 solver_type,
-                lower_order_final,
+                ..
             } => {
                 if let Some(v) = self.order {
                     *order = v;
@@ -488,10 +475,6 @@ impl SamplerArgs {
                 if let Some(v) = &self.solver_type {
                     *solver_type = v.parse::<SolverType>()?;
                     used.push("solver-type");
-                }
-                if let Some(v) = self.lower_order_final {
-                    *lower_order_final = v;
-                    used.push("lower-order-final");
                 }
             }
             SamplerSpec::Pndm { skip_prk_steps } => {
@@ -501,6 +484,16 @@ impl SamplerArgs {
                 }
             }
             _ => {}
+        }
+        if let (
+            SamplerSpec::DpmMultistep {
+                lower_order_final, ..
+            },
+            Some(v),
+        ) = (&mut spec, self.lower_order_final)
+        {
+            *lower_order_final = v;
+            used.push("lower-order-final");
         }
         if let (SamplerSpec::DpmPpSde { r, .. }, Some(v)) = (&mut spec, self.r) {
             *r = v;

@@ -345,6 +345,22 @@ fn churn_flags_reach_euler_heun_and_dpm2_and_the_other_samplers_flags_reach_thei
     );
     assert_ne!(samples("dpm-singlestep", &["--solver-type", "heun"]), ss);
     assert_ne!(samples("dpm-singlestep", &["--order", "3"]), ss);
+    // dpm-multistep's four flags reach it (8 steps: the lower-order final steps matter).
+    let ms = samples("dpm-multistep", &[]);
+    assert_ne!(
+        samples("dpm-multistep", &["--algorithm-type", "dpmsolver"]),
+        ms
+    );
+    assert_ne!(samples("dpm-multistep", &["--solver-type", "heun"]), ms);
+    let ms3 = samples("dpm-multistep", &["--order", "3"]);
+    assert_ne!(ms3, ms);
+    assert_ne!(
+        samples(
+            "dpm-multistep",
+            &["--order", "3", "--lower-order-final", "false"]
+        ),
+        ms3
+    );
     assert_eq!(nfe(&["--skip-prk-steps", "true"]), 9);
     assert_ne!(
         samples("pndm", &["--skip-prk-steps", "true"]),
