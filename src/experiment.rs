@@ -165,14 +165,15 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// Every metric, in the order of results.csv's columns and of the summary's sections.
     pub const ALL: [Metric; 8] = [
         Metric::Rms,
         Metric::Max,
         Metric::Sw2,
         Metric::Mmd,
+        Metric::Fd,
         Metric::ModeTv,
         Metric::ModeCoverage,
-        Metric::Fd,
         Metric::Roundtrip,
     ];
     pub fn name(&self) -> &'static str {
@@ -1364,19 +1365,11 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
             )
         })?,
     };
-    let metric_names: Vec<&str> = [
-        "rms",
-        "max",
-        "sw2",
-        "mmd",
-        "fd",
-        "mode-tv",
-        "mode-coverage",
-        "roundtrip",
-    ]
-    .into_iter()
-    .filter(|m| rows.iter().any(|r| r.get(*m).is_some()))
-    .collect();
+    let metric_names: Vec<&str> = Metric::ALL
+        .iter()
+        .map(Metric::name)
+        .filter(|m| rows.iter().any(|r| r.get(*m).is_some()))
+        .collect();
     // results.csv
     let mut csv = format!(
         "label,sampler,steps,nfe,seed,{},seconds,device\n",

@@ -1183,8 +1183,10 @@ fn peers(args: &[&str], dir: &Path) -> Option<serde_json::Value> {
     peers_exit(args, dir, 0)
 }
 
-/// [`peers`], expecting exit code `code`.
-fn peers_exit(args: &[&str], dir: &Path, code: i32) -> Option<serde_json::Value> {
+/// `python3 experiments/peers/SCRIPT --scoreflow BIN ARGS` with the peers on the path (installed
+/// by scripts/test.sh into .peers/site), from the repository root; None (after printing why)
+/// where they are not installed.
+fn peer_script(script: &str, args: &[&str], out: &Path) -> Option<Output> {
     let (Ok(py), Ok(site)) = (
         std::env::var("SCOREFLOW_PEERS_PYTHON"),
         std::env::var("SCOREFLOW_PEERS_SITE"),
@@ -1199,16 +1201,23 @@ fn peers_exit(args: &[&str], dir: &Path, code: i32) -> Option<serde_json::Value>
         Ok(p) if !p.is_empty() => format!("{site}:{p}"),
         _ => site,
     };
-    let o = Command::new(py)
-        .env("PYTHONPATH", path)
-        .current_dir(root)
-        .arg(root.join("experiments/peers/peers.py"))
-        .args(["--scoreflow", env!("CARGO_BIN_EXE_scoreflow")])
-        .args(args)
-        .args(["--device", "cpu", "--out"])
-        .arg(dir)
-        .output()
-        .unwrap();
+    Some(
+        Command::new(py)
+            .env("PYTHONPATH", path)
+            .current_dir(root)
+            .arg(root.join("experiments/peers").join(script))
+            .args(["--scoreflow", env!("CARGO_BIN_EXE_scoreflow")])
+            .args(args)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap(),
+    )
+}
+
+/// [`peers`], expecting exit code `code`.
+fn peers_exit(args: &[&str], dir: &Path, code: i32) -> Option<serde_json::Value> {
+    let o = peer_script("peers.py", &[args, &["--device", "cpu"]].concat(), dir)?;
     assert_eq!(
         o.status.code(),
         Some(code),
@@ -2422,23 +2431,10 @@ fn inversion_matches_diffusers_dpm_solver_multistep_inverse_scheduler() {
     // lower-order final steps) against diffusers' DPMSolverMultistepInverseScheduler (orders 1,
     // 2, 3) on the same levels from the same data (exact gmm8, float64), at 8 and 25 sampling
     // steps, plus a control that must differ.
-    let (Ok(py), Ok(site)) = (
-        std::env::var("SCOREFLOW_PEERS_PYTHON"),
-        std::env::var("SCOREFLOW_PEERS_SITE"),
-    ) else {
-        println!("skipped: the peers are not installed (scripts/test.sh installs them)");
+    let dir = tempfile::tempdir().unwrap();
+    let Some(o) = peer_script("inversion_check.py", &[], dir.path()) else {
         return;
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(py)
-        .env("PYTHONPATH", site)
-        .current_dir(root)
-        .arg(root.join("experiments/peers/inversion_check.py"))
-        .args(["--scoreflow", env!("CARGO_BIN_EXE_scoreflow"), "--out"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     println!("{out}");
     assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
