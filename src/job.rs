@@ -5,21 +5,29 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use scoreflow_solvers::noise::BrownianNoise;
 use scoreflow_solvers::samplers::{restart, AlgorithmType, DdpmVariance, SolverType, UniPcVariant};
-use scoreflow_solvers::sde::{Edm, Sde, SubVp, Ve, VpCosine, VpLinear};
+use scoreflow_solvers::sde::{Edm, Flow, Sde, SubVp, Ve, VpCosine, VpLinear};
 use scoreflow_solvers::{
     grid, run, Denoiser, GridKind, RunOptions, SamplerSpec, SolverError, StepReport,
 };
 use tch::{Kind, Tensor};
 
-/// The forward process by name.
+/// The forward process by name: `edm`, `ve`, `vp`, `vp-cosine`, `subvp`, or `flow` / `flow:C`
+/// (rectified flow with SD3's timestep shift C, 1 by default).
 pub fn sde_from_name(name: &str) -> Result<Box<dyn Sde>> {
+    if let Some(shift) = name.strip_prefix("flow:") {
+        let c: f64 = shift.parse().map_err(|_| {
+            anyhow!("invalid shift '{shift}' in SDE '{name}' (expected flow:C with a number C > 0)")
+        })?;
+        return Ok(Box::new(Flow::with_shift(c)?));
+    }
     Ok(match name {
         "edm" => Box::new(Edm::default()),
         "ve" => Box::new(Ve::default()),
         "vp" => Box::new(VpLinear::default()),
         "vp-cosine" => Box::new(VpCosine::default()),
         "subvp" => Box::new(SubVp::default()),
-        _ => bail!("unknown SDE '{name}' (known: edm, ve, vp, vp-cosine, subvp)"),
+        "flow" => Box::new(Flow::default()),
+        _ => bail!("unknown SDE '{name}' (known: edm, ve, vp, vp-cosine, subvp, flow, flow:SHIFT)"),
     })
 }
 
@@ -56,7 +64,8 @@ pub struct GridArgs {
     /// ddpm-leading: diffusers' steps_offset, added to every timestep (Stable Diffusion's is 1).
     #[arg(long)]
     pub steps_offset: Option<usize>,
-    /// Forward process: edm, ve, vp, vp-cosine or subvp.
+    /// Forward process: edm, ve, vp, vp-cosine, subvp, or flow (rectified flow; flow:C with SD3's
+    /// timestep shift C).
     #[arg(long, default_value = "edm")]
     pub sde: String,
 }
@@ -191,10 +200,12 @@ pub struct SamplerArgs {
     /// (EDM's generalized second-order step; 1 is Heun).
     #[arg(long)]
     pub alpha: Option<f64>,
-    /// edm-ablation: the ODE's time variable, linear (sigma = t), vp or ve (sigma = sqrt t).
+    /// edm-ablation: the ODE's time variable, linear (sigma = t), vp, ve (sigma = sqrt t) or flow
+    /// (sigma = t / (1 - t), rectified flow's time).
     #[arg(long)]
     pub schedule: Option<String>,
-    /// edm-ablation: the scaling s(t) of x, none or vp (1 / sqrt(1 + sigma^2)).
+    /// edm-ablation: the scaling s(t) of x, none, vp (1 / sqrt(1 + sigma^2)) or flow
+    /// (1 / (1 + sigma)).
     #[arg(long)]
     pub scaling: Option<String>,
     /// edm-ablation: the time of the last nonzero level under the vp schedule.

@@ -112,6 +112,39 @@ pub enum LossConfig {
         #[serde(default = "one_projection")]
         projections: usize,
     },
+    /// Conditional flow matching with the linear path (Lipman et al. 2022; rectified flow, Liu
+    /// et al. 2022; Esser et al. 2024, SD3's "rf" objective): `x_t = (1 - t) y + t eps`, the
+    /// loss `|v_hat - (eps - y)|^2`, which in the denoiser's space (`sigma = t / (1 - t)`,
+    /// `D = x_t - t v_hat`) is `lambda |D - y|^2` with `lambda = 1 / t^2 = ((1 + sigma) /
+    /// sigma)^2`. `t` is drawn `logit-normal` (SD3's default: `logit t ~ N(logit_mean,
+    /// logit_std^2)`, which is `ln sigma ~ N(logit_mean, logit_std^2)`, EDM's family of noise
+    /// levels) or `uniform` on `(epsilon_t, 1 - epsilon_t)`; logit-normal draws are clamped to
+    /// that interval too.
+    Flow {
+        #[serde(default)]
+        time: FlowTime,
+        #[serde(default)]
+        logit_mean: f64,
+        #[serde(default = "one_f64")]
+        logit_std: f64,
+        #[serde(default = "eps_t")]
+        epsilon_t: f64,
+    },
+}
+
+fn one_f64() -> f64 {
+    1.0
+}
+
+/// How the `flow` loss draws its times.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlowTime {
+    /// `logit t ~ N(logit_mean, logit_std^2)` (Esser et al. 2024, eq. 19).
+    #[default]
+    LogitNormal,
+    /// `t ~ U(epsilon_t, 1 - epsilon_t)` (rectified flow, flow matching).
+    Uniform,
 }
 
 /// What a `ddpm` loss with learned variances trains.
@@ -392,6 +425,27 @@ impl Default for LossConfig {
 impl LossConfig {
     pub fn validate(&self) -> Result<()> {
         let gamma = match self {
+            LossConfig::Flow {
+                logit_std,
+                epsilon_t,
+                logit_mean,
+                ..
+            } => {
+                if !(*logit_std > 0.0 && logit_std.is_finite() && logit_mean.is_finite()) {
+                    bail!(
+                        "loss: flow needs a finite logit_mean and logit_std > 0, got {} and {}",
+                        scoreflow_solvers::Num(*logit_mean),
+                        scoreflow_solvers::Num(*logit_std)
+                    );
+                }
+                if !(*epsilon_t > 0.0 && *epsilon_t < 0.5) {
+                    bail!(
+                        "loss.epsilon_t of a flow loss must be in (0, 0.5), got {}",
+                        scoreflow_solvers::Num(*epsilon_t)
+                    );
+                }
+                &None
+            }
             LossConfig::SlicedScore {
                 p_std, projections, ..
             } => {
@@ -540,6 +594,15 @@ impl LossConfig {
         self.prepare(y.device()).loss(net, y, labels)
     }
 
+    /// A batch of `n` noise levels drawn from the loss's training distribution and their
+    /// weights `lambda(sigma)` (`[n]` each, float32; an `edm` loss without `sigma_data` takes
+    /// 0.5), as [`Self::loss`] draws them.
+    pub fn draw_sigmas(&self, n: i64, dev: tch::Device) -> (Tensor, Tensor) {
+        let prepared = self.prepare(dev);
+        let (sigma, weight, _) = self.sigma_and_weight(n, 0.5, dev, prepared.chain.as_ref());
+        (sigma, weight)
+    }
+
     /// Draw per-sample sigma (`[N]`, float32) and its weight, and for the `ddpm` loss the
     /// chain's step index (`[N]`, int64; 0 is step 1) with the importance weight of a
     /// loss-aware step sampler.
@@ -553,6 +616,26 @@ impl LossConfig {
         let opts = (Kind::Float, dev);
         let mut step = None;
         let (sigma, weight, gamma) = match self {
+            LossConfig::Flow {
+                time,
+                logit_mean,
+                logit_std,
+                epsilon_t,
+            } => {
+                let e = *epsilon_t;
+                let sigma = match time {
+                    // sigma = t / (1 - t) = exp(logit t).
+                    FlowTime::LogitNormal => (Tensor::randn([n], opts) * *logit_std + *logit_mean)
+                        .exp()
+                        .clamp(e / (1.0 - e), (1.0 - e) / e),
+                    FlowTime::Uniform => {
+                        let t = Tensor::rand([n], opts) * (1.0 - 2.0 * e) + e;
+                        &t / (t.neg() + 1.0)
+                    }
+                };
+                let w = ((&sigma + 1.0) / &sigma).square();
+                (sigma, w, &None)
+            }
             LossConfig::SlicedScore { p_mean, p_std, .. } => {
                 let sigma = (Tensor::randn([n], opts) * *p_std + *p_mean).exp();
                 let w = sigma.square();

@@ -15,6 +15,9 @@ fn beta_d() -> f64 {
 fn beta_min() -> f64 {
     0.1
 }
+fn one() -> f64 {
+    1.0
+}
 fn m() -> usize {
     1000
 }
@@ -115,6 +118,15 @@ pub enum Precond {
     /// v-prediction adapter (Salimans & Ho 2022): `c_skip = 1 / (s^2 + 1)`,
     /// `c_out = -s / sqrt(s^2 + 1)`, `c_in = 1 / sqrt(s^2 + 1)`, `c_noise = ln(s) / 4`.
     V {},
+    /// Rectified flow / flow matching (Liu et al. 2022, Lipman et al. 2022; Esser et al. 2024
+    /// and diffusers' `FlowMatch*` schedulers): the backbone sees `x_t = (1 - t) x0 + t eps =
+    /// x / (1 + s)` and `t = s / (1 + s)` (times `time_scale`; SD3's networks take 1000 t) and
+    /// predicts the velocity `v = eps - x0`, so `D = x_t - t F`: `c_skip = c_in = 1 / (1 + s)`,
+    /// `c_out = -s / (1 + s)`, `c_noise = time_scale t`.
+    Flow {
+        #[serde(default = "one")]
+        time_scale: f64,
+    },
 }
 
 impl Default for Precond {
@@ -177,6 +189,12 @@ impl Precond {
                     "precond: discrete needs 0 < beta_start <= beta_end < 1, got beta_start {} and beta_end {}",
                     scoreflow_solvers::Num(*beta_start),
                     scoreflow_solvers::Num(*beta_end)
+                )
+            }
+            Precond::Flow { time_scale } if !(*time_scale > 0.0 && time_scale.is_finite()) => {
+                bail!(
+                    "precond.time_scale must be positive and finite, got {}",
+                    scoreflow_solvers::Num(*time_scale)
                 )
             }
             _ => Ok(()),
@@ -331,6 +349,16 @@ impl Precond {
             Precond::Eps {} => adapter(Prediction::Eps, quarter_log),
             Precond::X0 {} => adapter(Prediction::X0, quarter_log),
             Precond::V {} => adapter(Prediction::V, quarter_log),
+            Precond::Flow { time_scale } => {
+                let s = (sigma + 1.0).reciprocal();
+                let t = sigma * &s;
+                Coefs {
+                    skip: s.shallow_clone(),
+                    out: -&t,
+                    inp: s,
+                    noise: t * *time_scale,
+                }
+            }
         }
     }
 }

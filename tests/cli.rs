@@ -2126,6 +2126,36 @@ fn audited_bad_inputs_are_errors_not_panics() {
         ]),
         "--sigma-min applies to the ODE likelihood, not --bound",
     );
+    // The flow's shift: a number above 0.
+    for (sde, needle) in [
+        (
+            "flow:0",
+            "the flow's shift must be positive and finite, got 0",
+        ),
+        ("flow:x", "invalid shift 'x' in SDE 'flow:x'"),
+        ("flow:", "invalid shift '' in SDE 'flow:'"),
+        ("rf", "unknown SDE 'rf'"),
+    ] {
+        expect(
+            run(&[
+                "sample",
+                "--denoiser",
+                "builtin:gmm8",
+                "--sde",
+                sde,
+                "--solver",
+                "euler",
+                "--steps",
+                "4",
+                "--num",
+                "4",
+                "--out",
+                d("flow.npy").to_str().unwrap(),
+            ]),
+            needle,
+        );
+        assert!(!d("flow.npy").exists());
+    }
     // An output path under a file.
     let file = d("file");
     std::fs::write(&file, "x").unwrap();
@@ -2452,6 +2482,41 @@ fn inversion_matches_diffusers_dpm_solver_multistep_inverse_scheduler() {
     assert!(judged.iter().all(|l| l["ok"] == true), "{out}");
     for l in judged.iter().filter(|l| l.get("solver").is_some()) {
         assert!(l["max_abs_diff"].as_f64().unwrap() < 5e-7, "{l}");
+    }
+}
+
+#[test]
+fn rectified_flow_matches_diffusers_flow_match_schedulers() {
+    // experiments/peers/flow_check.py: `sample --sde flow:3 --grid uniform-t` with the ends of
+    // diffusers' flow schedule against FlowMatchEulerDiscreteScheduler (euler),
+    // FlowMatchHeunDiscreteScheduler (edm-ablation with the flow schedule and scaling),
+    // DPMSolverMultistepScheduler (dpm-multistep, orders 2 and 3) and UniPCMultistepScheduler
+    // (unipc), all with flow_prediction on the exact gmm8's velocity, at 10 and 25 steps from
+    // the same noise; controls (heun in sigma, DPM-Solver order 1) must differ.
+    let dir = tempfile::tempdir().unwrap();
+    let Some(o) = peer_script("flow_check.py", &[], dir.path()) else {
+        return;
+    };
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    println!("{out}");
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    if lines[0].get("skipped").is_some() {
+        println!("skipped: {}", lines[0]["skipped"]);
+        return;
+    }
+    let judged: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("ok").is_some()).collect();
+    // 5 pairs and 2 controls at 2 step counts.
+    assert_eq!(judged.len(), 14, "{out}");
+    assert!(judged.iter().all(|l| l["ok"] == true), "{out}");
+    for l in judged.iter().filter(|l| l.get("solver").is_some()) {
+        assert!(l["max_abs_diff"].as_f64().unwrap() < 2e-5, "{l}");
+        let (steps, nfe) = (l["steps"].as_u64().unwrap(), l["nfe"].as_u64().unwrap());
+        let heun = l["solver"].as_str().unwrap().starts_with("edm-ablation");
+        assert_eq!(nfe, if heun { 2 * steps - 1 } else { steps }, "{l}");
     }
 }
 

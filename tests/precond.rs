@@ -125,6 +125,109 @@ fn iddpm_levels_and_indices() {
 }
 
 #[test]
+fn flow_precond_regresses_on_the_velocity_with_unit_effective_weight() {
+    // Rectified flow: the backbone sees x_t = (1 - t) y + t n at t = sigma / (1 + sigma) and
+    // predicts v = n - y (diffusers' and SD3's direction); the flow loss's weight
+    // lambda = ((1 + sigma) / sigma)^2 makes lambda c_out^2 = 1, so lambda |D - y|^2 is the
+    // plain velocity MSE |F - v|^2.
+    let s = sigmas();
+    let n_s = s.size()[0];
+    let y = Tensor::randn([n_s, 3], (Kind::Double, Device::Cpu));
+    let n = Tensor::randn([n_s, 3], (Kind::Double, Device::Cpu));
+    for time_scale in [1.0, 1000.0] {
+        let p = Precond::Flow { time_scale };
+        p.validate().unwrap();
+        assert!(max_abs(&(target(&p, &y, &n, &s) - (&n - &y))) < 1e-10, "v");
+        let c = p.coefs(&s);
+        let t = &s / (&s + 1.0);
+        let x = &y + &n * s.unsqueeze(1);
+        let x_t = &y * (t.neg() + 1.0).unsqueeze(1) + &n * t.unsqueeze(1);
+        assert!(
+            max_abs(&(x * c.inp.unsqueeze(1) - x_t)) < 1e-12,
+            "c_in x = x_t"
+        );
+        assert!(
+            max_abs(&(&c.noise - &t * time_scale)) < 1e-9 * time_scale,
+            "c_noise"
+        );
+        let lambda = ((&s + 1.0) / &s).square();
+        assert!(
+            max_abs(&(lambda * c.out.square() - 1.0)) < 1e-9,
+            "lambda c_out^2"
+        );
+    }
+    assert!(Precond::Flow { time_scale: 0.0 }.validate().is_err());
+    assert!(Precond::Flow {
+        time_scale: f64::NAN
+    }
+    .validate()
+    .is_err());
+}
+
+#[test]
+fn flow_loss_draws_logit_normal_or_uniform_times_weighted_by_one_over_t_squared() {
+    use scoreflow::loss::{FlowTime, LossConfig};
+    let n = 200_000;
+    let moments = |x: &Tensor| {
+        let x = x.to_kind(Kind::Double);
+        (
+            x.mean(Kind::Double).double_value(&[]),
+            x.std(true).double_value(&[]),
+        )
+    };
+    for (time, m, sd) in [
+        (FlowTime::LogitNormal, 0.0, 1.0),
+        (FlowTime::LogitNormal, -0.5, 1.5),
+        (FlowTime::Uniform, 0.0, 1.0),
+    ] {
+        let cfg = LossConfig::Flow {
+            time,
+            logit_mean: m,
+            logit_std: sd,
+            epsilon_t: 1e-3,
+        };
+        cfg.validate().unwrap();
+        let (sigma, w) = cfg.draw_sigmas(n, Device::Cpu);
+        let t = &sigma / (&sigma + 1.0);
+        assert!(max_abs(&(&w * t.square() - 1.0)) < 1e-4, "lambda = 1 / t^2");
+        let (lo, hi) = (t.min().double_value(&[]), t.max().double_value(&[]));
+        assert!(
+            lo >= 1e-3 * 0.999 && hi <= 1.0 - 1e-3 * 0.999,
+            "t in [{lo}, {hi}]"
+        );
+        match time {
+            // logit t = ln sigma ~ N(m, sd^2) (the clamp at 1e-3 cuts below 1e-3 of the mass).
+            FlowTime::LogitNormal => {
+                let (mean, std) = moments(&sigma.log());
+                assert!(
+                    (mean - m).abs() < 0.02 && (std - sd).abs() < 0.02,
+                    "logit-normal({m}, {sd}): ln sigma has mean {mean}, std {std}"
+                );
+            }
+            FlowTime::Uniform => {
+                let (mean, std) = moments(&t);
+                let want_std = (1.0 - 2e-3) / 12f64.sqrt();
+                assert!(
+                    (mean - 0.5).abs() < 0.005 && (std - want_std).abs() < 0.005,
+                    "uniform: t has mean {mean}, std {std}"
+                );
+            }
+        }
+    }
+    for bad in [
+        "kind = \"flow\"\nlogit_std = 0",
+        "kind = \"flow\"\nepsilon_t = 0.5",
+        "kind = \"flow\"\ntime = \"cosine\"",
+    ] {
+        let parsed: Result<LossConfig, _> = toml::from_str(bad);
+        assert!(
+            parsed.map(|c| c.validate().is_err()).unwrap_or(true),
+            "{bad} accepted"
+        );
+    }
+}
+
+#[test]
 fn sliced_score_objective_of_the_exact_gaussian_score() {
     // Data N(0, tau^2 I) perturbed by sigma: s(x) = -x / (tau^2 + sigma^2), and
     // E[v . grad(v . s) + (v . s)^2 / 2] = E[tr grad s] + E|s|^2 / 2 = -d / (2 (tau^2 + sigma^2)).

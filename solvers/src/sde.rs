@@ -328,6 +328,81 @@ impl Sde for SubVp {
     }
 }
 
+/// Rectified flow / flow matching with the linear interpolation path (Liu, Gong & Liu 2022,
+/// "Flow Straight and Fast"; Lipman et al. 2022, "Flow Matching for Generative Modeling";
+/// Esser et al. 2024, "Scaling Rectified Flow Transformers", Stable Diffusion 3), in diffusers'
+/// direction (`FlowMatchEulerDiscreteScheduler`: t = 0 is data, t = 1 noise):
+/// `x = (1 - tau) x0 + tau eps` with the interpolation time `tau`, so `s = 1 - tau`,
+/// `sigma = tau / (1 - tau)` and `s = 1 / (1 + sigma)`.
+///
+/// SD3's timestep shift `tau = c t / (1 + (c - 1) t)` (diffusers' `shift`) reparametrizes the
+/// time: `sigma(t) = c t / (1 - t)`, `s(t) = 1 / (1 + sigma(t))`. A shift changes where a grid
+/// uniform in `t` puts its levels (`sigma` is `c` times the unshifted one), not the marginals at
+/// a given sigma. `tau = 1` is sigma = inf, so the range stops at `t_max < 1`.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub shift: f64,
+    pub t_min: f64,
+    pub t_max: f64,
+}
+
+impl Default for Flow {
+    fn default() -> Self {
+        Flow {
+            shift: 1.0,
+            t_min: 1e-3,
+            t_max: 0.999,
+        }
+    }
+}
+
+impl Flow {
+    /// The process with SD3's timestep shift `shift` (> 0, finite; 1 is no shift).
+    pub fn with_shift(shift: f64) -> Result<Self> {
+        if !(shift > 0.0 && shift.is_finite()) {
+            return Err(SolverError::Invalid(format!(
+                "the flow's shift must be positive and finite, got {}",
+                crate::Num(shift)
+            )));
+        }
+        Ok(Flow {
+            shift,
+            ..Flow::default()
+        })
+    }
+    /// The interpolation time `tau = sigma / (1 + sigma)` of a noise level (`x = (1 - tau) x0
+    /// + tau eps`), whatever the shift.
+    pub fn tau_of_sigma(sigma: f64) -> f64 {
+        sigma / (1.0 + sigma)
+    }
+}
+
+impl Sde for Flow {
+    fn name(&self) -> &'static str {
+        "flow"
+    }
+    fn sigma(&self, t: f64) -> f64 {
+        self.shift * t / (1.0 - t)
+    }
+    fn sigma_deriv(&self, t: f64) -> f64 {
+        self.shift / ((1.0 - t) * (1.0 - t))
+    }
+    fn sigma_inv(&self, sigma: f64) -> f64 {
+        sigma / (self.shift + sigma)
+    }
+    fn s(&self, t: f64) -> f64 {
+        // 1 / (1 + c t / (1 - t)) = (1 - t) / (1 - t + c t).
+        (1.0 - t) / (1.0 - t + self.shift * t)
+    }
+    fn s_deriv(&self, t: f64) -> f64 {
+        let d = 1.0 - t + self.shift * t;
+        -self.shift / (d * d)
+    }
+    fn t_range(&self) -> (f64, f64) {
+        (self.t_min, self.t_max)
+    }
+}
+
 /// A discrete DDPM beta schedule (diffusers' `beta_schedule`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -11,7 +11,7 @@ use scoreflow_solvers::samplers::sa_solver::SaSolverParams;
 use scoreflow_solvers::samplers::{
     AlgorithmType, Churn, DdpmVariance, SolverType, UniPcVariant, NAMES,
 };
-use scoreflow_solvers::sde::{Edm, Sde, Ve, VpLinear};
+use scoreflow_solvers::sde::{Edm, Flow, Sde, Ve, VpLinear};
 use scoreflow_solvers::{
     grid, run, Counted, Denoiser, GaussianDenoiser, GaussianMixture, GridKind, RunOptions,
     SamplerSpec,
@@ -2117,6 +2117,17 @@ fn edm_ablation_at_the_defaults_is_heun_and_with_euler_is_euler() {
             ablation(OdeSolver::Euler, &churn),
             SamplerSpec::Euler(churn.clone()),
         ),
+        // Euler in rectified flow's own time and scaling, x + (t' - t) v (diffusers'
+        // FlowMatchEulerDiscreteScheduler), is euler in x^ and sigma: DDIM's update.
+        (
+            SamplerSpec::EdmAblation(AblationParams {
+                solver_type: OdeSolver::Euler,
+                schedule: Schedule::Flow,
+                scaling: scoreflow_solvers::samplers::edm_ablation::Scaling::Flow,
+                ..Default::default()
+            }),
+            SamplerSpec::Euler(Churn::default()),
+        ),
     ] {
         let (xa, na) = sample(&a, &den, &sde, &sigmas, 5, 16, 3);
         let (xb, nb) = sample(&b, &den, &sde, &sigmas, 5, 16, 3);
@@ -2132,6 +2143,10 @@ fn edm_ablation_at_the_defaults_is_heun_and_with_euler_is_euler() {
         (
             Schedule::Ve,
             scoreflow_solvers::samplers::edm_ablation::Scaling::None,
+        ),
+        (
+            Schedule::Flow,
+            scoreflow_solvers::samplers::edm_ablation::Scaling::Flow,
         ),
     ] {
         let spec = SamplerSpec::EdmAblation(AblationParams {
@@ -2510,6 +2525,42 @@ fn pc_under_vp_keeps_a_gaussians_mean_and_covariance() {
             dm < 0.05 && dc < 0.08,
             "{predictor} + {corrector}: mean {dm}, covariance {dc}"
         );
+    }
+}
+
+#[test]
+fn the_flows_reverse_sde_keeps_a_gaussians_mean_and_covariance() {
+    // Rectified flow's forward SDE (f = s'/s, g^2 = 2 s^2 sigma sigma', here f = -1 / (1 - t)
+    // and g^2 = 2 t / (1 - t) unshifted) has the interpolation's marginals, so Euler-Maruyama on
+    // its reverse SDE and PC's reverse-diffusion predictor sample the data: the Gaussian's mean
+    // and covariance, shifted or not.
+    let den = gaussian();
+    let n = 4096;
+    for shift in [1.0, 3.0] {
+        let flow = Flow::with_shift(shift).unwrap();
+        let sigmas = grid_for(&flow, &GridKind::UniformT {}, 200);
+        for spec in [
+            SamplerSpec::EulerMaruyama {},
+            pc("reverse-diffusion", "langevin", 0.0, 0),
+        ] {
+            let (x, _) = sample(&spec, &den, &flow, &sigmas, 11, n, 3);
+            let mean = x.mean_dim(0, false, Kind::Double);
+            let c = &x - &mean;
+            let cov = c.transpose(0, 1).matmul(&c) / (n as f64 - 1.0);
+            let want_mean = Tensor::from_slice(&[0.5, -1.0, 2.0]);
+            let want_cov = Tensor::from_slice(&[1.0, 0.3, -0.1, 0.3, 0.5, 0.05, -0.1, 0.05, 0.08])
+                .view([3, 3]);
+            let (dm, dc) = (max_abs(&(mean - want_mean)), max_abs(&(cov - want_cov)));
+            println!(
+                "flow shift {shift}, {}: mean off by {dm:.4}, covariance by {dc:.4}",
+                spec.name()
+            );
+            // Standard errors at n = 4096: mean <= 1/64, covariance entries <= sqrt(2)/64.
+            assert!(
+                dm < 0.05 && dc < 0.08,
+                "shift {shift}, {spec:?}: mean {dm}, covariance {dc}"
+            );
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! SDE formulas, the DDPM map and grid properties.
 
 use scoreflow_solvers::grid::{self, GridKind};
-use scoreflow_solvers::sde::{BetaSchedule, DdpmChain, Edm, Sde, SubVp, Ve, VpCosine, VpLinear};
+use scoreflow_solvers::sde::{
+    BetaSchedule, DdpmChain, Edm, Flow, Sde, SubVp, Ve, VpCosine, VpLinear,
+};
 
 fn all_sdes() -> Vec<Box<dyn Sde>> {
     vec![
@@ -10,6 +12,8 @@ fn all_sdes() -> Vec<Box<dyn Sde>> {
         Box::new(VpLinear::default()),
         Box::new(VpCosine::default()),
         Box::new(SubVp::default()),
+        Box::new(Flow::default()),
+        Box::new(Flow::with_shift(3.0).unwrap()),
     ]
 }
 
@@ -69,6 +73,52 @@ fn vp_marginal_variance_is_preserved_and_subvp_is_below() {
         assert!((std - (1.0 - (-vp.integral(t)).exp())).abs() < 1e-12);
         assert!(std <= vp.s(t) * vp.sigma(t) + 1e-15);
     }
+}
+
+#[test]
+fn flow_is_the_linear_interpolation_and_its_shift_is_sd3s() {
+    // Rectified flow: x = (1 - tau) x0 + tau eps, so s = 1 - tau and s sigma = tau, with SD3's
+    // shifted time tau = c t / (1 + (c - 1) t) (Esser et al. 2024; diffusers'
+    // FlowMatchEulerDiscreteScheduler, `shift * sigmas / (1 + (shift - 1) * sigmas)`).
+    for c in [1.0, 3.0, 0.5] {
+        let f = Flow::with_shift(c).unwrap();
+        for i in 1..50 {
+            let t = i as f64 / 50.0;
+            let tau = c * t / (1.0 + (c - 1.0) * t);
+            assert!((f.s(t) - (1.0 - tau)).abs() < 1e-14, "c {c}, t {t}");
+            assert!((f.s(t) * f.sigma(t) - tau).abs() < 1e-14, "c {c}, t {t}");
+            assert!((Flow::tau_of_sigma(f.sigma(t)) - tau).abs() < 1e-14);
+            // The shift scales sigma at a given t, and leaves s(sigma) = 1 / (1 + sigma).
+            assert!((f.sigma(t) - c * Flow::default().sigma(t)).abs() < 1e-12 * f.sigma(t));
+            assert!((f.s_of_sigma(f.sigma(t)) - 1.0 / (1.0 + f.sigma(t))).abs() < 1e-14);
+        }
+        // The reverse SDE of the unshifted flow: f = -1 / (1 - t), g^2 = 2 t / (1 - t).
+        if c == 1.0 {
+            for t in [0.1, 0.5, 0.9] {
+                assert!((f.drift_coef(t) + 1.0 / (1.0 - t)).abs() < 1e-12);
+                assert!((f.diffusion(t).powi(2) - 2.0 * t / (1.0 - t)).abs() < 1e-12);
+            }
+        }
+        // A grid uniform in t is diffusers' flow schedule: linspace in the unshifted time, then
+        // shifted, here between the times of sigma_max and sigma_min.
+        let (lo, hi) = (0.01, 50.0);
+        let n = 9;
+        let levels = grid::sigmas(&GridKind::UniformT {}, n, lo, hi, &f).unwrap();
+        let (u0, u1) = (hi / (c + hi), lo / (c + lo));
+        for (i, got) in levels[..n].iter().enumerate() {
+            let u = u0 + (u1 - u0) * i as f64 / (n - 1) as f64;
+            let tau = c * u / (1.0 + (c - 1.0) * u);
+            let want = tau / (1.0 - tau);
+            assert!(
+                (got - want).abs() < 1e-10 * want,
+                "c {c}, level {i}: {got} vs {want}"
+            );
+        }
+        assert_eq!(levels[n], 0.0);
+    }
+    assert!(Flow::with_shift(0.0).is_err());
+    assert!(Flow::with_shift(f64::NAN).is_err());
+    assert!(Flow::with_shift(f64::INFINITY).is_err());
 }
 
 #[test]

@@ -9,7 +9,13 @@
 //!   t^2 / 2 + beta_min t) - 1)`, with `beta_d` and `beta_min` fitted so that `sigma(epsilon_s)`
 //!   and `sigma(1)` are the grid's last nonzero and first levels, as edm fits them) or `ve`
 //!   (`sigma(t) = sqrt(t)`).
-//! - `scaling`: `none` (`s(t) = 1`) or `vp` (`s(t) = 1 / sqrt(1 + sigma(t)^2)`).
+//!   Added here (not in edm): `flow` (`sigma(t) = t / (1 - t)`, the interpolation time of
+//!   rectified flow, [`crate::sde::Flow`]).
+//! - `scaling`: `none` (`s(t) = 1`) or `vp` (`s(t) = 1 / sqrt(1 + sigma(t)^2)`); added here:
+//!   `flow` (`s(t) = 1 / (1 + sigma(t))`). With the `flow` schedule and scaling the ODE is the
+//!   rectified flow's `dx/dt = v = (x - D) / t` in `x = (1 - t) x0 + t eps`, and the `heun`
+//!   solver is diffusers' `FlowMatchHeunDiscreteScheduler`, `euler` its
+//!   `FlowMatchEulerDiscreteScheduler` (which equals `euler` in `x^`, as DDIM does).
 //!
 //! A step from level `sigma_i` in the unscaled `x = s(t) x^`: churn as [`Churn`] (in `x^`,
 //! which is edm's `x_hat = s(t_hat) / s(t_cur) x_cur + ... s(t_hat) S_noise z` divided by
@@ -50,6 +56,7 @@ pub enum Schedule {
     Linear,
     Vp,
     Ve,
+    Flow,
 }
 
 /// edm's `scaling`: `s(t)`.
@@ -59,6 +66,7 @@ pub enum Scaling {
     #[default]
     None,
     Vp,
+    Flow,
 }
 
 macro_rules! parse_enum {
@@ -79,8 +87,8 @@ macro_rules! parse_enum {
     };
 }
 parse_enum!(OdeSolver, "solver type", "euler" => OdeSolver::Euler, "heun" => OdeSolver::Heun);
-parse_enum!(Schedule, "schedule", "linear" => Schedule::Linear, "vp" => Schedule::Vp, "ve" => Schedule::Ve);
-parse_enum!(Scaling, "scaling", "none" => Scaling::None, "vp" => Scaling::Vp);
+parse_enum!(Schedule, "schedule", "linear" => Schedule::Linear, "vp" => Schedule::Vp, "ve" => Schedule::Ve, "flow" => Schedule::Flow);
+parse_enum!(Scaling, "scaling", "none" => Scaling::None, "vp" => Scaling::Vp, "flow" => Scaling::Flow);
 
 fn epsilon_s() -> f64 {
     1e-3
@@ -184,6 +192,7 @@ impl Ode {
             Schedule::Vp => (0.5 * self.beta_d * t * t + self.beta_min * t)
                 .exp_m1()
                 .sqrt(),
+            Schedule::Flow => t / (1.0 - t),
         }
     }
 
@@ -195,6 +204,7 @@ impl Ode {
                 let s = self.sigma(t);
                 0.5 * (self.beta_min + self.beta_d * t) * (s + 1.0 / s)
             }
+            Schedule::Flow => 1.0 / ((1.0 - t) * (1.0 - t)),
         }
     }
 
@@ -212,6 +222,7 @@ impl Ode {
                     - self.beta_min)
                     / self.beta_d
             }
+            Schedule::Flow => sigma / (1.0 + sigma),
         }
     }
 
@@ -219,6 +230,7 @@ impl Ode {
         match self.scaling {
             Scaling::None => 1.0,
             Scaling::Vp => 1.0 / (1.0 + self.sigma(t).powi(2)).sqrt(),
+            Scaling::Flow => 1.0 / (1.0 + self.sigma(t)),
         }
     }
 
@@ -226,6 +238,7 @@ impl Ode {
         match self.scaling {
             Scaling::None => 0.0,
             Scaling::Vp => -self.sigma(t) * self.sigma_deriv(t) * self.s(t).powi(3),
+            Scaling::Flow => -self.sigma_deriv(t) * self.s(t).powi(2),
         }
     }
 
