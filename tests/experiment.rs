@@ -653,7 +653,8 @@ fn every_shipped_config_loads() {
     let mut seen = (0, 0);
     let files = std::fs::read_dir(&dir)
         .unwrap()
-        .chain(std::fs::read_dir(dir.join("spacing")).unwrap());
+        .chain(std::fs::read_dir(dir.join("spacing")).unwrap())
+        .chain(std::fs::read_dir(dir.join("flow")).unwrap());
     for entry in files {
         let path = entry.unwrap().path();
         if path.extension().and_then(|e| e.to_str()) != Some("toml") {
@@ -673,8 +674,9 @@ fn every_shipped_config_loads() {
     // gmm2d, fewstep, adaptive, edm-ablation, restart, gauss64, moons-samplers,
     // digits-samplers, digits-conditional, digits-guidance, digits-guidance-interval,
     // gmm8-variance, digits-variance, digits-clip, inversion, spacing/{leading,trailing,
-    // linspace}; moons, gmm8-train, digits, gmm8-learned, digits-learned.
-    assert_eq!(seen, (18, 5));
+    // linspace}, flow/{exact-karras,exact-shift1,exact-shift3,checkpoint-flow,checkpoint-edm};
+    // moons, gmm8-train, digits, gmm8-learned, digits-learned, gmm8-flow.
+    assert_eq!(seen, (23, 6));
 }
 
 #[test]
