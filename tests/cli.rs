@@ -1274,8 +1274,9 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // step noise; 3 against scipy (rk45 under EDM, VP and VE with other tolerances); and two
     // float64 checks on the exact mixture: dpm-adaptive with noise and rk45. And 7 of
     // dpm-multistep against DPMSolverMultistepScheduler (order 3; DPM-Solver of orders 2,
-    // midpoint and heun, and 3; sde-dpmsolver++ of order 3; sde-dpmsolver, midpoint and heun).
-    assert_eq!(checks.len(), 3 * 73 + 2);
+    // midpoint and heun, and 3; sde-dpmsolver++ of order 3; sde-dpmsolver, midpoint and heun),
+    // and lcm against LCMScheduler.
+    assert_eq!(checks.len(), 3 * 74 + 2);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),
@@ -2491,8 +2492,9 @@ fn rectified_flow_matches_diffusers_flow_match_schedulers() {
     // diffusers' flow schedule against FlowMatchEulerDiscreteScheduler (euler),
     // FlowMatchHeunDiscreteScheduler (edm-ablation with the flow schedule and scaling),
     // DPMSolverMultistepScheduler (dpm-multistep, orders 2 and 3) and UniPCMultistepScheduler
-    // (unipc), all with flow_prediction on the exact gmm8's velocity, at 10 and 25 steps from
-    // the same noise; controls (heun in sigma, DPM-Solver order 1) must differ.
+    // (unipc), all with flow_prediction on the exact gmm8's velocity, and lcm against
+    // FlowMatchEuler's stochastic sampling, at 10 and 25 steps from the same noise; controls
+    // (heun in sigma, DPM-Solver order 1, lcm on another seed's noise) must differ.
     let dir = tempfile::tempdir().unwrap();
     let Some(o) = peer_script("flow_check.py", &[], dir.path()) else {
         return;
@@ -2509,8 +2511,9 @@ fn rectified_flow_matches_diffusers_flow_match_schedulers() {
         return;
     }
     let judged: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("ok").is_some()).collect();
-    // 5 pairs and 2 controls at 2 step counts.
-    assert_eq!(judged.len(), 14, "{out}");
+    // 6 pairs (with lcm against FlowMatchEuler's stochastic sampling, given the same step
+    // noise) and 3 controls at 2 step counts.
+    assert_eq!(judged.len(), 18, "{out}");
     assert!(judged.iter().all(|l| l["ok"] == true), "{out}");
     for l in judged.iter().filter(|l| l.get("solver").is_some()) {
         assert!(l["max_abs_diff"].as_f64().unwrap() < 2e-5, "{l}");

@@ -21,10 +21,13 @@ scoreflow's noise z (x^ = sigma_max z).
 
 Pairs: euler / FlowMatchEuler (Euler in tau on x_t is euler in sigma on x^: DDIM's update);
 edm-ablation with the flow schedule and scaling / FlowMatchHeun (Heun in tau, last step Euler);
+lcm / FlowMatchEuler with stochastic_sampling (x' = (1 - t') x0 + t' n, given scoreflow's step
+noise of seed 3, rebuilt by peers.ScoreflowNoise);
 dpm-multistep (DPM-Solver++ of orders 2 and 3) / DPMSolverMultistep; unipc /
 UniPCMultistep (bh2, order 2). diffusers keeps its flow sigmas in float32, so the tolerance
 (--tol, 2e-5) allows their rounding. Controls, which must differ: heun in sigma against
-FlowMatchHeun (another time variable), dpm-multistep against solver_order 1. Prints one JSON
+FlowMatchHeun (another time variable), dpm-multistep against solver_order 1, lcm with seed 4's
+noise against the peer given seed 3's. Prints one JSON
 line per comparison and exits 1 when a pair differs by more than --tol or a control does not.
 """
 import argparse
@@ -39,6 +42,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402  (this folder)
+
+
+SEED = 3
 
 
 def scoreflow(binary, args):
@@ -76,6 +82,25 @@ def flow_match_euler(mods, shift, steps, model, z):
     sch = mods["euler"].FlowMatchEulerDiscreteScheduler(shift=shift)
     sch.set_timesteps(sigmas=unshifted_times(steps).tolist())
     return run_scheduler(sch, model, z)
+
+
+def flow_match_euler_stochastic(mods, shift, steps, model, z, noise=None, levels=None):
+    """FlowMatchEuler with stochastic_sampling (x' = (1 - t') x0 + t' n): its randn_tensor
+    returning scoreflow's step noise (STREAM_STEP) on [sigma', sigma] of the step's levels."""
+    mod = mods["euler"]
+    sch = mod.FlowMatchEulerDiscreteScheduler(shift=shift, stochastic_sampling=True)
+    sch.set_timesteps(sigmas=unshifted_times(steps).tolist())
+    saved = mod.randn_tensor
+    try:
+        x = z * float(sch.sigmas[0])
+        for i, t in enumerate(sch.timesteps):
+            hi, lo = levels[i], levels[i + 1]
+            n = noise.standard(peers.STREAM_STEP, lo, hi) if lo > 0 else torch.zeros_like(x)
+            mod.randn_tensor = lambda *args, _n=n, **kw: _n.to(torch.float32)
+            x = sch.step(velocity(model, x, float(sch.sigmas[i])), t, x).prev_sample.to(torch.float64)
+    finally:
+        mod.randn_tensor = saved
+    return x
 
 
 def flow_match_heun(mods, shift, steps, model, z):
@@ -156,11 +181,17 @@ def main():
         ("dpm-multistep(order=3)", ["--solver", "dpm-multistep", "--order", "3"],
          "DPMSolverMultistepScheduler(order 3, flow)", dpm_multistep, {"order": 3}),
         ("unipc", ["--solver", "unipc"], "UniPCMultistepScheduler(bh2, order 2, flow)", unipc, {}),
+        ("lcm", ["--solver", "lcm", "--seed", str(SEED)],
+         "FlowMatchEulerDiscreteScheduler(stochastic_sampling=True), the same step noise",
+         flow_match_euler_stochastic, {"noise": True}),
     ]
     controls = [
         ("heun", ["--solver", "heun"], "FlowMatchHeunDiscreteScheduler", flow_match_heun, {}),
         ("dpm-multistep", ["--solver", "dpm-multistep"], "DPMSolverMultistepScheduler(order 1, flow)",
          dpm_multistep, {"order": 1}),
+        ("lcm(seed 4)", ["--solver", "lcm", "--seed", str(SEED + 1)],
+         "FlowMatchEulerDiscreteScheduler(stochastic_sampling=True), seed 3's noise", flow_match_euler_stochastic,
+         {"noise": True}),
     ]
     for steps in (10, 25):
         u = unshifted_times(steps)
@@ -170,10 +201,16 @@ def main():
                   "--sde", f"flow:{c:g}", "--grid", "uniform-t", "--sigma-max", repr(float(sigma_max)),
                   "--sigma-min", repr(float(sigma_min)), "--steps", str(steps), "--noise", z_path]
         for is_control, (name, flags, peer, fn, kw) in [(False, p) for p in pairs] + [(True, p) for p in controls]:
-            tag = name.replace("(", "-").replace(")", "").replace("=", "-")
+            tag = name.replace("(", "-").replace(")", "").replace("=", "-").replace(" ", "-")
             x_path = os.path.join(out, f"x-{tag}-{steps}.npy")
             line = scoreflow(a.scoreflow, common + flags + ["--out", x_path])
             x_sf = torch.from_numpy(np.load(x_path).astype(np.float64))
+            if kw.get("noise"):
+                # scoreflow's levels (sigma of the scaled variable) and its Brownian paths of
+                # this seed, on its span (solvers/src/noise.rs, src/job.rs).
+                levels = [c * v / (1.0 - v) for v in u] + [0.0]
+                kw = {"noise": peers.ScoreflowNoise(SEED, a.num, [2], sigma_max * 1.001 + 1e-3),
+                      "levels": levels}
             x_peer = fn(mods, c, steps, model, z, **kw)
             diff = float((x_sf - x_peer).abs().max())
             ok = diff > 1e-3 if is_control else diff <= a.tol

@@ -60,7 +60,7 @@ def load_kdiffusion_sampling():
 
 
 def load_diffusers_schedulers(site):
-    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC, DEIS, iPNDM, PNDM, singlestep and multistep DPM-Solver, SA-Solver and Karras-VE scheduler modules, from `site` (appended to sys.path, so that the
+    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC, DEIS, iPNDM, PNDM, singlestep and multistep DPM-Solver, SA-Solver, Karras-VE and LCM scheduler modules, from `site` (appended to sys.path, so that the
     python's own numpy and torch come first) or the python's own packages; (None, reason) where
     they cannot be imported."""
     if os.path.isdir(site):
@@ -68,14 +68,14 @@ def load_diffusers_schedulers(site):
     try:
         from diffusers.schedulers import scheduling_ddim, scheduling_ddpm, scheduling_deis_multistep, scheduling_ipndm, \
             scheduling_pndm, scheduling_sde_ve, scheduling_unipc_multistep, scheduling_dpmsolver_singlestep, \
-            scheduling_dpmsolver_multistep, scheduling_sasolver
+            scheduling_dpmsolver_multistep, scheduling_sasolver, scheduling_lcm
         from diffusers.schedulers.deprecated import scheduling_sde_vp, scheduling_karras_ve
         import diffusers
     except Exception as e:  # any import failure means: no diffusers peer
         return None, f"{type(e).__name__}: {e}"
     return ((scheduling_ddpm, scheduling_ddim, scheduling_sde_ve, scheduling_sde_vp, scheduling_unipc_multistep,
              scheduling_deis_multistep, scheduling_ipndm, scheduling_pndm, scheduling_dpmsolver_singlestep,
-             scheduling_dpmsolver_multistep, scheduling_sasolver, scheduling_karras_ve),
+             scheduling_dpmsolver_multistep, scheduling_sasolver, scheduling_karras_ve, scheduling_lcm),
             f"diffusers {diffusers.__version__} from {os.path.dirname(diffusers.__file__)}")
 
 
@@ -1077,6 +1077,39 @@ def _diffusers_karras_ve(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003):
     return run
 
 
+def _diffusers_lcm(diffusers, model, x, sigmas, grid, noise):
+    """diffusers' LCMScheduler (multistep consistency sampling) on scoreflow's grid: N train
+    timesteps with alphas_cumprod[t] = 1 / (1 + sigma_{N-1-t}^2), its timesteps set to N-1 .. 0,
+    the model's D as the "sample" prediction in x_vp = x / sqrt(1 + sigma^2), the consistency
+    boundary scalings (c_skip, c_out) set to (0, 1) (a diffusion model's denoiser is used as the
+    consistency function itself), and randn_tensor returning scoreflow's step noise
+    (STREAM_STEP) on [sigma', sigma]."""
+    mod = diffusers[12]
+    n = len(grid) - 1
+    sch = mod.LCMScheduler(num_train_timesteps=max(n, 2), clip_sample=False, set_alpha_to_one=True,
+                           prediction_type="sample", original_inference_steps=max(n, 2))
+    sch.alphas_cumprod = torch.tensor([1.0 / (1.0 + grid[n - 1 - t] ** 2) for t in range(n)], dtype=torch.float64)
+    sch.set_timesteps(n, original_inference_steps=max(n, 2))
+    sch.timesteps = torch.arange(n - 1, -1, -1, dtype=torch.int64)
+    sch.num_inference_steps = n
+    sch.set_begin_index(0)
+    sch.get_scalings_for_boundary_condition_discrete = lambda timestep: (0.0, 1.0)
+    ones = x.new_ones([x.shape[0]])
+    xv = x / math.sqrt(1.0 + grid[0] ** 2)
+    saved = mod.randn_tensor
+    try:
+        for i, t in enumerate(sch.timesteps):
+            sig = grid[i]
+            z = (noise.standard(STREAM_STEP, grid[i + 1], sig) if grid[i + 1] > 0
+                 else torch.zeros(noise.n, *noise.shape, dtype=torch.float64)).to(x.device, x.dtype)
+            mod.randn_tensor = lambda *args, _z=z, **kw: _z
+            d = model(xv * math.sqrt(1.0 + sig * sig), ones * sig)
+            xv = sch.step(d, t, xv).prev_sample
+    finally:
+        mod.randn_tensor = saved
+    return xv
+
+
 # Compared with diffusers (run gets its scheduler modules instead of k-diffusion's sampling
 # module); flags may depend on the number of steps.
 DIFFUSERS_CHECKS = {
@@ -1137,6 +1170,7 @@ DIFFUSERS_CHECKS = {
                               _diffusers_multistep_full(2, "sde-dpmsolver")),
     "dpm-multistep-sde-eps-heun": (["--solver", "dpm-multistep", "--algorithm-type", "sde-dpmsolver",
                                     "--solver-type", "heun"], _diffusers_multistep_full(2, "sde-dpmsolver", "heun")),
+    "lcm": (["--solver", "lcm"], _diffusers_lcm),
 }
 
 

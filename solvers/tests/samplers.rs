@@ -541,6 +541,19 @@ fn ddim_eta0_is_euler_and_eta1_is_ddpm_and_euler_ancestral() {
         "ddim(1) vs ddpm: {}",
         max_abs(&(&c - &d))
     );
+    let e1 = sample(
+        &SamplerSpec::EulerAncestral {
+            eta: 1.0,
+            s_noise: 1.0,
+        },
+        &den,
+        &sde,
+        &sigmas,
+        3,
+        32,
+        2,
+    )
+    .0;
     for eta in [0.3, 1.0] {
         let (e, _) = sample(&SamplerSpec::Ddim { eta }, &den, &sde, &sigmas, 3, 32, 2);
         let (f, _) = sample(
@@ -558,6 +571,27 @@ fn ddim_eta0_is_euler_and_eta1_is_ddpm_and_euler_ancestral() {
             max_abs(&(e - f))
         );
     }
+    // lcm (multistep consistency sampling) is euler-ancestral with all of the next level's noise
+    // fresh: eta large enough that sigma_up = sigma' and sigma_down = 0, the same step noise.
+    let (l, nl) = sample(&SamplerSpec::Lcm {}, &den, &sde, &sigmas, 3, 32, 2);
+    let (a, na) = sample(
+        &SamplerSpec::EulerAncestral {
+            eta: 1e9,
+            s_noise: 1.0,
+        },
+        &den,
+        &sde,
+        &sigmas,
+        3,
+        32,
+        2,
+    );
+    assert_eq!(nl, na);
+    assert!(
+        max_abs(&(&l - &a)) < 1e-10,
+        "lcm vs euler-ancestral(eta 1e9)"
+    );
+    assert!(max_abs(&(&l - &e1)) > 1e-2, "lcm vs euler-ancestral(eta 1)");
     // EDM's stochastic sampler without churn is Heun.
     let (h1, _) = sample(
         &SamplerSpec::Heun(Default::default()),
@@ -2562,6 +2596,43 @@ fn the_flows_reverse_sde_keeps_a_gaussians_mean_and_covariance() {
             );
         }
     }
+}
+
+#[test]
+fn lcm_on_a_diffusion_denoiser_halves_a_gaussians_covariance() {
+    // lcm's step x' = D(x; sigma) + sigma' z maps a signal variance w (per eigenvalue v of the
+    // data covariance) to v^2 (w + sigma^2) / (v + sigma^2)^2, whose fixed point
+    // v^2 / (2 v + sigma^2) tends to v / 2 at small sigma: with many steps the samples of
+    // Gaussian data have half its covariance (a consistency model's sampler, not a diffusion
+    // model's), where euler-ancestral converges to the covariance itself.
+    let den = gaussian();
+    let sde = Edm::default();
+    let n = 4096;
+    let want_cov = Tensor::from_slice(&[1.0, 0.3, -0.1, 0.3, 0.5, 0.05, -0.1, 0.05, 0.08])
+        .view([3, 3])
+        .to_kind(Kind::Double);
+    let cov = |spec: &SamplerSpec, steps: usize| {
+        let sigmas = grid_for(&sde, &GridKind::default(), steps);
+        let (x, _) = sample(spec, &den, &sde, &sigmas, 5, n, 3);
+        let c = &x - x.mean_dim(0, true, Kind::Double);
+        c.transpose(0, 1).matmul(&c) / (n as f64 - 1.0)
+    };
+    let half = max_abs(&(cov(&SamplerSpec::Lcm {}, 256) - &want_cov * 0.5));
+    let ancestral = max_abs(
+        &(cov(
+            &SamplerSpec::EulerAncestral {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            256,
+        ) - &want_cov),
+    );
+    let few = max_abs(&(cov(&SamplerSpec::Lcm {}, 8) - &want_cov * 0.5));
+    println!("lcm 256 steps: covariance - C/2 off by {half:.4} (8 steps: {few:.4}); euler-ancestral 256 steps: covariance - C off by {ancestral:.4}");
+    // Standard errors at n = 4096: covariance entries <= sqrt(2)/64.
+    assert!(half < 0.05, "lcm: {half}");
+    assert!(ancestral < 0.05, "euler-ancestral: {ancestral}");
+    assert!(few > 0.1, "lcm at 8 steps is not yet at C/2: {few}");
 }
 
 #[test]

@@ -20,6 +20,7 @@ pub mod euler_ancestral;
 pub mod euler_maruyama;
 pub mod heun;
 pub mod ipndm;
+pub mod lcm;
 pub mod lms;
 pub mod pc;
 pub mod pndm;
@@ -334,6 +335,8 @@ pub enum SamplerSpec {
     Restart(restart::RestartParams),
     /// SA-Solver (Xue et al. 2023; see [`sa_solver::SaSolverParams`]).
     SaSolver(sa_solver::SaSolverParams),
+    /// Multistep consistency sampling (diffusers' `LCMScheduler`; [`lcm::Lcm`]).
+    Lcm {},
 }
 
 /// Every registry name, in the order `scoreflow samplers` and `bench` list them.
@@ -368,6 +371,7 @@ pub const NAMES: &[&str] = &[
     "restart",
     "sa-solver",
     "dpm-multistep",
+    "lcm",
 ];
 
 impl SamplerSpec {
@@ -379,6 +383,7 @@ impl SamplerSpec {
             "heun" => SamplerSpec::Heun(Churn::default()),
             "edm-stochastic" => SamplerSpec::EdmStochastic(Churn::default()),
             "euler-maruyama" => SamplerSpec::EulerMaruyama {},
+            "lcm" => SamplerSpec::Lcm {},
             "ddim" => SamplerSpec::Ddim { eta: 0.0 },
             "ddpm" => SamplerSpec::Ddpm {
                 variance: DdpmVariance::Small,
@@ -496,6 +501,7 @@ impl SamplerSpec {
             SamplerSpec::EdmAblation(_) => "edm-ablation",
             SamplerSpec::Restart(_) => "restart",
             SamplerSpec::SaSolver(_) => "sa-solver",
+            SamplerSpec::Lcm {} => "lcm",
         }
     }
 
@@ -506,9 +512,10 @@ impl SamplerSpec {
             | SamplerSpec::Heun(c)
             | SamplerSpec::EdmStochastic(c)
             | SamplerSpec::Dpm2(c) => c.is_stochastic(),
-            SamplerSpec::EulerMaruyama {} | SamplerSpec::Ddpm { .. } | SamplerSpec::Pc { .. } => {
-                true
-            }
+            SamplerSpec::EulerMaruyama {}
+            | SamplerSpec::Ddpm { .. }
+            | SamplerSpec::Pc { .. }
+            | SamplerSpec::Lcm {} => true,
             SamplerSpec::Ddim { eta } => *eta > 0.0,
             SamplerSpec::EulerAncestral { eta, s_noise }
             | SamplerSpec::DpmPp2MSde { eta, s_noise, .. }
@@ -573,6 +580,7 @@ impl SamplerSpec {
                 Box::new(edm_stochastic::EdmStochastic::new(c.clone())?)
             }
             SamplerSpec::EulerMaruyama {} => Box::new(euler_maruyama::EulerMaruyama),
+            SamplerSpec::Lcm {} => Box::new(lcm::Lcm),
             SamplerSpec::Ddim { eta } => Box::new(ddim::Ddim::new(*eta)?),
             SamplerSpec::Ddpm { variance } => Box::new(ddpm::Ddpm {
                 variance: *variance,
