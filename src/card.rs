@@ -102,10 +102,14 @@ impl ModelCard {
             match &mut card.data {
                 Some(DataConfig::Mixture { path, .. })
                 | Some(DataConfig::Digits { path: Some(path) }) => resolve(path),
-                Some(DataConfig::Npy { path, labels }) => {
+                Some(DataConfig::Npy {
+                    path,
+                    labels,
+                    noise,
+                }) => {
                     resolve(path);
-                    if let Some(l) = labels {
-                        resolve(l);
+                    for p in [labels, noise].into_iter().flatten() {
+                        resolve(p);
                     }
                 }
                 _ => {}

@@ -52,10 +52,14 @@ pub enum DataConfig {
     /// `[N, 1, 8, 8]` images in [-1, 1] with labels 0..9.
     Digits { path: Option<PathBuf> },
     /// A float32/float64 `.npy` of shape `[N, d]` or `[N, C, H, W]`, with optional integer
-    /// class labels (an int32/int64 `.npy` of shape `[N]`, values 0..K-1).
+    /// class labels (an int32/int64 `.npy` of shape `[N]`, values 0..K-1) and optional paired
+    /// noise (`noise`, a float `.npy` of the data's shape): each sample's own standard-normal
+    /// noise, used by the loss instead of fresh noise (reflow, Liu et al. 2022: the noise a
+    /// model's ODE took to that sample).
     Npy {
         path: PathBuf,
         labels: Option<PathBuf>,
+        noise: Option<PathBuf>,
     },
 }
 
@@ -133,14 +137,17 @@ pub fn read_digits(path: &std::path::Path) -> Result<Dataset> {
             .to_kind(Kind::Float),
         labels: Some(Tensor::from_slice(&labels)),
         num_classes: 10,
+        noise: None,
     })
 }
 
-/// A data set in memory: `x` is `[N, d]` float32 on the CPU.
+/// A data set in memory: `x` is `[N, d]` float32 on the CPU; `noise`, where given, the paired
+/// noise of each sample (same shape).
 pub struct Dataset {
     pub x: Tensor,
     pub labels: Option<Tensor>,
     pub num_classes: usize,
+    pub noise: Option<Tensor>,
 }
 
 impl Dataset {
@@ -163,6 +170,7 @@ fn from_points(points: Vec<[f64; 2]>, labels: Vec<i64>, classes: usize) -> Datas
         x: Tensor::from_slice(&flat).view([n, 2]).to_kind(Kind::Float),
         labels: Some(Tensor::from_slice(&labels)),
         num_classes: classes,
+        noise: None,
     }
 }
 
@@ -215,6 +223,7 @@ pub fn load(cfg: &DataConfig, seed: u64) -> Result<Dataset> {
                 x: x.to_kind(Kind::Float),
                 labels: Some(labels),
                 num_classes: 8,
+                noise: None,
             }
         }
         DataConfig::Checkerboard { num } => {
@@ -255,12 +264,17 @@ pub fn load(cfg: &DataConfig, seed: u64) -> Result<Dataset> {
                 x: x.to_kind(Kind::Float),
                 labels: Some(labels),
                 num_classes: gmm.components(),
+                noise: None,
             }
         }
         DataConfig::Digits { path } => {
             read_digits(path.as_deref().unwrap_or(&default_digits_path()))?
         }
-        DataConfig::Npy { path, labels } => {
+        DataConfig::Npy {
+            path,
+            labels,
+            noise,
+        } => {
             let t = npy::read(path)?;
             let size = t.size();
             if !(size.len() == 2 || size.len() == 4) || size.iter().any(|&d| d < 1) {
@@ -301,10 +315,32 @@ pub fn load(cfg: &DataConfig, seed: u64) -> Result<Dataset> {
                     }
                     None => (None, 0),
                 };
+                let noise = match noise {
+                    Some(np) => {
+                        let z = npy::read(np)?;
+                        if z.size() != size {
+                            bail!(
+                                "noise file {} has shape {:?}, the data {:?}: the paired noise needs the data's shape",
+                                np.display(),
+                                z.size(),
+                                size
+                            );
+                        }
+                        if z.isfinite().all().int64_value(&[]) == 0 {
+                            bail!(
+                                "noise file {} contains NaN or infinite values",
+                                np.display()
+                            );
+                        }
+                        Some(z.to_kind(Kind::Float))
+                    }
+                    None => None,
+                };
                 Dataset {
                     x: t.to_kind(Kind::Float),
                     labels,
                     num_classes,
+                    noise,
                 }
             }
         }

@@ -721,7 +721,23 @@ pub struct Prepared<'a> {
 impl Prepared<'_> {
     /// Per-sample losses for a batch `y` (`[N, ...]`), with optional labels.
     pub fn loss(&self, net: &Network, y: &Tensor, labels: Option<&Tensor>) -> Tensor {
+        self.loss_with_noise(net, y, labels, None)
+    }
+
+    /// [`Self::loss`] with each sample's standard-normal noise given (`[N, ...]`, reflow's
+    /// paired noise) instead of drawn: `x = y + sigma noise`.
+    pub fn loss_with_noise(
+        &self,
+        net: &Network,
+        y: &Tensor,
+        labels: Option<&Tensor>,
+        noise: Option<&Tensor>,
+    ) -> Tensor {
         let this = self.cfg;
+        let standard = || match noise {
+            Some(z) => z.shallow_clone(),
+            None => y.randn_like(),
+        };
         let sd = match net.precond {
             crate::precond::Precond::Edm { sigma_data } => sigma_data,
             _ => 0.5,
@@ -729,7 +745,7 @@ impl Prepared<'_> {
         let (sigma, weight, step) =
             this.sigma_and_weight(y.size()[0], sd, y.device(), self.chain.as_ref());
         if let LossConfig::SlicedScore { projections, .. } = this {
-            let x = (y + y.randn_like() * crate::precond::per_sample(&sigma, y))
+            let x = (y + standard() * crate::precond::per_sample(&sigma, y))
                 .detach()
                 .set_requires_grad(true);
             let s2 = crate::precond::per_sample(&sigma.square(), y);
@@ -740,7 +756,7 @@ impl Prepared<'_> {
                 .unwrap();
             return total / *projections as f64 * weight;
         }
-        let noise = y.randn_like() * crate::precond::per_sample(&sigma, y);
+        let noise = standard() * crate::precond::per_sample(&sigma, y);
         let (d, v) = net
             .try_forward_parts(&(y + noise), &sigma, labels)
             .unwrap_or_else(|e| panic!("{e}"));

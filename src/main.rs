@@ -237,6 +237,10 @@ struct SampleArgs {
     /// steps and grid) and report the round trip's error.
     #[arg(long)]
     roundtrip: bool,
+    /// Also write the standard-normal starting noise (float32, the samples' shape): with --out,
+    /// the (noise, sample) pairs of this sampler, such as reflow trains on.
+    #[arg(long, conflicts_with = "invert")]
+    save_noise: Option<PathBuf>,
 }
 
 fn sample(a: SampleArgs) -> Result<()> {
@@ -345,17 +349,22 @@ fn sample(a: SampleArgs) -> Result<()> {
             "give the starting noise with --noise FILE.npy or --num N (or data to encode with --invert FILE.npy)"
         ),
     };
-    if let Some(dir) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if dir.exists() && !dir.is_dir() {
-            bail!(
-                "cannot write {}: {} is not a folder",
-                a.out.display(),
-                dir.display()
-            );
+    for out in std::iter::once(&a.out).chain(a.save_noise.as_ref()) {
+        if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if dir.exists() && !dir.is_dir() {
+                bail!(
+                    "cannot write {}: {} is not a folder",
+                    out.display(),
+                    dir.display()
+                );
+            }
+            if !dir.is_dir() {
+                bail!("output folder {} does not exist", dir.display());
+            }
         }
-        if !dir.is_dir() {
-            bail!("output folder {} does not exist", dir.display());
-        }
+    }
+    if a.save_noise.as_ref() == Some(&a.out) {
+        bail!("--save-noise and --out name the same file");
     }
     if a.invert.is_some() {
         return invert(
@@ -386,7 +395,13 @@ fn sample(a: SampleArgs) -> Result<()> {
     if let Some(png) = &a.png {
         scoreflow::image::write_grid(png, &x, 10)?;
     }
-    if let Err(e) = npy::write_f32(&a.out, &x) {
+    let written = npy::write_f32(&a.out, &x).and_then(|()| match &a.save_noise {
+        Some(path) => npy::write_f32(path, &z.to_device(tch::Device::Cpu)).inspect_err(|_| {
+            let _ = std::fs::remove_file(&a.out);
+        }),
+        None => Ok(()),
+    });
+    if let Err(e) = written {
         if let Some(png) = &a.png {
             let _ = std::fs::remove_file(png);
         }

@@ -460,6 +460,7 @@ fn train_loop(
     }
     let end = opts.stop_at.unwrap_or(t.steps).min(t.steps);
     let x_all = data.x.to_device(dev);
+    let noise_all = data.noise.as_ref().map(|n| n.to_device(dev));
     let labels_all = if model.net.num_classes > 0 {
         data.labels.as_ref().map(|l| l.to_device(dev))
     } else {
@@ -519,7 +520,8 @@ fn train_loop(
             let mut p = params[i].1.shallow_clone();
             p.zero_grad();
         }
-        let per_sample = || loss_fn.loss(&model.net, &y, labels.as_ref());
+        let z = noise_all.as_ref().map(|n| n.index_select(0, &idx));
+        let per_sample = || loss_fn.loss_with_noise(&model.net, &y, labels.as_ref(), z.as_ref());
         let loss = if t.precision == "bf16" {
             crate::autocast::bf16(dev, per_sample)
         } else {

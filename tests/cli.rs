@@ -2297,6 +2297,82 @@ fn audited_bad_inputs_are_errors_not_panics() {
 }
 
 #[test]
+fn save_noise_writes_the_starting_noise_that_reproduces_the_samples() {
+    // `--save-noise` writes the noise drawn for --num; `--noise` with that file gives the same
+    // samples (the pairs reflow trains on). It must not name --out, and a failed run writes
+    // neither file.
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let common = [
+        "sample",
+        "--denoiser",
+        "builtin:gmm8",
+        "--solver",
+        "heun",
+        "--steps",
+        "8",
+    ];
+    let o = run(&[
+        &common[..],
+        &[
+            "--num",
+            "16",
+            "--seed",
+            "5",
+            "--out",
+            &p("x.npy"),
+            "--save-noise",
+            &p("z.npy"),
+        ],
+    ]
+    .concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&[
+        &common[..],
+        &["--noise", &p("z.npy"), "--seed", "5", "--out", &p("x2.npy")],
+    ]
+    .concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read = |n: &str| read_f32_npy(Path::new(&p(n)));
+    let (x, x2, z) = (read("x.npy"), read("x2.npy"), read("z.npy"));
+    assert_eq!(z.0, vec![16, 2]);
+    assert_eq!(x, x2);
+    let o = run(&[
+        &common[..],
+        &[
+            "--num",
+            "4",
+            "--out",
+            &p("y.npy"),
+            "--save-noise",
+            &p("y.npy"),
+        ],
+    ]
+    .concat());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--save-noise and --out name the same file"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&[
+        &common[..],
+        &[
+            "--num",
+            "4",
+            "--out",
+            &p("w.npy"),
+            "--save-noise",
+            &p("no/such/z.npy"),
+        ],
+    ]
+    .concat());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    assert!(!Path::new(&p("w.npy")).exists() && !Path::new(&p("y.npy")).exists());
+}
+
+#[test]
 fn sample_invert_encodes_data_into_the_noise_that_samples_them() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name);

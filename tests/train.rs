@@ -69,6 +69,76 @@ fn flow_matching_learns_the_8_mode_mixture() {
     ));
 }
 
+#[test]
+fn reflow_on_paired_noise_straightens_the_flow() {
+    // Reflow (Liu et al. 2022): the (noise, sample) pairs of the committed rectified flow
+    // runs/gmm8-flow (heun, 32 steps) as data with paired noise; the flow trained on them maps
+    // each noise to its sample in one Euler step, where the first flow's one step lands far off.
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (first, _) = train::load_for_sampling(
+        &root.join("runs/gmm8-flow/checkpoint.safetensors"),
+        Device::Cpu,
+    )
+    .unwrap();
+    let sde = Edm::default();
+    let n = 4000;
+    let z = job::initial_noise(3, n, 2, Device::Cpu, Kind::Float).unwrap();
+    let solve = |net: &dyn scoreflow::solvers::Denoiser, spec: &SamplerSpec, steps: usize| {
+        let sigmas = grid::sigmas(&GridKind::default(), steps, 0.002, 80.0, &sde).unwrap();
+        job::run_from_noise(spec, net, &sde, &sigmas, &z, 3, 0, &mut |_, _| {})
+            .unwrap()
+            .0
+    };
+    let heun = SamplerSpec::Heun(Default::default());
+    let euler = SamplerSpec::Euler(Default::default());
+    let x = solve(&first.net, &heun, 32);
+    scoreflow::npy::write_f32(&dir.path().join("x.npy"), &x).unwrap();
+    scoreflow::npy::write_f32(&dir.path().join("z.npy"), &z).unwrap();
+    let data = format!(
+        "[data]\nkind = \"npy\"\npath = \"{}\"\nnoise = \"{}\"\n",
+        dir.path().join("x.npy").display(),
+        dir.path().join("z.npy").display()
+    );
+    let mut cfg = config_with(
+        &dir.path().join("run"),
+        1000,
+        "checkpoint_every = 1000\nlog_every = 500",
+        "[model.precond]\nkind = \"flow\"\n[loss]\nkind = \"flow\"",
+    );
+    cfg.data = toml::from_str::<toml::Table>(&data).unwrap()["data"]
+        .clone()
+        .try_into()
+        .unwrap();
+    let report = train::run(
+        &cfg,
+        &RunOpts {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (second, _) = train::load_for_sampling(&report.checkpoint, Device::Cpu).unwrap();
+    let off = |y: &tch::Tensor| {
+        (y - &x)
+            .square()
+            .sum_dim_intlist(1, false, Kind::Double)
+            .mean(Kind::Double)
+            .sqrt()
+            .double_value(&[])
+    };
+    let (one_first, one_second) = (
+        off(&solve(&first.net, &euler, 1)),
+        off(&solve(&second.net, &euler, 1)),
+    );
+    println!("one Euler step from each pair's noise: RMS to its sample {one_first:.3} (first flow), {one_second:.3} (reflowed)");
+    assert!(
+        one_first > 1.0,
+        "the first flow is not curved here: {one_first}"
+    );
+    assert!(one_second < 0.25, "reflow did not straighten: {one_second}");
+}
+
 /// Train `cfg` (gmm8 data) and check its samples against fresh data.
 fn learns_the_mixture(cfg: &TrainConfig) {
     let report = train::run(
@@ -229,6 +299,38 @@ fn bad_configs_name_the_key_and_line() {
         ),
     );
     expect_error(&["train", &bad_data], "cannot read");
+    // Paired noise (reflow) must have the data's shape and be finite.
+    let x = tch::Tensor::zeros([10, 2], (Kind::Float, Device::Cpu));
+    let xp = dir.path().join("x.npy");
+    scoreflow::npy::write_f32(&xp, &x).unwrap();
+    for (name, z, needle) in [
+        (
+            "z3.npy",
+            tch::Tensor::zeros([10, 3], (Kind::Float, Device::Cpu)),
+            "the paired noise needs the data's shape",
+        ),
+        (
+            "znan.npy",
+            tch::Tensor::full([10, 2], f64::NAN, (Kind::Float, Device::Cpu)),
+            "contains NaN or infinite values",
+        ),
+    ] {
+        let zp = dir.path().join(name);
+        scoreflow::npy::write_f32(&zp, &z).unwrap();
+        let cfg = write(
+            &format!("{name}.toml"),
+            &good.replace(
+                "kind = \"moons\"\nnum = 20000",
+                &format!(
+                    "kind = \"npy\"\npath = \"{}\"\nnoise = \"{}\"",
+                    xp.display(),
+                    zp.display()
+                ),
+            ),
+        );
+        let err = expect_error(&["train", &cfg], needle);
+        assert!(err.contains(name), "{err}");
+    }
     expect_error(&["train", "/nonexistent.toml"], "cannot read config");
     let rampup = write(
         "rampup.toml",
