@@ -2531,17 +2531,13 @@ fn sample_invert_encodes_data_into_the_noise_that_samples_them() {
     }
 }
 
-#[test]
-fn inversion_matches_diffusers_dpm_solver_multistep_inverse_scheduler() {
-    // experiments/peers/inversion_check.py: `sample --invert` with euler, ddim, dpmpp-2m,
-    // dpmpp-3m and dpm-multistep (order 3, and DPM-Solver of order 2, with diffusers'
-    // lower-order final steps) against diffusers' DPMSolverMultistepInverseScheduler (orders 1,
-    // 2, 3) on the same levels from the same data (exact gmm8, float64), at 8 and 25 sampling
-    // steps, plus a control that must differ.
+/// Run a peer check script that prints one JSON line per comparison (`experiments/peers/`,
+/// without arguments of its own), expecting exit code 0 and every judged line (those with
+/// "ok") ok; the judged lines, or None where the peers are not installed or the script
+/// skipped (no diffusers).
+fn judged_peer_lines(script: &str) -> Option<Vec<serde_json::Value>> {
     let dir = tempfile::tempdir().unwrap();
-    let Some(o) = peer_script("inversion_check.py", &[], dir.path()) else {
-        return;
-    };
+    let o = peer_script(script, &[], dir.path())?;
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     println!("{out}");
     assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
@@ -2551,12 +2547,28 @@ fn inversion_matches_diffusers_dpm_solver_multistep_inverse_scheduler() {
         .collect();
     if lines[0].get("skipped").is_some() {
         println!("skipped: {}", lines[0]["skipped"]);
-        return;
+        return None;
     }
-    let judged: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("ok").is_some()).collect();
-    // 6 samplers at 2 step counts, and 2 controls.
-    assert_eq!(judged.len(), 14, "{out}");
+    let judged: Vec<serde_json::Value> = lines
+        .into_iter()
+        .filter(|l| l.get("ok").is_some())
+        .collect();
     assert!(judged.iter().all(|l| l["ok"] == true), "{out}");
+    Some(judged)
+}
+
+#[test]
+fn inversion_matches_diffusers_dpm_solver_multistep_inverse_scheduler() {
+    // experiments/peers/inversion_check.py: `sample --invert` with euler, ddim, dpmpp-2m,
+    // dpmpp-3m and dpm-multistep (order 3, and DPM-Solver of order 2, with diffusers'
+    // lower-order final steps) against diffusers' DPMSolverMultistepInverseScheduler (orders 1,
+    // 2, 3) on the same levels from the same data (exact gmm8, float64), at 8 and 25 sampling
+    // steps, plus a control that must differ.
+    let Some(judged) = judged_peer_lines("inversion_check.py") else {
+        return;
+    };
+    // 6 samplers at 2 step counts, and 2 controls.
+    assert_eq!(judged.len(), 14, "{judged:?}");
     for l in judged.iter().filter(|l| l.get("solver").is_some()) {
         assert!(l["max_abs_diff"].as_f64().unwrap() < 5e-7, "{l}");
     }
@@ -2571,26 +2583,12 @@ fn rectified_flow_matches_diffusers_flow_match_schedulers() {
     // (unipc), all with flow_prediction on the exact gmm8's velocity, and lcm against
     // FlowMatchEuler's stochastic sampling, at 10 and 25 steps from the same noise; controls
     // (heun in sigma, DPM-Solver order 1, lcm on another seed's noise) must differ.
-    let dir = tempfile::tempdir().unwrap();
-    let Some(o) = peer_script("flow_check.py", &[], dir.path()) else {
+    let Some(judged) = judged_peer_lines("flow_check.py") else {
         return;
     };
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    println!("{out}");
-    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    if lines[0].get("skipped").is_some() {
-        println!("skipped: {}", lines[0]["skipped"]);
-        return;
-    }
-    let judged: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("ok").is_some()).collect();
     // 6 pairs (with lcm against FlowMatchEuler's stochastic sampling, given the same step
     // noise) and 3 controls at 2 step counts.
-    assert_eq!(judged.len(), 18, "{out}");
-    assert!(judged.iter().all(|l| l["ok"] == true), "{out}");
+    assert_eq!(judged.len(), 18, "{judged:?}");
     for l in judged.iter().filter(|l| l.get("solver").is_some()) {
         assert!(l["max_abs_diff"].as_f64().unwrap() < 2e-5, "{l}");
         let (steps, nfe) = (l["steps"].as_u64().unwrap(), l["nfe"].as_u64().unwrap());

@@ -30,12 +30,9 @@ FlowMatchHeun (another time variable), dpm-multistep against solver_order 1, lcm
 noise against the peer given seed 3's. Prints one JSON
 line per comparison and exits 1 when a pair differs by more than --tol or a control does not.
 """
-import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -45,13 +42,6 @@ import peers  # noqa: E402  (this folder)
 
 
 SEED = 3
-
-
-def scoreflow(binary, args):
-    p = subprocess.run([binary] + args, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"scoreflow {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
-    return json.loads(p.stdout)
 
 
 def velocity(model, x, tau):
@@ -141,17 +131,7 @@ def unipc(mods, shift, steps, model, z):
 
 
 def main():
-    here = os.path.dirname(os.path.abspath(__file__))
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scoreflow", required=True)
-    ap.add_argument("--diffusers-site", default=os.path.normpath(os.path.join(here, "..", "..", ".peers", "diffusers")))
-    ap.add_argument("--out", help="folder for the noise and samples (default: a temporary one)")
-    ap.add_argument("--num", type=int, default=200)
-    ap.add_argument("--shift", type=float, default=3.0)
-    ap.add_argument("--tol", type=float, default=2e-5)
-    a = ap.parse_args()
-    if os.path.isdir(a.diffusers_site):
-        sys.path.append(a.diffusers_site)
+    a = peers.check_script_args(__doc__, "scoreflow-flow-", num=200, shift=3.0, tol=2e-5)
     try:
         import diffusers
         from diffusers.schedulers import scheduling_dpmsolver_multistep as dpm_mod
@@ -162,8 +142,7 @@ def main():
         print(json.dumps({"skipped": f"diffusers not importable: {type(e).__name__}: {e}"}))
         return 0
     mods = {"euler": euler_mod, "heun": heun_mod, "dpm": dpm_mod, "unipc": unipc_mod}
-    out = a.out or tempfile.mkdtemp(prefix="scoreflow-flow-")
-    os.makedirs(out, exist_ok=True)
+    out = a.out
     c = a.shift
     z = torch.randn([a.num, 2], generator=torch.Generator().manual_seed(11), dtype=torch.float64)
     z_path = os.path.join(out, "z.npy")
@@ -203,7 +182,7 @@ def main():
         for is_control, (name, flags, peer, fn, kw) in [(False, p) for p in pairs] + [(True, p) for p in controls]:
             tag = name.replace("(", "-").replace(")", "").replace("=", "-").replace(" ", "-")
             x_path = os.path.join(out, f"x-{tag}-{steps}.npy")
-            line = scoreflow(a.scoreflow, common + flags + ["--out", x_path])
+            line = peers.scoreflow_json(a.scoreflow, common + flags + ["--out", x_path])
             x_sf = torch.from_numpy(np.load(x_path).astype(np.float64))
             if kw.get("noise"):
                 # scoreflow's levels (sigma of the scaled variable) and its Brownian paths of

@@ -22,26 +22,16 @@ For information it also runs diffusers' DDIMInverseScheduler, which is not the s
 evaluates the model at the upper level of each step with the sample at the lower one, and starts
 from alpha_bar = 1 (sigma = 0); its difference from scoreflow's euler is printed, not judged.
 """
-import argparse
 import json
 import math
 import os
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402  (this folder)
-
-
-def scoreflow(binary, args):
-    p = subprocess.run([binary] + args, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"scoreflow {' '.join(args)} failed ({p.returncode}): {p.stderr.strip()}")
-    return json.loads(p.stdout)
 
 
 def dpm_inverse(module, order, solver_type, model, x, up, algorithm_type="dpmsolver++", lower_order_final=False):
@@ -85,16 +75,7 @@ def ddim_inverse(module, model, x, up):
 
 
 def main():
-    here = os.path.dirname(os.path.abspath(__file__))
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scoreflow", required=True)
-    ap.add_argument("--diffusers-site", default=os.path.normpath(os.path.join(here, "..", "..", ".peers", "diffusers")))
-    ap.add_argument("--out", help="folder for the data and latents (default: a temporary one)")
-    ap.add_argument("--num", type=int, default=200)
-    ap.add_argument("--tol", type=float, default=1e-8)
-    a = ap.parse_args()
-    if os.path.isdir(a.diffusers_site):
-        sys.path.append(a.diffusers_site)
+    a = peers.check_script_args(__doc__, "scoreflow-inversion-", num=200, tol=1e-8)
     try:
         import diffusers
         from diffusers.schedulers import scheduling_dpmsolver_multistep_inverse as dpm_mod
@@ -102,11 +83,10 @@ def main():
     except Exception as e:  # no diffusers: nothing to check against
         print(json.dumps({"skipped": f"diffusers not importable: {type(e).__name__}: {e}"}))
         return 0
-    out = a.out or tempfile.mkdtemp(prefix="scoreflow-inversion-")
-    os.makedirs(out, exist_ok=True)
+    out = a.out
     data = os.path.join(out, "data.npy")
     common = ["--denoiser", "builtin:gmm8", "--device", "cpu", "--dtype", "float64"]
-    scoreflow(a.scoreflow, ["sample", *common, "--solver", "heun", "--steps", "32", "--num", str(a.num),
+    peers.scoreflow_json(a.scoreflow, ["sample", *common, "--solver", "heun", "--steps", "32", "--num", str(a.num),
                             "--out", data])
     x = torch.from_numpy(np.load(data).astype(np.float64))
     model = peers.gmm8().to_float64()
@@ -124,7 +104,7 @@ def main():
         for solver, order, solver_type, algorithm_type, lower in cases:
             tag = solver.replace("(", "-").replace(")", "").replace("=", "-").replace(",", "-")
             z_path = os.path.join(out, f"z-{tag}-{steps}.npy")
-            line = scoreflow(a.scoreflow, ["sample", *common, "--solver", solver, "--steps", str(steps),
+            line = peers.scoreflow_json(a.scoreflow, ["sample", *common, "--solver", solver, "--steps", str(steps),
                                            "--invert", data, "--out", z_path])
             # scoreflow computes in float64 and writes float32 latents: allow their rounding.
             z_sf = torch.from_numpy(np.load(z_path).astype(np.float64))

@@ -1404,6 +1404,30 @@ def scoreflow(binary, args):
     return p.stdout
 
 
+def scoreflow_json(binary, args):
+    """`scoreflow ARGS` whose stdout is one JSON value (sample, compare --json): that value."""
+    return json.loads(scoreflow(binary, args))
+
+
+def check_script_args(doc, out_prefix, **defaults):
+    """The command line the check scripts share (inversion_check.py, flow_check.py): --scoreflow,
+    --diffusers-site (appended to sys.path when it exists), --out (a new temporary folder by
+    default, created), and `defaults` as typed options (--num, --tol, ...)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--scoreflow", required=True)
+    ap.add_argument("--diffusers-site", default=os.path.normpath(os.path.join(here, "..", "..", ".peers", "diffusers")))
+    ap.add_argument("--out", help="folder for the files compared (default: a temporary one)")
+    for name, value in defaults.items():
+        ap.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    a = ap.parse_args()
+    if os.path.isdir(a.diffusers_site):
+        sys.path.append(a.diffusers_site)
+    a.out = a.out or tempfile.mkdtemp(prefix=out_prefix)
+    os.makedirs(a.out, exist_ok=True)
+    return a
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scoreflow", required=True, help="the scoreflow binary")
