@@ -58,11 +58,14 @@ def unshifted_times(steps, train=1000):
     return np.flip(u)[:-1].copy()
 
 
-def run_scheduler(sch, model, z):
+def run_scheduler(sch, model, z, before_step=None):
     """Drive a scheduler whose set_timesteps has run: x_t = sigmas[0] z, then one step per
-    timestep with the velocity at sigmas[step_index]."""
+    timestep with the velocity at sigmas[step_index] (for FlowMatchHeun's correction, the
+    step's end: its index has moved on by one); `before_step(k)` runs before the k-th call."""
     x = z * float(sch.sigmas[0])
-    for t in sch.timesteps:
+    for k, t in enumerate(sch.timesteps):
+        if before_step:
+            before_step(k)
         i = sch.step_index if sch.step_index is not None else 0
         x = sch.step(velocity(model, x, float(sch.sigmas[i])), t, x).prev_sample.to(torch.float64)
     return x
@@ -80,17 +83,16 @@ def flow_match_euler_stochastic(mods, shift, steps, model, z, noise=None, levels
     mod = mods["euler"]
     sch = mod.FlowMatchEulerDiscreteScheduler(shift=shift, stochastic_sampling=True)
     sch.set_timesteps(sigmas=unshifted_times(steps).tolist())
+    def draw(k):
+        hi, lo = levels[k], levels[k + 1]
+        n = noise.standard(peers.STREAM_STEP, lo, hi) if lo > 0 else torch.zeros_like(z)
+        mod.randn_tensor = lambda *args, **kw: n.to(torch.float32)
+
     saved = mod.randn_tensor
     try:
-        x = z * float(sch.sigmas[0])
-        for i, t in enumerate(sch.timesteps):
-            hi, lo = levels[i], levels[i + 1]
-            n = noise.standard(peers.STREAM_STEP, lo, hi) if lo > 0 else torch.zeros_like(x)
-            mod.randn_tensor = lambda *args, _n=n, **kw: _n.to(torch.float32)
-            x = sch.step(velocity(model, x, float(sch.sigmas[i])), t, x).prev_sample.to(torch.float64)
+        return run_scheduler(sch, model, z, draw)
     finally:
         mod.randn_tensor = saved
-    return x
 
 
 def flow_match_heun(mods, shift, steps, model, z):
@@ -104,13 +106,7 @@ def flow_match_heun(mods, shift, steps, model, z):
     sch.timesteps = torch.cat([ts[:1], ts[1:].repeat_interleave(2)])
     full = torch.cat([s, torch.zeros(1)])
     sch.sigmas = torch.cat([full[:1], full[1:-1].repeat_interleave(2), full[-1:]])
-    x = z * float(sch.sigmas[0])
-    for t in sch.timesteps:
-        i = sch.step_index if sch.step_index is not None else 0
-        # The first-order stage evaluates at sigmas[i]; the correction (state not first order)
-        # at the step's end, sigmas[i] too (the index has moved on by one).
-        x = sch.step(velocity(model, x, float(sch.sigmas[i])), t, x).prev_sample.to(torch.float64)
-    return x
+    return run_scheduler(sch, model, z)
 
 
 def dpm_multistep(mods, shift, steps, model, z, order=2):

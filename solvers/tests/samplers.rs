@@ -18,14 +18,27 @@ use scoreflow_solvers::{
 };
 use tch::{Device, Kind, Tensor};
 
+/// The test Gaussian: a correlated 3-D Gaussian with eigenvalues spread over two decades.
+const GAUSS_MEAN: [f64; 3] = [0.5, -1.0, 2.0];
+const GAUSS_COV: [[f64; 3]; 3] = [[1.0, 0.3, -0.1], [0.3, 0.5, 0.05], [-0.1, 0.05, 0.08]];
+
 fn gaussian() -> GaussianDenoiser {
-    // A correlated 3-D Gaussian with eigenvalues spread over two decades.
-    let cov = vec![
-        vec![1.0, 0.3, -0.1],
-        vec![0.3, 0.5, 0.05],
-        vec![-0.1, 0.05, 0.08],
-    ];
-    GaussianDenoiser::new(vec![0.5, -1.0, 2.0], cov, Device::Cpu).unwrap()
+    let cov = GAUSS_COV.iter().map(|r| r.to_vec()).collect();
+    GaussianDenoiser::new(GAUSS_MEAN.to_vec(), cov, Device::Cpu).unwrap()
+}
+
+/// How far the sample mean and covariance of `x` (`[n, 3]`) are from the test Gaussian's mean
+/// and `cov_scale` times its covariance: (max |mean - m|, max |cov - cov_scale C|).
+fn off_gaussian(x: &Tensor, cov_scale: f64) -> (f64, f64) {
+    let n = x.size()[0] as f64;
+    let mean = x.mean_dim(0, false, Kind::Double);
+    let c = x - &mean;
+    let cov = c.transpose(0, 1).matmul(&c) / (n - 1.0);
+    let want_cov = Tensor::from_slice(GAUSS_COV.as_flattened()).view([3, 3]) * cov_scale;
+    (
+        max_abs(&(mean - Tensor::from_slice(&GAUSS_MEAN))),
+        max_abs(&(cov - want_cov)),
+    )
 }
 
 /// score_sde's PC sampler with this predictor, corrector, snr and corrector steps.
@@ -1096,8 +1109,8 @@ fn gaussian_denoiser_matches_the_direct_formula() {
     let den = gaussian();
     let x = Tensor::randn([16, 3], (Kind::Double, Device::Cpu));
     let sigma: f64 = 0.7;
-    let cov = Tensor::from_slice(&[1.0, 0.3, -0.1, 0.3, 0.5, 0.05, -0.1, 0.05, 0.08]).view([3, 3]);
-    let mu = Tensor::from_slice(&[0.5, -1.0, 2.0]).view([1, 3]);
+    let cov = Tensor::from_slice(GAUSS_COV.as_flattened()).view([3, 3]);
+    let mu = Tensor::from_slice(&GAUSS_MEAN).view([1, 3]);
     let k = cov
         .matmul(&(&cov + Tensor::eye(3, (Kind::Double, Device::Cpu)) * (sigma * sigma)).inverse());
     let want = &mu + (&x - &mu).matmul(&k.tr());
@@ -2447,13 +2460,7 @@ fn restart_without_segments_is_heun_and_its_restarts_keep_the_marginal() {
         .mean(Kind::Double)
         .sqrt()
         .double_value(&[]);
-    let mean = x.mean_dim(0, false, Kind::Double);
-    let c = &x - &mean;
-    let cov = c.transpose(0, 1).matmul(&c) / (n as f64 - 1.0);
-    let want_mean = Tensor::from_slice(&[0.5, -1.0, 2.0]);
-    let want_cov =
-        Tensor::from_slice(&[1.0, 0.3, -0.1, 0.3, 0.5, 0.05, -0.1, 0.05, 0.08]).view([3, 3]);
-    let (dm, dc) = (max_abs(&(mean - want_mean)), max_abs(&(cov - want_cov)));
+    let (dm, dc) = off_gaussian(&x, 1.0);
     println!(
         "restarted samples moved by {moved:.3} rms; mean off by {dm:.4}, covariance by {dc:.4}"
     );
@@ -2546,13 +2553,7 @@ fn pc_under_vp_keeps_a_gaussians_mean_and_covariance() {
     ] {
         let spec = pc(predictor, corrector, snr, corrector_steps);
         let (x, _) = sample(&spec, &den, &vp, &sigmas, 11, n, 3);
-        let mean = x.mean_dim(0, false, Kind::Double);
-        let c = &x - &mean;
-        let cov = c.transpose(0, 1).matmul(&c) / (n as f64 - 1.0);
-        let want_mean = Tensor::from_slice(&[0.5, -1.0, 2.0]);
-        let want_cov =
-            Tensor::from_slice(&[1.0, 0.3, -0.1, 0.3, 0.5, 0.05, -0.1, 0.05, 0.08]).view([3, 3]);
-        let (dm, dc) = (max_abs(&(mean - want_mean)), max_abs(&(cov - want_cov)));
+        let (dm, dc) = off_gaussian(&x, 1.0);
         println!("pc under vp, {predictor} + {corrector}, snr {snr}, {corrector_steps} corrector steps: mean off by {dm:.4}, covariance by {dc:.4}");
         // Standard errors at n = 4096: mean <= 1/64, covariance entries <= sqrt(2)/64.
         assert!(
@@ -2578,13 +2579,7 @@ fn the_flows_reverse_sde_keeps_a_gaussians_mean_and_covariance() {
             pc("reverse-diffusion", "langevin", 0.0, 0),
         ] {
             let (x, _) = sample(&spec, &den, &flow, &sigmas, 11, n, 3);
-            let mean = x.mean_dim(0, false, Kind::Double);
-            let c = &x - &mean;
-            let cov = c.transpose(0, 1).matmul(&c) / (n as f64 - 1.0);
-            let want_mean = Tensor::from_slice(&[0.5, -1.0, 2.0]);
-            let want_cov = Tensor::from_slice(&[1.0, 0.3, -0.1, 0.3, 0.5, 0.05, -0.1, 0.05, 0.08])
-                .view([3, 3]);
-            let (dm, dc) = (max_abs(&(mean - want_mean)), max_abs(&(cov - want_cov)));
+            let (dm, dc) = off_gaussian(&x, 1.0);
             println!(
                 "flow shift {shift}, {}: mean off by {dm:.4}, covariance by {dc:.4}",
                 spec.name()
@@ -2607,27 +2602,18 @@ fn lcm_on_a_diffusion_denoiser_halves_a_gaussians_covariance() {
     // model's), where euler-ancestral converges to the covariance itself.
     let den = gaussian();
     let sde = Edm::default();
-    let n = 4096;
-    let want_cov = Tensor::from_slice(&[1.0, 0.3, -0.1, 0.3, 0.5, 0.05, -0.1, 0.05, 0.08])
-        .view([3, 3])
-        .to_kind(Kind::Double);
-    let cov = |spec: &SamplerSpec, steps: usize| {
+    // The covariance's distance from `scale` C after `steps` steps.
+    let off = |spec: &SamplerSpec, steps: usize, scale: f64| {
         let sigmas = grid_for(&sde, &GridKind::default(), steps);
-        let (x, _) = sample(spec, &den, &sde, &sigmas, 5, n, 3);
-        let c = &x - x.mean_dim(0, true, Kind::Double);
-        c.transpose(0, 1).matmul(&c) / (n as f64 - 1.0)
+        off_gaussian(&sample(spec, &den, &sde, &sigmas, 5, 4096, 3).0, scale).1
     };
-    let half = max_abs(&(cov(&SamplerSpec::Lcm {}, 256) - &want_cov * 0.5));
-    let ancestral = max_abs(
-        &(cov(
-            &SamplerSpec::EulerAncestral {
-                eta: 1.0,
-                s_noise: 1.0,
-            },
-            256,
-        ) - &want_cov),
-    );
-    let few = max_abs(&(cov(&SamplerSpec::Lcm {}, 8) - &want_cov * 0.5));
+    let ancestral = SamplerSpec::EulerAncestral {
+        eta: 1.0,
+        s_noise: 1.0,
+    };
+    let half = off(&SamplerSpec::Lcm {}, 256, 0.5);
+    let ancestral = off(&ancestral, 256, 1.0);
+    let few = off(&SamplerSpec::Lcm {}, 8, 0.5);
     println!("lcm 256 steps: covariance - C/2 off by {half:.4} (8 steps: {few:.4}); euler-ancestral 256 steps: covariance - C off by {ancestral:.4}");
     // Standard errors at n = 4096: covariance entries <= sqrt(2)/64.
     assert!(half < 0.05, "lcm: {half}");
