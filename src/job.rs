@@ -229,6 +229,10 @@ pub struct SamplerArgs {
     /// reverse SDE; 1 by default).
     #[arg(long)]
     pub tau: Option<f64>,
+    /// tcd: the fraction of the next level's time skipped back before fresh noise is added, in
+    /// [0, 1] (0: DDIM, 1: lcm; diffusers' eta, 0.3 by default).
+    #[arg(long)]
+    pub gamma: Option<f64>,
     /// dpm-adaptive, rk45: relative tolerance of the step-size control.
     #[arg(long)]
     pub rtol: Option<f64>,
@@ -282,6 +286,7 @@ impl SamplerArgs {
                     used.push("eta");
                 }
             }
+            SamplerSpec::Tcd { gamma } => set_flags(&mut used, [("gamma", self.gamma, gamma)]),
             SamplerSpec::EulerAncestral { eta, s_noise }
             | SamplerSpec::DpmPp2MSde { eta, s_noise, .. }
             | SamplerSpec::DpmPp3MSde { eta, s_noise }
@@ -549,6 +554,7 @@ impl SamplerArgs {
             ("predictor-order", self.predictor_order.is_some()),
             ("corrector-order", self.corrector_order.is_some()),
             ("tau", self.tau.is_some()),
+            ("gamma", self.gamma.is_some()),
         ];
         for (flag, present) in given {
             if present && !used.contains(&flag) {

@@ -1248,7 +1248,8 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // scipy's solve_ivp(method="RK45") as score_sde's ODE sampler calls it (rk45 under EDM, VP
     // and VE). And diffusers' SASolverScheduler, given scoreflow's step noise, and its
     // KarrasVeScheduler (edm-stochastic with EDM's churn and with churn at every level), given
-    // scoreflow's churn noise.
+    // scoreflow's churn noise. And its LCMScheduler (lcm) and TCDScheduler (tcd, on a VP grid of
+    // integer timesteps), given scoreflow's step noise.
     let dir = tempfile::tempdir().unwrap();
     let Some(v) = peers(
         &[
@@ -1275,8 +1276,9 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
     // float64 checks on the exact mixture: dpm-adaptive with noise and rk45. And 7 of
     // dpm-multistep against DPMSolverMultistepScheduler (order 3; DPM-Solver of orders 2,
     // midpoint and heun, and 3; sde-dpmsolver++ of order 3; sde-dpmsolver, midpoint and heun),
-    // and lcm against LCMScheduler.
-    assert_eq!(checks.len(), 3 * 74 + 2);
+    // lcm against LCMScheduler, and tcd (gamma 1/2, 1/4 and 1) against TCDScheduler on a VP
+    // grid of integer timesteps, given the same step noise.
+    assert_eq!(checks.len(), 3 * 77 + 2);
     for c in checks {
         let (diff, scale) = (
             c["max_abs_diff"].as_f64().unwrap(),
@@ -1304,7 +1306,7 @@ fn k_diffusion_gives_the_same_samples_as_scoreflow() {
              euler-churn,dpm2-churn,dpmpp-2m-sde,dpmpp-3m-sde,ddpm,ddim-eta1,pc,euler-maruyama,\
              dpm-solver-eta0.5,dpm-adaptive-eta0.5,dpmpp-sde-r0.3,dpm-fast-eta0.5,\
              dpmpp-2m-sde-diffusers,dpm-singlestep-sde,sa-solver,edm-stochastic-karras-ve,\
-             dpm-multistep-3-sde,dpm-multistep-sde-eps",
+             dpm-multistep-3-sde,dpm-multistep-sde-eps,lcm,tcd",
             "--check-noise-seed",
             "4",
         ],
@@ -1778,6 +1780,7 @@ fn restart_takes_its_segments_as_a_flag_and_in_the_label() {
 
 #[test]
 fn sa_solver_takes_its_flags_and_its_label_alike() {
+    // (The same bad-flag checks for tcd's --gamma at the end.)
     // The flags and the label `sa-solver(key=value,...)` give the same sampler (bit for bit,
     // noise included), as do `--tau 0` and `sa-solver(tau=0)`; another seed or another tau
     // changes the samples; bad orders, a negative tau, a window with s_tmin > s_tmax and
@@ -1836,6 +1839,18 @@ fn sa_solver_takes_its_flags_and_its_label_alike() {
         (
             vec!["--solver", "unipc", "--tau", "1"],
             "--tau does not apply to the unipc sampler",
+        ),
+        (
+            vec!["--solver", "tcd", "--gamma", "1.5"],
+            "gamma = 1.5: must be within [0, 1]",
+        ),
+        (
+            vec!["--solver", "tcd(gamma=-0.2)"],
+            "gamma = -0.2: must be within [0, 1]",
+        ),
+        (
+            vec!["--solver", "lcm", "--gamma", "0.3"],
+            "--gamma does not apply to the lcm sampler",
         ),
     ] {
         assert_bad_sample(&extra, "12", needle, &never);

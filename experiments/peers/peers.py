@@ -60,7 +60,7 @@ def load_kdiffusion_sampling():
 
 
 def load_diffusers_schedulers(site):
-    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC, DEIS, iPNDM, PNDM, singlestep and multistep DPM-Solver, SA-Solver, Karras-VE and LCM scheduler modules, from `site` (appended to sys.path, so that the
+    """diffusers' DDPM, DDIM, score-SDE (VE and VP), UniPC, DEIS, iPNDM, PNDM, singlestep and multistep DPM-Solver, SA-Solver, Karras-VE, LCM and TCD scheduler modules, from `site` (appended to sys.path, so that the
     python's own numpy and torch come first) or the python's own packages; (None, reason) where
     they cannot be imported."""
     if os.path.isdir(site):
@@ -68,14 +68,16 @@ def load_diffusers_schedulers(site):
     try:
         from diffusers.schedulers import scheduling_ddim, scheduling_ddpm, scheduling_deis_multistep, scheduling_ipndm, \
             scheduling_pndm, scheduling_sde_ve, scheduling_unipc_multistep, scheduling_dpmsolver_singlestep, \
-            scheduling_dpmsolver_multistep, scheduling_sasolver, scheduling_lcm
+            scheduling_dpmsolver_multistep, scheduling_sasolver, scheduling_lcm, \
+            scheduling_tcd
         from diffusers.schedulers.deprecated import scheduling_sde_vp, scheduling_karras_ve
         import diffusers
     except Exception as e:  # any import failure means: no diffusers peer
         return None, f"{type(e).__name__}: {e}"
     return ((scheduling_ddpm, scheduling_ddim, scheduling_sde_ve, scheduling_sde_vp, scheduling_unipc_multistep,
              scheduling_deis_multistep, scheduling_ipndm, scheduling_pndm, scheduling_dpmsolver_singlestep,
-             scheduling_dpmsolver_multistep, scheduling_sasolver, scheduling_karras_ve, scheduling_lcm),
+             scheduling_dpmsolver_multistep, scheduling_sasolver, scheduling_karras_ve, scheduling_lcm,
+             scheduling_tcd),
             f"diffusers {diffusers.__version__} from {os.path.dirname(diffusers.__file__)}")
 
 
@@ -1110,6 +1112,65 @@ def _diffusers_lcm(diffusers, model, x, sigmas, grid, noise):
     return xv
 
 
+# TCD is compared on the VP SDE, whose time diffusers' TCDScheduler floors to an integer
+# timestep: scoreflow's uniform-t grid on timesteps (of TCD_T) that are multiples of 4, from
+# TCD_TOP down, keeps (1 - gamma) t an integer for gamma = 1/4, 1/2, 3/4 (and sigma_max below
+# the checks' span of 80).
+TCD_T, TCD_TOP = 1000, 920
+
+
+def _tcd_timesteps(steps):
+    gap = 4 * (TCD_TOP // (4 * steps))
+    return [TCD_TOP - gap * k for k in range(steps)]
+
+
+def _tcd_flags(gamma):
+    def flags(steps):
+        ts = _tcd_timesteps(steps)
+        return ["--solver", "tcd", "--gamma", repr(gamma), "--sde", "vp", "--grid", "uniform-t",
+                "--sigma-min", repr(_vp_sigma(ts[-1] / TCD_T)), "--sigma-max", repr(_vp_sigma(ts[0] / TCD_T))]
+
+    return flags
+
+
+def _diffusers_tcd(gamma):
+    """diffusers' TCDScheduler (strategic stochastic sampling, its eta = gamma) with
+    alphas_cumprod[i] = 1 / (1 + sigma_vp(i / TCD_T)^2) (scoreflow's VP process at timestep i),
+    the timesteps of scoreflow's uniform-t grid (_tcd_flags), the model's D as the "sample"
+    prediction in x_vp = x / sqrt(1 + sigma^2), and randn_tensor returning scoreflow's step noise
+    (STREAM_STEP) on [sigma', sigma]. `x` is the start scaled by 80, so z = x / 80."""
+
+    def run(diffusers, model, x, sigmas, grid, noise):
+        mod = diffusers[13]
+        n = len(grid) - 1
+        ts = _tcd_timesteps(n)
+        levels = [_vp_sigma(t / TCD_T) for t in ts] + [0.0]
+        paths = noise.with_span(max(levels[0], 1.0) * 1.001 + 1e-3)
+        sch = mod.TCDScheduler(num_train_timesteps=TCD_T, prediction_type="sample", clip_sample=False)
+        sch.alphas_cumprod = torch.tensor([1.0 / (1.0 + _vp_sigma(i / TCD_T) ** 2) for i in range(TCD_T)],
+                                          dtype=torch.float64)
+        sch.set_timesteps(n)
+        sch.timesteps = torch.tensor(ts, dtype=torch.int64)
+        sch.num_inference_steps = n
+        sch.set_begin_index(0)
+        ones = x.new_ones([x.shape[0]])
+        xv = (x / 80.0) * levels[0] / math.sqrt(1.0 + levels[0] ** 2)
+        saved = mod.randn_tensor
+        try:
+            for i, t in enumerate(sch.timesteps):
+                sig = levels[i]
+                z = (paths.standard(STREAM_STEP, levels[i + 1], sig) if levels[i + 1] > 0
+                     else torch.zeros(noise.n, *noise.shape, dtype=torch.float64)).to(x.device, x.dtype)
+                mod.randn_tensor = lambda *args, _z=z, **kw: _z
+                d = model(xv * math.sqrt(1.0 + sig * sig), ones * sig)
+                xv = sch.step(d, t, xv, eta=gamma).prev_sample
+        finally:
+            mod.randn_tensor = saved
+        return xv
+
+    return run
+
+
 # Compared with diffusers (run gets its scheduler modules instead of k-diffusion's sampling
 # module); flags may depend on the number of steps.
 DIFFUSERS_CHECKS = {
@@ -1171,6 +1232,9 @@ DIFFUSERS_CHECKS = {
     "dpm-multistep-sde-eps-heun": (["--solver", "dpm-multistep", "--algorithm-type", "sde-dpmsolver",
                                     "--solver-type", "heun"], _diffusers_multistep_full(2, "sde-dpmsolver", "heun")),
     "lcm": (["--solver", "lcm"], _diffusers_lcm),
+    "tcd": (_tcd_flags(0.5), _diffusers_tcd(0.5)),
+    "tcd-gamma0.25": (_tcd_flags(0.25), _diffusers_tcd(0.25)),
+    "tcd-gamma1": (_tcd_flags(1.0), _diffusers_tcd(1.0)),
 }
 
 

@@ -1185,6 +1185,7 @@ fn a_sample_does_not_depend_on_its_batch() {
         "restart",
         "sa-solver",
         "dpm-multistep",
+        "tcd",
     ] {
         let spec = match name {
             "dpm-multistep" => multistep(2, AlgorithmType::SdeDpmSolver, SolverType::Heun, true),
@@ -1320,6 +1321,10 @@ fn bad_models_and_parameters_are_errors() {
     .is_err());
     assert!(SamplerSpec::from_name("nope").is_err());
     assert!(SamplerSpec::Ddim { eta: -1.0 }.build().is_err());
+    for gamma in [-0.1, 1.5, f64::NAN] {
+        let e = tcd(gamma).build().err().map(|e| e.to_string()).unwrap();
+        assert!(e.contains("gamma") && e.contains("[0, 1]"), "{e}");
+    }
     assert!(SamplerSpec::Lms { order: 9 }.build().is_err());
     for r in [0.0, -0.5, 1.5, f64::NAN] {
         let e = SamplerSpec::DpmPpSde {
@@ -2619,6 +2624,123 @@ fn lcm_on_a_diffusion_denoiser_halves_a_gaussians_covariance() {
     assert!(half < 0.05, "lcm: {half}");
     assert!(ancestral < 0.05, "euler-ancestral: {ancestral}");
     assert!(few > 0.1, "lcm at 8 steps is not yet at C/2: {few}");
+}
+
+fn tcd(gamma: f64) -> SamplerSpec {
+    SamplerSpec::Tcd { gamma }
+}
+
+#[test]
+fn tcd_at_gamma_0_is_euler_and_at_gamma_1_is_lcm() {
+    // TCD's intermediate level is sigma((1 - gamma) t(sigma')): at gamma = 0 the next level
+    // itself (a DDIM step, Euler in the scaled variable), at gamma = 1 sigma(0), which is 0
+    // under EDM, VP and the flow (lcm: everything but D forgotten). Under VE sigma(0) is VE's
+    // sigma_min, so gamma = 1 is not lcm there.
+    let gmm = unequal_mixture();
+    let (edm, vp, flow) = (Edm::default(), VpLinear::default(), Flow::default());
+    let sdes: [&dyn Sde; 3] = [&edm, &vp, &flow];
+    for sde in sdes {
+        let sigmas = grid_for(sde, &GridKind::default(), 12);
+        let run_spec = |spec: &SamplerSpec| sample(spec, &gmm, sde, &sigmas, 7, 64, 2).0;
+        let euler = run_spec(&SamplerSpec::Euler(Default::default()));
+        let lcm = run_spec(&SamplerSpec::Lcm {});
+        let (g0, g1) = (run_spec(&tcd(0.0)), run_spec(&tcd(1.0)));
+        let mid = run_spec(&tcd(0.3));
+        let name = sde.name();
+        assert!(max_abs(&(&g0 - &euler)) < 1e-10, "{name}: tcd(0) vs euler");
+        assert!(max_abs(&(&g1 - &lcm)) < 1e-10, "{name}: tcd(1) vs lcm");
+        assert!(
+            max_abs(&(&mid - &euler)) > 0.05 && max_abs(&(&mid - &lcm)) > 0.05,
+            "{name}: tcd(0.3)"
+        );
+    }
+    let ve = Ve::default();
+    let sigmas = grid_for(&ve, &GridKind::default(), 12);
+    let g1 = sample(&tcd(1.0), &gmm, &ve, &sigmas, 7, 64, 2).0;
+    let lcm = sample(&SamplerSpec::Lcm {}, &gmm, &ve, &sigmas, 7, 64, 2).0;
+    assert!(
+        max_abs(&(g1 - lcm)) > 1e-3,
+        "ve: tcd(1) keeps sigma_min of the noise"
+    );
+}
+
+#[test]
+fn tcd_follows_its_closed_form_moment_recursion_on_a_gaussian() {
+    // On Gaussian data N(m, diag(v)) the exact denoiser is linear, D = m + v / (v + sigma^2)
+    // (x - m), so a TCD step maps each coordinate's mean offset mu (from m) and variance w to
+    // mu a and w a^2 + sigma'^2 - sigma_s^2 with a = (v + sigma_s sigma) / (v + sigma^2), and the
+    // step to 0 to mu b, w b^2 with b = v / (v + sigma^2); the start is N(0, sigma_max^2). The
+    // samples must have these moments (within 4.5 standard errors), and the moments are
+    // measurably not the data's: TCD on a diffusion model's denoiser shrinks the variance by
+    // v (sigma - sigma_s)^2 / (v + sigma^2) per step.
+    let mean = [0.5, -1.0, 2.0];
+    let var = [1.0, 0.25, 0.04];
+    let cov = (0..3)
+        .map(|i| (0..3).map(|j| if i == j { var[i] } else { 0.0 }).collect())
+        .collect();
+    let den = GaussianDenoiser::new(mean.to_vec(), cov, Device::Cpu).unwrap();
+    let n = 16384;
+    let (edm, vp, flow) = (Edm::default(), VpLinear::default(), Flow::default());
+    let cases: [(&dyn Sde, f64, usize); 4] = [
+        (&edm, 0.3, 16),
+        (&edm, 0.7, 8),
+        (&vp, 0.3, 16),
+        (&flow, 0.5, 10),
+    ];
+    for (sde, gamma, steps) in cases {
+        let sigmas = grid_for(sde, &GridKind::default(), steps);
+        let x = sample(&tcd(gamma), &den, sde, &sigmas, 13, n, 3).0;
+        let got_mean = x.mean_dim(0, false, Kind::Double);
+        let got_var = x.var_dim(0, true, false);
+        let mut worst_data = 0.0f64;
+        for k in 0..3 {
+            let v = var[k];
+            let (mut mu, mut w) = (-mean[k], sigmas[0] * sigmas[0]);
+            for i in 0..steps {
+                let (s, s_next) = (sigmas[i], sigmas[i + 1]);
+                if s_next == 0.0 {
+                    let b = v / (v + s * s);
+                    (mu, w) = (mu * b, w * b * b);
+                } else {
+                    let t = (1.0 - gamma) * sde.sigma_inv(s_next);
+                    let sigma_s = sde.sigma(t).min(s_next);
+                    let a = (v + sigma_s * s) / (v + s * s);
+                    (mu, w) = (mu * a, w * a * a + s_next * s_next - sigma_s * sigma_s);
+                }
+            }
+            let (m_got, w_got) = (
+                got_mean.double_value(&[k as i64]) - mean[k],
+                got_var.double_value(&[k as i64]),
+            );
+            let (se_m, se_w) = ((w / n as f64).sqrt(), w * (2.0 / (n as f64 - 1.0)).sqrt());
+            println!(
+                "{} gamma {gamma} {steps} steps, coordinate {k}: mean offset {m_got:.4} (predicted {mu:.4}), variance {w_got:.4} (predicted {w:.4}, data {v})",
+                sde.name()
+            );
+            assert!((m_got - mu).abs() < 4.5 * se_m, "{}: mean {k}", sde.name());
+            assert!(
+                (w_got - w).abs() < 4.5 * se_w,
+                "{}: variance {k}",
+                sde.name()
+            );
+            worst_data = worst_data.max((w - v).abs() / se_w);
+        }
+        assert!(
+            worst_data > 10.0,
+            "{} gamma {gamma}: the predicted variances should differ from the data's",
+            sde.name()
+        );
+    }
+    // On a fine grid (sigma' -> sigma, sigma_s -> (1 - gamma) sigma under EDM) the recursion's
+    // fixed point (2 - gamma) (v + sigma^2)^2 / (2 (v + sigma^2) - gamma sigma^2) tends to
+    // (1 - gamma / 2) v at small sigma: many steps give covariance (1 - gamma / 2) C (lcm's
+    // C / 2 at gamma = 1).
+    let sigmas = grid_for(&edm, &GridKind::default(), 256);
+    let x = sample(&tcd(0.5), &gaussian(), &edm, &sigmas, 5, 4096, 3).0;
+    let (dm, dc) = off_gaussian(&x, 0.75);
+    println!("tcd gamma 0.5, 256 steps: mean off by {dm:.4}, covariance - 3C/4 by {dc:.4}");
+    // Standard errors at n = 4096: mean <= 1/64, covariance entries <= sqrt(2)/64.
+    assert!(dm < 0.05 && dc < 0.05, "tcd(0.5): {dm} {dc}");
 }
 
 #[test]

@@ -27,6 +27,7 @@ pub mod pndm;
 pub mod restart;
 pub mod rk45;
 pub mod sa_solver;
+pub mod tcd;
 pub mod unipc;
 
 use crate::driver::Sampler;
@@ -183,6 +184,9 @@ fn two() -> usize {
 pub(crate) fn three() -> usize {
     3
 }
+fn tcd_gamma() -> f64 {
+    0.3
+}
 fn yes() -> bool {
     true
 }
@@ -337,6 +341,12 @@ pub enum SamplerSpec {
     SaSolver(sa_solver::SaSolverParams),
     /// Multistep consistency sampling (diffusers' `LCMScheduler`; [`lcm::Lcm`]).
     Lcm {},
+    /// Strategic stochastic sampling of Trajectory Consistency Distillation (diffusers'
+    /// `TCDScheduler`, whose `eta` is `gamma`; [`tcd::Tcd`]).
+    Tcd {
+        #[serde(default = "tcd_gamma")]
+        gamma: f64,
+    },
 }
 
 /// Every registry name, in the order `scoreflow samplers` and `bench` list them.
@@ -372,6 +382,7 @@ pub const NAMES: &[&str] = &[
     "sa-solver",
     "dpm-multistep",
     "lcm",
+    "tcd",
 ];
 
 impl SamplerSpec {
@@ -384,6 +395,7 @@ impl SamplerSpec {
             "edm-stochastic" => SamplerSpec::EdmStochastic(Churn::default()),
             "euler-maruyama" => SamplerSpec::EulerMaruyama {},
             "lcm" => SamplerSpec::Lcm {},
+            "tcd" => SamplerSpec::Tcd { gamma: tcd_gamma() },
             "ddim" => SamplerSpec::Ddim { eta: 0.0 },
             "ddpm" => SamplerSpec::Ddpm {
                 variance: DdpmVariance::Small,
@@ -502,6 +514,7 @@ impl SamplerSpec {
             SamplerSpec::Restart(_) => "restart",
             SamplerSpec::SaSolver(_) => "sa-solver",
             SamplerSpec::Lcm {} => "lcm",
+            SamplerSpec::Tcd { .. } => "tcd",
         }
     }
 
@@ -517,6 +530,7 @@ impl SamplerSpec {
             | SamplerSpec::Pc { .. }
             | SamplerSpec::Lcm {} => true,
             SamplerSpec::Ddim { eta } => *eta > 0.0,
+            SamplerSpec::Tcd { gamma } => *gamma > 0.0,
             SamplerSpec::EulerAncestral { eta, s_noise }
             | SamplerSpec::DpmPp2MSde { eta, s_noise, .. }
             | SamplerSpec::DpmPp3MSde { eta, s_noise }
@@ -581,6 +595,7 @@ impl SamplerSpec {
             }
             SamplerSpec::EulerMaruyama {} => Box::new(euler_maruyama::EulerMaruyama),
             SamplerSpec::Lcm {} => Box::new(lcm::Lcm),
+            SamplerSpec::Tcd { gamma } => Box::new(tcd::Tcd::new(*gamma)?),
             SamplerSpec::Ddim { eta } => Box::new(ddim::Ddim::new(*eta)?),
             SamplerSpec::Ddpm { variance } => Box::new(ddpm::Ddpm {
                 variance: *variance,
