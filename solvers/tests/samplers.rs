@@ -2822,6 +2822,144 @@ fn pc_predictors_are_score_sdes_and_equal_their_one_step_samplers() {
 }
 
 #[test]
+fn pc_matches_score_sdes_pc_sampler() {
+    // Samples printed by score_sde's own `get_pc_sampler` (yang-song/score_sde_pytorch,
+    // sampling.py and sde_lib.py run as they stand by `python3 experiments/peers/score_sde_pc.py
+    // REPO`) for the exact score of N((0.5, -1), 0.25 I) from three fixed latents, on score_sde's
+    // own 50 levels: VPSDE's discrete chain (betas linspace(0.1 / 50, 20 / 50, 50)) and VESDE's
+    // geometric sigmas (0.01 to 50), with the same formula noise drawn in the same order. These
+    // are the VP forms (the predictor's sqrt(1 - beta_i), beta_i and the corrector's alpha_i)
+    // that diffusers has no scheduler for. score_sde ends with its last predictor's mean; the
+    // pinned values are D of the state that step starts from (scoreflow's step to 0; under VE
+    // the same). `ald` takes its step from the continuous marginal std at a time 1e-9 off the
+    // level (score_sde's eps), hence its looser bound.
+    let (den, latents) = pinned_problem();
+    let n = 50;
+    let vp_levels: Vec<f64> = {
+        let chain = scoreflow_solvers::sde::DdpmChain::linear(n, 0.1 / n as f64, 20.0 / n as f64);
+        chain.sigmas().into_iter().rev().chain([0.0]).collect()
+    };
+    let ve_levels: Vec<f64> = (0..n)
+        .rev()
+        .map(|k| (0.01f64.ln() + k as f64 / (n - 1) as f64 * (50.0f64.ln() - 0.01f64.ln())).exp())
+        .chain([0.0])
+        .collect();
+    let (vp, ve) = (VpLinear::default(), Ve::default());
+    type Case = (&'static str, bool, SamplerSpec, [f64; 6]);
+    let cases: Vec<Case> = vec![
+        (
+            "vp-reverse-diffusion-langevin",
+            true,
+            pc("reverse-diffusion", "langevin", 0.16, 1),
+            [
+                0.440886490393462,
+                -0.43209853440493984,
+                1.1159979925543828,
+                -0.9863351152208159,
+                -0.2609310812330917,
+                -1.5877201328836692,
+            ],
+        ),
+        (
+            "vp-ancestral-langevin-2",
+            true,
+            pc("ancestral-sampling", "langevin", 0.1, 2),
+            [
+                1.1092462728250663,
+                -0.5523837538870013,
+                0.15966883099024654,
+                -1.6133415812710439,
+                0.3442637199745381,
+                -0.6303067524500287,
+            ],
+        ),
+        (
+            "vp-reverse-diffusion-none",
+            true,
+            pc("reverse-diffusion", "none", 0.16, 1),
+            [
+                0.4545399947678105,
+                -0.9589688345692085,
+                0.5767315208386967,
+                -0.9507457856227983,
+                0.42657559808183915,
+                -1.0663555312662636,
+            ],
+        ),
+        (
+            "ve-reverse-diffusion-langevin",
+            false,
+            pc("reverse-diffusion", "langevin", 0.16, 1),
+            [
+                -0.7333714039072967,
+                -2.0138267558972753,
+                1.0864813727654408,
+                0.24968494291091003,
+                0.9518520700732505,
+                -1.6514433388955623,
+            ],
+        ),
+        (
+            "ve-ancestral-none",
+            false,
+            pc("ancestral-sampling", "none", 0.16, 1),
+            [
+                0.5023951182106079,
+                -1.0013448805504945,
+                0.510595868578807,
+                -0.9976396311278831,
+                0.49281191553107206,
+                -1.0023031961817883,
+            ],
+        ),
+        (
+            "ve-none-ald-3",
+            false,
+            pc("none", "ald", 0.5, 3),
+            [
+                0.508415134265479,
+                -0.9964983222497661,
+                0.4927469969814737,
+                -1.0082719192236689,
+                0.5012498697215492,
+                -0.9924789148928465,
+            ],
+        ),
+    ];
+    let mut report = String::new();
+    for (name, is_vp, spec, want) in cases {
+        let (sde, sigmas): (&dyn Sde, &[f64]) = if is_vp {
+            (&vp, &vp_levels)
+        } else {
+            (&ve, &ve_levels)
+        };
+        let mut noise = SequenceNoise {
+            k: 0,
+            rows: 3,
+            cols: 2,
+        };
+        let out = run(
+            spec.build().unwrap().as_ref(),
+            &den,
+            sde,
+            sigmas,
+            &latents * sigmas[0],
+            &mut noise,
+            &RunOptions::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(Some(out.nfe), spec.nfe(n), "{name}");
+        let err = max_abs(&(&out.x - Tensor::from_slice(&want).view([3, 2])));
+        report += &format!("{name}: {err:.1e}\n");
+        // (The Langevin step is a ratio of batch-mean norms: it amplifies rounding.)
+        let tol = if name.contains("ald") { 1e-8 } else { 1e-9 };
+        assert!(err < tol, "{report}");
+    }
+    println!("{report}");
+}
+
+#[test]
 fn pc_with_annealed_langevin_alone_is_ncsns_update() {
     // Predictor none and the ALD corrector on a 2-step VP grid [s0, s1, 0]: at each level,
     // eps = 2 alpha (snr s sigma)^2 and x <- x + eps score + sqrt(2 eps) z with the corrector
