@@ -149,7 +149,8 @@ pub struct SamplerArgs {
     /// sa-solver: no noise (tau = 0) above it.
     #[arg(long)]
     pub s_tmax: Option<f64>,
-    /// The samplers that take --s-churn, and those that take --eta except ddim: S_noise.
+    /// The samplers that take --s-churn, and those that take --eta except ddim: S_noise; er-sde:
+    /// the factor of its noise.
     #[arg(long)]
     pub s_noise: Option<f64>,
     /// pc: signal-to-noise ratio of the Langevin corrector.
@@ -162,8 +163,8 @@ pub struct SamplerArgs {
     /// learned variance output: a card with learned_sigmas).
     #[arg(long)]
     pub variance: Option<String>,
-    /// lms, unipc, ipndm: order (1 to 4); deis, dpm-solver, dpm-singlestep, dpm-multistep: order
-    /// (1 to 3);
+    /// lms, unipc, ipndm: order (1 to 4); deis, dpm-solver, dpm-singlestep, dpm-multistep, er-sde:
+    /// order (1 to 3);
     /// dpm-adaptive: 2 or 3.
     #[arg(long)]
     pub order: Option<usize>,
@@ -229,6 +230,13 @@ pub struct SamplerArgs {
     /// reverse SDE; 1 by default).
     #[arg(long)]
     pub tau: Option<f64>,
+    /// er-sde: the noise-scale function, 1 to 7 (the ER-SDE authors' numbering: 1 the ODE,
+    /// 2 the reverse SDE, 7 sigma (exp(sigma^0.3) + 10), the default).
+    #[arg(long)]
+    pub func_type: Option<u32>,
+    /// er-sde: points of the Riemann sums of its integrals (100 by default; ComfyUI uses 200).
+    #[arg(long)]
+    pub points: Option<usize>,
     /// tcd: the fraction of the next level's time skipped back before fresh noise is added, in
     /// [0, 1] (0: DDIM, 1: lcm; diffusers' eta, 0.3 by default).
     #[arg(long)]
@@ -287,6 +295,21 @@ impl SamplerArgs {
                 }
             }
             SamplerSpec::Tcd { gamma } => set_flags(&mut used, [("gamma", self.gamma, gamma)]),
+            SamplerSpec::ErSde(p) => {
+                set_flags(&mut used, [("s-noise", self.s_noise, &mut p.s_noise)]);
+                if let Some(v) = self.order {
+                    p.order = v;
+                    used.push("order");
+                }
+                if let Some(v) = self.func_type {
+                    p.func_type = v;
+                    used.push("func-type");
+                }
+                if let Some(v) = self.points {
+                    p.points = v;
+                    used.push("points");
+                }
+            }
             SamplerSpec::EulerAncestral { eta, s_noise }
             | SamplerSpec::DpmPp2MSde { eta, s_noise, .. }
             | SamplerSpec::DpmPp3MSde { eta, s_noise }
@@ -555,6 +578,8 @@ impl SamplerArgs {
             ("corrector-order", self.corrector_order.is_some()),
             ("tau", self.tau.is_some()),
             ("gamma", self.gamma.is_some()),
+            ("func-type", self.func_type.is_some()),
+            ("points", self.points.is_some()),
         ];
         for (flag, present) in given {
             if present && !used.contains(&flag) {

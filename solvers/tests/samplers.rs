@@ -7,6 +7,7 @@ use common::*;
 use scoreflow_solvers::noise::{BrownianNoise, NoiseSource};
 use scoreflow_solvers::samplers::dpm_singlestep::DpmSinglestep;
 use scoreflow_solvers::samplers::dpm_solver::AdaptiveParams;
+use scoreflow_solvers::samplers::er_sde::ErSdeParams;
 use scoreflow_solvers::samplers::sa_solver::SaSolverParams;
 use scoreflow_solvers::samplers::{
     AlgorithmType, Churn, DdpmVariance, SolverType, UniPcVariant, NAMES,
@@ -242,7 +243,20 @@ fn deterministic() -> Vec<(SamplerSpec, f64)> {
         (sa_solver(3, 3, 0.0), 3.0),
         (sa_solver(3, 4, 0.0), 4.0),
         (sa_solver(4, 4, 0.0), 4.0),
+        // ER-SDE with the ODE's noise scale (func_type 1): Taylor expansions of D in sigma of
+        // orders 2 and 3 (the 100-point quadrature of its integrals included).
+        (er_sde(2, 1), 2.0),
+        (er_sde(3, 1), 3.0),
     ]
+}
+
+/// ER-SDE of this order and noise-scale function.
+fn er_sde(order: usize, func_type: u32) -> SamplerSpec {
+    SamplerSpec::ErSde(ErSdeParams {
+        order,
+        func_type,
+        ..Default::default()
+    })
 }
 
 /// The error of a deterministic run against the exact flow to sigma_min followed by the final
@@ -1064,6 +1078,10 @@ fn samplers_recover_mixture_mode_weights() {
         // level (the reverse SDE).
         (SamplerSpec::from_name("sa-solver").unwrap(), 32),
         (sa_solver(3, 3, 1.0), 32),
+        // ER-SDE at the defaults (order 3, the authors' noise scale 7) and the reverse SDE's
+        // noise scale (func_type 2) at order 2.
+        (SamplerSpec::from_name("er-sde").unwrap(), 32),
+        (er_sde(2, 2), 32),
     ];
     for (spec, steps) in specs {
         let sigmas = grid_for(&sde, &GridKind::default(), steps);
@@ -1186,6 +1204,7 @@ fn a_sample_does_not_depend_on_its_batch() {
         "sa-solver",
         "dpm-multistep",
         "tcd",
+        "er-sde",
     ] {
         let spec = match name {
             "dpm-multistep" => multistep(2, AlgorithmType::SdeDpmSolver, SolverType::Heun, true),
@@ -1321,6 +1340,26 @@ fn bad_models_and_parameters_are_errors() {
     .is_err());
     assert!(SamplerSpec::from_name("nope").is_err());
     assert!(SamplerSpec::Ddim { eta: -1.0 }.build().is_err());
+    for (order, func_type, s_noise, points, what) in [
+        (4, 7, 1.0, 100, "order"),
+        (0, 7, 1.0, 100, "order"),
+        (3, 0, 1.0, 100, "func_type"),
+        (3, 8, 1.0, 100, "func_type"),
+        (3, 7, -1.0, 100, "s_noise"),
+        (3, 7, 1.0, 0, "points"),
+    ] {
+        let e = SamplerSpec::ErSde(ErSdeParams {
+            order,
+            func_type,
+            s_noise,
+            points,
+        })
+        .build()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap();
+        assert!(e.contains(what), "{e}");
+    }
     for gamma in [-0.1, 1.5, f64::NAN] {
         let e = tcd(gamma).build().err().map(|e| e.to_string()).unwrap();
         assert!(e.contains("gamma") && e.contains("[0, 1]"), "{e}");
@@ -2422,6 +2461,137 @@ fn restart_matches_the_authors_restart_sampler() {
 }
 
 #[test]
+fn er_sde_matches_the_authors_solver() {
+    // Samples printed by the ER-SDE authors' own solver (QinpengCui/ER-SDE-Solver,
+    // examples/edm/er_sde_solver.py: ve_xstart_1_order, ve_start_2_order_taylor and
+    // ve_start_3_order_taylor with their customized_func, run as they stand by `python3
+    // experiments/peers/er_sde_solver.py REPO`) for the exact denoiser of N((0.5, -1), 0.25 I) in
+    // float64 from three fixed latents on EDM's grid (karras, 0.002 .. 80), with the same formula
+    // noise drawn in the same order. The script replaces the solver's numerical_clip (which
+    // zeroes noise variances below 1e-6, at the lowest levels) by clamping negatives to 0, as
+    // scoreflow does; with the authors' clip the samples move by up to 5e-4.
+    let (den, latents) = pinned_problem();
+    let edm = Edm::default();
+    type Case = (&'static str, usize, usize, u32, [f64; 6]);
+    let cases: Vec<Case> = vec![
+        (
+            "order3-type7",
+            10,
+            3,
+            7,
+            [
+                0.6868072090585879,
+                -1.030906909620933,
+                0.5440541210324021,
+                -1.0824175011241643,
+                0.4480028348586731,
+                -0.8722051993572666,
+            ],
+        ),
+        (
+            "order2-type7",
+            10,
+            2,
+            7,
+            [
+                0.6847243163762563,
+                -1.030656519874573,
+                0.5442955140751842,
+                -1.081243324848379,
+                0.44812220663310876,
+                -0.8739104714474705,
+            ],
+        ),
+        (
+            "order1-type7",
+            10,
+            1,
+            7,
+            [
+                0.6555454415377062,
+                -1.0258520543816154,
+                0.543986821438034,
+                -1.066377667902525,
+                0.45162264187071766,
+                -0.8967799238968789,
+            ],
+        ),
+        (
+            "order3-type4",
+            12,
+            3,
+            4,
+            [
+                0.38403820462203625,
+                -1.0964431395530982,
+                0.6655366032985658,
+                -0.8487758532919212,
+                0.46529759201980203,
+                -1.1097456489255744,
+            ],
+        ),
+        (
+            "order3-type6",
+            8,
+            3,
+            6,
+            [
+                0.6844623733183218,
+                -1.0212449318841992,
+                0.85444790821248,
+                -0.9908816609043686,
+                0.22382268209310047,
+                -1.0163517085861589,
+            ],
+        ),
+        (
+            "order3-type3",
+            10,
+            3,
+            3,
+            [
+                0.7043313663561414,
+                -1.4467758210756732,
+                1.0056816642559268,
+                -0.8026168491209704,
+                0.3670930779690057,
+                -0.8660738239202015,
+            ],
+        ),
+    ];
+    let mut report = String::new();
+    for (name, n, order, func_type, want) in cases {
+        let spec = SamplerSpec::ErSde(ErSdeParams {
+            order,
+            func_type,
+            ..Default::default()
+        });
+        let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, n, 0.002, 80.0, &edm).unwrap();
+        let mut noise = SequenceNoise {
+            k: 0,
+            rows: 3,
+            cols: 2,
+        };
+        let out = run(
+            spec.build().unwrap().as_ref(),
+            &den,
+            &edm,
+            &sigmas,
+            &latents * sigmas[0],
+            &mut noise,
+            &RunOptions::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(out.nfe, n, "{name}");
+        let err = max_abs(&(&out.x - Tensor::from_slice(&want).view([3, 2])));
+        report += &format!("{name}: {err:.1e}\n");
+        assert!(err < 1e-10, "{report}");
+    }
+    println!("{report}");
+}
+
+#[test]
 fn restart_without_segments_is_heun_and_its_restarts_keep_the_marginal() {
     // No segments: the main pass alone, heun with EDM's churn (on the same noise).
     let den = gaussian();
@@ -2662,6 +2832,41 @@ fn tcd_at_gamma_0_is_euler_and_at_gamma_1_is_lcm() {
         max_abs(&(g1 - lcm)) > 1e-3,
         "ve: tcd(1) keeps sigma_min of the noise"
     );
+}
+
+#[test]
+fn er_sde_at_order_1_is_euler_for_the_ode_and_euler_ancestral_for_the_sde() {
+    // With phi(sigma) = sigma (func_type 1) the first-order step is r x + (1 - r) D with
+    // r = sigma' / sigma and no noise: Euler (DDIM); with phi = sigma^2 (func_type 2) it is
+    // r = (sigma' / sigma)^2 with noise (sigma' / sigma) sqrt(sigma^2 - sigma'^2): DDPM's
+    // posterior step, euler-ancestral at eta = 1, on the same step noise.
+    let gmm = unequal_mixture();
+    let (edm, vp) = (Edm::default(), VpLinear::default());
+    let sdes: [&dyn Sde; 2] = [&edm, &vp];
+    for sde in sdes {
+        let sigmas = grid_for(sde, &GridKind::default(), 15);
+        let go = |spec: &SamplerSpec| sample(spec, &gmm, sde, &sigmas, 4, 64, 2).0;
+        let euler = go(&SamplerSpec::Euler(Default::default()));
+        let ancestral = go(&SamplerSpec::from_name("euler-ancestral").unwrap());
+        let (ode, sde_1) = (go(&er_sde(1, 1)), go(&er_sde(1, 2)));
+        assert!(max_abs(&(&ode - &euler)) < 1e-10, "{}: ode", sde.name());
+        assert!(
+            max_abs(&(&sde_1 - &ancestral)) < 1e-10,
+            "{}: sde",
+            sde.name()
+        );
+        // Higher orders and the default noise scale are other samplers.
+        assert!(
+            max_abs(&(go(&er_sde(2, 1)) - &euler)) > 1e-3,
+            "{}",
+            sde.name()
+        );
+        assert!(
+            max_abs(&(go(&er_sde(1, 7)) - &ancestral)) > 1e-3,
+            "{}",
+            sde.name()
+        );
+    }
 }
 
 #[test]

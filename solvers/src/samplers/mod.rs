@@ -15,6 +15,7 @@ pub mod dpmpp_3m;
 pub mod dpmpp_sde;
 pub mod edm_ablation;
 pub mod edm_stochastic;
+pub mod er_sde;
 pub mod euler;
 pub mod euler_ancestral;
 pub mod euler_maruyama;
@@ -347,6 +348,8 @@ pub enum SamplerSpec {
         #[serde(default = "tcd_gamma")]
         gamma: f64,
     },
+    /// ER-SDE-Solver (Cui et al. 2023; see [`er_sde::ErSdeParams`]).
+    ErSde(er_sde::ErSdeParams),
 }
 
 /// Every registry name, in the order `scoreflow samplers` and `bench` list them.
@@ -383,6 +386,7 @@ pub const NAMES: &[&str] = &[
     "dpm-multistep",
     "lcm",
     "tcd",
+    "er-sde",
 ];
 
 impl SamplerSpec {
@@ -396,6 +400,7 @@ impl SamplerSpec {
             "euler-maruyama" => SamplerSpec::EulerMaruyama {},
             "lcm" => SamplerSpec::Lcm {},
             "tcd" => SamplerSpec::Tcd { gamma: tcd_gamma() },
+            "er-sde" => SamplerSpec::ErSde(er_sde::ErSdeParams::default()),
             "ddim" => SamplerSpec::Ddim { eta: 0.0 },
             "ddpm" => SamplerSpec::Ddpm {
                 variance: DdpmVariance::Small,
@@ -515,6 +520,7 @@ impl SamplerSpec {
             SamplerSpec::SaSolver(_) => "sa-solver",
             SamplerSpec::Lcm {} => "lcm",
             SamplerSpec::Tcd { .. } => "tcd",
+            SamplerSpec::ErSde(_) => "er-sde",
         }
     }
 
@@ -531,6 +537,7 @@ impl SamplerSpec {
             | SamplerSpec::Lcm {} => true,
             SamplerSpec::Ddim { eta } => *eta > 0.0,
             SamplerSpec::Tcd { gamma } => *gamma > 0.0,
+            SamplerSpec::ErSde(p) => p.is_stochastic(),
             SamplerSpec::EulerAncestral { eta, s_noise }
             | SamplerSpec::DpmPp2MSde { eta, s_noise, .. }
             | SamplerSpec::DpmPp3MSde { eta, s_noise }
@@ -596,6 +603,7 @@ impl SamplerSpec {
             SamplerSpec::EulerMaruyama {} => Box::new(euler_maruyama::EulerMaruyama),
             SamplerSpec::Lcm {} => Box::new(lcm::Lcm),
             SamplerSpec::Tcd { gamma } => Box::new(tcd::Tcd::new(*gamma)?),
+            SamplerSpec::ErSde(p) => Box::new(er_sde::ErSde::new(p.clone())?),
             SamplerSpec::Ddim { eta } => Box::new(ddim::Ddim::new(*eta)?),
             SamplerSpec::Ddpm { variance } => Box::new(ddpm::Ddpm {
                 variance: *variance,
