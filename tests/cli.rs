@@ -1780,7 +1780,7 @@ fn restart_takes_its_segments_as_a_flag_and_in_the_label() {
 
 #[test]
 fn sa_solver_takes_its_flags_and_its_label_alike() {
-    // (The same bad-flag checks for tcd's --gamma at the end.)
+    // (The same bad-flag checks for tcd's --gamma and er-sde's flags at the end.)
     // The flags and the label `sa-solver(key=value,...)` give the same sampler (bit for bit,
     // noise included), as do `--tau 0` and `sa-solver(tau=0)`; another seed or another tau
     // changes the samples; bad orders, a negative tau, a window with s_tmin > s_tmax and
@@ -1851,6 +1851,18 @@ fn sa_solver_takes_its_flags_and_its_label_alike() {
         (
             vec!["--solver", "lcm", "--gamma", "0.3"],
             "--gamma does not apply to the lcm sampler",
+        ),
+        (
+            vec!["--solver", "er-sde", "--func-type", "9"],
+            "func_type = 9: must be 1 to 7",
+        ),
+        (
+            vec!["--solver", "er-sde(points=0)"],
+            "points = 0: must be 1 to 100000",
+        ),
+        (
+            vec!["--solver", "euler", "--points", "200"],
+            "--points does not apply to the euler sampler",
         ),
     ] {
         assert_bad_sample(&extra, "12", needle, &never);
