@@ -671,13 +671,13 @@ fn every_shipped_config_loads() {
             seen.1 += 1;
         }
     }
-    // gmm2d, fewstep, adaptive, edm-ablation, restart, gauss64, moons-samplers,
+    // gmm2d, fewstep, adaptive, edm-ablation, restart, stochastic, gauss64, moons-samplers,
     // digits-samplers, digits-conditional, digits-guidance, digits-guidance-interval,
     // gmm8-variance, digits-variance, digits-clip, inversion, spacing/{leading,trailing,
     // linspace}, flow/{exact-karras,exact-shift1,exact-shift3,checkpoint-flow,checkpoint-edm,
     // digits-flow,digits-edm,reflow-1,reflow-2}; moons, gmm8-train, digits, gmm8-learned,
     // digits-learned, gmm8-flow, digits-flow, gmm8-reflow.
-    assert_eq!(seen, (27, 8));
+    assert_eq!(seen, (28, 8));
 }
 
 #[test]
