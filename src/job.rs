@@ -135,7 +135,8 @@ impl GridArgs {
 #[derive(Args, Clone, Debug, Default)]
 pub struct SamplerArgs {
     /// ddim, euler-ancestral, dpm2-ancestral, dpmpp-2s-ancestral, dpmpp-sde, dpmpp-2m-sde,
-    /// dpmpp-3m-sde, dpm-solver, dpm-adaptive, dpm-fast: noise fraction (0 = deterministic).
+    /// dpmpp-3m-sde, dpm-solver, dpm-adaptive, dpm-fast, res-multistep: noise fraction
+    /// (0 = deterministic).
     #[arg(long)]
     pub eta: Option<f64>,
     /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: EDM's S_churn (0 = no churn).
@@ -237,6 +238,10 @@ pub struct SamplerArgs {
     /// er-sde: points of the Riemann sums of its integrals (100 by default; ComfyUI uses 200).
     #[arg(long)]
     pub points: Option<usize>,
+    /// gradient-estimation: the weight of the current noise estimate against the previous one
+    /// (Permenter & Yuan's gamma; 2 by default, 1 is euler).
+    #[arg(long)]
+    pub ge_gamma: Option<f64>,
     /// tcd: the fraction of the next level's time skipped back before fresh noise is added, in
     /// [0, 1] (0: DDIM, 1: lcm; diffusers' eta, 0.3 by default).
     #[arg(long)]
@@ -295,6 +300,9 @@ impl SamplerArgs {
                 }
             }
             SamplerSpec::Tcd { gamma } => set_flags(&mut used, [("gamma", self.gamma, gamma)]),
+            SamplerSpec::GradientEstimation { ge_gamma } => {
+                set_flags(&mut used, [("ge-gamma", self.ge_gamma, ge_gamma)])
+            }
             SamplerSpec::ErSde(p) => {
                 set_flags(&mut used, [("s-noise", self.s_noise, &mut p.s_noise)]);
                 if let Some(v) = self.order {
@@ -316,7 +324,8 @@ impl SamplerArgs {
             | SamplerSpec::Dpm2Ancestral { eta, s_noise }
             | SamplerSpec::DpmPp2SAncestral { eta, s_noise }
             | SamplerSpec::DpmPpSde { eta, s_noise, .. }
-            | SamplerSpec::DpmFast { eta, s_noise } => {
+            | SamplerSpec::DpmFast { eta, s_noise }
+            | SamplerSpec::ResMultistep { eta, s_noise } => {
                 if let Some(v) = self.eta {
                     *eta = v;
                     used.push("eta");
@@ -578,6 +587,7 @@ impl SamplerArgs {
             ("corrector-order", self.corrector_order.is_some()),
             ("tau", self.tau.is_some()),
             ("gamma", self.gamma.is_some()),
+            ("ge-gamma", self.ge_gamma.is_some()),
             ("func-type", self.func_type.is_some()),
             ("points", self.points.is_some()),
         ];

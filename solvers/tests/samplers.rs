@@ -247,6 +247,8 @@ fn deterministic() -> Vec<(SamplerSpec, f64)> {
         // orders 2 and 3 (the 100-point quadrature of its integrals included).
         (er_sde(2, 1), 2.0),
         (er_sde(3, 1), 3.0),
+        (SamplerSpec::from_name("res-multistep").unwrap(), 2.0),
+        (SamplerSpec::from_name("gradient-estimation").unwrap(), 1.0),
     ]
 }
 
@@ -1082,6 +1084,13 @@ fn samplers_recover_mixture_mode_weights() {
         // noise scale (func_type 2) at order 2.
         (SamplerSpec::from_name("er-sde").unwrap(), 32),
         (er_sde(2, 2), 32),
+        (
+            SamplerSpec::ResMultistep {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            64,
+        ),
     ];
     for (spec, steps) in specs {
         let sigmas = grid_for(&sde, &GridKind::default(), steps);
@@ -1205,8 +1214,13 @@ fn a_sample_does_not_depend_on_its_batch() {
         "dpm-multistep",
         "tcd",
         "er-sde",
+        "res-multistep",
     ] {
         let spec = match name {
+            "res-multistep" => SamplerSpec::ResMultistep {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
             "dpm-multistep" => multistep(2, AlgorithmType::SdeDpmSolver, SolverType::Heun, true),
             "dpm-solver" => SamplerSpec::DpmSolver {
                 order: 3,
@@ -2867,6 +2881,105 @@ fn er_sde_at_order_1_is_euler_for_the_ode_and_euler_ancestral_for_the_sde() {
             sde.name()
         );
     }
+}
+
+#[test]
+fn res_multistep_is_dpm_multistep_heun_and_its_ancestral_form_follows_comfyui() {
+    // At eta = 0 RES's multistep update (the exact integral of D interpolated linearly in
+    // lambda = -log sigma) is diffusers' DPM-Solver++(2M) with solver_type "heun"; with
+    // eta > 0 it is ComfyUI's res_multistep with the ancestral split, written out here: from
+    // sigma to sigma_down, c2 = (lambda(sigma_{i-1}) - lambda(sigma_down,i-1)) / h,
+    // x' = e^{-h} x + h (b1 D_i + b2 D_{i-1}) with b2 = phi2(-h) / c2, b1 = phi1(-h) - b2, then
+    // sigma_up z with the step noise.
+    use scoreflow_solvers::samplers::euler_ancestral::ancestral_step;
+    let gmm = unequal_mixture();
+    let (edm, vp) = (Edm::default(), VpLinear::default());
+    let sdes: [&dyn Sde; 2] = [&edm, &vp];
+    let res = |eta: f64| SamplerSpec::ResMultistep { eta, s_noise: 1.0 };
+    for sde in sdes {
+        let sigmas = grid_for(sde, &GridKind::default(), 14);
+        let go = |spec: &SamplerSpec| sample(spec, &gmm, sde, &sigmas, 6, 32, 2).0;
+        let heun_2m = go(&multistep(
+            2,
+            AlgorithmType::DpmSolverPlusPlus,
+            SolverType::Heun,
+            false,
+        ));
+        let err = max_abs(&(go(&res(0.0)) - &heun_2m));
+        assert!(
+            err < 1e-10,
+            "{}: res-multistep vs dpm-multistep heun: {err}",
+            sde.name()
+        );
+
+        let eta = 0.7;
+        let span = sigmas[0].max(sde.time_of(sigmas[0])) * 1.001 + 1.0;
+        let mut noise = BrownianNoise::new(6, 0, 32, &[2], span, Device::Cpu, Kind::Double);
+        let mut x = noise.initial() * sigmas[0];
+        let lam = |s: f64| -s.ln();
+        let mut old: Option<Tensor> = None;
+        for i in 0..14 {
+            let (s, s_next) = (sigmas[i], sigmas[i + 1]);
+            let d = gmm.denoise(&x, s).unwrap();
+            let (down, up) = ancestral_step(s, s_next, eta);
+            x = match &old {
+                Some(o) if down > 0.0 => {
+                    let old_down = ancestral_step(sigmas[i - 1], s, eta).0;
+                    let h = lam(down) - lam(s);
+                    let c2 = (lam(sigmas[i - 1]) - lam(old_down)) / h;
+                    let phi1 = (-h).exp_m1() / -h;
+                    let phi2 = (phi1 - 1.0) / -h;
+                    let b2 = phi2 / c2;
+                    &x * (-h).exp() + &d * (h * (phi1 - b2)) + o * (h * b2)
+                }
+                _ => &x + (&x - &d) / s * (down - s),
+            };
+            if up > 0.0 {
+                x += noise.standard(1, s_next, s).unwrap() * up;
+            }
+            old = Some(d);
+        }
+        let err = max_abs(&(go(&res(eta)) - &x));
+        assert!(
+            err < 1e-10,
+            "{}: res-multistep eta {eta}: {err}",
+            sde.name()
+        );
+    }
+}
+
+#[test]
+fn gradient_estimation_is_euler_at_gamma_1_and_mixes_the_last_two_noise_estimates() {
+    // x' = x + (sigma' - sigma) (gamma d_i + (1 - gamma) d_{i-1}), d = (x - D) / sigma, after
+    // an Euler first step; D on the step to 0.
+    let gmm = unequal_mixture();
+    let edm = Edm::default();
+    let sigmas = grid_for(&edm, &GridKind::default(), 11);
+    let ge = |ge_gamma: f64| SamplerSpec::GradientEstimation { ge_gamma };
+    let go = |spec: &SamplerSpec| sample(spec, &gmm, &edm, &sigmas, 2, 32, 2).0;
+    let euler = go(&SamplerSpec::Euler(Default::default()));
+    assert!(max_abs(&(go(&ge(1.0)) - &euler)) < 1e-10);
+    let gamma = 2.0;
+    let mut x = start(2, 32, 2, sigmas[0]);
+    let mut old: Option<Tensor> = None;
+    for i in 0..11 {
+        let (s, s_next) = (sigmas[i], sigmas[i + 1]);
+        let den = gmm.denoise(&x, s).unwrap();
+        let d = (&x - &den) / s;
+        x = if s_next == 0.0 {
+            den
+        } else {
+            match &old {
+                Some(o) => &x + (&d * gamma + o * (1.0 - gamma)) * (s_next - s),
+                None => &x + &d * (s_next - s),
+            }
+        };
+        old = Some(d);
+    }
+    let got = go(&ge(gamma));
+    assert!(max_abs(&(&got - &x)) < 1e-10, "{}", max_abs(&(&got - &x)));
+    assert!(max_abs(&(got - euler)) > 1e-3);
+    assert!(ge(f64::NAN).build().is_err());
 }
 
 #[test]

@@ -19,12 +19,14 @@ pub mod er_sde;
 pub mod euler;
 pub mod euler_ancestral;
 pub mod euler_maruyama;
+pub mod gradient_estimation;
 pub mod heun;
 pub mod ipndm;
 pub mod lcm;
 pub mod lms;
 pub mod pc;
 pub mod pndm;
+pub mod res_multistep;
 pub mod restart;
 pub mod rk45;
 pub mod sa_solver;
@@ -184,6 +186,9 @@ fn two() -> usize {
 }
 pub(crate) fn three() -> usize {
     3
+}
+fn ge_gamma() -> f64 {
+    2.0
 }
 fn tcd_gamma() -> f64 {
     0.3
@@ -350,6 +355,20 @@ pub enum SamplerSpec {
     },
     /// ER-SDE-Solver (Cui et al. 2023; see [`er_sde::ErSdeParams`]).
     ErSde(er_sde::ErSdeParams),
+    /// RES's second-order multistep exponential integrator (ComfyUI's `res_multistep`; with
+    /// `eta > 0` its ancestral form; [`res_multistep::ResMultistep`]).
+    ResMultistep {
+        #[serde(default)]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
+    /// Permenter & Yuan's gradient estimation (ComfyUI's `sample_gradient_estimation`;
+    /// [`gradient_estimation::GradientEstimation`]).
+    GradientEstimation {
+        #[serde(default = "ge_gamma")]
+        ge_gamma: f64,
+    },
 }
 
 /// Every registry name, in the order `scoreflow samplers` and `bench` list them.
@@ -387,6 +406,8 @@ pub const NAMES: &[&str] = &[
     "lcm",
     "tcd",
     "er-sde",
+    "res-multistep",
+    "gradient-estimation",
 ];
 
 impl SamplerSpec {
@@ -401,6 +422,13 @@ impl SamplerSpec {
             "lcm" => SamplerSpec::Lcm {},
             "tcd" => SamplerSpec::Tcd { gamma: tcd_gamma() },
             "er-sde" => SamplerSpec::ErSde(er_sde::ErSdeParams::default()),
+            "res-multistep" => SamplerSpec::ResMultistep {
+                eta: 0.0,
+                s_noise: 1.0,
+            },
+            "gradient-estimation" => SamplerSpec::GradientEstimation {
+                ge_gamma: ge_gamma(),
+            },
             "ddim" => SamplerSpec::Ddim { eta: 0.0 },
             "ddpm" => SamplerSpec::Ddpm {
                 variance: DdpmVariance::Small,
@@ -521,6 +549,8 @@ impl SamplerSpec {
             SamplerSpec::Lcm {} => "lcm",
             SamplerSpec::Tcd { .. } => "tcd",
             SamplerSpec::ErSde(_) => "er-sde",
+            SamplerSpec::ResMultistep { .. } => "res-multistep",
+            SamplerSpec::GradientEstimation { .. } => "gradient-estimation",
         }
     }
 
@@ -545,7 +575,8 @@ impl SamplerSpec {
             | SamplerSpec::DpmPp2SAncestral { eta, s_noise }
             | SamplerSpec::DpmPpSde { eta, s_noise, .. }
             | SamplerSpec::DpmSolver { eta, s_noise, .. }
-            | SamplerSpec::DpmFast { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
+            | SamplerSpec::DpmFast { eta, s_noise }
+            | SamplerSpec::ResMultistep { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
             SamplerSpec::DpmAdaptive(p) => p.eta > 0.0 && p.s_noise > 0.0,
             SamplerSpec::EdmAblation(p) => p.churn().is_stochastic(),
             SamplerSpec::Restart(p) => p.is_stochastic(),
@@ -604,6 +635,12 @@ impl SamplerSpec {
             SamplerSpec::Lcm {} => Box::new(lcm::Lcm),
             SamplerSpec::Tcd { gamma } => Box::new(tcd::Tcd::new(*gamma)?),
             SamplerSpec::ErSde(p) => Box::new(er_sde::ErSde::new(p.clone())?),
+            SamplerSpec::ResMultistep { eta, s_noise } => {
+                Box::new(res_multistep::ResMultistep::new(*eta, *s_noise)?)
+            }
+            SamplerSpec::GradientEstimation { ge_gamma } => {
+                Box::new(gradient_estimation::GradientEstimation::new(*ge_gamma)?)
+            }
             SamplerSpec::Ddim { eta } => Box::new(ddim::Ddim::new(*eta)?),
             SamplerSpec::Ddpm { variance } => Box::new(ddpm::Ddpm {
                 variance: *variance,
