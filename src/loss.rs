@@ -129,11 +129,18 @@ pub enum LossConfig {
         logit_std: f64,
         #[serde(default = "eps_t")]
         epsilon_t: f64,
+        /// `time = "mode"`: SD3's `s` (1.29 in Esser et al.'s and diffusers' training scripts;
+        /// within [-1, 2 / (pi - 2)], where the map from `u` is monotone).
+        #[serde(default = "mode_scale")]
+        mode_scale: f64,
     },
 }
 
 fn one_f64() -> f64 {
     1.0
+}
+fn mode_scale() -> f64 {
+    1.29
 }
 
 /// How the `flow` loss draws its times.
@@ -145,6 +152,15 @@ pub enum FlowTime {
     LogitNormal,
     /// `t ~ U(epsilon_t, 1 - epsilon_t)` (rectified flow, flow matching).
     Uniform,
+    /// Mode sampling with heavy tails (Esser et al. 2024, eq. 20): `u ~ U(0, 1)`,
+    /// `t = 1 - u - s (cos^2(pi u / 2) - 1 + u)` with `s = mode_scale` (diffusers'
+    /// `compute_density_for_timestep_sampling("mode")`).
+    Mode,
+    /// CosMap (Esser et al. 2024, eq. 21): density `2 / (pi (1 - 2 t + 2 t^2))`, drawn as
+    /// `t = 1 - 1 / (tan(pi u / 2) + 1)` (diffusers applies it as the loss weight of uniform
+    /// times, `compute_loss_weighting_for_sd3("cosmap")`; the same objective in expectation).
+    #[serde(alias = "cos-map")]
+    Cosmap,
 }
 
 /// What a `ddpm` loss with learned variances trains.
@@ -429,8 +445,16 @@ impl LossConfig {
                 logit_std,
                 epsilon_t,
                 logit_mean,
+                mode_scale,
                 ..
             } => {
+                let top = 2.0 / (std::f64::consts::PI - 2.0);
+                if !(*mode_scale >= -1.0 && *mode_scale <= top) {
+                    bail!(
+                        "loss.mode_scale of a flow loss must be within [-1, {top:.4}] (2 / (pi - 2), where t is monotone in u), got {}",
+                        scoreflow_solvers::Num(*mode_scale)
+                    );
+                }
                 if !(*logit_std > 0.0 && logit_std.is_finite() && logit_mean.is_finite()) {
                     bail!(
                         "loss: flow needs a finite logit_mean and logit_std > 0, got {} and {}",
@@ -621,6 +645,7 @@ impl LossConfig {
                 logit_mean,
                 logit_std,
                 epsilon_t,
+                mode_scale,
             } => {
                 let e = *epsilon_t;
                 let sigma = match time {
@@ -631,6 +656,22 @@ impl LossConfig {
                     FlowTime::Uniform => {
                         let t = Tensor::rand([n], opts) * (1.0 - 2.0 * e) + e;
                         &t / (t.neg() + 1.0)
+                    }
+                    // (In float64: tan near pi / 2 and the cancellations in 1 - u - ... .)
+                    FlowTime::Mode => {
+                        let u = Tensor::rand([n], (Kind::Double, dev));
+                        let c = (&u * std::f64::consts::FRAC_PI_2).cos().square();
+                        let t = (u.neg() + 1.0) - (c - 1.0 + &u) * *mode_scale;
+                        let t = t.clamp(e, 1.0 - e);
+                        (&t / (t.neg() + 1.0)).to_kind(Kind::Float)
+                    }
+                    FlowTime::Cosmap => {
+                        // sigma = t / (1 - t) = tan(pi u / 2).
+                        let u = Tensor::rand([n], (Kind::Double, dev));
+                        (u * std::f64::consts::FRAC_PI_2)
+                            .tan()
+                            .clamp(e / (1.0 - e), (1.0 - e) / e)
+                            .to_kind(Kind::Float)
                     }
                 };
                 let w = ((&sigma + 1.0) / &sigma).square();

@@ -165,7 +165,7 @@ fn flow_precond_regresses_on_the_velocity_with_unit_effective_weight() {
 }
 
 #[test]
-fn flow_loss_draws_logit_normal_or_uniform_times_weighted_by_one_over_t_squared() {
+fn flow_loss_draws_logit_normal_uniform_mode_or_cosmap_times_weighted_by_one_over_t_squared() {
     use scoreflow::loss::{FlowTime, LossConfig};
     let n = 200_000;
     let moments = |x: &Tensor| {
@@ -185,6 +185,7 @@ fn flow_loss_draws_logit_normal_or_uniform_times_weighted_by_one_over_t_squared(
             logit_mean: m,
             logit_std: sd,
             epsilon_t: 1e-3,
+            mode_scale: 1.29,
         };
         cfg.validate().unwrap();
         let (sigma, w) = cfg.draw_sigmas(n, Device::Cpu);
@@ -212,10 +213,67 @@ fn flow_loss_draws_logit_normal_or_uniform_times_weighted_by_one_over_t_squared(
                     "uniform: t has mean {mean}, std {std}"
                 );
             }
+            _ => unreachable!(),
         }
     }
+    // SD3's mode and CosMap densities (Esser et al. 2024, eqs. 20, 21): the empirical quantiles
+    // of t are the maps' values, t_q = f(1 - q) for mode (f decreasing in u) and
+    // 1 - 1 / (tan(pi q / 2) + 1) for CosMap, within the sampling error of 200000 draws.
+    let pi2 = std::f64::consts::FRAC_PI_2;
+    let mode = |s: f64| {
+        move |q: f64| {
+            let u = 1.0 - q;
+            1.0 - u - s * ((pi2 * u).cos().powi(2) - 1.0 + u)
+        }
+    };
+    let cases: [(FlowTime, f64, Box<dyn Fn(f64) -> f64>); 4] = [
+        (FlowTime::Mode, 1.29, Box::new(mode(1.29))),
+        (FlowTime::Mode, 0.0, Box::new(mode(0.0))),
+        (FlowTime::Mode, -0.8, Box::new(mode(-0.8))),
+        (
+            FlowTime::Cosmap,
+            1.29,
+            Box::new(move |q: f64| 1.0 - 1.0 / ((pi2 * q).tan() + 1.0)),
+        ),
+    ];
+    for (time, scale, quantile) in cases {
+        let cfg = LossConfig::Flow {
+            time,
+            logit_mean: 0.0,
+            logit_std: 1.0,
+            epsilon_t: 1e-5,
+            mode_scale: scale,
+        };
+        cfg.validate().unwrap();
+        let (sigma, w) = cfg.draw_sigmas(n, Device::Cpu);
+        let t = (&sigma / (&sigma + 1.0)).to_kind(Kind::Double);
+        assert!(max_abs(&(&w * t.square() - 1.0)) < 1e-4, "lambda = 1 / t^2");
+        let sorted = Vec::<f64>::try_from(&t.sort(0, false).0).unwrap();
+        let mut worst = 0.0f64;
+        for q in [0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98] {
+            let got = sorted[(q * n as f64) as usize];
+            worst = worst.max((got - quantile(q)).abs());
+        }
+        println!("{time:?} (s = {scale}): quantiles within {worst:.1e}");
+        assert!(
+            worst < 5e-3,
+            "{time:?} s = {scale}: quantiles off by {worst}"
+        );
+    }
+    // The uniform density is not mode(1.29): the check can fail.
+    let uniform = LossConfig::Flow {
+        time: FlowTime::Uniform,
+        logit_mean: 0.0,
+        logit_std: 1.0,
+        epsilon_t: 1e-5,
+        mode_scale: 1.29,
+    };
+    let t = uniform.draw_sigmas(n, Device::Cpu).0;
+    let t = (&t / (&t + 1.0)).to_kind(Kind::Double);
+    let q25 = Vec::<f64>::try_from(&t.sort(0, false).0).unwrap()[n as usize / 4];
+    assert!((q25 - mode(1.29)(0.25)).abs() > 0.03, "{q25}");
     for bad in [
-        "kind = \"flow\"\nlogit_std = 0",
+        "kind = \"flow\"\ntime = \"mode\"\nmode_scale = 2",
         "kind = \"flow\"\nepsilon_t = 0.5",
         "kind = \"flow\"\ntime = \"cosine\"",
     ] {
