@@ -226,7 +226,8 @@ fn flow_loss_draws_logit_normal_uniform_mode_or_cosmap_times_weighted_by_one_ove
             1.0 - u - s * ((pi2 * u).cos().powi(2) - 1.0 + u)
         }
     };
-    let cases: [(FlowTime, f64, Box<dyn Fn(f64) -> f64>); 4] = [
+    type Quantile = Box<dyn Fn(f64) -> f64>;
+    let cases: [(FlowTime, f64, Quantile); 4] = [
         (FlowTime::Mode, 1.29, Box::new(mode(1.29))),
         (FlowTime::Mode, 0.0, Box::new(mode(0.0))),
         (FlowTime::Mode, -0.8, Box::new(mode(-0.8))),
