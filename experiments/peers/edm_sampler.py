@@ -6,8 +6,8 @@ EDM_REPO is a checkout of https://github.com/NVlabs/edm. Its `generate.py` is re
 and the function `ablation_sampler` (Karras et al. 2022, Algorithms 1 and 2 with any schedule,
 scaling and the generalized second-order step `alpha`) is executed as it stands, around a
 stand-in network: the exact denoiser of the 2-D Gaussian N(MEAN, STD^2 I),
-D(x; sigma) = MEAN + STD^2 / (STD^2 + sigma^2) (x - MEAN), in float64, with edm's own
-`round_sigma` (the identity) and an unbounded sigma range. For each configuration in CONFIGS it
+D(x; sigma) = MEAN + STD^2 / (STD^2 + sigma^2) (x - MEAN), in float64, with the identity
+`round_sigma` and an unbounded sigma range (pinned.py). For each configuration in CONFIGS it
 prints one line: the configuration and the final samples from LATENTS, with full precision.
 
 The values pinned in scoreflow's test `edm_ablation_matches_nvlabs_edms_ablation_sampler`
@@ -22,9 +22,7 @@ import sys
 import numpy as np
 import torch
 
-MEAN = [0.5, -1.0]
-STD = 0.5
-LATENTS = [[0.3, -1.2], [1.5, 0.7], [-0.4, 0.1]]
+from pinned import Gaussian, latents
 
 # name: (num_steps, discretization, schedule, scaling, solver, alpha, sigma_min, sigma_max)
 CONFIGS = {
@@ -37,21 +35,6 @@ CONFIGS = {
 }
 
 
-class Gaussian:
-    sigma_min, sigma_max = 0.0, float("inf")
-
-    def __init__(self):
-        self.mean = torch.tensor(MEAN, dtype=torch.float64)
-
-    @staticmethod
-    def round_sigma(sigma):
-        return torch.as_tensor(sigma)
-
-    def __call__(self, x, sigma, class_labels=None):
-        v = STD * STD
-        return self.mean + v / (v + torch.as_tensor(sigma, dtype=torch.float64) ** 2) * (x - self.mean)
-
-
 def main():
     repo = sys.argv[1]
     src = open(os.path.join(repo, "generate.py")).read()
@@ -59,9 +42,9 @@ def main():
     end = src.index("#---", start)
     ns = {"np": np, "torch": torch}
     exec(src[start:end], ns)
-    latents = torch.tensor(LATENTS, dtype=torch.float64)
+    lat = latents()
     for name, (n, disc, sched, scal, solver, alpha, smin, smax) in CONFIGS.items():
-        x = ns["ablation_sampler"](Gaussian(), latents, num_steps=n, sigma_min=smin, sigma_max=smax,
+        x = ns["ablation_sampler"](Gaussian(), lat, num_steps=n, sigma_min=smin, sigma_max=smax,
                                    solver=solver, discretization=disc, schedule=sched, scaling=scal, alpha=alpha)
         print(json.dumps({"config": name, "x": [[repr(float(v)) for v in row] for row in x]}))
 

@@ -22,15 +22,12 @@ script.
 """
 import importlib.util
 import json
-import math
 import os
 import sys
 
 import torch
 
-MEAN = [0.5, -1.0]
-STD = 0.5
-LATENTS = [[0.3, -1.2], [1.5, 0.7], [-0.4, 0.1]]
+from pinned import FormulaNoise, Gaussian, TorchWithNoise, latents
 
 # name: (order, func_type, num_steps)
 CONFIGS = {
@@ -41,35 +38,6 @@ CONFIGS = {
     "order3-type6": (3, 6, 8),
     "order3-type3": (3, 3, 10),
 }
-
-
-class Noise:
-    def __init__(self):
-        self.k = 0
-
-    def __call__(self, like, *args, **kwargs):
-        rows, cols = like.shape
-        z = [[math.sqrt(2.0) * math.sin(1.7 * self.k + 2.3 * i + 0.9 * j + 0.5) for j in range(cols)]
-             for i in range(rows)]
-        self.k += 1
-        return torch.tensor(z, dtype=like.dtype)
-
-
-class TorchWithNoise:
-    def __init__(self, draw):
-        self._draw = draw
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    def randn_like(self, like, *args, **kwargs):
-        return self._draw(like)
-
-
-def denoiser(x, sigma, **kwargs):
-    mean = torch.tensor(MEAN, dtype=torch.float64)
-    v = STD * STD
-    return mean + v / (v + torch.as_tensor(sigma, dtype=torch.float64) ** 2) * (x - mean)
 
 
 def karras(n, sigma_min=0.002, sigma_max=80.0, rho=7.0):
@@ -88,13 +56,13 @@ def main():
     if "--authors-clip" not in sys.argv[2:]:
         solver.numerical_clip = lambda x, eps=0.0: x.clamp(min=0.0)
     methods = {1: solver.ve_xstart_1_order, 2: solver.ve_start_2_order_taylor, 3: solver.ve_start_3_order_taylor}
-    latents = torch.tensor(LATENTS, dtype=torch.float64)
+    lat, denoiser = latents(), Gaussian()
     for name, (order, func_type, n) in CONFIGS.items():
         sigmas = karras(n)
         fn = lambda s, _f=func_type: mod.customized_func(s, func_type=_f)
-        mod.torch = TorchWithNoise(Noise())
+        mod.torch = TorchWithNoise(FormulaNoise())
         try:
-            x = methods[order](denoiser, latents * sigmas[0], sigmas, sigmas, fn_sigma=fn, progress=False)
+            x = methods[order](denoiser, lat * sigmas[0], sigmas, sigmas, fn_sigma=fn, progress=False)
         finally:
             mod.torch = torch
         print(json.dumps({"config": name, "x": [repr(float(v)) for v in x.reshape(-1).tolist()]}))

@@ -1096,17 +1096,25 @@ def _diffusers_lcm(diffusers, model, x, sigmas, grid, noise):
     sch.num_inference_steps = n
     sch.set_begin_index(0)
     sch.get_scalings_for_boundary_condition_discrete = lambda timestep: (0.0, 1.0)
-    ones = x.new_ones([x.shape[0]])
-    xv = x / math.sqrt(1.0 + grid[0] ** 2)
+    return _vp_sample_steps(mod, sch, model, x / math.sqrt(1.0 + grid[0] ** 2), grid, noise)
+
+
+def _vp_sample_steps(mod, sch, model, xv, levels, noise, **step_kwargs):
+    """Step a diffusers scheduler built with prediction_type="sample" through its timesteps, level
+    i (of `levels`, ending in 0) at `sch.timesteps[i]`, in the VP variable x_vp = x / sqrt(1 +
+    sigma^2) from `xv`, the model's D given as the prediction, and the scheduler module's
+    randn_tensor returning scoreflow's step noise (STREAM_STEP) on [sigma', sigma] (zeros on the
+    step to 0)."""
+    ones = xv.new_ones([xv.shape[0]])
     saved = mod.randn_tensor
     try:
         for i, t in enumerate(sch.timesteps):
-            sig = grid[i]
-            z = (noise.standard(STREAM_STEP, grid[i + 1], sig) if grid[i + 1] > 0
-                 else torch.zeros(noise.n, *noise.shape, dtype=torch.float64)).to(x.device, x.dtype)
+            sig = levels[i]
+            z = (noise.standard(STREAM_STEP, levels[i + 1], sig) if levels[i + 1] > 0
+                 else torch.zeros(noise.n, *noise.shape, dtype=torch.float64)).to(xv.device, xv.dtype)
             mod.randn_tensor = lambda *args, _z=z, **kw: _z
             d = model(xv * math.sqrt(1.0 + sig * sig), ones * sig)
-            xv = sch.step(d, t, xv).prev_sample
+            xv = sch.step(d, t, xv, **step_kwargs).prev_sample
     finally:
         mod.randn_tensor = saved
     return xv
@@ -1153,20 +1161,8 @@ def _diffusers_tcd(gamma):
         sch.timesteps = torch.tensor(ts, dtype=torch.int64)
         sch.num_inference_steps = n
         sch.set_begin_index(0)
-        ones = x.new_ones([x.shape[0]])
         xv = (x / 80.0) * levels[0] / math.sqrt(1.0 + levels[0] ** 2)
-        saved = mod.randn_tensor
-        try:
-            for i, t in enumerate(sch.timesteps):
-                sig = levels[i]
-                z = (paths.standard(STREAM_STEP, levels[i + 1], sig) if levels[i + 1] > 0
-                     else torch.zeros(noise.n, *noise.shape, dtype=torch.float64)).to(x.device, x.dtype)
-                mod.randn_tensor = lambda *args, _z=z, **kw: _z
-                d = model(xv * math.sqrt(1.0 + sig * sig), ones * sig)
-                xv = sch.step(d, t, xv, eta=gamma).prev_sample
-        finally:
-            mod.randn_tensor = saved
-        return xv
+        return _vp_sample_steps(mod, sch, model, xv, levels, paths, eta=gamma)
 
     return run
 

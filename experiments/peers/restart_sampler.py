@@ -20,7 +20,6 @@ precision. The values pinned in scoreflow's test `restart_matches_the_authors_re
 torch 2.11).
 """
 import json
-import math
 import os
 import sys
 import types
@@ -28,9 +27,7 @@ import types
 import numpy as np
 import torch
 
-MEAN = [0.5, -1.0]
-STD = 0.5
-LATENTS = [[0.3, -1.2], [1.5, 0.7], [-0.4, 0.1]]
+from pinned import FormulaNoise, Gaussian, latents
 
 # name: (num_steps, restart_info, S_churn, S_min, S_max, S_noise, restart_gamma)
 CONFIGS = {
@@ -39,34 +36,6 @@ CONFIGS = {
     "three-segments": (12, {"0": [3, 3, 0.3, 0.59], "1": [4, 1, 19.35, 40.79], "2": [4, 1, 1.09, 1.92]},
                        2.0, 0.0, float("inf"), 1.0, 0.1),
 }
-
-
-class Gaussian:
-    sigma_min, sigma_max = 0.0, float("inf")
-    img_channels, img_resolution = 2, 1
-
-    def __init__(self):
-        self.mean = torch.tensor(MEAN, dtype=torch.float64)
-
-    @staticmethod
-    def round_sigma(sigma):
-        return torch.as_tensor(sigma)
-
-    def __call__(self, x, sigma, class_labels=None):
-        v = STD * STD
-        return self.mean + v / (v + torch.as_tensor(sigma, dtype=torch.float64) ** 2) * (x - self.mean)
-
-
-class Noise:
-    def __init__(self):
-        self.k = 0
-
-    def __call__(self, like):
-        rows, cols = like.shape
-        z = [[math.sqrt(2.0) * math.sin(1.7 * self.k + 2.3 * i + 0.9 * j + 0.5) for j in range(cols)]
-             for i in range(rows)]
-        self.k += 1
-        return torch.tensor(z, dtype=like.dtype)
 
 
 def main():
@@ -81,9 +50,9 @@ def main():
         code = code.replace(old, "torch.arange(num_steps, dtype=torch.float64, device=latents.device)")
     ns = {"np": np, "torch": torch, "dist": types.SimpleNamespace(print0=lambda *a, **k: None)}
     exec(code, ns)
-    latents = torch.tensor(LATENTS, dtype=torch.float64)
+    lat = latents()
     for name, (n, info, churn, smin, smax, snoise, gamma) in CONFIGS.items():
-        x = ns["restart_sampler"](Gaussian(), latents, randn_like=Noise(), num_steps=n, S_churn=churn,
+        x = ns["restart_sampler"](Gaussian(), lat, randn_like=FormulaNoise(), num_steps=n, S_churn=churn,
                                   S_min=smin, S_max=smax, S_noise=snoise, restart_info=json.dumps(info),
                                   restart_gamma=gamma)
         print(json.dumps({"config": name, "x": [[repr(float(v)) for v in row] for row in x]}))

@@ -40,9 +40,7 @@ import types
 
 import torch
 
-MEAN = [0.5, -1.0]
-STD = 0.5
-LATENTS = [[0.3, -1.2], [1.5, 0.7], [-0.4, 0.1]]
+from pinned import FormulaNoise, Gaussian, TorchWithNoise, latents
 N = 50
 EPS = 1e-9
 
@@ -57,31 +55,6 @@ CONFIGS = {
 }
 
 
-class Noise:
-    def __init__(self):
-        self.k = 0
-
-    def __call__(self, like):
-        rows, cols = like.shape[0], like.shape[1]
-        z = [[math.sqrt(2.0) * math.sin(1.7 * self.k + 2.3 * i + 0.9 * j + 0.5) for j in range(cols)]
-             for i in range(rows)]
-        self.k += 1
-        return torch.tensor(z, dtype=like.dtype).reshape(like.shape)
-
-
-class TorchWithNoise:
-    """The torch module with randn_like replaced."""
-
-    def __init__(self, draw):
-        self._draw = draw
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    def randn_like(self, like, *args, **kwargs):
-        return self._draw(like)
-
-
 def load(name, path):
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
@@ -90,10 +63,7 @@ def load(name, path):
     return mod
 
 
-def denoise(y, sigma):
-    mean = torch.tensor(MEAN, dtype=torch.float64).view(1, 2, 1, 1)
-    v = STD * STD
-    return mean + v / (v + sigma * sigma) * (y - mean)
+denoise = Gaussian()
 
 
 def levels(kind):
@@ -141,18 +111,18 @@ def main():
         return x, x_mean
 
     sampling.shared_corrector_update_fn = corrector_update
-    latents = torch.tensor(LATENTS, dtype=torch.float64).view(3, 2, 1, 1)
+    lat = latents().view(3, 2, 1, 1)
     for name, (kind, pred, corr, snr, steps) in CONFIGS.items():
         sde = sde_lib.VPSDE(0.1, 20.0, N) if kind == "vp" else sde_lib.VESDE(0.01, 50.0, N)
         current["levels"] = lv_cache[kind]
         s_top, sigma_top = lv_cache[kind][N - 1]
-        sde.prior_sampling = lambda shape, _x=latents * sigma_top * s_top: _x.clone()
+        sde.prior_sampling = lambda shape, _x=lat * sigma_top * s_top: _x.clone()
         after_corrector.clear()
         sampler = sampling.get_pc_sampler(
             sde, (3, 2, 1, 1), sampling.get_predictor(pred), sampling.get_corrector(corr), lambda x: x, snr,
             n_steps=steps, probability_flow=False, continuous=True, denoise=True, eps=EPS, device="cpu")
         saved = sampling.torch
-        sampling.torch = TorchWithNoise(Noise())
+        sampling.torch = TorchWithNoise(FormulaNoise())
         try:
             x_mean, nfe = sampler(None)
         finally:

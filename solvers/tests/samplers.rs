@@ -2337,6 +2337,33 @@ impl scoreflow_solvers::noise::NoiseSource for SequenceNoise {
     }
 }
 
+/// Run `spec` on `den` from `latents * sigmas[0]` with the formula noise of the peer scripts
+/// (`SequenceNoise`, 3 x 2, drawn call for call): the pinned comparisons with reference code.
+fn run_pinned(
+    spec: &SamplerSpec,
+    den: &dyn Denoiser,
+    sde: &dyn Sde,
+    sigmas: &[f64],
+    latents: &Tensor,
+) -> scoreflow_solvers::driver::Outcome {
+    let mut noise = SequenceNoise {
+        k: 0,
+        rows: 3,
+        cols: 2,
+    };
+    run(
+        spec.build().unwrap().as_ref(),
+        den,
+        sde,
+        sigmas,
+        latents * sigmas[0],
+        &mut noise,
+        &RunOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap()
+}
+
 fn restart_spec(
     segments: &[(usize, usize, f64, f64)],
     s_churn: f64,
@@ -2448,22 +2475,7 @@ fn restart_matches_the_authors_restart_sampler() {
     let mut report = String::new();
     for (name, n, spec, nfe, want64, shipped) in cases {
         let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, n, 0.002, 80.0, &edm).unwrap();
-        let mut noise = SequenceNoise {
-            k: 0,
-            rows: 3,
-            cols: 2,
-        };
-        let out = run(
-            spec.build().unwrap().as_ref(),
-            &den,
-            &edm,
-            &sigmas,
-            &latents * sigmas[0],
-            &mut noise,
-            &RunOptions::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+        let out = run_pinned(&spec, &den, &edm, &sigmas, &latents);
         assert_eq!(out.nfe, nfe, "{name}");
         assert_eq!(spec.nfe(n), Some(nfe), "{name}");
         let err64 = max_abs(&(&out.x - Tensor::from_slice(&want64).view([3, 2])));
@@ -2581,22 +2593,7 @@ fn er_sde_matches_the_authors_solver() {
             ..Default::default()
         });
         let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, n, 0.002, 80.0, &edm).unwrap();
-        let mut noise = SequenceNoise {
-            k: 0,
-            rows: 3,
-            cols: 2,
-        };
-        let out = run(
-            spec.build().unwrap().as_ref(),
-            &den,
-            &edm,
-            &sigmas,
-            &latents * sigmas[0],
-            &mut noise,
-            &RunOptions::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+        let out = run_pinned(&spec, &den, &edm, &sigmas, &latents);
         assert_eq!(out.nfe, n, "{name}");
         let err = max_abs(&(&out.x - Tensor::from_slice(&want).view([3, 2])));
         report += &format!("{name}: {err:.1e}\n");
@@ -3251,22 +3248,7 @@ fn pc_matches_score_sdes_pc_sampler() {
         } else {
             (&ve, &ve_levels)
         };
-        let mut noise = SequenceNoise {
-            k: 0,
-            rows: 3,
-            cols: 2,
-        };
-        let out = run(
-            spec.build().unwrap().as_ref(),
-            &den,
-            sde,
-            sigmas,
-            &latents * sigmas[0],
-            &mut noise,
-            &RunOptions::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+        let out = run_pinned(&spec, &den, sde, sigmas, &latents);
         assert_eq!(Some(out.nfe), spec.nfe(n), "{name}");
         let err = max_abs(&(&out.x - Tensor::from_slice(&want).view([3, 2])));
         report += &format!("{name}: {err:.1e}\n");
