@@ -31,6 +31,43 @@ fn d_lr() -> f64 {
 fn d_half_life() -> f64 {
     50_000.0
 }
+
+/// The largest relative standard deviation of a power-function EMA profile (`gamma = 0`, the
+/// plain average of all weights so far: `1 / sqrt(12)`), to four places.
+pub const MAX_EMA_STD: f64 = 0.2886;
+
+/// The exponent `gamma` of EDM2's power-function EMA profile (weights `t^gamma` over the samples
+/// `t` seen) with relative standard deviation `std` (Karras et al. 2024, eq. 3:
+/// `sigma_rel = sqrt(gamma + 1) / ((gamma + 2) sqrt(gamma + 3))`): the positive root of
+/// `(gamma + 2)^2 (gamma + 3) - (gamma + 1) / std^2`, by bisection (NVlabs/edm2's `std_to_exp`
+/// takes the largest real root of the same cubic).
+pub fn power_ema_exponent(std: f64) -> f64 {
+    let t = std.powi(-2);
+    let f = |g: f64| (g + 2.0).powi(2) * (g + 3.0) - t * (g + 1.0);
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while f(hi) < 0.0 {
+        hi *= 2.0;
+    }
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if f(mid) < 0.0 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// EDM2's power-function EMA decay for a step of `batch` samples that brings the samples seen
+/// to `seen`: `beta = (1 - batch / seen)^(gamma + 1)` (NVlabs/edm2 `power_function_beta`). Over
+/// a run its products telescope: the EMA after `N` steps weights step `k`'s parameters by
+/// `(k / N)^(gamma + 1) - ((k - 1) / N)^(gamma + 1)`, whatever the initial weights.
+pub fn power_ema_beta(std: f64, seen: f64, batch: f64) -> f64 {
+    (1.0 - batch / seen)
+        .max(0.0)
+        .powf(power_ema_exponent(std) + 1.0)
+}
 fn d_ckpt() -> usize {
     1000
 }
@@ -93,6 +130,10 @@ pub struct TrainParams {
     pub ema_half_life: f64,
     /// EDM's EMA ramp-up: the half-life is at most this fraction of the samples seen so far.
     pub ema_rampup: Option<f64>,
+    /// EDM2's power-function EMA instead of the half-life (Karras et al. 2024, "Analyzing and
+    /// Improving the Training Dynamics of Diffusion Models", sec. 3.1): its relative standard
+    /// deviation sigma_rel, in (0, 0.2886] (EDM2's 0.05 and 0.10, for example).
+    pub ema_std: Option<f64>,
     #[serde(default = "d_ckpt")]
     pub checkpoint_every: usize,
     #[serde(default = "d_log")]
@@ -169,6 +210,17 @@ impl TrainConfig {
         ] {
             if v > max {
                 bail!("{what} = {v} is more than {max}");
+            }
+        }
+        if let Some(std) = t.ema_std {
+            if !(std > 0.0 && std <= MAX_EMA_STD) {
+                bail!(
+                    "train.ema_std (EDM2's sigma_rel) must be within (0, {MAX_EMA_STD}], got {}",
+                    scoreflow_solvers::Num(std)
+                );
+            }
+            if t.ema_rampup.is_some() {
+                bail!("train.ema_rampup applies to the half-life EMA, not with train.ema_std");
             }
         }
         if let Some(r) = t.ema_rampup {
@@ -558,13 +610,19 @@ fn train_loop(
                 (b1, b2),
                 eps,
             )?;
-            // EMA with a half-life in samples (NVlabs/edm training_loop.py).
+            // EMA with a half-life in samples (NVlabs/edm training_loop.py), or EDM2's
+            // power-function EMA.
             let seen = ((step + 1) as f64) * t.batch as f64;
-            let half_life = match t.ema_rampup {
-                Some(r) => t.ema_half_life.min(seen * r),
-                None => t.ema_half_life,
+            let beta = match t.ema_std {
+                Some(std) => power_ema_beta(std, seen, t.batch as f64),
+                None => {
+                    let half_life = match t.ema_rampup {
+                        Some(r) => t.ema_half_life.min(seen * r),
+                        None => t.ema_half_life,
+                    };
+                    0.5f64.powf(t.batch as f64 / half_life.max(1e-8))
+                }
             };
-            let beta = 0.5f64.powf(t.batch as f64 / half_life.max(1e-8));
             crate::optim::lerp(&ema_t, &params_t, 1.0 - beta)
         })?;
         pending.push((step, loss.detach()));

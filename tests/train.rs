@@ -603,3 +603,87 @@ fn bf16_autocast_trains_close_to_float32() {
     );
     assert!(bad.err().unwrap().to_string().contains("precision"));
 }
+
+#[test]
+fn power_function_ema_is_edm2s_profile_and_forgets_the_initial_weights() {
+    use train::{power_ema_beta, power_ema_exponent, MAX_EMA_STD};
+    // The exponent gamma has the requested relative standard deviation (EDM2, eq. 3).
+    for std in [0.01, 0.05, 0.10, 0.2, MAX_EMA_STD] {
+        let g = power_ema_exponent(std);
+        let back = (g + 1.0).sqrt() / ((g + 2.0) * (g + 3.0).sqrt());
+        println!("sigma_rel {std}: gamma {g:.4}");
+        assert!((back - std).abs() < 1e-12, "{std}: gamma {g} gives {back}");
+    }
+    // Its betas telescope: after N steps of `b` samples the EMA of a parameter sequence p_k is
+    // sum_k ((k / N)^(gamma + 1) - ((k - 1) / N)^(gamma + 1)) p_k.
+    let (std, b, n) = (0.05, 7.0, 500usize);
+    let g = power_ema_exponent(std);
+    let p = |k: usize| (k as f64 * 0.37).sin() + k as f64 / n as f64;
+    let mut ema = 123.0; // the initial weights: forgotten at the first step (beta = 0)
+    for k in 1..=n {
+        let beta = power_ema_beta(std, k as f64 * b, b);
+        ema = beta * ema + (1.0 - beta) * p(k);
+    }
+    let want: f64 = (1..=n)
+        .map(|k| {
+            let w = (k as f64 / n as f64).powf(g + 1.0) - ((k - 1) as f64 / n as f64).powf(g + 1.0);
+            w * p(k)
+        })
+        .sum();
+    assert!((ema - want).abs() < 1e-10, "{ema} vs {want}");
+
+    // In training (no warm-up, no ramp-up): after one step the power-function EMA is the
+    // network itself (beta = 0), where the half-life EMA still holds most of the initial
+    // weights; after two steps at sigma_rel near its maximum (gamma near 0, beta 1/2) it is
+    // their average, not the network.
+    let dir = tempfile::tempdir().unwrap();
+    let ema_gap = |steps: usize, std: Option<f64>, name: &str| {
+        let mut cfg = config(
+            &dir.path().join(name),
+            steps,
+            "checkpoint_every = 1\nlog_every = 1",
+        );
+        cfg.train.warmup_steps = 0;
+        cfg.train.ema_rampup = None;
+        cfg.train.ema_std = std;
+        let report = train::run(
+            &cfg,
+            &RunOpts {
+                quiet: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let ck = scoreflow::checkpoint::load(&report.checkpoint).unwrap();
+        ck.tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("ema.").map(|rest| (rest, v)))
+            .map(|(rest, e)| {
+                let net = &ck.tensors[&format!("net.{rest}")];
+                (e - net).abs().max().double_value(&[])
+            })
+            .fold(0.0f64, f64::max)
+    };
+    let (one, half_life, two) = (
+        ema_gap(1, Some(0.05), "p1"),
+        ema_gap(1, None, "h1"),
+        ema_gap(2, Some(0.28), "p2"),
+    );
+    println!("EMA - net after 1 step: power {one:.1e}, half-life {half_life:.1e}; power (0.28) after 2: {two:.1e}");
+    assert_eq!(one, 0.0);
+    assert!(half_life > 1e-4 && two > 1e-4, "{half_life} {two}");
+
+    // Bad settings name the key.
+    let base = config(dir.path(), 10, "");
+    for (std, rampup, want) in [
+        (0.5, None, "ema_std"),
+        (0.0, None, "ema_std"),
+        (0.05, Some(0.05), "ema_rampup"),
+    ] {
+        let mut cfg = base.clone();
+        cfg.train.ema_std = Some(std);
+        cfg.train.ema_rampup = rampup;
+        let err = cfg.validate().err().unwrap().to_string();
+        assert!(err.contains(want), "{err}");
+    }
+}
