@@ -11,12 +11,21 @@ use scoreflow_solvers::{
 };
 use tch::{Kind, Tensor};
 
-/// The forward process by name: `edm`, `ve`, `vp`, `vp-cosine`, `subvp`, or `flow` / `flow:C`
+/// The forward process by name: `edm`, `ve`, `vp`, `vp-cosine`, `subvp`, or `flow` / `flow:C` /
+/// `flow:mu=M`
 /// (rectified flow with SD3's timestep shift C, 1 by default).
 pub fn sde_from_name(name: &str) -> Result<Box<dyn Sde>> {
+    if let Some(mu) = name.strip_prefix("flow:mu=") {
+        // diffusers' dynamic shifting (use_dynamic_shifting, time_shift_type "exponential",
+        // its sigma 1): sigma' = e^mu / (e^mu + 1 / t - 1), the shift C = e^mu.
+        let m: f64 = mu.parse().map_err(|_| {
+            anyhow!("invalid mu '{mu}' in SDE '{name}' (expected flow:mu=M with a number M)")
+        })?;
+        return Ok(Box::new(Flow::with_shift(m.exp())?));
+    }
     if let Some(shift) = name.strip_prefix("flow:") {
         let c: f64 = shift.parse().map_err(|_| {
-            anyhow!("invalid shift '{shift}' in SDE '{name}' (expected flow:C with a number C > 0)")
+            anyhow!("invalid shift '{shift}' in SDE '{name}' (expected flow:C with a number C > 0, or flow:mu=M)")
         })?;
         return Ok(Box::new(Flow::with_shift(c)?));
     }
@@ -27,7 +36,7 @@ pub fn sde_from_name(name: &str) -> Result<Box<dyn Sde>> {
         "vp-cosine" => Box::new(VpCosine::default()),
         "subvp" => Box::new(SubVp::default()),
         "flow" => Box::new(Flow::default()),
-        _ => bail!("unknown SDE '{name}' (known: edm, ve, vp, vp-cosine, subvp, flow, flow:SHIFT)"),
+        _ => bail!("unknown SDE '{name}' (known: edm, ve, vp, vp-cosine, subvp, flow, flow:SHIFT, flow:mu=MU)"),
     })
 }
 
@@ -65,7 +74,7 @@ pub struct GridArgs {
     #[arg(long)]
     pub steps_offset: Option<usize>,
     /// Forward process: edm, ve, vp, vp-cosine, subvp, or flow (rectified flow; flow:C with SD3's
-    /// timestep shift C).
+    /// timestep shift C; flow:mu=M, diffusers' dynamic shifting, is flow:exp(M)).
     #[arg(long, default_value = "edm")]
     pub sde: String,
 }

@@ -2161,6 +2161,7 @@ fn audited_bad_inputs_are_errors_not_panics() {
             "the flow's shift must be positive and finite, got 0",
         ),
         ("flow:x", "invalid shift 'x' in SDE 'flow:x'"),
+        ("flow:mu=x", "invalid mu 'x' in SDE 'flow:mu=x'"),
         ("flow:", "invalid shift '' in SDE 'flow:'"),
         ("rf", "unknown SDE 'rf'"),
     ] {
@@ -2608,14 +2609,15 @@ fn rectified_flow_matches_diffusers_flow_match_schedulers() {
     // FlowMatchHeunDiscreteScheduler (edm-ablation with the flow schedule and scaling),
     // DPMSolverMultistepScheduler (dpm-multistep, orders 2 and 3) and UniPCMultistepScheduler
     // (unipc), all with flow_prediction on the exact gmm8's velocity, and lcm against
-    // FlowMatchEuler's stochastic sampling, at 10 and 25 steps from the same noise; controls
-    // (heun in sigma, DPM-Solver order 1, lcm on another seed's noise) must differ.
+    // FlowMatchEuler's stochastic sampling, and euler under `--sde flow:mu=M` against
+    // FlowMatchEuler's dynamic shifting at mu = M, at 10 and 25 steps from the same noise;
+    // controls (heun in sigma, DPM-Solver order 1, lcm on another seed's noise) must differ.
     let Some(judged) = judged_peer_lines("flow_check.py") else {
         return;
     };
-    // 6 pairs (with lcm against FlowMatchEuler's stochastic sampling, given the same step
+    // 7 pairs (with lcm against FlowMatchEuler's stochastic sampling, given the same step
     // noise) and 3 controls at 2 step counts.
-    assert_eq!(judged.len(), 18, "{judged:?}");
+    assert_eq!(judged.len(), 20, "{judged:?}");
     for l in judged.iter().filter(|l| l.get("solver").is_some()) {
         assert!(l["max_abs_diff"].as_f64().unwrap() < 2e-5, "{l}");
         let (steps, nfe) = (l["steps"].as_u64().unwrap(), l["nfe"].as_u64().unwrap());

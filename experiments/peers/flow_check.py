@@ -24,13 +24,15 @@ edm-ablation with the flow schedule and scaling / FlowMatchHeun (Heun in tau, la
 lcm / FlowMatchEuler with stochastic_sampling (x' = (1 - t') x0 + t' n, given scoreflow's step
 noise of seed 3, rebuilt by peers.ScoreflowNoise);
 dpm-multistep (DPM-Solver++ of orders 2 and 3) / DPMSolverMultistep; unipc /
-UniPCMultistep (bh2, order 2). diffusers keeps its flow sigmas in float32, so the tolerance
+UniPCMultistep (bh2, order 2); euler under `--sde flow:mu=M` with M = ln(shift) / FlowMatchEuler
+with dynamic shifting (`use_dynamic_shifting`, exponential time shift) at mu = M. diffusers keeps its flow sigmas in float32, so the tolerance
 (--tol, 2e-5) allows their rounding. Controls, which must differ: heun in sigma against
 FlowMatchHeun (another time variable), dpm-multistep against solver_order 1, lcm with seed 4's
 noise against the peer given seed 3's. Prints one JSON
 line per comparison and exits 1 when a pair differs by more than --tol or a control does not.
 """
 import json
+import math
 import os
 import sys
 
@@ -74,6 +76,13 @@ def run_scheduler(sch, model, z, before_step=None):
 def flow_match_euler(mods, shift, steps, model, z):
     sch = mods["euler"].FlowMatchEulerDiscreteScheduler(shift=shift)
     sch.set_timesteps(sigmas=unshifted_times(steps).tolist())
+    return run_scheduler(sch, model, z)
+
+
+def flow_match_euler_dynamic(mods, shift, steps, model, z):
+    """FlowMatchEuler with diffusers' dynamic shifting (exponential time shift) at mu = ln(shift)."""
+    sch = mods["euler"].FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, time_shift_type="exponential")
+    sch.set_timesteps(sigmas=unshifted_times(steps).tolist(), mu=math.log(shift))
     return run_scheduler(sch, model, z)
 
 
@@ -156,6 +165,9 @@ def main():
         ("dpm-multistep(order=3)", ["--solver", "dpm-multistep", "--order", "3"],
          "DPMSolverMultistepScheduler(order 3, flow)", dpm_multistep, {"order": 3}),
         ("unipc", ["--solver", "unipc"], "UniPCMultistepScheduler(bh2, order 2, flow)", unipc, {}),
+        ("euler, flow:mu=ln(shift)", ["--solver", "euler"],
+         "FlowMatchEulerDiscreteScheduler(use_dynamic_shifting, mu = ln(shift))", flow_match_euler_dynamic,
+         {"sde": "mu"}),
         ("lcm", ["--solver", "lcm", "--seed", str(SEED)],
          "FlowMatchEulerDiscreteScheduler(stochastic_sampling=True), the same step noise",
          flow_match_euler_stochastic, {"noise": True}),
@@ -173,9 +185,12 @@ def main():
         sigma_max = c * u[0] / (1.0 - u[0])
         sigma_min = c * u[-1] / (1.0 - u[-1])
         common = ["sample", "--denoiser", "builtin:gmm8", "--device", "cpu", "--dtype", "float64",
-                  "--sde", f"flow:{c:g}", "--grid", "uniform-t", "--sigma-max", repr(float(sigma_max)),
+                  "--grid", "uniform-t", "--sigma-max", repr(float(sigma_max)),
                   "--sigma-min", repr(float(sigma_min)), "--steps", str(steps), "--noise", z_path]
         for is_control, (name, flags, peer, fn, kw) in [(False, p) for p in pairs] + [(True, p) for p in controls]:
+            kw = dict(kw)
+            sde = f"flow:mu={math.log(c)!r}" if kw.pop("sde", None) == "mu" else f"flow:{c:g}"
+            flags = ["--sde", sde] + flags
             tag = name.replace("(", "-").replace(")", "").replace("=", "-").replace(" ", "-")
             x_path = os.path.join(out, f"x-{tag}-{steps}.npy")
             line = peers.scoreflow_json(a.scoreflow, common + flags + ["--out", x_path])
