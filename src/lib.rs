@@ -30,6 +30,7 @@ pub mod nn;
 pub mod npy;
 pub mod optim;
 pub mod plot;
+pub mod posthoc;
 pub mod precond;
 mod shim;
 pub mod summary;

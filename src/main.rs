@@ -44,6 +44,9 @@ enum Command {
     /// Negative log-likelihood of data through the probability-flow ODE, or the DDPM variational
     /// bound of the discrete reverse chain (--bound).
     Nll(scoreflow::nll::NllArgs),
+    /// EDM2's post-hoc EMA: the EMA of any sigma_rel from a run's power-function EMA snapshots
+    /// ([train] posthoc_stds), written as a checkpoint.
+    PosthocEma(scoreflow::posthoc::PosthocArgs),
     /// Fréchet distance of a digits model's samples on in-project classifier features.
     EvalDigits(scoreflow::fid::EvalDigitsArgs),
     /// List the samplers: name, NFE for n steps, stochastic or not, parameters and defaults.
@@ -523,6 +526,7 @@ fn main() {
         Command::BenchTrain(a) => bench::run_train(a),
         Command::Nll(a) => scoreflow::nll::run(a),
         Command::EvalDigits(a) => scoreflow::fid::eval_digits(a),
+        Command::PosthocEma(a) => scoreflow::posthoc::run(&a),
         Command::Samplers { json } => samplers_cmd(json),
     };
     if let Err(e) = result {

@@ -134,6 +134,12 @@ pub struct TrainParams {
     /// Improving the Training Dynamics of Diffusion Models", sec. 3.1): its relative standard
     /// deviation sigma_rel, in (0, 0.2886] (EDM2's 0.05 and 0.10, for example).
     pub ema_std: Option<f64>,
+    /// EDM2's post-hoc EMA: track one power-function EMA per sigma_rel here and write them to
+    /// `out_dir/posthoc/` every `posthoc_every` steps (and at the end), for `scoreflow
+    /// posthoc-ema` to combine into any other sigma_rel afterwards (EDM2 tracks 0.05 and 0.10).
+    pub posthoc_stds: Option<Vec<f64>>,
+    /// Steps between post-hoc EMA snapshots (`checkpoint_every` by default).
+    pub posthoc_every: Option<usize>,
     #[serde(default = "d_ckpt")]
     pub checkpoint_every: usize,
     #[serde(default = "d_log")]
@@ -222,6 +228,20 @@ impl TrainConfig {
             if t.ema_rampup.is_some() {
                 bail!("train.ema_rampup applies to the half-life EMA, not with train.ema_std");
             }
+        }
+        if let Some(stds) = &t.posthoc_stds {
+            if stds.is_empty() || stds.len() > 8 {
+                bail!("train.posthoc_stds must list 1 to 8 values of sigma_rel");
+            }
+            if let Some(bad) = stds.iter().find(|s| !(**s > 0.0 && **s <= MAX_EMA_STD)) {
+                bail!(
+                    "train.posthoc_stds: each sigma_rel must be within (0, {MAX_EMA_STD}], got {}",
+                    scoreflow_solvers::Num(*bad)
+                );
+            }
+        }
+        if t.posthoc_every == Some(0) || (t.posthoc_every.is_some() && t.posthoc_stds.is_none()) {
+            bail!("train.posthoc_every must be at least 1, and needs train.posthoc_stds");
         }
         if let Some(r) = t.ema_rampup {
             if !(r > 0.0 && r.is_finite()) {
@@ -380,7 +400,12 @@ fn step_seed(seed: u64, step: usize) -> i64 {
 }
 
 pub fn checkpoint_path(cfg: &TrainConfig) -> PathBuf {
-    cfg.out_dir.join("checkpoint.safetensors")
+    checkpoint_path_in(&cfg.out_dir)
+}
+
+/// The checkpoint of a run whose `out_dir` is `dir`.
+pub fn checkpoint_path_in(dir: &Path) -> PathBuf {
+    dir.join("checkpoint.safetensors")
 }
 
 /// Training reseeds libtorch's process-wide generator at every step (so a resumed run draws
@@ -442,6 +467,11 @@ pub fn run(cfg: &TrainConfig, opts: &RunOpts) -> Result<Report> {
         }
     });
 
+    // EDM2's post-hoc EMAs (one per sigma_rel), copies of the initial weights (forgotten at the
+    // first step, where the power-function beta is 0).
+    let phema: Vec<Vec<Tensor>> = (0..cfg.train.posthoc_stds.as_ref().map_or(0, |s| s.len()))
+        .map(|_| params.iter().map(|(_, p)| p.detach().copy()).collect())
+        .collect();
     let mut start = 0usize;
     if opts.resume {
         let ck = checkpoint::load(&ckpt_path).with_context(|| "cannot resume")?;
@@ -479,13 +509,28 @@ pub fn run(cfg: &TrainConfig, opts: &RunOpts) -> Result<Report> {
                 tch::no_grad(|| state.shallow_clone().copy_(src));
             }
         }
+        for (j, tensors) in phema.iter().enumerate() {
+            for ((name, _), dst) in params.iter().zip(tensors) {
+                let key = format!("phema{j}.{name}");
+                let src = ck.tensor(&key).with_context(|| {
+                    format!(
+                        "{} (train.posthoc_stds was added after it was written?)",
+                        in_ck()
+                    )
+                })?;
+                if src.size() != dst.size() {
+                    bail!("{}: tensor {key} has shape {:?}", in_ck(), src.size());
+                }
+                tch::no_grad(|| dst.shallow_clone().copy_(src));
+            }
+        }
         start = ck
             .meta("step")
             .and_then(|s| s.parse().context("step is not a whole number"))
             .with_context(in_ck)?;
     }
     train_loop(
-        cfg, opts, &data, model, ema, params, trainable, adam, start, dev, &ckpt_path,
+        cfg, opts, &data, model, ema, params, trainable, adam, start, dev, &ckpt_path, phema,
     )
 }
 
@@ -502,6 +547,7 @@ fn train_loop(
     start: usize,
     dev: Device,
     ckpt_path: &Path,
+    phema: Vec<Vec<Tensor>>,
 ) -> Result<Report> {
     let t = &cfg.train;
     if start > t.steps {
@@ -623,6 +669,10 @@ fn train_loop(
                     0.5f64.powf(t.batch as f64 / half_life.max(1e-8))
                 }
             };
+            for (j, std) in t.posthoc_stds.iter().flatten().enumerate() {
+                let b = power_ema_beta(*std, seen, t.batch as f64);
+                crate::optim::lerp(&phema[j], &params_t, 1.0 - b)?;
+            }
             crate::optim::lerp(&ema_t, &params_t, 1.0 - beta)
         })?;
         pending.push((step, loss.detach()));
@@ -694,6 +744,11 @@ fn train_loop(
                 tensors.insert(format!("adam_m.{}", params[i].0), adam.m[j].shallow_clone());
                 tensors.insert(format!("adam_v.{}", params[i].0), adam.v[j].shallow_clone());
             }
+            for (j, ts) in phema.iter().enumerate() {
+                for ((name, _), e) in params.iter().zip(ts) {
+                    tensors.insert(format!("phema{j}.{name}"), e.shallow_clone());
+                }
+            }
             let finite = tensors
                 .values()
                 .all(|t| t.isfinite().all().int64_value(&[]) != 0);
@@ -714,6 +769,12 @@ fn train_loop(
             last_good = Some(done);
             snapshot(cfg, &ema, dev)?;
         }
+        if let Some(stds) = &t.posthoc_stds {
+            let every = t.posthoc_every.unwrap_or(t.checkpoint_every);
+            if done % every == 0 || done == end {
+                write_posthoc_snapshot(cfg, stds, &params, &phema, done, &data.shape(), &model)?;
+            }
+        }
     }
     bar.finish_and_clear();
     Ok(Report {
@@ -729,6 +790,50 @@ fn train_loop(
 
 /// Sample from the EMA network (Heun, 32 steps) into `out_dir/samples.npy` (1000 vectors, or
 /// 100 images, also drawn as `out_dir/samples.png`).
+/// The folder of a run's post-hoc EMA snapshots.
+pub fn posthoc_dir(out_dir: &Path) -> PathBuf {
+    out_dir.join("posthoc")
+}
+
+/// Write the post-hoc EMAs after `step` steps to `out_dir/posthoc/{step:08}.safetensors`:
+/// tensors `phema{j}.{param}` for each sigma_rel `stds[j]`, with the samples seen, the sigma_rel
+/// list and the training config in the metadata.
+#[allow(clippy::too_many_arguments)]
+fn write_posthoc_snapshot(
+    cfg: &TrainConfig,
+    stds: &[f64],
+    params: &[(String, Tensor)],
+    phema: &[Vec<Tensor>],
+    step: usize,
+    shape: &[i64],
+    model: &Model,
+) -> Result<()> {
+    let dir = posthoc_dir(&cfg.out_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut tensors = BTreeMap::new();
+    for (j, ts) in phema.iter().enumerate() {
+        for ((name, _), e) in params.iter().zip(ts) {
+            tensors.insert(format!("phema{j}.{name}"), e.shallow_clone());
+        }
+    }
+    let mut meta = HashMap::new();
+    meta.insert("format".into(), checkpoint::FORMAT.into());
+    meta.insert("posthoc".into(), POSTHOC_FORMAT.into());
+    meta.insert("config".into(), serde_json::to_string(cfg)?);
+    meta.insert("step".into(), step.to_string());
+    meta.insert(
+        "samples".into(),
+        (step as i64 * cfg.train.batch).to_string(),
+    );
+    meta.insert("stds".into(), serde_json::to_string(stds)?);
+    meta.insert("shape".into(), serde_json::to_string(shape)?);
+    meta.insert("num_classes".into(), model.net.num_classes.to_string());
+    checkpoint::save(&dir.join(format!("{step:08}.safetensors")), &tensors, meta)
+}
+
+/// The `posthoc` metadata of a post-hoc EMA snapshot (a checkpoint file of post-hoc EMAs).
+pub const POSTHOC_FORMAT: &str = "scoreflow-posthoc-ema-v1";
+
 fn snapshot(cfg: &TrainConfig, ema: &Model, dev: Device) -> Result<()> {
     let (lo, hi) = cfg.model.precond.sigma_range().unwrap_or((0.002, 80.0));
     let sde = Edm::default();

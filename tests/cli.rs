@@ -2154,6 +2154,22 @@ fn audited_bad_inputs_are_errors_not_panics() {
         ]),
         "--sigma-min applies to the ODE likelihood, not --bound",
     );
+    // posthoc-ema without snapshots, or with a width out of range: exit 2, nothing written.
+    for (args, needle) in [
+        (vec!["--std", "0.1"], "no post-hoc EMA snapshots"),
+        (
+            vec!["--std", "0.9"],
+            "--std (sigma_rel) must be within (0, 0.2886]",
+        ),
+    ] {
+        let out = d("ph.safetensors");
+        let run_dir = d("no-run");
+        let mut argv = vec!["posthoc-ema", run_dir.to_str().unwrap()];
+        argv.extend(args);
+        argv.extend(["--out", out.to_str().unwrap()]);
+        expect(run(&argv), needle);
+        assert!(!out.exists());
+    }
     // The flow's shift: a number above 0.
     for (sde, needle) in [
         (

@@ -687,3 +687,121 @@ fn power_function_ema_is_edm2s_profile_and_forgets_the_initial_weights() {
         assert!(err.contains(want), "{err}");
     }
 }
+
+#[test]
+fn posthoc_ema_reconstructs_other_widths_from_the_snapshots() {
+    use scoreflow::posthoc::{coefficients, PosthocArgs};
+    use train::power_ema_beta;
+    // The least squares on the profiles: a snapshot's own profile is reproduced exactly.
+    let snaps: Vec<(f64, f64)> = (1..=20)
+        .flat_map(|k| [(50.0 * k as f64, 0.05), (50.0 * k as f64, 0.10)])
+        .collect();
+    let (x, residual) = coefficients(&snaps, (1000.0, 0.05)).unwrap();
+    let own = x
+        .iter()
+        .enumerate()
+        .map(|(i, w)| if i == 38 { w - 1.0 } else { *w });
+    assert!(
+        residual < 1e-6 && own.map(f64::abs).fold(0.0, f64::max) < 1e-6,
+        "{x:?}"
+    );
+
+    // A scalar parameter trained for 1000 steps of one sample: the power EMAs of sigma_rel 0.05
+    // and 0.10 snapshotted every 50 steps give the EMA of 0.07 (tracked directly alongside).
+    let p = |k: usize| (k as f64 / 90.0).sin() + k as f64 / 400.0;
+    let stds = [0.05, 0.10, 0.07];
+    let mut ema = [0.0; 3];
+    let mut values = Vec::new();
+    for k in 1..=1000usize {
+        for (e, std) in ema.iter_mut().zip(stds) {
+            let b = power_ema_beta(std, k as f64, 1.0);
+            *e = b * *e + (1.0 - b) * p(k);
+        }
+        if k % 50 == 0 {
+            values.extend([ema[0], ema[1]]);
+        }
+    }
+    let (x, residual) = coefficients(&snaps, (1000.0, 0.07)).unwrap();
+    let rebuilt: f64 = x.iter().zip(&values).map(|(w, v)| w * v).sum();
+    let spread = (values[38] - values[39]).abs();
+    println!(
+        "sigma_rel 0.07: direct {:.6}, rebuilt {rebuilt:.6} (0.05: {:.6}, 0.10: {:.6}), profile residual {residual:.1e}",
+        ema[2], values[38], values[39]
+    );
+    assert!(residual < 0.05, "{residual}");
+    assert!(
+        (rebuilt - ema[2]).abs() < 0.05 * spread,
+        "{rebuilt} vs {}",
+        ema[2]
+    );
+
+    // End to end: a run with posthoc_stds writes snapshots; posthoc-ema writes a checkpoint whose
+    // EMA at a tracked width and the last snapshot's length is that snapshot's, and loads.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut cfg = config(&out, 40, "checkpoint_every = 20\nlog_every = 10");
+    cfg.train.ema_rampup = None;
+    cfg.train.posthoc_stds = Some(vec![0.05, 0.10]);
+    cfg.train.posthoc_every = Some(10);
+    train::run(
+        &cfg,
+        &RunOpts {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let snapshots = std::fs::read_dir(out.join("posthoc")).unwrap().count();
+    assert_eq!(snapshots, 4);
+    let args = |std: f64, samples: Option<f64>, name: &str| PosthocArgs {
+        run_dir: out.clone(),
+        std,
+        samples,
+        out: dir.path().join(name),
+    };
+    scoreflow::posthoc::run(&args(0.05, None, "p05.safetensors")).unwrap();
+    scoreflow::posthoc::run(&args(0.07, Some(30.0 * 512.0), "p07.safetensors")).unwrap();
+    let rebuilt = scoreflow::checkpoint::load(&dir.path().join("p05.safetensors")).unwrap();
+    let last = scoreflow::checkpoint::load(&out.join("posthoc/00000040.safetensors")).unwrap();
+    let mut worst = 0.0f64;
+    for (k, v) in &last.tensors {
+        if let Some(name) = k.strip_prefix("phema0.") {
+            let e = &rebuilt.tensors[&format!("ema.{name}")];
+            worst = worst.max((e - v).abs().max().double_value(&[]));
+        }
+    }
+    assert!(worst < 1e-5, "{worst}");
+    train::load_for_sampling(&dir.path().join("p07.safetensors"), Device::Cpu).unwrap();
+
+    // Bad input names the problem and writes nothing.
+    for (a, want) in [
+        (args(0.5, None, "bad.safetensors"), "--std"),
+        (args(0.07, Some(1e9), "bad.safetensors"), "--samples"),
+        (
+            PosthocArgs {
+                run_dir: dir.path().join("nowhere"),
+                ..args(0.07, None, "bad.safetensors")
+            },
+            "no post-hoc EMA snapshots",
+        ),
+        (
+            PosthocArgs {
+                out: out.join("checkpoint.safetensors"),
+                ..args(0.07, None, "")
+            },
+            "would overwrite an input",
+        ),
+    ] {
+        let err = format!("{:#}", scoreflow::posthoc::run(&a).err().unwrap());
+        assert!(err.contains(want), "{err}");
+    }
+    assert!(!dir.path().join("bad.safetensors").exists());
+    let mut bad = cfg.clone();
+    bad.train.posthoc_stds = Some(vec![0.05, 0.4]);
+    assert!(bad
+        .validate()
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("posthoc_stds"));
+}
