@@ -753,6 +753,28 @@ fn posthoc_ema_reconstructs_other_widths_from_the_snapshots() {
     .unwrap();
     let snapshots = std::fs::read_dir(out.join("posthoc")).unwrap().count();
     assert_eq!(snapshots, 4);
+    // A run stopped at step 20 and resumed (the post-hoc EMAs travel in the checkpoint) writes
+    // the same last snapshot as the uninterrupted one.
+    let mut cfg_r = cfg.clone();
+    cfg_r.out_dir = dir.path().join("resumed");
+    for (stop_at, resume) in [(Some(20), false), (None, true)] {
+        train::run(
+            &cfg_r,
+            &RunOpts {
+                stop_at,
+                resume,
+                quiet: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+    let snap =
+        |d: &Path| scoreflow::checkpoint::load(&d.join("posthoc/00000040.safetensors")).unwrap();
+    let (a, b) = (snap(&out), snap(&cfg_r.out_dir));
+    for (k, v) in &a.tensors {
+        assert!(v.equal(&b.tensors[k]), "{k} differs after resuming");
+    }
     let args = |std: f64, samples: Option<f64>, name: &str| PosthocArgs {
         run_dir: out.clone(),
         std,
