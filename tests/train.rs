@@ -110,14 +110,7 @@ fn reflow_on_paired_noise_straightens_the_flow() {
         .clone()
         .try_into()
         .unwrap();
-    let report = train::run(
-        &cfg,
-        &RunOpts {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let report = train_quietly(&cfg);
     let (second, _) = train::load_for_sampling(&report.checkpoint, Device::Cpu).unwrap();
     let off = |y: &tch::Tensor| {
         (y - &x)
@@ -140,6 +133,18 @@ fn reflow_on_paired_noise_straightens_the_flow() {
 }
 
 /// Train `cfg` (gmm8 data) and check its samples against fresh data.
+/// Train `cfg` to the end without a progress bar.
+fn train_quietly(cfg: &TrainConfig) -> train::Report {
+    train::run(
+        cfg,
+        &RunOpts {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
 fn learns_the_mixture(cfg: &TrainConfig) {
     let report = train::run(
         cfg,
@@ -396,14 +401,7 @@ fn corrupt_and_mismatched_checkpoints_are_errors() {
         10,
         "checkpoint_every = 10\nlog_every = 5",
     );
-    let report = train::run(
-        &cfg,
-        &RunOpts {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let report = train_quietly(&cfg);
     let mut other = cfg.clone();
     other.model.backbone = scoreflow::nn::Backbone::Mlp {
         hidden: 64,
@@ -580,14 +578,7 @@ fn bf16_autocast_trains_close_to_float32() {
     .unwrap();
     let mut cfg = config(b.path(), 20, extra);
     cfg.train.precision = "bf16".into();
-    let bf16_run = train::run(
-        &cfg,
-        &RunOpts {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let bf16_run = train_quietly(&cfg);
     // Same batch and noise at step 1, so the losses differ only by bf16 rounding: a little, not
     // nothing (autocast engaged) and not much (about 8 bits of mantissa).
     let (l32, l16) = (f32_run.losses[0].1, bf16_run.losses[0].1);
@@ -646,14 +637,7 @@ fn power_function_ema_is_edm2s_profile_and_forgets_the_initial_weights() {
         cfg.train.warmup_steps = 0;
         cfg.train.ema_rampup = None;
         cfg.train.ema_std = std;
-        let report = train::run(
-            &cfg,
-            &RunOpts {
-                quiet: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let report = train_quietly(&cfg);
         let ck = scoreflow::checkpoint::load(&report.checkpoint).unwrap();
         ck.tensors
             .iter()
@@ -743,14 +727,7 @@ fn posthoc_ema_reconstructs_other_widths_from_the_snapshots() {
     cfg.train.ema_rampup = None;
     cfg.train.posthoc_stds = Some(vec![0.05, 0.10]);
     cfg.train.posthoc_every = Some(10);
-    train::run(
-        &cfg,
-        &RunOpts {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    train_quietly(&cfg);
     let snapshots = std::fs::read_dir(out.join("posthoc")).unwrap().count();
     assert_eq!(snapshots, 4);
     // A run stopped at step 20 and resumed (the post-hoc EMAs travel in the checkpoint) writes
