@@ -457,6 +457,7 @@ fn inversion_converges_at_each_samplers_order_under_edm_ve_and_vp() {
         "ipndm",
         "lms",
         "pndm",
+        "res-multistep",
         "unipc",
     ];
     assert_eq!(invertible.into_iter().collect::<Vec<_>>(), want);

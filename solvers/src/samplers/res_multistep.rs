@@ -46,6 +46,9 @@ impl Sampler for ResMultistep {
     fn name(&self) -> &'static str {
         "res-multistep"
     }
+    fn invertible(&self) -> bool {
+        self.eta == 0.0
+    }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
         let (s, s_next, i) = (ctx.sigma(), ctx.sigma_next(), ctx.index);
         let d = ctx.denoise(&x, s)?;
