@@ -9,8 +9,8 @@
 //! the inner product `<p_a, p_b> = (g_a + 1)(g_b + 1) / (g_a + g_b + 1) m^(g_a + g_b + 1) /
 //! (t_a^(g_a + 1) t_b^(g_b + 1))` with `m = min(t_a, t_b)`; the coefficients `x` solve
 //! `A x = b` with `A_ij = <p_i, p_j>` and `b_i = <p_i, p_target>` in the least-squares sense
-//! (as NVlabs/edm2's `solve_posthoc_coefficients`), and the reconstruction is `sum_i x_i
-//! theta_i` over the snapshots' weights.
+//! (as NVlabs/edm2's `solve_posthoc_coefficients`), normalized to sum 1 (as edm2 does: the
+//! reconstruction `sum_i x_i theta_i` is then a weighted average of the snapshots' weights).
 
 use crate::checkpoint;
 use crate::train::{power_ema_exponent, MAX_EMA_STD, POSTHOC_FORMAT};
@@ -44,6 +44,13 @@ pub fn coefficients(inputs: &[(f64, f64)], target: (f64, f64)) -> Result<(Vec<f6
     let x = svd
         .solve(&b, top * n as f64 * f64::EPSILON)
         .map_err(|e| anyhow::anyhow!("post-hoc EMA least squares: {e}"))?;
+    // Normalized to sum 1, as edm2 does: the result is a weighted average of the snapshots
+    // (the unconstrained solution's sum is a little off 1, which would rescale the weights).
+    let total = x.sum();
+    if !(total.is_finite() && total.abs() > 1e-12) {
+        bail!("post-hoc EMA least squares: the coefficients sum to {total}");
+    }
+    let x = x / total;
     let tt = profile_dot(target, target);
     let err2 = (x.dot(&(&a * &x)) - 2.0 * x.dot(&b) + tt).max(0.0);
     Ok((x.iter().copied().collect(), (err2 / tt).sqrt()))

@@ -804,3 +804,98 @@ fn posthoc_ema_reconstructs_other_widths_from_the_snapshots() {
         .to_string()
         .contains("posthoc_stds"));
 }
+
+#[test]
+fn posthoc_matches_edm2s_phema() {
+    // Values printed by NVlabs/edm2's own training/phema.py (`python3
+    // experiments/peers/edm2_posthoc.py EDM2_REPO`, run as it stands): std_to_exp,
+    // power_function_correlation and solve_posthoc_coefficients for snapshots of sigma_rel 0.05
+    // and 0.10 at 250, 500, 750 and 1000 samples.
+    use scoreflow::posthoc::{coefficients, profile_dot};
+    for (std, want) in [
+        (0.05, 16.972198602303447),
+        (0.1, 6.937203937601809),
+        (0.15, 3.5578687748994646),
+        (0.2, 1.8262137798958404),
+    ] {
+        let got = train::power_ema_exponent(std);
+        assert!(
+            (got - want).abs() < 1e-9 * want,
+            "sigma_rel {std}: {got} vs {want}"
+        );
+    }
+    for (a, b, want) in [
+        ((1000.0, 0.05), (1000.0, 0.1), 0.0057267132475393055),
+        ((250.0, 0.05), (1000.0, 0.1), 3.8132255545760646e-07),
+        ((1000.0, 0.2), (400.0, 0.05), 0.0004813404119746401),
+    ] {
+        let got = profile_dot(a, b);
+        assert!(
+            (got - want).abs() < 1e-10 * want,
+            "{a:?} {b:?}: {got} vs {want}"
+        );
+    }
+    let inputs: Vec<(f64, f64)> = [250.0, 500.0, 750.0, 1000.0]
+        .into_iter()
+        .flat_map(|t| [(t, 0.05), (t, 0.10)])
+        .collect();
+    let cases: Vec<((f64, f64), Vec<f64>)> = vec![
+        (
+            (1000.0, 0.07),
+            vec![
+                1.8701727360587967e-08,
+                -4.59398707515973e-07,
+                8.350739349474406e-05,
+                -0.0005680480605871159,
+                0.010685739328585095,
+                -0.04392123564681015,
+                0.43456714018574216,
+                0.5991533374965553,
+            ],
+        ),
+        (
+            (800.0, 0.12),
+            vec![
+                -0.000136666842900694,
+                0.0006317248770995735,
+                -0.010331083493587852,
+                0.03490640982197157,
+                -0.12435883211617217,
+                0.7983628813506031,
+                -0.4603624313881263,
+                0.7612879977911129,
+            ],
+        ),
+        (
+            (1000.0, 0.05),
+            vec![
+                -6.1464556106319835e-27,
+                2.5050421816188607e-25,
+                1.4299503634898748e-21,
+                -9.776352905271701e-20,
+                -4.391973599222101e-18,
+                9.886457249877621e-17,
+                1.0000000000000009,
+                -9.459038912875466e-16,
+            ],
+        ),
+    ];
+    // The coefficients (normalized to sum 1, as edm2 does), and with them the reconstructed
+    // profile: |sum_i (x_i - x'_i) p_i| relative to |p_target|.
+    for (target, want) in cases {
+        let (got, residual) = coefficients(&inputs, target).unwrap();
+        let d: Vec<f64> = got.iter().zip(&want).map(|(g, w)| g - w).collect();
+        let mut dad = 0.0;
+        for (i, di) in d.iter().enumerate() {
+            for (j, dj) in d.iter().enumerate() {
+                dad += di * dj * profile_dot(inputs[i], inputs[j]);
+            }
+        }
+        let apart = (dad.max(0.0) / profile_dot(target, target)).sqrt();
+        let coef = d.iter().map(|v| v.abs()).fold(0.0, f64::max);
+        println!(
+            "{target:?}: profiles {apart:.1e} apart (coefficients up to {coef:.1e}), residual {residual:.1e}"
+        );
+        assert!(coef < 1e-9 && apart < 1e-9, "{target:?}: {got:?} vs {want:?}");
+    }
+}
