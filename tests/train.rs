@@ -896,6 +896,9 @@ fn posthoc_matches_edm2s_phema() {
         println!(
             "{target:?}: profiles {apart:.1e} apart (coefficients up to {coef:.1e}), residual {residual:.1e}"
         );
-        assert!(coef < 1e-9 && apart < 1e-9, "{target:?}: {got:?} vs {want:?}");
+        assert!(
+            coef < 1e-9 && apart < 1e-9,
+            "{target:?}: {got:?} vs {want:?}"
+        );
     }
 }
