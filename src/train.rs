@@ -59,14 +59,14 @@ pub fn power_ema_exponent(std: f64) -> f64 {
     0.5 * (lo + hi)
 }
 
-/// EDM2's power-function EMA decay for a step of `batch` samples that brings the samples seen
-/// to `seen`: `beta = (1 - batch / seen)^(gamma + 1)` (NVlabs/edm2 `power_function_beta`). Over
-/// a run its products telescope: the EMA after `N` steps weights step `k`'s parameters by
-/// `(k / N)^(gamma + 1) - ((k - 1) / N)^(gamma + 1)`, whatever the initial weights.
-pub fn power_ema_beta(std: f64, seen: f64, batch: f64) -> f64 {
-    (1.0 - batch / seen)
-        .max(0.0)
-        .powf(power_ema_exponent(std) + 1.0)
+/// EDM2's power-function EMA decay, for the profile exponent `gamma` ([`power_ema_exponent`]
+/// of its sigma_rel, computed once per run), for a step of `batch` samples that brings the
+/// samples seen to `seen`: `beta = (1 - batch / seen)^(gamma + 1)` (NVlabs/edm2
+/// `power_function_beta`). Over a run its products telescope: the EMA after `N` steps weights
+/// step `k`'s parameters by `(k / N)^(gamma + 1) - ((k - 1) / N)^(gamma + 1)`, whatever the
+/// initial weights.
+pub fn power_ema_beta(gamma: f64, seen: f64, batch: f64) -> f64 {
+    (1.0 - batch / seen).max(0.0).powf(gamma + 1.0)
 }
 fn d_ckpt() -> usize {
     1000
@@ -593,6 +593,14 @@ fn train_loop(
         .collect();
     let params_t: Vec<Tensor> = params.iter().map(|(_, p)| p.shallow_clone()).collect();
     let ema_t: Vec<Tensor> = ema_params.iter().map(|(_, e)| e.shallow_clone()).collect();
+    // The power-function EMAs' exponents, once per run.
+    let ema_gamma = t.ema_std.map(power_ema_exponent);
+    let posthoc_gammas: Vec<f64> = t
+        .posthoc_stds
+        .iter()
+        .flatten()
+        .map(|&s| power_ema_exponent(s))
+        .collect();
     let mut step_t = Tensor::zeros([], (Kind::Float, dev));
     let loss_fn = cfg.loss.prepare(dev);
     let mut timer: Option<(usize, Instant)> = None;
@@ -659,8 +667,8 @@ fn train_loop(
             // EMA with a half-life in samples (NVlabs/edm training_loop.py), or EDM2's
             // power-function EMA.
             let seen = ((step + 1) as f64) * t.batch as f64;
-            let beta = match t.ema_std {
-                Some(std) => power_ema_beta(std, seen, t.batch as f64),
+            let beta = match ema_gamma {
+                Some(g) => power_ema_beta(g, seen, t.batch as f64),
                 None => {
                     let half_life = match t.ema_rampup {
                         Some(r) => t.ema_half_life.min(seen * r),
@@ -669,9 +677,9 @@ fn train_loop(
                     0.5f64.powf(t.batch as f64 / half_life.max(1e-8))
                 }
             };
-            for (j, std) in t.posthoc_stds.iter().flatten().enumerate() {
-                let b = power_ema_beta(*std, seen, t.batch as f64);
-                crate::optim::lerp(&phema[j], &params_t, 1.0 - b)?;
+            for (tracked, g) in phema.iter().zip(&posthoc_gammas) {
+                let b = power_ema_beta(*g, seen, t.batch as f64);
+                crate::optim::lerp(tracked, &params_t, 1.0 - b)?;
             }
             crate::optim::lerp(&ema_t, &params_t, 1.0 - beta)
         })?;

@@ -5,8 +5,11 @@
 
 use scoreflow::loss::{vlb_tables, vlb_term, Decoder};
 use scoreflow::solvers::sde::DdpmChain;
-use scoreflow::train::{self, RunOpts, TrainConfig};
+use scoreflow::train::{self, TrainConfig};
 use std::path::Path;
+
+mod common;
+use common::train_quietly;
 use tch::{Device, Kind, Tensor};
 
 fn to_vec(t: &Tensor) -> Vec<f64> {
@@ -613,17 +616,6 @@ fn the_vlb_objective_with_importance_sampling_trains_mean_and_variance() {
         learned < small.min(large),
         "learned {learned}, small {small}, large {large}"
     );
-}
-
-fn train_quietly(cfg: &TrainConfig) -> train::Report {
-    train::run(
-        cfg,
-        &RunOpts {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .unwrap()
 }
 
 fn bin() -> std::process::Command {

@@ -7,6 +7,9 @@ use scoreflow::solvers::{grid, GridKind, SamplerSpec};
 use scoreflow::train::{self, RunOpts, TrainConfig};
 use scoreflow::{job, model};
 use std::path::Path;
+
+mod common;
+use common::train_quietly;
 use tch::{Device, Kind};
 
 const EDM: &str = "[model.precond]\nkind = \"edm\"\nsigma_data = 1.4\n[loss]\nkind = \"edm\"";
@@ -133,18 +136,6 @@ fn reflow_on_paired_noise_straightens_the_flow() {
 }
 
 /// Train `cfg` (gmm8 data) and check its samples against fresh data.
-/// Train `cfg` to the end without a progress bar.
-fn train_quietly(cfg: &TrainConfig) -> train::Report {
-    train::run(
-        cfg,
-        &RunOpts {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .unwrap()
-}
-
 fn learns_the_mixture(cfg: &TrainConfig) {
     let report = train::run(
         cfg,
@@ -612,7 +603,7 @@ fn power_function_ema_is_edm2s_profile_and_forgets_the_initial_weights() {
     let p = |k: usize| (k as f64 * 0.37).sin() + k as f64 / n as f64;
     let mut ema = 123.0; // the initial weights: forgotten at the first step (beta = 0)
     for k in 1..=n {
-        let beta = power_ema_beta(std, k as f64 * b, b);
+        let beta = power_ema_beta(g, k as f64 * b, b);
         ema = beta * ema + (1.0 - beta) * p(k);
     }
     let want: f64 = (1..=n)
@@ -693,12 +684,12 @@ fn posthoc_ema_reconstructs_other_widths_from_the_snapshots() {
     // A scalar parameter trained for 1000 steps of one sample: the power EMAs of sigma_rel 0.05
     // and 0.10 snapshotted every 50 steps give the EMA of 0.07 (tracked directly alongside).
     let p = |k: usize| (k as f64 / 90.0).sin() + k as f64 / 400.0;
-    let stds = [0.05, 0.10, 0.07];
+    let gammas = [0.05, 0.10, 0.07].map(train::power_ema_exponent);
     let mut ema = [0.0; 3];
     let mut values = Vec::new();
     for k in 1..=1000usize {
-        for (e, std) in ema.iter_mut().zip(stds) {
-            let b = power_ema_beta(std, k as f64, 1.0);
+        for (e, g) in ema.iter_mut().zip(gammas) {
+            let b = power_ema_beta(g, k as f64, 1.0);
             *e = b * *e + (1.0 - b) * p(k);
         }
         if k % 50 == 0 {
