@@ -81,6 +81,17 @@ pub enum GridKind {
         #[serde(default = "default_m")]
         timesteps: usize,
     },
+    /// Explicit levels: `sigmas` holds one or more decreasing lists of nonzero levels, each the
+    /// grid of as many steps as it has levels (0 is appended). A grid of `n` steps takes the
+    /// list of length `n`; where there is a single list and it has another length, the list is
+    /// interpolated log-linearly over its positions (Align Your Steps' `loglinear_interp`,
+    /// Sabour et al. 2024, as ComfyUI's `AlignYourStepsScheduler` applies it). `sigma_min` and
+    /// `sigma_max` are not used. `scoreflow optimize-grid` writes GITS grids in this form.
+    Levels { sigmas: Vec<Vec<f64>> },
+    /// GITS (Chen et al. 2024): the levels chosen for the model by dynamic programming over a
+    /// teacher's trajectories (see [`crate::gits`]). It needs the model, so [`sigmas`] cannot
+    /// build it; experiments and commands solve it with [`crate::gits::GitsParams::solve`].
+    Gits(crate::gits::GitsParams),
 }
 
 /// diffusers' `timestep_spacing` (see [`GridKind::Timesteps`]).
@@ -269,6 +280,62 @@ impl GridKind {
     }
 }
 
+/// The `n` nonzero levels of a [`GridKind::Levels`] placement.
+fn levels_for(sets: &[Vec<f64>], n: usize) -> Result<Vec<f64>> {
+    if sets.is_empty() {
+        return Err(SolverError::Grid("levels: sigmas holds no list".into()));
+    }
+    for (k, set) in sets.iter().enumerate() {
+        if set.is_empty() {
+            return Err(SolverError::Grid(format!("levels: list {k} is empty")));
+        }
+        for (i, w) in set.windows(2).enumerate() {
+            if !(w[1] < w[0]) {
+                return Err(SolverError::Grid(format!(
+                    "levels: list {k} must decrease, but level {} ({}) is not below level {i} ({})",
+                    i + 1,
+                    crate::Num(w[1]),
+                    crate::Num(w[0])
+                )));
+            }
+        }
+        if let Some(bad) = set.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+            return Err(SolverError::Grid(format!(
+                "levels: list {k} has level {}, not positive and finite (0 is appended, not listed)",
+                crate::Num(*bad)
+            )));
+        }
+    }
+    if let Some(set) = sets.iter().find(|s| s.len() == n) {
+        return Ok(set.clone());
+    }
+    if sets.len() > 1 {
+        let have: Vec<String> = sets.iter().map(|s| s.len().to_string()).collect();
+        return Err(SolverError::Grid(format!(
+            "levels: no list of {n} levels (the lists have {}); give one list to interpolate, or a list for {n} steps",
+            have.join(", ")
+        )));
+    }
+    Ok(loglinear(&sets[0], n))
+}
+
+/// Interpolate the decreasing positive levels `v` to `n` levels, linearly in `log sigma` over
+/// equally spaced positions (the ends are kept).
+pub fn loglinear(v: &[f64], n: usize) -> Vec<f64> {
+    let m = v.len();
+    if m == 1 || n == 1 {
+        return vec![v[0]; n];
+    }
+    (0..n)
+        .map(|i| {
+            let p = frac(i, n) * (m - 1) as f64;
+            let k = (p.floor() as usize).min(m - 2);
+            let f = p - k as f64;
+            ((1.0 - f) * v[k].ln() + f * v[k + 1].ln()).exp()
+        })
+        .collect()
+}
+
 /// Interpolation fraction `i / (n - 1)`, 0 for a single step.
 fn frac(i: usize, n: usize) -> f64 {
     if n <= 1 {
@@ -362,6 +429,12 @@ pub fn sigmas(
                 .map(|i| 1.0 / (a + frac(i, n) * (b - a)).tan())
                 .collect()
         }
+        GridKind::Levels { sigmas } => levels_for(sigmas, n)?,
+        GridKind::Gits(_) => {
+            return Err(SolverError::Grid(
+                "the gits placement is chosen for a model: it is solved where the model is known (sample, compare, run, optimize-grid)".into(),
+            ))
+        }
         GridKind::Timesteps {
             spacing,
             steps_offset,
@@ -409,7 +482,10 @@ pub fn sigmas(
     };
     // Pin the end points exactly (the round trip through t may move them by an ulp); the iddpm
     // levels are a fixed set, whose ends lie inside the range.
-    if !matches!(kind, GridKind::Iddpm { .. } | GridKind::Timesteps { .. }) {
+    if !matches!(
+        kind,
+        GridKind::Iddpm { .. } | GridKind::Timesteps { .. } | GridKind::Levels { .. }
+    ) {
         out[0] = sigma_max;
         if n > 1 {
             out[n - 1] = sigma_min;

@@ -12,6 +12,7 @@
 pub mod denoiser;
 pub mod driver;
 pub mod error;
+pub mod gits;
 pub mod grid;
 pub mod noise;
 pub mod reference;
