@@ -89,7 +89,7 @@ pub fn mode_tv(gmm: &GaussianMixture, x: &Tensor) -> Result<f64> {
     Ok(0.5 * (counts - w).abs().sum(Kind::Double).double_value(&[]))
 }
 
-pub fn run(a: CompareArgs) -> Result<()> {
+pub fn run(mut a: CompareArgs) -> Result<()> {
     let specs: Vec<SamplerSpec> = job::parse_samplers(&a.solvers, "--solvers")?;
     let steps: Vec<usize> = parse_list(&a.steps, "--steps")?;
     job::no_repeated_samplers(&specs, "--solvers")?;
@@ -105,19 +105,33 @@ pub fn run(a: CompareArgs) -> Result<()> {
     let sde = job::sde_from_name(&a.grid.sde)?;
     // The ddpm-* grids fix each step count's levels to a chain's steps, with ends that move with
     // the count: each count gets its own reference between its first and last levels.
+    // Explicit levels and gits grids start at their first level and may stop above sigma_min:
+    // their reference runs from their first level to sigma_min (or their lowest level, if
+    // lower), so that stopping early counts as error.
     let per_count = matches!(
         a.grid.kind()?,
         scoreflow_solvers::GridKind::Timesteps { .. }
     );
-    if let Some(s) = specs.iter().find(|s| per_count && s.is_adaptive()) {
+    let listed = matches!(
+        a.grid.kind()?,
+        scoreflow_solvers::GridKind::Levels { .. } | scoreflow_solvers::GridKind::Gits(_)
+    );
+    let floor = a.grid.range(None).0;
+    if let Some(s) = specs
+        .iter()
+        .find(|s| (per_count || listed) && s.is_adaptive())
+    {
         bail!(
             "the adaptive sampler {} chooses its own steps between the grid's ends, and the {} grid's ends move with the step count: use a grid with fixed ends",
             s.name(),
             a.grid.grid
         );
     }
-    for &n in &steps {
-        a.grid.sigmas(sde.as_ref(), n)?;
+    let gits = a.grid.is_gits()?;
+    if !gits {
+        for &n in &steps {
+            a.grid.sigmas(sde.as_ref(), n)?;
+        }
     }
     let dev = device::parse(&a.device)?;
     let kind = job::kind_from_name(&a.dtype)?;
@@ -126,6 +140,18 @@ pub fn run(a: CompareArgs) -> Result<()> {
     }
     let model = model::parse(&a.denoiser, dev)?;
     npy::check_out_dir(&a.out_dir)?;
+    if gits {
+        // (No adaptive samplers here: refused above, as the grid's ends move with the count.)
+        a.grid.solve_gits(
+            model.denoiser(),
+            sde.as_ref(),
+            None,
+            &[model.dim() as i64],
+            dev,
+            kind,
+            &steps,
+        )?;
+    }
 
     let z = job::initial_noise(a.seed, a.num, model.dim(), dev, kind)?;
     let den = model.denoiser();
@@ -137,6 +163,8 @@ pub fn run(a: CompareArgs) -> Result<()> {
         // One reference for every count on the other placements (their grids share the ends).
         let ends = if per_count {
             grid::ends(sigmas)
+        } else if listed {
+            (sigmas[0], floor.min(grid::ends(sigmas).1))
         } else {
             (0.0, 0.0)
         };
@@ -147,7 +175,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
             return Ok(Some(r.shallow_clone()));
         }
         let t0 = Instant::now();
-        let ref_sigmas = if per_count {
+        let ref_sigmas = if per_count || listed {
             grid::sigmas(
                 &GridKind::LogSnr {},
                 a.reference_steps,
@@ -171,7 +199,7 @@ pub fn run(a: CompareArgs) -> Result<()> {
         eprintln!(
             "reference: heun, {} steps{}, {:.1} s",
             a.reference_steps,
-            if per_count {
+            if per_count || listed {
                 format!(" on log-snr from {} to {}", ends.0, ends.1)
             } else {
                 String::new()

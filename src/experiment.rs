@@ -126,6 +126,10 @@ pub struct GridSpec {
     pub sigma_max: f64,
     #[serde(default = "edm")]
     pub sde: String,
+    /// A gits placement's levels once solved for the model (one list per step count); not part
+    /// of the config (nor of the cells' keys).
+    #[serde(skip)]
+    pub solved: Option<GridKind>,
 }
 
 impl Default for GridSpec {
@@ -135,7 +139,19 @@ impl Default for GridSpec {
             sigma_min: 0.002,
             sigma_max: 80.0,
             sde: "edm".into(),
+            solved: None,
         }
+    }
+}
+
+impl GridSpec {
+    /// Whether each step count may have its own ends (the timesteps, levels and gits
+    /// placements): no range for the adaptive samplers.
+    pub fn ends_move(&self) -> bool {
+        matches!(
+            self.placement,
+            GridKind::Timesteps { .. } | GridKind::Levels { .. } | GridKind::Gits(_)
+        )
     }
 }
 
@@ -250,7 +266,7 @@ impl ExperimentConfig {
     /// The noise levels of a run of `steps` steps (ending in 0).
     fn sigmas(&self, steps: usize, sde: &dyn Sde) -> Result<Vec<f64>> {
         Ok(grid::sigmas(
-            &self.grid.placement,
+            self.grid.solved.as_ref().unwrap_or(&self.grid.placement),
             steps,
             self.grid.sigma_min,
             self.grid.sigma_max,
@@ -327,11 +343,17 @@ impl ExperimentConfig {
         // The timesteps placement fixes each step count's levels to a chain's steps, whose ends
         // move with the step count (leading starts lower, trailing stops higher): no range for
         // the adaptive samplers. (rms/max take a reference between each step count's own ends.)
-        if matches!(self.grid.placement, GridKind::Timesteps { .. }) {
+        // So do the levels and gits placements.
+        if self.grid.ends_move() {
             if let Some(s) = self.samplers.iter().find(|s| s.is_adaptive()) {
                 bail!(
-                    "the adaptive sampler {} chooses its own steps; the timesteps placement has no range for it",
-                    s.name()
+                    "the adaptive sampler {} chooses its own steps; the {} placement has no range for it",
+                    s.name(),
+                    match self.grid.placement {
+                        GridKind::Timesteps { .. } => "timesteps",
+                        GridKind::Levels { .. } => "levels",
+                        _ => "gits",
+                    }
                 );
             }
         }
@@ -364,8 +386,20 @@ impl ExperimentConfig {
             }
         }
         let sde = job::sde_from_name(&self.grid.sde)?;
-        for n in self.all_steps() {
-            self.sigmas(n, sde.as_ref())?;
+        if let GridKind::Gits(p) = &self.grid.placement {
+            // Solved for the model when the run starts; its teacher grid is checked here.
+            p.validate()?;
+            p.teacher_sigmas(self.grid.sigma_min, self.grid.sigma_max, sde.as_ref())?;
+            if let Some(&n) = self.all_steps().iter().find(|&&n| n > p.teacher_steps) {
+                bail!(
+                    "gits chooses {n} steps from a teacher grid of {} steps: give teacher_steps at least {n}",
+                    p.teacher_steps
+                );
+            }
+        } else {
+            for n in self.all_steps() {
+                self.sigmas(n, sde.as_ref())?;
+            }
         }
         job::kind_from_name(&self.dtype)?;
         device::parse(&self.device)?;
@@ -851,6 +885,41 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
         );
     }
     let sde = job::sde_from_name(&cfg.grid.sde)?;
+    // A gits placement is solved here, for the denoiser the cells sample (guided, thresholded).
+    let solved_cfg;
+    let cfg = match &cfg.grid.placement {
+        GridKind::Gits(p) => {
+            let t = Instant::now();
+            let gits = p.solve(
+                den,
+                sde.as_ref(),
+                cfg.grid.sigma_min,
+                cfg.grid.sigma_max,
+                &shape,
+                dev,
+                kind,
+            )?;
+            let mut lists = Vec::new();
+            for n in cfg.all_steps() {
+                let mut levels = gits.sigmas(n)?;
+                levels.pop();
+                eprintln!("gits: {n} steps: {}", job::format_levels(&levels));
+                lists.push(levels);
+            }
+            eprintln!(
+                "gits: teacher {} on {} steps, {} warm-up samples, {:.1} s",
+                label(&p.teacher),
+                p.teacher_steps,
+                p.samples,
+                t.elapsed().as_secs_f64()
+            );
+            let mut c = cfg.clone();
+            c.grid.solved = Some(GridKind::Levels { sigmas: lists });
+            solved_cfg = c;
+            &solved_cfg
+        }
+        _ => cfg,
+    };
     let done: HashSet<String> = read_results(&cfg.out_dir)?
         .iter()
         .filter_map(|v| v["key"].as_str().map(String::from))
@@ -1253,6 +1322,11 @@ impl SeedState {
 fn reference_ends(cfg: &ExperimentConfig, sigmas: &[f64]) -> (f64, f64) {
     match cfg.grid.placement {
         GridKind::Timesteps { .. } => grid::ends(sigmas),
+        // From the grid's first level down to sigma_min (or its lowest level, if lower): a
+        // grid that stops early is judged against the whole path.
+        GridKind::Levels { .. } | GridKind::Gits(_) => {
+            (sigmas[0], cfg.grid.sigma_min.min(grid::ends(sigmas).1))
+        }
         _ => (cfg.grid.sigma_max, cfg.grid.sigma_min),
     }
 }

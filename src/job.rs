@@ -67,7 +67,10 @@ pub struct GridArgs {
     /// Grid placement: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta,
     /// kl-optimal, or
     /// ddpm-leading, ddpm-trailing, ddpm-linspace (diffusers' timestep spacings on a discrete
-    /// chain: a model card's, else DDPM's linear one).
+    /// chain: a model card's, else DDPM's linear one); levels:S1,S2,... (these nonzero levels,
+    /// interpolated log-linearly to other step counts); gits (chosen for the model by GITS'
+    /// dynamic program, its default settings); or a .toml file whose [grid] table has a
+    /// placement (what optimize-grid writes).
     #[arg(long, default_value = "karras")]
     pub grid: String,
     /// ddpm-leading: diffusers' steps_offset, added to every timestep (Stable Diffusion's is 1).
@@ -77,10 +80,74 @@ pub struct GridArgs {
     /// timestep shift C; flow:mu=M, diffusers' dynamic shifting, is flow:exp(M)).
     #[arg(long, default_value = "edm")]
     pub sde: String,
+    /// The gits placement once solved for a model ([`Self::solve_gits`]): its levels.
+    #[arg(skip)]
+    pub solved: Option<GridKind>,
+}
+
+/// A `--grid` that is not a name: `levels:S1,S2,...`, `gits`, or a TOML file with a `[grid]`
+/// table holding a `placement`.
+fn grid_from_text(name: &str, rho: Option<f64>) -> Result<Option<GridKind>> {
+    let other = name.starts_with("levels:") || name == "gits" || name.ends_with(".toml");
+    if other && rho.is_some() {
+        bail!("--rho applies to the karras, poly-t and poly-exponential grids, not {name}");
+    }
+    if let Some(list) = name.strip_prefix("levels:") {
+        let levels = list
+            .split(',')
+            .map(|v| {
+                v.trim()
+                    .parse::<f64>()
+                    .map_err(|_| anyhow::anyhow!("--grid levels: '{v}' is not a number"))
+            })
+            .collect::<Result<Vec<f64>>>()?;
+        return Ok(Some(GridKind::Levels {
+            sigmas: vec![levels],
+        }));
+    }
+    if name == "gits" {
+        return Ok(Some(GridKind::Gits(Default::default())));
+    }
+    if name.ends_with(".toml") {
+        let text = std::fs::read_to_string(name)
+            .map_err(|e| anyhow::anyhow!("--grid {name}: cannot read the file: {e}"))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "--grid {name}: not valid TOML: {}",
+                e.to_string().trim_end().replace('\n', " ")
+            )
+        })?;
+        let Some(placement) = table.get("grid").and_then(|g| g.get("placement")) else {
+            bail!("--grid {name}: the file has no [grid] table with a placement");
+        };
+        let kind: GridKind = placement.clone().try_into().map_err(|e: toml::de::Error| {
+            anyhow::anyhow!(
+                "--grid {name}: [grid] placement: {}",
+                e.to_string().trim_end().replace('\n', " ")
+            )
+        })?;
+        return Ok(Some(kind));
+    }
+    Ok(None)
 }
 
 impl GridArgs {
     pub fn kind(&self) -> Result<GridKind> {
+        if let Some(k) = &self.solved {
+            return Ok(k.clone());
+        }
+        if let Some(k) = grid_from_text(&self.grid, self.rho)? {
+            if self.steps_offset.is_some() {
+                bail!(
+                    "--steps-offset applies to the ddpm-leading grid, not {}",
+                    self.grid
+                );
+            }
+            if let GridKind::Gits(p) = &k {
+                p.validate()?;
+            }
+            return Ok(k);
+        }
         let mut kind = GridKind::from_name(&self.grid, self.rho)?;
         if let Some(o) = self.steps_offset {
             match &mut kind {
@@ -99,6 +166,49 @@ impl GridArgs {
     }
     pub fn sigmas(&self, sde: &dyn Sde, steps: usize) -> Result<Vec<f64>> {
         self.sigmas_within(sde, steps, None)
+    }
+    /// Whether the placement is gits (solved or not).
+    pub fn is_gits(&self) -> Result<bool> {
+        Ok(self.solved.is_some() || matches!(self.kind()?, GridKind::Gits(_)))
+    }
+    /// Solve a gits placement for the denoiser `den` (samples of shape `shape`) and the step
+    /// counts `steps`: the teacher runs between the ends of [`Self::range`], and the chosen
+    /// levels replace the placement (one list per count). Nothing for other placements.
+    #[allow(clippy::too_many_arguments)]
+    pub fn solve_gits(
+        &mut self,
+        den: &dyn Denoiser,
+        sde: &dyn Sde,
+        model: Option<&crate::precond::Precond>,
+        shape: &[i64],
+        device: tch::Device,
+        kind: Kind,
+        steps: &[usize],
+    ) -> Result<()> {
+        let GridKind::Gits(params) = self.kind()? else {
+            return Ok(());
+        };
+        let (lo, hi) = self.range(model.and_then(|p| p.sigma_range()));
+        let t = std::time::Instant::now();
+        let solved = params.solve(den, sde, lo, hi, shape, device, kind)?;
+        let mut lists = Vec::new();
+        for &n in steps {
+            let mut levels = solved.sigmas(n)?;
+            levels.pop();
+            lists.push(levels);
+        }
+        eprintln!(
+            "gits: teacher {} on {} steps, {} warm-up samples, {:.1} s",
+            crate::experiment::label(&params.teacher),
+            params.teacher_steps,
+            params.samples,
+            t.elapsed().as_secs_f64()
+        );
+        for l in &lists {
+            eprintln!("gits: {} steps: {}", l.len(), format_levels(l));
+        }
+        self.solved = Some(GridKind::Levels { sigmas: lists });
+        Ok(())
     }
     /// The ends of the grid: the flags, else the model's range where it has one (the levels a
     /// VP, iDDPM or discrete-chain network was trained on), else 0.002 and 80.
@@ -922,4 +1032,16 @@ pub fn parse_samplers(list: &str, what: &str) -> Result<Vec<SamplerSpec>> {
         bail!("{what} list '{list}' has an empty item");
     }
     items.into_iter().map(parse_sampler).collect()
+}
+
+/// Levels as a short comma-separated list (4 significant digits).
+pub fn format_levels(levels: &[f64]) -> String {
+    levels
+        .iter()
+        .map(|&v| {
+            let d = (3 - v.abs().log10().floor() as i32).max(0) as usize;
+            format!("{v:.d$}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -29,6 +29,7 @@ pub mod nll;
 pub mod nn;
 pub mod npy;
 pub mod optim;
+pub mod optimize_grid;
 pub mod plot;
 pub mod posthoc;
 pub mod precond;

@@ -47,6 +47,9 @@ enum Command {
     /// EDM2's post-hoc EMA: the EMA of any sigma_rel from a run's power-function EMA snapshots
     /// ([train] posthoc_stds), written as a checkpoint.
     PosthocEma(scoreflow::posthoc::PosthocArgs),
+    /// GITS: choose step grids for a model by dynamic programming over a teacher's trajectories
+    /// (Chen et al. 2024) and write them as a levels placement (--grid FILE, [grid]).
+    OptimizeGrid(scoreflow::optimize_grid::OptimizeGridArgs),
     /// Fréchet distance of a digits model's samples on in-project classifier features.
     EvalDigits(scoreflow::fid::EvalDigitsArgs),
     /// List the samplers: name, NFE for n steps, stochastic or not, parameters and defaults.
@@ -246,7 +249,7 @@ struct SampleArgs {
     save_noise: Option<PathBuf>,
 }
 
-fn sample(a: SampleArgs) -> Result<()> {
+fn sample(mut a: SampleArgs) -> Result<()> {
     // Validate everything before any work.
     let spec = a.params.spec(&a.solver)?;
     if a.steps == 0 {
@@ -276,12 +279,6 @@ fn sample(a: SampleArgs) -> Result<()> {
         (None, Some(path)) => (None, Some(scoreflow::card::load_trained(path, dev)?.model)),
         (None, None) => bail!("give --denoiser or --checkpoint"),
     };
-    // A trained network samples in its own noise range unless the flags say otherwise.
-    let sigmas = a.grid.sigmas_within(
-        sde.as_ref(),
-        a.steps,
-        trained.as_ref().map(|t| &t.net.precond),
-    )?;
     if let Some(w) = a.guidance.filter(|w| !w.is_finite()) {
         bail!("--guidance must be finite, got {w}");
     }
@@ -334,6 +331,19 @@ fn sample(a: SampleArgs) -> Result<()> {
     let threshold =
         scoreflow::nn::parse_threshold(a.clip_denoised, a.dynamic_threshold.as_deref())?;
     let den = scoreflow::solvers::thresholded(den, threshold);
+    // A trained network samples in its own noise range unless the flags say otherwise; a gits
+    // grid is chosen for the denoiser that samples (guidance and thresholds included).
+    let precond = trained.as_ref().map(|t| &t.net.precond);
+    a.grid.solve_gits(
+        den.as_ref(),
+        sde.as_ref(),
+        precond,
+        &shape,
+        dev,
+        kind,
+        &[a.steps],
+    )?;
+    let sigmas = a.grid.sigmas_within(sde.as_ref(), a.steps, precond)?;
     if a.png.is_some() && shape.len() != 3 {
         bail!("--png draws image samples; this model's samples have shape {shape:?}");
     }
@@ -527,6 +537,7 @@ fn main() {
         Command::Nll(a) => scoreflow::nll::run(a),
         Command::EvalDigits(a) => scoreflow::fid::eval_digits(a),
         Command::PosthocEma(a) => scoreflow::posthoc::run(&a),
+        Command::OptimizeGrid(a) => scoreflow::optimize_grid::run(a),
         Command::Samplers { json } => samplers_cmd(json),
     };
     if let Err(e) = result {

@@ -484,6 +484,7 @@ pub fn run(a: NllArgs) -> Result<()> {
             grid: grid_name.clone(),
             steps_offset: None,
             sde: "edm".into(),
+            solved: None,
         };
         let sde = scoreflow_solvers::sde::Edm::default();
         let mut levels: Vec<f64> = grid

@@ -2672,3 +2672,186 @@ fn dpm_multistep_lowers_its_final_orders_as_diffusers_does() {
         }
     }
 }
+
+#[test]
+fn optimize_grid_writes_the_levels_that_sample_and_compare_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
+    let settings = [
+        "--metric",
+        "l2",
+        "--coeff",
+        "1",
+        "--samples",
+        "64",
+        "--teacher-steps",
+        "30",
+    ];
+    let grid_file = d("grid.toml");
+    let o = run(&[
+        &[
+            "optimize-grid",
+            "--denoiser",
+            "builtin:gmm8",
+            "--steps",
+            "4,6",
+            "--device",
+            "cpu",
+        ][..],
+        &settings,
+        &["--out", &grid_file],
+    ]
+    .concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let levels = line["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), 2);
+    assert_eq!(levels[0].as_array().unwrap().len(), 4);
+    assert_eq!(levels[1].as_array().unwrap().len(), 6);
+    assert_eq!(levels[0][0].as_f64(), Some(80.0));
+    // The levels are the teacher's: Karras levels of 30 steps from 0.002 to 80.
+    let karras = |i: usize| {
+        let (a, b) = (80f64.powf(1.0 / 7.0), 0.002f64.powf(1.0 / 7.0));
+        (a + i as f64 / 29.0 * (b - a)).powi(7)
+    };
+    for l in levels[1].as_array().unwrap() {
+        let v = l.as_f64().unwrap();
+        assert!(
+            (0..30).any(|i| (karras(i) - v).abs() <= 1e-9 * v),
+            "{v} is not a teacher level"
+        );
+    }
+    let gits_file = d("gits.toml");
+    std::fs::write(
+        &gits_file,
+        "[grid]\nplacement = { kind = \"gits\", metric = \"l2\", coeff = 1.0, samples = 64, teacher_steps = 30 }\n",
+    )
+    .unwrap();
+    // The same samples from the file, from the gits placement solved inside `sample`, and
+    // from the file's 6-step list given as levels on the command line.
+    let list: Vec<String> = levels[1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| format!("{:?}", v.as_f64().unwrap()))
+        .collect();
+    let inline = format!("levels:{}", list.join(","));
+    let outs: Vec<Vec<u8>> = [&grid_file, &gits_file, &inline]
+        .iter()
+        .enumerate()
+        .map(|(k, grid)| {
+            let out = dir.path().join(format!("s{k}.npy"));
+            sample_gmm8(&["--solver", "euler", "--grid", grid], "32", "6", &out).1
+        })
+        .collect();
+    assert_eq!(outs[0], outs[1]);
+    assert_eq!(outs[0], outs[2]);
+    // compare takes it too (run: tests/experiment.rs).
+    let o = run(&[
+        "compare",
+        "--denoiser",
+        "builtin:gmm8",
+        "--solvers",
+        "euler,dpmpp-2m",
+        "--steps",
+        "4,6",
+        "--num",
+        "64",
+        "--device",
+        "cpu",
+        "--grid",
+        &grid_file,
+        "--out-dir",
+        &d("cmp"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.path().join("cmp/results.csv").exists());
+    // Bad input: exit 2, nothing written.
+    let out = dir.path().join("bad.toml");
+    let bad = |extra: &[&str], needle: &str| {
+        let args = [
+            &[
+                "optimize-grid",
+                "--denoiser",
+                "builtin:gmm8",
+                "--device",
+                "cpu",
+            ][..],
+            extra,
+            &["--out", out.to_str().unwrap()],
+        ]
+        .concat();
+        assert_bad(&args, needle, &out);
+    };
+    bad(&["--steps", "4", "--metric", "l3"], "unknown --metric 'l3'");
+    bad(&["--steps", "61"], "more than --teacher-steps 60");
+    bad(
+        &["--steps", "4", "--teacher", "euler-ancestral"],
+        "deterministic",
+    );
+    bad(&["--steps", "4", "--coeff", "0"], "coeff");
+    bad(&["--steps", "4", "--grid", "gits"], "cannot be gits");
+    bad(&["--steps", "0"], "at least 1");
+    let missing = dir.path().join("nope/grid.toml");
+    let o = run(&[
+        "optimize-grid",
+        "--denoiser",
+        "builtin:gmm8",
+        "--steps",
+        "4",
+        "--out",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    assert!(!missing.parent().unwrap().exists());
+    let npy = dir.path().join("x.npy");
+    assert_bad_sample(
+        &["--solver", "euler", "--grid", &grid_file],
+        "5",
+        "no list of 5 levels",
+        &npy,
+    );
+    assert_bad_sample(
+        &["--solver", "euler", "--grid", &d("none.toml")],
+        "4",
+        "cannot read the file",
+        &npy,
+    );
+    std::fs::write(d("nogrid.toml"), "x = 1\n").unwrap();
+    assert_bad_sample(
+        &["--solver", "euler", "--grid", &d("nogrid.toml")],
+        "4",
+        "no [grid] table",
+        &npy,
+    );
+    std::fs::write(
+        d("badkind.toml"),
+        "[grid]\nplacement = { kind = \"gits\", coef = 1.0 }\n",
+    )
+    .unwrap();
+    assert_bad_sample(
+        &["--solver", "euler", "--grid", &d("badkind.toml")],
+        "4",
+        "coef",
+        &npy,
+    );
+    assert_bad_sample(
+        &["--solver", "euler", "--grid", "levels:80,1,2"],
+        "3",
+        "must decrease",
+        &npy,
+    );
+    assert_bad_sample(
+        &["--solver", "euler", "--grid", "levels:80,a"],
+        "2",
+        "'a' is not a number",
+        &npy,
+    );
+    assert_bad_sample(
+        &["--solver", "euler", "--grid", "gits", "--rho", "3"],
+        "2",
+        "--rho applies",
+        &npy,
+    );
+}

@@ -654,7 +654,8 @@ fn every_shipped_config_loads() {
     let files = std::fs::read_dir(&dir)
         .unwrap()
         .chain(std::fs::read_dir(dir.join("spacing")).unwrap())
-        .chain(std::fs::read_dir(dir.join("flow")).unwrap());
+        .chain(std::fs::read_dir(dir.join("flow")).unwrap())
+        .chain(std::fs::read_dir(dir.join("gits")).unwrap());
     for entry in files {
         let path = entry.unwrap().path();
         if path.extension().and_then(|e| e.to_str()) != Some("toml") {
@@ -677,8 +678,8 @@ fn every_shipped_config_loads() {
     // spacing/{leading,trailing,linspace}, flow/{exact-karras,exact-shift1,exact-shift3,
     // checkpoint-flow,checkpoint-edm,digits-flow,digits-edm,reflow-1,reflow-2}; moons,
     // gmm8-train, digits, gmm8-learned, digits-learned, gmm8-flow, digits-flow, gmm8-reflow,
-    // gmm8-posthoc.
-    assert_eq!(seen, (29, 9));
+    // gmm8-posthoc; gits/{gmm8-karras,gmm8-dev,gmm8-l2,digits-karras,digits-dev,digits-l2}.
+    assert_eq!(seen, (35, 9));
 }
 
 #[test]
@@ -858,4 +859,103 @@ fn the_summary_names_the_best_sampler_within_each_budget() {
     }
     // The floor of sw2 is named.
     assert!(md.contains("fresh data's own value"), "{md}");
+}
+
+#[test]
+fn a_gits_placement_is_solved_for_the_model_and_equals_its_levels() {
+    // The same cells on `kind = "gits"` (solved when the run starts) and on the levels that
+    // `optimize-grid` writes for the same settings: the same results. rms is measured against
+    // a reference down to sigma_min, so a grid that stops early is not excused.
+    let dir = tempfile::tempdir().unwrap();
+    let grid_file = dir.path().join("grid.toml");
+    let o = run(&[
+        "optimize-grid",
+        "--denoiser",
+        "builtin:gmm8",
+        "--steps",
+        "3,5",
+        "--metric",
+        "l2",
+        "--coeff",
+        "1",
+        "--samples",
+        "64",
+        "--teacher-steps",
+        "24",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float64",
+        "--out",
+        grid_file.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&grid_file).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    let placement = table["grid"]["placement"].to_string();
+    let mut outs = Vec::new();
+    for (name, grid) in [
+        ("gits", r#"placement = { kind = "gits", metric = "l2", coeff = 1.0, samples = 64, teacher_steps = 24 }"#.to_string()),
+        ("levels", format!("placement = {placement}")),
+    ] {
+        let out = dir.path().join(name);
+        let cfg = format!(
+            r#"
+out_dir = "{}"
+device = "cpu"
+num = 128
+seeds = [0]
+steps = [3, 5]
+reference_tol = 1e-7
+metrics = ["rms", "sw2"]
+[model]
+kind = "builtin"
+name = "gmm8"
+[grid]
+{grid}
+[[samplers]]
+kind = "euler"
+[[samplers]]
+kind = "ipndm"
+"#,
+            out.display()
+        );
+        let path = write_config(dir.path(), &format!("{name}.toml"), &cfg);
+        let o = run(&["run", &path]);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        outs.push(results(&out));
+    }
+    let strip = |v: &[Value]| -> Vec<(String, u64, f64, f64)> {
+        v.iter()
+            .map(|r| {
+                (
+                    r["sampler"].to_string(),
+                    r["steps"].as_u64().unwrap(),
+                    r["rms"].as_f64().unwrap(),
+                    r["sw2"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (mut a, mut b) = (strip(&outs[0]), strip(&outs[1]));
+    a.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    b.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, b);
+    // An adaptive sampler has no range on these placements; a teacher too short is an error.
+    let bad = write_config(
+        dir.path(),
+        "bad.toml",
+        &small(
+            &dir.path().join("bad"),
+            "steps = [4]\n[grid]\nplacement = { kind = \"gits\", teacher_steps = 3 }\n",
+        ),
+    );
+    let o = run(&["run", &bad]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("teacher_steps at least 4"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

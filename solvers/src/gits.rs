@@ -146,13 +146,18 @@ pub fn cost_matrix(
         let next = xi.unsqueeze(0) + (later - sigmas[i]) * d.unsqueeze(0);
         let teacher = traj.narrow(0, i as i64 + 1, (m1 - 1 - i) as i64);
         let per_sample = match metric {
-            CostMetric::L2 => (&next - &teacher).f_norm_scalaropt_dim(2, [2i64].as_slice(), false)?,
-            CostMetric::L1 => (&next - &teacher).f_norm_scalaropt_dim(1, [2i64].as_slice(), false)?,
+            CostMetric::L2 => {
+                (&next - &teacher).f_norm_scalaropt_dim(2, [2i64].as_slice(), false)?
+            }
+            CostMetric::L1 => {
+                (&next - &teacher).f_norm_scalaropt_dim(1, [2i64].as_slice(), false)?
+            }
             CostMetric::Dev => {
-                let tea = dev_teacher
-                    .as_ref()
-                    .unwrap()
-                    .narrow(0, i as i64 + 1, (m1 - 1 - i) as i64);
+                let tea =
+                    dev_teacher
+                        .as_ref()
+                        .unwrap()
+                        .narrow(0, i as i64 + 1, (m1 - 1 - i) as i64);
                 dev(&next)? - tea
             }
         };
@@ -327,7 +332,12 @@ impl GitsParams {
     }
 
     /// The teacher's levels between `sigma_min` and `sigma_max`, ending in 0.
-    pub fn teacher_sigmas(&self, sigma_min: f64, sigma_max: f64, sde: &dyn Sde) -> Result<Vec<f64>> {
+    pub fn teacher_sigmas(
+        &self,
+        sigma_min: f64,
+        sigma_max: f64,
+        sde: &dyn Sde,
+    ) -> Result<Vec<f64>> {
         crate::grid::sigmas(
             &self.teacher_grid,
             self.teacher_steps,
@@ -339,8 +349,16 @@ impl GitsParams {
 
     /// The warm-up latents: standard normals, `[samples, shape...]`.
     pub fn warmup(&self, shape: &[i64], device: tch::Device, kind: Kind) -> Tensor {
-        BrownianNoise::new(self.seed, WARMUP_FIRST, self.samples, shape, 1.0, device, kind)
-            .initial()
+        BrownianNoise::new(
+            self.seed,
+            WARMUP_FIRST,
+            self.samples,
+            shape,
+            1.0,
+            device,
+            kind,
+        )
+        .initial()
     }
 
     /// Run the teacher from the warm-up latents and build the cost matrix (`shape` is one

@@ -21,9 +21,7 @@ fn pinned_gaussian() -> GaussianDenoiser {
 fn pinned_latents() -> Tensor {
     let v: Vec<f64> = (0..8)
         .flat_map(|i| {
-            (0..2).map(move |j| {
-                2f64.sqrt() * (2.3 * i as f64 + 0.9 * j as f64 + 0.5).sin()
-            })
+            (0..2).map(move |j| 2f64.sqrt() * (2.3 * i as f64 + 0.9 * j as f64 + 0.5).sin())
         })
         .collect();
     Tensor::from_slice(&v).view([8, 2])
@@ -37,7 +35,15 @@ fn gits_matches_the_authors_dynamic_program() {
     // latents, on the teacher grid Karras(12 steps, 80 to 0.002) then 0: the chosen teacher
     // indices, four entries of the cost matrix's first row (its entries 2, 5, 8 and 11) and the
     // matrix's sum. The reference accumulates the matrix in float32.
-    type Case = (&'static str, CostMetric, f64, usize, &'static [usize], [f64; 4], f64);
+    type Case = (
+        &'static str,
+        CostMetric,
+        f64,
+        usize,
+        &'static [usize],
+        [f64; 4],
+        f64,
+    );
     let ipndm_dev = [
         0.0028514694422483444,
         0.057570524513721466,
@@ -45,8 +51,24 @@ fn gits_matches_the_authors_dynamic_program() {
         0.4369199872016907,
     ];
     let cases: [Case; 6] = [
-        ("ipndm", CostMetric::Dev, 1.15, 3, &[0, 6, 7, 12], ipndm_dev, 15.272536566357303),
-        ("ipndm", CostMetric::Dev, 1.15, 4, &[0, 5, 6, 7, 12], ipndm_dev, 15.272536566357303),
+        (
+            "ipndm",
+            CostMetric::Dev,
+            1.15,
+            3,
+            &[0, 6, 7, 12],
+            ipndm_dev,
+            15.272536566357303,
+        ),
+        (
+            "ipndm",
+            CostMetric::Dev,
+            1.15,
+            4,
+            &[0, 5, 6, 7, 12],
+            ipndm_dev,
+            15.272536566357303,
+        ),
         (
             "ipndm",
             CostMetric::Dev,
@@ -62,7 +84,12 @@ fn gits_matches_the_authors_dynamic_program() {
             1.15,
             4,
             &[0, 6, 7, 8, 12],
-            [0.00581256253644824, 0.11741724610328674, 0.8820850253105164, 1.108729362487793],
+            [
+                0.00581256253644824,
+                0.11741724610328674,
+                0.8820850253105164,
+                1.108729362487793,
+            ],
             37.917518443056906,
         ),
         (
@@ -71,7 +98,12 @@ fn gits_matches_the_authors_dynamic_program() {
             1.0,
             5,
             &[0, 5, 6, 7, 8, 12],
-            [0.004643958993256092, 0.09765555709600449, 0.7533334493637085, 1.0492029190063477],
+            [
+                0.004643958993256092,
+                0.09765555709600449,
+                0.7533334493637085,
+                1.0492029190063477,
+            ],
             32.16404416556907,
         ),
         (
@@ -80,7 +112,12 @@ fn gits_matches_the_authors_dynamic_program() {
             1.3,
             3,
             &[0, 6, 7, 12],
-            [0.003875041613355279, 0.08147799223661423, 0.6227648854255676, 0.8383178114891052],
+            [
+                0.003875041613355279,
+                0.08147799223661423,
+                0.6227648854255676,
+                0.8383178114891052,
+            ],
             25.83187028805696,
         ),
     ];
@@ -132,7 +169,13 @@ fn the_dynamic_program_finds_the_least_discounted_cost_path() {
             *c = next();
         }
     }
-    fn paths(from: usize, last: usize, k: usize, prefix: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
+    fn paths(
+        from: usize,
+        last: usize,
+        k: usize,
+        prefix: &mut Vec<usize>,
+        out: &mut Vec<Vec<usize>>,
+    ) {
         if k == 1 {
             prefix.push(last);
             out.push(prefix.clone());
@@ -165,10 +208,16 @@ fn the_dynamic_program_finds_the_least_discounted_cost_path() {
         }
     }
     // Every level: m1 - 1 steps take the teacher's own grid; more are an error.
-    assert_eq!(select(&cost, m1 - 1, 1.0).unwrap(), (0..m1).collect::<Vec<_>>());
+    assert_eq!(
+        select(&cost, m1 - 1, 1.0).unwrap(),
+        (0..m1).collect::<Vec<_>>()
+    );
     let err = select(&cost, m1, 1.0).unwrap_err().to_string();
     assert!(err.contains("teacher grid of 9 steps"), "{err}");
-    assert!(select(&cost, 3, 0.0).unwrap_err().to_string().contains("coeff"));
+    assert!(select(&cost, 3, 0.0)
+        .unwrap_err()
+        .to_string()
+        .contains("coeff"));
 }
 
 #[test]
@@ -185,11 +234,16 @@ fn levels_grids_take_their_list_or_interpolate_it_log_linearly() {
     let seven = grid::sigmas(&one, 7, 0.002, 80.0, &edm).unwrap();
     let logsnr = grid::sigmas(&GridKind::LogSnr {}, 7, 0.08, 80.0, &edm).unwrap();
     for (a, b) in seven.iter().zip(&logsnr) {
-        assert!((a - b).abs() <= 1e-12 * b.max(1.0), "{seven:?} vs {logsnr:?}");
+        assert!(
+            (a - b).abs() <= 1e-12 * b.max(1.0),
+            "{seven:?} vs {logsnr:?}"
+        );
     }
     // Align Your Steps' loglinear_interp on the 10-step SD1.5 list ComfyUI ships,
     // to 5 levels: positions 0, 2.5, 5, 7.5, 10.
-    let ays = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029];
+    let ays = [
+        14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029,
+    ];
     let five = grid::loglinear(&ays, 5);
     let mid = |a: f64, b: f64| (a.ln() / 2.0 + b.ln() / 2.0).exp();
     let want = [14.615, mid(3.861, 2.697), 1.396, mid(0.652, 0.399), 0.029];
@@ -204,8 +258,13 @@ fn levels_grids_take_their_list_or_interpolate_it_log_linearly() {
         grid::sigmas(&two, 3, 0.002, 80.0, &edm).unwrap(),
         vec![80.0, 5.0, 0.5, 0.0]
     );
-    let err = grid::sigmas(&two, 4, 0.002, 80.0, &edm).unwrap_err().to_string();
-    assert!(err.contains("no list of 4 levels (the lists have 2, 3)"), "{err}");
+    let err = grid::sigmas(&two, 4, 0.002, 80.0, &edm)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no list of 4 levels (the lists have 2, 3)"),
+        "{err}"
+    );
     for (bad, what) in [
         (vec![vec![80.0, 90.0]], "must decrease"),
         (vec![vec![80.0, 0.0]], "not positive and finite"),
@@ -282,8 +341,14 @@ fn gits_grids_beat_the_teachers_placement_for_euler_on_a_gaussian() {
         let chosen = gits.sigmas(steps).unwrap();
         let karras =
             grid::sigmas(&GridKind::Karras { rho: 7.0 }, steps, 0.002, 80.0, &edm).unwrap();
-        let (e_gits, e_karras) = (euler_error(&den, &chosen, &z), euler_error(&den, &karras, &z));
+        let (e_gits, e_karras) = (
+            euler_error(&den, &chosen, &z),
+            euler_error(&den, &karras, &z),
+        );
         eprintln!("{steps} steps: gits {e_gits:.4} karras {e_karras:.4} {chosen:?}");
-        assert!(e_gits < e_karras, "{steps} steps: gits {e_gits} karras {e_karras}");
+        assert!(
+            e_gits < e_karras,
+            "{steps} steps: gits {e_gits} karras {e_karras}"
+        );
     }
 }
