@@ -35,6 +35,10 @@ pub struct CompareArgs {
     /// log-sigma grid between each step count's own ends).
     #[arg(long, default_value_t = 4096)]
     pub reference_steps: usize,
+    /// The analytical first step (Zhou et al. 2024) for every sampler (not the reference): the
+    /// first evaluation is replaced by x / sqrt(1 + sigma^2) as the ODE's derivative.
+    #[arg(long)]
+    pub afs: bool,
     #[command(flatten)]
     pub grid: GridArgs,
     /// auto, cpu, cuda or cuda:N.
@@ -230,7 +234,7 @@ pub fn run(mut a: CompareArgs) -> Result<()> {
         for &n in &spec_steps {
             let sigmas = a.grid.sigmas(sde.as_ref(), n)?;
             let t = Instant::now();
-            let (x, nfe) = job::run_from_noise(
+            let (x, nfe) = job::run_from_noise_with(
                 spec,
                 den,
                 sde.as_ref(),
@@ -238,6 +242,10 @@ pub fn run(mut a: CompareArgs) -> Result<()> {
                 &z,
                 a.seed,
                 0,
+                &scoreflow_solvers::RunOptions {
+                    afs: a.afs,
+                    ..Default::default()
+                },
                 &mut |_, _| {},
             )?;
             let seconds = t.elapsed().as_secs_f64();

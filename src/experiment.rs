@@ -83,6 +83,10 @@ pub struct ExperimentConfig {
     /// `[ratio, max]`: dynamic thresholding of every denoised estimate (Saharia et al. 2022).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic_threshold: Option<[f64; 2]>,
+    /// The analytical first step (AFS, Zhou et al. 2024) in every cell: the first evaluation,
+    /// at the grid's top level, is replaced by `x / sqrt(1 + sigma^2)` as the ODE's derivative.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub afs: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -608,6 +612,9 @@ fn cell_key(cfg: &ExperimentConfig, spec: &SamplerSpec, steps: usize, seed: u64)
     if let Some(t) = cfg.dynamic_threshold {
         ident["dynamic_threshold"] = json!(t);
     }
+    if cfg.afs {
+        ident["afs"] = json!(true);
+    }
     let digest = Sha256::digest(ident.to_string().as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
@@ -1100,7 +1107,7 @@ impl CellCtx<'_> {
                 path.push(x.narrow(0, 0, 16.min(x.size()[0])).shallow_clone());
             }
         };
-        let (x, nfe) = job::run_from_noise(
+        let (x, nfe) = job::run_from_noise_with(
             spec,
             self.den,
             self.sde,
@@ -1108,6 +1115,10 @@ impl CellCtx<'_> {
             &state.z,
             seed,
             0,
+            &scoreflow_solvers::RunOptions {
+                afs: cfg.afs,
+                ..Default::default()
+            },
             &mut observe,
         )?;
         let seconds = t.elapsed().as_secs_f64();

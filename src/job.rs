@@ -764,6 +764,32 @@ pub fn run_from_noise(
     first: u64,
     observer: &mut dyn FnMut(&StepReport, &Tensor),
 ) -> Result<(Tensor, usize)> {
+    run_from_noise_with(
+        spec,
+        den,
+        sde,
+        sigmas,
+        z,
+        seed,
+        first,
+        &RunOptions::default(),
+        observer,
+    )
+}
+
+/// [`run_from_noise`] with the driver's options (the analytical first step, `afs`).
+#[allow(clippy::too_many_arguments)]
+pub fn run_from_noise_with(
+    spec: &SamplerSpec,
+    den: &dyn Denoiser,
+    sde: &dyn Sde,
+    sigmas: &[f64],
+    z: &Tensor,
+    seed: u64,
+    first: u64,
+    options: &RunOptions,
+    observer: &mut dyn FnMut(&StepReport, &Tensor),
+) -> Result<(Tensor, usize)> {
     let size = z.size();
     let span = sigmas[0].max(sde.time_of(sigmas[0])).max(sde.t_range().1) * 1.001 + 1e-3;
     let mut noise = BrownianNoise::new(
@@ -783,7 +809,7 @@ pub fn run_from_noise(
         sigmas,
         z * sigmas[0],
         &mut noise,
-        &RunOptions::default(),
+        options,
         observer,
     )
     .map_err(|e| match e {

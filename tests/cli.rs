@@ -2855,3 +2855,71 @@ fn optimize_grid_writes_the_levels_that_sample_and_compare_take() {
         &npy,
     );
 }
+
+#[test]
+fn afs_saves_the_first_evaluation_in_sample_compare_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.npy");
+    let (nfe, with) = sample_gmm8(&["--solver", "dpmpp-2m", "--afs"], "64", "6", &out);
+    assert_eq!(nfe, 5);
+    let (nfe, without) = sample_gmm8(&["--solver", "dpmpp-2m"], "64", "6", &out);
+    assert_eq!(nfe, 6);
+    assert_ne!(with, without);
+    let (nfe, _) = sample_gmm8(&["--solver", "heun", "--afs"], "8", "6", &out);
+    assert_eq!(nfe, 10);
+    std::fs::remove_file(&out).unwrap();
+    let data = dir.path().join("d.npy");
+    write_npy(&data, &[1, 2], &[0.5, 0.5], false);
+    assert_bad_sample(
+        &[
+            "--solver",
+            "euler",
+            "--afs",
+            "--invert",
+            data.to_str().unwrap(),
+        ],
+        "4",
+        "cannot be used with",
+        &out,
+    );
+    // compare: every sampler saves one evaluation.
+    let o = run(&[
+        "compare",
+        "--denoiser",
+        "builtin:gmm8",
+        "--solvers",
+        "euler,ipndm",
+        "--steps",
+        "4,8",
+        "--num",
+        "64",
+        "--device",
+        "cpu",
+        "--afs",
+        "--out-dir",
+        dir.path().join("cmp").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(dir.path().join("cmp/results.csv")).unwrap();
+    let nfes: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap())
+        .collect();
+    assert_eq!(nfes, ["3", "7", "3", "7"]);
+    // run: `afs = true` at the top of an experiment.
+    let cfg = dir.path().join("afs.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "out_dir = \"{}\"\ndevice = \"cpu\"\nnum = 64\nseeds = [0]\nsteps = [5]\nmetrics = [\"sw2\"]\nafs = true\n[model]\nkind = \"builtin\"\nname = \"gmm8\"\n[[samplers]]\nkind = \"ipndm\"\n",
+            dir.path().join("run").display()
+        ),
+    )
+    .unwrap();
+    let o = run(&["run", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = std::fs::read_to_string(dir.path().join("run/results.jsonl")).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(rec["nfe"].as_u64(), Some(4));
+}

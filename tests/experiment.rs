@@ -678,8 +678,9 @@ fn every_shipped_config_loads() {
     // spacing/{leading,trailing,linspace}, flow/{exact-karras,exact-shift1,exact-shift3,
     // checkpoint-flow,checkpoint-edm,digits-flow,digits-edm,reflow-1,reflow-2}; moons,
     // gmm8-train, digits, gmm8-learned, digits-learned, gmm8-flow, digits-flow, gmm8-reflow,
-    // gmm8-posthoc; gits/{gmm8-karras,gmm8-dev,gmm8-l2,digits-karras,digits-dev,digits-l2}.
-    assert_eq!(seen, (35, 9));
+    // gmm8-posthoc; gits/{gmm8-karras,gmm8-dev,gmm8-l2,digits-karras,digits-dev,digits-l2,
+    // digits-afs}.
+    assert_eq!(seen, (36, 9));
 }
 
 #[test]

@@ -22,6 +22,8 @@ pub struct StepCtx<'a> {
     pub history: &'a mut Vec<Tensor>,
     denoiser: &'a dyn Denoiser,
     nfe: &'a mut usize,
+    /// The analytical first step is still to be taken ([`RunOptions::afs`]).
+    afs: &'a mut bool,
 }
 
 impl StepCtx<'_> {
@@ -41,8 +43,13 @@ impl StepCtx<'_> {
     pub fn is_last(&self) -> bool {
         self.sigma_next() == 0.0
     }
-    /// `D(x; sigma)`, counted as one network evaluation.
+    /// `D(x; sigma)`, counted as one network evaluation. With [`RunOptions::afs`] the run's
+    /// first evaluation, where it is at the grid's first level, is the analytical first step
+    /// instead: `D = x - sigma x / sqrt(1 + sigma^2)`, not counted.
     pub fn denoise(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        if std::mem::take(self.afs) && self.index == 0 && sigma == self.sigmas[0] {
+            return Ok(x - x * (sigma / (1.0 + sigma * sigma).sqrt()));
+        }
         *self.nfe += 1;
         self.denoiser.denoise(x, sigma)
     }
@@ -53,6 +60,8 @@ impl StepCtx<'_> {
         x: &Tensor,
         sigma: f64,
     ) -> Result<(Tensor, Option<Tensor>)> {
+        // The variance output has no analytical form: no AFS here.
+        *self.afs = false;
         *self.nfe += 1;
         self.denoiser.denoise_with_variance(x, sigma)
     }
@@ -91,11 +100,21 @@ pub struct RunOptions {
     /// Check for NaN/inf every this many steps (each check synchronizes with the device);
     /// the final result is always checked. 0 checks only at the end.
     pub check_every: usize,
+    /// The analytical first step (AFS; Zhou, Chen, Wang & Lyu 2024, "Fast ODE-based Sampling
+    /// for Diffusion Models in Around 5 Steps", CVPR; zju-pi/diff-sampler
+    /// `diff-solvers-main/solvers.py`, `afs=True`): the run's first denoiser evaluation, at the
+    /// grid's first level, is replaced by the derivative `d = x / sqrt(1 + sigma^2)` (the
+    /// noise of `x = x0 + sigma eps` when `|x0|` is negligible beside `sigma`), i.e.
+    /// `D = x - sigma d`, saving one evaluation. Not for [`invert`].
+    pub afs: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { check_every: 8 }
+        RunOptions {
+            check_every: 8,
+            afs: false,
+        }
     }
 }
 
@@ -147,6 +166,11 @@ pub fn invert(
     observer: &mut dyn FnMut(&StepReport, &Tensor),
 ) -> Result<Outcome> {
     grid::validate_ascending(sigmas)?;
+    if options.afs {
+        return Err(SolverError::Invalid(
+            "the analytical first step (afs) replaces the first evaluation at the top of a sampling grid; it does not apply to inversion".into(),
+        ));
+    }
     if !sampler.invertible() {
         return Err(SolverError::Invalid(format!(
             "sampler {} cannot run backwards (inversion needs a deterministic sampler whose \
@@ -176,6 +200,7 @@ fn walk(
         });
     }
     let mut nfe = 0usize;
+    let mut afs = options.afs;
     let mut history = Vec::new();
     let mut x = x;
     let steps = sigmas.len() - 1;
@@ -188,6 +213,7 @@ fn walk(
             history: &mut history,
             denoiser,
             nfe: &mut nfe,
+            afs: &mut afs,
         };
         x = sampler.step(&mut ctx, x)?;
         let last = index + 1 == steps;

@@ -3506,3 +3506,144 @@ fn clipping_and_dynamic_thresholding_limit_the_denoised_estimate() {
         assert!(bad.validate().is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn afs_matches_diff_samplers_solvers() {
+    // States at sigma_min printed by zju-pi/diff-sampler's own diff-solvers-main/solvers.py
+    // (`euler_sampler`, `heun_sampler`, `ipndm_sampler` with max_order 4; run as they stand by
+    // `python3 experiments/peers/afs_check.py DIFF_SAMPLER_REPO`) with and without the
+    // analytical first step, for the exact denoiser of N((0.5, -1), 0.25 I) in float64 from
+    // three fixed latents, on Karras levels (10 from 80 to 0.002, rho 7): scoreflow's state at
+    // the same level (the step before the last, to 0), with `RunOptions::afs`.
+    let cases: [(&str, bool, [f64; 6]); 6] = [
+        (
+            "euler",
+            false,
+            [
+                0.6072830543636631,
+                -1.4336974538105536,
+                1.0455457445301173,
+                -0.739781527713668,
+                0.3516298184332317,
+                -0.958912872796895,
+            ],
+        ),
+        (
+            "euler",
+            true,
+            [
+                0.6052643287492595,
+                -1.4296675858364956,
+                1.0435421854252132,
+                -0.735727646099569,
+                0.34960224568828635,
+                -0.9548665744375459,
+            ],
+        ),
+        (
+            "heun",
+            false,
+            [
+                0.6791310287852925,
+                -1.724146712110757,
+                1.4109003378656362,
+                -0.5655119727335464,
+                0.2522655984884252,
+                -0.9313966272737177,
+            ],
+        ),
+        (
+            "heun",
+            true,
+            [
+                0.6789388951239133,
+                -1.723763166529719,
+                1.4107096476877004,
+                -0.5651261416370578,
+                0.2520726227950375,
+                -0.931011517918951,
+            ],
+        ),
+        (
+            "ipndm",
+            false,
+            [
+                0.6562375519180076,
+                -1.6315986141366263,
+                1.2944845725192295,
+                -0.6210408315180241,
+                0.28392678990062803,
+                -0.9401643418186352,
+            ],
+        ),
+        (
+            "ipndm",
+            true,
+            [
+                0.6455912110149161,
+                -1.6103459248458443,
+                1.2839182166469385,
+                -0.5996614992618075,
+                0.2732337910629027,
+                -0.918825002077819,
+            ],
+        ),
+    ];
+    let (den, latents) = pinned_problem();
+    let edm = Edm::default();
+    let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 10, 0.002, 80.0, &edm).unwrap();
+    for (name, afs, want) in cases {
+        let spec = SamplerSpec::from_name(name).unwrap();
+        let mut noise = BrownianNoise::new(0, 0, 3, &[2], 100.0, Device::Cpu, Kind::Double);
+        let mut at_min = None;
+        let out = run(
+            spec.build().unwrap().as_ref(),
+            &den,
+            &edm,
+            &sigmas,
+            &latents * sigmas[0],
+            &mut noise,
+            &RunOptions {
+                afs,
+                ..Default::default()
+            },
+            &mut |r, x| {
+                if r.sigma_next == 0.002 {
+                    at_min = Some(x.shallow_clone());
+                }
+            },
+        )
+        .unwrap();
+        let got = Vec::<f64>::try_from(at_min.unwrap().flatten(0, -1)).unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() < 1e-12,
+                "{name} afs {afs}: {got:?} vs {want:?}"
+            );
+        }
+        // One evaluation fewer with AFS.
+        let full = if name == "heun" { 19 } else { 10 };
+        assert_eq!(out.nfe, full - afs as usize, "{name} afs {afs}");
+    }
+    // Inversion refuses it.
+    let spec = SamplerSpec::from_name("euler").unwrap();
+    let mut noise = BrownianNoise::new(0, 0, 3, &[2], 100.0, Device::Cpu, Kind::Double);
+    let up = [0.002, 1.0, 80.0];
+    let err = scoreflow_solvers::invert(
+        spec.build().unwrap().as_ref(),
+        &den,
+        &edm,
+        &up,
+        &latents * 0.002,
+        &mut noise,
+        &RunOptions {
+            afs: true,
+            ..Default::default()
+        },
+        &mut |_, _| {},
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("does not apply to inversion"), "{err}");
+}
