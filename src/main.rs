@@ -283,53 +283,16 @@ fn sample(mut a: SampleArgs) -> Result<()> {
         (None, Some(path)) => (None, Some(scoreflow::card::load_trained(path, dev)?.model)),
         (None, None) => bail!("give --denoiser or --checkpoint"),
     };
-    if let Some(w) = a.guidance.filter(|w| !w.is_finite()) {
-        bail!("--guidance must be finite, got {w}");
-    }
-    if (a.class.is_some() || a.guidance.is_some() || a.guidance_interval.is_some())
-        && trained.as_ref().is_none_or(|t| t.net.num_classes == 0)
-    {
-        bail!("--class and --guidance need a class-conditional checkpoint");
-    }
-    let interval = a
-        .guidance_interval
-        .as_deref()
-        .map(scoreflow::nn::parse_interval)
-        .transpose()?;
-    let guided;
-    let (den, shape): (&dyn Denoiser, Vec<i64>) = match (&exact, &trained) {
-        (Some(m), _) => (m.denoiser(), vec![m.dim() as i64]),
-        (None, Some(t)) => {
-            let shape = t.net.shape.clone();
-            match a.class.as_deref() {
-                Some(c) => {
-                    let class = match c {
-                        "each" => scoreflow::nn::Classes::Cycle,
-                        _ => match c.parse::<usize>() {
-                            Ok(k) if k < t.net.num_classes => {
-                                scoreflow::nn::Classes::One(k as i64)
-                            }
-                            _ => bail!(
-                                "--class {c}: the model has classes 0..{} (or each: sample i of class i mod {})",
-                                t.net.num_classes - 1,
-                                t.net.num_classes
-                            ),
-                        },
-                    };
-                    guided = scoreflow::nn::Guided {
-                        net: &t.net,
-                        class,
-                        guidance: a.guidance.unwrap_or(1.0),
-                        interval,
-                    };
-                    (&guided, shape)
-                }
-                None if a.guidance.is_some() || interval.is_some() => {
-                    bail!("--guidance and --guidance-interval need --class")
-                }
-                None => (&t.net, shape),
-            }
-        }
+    let guided = scoreflow::nn::guided_from_flags(
+        trained.as_ref().map(|t| &t.net),
+        a.class.as_deref(),
+        a.guidance,
+        a.guidance_interval.as_deref(),
+    )?;
+    let (den, shape): (&dyn Denoiser, Vec<i64>) = match (&exact, &trained, &guided) {
+        (Some(m), _, _) => (m.denoiser(), vec![m.dim() as i64]),
+        (None, Some(t), Some(g)) => (g, t.net.shape.clone()),
+        (None, Some(t), None) => (&t.net, t.net.shape.clone()),
         _ => unreachable!(),
     };
     let threshold =

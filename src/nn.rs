@@ -859,6 +859,48 @@ pub fn valid_interval(lo: f64, hi: f64) -> bool {
 }
 
 /// `LO,HI` of `--guidance-interval`: two finite levels with `0 <= LO < HI`.
+/// The flags `--class`, `--guidance` and `--guidance-interval` of `sample` and
+/// `optimize-grid` for a network (`None`: an exact model): the guided denoiser where a class is
+/// given, `None` where no flag is; an error for guidance without a class, for a network
+/// without classes, for a class it does not have.
+pub fn guided_from_flags<'a>(
+    net: Option<&'a Network>,
+    class: Option<&str>,
+    guidance: Option<f64>,
+    interval: Option<&str>,
+) -> anyhow::Result<Option<Guided<'a>>> {
+    if let Some(w) = guidance.filter(|w| !w.is_finite()) {
+        anyhow::bail!("--guidance must be finite, got {w}");
+    }
+    if class.is_none() && guidance.is_none() && interval.is_none() {
+        return Ok(None);
+    }
+    let Some(net) = net.filter(|n| n.num_classes > 0) else {
+        anyhow::bail!("--class and --guidance need a class-conditional checkpoint");
+    };
+    let interval = interval.map(parse_interval).transpose()?;
+    let Some(c) = class else {
+        anyhow::bail!("--guidance and --guidance-interval need --class");
+    };
+    let class = match c {
+        "each" => Classes::Cycle,
+        _ => match c.parse::<usize>() {
+            Ok(k) if k < net.num_classes => Classes::One(k as i64),
+            _ => anyhow::bail!(
+                "--class {c}: the model has classes 0..{} (or each: sample i of class i mod {})",
+                net.num_classes - 1,
+                net.num_classes
+            ),
+        },
+    };
+    Ok(Some(Guided {
+        net,
+        class,
+        guidance: guidance.unwrap_or(1.0),
+        interval,
+    }))
+}
+
 pub fn parse_interval(s: &str) -> anyhow::Result<(f64, f64)> {
     let v: Vec<f64> = s
         .split(',')

@@ -28,6 +28,16 @@ pub struct OptimizeGridArgs {
     /// samplers (`ipndm`, `heun`, `dpmpp-2m`, `ipndm(order=3)`, ...).
     #[arg(long, default_value = "ipndm")]
     pub teacher: String,
+    /// Class-conditional checkpoints: the class to sample (or `each`), as `sample --class`; the
+    /// grid is chosen for the guided denoiser.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Classifier-free guidance weight, as `sample --guidance`.
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// LO,HI: guidance only at LO < sigma <= HI, as `sample --guidance-interval`.
+    #[arg(long, allow_hyphen_values = true)]
+    pub guidance_interval: Option<String>,
     /// Steps of the teacher grid (the levels GITS chooses from; its placement is --grid).
     #[arg(long, default_value_t = 60)]
     pub teacher_steps: usize,
@@ -125,9 +135,16 @@ pub fn run(a: OptimizeGridArgs) -> Result<()> {
         (None, Some(path)) => (None, Some(card::load_trained(path, dev)?.model)),
         (None, None) => bail!("give --denoiser or --checkpoint"),
     };
-    let (den, shape, precond): (&dyn Denoiser, Vec<i64>, _) = match (&exact, &trained) {
-        (Some(m), _) => (m.denoiser(), vec![m.dim() as i64], None),
-        (None, Some(t)) => (&t.net, t.net.shape.clone(), Some(&t.net.precond)),
+    let guided = crate::nn::guided_from_flags(
+        trained.as_ref().map(|t| &t.net),
+        a.class.as_deref(),
+        a.guidance,
+        a.guidance_interval.as_deref(),
+    )?;
+    let (den, shape, precond): (&dyn Denoiser, Vec<i64>, _) = match (&exact, &trained, &guided) {
+        (Some(m), _, _) => (m.denoiser(), vec![m.dim() as i64], None),
+        (None, Some(t), Some(g)) => (g, t.net.shape.clone(), Some(&t.net.precond)),
+        (None, Some(t), None) => (&t.net, t.net.shape.clone(), Some(&t.net.precond)),
         _ => unreachable!(),
     };
     // The teacher grid's ends: the flags, else the network's range, else 0.002 and 80.

@@ -2792,6 +2792,59 @@ fn optimize_grid_writes_the_levels_that_sample_and_compare_take() {
     bad(&["--steps", "4", "--coeff", "0"], "coeff");
     bad(&["--steps", "4", "--grid", "gits"], "cannot be gits");
     bad(&["--steps", "0"], "at least 1");
+    bad(
+        &["--steps", "4", "--class", "3"],
+        "need a class-conditional checkpoint",
+    );
+    // A class-conditional network: the grid is chosen for the guided denoiser (another grid
+    // than the unguided one's), as `sample --grid gits --class 3 --guidance 3` would choose.
+    let digits = repo("runs/digits/checkpoint.safetensors");
+    let levels_for = |extra: &[&str]| -> serde_json::Value {
+        let out = d("digits.toml");
+        let o = run(&[
+            &[
+                "optimize-grid",
+                "--checkpoint",
+                digits.to_str().unwrap(),
+                "--steps",
+                "3",
+            ][..],
+            &[
+                "--samples",
+                "8",
+                "--teacher-steps",
+                "12",
+                "--metric",
+                "l2",
+                "--device",
+                "cpu",
+            ],
+            extra,
+            &["--out", &out],
+        ]
+        .concat());
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["levels"].clone()
+    };
+    let plain = levels_for(&[]);
+    let guided = levels_for(&["--class", "3", "--guidance", "3"]);
+    assert_eq!(plain[0].as_array().unwrap().len(), 3);
+    assert_ne!(plain, guided);
+    assert_bad(
+        &[
+            "optimize-grid",
+            "--checkpoint",
+            digits.to_str().unwrap(),
+            "--steps",
+            "4",
+            "--guidance",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "need --class",
+        &out,
+    );
     let missing = dir.path().join("nope/grid.toml");
     let o = run(&[
         "optimize-grid",
