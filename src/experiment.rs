@@ -892,10 +892,19 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
         );
     }
     let sde = job::sde_from_name(&cfg.grid.sde)?;
-    // A gits placement is solved here, for the denoiser the cells sample (guided, thresholded).
+    let done: HashSet<String> = read_results(&cfg.out_dir)?
+        .iter()
+        .filter_map(|v| v["key"].as_str().map(String::from))
+        .collect();
+    // A gits placement is solved here, for the denoiser the cells sample (guided, thresholded),
+    // unless every cell is done (the solved levels are not part of the cells' keys).
+    let pending = cfg
+        .cells()
+        .iter()
+        .any(|(seed, s, n)| !done.contains(&cell_key(cfg, s, *n, *seed)));
     let solved_cfg;
     let cfg = match &cfg.grid.placement {
-        GridKind::Gits(p) => {
+        GridKind::Gits(p) if pending => {
             let t = Instant::now();
             let gits = p.solve(
                 den,
@@ -927,10 +936,6 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
         }
         _ => cfg,
     };
-    let done: HashSet<String> = read_results(&cfg.out_dir)?
-        .iter()
-        .filter_map(|v| v["key"].as_str().map(String::from))
-        .collect();
     let cells = cfg.cells();
     let todo: Vec<_> = cells
         .iter()

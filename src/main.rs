@@ -391,7 +391,7 @@ fn sample(mut a: SampleArgs) -> Result<()> {
         }
         return Err(e);
     }
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "solver": spec.name(),
         "steps": a.steps,
         "nfe": nfe,
@@ -404,6 +404,10 @@ fn sample(mut a: SampleArgs) -> Result<()> {
         "num": n,
         "out": a.out.display().to_string(),
     });
+    // Explicit and model-chosen grids: the levels themselves, so the record says what ran.
+    if matches!(a.grid.kind()?, scoreflow_solvers::GridKind::Levels { .. }) {
+        line["levels"] = serde_json::json!(&sigmas[..sigmas.len() - 1]);
+    }
     println!("{line}");
     Ok(())
 }

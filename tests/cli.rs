@@ -2746,6 +2746,37 @@ fn optimize_grid_writes_the_levels_that_sample_and_compare_take() {
         .collect();
     assert_eq!(outs[0], outs[1]);
     assert_eq!(outs[0], outs[2]);
+    // The JSON line of a levels or gits grid lists the levels that ran.
+    let o = run(&[
+        "sample",
+        "--denoiser",
+        "builtin:gmm8",
+        "--solver",
+        "euler",
+        "--steps",
+        "4",
+        "--num",
+        "4",
+        "--device",
+        "cpu",
+        "--grid",
+        "levels:80,1,0.1",
+        "--out",
+        &d("l.npy"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let want = loglinear_reference(&[80.0, 1.0, 0.1], 4);
+    let got: Vec<f64> = line["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(got.len(), 4);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-12 * w, "{got:?} vs {want:?}");
+    }
     // compare takes it too (run: tests/experiment.rs).
     let o = run(&[
         "compare",
@@ -2975,4 +3006,19 @@ fn afs_saves_the_first_evaluation_in_sample_compare_and_run() {
     let line = std::fs::read_to_string(dir.path().join("run/results.jsonl")).unwrap();
     let rec: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
     assert_eq!(rec["nfe"].as_u64(), Some(4));
+}
+
+/// numpy's `np.exp(np.interp(linspace(0, 1, n), linspace(0, 1, len(v)), log(v)))` for
+/// decreasing `v`, written out: Align Your Steps' `loglinear_interp`.
+fn loglinear_reference(v: &[f64], n: usize) -> Vec<f64> {
+    let m = v.len();
+    (0..n)
+        .map(|i| {
+            let x = i as f64 / (n - 1) as f64;
+            let k = ((x * (m - 1) as f64).floor() as usize).min(m - 2);
+            let (x0, x1) = (k as f64 / (m - 1) as f64, (k + 1) as f64 / (m - 1) as f64);
+            let f = (x - x0) / (x1 - x0);
+            (v[k].ln() + f * (v[k + 1].ln() - v[k].ln())).exp()
+        })
+        .collect()
 }
