@@ -62,9 +62,9 @@ pub fn teacher_trajectory(
     sigmas: &[f64],
     z: &Tensor,
 ) -> Result<Vec<Tensor>> {
-    if teacher.is_stochastic() {
+    if teacher.is_stochastic() || teacher.is_adaptive() {
         return Err(SolverError::Invalid(format!(
-            "the GITS teacher must be a deterministic sampler, got {}",
+            "the GITS teacher must be a deterministic sampler that steps through the grid's levels, got {}",
             teacher.name()
         )));
     }
@@ -307,6 +307,12 @@ impl GitsParams {
         if self.teacher.is_stochastic() {
             return Err(SolverError::Invalid(format!(
                 "gits: the teacher must be a deterministic sampler, got {}",
+                self.teacher.name()
+            )));
+        }
+        if self.teacher.is_adaptive() {
+            return Err(SolverError::Invalid(format!(
+                "gits: the teacher must step through the teacher grid's levels; the adaptive sampler {} chooses its own steps",
                 self.teacher.name()
             )));
         }
