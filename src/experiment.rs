@@ -230,6 +230,9 @@ pub fn series(spec: &SamplerSpec) -> String {
 }
 
 fn series_of(r: &Value) -> String {
+    if let Some(s) = r["series"].as_str() {
+        return s.to_string();
+    }
     serde_json::from_value::<SamplerSpec>(r["params"].clone())
         .map(|s| series(&s))
         .unwrap_or_else(|_| r["label"].as_str().unwrap_or("").to_string())
@@ -1373,6 +1376,119 @@ fn metric_title(m: &str) -> (&'static str, &'static str) {
 
 /// `scoreflow plot OUT_DIR`: results.csv, summary.md and the plots from results.jsonl.
 pub fn plot_dir(dir: &Path) -> Result<()> {
+    let (rows, cfg) = load_plotted(dir)?;
+    if rows.is_empty() {
+        bail!(
+            "{} has no results (results.jsonl is missing or empty)",
+            dir.display()
+        );
+    }
+    let floors = read_floors(dir)?;
+    // The experiment's first metric leads the summary printed at the end. Under the timesteps
+    // placement rms/max are measured between each step count's own ends: not ranked by budget.
+    let primary: Option<&'static str> = cfg
+        .as_ref()
+        .and_then(|c| c.metrics.first().map(|m| m.name()));
+    let unranked: Vec<&'static str> = match &cfg {
+        Some(c) if matches!(c.grid.placement, GridKind::Timesteps { .. }) => vec!["rms", "max"],
+        _ => Vec::new(),
+    };
+    let order: Vec<String> = cfg
+        .map(|c| c.samplers.iter().map(label).collect())
+        .unwrap_or_default();
+    draw(dir, rows, primary, &unranked, &order, &floors, true)
+}
+
+/// `scoreflow plot DIR1 DIR2 ... --out OUT`: the results of several experiments in one table,
+/// summary and plot, each line tagged with its experiment's folder name (`euler [digits-dev]`):
+/// the same samplers on other grids, models or settings side by side. Each folder's own
+/// experiment.json selects its cells, as `plot DIR` does; the noise floors are the first
+/// folder's that has them. Writes results.csv, summary.md and quality_vs_nfe.{png,svg} to `out`
+/// (created if missing; never one of the inputs).
+pub fn plot_merged(dirs: &[PathBuf], out: &Path) -> Result<()> {
+    if dirs.len() < 2 {
+        bail!(
+            "plot --out merges two or more experiment folders; for one, run `scoreflow plot DIR`"
+        );
+    }
+    for d in dirs {
+        let same = match (d.canonicalize(), out.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => d == out,
+        };
+        if same {
+            bail!(
+                "--out {} is one of the inputs; give a new folder for the merged results",
+                out.display()
+            );
+        }
+    }
+    let names: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            d.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| d.display().to_string())
+        })
+        .collect();
+    // Folder names that repeat (out/a/run, out/b/run) are told apart by their whole paths.
+    let tags: Vec<String> = names
+        .iter()
+        .zip(dirs)
+        .map(|(n, d)| {
+            if names.iter().filter(|m| *m == n).count() > 1 {
+                d.display().to_string()
+            } else {
+                n.clone()
+            }
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut order = Vec::new();
+    let mut floors = BTreeMap::new();
+    let mut primary = None;
+    let mut unranked: Vec<&'static str> = Vec::new();
+    for (dir, tag) in dirs.iter().zip(&tags) {
+        if !dir.is_dir() {
+            bail!("{} is not an experiment folder", dir.display());
+        }
+        let (rows, cfg) = load_plotted(dir)?;
+        if rows.is_empty() {
+            bail!(
+                "{} has no results (results.jsonl is missing or empty)",
+                dir.display()
+            );
+        }
+        for (k, v) in read_floors(dir)? {
+            floors.entry(k).or_insert(v);
+        }
+        if let Some(c) = &cfg {
+            primary = primary.or_else(|| c.metrics.first().map(|m| m.name()));
+            if matches!(c.grid.placement, GridKind::Timesteps { .. }) {
+                for m in ["rms", "max"] {
+                    if !unranked.contains(&m) {
+                        unranked.push(m);
+                    }
+                }
+            }
+            order.extend(c.samplers.iter().map(|s| format!("{} [{tag}]", label(s))));
+        }
+        for mut r in rows {
+            let series = format!("{} [{tag}]", series_of(&r));
+            let l = format!("{} [{tag}]", r["label"].as_str().unwrap_or(""));
+            r["label"] = json!(l);
+            r["series"] = json!(series);
+            all.push(r);
+        }
+    }
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create the output folder {}", out.display()))?;
+    draw(out, all, primary, &unranked, &order, &floors, false)
+}
+
+/// The cells of `dir`'s results.jsonl that its experiment.json lists (all of them where there
+/// is none), and the configuration.
+fn load_plotted(dir: &Path) -> Result<(Vec<Value>, Option<ExperimentConfig>)> {
     let mut rows = read_results(dir)?;
     // experiment.json must be JSON where it is present; one that an older scoreflow wrote and
     // this one cannot read as a configuration is noted, and every line is drawn.
@@ -1414,20 +1530,38 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
             );
         }
     }
-    // The experiment's first metric leads the summary printed at the end. Under the timesteps
-    // placement rms/max are measured between each step count's own ends: not ranked by budget.
-    let primary: Option<&'static str> = cfg
-        .as_ref()
-        .and_then(|c| c.metrics.first().map(|m| m.name()));
-    let unranked: &[&str] = match &cfg {
-        Some(c) if matches!(c.grid.placement, GridKind::Timesteps { .. }) => &["rms", "max"],
-        _ => &[],
-    };
+    Ok((rows, cfg))
+}
+
+/// An experiment folder's floors.json (none: empty).
+fn read_floors(dir: &Path) -> Result<BTreeMap<String, f64>> {
+    let floors_path = dir.join("floors.json");
+    Ok(match std::fs::read_to_string(&floors_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", floors_path.display())),
+        Ok(t) => serde_json::from_str(&t).with_context(|| {
+            format!(
+                "{} is corrupt (it should map metrics to numbers; delete it and rerun `scoreflow run` to recompute it)",
+                floors_path.display()
+            )
+        })?,
+    })
+}
+
+/// results.csv, summary.md and the plots of `rows` into `out` (`snapshots`: also the sample
+/// grids and trajectories from `out/samples`).
+fn draw(
+    out: &Path,
+    mut rows: Vec<Value>,
+    primary: Option<&'static str>,
+    unranked: &[&'static str],
+    order: &[String],
+    floors: &BTreeMap<String, f64>,
+    snapshots: bool,
+) -> Result<()> {
+    let dir = out;
     // Cells may finish in any order: sort by seed, then sampler (in the experiment's order
     // where experiment.json is present), then steps.
-    let order: Vec<String> = cfg
-        .map(|c| c.samplers.iter().map(label).collect())
-        .unwrap_or_default();
     let rank = |r: &Value| {
         let l = r["label"].as_str().unwrap_or("");
         (
@@ -1438,23 +1572,6 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
         )
     };
     rows.sort_by_key(rank);
-    if rows.is_empty() {
-        bail!(
-            "{} has no results (results.jsonl is missing or empty)",
-            dir.display()
-        );
-    }
-    let floors_path = dir.join("floors.json");
-    let floors: BTreeMap<String, f64> = match std::fs::read_to_string(&floors_path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", floors_path.display())),
-        Ok(t) => serde_json::from_str(&t).with_context(|| {
-            format!(
-                "{} is corrupt (it should map metrics to numbers; delete it and rerun `scoreflow run` to recompute it)",
-                floors_path.display()
-            )
-        })?,
-    };
     let metric_names: Vec<&str> = Metric::ALL
         .iter()
         .map(Metric::name)
@@ -1555,7 +1672,7 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
     plot::quality_vs_nfe(&dir.join("quality_vs_nfe"), &panels)?;
     // Scatter grid of 2-D samples (seed of the first row), one panel per sampler and step count.
     let snap = dir.join("samples");
-    if snap.is_dir() {
+    if snapshots && snap.is_dir() {
         let first_seed = rows[0]["seed"].as_u64();
         let mut scat = Vec::new();
         let mut images = Vec::new();

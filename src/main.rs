@@ -26,10 +26,15 @@ struct Cli {
 enum Command {
     /// Run an experiment: samplers x steps x seeds, results table and quality-vs-NFE plots.
     Run(scoreflow::experiment::RunArgs),
-    /// Redraw an experiment's results.csv and plots from its results.jsonl.
+    /// Redraw an experiment's results.csv and plots from its results.jsonl; with several
+    /// folders and --out, draw their results together (lines tagged with the folder names).
     Plot {
-        /// The experiment's output folder.
-        dir: PathBuf,
+        /// The experiment's output folder (several, with --out).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// With several folders: where to write the merged results.csv, summary.md and plot.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Run one sampler on an exact model or a trained network and write the samples as .npy.
     Sample(SampleArgs),
@@ -503,7 +508,13 @@ fn main() {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Run(a) => scoreflow::experiment::run(a),
-        Command::Plot { dir } => scoreflow::experiment::plot_dir(&dir),
+        Command::Plot { dirs, out } => match (dirs.as_slice(), out) {
+            ([dir], None) => scoreflow::experiment::plot_dir(dir),
+            (_, Some(out)) => scoreflow::experiment::plot_merged(&dirs, &out),
+            (_, None) => Err(anyhow::anyhow!(
+                "plot draws one experiment folder, or several merged into --out DIR"
+            )),
+        },
         Command::Sample(a) => sample(a),
         Command::Compare(a) => compare::run(a),
         Command::Bench(a) => bench::run(a),

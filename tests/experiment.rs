@@ -960,3 +960,80 @@ kind = "ipndm"
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn plot_merges_experiments_into_one_table_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut outs = Vec::new();
+    for (name, grid) in [
+        ("karras", ""),
+        ("logsnr", "[grid]\nplacement = { kind = \"log-snr\" }\n"),
+    ] {
+        let out = dir.path().join(name);
+        let cfg = small(&out, &format!("steps = [4, 8]\n{grid}"));
+        let path = write_config(dir.path(), &format!("{name}.toml"), &cfg);
+        let o = run(&["run", &path]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        outs.push(out);
+    }
+    let before = std::fs::read(outs[0].join("results.csv")).unwrap();
+    let merged = dir.path().join("merged");
+    let (a, b, m) = (
+        outs[0].to_str().unwrap(),
+        outs[1].to_str().unwrap(),
+        merged.to_str().unwrap(),
+    );
+    let o = run(&["plot", a, b, "--out", m]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csv = std::fs::read_to_string(merged.join("results.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().skip(1).collect();
+    // 3 samplers x 2 step counts x 2 seeds from each folder.
+    assert_eq!(lines.len(), 24);
+    assert_eq!(lines.iter().filter(|l| l.contains("[karras]")).count(), 12);
+    assert_eq!(lines.iter().filter(|l| l.contains("[logsnr]")).count(), 12);
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("\"heun [logsnr]\",heun,8,15,")));
+    assert!(merged.join("quality_vs_nfe.png").exists());
+    assert!(merged.join("summary.md").exists());
+    assert_eq!(std::fs::read(outs[0].join("results.csv")).unwrap(), before);
+    // The same rows as each folder's own table, relabelled.
+    let own = std::fs::read_to_string(outs[1].join("results.csv")).unwrap();
+    for l in own.lines().skip(1) {
+        let (label, rest) = l[1..].split_once('"').unwrap();
+        let tagged = format!("\"{label} [logsnr]\"{rest}");
+        assert!(
+            lines.contains(&tagged.as_str()),
+            "{tagged} not in the merged table"
+        );
+    }
+    // Errors: several folders without --out, --out naming an input, a folder without results.
+    for (args, needle) in [
+        (vec!["plot", a, b], "several merged into --out"),
+        (vec!["plot", a, b, "--out", a], "is one of the inputs"),
+        (
+            vec!["plot", a, b, "--out", &format!("{a}/")],
+            "is one of the inputs",
+        ),
+    ] {
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(needle),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let o = run(&[
+        "plot",
+        a,
+        empty.to_str().unwrap(),
+        "--out",
+        dir.path().join("m2").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("has no results"));
+    assert!(!dir.path().join("m2").exists());
+}
