@@ -1610,7 +1610,7 @@ fn draw(
             &format!("Summary of {}", dir.display()),
             &rows,
             &titles,
-            &floors,
+            floors,
             unranked,
         ),
     )?;
