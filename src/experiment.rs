@@ -908,30 +908,16 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     let solved_cfg;
     let cfg = match &cfg.grid.placement {
         GridKind::Gits(p) if pending => {
-            let t = Instant::now();
-            let gits = p.solve(
+            let lists = job::gits_levels(
+                p,
                 den,
                 sde.as_ref(),
-                cfg.grid.sigma_min,
-                cfg.grid.sigma_max,
+                (cfg.grid.sigma_min, cfg.grid.sigma_max),
                 &shape,
                 dev,
                 kind,
+                &cfg.all_steps(),
             )?;
-            let mut lists = Vec::new();
-            for n in cfg.all_steps() {
-                let mut levels = gits.sigmas(n)?;
-                levels.pop();
-                eprintln!("gits: {n} steps: {}", job::format_levels(&levels));
-                lists.push(levels);
-            }
-            eprintln!(
-                "gits: teacher {} on {} steps, {} warm-up samples, {:.1} s",
-                label(&p.teacher),
-                p.teacher_steps,
-                p.samples,
-                t.elapsed().as_secs_f64()
-            );
             let mut c = cfg.clone();
             c.grid.solved = Some(GridKind::Levels { sigmas: lists });
             solved_cfg = c;

@@ -189,24 +189,7 @@ impl GridArgs {
             return Ok(());
         };
         let (lo, hi) = self.range(model.and_then(|p| p.sigma_range()));
-        let t = std::time::Instant::now();
-        let solved = params.solve(den, sde, lo, hi, shape, device, kind)?;
-        let mut lists = Vec::new();
-        for &n in steps {
-            let mut levels = solved.sigmas(n)?;
-            levels.pop();
-            lists.push(levels);
-        }
-        eprintln!(
-            "gits: teacher {} on {} steps, {} warm-up samples, {:.1} s",
-            crate::experiment::label(&params.teacher),
-            params.teacher_steps,
-            params.samples,
-            t.elapsed().as_secs_f64()
-        );
-        for l in &lists {
-            eprintln!("gits: {} steps: {}", l.len(), format_levels(l));
-        }
+        let lists = gits_levels(&params, den, sde, (lo, hi), shape, device, kind, steps)?;
         self.solved = Some(GridKind::Levels { sigmas: lists });
         Ok(())
     }
@@ -1060,14 +1043,42 @@ pub fn parse_samplers(list: &str, what: &str) -> Result<Vec<SamplerSpec>> {
     items.into_iter().map(parse_sampler).collect()
 }
 
-/// Levels as a short comma-separated list (4 significant digits).
+/// Levels as a short comma-separated list (three significant digits).
 pub fn format_levels(levels: &[f64]) -> String {
-    levels
+    let v: Vec<String> = levels.iter().map(|&x| crate::summary::fmt3(x)).collect();
+    v.join(", ")
+}
+
+/// Solve a gits placement for `den` between the ends `(lo, hi)` and return the nonzero levels
+/// of each step count in `steps`, reporting them and the teacher's time on stderr (what
+/// `sample`, `compare` and `run` share).
+#[allow(clippy::too_many_arguments)]
+pub fn gits_levels(
+    params: &scoreflow_solvers::gits::GitsParams,
+    den: &dyn Denoiser,
+    sde: &dyn Sde,
+    (lo, hi): (f64, f64),
+    shape: &[i64],
+    device: tch::Device,
+    kind: Kind,
+    steps: &[usize],
+) -> Result<Vec<Vec<f64>>> {
+    let t = std::time::Instant::now();
+    let solved = params.solve(den, sde, lo, hi, shape, device, kind)?;
+    eprintln!(
+        "gits: teacher {} on {} steps, {} warm-up samples, {:.1} s",
+        crate::experiment::label(&params.teacher),
+        params.teacher_steps,
+        params.samples,
+        t.elapsed().as_secs_f64()
+    );
+    steps
         .iter()
-        .map(|&v| {
-            let d = (3 - v.abs().log10().floor() as i32).max(0) as usize;
-            format!("{v:.d$}")
+        .map(|&n| {
+            let mut levels = solved.sigmas(n)?;
+            levels.pop();
+            eprintln!("gits: {n} steps: {}", format_levels(&levels));
+            Ok(levels)
         })
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect()
 }

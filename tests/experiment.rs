@@ -1010,6 +1010,7 @@ fn plot_merges_experiments_into_one_table_and_plot() {
     // Errors: several folders without --out, --out naming an input, a folder without results.
     for (args, needle) in [
         (vec!["plot", a, b], "several merged into --out"),
+        (vec!["plot", a, "--out", m], "two or more"),
         (vec!["plot", a, b, "--out", a], "is one of the inputs"),
         (
             vec!["plot", a, b, "--out", &format!("{a}/")],

@@ -2347,6 +2347,27 @@ fn run_pinned(
     sigmas: &[f64],
     latents: &Tensor,
 ) -> scoreflow_solvers::driver::Outcome {
+    run_pinned_with(
+        spec,
+        den,
+        sde,
+        sigmas,
+        latents,
+        &RunOptions::default(),
+        &mut |_, _| {},
+    )
+}
+
+/// [`run_pinned`] with the driver's options and an observer of each step.
+fn run_pinned_with(
+    spec: &SamplerSpec,
+    den: &dyn Denoiser,
+    sde: &dyn Sde,
+    sigmas: &[f64],
+    latents: &Tensor,
+    options: &RunOptions,
+    observer: &mut dyn FnMut(&scoreflow_solvers::StepReport, &Tensor),
+) -> scoreflow_solvers::driver::Outcome {
     let mut noise = SequenceNoise {
         k: 0,
         rows: 3,
@@ -2359,8 +2380,8 @@ fn run_pinned(
         sigmas,
         latents * sigmas[0],
         &mut noise,
-        &RunOptions::default(),
-        &mut |_, _| {},
+        options,
+        observer,
     )
     .unwrap()
 }
@@ -3594,15 +3615,13 @@ fn afs_matches_diff_samplers_solvers() {
     let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 10, 0.002, 80.0, &edm).unwrap();
     for (name, afs, want) in cases {
         let spec = SamplerSpec::from_name(name).unwrap();
-        let mut noise = BrownianNoise::new(0, 0, 3, &[2], 100.0, Device::Cpu, Kind::Double);
         let mut at_min = None;
-        let out = run(
-            spec.build().unwrap().as_ref(),
+        let out = run_pinned_with(
+            &spec,
             &den,
             &edm,
             &sigmas,
-            &latents * sigmas[0],
-            &mut noise,
+            &latents,
             &RunOptions {
                 afs,
                 ..Default::default()
@@ -3612,8 +3631,7 @@ fn afs_matches_diff_samplers_solvers() {
                     at_min = Some(x.shallow_clone());
                 }
             },
-        )
-        .unwrap();
+        );
         let got = Vec::<f64>::try_from(at_min.unwrap().flatten(0, -1)).unwrap();
         for (g, w) in got.iter().zip(want) {
             assert!(
