@@ -71,6 +71,10 @@ pub struct ExperimentConfig {
     pub model: ModelSpec,
     #[serde(default)]
     pub grid: GridSpec,
+    /// Several grids instead of `[grid]` (`[[grids]]` tables): a sweep axis, every sampler runs
+    /// on each, its lines tagged with the grid's name (`ipndm @ gits`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grids: Vec<GridSpec>,
     pub samplers: Vec<SamplerSpec>,
     pub metrics: Vec<Metric>,
     /// Tolerance of the adaptive reference ODE solve (Dormand-Prince 5(4)) where no exact flow
@@ -122,6 +126,10 @@ pub enum ModelSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GridSpec {
+    /// The grid's tag in labels under `[[grids]]` (default: the placement's kind and its
+    /// non-default parameters). Not part of the cells' keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default)]
     pub placement: GridKind,
     #[serde(default = "d_sigma_min")]
@@ -139,6 +147,7 @@ pub struct GridSpec {
 impl Default for GridSpec {
     fn default() -> Self {
         GridSpec {
+            name: None,
             placement: GridKind::default(),
             sigma_min: 0.002,
             sigma_max: 80.0,
@@ -149,6 +158,59 @@ impl Default for GridSpec {
 }
 
 impl GridSpec {
+    /// The noise levels of a run of `steps` steps (ending in 0).
+    fn sigmas(&self, steps: usize, sde: &dyn Sde) -> Result<Vec<f64>> {
+        Ok(grid::sigmas(
+            self.solved.as_ref().unwrap_or(&self.placement),
+            steps,
+            self.sigma_min,
+            self.sigma_max,
+            sde,
+        )?)
+    }
+
+    /// The placement's name in tables: `name` where given, else its kind and the parameters
+    /// that differ from the kind's defaults (`karras(rho=5)`, `gits(coeff=1,metric=l2)`; a
+    /// teacher by its name, lists left out).
+    pub fn tag(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let v = serde_json::to_value(&self.placement).unwrap_or(Value::Null);
+        let kind = v["kind"].as_str().unwrap_or("grid").to_string();
+        let d = serde_json::from_value::<GridKind>(json!({ "kind": kind }))
+            .ok()
+            .and_then(|d| serde_json::to_value(d).ok())
+            .unwrap_or(Value::Null);
+        let mut parts = Vec::new();
+        if let Value::Object(m) = &v {
+            for (k, val) in m {
+                if k == "kind" || d.get(k) == Some(val) {
+                    continue;
+                }
+                let text = match val {
+                    Value::Array(_) => continue,
+                    Value::Object(o) => match o.get("kind").and_then(Value::as_str) {
+                        Some(t) => t.to_string(),
+                        None => continue,
+                    },
+                    Value::String(t) => t.clone(),
+                    Value::Number(n) => match n.as_f64() {
+                        Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
+                        _ => n.to_string(),
+                    },
+                    other => other.to_string(),
+                };
+                parts.push(format!("{k}={text}"));
+            }
+        }
+        if parts.is_empty() {
+            kind
+        } else {
+            format!("{kind}({})", parts.join(","))
+        }
+    }
+
     /// Whether each step count may have its own ends (the timesteps, levels and gits
     /// placements): no range for the adaptive samplers.
     pub fn ends_move(&self) -> bool {
@@ -214,6 +276,9 @@ impl Metric {
     }
 }
 
+/// One cell of an experiment: (grid index, seed, sampler, steps).
+type Cell<'a> = (usize, u64, &'a SamplerSpec, usize);
+
 /// A sampler's label in tables: its name and any non-default parameters.
 pub fn label(spec: &SamplerSpec) -> String {
     label_without(spec, &[])
@@ -270,25 +335,33 @@ fn label_without(spec: &SamplerSpec, skip: &[&str]) -> String {
 }
 
 impl ExperimentConfig {
-    /// The noise levels of a run of `steps` steps (ending in 0).
-    fn sigmas(&self, steps: usize, sde: &dyn Sde) -> Result<Vec<f64>> {
-        Ok(grid::sigmas(
-            self.grid.solved.as_ref().unwrap_or(&self.grid.placement),
-            steps,
-            self.grid.sigma_min,
-            self.grid.sigma_max,
-            sde,
-        )?)
+    /// The grids the samplers run on: the `[[grids]]`, else `[grid]`.
+    pub fn grid_list(&self) -> &[GridSpec] {
+        if self.grids.is_empty() {
+            std::slice::from_ref(&self.grid)
+        } else {
+            &self.grids
+        }
     }
 
-    /// Every cell: (seed, sampler, steps).
-    fn cells(&self) -> Vec<(u64, &SamplerSpec, usize)> {
+    fn grid_list_mut(&mut self) -> &mut [GridSpec] {
+        if self.grids.is_empty() {
+            std::slice::from_mut(&mut self.grid)
+        } else {
+            &mut self.grids
+        }
+    }
+
+    /// Every cell: (grid index, seed, sampler, steps).
+    fn cells(&self) -> Vec<Cell<'_>> {
         self.seeds
             .iter()
             .flat_map(|&seed| {
-                self.samplers
-                    .iter()
-                    .flat_map(move |s| self.steps_for(s).into_iter().map(move |n| (seed, s, n)))
+                (0..self.grid_list().len()).flat_map(move |g| {
+                    self.samplers.iter().flat_map(move |s| {
+                        self.steps_for(s).into_iter().map(move |n| (g, seed, s, n))
+                    })
+                })
             })
             .collect()
     }
@@ -297,8 +370,37 @@ impl ExperimentConfig {
     fn cell_keys(&self) -> HashSet<String> {
         self.cells()
             .iter()
-            .map(|(seed, s, n)| cell_key(self, s, *n, *seed))
+            .map(|&(g, seed, s, n)| cell_key(self, g, s, n, seed))
             .collect()
+    }
+
+    /// A cell's label in tables: the sampler's, tagged with the grid's under `[[grids]]`.
+    fn cell_label(&self, g: usize, spec: &SamplerSpec) -> String {
+        self.tagged(g, label(spec))
+    }
+
+    /// Every line's label, in the table's order: by sampler, then grid.
+    fn labels(&self) -> Vec<String> {
+        self.samplers
+            .iter()
+            .flat_map(|s| (0..self.grid_list().len()).map(move |g| self.cell_label(g, s)))
+            .collect()
+    }
+
+    /// Whether a grid is on the timesteps placement, whose rms/max are measured between each
+    /// step count's own ends (not ranked by budget).
+    fn on_timesteps(&self) -> bool {
+        self.grid_list()
+            .iter()
+            .any(|g| matches!(g.placement, GridKind::Timesteps { .. }))
+    }
+
+    fn tagged(&self, g: usize, text: String) -> String {
+        if self.grids.len() > 1 {
+            format!("{text} @ {}", self.grids[g].tag())
+        } else {
+            text
+        }
     }
 
     pub fn load(path: &Path) -> Result<Self> {
@@ -351,18 +453,29 @@ impl ExperimentConfig {
         // move with the step count (leading starts lower, trailing stops higher): no range for
         // the adaptive samplers. (rms/max take a reference between each step count's own ends.)
         // So do the levels and gits placements.
-        if self.grid.ends_move() {
+        if !self.grids.is_empty() && self.grid != GridSpec::default() {
+            bail!("give one grid as [grid] or several as [[grids]], not both");
+        }
+        for g in self.grid_list().iter().filter(|g| g.ends_move()) {
             if let Some(s) = self.samplers.iter().find(|s| s.is_adaptive()) {
                 bail!(
                     "the adaptive sampler {} chooses its own steps; the {} placement has no range for it",
                     s.name(),
-                    match self.grid.placement {
+                    match g.placement {
                         GridKind::Timesteps { .. } => "timesteps",
                         GridKind::Levels { .. } => "levels",
                         _ => "gits",
                     }
                 );
             }
+        }
+        // Each grid's lines are told apart by its tag.
+        let tags: Vec<String> = self.grids.iter().map(GridSpec::tag).collect();
+        if let Some(d) = job::repeated(&self.grids) {
+            bail!("grids lists the grid {} twice", d.tag());
+        }
+        if let Some(t) = job::repeated(&tags) {
+            bail!("two of the grids are tagged {t}: give each a name (name = \"...\" in its [[grids]] table)");
         }
         // A repeated entry would run the same cells twice and count them twice in the means.
         use job::repeated;
@@ -392,20 +505,22 @@ impl ExperimentConfig {
                 }
             }
         }
-        let sde = job::sde_from_name(&self.grid.sde)?;
-        if let GridKind::Gits(p) = &self.grid.placement {
-            // Solved for the model when the run starts; its teacher grid is checked here.
-            p.validate()?;
-            p.teacher_sigmas(self.grid.sigma_min, self.grid.sigma_max, sde.as_ref())?;
-            if let Some(&n) = self.all_steps().iter().find(|&&n| n > p.teacher_steps) {
-                bail!(
-                    "gits chooses {n} steps from a teacher grid of {} steps: give teacher_steps at least {n}",
-                    p.teacher_steps
-                );
-            }
-        } else {
-            for n in self.all_steps() {
-                self.sigmas(n, sde.as_ref())?;
+        for g in self.grid_list() {
+            let sde = job::sde_from_name(&g.sde)?;
+            if let GridKind::Gits(p) = &g.placement {
+                // Solved for the model when the run starts; its teacher grid is checked here.
+                p.validate()?;
+                p.teacher_sigmas(g.sigma_min, g.sigma_max, sde.as_ref())?;
+                if let Some(&n) = self.all_steps().iter().find(|&&n| n > p.teacher_steps) {
+                    bail!(
+                        "gits chooses {n} steps from a teacher grid of {} steps: give teacher_steps at least {n}",
+                        p.teacher_steps
+                    );
+                }
+            } else {
+                for n in self.all_steps() {
+                    g.sigmas(n, sde.as_ref())?;
+                }
             }
         }
         job::kind_from_name(&self.dtype)?;
@@ -603,9 +718,21 @@ fn load_model(spec: &ModelSpec, dev: Device) -> Result<Loaded> {
 }
 
 /// A cell's identity: a hash of everything that determines its result.
-fn cell_key(cfg: &ExperimentConfig, spec: &SamplerSpec, steps: usize, seed: u64) -> String {
+/// A cell on one of `[[grids]]` has the key it would have under `[grid]` with that grid (the
+/// grid's name left out).
+fn cell_key(
+    cfg: &ExperimentConfig,
+    g: usize,
+    spec: &SamplerSpec,
+    steps: usize,
+    seed: u64,
+) -> String {
+    let grid = GridSpec {
+        name: None,
+        ..cfg.grid_list()[g].clone()
+    };
     let mut ident = json!({
-        "model": cfg.model, "grid": cfg.grid, "num": cfg.num, "dtype": cfg.dtype, "sampler": spec,
+        "model": cfg.model, "grid": grid, "num": cfg.num, "dtype": cfg.dtype, "sampler": spec,
         "steps": steps, "seed": seed, "metrics": cfg.metrics, "reference_tol": cfg.reference_tol,
     });
     // Only where set, so that the keys of experiments without them stay what they were.
@@ -797,6 +924,13 @@ fn guided_denoiser<'a>(
 /// unless it says otherwise); on a model card with a discrete chain that must be the card's own
 /// chain, else the levels would be another model's timesteps.
 fn check_chain(cfg: &ExperimentConfig, model: &Loaded) -> Result<()> {
+    for g in cfg.grid_list() {
+        check_grid_chain(g, model)?;
+    }
+    Ok(())
+}
+
+fn check_grid_chain(g: &GridSpec, model: &Loaded) -> Result<()> {
     let (
         GridKind::Timesteps {
             schedule,
@@ -806,7 +940,7 @@ fn check_chain(cfg: &ExperimentConfig, model: &Loaded) -> Result<()> {
             ..
         },
         Loaded::Trained(m, _),
-    ) = (&cfg.grid.placement, model)
+    ) = (&g.placement, model)
     else {
         return Ok(());
     };
@@ -894,41 +1028,45 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
             m.name()
         );
     }
-    let sde = job::sde_from_name(&cfg.grid.sde)?;
+    let sdes = cfg
+        .grid_list()
+        .iter()
+        .map(|g| job::sde_from_name(&g.sde))
+        .collect::<Result<Vec<_>>>()?;
     let done: HashSet<String> = read_results(&cfg.out_dir)?
         .iter()
         .filter_map(|v| v["key"].as_str().map(String::from))
         .collect();
     // A gits placement is solved here, for the denoiser the cells sample (guided, thresholded),
-    // unless every cell is done (the solved levels are not part of the cells' keys).
-    let pending = cfg
-        .cells()
-        .iter()
-        .any(|(seed, s, n)| !done.contains(&cell_key(cfg, s, *n, *seed)));
-    let solved_cfg;
-    let cfg = match &cfg.grid.placement {
-        GridKind::Gits(p) if pending => {
+    // unless every cell on it is done (the solved levels are not part of the cells' keys).
+    let mut solved = cfg.clone();
+    for (g, grid) in solved.grid_list_mut().iter_mut().enumerate() {
+        let pending = cfg
+            .cells()
+            .iter()
+            .any(|&(h, seed, s, n)| h == g && !done.contains(&cell_key(cfg, h, s, n, seed)));
+        if let (GridKind::Gits(p), true) = (&grid.placement, pending) {
+            if cfg.grids.len() > 1 {
+                eprintln!("gits: solving the grid {}", grid.tag());
+            }
             let lists = job::gits_levels(
                 p,
                 den,
-                sde.as_ref(),
-                (cfg.grid.sigma_min, cfg.grid.sigma_max),
+                sdes[g].as_ref(),
+                (grid.sigma_min, grid.sigma_max),
                 &shape,
                 dev,
                 kind,
                 &cfg.all_steps(),
             )?;
-            let mut c = cfg.clone();
-            c.grid.solved = Some(GridKind::Levels { sigmas: lists });
-            solved_cfg = c;
-            &solved_cfg
+            grid.solved = Some(GridKind::Levels { sigmas: lists });
         }
-        _ => cfg,
-    };
+    }
+    let cfg = &solved;
     let cells = cfg.cells();
     let todo: Vec<_> = cells
         .iter()
-        .filter(|(seed, s, n)| !done.contains(&cell_key(cfg, s, *n, *seed)))
+        .filter(|&&(g, seed, s, n)| !done.contains(&cell_key(cfg, g, s, n, seed)))
         .collect();
     let total = todo.len().min(max_cells.unwrap_or(usize::MAX));
     eprintln!(
@@ -944,22 +1082,23 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     // results.jsonl (and the folder) are opened when the first cell finishes: a run that fails
     // before that leaves nothing behind.
     let out: std::sync::Mutex<Option<std::fs::File>> = std::sync::Mutex::new(None);
-    let todo: Vec<(u64, &SamplerSpec, usize)> = todo.iter().take(total).map(|c| **c).collect();
+    let todo: Vec<Cell> = todo.iter().take(total).map(|c| **c).collect();
     // Per-seed state first (starting noise, fresh data, reference solution): the cells then
     // only read it.
     let needs_ref = cfg.metrics.iter().any(|m| m.needs_deterministic());
     let mut per_seed: BTreeMap<u64, SeedState> = BTreeMap::new();
-    for &(seed, spec, steps) in &todo {
+    for &(g, seed, spec, steps) in &todo {
         if let std::collections::btree_map::Entry::Vacant(e) = per_seed.entry(seed) {
             e.insert(SeedState::new(cfg, &model, &shape, seed, dev, kind)?);
         }
         if needs_ref && !spec.is_stochastic() {
-            let sigmas = cfg.sigmas(steps, sde.as_ref())?;
+            let grid = &cfg.grid_list()[g];
+            let sigmas = grid.sigmas(steps, sdes[g].as_ref())?;
             per_seed.get_mut(&seed).unwrap().reference(
                 cfg,
                 &model,
                 den,
-                reference_ends(cfg, &sigmas),
+                reference_ends(grid, &sigmas),
             )?;
         }
     }
@@ -979,10 +1118,10 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
         bandwidth,
         shape: &shape,
         dev,
-        sde: sde.as_ref(),
+        sdes: &sdes,
     };
-    let run_one = |&(seed, spec, steps): &(u64, &SamplerSpec, usize)| -> Result<()> {
-        let line = ctx.run_cell(seed, spec, steps)?;
+    let run_one = |&(g, seed, spec, steps): &Cell| -> Result<()> {
+        let line = ctx.run_cell(g, seed, spec, steps)?;
         let mut guard = out.lock().unwrap_or_else(|e| e.into_inner());
         let f = match guard.as_mut() {
             Some(f) => f,
@@ -1074,7 +1213,8 @@ struct CellCtx<'a> {
     bandwidth: Option<f64>,
     shape: &'a [i64],
     dev: Device,
-    sde: &'a dyn Sde,
+    /// Each grid's SDE.
+    sdes: &'a [Box<dyn Sde>],
 }
 
 // SAFETY: while cells run in parallel the context is only read: the model's forward pass and
@@ -1084,10 +1224,12 @@ unsafe impl Sync for CellCtx<'_> {}
 
 impl CellCtx<'_> {
     /// Run one cell, write its snapshots, return its results line.
-    fn run_cell(&self, seed: u64, spec: &SamplerSpec, steps: usize) -> Result<Value> {
+    fn run_cell(&self, g: usize, seed: u64, spec: &SamplerSpec, steps: usize) -> Result<Value> {
         let (cfg, model, shape) = (self.cfg, self.model, self.shape);
         let state = &self.per_seed[&seed];
-        let sigmas = cfg.sigmas(steps, self.sde)?;
+        let grid = &cfg.grid_list()[g];
+        let sde = self.sdes[g].as_ref();
+        let sigmas = grid.sigmas(steps, sde)?;
         let t = Instant::now();
         // The paths of the first 16 samples, for the trajectory plot of 2-D models.
         let track = shape == [2];
@@ -1104,7 +1246,7 @@ impl CellCtx<'_> {
         let (x, nfe) = job::run_from_noise_with(
             spec,
             self.den,
-            self.sde,
+            sde,
             &sigmas,
             &state.z,
             seed,
@@ -1116,12 +1258,16 @@ impl CellCtx<'_> {
             &mut observe,
         )?;
         let seconds = t.elapsed().as_secs_f64();
-        let key = cell_key(cfg, spec, steps, seed);
+        let key = cell_key(cfg, g, spec, steps, seed);
         let mut rec = json!({
-            "key": key, "sampler": spec.name(), "label": label(spec), "params": spec,
+            "key": key, "sampler": spec.name(), "label": cfg.cell_label(g, spec), "params": spec,
             "steps": steps, "nfe": nfe, "seed": seed, "num": cfg.num, "seconds": seconds,
             "device": device::name(self.dev), "scoreflow_version": env!("CARGO_PKG_VERSION"),
         });
+        if cfg.grids.len() > 1 {
+            rec["grid"] = json!(grid.tag());
+            rec["series"] = json!(cfg.tagged(g, series(spec)));
+        }
         for m in &cfg.metrics {
             let v = match m {
                 _ if m.needs_deterministic() && spec.is_stochastic() => None,
@@ -1129,7 +1275,7 @@ impl CellCtx<'_> {
                 // and its reference are the same denoising step.
                 Metric::Rms | Metric::Max
                     if {
-                        let (hi, lo) = reference_ends(cfg, &sigmas);
+                        let (hi, lo) = reference_ends(grid, &sigmas);
                         hi <= lo
                     } =>
                 {
@@ -1138,7 +1284,7 @@ impl CellCtx<'_> {
                 Metric::Rms | Metric::Max => {
                     let r = state
                         .reference
-                        .get(&ends_key(reference_ends(cfg, &sigmas)))
+                        .get(&ends_key(reference_ends(grid, &sigmas)))
                         .ok_or_else(|| anyhow!("no reference solution for seed {seed}"))?;
                     let dist = (&x - r)
                         .flatten(1, -1)
@@ -1168,7 +1314,7 @@ impl CellCtx<'_> {
                 }
                 // (Not counted in the cell's NFE: the inversion's own steps - 1 evaluations.)
                 Metric::Roundtrip if steps >= 2 && spec.build()?.invertible() => {
-                    let (z, _) = job::invert_to_noise(spec, self.den, self.sde, &sigmas, &x, seed)?;
+                    let (z, _) = job::invert_to_noise(spec, self.den, sde, &sigmas, &x, seed)?;
                     Some(crate::metrics::rms_distance(&z, &state.z))
                 }
                 Metric::Roundtrip => None,
@@ -1324,15 +1470,15 @@ impl SeedState {
 /// The ends `(sigma_max, sigma_min)` of the reference path that a cell on `sigmas` approximates:
 /// `[grid]`'s for every placement but `timesteps`, whose levels are a chain's steps, so each step
 /// count has its own first level and last level above 0.
-fn reference_ends(cfg: &ExperimentConfig, sigmas: &[f64]) -> (f64, f64) {
-    match cfg.grid.placement {
+fn reference_ends(g: &GridSpec, sigmas: &[f64]) -> (f64, f64) {
+    match g.placement {
         GridKind::Timesteps { .. } => grid::ends(sigmas),
         // From the grid's first level down to sigma_min (or its lowest level, if lower): a
         // grid that stops early is judged against the whole path.
         GridKind::Levels { .. } | GridKind::Gits(_) => {
-            (sigmas[0], cfg.grid.sigma_min.min(grid::ends(sigmas).1))
+            (sigmas[0], g.sigma_min.min(grid::ends(sigmas).1))
         }
-        _ => (cfg.grid.sigma_max, cfg.grid.sigma_min),
+        _ => (g.sigma_max, g.sigma_min),
     }
 }
 
@@ -1376,12 +1522,10 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
         .as_ref()
         .and_then(|c| c.metrics.first().map(|m| m.name()));
     let unranked: Vec<&'static str> = match &cfg {
-        Some(c) if matches!(c.grid.placement, GridKind::Timesteps { .. }) => vec!["rms", "max"],
+        Some(c) if c.on_timesteps() => vec!["rms", "max"],
         _ => Vec::new(),
     };
-    let order: Vec<String> = cfg
-        .map(|c| c.samplers.iter().map(label).collect())
-        .unwrap_or_default();
+    let order: Vec<String> = cfg.map(|c| c.labels()).unwrap_or_default();
     draw(dir, rows, primary, &unranked, &order, &floors, true)
 }
 
@@ -1450,14 +1594,14 @@ pub fn plot_merged(dirs: &[PathBuf], out: &Path) -> Result<()> {
         }
         if let Some(c) = &cfg {
             primary = primary.or_else(|| c.metrics.first().map(|m| m.name()));
-            if matches!(c.grid.placement, GridKind::Timesteps { .. }) {
+            if c.on_timesteps() {
                 for m in ["rms", "max"] {
                     if !unranked.contains(&m) {
                         unranked.push(m);
                     }
                 }
             }
-            order.extend(c.samplers.iter().map(|s| format!("{} [{tag}]", label(s))));
+            order.extend(c.labels().iter().map(|l| format!("{l} [{tag}]")));
         }
         for mut r in rows {
             let series = format!("{} [{tag}]", series_of(&r));

@@ -35,6 +35,45 @@ fn series_color(i: usize) -> RGBAColor {
     RGBColor(r, g, b).to_rgba()
 }
 
+/// Dash patterns `(dash, gap)` in pixels for the variants of one line (0: solid).
+const DASHES: [(u32, u32); 4] = [(0, 0), (9, 5), (3, 4), (16, 5)];
+
+/// Each line's `(color, dash)`: lines labelled `name @ variant` or `name [variant]` (a sampler
+/// on several grids, or in several merged experiments) take one color per name and one dash
+/// pattern per variant, where there are several variants; otherwise one color per line, solid.
+pub fn line_styles(labels: &[&str]) -> Vec<(usize, usize)> {
+    let split = |l: &str| -> (String, String) {
+        let cut = [l.find(" @ "), l.find(" [")].into_iter().flatten().min();
+        match cut {
+            Some(i) => (l[..i].to_string(), l[i..].to_string()),
+            None => (l.to_string(), String::new()),
+        }
+    };
+    let parts: Vec<(String, String)> = labels.iter().map(|l| split(l)).collect();
+    let mut names: Vec<&String> = Vec::new();
+    let mut variants: Vec<&String> = Vec::new();
+    for (n, v) in &parts {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+        if !variants.contains(&v) {
+            variants.push(v);
+        }
+    }
+    if variants.len() < 2 {
+        return (0..labels.len()).map(|i| (i, 0)).collect();
+    }
+    parts
+        .iter()
+        .map(|(n, v)| {
+            (
+                names.iter().position(|m| *m == n).unwrap_or(0),
+                variants.iter().position(|w| *w == v).unwrap_or(0) % DASHES.len(),
+            )
+        })
+        .collect()
+}
+
 static FONT: Once = Once::new();
 
 /// Make the bundled font the "sans-serif" family (once).
@@ -111,7 +150,9 @@ where
         .y_desc(p.ylabel.as_str())
         .label_style(("sans-serif", 13))
         .draw()?;
-    for (i, s) in p.series.iter().enumerate() {
+    let labels: Vec<&str> = p.series.iter().map(|s| s.label.as_str()).collect();
+    let styles = line_styles(&labels);
+    for (s, &(c, dash)) in p.series.iter().zip(&styles) {
         let pts: Vec<(f64, f64)> = s
             .points
             .iter()
@@ -121,13 +162,33 @@ where
         if pts.is_empty() {
             continue;
         }
-        let color = series_color(i);
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-            .label(s.label.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
+        let color = series_color(c);
+        let (on, off) = DASHES[dash];
+        if on == 0 {
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                .label(s.label.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+        } else {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    pts.clone(),
+                    on,
+                    off,
+                    color.stroke_width(2),
+                ))?
+                .label(s.label.as_str())
+                .legend(move |(x, y)| {
+                    plotters::element::DashedPathElement::new(
+                        vec![(x, y), (x + 24, y)],
+                        on.min(6),
+                        off.min(4),
+                        color.stroke_width(2),
+                    )
+                });
+        }
         chart.draw_series(pts.iter().map(|q| Circle::new(*q, 3, color.filled())))?;
         // The spread over seeds as vertical bars.
         chart.draw_series(
@@ -456,6 +517,32 @@ mod tests {
             .map(|v| nfe_tick(*v))
             .collect();
         assert_eq!(t, ["1", "", "10", "20", "50", "", "", "100", "200", "0.5"]);
+    }
+
+    #[test]
+    fn one_sampler_keeps_its_color_across_grids_and_folders() {
+        // Plain labels (a restart's segments included): one color each, solid.
+        assert_eq!(
+            line_styles(&["euler", "heun", "restart(segments=[[3,2,0.06,0.3]])"]),
+            [(0, 0), (1, 0), (2, 0)]
+        );
+        // A grid axis: color by sampler, dash by grid.
+        assert_eq!(
+            line_styles(&[
+                "euler @ karras",
+                "euler @ gits",
+                "ipndm @ karras",
+                "ipndm @ gits"
+            ]),
+            [(0, 0), (0, 1), (1, 0), (1, 1)]
+        );
+        // Merged folders, and both tags: the variant is everything after the name.
+        assert_eq!(
+            line_styles(&["euler [a]", "heun [a]", "euler [b]", "euler @ karras [b]"]),
+            [(0, 0), (1, 0), (0, 1), (0, 2)]
+        );
+        // One variant only: no dashes.
+        assert_eq!(line_styles(&["euler [a]", "heun [a]"]), [(0, 0), (1, 0)]);
     }
 
     #[test]
