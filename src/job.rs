@@ -237,8 +237,8 @@ impl GridArgs {
 #[derive(Args, Clone, Debug, Default)]
 pub struct SamplerArgs {
     /// ddim, euler-ancestral, dpm2-ancestral, dpmpp-2s-ancestral, dpmpp-sde, dpmpp-2m-sde,
-    /// dpmpp-3m-sde, dpm-solver, dpm-adaptive, dpm-fast, res-multistep: noise fraction
-    /// (0 = deterministic).
+    /// dpmpp-3m-sde, dpm-solver, dpm-adaptive, dpm-fast, res-multistep, seeds-2, seeds-3: noise
+    /// fraction (0 = deterministic).
     #[arg(long)]
     pub eta: Option<f64>,
     /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: EDM's S_churn (0 = no churn).
@@ -273,7 +273,8 @@ pub struct SamplerArgs {
     pub order: Option<usize>,
     /// dpmpp-2m-sde, dpm-singlestep, dpm-multistep: form of the second-order correction,
     /// midpoint or heun;
-    /// unipc: B(h), bh1 or bh2; edm-ablation: euler or heun (edm's solver).
+    /// unipc: B(h), bh1 or bh2; edm-ablation: euler or heun (edm's solver); seeds-2: phi_1 or
+    /// phi_2.
     #[arg(long)]
     pub solver_type: Option<String>,
     /// unipc: apply the UniC corrector (true or false); pc: the corrector, langevin, ald
@@ -296,10 +297,17 @@ pub struct SamplerArgs {
     /// (true or false; diffusers' lower_order_final, true by default).
     #[arg(long)]
     pub lower_order_final: Option<bool>,
-    /// dpmpp-sde: position of the intermediate level in each step, a fraction of the step in
-    /// log sigma, in (0, 1] (k-diffusion's r; 1/2 by default).
+    /// dpmpp-sde, seeds-2: position of the intermediate level in each step, a fraction of the
+    /// step in log sigma, in (0, 1] (k-diffusion's r; 1/2 by default).
     #[arg(long)]
     pub r: Option<f64>,
+    /// seeds-3: position of the first intermediate level, a fraction of the step in log sigma,
+    /// in (0, 1) (1/3 by default).
+    #[arg(long = "r-1")]
+    pub r_1: Option<f64>,
+    /// seeds-3: position of the second intermediate level, in (r_1, 1] (2/3 by default).
+    #[arg(long = "r-2")]
+    pub r_2: Option<f64>,
     /// edm-ablation: position of the second evaluation, a fraction of the step, in (0, 1]
     /// (EDM's generalized second-order step; 1 is Heun).
     #[arg(long)]
@@ -427,7 +435,9 @@ impl SamplerArgs {
             | SamplerSpec::DpmPp2SAncestral { eta, s_noise }
             | SamplerSpec::DpmPpSde { eta, s_noise, .. }
             | SamplerSpec::DpmFast { eta, s_noise }
-            | SamplerSpec::ResMultistep { eta, s_noise } => {
+            | SamplerSpec::ResMultistep { eta, s_noise }
+            | SamplerSpec::Seeds2 { eta, s_noise, .. }
+            | SamplerSpec::Seeds3 { eta, s_noise, .. } => {
                 if let Some(v) = self.eta {
                     *eta = v;
                     used.push("eta");
@@ -645,9 +655,20 @@ impl SamplerArgs {
             *lower_order_final = v;
             used.push("lower-order-final");
         }
-        if let (SamplerSpec::DpmPpSde { r, .. }, Some(v)) = (&mut spec, self.r) {
+        if let (SamplerSpec::DpmPpSde { r, .. } | SamplerSpec::Seeds2 { r, .. }, Some(v)) =
+            (&mut spec, self.r)
+        {
             *r = v;
             used.push("r");
+        }
+        if let SamplerSpec::Seeds2 { solver_type, .. } = &mut spec {
+            if let Some(v) = &self.solver_type {
+                *solver_type = v.parse::<scoreflow_solvers::samplers::SeedsSolverType>()?;
+                used.push("solver-type");
+            }
+        }
+        if let SamplerSpec::Seeds3 { r_1, r_2, .. } = &mut spec {
+            set_flags(&mut used, [("r-1", self.r_1, r_1), ("r-2", self.r_2, r_2)]);
         }
         if let (SamplerSpec::DpmPp2MSde { solver_type, .. }, Some(v)) =
             (&mut spec, &self.solver_type)
@@ -679,6 +700,8 @@ impl SamplerArgs {
             ("dcoeff", self.dcoeff.is_some()),
             ("accept-safety", self.accept_safety.is_some()),
             ("r", self.r.is_some()),
+            ("r-1", self.r_1.is_some()),
+            ("r-2", self.r_2.is_some()),
             ("alpha", self.alpha.is_some()),
             ("schedule", self.schedule.is_some()),
             ("scaling", self.scaling.is_some()),

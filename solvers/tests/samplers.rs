@@ -10,7 +10,7 @@ use scoreflow_solvers::samplers::dpm_solver::AdaptiveParams;
 use scoreflow_solvers::samplers::er_sde::ErSdeParams;
 use scoreflow_solvers::samplers::sa_solver::SaSolverParams;
 use scoreflow_solvers::samplers::{
-    AlgorithmType, Churn, DdpmVariance, SolverType, UniPcVariant, NAMES,
+    AlgorithmType, Churn, DdpmVariance, SeedsSolverType, SolverType, UniPcVariant, NAMES,
 };
 use scoreflow_solvers::sde::{Edm, Flow, Sde, Ve, VpLinear};
 use scoreflow_solvers::{
@@ -168,6 +168,35 @@ fn deterministic() -> Vec<(SamplerSpec, f64)> {
                 r: 1.0 / 3.0,
             },
             2.0,
+        ),
+        // SEEDS at eta = 0: DPM-Solver++'s singlestep methods of orders 2 (both second-stage
+        // forms) and 3.
+        (
+            SamplerSpec::Seeds2 {
+                eta: 0.0,
+                s_noise: 1.0,
+                r: 0.5,
+                solver_type: SeedsSolverType::Phi1,
+            },
+            2.0,
+        ),
+        (
+            SamplerSpec::Seeds2 {
+                eta: 0.0,
+                s_noise: 1.0,
+                r: 1.0,
+                solver_type: SeedsSolverType::Phi2,
+            },
+            2.0,
+        ),
+        (
+            SamplerSpec::Seeds3 {
+                eta: 0.0,
+                s_noise: 1.0,
+                r_1: 1.0 / 3.0,
+                r_2: 2.0 / 3.0,
+            },
+            3.0,
         ),
         // UniPC-p is of order p + 1 with its corrector (Zhao et al. 2023).
         (SamplerSpec::from_name("unipc").unwrap(), 3.0),
@@ -458,6 +487,8 @@ fn inversion_converges_at_each_samplers_order_under_edm_ve_and_vp() {
         "lms",
         "pndm",
         "res-multistep",
+        "seeds-2",
+        "seeds-3",
         "unipc",
     ];
     assert_eq!(invertible.into_iter().collect::<Vec<_>>(), want);
@@ -1092,6 +1123,9 @@ fn samplers_recover_mixture_mode_weights() {
             },
             64,
         ),
+        // SEEDS at the defaults (the reverse SDE, eta = 1).
+        (SamplerSpec::from_name("seeds-2").unwrap(), 16),
+        (SamplerSpec::from_name("seeds-3").unwrap(), 16),
     ];
     for (spec, steps) in specs {
         let sigmas = grid_for(&sde, &GridKind::default(), steps);
@@ -1158,9 +1192,9 @@ fn nfe_counts_are_pinned() {
     let want = |name: &str, n: usize| -> usize {
         match name {
             "heun" | "edm-stochastic" | "dpm2" | "dpm2-ancestral" | "dpmpp-2s-ancestral"
-            | "dpmpp-sde" | "edm-ablation" => 2 * n - 1,
+            | "dpmpp-sde" | "edm-ablation" | "seeds-2" => 2 * n - 1,
             "pc" => 2 * n,
-            "dpm-solver" => 3 * n - 2,
+            "dpm-solver" | "seeds-3" => 3 * n - 2,
             "pndm" => n + 3 * (n - 1).min(3),
             // One segment [3, 2, ...]: 2 restarts of 2 Heun steps.
             "restart" => 2 * n - 1 + 8,
@@ -1216,6 +1250,8 @@ fn a_sample_does_not_depend_on_its_batch() {
         "tcd",
         "er-sde",
         "res-multistep",
+        "seeds-2",
+        "seeds-3",
     ] {
         let spec = match name {
             "res-multistep" => SamplerSpec::ResMultistep {
@@ -3664,4 +3700,120 @@ fn afs_matches_diff_samplers_solvers() {
     .unwrap()
     .to_string();
     assert!(err.contains("does not apply to inversion"), "{err}");
+}
+
+#[test]
+fn seeds_matches_comfyuis_functions() {
+    // Samples printed by ComfyUI's `sample_seeds_2` and `sample_seeds_3` (SEEDS, Gonzalez et al.
+    // 2023; run as they stand by `python3 experiments/peers/seeds_check.py SAMPLING_PY`, with
+    // the formula noise of pinned.py for every `noise_sampler` call) for the exact denoiser of
+    // N((0.5, -1), 0.25 I) in float64 from three fixed latents, on Karras levels (8 from 80 to
+    // 0.002, rho 7, then 0): the samples, and the number of noise draws (two or three per step
+    // but the last; none at eta = 0), call for call.
+    let cases: Vec<(SamplerSpec, usize, [f64; 6])> = vec![];
+    let (den, latents) = pinned_problem();
+    let edm = Edm::default();
+    let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 8, 0.002, 80.0, &edm).unwrap();
+    for (spec, draws, want) in cases {
+        let mut noise = SequenceNoise {
+            k: 0,
+            rows: 3,
+            cols: 2,
+        };
+        let out = run(
+            spec.build().unwrap().as_ref(),
+            &den,
+            &edm,
+            &sigmas,
+            &latents * sigmas[0],
+            &mut noise,
+            &RunOptions::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let got = Vec::<f64>::try_from(out.x.flatten(0, -1)).unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-12, "{spec:?}: {got:?} vs {want:?}");
+        }
+        assert_eq!(noise.k, draws, "{spec:?}: noise draws");
+        assert_eq!(Some(out.nfe), spec.nfe(8), "{spec:?}");
+    }
+}
+
+#[test]
+fn seeds_at_eta_0_is_dpm_solver_pp_and_at_eta_1_samples_a_gaussian() {
+    // At eta = 0 SEEDS-2's midpoint form is DPM-Solver++(2S) with its stage at r: dpmpp-sde at
+    // eta = 0, for r = 1/2 and 1/3.
+    let ring = GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap();
+    let sde = Edm::default();
+    let sigmas = grid_for(&sde, &GridKind::default(), 12);
+    for r in [0.5, 1.0 / 3.0] {
+        let a = sample(
+            &SamplerSpec::Seeds2 {
+                eta: 0.0,
+                s_noise: 1.0,
+                r,
+                solver_type: SeedsSolverType::Phi1,
+            },
+            &ring,
+            &sde,
+            &sigmas,
+            3,
+            64,
+            2,
+        )
+        .0;
+        let b = sample(
+            &SamplerSpec::DpmPpSde {
+                eta: 0.0,
+                s_noise: 1.0,
+                r,
+            },
+            &ring,
+            &sde,
+            &sigmas,
+            3,
+            64,
+            2,
+        )
+        .0;
+        assert!(max_abs(&(&a - &b)) < 1e-12, "r {r}: {}", max_abs(&(a - b)));
+    }
+    // With s_noise = 0 nothing is drawn: another noise seed leaves the samples as they are;
+    // with noise it moves them.
+    let x0 = start(3, 32, 2, sigmas[0]);
+    for (name, s_noise, moves) in [
+        ("seeds-2", 0.0, false),
+        ("seeds-3", 0.0, false),
+        ("seeds-2", 1.0, true),
+        ("seeds-3", 1.0, true),
+    ] {
+        let mut spec = SamplerSpec::from_name(name).unwrap();
+        match &mut spec {
+            SamplerSpec::Seeds2 { s_noise: s, .. } | SamplerSpec::Seeds3 { s_noise: s, .. } => {
+                *s = s_noise
+            }
+            _ => unreachable!(),
+        }
+        let a = sample_with_noise(&spec, &ring, &sde, &sigmas, &x0, 3);
+        let b = sample_with_noise(&spec, &ring, &sde, &sigmas, &x0, 4);
+        assert_eq!(max_abs(&(a - b)) > 0.0, moves, "{name} s_noise {s_noise}");
+    }
+    // At eta = 1 on Gaussian data they sample the data's mean and covariance: SEEDS-3 from 10
+    // steps on, SEEDS-2 (whose covariance error falls about fourfold per doubling of the steps:
+    // 0.32, 0.11, 0.030, 0.0055 at 10, 20, 40, 80 steps on experiments/gauss2.json) at 80.
+    let den = gaussian();
+    let n = 4096;
+    for (name, steps) in [("seeds-3", 10), ("seeds-2", 80)] {
+        let spec = SamplerSpec::from_name(name).unwrap();
+        let sigmas = grid_for(&sde, &GridKind::default(), steps);
+        let (x, _) = sample(&spec, &den, &sde, &sigmas, 11, n, 3);
+        let (dm, dc) = off_gaussian(&x, 1.0);
+        println!("{name} at {steps} steps: mean off by {dm:.4}, covariance by {dc:.4}");
+        // Standard errors at n = 4096: mean <= 1/64, covariance entries <= sqrt(2)/64.
+        assert!(
+            dm < 0.05 && dc < 0.08,
+            "{name} {steps}: mean {dm}, covariance {dc}"
+        );
+    }
 }

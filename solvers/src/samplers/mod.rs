@@ -30,6 +30,7 @@ pub mod res_multistep;
 pub mod restart;
 pub mod rk45;
 pub mod sa_solver;
+pub mod seeds;
 pub mod tcd;
 pub mod unipc;
 
@@ -40,6 +41,7 @@ pub use dpm_singlestep::AlgorithmType;
 pub use dpmpp_2m_sde::SolverType;
 pub use edm_stochastic::Churn;
 pub use pc::{PcCorrector, PcPredictor};
+pub use seeds::SeedsSolverType;
 use serde::{Deserialize, Serialize};
 pub use unipc::UniPcVariant;
 
@@ -186,6 +188,12 @@ fn two() -> usize {
 }
 pub(crate) fn three() -> usize {
     3
+}
+fn one_third() -> f64 {
+    1.0 / 3.0
+}
+fn two_thirds() -> f64 {
+    2.0 / 3.0
 }
 fn ge_gamma() -> f64 {
     2.0
@@ -369,6 +377,30 @@ pub enum SamplerSpec {
         #[serde(default = "ge_gamma")]
         ge_gamma: f64,
     },
+    /// SEEDS-2 (Gonzalez et al. 2023; ComfyUI's `sample_seeds_2`; [`seeds::Seeds2`]).
+    #[serde(rename = "seeds-2")]
+    Seeds2 {
+        #[serde(default = "one")]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+        #[serde(default = "half")]
+        r: f64,
+        #[serde(default)]
+        solver_type: SeedsSolverType,
+    },
+    /// SEEDS-3 (Gonzalez et al. 2023; ComfyUI's `sample_seeds_3`; [`seeds::Seeds3`]).
+    #[serde(rename = "seeds-3")]
+    Seeds3 {
+        #[serde(default = "one")]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+        #[serde(default = "one_third")]
+        r_1: f64,
+        #[serde(default = "two_thirds")]
+        r_2: f64,
+    },
 }
 
 /// Every registry name, in the order `scoreflow samplers` and `bench` list them.
@@ -408,6 +440,8 @@ pub const NAMES: &[&str] = &[
     "er-sde",
     "res-multistep",
     "gradient-estimation",
+    "seeds-2",
+    "seeds-3",
 ];
 
 impl SamplerSpec {
@@ -428,6 +462,18 @@ impl SamplerSpec {
             },
             "gradient-estimation" => SamplerSpec::GradientEstimation {
                 ge_gamma: ge_gamma(),
+            },
+            "seeds-2" => SamplerSpec::Seeds2 {
+                eta: 1.0,
+                s_noise: 1.0,
+                r: half(),
+                solver_type: SeedsSolverType::default(),
+            },
+            "seeds-3" => SamplerSpec::Seeds3 {
+                eta: 1.0,
+                s_noise: 1.0,
+                r_1: one_third(),
+                r_2: two_thirds(),
             },
             "ddim" => SamplerSpec::Ddim { eta: 0.0 },
             "ddpm" => SamplerSpec::Ddpm {
@@ -551,6 +597,8 @@ impl SamplerSpec {
             SamplerSpec::ErSde(_) => "er-sde",
             SamplerSpec::ResMultistep { .. } => "res-multistep",
             SamplerSpec::GradientEstimation { .. } => "gradient-estimation",
+            SamplerSpec::Seeds2 { .. } => "seeds-2",
+            SamplerSpec::Seeds3 { .. } => "seeds-3",
         }
     }
 
@@ -576,7 +624,9 @@ impl SamplerSpec {
             | SamplerSpec::DpmPpSde { eta, s_noise, .. }
             | SamplerSpec::DpmSolver { eta, s_noise, .. }
             | SamplerSpec::DpmFast { eta, s_noise }
-            | SamplerSpec::ResMultistep { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
+            | SamplerSpec::ResMultistep { eta, s_noise }
+            | SamplerSpec::Seeds2 { eta, s_noise, .. }
+            | SamplerSpec::Seeds3 { eta, s_noise, .. } => *eta > 0.0 && *s_noise > 0.0,
             SamplerSpec::DpmAdaptive(p) => p.eta > 0.0 && p.s_noise > 0.0,
             SamplerSpec::EdmAblation(p) => p.churn().is_stochastic(),
             SamplerSpec::Restart(p) => p.is_stochastic(),
@@ -607,7 +657,9 @@ impl SamplerSpec {
             | SamplerSpec::Dpm2(_)
             | SamplerSpec::Dpm2Ancestral { .. }
             | SamplerSpec::DpmPp2SAncestral { .. }
-            | SamplerSpec::DpmPpSde { .. } => 2 * steps - 1,
+            | SamplerSpec::DpmPpSde { .. }
+            | SamplerSpec::Seeds2 { .. } => 2 * steps - 1,
+            SamplerSpec::Seeds3 { .. } => 3 * steps - 2,
             SamplerSpec::Pc {
                 corrector_steps,
                 predictor,
@@ -641,6 +693,18 @@ impl SamplerSpec {
             SamplerSpec::GradientEstimation { ge_gamma } => {
                 Box::new(gradient_estimation::GradientEstimation::new(*ge_gamma)?)
             }
+            SamplerSpec::Seeds2 {
+                eta,
+                s_noise,
+                r,
+                solver_type,
+            } => Box::new(seeds::Seeds2::new(*eta, *s_noise, *r, *solver_type)?),
+            SamplerSpec::Seeds3 {
+                eta,
+                s_noise,
+                r_1,
+                r_2,
+            } => Box::new(seeds::Seeds3::new(*eta, *s_noise, *r_1, *r_2)?),
             SamplerSpec::Ddim { eta } => Box::new(ddim::Ddim::new(*eta)?),
             SamplerSpec::Ddpm { variance } => Box::new(ddpm::Ddpm {
                 variance: *variance,
