@@ -237,8 +237,8 @@ impl GridArgs {
 #[derive(Args, Clone, Debug, Default)]
 pub struct SamplerArgs {
     /// ddim, euler-ancestral, dpm2-ancestral, dpmpp-2s-ancestral, dpmpp-sde, dpmpp-2m-sde,
-    /// dpmpp-3m-sde, dpm-solver, dpm-adaptive, dpm-fast, res-multistep, seeds-2, seeds-3: noise
-    /// fraction (0 = deterministic).
+    /// dpmpp-3m-sde, dpm-solver, dpm-adaptive, dpm-fast, res-multistep, seeds-2, seeds-3,
+    /// euler-ancestral-cfgpp: noise fraction (0 = deterministic).
     #[arg(long)]
     pub eta: Option<f64>,
     /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: EDM's S_churn (0 = no churn).
@@ -437,7 +437,8 @@ impl SamplerArgs {
             | SamplerSpec::DpmFast { eta, s_noise }
             | SamplerSpec::ResMultistep { eta, s_noise }
             | SamplerSpec::Seeds2 { eta, s_noise, .. }
-            | SamplerSpec::Seeds3 { eta, s_noise, .. } => {
+            | SamplerSpec::Seeds3 { eta, s_noise, .. }
+            | SamplerSpec::EulerAncestralCfgPp { eta, s_noise } => {
                 if let Some(v) = self.eta {
                     *eta = v;
                     used.push("eta");

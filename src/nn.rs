@@ -965,11 +965,39 @@ impl Denoiser for Guided<'_> {
         x: &Tensor,
         sigma: f64,
     ) -> Result<(Tensor, Option<Tensor>), SolverError> {
+        let (d, v, _) = self.branches(x, sigma, false)?;
+        Ok((d, v))
+    }
+
+    /// The guided `D` and the unconditional branch's `D_u`, both branches run even at `w = 1`
+    /// (CFG++ renoises with `D_u`); outside the guidance interval the conditional branch alone
+    /// and no `D_u`.
+    fn denoise_guided(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+    ) -> Result<(Tensor, Option<Tensor>), SolverError> {
+        let (d, _, u) = self.branches(x, sigma, true)?;
+        Ok((d, u))
+    }
+}
+
+impl Guided<'_> {
+    /// One batched call: the guided `D`, the conditional branch's variance output and, where
+    /// both branches ran, the unconditional `D_u`. The conditional branch alone where `w = 1`
+    /// (unless `both`) or outside the guidance interval.
+    #[allow(clippy::type_complexity)]
+    fn branches(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+        both: bool,
+    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>), SolverError> {
         self.net.check(x)?;
         let n = x.size()[0];
         let dev = self.net.device;
         let back = |t: Tensor| t.to_device(x.device()).to_kind(x.kind());
-        if self.guidance == 1.0
+        if (self.guidance == 1.0 && !both)
             || self
                 .interval
                 .is_some_and(|(lo, hi)| !(sigma > lo && sigma <= hi))
@@ -980,7 +1008,7 @@ impl Denoiser for Guided<'_> {
                 self.net
                     .try_forward_parts(&x.to_device(dev), &sigma_batch(sigma, x), Some(&labels))
             })?;
-            return Ok((back(d), v.map(back)));
+            return Ok((back(d), v.map(back), None));
         }
         let xx = Tensor::cat(&[x, x], 0).to_device(dev);
         let labels = Tensor::cat(
@@ -996,6 +1024,10 @@ impl Denoiser for Guided<'_> {
         })?;
         let (cond, uncond) = (out.narrow(0, 0, n), out.narrow(0, n, n));
         let d = &uncond + (cond - &uncond) * self.guidance;
-        Ok((back(d), v.map(|v| back(v.narrow(0, 0, n)))))
+        Ok((
+            back(d),
+            v.map(|v| back(v.narrow(0, 0, n))),
+            Some(back(uncond)),
+        ))
     }
 }

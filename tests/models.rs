@@ -282,6 +282,32 @@ fn class_conditional_models_sample_with_guidance() {
             .double_value(&[])
             < 1e-5
     );
+    // CFG++'s pair: the guided D and the unconditional branch, both run even at w = 1; outside
+    // the interval the conditional branch alone and no unconditional estimate.
+    let uncond = m.net.denoise(&x, 0.8).unwrap();
+    for w in [1.0, 3.0] {
+        let (d, u) = Guided {
+            net: &m.net,
+            class: Classes::One(0),
+            guidance: w,
+            interval: None,
+        }
+        .denoise_guided(&x, 0.8)
+        .unwrap();
+        let u = u.expect("both branches");
+        assert!((&u - &uncond).abs().max().double_value(&[]) < 1e-5);
+        assert!((&d - guided(w, None)).abs().max().double_value(&[]) < 1e-6);
+    }
+    let (d, u) = Guided {
+        net: &m.net,
+        class: Classes::One(0),
+        guidance: 3.0,
+        interval: Some((0.8, 2.0)),
+    }
+    .denoise_guided(&x, 0.8)
+    .unwrap();
+    assert!(u.is_none());
+    assert!((&d - &cond).abs().max().double_value(&[]) < 1e-5);
 
     let bin = env!("CARGO_BIN_EXE_scoreflow");
     let out = dir.path().join("s.npy");

@@ -23,6 +23,14 @@ pub trait Denoiser {
         Ok((self.denoise(x, sigma)?, None))
     }
 
+    /// `D(x; sigma)` and, for a denoiser with classifier-free guidance, the unconditional
+    /// branch's estimate `D_u` from the same evaluation (what the CFG++ samplers renoise with).
+    /// None for a denoiser without guidance (the default), and where a guided one samples the
+    /// conditional branch alone (outside its guidance interval).
+    fn denoise_guided(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((self.denoise(x, sigma)?, None))
+    }
+
     /// The score `(D(x; sigma) - x) / sigma^2`.
     fn score(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         Ok((self.denoise(x, sigma)? - x) / (sigma * sigma))
@@ -36,11 +44,17 @@ impl<T: Denoiser + ?Sized> Denoiser for &T {
     fn denoise_with_variance(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
         (**self).denoise_with_variance(x, sigma)
     }
+    fn denoise_guided(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
+        (**self).denoise_guided(x, sigma)
+    }
 }
 
 impl<T: Denoiser + ?Sized> Denoiser for Box<T> {
     fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         (**self).denoise(x, sigma)
+    }
+    fn denoise_guided(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
+        (**self).denoise_guided(x, sigma)
     }
     fn denoise_with_variance(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
         (**self).denoise_with_variance(x, sigma)
@@ -77,6 +91,31 @@ impl<D: Denoiser> Denoiser for Counted<D> {
     fn denoise_with_variance(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
         self.count.set(self.count.get() + 1);
         self.inner.denoise_with_variance(x, sigma)
+    }
+    fn denoise_guided(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
+        self.count.set(self.count.get() + 1);
+        self.inner.denoise_guided(x, sigma)
+    }
+}
+
+/// Classifier-free guidance (Ho & Salimans 2022) of two denoisers: `D = D_u + w (D_c - D_u)`
+/// (`w = 1`: the conditional one, `w = 0`: the unconditional one), one evaluation of each per
+/// call; [`Denoiser::denoise_guided`] also returns `D_u`. For exact models (a mixture and one of
+/// its components, say) and tests; a network's guidance batches both branches (`nn::Guided`).
+pub struct Cfg<C, U> {
+    pub cond: C,
+    pub uncond: U,
+    pub guidance: f64,
+}
+
+impl<C: Denoiser, U: Denoiser> Denoiser for Cfg<C, U> {
+    fn denoise(&self, x: &Tensor, sigma: f64) -> Result<Tensor> {
+        Ok(self.denoise_guided(x, sigma)?.0)
+    }
+    fn denoise_guided(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
+        let c = self.cond.denoise(x, sigma)?;
+        let u = self.uncond.denoise(x, sigma)?;
+        Ok((&u + (c - &u) * self.guidance, Some(u)))
     }
 }
 
@@ -177,6 +216,14 @@ impl<D: Denoiser> Denoiser for Thresholded<D> {
     fn denoise_with_variance(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
         let (d, v) = self.inner.denoise_with_variance(x, sigma)?;
         Ok((self.threshold.apply(&d), v))
+    }
+    /// Both estimates limited.
+    fn denoise_guided(&self, x: &Tensor, sigma: f64) -> Result<(Tensor, Option<Tensor>)> {
+        let (d, u) = self.inner.denoise_guided(x, sigma)?;
+        Ok((
+            self.threshold.apply(&d),
+            u.map(|u| self.threshold.apply(&u)),
+        ))
     }
 }
 

@@ -65,6 +65,19 @@ impl StepCtx<'_> {
         *self.nfe += 1;
         self.denoiser.denoise_with_variance(x, sigma)
     }
+    /// `D(x; sigma)` and the unconditional estimate `D_u` of a guided denoiser
+    /// ([`Denoiser::denoise_guided`]; `D` itself for a denoiser without guidance), counted as one
+    /// network evaluation. The analytical first step answers both with its `D`.
+    pub fn denoise_guided(&mut self, x: &Tensor, sigma: f64) -> Result<(Tensor, Tensor)> {
+        if std::mem::take(self.afs) && self.index == 0 && sigma == self.sigmas[0] {
+            let d = x - x * (sigma / (1.0 + sigma * sigma).sqrt());
+            return Ok((d.shallow_clone(), d));
+        }
+        *self.nfe += 1;
+        let (d, u) = self.denoiser.denoise_guided(x, sigma)?;
+        let u = u.unwrap_or_else(|| d.shallow_clone());
+        Ok((d, u))
+    }
     /// The ODE derivative `dx/dsigma = (x - D(x; sigma)) / sigma` (one evaluation).
     pub fn derivative(&mut self, x: &Tensor, sigma: f64) -> Result<Tensor> {
         let d = self.denoise(x, sigma)?;

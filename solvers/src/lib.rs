@@ -20,7 +20,7 @@ pub mod samplers;
 pub mod sde;
 
 pub use denoiser::{
-    thresholded, Counted, Denoiser, GaussianDenoiser, GaussianMixture, Threshold, Thresholded,
+    thresholded, Cfg, Counted, Denoiser, GaussianDenoiser, GaussianMixture, Threshold, Thresholded,
 };
 pub use driver::{invert, run, Outcome, RunOptions, Sampler, StepCtx, StepReport};
 pub use error::{Num, Result, SolverError};

@@ -1252,6 +1252,7 @@ fn a_sample_does_not_depend_on_its_batch() {
         "res-multistep",
         "seeds-2",
         "seeds-3",
+        "euler-ancestral-cfgpp",
     ] {
         let spec = match name {
             "res-multistep" => SamplerSpec::ResMultistep {
@@ -3816,4 +3817,113 @@ fn seeds_at_eta_0_is_dpm_solver_pp_and_at_eta_1_samples_a_gaussian() {
             "{name} {steps}: mean {dm}, covariance {dc}"
         );
     }
+}
+
+#[test]
+fn cfgpp_matches_comfyuis_functions() {
+    // Samples printed by ComfyUI's `sample_euler_cfg_pp`, `sample_euler_ancestral_cfg_pp` and
+    // `sample_dpmpp_2m_cfg_pp` (CFG++, Chung et al. 2025; run as they stand by `python3
+    // experiments/peers/cfgpp_check.py SAMPLING_PY`, with the formula noise of pinned.py) for
+    // classifier-free guidance of two exact Gaussians (cond N((0.5, -1), 0.25 I), uncond
+    // N((-0.3, 0.4), 0.81 I)) at w = 1, 0.6 and 1.5, in float64 from three fixed latents, on
+    // Karras levels (8 from 80 to 0.002, rho 7, then 0): the samples and the number of noise
+    // draws, with `Cfg` as the guided denoiser.
+    let cases: Vec<(SamplerSpec, f64, usize, [f64; 6])> = vec![];
+    let (cond, latents) = pinned_problem();
+    let uncond = GaussianDenoiser::new(
+        vec![-0.3, 0.4],
+        vec![vec![0.81, 0.0], vec![0.0, 0.81]],
+        Device::Cpu,
+    )
+    .unwrap();
+    let edm = Edm::default();
+    let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 8, 0.002, 80.0, &edm).unwrap();
+    for (spec, guidance, draws, want) in cases {
+        let den = scoreflow_solvers::Cfg {
+            cond: &cond,
+            uncond: &uncond,
+            guidance,
+        };
+        let mut noise = SequenceNoise {
+            k: 0,
+            rows: 3,
+            cols: 2,
+        };
+        let out = run(
+            spec.build().unwrap().as_ref(),
+            &den,
+            &edm,
+            &sigmas,
+            &latents * sigmas[0],
+            &mut noise,
+            &RunOptions::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let got = Vec::<f64>::try_from(out.x.flatten(0, -1)).unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() < 1e-12,
+                "{spec:?} w {guidance}: {got:?} vs {want:?}"
+            );
+        }
+        assert_eq!(noise.k, draws, "{spec:?} w {guidance}: noise draws");
+        assert_eq!(out.nfe, 8, "{spec:?}");
+    }
+}
+
+#[test]
+fn cfgpp_samplers_without_guidance_are_their_plain_samplers() {
+    // On a denoiser without guidance (D_u = D), and on guidance of a denoiser with itself, each
+    // CFG++ sampler is its plain counterpart: euler, euler-ancestral (same noise), dpmpp-2m.
+    let ring = GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap();
+    let sde = Edm::default();
+    let sigmas = grid_for(&sde, &GridKind::default(), 12);
+    let x0 = start(3, 32, 2, sigmas[0]);
+    let same = scoreflow_solvers::Cfg {
+        cond: &ring,
+        uncond: &ring,
+        guidance: 2.5,
+    };
+    for (cfgpp, plain) in [
+        (
+            SamplerSpec::EulerCfgPp {},
+            SamplerSpec::Euler(Default::default()),
+        ),
+        (
+            SamplerSpec::EulerAncestralCfgPp {
+                eta: 0.7,
+                s_noise: 0.9,
+            },
+            SamplerSpec::EulerAncestral {
+                eta: 0.7,
+                s_noise: 0.9,
+            },
+        ),
+        (SamplerSpec::DpmPp2MCfgPp {}, SamplerSpec::DpmPp2M {}),
+    ] {
+        let want = sample_with_noise(&plain, &ring, &sde, &sigmas, &x0, 5);
+        for (what, den) in [("unguided", &ring as &dyn Denoiser), ("self-guided", &same)] {
+            let got = sample_with_noise(&cfgpp, den, &sde, &sigmas, &x0, 5);
+            let d = max_abs(&(&got - &want));
+            assert!(d < 1e-12, "{} {what}: {d}", cfgpp.name());
+        }
+    }
+    // With guidance they differ from the plain samplers on the same guided denoiser.
+    let one = GaussianMixture::ring(1, 2.0, 0.2, Device::Cpu).unwrap();
+    let guided = scoreflow_solvers::Cfg {
+        cond: &one,
+        uncond: &ring,
+        guidance: 1.0,
+    };
+    let a = sample_with_noise(&SamplerSpec::EulerCfgPp {}, &guided, &sde, &sigmas, &x0, 5);
+    let b = sample_with_noise(
+        &SamplerSpec::Euler(Default::default()),
+        &guided,
+        &sde,
+        &sigmas,
+        &x0,
+        5,
+    );
+    assert!(max_abs(&(a - b)) > 1e-3);
 }

@@ -1,6 +1,7 @@
 //! The sampler library: one file per sampler, all behind [`Sampler`](crate::driver::Sampler),
 //! and [`SamplerSpec`], the tagged configuration that builds them by name.
 
+pub mod cfgpp;
 pub mod ddim;
 pub mod ddpm;
 pub mod deis;
@@ -377,6 +378,22 @@ pub enum SamplerSpec {
         #[serde(default = "ge_gamma")]
         ge_gamma: f64,
     },
+    /// Euler with CFG++'s renoising (Chung et al. 2025; ComfyUI's `sample_euler_cfg_pp`;
+    /// [`cfgpp::EulerCfgPp`]).
+    #[serde(rename = "euler-cfgpp")]
+    EulerCfgPp {},
+    /// Euler ancestral with CFG++'s renoising (ComfyUI's `sample_euler_ancestral_cfg_pp`).
+    #[serde(rename = "euler-ancestral-cfgpp")]
+    EulerAncestralCfgPp {
+        #[serde(default = "one")]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
+    /// DPM-Solver++(2M) with CFG++'s renoising (ComfyUI's `sample_dpmpp_2m_cfg_pp`;
+    /// [`cfgpp::DpmPp2MCfgPp`]).
+    #[serde(rename = "dpmpp-2m-cfgpp")]
+    DpmPp2MCfgPp {},
     /// SEEDS-2 (Gonzalez et al. 2023; ComfyUI's `sample_seeds_2`; [`seeds::Seeds2`]).
     #[serde(rename = "seeds-2")]
     Seeds2 {
@@ -442,6 +459,9 @@ pub const NAMES: &[&str] = &[
     "gradient-estimation",
     "seeds-2",
     "seeds-3",
+    "euler-cfgpp",
+    "euler-ancestral-cfgpp",
+    "dpmpp-2m-cfgpp",
 ];
 
 impl SamplerSpec {
@@ -463,6 +483,12 @@ impl SamplerSpec {
             "gradient-estimation" => SamplerSpec::GradientEstimation {
                 ge_gamma: ge_gamma(),
             },
+            "euler-cfgpp" => SamplerSpec::EulerCfgPp {},
+            "euler-ancestral-cfgpp" => SamplerSpec::EulerAncestralCfgPp {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            "dpmpp-2m-cfgpp" => SamplerSpec::DpmPp2MCfgPp {},
             "seeds-2" => SamplerSpec::Seeds2 {
                 eta: 1.0,
                 s_noise: 1.0,
@@ -597,6 +623,9 @@ impl SamplerSpec {
             SamplerSpec::ErSde(_) => "er-sde",
             SamplerSpec::ResMultistep { .. } => "res-multistep",
             SamplerSpec::GradientEstimation { .. } => "gradient-estimation",
+            SamplerSpec::EulerCfgPp {} => "euler-cfgpp",
+            SamplerSpec::EulerAncestralCfgPp { .. } => "euler-ancestral-cfgpp",
+            SamplerSpec::DpmPp2MCfgPp {} => "dpmpp-2m-cfgpp",
             SamplerSpec::Seeds2 { .. } => "seeds-2",
             SamplerSpec::Seeds3 { .. } => "seeds-3",
         }
@@ -626,7 +655,8 @@ impl SamplerSpec {
             | SamplerSpec::DpmFast { eta, s_noise }
             | SamplerSpec::ResMultistep { eta, s_noise }
             | SamplerSpec::Seeds2 { eta, s_noise, .. }
-            | SamplerSpec::Seeds3 { eta, s_noise, .. } => *eta > 0.0 && *s_noise > 0.0,
+            | SamplerSpec::Seeds3 { eta, s_noise, .. }
+            | SamplerSpec::EulerAncestralCfgPp { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
             SamplerSpec::DpmAdaptive(p) => p.eta > 0.0 && p.s_noise > 0.0,
             SamplerSpec::EdmAblation(p) => p.churn().is_stochastic(),
             SamplerSpec::Restart(p) => p.is_stochastic(),
@@ -693,6 +723,15 @@ impl SamplerSpec {
             SamplerSpec::GradientEstimation { ge_gamma } => {
                 Box::new(gradient_estimation::GradientEstimation::new(*ge_gamma)?)
             }
+            SamplerSpec::EulerCfgPp {} => {
+                Box::new(cfgpp::EulerCfgPp::new(0.0, 0.0, "euler-cfgpp")?)
+            }
+            SamplerSpec::EulerAncestralCfgPp { eta, s_noise } => Box::new(cfgpp::EulerCfgPp::new(
+                *eta,
+                *s_noise,
+                "euler-ancestral-cfgpp",
+            )?),
+            SamplerSpec::DpmPp2MCfgPp {} => Box::new(cfgpp::DpmPp2MCfgPp),
             SamplerSpec::Seeds2 {
                 eta,
                 s_noise,
