@@ -674,12 +674,13 @@ fn every_shipped_config_loads() {
     }
     // gmm2d, fewstep, adaptive, edm-ablation, restart, stochastic, gauss64, moons-samplers,
     // digits-samplers, digits-stochastic, digits-conditional, digits-guidance,
-    // digits-guidance-interval, gmm8-variance, digits-variance, digits-clip, inversion,
+    // digits-guidance-interval, digits-cfgpp-{w0.5,w1,w2}, gmm8-variance,
+    // digits-variance, digits-clip, inversion,
     // spacing/{leading,trailing,linspace}, flow/{exact-karras,exact-shift1,exact-shift3,
     // checkpoint-flow,checkpoint-edm,digits-flow,digits-edm,reflow-1,reflow-2}; moons,
     // gmm8-train, digits, gmm8-learned, digits-learned, gmm8-flow, digits-flow, gmm8-reflow,
     // gmm8-posthoc; gits/{gmm8,digits,digits-afs}.
-    assert_eq!(seen, (32, 9));
+    assert_eq!(seen, (35, 9));
 }
 
 #[test]
