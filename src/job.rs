@@ -238,7 +238,7 @@ impl GridArgs {
 pub struct SamplerArgs {
     /// ddim, euler-ancestral, dpm2-ancestral, dpmpp-2s-ancestral, dpmpp-sde, dpmpp-2m-sde,
     /// dpmpp-3m-sde, dpm-solver, dpm-adaptive, dpm-fast, res-multistep, seeds-2, seeds-3,
-    /// euler-ancestral-cfgpp: noise fraction (0 = deterministic).
+    /// euler-ancestral-cfgpp, res-multistep-cfgpp: noise fraction (0 = deterministic).
     #[arg(long)]
     pub eta: Option<f64>,
     /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: EDM's S_churn (0 = no churn).
@@ -438,7 +438,8 @@ impl SamplerArgs {
             | SamplerSpec::ResMultistep { eta, s_noise }
             | SamplerSpec::Seeds2 { eta, s_noise, .. }
             | SamplerSpec::Seeds3 { eta, s_noise, .. }
-            | SamplerSpec::EulerAncestralCfgPp { eta, s_noise } => {
+            | SamplerSpec::EulerAncestralCfgPp { eta, s_noise }
+            | SamplerSpec::ResMultistepCfgPp { eta, s_noise } => {
                 if let Some(v) = self.eta {
                     *eta = v;
                     used.push("eta");

@@ -3,7 +3,8 @@
 Usage: python3 experiments/peers/cfgpp_check.py SAMPLING_PY
 
 SAMPLING_PY is ComfyUI's `comfy/k_diffusion/sampling.py` (or any file holding its
-`sample_euler_ancestral_cfg_pp`, `sample_euler_cfg_pp` and `sample_dpmpp_2m_cfg_pp`; CFG++,
+`sample_euler_ancestral_cfg_pp`, `sample_euler_cfg_pp`, `sample_dpmpp_2m_cfg_pp` and
+`res_multistep` (run with `cfg_pp=True`); CFG++,
 Chung et al. 2025, ICLR). The three functions are taken from the file by name, as they stand,
 and run with k-diffusion's `to_d`, `get_ancestral_step` and `default_noise_sampler` (k-diffusion
 loaded by file path, kdiffusion_files.py: ComfyUI's copies of them are k-diffusion's) and with
@@ -103,7 +104,8 @@ def main():
           "default_noise_sampler": kd.default_noise_sampler, "comfy": comfy,
           "set_model_options_post_cfg_function": set_model_options_post_cfg_function,
           "sigma_to_half_log_snr": sigma_to_half_log_snr}
-    names = ["sample_euler_ancestral_cfg_pp", "sample_euler_cfg_pp", "sample_dpmpp_2m_cfg_pp"]
+    names = ["sample_euler_ancestral_cfg_pp", "sample_euler_cfg_pp", "sample_dpmpp_2m_cfg_pp",
+             "res_multistep"]
     for name in names + [h for h in ["sigma_to_half_log_snr"] if h in defs]:
         node = defs[name]
         node.decorator_list = []
@@ -114,6 +116,8 @@ def main():
         ("euler-ancestral-cfgpp", "sample_euler_ancestral_cfg_pp", {}),
         ("euler-ancestral-cfgpp", "sample_euler_ancestral_cfg_pp", {"eta": 0.5, "s_noise": 0.8}),
         ("dpmpp-2m-cfgpp", "sample_dpmpp_2m_cfg_pp", {}),
+        ("res-multistep-cfgpp", "res_multistep", {"cfg_pp": True, "eta": 0.0}),
+        ("res-multistep-cfgpp", "res_multistep", {"cfg_pp": True, "eta": 1.0, "s_noise": 0.9}),
     ]
     for sampler, fn_name, kwargs in cases:
         for w in [1.0, 0.6, 1.5]:
@@ -121,6 +125,7 @@ def main():
             x0 = latents() * sigmas[0]
             extra = {}
             if "eta" in kwargs or sampler == "euler-ancestral-cfgpp":
+                # (res_multistep draws whenever sigma' > 0, with weight 0 at eta = 0.)
                 extra["noise_sampler"] = lambda a, b, like=x0: draw(like)
             x = ns[fn_name](Model(w), x0, sigmas, extra_args={}, disable=True, **kwargs, **extra)
             print(json.dumps({"sampler": sampler, "params": kwargs, "guidance": w, "draws": draw.k,

@@ -3961,7 +3961,8 @@ fn seeds_at_eta_0_is_dpm_solver_pp_and_at_eta_1_samples_a_gaussian() {
 fn cfgpp_matches_comfyuis_functions() {
     // Samples printed by ComfyUI's `sample_euler_cfg_pp`, `sample_euler_ancestral_cfg_pp` and
     // `sample_dpmpp_2m_cfg_pp` (CFG++, Chung et al. 2025; run as they stand by `python3
-    // experiments/peers/cfgpp_check.py SAMPLING_PY`, with the formula noise of pinned.py) for
+    // experiments/peers/cfgpp_check.py SAMPLING_PY`, with the formula noise of pinned.py; and
+    // `res_multistep` with `cfg_pp`, whose zero-weight draws at eta = 0 scoreflow skips) for
     // classifier-free guidance of two exact Gaussians (cond N((0.5, -1), 0.25 I), uncond
     // N((-0.3, 0.4), 0.81 I)) at w = 1, 0.6 and 1.5, in float64 from three fixed latents, on
     // Karras levels (8 from 80 to 0.002, rho 7, then 0): the samples and the number of noise
@@ -4141,8 +4142,104 @@ fn cfgpp_matches_comfyuis_functions() {
                 -3.792039351452504,
             ],
         ),
+        (
+            SamplerSpec::ResMultistepCfgPp {
+                eta: 0.0,
+                s_noise: 1.0,
+            },
+            1.0,
+            0,
+            [
+                0.7186830944567724,
+                -2.1245232019859364,
+                2.040547920849572,
+                -0.03157056019733695,
+                -0.05240472093902704,
+                -0.6925029733937366,
+            ],
+        ),
+        (
+            SamplerSpec::ResMultistepCfgPp {
+                eta: 0.0,
+                s_noise: 1.0,
+            },
+            0.6,
+            0,
+            [
+                0.48122277241202444,
+                -1.762150782582196,
+                1.8978547791437306,
+                0.48084989474300593,
+                -0.34514589818147057,
+                -0.2274661086228473,
+            ],
+        ),
+        (
+            SamplerSpec::ResMultistepCfgPp {
+                eta: 0.0,
+                s_noise: 1.0,
+            },
+            1.5,
+            0,
+            [
+                0.9942039893988921,
+                -2.5421863466996495,
+                2.2011389140235296,
+                -0.6312060493773046,
+                0.2901586167011868,
+                -1.234673511689624,
+            ],
+        ),
+        (
+            SamplerSpec::ResMultistepCfgPp {
+                eta: 1.0,
+                s_noise: 0.9,
+            },
+            1.0,
+            7,
+            [
+                -0.5535962386824054,
+                1.0056763270038913,
+                1.2744925053394214,
+                0.44962904189633424,
+                -1.5737051288361732,
+                -1.2432939755711268,
+            ],
+        ),
+        (
+            SamplerSpec::ResMultistepCfgPp {
+                eta: 1.0,
+                s_noise: 0.9,
+            },
+            0.6,
+            7,
+            [
+                -0.6345584455454669,
+                1.1137131528823918,
+                1.2222911068861488,
+                0.580366182584514,
+                -1.6417466613527378,
+                -1.1412335327520948,
+            ],
+        ),
+        (
+            SamplerSpec::ResMultistepCfgPp {
+                eta: 1.0,
+                s_noise: 0.9,
+            },
+            1.5,
+            7,
+            [
+                -0.45357897166692107,
+                0.8724842306436988,
+                1.3385936546809059,
+                0.288256656516223,
+                -1.4896837287872593,
+                -1.368861478956854,
+            ],
+        ),
     ];
-    assert_eq!(cases.len(), 12);
+    assert_eq!(cases.len(), 18);
     let (cond, latents) = pinned_problem();
     let uncond = GaussianDenoiser::new(
         vec![-0.3, 0.4],
@@ -4189,7 +4286,8 @@ fn cfgpp_matches_comfyuis_functions() {
 #[test]
 fn cfgpp_samplers_without_guidance_are_their_plain_samplers() {
     // On a denoiser without guidance (D_u = D), and on guidance of a denoiser with itself, each
-    // CFG++ sampler is its plain counterpart: euler, euler-ancestral (same noise), dpmpp-2m.
+    // CFG++ sampler is its plain counterpart: euler, euler-ancestral (same noise), dpmpp-2m,
+    // res-multistep.
     let ring = GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap();
     let sde = Edm::default();
     let sigmas = grid_for(&sde, &GridKind::default(), 12);
@@ -4215,6 +4313,16 @@ fn cfgpp_samplers_without_guidance_are_their_plain_samplers() {
             },
         ),
         (SamplerSpec::DpmPp2MCfgPp {}, SamplerSpec::DpmPp2M {}),
+        (
+            SamplerSpec::ResMultistepCfgPp {
+                eta: 0.7,
+                s_noise: 0.9,
+            },
+            SamplerSpec::ResMultistep {
+                eta: 0.7,
+                s_noise: 0.9,
+            },
+        ),
     ] {
         let want = sample_with_noise(&plain, &ring, &sde, &sigmas, &x0, 5);
         for (what, den) in [("unguided", &ring as &dyn Denoiser), ("self-guided", &same)] {

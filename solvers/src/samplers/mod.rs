@@ -394,6 +394,15 @@ pub enum SamplerSpec {
     /// [`cfgpp::DpmPp2MCfgPp`]).
     #[serde(rename = "dpmpp-2m-cfgpp")]
     DpmPp2MCfgPp {},
+    /// res-multistep with CFG++'s renoising (ComfyUI's `res_multistep` with `cfg_pp`: at
+    /// `eta = 0` `sample_res_multistep_cfg_pp`, at 1 `sample_res_multistep_ancestral_cfg_pp`).
+    #[serde(rename = "res-multistep-cfgpp")]
+    ResMultistepCfgPp {
+        #[serde(default)]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
     /// SEEDS-2 (Gonzalez et al. 2023; ComfyUI's `sample_seeds_2`; [`seeds::Seeds2`]).
     #[serde(rename = "seeds-2")]
     Seeds2 {
@@ -462,6 +471,7 @@ pub const NAMES: &[&str] = &[
     "euler-cfgpp",
     "euler-ancestral-cfgpp",
     "dpmpp-2m-cfgpp",
+    "res-multistep-cfgpp",
 ];
 
 impl SamplerSpec {
@@ -489,6 +499,10 @@ impl SamplerSpec {
                 s_noise: 1.0,
             },
             "dpmpp-2m-cfgpp" => SamplerSpec::DpmPp2MCfgPp {},
+            "res-multistep-cfgpp" => SamplerSpec::ResMultistepCfgPp {
+                eta: 0.0,
+                s_noise: 1.0,
+            },
             "seeds-2" => SamplerSpec::Seeds2 {
                 eta: 1.0,
                 s_noise: 1.0,
@@ -626,6 +640,7 @@ impl SamplerSpec {
             SamplerSpec::EulerCfgPp {} => "euler-cfgpp",
             SamplerSpec::EulerAncestralCfgPp { .. } => "euler-ancestral-cfgpp",
             SamplerSpec::DpmPp2MCfgPp {} => "dpmpp-2m-cfgpp",
+            SamplerSpec::ResMultistepCfgPp { .. } => "res-multistep-cfgpp",
             SamplerSpec::Seeds2 { .. } => "seeds-2",
             SamplerSpec::Seeds3 { .. } => "seeds-3",
         }
@@ -656,7 +671,8 @@ impl SamplerSpec {
             | SamplerSpec::ResMultistep { eta, s_noise }
             | SamplerSpec::Seeds2 { eta, s_noise, .. }
             | SamplerSpec::Seeds3 { eta, s_noise, .. }
-            | SamplerSpec::EulerAncestralCfgPp { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
+            | SamplerSpec::EulerAncestralCfgPp { eta, s_noise }
+            | SamplerSpec::ResMultistepCfgPp { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
             SamplerSpec::DpmAdaptive(p) => p.eta > 0.0 && p.s_noise > 0.0,
             SamplerSpec::EdmAblation(p) => p.churn().is_stochastic(),
             SamplerSpec::Restart(p) => p.is_stochastic(),
@@ -732,6 +748,9 @@ impl SamplerSpec {
                 "euler-ancestral-cfgpp",
             )?),
             SamplerSpec::DpmPp2MCfgPp {} => Box::new(cfgpp::DpmPp2MCfgPp),
+            SamplerSpec::ResMultistepCfgPp { eta, s_noise } => {
+                Box::new(res_multistep::ResMultistep::cfg_pp(*eta, *s_noise)?)
+            }
             SamplerSpec::Seeds2 {
                 eta,
                 s_noise,

@@ -26,13 +26,29 @@ use tch::Tensor;
 pub struct ResMultistep {
     pub eta: f64,
     pub s_noise: f64,
+    /// CFG++'s renoising (`res-multistep-cfgpp`, ComfyUI's `res_multistep` with `cfg_pp`): the
+    /// unconditional estimate `D_u` in the steps' interpolation and history, the guided `D` as
+    /// the offset `x + (D - D_u)` and the Euler steps' target (see [`super::cfgpp`]).
+    pub cfg_pp: bool,
 }
 
 impl ResMultistep {
     pub fn new(eta: f64, s_noise: f64) -> Result<Self> {
         check_nonneg("eta", eta)?;
         check_nonneg("s_noise", s_noise)?;
-        Ok(ResMultistep { eta, s_noise })
+        Ok(ResMultistep {
+            eta,
+            s_noise,
+            cfg_pp: false,
+        })
+    }
+
+    /// The CFG++ form.
+    pub fn cfg_pp(eta: f64, s_noise: f64) -> Result<Self> {
+        Ok(ResMultistep {
+            cfg_pp: true,
+            ..Self::new(eta, s_noise)?
+        })
     }
 }
 
@@ -44,14 +60,25 @@ fn phis(h: f64) -> (f64, f64) {
 
 impl Sampler for ResMultistep {
     fn name(&self) -> &'static str {
-        "res-multistep"
+        if self.cfg_pp {
+            "res-multistep-cfgpp"
+        } else {
+            "res-multistep"
+        }
     }
     fn invertible(&self) -> bool {
-        self.eta == 0.0
+        self.eta == 0.0 && !self.cfg_pp
     }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
         let (s, s_next, i) = (ctx.sigma(), ctx.sigma_next(), ctx.index);
-        let d = ctx.denoise(&x, s)?;
+        // (D, D_u): D_u = D without CFG++ (or without guidance), where the formulas below are
+        // the plain ones.
+        let (d, u) = if self.cfg_pp {
+            ctx.denoise_guided(&x, s)?
+        } else {
+            let d = ctx.denoise(&x, s)?;
+            (d.shallow_clone(), d)
+        };
         let (down, up) = ancestral_step(s, s_next, self.eta);
         // history: [D_{i-1}]; the previous step's sigma_down follows from the grid and eta.
         let prev = if i > 0 { ctx.history.first() } else { None };
@@ -68,14 +95,15 @@ impl Sampler for ResMultistep {
                 } else {
                     (0.0, 0.0)
                 };
-                &x * (-h).exp() + &d * (h * b1) + old * (h * b2)
+                let x = if self.cfg_pp { &x + (&d - &u) } else { x };
+                x * (-h).exp() + &u * (h * b1) + old * (h * b2)
             }
             // Euler to sigma_down (D itself at sigma_down = 0).
-            _ => &d + (&x - &d) * (down / s),
+            _ => &d + (&x - &u) * (down / s),
         };
         let out = add_step_noise(ctx, out, s_next, s, up * self.s_noise)?;
         ctx.history.clear();
-        ctx.history.push(d);
+        ctx.history.push(u);
         Ok(out)
     }
 }
