@@ -998,6 +998,11 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
         bail!("sampler ddpm with variance = learned needs a network with a learned variance output (a model card with learned_sigmas = true, or a network trained with model.learned_sigmas = true)");
     }
     let guided = guided_denoiser(&cfg.model, &model)?;
+    if guided.is_none() {
+        for s in &cfg.samplers {
+            job::note_cfgpp_without_guidance(s, "[model] conditional = true");
+        }
+    }
     let den: &dyn Denoiser = match &guided {
         Some(g) => g,
         None => model.denoiser(),

@@ -1031,6 +1031,17 @@ pub fn repeated<T: PartialEq>(v: &[T]) -> Option<&T> {
         .map(|(_, x)| x)
 }
 
+/// A CFG++ sampler on a model without classifier-free guidance is its plain counterpart (the
+/// unconditional estimate is `D` itself): say so on stderr, naming what turns guidance on.
+pub fn note_cfgpp_without_guidance(spec: &SamplerSpec, guidance: &str) {
+    if let Some(plain) = spec.name().strip_suffix("-cfgpp") {
+        eprintln!(
+            "note: {} renoises with the unconditional branch of a guided model; without guidance ({guidance}) it is {plain}",
+            spec.name()
+        );
+    }
+}
+
 /// Refuse a list of samplers that names one twice (defaults spelled out or not): it would
 /// repeat rows of a table.
 pub fn no_repeated_samplers(specs: &[SamplerSpec], what: &str) -> Result<()> {

@@ -294,6 +294,9 @@ fn sample(mut a: SampleArgs) -> Result<()> {
         a.guidance,
         a.guidance_interval.as_deref(),
     )?;
+    if guided.is_none() {
+        job::note_cfgpp_without_guidance(&spec, "--class");
+    }
     let (den, shape): (&dyn Denoiser, Vec<i64>) = match (&exact, &trained, &guided) {
         (Some(m), _, _) => (m.denoiser(), vec![m.dim() as i64]),
         (None, Some(t), Some(g)) => (g, t.net.shape.clone()),

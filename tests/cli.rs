@@ -3022,3 +3022,38 @@ fn loglinear_reference(v: &[f64], n: usize) -> Vec<f64> {
         })
         .collect()
 }
+
+#[test]
+fn a_cfgpp_sampler_without_guidance_says_it_is_its_plain_sampler() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(format!("{name}.npy"));
+    for (solver, note) in [("euler-cfgpp", true), ("euler", false)] {
+        let o = run(&[
+            "sample",
+            "--denoiser",
+            "builtin:gmm8",
+            "--solver",
+            solver,
+            "--steps",
+            "6",
+            "--num",
+            "16",
+            "--device",
+            "cpu",
+            "--out",
+            out(solver).to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(
+            stderr(&o).contains("without guidance (--class) it is euler"),
+            note,
+            "{solver}: {}",
+            stderr(&o)
+        );
+    }
+    // The same samples, up to float32 rounding (the two write the Euler step differently).
+    let a = scoreflow::npy::read(&out("euler-cfgpp")).unwrap();
+    let b = scoreflow::npy::read(&out("euler")).unwrap();
+    let d = (a - b).abs().max().double_value(&[]);
+    assert!(d < 1e-5, "{d}");
+}
