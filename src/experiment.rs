@@ -14,7 +14,7 @@ use scoreflow_solvers::{grid, Denoiser, GaussianMixture, GridKind, SamplerSpec, 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -109,18 +109,27 @@ pub enum ModelSpec {
     /// A trained network; with `train_config`, it is trained first if the file is missing. A
     /// model card (`.toml`, a TorchScript module; see docs/models.md) works the same way. A
     /// class-conditional one samples unconditionally unless `conditional = true` (sample `i` of
-    /// class `i mod K`), then with classifier-free guidance `guidance` (1: none), applied only
-    /// within `guidance_interval = [lo, hi]` where given.
+    /// class `i mod K`), then with classifier-free guidance `guidance` (1: none; a list of
+    /// weights is a sweep axis), applied only within `guidance_interval = [lo, hi]` where given.
     Checkpoint {
         path: PathBuf,
         train_config: Option<PathBuf>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         conditional: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        guidance: Option<f64>,
+        guidance: Option<Guidance>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         guidance_interval: Option<[f64; 2]>,
     },
+}
+
+/// `[model] guidance`: one weight, or a list of them, a sweep axis (every sampler at each
+/// weight, its lines tagged `w=W`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged, expecting = "guidance: a number or a list of numbers")]
+pub enum Guidance {
+    One(f64),
+    Axis(Vec<f64>),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -276,8 +285,17 @@ impl Metric {
     }
 }
 
-/// One cell of an experiment: (grid index, seed, sampler, steps).
-type Cell<'a> = (usize, u64, &'a SamplerSpec, usize);
+/// One cell of an experiment.
+#[derive(Clone, Copy)]
+struct Cell<'a> {
+    /// Index into [`ExperimentConfig::grid_list`].
+    grid: usize,
+    /// Index into [`ExperimentConfig::model_list`] (the guidance weights).
+    model: usize,
+    seed: u64,
+    spec: &'a SamplerSpec,
+    steps: usize,
+}
 
 /// A sampler's label in tables: its name and any non-default parameters.
 pub fn label(spec: &SamplerSpec) -> String {
@@ -352,39 +370,106 @@ impl ExperimentConfig {
         }
     }
 
-    /// Every cell: (grid index, seed, sampler, steps).
-    fn cells(&self) -> Vec<Cell<'_>> {
-        self.seeds
-            .iter()
-            .flat_map(|&seed| {
-                (0..self.grid_list().len()).flat_map(move |g| {
-                    self.samplers.iter().flat_map(move |s| {
-                        self.steps_for(s).into_iter().map(move |n| (g, seed, s, n))
-                    })
+    /// The model once per guidance weight of a `guidance = [...]` axis (each with that one
+    /// weight), else the model.
+    pub fn model_list(&self) -> Vec<ModelSpec> {
+        match &self.model {
+            ModelSpec::Checkpoint {
+                guidance: Some(Guidance::Axis(ws)),
+                ..
+            } => ws
+                .iter()
+                .map(|&w| {
+                    let mut m = self.model.clone();
+                    if let ModelSpec::Checkpoint { guidance, .. } = &mut m {
+                        *guidance = Some(Guidance::One(w));
+                    }
+                    m
                 })
-            })
-            .collect()
+                .collect(),
+            m => vec![m.clone()],
+        }
+    }
+
+    /// The weights of a guidance axis (empty without one).
+    fn weight_axis(&self) -> &[f64] {
+        match &self.model {
+            ModelSpec::Checkpoint {
+                guidance: Some(Guidance::Axis(ws)),
+                ..
+            } => ws,
+            _ => &[],
+        }
+    }
+
+    /// Every cell: grid, guidance weight, seed, sampler, steps.
+    fn cells(&self) -> Vec<Cell<'_>> {
+        let models = self.model_list().len();
+        let mut v = Vec::new();
+        for &seed in &self.seeds {
+            for grid in 0..self.grid_list().len() {
+                for model in 0..models {
+                    for spec in &self.samplers {
+                        for steps in self.steps_for(spec) {
+                            v.push(Cell {
+                                grid,
+                                model,
+                                seed,
+                                spec,
+                                steps,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        v
     }
 
     /// The keys of every cell, as written in results.jsonl.
     fn cell_keys(&self) -> HashSet<String> {
+        let models = self.model_list();
         self.cells()
             .iter()
-            .map(|&(g, seed, s, n)| cell_key(self, g, s, n, seed))
+            .map(|c| cell_key(self, &models, c))
             .collect()
     }
 
-    /// A cell's label in tables: the sampler's, tagged with the grid's under `[[grids]]`.
-    fn cell_label(&self, g: usize, spec: &SamplerSpec) -> String {
-        self.tagged(g, label(spec))
-    }
-
-    /// Every line's label, in the table's order: by sampler, then grid.
-    fn labels(&self) -> Vec<String> {
-        self.samplers
+    /// Each cell's key, with its label and (where the cell is tagged) its plot series.
+    fn cell_names(&self) -> HashMap<String, (String, Option<String>)> {
+        let models = self.model_list();
+        let tags = self.grids.len() > 1 || self.weight_axis().len() > 1;
+        self.cells()
             .iter()
-            .flat_map(|s| (0..self.grid_list().len()).map(move |g| self.cell_label(g, s)))
+            .map(|c| {
+                let series = tags.then(|| self.tagged(c.grid, c.model, series(c.spec)));
+                (
+                    cell_key(self, &models, c),
+                    (self.cell_label(c.grid, c.model, c.spec), series),
+                )
+            })
             .collect()
+    }
+
+    /// A cell's label in tables: the sampler's, tagged with the grid's under `[[grids]]` and
+    /// with the weight on a guidance axis.
+    fn cell_label(&self, g: usize, m: usize, spec: &SamplerSpec) -> String {
+        self.tagged(g, m, label(spec))
+    }
+
+    /// Every line's label, in the table's order: by sampler, then grid, then weight.
+    fn labels(&self) -> Vec<String> {
+        let models = self.model_list().len();
+        let grids = self.grid_list().len();
+        let mut v = Vec::new();
+        for s in &self.samplers {
+            for g in 0..grids {
+                for m in 0..models {
+                    v.push(self.cell_label(g, m, s));
+                }
+            }
+        }
+        v
     }
 
     /// Whether a grid is on the timesteps placement, whose rms/max are measured between each
@@ -395,11 +480,15 @@ impl ExperimentConfig {
             .any(|g| matches!(g.placement, GridKind::Timesteps { .. }))
     }
 
-    fn tagged(&self, g: usize, text: String) -> String {
-        if self.grids.len() > 1 {
+    fn tagged(&self, g: usize, m: usize, text: String) -> String {
+        let text = if self.grids.len() > 1 {
             format!("{text} @ {}", self.grids[g].tag())
         } else {
             text
+        };
+        match self.weight_axis() {
+            ws if ws.len() > 1 => format!("{text} @ w={}", ws[m]),
+            _ => text,
         }
     }
 
@@ -430,7 +519,31 @@ impl ExperimentConfig {
         if self.samplers.is_empty() {
             bail!("the experiment lists no samplers");
         }
-        guidance_settings(&self.model)?;
+        for m in self.model_list() {
+            guidance_settings(&m)?;
+        }
+        let ws = self.weight_axis();
+        if matches!(
+            &self.model,
+            ModelSpec::Checkpoint {
+                guidance: Some(Guidance::Axis(_)),
+                ..
+            }
+        ) && ws.is_empty()
+        {
+            bail!("[model] guidance = [] lists no weights");
+        }
+        if let Some(w) = job::repeated(ws) {
+            bail!("[model] guidance lists the weight {w} twice");
+        }
+        if ws.len() > 1
+            && self
+                .grid_list()
+                .iter()
+                .any(|g| matches!(g.placement, GridKind::Gits(_)))
+        {
+            bail!("a gits grid is solved for one denoiser: with several guidance weights give each weight's levels as a levels placement (scoreflow optimize-grid --guidance W) or run one file per weight");
+        }
         self.threshold()?;
         if self.metrics.is_empty() {
             bail!("the experiment lists no metrics");
@@ -719,21 +832,17 @@ fn load_model(spec: &ModelSpec, dev: Device) -> Result<Loaded> {
 
 /// A cell's identity: a hash of everything that determines its result.
 /// A cell on one of `[[grids]]` has the key it would have under `[grid]` with that grid (the
-/// grid's name left out).
-fn cell_key(
-    cfg: &ExperimentConfig,
-    g: usize,
-    spec: &SamplerSpec,
-    steps: usize,
-    seed: u64,
-) -> String {
+/// grid's name left out), and a cell at one weight of a guidance axis the key it would have with
+/// that weight alone (`models`: [`ExperimentConfig::model_list`]).
+fn cell_key(cfg: &ExperimentConfig, models: &[ModelSpec], c: &Cell) -> String {
     let grid = GridSpec {
         name: None,
-        ..cfg.grid_list()[g].clone()
+        ..cfg.grid_list()[c.grid].clone()
     };
     let mut ident = json!({
-        "model": cfg.model, "grid": grid, "num": cfg.num, "dtype": cfg.dtype, "sampler": spec,
-        "steps": steps, "seed": seed, "metrics": cfg.metrics, "reference_tol": cfg.reference_tol,
+        "model": models[c.model], "grid": grid, "num": cfg.num, "dtype": cfg.dtype,
+        "sampler": c.spec, "steps": c.steps, "seed": c.seed, "metrics": cfg.metrics,
+        "reference_tol": cfg.reference_tol,
     });
     // Only where set, so that the keys of experiments without them stay what they were.
     if let Some(r) = cfg.clip_denoised {
@@ -885,7 +994,12 @@ fn guidance_settings(spec: &ModelSpec) -> Result<Option<(f64, Option<(f64, f64)>
         }
         return Ok(None);
     }
-    let w = guidance.unwrap_or(1.0);
+    let w = match guidance {
+        None => 1.0,
+        Some(Guidance::One(w)) => *w,
+        // (Each weight of an axis is checked through ExperimentConfig::model_list.)
+        Some(Guidance::Axis(ws)) => ws.first().copied().unwrap_or(1.0),
+    };
     if !w.is_finite() {
         bail!("[model] guidance must be finite, got {w}");
     }
@@ -997,18 +1111,31 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     {
         bail!("sampler ddpm with variance = learned needs a network with a learned variance output (a model card with learned_sigmas = true, or a network trained with model.learned_sigmas = true)");
     }
-    let guided = guided_denoiser(&cfg.model, &model)?;
-    if guided.is_none() {
+    // One denoiser per guidance weight (one without an axis).
+    let models = cfg.model_list();
+    let guided = models
+        .iter()
+        .map(|m| guided_denoiser(m, &model))
+        .collect::<Result<Vec<_>>>()?;
+    if guided[0].is_none() {
         for s in &cfg.samplers {
             job::note_cfgpp_without_guidance(s, "[model] conditional = true");
         }
     }
-    let den: &dyn Denoiser = match &guided {
-        Some(g) => g,
-        None => model.denoiser(),
-    };
-    let den = scoreflow_solvers::thresholded(den, cfg.threshold()?);
-    let den: &dyn Denoiser = den.as_ref();
+    let threshold = cfg.threshold()?;
+    let boxed: Vec<Box<dyn Denoiser + '_>> = guided
+        .iter()
+        .map(|g| {
+            let den: &dyn Denoiser = match g {
+                Some(g) => g,
+                None => model.denoiser(),
+            };
+            scoreflow_solvers::thresholded(den, threshold)
+        })
+        .collect();
+    let dens: Vec<&dyn Denoiser> = boxed.iter().map(|d| d.as_ref()).collect();
+    // (A gits grid comes with one weight only, checked in validate.)
+    let den = dens[0];
     let shape = model.shape();
     let classifier = match (&model, cfg.metrics.contains(&Metric::Fd)) {
         (Loaded::Trained(_, data), true) => {
@@ -1049,7 +1176,7 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
         let pending = cfg
             .cells()
             .iter()
-            .any(|&(h, seed, s, n)| h == g && !done.contains(&cell_key(cfg, h, s, n, seed)));
+            .any(|c| c.grid == g && !done.contains(&cell_key(cfg, &models, c)));
         if let (GridKind::Gits(p), true) = (&grid.placement, pending) {
             if cfg.grids.len() > 1 {
                 eprintln!("gits: solving the grid {}", grid.tag());
@@ -1071,7 +1198,7 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     let cells = cfg.cells();
     let todo: Vec<_> = cells
         .iter()
-        .filter(|&&(g, seed, s, n)| !done.contains(&cell_key(cfg, g, s, n, seed)))
+        .filter(|c| !done.contains(&cell_key(cfg, &models, c)))
         .collect();
     let total = todo.len().min(max_cells.unwrap_or(usize::MAX));
     eprintln!(
@@ -1092,17 +1219,18 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     // only read it.
     let needs_ref = cfg.metrics.iter().any(|m| m.needs_deterministic());
     let mut per_seed: BTreeMap<u64, SeedState> = BTreeMap::new();
-    for &(g, seed, spec, steps) in &todo {
-        if let std::collections::btree_map::Entry::Vacant(e) = per_seed.entry(seed) {
-            e.insert(SeedState::new(cfg, &model, &shape, seed, dev, kind)?);
+    for c in &todo {
+        if let std::collections::btree_map::Entry::Vacant(e) = per_seed.entry(c.seed) {
+            e.insert(SeedState::new(cfg, &model, &shape, c.seed, dev, kind)?);
         }
-        if needs_ref && !spec.is_stochastic() {
-            let grid = &cfg.grid_list()[g];
-            let sigmas = grid.sigmas(steps, sdes[g].as_ref())?;
-            per_seed.get_mut(&seed).unwrap().reference(
+        if needs_ref && !c.spec.is_stochastic() {
+            let grid = &cfg.grid_list()[c.grid];
+            let sigmas = grid.sigmas(c.steps, sdes[c.grid].as_ref())?;
+            per_seed.get_mut(&c.seed).unwrap().reference(
                 cfg,
                 &model,
-                den,
+                dens[c.model],
+                c.model,
                 reference_ends(grid, &sigmas),
             )?;
         }
@@ -1117,7 +1245,8 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     let ctx = CellCtx {
         cfg,
         model: &model,
-        den,
+        models: &models,
+        dens: &dens,
         classifier: classifier.as_ref(),
         per_seed: &per_seed,
         bandwidth,
@@ -1125,8 +1254,8 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
         dev,
         sdes: &sdes,
     };
-    let run_one = |&(g, seed, spec, steps): &Cell| -> Result<()> {
-        let line = ctx.run_cell(g, seed, spec, steps)?;
+    let run_one = |c: &Cell| -> Result<()> {
+        let line = ctx.run_cell(c)?;
         let mut guard = out.lock().unwrap_or_else(|e| e.into_inner());
         let f = match guard.as_mut() {
             Some(f) => f,
@@ -1211,8 +1340,10 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
 struct CellCtx<'a> {
     cfg: &'a ExperimentConfig,
     model: &'a Loaded,
-    /// The model's denoiser, guided where `[model]` says so.
-    den: &'a dyn Denoiser,
+    /// [`ExperimentConfig::model_list`].
+    models: &'a [ModelSpec],
+    /// The model's denoiser for each of `models`, guided where `[model]` says so.
+    dens: &'a [&'a dyn Denoiser],
     classifier: Option<&'a crate::fid::Classifier>,
     per_seed: &'a BTreeMap<u64, SeedState>,
     bandwidth: Option<f64>,
@@ -1229,8 +1360,10 @@ unsafe impl Sync for CellCtx<'_> {}
 
 impl CellCtx<'_> {
     /// Run one cell, write its snapshots, return its results line.
-    fn run_cell(&self, g: usize, seed: u64, spec: &SamplerSpec, steps: usize) -> Result<Value> {
+    fn run_cell(&self, c: &Cell) -> Result<Value> {
         let (cfg, model, shape) = (self.cfg, self.model, self.shape);
+        let (g, seed, spec, steps) = (c.grid, c.seed, c.spec, c.steps);
+        let den = self.dens[c.model];
         let state = &self.per_seed[&seed];
         let grid = &cfg.grid_list()[g];
         let sde = self.sdes[g].as_ref();
@@ -1250,7 +1383,7 @@ impl CellCtx<'_> {
         };
         let (x, nfe) = job::run_from_noise_with(
             spec,
-            self.den,
+            den,
             sde,
             &sigmas,
             &state.z,
@@ -1263,15 +1396,20 @@ impl CellCtx<'_> {
             &mut observe,
         )?;
         let seconds = t.elapsed().as_secs_f64();
-        let key = cell_key(cfg, g, spec, steps, seed);
+        let key = cell_key(cfg, self.models, c);
         let mut rec = json!({
-            "key": key, "sampler": spec.name(), "label": cfg.cell_label(g, spec), "params": spec,
+            "key": key, "sampler": spec.name(), "label": cfg.cell_label(g, c.model, spec), "params": spec,
             "steps": steps, "nfe": nfe, "seed": seed, "num": cfg.num, "seconds": seconds,
             "device": device::name(self.dev), "scoreflow_version": env!("CARGO_PKG_VERSION"),
         });
         if cfg.grids.len() > 1 {
             rec["grid"] = json!(grid.tag());
-            rec["series"] = json!(cfg.tagged(g, series(spec)));
+        }
+        if cfg.weight_axis().len() > 1 {
+            rec["guidance"] = json!(cfg.weight_axis()[c.model]);
+        }
+        if cfg.grids.len() > 1 || cfg.weight_axis().len() > 1 {
+            rec["series"] = json!(cfg.tagged(g, c.model, series(spec)));
         }
         for m in &cfg.metrics {
             let v = match m {
@@ -1289,7 +1427,7 @@ impl CellCtx<'_> {
                 Metric::Rms | Metric::Max => {
                     let r = state
                         .reference
-                        .get(&ends_key(reference_ends(grid, &sigmas)))
+                        .get(&(c.model, ends_key(reference_ends(grid, &sigmas))))
                         .ok_or_else(|| anyhow!("no reference solution for seed {seed}"))?;
                     let dist = (&x - r)
                         .flatten(1, -1)
@@ -1319,7 +1457,7 @@ impl CellCtx<'_> {
                 }
                 // (Not counted in the cell's NFE: the inversion's own steps - 1 evaluations.)
                 Metric::Roundtrip if steps >= 2 && spec.build()?.invertible() => {
-                    let (z, _) = job::invert_to_noise(spec, self.den, sde, &sigmas, &x, seed)?;
+                    let (z, _) = job::invert_to_noise(spec, den, sde, &sigmas, &x, seed)?;
                     Some(crate::metrics::rms_distance(&z, &state.z))
                 }
                 Metric::Roundtrip => None,
@@ -1405,7 +1543,8 @@ pub fn mode_coverage(g: &GaussianMixture, x: &Tensor) -> Result<f64> {
 struct SeedState {
     z: Tensor,
     data: Option<Tensor>,
-    reference: BTreeMap<(u64, u64), Tensor>,
+    /// Keyed by the model's index in [`ExperimentConfig::model_list`] and the ends.
+    reference: BTreeMap<(usize, (u64, u64)), Tensor>,
 }
 
 impl SeedState {
@@ -1443,9 +1582,10 @@ impl SeedState {
         cfg: &ExperimentConfig,
         model: &Loaded,
         den: &dyn Denoiser,
+        model_index: usize,
         (hi, lo): (f64, f64),
     ) -> Result<&Tensor> {
-        let key = ends_key((hi, lo));
+        let key = (model_index, ends_key((hi, lo)));
         if !self.reference.contains_key(&key) {
             let start = &self.z * hi;
             let at_min = match model {
@@ -1654,9 +1794,24 @@ fn load_plotted(dir: &Path) -> Result<(Vec<Value>, Option<ExperimentConfig>)> {
     // run into the same directory (another grid, a sampler since removed, a cell of an older
     // version) stay in results.jsonl but are not mixed into the table and the plots.
     if let Some(c) = &cfg {
-        let keys = c.cell_keys();
+        let names = c.cell_names();
         let all = rows.len();
-        rows.retain(|r| keys.contains(r["key"].as_str().unwrap_or("")));
+        rows.retain(|r| names.contains_key(r["key"].as_str().unwrap_or("")));
+        // Each line is labelled as this configuration labels its cell: a cell computed by another
+        // configuration with the same key (one grid or weight before `[[grids]]` or a guidance
+        // axis was added) gets its tag.
+        for r in rows.iter_mut() {
+            let (label, series) = &names[r["key"].as_str().unwrap_or("")];
+            r["label"] = json!(label);
+            match series {
+                Some(s) => r["series"] = json!(s),
+                None => {
+                    if let Some(o) = r.as_object_mut() {
+                        o.remove("series");
+                    }
+                }
+            }
+        }
         if rows.len() < all {
             eprintln!(
                 "note: {} of {all} lines in {} are not cells of experiment.json (another configuration, or cells of an older scoreflow whose samplers have gained parameters since) and are not drawn; `scoreflow run` the experiment again to compute the missing cells",
@@ -1943,6 +2098,39 @@ mod tests {
         }
         let spec = crate::job::parse_sampler("sa-solver(tmax=inf,tmin=0)").unwrap();
         assert_eq!(label(&spec), "sa-solver(tmax=inf,tmin=0)");
+    }
+
+    #[test]
+    fn a_guidance_axis_refuses_a_gits_grid() {
+        let text = r#"
+out_dir = "out/x"
+steps = [4]
+metrics = ["fd"]
+samplers = [{ kind = "euler" }]
+[model]
+kind = "checkpoint"
+path = "missing.safetensors"
+conditional = true
+guidance = GUIDANCE
+[grid]
+placement = { kind = "gits" }
+"#;
+        let check = |g: &str| {
+            let cfg: super::ExperimentConfig =
+                toml::from_str(&text.replace("GUIDANCE", g)).unwrap();
+            cfg.validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(check("[1.0, 2.0]").contains("solved for one denoiser"));
+        // One weight (or a one-weight list) may have a gits grid: the next check is the file.
+        assert!(check("2.0").contains("does not exist"), "{}", check("2.0"));
+        assert!(
+            check("[2.0]").contains("does not exist"),
+            "{}",
+            check("[2.0]")
+        );
     }
 
     #[test]

@@ -818,6 +818,30 @@ fn an_experiment_samples_a_class_conditional_card_with_guidance() {
             );
         }
     }
+    // A guidance axis: every sampler at each weight, the lines tagged `w=W`, each cell with the
+    // key and the result it has at that weight alone (w1: guidance = 1.0, c2: w = 2.5).
+    let o = exp("conditional = true\nguidance = [1.0, 2.5]", "axis");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = exp("conditional = true\nguidance = 1.0", "w1");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = |out: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(d.join(out).join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let axis = lines("axis");
+    assert_eq!(axis.len(), 2);
+    for (alone, w) in [("w1", 1.0), ("c2", 2.5)] {
+        let one = &lines(alone)[0];
+        let twin = axis.iter().find(|r| r["key"] == one["key"]).unwrap();
+        assert_eq!(twin["rms"], one["rms"], "w {w}");
+        assert_eq!(twin["guidance"], serde_json::json!(w));
+        assert_eq!(twin["label"], serde_json::json!(format!("heun @ w={w}")));
+    }
+    let summary = std::fs::read_to_string(d.join("axis").join("summary.md")).unwrap();
+    assert!(summary.contains("| heun @ w=2.5 |"), "{summary}");
     // Without conditional = true the same card samples the whole mixture (the null label).
     let o = exp("", "u");
     assert!(o.status.success(), "{}", stderr(&o));
@@ -828,6 +852,20 @@ fn an_experiment_samples_a_class_conditional_card_with_guidance() {
             "conditional = true\nguidance_interval = [5.0, 0.3]",
             "0 <= lo < hi",
         ),
+        ("conditional = true\nguidance = []", "lists no weights"),
+        (
+            "conditional = true\nguidance = [2.5, 2.5]",
+            "the weight 2.5 twice",
+        ),
+        (
+            "conditional = true\nguidance = [1.0, inf]",
+            "must be finite",
+        ),
+        (
+            "conditional = true\nguidance = \"x\"",
+            "a number or a list of numbers",
+        ),
+        ("guidance = [1.0, 2.0]", "need conditional = true"),
     ] {
         let o = exp(extra, "bad");
         assert_eq!(o.status.code(), Some(2), "{extra}: {}", stderr(&o));
