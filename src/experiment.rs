@@ -371,7 +371,7 @@ impl ExperimentConfig {
     }
 
     /// The model once per guidance weight of a `guidance = [...]` axis (each with that one
-    /// weight), else the model.
+    /// weight; none for an empty list), else the model.
     pub fn model_list(&self) -> Vec<ModelSpec> {
         match &self.model {
             ModelSpec::Checkpoint {
@@ -519,20 +519,14 @@ impl ExperimentConfig {
         if self.samplers.is_empty() {
             bail!("the experiment lists no samplers");
         }
-        for m in self.model_list() {
-            guidance_settings(&m)?;
-        }
-        let ws = self.weight_axis();
-        if matches!(
-            &self.model,
-            ModelSpec::Checkpoint {
-                guidance: Some(Guidance::Axis(_)),
-                ..
-            }
-        ) && ws.is_empty()
-        {
+        let models = self.model_list();
+        if models.is_empty() {
             bail!("[model] guidance = [] lists no weights");
         }
+        for m in &models {
+            guidance_settings(m)?;
+        }
+        let ws = self.weight_axis();
         if let Some(w) = job::repeated(ws) {
             bail!("[model] guidance lists the weight {w} twice");
         }
@@ -583,6 +577,13 @@ impl ExperimentConfig {
             }
         }
         // Each grid's lines are told apart by its tag.
+        if self
+            .grid_list()
+            .iter()
+            .any(|g| g.name.as_deref() == Some(""))
+        {
+            bail!("a grid's name must not be empty");
+        }
         let tags: Vec<String> = self.grids.iter().map(GridSpec::tag).collect();
         if let Some(d) = job::repeated(&self.grids) {
             bail!("grids lists the grid {} twice", d.tag());
@@ -997,8 +998,10 @@ fn guidance_settings(spec: &ModelSpec) -> Result<Option<(f64, Option<(f64, f64)>
     let w = match guidance {
         None => 1.0,
         Some(Guidance::One(w)) => *w,
-        // (Each weight of an axis is checked through ExperimentConfig::model_list.)
-        Some(Guidance::Axis(ws)) => ws.first().copied().unwrap_or(1.0),
+        // Each weight of an axis is a model of its own (ExperimentConfig::model_list).
+        Some(Guidance::Axis(_)) => {
+            bail!("[model] guidance: a list of weights is taken one weight at a time")
+        }
     };
     if !w.is_finite() {
         bail!("[model] guidance must be finite, got {w}");

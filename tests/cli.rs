@@ -3057,3 +3057,88 @@ fn a_cfgpp_sampler_without_guidance_says_it_is_its_plain_sampler() {
     let d = (a - b).abs().max().double_value(&[]);
     assert!(d < 1e-5, "{d}");
 }
+
+#[test]
+fn seeds_take_their_flags_and_their_label_alike() {
+    // --eta, --s-noise, --r, --solver-type (seeds-2) and --r-1, --r-2 (seeds-3) give the same
+    // sampler as the label's keys (bit for bit, noise included) and another than the defaults;
+    // bad values and another sampler's flags are one-line errors with exit code 2, no output.
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name);
+    let sample = |extra: &[&str], file: &Path, nfe: u64| {
+        let (n, bytes) = sample_gmm8(extra, "32", "6", file);
+        assert_eq!(n, nfe, "{extra:?}");
+        bytes
+    };
+    let a = sample(
+        &[
+            "--solver",
+            "seeds-2",
+            "--eta",
+            "0.5",
+            "--r",
+            "0.3",
+            "--solver-type",
+            "phi_2",
+        ],
+        &out("a.npy"),
+        11,
+    );
+    let b = sample(
+        &["--solver", "seeds-2(eta=0.5,r=0.3,solver_type=phi_2)"],
+        &out("b.npy"),
+        11,
+    );
+    assert_eq!(a, b);
+    assert_ne!(a, sample(&["--solver", "seeds-2"], &out("c.npy"), 11));
+    let d = sample(
+        &[
+            "--solver",
+            "seeds-3",
+            "--r-1",
+            "0.25",
+            "--r-2",
+            "0.8",
+            "--s-noise",
+            "0.9",
+        ],
+        &out("d.npy"),
+        16,
+    );
+    let e = sample(
+        &["--solver", "seeds-3(r_1=0.25,r_2=0.8,s_noise=0.9)"],
+        &out("e.npy"),
+        16,
+    );
+    assert_eq!(d, e);
+    assert_ne!(d, sample(&["--solver", "seeds-3"], &out("f.npy"), 16));
+    let never = out("never.npy");
+    for (extra, needle) in [
+        (
+            vec!["--solver", "seeds-3", "--r-1", "0.8"],
+            "r_2 = 0.6666666666666666: must be > r_1 and <= 1",
+        ),
+        (
+            vec!["--solver", "seeds-2", "--r", "0"],
+            "r = 0: must be > 0 and <= 1",
+        ),
+        (
+            vec!["--solver", "seeds-2", "--solver-type", "phi_3"],
+            "unknown solver type 'phi_3' for seeds-2 (known: phi_1, phi_2)",
+        ),
+        (
+            vec!["--solver", "seeds-2", "--r-1", "0.3"],
+            "--r-1 does not apply to the seeds-2 sampler",
+        ),
+        (
+            vec!["--solver", "seeds-3", "--r", "0.3"],
+            "--r does not apply to the seeds-3 sampler",
+        ),
+        (
+            vec!["--solver", "euler-cfgpp", "--eta", "0.5"],
+            "--eta does not apply to the euler-cfgpp sampler",
+        ),
+    ] {
+        assert_bad_sample(&extra, "6", needle, &never);
+    }
+}

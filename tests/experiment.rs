@@ -1192,6 +1192,10 @@ kind = "ipndm"
             "tagged a",
         ),
         (
+            "[[grids]]\nname = \"\"\nplacement = { kind = \"karras\" }\n".to_string(),
+            "name must not be empty",
+        ),
+        (
             "[[grids]]\nplacement = { kind = \"karras\" }\n[[grids]]\nplacement = { kind = \"karras\" }\n".to_string(),
             "twice",
         ),

@@ -2395,6 +2395,34 @@ fn run_pinned(
     )
 }
 
+/// [`run_pinned`], also returning how many formula noises the run drew (the peer scripts print
+/// theirs).
+fn run_counting_draws(
+    spec: &SamplerSpec,
+    den: &dyn Denoiser,
+    sde: &dyn Sde,
+    sigmas: &[f64],
+    latents: &Tensor,
+) -> (scoreflow_solvers::driver::Outcome, usize) {
+    let mut noise = SequenceNoise {
+        k: 0,
+        rows: 3,
+        cols: 2,
+    };
+    let out = run(
+        spec.build().unwrap().as_ref(),
+        den,
+        sde,
+        sigmas,
+        latents * sigmas[0],
+        &mut noise,
+        &RunOptions::default(),
+        &mut |_, _| {},
+    )
+    .unwrap();
+    (out, noise.k)
+}
+
 /// [`run_pinned`] with the driver's options and an observer of each step.
 fn run_pinned_with(
     spec: &SamplerSpec,
@@ -3854,27 +3882,12 @@ fn seeds_matches_comfyuis_functions() {
     let edm = Edm::default();
     let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 8, 0.002, 80.0, &edm).unwrap();
     for (spec, draws, want) in cases {
-        let mut noise = SequenceNoise {
-            k: 0,
-            rows: 3,
-            cols: 2,
-        };
-        let out = run(
-            spec.build().unwrap().as_ref(),
-            &den,
-            &edm,
-            &sigmas,
-            &latents * sigmas[0],
-            &mut noise,
-            &RunOptions::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+        let (out, drawn) = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
         let got = Vec::<f64>::try_from(out.x.flatten(0, -1)).unwrap();
         for (g, w) in got.iter().zip(want) {
             assert!((g - w).abs() < 1e-12, "{spec:?}: {got:?} vs {want:?}");
         }
-        assert_eq!(noise.k, draws, "{spec:?}: noise draws");
+        assert_eq!(drawn, draws, "{spec:?}: noise draws");
         assert_eq!(Some(out.nfe), spec.nfe(8), "{spec:?}");
     }
 }
@@ -4255,22 +4268,7 @@ fn cfgpp_matches_comfyuis_functions() {
             uncond: &uncond,
             guidance,
         };
-        let mut noise = SequenceNoise {
-            k: 0,
-            rows: 3,
-            cols: 2,
-        };
-        let out = run(
-            spec.build().unwrap().as_ref(),
-            &den,
-            &edm,
-            &sigmas,
-            &latents * sigmas[0],
-            &mut noise,
-            &RunOptions::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
+        let (out, drawn) = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
         let got = Vec::<f64>::try_from(out.x.flatten(0, -1)).unwrap();
         for (g, w) in got.iter().zip(want) {
             assert!(
@@ -4278,7 +4276,7 @@ fn cfgpp_matches_comfyuis_functions() {
                 "{spec:?} w {guidance}: {got:?} vs {want:?}"
             );
         }
-        assert_eq!(noise.k, draws, "{spec:?} w {guidance}: noise draws");
+        assert_eq!(drawn, draws, "{spec:?} w {guidance}: noise draws");
         assert_eq!(out.nfe, 8, "{spec:?}");
     }
 }

@@ -19,6 +19,7 @@
 //! sigma = 0 returns the denoised estimate. At `eta = 0` the solvers are DPM-Solver++'s
 //! singlestep methods of orders 2 and 3.
 
+use super::dpmpp_2m::lambda;
 use super::{check_nonneg, require};
 use crate::driver::{Sampler, StepCtx};
 use crate::error::{Result, SolverError};
@@ -71,11 +72,13 @@ fn lerp(a: f64, b: f64, w: f64) -> f64 {
     }
 }
 
-/// The noise a stage carries: `None` on a deterministic run.
+/// The noise the stages of one step carry, one Ornstein-Uhlenbeck path (none on a
+/// deterministic run: `eta = 0` or `s_noise = 0`).
 struct StageNoise {
-    /// The accumulated standard-deviation-one noise at the previous stage's level.
+    /// The accumulated standard-deviation-one noise at the last stage's level.
     carried: Option<Tensor>,
     eta: f64,
+    s_noise: f64,
 }
 
 impl StageNoise {
@@ -83,22 +86,24 @@ impl StageNoise {
         StageNoise {
             carried: None,
             eta: if eta > 0.0 && s_noise > 0.0 { eta } else { 0.0 },
+            s_noise,
         }
     }
 
-    /// The noise at the stage `r_to h` into the step, from the previous stage at `r_from h`
-    /// (sigma `hi`) to this one (sigma `lo`): the carried noise decayed plus a fresh normal on
-    /// that stretch of the path. None when the run is deterministic; no draw on a stretch of
-    /// length 0 (weight 0).
-    fn advance(
+    /// `x + sigma s_noise n` for the stage `r_to h` into the step, where `n` is the previous
+    /// stage's noise (at `r_from h`, sigma `hi`) decayed plus a fresh normal on the stretch of
+    /// the path to this stage (sigma `lo`); `x` itself on a deterministic run. No draw on a
+    /// stretch of length 0 (weight 0).
+    fn add(
         &mut self,
         ctx: &mut StepCtx<'_>,
+        x: Tensor,
         h: f64,
         (r_from, r_to): (f64, f64),
         (lo, hi): (f64, f64),
-    ) -> Result<Option<&Tensor>> {
+    ) -> Result<Tensor> {
         if self.eta == 0.0 {
-            return Ok(None);
+            return Ok(x);
         }
         let seg = (r_from - r_to) * h * self.eta;
         let fresh = if seg == 0.0 {
@@ -106,21 +111,39 @@ impl StageNoise {
         } else {
             Some(ctx.noise.standard(STREAM_STEP, lo, hi)? * (-(2.0 * seg).exp_m1()).sqrt())
         };
-        self.carried = match (self.carried.take(), fresh) {
-            (Some(c), Some(f)) => Some(c * seg.exp() + f),
-            (Some(c), None) => Some(c * seg.exp()),
-            (None, f) => f,
+        let n = match (self.carried.take(), fresh) {
+            (Some(c), Some(f)) => c * seg.exp() + f,
+            (Some(c), None) => c * seg.exp(),
+            (None, Some(f)) => f,
+            (None, None) => return Ok(x),
         };
-        Ok(self.carried.as_ref())
+        let out = x + &n * (lo * self.s_noise);
+        self.carried = Some(n);
+        Ok(out)
     }
 }
 
-/// `x + sigma s_noise n` where the stage has noise.
-fn with_noise(x: Tensor, n: Option<&Tensor>, sigma: f64, s_noise: f64) -> Tensor {
-    match n {
-        Some(n) => x + n * (sigma * s_noise),
-        None => x,
-    }
+/// A step's `h = lambda(sigma') - lambda(sigma)`, `h_eta = (1 + eta) h` and the level of its
+/// stage at `r h` (`lerp` in lambda, as ComfyUI).
+fn step_frame(s: f64, s_next: f64, eta: f64) -> (f64, f64, impl Fn(f64) -> f64) {
+    let (lam, lam_next) = (lambda(s), lambda(s_next));
+    let h = lam_next - lam;
+    (h, h * (eta + 1.0), move |r| (-lerp(lam, lam_next, r)).exp())
+}
+
+/// The first-order first stage to `sigma_1 = stage(r)`:
+/// `x_2 = (sigma_1 / sigma) e^{-r h eta} x - E(-r h_eta) D` plus its noise.
+fn first_stage(
+    ctx: &mut StepCtx<'_>,
+    noise: &mut StageNoise,
+    x: &Tensor,
+    d: &Tensor,
+    (s, s_1): (f64, f64),
+    r: f64,
+    (h, h_eta, eta): (f64, f64, f64),
+) -> Result<Tensor> {
+    let x_2 = x * (s_1 / s * (-r * h * eta).exp()) - d * ei_phi1(-r * h_eta);
+    noise.add(ctx, x_2, h, (0.0, r), (s_1, s))
 }
 
 /// SEEDS-2: two evaluations per step, the stage at `r h` (1/2 by default).
@@ -160,15 +183,11 @@ impl Sampler for Seeds2 {
             return Ok(d);
         }
         let (eta, r) = (self.eta, self.r);
-        let (lam, lam_next) = (-s.ln(), -s_next.ln());
-        let h = lam_next - lam;
-        let h_eta = h * (eta + 1.0);
-        let s_1 = (-lerp(lam, lam_next, r)).exp();
+        let (h, h_eta, stage) = step_frame(s, s_next, eta);
+        let s_1 = stage(r);
         let mut noise = StageNoise::new(eta, self.s_noise);
         // Stage 1: to sigma_1.
-        let x_2 = &x * (s_1 / s * (-r * h * eta).exp()) - &d * ei_phi1(-r * h_eta);
-        let n = noise.advance(ctx, h, (0.0, r), (s_1, s))?;
-        let x_2 = with_noise(x_2, n, s_1, self.s_noise);
+        let x_2 = first_stage(ctx, &mut noise, &x, &d, (s, s_1), r, (h, h_eta, eta))?;
         let d_2 = ctx.denoise(&x_2, s_1)?;
         // Stage 2: the whole step.
         let lin = s_next / s * (-h * eta).exp();
@@ -188,8 +207,7 @@ impl Sampler for Seeds2 {
                 x * lin - (d * b1 + d_2 * b2)
             }
         };
-        let n = noise.advance(ctx, h, (r, 1.0), (s_next, s_1))?;
-        Ok(with_noise(out, n, s_next, self.s_noise))
+        noise.add(ctx, out, h, (r, 1.0), (s_next, s_1))
     }
 }
 
@@ -236,29 +254,22 @@ impl Sampler for Seeds3 {
             return Ok(d);
         }
         let (eta, r_1, r_2) = (self.eta, self.r_1, self.r_2);
-        let (lam, lam_next) = (-s.ln(), -s_next.ln());
-        let h = lam_next - lam;
-        let h_eta = h * (eta + 1.0);
-        let s_1 = (-lerp(lam, lam_next, r_1)).exp();
-        let s_2 = (-lerp(lam, lam_next, r_2)).exp();
+        let (h, h_eta, stage) = step_frame(s, s_next, eta);
+        let (s_1, s_2) = (stage(r_1), stage(r_2));
         let mut noise = StageNoise::new(eta, self.s_noise);
         // Stage 1: to sigma_1, first order.
-        let x_2 = &x * (s_1 / s * (-r_1 * h * eta).exp()) - &d * ei_phi1(-r_1 * h_eta);
-        let n = noise.advance(ctx, h, (0.0, r_1), (s_1, s))?;
-        let x_2 = with_noise(x_2, n, s_1, self.s_noise);
+        let x_2 = first_stage(ctx, &mut noise, &x, &d, (s, s_1), r_1, (h, h_eta, eta))?;
         let d_2 = ctx.denoise(&x_2, s_1)?;
         // Stage 2: to sigma_2, second order through D and D_2.
         let a2 = r_2 / r_1 * ei_phi2(-r_2 * h_eta);
         let a1 = ei_phi1(-r_2 * h_eta) - a2;
         let x_3 = &x * (s_2 / s * (-r_2 * h * eta).exp()) - (&d * a1 + d_2 * a2);
-        let n = noise.advance(ctx, h, (r_1, r_2), (s_2, s_1))?;
-        let x_3 = with_noise(x_3, n, s_2, self.s_noise);
+        let x_3 = noise.add(ctx, x_3, h, (r_1, r_2), (s_2, s_1))?;
         let d_3 = ctx.denoise(&x_3, s_2)?;
         // Stage 3: the whole step through D and D_3.
         let b3 = ei_phi2(-h_eta) / r_2;
         let b1 = ei_phi1(-h_eta) - b3;
         let out = x * (s_next / s * (-h * eta).exp()) - (d * b1 + d_3 * b3);
-        let n = noise.advance(ctx, h, (r_2, 1.0), (s_next, s_2))?;
-        Ok(with_noise(out, n, s_next, self.s_noise))
+        noise.add(ctx, out, h, (r_2, 1.0), (s_next, s_2))
     }
 }
