@@ -238,7 +238,8 @@ impl GridArgs {
 pub struct SamplerArgs {
     /// ddim, euler-ancestral, dpm2-ancestral, dpmpp-2s-ancestral, dpmpp-sde, dpmpp-2m-sde,
     /// dpmpp-3m-sde, dpm-solver, dpm-adaptive, dpm-fast, res-multistep, seeds-2, seeds-3,
-    /// euler-ancestral-cfgpp, res-multistep-cfgpp: noise fraction (0 = deterministic).
+    /// euler-ancestral-cfgpp, res-multistep-cfgpp, dpmpp-2s-ancestral-cfgpp and the -rf
+    /// ancestral samplers (in [0, 1]): noise fraction (0 = deterministic).
     #[arg(long)]
     pub eta: Option<f64>,
     /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: EDM's S_churn (0 = no churn).
@@ -439,7 +440,12 @@ impl SamplerArgs {
             | SamplerSpec::Seeds2 { eta, s_noise, .. }
             | SamplerSpec::Seeds3 { eta, s_noise, .. }
             | SamplerSpec::EulerAncestralCfgPp { eta, s_noise }
-            | SamplerSpec::ResMultistepCfgPp { eta, s_noise } => {
+            | SamplerSpec::ResMultistepCfgPp { eta, s_noise }
+            | SamplerSpec::DpmPp2SAncestralCfgPp { eta, s_noise }
+            | SamplerSpec::EulerAncestralRf { eta, s_noise }
+            | SamplerSpec::Dpm2AncestralRf { eta, s_noise }
+            | SamplerSpec::DpmPp2SAncestralRf { eta, s_noise }
+            | SamplerSpec::DpmPp2SAncestralCfgPpRf { eta, s_noise } => {
                 if let Some(v) = self.eta {
                     *eta = v;
                     used.push("eta");
@@ -1034,7 +1040,8 @@ pub fn repeated<T: PartialEq>(v: &[T]) -> Option<&T> {
 /// A CFG++ sampler on a model without classifier-free guidance is its plain counterpart (the
 /// unconditional estimate is `D` itself): say so on stderr, naming what turns guidance on.
 pub fn note_cfgpp_without_guidance(spec: &SamplerSpec, guidance: &str) {
-    if let Some(plain) = spec.name().strip_suffix("-cfgpp") {
+    if spec.name().contains("-cfgpp") {
+        let plain = spec.name().replacen("-cfgpp", "", 1);
         eprintln!(
             "note: {} renoises with the unconditional branch of a guided model; without guidance ({guidance}) it is {plain}",
             spec.name()

@@ -70,9 +70,11 @@ enum Command {
 fn samplers_cmd(json: bool) -> Result<()> {
     use scoreflow_solvers::samplers::NAMES;
     use scoreflow_solvers::SamplerSpec;
+    // The name column as wide as the longest name.
+    let w = NAMES.iter().map(|n| n.len()).max().unwrap_or(4);
     if !json {
         println!(
-            "{:<20} {:<14} {:<6} {:<7} parameters (config key = default)",
+            "{:<w$} {:<14} {:<6} {:<7} parameters (config key = default)",
             "name", "nfe", "noise", "inverts"
         );
     }
@@ -130,7 +132,7 @@ fn samplers_cmd(json: bool) -> Result<()> {
             let yes = |b: bool| if b { "yes" } else { "no" };
             let (noise, inverts) = (yes(spec.is_stochastic()), yes(inverts));
             println!(
-                "{name:<20} {nfe:<14} {noise:<6} {inverts:<7} {}",
+                "{name:<w$} {nfe:<14} {noise:<6} {inverts:<7} {}",
                 text.join(", ")
             );
         }

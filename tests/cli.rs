@@ -1546,6 +1546,12 @@ fn samplers_lists_every_sampler_with_its_config_defaults() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), NAMES.len());
+    // The table's columns line up: the name column is as wide as the longest name.
+    let w = NAMES.iter().map(|n| n.len()).max().unwrap();
+    for line in table.lines() {
+        assert_eq!(line.as_bytes()[w], b' ', "{line}");
+        assert_ne!(line.as_bytes()[w + 1], b' ', "{line}");
+    }
     for (v, name) in lines.iter().zip(NAMES) {
         assert_eq!(v["name"], *name);
         assert!(table.lines().any(|l| l.starts_with(&format!("{name} "))));

@@ -677,10 +677,11 @@ fn every_shipped_config_loads() {
     // digits-guidance-interval, digits-cfgpp, gmm8-variance,
     // digits-variance, digits-clip, inversion,
     // spacing/{leading,trailing,linspace}, flow/{exact-karras,exact-shift1,exact-shift3,
-    // checkpoint-flow,checkpoint-edm,digits-flow,digits-edm,reflow-1,reflow-2}; moons,
+    // checkpoint-flow,checkpoint-edm,digits-flow,digits-edm,reflow-1,reflow-2,exact-ancestral,
+    // digits-ancestral}; moons,
     // gmm8-train, digits, gmm8-learned, digits-learned, gmm8-flow, digits-flow, gmm8-reflow,
     // gmm8-posthoc; gits/{gmm8,digits,digits-afs}.
-    assert_eq!(seen, (33, 9));
+    assert_eq!(seen, (35, 9));
 }
 
 #[test]

@@ -3,15 +3,17 @@
 Usage: python3 experiments/peers/cfgpp_check.py SAMPLING_PY
 
 SAMPLING_PY is ComfyUI's `comfy/k_diffusion/sampling.py` (or any file holding its
-`sample_euler_ancestral_cfg_pp`, `sample_euler_cfg_pp`, `sample_dpmpp_2m_cfg_pp` and
-`res_multistep` (run with `cfg_pp=True`); CFG++,
-Chung et al. 2025, ICLR). The three functions are taken from the file by name, as they stand,
+`sample_euler_ancestral_cfg_pp`, `sample_euler_cfg_pp`, `sample_dpmpp_2m_cfg_pp`,
+`sample_dpmpp_2s_ancestral_cfg_pp` and `res_multistep` (run with `cfg_pp=True`); CFG++,
+Chung et al. 2025, ICLR). The functions are taken from the file by name, as they stand,
 and run with k-diffusion's `to_d`, `get_ancestral_step` and `default_noise_sampler` (k-diffusion
 loaded by file path, kdiffusion_files.py: ComfyUI's copies of them are k-diffusion's) and with
 what they take from the rest of ComfyUI written here as ComfyUI defines it:
 `set_model_options_post_cfg_function` appends the function to
-`model_options["sampler_post_cfg_function"]`, and `sigma_to_half_log_snr(sigma) = -log sigma`
-for an EDM-type model (the file's own definition where it has one).
+`model_options["sampler_post_cfg_function"]`, `sigma_to_half_log_snr(sigma) = -log sigma`
+for an EDM-type model (the file's own definition where it has one), and the model's
+`model_sampling` is not a `comfy.model_sampling.CONST` (no rectified flow; ancestral_rf_check.py
+runs the rectified-flow forms).
 
 The model is classifier-free guidance of two exact Gaussian denoisers, evaluated as ComfyUI's
 CFGGuider does: `cond` the 2-D Gaussian N(MEAN, STD^2 I) of pinned.py, `uncond` N(UNCOND_MEAN,
@@ -97,15 +99,19 @@ def main():
     kd = pkg.sampling
     src = open(sys.argv[1]).read()
     defs = {n.name: n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef)}
-    comfy = types.SimpleNamespace(model_patcher=types.SimpleNamespace(
-        set_model_options_post_cfg_function=set_model_options_post_cfg_function))
+    comfy = types.SimpleNamespace(
+        model_patcher=types.SimpleNamespace(
+            set_model_options_post_cfg_function=set_model_options_post_cfg_function),
+        model_sampling=types.SimpleNamespace(CONST=type("CONST", (), {})))
     ns = {"torch": torch, "partial": functools.partial, "trange": lambda *a, **k: range(*a),
           "to_d": kd.to_d, "get_ancestral_step": kd.get_ancestral_step,
-          "default_noise_sampler": kd.default_noise_sampler, "comfy": comfy,
+          # ComfyUI's takes an optional seed (none here: k-diffusion's).
+          "default_noise_sampler": lambda x, seed=None: kd.default_noise_sampler(x),
+          "comfy": comfy,
           "set_model_options_post_cfg_function": set_model_options_post_cfg_function,
           "sigma_to_half_log_snr": sigma_to_half_log_snr}
     names = ["sample_euler_ancestral_cfg_pp", "sample_euler_cfg_pp", "sample_dpmpp_2m_cfg_pp",
-             "res_multistep"]
+             "res_multistep", "sample_dpmpp_2s_ancestral_cfg_pp"]
     for name in names + [h for h in ["sigma_to_half_log_snr"] if h in defs]:
         node = defs[name]
         node.decorator_list = []
@@ -118,13 +124,16 @@ def main():
         ("dpmpp-2m-cfgpp", "sample_dpmpp_2m_cfg_pp", {}),
         ("res-multistep-cfgpp", "res_multistep", {"cfg_pp": True, "eta": 0.0}),
         ("res-multistep-cfgpp", "res_multistep", {"cfg_pp": True, "eta": 1.0, "s_noise": 0.9}),
+        ("dpmpp-2s-ancestral-cfgpp", "sample_dpmpp_2s_ancestral_cfg_pp", {}),
+        ("dpmpp-2s-ancestral-cfgpp", "sample_dpmpp_2s_ancestral_cfg_pp",
+         {"eta": 0.5, "s_noise": 0.8}),
     ]
     for sampler, fn_name, kwargs in cases:
         for w in [1.0, 0.6, 1.5]:
             draw = FormulaNoise()
             x0 = latents() * sigmas[0]
             extra = {}
-            if "eta" in kwargs or sampler == "euler-ancestral-cfgpp":
+            if "eta" in kwargs or sampler in ("euler-ancestral-cfgpp", "dpmpp-2s-ancestral-cfgpp"):
                 # (res_multistep draws whenever sigma' > 0, with weight 0 at eta = 0.)
                 extra["noise_sampler"] = lambda a, b, like=x0: draw(like)
             x = ns[fn_name](Model(w), x0, sigmas, extra_args={}, disable=True, **kwargs, **extra)

@@ -1071,6 +1071,9 @@ fn samplers_recover_mixture_mode_weights() {
         (SamplerSpec::from_name("dpmpp-3m-sde").unwrap(), 32),
         (SamplerSpec::from_name("dpm2-ancestral").unwrap(), 32),
         (SamplerSpec::from_name("dpmpp-2s-ancestral").unwrap(), 32),
+        (SamplerSpec::from_name("euler-ancestral-rf").unwrap(), 64),
+        (SamplerSpec::from_name("dpm2-ancestral-rf").unwrap(), 32),
+        (SamplerSpec::from_name("dpmpp-2s-ancestral-rf").unwrap(), 32),
         (SamplerSpec::from_name("dpmpp-sde").unwrap(), 32),
         (
             SamplerSpec::DpmSinglestep {
@@ -1191,8 +1194,18 @@ fn nfe_counts_are_pinned() {
     let sde = Edm::default();
     let want = |name: &str, n: usize| -> usize {
         match name {
-            "heun" | "edm-stochastic" | "dpm2" | "dpm2-ancestral" | "dpmpp-2s-ancestral"
-            | "dpmpp-sde" | "edm-ablation" | "seeds-2" => 2 * n - 1,
+            "heun"
+            | "edm-stochastic"
+            | "dpm2"
+            | "dpm2-ancestral"
+            | "dpmpp-2s-ancestral"
+            | "dpmpp-sde"
+            | "edm-ablation"
+            | "seeds-2"
+            | "dpmpp-2s-ancestral-cfgpp"
+            | "dpm2-ancestral-rf"
+            | "dpmpp-2s-ancestral-rf"
+            | "dpmpp-2s-ancestral-cfgpp-rf" => 2 * n - 1,
             "pc" => 2 * n,
             "dpm-solver" | "seeds-3" => 3 * n - 2,
             "pndm" => n + 3 * (n - 1).min(3),
@@ -1253,6 +1266,10 @@ fn a_sample_does_not_depend_on_its_batch() {
         "seeds-2",
         "seeds-3",
         "euler-ancestral-cfgpp",
+        "dpmpp-2s-ancestral-cfgpp",
+        "euler-ancestral-rf",
+        "dpm2-ancestral-rf",
+        "dpmpp-2s-ancestral-rf",
     ] {
         let spec = match name {
             "res-multistep" => SamplerSpec::ResMultistep {
@@ -3972,8 +3989,9 @@ fn seeds_at_eta_0_is_dpm_solver_pp_and_at_eta_1_samples_a_gaussian() {
 
 #[test]
 fn cfgpp_matches_comfyuis_functions() {
-    // Samples printed by ComfyUI's `sample_euler_cfg_pp`, `sample_euler_ancestral_cfg_pp` and
-    // `sample_dpmpp_2m_cfg_pp` (CFG++, Chung et al. 2025; run as they stand by `python3
+    // Samples printed by ComfyUI's `sample_euler_cfg_pp`, `sample_euler_ancestral_cfg_pp`,
+    // `sample_dpmpp_2m_cfg_pp` and `sample_dpmpp_2s_ancestral_cfg_pp` (CFG++, Chung et al. 2025;
+    // run as they stand by `python3
     // experiments/peers/cfgpp_check.py SAMPLING_PY`, with the formula noise of pinned.py; and
     // `res_multistep` with `cfg_pp`, whose zero-weight draws at eta = 0 scoreflow skips) for
     // classifier-free guidance of two exact Gaussians (cond N((0.5, -1), 0.25 I), uncond
@@ -4251,8 +4269,104 @@ fn cfgpp_matches_comfyuis_functions() {
                 -1.368861478956854,
             ],
         ),
+        (
+            SamplerSpec::DpmPp2SAncestralCfgPp {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            1.0,
+            7,
+            [
+                0.5960014099863314,
+                -1.0348837646554396,
+                0.8123578686576018,
+                -1.185533784057629,
+                0.3782120287099809,
+                -1.3745037693246827,
+            ],
+        ),
+        (
+            SamplerSpec::DpmPp2SAncestralCfgPp {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            0.6,
+            7,
+            [
+                0.20228341562313124,
+                -0.5500502535967239,
+                0.6274632898247083,
+                -0.5697029637558689,
+                0.04575824245785972,
+                -0.9642561353792565,
+            ],
+        ),
+        (
+            SamplerSpec::DpmPp2SAncestralCfgPp {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            1.5,
+            7,
+            [
+                0.9555475240898132,
+                -1.4626958503164544,
+                0.946163287095565,
+                -1.7377009116170614,
+                0.6868016531538766,
+                -1.7053595124045362,
+            ],
+        ),
+        (
+            SamplerSpec::DpmPp2SAncestralCfgPp {
+                eta: 0.5,
+                s_noise: 0.8,
+            },
+            1.0,
+            7,
+            [
+                0.8734958653987366,
+                -1.622240448219045,
+                1.1466554084105443,
+                -1.3130645898224582,
+                0.551030510796879,
+                -1.4262347596568703,
+            ],
+        ),
+        (
+            SamplerSpec::DpmPp2SAncestralCfgPp {
+                eta: 0.5,
+                s_noise: 0.8,
+            },
+            0.6,
+            7,
+            [
+                0.5632976220531639,
+                -1.1417718780804014,
+                0.9640035084257033,
+                -0.6626982181750675,
+                0.16898339515397237,
+                -0.8475366505425537,
+            ],
+        ),
+        (
+            SamplerSpec::DpmPp2SAncestralCfgPp {
+                eta: 0.5,
+                s_noise: 0.8,
+            },
+            1.5,
+            7,
+            [
+                1.1349867806468752,
+                -2.01489998144238,
+                1.270974864157246,
+                -1.8802365996540338,
+                0.8888840760531719,
+                -1.9142295005376535,
+            ],
+        ),
     ];
-    assert_eq!(cases.len(), 18);
+    assert_eq!(cases.len(), 24);
     let (cond, latents) = pinned_problem();
     let uncond = GaussianDenoiser::new(
         vec![-0.3, 0.4],
@@ -4277,15 +4391,281 @@ fn cfgpp_matches_comfyuis_functions() {
             );
         }
         assert_eq!(drawn, draws, "{spec:?} w {guidance}: noise draws");
-        assert_eq!(out.nfe, 8, "{spec:?}");
+        assert_eq!(Some(out.nfe), spec.nfe(8), "{spec:?}");
     }
+}
+
+#[test]
+fn rf_ancestral_samplers_match_comfyuis_functions() {
+    // Samples printed by ComfyUI's `sample_euler_ancestral_RF`, `sample_dpm_2_ancestral_RF`,
+    // `sample_dpmpp_2s_ancestral_RF` and `sample_dpmpp_2s_ancestral_RF_cfg_pp` (what its
+    // ancestral samplers run on a rectified-flow model; run as they stand by `python3
+    // experiments/peers/ancestral_rf_check.py SAMPLING_PY` in the flow's own t and x_t, with the
+    // formula noise of pinned.py) for the exact denoiser of N((0.5, -1), 0.25 I) (the CFG++ one:
+    // guidance of it and N((-0.3, 0.4), 0.81 I)), in float64 from three fixed latents, on the
+    // times t_i = 3 u_i / (1 + 2 u_i), u_i = 0.99 - i (0.94 / 7), i = 0..7, then 0. Here the
+    // same run in the scaled variable, sigma_i = t_i / (1 - t_i); at t = 0 the two variables
+    // agree.
+    let cases: Vec<(SamplerSpec, Option<f64>, usize, [f64; 6])> = vec![
+        (
+            SamplerSpec::EulerAncestralRf {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            None,
+            7,
+            [
+                0.531788663127228,
+                -1.1443267569304212,
+                0.37869289986377974,
+                -1.0027880005106549,
+                0.665099318094417,
+                -0.854861705590247,
+            ],
+        ),
+        (
+            SamplerSpec::EulerAncestralRf {
+                eta: 0.5,
+                s_noise: 0.8,
+            },
+            None,
+            7,
+            [
+                0.5882747380325618,
+                -1.1178022031759847,
+                0.5037436727790671,
+                -1.0075997279762734,
+                0.549345519810231,
+                -0.883821112959634,
+            ],
+        ),
+        (
+            SamplerSpec::Dpm2AncestralRf {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            None,
+            7,
+            [
+                0.722906151887585,
+                -1.0827440315313837,
+                0.2692426448732711,
+                -1.1677443914789003,
+                0.6652986589915966,
+                -0.7003778746569114,
+            ],
+        ),
+        (
+            SamplerSpec::Dpm2AncestralRf {
+                eta: 0.5,
+                s_noise: 0.8,
+            },
+            None,
+            7,
+            [
+                0.710525624356656,
+                -1.1170886600451353,
+                0.5125057566800721,
+                -1.0757723516647406,
+                0.5171426511958086,
+                -0.8020726956296838,
+            ],
+        ),
+        (
+            SamplerSpec::DpmPp2SAncestralRf {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            None,
+            7,
+            [
+                0.6034340248828847,
+                -1.1177013962242104,
+                0.3429866487960445,
+                -1.0643072602637724,
+                0.659307738536961,
+                -0.8010150946892403,
+            ],
+        ),
+        (
+            SamplerSpec::DpmPp2SAncestralRf {
+                eta: 0.5,
+                s_noise: 0.8,
+            },
+            None,
+            7,
+            [
+                0.6486204696593008,
+                -1.116903107777338,
+                0.5112384124628292,
+                -1.0405022658841419,
+                0.5308904500431336,
+                -0.845150367404339,
+            ],
+        ),
+        (
+            SamplerSpec::DpmPp2SAncestralCfgPpRf {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            Some(1.0),
+            7,
+            [
+                0.7884802324305502,
+                -1.5265259032582947,
+                0.59029668995851,
+                -1.4243183221280078,
+                0.8865478564074136,
+                -1.2276043387017261,
+            ],
+        ),
+        (
+            SamplerSpec::DpmPp2SAncestralCfgPpRf {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            Some(1.5),
+            7,
+            [
+                0.8813781038146273,
+                -1.8814438627081758,
+                0.8317875724981512,
+                -1.672054650775098,
+                1.0718258347906389,
+                -1.633706648499727,
+            ],
+        ),
+        (
+            SamplerSpec::DpmPp2SAncestralCfgPpRf {
+                eta: 0.5,
+                s_noise: 0.8,
+            },
+            Some(0.6),
+            7,
+            [
+                0.6943359160279513,
+                -1.1382832646966246,
+                0.5390776525534564,
+                -1.0742745854827422,
+                0.5241506965800684,
+                -0.8469016627739301,
+            ],
+        ),
+    ];
+    assert_eq!(cases.len(), 9);
+    let (cond, latents) = pinned_problem();
+    let uncond = GaussianDenoiser::new(
+        vec![-0.3, 0.4],
+        vec![vec![0.81, 0.0], vec![0.0, 0.81]],
+        Device::Cpu,
+    )
+    .unwrap();
+    let mut sigmas: Vec<f64> = (0..8)
+        .map(|i| {
+            let u = 0.99 - i as f64 * (0.99 - 0.05) / 7.0;
+            let t = 3.0 * u / (1.0 + 2.0 * u);
+            t / (1.0 - t)
+        })
+        .collect();
+    sigmas.push(0.0);
+    let flow = Flow::default();
+    for (spec, guidance, draws, want) in cases {
+        let (out, drawn) = match guidance {
+            Some(guidance) => {
+                let den = scoreflow_solvers::Cfg {
+                    cond: &cond,
+                    uncond: &uncond,
+                    guidance,
+                };
+                run_counting_draws(&spec, &den, &flow, &sigmas, &latents)
+            }
+            None => run_counting_draws(&spec, &cond, &flow, &sigmas, &latents),
+        };
+        let got = Vec::<f64>::try_from(out.x.flatten(0, -1)).unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() < 1e-12,
+                "{spec:?} w {guidance:?}: {got:?} vs {want:?}"
+            );
+        }
+        assert_eq!(drawn, draws, "{spec:?}: noise draws");
+        assert_eq!(Some(out.nfe), spec.nfe(8), "{spec:?}");
+    }
+}
+
+#[test]
+fn rf_ancestral_samplers_step_as_the_ode_at_eta_0_and_keep_the_flows_marginals() {
+    let den = gaussian();
+    let flow = Flow::with_shift(3.0).unwrap();
+    let ea = |eta: f64| SamplerSpec::EulerAncestralRf { eta, s_noise: 1.0 };
+    let d2a = |eta: f64| SamplerSpec::Dpm2AncestralRf { eta, s_noise: 1.0 };
+    let p2sa = |eta: f64| SamplerSpec::DpmPp2SAncestralRf { eta, s_noise: 1.0 };
+    // At eta = 0 euler-ancestral-rf is euler and dpmpp-2s-ancestral-rf DPM-Solver++(2S): the
+    // split is the only change. dpm2-ancestral-rf is DPM-Solver-2 in the flow's t and x_t, not
+    // dpm2, and still second order against the exact flow.
+    let sigmas = grid_for(&flow, &GridKind::UniformT {}, 12);
+    let run = |spec: &SamplerSpec| sample(spec, &den, &flow, &sigmas, 3, 32, 3).0;
+    let euler = SamplerSpec::Euler(Default::default());
+    assert!(max_abs(&(run(&ea(0.0)) - run(&euler))) < 1e-12);
+    let plain = SamplerSpec::DpmPp2SAncestral {
+        eta: 0.0,
+        s_noise: 1.0,
+    };
+    assert!(max_abs(&(run(&p2sa(0.0)) - run(&plain))) < 1e-12);
+    let d = max_abs(&(run(&d2a(0.0)) - run(&SamplerSpec::Dpm2(Default::default()))));
+    assert!(d > 1e-6, "dpm2-ancestral-rf at eta 0 vs dpm2: {d}");
+    let steps = [16, 32, 64, 128];
+    let errs: Vec<f64> = steps
+        .iter()
+        .map(|&n| flow_error(&d2a(0.0), &flow, &GridKind::UniformT {}, n))
+        .collect();
+    let order = fitted_order(&steps, &errs);
+    println!("dpm2-ancestral-rf at eta 0: order {order:.2}, errors {}", sci(&errs));
+    assert!((order - 2.0).abs() < 0.25, "{order}: {}", sci(&errs));
+    // At eta = 1 they sample the data: the Gaussian's mean and covariance (standard errors at
+    // n = 4096: mean <= 1/64, covariance entries <= sqrt(2)/64; Euler, first order, on a finer
+    // grid: 0.076 off at 200 steps).
+    for (spec, n) in [(ea(1.0), 600), (d2a(1.0), 200), (p2sa(1.0), 200)] {
+        let sigmas = grid_for(&flow, &GridKind::UniformT {}, n);
+        let (x, _) = sample(&spec, &den, &flow, &sigmas, 11, 4096, 3);
+        let (dm, dc) = off_gaussian(&x, 1.0);
+        println!(
+            "{}: mean off by {dm:.4}, covariance by {dc:.4}",
+            spec.name()
+        );
+        assert!(
+            dm < 0.05 && dc < 0.08,
+            "{spec:?}: mean {dm}, covariance {dc}"
+        );
+    }
+    // The split is not k-diffusion's: on the same noise the samples differ.
+    let sigmas = grid_for(&flow, &GridKind::UniformT {}, 20);
+    let x0 = start(3, 32, 3, sigmas[0]);
+    let kd = SamplerSpec::EulerAncestral {
+        eta: 1.0,
+        s_noise: 1.0,
+    };
+    let a = sample_with_noise(&ea(1.0), &den, &flow, &sigmas, &x0, 5);
+    let b = sample_with_noise(&kd, &den, &flow, &sigmas, &x0, 5);
+    assert!(max_abs(&(a - b)) > 1e-3);
+    // eta in [0, 1]: above 1 the flow's t_down can reach 0.
+    for spec in [ea(1.5), d2a(1.01), p2sa(-0.1)] {
+        let e = spec.build().err().unwrap().to_string();
+        assert!(e.contains("eta") && e.contains("[0, 1]"), "{e}");
+    }
+    assert!(SamplerSpec::DpmPp2SAncestralCfgPpRf {
+        eta: 2.0,
+        s_noise: 1.0
+    }
+    .build()
+    .is_err());
 }
 
 #[test]
 fn cfgpp_samplers_without_guidance_are_their_plain_samplers() {
     // On a denoiser without guidance (D_u = D), and on guidance of a denoiser with itself, each
     // CFG++ sampler is its plain counterpart: euler, euler-ancestral (same noise), dpmpp-2m,
-    // res-multistep.
+    // res-multistep, dpmpp-2s-ancestral (and its -rf form).
     let ring = GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap();
     let sde = Edm::default();
     let sigmas = grid_for(&sde, &GridKind::default(), 12);
@@ -4317,6 +4697,26 @@ fn cfgpp_samplers_without_guidance_are_their_plain_samplers() {
                 s_noise: 0.9,
             },
             SamplerSpec::ResMultistep {
+                eta: 0.7,
+                s_noise: 0.9,
+            },
+        ),
+        (
+            SamplerSpec::DpmPp2SAncestralCfgPp {
+                eta: 0.7,
+                s_noise: 0.9,
+            },
+            SamplerSpec::DpmPp2SAncestral {
+                eta: 0.7,
+                s_noise: 0.9,
+            },
+        ),
+        (
+            SamplerSpec::DpmPp2SAncestralCfgPpRf {
+                eta: 0.7,
+                s_noise: 0.9,
+            },
+            SamplerSpec::DpmPp2SAncestralRf {
                 eta: 0.7,
                 s_noise: 0.9,
             },

@@ -427,6 +427,51 @@ pub enum SamplerSpec {
         #[serde(default = "two_thirds")]
         r_2: f64,
     },
+    /// DPM-Solver++(2S) ancestral with CFG++'s renoising (ComfyUI's
+    /// `sample_dpmpp_2s_ancestral_cfg_pp`; [`dpmpp_2s_ancestral::DpmPp2SAncestral`]).
+    #[serde(rename = "dpmpp-2s-ancestral-cfgpp")]
+    DpmPp2SAncestralCfgPp {
+        #[serde(default = "one")]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
+    /// Euler ancestral with ComfyUI's rectified-flow split (`sample_euler_ancestral_RF`;
+    /// [`euler_ancestral::rf_ancestral_step`]).
+    #[serde(rename = "euler-ancestral-rf")]
+    EulerAncestralRf {
+        #[serde(default = "one")]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
+    /// DPM-2 ancestral in ComfyUI's rectified-flow form (`sample_dpm_2_ancestral_RF`;
+    /// [`dpm2::Dpm2`]).
+    #[serde(rename = "dpm2-ancestral-rf")]
+    Dpm2AncestralRf {
+        #[serde(default = "one")]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
+    /// DPM-Solver++(2S) ancestral with ComfyUI's rectified-flow split
+    /// (`sample_dpmpp_2s_ancestral_RF`).
+    #[serde(rename = "dpmpp-2s-ancestral-rf")]
+    DpmPp2SAncestralRf {
+        #[serde(default = "one")]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
+    /// dpmpp-2s-ancestral-cfgpp with the rectified-flow split
+    /// (`sample_dpmpp_2s_ancestral_RF_cfg_pp`).
+    #[serde(rename = "dpmpp-2s-ancestral-cfgpp-rf")]
+    DpmPp2SAncestralCfgPpRf {
+        #[serde(default = "one")]
+        eta: f64,
+        #[serde(default = "one")]
+        s_noise: f64,
+    },
 }
 
 /// Every registry name, in the order `scoreflow samplers` and `bench` list them.
@@ -472,6 +517,11 @@ pub const NAMES: &[&str] = &[
     "euler-ancestral-cfgpp",
     "dpmpp-2m-cfgpp",
     "res-multistep-cfgpp",
+    "dpmpp-2s-ancestral-cfgpp",
+    "euler-ancestral-rf",
+    "dpm2-ancestral-rf",
+    "dpmpp-2s-ancestral-rf",
+    "dpmpp-2s-ancestral-cfgpp-rf",
 ];
 
 impl SamplerSpec {
@@ -508,6 +558,26 @@ impl SamplerSpec {
                 s_noise: 1.0,
                 r: half(),
                 solver_type: SeedsSolverType::default(),
+            },
+            "dpmpp-2s-ancestral-cfgpp" => SamplerSpec::DpmPp2SAncestralCfgPp {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            "euler-ancestral-rf" => SamplerSpec::EulerAncestralRf {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            "dpm2-ancestral-rf" => SamplerSpec::Dpm2AncestralRf {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            "dpmpp-2s-ancestral-rf" => SamplerSpec::DpmPp2SAncestralRf {
+                eta: 1.0,
+                s_noise: 1.0,
+            },
+            "dpmpp-2s-ancestral-cfgpp-rf" => SamplerSpec::DpmPp2SAncestralCfgPpRf {
+                eta: 1.0,
+                s_noise: 1.0,
             },
             "seeds-3" => SamplerSpec::Seeds3 {
                 eta: 1.0,
@@ -643,6 +713,11 @@ impl SamplerSpec {
             SamplerSpec::ResMultistepCfgPp { .. } => "res-multistep-cfgpp",
             SamplerSpec::Seeds2 { .. } => "seeds-2",
             SamplerSpec::Seeds3 { .. } => "seeds-3",
+            SamplerSpec::DpmPp2SAncestralCfgPp { .. } => "dpmpp-2s-ancestral-cfgpp",
+            SamplerSpec::EulerAncestralRf { .. } => "euler-ancestral-rf",
+            SamplerSpec::Dpm2AncestralRf { .. } => "dpm2-ancestral-rf",
+            SamplerSpec::DpmPp2SAncestralRf { .. } => "dpmpp-2s-ancestral-rf",
+            SamplerSpec::DpmPp2SAncestralCfgPpRf { .. } => "dpmpp-2s-ancestral-cfgpp-rf",
         }
     }
 
@@ -672,7 +747,12 @@ impl SamplerSpec {
             | SamplerSpec::Seeds2 { eta, s_noise, .. }
             | SamplerSpec::Seeds3 { eta, s_noise, .. }
             | SamplerSpec::EulerAncestralCfgPp { eta, s_noise }
-            | SamplerSpec::ResMultistepCfgPp { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
+            | SamplerSpec::ResMultistepCfgPp { eta, s_noise }
+            | SamplerSpec::DpmPp2SAncestralCfgPp { eta, s_noise }
+            | SamplerSpec::EulerAncestralRf { eta, s_noise }
+            | SamplerSpec::Dpm2AncestralRf { eta, s_noise }
+            | SamplerSpec::DpmPp2SAncestralRf { eta, s_noise }
+            | SamplerSpec::DpmPp2SAncestralCfgPpRf { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
             SamplerSpec::DpmAdaptive(p) => p.eta > 0.0 && p.s_noise > 0.0,
             SamplerSpec::EdmAblation(p) => p.churn().is_stochastic(),
             SamplerSpec::Restart(p) => p.is_stochastic(),
@@ -703,6 +783,10 @@ impl SamplerSpec {
             | SamplerSpec::Dpm2(_)
             | SamplerSpec::Dpm2Ancestral { .. }
             | SamplerSpec::DpmPp2SAncestral { .. }
+            | SamplerSpec::DpmPp2SAncestralCfgPp { .. }
+            | SamplerSpec::Dpm2AncestralRf { .. }
+            | SamplerSpec::DpmPp2SAncestralRf { .. }
+            | SamplerSpec::DpmPp2SAncestralCfgPpRf { .. }
             | SamplerSpec::DpmPpSde { .. }
             | SamplerSpec::Seeds2 { .. } => 2 * steps - 1,
             SamplerSpec::Seeds3 { .. } => 3 * steps - 2,
@@ -763,6 +847,21 @@ impl SamplerSpec {
                 r_1,
                 r_2,
             } => Box::new(seeds::Seeds3::new(*eta, *s_noise, *r_1, *r_2)?),
+            SamplerSpec::DpmPp2SAncestralCfgPp { eta, s_noise } => Box::new(
+                dpmpp_2s_ancestral::DpmPp2SAncestral::variant(*eta, *s_noise, false, true)?,
+            ),
+            SamplerSpec::EulerAncestralRf { eta, s_noise } => {
+                Box::new(euler_ancestral::EulerAncestral::rf(*eta, *s_noise)?)
+            }
+            SamplerSpec::Dpm2AncestralRf { eta, s_noise } => {
+                Box::new(dpm2::Dpm2::ancestral_rf(*eta, *s_noise)?)
+            }
+            SamplerSpec::DpmPp2SAncestralRf { eta, s_noise } => Box::new(
+                dpmpp_2s_ancestral::DpmPp2SAncestral::variant(*eta, *s_noise, true, false)?,
+            ),
+            SamplerSpec::DpmPp2SAncestralCfgPpRf { eta, s_noise } => Box::new(
+                dpmpp_2s_ancestral::DpmPp2SAncestral::variant(*eta, *s_noise, true, true)?,
+            ),
             SamplerSpec::Ddim { eta } => Box::new(ddim::Ddim::new(*eta)?),
             SamplerSpec::Ddpm { variance } => Box::new(ddpm::Ddpm {
                 variance: *variance,
