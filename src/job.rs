@@ -242,7 +242,7 @@ pub struct SamplerArgs {
     /// ancestral samplers (in [0, 1]): noise fraction (0 = deterministic).
     #[arg(long)]
     pub eta: Option<f64>,
-    /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: EDM's S_churn (0 = no churn).
+    /// euler, heun, heunpp2, dpm2, edm-stochastic, edm-ablation, restart: EDM's S_churn (0 = no churn).
     #[arg(long)]
     pub s_churn: Option<f64>,
     /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: S_tmin (no churn below it);
@@ -458,6 +458,7 @@ impl SamplerArgs {
             SamplerSpec::Euler(c)
             | SamplerSpec::Heun(c)
             | SamplerSpec::EdmStochastic(c)
+            | SamplerSpec::Heunpp2(c)
             | SamplerSpec::Dpm2(c) => {
                 set_flags(
                     &mut used,

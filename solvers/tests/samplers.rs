@@ -1208,6 +1208,7 @@ fn nfe_counts_are_pinned() {
             | "dpmpp-2s-ancestral-cfgpp-rf" => 2 * n - 1,
             "pc" => 2 * n,
             "dpm-solver" | "seeds-3" => 3 * n - 2,
+            "heunpp2" if n >= 2 => 3 * n - 3,
             "pndm" => n + 3 * (n - 1).min(3),
             // One segment [3, 2, ...]: 2 restarts of 2 Heun steps.
             "restart" => 2 * n - 1 + 8,
@@ -4620,7 +4621,10 @@ fn rf_ancestral_samplers_step_as_the_ode_at_eta_0_and_keep_the_flows_marginals()
         .map(|&n| flow_error(&d2a(0.0), &flow, &GridKind::UniformT {}, n))
         .collect();
     let order = fitted_order(&steps, &errs);
-    println!("dpm2-ancestral-rf at eta 0: order {order:.2}, errors {}", sci(&errs));
+    println!(
+        "dpm2-ancestral-rf at eta 0: order {order:.2}, errors {}",
+        sci(&errs)
+    );
     assert!((order - 2.0).abs() < 0.25, "{order}: {}", sci(&errs));
     // At eta = 1 they sample the data: the Gaussian's mean and covariance (standard errors at
     // n = 4096: mean <= 1/64, covariance entries <= sqrt(2)/64; Euler, first order, on a finer
@@ -4659,6 +4663,131 @@ fn rf_ancestral_samplers_step_as_the_ode_at_eta_0_and_keep_the_flows_marginals()
     }
     .build()
     .is_err());
+}
+
+#[test]
+fn heunpp2_matches_comfyuis_function() {
+    // Samples printed by ComfyUI's `sample_heunpp2` (run as it stands by `python3
+    // experiments/peers/heunpp2_check.py SAMPLING_PY`, its `torch.randn_like` returning the formula
+    // noise of pinned.py) for the exact denoiser of N((0.5, -1), 0.25 I) in float64 from three
+    // fixed latents, on Karras levels (N from 80 to 0.002, rho 7, then 0) with N = 8, 2 and 3 (its
+    // rules for the last two steps), and with churn on every level (S_churn 10 with S_noise 0.9,
+    // S_churn 2): the samples, and the draws scoreflow makes (ComfyUI draws on every step, used or
+    // not; with churn on every level each of its 8 draws is used, in the same order).
+    let cases: Vec<(SamplerSpec, usize, usize, [f64; 6])> = vec![
+        (
+            SamplerSpec::Heunpp2(Churn::default()),
+            8,
+            0,
+            [
+                0.5984133861435197,
+                -1.3978413482397603,
+                1.0004425380489612,
+                -0.7612951910561438,
+                0.3638963808653454,
+                -0.962309767008865,
+            ],
+        ),
+        (
+            SamplerSpec::Heunpp2(Churn::default()),
+            2,
+            0,
+            [
+                0.5017991002989055,
+                -1.0072729586551579,
+                0.5091486164135778,
+                -0.9956362248068954,
+                0.49751188256534373,
+                -0.9993109828642492,
+            ],
+        ),
+        (
+            SamplerSpec::Heunpp2(Churn::default()),
+            3,
+            0,
+            [
+                0.5290434303167402,
+                -1.117409611918737,
+                0.6476889328872537,
+                -0.9295542328487572,
+                0.4598335538172742,
+                -0.9888769841340144,
+            ],
+        ),
+        (
+            SamplerSpec::Heunpp2(Churn::new(10.0, 0.0, f64::INFINITY, 0.9).unwrap()),
+            8,
+            8,
+            [
+                0.6664346406219592,
+                -1.0002723621996297,
+                0.42759348417702603,
+                -1.1169979798051803,
+                0.5161374550101813,
+                -0.849577201263531,
+            ],
+        ),
+        (
+            SamplerSpec::Heunpp2(Churn::new(2.0, 0.0, f64::INFINITY, 1.0).unwrap()),
+            8,
+            8,
+            [
+                0.6952847317138799,
+                -1.0224742760763208,
+                0.5151129854264638,
+                -1.099055898019346,
+                0.461590417572854,
+                -0.8573631382068274,
+            ],
+        ),
+    ];
+    assert_eq!(cases.len(), 5);
+    let (den, latents) = pinned_problem();
+    let edm = Edm::default();
+    for (spec, steps, draws, want) in cases {
+        let sigmas =
+            grid::sigmas(&GridKind::Karras { rho: 7.0 }, steps, 0.002, 80.0, &edm).unwrap();
+        let (out, drawn) = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
+        let got = Vec::<f64>::try_from(out.x.flatten(0, -1)).unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() < 1e-12,
+                "{spec:?} {steps}: {got:?} vs {want:?}"
+            );
+        }
+        assert_eq!(drawn, draws, "{spec:?}: noise draws");
+        assert_eq!(Some(out.nfe), spec.nfe(steps), "{spec:?}");
+    }
+    assert_eq!(SamplerSpec::Heunpp2(Churn::default()).nfe(8), Some(21));
+    assert_eq!(SamplerSpec::Heunpp2(Churn::default()).nfe(1), Some(1));
+}
+
+#[test]
+fn heunpp2_converges_at_first_order_with_a_smaller_error_than_euler() {
+    // Its weights sum to one but do not cancel the O(h) error (first order), and they shift
+    // towards Euler as the levels fall; against the exact flow of a 3-D Gaussian under EDM
+    // (Karras grids of 16 to 128 steps).
+    let sde = Edm::default();
+    let kind = GridKind::Karras { rho: 7.0 };
+    let steps = [16, 32, 64, 128];
+    let err = |spec: &SamplerSpec| -> Vec<f64> {
+        steps
+            .iter()
+            .map(|&n| flow_error(spec, &sde, &kind, n))
+            .collect()
+    };
+    let hpp = err(&SamplerSpec::Heunpp2(Churn::default()));
+    let euler = err(&SamplerSpec::Euler(Churn::default()));
+    let order = fitted_order(&steps, &hpp);
+    println!(
+        "heunpp2: order {order:.2}, errors {}; euler {}",
+        sci(&hpp),
+        sci(&euler)
+    );
+    assert!((order - 1.0).abs() < 0.25, "{order}: {}", sci(&hpp));
+    for (h, e) in hpp.iter().zip(&euler) {
+        assert!(h < e, "heunpp2 {} vs euler {}", sci(&hpp), sci(&euler));
+    }
 }
 
 #[test]

@@ -22,6 +22,7 @@ pub mod euler_ancestral;
 pub mod euler_maruyama;
 pub mod gradient_estimation;
 pub mod heun;
+pub mod heunpp2;
 pub mod ipndm;
 pub mod lcm;
 pub mod lms;
@@ -427,6 +428,8 @@ pub enum SamplerSpec {
         #[serde(default = "two_thirds")]
         r_2: f64,
     },
+    /// Heun++ (ComfyUI's `sample_heunpp2`; [`heunpp2::HeunPp2`]), with EDM's churn.
+    Heunpp2(#[serde(default)] Churn),
     /// DPM-Solver++(2S) ancestral with CFG++'s renoising (ComfyUI's
     /// `sample_dpmpp_2s_ancestral_cfg_pp`; [`dpmpp_2s_ancestral::DpmPp2SAncestral`]).
     #[serde(rename = "dpmpp-2s-ancestral-cfgpp")]
@@ -522,6 +525,7 @@ pub const NAMES: &[&str] = &[
     "dpm2-ancestral-rf",
     "dpmpp-2s-ancestral-rf",
     "dpmpp-2s-ancestral-cfgpp-rf",
+    "heunpp2",
 ];
 
 impl SamplerSpec {
@@ -559,6 +563,7 @@ impl SamplerSpec {
                 r: half(),
                 solver_type: SeedsSolverType::default(),
             },
+            "heunpp2" => SamplerSpec::Heunpp2(Churn::default()),
             "dpmpp-2s-ancestral-cfgpp" => SamplerSpec::DpmPp2SAncestralCfgPp {
                 eta: 1.0,
                 s_noise: 1.0,
@@ -713,6 +718,7 @@ impl SamplerSpec {
             SamplerSpec::ResMultistepCfgPp { .. } => "res-multistep-cfgpp",
             SamplerSpec::Seeds2 { .. } => "seeds-2",
             SamplerSpec::Seeds3 { .. } => "seeds-3",
+            SamplerSpec::Heunpp2(_) => "heunpp2",
             SamplerSpec::DpmPp2SAncestralCfgPp { .. } => "dpmpp-2s-ancestral-cfgpp",
             SamplerSpec::EulerAncestralRf { .. } => "euler-ancestral-rf",
             SamplerSpec::Dpm2AncestralRf { .. } => "dpm2-ancestral-rf",
@@ -727,6 +733,7 @@ impl SamplerSpec {
             SamplerSpec::Euler(c)
             | SamplerSpec::Heun(c)
             | SamplerSpec::EdmStochastic(c)
+            | SamplerSpec::Heunpp2(c)
             | SamplerSpec::Dpm2(c) => c.is_stochastic(),
             SamplerSpec::EulerMaruyama {}
             | SamplerSpec::Ddpm { .. }
@@ -790,6 +797,7 @@ impl SamplerSpec {
             | SamplerSpec::DpmPpSde { .. }
             | SamplerSpec::Seeds2 { .. } => 2 * steps - 1,
             SamplerSpec::Seeds3 { .. } => 3 * steps - 2,
+            SamplerSpec::Heunpp2(_) => heunpp2::HeunPp2::nfe(steps),
             SamplerSpec::Pc {
                 corrector_steps,
                 predictor,
@@ -847,6 +855,7 @@ impl SamplerSpec {
                 r_1,
                 r_2,
             } => Box::new(seeds::Seeds3::new(*eta, *s_noise, *r_1, *r_2)?),
+            SamplerSpec::Heunpp2(c) => Box::new(heunpp2::HeunPp2::new(c.clone())?),
             SamplerSpec::DpmPp2SAncestralCfgPp { eta, s_noise } => Box::new(
                 dpmpp_2s_ancestral::DpmPp2SAncestral::variant(*eta, *s_noise, false, true)?,
             ),
