@@ -495,13 +495,23 @@ impl ExperimentConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read experiment {}", path.display()))?;
-        let cfg: ExperimentConfig = toml::from_str(&text).map_err(|e| {
+        let failed = |e: &dyn std::fmt::Display| {
             anyhow!(
                 "{}: {}",
                 path.display(),
                 e.to_string().trim_end().replace('\n', " ")
             )
-        })?;
+        };
+        let cfg: ExperimentConfig = match toml::from_str(&text) {
+            Ok(cfg) => cfg,
+            // A [[samplers]] table with a list of values for a parameter: one sampler per value.
+            Err(e) => match expand_sampler_sweeps(&text).map_err(|e| failed(&e))? {
+                Some(table) => toml::Value::Table(table)
+                    .try_into()
+                    .map_err(|e: toml::de::Error| failed(&e.message()))?,
+                None => return Err(failed(&e)),
+            },
+        };
         cfg.validate()?;
         Ok(cfg)
     }
@@ -788,6 +798,66 @@ fn fresh_rows(rows: i64, n: usize, seed: u64, part: u64) -> Tensor {
         tch::manual_seed((key ^ 0xF2E5) as i64 & i64::MAX);
         Tensor::randint(rows, [n as i64], (Kind::Int64, Device::Cpu))
     }
+}
+
+/// The experiment `text` with each `[[samplers]]` table that gives a list of values for a
+/// parameter (`eta = [0, 0.5, 1]`) written as one table per value, in the list's order (for
+/// several such keys, every combination, the first key varying slowest); `None` where no table
+/// has such a list, or the text is no TOML table (the caller then reports its own error). A
+/// table that reads as a sampler as it stands is kept (a parameter that takes a list).
+fn expand_sampler_sweeps(text: &str) -> Result<Option<toml::Table>> {
+    use toml::Value;
+    let Ok(mut root) = text.parse::<toml::Table>() else {
+        return Ok(None);
+    };
+    let Some(Value::Array(entries)) = root.get("samplers") else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    let mut swept = false;
+    for entry in entries {
+        let Value::Table(t) = entry else {
+            out.push(entry.clone());
+            continue;
+        };
+        let lists: Vec<(String, Vec<Value>)> = t
+            .iter()
+            .filter_map(|(k, v)| match v {
+                Value::Array(a) if !a.iter().any(|x| x.is_array() || x.is_table()) => {
+                    Some((k.clone(), a.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        if lists.is_empty() || entry.clone().try_into::<SamplerSpec>().is_ok() {
+            out.push(entry.clone());
+            continue;
+        }
+        let kind = t.get("kind").and_then(Value::as_str).unwrap_or("?");
+        if let Some((k, _)) = lists.iter().find(|(_, vals)| vals.is_empty()) {
+            bail!("[[samplers]] {kind}: {k} = [] lists no values");
+        }
+        swept = true;
+        let mut tables = vec![t.clone()];
+        for (k, vals) in &lists {
+            tables = tables
+                .iter()
+                .flat_map(|base| {
+                    vals.iter().map(move |v| {
+                        let mut one = base.clone();
+                        one.insert(k.clone(), v.clone());
+                        one
+                    })
+                })
+                .collect();
+        }
+        out.extend(tables.into_iter().map(Value::Table));
+    }
+    if !swept {
+        return Ok(None);
+    }
+    root.insert("samplers".into(), Value::Array(out));
+    Ok(Some(root))
 }
 
 fn load_model(spec: &ModelSpec, dev: Device) -> Result<Loaded> {

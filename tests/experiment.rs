@@ -1222,3 +1222,78 @@ kind = "ipndm"
         assert!(!out.exists(), "{extra}: nothing written");
     }
 }
+
+#[test]
+fn a_list_of_values_in_a_samplers_table_sweeps_that_parameter() {
+    // `eta = [0.0, 0.5]` and `s_noise = [1.0, 0.9]` in one [[samplers]] table run as the four
+    // tables of their combinations would: the same labels, keys and results.
+    let dir = tempfile::tempdir().unwrap();
+    let head = |out: &Path| {
+        format!(
+            r#"
+out_dir = "{}"
+device = "cpu"
+num = 64
+seeds = [0]
+steps = [3, 5]
+metrics = ["sw2"]
+[model]
+kind = "builtin"
+name = "gmm8"
+[[samplers]]
+kind = "euler"
+"#,
+            out.display()
+        )
+    };
+    let swept = dir.path().join("swept");
+    let cfg = format!(
+        "{}[[samplers]]\nkind = \"euler-ancestral\"\neta = [0.0, 0.5]\ns_noise = [1.0, 0.9]\n",
+        head(&swept)
+    );
+    let cfg = write_config(dir.path(), "swept.toml", &cfg);
+    let loaded = scoreflow::experiment::ExperimentConfig::load(Path::new(&cfg)).unwrap();
+    let labels: Vec<String> = loaded
+        .samplers
+        .iter()
+        .map(scoreflow::experiment::label)
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "euler",
+            "euler-ancestral(eta=0)",
+            "euler-ancestral(eta=0,noise=0.9)",
+            "euler-ancestral(eta=0.5)",
+            "euler-ancestral(eta=0.5,noise=0.9)"
+        ]
+    );
+    let o = run(&["run", &cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tables = dir.path().join("tables");
+    let mut four = head(&tables);
+    for (eta, s_noise) in [(0.0, 1.0), (0.0, 0.9), (0.5, 1.0), (0.5, 0.9)] {
+        four += &format!("[[samplers]]\nkind = \"euler-ancestral\"\neta = {eta:?}\ns_noise = {s_noise:?}\n");
+    }
+    let four = write_config(dir.path(), "four.toml", &four);
+    assert!(run(&["run", &four]).status.success());
+    let (a, b) = (results(&swept), results(&tables));
+    assert_eq!(a.len(), 10);
+    assert_eq!(a, b);
+    // Errors name the table and the key, exit 2 and run nothing.
+    for (table, needle) in [
+        ("eta = []", "euler-ancestral: eta = [] lists no values"),
+        ("eta = [0.5, 0.5]", "samplers lists euler-ancestral(eta=0.5) twice"),
+        ("etaa = [0.5, 1.0]", "unknown field `etaa`"),
+        ("eta = [0.5, \"x\"]", "invalid type"),
+    ] {
+        let out = dir.path().join("bad");
+        let cfg = format!("{}[[samplers]]\nkind = \"euler-ancestral\"\n{table}\n", head(&out));
+        let cfg = write_config(dir.path(), "bad.toml", &cfg);
+        let o = run(&["run", &cfg]);
+        assert_eq!(o.status.code(), Some(2), "{table}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{table}: {err}");
+        assert!(!out.exists(), "{table}");
+    }
+}
