@@ -801,10 +801,8 @@ fn fresh_rows(rows: i64, n: usize, seed: u64, part: u64) -> Tensor {
 }
 
 /// The experiment `text` with each `[[samplers]]` table that gives a list of values for a
-/// parameter (`eta = [0, 0.5, 1]`) written as one table per value, in the list's order (for
-/// several such keys, every combination, the first key varying slowest); `None` where no table
-/// has such a list, or the text is no TOML table (the caller then reports its own error). A
-/// table that reads as a sampler as it stands is kept (a parameter that takes a list).
+/// parameter written as one table per value ([`job::sweep_tables`]); `None` where no table has
+/// such a list, or the text is no TOML table (the caller then reports its own error).
 fn expand_sampler_sweeps(text: &str) -> Result<Option<toml::Table>> {
     use toml::Value;
     let Ok(mut root) = text.parse::<toml::Table>() else {
@@ -820,38 +818,14 @@ fn expand_sampler_sweeps(text: &str) -> Result<Option<toml::Table>> {
             out.push(entry.clone());
             continue;
         };
-        let lists: Vec<(String, Vec<Value>)> = t
-            .iter()
-            .filter_map(|(k, v)| match v {
-                Value::Array(a) if !a.iter().any(|x| x.is_array() || x.is_table()) => {
-                    Some((k.clone(), a.clone()))
-                }
-                _ => None,
-            })
-            .collect();
-        if lists.is_empty() || entry.clone().try_into::<SamplerSpec>().is_ok() {
-            out.push(entry.clone());
-            continue;
-        }
         let kind = t.get("kind").and_then(Value::as_str).unwrap_or("?");
-        if let Some((k, _)) = lists.iter().find(|(_, vals)| vals.is_empty()) {
-            bail!("[[samplers]] {kind}: {k} = [] lists no values");
+        match job::sweep_tables(t).map_err(|e| anyhow!("[[samplers]] {kind}: {e}"))? {
+            Some(tables) => {
+                swept = true;
+                out.extend(tables.into_iter().map(Value::Table));
+            }
+            None => out.push(entry.clone()),
         }
-        swept = true;
-        let mut tables = vec![t.clone()];
-        for (k, vals) in &lists {
-            tables = tables
-                .iter()
-                .flat_map(|base| {
-                    vals.iter().map(move |v| {
-                        let mut one = base.clone();
-                        one.insert(k.clone(), v.clone());
-                        one
-                    })
-                })
-                .collect();
-        }
-        out.extend(tables.into_iter().map(Value::Table));
     }
     if !swept {
         return Ok(None);

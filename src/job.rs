@@ -952,8 +952,22 @@ pub fn initial_noise_shaped(
 /// the keys of its `[[samplers]]` entry (`edm-ablation(schedule=vp,scaling=vp)`,
 /// `dpm-adaptive(rtol=0.01,atol=0.001)`). A value is read as TOML (`0.5`, `true`, `1e-3`) and
 /// otherwise as a string (`vp`), arrays included (`restart(segments=[[3,2,0.06,0.3]])`); the labels' short churn keys (`churn`, `tmin`, `tmax`,
-/// `noise`) stand for `s_churn`, ... where the sampler has those.
+/// `noise`) stand for `s_churn`, ... where the sampler has those. One sampler: a list of values
+/// (a sweep, [`parse_sampler_sweep`]) is an error here.
 pub fn parse_sampler(item: &str) -> Result<SamplerSpec> {
+    let mut specs = parse_sampler_sweep(item)?;
+    if specs.len() != 1 {
+        bail!(
+            "sampler '{}': a list of values sweeps a parameter, which only a list of samplers takes; give one value",
+            item.trim()
+        );
+    }
+    Ok(specs.remove(0))
+}
+
+/// [`parse_sampler`] where a list of values for a parameter (`euler-ancestral(eta=[0,0.5])`) is
+/// one sampler per value, as in an experiment's `[[samplers]]` table ([`sweep_tables`]).
+pub fn parse_sampler_sweep(item: &str) -> Result<Vec<SamplerSpec>> {
     let item = item.trim();
     let (name, params) = match item.split_once('(') {
         None => (item, ""),
@@ -967,7 +981,7 @@ pub fn parse_sampler(item: &str) -> Result<SamplerSpec> {
     }
     let default = SamplerSpec::from_name(name)?;
     if params.trim().is_empty() {
-        return Ok(default);
+        return Ok(vec![default]);
     }
     let known = match serde_json::to_value(&default)? {
         serde_json::Value::Object(m) => m.keys().cloned().collect::<Vec<_>>(),
@@ -997,17 +1011,61 @@ pub fn parse_sampler(item: &str) -> Result<SamplerSpec> {
             bail!("sampler '{item}': {key} is given twice");
         }
     }
-    let spec: SamplerSpec =
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| {
-                anyhow!(
-                    "sampler '{item}': {}",
-                    e.message().trim_end().replace('\n', " ")
-                )
-            })?;
-    spec.build().map_err(|e| anyhow!("sampler '{item}': {e}"))?;
-    Ok(spec)
+    let tables = sweep_tables(&table)
+        .map_err(|e| anyhow!("sampler '{item}': {e}"))?
+        .unwrap_or_else(|| vec![table]);
+    tables
+        .into_iter()
+        .map(|t| {
+            let spec: SamplerSpec =
+                toml::Value::Table(t)
+                    .try_into()
+                    .map_err(|e: toml::de::Error| {
+                        anyhow!(
+                            "sampler '{item}': {}",
+                            e.message().trim_end().replace('\n', " ")
+                        )
+                    })?;
+            spec.build().map_err(|e| anyhow!("sampler '{item}': {e}"))?;
+            Ok(spec)
+        })
+        .collect()
+}
+
+/// A sampler table (`kind` and parameters) that gives a list of values for a parameter
+/// (`eta = [0, 0.5, 1]`), written as one table per value, in the list's order; for several such
+/// keys every combination, the keys in alphabetical order, the first varying slowest. `None`
+/// where the table has no such list, or reads as a sampler as it stands (a parameter that takes
+/// a list). A list of lists or tables is never a sweep (`restart`'s `segments`).
+pub fn sweep_tables(t: &toml::Table) -> Result<Option<Vec<toml::Table>>> {
+    use toml::Value;
+    let lists: Vec<(&String, &Vec<Value>)> = t
+        .iter()
+        .filter_map(|(k, v)| match v {
+            Value::Array(a) if !a.iter().any(|x| x.is_array() || x.is_table()) => Some((k, a)),
+            _ => None,
+        })
+        .collect();
+    if lists.is_empty() || Value::Table(t.clone()).try_into::<SamplerSpec>().is_ok() {
+        return Ok(None);
+    }
+    if let Some((k, _)) = lists.iter().find(|(_, vals)| vals.is_empty()) {
+        bail!("{k} = [] lists no values");
+    }
+    let mut tables = vec![t.clone()];
+    for (k, vals) in lists {
+        tables = tables
+            .iter()
+            .flat_map(|base| {
+                vals.iter().map(move |v| {
+                    let mut one = base.clone();
+                    one.insert(k.clone(), v.clone());
+                    one
+                })
+            })
+            .collect();
+    }
+    Ok(Some(tables))
 }
 
 /// `params` split at the commas outside TOML arrays and inline tables (`[...]`, `{...}`).
@@ -1084,7 +1142,11 @@ pub fn parse_samplers(list: &str, what: &str) -> Result<Vec<SamplerSpec>> {
     if items.iter().any(|v| v.trim().is_empty()) {
         bail!("{what} list '{list}' has an empty item");
     }
-    items.into_iter().map(parse_sampler).collect()
+    let mut specs = Vec::new();
+    for item in items {
+        specs.extend(parse_sampler_sweep(item)?);
+    }
+    Ok(specs)
 }
 
 /// Levels as a short comma-separated list (three significant digits).

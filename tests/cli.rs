@@ -968,6 +968,49 @@ fn compare_and_bench_take_samplers_with_parameters_as_their_labels() {
         .map(|r| r["sampler"].as_str().unwrap())
         .collect();
     assert_eq!(labels, ["edm-ablation(alpha=0.5)", "heun"]);
+    // A list of values sweeps the parameter, as in an experiment's [[samplers]] table: one row
+    // per value, labelled as that sampler alone would be.
+    let o = run(&[
+        "bench",
+        "--solvers",
+        "ddim(eta=[0,0.5,1]),heun",
+        "--num",
+        "16",
+        "--steps",
+        "4",
+        "--reps",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+        js.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&js).unwrap()).unwrap();
+    let labels: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["sampler"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["ddim", "ddim(eta=0.5)", "ddim(eta=1)", "heun"]);
+    // A command that runs one sampler takes one value.
+    let out = dir.path().join("one.npy");
+    assert_bad(
+        &[
+            "sample",
+            "--denoiser",
+            "builtin:gmm8",
+            "--solver",
+            "ddim(eta=[0,1])",
+            "--steps",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "only a list of samplers takes",
+        &out,
+    );
     // Mistakes are one-line errors with exit code 2.
     let never = dir.path().join("never");
     for (list, needle) in [
@@ -980,6 +1023,9 @@ fn compare_and_bench_take_samplers_with_parameters_as_their_labels() {
         ("heun(churn)", "'churn' is not key=value"),
         ("ddim(eta=x)", "expected f64"),
         ("nosuch(a=1)", "unknown sampler 'nosuch'"),
+        ("ddim(eta=[])", "eta = [] lists no values"),
+        ("ddim(eta=[0.5,0.5])", "lists ddim(eta=0.5) twice"),
+        ("ddim(eta=0.5),ddim(eta=[0,0.5])", "lists ddim(eta=0.5) twice"),
     ] {
         assert_bad(
             &[
