@@ -1025,7 +1025,10 @@ fn compare_and_bench_take_samplers_with_parameters_as_their_labels() {
         ("nosuch(a=1)", "unknown sampler 'nosuch'"),
         ("ddim(eta=[])", "eta = [] lists no values"),
         ("ddim(eta=[0.5,0.5])", "lists ddim(eta=0.5) twice"),
-        ("ddim(eta=0.5),ddim(eta=[0,0.5])", "lists ddim(eta=0.5) twice"),
+        (
+            "ddim(eta=0.5),ddim(eta=[0,0.5])",
+            "lists ddim(eta=0.5) twice",
+        ),
     ] {
         assert_bad(
             &[

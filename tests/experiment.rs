@@ -680,8 +680,8 @@ fn every_shipped_config_loads() {
     // checkpoint-flow,checkpoint-edm,digits-flow,digits-edm,reflow-1,reflow-2,exact-ancestral,
     // digits-ancestral}; moons,
     // gmm8-train, digits, gmm8-learned, digits-learned, gmm8-flow, digits-flow, gmm8-reflow,
-    // gmm8-posthoc; gits/{gmm8,digits,digits-afs}.
-    assert_eq!(seen, (35, 9));
+    // gmm8-posthoc; gits/{gmm8,digits,digits-afs}; eta-sweep, digits-eta-sweep.
+    assert_eq!(seen, (37, 9));
 }
 
 #[test]
@@ -1273,7 +1273,9 @@ kind = "euler"
     let tables = dir.path().join("tables");
     let mut four = head(&tables);
     for (eta, s_noise) in [(0.0, 1.0), (0.0, 0.9), (0.5, 1.0), (0.5, 0.9)] {
-        four += &format!("[[samplers]]\nkind = \"euler-ancestral\"\neta = {eta:?}\ns_noise = {s_noise:?}\n");
+        four += &format!(
+            "[[samplers]]\nkind = \"euler-ancestral\"\neta = {eta:?}\ns_noise = {s_noise:?}\n"
+        );
     }
     let four = write_config(dir.path(), "four.toml", &four);
     assert!(run(&["run", &four]).status.success());
@@ -1283,12 +1285,18 @@ kind = "euler"
     // Errors name the table and the key, exit 2 and run nothing.
     for (table, needle) in [
         ("eta = []", "euler-ancestral: eta = [] lists no values"),
-        ("eta = [0.5, 0.5]", "samplers lists euler-ancestral(eta=0.5) twice"),
+        (
+            "eta = [0.5, 0.5]",
+            "samplers lists euler-ancestral(eta=0.5) twice",
+        ),
         ("etaa = [0.5, 1.0]", "unknown field `etaa`"),
         ("eta = [0.5, \"x\"]", "invalid type"),
     ] {
         let out = dir.path().join("bad");
-        let cfg = format!("{}[[samplers]]\nkind = \"euler-ancestral\"\n{table}\n", head(&out));
+        let cfg = format!(
+            "{}[[samplers]]\nkind = \"euler-ancestral\"\n{table}\n",
+            head(&out)
+        );
         let cfg = write_config(dir.path(), "bad.toml", &cfg);
         let o = run(&["run", &cfg]);
         assert_eq!(o.status.code(), Some(2), "{table}");
