@@ -267,7 +267,7 @@ pub struct SamplerArgs {
     /// learned variance output: a card with learned_sigmas).
     #[arg(long)]
     pub variance: Option<String>,
-    /// lms, unipc, ipndm: order (1 to 4); deis, dpm-solver, dpm-singlestep, dpm-multistep, er-sde:
+    /// lms, unipc, ipndm, deis-tab: order (1 to 4); deis, dpm-solver, dpm-singlestep, dpm-multistep, er-sde:
     /// order (1 to 3);
     /// dpm-adaptive: 2 or 3.
     #[arg(long)]
@@ -596,6 +596,7 @@ impl SamplerArgs {
             }
             SamplerSpec::Lms { order }
             | SamplerSpec::Deis { order }
+            | SamplerSpec::DeisTab { order }
             | SamplerSpec::Ipndm { order } => {
                 if let Some(v) = self.order {
                     *order = v;

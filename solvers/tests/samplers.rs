@@ -108,6 +108,9 @@ fn deterministic() -> Vec<(SamplerSpec, f64)> {
         (SamplerSpec::Deis { order: 1 }, 1.0),
         (SamplerSpec::Deis { order: 2 }, 2.0),
         (SamplerSpec::Deis { order: 3 }, 3.0),
+        // DEIS's tAB form (ComfyUI's deis): the polynomial in the VP time.
+        (SamplerSpec::DeisTab { order: 3 }, 3.0),
+        (SamplerSpec::DeisTab { order: 4 }, 4.0),
         // iPNDM: fourth-order Adams-Bashforth weights for equal steps, on grids whose steps
         // vary: second order (2.17 / 2.10 / 2.11), below dpmpp-2m's error.
         (SamplerSpec::Ipndm { order: 4 }, 2.0),
@@ -4788,6 +4791,118 @@ fn heunpp2_converges_at_first_order_with_a_smaller_error_than_euler() {
     for (h, e) in hpp.iter().zip(&euler) {
         assert!(h < e, "heunpp2 {} vs euler {}", sci(&hpp), sci(&euler));
     }
+}
+
+#[test]
+fn deis_tab_matches_comfyuis_deis() {
+    // Samples printed by ComfyUI's `sample_deis` (DEIS's tAB form, its `deis` sampler; run as
+    // it stands with its `get_deis_coeff_list` by `python3 experiments/peers/deis_tab_check.py
+    // SAMPLING_PY DEIS_PY`, in float64) for the exact denoiser of N((0.5, -1), 0.25 I) from three
+    // fixed latents on Karras levels (8 from 80 to 0.002, rho 7, then 0), at max_order 3, 2 and
+    // 4, with its coefficient sums over N = 10^4 points (as ComfyUI runs it) and 10^6. scoreflow
+    // integrates the coefficients to 1e-12; ComfyUI's sums carry an O(1/N) bias, which is all
+    // that separates the two.
+    let cases: Vec<(usize, usize, [f64; 6])> = vec![
+        (
+            3,
+            10000,
+            [
+                0.6224144322518732,
+                -1.494866853784165,
+                1.1224904108127185,
+                -0.7030798877294986,
+                0.33070344475804814,
+                -0.9531178770099211,
+            ],
+        ),
+        (
+            2,
+            10000,
+            [
+                0.6131093327939463,
+                -1.4572504942734006,
+                1.075172990164962,
+                -0.7256497034359596,
+                0.3435721993275208,
+                -0.9566815321214672,
+            ],
+        ),
+        (
+            4,
+            10000,
+            [
+                0.6288317401032001,
+                -1.5208091621193058,
+                1.15512310392905,
+                -0.6875145027284053,
+                0.32182844453812887,
+                -0.9506601846413282,
+            ],
+        ),
+        (
+            3,
+            1000000,
+            [
+                0.6224118785221986,
+                -1.4948565301961214,
+                1.1224774248256482,
+                -0.7030860818823246,
+                0.3307069765118533,
+                -0.9531188550340518,
+            ],
+        ),
+        (
+            2,
+            1000000,
+            [
+                0.6131156154206648,
+                -1.4572758921260924,
+                1.0752049379901907,
+                -0.7256344647243443,
+                0.34356351058844214,
+                -0.9566791260091069,
+            ],
+        ),
+        (
+            4,
+            1000000,
+            [
+                0.6288029850077217,
+                -1.5206929181163193,
+                1.154976881209477,
+                -0.6875842491301987,
+                0.3218682122233648,
+                -0.9506711972310863,
+            ],
+        ),
+    ];
+    assert_eq!(cases.len(), 6);
+    let (den, latents) = pinned_problem();
+    let edm = Edm::default();
+    let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 8, 0.002, 80.0, &edm).unwrap();
+    let mut worst = [0.0f64; 2];
+    for (order, n, want) in cases {
+        let spec = SamplerSpec::DeisTab { order };
+        let out = run_pinned(&spec, &den, &edm, &sigmas, &latents);
+        let got = Vec::<f64>::try_from(out.x.flatten(0, -1)).unwrap();
+        let d = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0, f64::max);
+        let slot = usize::from(n == 1_000_000);
+        worst[slot] = worst[slot].max(d);
+        assert_eq!(out.nfe, 8);
+    }
+    println!(
+        "deis-tab against ComfyUI: N = 1e4 {:.2e}, N = 1e6 {:.2e}",
+        worst[0], worst[1]
+    );
+    // ComfyUI's sums converge to scoreflow's coefficients as 1/N: 100 times the points, a
+    // hundredth of the distance (measured 1.48e-4 and 1.48e-6).
+    assert!(worst[1] < 2e-6, "{worst:?}");
+    let ratio = worst[0] / worst[1];
+    assert!((70.0..130.0).contains(&ratio), "{worst:?}");
 }
 
 #[test]

@@ -428,6 +428,12 @@ pub enum SamplerSpec {
         #[serde(default = "two_thirds")]
         r_2: f64,
     },
+    /// DEIS's tAB form (ComfyUI's `deis`; [`deis::DeisTab`]).
+    #[serde(rename = "deis-tab")]
+    DeisTab {
+        #[serde(default = "three")]
+        order: usize,
+    },
     /// Heun++ (ComfyUI's `sample_heunpp2`; [`heunpp2::HeunPp2`]), with EDM's churn.
     Heunpp2(#[serde(default)] Churn),
     /// DPM-Solver++(2S) ancestral with CFG++'s renoising (ComfyUI's
@@ -526,6 +532,7 @@ pub const NAMES: &[&str] = &[
     "dpmpp-2s-ancestral-rf",
     "dpmpp-2s-ancestral-cfgpp-rf",
     "heunpp2",
+    "deis-tab",
 ];
 
 impl SamplerSpec {
@@ -564,6 +571,7 @@ impl SamplerSpec {
                 solver_type: SeedsSolverType::default(),
             },
             "heunpp2" => SamplerSpec::Heunpp2(Churn::default()),
+            "deis-tab" => SamplerSpec::DeisTab { order: 3 },
             "dpmpp-2s-ancestral-cfgpp" => SamplerSpec::DpmPp2SAncestralCfgPp {
                 eta: 1.0,
                 s_noise: 1.0,
@@ -719,6 +727,7 @@ impl SamplerSpec {
             SamplerSpec::Seeds2 { .. } => "seeds-2",
             SamplerSpec::Seeds3 { .. } => "seeds-3",
             SamplerSpec::Heunpp2(_) => "heunpp2",
+            SamplerSpec::DeisTab { .. } => "deis-tab",
             SamplerSpec::DpmPp2SAncestralCfgPp { .. } => "dpmpp-2s-ancestral-cfgpp",
             SamplerSpec::EulerAncestralRf { .. } => "euler-ancestral-rf",
             SamplerSpec::Dpm2AncestralRf { .. } => "dpm2-ancestral-rf",
@@ -856,6 +865,7 @@ impl SamplerSpec {
                 r_2,
             } => Box::new(seeds::Seeds3::new(*eta, *s_noise, *r_1, *r_2)?),
             SamplerSpec::Heunpp2(c) => Box::new(heunpp2::HeunPp2::new(c.clone())?),
+            SamplerSpec::DeisTab { order } => Box::new(deis::DeisTab::new(*order)?),
             SamplerSpec::DpmPp2SAncestralCfgPp { eta, s_noise } => Box::new(
                 dpmpp_2s_ancestral::DpmPp2SAncestral::variant(*eta, *s_noise, false, true)?,
             ),
