@@ -944,56 +944,40 @@ fn compare_and_bench_take_samplers_with_parameters_as_their_labels() {
     assert_eq!(churn[2], "", "a churned euler reports no rms_error");
     // bench takes the same form and labels its rows (and JSON) with it.
     let js = dir.path().join("b.json");
-    let o = run(&[
-        "bench",
-        "--solvers",
-        "edm-ablation(alpha=0.5),heun",
-        "--num",
-        "16",
-        "--steps",
-        "4",
-        "--reps",
-        "1",
-        "--device",
-        "cpu",
-        "--json",
-        js.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&js).unwrap()).unwrap();
-    let labels: Vec<&str> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["sampler"].as_str().unwrap())
-        .collect();
-    assert_eq!(labels, ["edm-ablation(alpha=0.5)", "heun"]);
+    let bench_labels = |solvers: &str| -> Vec<String> {
+        let o = run(&[
+            "bench",
+            "--solvers",
+            solvers,
+            "--num",
+            "16",
+            "--steps",
+            "4",
+            "--reps",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+            js.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&js).unwrap()).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["sampler"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        bench_labels("edm-ablation(alpha=0.5),heun"),
+        ["edm-ablation(alpha=0.5)", "heun"]
+    );
     // A list of values sweeps the parameter, as in an experiment's [[samplers]] table: one row
     // per value, labelled as that sampler alone would be.
-    let o = run(&[
-        "bench",
-        "--solvers",
-        "ddim(eta=[0,0.5,1]),heun",
-        "--num",
-        "16",
-        "--steps",
-        "4",
-        "--reps",
-        "1",
-        "--device",
-        "cpu",
-        "--json",
-        js.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&js).unwrap()).unwrap();
-    let labels: Vec<&str> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["sampler"].as_str().unwrap())
-        .collect();
-    assert_eq!(labels, ["ddim", "ddim(eta=0.5)", "ddim(eta=1)", "heun"]);
+    assert_eq!(
+        bench_labels("ddim(eta=[0,0.5,1]),heun"),
+        ["ddim", "ddim(eta=0.5)", "ddim(eta=1)", "heun"]
+    );
     // A command that runs one sampler takes one value.
     let out = dir.path().join("one.npy");
     assert_bad(

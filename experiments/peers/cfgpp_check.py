@@ -33,7 +33,7 @@ import types
 import torch
 
 import kdiffusion_files
-from pinned import MEAN, STD, FormulaNoise, latents
+from pinned import MEAN, STD, FormulaNoise, karras, latents
 
 UNCOND_MEAN = [-0.3, 0.4]
 UNCOND_STD = 0.9
@@ -86,12 +86,6 @@ class Model:
             d = fn({"denoised": d, "cond_denoised": c, "uncond_denoised": u, "model": self,
                     "sigma": sigma, "input": x, "model_options": model_options})
         return d
-
-
-def karras(n, sigma_min=0.002, sigma_max=80.0, rho=7.0):
-    i = torch.arange(n, dtype=torch.float64)
-    lv = (sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([lv, torch.zeros(1, dtype=torch.float64)])
 
 
 def main():

@@ -26,21 +26,7 @@ import types
 import numpy as np
 import torch
 
-from pinned import Gaussian, latents
-
-
-class Model:
-    def __init__(self):
-        self.net = Gaussian()
-
-    def __call__(self, x, sigma, **kwargs):
-        return self.net(x, sigma.reshape(-1, 1))
-
-
-def karras(n, sigma_min=0.002, sigma_max=80.0, rho=7.0):
-    i = torch.arange(n, dtype=torch.float64)
-    lv = (sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([lv, torch.zeros(1, dtype=torch.float64)])
+from pinned import KModel, karras, latents
 
 
 def load(path, names, ns):
@@ -65,7 +51,7 @@ def main():
                   {"torch": torch, "deis": deis, "trange": lambda *a, **k: range(*a)})
         for order in [3, 2, 4]:
             sigmas = karras(8)
-            x = ns["sample_deis"](Model(), latents() * sigmas[0], sigmas, extra_args={},
+            x = ns["sample_deis"](KModel(), latents() * sigmas[0], sigmas, extra_args={},
                                   disable=True, max_order=order)
             print(json.dumps({"order": order, "N": n, "x": x.tolist()}))
 

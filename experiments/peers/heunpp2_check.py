@@ -18,26 +18,8 @@ import ast
 import json
 import sys
 
-import torch
-
 import kdiffusion_files
-from pinned import FormulaNoise, Gaussian, TorchWithNoise, latents
-
-
-class Model:
-    """k-diffusion's denoiser convention, `model(x, sigma * s_in)`, around pinned.Gaussian."""
-
-    def __init__(self):
-        self.net = Gaussian()
-
-    def __call__(self, x, sigma, **kwargs):
-        return self.net(x, sigma.reshape(-1, 1))
-
-
-def karras(n, sigma_min=0.002, sigma_max=80.0, rho=7.0):
-    i = torch.arange(n, dtype=torch.float64)
-    lv = (sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([lv, torch.zeros(1, dtype=torch.float64)])
+from pinned import FormulaNoise, KModel, TorchWithNoise, karras, latents
 
 
 def main():
@@ -60,7 +42,7 @@ def main():
         exec(compile(ast.Module(body=[node], type_ignores=[]), sys.argv[1], "exec"), ns)
         sigmas = karras(steps)
         x0 = latents() * sigmas[0]
-        x = ns["sample_heunpp2"](Model(), x0, sigmas, extra_args={}, disable=True, **kwargs)
+        x = ns["sample_heunpp2"](KModel(), x0, sigmas, extra_args={}, disable=True, **kwargs)
         params = {k: ("inf" if v == float("inf") else v) for k, v in kwargs.items()}
         print(json.dumps({"steps": steps, "params": params, "draws": draw.k, "x": x.tolist()}))
 

@@ -66,3 +66,20 @@ class TorchWithNoise:
 
 def latents():
     return torch.tensor(LATENTS, dtype=torch.float64)
+
+
+def karras(n, sigma_min=0.002, sigma_max=80.0, rho=7.0):
+    """EDM's Karras levels, n of them from sigma_max to sigma_min, and a final 0 (float64)."""
+    i = torch.arange(n, dtype=torch.float64)
+    lv = (sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([lv, torch.zeros(1, dtype=torch.float64)])
+
+
+class KModel:
+    """k-diffusion's denoiser convention, `model(x, sigma * s_in)`, around Gaussian."""
+
+    def __init__(self):
+        self.net = Gaussian()
+
+    def __call__(self, x, sigma, **kwargs):
+        return self.net(x, sigma.reshape(-1, 1))

@@ -26,7 +26,7 @@ import sys
 
 import torch
 
-from pinned import FormulaNoise, Gaussian, latents
+from pinned import FormulaNoise, KModel, karras, latents
 
 HELPERS = [
     "sigma_to_half_log_snr",
@@ -74,21 +74,12 @@ class Inner:
         return self.predictor
 
 
-class Model:
-    """k-diffusion's denoiser convention, `model(x, sigma * s_in)`, around pinned.Gaussian."""
+class Model(KModel):
+    """pinned.KModel with the `inner_model` ComfyUI's samplers read `model_sampling` from."""
 
     def __init__(self):
-        self.net = Gaussian()
+        super().__init__()
         self.inner_model = Inner()
-
-    def __call__(self, x, sigma, **kwargs):
-        return self.net(x, sigma.reshape(-1, 1))
-
-
-def karras(n, sigma_min=0.002, sigma_max=80.0, rho=7.0):
-    i = torch.arange(n, dtype=torch.float64)
-    lv = (sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([lv, torch.zeros(1, dtype=torch.float64)])
 
 
 def main():

@@ -2444,6 +2444,34 @@ fn run_counting_draws(
     (out, noise.k)
 }
 
+/// A pinned run against a reference's printed samples: within 1e-12, the same number of
+/// formula-noise draws, and the planned NFE for `steps` steps.
+fn assert_pinned(
+    what: &str,
+    spec: &SamplerSpec,
+    (out, drawn): (scoreflow_solvers::driver::Outcome, usize),
+    steps: usize,
+    draws: usize,
+    want: &[f64; 6],
+) {
+    let got = Vec::<f64>::try_from(out.x.flatten(0, -1)).unwrap();
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < 1e-12, "{what}: {got:?} vs {want:?}");
+    }
+    assert_eq!(drawn, draws, "{what}: noise draws");
+    assert_eq!(Some(out.nfe), spec.nfe(steps), "{what}: NFE");
+}
+
+/// The unconditional branch of the pinned guidance problems: N((-0.3, 0.4), 0.81 I).
+fn pinned_uncond() -> GaussianDenoiser {
+    GaussianDenoiser::new(
+        vec![-0.3, 0.4],
+        vec![vec![0.81, 0.0], vec![0.0, 0.81]],
+        Device::Cpu,
+    )
+    .unwrap()
+}
+
 /// [`run_pinned`] with the driver's options and an observer of each step.
 fn run_pinned_with(
     spec: &SamplerSpec,
@@ -3903,13 +3931,8 @@ fn seeds_matches_comfyuis_functions() {
     let edm = Edm::default();
     let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 8, 0.002, 80.0, &edm).unwrap();
     for (spec, draws, want) in cases {
-        let (out, drawn) = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
-        let got = Vec::<f64>::try_from(out.x.flatten(0, -1)).unwrap();
-        for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() < 1e-12, "{spec:?}: {got:?} vs {want:?}");
-        }
-        assert_eq!(drawn, draws, "{spec:?}: noise draws");
-        assert_eq!(Some(out.nfe), spec.nfe(8), "{spec:?}");
+        let run = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
+        assert_pinned(&format!("{spec:?}"), &spec, run, 8, draws, &want);
     }
 }
 
@@ -4372,12 +4395,7 @@ fn cfgpp_matches_comfyuis_functions() {
     ];
     assert_eq!(cases.len(), 24);
     let (cond, latents) = pinned_problem();
-    let uncond = GaussianDenoiser::new(
-        vec![-0.3, 0.4],
-        vec![vec![0.81, 0.0], vec![0.0, 0.81]],
-        Device::Cpu,
-    )
-    .unwrap();
+    let uncond = pinned_uncond();
     let edm = Edm::default();
     let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 8, 0.002, 80.0, &edm).unwrap();
     for (spec, guidance, draws, want) in cases {
@@ -4386,16 +4404,15 @@ fn cfgpp_matches_comfyuis_functions() {
             uncond: &uncond,
             guidance,
         };
-        let (out, drawn) = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
-        let got = Vec::<f64>::try_from(out.x.flatten(0, -1)).unwrap();
-        for (g, w) in got.iter().zip(want) {
-            assert!(
-                (g - w).abs() < 1e-12,
-                "{spec:?} w {guidance}: {got:?} vs {want:?}"
-            );
-        }
-        assert_eq!(drawn, draws, "{spec:?} w {guidance}: noise draws");
-        assert_eq!(Some(out.nfe), spec.nfe(8), "{spec:?}");
+        let run = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
+        assert_pinned(
+            &format!("{spec:?} w {guidance}"),
+            &spec,
+            run,
+            8,
+            draws,
+            &want,
+        );
     }
 }
 
@@ -4558,12 +4575,7 @@ fn rf_ancestral_samplers_match_comfyuis_functions() {
     ];
     assert_eq!(cases.len(), 9);
     let (cond, latents) = pinned_problem();
-    let uncond = GaussianDenoiser::new(
-        vec![-0.3, 0.4],
-        vec![vec![0.81, 0.0], vec![0.0, 0.81]],
-        Device::Cpu,
-    )
-    .unwrap();
+    let uncond = pinned_uncond();
     let mut sigmas: Vec<f64> = (0..8)
         .map(|i| {
             let u = 0.99 - i as f64 * (0.99 - 0.05) / 7.0;
@@ -4574,7 +4586,7 @@ fn rf_ancestral_samplers_match_comfyuis_functions() {
     sigmas.push(0.0);
     let flow = Flow::default();
     for (spec, guidance, draws, want) in cases {
-        let (out, drawn) = match guidance {
+        let run = match guidance {
             Some(guidance) => {
                 let den = scoreflow_solvers::Cfg {
                     cond: &cond,
@@ -4585,15 +4597,14 @@ fn rf_ancestral_samplers_match_comfyuis_functions() {
             }
             None => run_counting_draws(&spec, &cond, &flow, &sigmas, &latents),
         };
-        let got = Vec::<f64>::try_from(out.x.flatten(0, -1)).unwrap();
-        for (g, w) in got.iter().zip(want) {
-            assert!(
-                (g - w).abs() < 1e-12,
-                "{spec:?} w {guidance:?}: {got:?} vs {want:?}"
-            );
-        }
-        assert_eq!(drawn, draws, "{spec:?}: noise draws");
-        assert_eq!(Some(out.nfe), spec.nfe(8), "{spec:?}");
+        assert_pinned(
+            &format!("{spec:?} w {guidance:?}"),
+            &spec,
+            run,
+            8,
+            draws,
+            &want,
+        );
     }
 }
 
@@ -4750,16 +4761,15 @@ fn heunpp2_matches_comfyuis_function() {
     for (spec, steps, draws, want) in cases {
         let sigmas =
             grid::sigmas(&GridKind::Karras { rho: 7.0 }, steps, 0.002, 80.0, &edm).unwrap();
-        let (out, drawn) = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
-        let got = Vec::<f64>::try_from(out.x.flatten(0, -1)).unwrap();
-        for (g, w) in got.iter().zip(want) {
-            assert!(
-                (g - w).abs() < 1e-12,
-                "{spec:?} {steps}: {got:?} vs {want:?}"
-            );
-        }
-        assert_eq!(drawn, draws, "{spec:?}: noise draws");
-        assert_eq!(Some(out.nfe), spec.nfe(steps), "{spec:?}");
+        let run = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
+        assert_pinned(
+            &format!("{spec:?} {steps}"),
+            &spec,
+            run,
+            steps,
+            draws,
+            &want,
+        );
     }
     assert_eq!(SamplerSpec::Heunpp2(Churn::default()).nfe(8), Some(21));
     assert_eq!(SamplerSpec::Heunpp2(Churn::default()).nfe(1), Some(1));
@@ -5001,12 +5011,7 @@ fn cfgpp_samples_collapse_as_the_steps_grow() {
     // Karras grid gets finer, where plain guidance at w = 1 (the conditional Gaussian) keeps
     // both.
     let (cond, _) = pinned_problem();
-    let uncond = GaussianDenoiser::new(
-        vec![-0.3, 0.4],
-        vec![vec![0.81, 0.0], vec![0.0, 0.81]],
-        Device::Cpu,
-    )
-    .unwrap();
+    let uncond = pinned_uncond();
     let den = scoreflow_solvers::Cfg {
         cond: &cond,
         uncond: &uncond,
