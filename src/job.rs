@@ -349,7 +349,7 @@ pub struct SamplerArgs {
     /// er-sde: points of the Riemann sums of its integrals (100 by default; ComfyUI uses 200).
     #[arg(long)]
     pub points: Option<usize>,
-    /// gradient-estimation: the weight of the current noise estimate against the previous one
+    /// gradient-estimation, gradient-estimation-cfgpp: the weight of the current noise estimate against the previous one
     /// (Permenter & Yuan's gamma; 2 by default, 1 is euler).
     #[arg(long)]
     pub ge_gamma: Option<f64>,
@@ -411,7 +411,8 @@ impl SamplerArgs {
                 }
             }
             SamplerSpec::Tcd { gamma } => set_flags(&mut used, [("gamma", self.gamma, gamma)]),
-            SamplerSpec::GradientEstimation { ge_gamma } => {
+            SamplerSpec::GradientEstimation { ge_gamma }
+            | SamplerSpec::GradientEstimationCfgPp { ge_gamma } => {
                 set_flags(&mut used, [("ge-gamma", self.ge_gamma, ge_gamma)])
             }
             SamplerSpec::ErSde(p) => {

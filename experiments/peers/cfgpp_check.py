@@ -4,7 +4,8 @@ Usage: python3 experiments/peers/cfgpp_check.py SAMPLING_PY
 
 SAMPLING_PY is ComfyUI's `comfy/k_diffusion/sampling.py` (or any file holding its
 `sample_euler_ancestral_cfg_pp`, `sample_euler_cfg_pp`, `sample_dpmpp_2m_cfg_pp`,
-`sample_dpmpp_2s_ancestral_cfg_pp` and `res_multistep` (run with `cfg_pp=True`); CFG++,
+`sample_dpmpp_2s_ancestral_cfg_pp`, `sample_gradient_estimation` and its `_cfg_pp` form, and
+`res_multistep` (run with `cfg_pp=True`); CFG++,
 Chung et al. 2025, ICLR). The functions are taken from the file by name, as they stand,
 and run with k-diffusion's `to_d`, `get_ancestral_step` and `default_noise_sampler` (k-diffusion
 loaded by file path, kdiffusion_files.py: ComfyUI's copies of them are k-diffusion's) and with
@@ -105,7 +106,8 @@ def main():
           "set_model_options_post_cfg_function": set_model_options_post_cfg_function,
           "sigma_to_half_log_snr": sigma_to_half_log_snr}
     names = ["sample_euler_ancestral_cfg_pp", "sample_euler_cfg_pp", "sample_dpmpp_2m_cfg_pp",
-             "res_multistep", "sample_dpmpp_2s_ancestral_cfg_pp"]
+             "res_multistep", "sample_dpmpp_2s_ancestral_cfg_pp", "sample_gradient_estimation",
+             "sample_gradient_estimation_cfg_pp"]
     for name in names + [h for h in ["sigma_to_half_log_snr"] if h in defs]:
         node = defs[name]
         node.decorator_list = []
@@ -121,6 +123,8 @@ def main():
         ("dpmpp-2s-ancestral-cfgpp", "sample_dpmpp_2s_ancestral_cfg_pp", {}),
         ("dpmpp-2s-ancestral-cfgpp", "sample_dpmpp_2s_ancestral_cfg_pp",
          {"eta": 0.5, "s_noise": 0.8}),
+        ("gradient-estimation-cfgpp", "sample_gradient_estimation_cfg_pp", {}),
+        ("gradient-estimation-cfgpp", "sample_gradient_estimation_cfg_pp", {"ge_gamma": 1.5}),
     ]
     for sampler, fn_name, kwargs in cases:
         for w in [1.0, 0.6, 1.5]:

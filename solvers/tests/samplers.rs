@@ -4017,7 +4017,8 @@ fn seeds_at_eta_0_is_dpm_solver_pp_and_at_eta_1_samples_a_gaussian() {
 #[test]
 fn cfgpp_matches_comfyuis_functions() {
     // Samples printed by ComfyUI's `sample_euler_cfg_pp`, `sample_euler_ancestral_cfg_pp`,
-    // `sample_dpmpp_2m_cfg_pp` and `sample_dpmpp_2s_ancestral_cfg_pp` (CFG++, Chung et al. 2025;
+    // `sample_dpmpp_2m_cfg_pp`, `sample_dpmpp_2s_ancestral_cfg_pp` and
+    // `sample_gradient_estimation_cfg_pp` (CFG++, Chung et al. 2025;
     // run as they stand by `python3
     // experiments/peers/cfgpp_check.py SAMPLING_PY`, with the formula noise of pinned.py; and
     // `res_multistep` with `cfg_pp`, whose zero-weight draws at eta = 0 scoreflow skips) for
@@ -4392,8 +4393,86 @@ fn cfgpp_matches_comfyuis_functions() {
                 -1.9142295005376535,
             ],
         ),
+        (
+            SamplerSpec::GradientEstimationCfgPp { ge_gamma: 2.0 },
+            1.0,
+            0,
+            [
+                0.6535439037060102,
+                -1.6858931079071244,
+                1.396938103918989,
+                -0.5088522909032409,
+                0.2198972869151058,
+                -0.8805493910097306,
+            ],
+        ),
+        (
+            SamplerSpec::GradientEstimationCfgPp { ge_gamma: 2.0 },
+            0.6,
+            0,
+            [
+                0.4317564844789076,
+                -1.3808105890795142,
+                1.3231296104033032,
+                0.030530193634113335,
+                -0.08821117231032337,
+                -0.41515636932808464,
+            ],
+        ),
+        (
+            SamplerSpec::GradientEstimationCfgPp { ge_gamma: 2.0 },
+            1.5,
+            0,
+            [
+                0.8630039107124313,
+                -1.9641773600773367,
+                1.4491082182342097,
+                -1.0361788731678532,
+                0.521109731324727,
+                -1.3292310269287428,
+            ],
+        ),
+        (
+            SamplerSpec::GradientEstimationCfgPp { ge_gamma: 1.5 },
+            1.0,
+            0,
+            [
+                0.6697681862677082,
+                -1.605128496577926,
+                1.2186550610427596,
+                -0.736057611517428,
+                0.34958417598226166,
+                -1.0105010489049533,
+            ],
+        ),
+        (
+            SamplerSpec::GradientEstimationCfgPp { ge_gamma: 1.5 },
+            0.6,
+            0,
+            [
+                0.43489071009703406,
+                -1.2764250031245548,
+                1.130485345895745,
+                -0.17506682977659555,
+                0.029127172547785816,
+                -0.5228641476759512,
+            ],
+        ),
+        (
+            SamplerSpec::GradientEstimationCfgPp { ge_gamma: 1.5 },
+            1.5,
+            0,
+            [
+                0.8762895416791091,
+                -1.880525066056603,
+                1.2719046384650698,
+                -1.2541344961454999,
+                0.6455140685539655,
+                -1.4519420445384794,
+            ],
+        ),
     ];
-    assert_eq!(cases.len(), 24);
+    assert_eq!(cases.len(), 30);
     let (cond, latents) = pinned_problem();
     let uncond = pinned_uncond();
     let edm = Edm::default();
@@ -4919,7 +4998,7 @@ fn deis_tab_matches_comfyuis_deis() {
 fn cfgpp_samplers_without_guidance_are_their_plain_samplers() {
     // On a denoiser without guidance (D_u = D), and on guidance of a denoiser with itself, each
     // CFG++ sampler is its plain counterpart: euler, euler-ancestral (same noise), dpmpp-2m,
-    // res-multistep, dpmpp-2s-ancestral (and its -rf form).
+    // res-multistep, dpmpp-2s-ancestral (and its -rf form), gradient-estimation.
     let ring = GaussianMixture::ring(8, 2.0, 0.2, Device::Cpu).unwrap();
     let sde = Edm::default();
     let sigmas = grid_for(&sde, &GridKind::default(), 12);
@@ -4974,6 +5053,10 @@ fn cfgpp_samplers_without_guidance_are_their_plain_samplers() {
                 eta: 0.7,
                 s_noise: 0.9,
             },
+        ),
+        (
+            SamplerSpec::GradientEstimationCfgPp { ge_gamma: 1.5 },
+            SamplerSpec::GradientEstimation { ge_gamma: 1.5 },
         ),
     ] {
         let want = sample_with_noise(&plain, &ring, &sde, &sigmas, &x0, 5);

@@ -428,6 +428,13 @@ pub enum SamplerSpec {
         #[serde(default = "two_thirds")]
         r_2: f64,
     },
+    /// Gradient estimation with CFG++'s renoising (ComfyUI's
+    /// `sample_gradient_estimation_cfg_pp`; [`gradient_estimation::GradientEstimation`]).
+    #[serde(rename = "gradient-estimation-cfgpp")]
+    GradientEstimationCfgPp {
+        #[serde(default = "ge_gamma")]
+        ge_gamma: f64,
+    },
     /// DEIS's tAB form (ComfyUI's `deis`; [`deis::DeisTab`]).
     #[serde(rename = "deis-tab")]
     DeisTab {
@@ -533,6 +540,7 @@ pub const NAMES: &[&str] = &[
     "dpmpp-2s-ancestral-cfgpp-rf",
     "heunpp2",
     "deis-tab",
+    "gradient-estimation-cfgpp",
 ];
 
 impl SamplerSpec {
@@ -572,6 +580,9 @@ impl SamplerSpec {
             },
             "heunpp2" => SamplerSpec::Heunpp2(Churn::default()),
             "deis-tab" => SamplerSpec::DeisTab { order: 3 },
+            "gradient-estimation-cfgpp" => SamplerSpec::GradientEstimationCfgPp {
+                ge_gamma: ge_gamma(),
+            },
             "dpmpp-2s-ancestral-cfgpp" => SamplerSpec::DpmPp2SAncestralCfgPp {
                 eta: 1.0,
                 s_noise: 1.0,
@@ -728,6 +739,7 @@ impl SamplerSpec {
             SamplerSpec::Seeds3 { .. } => "seeds-3",
             SamplerSpec::Heunpp2(_) => "heunpp2",
             SamplerSpec::DeisTab { .. } => "deis-tab",
+            SamplerSpec::GradientEstimationCfgPp { .. } => "gradient-estimation-cfgpp",
             SamplerSpec::DpmPp2SAncestralCfgPp { .. } => "dpmpp-2s-ancestral-cfgpp",
             SamplerSpec::EulerAncestralRf { .. } => "euler-ancestral-rf",
             SamplerSpec::Dpm2AncestralRf { .. } => "dpm2-ancestral-rf",
@@ -866,6 +878,9 @@ impl SamplerSpec {
             } => Box::new(seeds::Seeds3::new(*eta, *s_noise, *r_1, *r_2)?),
             SamplerSpec::Heunpp2(c) => Box::new(heunpp2::HeunPp2::new(c.clone())?),
             SamplerSpec::DeisTab { order } => Box::new(deis::DeisTab::new(*order)?),
+            SamplerSpec::GradientEstimationCfgPp { ge_gamma } => {
+                Box::new(gradient_estimation::GradientEstimation::cfg_pp(*ge_gamma)?)
+            }
             SamplerSpec::DpmPp2SAncestralCfgPp { eta, s_noise } => Box::new(
                 dpmpp_2s_ancestral::DpmPp2SAncestral::variant(*eta, *s_noise, false, true)?,
             ),
