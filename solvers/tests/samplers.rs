@@ -5015,7 +5015,7 @@ fn deis_tab_matches_comfyuis_deis() {
 #[test]
 fn er_sde_with_200_points_is_comfyuis_sampler() {
     // Samples printed by ComfyUI's `sample_er_sde` (run as it stands by `python3
-    // experiments/peers/er_sde_comfy_check.py SAMPLING_PY`, with the formula noise of pinned.py)
+    // experiments/peers/comfyui_check.py SAMPLING_PY`, with the formula noise of pinned.py)
     // for the exact denoiser of N((0.5, -1), 0.25 I) from three fixed latents on Karras levels (8
     // from 80 to 0.002, rho 7, then 0): max_stage 3, 2, 1 and s_noise 0.7. ComfyUI integrates
     // with 200 points; scoreflow's er-sde with `points = 200` gives its samples.
@@ -5115,6 +5115,31 @@ fn er_sde_with_200_points_is_comfyuis_sampler() {
         assert_eq!(drawn, draws, "{spec:?}");
         assert_eq!(out.nfe, 8);
     }
+}
+
+#[test]
+fn ddpm_is_comfyuis_ddpm() {
+    // ComfyUI's `sample_ddpm` (its `generic_step_sampler` with `DDPMSampler_step`: the posterior
+    // mean and small variance in the VP variable; run as it stands by `python3
+    // experiments/peers/comfyui_check.py SAMPLING_PY` with the formula noise of pinned.py) on the
+    // pinned problem (8 Karras steps from 80 to 0.002, then 0): scoreflow's ddpm (small
+    // variance) gives its samples and draws.
+    let want = [
+        0.5930622350699944,
+        -0.769233789739471,
+        0.6119628944930211,
+        -1.1029657240313187,
+        0.26360990073581125,
+        -1.0939513736555575,
+    ];
+    let (den, latents) = pinned_problem();
+    let edm = Edm::default();
+    let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 8, 0.002, 80.0, &edm).unwrap();
+    let spec = SamplerSpec::Ddpm {
+        variance: DdpmVariance::Small,
+    };
+    let run = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
+    assert_pinned("ddpm", &spec, run, 8, 7, &want);
 }
 
 #[test]
