@@ -42,7 +42,11 @@ class CONST:
 
 
 class ModelSampling:
-    """An EDM-type model_sampling: not a CONST, so the half-log-SNR is -log sigma."""
+    """An EDM-type model_sampling: not a CONST, so the half-log-SNR is -log sigma; its
+    `noise_scaling` as ComfyUI's EPS defines it (for comfyui_check.py's lcm)."""
+
+    def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
+        return latent_image + noise * sigma
 
 
 def stand_ins():

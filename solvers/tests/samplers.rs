@@ -5118,28 +5118,73 @@ fn er_sde_with_200_points_is_comfyuis_sampler() {
 }
 
 #[test]
-fn ddpm_is_comfyuis_ddpm() {
+fn ddpm_lcm_and_gradient_estimation_are_comfyuis() {
     // ComfyUI's `sample_ddpm` (its `generic_step_sampler` with `DDPMSampler_step`: the posterior
-    // mean and small variance in the VP variable; run as it stands by `python3
-    // experiments/peers/comfyui_check.py SAMPLING_PY` with the formula noise of pinned.py) on the
-    // pinned problem (8 Karras steps from 80 to 0.002, then 0): scoreflow's ddpm (small
-    // variance) gives its samples and draws.
-    let want = [
-        0.5930622350699944,
-        -0.769233789739471,
-        0.6119628944930211,
-        -1.1029657240313187,
-        0.26360990073581125,
-        -1.0939513736555575,
+    // mean and small variance in the VP variable), `sample_lcm` and `sample_gradient_estimation`
+    // (ge_gamma 2 and 1.5), run as they stand by `python3 experiments/peers/comfyui_check.py
+    // SAMPLING_PY` with the formula noise of pinned.py, on the pinned problem (8 Karras steps
+    // from 80 to 0.002, then 0): scoreflow's ddpm (small variance), lcm and gradient-estimation
+    // give their samples and draws.
+    let cases: Vec<(SamplerSpec, usize, [f64; 6])> = vec![
+        (
+            SamplerSpec::Ddpm {
+                variance: DdpmVariance::Small,
+            },
+            7,
+            [
+                0.5930622350699944,
+                -0.769233789739471,
+                0.6119628944930211,
+                -1.1029657240313187,
+                0.26360990073581125,
+                -1.0939513736555575,
+            ],
+        ),
+        (
+            SamplerSpec::Lcm {},
+            7,
+            [
+                0.6447464081312879,
+                -0.7175654046554703,
+                0.5867742958968543,
+                -1.1588417645748723,
+                0.23962232663154331,
+                -1.0707696775166287,
+            ],
+        ),
+        (
+            SamplerSpec::GradientEstimation { ge_gamma: 2.0 },
+            0,
+            [
+                0.6555977106612376,
+                -1.6290120218220236,
+                1.2912309116603362,
+                -0.6225927869067852,
+                0.2848116767450971,
+                -0.9404093874063346,
+            ],
+        ),
+        (
+            SamplerSpec::GradientEstimation { ge_gamma: 1.5 },
+            0,
+            [
+                0.6283367390156551,
+                -1.5188080938930737,
+                1.1526059707391818,
+                -0.688715143664156,
+                0.3225130205102644,
+                -0.9508497595259194,
+            ],
+        ),
     ];
+    assert_eq!(cases.len(), 4);
     let (den, latents) = pinned_problem();
     let edm = Edm::default();
     let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 8, 0.002, 80.0, &edm).unwrap();
-    let spec = SamplerSpec::Ddpm {
-        variance: DdpmVariance::Small,
-    };
-    let run = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
-    assert_pinned("ddpm", &spec, run, 8, 7, &want);
+    for (spec, draws, want) in cases {
+        let run = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
+        assert_pinned(&format!("{spec:?}"), &spec, run, 8, draws, &want);
+    }
 }
 
 #[test]
