@@ -3931,26 +3931,8 @@ fn seeds_matches_comfyuis_functions() {
     let edm = Edm::default();
     let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 8, 0.002, 80.0, &edm).unwrap();
     for (spec, draws, want) in cases {
-        let (out, drawn) = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
-        let got = Vec::<f64>::try_from(out.x.flatten(0, -1)).unwrap();
-        let d = got
-            .iter()
-            .zip(want)
-            .map(|(g, w)| (g - w).abs())
-            .fold(0.0, f64::max);
-        // ComfyUI's quadrature positions are float32 (`torch.arange(..., dtype=float32)` times a
-        // 0-dim float64 step stays float32), so the stages that integrate differ in the 1e-9s
-        // (6.3e-10; with the positions in float64 its samples are scoreflow's to 1e-16); order 1
-        // has no quadrature.
-        let tol = if matches!(spec, SamplerSpec::ErSde(ErSdeParams { order: 1, .. })) {
-            1e-12
-        } else {
-            5e-9
-        };
-        println!("{spec:?}: {d:.1e}");
-        assert!(d < tol, "{spec:?}: {got:?} vs {want:?}");
-        assert_eq!(drawn, draws, "{spec:?}");
-        assert_eq!(out.nfe, 8);
+        let run = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
+        assert_pinned(&format!("{spec:?}"), &spec, run, 8, draws, &want);
     }
 }
 
