@@ -403,6 +403,12 @@ impl SamplerArgs {
     pub fn spec(&self, name: &str) -> Result<SamplerSpec> {
         let mut spec = parse_sampler(name)?;
         let mut used = Vec::new();
+        if let Some((eta, s_noise)) = spec.eta_s_noise_mut() {
+            set_flags(
+                &mut used,
+                [("eta", self.eta, eta), ("s-noise", self.s_noise, s_noise)],
+            );
+        }
         match &mut spec {
             SamplerSpec::Ddim { eta } => {
                 if let Some(v) = self.eta {
@@ -428,32 +434,6 @@ impl SamplerArgs {
                 if let Some(v) = self.points {
                     p.points = v;
                     used.push("points");
-                }
-            }
-            SamplerSpec::EulerAncestral { eta, s_noise }
-            | SamplerSpec::DpmPp2MSde { eta, s_noise, .. }
-            | SamplerSpec::DpmPp3MSde { eta, s_noise }
-            | SamplerSpec::Dpm2Ancestral { eta, s_noise }
-            | SamplerSpec::DpmPp2SAncestral { eta, s_noise }
-            | SamplerSpec::DpmPpSde { eta, s_noise, .. }
-            | SamplerSpec::DpmFast { eta, s_noise }
-            | SamplerSpec::ResMultistep { eta, s_noise }
-            | SamplerSpec::Seeds2 { eta, s_noise, .. }
-            | SamplerSpec::Seeds3 { eta, s_noise, .. }
-            | SamplerSpec::EulerAncestralCfgPp { eta, s_noise }
-            | SamplerSpec::ResMultistepCfgPp { eta, s_noise }
-            | SamplerSpec::DpmPp2SAncestralCfgPp { eta, s_noise }
-            | SamplerSpec::EulerAncestralRf { eta, s_noise }
-            | SamplerSpec::Dpm2AncestralRf { eta, s_noise }
-            | SamplerSpec::DpmPp2SAncestralRf { eta, s_noise }
-            | SamplerSpec::DpmPp2SAncestralCfgPpRf { eta, s_noise } => {
-                if let Some(v) = self.eta {
-                    *eta = v;
-                    used.push("eta");
-                }
-                if let Some(v) = self.s_noise {
-                    *s_noise = v;
-                    used.push("s-noise");
                 }
             }
             SamplerSpec::Euler(c)

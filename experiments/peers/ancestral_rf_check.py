@@ -11,7 +11,7 @@ and run with k-diffusion's `to_d` (k-diffusion loaded by file path, kdiffusion_f
 ComfyUI's copy is k-diffusion's) and with what they take from the rest of ComfyUI written here
 as ComfyUI defines it: `set_model_options_post_cfg_function` appends the function to
 `model_options["sampler_post_cfg_function"]`, and the model's `model_sampling` has no
-`noise_scale`.
+`noise_scale` (cfgpp_check.py's stand-ins, imported from it).
 
 The model works in the flow's own variables, as ComfyUI calls a rectified-flow model: its
 `sigmas` are the times t of `x_t = (1 - t) x0 + t eps`, and `model(x_t, t)` returns the
@@ -34,10 +34,8 @@ import types
 import torch
 
 import kdiffusion_files
+from cfgpp_check import UNCOND_MEAN, UNCOND_STD, Inner, set_model_options_post_cfg_function
 from pinned import MEAN, STD, FormulaNoise, latents
-
-UNCOND_MEAN = [-0.3, 0.4]
-UNCOND_STD = 0.9
 
 
 def gaussian_in_t(mean, std):
@@ -51,22 +49,6 @@ def gaussian_in_t(mean, std):
         return m + v / (v + sigma * sigma) * (x_hat - m)
 
     return d
-
-
-def set_model_options_post_cfg_function(model_options, post_cfg_function, disable_cfg1_optimization=False):
-    model_options["sampler_post_cfg_function"] = model_options.get("sampler_post_cfg_function", []) + [post_cfg_function]
-    if disable_cfg1_optimization:
-        model_options["disable_cfg1_optimization"] = True
-    return model_options
-
-
-class Inner:
-    def __init__(self):
-        self.model_sampling = object()
-        self.model_patcher = self
-
-    def get_model_object(self, name):
-        return self.model_sampling
 
 
 class Model:

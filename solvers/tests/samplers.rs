@@ -1413,6 +1413,32 @@ fn bad_models_and_parameters_are_errors() {
     .is_err());
     assert!(SamplerSpec::from_name("nope").is_err());
     assert!(SamplerSpec::Ddim { eta: -1.0 }.build().is_err());
+    // The samplers added with ComfyUI's forms refuse what their steps cannot take.
+    for (spec, what) in [
+        (SamplerSpec::DeisTab { order: 0 }, "order"),
+        (SamplerSpec::DeisTab { order: 5 }, "order"),
+        (
+            SamplerSpec::GradientEstimationCfgPp { ge_gamma: f64::NAN },
+            "ge_gamma",
+        ),
+        (
+            SamplerSpec::Heunpp2(Churn {
+                s_churn: -1.0,
+                ..Churn::default()
+            }),
+            "s_churn",
+        ),
+        (
+            SamplerSpec::DpmPp2SAncestralCfgPp {
+                eta: 1.0,
+                s_noise: -0.5,
+            },
+            "s_noise",
+        ),
+    ] {
+        let e = spec.build().err().map(|e| e.to_string()).unwrap();
+        assert!(e.contains(what), "{spec:?}: {e}");
+    }
     for (order, func_type, s_noise, points, what) in [
         (4, 7, 1.0, 100, "order"),
         (0, 7, 1.0, 100, "order"),
@@ -2460,6 +2486,29 @@ fn assert_pinned(
     }
     assert_eq!(drawn, draws, "{what}: noise draws");
     assert_eq!(Some(out.nfe), spec.nfe(steps), "{what}: NFE");
+}
+
+/// The pinned scripts' levels: EDM's Karras grid of `steps` from 80 to 0.002 (rho 7), then 0.
+fn pinned_karras(steps: usize) -> Vec<f64> {
+    grid::sigmas(
+        &GridKind::Karras { rho: 7.0 },
+        steps,
+        0.002,
+        80.0,
+        &Edm::default(),
+    )
+    .unwrap()
+}
+
+/// Each case on the pinned problem at 8 Karras steps against a reference's printed samples and
+/// draws ([`assert_pinned`]).
+fn assert_pinned_cases(cases: Vec<(SamplerSpec, usize, [f64; 6])>) {
+    let (den, latents) = pinned_problem();
+    let (edm, sigmas) = (Edm::default(), pinned_karras(8));
+    for (spec, draws, want) in cases {
+        let run = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
+        assert_pinned(&format!("{spec:?}"), &spec, run, 8, draws, &want);
+    }
 }
 
 /// The unconditional branch of the pinned guidance problems: N((-0.3, 0.4), 0.81 I).
@@ -3927,13 +3976,7 @@ fn seeds_matches_comfyuis_functions() {
         ),
     ];
     assert_eq!(cases.len(), 8);
-    let (den, latents) = pinned_problem();
-    let edm = Edm::default();
-    let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 8, 0.002, 80.0, &edm).unwrap();
-    for (spec, draws, want) in cases {
-        let run = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
-        assert_pinned(&format!("{spec:?}"), &spec, run, 8, draws, &want);
-    }
+    assert_pinned_cases(cases);
 }
 
 #[test]
@@ -4476,7 +4519,7 @@ fn cfgpp_matches_comfyuis_functions() {
     let (cond, latents) = pinned_problem();
     let uncond = pinned_uncond();
     let edm = Edm::default();
-    let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 8, 0.002, 80.0, &edm).unwrap();
+    let sigmas = pinned_karras(8);
     for (spec, guidance, draws, want) in cases {
         let den = scoreflow_solvers::Cfg {
             cond: &cond,
@@ -4838,8 +4881,7 @@ fn heunpp2_matches_comfyuis_function() {
     let (den, latents) = pinned_problem();
     let edm = Edm::default();
     for (spec, steps, draws, want) in cases {
-        let sigmas =
-            grid::sigmas(&GridKind::Karras { rho: 7.0 }, steps, 0.002, 80.0, &edm).unwrap();
+        let sigmas = pinned_karras(steps);
         let run = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
         assert_pinned(
             &format!("{spec:?} {steps}"),
@@ -4968,7 +5010,7 @@ fn deis_tab_matches_comfyuis_deis() {
     assert_eq!(cases.len(), 6);
     let (den, latents) = pinned_problem();
     let edm = Edm::default();
-    let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 8, 0.002, 80.0, &edm).unwrap();
+    let sigmas = pinned_karras(8);
     let mut worst = [0.0f64; 2];
     for (order, n, want) in cases {
         let spec = SamplerSpec::DeisTab { order };
@@ -5074,7 +5116,7 @@ fn er_sde_with_200_points_is_comfyuis_sampler() {
     assert_eq!(cases.len(), 4);
     let (den, latents) = pinned_problem();
     let edm = Edm::default();
-    let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 8, 0.002, 80.0, &edm).unwrap();
+    let sigmas = pinned_karras(8);
     for (spec, draws, want) in cases {
         let (out, drawn) = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
         let got = Vec::<f64>::try_from(out.x.flatten(0, -1)).unwrap();
@@ -5160,13 +5202,7 @@ fn ddpm_lcm_and_gradient_estimation_are_comfyuis() {
         ),
     ];
     assert_eq!(cases.len(), 4);
-    let (den, latents) = pinned_problem();
-    let edm = Edm::default();
-    let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 8, 0.002, 80.0, &edm).unwrap();
-    for (spec, draws, want) in cases {
-        let run = run_counting_draws(&spec, &den, &edm, &sigmas, &latents);
-        assert_pinned(&format!("{spec:?}"), &spec, run, 8, draws, &want);
-    }
+    assert_pinned_cases(cases);
 }
 
 #[test]

@@ -69,13 +69,9 @@ impl Dpm2 {
     /// `dpm2-ancestral-rf` (ComfyUI's `sample_dpm_2_ancestral_RF`), `eta` in [0, 1].
     pub fn ancestral_rf(eta: f64, s_noise: f64) -> Result<Self> {
         check_rf_eta(eta)?;
-        check_nonneg("s_noise", s_noise)?;
         Ok(Dpm2 {
-            eta,
-            s_noise,
-            churn: Churn::default(),
-            ancestral: true,
             rf: true,
+            ..Self::ancestral(eta, s_noise)?
         })
     }
 

@@ -75,17 +75,10 @@ impl EulerAncestral {
     /// `euler-ancestral-rf`: the split of [`rf_ancestral_step`].
     pub fn rf(eta: f64, s_noise: f64) -> Result<Self> {
         check_rf_eta(eta)?;
-        check_nonneg("s_noise", s_noise)?;
         Ok(EulerAncestral {
-            eta,
-            s_noise,
             rf: true,
+            ..Self::new(eta, s_noise)?
         })
-    }
-
-    /// The step's `(sigma_down, sigma_up)`.
-    pub fn split(&self, sigma: f64, sigma_next: f64) -> (f64, f64) {
-        split(self.rf, sigma, sigma_next, self.eta)
     }
 }
 
@@ -108,7 +101,7 @@ impl Sampler for EulerAncestral {
     }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
         let (s, s_next) = (ctx.sigma(), ctx.sigma_next());
-        let (down, up) = self.split(s, s_next);
+        let (down, up) = split(self.rf, s, s_next, self.eta);
         let d = ctx.derivative(&x, s)?;
         let x = x + d * (down - s);
         add_step_noise(ctx, x, s_next, s, up * self.s_noise)

@@ -748,8 +748,38 @@ impl SamplerSpec {
         }
     }
 
+    /// `eta` and `s_noise` of the samplers whose noise these two alone set (the ancestral, SDE,
+    /// SEEDS, RES and CFG++ samplers, their rectified-flow forms, dpm-fast); `None` for the
+    /// others. One list for [`SamplerSpec::is_stochastic`] and the command line's `--eta` and
+    /// `--s-noise`.
+    pub fn eta_s_noise_mut(&mut self) -> Option<(&mut f64, &mut f64)> {
+        match self {
+            SamplerSpec::EulerAncestral { eta, s_noise }
+            | SamplerSpec::DpmPp2MSde { eta, s_noise, .. }
+            | SamplerSpec::DpmPp3MSde { eta, s_noise }
+            | SamplerSpec::Dpm2Ancestral { eta, s_noise }
+            | SamplerSpec::DpmPp2SAncestral { eta, s_noise }
+            | SamplerSpec::DpmPpSde { eta, s_noise, .. }
+            | SamplerSpec::DpmFast { eta, s_noise }
+            | SamplerSpec::ResMultistep { eta, s_noise }
+            | SamplerSpec::Seeds2 { eta, s_noise, .. }
+            | SamplerSpec::Seeds3 { eta, s_noise, .. }
+            | SamplerSpec::EulerAncestralCfgPp { eta, s_noise }
+            | SamplerSpec::ResMultistepCfgPp { eta, s_noise }
+            | SamplerSpec::DpmPp2SAncestralCfgPp { eta, s_noise }
+            | SamplerSpec::EulerAncestralRf { eta, s_noise }
+            | SamplerSpec::Dpm2AncestralRf { eta, s_noise }
+            | SamplerSpec::DpmPp2SAncestralRf { eta, s_noise }
+            | SamplerSpec::DpmPp2SAncestralCfgPpRf { eta, s_noise } => Some((eta, s_noise)),
+            _ => None,
+        }
+    }
+
     /// Whether the sampler draws noise (its output depends on the seed beyond the start).
     pub fn is_stochastic(&self) -> bool {
+        if let Some((eta, s_noise)) = self.clone().eta_s_noise_mut() {
+            return *eta > 0.0 && *s_noise > 0.0;
+        }
         match self {
             SamplerSpec::Euler(c)
             | SamplerSpec::Heun(c)
@@ -763,24 +793,7 @@ impl SamplerSpec {
             SamplerSpec::Ddim { eta } => *eta > 0.0,
             SamplerSpec::Tcd { gamma } => *gamma > 0.0,
             SamplerSpec::ErSde(p) => p.is_stochastic(),
-            SamplerSpec::EulerAncestral { eta, s_noise }
-            | SamplerSpec::DpmPp2MSde { eta, s_noise, .. }
-            | SamplerSpec::DpmPp3MSde { eta, s_noise }
-            | SamplerSpec::Dpm2Ancestral { eta, s_noise }
-            | SamplerSpec::DpmPp2SAncestral { eta, s_noise }
-            | SamplerSpec::DpmPpSde { eta, s_noise, .. }
-            | SamplerSpec::DpmSolver { eta, s_noise, .. }
-            | SamplerSpec::DpmFast { eta, s_noise }
-            | SamplerSpec::ResMultistep { eta, s_noise }
-            | SamplerSpec::Seeds2 { eta, s_noise, .. }
-            | SamplerSpec::Seeds3 { eta, s_noise, .. }
-            | SamplerSpec::EulerAncestralCfgPp { eta, s_noise }
-            | SamplerSpec::ResMultistepCfgPp { eta, s_noise }
-            | SamplerSpec::DpmPp2SAncestralCfgPp { eta, s_noise }
-            | SamplerSpec::EulerAncestralRf { eta, s_noise }
-            | SamplerSpec::Dpm2AncestralRf { eta, s_noise }
-            | SamplerSpec::DpmPp2SAncestralRf { eta, s_noise }
-            | SamplerSpec::DpmPp2SAncestralCfgPpRf { eta, s_noise } => *eta > 0.0 && *s_noise > 0.0,
+            SamplerSpec::DpmSolver { eta, s_noise, .. } => *eta > 0.0 && *s_noise > 0.0,
             SamplerSpec::DpmAdaptive(p) => p.eta > 0.0 && p.s_noise > 0.0,
             SamplerSpec::EdmAblation(p) => p.churn().is_stochastic(),
             SamplerSpec::Restart(p) => p.is_stochastic(),
