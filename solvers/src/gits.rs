@@ -233,6 +233,18 @@ pub fn select(cost: &[Vec<f64>], steps: usize, coeff: f64) -> Result<Vec<usize>>
     Ok(path)
 }
 
+/// Warm-up latents: `samples` standard normals of shape `shape` (each), samples
+/// [`WARMUP_FIRST`] onwards of `seed`.
+pub fn warmup_latents(
+    seed: u64,
+    samples: usize,
+    shape: &[i64],
+    device: tch::Device,
+    kind: Kind,
+) -> Tensor {
+    BrownianNoise::new(seed, WARMUP_FIRST, samples, shape, 1.0, device, kind).initial()
+}
+
 /// Sample index of the first warm-up latent: far above the samples experiments and commands
 /// draw (0 onwards), so that the grid is not fitted to the noise it is then judged on.
 pub const WARMUP_FIRST: u64 = 1 << 40;
@@ -355,16 +367,7 @@ impl GitsParams {
 
     /// The warm-up latents: standard normals, `[samples, shape...]`.
     pub fn warmup(&self, shape: &[i64], device: tch::Device, kind: Kind) -> Tensor {
-        BrownianNoise::new(
-            self.seed,
-            WARMUP_FIRST,
-            self.samples,
-            shape,
-            1.0,
-            device,
-            kind,
-        )
-        .initial()
+        warmup_latents(self.seed, self.samples, shape, device, kind)
     }
 
     /// Run the teacher from the warm-up latents and build the cost matrix (`shape` is one

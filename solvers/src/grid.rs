@@ -92,6 +92,10 @@ pub enum GridKind {
     /// teacher's trajectories (see [`crate::gits`]). It needs the model, so [`sigmas`] cannot
     /// build it; experiments and commands solve it with [`crate::gits::GitsParams::solve`].
     Gits(crate::gits::GitsParams),
+    /// OSS (Pei, Hu & Gu 2025): the levels chosen for the model by dynamic programming over the
+    /// student's own Euler steps along a teacher's trajectories (see [`crate::oss`]); solved
+    /// where the model is known, as `Gits`.
+    Oss(crate::oss::OssParams),
 }
 
 /// diffusers' `timestep_spacing` (see [`GridKind::Timesteps`]).
@@ -228,6 +232,16 @@ impl Default for GridKind {
 }
 
 impl GridKind {
+    /// The name of a placement that is chosen for a model (`gits`, `oss`): solved where the
+    /// model is known, not by [`sigmas`]. `None` for the others.
+    pub fn chosen_for_model(&self) -> Option<&'static str> {
+        match self {
+            GridKind::Gits(_) => Some("gits"),
+            GridKind::Oss(_) => Some("oss"),
+            _ => None,
+        }
+    }
+
     /// Parse a command-line name: `karras`, `uniform-t`, `log-snr`, `poly-t`, `iddpm`,
     /// `poly-exponential`, `beta`, `kl-optimal`, `ddpm-*` (their default parameters; `rho`, where given, for the grids
     /// that have one).
@@ -430,10 +444,11 @@ pub fn sigmas(
                 .collect()
         }
         GridKind::Levels { sigmas } => levels_for(sigmas, n)?,
-        GridKind::Gits(_) => {
-            return Err(SolverError::Grid(
-                "the gits placement is chosen for a model: it is solved where the model is known (sample, compare, run, optimize-grid)".into(),
-            ))
+        GridKind::Gits(_) | GridKind::Oss(_) => {
+            return Err(SolverError::Grid(format!(
+                "the {} placement is chosen for a model: it is solved where the model is known (sample, compare, run, optimize-grid)",
+                kind.chosen_for_model().unwrap_or_default()
+            )))
         }
         GridKind::Timesteps {
             spacing,

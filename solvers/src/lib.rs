@@ -15,6 +15,7 @@ pub mod error;
 pub mod gits;
 pub mod grid;
 pub mod noise;
+pub mod oss;
 pub mod reference;
 pub mod samplers;
 pub mod sde;
