@@ -109,7 +109,7 @@ pub fn run(mut a: CompareArgs) -> Result<()> {
     let sde = job::sde_from_name(&a.grid.sde)?;
     // The ddpm-* grids fix each step count's levels to a chain's steps, with ends that move with
     // the count: each count gets its own reference between its first and last levels.
-    // Explicit levels and gits grids start at their first level and may stop above sigma_min:
+    // Explicit levels, gits and oss grids start at their first level and may stop above sigma_min:
     // their reference runs from their first level to sigma_min (or their lowest level, if
     // lower), so that stopping early counts as error.
     let per_count = matches!(
@@ -118,7 +118,9 @@ pub fn run(mut a: CompareArgs) -> Result<()> {
     );
     let listed = matches!(
         a.grid.kind()?,
-        scoreflow_solvers::GridKind::Levels { .. } | scoreflow_solvers::GridKind::Gits(_)
+        scoreflow_solvers::GridKind::Levels { .. }
+            | scoreflow_solvers::GridKind::Gits(_)
+            | scoreflow_solvers::GridKind::Oss(_)
     );
     let floor = a.grid.range(None).0;
     if let Some(s) = specs
@@ -131,8 +133,8 @@ pub fn run(mut a: CompareArgs) -> Result<()> {
             a.grid.grid
         );
     }
-    let gits = a.grid.is_gits()?;
-    if !gits {
+    let chosen = a.grid.is_chosen_for_model()?;
+    if !chosen {
         for &n in &steps {
             a.grid.sigmas(sde.as_ref(), n)?;
         }
@@ -144,9 +146,9 @@ pub fn run(mut a: CompareArgs) -> Result<()> {
     }
     let model = model::parse(&a.denoiser, dev)?;
     npy::check_out_dir(&a.out_dir)?;
-    if gits {
+    if chosen {
         // (No adaptive samplers here: refused above, as the grid's ends move with the count.)
-        a.grid.solve_gits(
+        a.grid.solve_for_model(
             model.denoiser(),
             sde.as_ref(),
             None,

@@ -225,7 +225,10 @@ impl GridSpec {
     pub fn ends_move(&self) -> bool {
         matches!(
             self.placement,
-            GridKind::Timesteps { .. } | GridKind::Levels { .. } | GridKind::Gits(_)
+            GridKind::Timesteps { .. }
+                | GridKind::Levels { .. }
+                | GridKind::Gits(_)
+                | GridKind::Oss(_)
         )
     }
 }
@@ -544,9 +547,9 @@ impl ExperimentConfig {
             && self
                 .grid_list()
                 .iter()
-                .any(|g| matches!(g.placement, GridKind::Gits(_)))
+                .any(|g| g.placement.chosen_for_model().is_some())
         {
-            bail!("a gits grid is solved for one denoiser: with several guidance weights give each weight's levels as a levels placement (scoreflow optimize-grid --guidance W) or run one file per weight");
+            bail!("a gits or oss grid is solved for one denoiser: with several guidance weights give each weight's levels as a levels placement (scoreflow optimize-grid --guidance W) or run one file per weight");
         }
         self.threshold()?;
         if self.metrics.is_empty() {
@@ -578,10 +581,10 @@ impl ExperimentConfig {
                 bail!(
                     "the adaptive sampler {} chooses its own steps; the {} placement has no range for it",
                     s.name(),
-                    match g.placement {
+                    match &g.placement {
                         GridKind::Timesteps { .. } => "timesteps",
                         GridKind::Levels { .. } => "levels",
-                        _ => "gits",
+                        p => p.chosen_for_model().unwrap_or_default(),
                     }
                 );
             }
@@ -631,14 +634,24 @@ impl ExperimentConfig {
         }
         for g in self.grid_list() {
             let sde = job::sde_from_name(&g.sde)?;
-            if let GridKind::Gits(p) = &g.placement {
-                // Solved for the model when the run starts; its teacher grid is checked here.
-                p.validate()?;
-                p.teacher_sigmas(g.sigma_min, g.sigma_max, sde.as_ref())?;
-                if let Some(&n) = self.all_steps().iter().find(|&&n| n > p.teacher_steps) {
+            // Solved for the model when the run starts; its teacher grid is checked here.
+            let teacher = match &g.placement {
+                GridKind::Gits(p) => {
+                    p.validate()?;
+                    p.teacher_sigmas(g.sigma_min, g.sigma_max, sde.as_ref())?;
+                    Some(("gits", p.teacher_steps))
+                }
+                GridKind::Oss(p) => {
+                    p.validate()?;
+                    p.teacher_sigmas(g.sigma_min, g.sigma_max, sde.as_ref())?;
+                    Some(("oss", p.teacher_steps))
+                }
+                _ => None,
+            };
+            if let Some((name, teacher_steps)) = teacher {
+                if let Some(&n) = self.all_steps().iter().find(|&&n| n > teacher_steps) {
                     bail!(
-                        "gits chooses {n} steps from a teacher grid of {} steps: give teacher_steps at least {n}",
-                        p.teacher_steps
+                        "{name} chooses {n} steps from a teacher grid of {teacher_steps} steps: give teacher_steps at least {n}"
                     );
                 }
             } else {
@@ -1216,7 +1229,7 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
         .iter()
         .filter_map(|v| v["key"].as_str().map(String::from))
         .collect();
-    // A gits placement is solved here, for the denoiser the cells sample (guided, thresholded),
+    // A gits or oss placement is solved here, for the denoiser the cells sample (guided, thresholded),
     // unless every cell on it is done (the solved levels are not part of the cells' keys).
     let mut solved = cfg.clone();
     for (g, grid) in solved.grid_list_mut().iter_mut().enumerate() {
@@ -1224,12 +1237,12 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
             .cells()
             .iter()
             .any(|c| c.grid == g && !done.contains(&cell_key(cfg, &models, c)));
-        if let (GridKind::Gits(p), true) = (&grid.placement, pending) {
+        if let (Some(name), true) = (grid.placement.chosen_for_model(), pending) {
             if cfg.grids.len() > 1 {
-                eprintln!("gits: solving the grid {}", grid.tag());
+                eprintln!("{name}: solving the grid {}", grid.tag());
             }
-            let lists = job::gits_levels(
-                p,
+            let lists = job::model_levels(
+                &grid.placement,
                 den,
                 sdes[g].as_ref(),
                 (grid.sigma_min, grid.sigma_max),
@@ -1667,7 +1680,7 @@ fn reference_ends(g: &GridSpec, sigmas: &[f64]) -> (f64, f64) {
         GridKind::Timesteps { .. } => grid::ends(sigmas),
         // From the grid's first level down to sigma_min (or its lowest level, if lower): a
         // grid that stops early is judged against the whole path.
-        GridKind::Levels { .. } | GridKind::Gits(_) => {
+        GridKind::Levels { .. } | GridKind::Gits(_) | GridKind::Oss(_) => {
             (sigmas[0], g.sigma_min.min(grid::ends(sigmas).1))
         }
         _ => (g.sigma_max, g.sigma_min),

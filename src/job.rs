@@ -68,8 +68,8 @@ pub struct GridArgs {
     /// kl-optimal, or
     /// ddpm-leading, ddpm-trailing, ddpm-linspace (diffusers' timestep spacings on a discrete
     /// chain: a model card's, else DDPM's linear one); levels:S1,S2,... (these nonzero levels,
-    /// interpolated log-linearly to other step counts); gits (chosen for the model by GITS'
-    /// dynamic program, its default settings); or a .toml file whose [grid] table has a
+    /// interpolated log-linearly to other step counts); gits or oss (chosen for the model by
+    /// GITS' or OSS' dynamic program, their default settings); or a .toml file whose [grid] table has a
     /// placement (what optimize-grid writes).
     #[arg(long, default_value = "karras")]
     pub grid: String,
@@ -88,7 +88,10 @@ pub struct GridArgs {
 /// A `--grid` that is not a name: `levels:S1,S2,...`, `gits`, or a TOML file with a `[grid]`
 /// table holding a `placement`.
 fn grid_from_text(name: &str, rho: Option<f64>) -> Result<Option<GridKind>> {
-    let other = name.starts_with("levels:") || name == "gits" || name.ends_with(".toml");
+    let other = name.starts_with("levels:")
+        || name == "gits"
+        || name == "oss"
+        || name.ends_with(".toml");
     if other && rho.is_some() {
         bail!("--rho applies to the karras, poly-t and poly-exponential grids, not {name}");
     }
@@ -107,6 +110,9 @@ fn grid_from_text(name: &str, rho: Option<f64>) -> Result<Option<GridKind>> {
     }
     if name == "gits" {
         return Ok(Some(GridKind::Gits(Default::default())));
+    }
+    if name == "oss" {
+        return Ok(Some(GridKind::Oss(Default::default())));
     }
     if name.ends_with(".toml") {
         let text = std::fs::read_to_string(name)
@@ -143,8 +149,10 @@ impl GridArgs {
                     self.grid
                 );
             }
-            if let GridKind::Gits(p) = &k {
-                p.validate()?;
+            match &k {
+                GridKind::Gits(p) => p.validate()?,
+                GridKind::Oss(p) => p.validate()?,
+                _ => {}
             }
             return Ok(k);
         }
@@ -167,15 +175,15 @@ impl GridArgs {
     pub fn sigmas(&self, sde: &dyn Sde, steps: usize) -> Result<Vec<f64>> {
         self.sigmas_within(sde, steps, None)
     }
-    /// Whether the placement is gits (solved or not).
-    pub fn is_gits(&self) -> Result<bool> {
-        Ok(self.solved.is_some() || matches!(self.kind()?, GridKind::Gits(_)))
+    /// Whether the placement is chosen for the model, gits or oss (solved or not).
+    pub fn is_chosen_for_model(&self) -> Result<bool> {
+        Ok(self.solved.is_some() || self.kind()?.chosen_for_model().is_some())
     }
-    /// Solve a gits placement for the denoiser `den` (samples of shape `shape`) and the step
-    /// counts `steps`: the teacher runs between the ends of [`Self::range`], and the chosen
+    /// Solve a gits or oss placement for the denoiser `den` (samples of shape `shape`) and the
+    /// step counts `steps`: the teacher runs between the ends of [`Self::range`], and the chosen
     /// levels replace the placement (one list per count). Nothing for other placements.
     #[allow(clippy::too_many_arguments)]
-    pub fn solve_gits(
+    pub fn solve_for_model(
         &mut self,
         den: &dyn Denoiser,
         sde: &dyn Sde,
@@ -185,11 +193,12 @@ impl GridArgs {
         kind: Kind,
         steps: &[usize],
     ) -> Result<()> {
-        let GridKind::Gits(params) = self.kind()? else {
+        let placement = self.kind()?;
+        if placement.chosen_for_model().is_none() {
             return Ok(());
-        };
+        }
         let (lo, hi) = self.range(model.and_then(|p| p.sigma_range()));
-        let lists = gits_levels(&params, den, sde, (lo, hi), shape, device, kind, steps)?;
+        let lists = model_levels(&placement, den, sde, (lo, hi), shape, device, kind, steps)?;
         self.solved = Some(GridKind::Levels { sigmas: lists });
         Ok(())
     }
@@ -1137,12 +1146,12 @@ pub fn format_levels(levels: &[f64]) -> String {
     v.join(", ")
 }
 
-/// Solve a gits placement for `den` between the ends `(lo, hi)` and return the nonzero levels
-/// of each step count in `steps`, reporting them and the teacher's time on stderr (what
+/// Solve a gits or oss placement for `den` between the ends `(lo, hi)` and return the nonzero
+/// levels of each step count in `steps`, reporting them and the teacher's time on stderr (what
 /// `sample`, `compare` and `run` share).
 #[allow(clippy::too_many_arguments)]
-pub fn gits_levels(
-    params: &scoreflow_solvers::gits::GitsParams,
+pub fn model_levels(
+    placement: &GridKind,
     den: &dyn Denoiser,
     sde: &dyn Sde,
     (lo, hi): (f64, f64),
@@ -1152,21 +1161,72 @@ pub fn gits_levels(
     steps: &[usize],
 ) -> Result<Vec<Vec<f64>>> {
     let t = std::time::Instant::now();
-    let solved = params.solve(den, sde, lo, hi, shape, device, kind)?;
+    let (name, teacher, teacher_steps, samples, paths) = match placement {
+        GridKind::Gits(p) => {
+            let solved = p.solve(den, sde, lo, hi, shape, device, kind)?;
+            let paths = steps
+                .iter()
+                .map(|&n| solved.sigmas(n).map_err(anyhow::Error::from))
+                .collect::<Result<Vec<_>>>()?;
+            ("gits", &p.teacher, p.teacher_steps, p.samples, paths)
+        }
+        GridKind::Oss(p) => {
+            let max = steps.iter().copied().max().unwrap_or(1);
+            let solved = p.solve(den, sde, lo, hi, shape, device, kind, max)?;
+            let paths = steps
+                .iter()
+                .map(|&n| oss_levels(&solved, n))
+                .collect::<Result<Vec<_>>>()?;
+            ("oss", &p.teacher, p.teacher_steps, p.samples, paths)
+        }
+        _ => bail!("the {placement:?} placement is not chosen for a model"),
+    };
     eprintln!(
-        "gits: teacher {} on {} steps, {} warm-up samples, {:.1} s",
-        crate::experiment::label(&params.teacher),
-        params.teacher_steps,
-        params.samples,
+        "{name}: teacher {} on {teacher_steps} steps, {samples} warm-up samples, {:.1} s",
+        crate::experiment::label(teacher),
         t.elapsed().as_secs_f64()
     );
     steps
         .iter()
-        .map(|&n| {
-            let mut levels = solved.sigmas(n)?;
+        .zip(paths)
+        .map(|(&n, mut levels)| {
             levels.pop();
-            eprintln!("gits: {n} steps: {}", format_levels(&levels));
+            eprintln!("{name}: {n} steps: {}", format_levels(&levels));
             Ok(levels)
         })
         .collect()
+}
+
+/// The OSS grid of `n` steps (its levels, ending in 0), or an error where a level repeats (the
+/// search kept a path of fewer steps: no `n`-step grid does better).
+pub fn oss_levels(solved: &scoreflow_solvers::oss::Oss, n: usize) -> Result<Vec<f64>> {
+    let levels = solved.sigmas(n)?;
+    if levels.len() != n + 1 {
+        bail!(
+            "oss: the {n}-step grid repeats a level: for this model no {n}-step path along the teacher beats its {}-step one; ask for at most {} steps or give a finer teacher grid",
+            levels.len() - 1,
+            levels.len() - 1
+        );
+    }
+    Ok(levels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oss_grid_that_repeats_a_level_is_an_error_naming_the_steps_it_reaches() {
+        // One sample whose best 2-step path to the end kept its 1-step one: the trace back is
+        // 0, 0, 3 (a step of length 0 at the top).
+        let solved = scoreflow_solvers::oss::Oss {
+            teacher_sigmas: vec![3.0, 2.0, 1.0, 0.0],
+            from: vec![vec![vec![0, 0, 0, 0], vec![0, 0, 1, 0]]],
+        };
+        assert_eq!(solved.path(2).unwrap(), vec![0, 0, 3]);
+        assert_eq!(solved.sigmas(2).unwrap(), vec![3.0, 0.0]);
+        let e = oss_levels(&solved, 2).unwrap_err().to_string();
+        assert!(e.contains("2-step grid repeats a level") && e.contains("at most 1 steps"), "{e}");
+        assert_eq!(oss_levels(&solved, 1).unwrap(), vec![3.0, 0.0]);
+    }
 }

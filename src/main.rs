@@ -52,8 +52,9 @@ enum Command {
     /// EDM2's post-hoc EMA: the EMA of any sigma_rel from a run's power-function EMA snapshots
     /// ([train] posthoc_stds), written as a checkpoint.
     PosthocEma(scoreflow::posthoc::PosthocArgs),
-    /// GITS: choose step grids for a model by dynamic programming over a teacher's trajectories
-    /// (Chen et al. 2024) and write them as a levels placement (--grid FILE, [grid]).
+    /// GITS or OSS: choose step grids for a model by dynamic programming over a teacher's
+    /// trajectories (Chen et al. 2024; Pei et al. 2025) and write them as a levels placement
+    /// (--grid FILE, [grid]).
     OptimizeGrid(scoreflow::optimize_grid::OptimizeGridArgs),
     /// Fréchet distance of a digits model's samples on in-project classifier features.
     EvalDigits(scoreflow::fid::EvalDigitsArgs),
@@ -309,9 +310,9 @@ fn sample(mut a: SampleArgs) -> Result<()> {
         scoreflow::nn::parse_threshold(a.clip_denoised, a.dynamic_threshold.as_deref())?;
     let den = scoreflow::solvers::thresholded(den, threshold);
     // A trained network samples in its own noise range unless the flags say otherwise; a gits
-    // grid is chosen for the denoiser that samples (guidance and thresholds included).
+    // or oss grid is chosen for the denoiser that samples (guidance and thresholds included).
     let precond = trained.as_ref().map(|t| &t.net.precond);
-    a.grid.solve_gits(
+    a.grid.solve_for_model(
         den.as_ref(),
         sde.as_ref(),
         precond,

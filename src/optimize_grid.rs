@@ -1,6 +1,7 @@
 //! `scoreflow optimize-grid`: GITS (Chen et al. 2024, "On the Trajectory Regularity of ODE-based
-//! Diffusion Sampling"; see `scoreflow_solvers::gits`) for a model, written as a `levels`
-//! placement that `--grid FILE` and an experiment's `[grid]` table take.
+//! Diffusion Sampling"; see `scoreflow_solvers::gits`) or OSS (Pei, Hu & Gu 2025, "Optimal
+//! Stepsize for Diffusion Sampling"; see `scoreflow_solvers::oss`) for a model, written as a
+//! `levels` placement that `--grid FILE` and an experiment's `[grid]` table take.
 
 use crate::compare::{parse_list, write_atomic};
 use crate::job::{self, GridArgs};
@@ -8,6 +9,7 @@ use crate::{card, device, model};
 use anyhow::{bail, Result};
 use clap::Args;
 use scoreflow_solvers::gits::{CostMetric, GitsParams};
+use scoreflow_solvers::oss::OssParams;
 use scoreflow_solvers::{Denoiser, GridKind};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -24,10 +26,16 @@ pub struct OptimizeGridArgs {
     /// Step counts to choose grids for, comma-separated (each at most --teacher-steps).
     #[arg(long)]
     pub steps: String,
+    /// gits (Chen et al. 2024: Euler steps' costs along the teacher, one dynamic program for
+    /// all warm-up samples) or oss (Pei et al. 2025: the Euler student's own states carried
+    /// through the program, per sample, then the median).
+    #[arg(long, default_value = "gits")]
+    pub method: String,
     /// The deterministic sampler that draws the teacher trajectories, as `compare` names
-    /// samplers (`ipndm`, `heun`, `dpmpp-2m`, `ipndm(order=3)`, ...).
-    #[arg(long, default_value = "ipndm")]
-    pub teacher: String,
+    /// samplers (`ipndm`, `heun`, `dpmpp-2m`, `ipndm(order=3)`, ...); ipndm for gits, euler
+    /// for oss.
+    #[arg(long)]
+    pub teacher: Option<String>,
     /// Class-conditional checkpoints: the class to sample (or `each`), as `sample --class`; the
     /// grid is chosen for the guided denoiser.
     #[arg(long)]
@@ -38,16 +46,17 @@ pub struct OptimizeGridArgs {
     /// LO,HI: guidance only at LO < sigma <= HI, as `sample --guidance-interval`.
     #[arg(long, allow_hyphen_values = true)]
     pub guidance_interval: Option<String>,
-    /// Steps of the teacher grid (the levels GITS chooses from; its placement is --grid).
-    #[arg(long, default_value_t = 60)]
-    pub teacher_steps: usize,
-    /// Cost of a coarse Euler step: dev (deviation from the trajectory's chord, the reference's
-    /// default), l2 or l1 (distance to the teacher's state).
-    #[arg(long, default_value = "dev")]
-    pub metric: String,
-    /// Discount of the dynamic program (cost + coeff x the rest of the path).
-    #[arg(long, default_value_t = 1.15)]
-    pub coeff: f64,
+    /// Steps of the teacher grid (the levels chosen from; its placement is --grid); 60 for
+    /// gits, 200 for oss.
+    #[arg(long)]
+    pub teacher_steps: Option<usize>,
+    /// gits: the cost of a coarse Euler step: dev (deviation from the trajectory's chord, the
+    /// reference's default), l2 or l1 (distance to the teacher's state).
+    #[arg(long)]
+    pub metric: Option<String>,
+    /// gits: the discount of the dynamic program (cost + coeff x the rest of the path); 1.15.
+    #[arg(long)]
+    pub coeff: Option<f64>,
     /// Warm-up trajectories.
     #[arg(long, default_value_t = 256)]
     pub samples: usize,
@@ -65,7 +74,7 @@ pub struct OptimizeGridArgs {
     #[arg(long, default_value = "float32")]
     pub dtype: String,
     /// Output TOML: a [grid] table with the levels placement (one list per step count) and a
-    /// [gits] table with the settings and the chosen teacher indices.
+    /// [gits] or [oss] table with the settings and the chosen teacher indices.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -94,6 +103,67 @@ fn toml_float(v: f64) -> String {
     }
 }
 
+/// The method's settings, from the flags.
+enum Method {
+    Gits(GitsParams),
+    Oss(OssParams),
+}
+
+impl Method {
+    fn name(&self) -> &'static str {
+        match self {
+            Method::Gits(_) => "gits",
+            Method::Oss(_) => "oss",
+        }
+    }
+    fn teacher(&self) -> &scoreflow_solvers::SamplerSpec {
+        match self {
+            Method::Gits(p) => &p.teacher,
+            Method::Oss(p) => &p.teacher,
+        }
+    }
+    fn teacher_steps(&self) -> usize {
+        match self {
+            Method::Gits(p) => p.teacher_steps,
+            Method::Oss(p) => p.teacher_steps,
+        }
+    }
+    fn samples(&self) -> usize {
+        match self {
+            Method::Gits(p) => p.samples,
+            Method::Oss(p) => p.samples,
+        }
+    }
+}
+
+fn method_from_flags(a: &OptimizeGridArgs, teacher_grid: GridKind) -> Result<Method> {
+    let teacher = |default: &str| job::parse_sampler(a.teacher.as_deref().unwrap_or(default));
+    Ok(match a.method.as_str() {
+        "gits" => Method::Gits(GitsParams {
+            teacher: teacher("ipndm")?,
+            teacher_steps: a.teacher_steps.unwrap_or(60),
+            teacher_grid: Box::new(teacher_grid),
+            metric: metric_from_name(a.metric.as_deref().unwrap_or("dev"))?,
+            coeff: a.coeff.unwrap_or(1.15),
+            samples: a.samples,
+            seed: a.seed,
+        }),
+        "oss" => {
+            if a.metric.is_some() || a.coeff.is_some() {
+                bail!("--metric and --coeff are settings of gits, not oss (its cost is the student's squared error)");
+            }
+            Method::Oss(OssParams {
+                teacher: teacher("euler")?,
+                teacher_steps: a.teacher_steps.unwrap_or(200),
+                teacher_grid: Box::new(teacher_grid),
+                samples: a.samples,
+                seed: a.seed,
+            })
+        }
+        other => bail!("unknown --method '{other}' (expected gits or oss)"),
+    })
+}
+
 pub fn run(a: OptimizeGridArgs) -> Result<()> {
     let steps: Vec<usize> = parse_list(&a.steps, "--steps")?;
     if steps.is_empty() || steps.contains(&0) {
@@ -103,23 +173,19 @@ pub fn run(a: OptimizeGridArgs) -> Result<()> {
         bail!("--steps lists {d} twice");
     }
     let teacher_grid = a.grid.kind()?;
-    if matches!(teacher_grid, GridKind::Gits(_)) {
-        bail!("--grid is the teacher grid's placement here; it cannot be gits");
+    if let Some(name) = teacher_grid.chosen_for_model() {
+        bail!("--grid is the teacher grid's placement here; it cannot be {name}");
     }
-    let params = GitsParams {
-        teacher: job::parse_sampler(&a.teacher)?,
-        teacher_steps: a.teacher_steps,
-        teacher_grid: Box::new(teacher_grid),
-        metric: metric_from_name(&a.metric)?,
-        coeff: a.coeff,
-        samples: a.samples,
-        seed: a.seed,
-    };
-    params.validate()?;
-    if let Some(&n) = steps.iter().find(|&&n| n > a.teacher_steps) {
+    let method = method_from_flags(&a, teacher_grid)?;
+    match &method {
+        Method::Gits(p) => p.validate()?,
+        Method::Oss(p) => p.validate()?,
+    }
+    if let Some(&n) = steps.iter().find(|&&n| n > method.teacher_steps()) {
         bail!(
-            "--steps {n} is more than --teacher-steps {}: GITS picks the levels of the teacher grid",
-            a.teacher_steps
+            "--steps {n} is more than --teacher-steps {}: {} picks the levels of the teacher grid",
+            method.teacher_steps(),
+            method.name()
         );
     }
     let sde = job::sde_from_name(&a.grid.sde)?;
@@ -149,36 +215,65 @@ pub fn run(a: OptimizeGridArgs) -> Result<()> {
     };
     // The teacher grid's ends: the flags, else the network's range, else 0.002 and 80.
     let (lo, hi) = a.grid.range(precond.and_then(|p| p.sigma_range()));
-    params.teacher_sigmas(lo, hi, sde.as_ref())?;
     let t = Instant::now();
-    let gits = params.solve(den, sde.as_ref(), lo, hi, &shape, dev, kind)?;
+    // Per step count: the teacher indices of the grid (ending at the last level).
+    let (teacher_sigmas, paths): (Vec<f64>, Vec<Vec<usize>>) = match &method {
+        Method::Gits(p) => {
+            p.teacher_sigmas(lo, hi, sde.as_ref())?;
+            let gits = p.solve(den, sde.as_ref(), lo, hi, &shape, dev, kind)?;
+            let paths = steps
+                .iter()
+                .map(|&n| gits.path(n).map_err(anyhow::Error::from))
+                .collect::<Result<_>>()?;
+            (gits.teacher_sigmas, paths)
+        }
+        Method::Oss(p) => {
+            p.teacher_sigmas(lo, hi, sde.as_ref())?;
+            let max = *steps.iter().max().unwrap();
+            let oss = p.solve(den, sde.as_ref(), lo, hi, &shape, dev, kind, max)?;
+            let paths = steps
+                .iter()
+                .map(|&n| {
+                    job::oss_levels(&oss, n)?;
+                    oss.path(n).map_err(anyhow::Error::from)
+                })
+                .collect::<Result<_>>()?;
+            (oss.teacher_sigmas, paths)
+        }
+    };
     let seconds = t.elapsed().as_secs_f64();
     let mut lists = Vec::new();
-    let mut paths = Vec::new();
-    for &n in &steps {
-        let path = gits.path(n)?;
-        let levels: Vec<f64> = path[..n].iter().map(|&i| gits.teacher_sigmas[i]).collect();
+    for (&n, path) in steps.iter().zip(&paths) {
+        let levels: Vec<f64> = path[..n].iter().map(|&i| teacher_sigmas[i]).collect();
         eprintln!("{n} steps: {}", job::format_levels(&levels));
         lists.push(levels);
-        paths.push(path);
     }
     let command: Vec<String> = std::env::args().collect();
     let mut text = String::new();
     let _ = writeln!(text, "# Written by: {}", command.join(" "));
-    let _ = writeln!(
-        text,
-        "# GITS (Chen et al. 2024): teacher {} on {} steps of {} from {} to {} ({} SDE), cost {}, coeff {}, {} warm-up samples of seed {}.",
-        crate::experiment::label(&params.teacher),
-        params.teacher_steps,
-        a.grid.grid,
-        lo,
-        hi,
-        a.grid.sde,
-        params.metric.name(),
-        params.coeff,
-        params.samples,
-        params.seed
-    );
+    let teacher = crate::experiment::label(method.teacher());
+    match &method {
+        Method::Gits(p) => {
+            let _ = writeln!(
+                text,
+                "# GITS (Chen et al. 2024): teacher {teacher} on {} steps of {} from {lo} to {hi} ({} SDE), cost {}, coeff {}, {} warm-up samples of seed {}.",
+                p.teacher_steps,
+                a.grid.grid,
+                a.grid.sde,
+                p.metric.name(),
+                p.coeff,
+                p.samples,
+                p.seed
+            );
+        }
+        Method::Oss(p) => {
+            let _ = writeln!(
+                text,
+                "# OSS (Pei, Hu & Gu 2025): Euler student, teacher {teacher} on {} steps of {} from {lo} to {hi} ({} SDE), median of {} warm-up samples of seed {}.",
+                p.teacher_steps, a.grid.grid, a.grid.sde, p.samples, p.seed
+            );
+        }
+    }
     let _ = writeln!(
         text,
         "# Sample on it with --grid {} (--steps one of the counts below), or copy [grid] into an experiment.",
@@ -200,18 +295,16 @@ pub fn run(a: OptimizeGridArgs) -> Result<()> {
     let _ = writeln!(text, "sigma_min = {}", toml_float(lo));
     let _ = writeln!(text, "sigma_max = {}", toml_float(hi));
     let _ = writeln!(text, "sde = \"{}\"", a.grid.sde);
-    let _ = writeln!(text, "\n[gits]");
-    let _ = writeln!(
-        text,
-        "teacher = \"{}\"",
-        crate::experiment::label(&params.teacher)
-    );
-    let _ = writeln!(text, "teacher_steps = {}", params.teacher_steps);
+    let _ = writeln!(text, "\n[{}]", method.name());
+    let _ = writeln!(text, "teacher = \"{teacher}\"");
+    let _ = writeln!(text, "teacher_steps = {}", method.teacher_steps());
     let _ = writeln!(text, "teacher_grid = \"{}\"", a.grid.grid);
-    let _ = writeln!(text, "metric = \"{}\"", params.metric.name());
-    let _ = writeln!(text, "coeff = {}", toml_float(params.coeff));
-    let _ = writeln!(text, "samples = {}", params.samples);
-    let _ = writeln!(text, "seed = {}", params.seed);
+    if let Method::Gits(p) = &method {
+        let _ = writeln!(text, "metric = \"{}\"", p.metric.name());
+        let _ = writeln!(text, "coeff = {}", toml_float(p.coeff));
+    }
+    let _ = writeln!(text, "samples = {}", method.samples());
+    let _ = writeln!(text, "seed = {}", a.seed);
     let _ = writeln!(text, "steps = {}", toml_list(&steps));
     let idx: Vec<String> = paths.iter().map(|p| toml_list(p)).collect();
     let _ = writeln!(text, "indices = [{}]", idx.join(", "));
@@ -222,18 +315,21 @@ pub fn run(a: OptimizeGridArgs) -> Result<()> {
         scoreflow_solvers::grid::sigmas(&placement, n, lo, hi, sde.as_ref())?;
     }
     write_atomic(&a.out, &text)?;
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "out": a.out.display().to_string(),
+        "method": method.name(),
         "steps": steps,
         "levels": lists,
-        "teacher": crate::experiment::label(&params.teacher),
-        "teacher_steps": params.teacher_steps,
-        "metric": params.metric.name(),
-        "coeff": params.coeff,
-        "samples": params.samples,
+        "teacher": teacher,
+        "teacher_steps": method.teacher_steps(),
+        "samples": method.samples(),
         "seconds": seconds,
         "device": device::name(dev),
     });
+    if let Method::Gits(p) = &method {
+        line["metric"] = serde_json::json!(p.metric.name());
+        line["coeff"] = serde_json::json!(p.coeff);
+    }
     println!("{line}");
     Ok(())
 }

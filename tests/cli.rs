@@ -2980,6 +2980,116 @@ fn optimize_grid_writes_the_levels_that_sample_and_compare_take() {
 }
 
 #[test]
+fn optimize_grid_oss_writes_the_median_grid_that_sample_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
+    let grid_file = d("oss.toml");
+    let o = run(&[
+        "optimize-grid",
+        "--denoiser",
+        "builtin:gmm8",
+        "--method",
+        "oss",
+        "--steps",
+        "3,5",
+        "--samples",
+        "16",
+        "--teacher-steps",
+        "40",
+        "--device",
+        "cpu",
+        "--out",
+        &grid_file,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(line["method"], "oss");
+    assert_eq!(line["teacher"], "euler");
+    assert!(line.get("coeff").is_none(), "{line}");
+    let levels = line["levels"].as_array().unwrap();
+    assert_eq!(levels[0].as_array().unwrap().len(), 3);
+    assert_eq!(levels[1].as_array().unwrap().len(), 5);
+    // Every grid starts at the top and steps through the teacher's levels (Karras, 40 steps).
+    let karras = |i: usize| {
+        let (a, b) = (80f64.powf(1.0 / 7.0), 0.002f64.powf(1.0 / 7.0));
+        (a + i as f64 / 39.0 * (b - a)).powi(7)
+    };
+    for list in levels {
+        let list: Vec<f64> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(list[0], 80.0);
+        assert!(list.windows(2).all(|w| w[1] < w[0]), "{list:?}");
+        for v in &list {
+            assert!(
+                (0..40).any(|i| (karras(i) - v).abs() <= 1e-9 * v),
+                "{v} is not a teacher level"
+            );
+        }
+    }
+    let text = std::fs::read_to_string(&grid_file).unwrap();
+    assert!(text.contains("[oss]") && !text.contains("coeff"), "{text}");
+    // The file and the oss placement solved inside `sample`: the same samples.
+    let inline = d("inline.toml");
+    std::fs::write(
+        &inline,
+        "[grid]\nplacement = { kind = \"oss\", samples = 16, teacher_steps = 40 }\n",
+    )
+    .unwrap();
+    let outs: Vec<Vec<u8>> = [&grid_file, &inline]
+        .iter()
+        .enumerate()
+        .map(|(k, grid)| {
+            let out = dir.path().join(format!("s{k}.npy"));
+            sample_gmm8(&["--solver", "euler", "--grid", grid], "32", "5", &out).1
+        })
+        .collect();
+    assert_eq!(outs[0], outs[1]);
+    // Bad input: exit 2, nothing written.
+    let out = dir.path().join("bad.toml");
+    let bad = |extra: &[&str], needle: &str| {
+        let args = [
+            &[
+                "optimize-grid",
+                "--denoiser",
+                "builtin:gmm8",
+                "--device",
+                "cpu",
+                "--steps",
+                "4",
+            ][..],
+            extra,
+            &["--out", out.to_str().unwrap()],
+        ]
+        .concat();
+        assert_bad(&args, needle, &out);
+    };
+    bad(&["--method", "dp"], "unknown --method 'dp'");
+    bad(&["--method", "oss", "--metric", "l2"], "settings of gits, not oss");
+    bad(&["--method", "oss", "--coeff", "1"], "settings of gits, not oss");
+    bad(&["--method", "oss", "--grid", "oss"], "cannot be oss");
+    bad(
+        &["--method", "oss", "--teacher-steps", "3"],
+        "more than --teacher-steps 3",
+    );
+    bad(
+        &["--method", "oss", "--teacher", "dpmpp-sde"],
+        "deterministic",
+    );
+    bad(&["--method", "oss", "--samples", "0"], "samples must be at least 1");
+    let npy = dir.path().join("x.npy");
+    assert_bad_sample(
+        &["--solver", "euler", "--grid", "oss", "--rho", "3"],
+        "2",
+        "--rho applies",
+        &npy,
+    );
+}
+
+#[test]
 fn afs_saves_the_first_evaluation_in_sample_compare_and_run() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.npy");

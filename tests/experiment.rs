@@ -865,39 +865,55 @@ fn the_summary_names_the_best_sampler_within_each_budget() {
 
 #[test]
 fn a_gits_placement_is_solved_for_the_model_and_equals_its_levels() {
-    // The same cells on `kind = "gits"` (solved when the run starts) and on the levels that
-    // `optimize-grid` writes for the same settings: the same results. rms is measured against
-    // a reference down to sigma_min, so a grid that stops early is not excused.
+    placement_solved_for_the_model_equals_its_levels(
+        &["--metric", "l2", "--coeff", "1"],
+        r#"placement = { kind = "gits", metric = "l2", coeff = 1.0, samples = 64, teacher_steps = 24 }"#,
+    );
+    placement_solved_for_the_model_equals_its_levels(
+        &["--method", "oss"],
+        r#"placement = { kind = "oss", samples = 64, teacher_steps = 24 }"#,
+    );
+}
+
+/// The same cells on a placement chosen for the model (`inline`, solved when the run starts)
+/// and on the levels that `optimize-grid` writes for the same settings (`flags`): the same
+/// results. rms is measured against a reference down to sigma_min, so a grid that stops early
+/// is not excused.
+fn placement_solved_for_the_model_equals_its_levels(flags: &[&str], inline: &str) {
     let dir = tempfile::tempdir().unwrap();
     let grid_file = dir.path().join("grid.toml");
     let o = run(&[
-        "optimize-grid",
-        "--denoiser",
-        "builtin:gmm8",
-        "--steps",
-        "3,5",
-        "--metric",
-        "l2",
-        "--coeff",
-        "1",
-        "--samples",
-        "64",
-        "--teacher-steps",
-        "24",
-        "--device",
-        "cpu",
-        "--dtype",
-        "float64",
-        "--out",
-        grid_file.to_str().unwrap(),
-    ]);
+        &[
+            "optimize-grid",
+            "--denoiser",
+            "builtin:gmm8",
+            "--steps",
+            "3,5",
+        ][..],
+        flags,
+        &[
+            "--samples",
+            "64",
+            "--teacher-steps",
+            "24",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float64",
+            "--out",
+            grid_file.to_str().unwrap(),
+        ],
+    ]
+    .concat());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let text = std::fs::read_to_string(&grid_file).unwrap();
     let table: toml::Table = toml::from_str(&text).unwrap();
     let placement = table["grid"]["placement"].to_string();
+    let kind = if flags.contains(&"oss") { "oss" } else { "gits" };
+    assert!(table.contains_key(kind), "{text}");
     let mut outs = Vec::new();
     for (name, grid) in [
-        ("gits", r#"placement = { kind = "gits", metric = "l2", coeff = 1.0, samples = 64, teacher_steps = 24 }"#.to_string()),
+        (kind, inline.to_string()),
         ("levels", format!("placement = {placement}")),
     ] {
         let out = dir.path().join(name);
@@ -950,16 +966,18 @@ kind = "ipndm"
         "bad.toml",
         &small(
             &dir.path().join("bad"),
-            "steps = [4]\n[grid]\nplacement = { kind = \"gits\", teacher_steps = 3 }\n",
+            &format!("steps = [4]\n[grid]\nplacement = {{ kind = \"{kind}\", teacher_steps = 3 }}\n"),
         ),
     );
     let o = run(&["run", &bad]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("teacher_steps at least 4"),
+        String::from_utf8_lossy(&o.stderr)
+            .contains(&format!("{kind} chooses 4 steps from a teacher grid of 3 steps")),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    assert!(!dir.path().join("bad").exists());
 }
 
 #[test]
