@@ -88,10 +88,8 @@ pub struct GridArgs {
 /// A `--grid` that is not a name: `levels:S1,S2,...`, `gits`, or a TOML file with a `[grid]`
 /// table holding a `placement`.
 fn grid_from_text(name: &str, rho: Option<f64>) -> Result<Option<GridKind>> {
-    let other = name.starts_with("levels:")
-        || name == "gits"
-        || name == "oss"
-        || name.ends_with(".toml");
+    let other =
+        name.starts_with("levels:") || name == "gits" || name == "oss" || name.ends_with(".toml");
     if other && rho.is_some() {
         bail!("--rho applies to the karras, poly-t and poly-exponential grids, not {name}");
     }
@@ -1226,7 +1224,10 @@ mod tests {
         assert_eq!(solved.path(2).unwrap(), vec![0, 0, 3]);
         assert_eq!(solved.sigmas(2).unwrap(), vec![3.0, 0.0]);
         let e = oss_levels(&solved, 2).unwrap_err().to_string();
-        assert!(e.contains("2-step grid repeats a level") && e.contains("at most 1 steps"), "{e}");
+        assert!(
+            e.contains("2-step grid repeats a level") && e.contains("at most 1 steps"),
+            "{e}"
+        );
         assert_eq!(oss_levels(&solved, 1).unwrap(), vec![3.0, 0.0]);
     }
 }

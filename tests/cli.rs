@@ -3068,8 +3068,14 @@ fn optimize_grid_oss_writes_the_median_grid_that_sample_takes() {
         assert_bad(&args, needle, &out);
     };
     bad(&["--method", "dp"], "unknown --method 'dp'");
-    bad(&["--method", "oss", "--metric", "l2"], "settings of gits, not oss");
-    bad(&["--method", "oss", "--coeff", "1"], "settings of gits, not oss");
+    bad(
+        &["--method", "oss", "--metric", "l2"],
+        "settings of gits, not oss",
+    );
+    bad(
+        &["--method", "oss", "--coeff", "1"],
+        "settings of gits, not oss",
+    );
     bad(&["--method", "oss", "--grid", "oss"], "cannot be oss");
     bad(
         &["--method", "oss", "--teacher-steps", "3"],
@@ -3079,7 +3085,10 @@ fn optimize_grid_oss_writes_the_median_grid_that_sample_takes() {
         &["--method", "oss", "--teacher", "dpmpp-sde"],
         "deterministic",
     );
-    bad(&["--method", "oss", "--samples", "0"], "samples must be at least 1");
+    bad(
+        &["--method", "oss", "--samples", "0"],
+        "samples must be at least 1",
+    );
     let npy = dir.path().join("x.npy");
     assert_bad_sample(
         &["--solver", "euler", "--grid", "oss", "--rho", "3"],

@@ -909,7 +909,11 @@ fn placement_solved_for_the_model_equals_its_levels(flags: &[&str], inline: &str
     let text = std::fs::read_to_string(&grid_file).unwrap();
     let table: toml::Table = toml::from_str(&text).unwrap();
     let placement = table["grid"]["placement"].to_string();
-    let kind = if flags.contains(&"oss") { "oss" } else { "gits" };
+    let kind = if flags.contains(&"oss") {
+        "oss"
+    } else {
+        "gits"
+    };
     assert!(table.contains_key(kind), "{text}");
     let mut outs = Vec::new();
     for (name, grid) in [
@@ -940,7 +944,11 @@ kind = "ipndm"
         );
         let path = write_config(dir.path(), &format!("{name}.toml"), &cfg);
         let o = run(&["run", &path]);
-        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         outs.push(results(&out));
     }
     let strip = |v: &[Value]| -> Vec<(String, u64, f64, f64)> {
@@ -966,14 +974,17 @@ kind = "ipndm"
         "bad.toml",
         &small(
             &dir.path().join("bad"),
-            &format!("steps = [4]\n[grid]\nplacement = {{ kind = \"{kind}\", teacher_steps = 3 }}\n"),
+            &format!(
+                "steps = [4]\n[grid]\nplacement = {{ kind = \"{kind}\", teacher_steps = 3 }}\n"
+            ),
         ),
     );
     let o = run(&["run", &bad]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&o.stderr)
-            .contains(&format!("{kind} chooses 4 steps from a teacher grid of 3 steps")),
+        String::from_utf8_lossy(&o.stderr).contains(&format!(
+            "{kind} chooses 4 steps from a teacher grid of 3 steps"
+        )),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );

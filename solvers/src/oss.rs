@@ -161,9 +161,8 @@ impl OssParams {
         self.validate()?;
         let sigmas = self.teacher_sigmas(sigma_min, sigma_max, sde)?;
         let z = crate::gits::warmup_latents(self.seed, self.samples, shape, device, kind);
-        let states = tch::no_grad(|| {
-            crate::gits::teacher_trajectory(&self.teacher, den, sde, &sigmas, &z)
-        })?;
+        let states =
+            tch::no_grad(|| crate::gits::teacher_trajectory(&self.teacher, den, sde, &sigmas, &z))?;
         let from = tch::no_grad(|| search(den, &sigmas, &states, max_steps))?;
         Ok(Oss {
             teacher_sigmas: sigmas,
@@ -250,7 +249,8 @@ pub fn search(
             let kept = next.where_self(&better.unsqueeze(2), &xo);
             xo.copy_(&kept);
         }
-        let table: Vec<i64> = Vec::<i64>::try_from(from_t.to_device(tch::Device::Cpu).flatten(0, -1))?;
+        let table: Vec<i64> =
+            Vec::<i64>::try_from(from_t.to_device(tch::Device::Cpu).flatten(0, -1))?;
         rounds_from.push(table);
     }
     // from[sample][k][j]

@@ -53,7 +53,11 @@ fn solved(teacher_steps: usize, samples: usize, rounds: usize) -> Oss {
 /// A path in the reference's form: teacher indices counted from the end, the level before the
 /// last step first, the end (0) left out.
 fn as_reference(path: &[usize], last: usize) -> Vec<usize> {
-    path[..path.len() - 1].iter().rev().map(|&i| last - i).collect()
+    path[..path.len() - 1]
+        .iter()
+        .rev()
+        .map(|&i| last - i)
+        .collect()
 }
 
 #[test]
@@ -64,7 +68,13 @@ fn oss_matches_the_authors_search() {
     // 0.002) then 0, from the latents 80 Z: the lines with "from_the_top": true (the first
     // round steps from the top only, as here; see the module documentation of
     // scoreflow_solvers::oss). Each sample's grid and their median, in the reference's form.
-    type Case = (usize, usize, usize, &'static [&'static [usize]], &'static [usize]);
+    type Case = (
+        usize,
+        usize,
+        usize,
+        &'static [&'static [usize]],
+        &'static [usize],
+    );
     let cases: [Case; 4] = [
         (
             40,
@@ -178,8 +188,8 @@ fn each_sample_path_is_the_best_the_euler_student_finds() {
         levels.dedup();
         let best = err(&levels);
         let mut others = vec![err(&[80.0, 0.0])];
-        for a in 1..n {
-            others.push(err(&[80.0, sigmas[a], 0.0]));
+        for &s in &sigmas[1..n] {
+            others.push(err(&[80.0, s, 0.0]));
         }
         let min = others.iter().cloned().fold(f64::INFINITY, f64::min);
         assert!(
@@ -225,7 +235,8 @@ fn the_oss_grid_beats_karras_for_euler_on_the_mixture() {
     for steps in [3, 4, 6] {
         let levels = oss.sigmas(steps).unwrap();
         assert_eq!(levels[0], 80.0, "OSS grids start at the top");
-        let karras = grid::sigmas(&GridKind::Karras { rho: 7.0 }, steps, 0.002, 80.0, &edm).unwrap();
+        let karras =
+            grid::sigmas(&GridKind::Karras { rho: 7.0 }, steps, 0.002, 80.0, &edm).unwrap();
         let (e_oss, e_karras) = (err(&levels), err(&karras));
         assert!(
             e_oss < 0.5 * e_karras,
@@ -239,10 +250,19 @@ fn bad_oss_settings_are_refused() {
     let den = pinned_mixture();
     let edm = Edm::default();
     let solve = |p: OssParams, rounds: usize| {
-        p.solve(&den, &edm, 0.002, 80.0, &[2], Device::Cpu, Kind::Double, rounds)
-            .map(|_| ())
-            .unwrap_err()
-            .to_string()
+        p.solve(
+            &den,
+            &edm,
+            0.002,
+            80.0,
+            &[2],
+            Device::Cpu,
+            Kind::Double,
+            rounds,
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string()
     };
     let e = solve(
         OssParams {
