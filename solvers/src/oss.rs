@@ -206,6 +206,11 @@ pub fn search(
         0,
     )?;
     let (dev, kind) = (teacher.device(), teacher.kind());
+    if !bool::try_from(&teacher.f_isfinite()?.f_all()?)? {
+        return Err(SolverError::Invalid(
+            "the OSS teacher's trajectory is not finite".into(),
+        ));
+    }
     // The student's states (round k - 1's going into round k), their errors and origins.
     let x = teacher.copy();
     let err = Tensor::full([m1 as i64, b], f64::INFINITY, (kind, dev));
@@ -213,6 +218,8 @@ pub fn search(
     let mut rounds_from = Vec::with_capacity(rounds);
     for k in 0..rounds {
         let prev = x.copy();
+        // Whether an error of this round is not a number (checked once the round is done).
+        let mut nan = Tensor::zeros([], (Kind::Bool, dev));
         // Round 0 steps from the top only; later rounds from every level above 0.
         let tops = if k == 0 { 1 } else { m1 - 1 };
         for i in 0..tops {
@@ -232,13 +239,7 @@ pub fn search(
                 .f_mean_dim([2i64].as_slice(), false, kind)?;
             let old = err.narrow(0, i as i64 + 1, n);
             let better = cost.f_lt_tensor(&old)?;
-            let nan = cost.f_isnan()?.f_any()?;
-            if bool::try_from(&nan)? {
-                return Err(SolverError::Invalid(format!(
-                    "the OSS error of a step from level {i} (sigma {}) is not a number: the teacher's trajectory or the denoiser is not finite",
-                    crate::Num(sigmas[i])
-                )));
-            }
+            nan = nan.f_logical_or(&cost.f_isnan()?.f_any()?)?;
             let kept = cost.where_self(&better, &old);
             err.narrow(0, i as i64 + 1, n).copy_(&kept);
             let origin = Tensor::full([n, b], i as i64, (Kind::Int64, dev));
@@ -248,6 +249,12 @@ pub fn search(
             let mut xo = x.narrow(0, i as i64 + 1, n);
             let kept = next.where_self(&better.unsqueeze(2), &xo);
             xo.copy_(&kept);
+        }
+        if bool::try_from(&nan)? {
+            return Err(SolverError::Invalid(format!(
+                "an OSS error in round {k} (students of {} steps) is not a number: the denoiser is not finite",
+                k + 1
+            )));
         }
         let table: Vec<i64> =
             Vec::<i64>::try_from(from_t.to_device(tch::Device::Cpu).flatten(0, -1))?;

@@ -298,3 +298,30 @@ fn bad_oss_settings_are_refused() {
     );
     assert!(e.contains("cannot itself"), "{e}");
 }
+
+/// A denoiser whose estimate is NaN.
+struct NotANumber;
+
+impl scoreflow_solvers::Denoiser for NotANumber {
+    fn denoise(&self, x: &Tensor, _sigma: f64) -> scoreflow_solvers::Result<Tensor> {
+        Ok(x * f64::NAN)
+    }
+}
+
+#[test]
+fn a_trajectory_or_denoiser_that_is_not_finite_is_an_error() {
+    let edm = Edm::default();
+    let sigmas = grid::sigmas(&GridKind::Karras { rho: 7.0 }, 6, 0.002, 80.0, &edm).unwrap();
+    let den = pinned_mixture();
+    let euler = SamplerSpec::from_name("euler").unwrap();
+    let states = teacher_trajectory(&euler, &den, &edm, &sigmas, &pinned_latents(3)).unwrap();
+    let e = search(&NotANumber, &sigmas, &states, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("round 0") && e.contains("not a number"), "{e}");
+    let mut broken: Vec<Tensor> = states.iter().map(|s| s.shallow_clone()).collect();
+    broken[3] = &broken[3] * f64::INFINITY;
+    let e = search(&den, &sigmas, &broken, 2).unwrap_err().to_string();
+    assert!(e.contains("trajectory is not finite"), "{e}");
+    assert!(search(&den, &sigmas, &states, 2).is_ok());
+}
