@@ -2712,6 +2712,24 @@ fn dpm_multistep_lowers_its_final_orders_as_diffusers_does() {
     }
 }
 
+/// `optimize-grid` on the exact ring with `extra` fails with exit code 2, an error containing
+/// `needle` and no file at `out`.
+fn assert_bad_optimize_grid(extra: &[&str], needle: &str, out: &Path) {
+    let args = [
+        &[
+            "optimize-grid",
+            "--denoiser",
+            "builtin:gmm8",
+            "--device",
+            "cpu",
+        ][..],
+        extra,
+        &["--out", out.to_str().unwrap()],
+    ]
+    .concat();
+    assert_bad(&args, needle, out);
+}
+
 #[test]
 fn optimize_grid_writes_the_levels_that_sample_and_compare_take() {
     let dir = tempfile::tempdir().unwrap();
@@ -2838,21 +2856,7 @@ fn optimize_grid_writes_the_levels_that_sample_and_compare_take() {
     assert!(dir.path().join("cmp/results.csv").exists());
     // Bad input: exit 2, nothing written.
     let out = dir.path().join("bad.toml");
-    let bad = |extra: &[&str], needle: &str| {
-        let args = [
-            &[
-                "optimize-grid",
-                "--denoiser",
-                "builtin:gmm8",
-                "--device",
-                "cpu",
-            ][..],
-            extra,
-            &["--out", out.to_str().unwrap()],
-        ]
-        .concat();
-        assert_bad(&args, needle, &out);
-    };
+    let bad = |extra: &[&str], needle: &str| assert_bad_optimize_grid(extra, needle, &out);
     bad(&["--steps", "4", "--metric", "l3"], "unknown --metric 'l3'");
     bad(&["--steps", "61"], "more than --teacher-steps 60");
     bad(
@@ -3051,21 +3055,7 @@ fn optimize_grid_oss_writes_the_median_grid_that_sample_takes() {
     // Bad input: exit 2, nothing written.
     let out = dir.path().join("bad.toml");
     let bad = |extra: &[&str], needle: &str| {
-        let args = [
-            &[
-                "optimize-grid",
-                "--denoiser",
-                "builtin:gmm8",
-                "--device",
-                "cpu",
-                "--steps",
-                "4",
-            ][..],
-            extra,
-            &["--out", out.to_str().unwrap()],
-        ]
-        .concat();
-        assert_bad(&args, needle, &out);
+        assert_bad_optimize_grid(&[&["--steps", "4"][..], extra].concat(), needle, &out)
     };
     bad(&["--method", "dp"], "unknown --method 'dp'");
     bad(

@@ -28,6 +28,8 @@ import sys
 
 import torch
 
+from pinned import karras
+
 MIX = {
     "weights": [0.3, 0.45, 0.25],
     "means": [[-1.5, 0.5], [1.0, 1.2], [0.3, -1.4]],
@@ -42,13 +44,8 @@ CONFIGS = [
 ]
 
 
-def karras(n, sigma_min=0.002, sigma_max=80.0, rho=7.0):
-    i = torch.arange(n, dtype=torch.float64)
-    t = (sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([t, torch.zeros_like(t[:1])])
-
-
 def latents(rows):
+    """Z[i][j] = sqrt(2) sin(2.3 i + 0.9 j + 0.5), as experiments/peers/gits_dp.py draws them."""
     z = [[math.sqrt(2.0) * math.sin(2.3 * i + 0.9 * j + 0.5) for j in range(2)] for i in range(rows)]
     return torch.tensor(z, dtype=torch.float64)
 

@@ -245,6 +245,45 @@ pub fn warmup_latents(
     BrownianNoise::new(seed, WARMUP_FIRST, samples, shape, 1.0, device, kind).initial()
 }
 
+/// The checks a teacher's settings pass for GITS and OSS (`method`): a deterministic sampler that
+/// steps through the teacher grid's levels, a grid not itself chosen for the model, at least
+/// one step and one warm-up sample.
+pub fn check_teacher(
+    method: &str,
+    teacher: &SamplerSpec,
+    teacher_grid: &crate::grid::GridKind,
+    teacher_steps: usize,
+    samples: usize,
+) -> Result<()> {
+    if teacher.is_stochastic() {
+        return Err(SolverError::Invalid(format!(
+            "{method}: the teacher must be a deterministic sampler, got {}",
+            teacher.name()
+        )));
+    }
+    if teacher.is_adaptive() {
+        return Err(SolverError::Invalid(format!(
+            "{method}: the teacher must step through the teacher grid's levels; the adaptive sampler {} chooses its own steps",
+            teacher.name()
+        )));
+    }
+    teacher.build()?;
+    if let Some(name) = teacher_grid.chosen_for_model() {
+        return Err(SolverError::Grid(format!(
+            "{method}: the teacher grid cannot itself be {name}"
+        )));
+    }
+    if teacher_steps == 0 {
+        return Err(SolverError::ZeroSteps(0));
+    }
+    if samples == 0 {
+        return Err(SolverError::Invalid(format!(
+            "{method}: samples must be at least 1"
+        )));
+    }
+    Ok(())
+}
+
 /// Sample index of the first warm-up latent: far above the samples experiments and commands
 /// draw (0 onwards), so that the grid is not fitted to the noise it is then judged on.
 pub const WARMUP_FIRST: u64 = 1 << 40;
@@ -316,29 +355,13 @@ pub struct Gits {
 impl GitsParams {
     /// Check the settings without a model.
     pub fn validate(&self) -> Result<()> {
-        if self.teacher.is_stochastic() {
-            return Err(SolverError::Invalid(format!(
-                "gits: the teacher must be a deterministic sampler, got {}",
-                self.teacher.name()
-            )));
-        }
-        if self.teacher.is_adaptive() {
-            return Err(SolverError::Invalid(format!(
-                "gits: the teacher must step through the teacher grid's levels; the adaptive sampler {} chooses its own steps",
-                self.teacher.name()
-            )));
-        }
-        self.teacher.build()?;
-        if matches!(*self.teacher_grid, crate::grid::GridKind::Gits(_)) {
-            return Err(SolverError::Grid(
-                "gits: the teacher grid cannot itself be gits".into(),
-            ));
-        }
-        if self.samples == 0 {
-            return Err(SolverError::Invalid(
-                "gits: samples must be at least 1".into(),
-            ));
-        }
+        check_teacher(
+            "gits",
+            &self.teacher,
+            &self.teacher_grid,
+            self.teacher_steps,
+            self.samples,
+        )?;
         if !(self.coeff > 0.0 && self.coeff.is_finite()) {
             return Err(SolverError::Parameter {
                 name: "coeff",

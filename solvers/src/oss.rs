@@ -96,36 +96,13 @@ pub struct Oss {
 impl OssParams {
     /// Check the settings without a model.
     pub fn validate(&self) -> Result<()> {
-        if self.teacher.is_stochastic() {
-            return Err(SolverError::Invalid(format!(
-                "oss: the teacher must be a deterministic sampler, got {}",
-                self.teacher.name()
-            )));
-        }
-        if self.teacher.is_adaptive() {
-            return Err(SolverError::Invalid(format!(
-                "oss: the teacher must step through the teacher grid's levels; the adaptive sampler {} chooses its own steps",
-                self.teacher.name()
-            )));
-        }
-        self.teacher.build()?;
-        if matches!(
-            *self.teacher_grid,
-            crate::grid::GridKind::Gits(_) | crate::grid::GridKind::Oss(_)
-        ) {
-            return Err(SolverError::Grid(
-                "oss: the teacher grid cannot itself be chosen for the model (gits or oss)".into(),
-            ));
-        }
-        if self.samples == 0 {
-            return Err(SolverError::Invalid(
-                "oss: samples must be at least 1".into(),
-            ));
-        }
-        if self.teacher_steps == 0 {
-            return Err(SolverError::ZeroSteps(0));
-        }
-        Ok(())
+        crate::gits::check_teacher(
+            "oss",
+            &self.teacher,
+            &self.teacher_grid,
+            self.teacher_steps,
+            self.samples,
+        )
     }
 
     /// The teacher's levels between `sigma_min` and `sigma_max`, ending in 0.
