@@ -31,7 +31,7 @@ pub struct CompareArgs {
     /// Seed of the starting noise and of the samplers' noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Steps of the reference solve (Heun on the same grid placement; for the ddpm-* grids on a
+    /// Steps of the reference solve (Heun on the same grid placement; for the ddpm-* and comfy-* grids on a
     /// log-sigma grid between each step count's own ends).
     #[arg(long, default_value_t = 4096)]
     pub reference_steps: usize,

@@ -67,7 +67,8 @@ pub struct GridArgs {
     /// Grid placement: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta,
     /// kl-optimal, or
     /// ddpm-leading, ddpm-trailing, ddpm-linspace (diffusers' timestep spacings on a discrete
-    /// chain: a model card's, else DDPM's linear one); levels:S1,S2,... (these nonzero levels,
+    /// chain: a model card's, else DDPM's linear one), comfy-normal, comfy-sgm-uniform,
+    /// comfy-simple, comfy-ddim-uniform (ComfyUI's schedulers on the same chain); levels:S1,S2,... (these nonzero levels,
     /// interpolated log-linearly to other step counts); gits or oss (chosen for the model by
     /// GITS' or OSS' dynamic program, their default settings); or a .toml file whose [grid] table has a
     /// placement (what optimize-grid writes).

@@ -1235,6 +1235,37 @@ fn the_ddpm_grids_take_the_cards_chain() {
         run(&["--grid", "ddpm-leading", "--steps-offset", "1"], "l.npy"),
         (chain[831], chain[1])
     );
+    // ComfyUI's schedulers read the same chain: simple at 6 steps takes the levels at
+    // 999 - floor(i 1000 / 6), 999 down to 166.
+    assert_eq!(
+        run(&["--grid", "comfy-simple"], "s.npy"),
+        (chain[999], chain[166])
+    );
+    // ddim_uniform at 6 steps of 1000 takes every 166th timestep from 1, 7 levels, where
+    // ComfyUI runs 7 steps: refused, nothing written.
+    let o = bin()
+        .args([
+            "sample",
+            "--solver",
+            "ddim",
+            "--steps",
+            "6",
+            "--num",
+            "4",
+            "--checkpoint",
+        ])
+        .arg(&card)
+        .args(["--grid", "comfy-ddim-uniform", "--out"])
+        .arg(d.join("u.npy"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("takes 7 steps when asked for 6"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d.join("u.npy").exists());
     // compare on a ddpm-* grid: each step count against its own reference, a fine Heun solve
     // between that count's first and last levels (trailing at 5 steps stops at sigma 0.72, at 20
     // at 0.17: a reference to another sigma_min would leave errors of order 0.1 to 1).

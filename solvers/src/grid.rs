@@ -98,13 +98,126 @@ pub enum GridKind {
     Oss(crate::oss::OssParams),
 }
 
-/// diffusers' `timestep_spacing` (see [`GridKind::Timesteps`]).
+/// diffusers' `timestep_spacing` (see [`GridKind::Timesteps`]), and ComfyUI's schedulers that
+/// read the chain (comfy/samplers.py, on its `ModelSamplingDiscrete`: the chain's levels as a
+/// table `s_0 .. s_{T-1}`, and `sigma(t)` at a fractional timestep `t` interpolating `log s`
+/// between `floor(t)` and `ceil(t)`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Spacing {
     Leading,
     Trailing,
     Linspace,
+    /// ComfyUI's `normal`: `sigma(t)` at `n` timesteps uniform from `T - 1` to 0 (k-diffusion's
+    /// `DiscreteSchedule.get_sigmas`, the default of its discrete-model wrappers).
+    ComfyNormal,
+    /// ComfyUI's `sgm_uniform`: `sigma(t)` at the first `n` of `n + 1` timesteps uniform from
+    /// `T - 1` to 0.
+    ComfySgmUniform,
+    /// ComfyUI's `simple`: the table's levels at `T - 1 - floor(i T / n)`, `i = 0 .. n - 1`.
+    ComfySimple,
+    /// ComfyUI's `ddim_uniform`: the table's levels at `1, 1 + k, 1 + 2k, ...` below `T`
+    /// (`k = T div n`), from the top; a step count for which these are not `n` levels is an
+    /// error (ComfyUI runs the other number of steps).
+    ComfyDdimUniform,
+}
+
+impl Spacing {
+    /// The name in a config (`leading`, ..., `comfy-ddim-uniform`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Spacing::Leading => "leading",
+            Spacing::Trailing => "trailing",
+            Spacing::Linspace => "linspace",
+            Spacing::ComfyNormal => "comfy-normal",
+            Spacing::ComfySgmUniform => "comfy-sgm-uniform",
+            Spacing::ComfySimple => "comfy-simple",
+            Spacing::ComfyDdimUniform => "comfy-ddim-uniform",
+        }
+    }
+    /// Whether this is one of ComfyUI's schedulers (not a diffusers timestep spacing).
+    pub fn is_comfy(self) -> bool {
+        !matches!(
+            self,
+            Spacing::Leading | Spacing::Trailing | Spacing::Linspace
+        )
+    }
+}
+
+/// The level of a chain at a fractional timestep `t` in `[0, T - 1]`, as ComfyUI's
+/// `ModelSamplingDiscrete.sigma` (and k-diffusion's `DiscreteSchedule.t_to_sigma`) take it:
+/// `exp((1 - w) log s_floor(t) + w log s_ceil(t))`, `w = t - floor(t)`.
+pub fn chain_sigma_at(chain: &[f64], t: f64) -> f64 {
+    let t = t.clamp(0.0, (chain.len() - 1) as f64);
+    let (lo, hi) = (t.floor() as usize, t.ceil() as usize);
+    let w = t - t.floor();
+    ((1.0 - w) * chain[lo].ln() + w * chain[hi].ln()).exp()
+}
+
+/// The `n` nonzero levels of one of ComfyUI's schedulers ([`Spacing::is_comfy`]) on the
+/// chain's levels `chain` (`s_0 .. s_{T-1}`, increasing).
+pub fn comfy_levels(spacing: Spacing, n: usize, chain: &[f64]) -> Result<Vec<f64>> {
+    let t = chain.len();
+    let top = (t - 1) as f64;
+    // ComfyUI ends these grids without a 0 where the chain's lowest level is within 1e-5 of 0
+    // (a zero-terminal-SNR chain); every grid here ends in 0.
+    if matches!(spacing, Spacing::ComfyNormal | Spacing::ComfyDdimUniform) {
+        let low = if spacing == Spacing::ComfyNormal {
+            chain[0]
+        } else {
+            chain[1]
+        };
+        if low <= 1e-5 {
+            return Err(SolverError::Grid(format!(
+                "{}: the chain's level {} is within 1e-5 of 0, where ComfyUI ends the grid without a final 0",
+                spacing.name(),
+                crate::Num(low)
+            )));
+        }
+    }
+    Ok(match spacing {
+        Spacing::ComfyNormal => (0..n)
+            .map(|i| {
+                let f = if n > 1 {
+                    i as f64 / (n - 1) as f64
+                } else {
+                    0.0
+                };
+                chain_sigma_at(chain, top * (1.0 - f))
+            })
+            .collect(),
+        Spacing::ComfySgmUniform => (0..n)
+            .map(|i| chain_sigma_at(chain, top * (1.0 - i as f64 / n as f64)))
+            .collect(),
+        Spacing::ComfySimple => {
+            let ss = t as f64 / n as f64;
+            (0..n)
+                .map(|x| chain[t - 1 - (x as f64 * ss) as usize])
+                .collect()
+        }
+        Spacing::ComfyDdimUniform => {
+            let ss = (t / n).max(1);
+            let idx: Vec<usize> = (1..t).step_by(ss).collect();
+            if idx.len() != n {
+                let agree: Vec<String> = (1..=t.min(60))
+                    .filter(|&m| (1..t).step_by((t / m).max(1)).count() == m)
+                    .map(|m| m.to_string())
+                    .collect();
+                return Err(SolverError::Grid(format!(
+                    "comfy-ddim-uniform: ComfyUI's ddim_uniform takes {} steps when asked for {n} on a chain of {t} (every {ss}th timestep from 1); step counts it keeps (up to 60): {}",
+                    idx.len(),
+                    agree.join(", ")
+                )));
+            }
+            idx.iter().rev().map(|&j| chain[j]).collect()
+        }
+        _ => {
+            return Err(SolverError::Grid(format!(
+                "{} is a diffusers spacing, not one of ComfyUI's schedulers",
+                spacing.name()
+            )))
+        }
+    })
 }
 
 fn beta_start() -> f64 {
@@ -115,9 +228,14 @@ fn beta_end() -> f64 {
 }
 
 /// The training steps `j` (descending) of [`GridKind::Timesteps`]: diffusers'
-/// `set_timesteps` for `n` steps of a chain of `t` (rounding half to even, as numpy).
+/// `set_timesteps` for `n` steps of a chain of `t` (rounding half to even, as numpy). Empty
+/// for ComfyUI's schedulers, whose levels [`comfy_levels`] gives (some at fractional steps).
 pub fn spaced_timesteps(spacing: Spacing, n: usize, t: usize, offset: usize) -> Vec<i64> {
     let mut j: Vec<i64> = match spacing {
+        Spacing::ComfyNormal
+        | Spacing::ComfySgmUniform
+        | Spacing::ComfySimple
+        | Spacing::ComfyDdimUniform => return Vec::new(),
         Spacing::Leading => (0..n)
             .map(|i| (i * (t / n.max(1)) + offset) as i64)
             .collect(),
@@ -268,11 +386,16 @@ impl GridKind {
                 beta: point_six(),
             },
             "kl-optimal" => GridKind::KlOptimal {},
-            "ddpm-leading" | "ddpm-trailing" | "ddpm-linspace" => GridKind::Timesteps {
+            "ddpm-leading" | "ddpm-trailing" | "ddpm-linspace" | "comfy-normal"
+            | "comfy-sgm-uniform" | "comfy-simple" | "comfy-ddim-uniform" => GridKind::Timesteps {
                 spacing: match name {
                     "ddpm-leading" => Spacing::Leading,
                     "ddpm-trailing" => Spacing::Trailing,
-                    _ => Spacing::Linspace,
+                    "ddpm-linspace" => Spacing::Linspace,
+                    "comfy-normal" => Spacing::ComfyNormal,
+                    "comfy-sgm-uniform" => Spacing::ComfySgmUniform,
+                    "comfy-simple" => Spacing::ComfySimple,
+                    _ => Spacing::ComfyDdimUniform,
                 },
                 steps_offset: 0,
                 schedule: BetaSchedule::Linear,
@@ -287,7 +410,7 @@ impl GridKind {
             },
             other => {
                 return Err(SolverError::Grid(format!(
-                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta, kl-optimal, ddpm-leading, ddpm-trailing, ddpm-linspace)"
+                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta, kl-optimal, ddpm-leading, ddpm-trailing, ddpm-linspace, comfy-normal, comfy-sgm-uniform, comfy-simple, comfy-ddim-uniform)"
                 )))
             }
         })
@@ -476,7 +599,7 @@ pub fn sigmas(
             if *steps_offset > 0 && *spacing != Spacing::Leading {
                 return Err(SolverError::Grid(format!(
                     "steps_offset applies to the leading spacing only (diffusers adds it there), got {steps_offset} with the {} spacing",
-                    if *spacing == Spacing::Trailing { "trailing" } else { "linspace" }
+                    spacing.name()
                 )));
             }
             if n > t {
@@ -485,14 +608,18 @@ pub fn sigmas(
                 )));
             }
             let chain = DdpmChain::from_schedule(*schedule, t, *beta_start, *beta_end).sigmas();
-            let j = spaced_timesteps(*spacing, n, t, *steps_offset);
+            if spacing.is_comfy() {
+                comfy_levels(*spacing, n, &chain)?
+            } else {
+                let j = spaced_timesteps(*spacing, n, t, *steps_offset);
             if let Some(bad) = j.iter().find(|&&j| j < 0 || j >= t as i64) {
                 return Err(SolverError::Grid(format!(
                     "timestep {bad} is outside the chain's 0..{} (steps_offset {steps_offset})",
                     t - 1
                 )));
             }
-            j.iter().map(|&j| chain[j as usize]).collect()
+                j.iter().map(|&j| chain[j as usize]).collect()
+            }
         }
     };
     // Pin the end points exactly (the round trip through t may move them by an ulp); the iddpm

@@ -709,3 +709,455 @@ fn ddpm_spaced_grids_are_diffusers_timesteps_on_the_chain() {
         .to_string();
     assert!(err.contains("timesteps must be 2 to"), "{err}");
 }
+
+#[test]
+fn comfyuis_schedulers_are_its_levels_on_the_chain() {
+    use scoreflow_solvers::grid::Spacing;
+    // Printed by `PYTHONPATH=.peers/site python3 experiments/peers/comfy_schedulers_check.py
+    // SAMPLERS_PY MODEL_SAMPLING_PY`: ComfyUI's normal_scheduler (sgm=False and True),
+    // simple_scheduler and ddim_scheduler as they stand, on its ModelSamplingDiscrete given the
+    // chain's betas (a float32 table of levels), for DDPM's linear chain and Stable Diffusion's
+    // scaled-linear one. The levels at the listed positions (all of them up to 10 steps).
+    let timesteps = |spacing, schedule, beta_start, beta_end| GridKind::Timesteps {
+        spacing,
+        steps_offset: 0,
+        schedule,
+        beta_start,
+        beta_end,
+        timesteps: 1000,
+    };
+    let linear = (BetaSchedule::Linear, 1e-4, 0.02);
+    let scaled = (BetaSchedule::ScaledLinear, 0.00085, 0.012);
+    type Case = (
+        (BetaSchedule, f64, f64),
+        Spacing,
+        usize,
+        &'static [usize],
+        &'static [f64],
+    );
+    let cases: [Case; 30] = [
+        (linear, Spacing::ComfyNormal, 1, &[0], &[157.40725708007812]),
+        (
+            linear,
+            Spacing::ComfyNormal,
+            3,
+            &[0, 1, 2],
+            &[157.40725708007812, 3.4335391521453857, 0.01000049989670515],
+        ),
+        (
+            linear,
+            Spacing::ComfyNormal,
+            10,
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[
+                157.40725708007812,
+                54.5675163269043,
+                21.417497634887695,
+                9.488921165466309,
+                4.703334331512451,
+                2.5546913146972656,
+                1.462356686592102,
+                0.821935772895813,
+                0.38037100434303284,
+                0.01000049989670515,
+            ],
+        ),
+        (
+            linear,
+            Spacing::ComfyNormal,
+            25,
+            &[0, 6, 12, 18, 24],
+            &[
+                157.40725708007812,
+                17.279794692993164,
+                3.4335391521453857,
+                0.956756591796875,
+                0.01000049989670515,
+            ],
+        ),
+        (
+            linear,
+            Spacing::ComfySgmUniform,
+            1,
+            &[0],
+            &[157.40725708007812],
+        ),
+        (
+            linear,
+            Spacing::ComfySgmUniform,
+            3,
+            &[0, 1, 2],
+            &[157.40725708007812, 9.488921165466309, 1.462356686592102],
+        ),
+        (
+            linear,
+            Spacing::ComfySgmUniform,
+            10,
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[
+                157.40725708007812,
+                60.326271057128906,
+                25.569847106933594,
+                11.965052604675293,
+                6.1504998207092285,
+                3.4335391521453857,
+                2.0369865894317627,
+                1.2382879257202148,
+                0.7227267026901245,
+                0.34191498160362244,
+            ],
+        ),
+        (
+            linear,
+            Spacing::ComfySgmUniform,
+            25,
+            &[0, 6, 12, 18, 24],
+            &[
+                157.40725708007812,
+                18.65191078186035,
+                3.8360490798950195,
+                1.1188050508499146,
+                0.14357399940490723,
+            ],
+        ),
+        (linear, Spacing::ComfySimple, 1, &[0], &[157.40728759765625]),
+        (
+            linear,
+            Spacing::ComfySimple,
+            3,
+            &[0, 1, 2],
+            &[157.40728759765625, 9.488920211791992, 1.462356686592102],
+        ),
+        (
+            linear,
+            Spacing::ComfySimple,
+            10,
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[
+                157.40728759765625,
+                60.27141189575195,
+                25.528480529785156,
+                11.939519882202148,
+                6.135209083557129,
+                3.4241366386413574,
+                2.030851125717163,
+                1.2339280843734741,
+                0.7192788124084473,
+                0.33882835507392883,
+            ],
+        ),
+        (
+            linear,
+            Spacing::ComfySimple,
+            25,
+            &[0, 6, 12, 18, 24],
+            &[
+                157.40728759765625,
+                18.61747932434082,
+                3.8257265090942383,
+                1.1146831512451172,
+                0.14048342406749725,
+            ],
+        ),
+        (
+            linear,
+            Spacing::ComfyDdimUniform,
+            4,
+            &[0, 1, 2, 3],
+            &[
+                17.511394500732422,
+                3.4619226455688477,
+                0.9631507992744446,
+                0.01483092363923788,
+            ],
+        ),
+        (
+            linear,
+            Spacing::ComfyDdimUniform,
+            8,
+            &[0, 1, 2, 3, 4, 5, 6, 7],
+            &[
+                49.02712631225586,
+                17.511394500732422,
+                7.279302597045898,
+                3.4619226455688477,
+                1.8102238178253174,
+                0.9631507992744446,
+                0.43353307247161865,
+                0.01483092363923788,
+            ],
+        ),
+        (
+            linear,
+            Spacing::ComfyDdimUniform,
+            10,
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[
+                61.37885284423828,
+                25.945423126220703,
+                12.110893249511719,
+                6.212092399597168,
+                3.4619226455688477,
+                2.051379919052124,
+                1.2464210987091064,
+                0.7279167175292969,
+                0.3456963896751404,
+                0.01483092363923788,
+            ],
+        ),
+        (scaled, Spacing::ComfyNormal, 1, &[0], &[14.614640235900879]),
+        (
+            scaled,
+            Spacing::ComfyNormal,
+            3,
+            &[0, 1, 2],
+            &[14.614640235900879, 1.6155803203582764, 0.029167160391807556],
+        ),
+        (
+            scaled,
+            Spacing::ComfyNormal,
+            10,
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[
+                14.614640235900879,
+                7.839882850646973,
+                4.6091742515563965,
+                2.918307065963745,
+                1.9501614570617676,
+                1.3449277877807617,
+                0.9323579668998718,
+                0.6249769330024719,
+                0.3686577379703522,
+                0.029167160391807556,
+            ],
+        ),
+        (
+            scaled,
+            Spacing::ComfyNormal,
+            25,
+            &[0, 6, 12, 18, 24],
+            &[
+                14.614640235900879,
+                4.086081027984619,
+                1.6155803203582764,
+                0.6951495409011841,
+                0.029167160391807556,
+            ],
+        ),
+        (
+            scaled,
+            Spacing::ComfySgmUniform,
+            1,
+            &[0],
+            &[14.614640235900879],
+        ),
+        (
+            scaled,
+            Spacing::ComfySgmUniform,
+            3,
+            &[0, 1, 2],
+            &[14.614640235900879, 2.918307065963745, 0.9323579668998718],
+        ),
+        (
+            scaled,
+            Spacing::ComfySgmUniform,
+            10,
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[
+                14.614640235900879,
+                8.307170867919922,
+                5.092408180236816,
+                3.325068950653076,
+                2.2797305583953857,
+                1.6155803203582764,
+                1.1628645658493042,
+                0.8318837285041809,
+                0.5711888670921326,
+                0.34370481967926025,
+            ],
+        ),
+        (
+            scaled,
+            Spacing::ComfySgmUniform,
+            25,
+            &[0, 6, 12, 18, 24],
+            &[
+                14.614640235900879,
+                4.264975070953369,
+                1.7275888919830322,
+                0.7753799557685852,
+                0.19894765317440033,
+            ],
+        ),
+        (scaled, Spacing::ComfySimple, 1, &[0], &[14.614641189575195]),
+        (
+            scaled,
+            Spacing::ComfySimple,
+            3,
+            &[0, 1, 2],
+            &[14.614641189575195, 2.918307065963745, 0.9323579668998718],
+        ),
+        (
+            scaled,
+            Spacing::ComfySimple,
+            10,
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[
+                14.614641189575195,
+                8.302803039550781,
+                5.08776330947876,
+                3.3210830688476562,
+                2.276463031768799,
+                1.6128861904144287,
+                1.1605783700942993,
+                0.8298595547676086,
+                0.5692849159240723,
+                0.3416738212108612,
+            ],
+        ),
+        (
+            scaled,
+            Spacing::ComfySimple,
+            25,
+            &[0, 6, 12, 18, 24],
+            &[
+                14.614641189575195,
+                4.260556697845459,
+                1.7247940301895142,
+                0.773391842842102,
+                0.19630272686481476,
+            ],
+        ),
+        (
+            scaled,
+            Spacing::ComfyDdimUniform,
+            4,
+            &[0, 1, 2, 3],
+            &[
+                4.116696357727051,
+                1.6236920356750488,
+                0.6983981132507324,
+                0.04131441190838814,
+            ],
+        ),
+        (
+            scaled,
+            Spacing::ComfyDdimUniform,
+            8,
+            &[0, 1, 2, 3, 4, 5, 6, 7],
+            &[
+                7.371844291687012,
+                4.116696357727051,
+                2.5109214782714844,
+                1.6236920356750488,
+                1.0760310888290405,
+                0.6983981132507324,
+                0.4022177457809448,
+                0.04131441190838814,
+            ],
+        ),
+        (
+            scaled,
+            Spacing::ComfyDdimUniform,
+            10,
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[
+                8.390685081481934,
+                5.134430885314941,
+                3.3477635383605957,
+                2.292853832244873,
+                1.6236920356750488,
+                1.1682159900665283,
+                0.8356528282165527,
+                0.57405024766922,
+                0.34618669748306274,
+                0.04131441190838814,
+            ],
+        ),
+    ];
+    let edm = Edm::default();
+    for ((schedule, b0, b1), spacing, n, positions, want) in cases {
+        let kind = timesteps(spacing, schedule, b0, b1);
+        let got = grid::sigmas(&kind, n, 0.002, 80.0, &edm).unwrap();
+        assert_eq!(got.len(), n + 1, "{spacing:?} {n}");
+        assert_eq!(got[n], 0.0);
+        for (&p, &w) in positions.iter().zip(want) {
+            // ComfyUI's table is float32: 1e-6 relative.
+            assert!(
+                (got[p] - w).abs() <= 1e-6 * w,
+                "{schedule:?} {spacing:?} {n} steps, level {p}: {} against ComfyUI's {w}",
+                got[p]
+            );
+        }
+    }
+    // ComfyUI's normal is k-diffusion's DiscreteSchedule.get_sigmas (float64 table): 10 steps.
+    let kd: [((BetaSchedule, f64, f64), [f64; 10]); 2] = [
+        (
+            linear,
+            [
+                157.40728081040763,
+                54.567513088189685,
+                21.417496171227604,
+                9.488920229525215,
+                4.703333948915076,
+                2.5546912050017787,
+                1.4623566969975685,
+                0.8219357858225603,
+                0.38037100632746706,
+                0.010000500037502575,
+            ],
+        ),
+        (
+            scaled,
+            [
+                14.614641229333637,
+                7.839882872819809,
+                4.609174133893039,
+                2.9183071154268285,
+                1.9501614706273922,
+                1.3449277833514826,
+                0.9323579668348474,
+                0.6249769180115957,
+                0.36865774541485086,
+                0.029167158151720367,
+            ],
+        ),
+    ];
+    for ((schedule, b0, b1), want) in kd {
+        let kind = timesteps(Spacing::ComfyNormal, schedule, b0, b1);
+        let got = grid::sigmas(&kind, 10, 0.002, 80.0, &edm).unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() <= 1e-6 * w,
+                "{schedule:?}: {got:?} against {want:?}"
+            );
+        }
+    }
+    // ddim_uniform at 6 steps of 1000: ComfyUI takes every 166th timestep from 1, 7 levels; the
+    // grid refuses the count and names those it keeps.
+    let e = grid::sigmas(
+        &timesteps(Spacing::ComfyDdimUniform, linear.0, linear.1, linear.2),
+        6,
+        0.002,
+        80.0,
+        &edm,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("takes 7 steps when asked for 6") && e.contains("4, 5,"),
+        "{e}"
+    );
+    // The names on the command line.
+    for (name, spacing) in [
+        ("comfy-normal", Spacing::ComfyNormal),
+        ("comfy-sgm-uniform", Spacing::ComfySgmUniform),
+        ("comfy-simple", Spacing::ComfySimple),
+        ("comfy-ddim-uniform", Spacing::ComfyDdimUniform),
+    ] {
+        assert_eq!(
+            GridKind::from_name(name, None).unwrap(),
+            timesteps(spacing, linear.0, linear.1, linear.2)
+        );
+    }
+}

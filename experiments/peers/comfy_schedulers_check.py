@@ -1,0 +1,77 @@
+"""Print the grids of ComfyUI's `normal`, `sgm_uniform`, `simple` and `ddim_uniform` schedulers,
+and k-diffusion's `DiscreteSchedule.get_sigmas`, on two DDPM chains.
+
+Usage: python3 experiments/peers/comfy_schedulers_check.py SAMPLERS_PY MODEL_SAMPLING_PY
+
+SAMPLERS_PY is ComfyUI's `comfy/samplers.py` (or any file holding its `normal_scheduler`,
+`simple_scheduler` and `ddim_scheduler`; `sgm_uniform` is `normal_scheduler` with `sgm=True`),
+MODEL_SAMPLING_PY its `comfy/model_sampling.py` (its class `ModelSamplingDiscrete`). The
+functions and the class are taken from the files by name, as they stand; the class is given the
+chain's betas (`_register_schedule(given_betas=...)`, in float64, as ComfyUI's
+`make_beta_schedule` returns them), so that its table of levels is ComfyUI's: float32, `timestep`
+the index of the nearest level in log sigma, `sigma(t)` interpolating log sigma at fractional t.
+
+The chains: DDPM's linear one (betas 1e-4 to 0.02, 1000 steps; scoreflow's default) and Stable
+Diffusion's (ComfyUI's `linear`, diffusers' `scaled_linear`: sqrt(beta) linear from sqrt(0.00085)
+to sqrt(0.012)). k-diffusion's `DiscreteSchedule(sigmas, quantize=False).get_sigmas(n)` (from
+k_diffusion/external.py, loaded by kdiffusion_files.py; `PYTHONPATH=.peers/site`) is printed
+beside ComfyUI's `normal`. One JSON line per chain, scheduler and step count, with the levels
+(ComfyUI's float32 values, 0 last). The values pinned in scoreflow's test
+`comfyuis_schedulers_are_its_levels_on_the_chain` (solvers/tests/sde_and_grids.rs) come from
+this script.
+"""
+import ast
+import functools
+import json
+import math
+import sys
+
+import torch
+
+import kdiffusion_files
+
+CHAINS = {
+    "linear": lambda: torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64),
+    "scaled-linear": lambda: torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000,
+                                            dtype=torch.float64) ** 2,
+}
+STEPS = {"normal": [1, 3, 10, 25], "sgm_uniform": [1, 3, 10, 25], "simple": [1, 3, 10, 25],
+         "ddim_uniform": [4, 8, 10, 6]}
+
+
+def defs_from(path, names):
+    tree = ast.parse(open(path).read())
+    nodes = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    ns = {"torch": torch, "math": math}
+    for name in names:
+        exec(compile(ast.Module(body=[nodes[name]], type_ignores=[]), path, "exec"), ns)
+    return ns
+
+
+def main():
+    ns = defs_from(sys.argv[1], ["normal_scheduler", "simple_scheduler", "ddim_scheduler"])
+    cls = defs_from(sys.argv[2], ["ModelSamplingDiscrete"])["ModelSamplingDiscrete"]
+    pkg, _, _ = kdiffusion_files.load(lambda msg: sys.exit(msg), files=("sampling.py", "external.py"))
+    schedulers = {
+        "normal": ns["normal_scheduler"],
+        "sgm_uniform": functools.partial(ns["normal_scheduler"], sgm=True),
+        "simple": ns["simple_scheduler"],
+        "ddim_uniform": ns["ddim_scheduler"],
+    }
+    for chain, betas in CHAINS.items():
+        ms = cls.__new__(cls)
+        torch.nn.Module.__init__(ms)
+        ms._register_schedule(given_betas=betas())
+        alphas_cumprod = torch.cumprod(1.0 - betas(), dim=0)
+        kd = pkg.external.DiscreteSchedule(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5, False)
+        for name, fn in schedulers.items():
+            for n in STEPS[name]:
+                line = {"chain": chain, "scheduler": name, "steps": n,
+                        "sigmas": [float(v) for v in fn(ms, n)]}
+                if name == "normal":
+                    line["k_diffusion"] = [float(v) for v in kd.get_sigmas(n)]
+                print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()
