@@ -68,7 +68,7 @@ pub struct GridArgs {
     /// kl-optimal, or
     /// ddpm-leading, ddpm-trailing, ddpm-linspace (diffusers' timestep spacings on a discrete
     /// chain: a model card's, else DDPM's linear one), comfy-normal, comfy-sgm-uniform,
-    /// comfy-simple, comfy-ddim-uniform (ComfyUI's schedulers on the same chain); levels:S1,S2,... (these nonzero levels,
+    /// comfy-simple, comfy-ddim-uniform, comfy-beta (ComfyUI's schedulers on the same chain); levels:S1,S2,... (these nonzero levels,
     /// interpolated log-linearly to other step counts); gits or oss (chosen for the model by
     /// GITS' or OSS' dynamic program, their default settings); or a .toml file whose [grid] table has a
     /// placement (what optimize-grid writes).

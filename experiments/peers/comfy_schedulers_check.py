@@ -1,10 +1,11 @@
-"""Print the grids of ComfyUI's `normal`, `sgm_uniform`, `simple` and `ddim_uniform` schedulers,
-and k-diffusion's `DiscreteSchedule.get_sigmas`, on two DDPM chains.
+"""Print the grids of ComfyUI's `normal`, `sgm_uniform`, `simple`, `ddim_uniform` and `beta`
+schedulers, and k-diffusion's `DiscreteSchedule.get_sigmas`, on two DDPM chains.
 
 Usage: python3 experiments/peers/comfy_schedulers_check.py SAMPLERS_PY MODEL_SAMPLING_PY
 
 SAMPLERS_PY is ComfyUI's `comfy/samplers.py` (or any file holding its `normal_scheduler`,
-`simple_scheduler` and `ddim_scheduler`; `sgm_uniform` is `normal_scheduler` with `sgm=True`),
+`simple_scheduler`, `ddim_scheduler` and `beta_scheduler`; `sgm_uniform` is `normal_scheduler`
+with `sgm=True`; `beta_scheduler` needs numpy and scipy, which .peers/site holds),
 MODEL_SAMPLING_PY its `comfy/model_sampling.py` (its class `ModelSamplingDiscrete`). The
 functions and the class are taken from the files by name, as they stand; the class is given the
 chain's betas (`_register_schedule(given_betas=...)`, in float64, as ComfyUI's
@@ -36,20 +37,23 @@ CHAINS = {
                                             dtype=torch.float64) ** 2,
 }
 STEPS = {"normal": [1, 3, 10, 25], "sgm_uniform": [1, 3, 10, 25], "simple": [1, 3, 10, 25],
-         "ddim_uniform": [4, 8, 10, 6]}
+         "ddim_uniform": [4, 8, 10, 6], "beta": [1, 2, 3, 10, 25, 138, 139]}
 
 
 def defs_from(path, names):
     tree = ast.parse(open(path).read())
     nodes = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-    ns = {"torch": torch, "math": math}
+    import numpy
+    import scipy.stats
+    ns = {"torch": torch, "math": math, "numpy": numpy, "scipy": scipy}
     for name in names:
         exec(compile(ast.Module(body=[nodes[name]], type_ignores=[]), path, "exec"), ns)
     return ns
 
 
 def main():
-    ns = defs_from(sys.argv[1], ["normal_scheduler", "simple_scheduler", "ddim_scheduler"])
+    ns = defs_from(sys.argv[1], ["normal_scheduler", "simple_scheduler", "ddim_scheduler",
+                                 "beta_scheduler"])
     cls = defs_from(sys.argv[2], ["ModelSamplingDiscrete"])["ModelSamplingDiscrete"]
     pkg, _, _ = kdiffusion_files.load(lambda msg: sys.exit(msg), files=("sampling.py", "external.py"))
     schedulers = {
@@ -57,6 +61,7 @@ def main():
         "sgm_uniform": functools.partial(ns["normal_scheduler"], sgm=True),
         "simple": ns["simple_scheduler"],
         "ddim_uniform": ns["ddim_scheduler"],
+        "beta": ns["beta_scheduler"],
     }
     for chain, betas in CHAINS.items():
         ms = cls.__new__(cls)

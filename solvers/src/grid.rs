@@ -120,6 +120,11 @@ pub enum Spacing {
     /// (`k = T div n`), from the top; a step count for which these are not `n` levels is an
     /// error (ComfyUI runs the other number of steps).
     ComfyDdimUniform,
+    /// ComfyUI's `beta` (after Lee et al. 2024): the table's levels at the timesteps
+    /// `round((T - 1) F^-1(1 - i / n))`, `i = 0 .. n - 1` (F the Beta(0.6, 0.6) distribution,
+    /// rounding half to even as numpy), a timestep equal to the one before it dropped; a step
+    /// count that loses a level so is an error (ComfyUI runs fewer steps).
+    ComfyBeta,
 }
 
 impl Spacing {
@@ -133,6 +138,7 @@ impl Spacing {
             Spacing::ComfySgmUniform => "comfy-sgm-uniform",
             Spacing::ComfySimple => "comfy-simple",
             Spacing::ComfyDdimUniform => "comfy-ddim-uniform",
+            Spacing::ComfyBeta => "comfy-beta",
         }
     }
     /// Whether this is one of ComfyUI's schedulers (not a diffusers timestep spacing).
@@ -211,6 +217,38 @@ pub fn comfy_levels(spacing: Spacing, n: usize, chain: &[f64]) -> Result<Vec<f64
             }
             idx.iter().rev().map(|&j| chain[j]).collect()
         }
+        Spacing::ComfyBeta => {
+            let j = |n: usize| -> Vec<usize> {
+                let mut out: Vec<usize> = Vec::with_capacity(n);
+                // numpy's linspace(0, 1, n, endpoint=False): i * (1 / n).
+                let step = 1.0 / n as f64;
+                for i in 0..n {
+                    let p = 1.0 - i as f64 * step;
+                    // The median of the symmetric Beta(0.6, 0.6) is 1/2 exactly. With T - 1 odd,
+                    // (T - 1) / 2 is a tie, which rounds to the even step; statrs' quantile is
+                    // an ulp below 1/2 there and would round down (scipy's, an ulp above, up).
+                    let q = if p == 0.5 {
+                        0.5
+                    } else {
+                        statrs::function::beta::inv_beta_reg(0.6, 0.6, p)
+                    };
+                    let j = (q * top).round_ties_even() as usize;
+                    if out.last() != Some(&j) {
+                        out.push(j);
+                    }
+                }
+                out
+            };
+            let idx = j(n);
+            if idx.len() != n {
+                return Err(SolverError::Grid(format!(
+                    "comfy-beta: ComfyUI's beta scheduler takes {} steps when asked for {n} on a chain of {t} (two of its rounded timesteps coincide); it keeps every step count up to {}",
+                    idx.len(),
+                    (1..=n).take_while(|&m| j(m).len() == m).last().unwrap_or(0)
+                )));
+            }
+            idx.iter().map(|&j| chain[j]).collect()
+        }
         _ => {
             return Err(SolverError::Grid(format!(
                 "{} is a diffusers spacing, not one of ComfyUI's schedulers",
@@ -235,7 +273,8 @@ pub fn spaced_timesteps(spacing: Spacing, n: usize, t: usize, offset: usize) -> 
         Spacing::ComfyNormal
         | Spacing::ComfySgmUniform
         | Spacing::ComfySimple
-        | Spacing::ComfyDdimUniform => return Vec::new(),
+        | Spacing::ComfyDdimUniform
+        | Spacing::ComfyBeta => return Vec::new(),
         Spacing::Leading => (0..n)
             .map(|i| (i * (t / n.max(1)) + offset) as i64)
             .collect(),
@@ -387,7 +426,7 @@ impl GridKind {
             },
             "kl-optimal" => GridKind::KlOptimal {},
             "ddpm-leading" | "ddpm-trailing" | "ddpm-linspace" | "comfy-normal"
-            | "comfy-sgm-uniform" | "comfy-simple" | "comfy-ddim-uniform" => GridKind::Timesteps {
+            | "comfy-sgm-uniform" | "comfy-simple" | "comfy-ddim-uniform" | "comfy-beta" => GridKind::Timesteps {
                 spacing: match name {
                     "ddpm-leading" => Spacing::Leading,
                     "ddpm-trailing" => Spacing::Trailing,
@@ -395,7 +434,8 @@ impl GridKind {
                     "comfy-normal" => Spacing::ComfyNormal,
                     "comfy-sgm-uniform" => Spacing::ComfySgmUniform,
                     "comfy-simple" => Spacing::ComfySimple,
-                    _ => Spacing::ComfyDdimUniform,
+                    "comfy-ddim-uniform" => Spacing::ComfyDdimUniform,
+                    _ => Spacing::ComfyBeta,
                 },
                 steps_offset: 0,
                 schedule: BetaSchedule::Linear,
@@ -410,7 +450,7 @@ impl GridKind {
             },
             other => {
                 return Err(SolverError::Grid(format!(
-                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta, kl-optimal, ddpm-leading, ddpm-trailing, ddpm-linspace, comfy-normal, comfy-sgm-uniform, comfy-simple, comfy-ddim-uniform)"
+                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta, kl-optimal, ddpm-leading, ddpm-trailing, ddpm-linspace, comfy-normal, comfy-sgm-uniform, comfy-simple, comfy-ddim-uniform, comfy-beta)"
                 )))
             }
         })

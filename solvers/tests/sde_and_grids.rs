@@ -715,7 +715,7 @@ fn comfyuis_schedulers_are_its_levels_on_the_chain() {
     use scoreflow_solvers::grid::Spacing;
     // Printed by `PYTHONPATH=.peers/site python3 experiments/peers/comfy_schedulers_check.py
     // SAMPLERS_PY MODEL_SAMPLING_PY`: ComfyUI's normal_scheduler (sgm=False and True),
-    // simple_scheduler and ddim_scheduler as they stand, on its ModelSamplingDiscrete given the
+    // simple_scheduler, ddim_scheduler and beta_scheduler as they stand, on its ModelSamplingDiscrete given the
     // chain's betas (a float32 table of levels), for DDPM's linear chain and Stable Diffusion's
     // scaled-linear one. The levels at the listed positions (all of them up to 10 steps).
     let timesteps = |spacing, schedule, beta_start, beta_end| GridKind::Timesteps {
@@ -735,7 +735,7 @@ fn comfyuis_schedulers_are_its_levels_on_the_chain() {
         &'static [usize],
         &'static [f64],
     );
-    let cases: [Case; 30] = [
+    let cases: [Case; 42] = [
         (linear, Spacing::ComfyNormal, 1, &[0], &[157.40725708007812]),
         (
             linear,
@@ -902,6 +902,66 @@ fn comfyuis_schedulers_are_its_levels_on_the_chain() {
                 1.2464210987091064,
                 0.7279167175292969,
                 0.3456963896751404,
+                0.01483092363923788,
+            ],
+        ),
+        (linear, Spacing::ComfyBeta, 1, &[0], &[157.40728759765625]),
+        (
+            linear,
+            Spacing::ComfyBeta,
+            2,
+            &[0, 1],
+            &[157.40728759765625, 3.442967176437378],
+        ),
+        (
+            linear,
+            Spacing::ComfyBeta,
+            3,
+            &[0, 1, 2],
+            &[157.40728759765625, 14.306829452514648, 1.0919989347457886],
+        ),
+        (
+            linear,
+            Spacing::ComfyBeta,
+            10,
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[
+                157.40728759765625,
+                105.91991424560547,
+                49.02712631225586,
+                19.50067901611328,
+                7.818622589111328,
+                3.442967176437378,
+                1.688559651374817,
+                0.878635585308075,
+                0.4227818250656128,
+                0.14370423555374146,
+            ],
+        ),
+        (
+            linear,
+            Spacing::ComfyBeta,
+            25,
+            &[0, 6, 12, 18, 24],
+            &[
+                157.40728759765625,
+                34.38097381591797,
+                4.002222061157227,
+                0.7674471735954285,
+                0.04357054457068443,
+            ],
+        ),
+        (
+            linear,
+            Spacing::ComfyBeta,
+            138,
+            &[0, 1, 2, 69, 136, 137],
+            &[
+                157.40728759765625,
+                155.8251953125,
+                154.2605743408203,
+                3.442967176437378,
+                0.018969619646668434,
                 0.01483092363923788,
             ],
         ),
@@ -1074,6 +1134,66 @@ fn comfyuis_schedulers_are_its_levels_on_the_chain() {
                 0.04131441190838814,
             ],
         ),
+        (scaled, Spacing::ComfyBeta, 1, &[0], &[14.614641189575195]),
+        (
+            scaled,
+            Spacing::ComfyBeta,
+            2,
+            &[0, 1],
+            &[14.614641189575195, 1.6182788610458374],
+        ),
+        (
+            scaled,
+            Spacing::ComfyBeta,
+            3,
+            &[0, 1, 2],
+            &[14.614641189575195, 3.675753355026245, 0.7624022960662842],
+        ),
+        (
+            scaled,
+            Spacing::ComfyBeta,
+            10,
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[
+                14.614641189575195,
+                11.542770385742188,
+                7.371844291687012,
+                4.372801780700684,
+                2.6152358055114746,
+                1.6182788610458374,
+                1.0273293256759644,
+                0.6548853516578674,
+                0.3955096900463104,
+                0.1990586221218109,
+            ],
+        ),
+        (
+            scaled,
+            Spacing::ComfyBeta,
+            25,
+            &[0, 6, 12, 18, 24],
+            &[
+                14.614641189575195,
+                6.020519256591797,
+                1.77207350730896,
+                0.595670223236084,
+                0.09356759488582611,
+            ],
+        ),
+        (
+            scaled,
+            Spacing::ComfyBeta,
+            138,
+            &[0, 1, 2, 69, 136, 137],
+            &[
+                14.614641189575195,
+                14.526275634765625,
+                14.438569068908691,
+                1.6182788610458374,
+                0.05068035423755646,
+                0.04131441190838814,
+            ],
+        ),
     ];
     let edm = Edm::default();
     for ((schedule, b0, b1), spacing, n, positions, want) in cases {
@@ -1154,6 +1274,7 @@ fn comfyuis_schedulers_are_its_levels_on_the_chain() {
         ("comfy-sgm-uniform", Spacing::ComfySgmUniform),
         ("comfy-simple", Spacing::ComfySimple),
         ("comfy-ddim-uniform", Spacing::ComfyDdimUniform),
+        ("comfy-beta", Spacing::ComfyBeta),
     ] {
         assert_eq!(
             GridKind::from_name(name, None).unwrap(),
