@@ -179,6 +179,23 @@ pub struct Trained {
 }
 
 /// Load `path`: a model card (`.toml`) or a scoreflow checkpoint.
+/// Feed a network with a `discrete` preconditioning the nearest step of its chain instead of
+/// the fractional one (`quantize = true` of the preconditioning, as ComfyUI's
+/// `ModelSamplingDiscrete.timestep` and k-diffusion's `quantize=True` do); an error for any
+/// other preconditioning.
+pub fn quantize_time(net: &mut Network, path: &Path) -> Result<()> {
+    match &mut net.precond {
+        Precond::Discrete { quantize, .. } => {
+            *quantize = true;
+            Ok(())
+        }
+        _ => bail!(
+            "quantize applies to a network with a discrete preconditioning (a step index as its time input); the network of {} takes a continuous noise level",
+            path.display()
+        ),
+    }
+}
+
 pub fn load_trained(path: &Path, dev: Device) -> Result<Trained> {
     if is_card(path) {
         let (net, card) = load(path, dev)?;

@@ -116,6 +116,10 @@ pub enum ModelSpec {
         train_config: Option<PathBuf>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         conditional: bool,
+        /// A network with a discrete preconditioning: feed it the nearest step of its chain
+        /// ([`crate::card::quantize_time`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        quantize: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         guidance: Option<Guidance>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -859,7 +863,10 @@ fn load_model(spec: &ModelSpec, dev: Device) -> Result<Loaded> {
             model::load_gaussian(path, dev)?,
         ))),
         ModelSpec::Checkpoint {
-            path, train_config, ..
+            path,
+            train_config,
+            quantize,
+            ..
         } => {
             if !path.exists() {
                 let tc = train_config
@@ -878,7 +885,10 @@ fn load_model(spec: &ModelSpec, dev: Device) -> Result<Loaded> {
                     })?;
                 }
             }
-            let t = crate::card::load_trained(path, dev)?;
+            let mut t = crate::card::load_trained(path, dev)?;
+            if *quantize {
+                crate::card::quantize_time(&mut t.model.net, path)?;
+            }
             let data = match &t.data {
                 Some((d, seed)) => Some(crate::data::load(d, *seed)?),
                 None => None,

@@ -194,6 +194,10 @@ struct SampleArgs {
     /// (.toml) of a TorchScript module exported from PyTorch (see docs/models.md).
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// A network with a discrete preconditioning: feed it the nearest step of its chain, not the
+    /// fractional one (as ComfyUI does; k-diffusion's quantize=True).
+    #[arg(long, requires = "checkpoint")]
+    quantize: bool,
     /// Sampler name (see docs/samplers/).
     #[arg(long, alias = "sampler")]
     solver: String,
@@ -288,7 +292,13 @@ fn sample(mut a: SampleArgs) -> Result<()> {
     let kind = job::kind_from_name(&a.dtype)?;
     let (exact, trained) = match (&a.denoiser, &a.checkpoint) {
         (Some(spec), _) => (Some(model::parse(spec, dev)?), None),
-        (None, Some(path)) => (None, Some(scoreflow::card::load_trained(path, dev)?.model)),
+        (None, Some(path)) => {
+            let mut model = scoreflow::card::load_trained(path, dev)?.model;
+            if a.quantize {
+                scoreflow::card::quantize_time(&mut model.net, path)?;
+            }
+            (None, Some(model))
+        }
         (None, None) => bail!("give --denoiser or --checkpoint"),
     };
     let guided = scoreflow::nn::guided_from_flags(

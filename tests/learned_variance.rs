@@ -805,3 +805,70 @@ snapshot_samples = 4
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(scoreflow::npy::read(&out).unwrap().size(), [3, 1, 8, 8]);
 }
+
+#[test]
+fn quantize_feeds_a_chain_network_whole_steps() {
+    // runs/digits-learned was trained on DDPM's chain at whole steps, its time embedding random
+    // Fourier features of the step index. ComfyUI's normal grid at 5 steps of 1000 lies at the
+    // fractional steps 999, 749.25, ...: `--quantize` feeds the nearest whole steps instead (as
+    // ComfyUI does) and changes the samples; on ddpm-leading, whose levels are whole steps, it
+    // changes nothing. A network with a continuous noise input refuses it (exit 2).
+    let dir = tempfile::tempdir().unwrap();
+    let sample = |ckpt: &str, grid: &str, quantize: bool, out: &str| {
+        let mut cmd = bin();
+        cmd.args(["sample", "--checkpoint"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(ckpt))
+            .args([
+                "--solver", "euler", "--steps", "5", "--num", "8", "--grid", grid,
+            ])
+            .arg("--out")
+            .arg(dir.path().join(out));
+        if quantize {
+            cmd.arg("--quantize");
+        }
+        let o = cmd.output().unwrap();
+        (o.status.code(), std::fs::read(dir.path().join(out)).ok(), o)
+    };
+    let learned = "runs/digits-learned/checkpoint.safetensors";
+    let (code, frac, _) = sample(learned, "comfy-normal", false, "a.npy");
+    assert_eq!(code, Some(0));
+    let (code, whole, _) = sample(learned, "comfy-normal", true, "b.npy");
+    assert_eq!(code, Some(0));
+    assert_ne!(frac, whole);
+    let (_, plain, _) = sample(learned, "ddpm-leading", false, "c.npy");
+    let (_, quantized, _) = sample(learned, "ddpm-leading", true, "d.npy");
+    assert!(plain.is_some());
+    assert_eq!(plain, quantized);
+    let (code, written, o) = sample(
+        "runs/digits/checkpoint.safetensors",
+        "karras",
+        true,
+        "e.npy",
+    );
+    assert_eq!(code, Some(2));
+    assert!(written.is_none());
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("quantize applies to a network with a discrete preconditioning"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The same in an experiment's [model]: exit 2 before anything is written.
+    let out = dir.path().join("out");
+    let cfg = dir.path().join("q.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "out_dir = \"{}\"\ndevice = \"cpu\"\nnum = 8\nseeds = [0]\nsteps = [4]\nmetrics = [\"fd\"]\n[model]\nkind = \"checkpoint\"\npath = \"{}\"\nquantize = true\n[[samplers]]\nkind = \"euler\"\n",
+            out.display(),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("runs/digits/checkpoint.safetensors")
+                .display()
+        ),
+    )
+    .unwrap();
+    let o = bin().arg("run").arg(&cfg).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("quantize applies"));
+    assert!(!out.exists());
+}
