@@ -254,15 +254,15 @@ pub struct SamplerArgs {
     #[arg(long)]
     pub s_churn: Option<f64>,
     /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: S_tmin (no churn below it);
-    /// sa-solver: no noise (tau = 0) below it.
+    /// sa-solver, sa-solver-comfy: no noise (tau = 0) below it.
     #[arg(long)]
     pub s_tmin: Option<f64>,
     /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: S_tmax (no churn above it);
-    /// sa-solver: no noise (tau = 0) above it.
+    /// sa-solver, sa-solver-comfy: no noise (tau = 0) above it.
     #[arg(long)]
     pub s_tmax: Option<f64>,
-    /// The samplers that take --s-churn, and those that take --eta except ddim: S_noise; er-sde:
-    /// the factor of its noise.
+    /// The samplers that take --s-churn, and those that take --eta except ddim: S_noise; er-sde,
+    /// sa-solver-comfy: the factor of its noise.
     #[arg(long)]
     pub s_noise: Option<f64>,
     /// pc: signal-to-noise ratio of the Langevin corrector.
@@ -340,14 +340,14 @@ pub struct SamplerArgs {
     /// restart: the churn of every restart step within [s_tmin, s_tmax] (0.05 by default).
     #[arg(long)]
     pub restart_gamma: Option<f64>,
-    /// sa-solver: order of the stochastic Adams-Bashforth predictor (1 to 4).
+    /// sa-solver, sa-solver-comfy: order of the stochastic Adams-Bashforth predictor (1 to 4).
     #[arg(long)]
     pub predictor_order: Option<usize>,
-    /// sa-solver: order of the stochastic Adams-Moulton corrector (1 to 4).
+    /// sa-solver, sa-solver-comfy: order of the stochastic Adams-Moulton corrector (1 to 4).
     #[arg(long)]
     pub corrector_order: Option<usize>,
-    /// sa-solver: stochasticity within [s_tmin, s_tmax] (0: the probability-flow ODE, 1: the
-    /// reverse SDE; 1 by default).
+    /// sa-solver, sa-solver-comfy: stochasticity within [s_tmin, s_tmax] (0: the
+    /// probability-flow ODE, 1: the reverse SDE; 1 by default).
     #[arg(long)]
     pub tau: Option<f64>,
     /// er-sde: the noise-scale function, 1 to 7 (the ER-SDE authors' numbering: 1 the ODE,
@@ -404,6 +404,23 @@ impl SamplerArgs {
             ("s-tmax", self.s_tmax, s_tmax),
             ("s-noise", self.s_noise, s_noise),
         ]
+    }
+
+    /// `--predictor-order` and `--corrector-order` onto an SA-Solver's orders.
+    fn set_orders(
+        &self,
+        used: &mut Vec<&'static str>,
+        predictor: &mut usize,
+        corrector: &mut usize,
+    ) {
+        if let Some(v) = self.predictor_order {
+            *predictor = v;
+            used.push("predictor-order");
+        }
+        if let Some(v) = self.corrector_order {
+            *corrector = v;
+            used.push("corrector-order");
+        }
     }
 
     /// The sampler `name` (or `name(key=value,...)`, see [`parse_sampler`]) with these
@@ -565,14 +582,19 @@ impl SamplerArgs {
                         ("s-tmax", self.s_tmax, &mut p.s_tmax),
                     ],
                 );
-                if let Some(v) = self.predictor_order {
-                    p.predictor_order = v;
-                    used.push("predictor-order");
-                }
-                if let Some(v) = self.corrector_order {
-                    p.corrector_order = v;
-                    used.push("corrector-order");
-                }
+                self.set_orders(&mut used, &mut p.predictor_order, &mut p.corrector_order);
+            }
+            SamplerSpec::SaSolverComfy(p) => {
+                set_flags(
+                    &mut used,
+                    [
+                        ("tau", self.tau, &mut p.tau),
+                        ("s-tmin", self.s_tmin, &mut p.s_tmin),
+                        ("s-tmax", self.s_tmax, &mut p.s_tmax),
+                        ("s-noise", self.s_noise, &mut p.s_noise),
+                    ],
+                );
+                self.set_orders(&mut used, &mut p.predictor_order, &mut p.corrector_order);
             }
             SamplerSpec::Rk45(p) => {
                 set_flags(

@@ -9,6 +9,7 @@ use scoreflow_solvers::samplers::dpm_singlestep::DpmSinglestep;
 use scoreflow_solvers::samplers::dpm_solver::AdaptiveParams;
 use scoreflow_solvers::samplers::er_sde::ErSdeParams;
 use scoreflow_solvers::samplers::sa_solver::SaSolverParams;
+use scoreflow_solvers::samplers::sa_solver_comfy::SaSolverComfyParams;
 use scoreflow_solvers::samplers::{
     AlgorithmType, Churn, DdpmVariance, SeedsSolverType, SolverType, UniPcVariant, NAMES,
 };
@@ -5340,4 +5341,138 @@ fn cfgpp_samples_collapse_as_the_steps_grow() {
     println!("{report}");
     assert!(cfgpp[2].1 < 0.1 * cfgpp[0].1, "{report}");
     assert!(cfgpp[2].0 > 0.8, "{report}");
+}
+
+#[test]
+fn sa_solver_comfy_is_comfyuis_sampler() {
+    // Samples printed by ComfyUI's `sample_sa_solver` with the coefficients of its sa_solver.py
+    // (run as they stand by `python3 experiments/peers/sa_solver_comfy_check.py SAMPLING_PY
+    // SA_SOLVER_PY`, with the formula noise of pinned.py and tau_func =
+    // get_tau_interval_func(s_tmax, s_tmin, tau)) for the pinned problem on 8 Karras steps:
+    // ComfyUI's default orders 3 and 4 with and without PECE and as the ODE, orders 2/2 with
+    // s_noise 0.7, 1/1 with PECE, 4/3; the draws counted, the NFE as planned.
+    let cases: Vec<(SamplerSpec, usize, [f64; 6])> = vec![
+        (
+            SamplerSpec::SaSolverComfy(SaSolverComfyParams {
+                predictor_order: 3,
+                corrector_order: 4,
+                tau: 1.0,
+                s_tmin: 0.1,
+                s_tmax: 20.0,
+                s_noise: 1.0,
+                pece: false,
+            }),
+            4,
+            [
+                -0.33944889506200693,
+                -1.647196944018059,
+                0.962319617658104,
+                -0.14588334860594376,
+                0.7374229979457745,
+                -1.491896547784852,
+            ],
+        ),
+        (
+            SamplerSpec::SaSolverComfy(SaSolverComfyParams {
+                predictor_order: 3,
+                corrector_order: 4,
+                tau: 1.0,
+                s_tmin: 0.1,
+                s_tmax: 20.0,
+                s_noise: 1.0,
+                pece: true,
+            }),
+            4,
+            [
+                -0.20966299214152462,
+                -1.3689276626831477,
+                1.064055378288649,
+                -0.29014075159268315,
+                0.4721353582443057,
+                -1.5779397753281148,
+            ],
+        ),
+        (
+            SamplerSpec::SaSolverComfy(SaSolverComfyParams {
+                predictor_order: 3,
+                corrector_order: 4,
+                tau: 0.0,
+                s_tmin: 0.1,
+                s_tmax: 20.0,
+                s_noise: 1.0,
+                pece: false,
+            }),
+            0,
+            [
+                0.6847564732261968,
+                -1.7468878704888797,
+                1.43950632129917,
+                -0.5518672777066722,
+                0.24448572851696249,
+                -0.9292422017431593,
+            ],
+        ),
+        (
+            SamplerSpec::SaSolverComfy(SaSolverComfyParams {
+                predictor_order: 2,
+                corrector_order: 2,
+                tau: 0.6,
+                s_tmin: 0.002,
+                s_tmax: 80.0,
+                s_noise: 0.7,
+                pece: false,
+            }),
+            7,
+            [
+                0.5856664315088925,
+                -0.8536030763773347,
+                0.817380198508953,
+                -1.0061991301257105,
+                0.17068230752597502,
+                -1.1501219350800302,
+            ],
+        ),
+        (
+            SamplerSpec::SaSolverComfy(SaSolverComfyParams {
+                predictor_order: 1,
+                corrector_order: 1,
+                tau: 1.0,
+                s_tmin: 0.05,
+                s_tmax: 5.0,
+                s_noise: 1.0,
+                pece: true,
+            }),
+            3,
+            [
+                0.39660275933965566,
+                -1.4670619587980553,
+                0.24340330971701118,
+                -0.849269191169429,
+                0.9816818473204552,
+                -0.7362253378407362,
+            ],
+        ),
+        (
+            SamplerSpec::SaSolverComfy(SaSolverComfyParams {
+                predictor_order: 4,
+                corrector_order: 3,
+                tau: 1.0,
+                s_tmin: 0.3,
+                s_tmax: 60.0,
+                s_noise: 1.0,
+                pece: false,
+            }),
+            4,
+            [
+                -0.1896152068073167,
+                -0.9326501996898475,
+                1.4556865950132345,
+                -0.3412761853423971,
+                -0.06882284137484296,
+                -1.946140697927349,
+            ],
+        ),
+    ];
+    assert_eq!(cases.len(), 6);
+    assert_pinned_cases(cases);
 }

@@ -32,6 +32,7 @@ pub mod res_multistep;
 pub mod restart;
 pub mod rk45;
 pub mod sa_solver;
+pub mod sa_solver_comfy;
 pub mod seeds;
 pub mod tcd;
 pub mod unipc;
@@ -355,6 +356,8 @@ pub enum SamplerSpec {
     Restart(restart::RestartParams),
     /// SA-Solver (Xue et al. 2023; see [`sa_solver::SaSolverParams`]).
     SaSolver(sa_solver::SaSolverParams),
+    /// ComfyUI's SA-Solver arrangement (see [`sa_solver_comfy::SaSolverComfyParams`]).
+    SaSolverComfy(sa_solver_comfy::SaSolverComfyParams),
     /// Multistep consistency sampling (diffusers' `LCMScheduler`; [`lcm::Lcm`]).
     Lcm {},
     /// Strategic stochastic sampling of Trajectory Consistency Distillation (diffusers'
@@ -541,6 +544,7 @@ pub const NAMES: &[&str] = &[
     "heunpp2",
     "deis-tab",
     "gradient-estimation-cfgpp",
+    "sa-solver-comfy",
 ];
 
 impl SamplerSpec {
@@ -684,6 +688,9 @@ impl SamplerSpec {
             "edm-ablation" => SamplerSpec::EdmAblation(edm_ablation::AblationParams::default()),
             "restart" => SamplerSpec::Restart(restart::RestartParams::default()),
             "sa-solver" => SamplerSpec::SaSolver(sa_solver::SaSolverParams::default()),
+            "sa-solver-comfy" => {
+                SamplerSpec::SaSolverComfy(sa_solver_comfy::SaSolverComfyParams::default())
+            }
             other => {
                 return Err(SolverError::UnknownSampler {
                     name: other.to_string(),
@@ -726,6 +733,7 @@ impl SamplerSpec {
             SamplerSpec::EdmAblation(_) => "edm-ablation",
             SamplerSpec::Restart(_) => "restart",
             SamplerSpec::SaSolver(_) => "sa-solver",
+            SamplerSpec::SaSolverComfy(_) => "sa-solver-comfy",
             SamplerSpec::Lcm {} => "lcm",
             SamplerSpec::Tcd { .. } => "tcd",
             SamplerSpec::ErSde(_) => "er-sde",
@@ -798,6 +806,7 @@ impl SamplerSpec {
             SamplerSpec::EdmAblation(p) => p.churn().is_stochastic(),
             SamplerSpec::Restart(p) => p.is_stochastic(),
             SamplerSpec::SaSolver(p) => p.is_stochastic(),
+            SamplerSpec::SaSolverComfy(p) => p.is_stochastic(),
             SamplerSpec::DpmSinglestep { algorithm_type, .. }
             | SamplerSpec::DpmMultistep { algorithm_type, .. } => matches!(
                 algorithm_type,
@@ -843,6 +852,7 @@ impl SamplerSpec {
                 2 * steps - 1
             }
             SamplerSpec::Restart(p) => 2 * steps - 1 + p.restart_nfe(),
+            SamplerSpec::SaSolverComfy(p) => p.nfe(steps),
             _ => steps,
         })
     }
@@ -986,6 +996,9 @@ impl SamplerSpec {
             SamplerSpec::EdmAblation(p) => Box::new(edm_ablation::EdmAblation::new(p.clone())?),
             SamplerSpec::Restart(p) => Box::new(restart::Restart::new(p.clone())?),
             SamplerSpec::SaSolver(p) => Box::new(sa_solver::SaSolver::new(p.clone())?),
+            SamplerSpec::SaSolverComfy(p) => {
+                Box::new(sa_solver_comfy::SaSolverComfy::new(p.clone())?)
+            }
         })
     }
 }
