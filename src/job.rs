@@ -608,7 +608,7 @@ impl SamplerArgs {
             SamplerSpec::Lms { order }
             | SamplerSpec::Deis { order }
             | SamplerSpec::DeisTab { order }
-            | SamplerSpec::Ipndm { order } => {
+            | SamplerSpec::Ipndm { order, .. } => {
                 if let Some(v) = self.order {
                     *order = v;
                     used.push("order");

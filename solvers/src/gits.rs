@@ -289,7 +289,10 @@ pub fn check_teacher(
 pub const WARMUP_FIRST: u64 = 1 << 40;
 
 fn default_teacher() -> SamplerSpec {
-    SamplerSpec::Ipndm { order: 4 }
+    SamplerSpec::Ipndm {
+        order: 4,
+        final_denoised: false,
+    }
 }
 fn default_teacher_steps() -> usize {
     60

@@ -114,7 +114,13 @@ fn deterministic() -> Vec<(SamplerSpec, f64)> {
         (SamplerSpec::DeisTab { order: 4 }, 4.0),
         // iPNDM: fourth-order Adams-Bashforth weights for equal steps, on grids whose steps
         // vary: second order (2.17 / 2.10 / 2.11), below dpmpp-2m's error.
-        (SamplerSpec::Ipndm { order: 4 }, 2.0),
+        (
+            SamplerSpec::Ipndm {
+                order: 4,
+                final_denoised: false,
+            },
+            2.0,
+        ),
         // Singlestep DPM-Solver(++) on the grid's levels (diffusers' arrangement): order 1 is
         // Euler; orders 2 and 3 in both forms of the correction and both algorithm types.
         (
@@ -746,17 +752,32 @@ fn deis_and_ipndm_order_1_are_euler_and_start_up_at_lower_order() {
     }
     // iPNDM's first step (and order 1) is Euler too; orders 0 and 5 are errors.
     let d = max_abs(
-        &(run(&SamplerSpec::Ipndm { order: 1 }, 25)
-            - run(&SamplerSpec::Euler(Default::default()), 25)),
+        &(run(
+            &SamplerSpec::Ipndm {
+                order: 1,
+                final_denoised: false,
+            },
+            25,
+        ) - run(&SamplerSpec::Euler(Default::default()), 25)),
     );
     assert!(d < 1e-12, "ipndm(1) vs euler: {d}");
     let d = max_abs(
-        &(run(&SamplerSpec::Ipndm { order: 4 }, 1)
-            - run(&SamplerSpec::Euler(Default::default()), 1)),
+        &(run(
+            &SamplerSpec::Ipndm {
+                order: 4,
+                final_denoised: false,
+            },
+            1,
+        ) - run(&SamplerSpec::Euler(Default::default()), 1)),
     );
     assert!(d < 1e-12, "ipndm(4) at 1 step vs euler: {d}");
     for order in [0, 5] {
-        assert!(SamplerSpec::Ipndm { order }.build().is_err());
+        assert!(SamplerSpec::Ipndm {
+            order,
+            final_denoised: false
+        }
+        .build()
+        .is_err());
     }
 }
 
@@ -5475,4 +5496,54 @@ fn sa_solver_comfy_is_comfyuis_sampler() {
     ];
     assert_eq!(cases.len(), 6);
     assert_pinned_cases(cases);
+}
+
+#[test]
+fn ipndm_with_final_denoised_is_comfyuis() {
+    // Samples printed by ComfyUI's `sample_ipndm` (run as it stands by `python3
+    // experiments/peers/comfyui_check.py SAMPLING_PY`) for the pinned problem on 8 Karras steps,
+    // at max_order 4 and 2: scoreflow's ipndm with `final_denoised = true`. Without it the last
+    // step is the multistep update (diffusers' IPNDMScheduler), another sample.
+    let cases: Vec<(SamplerSpec, usize, [f64; 6])> = vec![
+        (
+            SamplerSpec::Ipndm {
+                order: 4,
+                final_denoised: true,
+            },
+            0,
+            [
+                0.657812220628847,
+                -1.6379642961591658,
+                1.3024919304317983,
+                -0.6172214223044974,
+                0.2817490565771269,
+                -0.9395612772059736,
+            ],
+        ),
+        (
+            SamplerSpec::Ipndm {
+                order: 2,
+                final_denoised: true,
+            },
+            0,
+            [
+                0.6283367390156552,
+                -1.5188080938930737,
+                1.1526059707391823,
+                -0.6887151436641556,
+                0.3225130205102644,
+                -0.9508497595259193,
+            ],
+        ),
+    ];
+    assert_pinned_cases(cases);
+    let (den, latents) = pinned_problem();
+    let (edm, sigmas) = (Edm::default(), pinned_karras(8));
+    let plain = SamplerSpec::Ipndm {
+        order: 4,
+        final_denoised: false,
+    };
+    let (out, _) = run_counting_draws(&plain, &den, &edm, &sigmas, &latents);
+    let got = Vec::<f64>::try_from(out.x.flatten(0, -1)).unwrap();
+    assert!((got[0] - 0.657812220628847).abs() > 1e-6, "{got:?}");
 }

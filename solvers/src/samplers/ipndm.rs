@@ -7,8 +7,9 @@
 //! `e = d_i`, `(3 d_i - d_{i-1}) / 2`, `(23 d_i - 16 d_{i-1} + 5 d_{i-2}) / 12` or
 //! `(55 d_i - 59 d_{i-1} + 37 d_{i-2} - 9 d_{i-3}) / 24`.
 //!
-//! The step to sigma = 0 is the same multistep update (it does not return `D`). One evaluation
-//! per step.
+//! The step to sigma = 0 is the same multistep update (it does not return `D`), unless
+//! `final_denoised` (ComfyUI's `sample_ipndm`, from zju-pi/diff-sampler, returns `D` there). One
+//! evaluation per step.
 
 use super::check_order;
 use crate::driver::{Sampler, StepCtx};
@@ -26,12 +27,22 @@ pub const WEIGHTS: [&[f64]; 4] = [
 #[derive(Clone, Debug)]
 pub struct Ipndm {
     pub order: usize,
+    /// The step to sigma = 0 returns `D` (ComfyUI's ending).
+    pub final_denoised: bool,
 }
 
 impl Ipndm {
     pub fn new(order: usize) -> Result<Self> {
         check_order(order, 1..=4)?;
-        Ok(Ipndm { order })
+        Ok(Ipndm {
+            order,
+            final_denoised: false,
+        })
+    }
+    /// With ComfyUI's ending (see [`Ipndm::final_denoised`]).
+    pub fn final_denoised(mut self, on: bool) -> Self {
+        self.final_denoised = on;
+        self
     }
 }
 
@@ -46,6 +57,10 @@ impl Sampler for Ipndm {
     /// `ctx.history` holds `[d_{i-m}, ..., d_{i-1}]`, `m < order`.
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
         let (s, s_next) = (ctx.sigma(), ctx.sigma_next());
+        if s_next == 0.0 && self.final_denoised {
+            ctx.history.clear();
+            return ctx.denoise(&x, s);
+        }
         let d = ctx.derivative(&x, s)?;
         let n = ctx.history.len();
         let p = self.order.min(n + 1);

@@ -297,6 +297,9 @@ pub enum SamplerSpec {
     Ipndm {
         #[serde(default = "four")]
         order: usize,
+        /// The step to sigma = 0 returns `D` (ComfyUI's `ipndm`) instead of the multistep update.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        final_denoised: bool,
     },
     /// PNDM (pseudo Runge-Kutta start) or, with `skip_prk_steps`, PLMS; diffusers' names.
     Pndm {
@@ -654,7 +657,10 @@ impl SamplerSpec {
                 r: 0.5,
             },
             "deis" => SamplerSpec::Deis { order: 3 },
-            "ipndm" => SamplerSpec::Ipndm { order: 4 },
+            "ipndm" => SamplerSpec::Ipndm {
+                order: 4,
+                final_denoised: false,
+            },
             "pndm" => SamplerSpec::Pndm {
                 skip_prk_steps: false,
             },
@@ -954,7 +960,10 @@ impl SamplerSpec {
                 Box::new(dpmpp_sde::DpmPpSde::new(*eta, *s_noise, *r)?)
             }
             SamplerSpec::Deis { order } => Box::new(deis::Deis::new(*order)?),
-            SamplerSpec::Ipndm { order } => Box::new(ipndm::Ipndm::new(*order)?),
+            SamplerSpec::Ipndm {
+                order,
+                final_denoised,
+            } => Box::new(ipndm::Ipndm::new(*order)?.final_denoised(*final_denoised)),
             SamplerSpec::Pndm { skip_prk_steps } => Box::new(pndm::Pndm {
                 skip_prk_steps: *skip_prk_steps,
             }),
