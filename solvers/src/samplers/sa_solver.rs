@@ -106,22 +106,45 @@ pub struct SaSolver {
     pub p: SaSolverParams,
 }
 
+/// The checks an SA-Solver's orders, `tau` and window pass (both arrangements).
+pub(crate) fn check_params(
+    predictor_order: usize,
+    corrector_order: usize,
+    tau: f64,
+    s_tmin: f64,
+    s_tmax: f64,
+) -> Result<()> {
+    check_order(predictor_order, 1..=MAX_ORDER)?;
+    check_order(corrector_order, 1..=MAX_ORDER)?;
+    check_nonneg("tau", tau)?;
+    check_window(s_tmin, s_tmax)
+}
+
+/// `tau` where `sigma` lies in `[s_tmin, s_tmax]`, else 0.
+pub(crate) fn tau_in_window(sigma: f64, tau: f64, s_tmin: f64, s_tmax: f64) -> f64 {
+    if in_window(sigma, s_tmin, s_tmax) {
+        tau
+    } else {
+        0.0
+    }
+}
+
 impl SaSolver {
     pub fn new(p: SaSolverParams) -> Result<Self> {
-        check_order(p.predictor_order, 1..=MAX_ORDER)?;
-        check_order(p.corrector_order, 1..=MAX_ORDER)?;
-        check_nonneg("tau", p.tau)?;
-        check_window(p.s_tmin, p.s_tmax)?;
+        let q = &p;
+        check_params(
+            q.predictor_order,
+            q.corrector_order,
+            q.tau,
+            q.s_tmin,
+            q.s_tmax,
+        )?;
         Ok(SaSolver { p })
     }
 
     /// The stochasticity of the step that starts at `sigma`.
     fn tau_at(&self, sigma: f64) -> f64 {
-        if in_window(sigma, self.p.s_tmin, self.p.s_tmax) {
-            self.p.tau
-        } else {
-            0.0
-        }
+        tau_in_window(sigma, self.p.tau, self.p.s_tmin, self.p.s_tmax)
     }
 
     /// Outputs kept between steps: enough for both updates (diffusers' `max(p, c - 1)`).

@@ -29,8 +29,8 @@
 //! `percent_to_sigma(0.2)` and `percent_to_sigma(0.8)` of a model on DDPM's linear chain
 //! (`sigma` at the fractional timesteps 799.2 and 199.8); for another model give its window.
 
-use super::sa_solver::{weights, MAX_ORDER};
-use super::{check_nonneg, check_order, check_window, in_window, weighted_sum};
+use super::sa_solver::{check_params, tau_in_window, weights};
+use super::{check_nonneg, weighted_sum};
 use crate::driver::{Sampler, StepCtx};
 use crate::error::Result;
 use serde::{Deserialize, Serialize};
@@ -113,20 +113,21 @@ pub struct SaSolverComfy {
 
 impl SaSolverComfy {
     pub fn new(p: SaSolverComfyParams) -> Result<Self> {
-        check_order(p.predictor_order, 1..=MAX_ORDER)?;
-        check_order(p.corrector_order, 1..=MAX_ORDER)?;
-        check_nonneg("tau", p.tau)?;
+        let q = &p;
+        check_params(
+            q.predictor_order,
+            q.corrector_order,
+            q.tau,
+            q.s_tmin,
+            q.s_tmax,
+        )?;
         check_nonneg("s_noise", p.s_noise)?;
-        check_window(p.s_tmin, p.s_tmax)?;
         Ok(SaSolverComfy { p })
     }
 
+    /// The stochasticity of the step that ends at `sigma_end`.
     fn tau_to(&self, sigma_end: f64) -> f64 {
-        if in_window(sigma_end, self.p.s_tmin, self.p.s_tmax) {
-            self.p.tau
-        } else {
-            0.0
-        }
+        tau_in_window(sigma_end, self.p.tau, self.p.s_tmin, self.p.s_tmax)
     }
 }
 
