@@ -23,12 +23,14 @@
 //! One difference from the reference: its round 0 steps from every level `i` with the start
 //! latent itself as the state there (it fills the table of states with it), so that a grid could
 //! start below the top with noise scaled for the top. Here round 0 steps from the top only, the
-//! one level the start latent belongs to, so every grid starts at `sigma_max`. Where the
-//! reference's round 0 also picks the top for every level the two agree exactly (the test
-//! `oss_matches_the_authors_search` runs `search_OSS` itself).
+//! one level the start latent belongs to, so every grid starts at `sigma_max`. With its round-0
+//! steps from below the top ruled out (their errors made NaN, which never wins), the reference
+//! chooses what this search chooses: the test `oss_matches_the_authors_search` runs `search_OSS`
+//! itself so.
 //!
 //! A grid may repeat a level (a step of length 0: the best path with fewer steps was kept);
-//! [`Oss::sigmas`] drops the repeats, so such a grid has fewer steps than asked for.
+//! [`Oss::sigmas`] drops the repeats, so such a grid has fewer steps than asked for (the
+//! commands refuse it, naming the count it reaches).
 
 use crate::denoiser::Denoiser;
 use crate::error::{Result, SolverError};
