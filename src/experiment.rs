@@ -231,6 +231,7 @@ impl GridSpec {
             self.placement,
             GridKind::Timesteps { .. }
                 | GridKind::Levels { .. }
+                | GridKind::LinearQuadratic { .. }
                 | GridKind::Gits(_)
                 | GridKind::Oss(_)
         )
@@ -588,6 +589,7 @@ impl ExperimentConfig {
                     match &g.placement {
                         GridKind::Timesteps { .. } => "timesteps",
                         GridKind::Levels { .. } => "levels",
+                        GridKind::LinearQuadratic { .. } => "linear-quadratic",
                         p => p.chosen_for_model().unwrap_or_default(),
                     }
                 );
@@ -1690,9 +1692,10 @@ fn reference_ends(g: &GridSpec, sigmas: &[f64]) -> (f64, f64) {
         GridKind::Timesteps { .. } => grid::ends(sigmas),
         // From the grid's first level down to sigma_min (or its lowest level, if lower): a
         // grid that stops early is judged against the whole path.
-        GridKind::Levels { .. } | GridKind::Gits(_) | GridKind::Oss(_) => {
-            (sigmas[0], g.sigma_min.min(grid::ends(sigmas).1))
-        }
+        GridKind::Levels { .. }
+        | GridKind::LinearQuadratic { .. }
+        | GridKind::Gits(_)
+        | GridKind::Oss(_) => (sigmas[0], g.sigma_min.min(grid::ends(sigmas).1)),
         _ => (g.sigma_max, g.sigma_min),
     }
 }

@@ -1,11 +1,14 @@
-"""Print the grids of ComfyUI's `normal`, `sgm_uniform`, `simple`, `ddim_uniform` and `beta`
-schedulers, and k-diffusion's `DiscreteSchedule.get_sigmas`, on two DDPM chains.
+"""Print the grids of ComfyUI's `normal`, `sgm_uniform`, `simple`, `ddim_uniform`, `beta` and
+`linear_quadratic` schedulers, and k-diffusion's `DiscreteSchedule.get_sigmas`, on two DDPM
+chains.
 
 Usage: python3 experiments/peers/comfy_schedulers_check.py SAMPLERS_PY MODEL_SAMPLING_PY
 
 SAMPLERS_PY is ComfyUI's `comfy/samplers.py` (or any file holding its `normal_scheduler`,
-`simple_scheduler`, `ddim_scheduler` and `beta_scheduler`; `sgm_uniform` is `normal_scheduler`
-with `sgm=True`; `beta_scheduler` needs numpy and scipy, which .peers/site holds),
+`simple_scheduler`, `ddim_scheduler`, `beta_scheduler` and `linear_quadratic_schedule`;
+`sgm_uniform` is `normal_scheduler` with `sgm=True`; `beta_scheduler` needs numpy and scipy,
+which .peers/site holds; `linear_quadratic` reads only the model's `sigma_max`, the chain's top
+level),
 MODEL_SAMPLING_PY its `comfy/model_sampling.py` (its class `ModelSamplingDiscrete`). The
 functions and the class are taken from the files by name, as they stand; the class is given the
 chain's betas (`_register_schedule(given_betas=...)`, in float64, as ComfyUI's
@@ -37,7 +40,8 @@ CHAINS = {
                                             dtype=torch.float64) ** 2,
 }
 STEPS = {"normal": [1, 3, 10, 25], "sgm_uniform": [1, 3, 10, 25], "simple": [1, 3, 10, 25],
-         "ddim_uniform": [4, 8, 10, 6], "beta": [1, 2, 3, 10, 25, 138, 139]}
+         "ddim_uniform": [4, 8, 10, 6], "beta": [1, 2, 3, 10, 25, 138, 139],
+         "linear_quadratic": [1, 2, 5, 10, 25]}
 
 
 def defs_from(path, names):
@@ -53,7 +57,7 @@ def defs_from(path, names):
 
 def main():
     ns = defs_from(sys.argv[1], ["normal_scheduler", "simple_scheduler", "ddim_scheduler",
-                                 "beta_scheduler"])
+                                 "beta_scheduler", "linear_quadratic_schedule"])
     cls = defs_from(sys.argv[2], ["ModelSamplingDiscrete"])["ModelSamplingDiscrete"]
     pkg, _, _ = kdiffusion_files.load(lambda msg: sys.exit(msg), files=("sampling.py", "external.py"))
     schedulers = {
@@ -62,6 +66,7 @@ def main():
         "simple": ns["simple_scheduler"],
         "ddim_uniform": ns["ddim_scheduler"],
         "beta": ns["beta_scheduler"],
+        "linear_quadratic": ns["linear_quadratic_schedule"],
     }
     for chain, betas in CHAINS.items():
         ms = cls.__new__(cls)
@@ -76,6 +81,10 @@ def main():
                 if name == "normal":
                     line["k_diffusion"] = [float(v) for v in kd.get_sigmas(n)]
                 print(json.dumps(line))
+        lq = schedulers["linear_quadratic"](ms, 10, threshold_noise=0.05, linear_steps=3)
+        print(json.dumps({"chain": chain, "scheduler": "linear_quadratic", "steps": 10,
+                          "threshold_noise": 0.05, "linear_steps": 3,
+                          "sigmas": [float(v) for v in lq]}))
 
 
 if __name__ == "__main__":

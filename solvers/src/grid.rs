@@ -61,6 +61,19 @@ pub enum GridKind {
     /// uniform in `atan(sigma)`, `sigma_i = tan((1 - f_i) atan(sigma_max) + f_i atan(sigma_min))`
     /// (ComfyUI's `kl_optimal_scheduler`, comfy/samplers.py).
     KlOptimal {},
+    /// ComfyUI's `linear_quadratic` (from genmoai's Mochi, `infer.py`): the fractions
+    /// `u_i = i c / L` for the first `L` steps (`c` = `threshold_noise`, `L` = `linear_steps`,
+    /// `n div 2` by default) and a quadratic in `i` for the rest that reaches `c` at `i = L` and
+    /// 1 at `i = n`, applied as ComfyUI applies them, `(1 - u_i)` times the model's top level in
+    /// ComfyUI's own sigma: under the flow SDE (any shift) that is the interpolation time
+    /// `tau = sigma / (1 + sigma)`, `tau_i = tau(sigma_max) (1 - u_i)`; under the others sigma
+    /// itself, `sigma_i = sigma_max (1 - u_i)`. `sigma_min` is not used.
+    LinearQuadratic {
+        #[serde(default = "threshold_noise")]
+        threshold_noise: f64,
+        #[serde(default)]
+        linear_steps: Option<usize>,
+    },
     /// The levels of a discrete DDPM chain at the training timesteps diffusers' schedulers pick
     /// (`timestep_spacing`, `scheduling_euler_discrete.py` and the others): for `n` steps of a
     /// chain of `T`, `leading` takes `j = i (T div n) + steps_offset`, `trailing`
@@ -312,6 +325,49 @@ pub fn spaced_timesteps(spacing: Spacing, n: usize, t: usize, offset: usize) -> 
 fn one() -> f64 {
     1.0
 }
+fn threshold_noise() -> f64 {
+    0.025
+}
+
+/// ComfyUI's `linear_quadratic_schedule` before its `1 - u` and scaling: the `n + 1` values
+/// `u_0 = 0 .. u_n = 1`.
+pub fn linear_quadratic_u(
+    n: usize,
+    threshold_noise: f64,
+    linear_steps: Option<usize>,
+) -> Result<Vec<f64>> {
+    if n == 1 {
+        return Ok(vec![0.0, 1.0]);
+    }
+    let l = linear_steps.unwrap_or(n / 2);
+    if !(1..n).contains(&l) {
+        return Err(SolverError::Grid(format!(
+            "linear-quadratic: linear_steps must be 1 to {} for {n} steps, got {l}",
+            n - 1
+        )));
+    }
+    if !(threshold_noise > 0.0 && threshold_noise < 1.0) {
+        return Err(SolverError::Parameter {
+            name: "threshold_noise",
+            value: threshold_noise,
+            why: "must be in (0, 1)",
+        });
+    }
+    let (lf, nf) = (l as f64, n as f64);
+    let q = nf - lf;
+    let diff = lf - threshold_noise * nf;
+    let quad = diff / (lf * q * q);
+    let lin = threshold_noise / lf - 2.0 * diff / (q * q);
+    let cst = quad * lf * lf;
+    let mut u: Vec<f64> = (0..l).map(|i| i as f64 * threshold_noise / lf).collect();
+    u.extend((l..n).map(|i| {
+        let i = i as f64;
+        quad * i * i + lin * i + cst
+    }));
+    u.push(1.0);
+    Ok(u)
+}
+
 fn point_six() -> f64 {
     0.6
 }
@@ -425,6 +481,10 @@ impl GridKind {
                 beta: point_six(),
             },
             "kl-optimal" => GridKind::KlOptimal {},
+            "linear-quadratic" => GridKind::LinearQuadratic {
+                threshold_noise: threshold_noise(),
+                linear_steps: None,
+            },
             "ddpm-leading" | "ddpm-trailing" | "ddpm-linspace" | "comfy-normal"
             | "comfy-sgm-uniform" | "comfy-simple" | "comfy-ddim-uniform" | "comfy-beta" => GridKind::Timesteps {
                 spacing: match name {
@@ -450,7 +510,7 @@ impl GridKind {
             },
             other => {
                 return Err(SolverError::Grid(format!(
-                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta, kl-optimal, ddpm-leading, ddpm-trailing, ddpm-linspace, comfy-normal, comfy-sgm-uniform, comfy-simple, comfy-ddim-uniform, comfy-beta)"
+                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta, kl-optimal, linear-quadratic, ddpm-leading, ddpm-trailing, ddpm-linspace, comfy-normal, comfy-sgm-uniform, comfy-simple, comfy-ddim-uniform, comfy-beta)"
                 )))
             }
         })
@@ -606,6 +666,24 @@ pub fn sigmas(
                 .map(|i| 1.0 / (a + frac(i, n) * (b - a)).tan())
                 .collect()
         }
+        GridKind::LinearQuadratic {
+            threshold_noise,
+            linear_steps,
+        } => {
+            let u = linear_quadratic_u(n, *threshold_noise, *linear_steps)?;
+            if sde.name() == "flow" {
+                let tau_max = sigma_max / (1.0 + sigma_max);
+                u[..n]
+                    .iter()
+                    .map(|u| {
+                        let tau = tau_max * (1.0 - u);
+                        tau / (1.0 - tau)
+                    })
+                    .collect()
+            } else {
+                u[..n].iter().map(|u| sigma_max * (1.0 - u)).collect()
+            }
+        }
         GridKind::Levels { sigmas } => levels_for(sigmas, n)?,
         GridKind::Gits(_) | GridKind::Oss(_) => {
             return Err(SolverError::Grid(format!(
@@ -663,8 +741,11 @@ pub fn sigmas(
         }
     };
     // Pin the end points exactly (the round trip through t may move them by an ulp); the iddpm
-    // levels are a fixed set, whose ends lie inside the range.
-    if !matches!(
+    // levels are a fixed set, whose ends lie inside the range; linear-quadratic pins its top
+    // only (its last level is not sigma_min).
+    if matches!(kind, GridKind::LinearQuadratic { .. }) {
+        out[0] = sigma_max;
+    } else if !matches!(
         kind,
         GridKind::Iddpm { .. } | GridKind::Timesteps { .. } | GridKind::Levels { .. }
     ) {

@@ -1282,3 +1282,237 @@ fn comfyuis_schedulers_are_its_levels_on_the_chain() {
         );
     }
 }
+
+#[test]
+fn linear_quadratic_is_comfyuis_schedule() {
+    // Printed by ComfyUI's linear_quadratic_schedule as it stands (experiments/peers/
+    // comfy_schedulers_check.py) for models whose sigma_max is the top of DDPM's linear chain
+    // and of Stable Diffusion's (ComfyUI's float32 values): under the EDM SDE (t = sigma) the
+    // grid is ComfyUI's sigmas. Defaults (threshold 0.025, n div 2 linear steps) at 1 to 25
+    // steps, and threshold 0.05 with 3 linear steps at 10.
+    type Case = (
+        f64,
+        usize,
+        f64,
+        Option<usize>,
+        &'static [usize],
+        &'static [f64],
+    );
+    let cases: [Case; 12] = [
+        (
+            157.40728759765625,
+            1,
+            0.025,
+            None,
+            &[0],
+            &[157.40728759765625],
+        ),
+        (
+            157.40728759765625,
+            2,
+            0.025,
+            None,
+            &[0, 1],
+            &[157.40728759765625, 153.47210693359375],
+        ),
+        (
+            157.40728759765625,
+            5,
+            0.025,
+            None,
+            &[0, 1, 2, 3, 4],
+            &[
+                157.40728759765625,
+                155.439697265625,
+                153.47210693359375,
+                135.10792541503906,
+                83.9505615234375,
+            ],
+        ),
+        (
+            157.40728759765625,
+            10,
+            0.025,
+            None,
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[
+                157.40728759765625,
+                156.62025451660156,
+                155.83322143554688,
+                155.04617309570312,
+                154.25914001464844,
+                153.47210693359375,
+                146.70358276367188,
+                127.97212982177734,
+                97.27770233154297,
+                54.620330810546875,
+            ],
+        ),
+        (
+            157.40728759765625,
+            25,
+            0.025,
+            None,
+            &[0, 6, 12, 18, 24],
+            &[
+                157.40728759765625,
+                155.439697265625,
+                153.47210693359375,
+                119.72034454345703,
+                22.4002685546875,
+            ],
+        ),
+        (
+            157.40728759765625,
+            10,
+            0.05,
+            Some(3),
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[
+                157.40728759765625,
+                154.78382873535156,
+                152.16036987304688,
+                149.53692626953125,
+                144.23646545410156,
+                133.58203125,
+                117.5736083984375,
+                96.21118927001953,
+                69.49478149414062,
+                37.42438507080078,
+            ],
+        ),
+        (
+            14.614641189575195,
+            1,
+            0.025,
+            None,
+            &[0],
+            &[14.614641189575195],
+        ),
+        (
+            14.614641189575195,
+            2,
+            0.025,
+            None,
+            &[0, 1],
+            &[14.614641189575195, 14.249275207519531],
+        ),
+        (
+            14.614641189575195,
+            5,
+            0.025,
+            None,
+            &[0, 1, 2, 3, 4],
+            &[
+                14.614641189575195,
+                14.431958198547363,
+                14.249275207519531,
+                12.544234275817871,
+                7.794475555419922,
+            ],
+        ),
+        (
+            14.614641189575195,
+            10,
+            0.025,
+            None,
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[
+                14.614641189575195,
+                14.5415678024292,
+                14.46849536895752,
+                14.395421981811523,
+                14.322348594665527,
+                14.249275207519531,
+                13.620844841003418,
+                11.88170337677002,
+                9.031847953796387,
+                5.071280479431152,
+            ],
+        ),
+        (
+            14.614641189575195,
+            25,
+            0.025,
+            None,
+            &[0, 6, 12, 18, 24],
+            &[
+                14.614641189575195,
+                14.431958198547363,
+                14.249275207519531,
+                11.115558624267578,
+                2.0797760486602783,
+            ],
+        ),
+        (
+            14.614641189575195,
+            10,
+            0.05,
+            Some(3),
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[
+                14.614641189575195,
+                14.371064186096191,
+                14.127486228942871,
+                13.883909225463867,
+                13.391783714294434,
+                12.40256118774414,
+                10.916241645812988,
+                8.932826042175293,
+                6.452314376831055,
+                3.474705457687378,
+            ],
+        ),
+    ];
+    let edm = Edm::default();
+    for (top, n, threshold_noise, linear_steps, positions, want) in cases {
+        let kind = GridKind::LinearQuadratic {
+            threshold_noise,
+            linear_steps,
+        };
+        let got = grid::sigmas(&kind, n, 0.002, top, &edm).unwrap();
+        assert_eq!(got.len(), n + 1);
+        for (&p, &w) in positions.iter().zip(want) {
+            assert!(
+                (got[p] - w).abs() <= 1e-6 * w,
+                "{top} {n}: level {p} {} against ComfyUI's {w}",
+                got[p]
+            );
+        }
+    }
+    // Under the flow SDE (shifted too) the fractions are of the interpolation time:
+    // tau_i = tau_max (1 - u_i), sigma = tau / (1 - tau), as ComfyUI applies them to a flow model.
+    let flow = scoreflow_solvers::sde::Flow::with_shift(3.0).unwrap();
+    let got = grid::sigmas(
+        &GridKind::from_name("linear-quadratic", None).unwrap(),
+        4,
+        0.002,
+        80.0,
+        &flow,
+    )
+    .unwrap();
+    let u = grid::linear_quadratic_u(4, 0.025, None).unwrap();
+    let t_max = 80.0 / 81.0;
+    for (i, g) in got[..4].iter().enumerate() {
+        let t = t_max * (1.0 - u[i]);
+        assert!((g - t / (1.0 - t)).abs() <= 1e-12 * g, "{got:?}");
+    }
+    // Bad settings: linear_steps outside 1..n, threshold outside (0, 1).
+    let bad = |threshold_noise, linear_steps| {
+        grid::sigmas(
+            &GridKind::LinearQuadratic {
+                threshold_noise,
+                linear_steps,
+            },
+            6,
+            0.002,
+            80.0,
+            &edm,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    assert!(bad(0.025, Some(6)).contains("linear_steps must be 1 to 5"));
+    assert!(bad(0.025, Some(0)).contains("linear_steps"));
+    assert!(bad(1.5, None).contains("threshold_noise"));
+}
