@@ -677,11 +677,11 @@ fn every_shipped_config_loads() {
     // digits-guidance-interval, digits-cfgpp, gmm8-variance,
     // digits-variance, digits-clip, inversion,
     // spacing/{leading,trailing,linspace,comfy,digits,digits-fractional}, flow/{exact-karras,exact-shift1,exact-shift3,
-    // checkpoint-flow,checkpoint-edm,digits-flow,digits-edm,reflow-1,reflow-2,exact-ancestral,
+    // checkpoint-flow,checkpoint-edm,digits-flow,digits-edm,reflow-1,reflow-2,exact-ancestral,exact-linear-quadratic,
     // digits-ancestral}; moons,
     // gmm8-train, digits, gmm8-learned, digits-learned, gmm8-flow, digits-flow, gmm8-reflow,
     // gmm8-posthoc; gits/{gmm8,digits,digits-afs}; eta-sweep, digits-eta-sweep.
-    assert_eq!(seen, (40, 9));
+    assert_eq!(seen, (41, 9));
 }
 
 #[test]
