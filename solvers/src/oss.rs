@@ -190,6 +190,11 @@ pub fn search(
             "the OSS teacher's trajectory is not finite".into(),
         ));
     }
+    // The levels on the device once, [M + 1, 1, 1].
+    let levels = Tensor::from_slice(sigmas)
+        .to_kind(kind)
+        .to_device(dev)
+        .view([-1, 1, 1]);
     // The student's states (round k - 1's going into round k), their errors and origins.
     let x = teacher.copy();
     let err = Tensor::full([m1 as i64, b], f64::INFINITY, (kind, dev));
@@ -201,17 +206,14 @@ pub fn search(
         let mut nan = Tensor::zeros([], (Kind::Bool, dev));
         // Round 0 steps from the top only; later rounds from every level above 0.
         let tops = if k == 0 { 1 } else { m1 - 1 };
-        for i in 0..tops {
+        for (i, &s_i) in sigmas.iter().enumerate().take(tops) {
             let xi = prev.get(i as i64);
             let xs = xi.f_view(size.as_slice())?;
-            let d = ((&xs - den.denoise(&xs, sigmas[i])?) / sigmas[i]).f_reshape([b, -1])?;
+            let d = ((&xs - den.denoise(&xs, s_i)?) / s_i).f_reshape([b, -1])?;
             let n = (m1 - 1 - i) as i64;
-            let later = Tensor::from_slice(&sigmas[i + 1..])
-                .to_kind(kind)
-                .to_device(dev)
-                .view([-1, 1, 1]);
             // [n, B, F]: one Euler step from level i to every lower level.
-            let next = xi.unsqueeze(0) + (later - sigmas[i]) * d.unsqueeze(0);
+            let later = levels.narrow(0, i as i64 + 1, n);
+            let next = xi.unsqueeze(0) + (later - s_i) * d.unsqueeze(0);
             let target = teacher.narrow(0, i as i64 + 1, n);
             let cost = (&next - &target)
                 .f_square()?

@@ -219,8 +219,29 @@ pub fn weights(h: f64, a: f64, nodes: &[f64], spacing: Option<f64>) -> Vec<f64> 
     w
 }
 
+/// The part of a step from `s` to `s_next` that its predictor and corrector share:
+/// `exp(-tau^2 h) (s_next / s) x + s_noise s_next sqrt(1 - exp(-2 tau^2 h)) z`, `h` the step in
+/// lambda and `z` the step's standard normal (drawn only where its factor is nonzero).
+pub(crate) fn shared_base(
+    ctx: &mut StepCtx<'_>,
+    x: &Tensor,
+    (s, s_next): (f64, f64),
+    tau: f64,
+    s_noise: f64,
+) -> Result<Tensor> {
+    let t2h = tau * tau * (lambda(s_next) - lambda(s));
+    let base = x * ((-t2h).exp() * s_next / s);
+    let scale = s_noise * s_next * (-(-2.0 * t2h).exp_m1()).sqrt();
+    Ok(if scale > 0.0 {
+        let z = ctx.noise.standard(crate::noise::STREAM_STEP, s_next, s)?;
+        base + z * scale
+    } else {
+        base
+    })
+}
+
 /// `base + sum_k w_k D_k`.
-fn combine(base: &Tensor, w: &[f64], ds: &[&Tensor]) -> Tensor {
+pub(crate) fn combine(base: &Tensor, w: &[f64], ds: &[&Tensor]) -> Tensor {
     match weighted_sum(ds, w) {
         Some(sum) => base + sum,
         None => base.shallow_clone(),
@@ -272,13 +293,7 @@ impl Sampler for SaSolver {
         let nodes: Vec<f64> = (0..p).map(|k| (lambda(s_next) - lam(i - k)) / h).collect();
         let spacing = (p == 2).then(|| lam(i) - lam(i - 1));
         let w = weights(h, 1.0 + tau * tau, &nodes, spacing);
-        let t2h = tau * tau * h;
-        let mut base = &x * ((-t2h).exp() * s_next / s);
-        let scale = s_next * (-(-2.0 * t2h).exp_m1()).sqrt();
-        if scale > 0.0 {
-            let z = ctx.noise.standard(crate::noise::STREAM_STEP, s_next, s)?;
-            base = base + z * scale;
-        }
+        let base = shared_base(ctx, &x, (s, s_next), tau, 1.0)?;
         let out = combine(&base, &w, &outputs[..p]);
         // Keep base_i and the last max(p, c - 1) outputs.
         keep_corrector_history(ctx, base, old, denoised, self.kept());

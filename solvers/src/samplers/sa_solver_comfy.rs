@@ -29,8 +29,9 @@
 //! `percent_to_sigma(0.2)` and `percent_to_sigma(0.8)` of a model on DDPM's linear chain
 //! (`sigma` at the fractional timesteps 799.2 and 199.8); for another model give its window.
 
-use super::sa_solver::{check_params, tau_in_window, weights};
-use super::{check_nonneg, weighted_sum};
+use super::check_nonneg;
+use super::dpmpp_2m::lambda;
+use super::sa_solver::{check_params, combine, shared_base, tau_in_window, weights};
 use crate::driver::{Sampler, StepCtx};
 use crate::error::Result;
 use serde::{Deserialize, Serialize};
@@ -131,10 +132,6 @@ impl SaSolverComfy {
     }
 }
 
-fn lambda(sigma: f64) -> f64 {
-    -sigma.ln()
-}
-
 impl Sampler for SaSolverComfy {
     fn name(&self) -> &'static str {
         "sa-solver-comfy"
@@ -148,29 +145,28 @@ impl Sampler for SaSolverComfy {
         let sigmas = ctx.sigmas;
         let (s, s_next) = (sigmas[i], sigmas[i + 1]);
         let mut denoised = ctx.denoise(&x, s)?;
-        // old = [D_{i-m}, ..., D_{i-1}]; outputs[k] = D_{i-k}.
+        // old = [D_{i-m}, ..., D_{i-1}]; outputs(D_i)[k] = D_{i-k}.
         let old = super::corrector_outputs(ctx);
+        let outputs = |newest: &Tensor| -> Vec<Tensor> {
+            std::iter::once(newest.shallow_clone())
+                .chain(old.iter().rev().map(|t| t.shallow_clone()))
+                .collect()
+        };
         let max_order = self.p.predictor_order.max(self.p.corrector_order);
         let kept = (i + 1).min(max_order);
         let lam = |k: usize| lambda(sigmas[k]);
         let mut x = x;
-        let correct = i > 0 && (s_next > 0.0 || self.p.pece);
-        if correct {
+        if i > 0 && (s_next > 0.0 || self.p.pece) {
             let c = self.p.corrector_order.min(kept).min(n - i);
-            if c > 0 {
-                let tau = self.tau_to(s);
-                let h = lam(i) - lam(i - 1);
-                let nodes: Vec<f64> = (0..c).map(|k| (lam(i) - lam(i - k)) / h).collect();
-                let w = weights(h, 1.0 + tau * tau, &nodes, None);
-                let mut outputs: Vec<&Tensor> = vec![&denoised];
-                outputs.extend(old.iter().rev());
-                x = match weighted_sum(&outputs[..c], &w) {
-                    Some(sum) => &ctx.history[0] + sum,
-                    None => ctx.history[0].shallow_clone(),
-                };
-                if self.p.pece {
-                    denoised = ctx.denoise(&x, s)?;
-                }
+            let tau = self.tau_to(s);
+            let h = lam(i) - lam(i - 1);
+            let nodes: Vec<f64> = (0..c).map(|k| (lam(i) - lam(i - k)) / h).collect();
+            let w = weights(h, 1.0 + tau * tau, &nodes, None);
+            let ds = outputs(&denoised);
+            let refs: Vec<&Tensor> = ds[..c].iter().collect();
+            x = combine(&ctx.history[0], &w, &refs);
+            if self.p.pece {
+                denoised = ctx.denoise(&x, s)?;
             }
         }
         if s_next == 0.0 {
@@ -182,19 +178,10 @@ impl Sampler for SaSolverComfy {
         let h = lambda(s_next) - lambda(s);
         let nodes: Vec<f64> = (0..p).map(|k| (lambda(s_next) - lam(i - k)) / h).collect();
         let w = weights(h, 1.0 + tau * tau, &nodes, None);
-        let t2h = tau * tau * h;
-        let mut base = &x * ((-t2h).exp() * s_next / s);
-        let scale = self.p.s_noise * s_next * (-(-2.0 * t2h).exp_m1()).sqrt();
-        if scale > 0.0 {
-            let z = ctx.noise.standard(crate::noise::STREAM_STEP, s_next, s)?;
-            base = base + z * scale;
-        }
-        let mut outputs: Vec<&Tensor> = vec![&denoised];
-        outputs.extend(old.iter().rev());
-        let out = match weighted_sum(&outputs[..p], &w) {
-            Some(sum) => &base + sum,
-            None => base.shallow_clone(),
-        };
+        let base = shared_base(ctx, &x, (s, s_next), tau, self.p.s_noise)?;
+        let ds = outputs(&denoised);
+        let refs: Vec<&Tensor> = ds[..p].iter().collect();
+        let out = combine(&base, &w, &refs);
         super::keep_corrector_history(ctx, base, old, denoised, max_order - 1);
         Ok(out)
     }
