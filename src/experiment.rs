@@ -1453,12 +1453,13 @@ impl CellCtx<'_> {
                 path.push(x.narrow(0, 0, 16.min(x.size()[0])).shallow_clone());
             }
         };
-        let (x, nfe) = job::run_from_noise_with(
+        let job::Sampled { x, nfe, companion } = job::run_latents(
             spec,
             den,
             sde,
             &sigmas,
             &state.z,
+            None,
             seed,
             0,
             &scoreflow_solvers::RunOptions {
@@ -1529,7 +1530,21 @@ impl CellCtx<'_> {
                 }
                 // (Not counted in the cell's NFE: the inversion's own steps - 1 evaluations.)
                 Metric::Roundtrip if steps >= 2 && spec.build()?.invertible() => {
-                    let (z, _) = job::invert_to_noise(spec, den, sde, &sigmas, &x, seed)?;
+                    let (z, _, _) = job::invert_to_noise(spec, den, sde, &sigmas, &x, None, seed)?;
+                    Some(crate::metrics::rms_distance(&z, &state.z))
+                }
+                // An exact-inversion sampler undoes its run, from the samples and the companion
+                // the run left.
+                Metric::Roundtrip if steps >= 2 && companion.is_some() => {
+                    let (z, _, _) = job::invert_to_noise(
+                        spec,
+                        den,
+                        sde,
+                        &sigmas,
+                        &x,
+                        companion.as_ref(),
+                        seed,
+                    )?;
                     Some(crate::metrics::rms_distance(&z, &state.z))
                 }
                 Metric::Roundtrip => None,

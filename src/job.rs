@@ -362,9 +362,13 @@ pub struct SamplerArgs {
     #[arg(long)]
     pub ge_gamma: Option<f64>,
     /// tcd: the fraction of the next level's time skipped back before fresh noise is added, in
-    /// [0, 1] (0: DDIM, 1: lcm; diffusers' eta, 0.3 by default).
+    /// [0, 1] (0: DDIM, 1: lcm; diffusers' eta, 0.3 by default); bdia: the weight of the
+    /// backward step's gap, in (0, 1] (1 by default).
     #[arg(long)]
     pub gamma: Option<f64>,
+    /// edict: the weight p of its mixing layers, in (0, 1) (0.93 by default).
+    #[arg(long)]
+    pub mix_weight: Option<f64>,
     /// dpm-adaptive, rk45: relative tolerance of the step-size control.
     #[arg(long)]
     pub rtol: Option<f64>,
@@ -441,7 +445,12 @@ impl SamplerArgs {
                     used.push("eta");
                 }
             }
-            SamplerSpec::Tcd { gamma } => set_flags(&mut used, [("gamma", self.gamma, gamma)]),
+            SamplerSpec::Tcd { gamma } | SamplerSpec::Bdia { gamma } => {
+                set_flags(&mut used, [("gamma", self.gamma, gamma)])
+            }
+            SamplerSpec::Edict { mix_weight, .. } => {
+                set_flags(&mut used, [("mix-weight", self.mix_weight, mix_weight)])
+            }
             SamplerSpec::GradientEstimation { ge_gamma }
             | SamplerSpec::GradientEstimationCfgPp { ge_gamma } => {
                 set_flags(&mut used, [("ge-gamma", self.ge_gamma, ge_gamma)])
@@ -733,6 +742,7 @@ impl SamplerArgs {
             ("corrector-order", self.corrector_order.is_some()),
             ("tau", self.tau.is_some()),
             ("gamma", self.gamma.is_some()),
+            ("mix-weight", self.mix_weight.is_some()),
             ("ge-gamma", self.ge_gamma.is_some()),
             ("func-type", self.func_type.is_some()),
             ("points", self.points.is_some()),
@@ -817,6 +827,36 @@ pub fn run_from_noise_with(
     options: &RunOptions,
     observer: &mut dyn FnMut(&StepReport, &Tensor),
 ) -> Result<(Tensor, usize)> {
+    let out = run_latents(
+        spec, den, sde, sigmas, z, None, seed, first, options, observer,
+    )?;
+    Ok((out.x, out.nfe))
+}
+
+/// What [`run_latents`] returns: the samples, the evaluations, and for an exact-inversion
+/// sampler the samples' companion (what [`invert_to_noise`] takes to invert them exactly).
+pub struct Sampled {
+    pub x: Tensor,
+    pub nfe: usize,
+    pub companion: Option<Tensor>,
+}
+
+/// [`run_from_noise_with`] from standard-normal latents `z`, or from an exact-inversion
+/// sampler's latent pair (`companion`, in the same units: divided by `sigmas[0]`, as
+/// [`invert_to_noise`] writes it).
+#[allow(clippy::too_many_arguments)]
+pub fn run_latents(
+    spec: &SamplerSpec,
+    den: &dyn Denoiser,
+    sde: &dyn Sde,
+    sigmas: &[f64],
+    z: &Tensor,
+    companion: Option<&Tensor>,
+    seed: u64,
+    first: u64,
+    options: &RunOptions,
+    observer: &mut dyn FnMut(&StepReport, &Tensor),
+) -> Result<Sampled> {
     let size = z.size();
     let span = sigmas[0].max(sde.time_of(sigmas[0])).max(sde.t_range().1) * 1.001 + 1e-3;
     let mut noise = BrownianNoise::new(
@@ -829,16 +869,29 @@ pub fn run_from_noise_with(
         z.kind(),
     );
     let sampler = spec.build()?;
-    let out = run(
-        sampler.as_ref(),
-        den,
-        sde,
-        sigmas,
-        z * sigmas[0],
-        &mut noise,
-        options,
-        observer,
-    )
+    let out = match companion {
+        None => run(
+            sampler.as_ref(),
+            den,
+            sde,
+            sigmas,
+            z * sigmas[0],
+            &mut noise,
+            options,
+            observer,
+        ),
+        Some(c) => scoreflow_solvers::run_from_pair(
+            sampler.as_ref(),
+            den,
+            sde,
+            sigmas,
+            z * sigmas[0],
+            c * sigmas[0],
+            &mut noise,
+            options,
+            observer,
+        ),
+    }
     .map_err(|e| match e {
         SolverError::NonFinite { .. } => match spec_parameters(spec) {
             p if p.is_empty() => anyhow!(
@@ -852,7 +905,11 @@ pub fn run_from_noise_with(
         },
         e => e.into(),
     })?;
-    Ok((out.x, out.nfe))
+    Ok(Sampled {
+        x: out.x,
+        nfe: out.nfe,
+        companion: out.companion,
+    })
 }
 
 /// The levels an inversion walks up: the sampling grid `sigmas` (ending in 0) without its 0,
@@ -868,15 +925,59 @@ pub fn inversion_levels(sigmas: &[f64]) -> Result<Vec<f64>> {
 /// Invert sampling: run `spec` up the levels of the sampling grid `sigmas` from the data `x0`
 /// (taken as the points at the lowest level) with [`scoreflow_solvers::invert`]. Returns the
 /// standard-normal latents `x(sigma_max) / sigma_max` that sampling on `sigmas` starts from,
-/// and the NFE.
+/// and the NFE. An exact-inversion sampler (edict, bdia, belm) instead undoes its steps down the
+/// whole grid with [`scoreflow_solvers::invert_exact`], from the data and `companion` (what its
+/// sampling run left, [`Sampled::companion`]; `None` for data alone), and also returns the
+/// latents' companion, divided by `sigma_max` as the latents are: [`run_latents`] takes the
+/// pair back to the data.
 pub fn invert_to_noise(
     spec: &SamplerSpec,
     den: &dyn Denoiser,
     sde: &dyn Sde,
     sigmas: &[f64],
     x0: &Tensor,
+    companion: Option<&Tensor>,
     seed: u64,
-) -> Result<(Tensor, usize)> {
+) -> Result<(Tensor, Option<Tensor>, usize)> {
+    let sampler = spec.build()?;
+    if sampler.exact_inverse().is_some() {
+        let top = sigmas[0];
+        let size = x0.size();
+        let mut noise = BrownianNoise::new(
+            seed,
+            0,
+            size[0] as usize,
+            &size[1..],
+            top * 1.001 + 1e-3,
+            x0.device(),
+            x0.kind(),
+        );
+        let out = scoreflow_solvers::invert_exact(
+            sampler.as_ref(),
+            den,
+            sde,
+            sigmas,
+            x0.shallow_clone(),
+            companion.map(Tensor::shallow_clone),
+            &mut noise,
+            &RunOptions::default(),
+            &mut |_, _| {},
+        )
+        .map_err(|e| match e {
+            SolverError::NonFinite { .. } => anyhow!(
+                "{e}: the model's output or the inversion diverged (sampler {})",
+                spec.name()
+            ),
+            e => e.into(),
+        })?;
+        return Ok((out.x / top, out.companion.map(|c| c / top), out.nfe));
+    }
+    if companion.is_some() {
+        bail!(
+            "sampler {} has no exact inversion to take a companion",
+            spec.name()
+        );
+    }
     let up = inversion_levels(sigmas)?;
     let top = up[up.len() - 1];
     let size = x0.size();
@@ -890,7 +991,6 @@ pub fn invert_to_noise(
         x0.device(),
         x0.kind(),
     );
-    let sampler = spec.build()?;
     let out = scoreflow_solvers::invert(
         sampler.as_ref(),
         den,
@@ -908,7 +1008,7 @@ pub fn invert_to_noise(
         ),
         e => e.into(),
     })?;
-    Ok((out.x / top, out.nfe))
+    Ok((out.x / top, None, out.nfe))
 }
 
 /// A sampler's parameters as `name = value, ...` (the spec's fields, as a config writes them),

@@ -81,8 +81,10 @@ fn samplers_cmd(json: bool) -> Result<()> {
     }
     for name in NAMES {
         let spec = SamplerSpec::from_name(name)?;
-        // Whether `sample --invert` takes it at the defaults.
-        let inverts = spec.build()?.invertible();
+        // Whether `sample --invert` takes it at the defaults, and whether exactly.
+        let sampler = spec.build()?;
+        let exact = sampler.exact_inverse().is_some();
+        let inverts = sampler.invertible() || exact;
         // `k n + c`, fitted where the count has become linear (pndm's start steps end at n = 4),
         // with the smallest n from which it holds where that is not 1.
         let nfe = match (spec.nfe(20), spec.nfe(21)) {
@@ -125,13 +127,14 @@ fn samplers_cmd(json: bool) -> Result<()> {
                 .collect();
             let line = serde_json::json!({
                 "name": name, "nfe": nfe, "stochastic": spec.is_stochastic(),
-                "invertible": inverts, "parameters": params,
+                "invertible": inverts, "exact_inversion": exact, "parameters": params,
             });
             println!("{line}");
         } else {
             let text: Vec<String> = table.iter().map(|(k, v)| format!("{k} = {v}")).collect();
             let yes = |b: bool| if b { "yes" } else { "no" };
-            let (noise, inverts) = (yes(spec.is_stochastic()), yes(inverts));
+            let noise = yes(spec.is_stochastic());
+            let inverts = if exact { "exact" } else { yes(inverts) };
             println!(
                 "{name:<w$} {nfe:<14} {noise:<6} {inverts:<7} {}",
                 text.join(", ")
@@ -275,10 +278,11 @@ fn sample(mut a: SampleArgs) -> Result<()> {
         bail!("--roundtrip applies to --invert");
     }
     if a.invert.is_some() {
-        if !spec.build()?.invertible() {
+        let sampler = spec.build()?;
+        if !sampler.invertible() && sampler.exact_inverse().is_none() {
             bail!(
                 "--invert: sampler {} cannot run backwards (inversion takes a deterministic \
-                 sampler whose steps hold upwards; see docs/commands/sample.md)",
+                 sampler whose steps hold upwards, or edict, bdia or belm; see docs/commands/sample.md)",
                 scoreflow::experiment::label(&spec)
             );
         }
@@ -335,10 +339,19 @@ fn sample(mut a: SampleArgs) -> Result<()> {
     if a.png.is_some() && shape.len() != 3 {
         bail!("--png draws image samples; this model's samples have shape {shape:?}");
     }
+    // An exact-inversion sampler (edict, bdia, belm) also takes the latent pair that
+    // `sample --invert` wrote for it: [2, N, ...], the latents and their companion.
+    let exact_inversion = spec.build()?.exact_inverse().is_some();
+    let mut companion = None;
     let z = match (&a.invert, &a.noise, a.num) {
         (Some(path), _, _) => npy::read_shaped(path, &shape, "data file")?
             .to_device(dev)
             .to_kind(kind),
+        (None, Some(path), _) if exact_inversion => {
+            let (z, c) = npy::read_shaped_or_pair(path, &shape, "noise file")?;
+            companion = c.map(|c| c.to_device(dev).to_kind(kind));
+            z.to_device(dev).to_kind(kind)
+        }
         (None, Some(path), _) => npy::read_shaped(path, &shape, "noise file")?
             .to_device(dev)
             .to_kind(kind),
@@ -380,12 +393,13 @@ fn sample(mut a: SampleArgs) -> Result<()> {
     }
     let n = z.size()[0];
     let start = Instant::now();
-    let (x, nfe) = job::run_from_noise_with(
+    let job::Sampled { x, nfe, .. } = job::run_latents(
         &spec,
         den.as_ref(),
         sde.as_ref(),
         &sigmas,
         &z,
+        companion.as_ref(),
         a.seed,
         0,
         &scoreflow_solvers::RunOptions {
@@ -445,7 +459,7 @@ fn invert(
     exact: Option<&model::ExactModel>,
 ) -> Result<()> {
     let start = Instant::now();
-    let (z, nfe) = job::invert_to_noise(spec, den, sde, sigmas, x0, a.seed)?;
+    let (z, companion, nfe) = job::invert_to_noise(spec, den, sde, sigmas, x0, None, a.seed)?;
     let seconds = start.elapsed().as_secs_f64();
     let up = job::inversion_levels(sigmas)?;
     let (lo, hi) = (up[0], up[up.len() - 1]);
@@ -465,12 +479,28 @@ fn invert(
         None => None,
     };
     let roundtrip = if a.roundtrip {
-        let (x, nfe) = job::run_from_noise(spec, den, sde, sigmas, &z, a.seed, 0, &mut |_, _| {})?;
-        Some((scoreflow::metrics::rms_distance(&x, x0), nfe))
+        let out = job::run_latents(
+            spec,
+            den,
+            sde,
+            sigmas,
+            &z,
+            companion.as_ref(),
+            a.seed,
+            0,
+            &Default::default(),
+            &mut |_, _| {},
+        )?;
+        Some((scoreflow::metrics::rms_distance(&out.x, x0), out.nfe))
     } else {
         None
     };
-    npy::write_f32(&a.out, &z.to_device(tch::Device::Cpu))?;
+    // An exact-inversion sampler's latents are a pair, stacked: [2, N, ...].
+    let written = match &companion {
+        Some(c) => Tensor::stack(&[&z, c], 0),
+        None => z.shallow_clone(),
+    };
+    npy::write_f32(&a.out, &written.to_device(tch::Device::Cpu))?;
     let line = serde_json::json!({
         "solver": spec.name(),
         "invert": a.invert.as_ref().map(|p| p.display().to_string()),
@@ -486,6 +516,7 @@ fn invert(
         "rms_error": rms_error,
         "roundtrip_rms": roundtrip.map(|r| r.0),
         "roundtrip_nfe": roundtrip.map(|r| r.1),
+        "pair": companion.is_some(),
         "out": a.out.display().to_string(),
     });
     println!("{line}");

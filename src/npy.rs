@@ -127,6 +127,24 @@ pub fn read_shaped(path: &Path, shape: &[i64], what: &str) -> Result<Tensor> {
     Ok(t)
 }
 
+/// [`read_shaped`], or an exact-inversion sampler's latent pair as `sample --invert` writes it:
+/// `[2, N, ...]`, the latents and their companion.
+pub fn read_shaped_or_pair(
+    path: &Path,
+    shape: &[i64],
+    what: &str,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let t = read(path)?;
+    let size = t.size();
+    if size.len() == shape.len() + 2 && size[0] == 2 && size[1] > 0 && size[2..] == shape[..] {
+        if t.isfinite().all().int64_value(&[]) == 0 {
+            bail!("{what} {} contains NaN or infinite values", path.display());
+        }
+        return Ok((t.get(0), Some(t.get(1))));
+    }
+    Ok((read_shaped(path, shape, what)?, None))
+}
+
 /// `path` with its symbolic links followed to the last name (which need not exist yet).
 fn resolve_links(path: &Path) -> PathBuf {
     let mut p = path.to_path_buf();

@@ -330,7 +330,8 @@ fn the_roundtrip_metric_recovers_the_noise_at_the_samplers_order() {
     let out = dir.path().join("out");
     let body = gaussian_heun(&out, "")
         .replace("metrics = [\"rms\"]", "metrics = [\"rms\", \"roundtrip\"]")
-        + "[[samplers]]\nkind = \"euler-ancestral\"\n[[samplers]]\nkind = \"euler\"\n";
+        + "[[samplers]]\nkind = \"euler-ancestral\"\n[[samplers]]\nkind = \"euler\"\n"
+        + "[[samplers]]\nkind = \"belm\"\n";
     let cfg = write_config(dir.path(), "g.toml", &body);
     let o = run(&["run", &cfg]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -356,6 +357,12 @@ fn the_roundtrip_metric_recovers_the_noise_at_the_samplers_order() {
     }
     assert!(trip("heun", 64).as_f64().unwrap() < 5e-3);
     assert!(trip("euler-ancestral", 32).is_null());
+    // An exact-inversion sampler undoes its own run (with the companion the run left): to
+    // float32 rounding at every step count (the config's dtype).
+    for n in [16, 32, 64] {
+        let e = trip("belm", n).as_f64().unwrap();
+        assert!(e < 1e-4, "belm at {n} steps: {e}");
+    }
     let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
     assert!(csv.lines().next().unwrap().contains(",roundtrip,"), "{csv}");
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();

@@ -97,6 +97,34 @@ pub trait Sampler {
     fn invertible(&self) -> bool {
         false
     }
+    /// Exact inversion ([`invert_exact`]): for samplers whose state is a pair of tensors, the
+    /// sample and a companion kept in `ctx.history[0]` after every step, and whose steps are
+    /// invertible maps of that pair (EDICT, BDIA, O-BELM). `None` by default.
+    fn exact_inverse(&self) -> Option<&dyn ExactInverse> {
+        None
+    }
+}
+
+/// The inverse of an exact-inversion sampler's steps (see [`Sampler::exact_inverse`]).
+///
+/// The sampler's state after step `i` is `(x, companion)`, `x` at `sigmas[i + 1]` and the
+/// companion in `ctx.history[0]`; a run that starts with `ctx.history` empty starts from one
+/// latent, a run given a companion ([`run_from_pair`]) from the pair.
+pub trait ExactInverse {
+    /// The companion of data `x` alone at the end of the grid (sigma = 0), where no sampling run
+    /// left one: `ctx.index` is the last step.
+    fn data_companion(&self, ctx: &mut StepCtx<'_>, x: &Tensor) -> Result<Tensor>;
+    /// Undo step `ctx.index`: the state before it from the state after it, exactly (to
+    /// rounding), with the same network evaluations the step made.
+    fn unstep(
+        &self,
+        ctx: &mut StepCtx<'_>,
+        x: Tensor,
+        companion: Tensor,
+    ) -> Result<(Tensor, Tensor)>;
+    /// The first step [`ExactInverse::unstep`] undoes: 0, or 1 for a two-step recurrence whose
+    /// first step is a one-step start (the latent pair is then the points at the top two levels).
+    fn first_undone(&self) -> usize;
 }
 
 /// Progress after each step.
@@ -138,6 +166,10 @@ pub struct Outcome {
     pub x: Tensor,
     /// Network evaluations used.
     pub nfe: usize,
+    /// For an exact-inversion sampler ([`Sampler::exact_inverse`]), the companion of `x`: what
+    /// [`invert_exact`] (after [`run`]) or [`run_from_pair`] (after [`invert_exact`]) takes
+    /// back. `None` for the others.
+    pub companion: Option<Tensor>,
 }
 
 pub(crate) fn all_finite(x: &Tensor) -> Result<bool> {
@@ -158,7 +190,160 @@ pub fn run(
     observer: &mut dyn FnMut(&StepReport, &Tensor),
 ) -> Result<Outcome> {
     grid::validate(sigmas)?;
-    walk(sampler, denoiser, sde, sigmas, x, noise, options, observer)
+    walk(
+        sampler, denoiser, sde, sigmas, x, None, noise, options, observer,
+    )
+}
+
+/// [`run`] from the latent pair `(x, companion)` of an exact-inversion sampler, as
+/// [`invert_exact`] returns it: with its companion the run reproduces the states the inversion
+/// walked through (for a sampler whose first step is not undone, the first step returns the
+/// companion, with no evaluation).
+#[allow(clippy::too_many_arguments)]
+pub fn run_from_pair(
+    sampler: &dyn Sampler,
+    denoiser: &dyn Denoiser,
+    sde: &dyn Sde,
+    sigmas: &[f64],
+    x: Tensor,
+    companion: Tensor,
+    noise: &mut dyn NoiseSource,
+    options: &RunOptions,
+    observer: &mut dyn FnMut(&StepReport, &Tensor),
+) -> Result<Outcome> {
+    grid::validate(sigmas)?;
+    exact_of(sampler)?;
+    if companion.size() != x.size() {
+        return Err(SolverError::Invalid(format!(
+            "the companion latent has shape {:?}, the latent {:?}",
+            companion.size(),
+            x.size()
+        )));
+    }
+    walk(
+        sampler,
+        denoiser,
+        sde,
+        sigmas,
+        x,
+        Some(companion),
+        noise,
+        options,
+        observer,
+    )
+}
+
+fn exact_of(sampler: &dyn Sampler) -> Result<&dyn ExactInverse> {
+    sampler.exact_inverse().ok_or_else(|| {
+        SolverError::Invalid(format!(
+            "sampler {} has no exact inversion (edict, bdia and belm have: see \
+             docs/samplers/README.md)",
+            sampler.name()
+        ))
+    })
+}
+
+/// Exact inversion (Wallace, Gokul & Naik 2023, EDICT; Zhang, Lewis & Kleijn 2024, BDIA; Wang
+/// et al. 2024, BELM): undo the steps of a sampling run on `sigmas` (the sampling grid, ending
+/// in 0) from its end, the data `x`, back to the latent pair, which [`run_from_pair`] takes
+/// back to `x` to rounding. `companion` is what the sampling run left ([`Outcome::companion`]);
+/// for data alone (`None`) the sampler makes one ([`ExactInverse::data_companion`]).
+/// `Outcome::x` is the latent at `sigmas[0]` and `Outcome::companion` its companion.
+#[allow(clippy::too_many_arguments)]
+pub fn invert_exact(
+    sampler: &dyn Sampler,
+    denoiser: &dyn Denoiser,
+    sde: &dyn Sde,
+    sigmas: &[f64],
+    x: Tensor,
+    companion: Option<Tensor>,
+    noise: &mut dyn NoiseSource,
+    options: &RunOptions,
+    observer: &mut dyn FnMut(&StepReport, &Tensor),
+) -> Result<Outcome> {
+    grid::validate(sigmas)?;
+    let inverse = exact_of(sampler)?;
+    if options.afs {
+        return Err(SolverError::Invalid(
+            "the analytical first step (afs) replaces the first evaluation at the top of a sampling grid; it does not apply to inversion".into(),
+        ));
+    }
+    let steps = sigmas.len() - 1;
+    let first = inverse.first_undone();
+    if steps <= first {
+        return Err(SolverError::Invalid(format!(
+            "exact inversion with {} needs at least {} steps",
+            sampler.name(),
+            first + 1
+        )));
+    }
+    if !all_finite(&x)? {
+        return Err(SolverError::NonFinite {
+            step: steps,
+            sigma: 0.0,
+        });
+    }
+    let mut nfe = 0usize;
+    let mut afs = false;
+    let mut history = Vec::new();
+    let mut c = match companion {
+        Some(c) => c,
+        None => {
+            let mut ctx = StepCtx {
+                index: steps - 1,
+                sigmas,
+                sde,
+                noise: &mut *noise,
+                history: &mut history,
+                denoiser,
+                nfe: &mut nfe,
+                afs: &mut afs,
+            };
+            inverse.data_companion(&mut ctx, &x)?
+        }
+    };
+    let mut x = x;
+    for index in (first..steps).rev() {
+        let mut ctx = StepCtx {
+            index,
+            sigmas,
+            sde,
+            noise: &mut *noise,
+            history: &mut history,
+            denoiser,
+            nfe: &mut nfe,
+            afs: &mut afs,
+        };
+        (x, c) = inverse.unstep(&mut ctx, x, c)?;
+        let done = steps - index;
+        let check =
+            index == first || (options.check_every > 0 && done.is_multiple_of(options.check_every));
+        if check && !(all_finite(&x)? && all_finite(&c)?) {
+            return Err(SolverError::NonFinite {
+                step: index,
+                sigma: sigmas[index],
+            });
+        }
+        observer(
+            &StepReport {
+                index,
+                sigma: sigmas[index + 1],
+                sigma_next: sigmas[index],
+                nfe,
+            },
+            &x,
+        );
+    }
+    // After undoing steps first.. the state is the one after step first - 1; with a one-step
+    // start (first = 1) that is (x at sigmas[1], companion at sigmas[0]): the pair is its swap.
+    if first == 1 {
+        std::mem::swap(&mut x, &mut c);
+    }
+    Ok(Outcome {
+        x,
+        nfe,
+        companion: Some(c),
+    })
 }
 
 /// Run `sampler` up an increasing grid (`sigmas[0] > 0`, no level 0): the inversion of
@@ -191,10 +376,12 @@ pub fn invert(
             sampler.name()
         )));
     }
-    walk(sampler, denoiser, sde, sigmas, x, noise, options, observer)
+    walk(
+        sampler, denoiser, sde, sigmas, x, None, noise, options, observer,
+    )
 }
 
-/// The loop of [`run`] and [`invert`], over a validated grid.
+/// The loop of [`run`], [`run_from_pair`] and [`invert`], over a validated grid.
 #[allow(clippy::too_many_arguments)]
 fn walk(
     sampler: &dyn Sampler,
@@ -202,11 +389,12 @@ fn walk(
     sde: &dyn Sde,
     sigmas: &[f64],
     x: Tensor,
+    companion: Option<Tensor>,
     noise: &mut dyn NoiseSource,
     options: &RunOptions,
     observer: &mut dyn FnMut(&StepReport, &Tensor),
 ) -> Result<Outcome> {
-    if !all_finite(&x)? {
+    if !all_finite(&x)? || !companion.as_ref().map_or(Ok(true), all_finite)? {
         return Err(SolverError::NonFinite {
             step: 0,
             sigma: sigmas[0],
@@ -214,7 +402,7 @@ fn walk(
     }
     let mut nfe = 0usize;
     let mut afs = options.afs;
-    let mut history = Vec::new();
+    let mut history: Vec<Tensor> = companion.into_iter().collect();
     let mut x = x;
     let steps = sigmas.len() - 1;
     for index in 0..steps {
@@ -247,5 +435,9 @@ fn walk(
             &x,
         );
     }
-    Ok(Outcome { x, nfe })
+    let companion = match sampler.exact_inverse() {
+        Some(_) => history.into_iter().next(),
+        None => None,
+    };
+    Ok(Outcome { x, nfe, companion })
 }

@@ -23,7 +23,10 @@ pub mod sde;
 pub use denoiser::{
     thresholded, Cfg, Counted, Denoiser, GaussianDenoiser, GaussianMixture, Threshold, Thresholded,
 };
-pub use driver::{invert, run, Outcome, RunOptions, Sampler, StepCtx, StepReport};
+pub use driver::{
+    invert, invert_exact, run, run_from_pair, ExactInverse, Outcome, RunOptions, Sampler, StepCtx,
+    StepReport,
+};
 pub use error::{Num, Result, SolverError};
 pub use grid::GridKind;
 pub use noise::{BrownianNoise, NoiseSource};

@@ -1,6 +1,8 @@
 //! The sampler library: one file per sampler, all behind [`Sampler`](crate::driver::Sampler),
 //! and [`SamplerSpec`], the tagged configuration that builds them by name.
 
+pub mod bdia;
+pub mod belm;
 pub mod cfgpp;
 pub mod ddim;
 pub mod ddpm;
@@ -14,6 +16,7 @@ pub mod dpmpp_2m_sde;
 pub mod dpmpp_2s_ancestral;
 pub mod dpmpp_3m;
 pub mod dpmpp_sde;
+pub mod edict;
 pub mod edm_ablation;
 pub mod edm_stochastic;
 pub mod er_sde;
@@ -203,6 +206,9 @@ fn ge_gamma() -> f64 {
 }
 fn tcd_gamma() -> f64 {
     0.3
+}
+fn edict_mix_weight() -> f64 {
+    0.93
 }
 fn yes() -> bool {
     true
@@ -449,6 +455,21 @@ pub enum SamplerSpec {
     },
     /// Heun++ (ComfyUI's `sample_heunpp2`; [`heunpp2::HeunPp2`]), with EDM's churn.
     Heunpp2(#[serde(default)] Churn),
+    /// EDICT's coupled DDIM steps (Wallace, Gokul & Naik 2023; [`edict::Edict`]): exact
+    /// inversion.
+    Edict {
+        #[serde(default = "edict_mix_weight")]
+        mix_weight: f64,
+        #[serde(default = "yes")]
+        leapfrog: bool,
+    },
+    /// BDIA-DDIM (Zhang, Lewis & Kleijn 2024; [`bdia::Bdia`]): exact inversion.
+    Bdia {
+        #[serde(default = "one")]
+        gamma: f64,
+    },
+    /// O-BELM (Wang et al. 2024; [`belm::Belm`]): exact inversion.
+    Belm {},
     /// DPM-Solver++(2S) ancestral with CFG++'s renoising (ComfyUI's
     /// `sample_dpmpp_2s_ancestral_cfg_pp`; [`dpmpp_2s_ancestral::DpmPp2SAncestral`]).
     #[serde(rename = "dpmpp-2s-ancestral-cfgpp")]
@@ -548,6 +569,9 @@ pub const NAMES: &[&str] = &[
     "deis-tab",
     "gradient-estimation-cfgpp",
     "sa-solver-comfy",
+    "edict",
+    "bdia",
+    "belm",
 ];
 
 impl SamplerSpec {
@@ -586,6 +610,12 @@ impl SamplerSpec {
                 solver_type: SeedsSolverType::default(),
             },
             "heunpp2" => SamplerSpec::Heunpp2(Churn::default()),
+            "edict" => SamplerSpec::Edict {
+                mix_weight: edict_mix_weight(),
+                leapfrog: true,
+            },
+            "bdia" => SamplerSpec::Bdia { gamma: 1.0 },
+            "belm" => SamplerSpec::Belm {},
             "deis-tab" => SamplerSpec::DeisTab { order: 3 },
             "gradient-estimation-cfgpp" => SamplerSpec::GradientEstimationCfgPp {
                 ge_gamma: ge_gamma(),
@@ -752,6 +782,9 @@ impl SamplerSpec {
             SamplerSpec::Seeds2 { .. } => "seeds-2",
             SamplerSpec::Seeds3 { .. } => "seeds-3",
             SamplerSpec::Heunpp2(_) => "heunpp2",
+            SamplerSpec::Edict { .. } => "edict",
+            SamplerSpec::Bdia { .. } => "bdia",
+            SamplerSpec::Belm {} => "belm",
             SamplerSpec::DeisTab { .. } => "deis-tab",
             SamplerSpec::GradientEstimationCfgPp { .. } => "gradient-estimation-cfgpp",
             SamplerSpec::DpmPp2SAncestralCfgPp { .. } => "dpmpp-2s-ancestral-cfgpp",
@@ -846,6 +879,7 @@ impl SamplerSpec {
             | SamplerSpec::DpmPpSde { .. }
             | SamplerSpec::Seeds2 { .. } => 2 * steps - 1,
             SamplerSpec::Seeds3 { .. } => 3 * steps - 2,
+            SamplerSpec::Edict { .. } => 2 * steps,
             SamplerSpec::Heunpp2(_) => heunpp2::HeunPp2::nfe(steps),
             SamplerSpec::Pc {
                 corrector_steps,
@@ -906,6 +940,12 @@ impl SamplerSpec {
                 r_2,
             } => Box::new(seeds::Seeds3::new(*eta, *s_noise, *r_1, *r_2)?),
             SamplerSpec::Heunpp2(c) => Box::new(heunpp2::HeunPp2::new(c.clone())?),
+            SamplerSpec::Edict {
+                mix_weight,
+                leapfrog,
+            } => Box::new(edict::Edict::new(*mix_weight, *leapfrog)?),
+            SamplerSpec::Bdia { gamma } => Box::new(bdia::Bdia::new(*gamma)?),
+            SamplerSpec::Belm {} => Box::new(belm::Belm),
             SamplerSpec::DeisTab { order } => Box::new(deis::DeisTab::new(*order)?),
             SamplerSpec::GradientEstimationCfgPp { ge_gamma } => {
                 Box::new(gradient_estimation::GradientEstimation::cfg_pp(*ge_gamma)?)
