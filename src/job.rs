@@ -940,48 +940,17 @@ pub fn invert_to_noise(
     seed: u64,
 ) -> Result<(Tensor, Option<Tensor>, usize)> {
     let sampler = spec.build()?;
-    if sampler.exact_inverse().is_some() {
-        let top = sigmas[0];
-        let size = x0.size();
-        let mut noise = BrownianNoise::new(
-            seed,
-            0,
-            size[0] as usize,
-            &size[1..],
-            top * 1.001 + 1e-3,
-            x0.device(),
-            x0.kind(),
-        );
-        let out = scoreflow_solvers::invert_exact(
-            sampler.as_ref(),
-            den,
-            sde,
-            sigmas,
-            x0.shallow_clone(),
-            companion.map(Tensor::shallow_clone),
-            &mut noise,
-            &RunOptions::default(),
-            &mut |_, _| {},
-        )
-        .map_err(|e| match e {
-            SolverError::NonFinite { .. } => anyhow!(
-                "{e}: the model's output or the inversion diverged (sampler {})",
-                spec.name()
-            ),
-            e => e.into(),
-        })?;
-        return Ok((out.x / top, out.companion.map(|c| c / top), out.nfe));
-    }
-    if companion.is_some() {
+    let exact = sampler.exact_inverse().is_some();
+    if companion.is_some() && !exact {
         bail!(
             "sampler {} has no exact inversion to take a companion",
             spec.name()
         );
     }
-    let up = inversion_levels(sigmas)?;
-    let top = up[up.len() - 1];
+    // The top level, where the latents are; inversion draws no noise (the source is there for
+    // the driver's signature).
+    let top = sigmas[0];
     let size = x0.size();
-    // Invertible samplers draw no noise; the source is there for the driver's signature.
     let mut noise = BrownianNoise::new(
         seed,
         0,
@@ -991,16 +960,27 @@ pub fn invert_to_noise(
         x0.device(),
         x0.kind(),
     );
-    let out = scoreflow_solvers::invert(
-        sampler.as_ref(),
-        den,
-        sde,
-        &up,
+    let (x, opts, none) = (
         x0.shallow_clone(),
-        &mut noise,
-        &RunOptions::default(),
-        &mut |_, _| {},
-    )
+        RunOptions::default(),
+        &mut |_: &_, _: &_| {},
+    );
+    let out = if exact {
+        scoreflow_solvers::invert_exact(
+            sampler.as_ref(),
+            den,
+            sde,
+            sigmas,
+            x,
+            companion.map(Tensor::shallow_clone),
+            &mut noise,
+            &opts,
+            none,
+        )
+    } else {
+        let up = inversion_levels(sigmas)?;
+        scoreflow_solvers::invert(sampler.as_ref(), den, sde, &up, x, &mut noise, &opts, none)
+    }
     .map_err(|e| match e {
         SolverError::NonFinite { .. } => anyhow!(
             "{e}: the model's output or the inversion diverged (sampler {})",
@@ -1008,7 +988,7 @@ pub fn invert_to_noise(
         ),
         e => e.into(),
     })?;
-    Ok((out.x / top, None, out.nfe))
+    Ok((out.x / top, out.companion.map(|c| c / top), out.nfe))
 }
 
 /// A sampler's parameters as `name = value, ...` (the spec's fields, as a config writes them),

@@ -3304,51 +3304,39 @@ fn exact_inversion_writes_a_latent_pair_that_samples_the_data_again() {
     let p = |name: &str| dir.path().join(name);
     let s = |path: &Path| path.to_str().unwrap().to_owned();
     for solver in ["belm", "bdia", "edict"] {
-        let f64_flags = ["--dtype", "float64"];
-        let d = gmm8_samples(&p("d.npy"), solver, "10", "64", &f64_flags);
-        let o = run(&[
-            "sample",
-            "--denoiser",
-            "builtin:gmm8",
-            "--solver",
-            solver,
-            "--steps",
-            "10",
-            "--dtype",
-            "float64",
-            "--device",
-            "cpu",
-            "--invert",
-            &s(&p("d.npy")),
-            "--roundtrip",
-            "--out",
-            &s(&p("zz.npy")),
-        ]);
-        assert!(o.status.success(), "{solver}: {}", stderr(&o));
-        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let d = gmm8_samples(&p("d.npy"), solver, "10", "64", &["--dtype", "float64"]);
+        // The same sampler and grid in float64, with `io` (input flag, file) and `--out out`.
+        let sample = |io: [&str; 2], out: &str, extra: &[&str]| {
+            let (input, out) = (s(&p(io[1])), s(&p(out)));
+            let mut args = vec![
+                "sample",
+                "--denoiser",
+                "builtin:gmm8",
+                "--solver",
+                solver,
+                "--steps",
+                "10",
+                "--dtype",
+                "float64",
+                "--device",
+                "cpu",
+                io[0],
+                &input,
+                "--out",
+                &out,
+            ];
+            args.extend(extra);
+            let o = run(&args);
+            assert!(o.status.success(), "{solver}: {}", stderr(&o));
+            serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+        };
+        let line = sample(["--invert", "d.npy"], "zz.npy", &["--roundtrip"]);
         assert_eq!(line["pair"], true, "{line}");
         let rt = line["roundtrip_rms"].as_f64().unwrap();
         assert!(rt < 1e-10, "{solver}: roundtrip {rt}");
         let (shape, _) = read_f32_npy(&p("zz.npy"));
         assert_eq!(shape, vec![2, 64, 2]);
-        let o = run(&[
-            "sample",
-            "--denoiser",
-            "builtin:gmm8",
-            "--solver",
-            solver,
-            "--steps",
-            "10",
-            "--dtype",
-            "float64",
-            "--device",
-            "cpu",
-            "--noise",
-            &s(&p("zz.npy")),
-            "--out",
-            &s(&p("d2.npy")),
-        ]);
-        assert!(o.status.success(), "{solver}: {}", stderr(&o));
+        sample(["--noise", "zz.npy"], "d2.npy", &[]);
         let d2 = read_f32_npy(&p("d2.npy")).1;
         let worst = d
             .iter()

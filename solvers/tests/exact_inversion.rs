@@ -307,6 +307,35 @@ fn bad_exact_inversion_settings_are_refused() {
     assert!(err.to_string().contains("at least 2 steps"), "{err}");
 }
 
+/// The pinned problem of the reference checks: the exact denoiser of N((0.5, -1), 0.25 I), VP,
+/// pinned.py's three latents and the data MEAN + 0.4 latents.
+fn pinned() -> (GaussianDenoiser, VpLinear, Tensor, Tensor) {
+    let den = GaussianDenoiser::new(
+        vec![0.5, -1.0],
+        vec![vec![0.25, 0.0], vec![0.0, 0.25]],
+        Device::Cpu,
+    )
+    .unwrap();
+    let lat = Tensor::from_slice(&[0.3, -1.2, 1.5, 0.7, -0.4, 0.1]).view([3, 2]);
+    let data = Tensor::from_slice(&[0.5, -1.0]).view([1, 2]) + &lat * 0.4;
+    (den, VpLinear::default(), lat, data)
+}
+
+fn vec_of(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// `got` ([3, 2]) within 1e-12 (relative to 1 + max |want|) of the reference's numbers.
+fn close_to(got: &Tensor, want: &serde_json::Value, what: &str) {
+    let want = Tensor::from_slice(&vec_of(want)).view([3, 2]);
+    let err = max_abs(&(got - &want)) / (1.0 + max_abs(&want));
+    assert!(err < 1e-12, "{what}: off by {err:.1e}\n{got}\n{want}");
+}
+
 #[test]
 fn exact_samplers_match_belms_functions() {
     // zituitui/BELM's edict.py, BDIA.py and BELM.py as they stand, run by
@@ -318,29 +347,11 @@ fn exact_samplers_match_belms_functions() {
     // (`latent_to_intermediate`; BDIA.py's first inversion step leaves out the noise
     // prediction, so its pair is not compared: bdia's inversion is pinned through its sampling
     // from a pair, which `exact_samplers_invert_to_rounding_both_ways` inverts to rounding).
-    let den = GaussianDenoiser::new(
-        vec![0.5, -1.0],
-        vec![vec![0.25, 0.0], vec![0.0, 0.25]],
-        Device::Cpu,
-    )
-    .unwrap();
-    let sde = VpLinear::default();
-    let lat = Tensor::from_slice(&[0.3, -1.2, 1.5, 0.7, -0.4, 0.1]).view([3, 2]);
+    let (den, sde, lat, data) = pinned();
     let second = &lat * 0.7 + 0.1;
-    let data = Tensor::from_slice(&[0.5, -1.0]).view([1, 2]) + &lat * 0.4;
     let lines = include_str!("data/belm_reference.jsonl");
-    let vec_of = |v: &serde_json::Value| -> Vec<f64> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect()
-    };
-    let close = |got: &Tensor, want: &[f64], what: &str| {
-        let want = Tensor::from_slice(want).view([3, 2]);
-        let err = max_abs(&(got - &want)) / (1.0 + max_abs(&want));
-        assert!(err < 1e-12, "{what}: off by {err:.1e}\n{got}\n{want}");
-    };
+    let close =
+        |got: &Tensor, want: &[f64], what: &str| close_to(got, &serde_json::json!(want), what);
     let mut cases = 0;
     for line in lines.lines() {
         let case: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -436,27 +447,8 @@ fn edict_matches_salesforces_coupled_stablediffusion() {
     // timesteps, the last step to alpha_bar = 1; p = 0.93, with and without the leapfrog
     // alternation, 2, 4 and 8 steps: the pair after sampling from (latents, latents) and after
     // inverting data, within 1e-12.
-    let den = GaussianDenoiser::new(
-        vec![0.5, -1.0],
-        vec![vec![0.25, 0.0], vec![0.0, 0.25]],
-        Device::Cpu,
-    )
-    .unwrap();
-    let sde = VpLinear::default();
-    let lat = Tensor::from_slice(&[0.3, -1.2, 1.5, 0.7, -0.4, 0.1]).view([3, 2]);
-    let data = Tensor::from_slice(&[0.5, -1.0]).view([1, 2]) + &lat * 0.4;
-    let vec_of = |v: &serde_json::Value| -> Vec<f64> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect()
-    };
-    let close = |got: &Tensor, want: &serde_json::Value, what: &str| {
-        let want = Tensor::from_slice(&vec_of(want)).view([3, 2]);
-        let err = max_abs(&(got - &want)) / (1.0 + max_abs(&want));
-        assert!(err < 1e-12, "{what}: off by {err:.1e}\n{got}\n{want}");
-    };
+    let (den, sde, lat, data) = pinned();
+    let close = close_to;
     let mut cases = 0;
     for line in include_str!("data/edict_reference.jsonl").lines() {
         let case: serde_json::Value = serde_json::from_str(line).unwrap();
