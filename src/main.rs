@@ -495,12 +495,12 @@ fn invert(
     } else {
         None
     };
-    // An exact-inversion sampler's latents are a pair, stacked: [2, N, ...].
-    let written = match &companion {
-        Some(c) => Tensor::stack(&[&z, c], 0),
-        None => z.shallow_clone(),
-    };
-    npy::write_f32(&a.out, &written.to_device(tch::Device::Cpu))?;
+    // An exact-inversion sampler's latents are a pair, stacked: [2, N, ...], in the run's
+    // precision (its decoding amplifies rounding).
+    match &companion {
+        Some(c) => npy::write_as(&a.out, &Tensor::stack(&[&z, c], 0), z.kind())?,
+        None => npy::write_f32(&a.out, &z.to_device(tch::Device::Cpu))?,
+    }
     let line = serde_json::json!({
         "solver": spec.name(),
         "invert": a.invert.as_ref().map(|p| p.display().to_string()),

@@ -266,10 +266,15 @@ pub fn commit(tmp: &Path, path: &Path) -> std::io::Result<()> {
 /// Write `t` as a float32 `.npy` atomically: a temporary file in the same folder, then a rename,
 /// so a reader never sees a half-written file.
 pub fn write_f32(path: &Path, t: &Tensor) -> Result<()> {
+    write_as(path, t, Kind::Float)
+}
+
+/// [`write_f32`] in another element type (`Kind::Double`: `<f8`).
+pub fn write_as(path: &Path, t: &Tensor, kind: Kind) -> Result<()> {
     let tmp = temp_path(path);
     let result = t
         .to_device(tch::Device::Cpu)
-        .to_kind(Kind::Float)
+        .to_kind(kind)
         .contiguous()
         .write_npy(&tmp)
         .map_err(anyhow::Error::from)

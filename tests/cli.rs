@@ -3297,9 +3297,9 @@ fn seeds_take_their_flags_and_their_label_alike() {
 #[test]
 fn exact_inversion_writes_a_latent_pair_that_samples_the_data_again() {
     // belm, bdia and edict on the 8-mode ring in float64: `--invert` writes the latent pair
-    // [2, N, 2] and reports "pair"; `--roundtrip` decodes it to the data to rounding; `--noise`
-    // takes the pair file back to the data (float32 latents: their rounding carried through the
-    // decoding); a sampler without exact inversion refuses the pair file.
+    // [2, N, 2] in float64 and reports "pair"; `--roundtrip` decodes it to the data to rounding;
+    // `--noise` takes the pair file back to the data (a float32 copy: its rounding carried
+    // through the decoding); a sampler without exact inversion refuses the pair file.
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name);
     let s = |path: &Path| path.to_str().unwrap().to_owned();
@@ -3334,20 +3334,33 @@ fn exact_inversion_writes_a_latent_pair_that_samples_the_data_again() {
         assert_eq!(line["pair"], true, "{line}");
         let rt = line["roundtrip_rms"].as_f64().unwrap();
         assert!(rt < 1e-10, "{solver}: roundtrip {rt}");
-        let (shape, _) = read_f32_npy(&p("zz.npy"));
-        assert_eq!(shape, vec![2, 64, 2]);
-        sample(["--noise", "zz.npy"], "d2.npy", &[]);
-        let d2 = read_f32_npy(&p("d2.npy")).1;
-        let worst = d
-            .iter()
-            .zip(&d2)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        // Measured: belm 1.5e-7 (the samples' own float32 rounding); bdia 3.5e-3 and edict 3.4e-3:
-        // their decodings amplify the latents' float32 rounding about 700-fold (a perturbation
-        // of the pair that is not a perturbation of the flow is not damped).
+        // The pair in the run's precision (float64 here).
+        let bytes = std::fs::read(p("zz.npy")).unwrap();
+        let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+        assert_eq!(npy.dtype().descr().trim_matches('\''), "<f8");
+        assert_eq!(npy.shape(), &[2, 64, 2]);
+        let pair = npy.into_vec::<f64>().unwrap();
+        write_npy(&p("zz32.npy"), &[2, 64, 2], &pair, true);
+        let worst = |pair_file: &str| {
+            sample(["--noise", pair_file], "d2.npy", &[]);
+            let d2 = read_f32_npy(&p("d2.npy")).1;
+            d.iter()
+                .zip(&d2)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max)
+        };
+        // From the float64 pair: the data to their own float32 rounding.
+        let exact = worst("zz.npy");
+        assert!(exact < 1e-5, "{solver}: decoded off by {exact}");
+        // From a float32 copy, measured: belm 1.5e-7; bdia 3.5e-3 and edict 3.4e-3, whose
+        // decodings amplify the latents' float32 rounding about 700-fold (a perturbation of the
+        // pair that is not one of the flow is not damped).
+        let from32 = worst("zz32.npy");
         let tol = if solver == "belm" { 1e-5 } else { 2e-2 };
-        assert!(worst < tol, "{solver}: decoded off by {worst}");
+        assert!(
+            from32 < tol,
+            "{solver}: decoded from float32 off by {from32}"
+        );
     }
     // The pair file is not noise for a sampler without exact inversion.
     let (zz, bad) = (s(&p("zz.npy")), s(&p("bad.npy")));
