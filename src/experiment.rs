@@ -1534,8 +1534,16 @@ impl CellCtx<'_> {
                     Some(crate::metrics::rms_distance(&z, &state.z))
                 }
                 // An exact-inversion sampler undoes its run, from the samples and the companion
-                // the run left.
-                Metric::Roundtrip if steps >= 2 && companion.is_some() => {
+                // the run left (not a run whose undone first step took the analytical estimate).
+                Metric::Roundtrip
+                    if steps >= 2
+                        && companion.is_some()
+                        && !(cfg.afs
+                            && spec
+                                .build()?
+                                .exact_inverse()
+                                .is_some_and(|e| e.first_undone() == 0)) =>
+                {
                     let (z, _, _) = job::invert_to_noise(
                         spec,
                         den,

@@ -414,8 +414,13 @@ fn sample(mut a: SampleArgs) -> Result<()> {
     if let Some(png) = &a.png {
         scoreflow::image::write_grid(png, &x, 10)?;
     }
+    // The starting noise as it was given: a latent pair stays a pair, in its precision.
+    let save = |path: &std::path::Path| match &companion {
+        Some(c) => npy::write_as(path, &Tensor::stack(&[&z, c], 0), z.kind()),
+        None => npy::write_f32(path, &z.to_device(tch::Device::Cpu)),
+    };
     let written = npy::write_f32(&a.out, &x).and_then(|()| match &a.save_noise {
-        Some(path) => npy::write_f32(path, &z.to_device(tch::Device::Cpu)).inspect_err(|_| {
+        Some(path) => save(path).inspect_err(|_| {
             let _ = std::fs::remove_file(&a.out);
         }),
         None => Ok(()),

@@ -3361,6 +3361,38 @@ fn exact_inversion_writes_a_latent_pair_that_samples_the_data_again() {
             from32 < tol,
             "{solver}: decoded from float32 off by {from32}"
         );
+        // --save-noise keeps the pair as it was given.
+        let saved = s(&p("saved.npy"));
+        sample(["--noise", "zz.npy"], "d3.npy", &["--save-noise", &saved]);
+        assert_eq!(std::fs::read(p("saved.npy")).unwrap(), bytes, "{solver}");
+        // A pair takes no analytical first step, and for the two-step samplers at least 2
+        // steps.
+        let (zz, bad) = (s(&p("zz.npy")), s(&p("bad.npy")));
+        for (flags, needle) in [
+            (vec!["--steps", "10", "--afs"], "analytical first step"),
+            (vec!["--steps", "1"], "at least 2 steps"),
+        ] {
+            if solver == "edict" && flags[1] == "1" {
+                continue;
+            }
+            let mut args = vec![
+                "sample",
+                "--denoiser",
+                "builtin:gmm8",
+                "--solver",
+                solver,
+                "--dtype",
+                "float64",
+                "--device",
+                "cpu",
+                "--noise",
+                &zz,
+                "--out",
+                &bad,
+            ];
+            args.extend(flags);
+            assert_bad(&args, needle, &p("bad.npy"));
+        }
     }
     // The pair file is not noise for a sampler without exact inversion.
     let (zz, bad) = (s(&p("zz.npy")), s(&p("bad.npy")));

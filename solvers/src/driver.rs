@@ -212,14 +212,8 @@ pub fn run_from_pair(
     observer: &mut dyn FnMut(&StepReport, &Tensor),
 ) -> Result<Outcome> {
     grid::validate(sigmas)?;
-    exact_of(sampler)?;
-    if companion.size() != x.size() {
-        return Err(SolverError::Invalid(format!(
-            "the companion latent has shape {:?}, the latent {:?}",
-            companion.size(),
-            x.size()
-        )));
-    }
+    let inverse = exact_of(sampler)?;
+    check_pair(sampler, inverse, sigmas, &x, Some(&companion), options)?;
     walk(
         sampler,
         denoiser,
@@ -231,6 +225,42 @@ pub fn run_from_pair(
         options,
         observer,
     )
+}
+
+/// What [`run_from_pair`] and [`invert_exact`] both refuse: the analytical first step (the
+/// inversion's evaluations are the network's), a grid of no more steps than the first undone
+/// (the pair's second point is after it), a companion of another shape.
+fn check_pair(
+    sampler: &dyn Sampler,
+    inverse: &dyn ExactInverse,
+    sigmas: &[f64],
+    x: &Tensor,
+    companion: Option<&Tensor>,
+    options: &RunOptions,
+) -> Result<()> {
+    if options.afs {
+        return Err(SolverError::Invalid(
+            "the analytical first step (afs) replaces an evaluation that exact inversion makes with the network; it does not apply to a latent pair or to its inversion".into(),
+        ));
+    }
+    let first = inverse.first_undone();
+    if sigmas.len() - 1 <= first {
+        return Err(SolverError::Invalid(format!(
+            "exact inversion with {} needs at least {} steps (its latent pair holds the first step's end)",
+            sampler.name(),
+            first + 1
+        )));
+    }
+    if let Some(c) = companion {
+        if c.size() != x.size() {
+            return Err(SolverError::Invalid(format!(
+                "the companion latent has shape {:?}, the latent {:?}",
+                c.size(),
+                x.size()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn exact_of(sampler: &dyn Sampler) -> Result<&dyn ExactInverse> {
@@ -263,21 +293,10 @@ pub fn invert_exact(
 ) -> Result<Outcome> {
     grid::validate(sigmas)?;
     let inverse = exact_of(sampler)?;
-    if options.afs {
-        return Err(SolverError::Invalid(
-            "the analytical first step (afs) replaces the first evaluation at the top of a sampling grid; it does not apply to inversion".into(),
-        ));
-    }
+    check_pair(sampler, inverse, sigmas, &x, companion.as_ref(), options)?;
     let steps = sigmas.len() - 1;
     let first = inverse.first_undone();
-    if steps <= first {
-        return Err(SolverError::Invalid(format!(
-            "exact inversion with {} needs at least {} steps",
-            sampler.name(),
-            first + 1
-        )));
-    }
-    if !all_finite(&x)? {
+    if !all_finite(&x)? || !companion.as_ref().map_or(Ok(true), all_finite)? {
         return Err(SolverError::NonFinite {
             step: steps,
             sigma: 0.0,
