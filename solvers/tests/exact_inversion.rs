@@ -578,3 +578,59 @@ fn edict_matches_salesforces_coupled_stablediffusion() {
     }
     assert_eq!(cases, 6);
 }
+
+#[test]
+fn bdia_matches_the_authors_bdia_stablediffusion() {
+    // guoqiang-zhang-x/BDIA's `BDIA_stablediffusion` (its BDIA mode, `run_baseline=True`) taken
+    // as it stands from bdia_edict_functions.py by
+    // `python3 experiments/peers/bdia_check.py BDIA_FUNCTIONS_PY` (output in
+    // tests/data/bdia_reference.jsonl), with edict_check.py's stand-ins, gamma 1 and 0.5, 2, 4
+    // and 8 steps: sampling from a latent pair, within 1e-12; and its inversion of data to a
+    // pair, whose sampling here returns the data within 1e-12 (its first inversion step, the
+    // model below the lowest level, is its own; the rest is the exact inverse of this
+    // sampling).
+    let (den, sde, lat, data) = pinned();
+    let second = &lat * 0.7 + 0.1;
+    let mut cases = 0;
+    for line in include_str!("data/bdia_reference.jsonl").lines() {
+        let case: serde_json::Value = serde_json::from_str(line).unwrap();
+        let spec = SamplerSpec::Bdia {
+            gamma: case["gamma"].as_f64().unwrap(),
+        };
+        let sigmas = vec_of(&case["sigmas"]);
+        let what = format!("{spec:?} at {} steps", case["steps"]);
+        let a = |i: usize| (1.0 + sigmas[i] * sigmas[i]).sqrt();
+        let sampler = spec.build().unwrap();
+        let from_pair = |x: Tensor, c: Tensor| {
+            run_from_pair(
+                sampler.as_ref(),
+                &den,
+                &sde,
+                &sigmas,
+                x,
+                c,
+                &mut noise_for(3, 1e3),
+                &RunOptions::default(),
+                &mut |_, _| {},
+            )
+            .unwrap()
+            .x
+        };
+        let x = from_pair(&lat * a(0), &second * a(1));
+        close_to(&x, &case["from_pair"], &format!("{what}, from a pair"));
+        let inv = case["inverted"].as_array().unwrap();
+        let pair = |k: usize| Tensor::from_slice(&vec_of(&inv[k])).view([3, 2]);
+        let back = from_pair(pair(0), pair(1));
+        close_to(
+            &back,
+            &serde_json::json!(vec_of_tensor(&data)),
+            &format!("{what}, its inversion sampled back"),
+        );
+        cases += 1;
+    }
+    assert_eq!(cases, 6);
+}
+
+fn vec_of_tensor(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.flatten(0, -1)).unwrap()
+}
