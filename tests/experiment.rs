@@ -682,13 +682,13 @@ fn every_shipped_config_loads() {
     // gmm2d, fewstep, adaptive, edm-ablation, restart, stochastic, gauss64, moons-samplers,
     // digits-samplers, digits-stochastic, digits-conditional, digits-guidance,
     // digits-guidance-interval, digits-cfgpp, gmm8-variance,
-    // digits-variance, digits-clip, inversion,
+    // digits-variance, digits-clip, inversion, inversion-sd,
     // spacing/{leading,trailing,linspace,comfy,digits,digits-fractional}, flow/{exact-karras,exact-shift1,exact-shift3,
     // checkpoint-flow,checkpoint-edm,digits-flow,digits-edm,reflow-1,reflow-2,exact-ancestral,exact-linear-quadratic,
     // digits-ancestral}; moons,
     // gmm8-train, digits, gmm8-learned, digits-learned, gmm8-flow, digits-flow, gmm8-reflow,
     // gmm8-posthoc; gits/{gmm8,digits,digits-afs}; eta-sweep, digits-eta-sweep.
-    assert_eq!(seen, (41, 9));
+    assert_eq!(seen, (42, 9));
 }
 
 #[test]
