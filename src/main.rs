@@ -251,7 +251,8 @@ struct SampleArgs {
     png: Option<PathBuf>,
     /// Invert sampling: take the data in this .npy (`[N, ...]` in the model's per-sample shape)
     /// as the points at the grid's lowest level, run the sampler up the same levels
-    /// (deterministic samplers) and write the standard-normal latents that --noise takes.
+    /// (deterministic samplers) and write the standard-normal latents that --noise takes
+    /// (edict, bdia, belm: undo their steps exactly and write the latent pair [2, N, ...]).
     #[arg(long, conflicts_with_all = ["noise", "num", "png"])]
     invert: Option<PathBuf>,
     /// With --invert: decode the latents again as `sample --noise OUT` would (same sampler,
