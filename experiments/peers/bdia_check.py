@@ -28,7 +28,6 @@ import os
 import sys
 import types
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -50,18 +49,7 @@ def main():
     wanted = ["BDIA_stablediffusion", "forward_step", "reverse_step", "get_alpha_and_beta"]
     nodes = [n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name in wanted]
     assert sorted(n.name for n in nodes) == sorted(wanted), [n.name for n in nodes]
-    noop = lambda *a, **k: None  # noqa: E731
-    ns = {
-        "torch": torch, "np": np, "random": __import__("random"), "math": math,
-        "tqdm": lambda it, **k: it, "DDIMScheduler": edict_check.DDIMScheduler, "unet": Unet(),
-        "clip_tokenizer": edict_check.tokenizer,
-        "clip": lambda ids: types.SimpleNamespace(last_hidden_state=None),
-        "device": "cpu", "vae": None,
-        "init_attention_edit": noop, "init_attention_func": noop, "init_attention_weights": noop,
-        "save_last_tokens_attention": noop, "save_last_self_attention": noop,
-        "use_last_tokens_attention_weights": noop, "use_last_tokens_attention": noop,
-        "use_last_self_attention": noop,
-    }
+    ns = edict_check.namespace(Unet())
     exec(compile(ast.Module(body=nodes, type_ignores=[]), sys.argv[1], "exec"), ns)
     run = ns["BDIA_stablediffusion"]
     lat = torch.tensor(LATENTS, dtype=torch.float64)

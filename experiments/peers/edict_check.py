@@ -82,16 +82,13 @@ def sigma_of(t):
     return math.sqrt((1.0 - a) / a)
 
 
-def main():
-    src = open(sys.argv[1]).read()
-    wanted = ["coupled_stablediffusion", "forward_step", "reverse_step", "get_alpha_and_beta"]
-    tree = ast.parse(src)
-    nodes = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
-    assert sorted(n.name for n in nodes) == sorted(wanted), [n.name for n in nodes]
+def namespace(unet):
+    """The module globals its functions read, stood in: torch, the scheduler class, `unet`, a
+    text encoder and attention hooks that do nothing."""
     noop = lambda *a, **k: None  # noqa: E731
-    ns = {
+    return {
         "torch": torch, "np": np, "random": __import__("random"), "math": math,
-        "tqdm": lambda it, **k: it, "DDIMScheduler": DDIMScheduler, "unet": Unet(),
+        "tqdm": lambda it, **k: it, "DDIMScheduler": DDIMScheduler, "unet": unet,
         "clip_tokenizer": tokenizer,
         "clip": lambda ids: types.SimpleNamespace(last_hidden_state=None),
         "device": "cpu", "vae": None,
@@ -100,6 +97,15 @@ def main():
         "use_last_tokens_attention_weights": noop, "use_last_tokens_attention": noop,
         "use_last_self_attention": noop,
     }
+
+
+def main():
+    src = open(sys.argv[1]).read()
+    wanted = ["coupled_stablediffusion", "forward_step", "reverse_step", "get_alpha_and_beta"]
+    tree = ast.parse(src)
+    nodes = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in wanted]
+    assert sorted(n.name for n in nodes) == sorted(wanted), [n.name for n in nodes]
+    ns = namespace(Unet())
     exec(compile(ast.Module(body=nodes, type_ignores=[]), sys.argv[1], "exec"), ns)
     run = ns["coupled_stablediffusion"]
     lat = torch.tensor(LATENTS, dtype=torch.float64)

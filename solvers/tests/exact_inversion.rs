@@ -7,8 +7,8 @@ use common::*;
 use scoreflow_solvers::noise::BrownianNoise;
 use scoreflow_solvers::sde::{Edm, Flow, Sde, VpLinear};
 use scoreflow_solvers::{
-    invert_exact, run, run_from_pair, GaussianDenoiser, GridKind, RunOptions, SamplerSpec,
-    SolverError,
+    invert_exact, run, run_from_pair, Denoiser, GaussianDenoiser, GridKind, RunOptions,
+    SamplerSpec, SolverError,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -49,8 +49,9 @@ fn noise_for(n: usize, span: f64) -> BrownianNoise {
     BrownianNoise::new(0, 0, n, &[3], span, Device::Cpu, Kind::Double)
 }
 
-/// (sample, companion, nfe) of a run of `spec` from `x` at `sigmas[0]`.
+/// (sample, companion, nfe) of a run of `spec` on `den` from `x` at `sigmas[0]`.
 fn forward(
+    den: &dyn Denoiser,
     spec: &SamplerSpec,
     sde: &dyn Sde,
     sigmas: &[f64],
@@ -59,7 +60,7 @@ fn forward(
     let sampler = spec.build().unwrap();
     let out = run(
         sampler.as_ref(),
-        &gaussian(),
+        den,
         sde,
         sigmas,
         x.shallow_clone(),
@@ -71,7 +72,9 @@ fn forward(
     (out.x, out.companion, out.nfe)
 }
 
+/// (latent, companion, nfe) of the exact inversion of `x` (with `companion`, or from data).
 fn backward(
+    den: &dyn Denoiser,
     spec: &SamplerSpec,
     sde: &dyn Sde,
     sigmas: &[f64],
@@ -81,7 +84,7 @@ fn backward(
     let sampler = spec.build().unwrap();
     let out = invert_exact(
         sampler.as_ref(),
-        &gaussian(),
+        den,
         sde,
         sigmas,
         x.shallow_clone(),
@@ -94,7 +97,9 @@ fn backward(
     (out.x, out.companion.unwrap(), out.nfe)
 }
 
+/// (sample, nfe) of a run from the latent pair `(x, companion)`.
 fn from_pair(
+    den: &dyn Denoiser,
     spec: &SamplerSpec,
     sde: &dyn Sde,
     sigmas: &[f64],
@@ -104,7 +109,7 @@ fn from_pair(
     let sampler = spec.build().unwrap();
     let out = run_from_pair(
         sampler.as_ref(),
-        &gaussian(),
+        den,
         sde,
         sigmas,
         x.shallow_clone(),
@@ -148,12 +153,15 @@ fn exact_samplers_invert_to_rounding_both_ways() {
             let data = Tensor::from_slice(&GAUSS_MEAN).view([1, 3]) + start(5, 32, 3, 0.5);
             for spec in exact_samplers() {
                 let two_step = !matches!(spec, SamplerSpec::Edict { .. });
-                let (x0, c, nfe) = forward(&spec, sde.as_ref(), &sigmas, &(&z * top));
+                let (x0, c, nfe) = forward(&gaussian(), &spec, sde.as_ref(), &sigmas, &(&z * top));
                 let c = c.expect("an exact sampler leaves a companion");
-                let (zt, _, nfe_back) = backward(&spec, sde.as_ref(), &sigmas, &x0, Some(c));
+                let (zt, _, nfe_back) =
+                    backward(&gaussian(), &spec, sde.as_ref(), &sigmas, &x0, Some(c));
                 let noise_err = max_abs(&(zt / top - &z));
-                let (lat, comp, nfe_enc) = backward(&spec, sde.as_ref(), &sigmas, &data, None);
-                let (dec, nfe_dec) = from_pair(&spec, sde.as_ref(), &sigmas, &lat, &comp);
+                let (lat, comp, nfe_enc) =
+                    backward(&gaussian(), &spec, sde.as_ref(), &sigmas, &data, None);
+                let (dec, nfe_dec) =
+                    from_pair(&gaussian(), &spec, sde.as_ref(), &sigmas, &lat, &comp);
                 let data_err = max_abs(&(dec - &data));
                 report += &format!(
                     "{:>5} {steps:>3} {spec:?}: noise {noise_err:.1e} data {data_err:.1e}\n",
@@ -188,7 +196,7 @@ fn flow_error(spec: &SamplerSpec, sde: &dyn Sde, kind: &GridKind, steps: usize) 
     let den = gaussian();
     let sigmas = grid_for(sde, kind, steps);
     let x = start(7, 64, 3, sigmas[0]);
-    let (out, _, _) = forward(spec, sde, &sigmas, &x);
+    let (out, _, _) = forward(&den, spec, sde, &sigmas, &x);
     let exact = den.exact_flow(&x, sigmas[0], 0.0).unwrap();
     max_abs(&(out - exact))
 }
@@ -426,11 +434,8 @@ fn exact_samplers_match_belms_functions() {
     // from a pair, which `exact_samplers_invert_to_rounding_both_ways` inverts to rounding).
     let (den, sde, lat, data) = pinned();
     let second = &lat * 0.7 + 0.1;
-    let lines = include_str!("data/belm_reference.jsonl");
-    let close =
-        |got: &Tensor, want: &[f64], what: &str| close_to(got, &serde_json::json!(want), what);
     let mut cases = 0;
-    for line in lines.lines() {
+    for line in include_str!("data/belm_reference.jsonl").lines() {
         let case: serde_json::Value = serde_json::from_str(line).unwrap();
         let kw = &case["kwargs"];
         let spec = match case["sampler"].as_str().unwrap() {
@@ -448,64 +453,19 @@ fn exact_samplers_match_belms_functions() {
         let sigmas = vec_of(&case["sigmas"]);
         let what = format!("{spec:?} at {} steps", case["steps"]);
         let a = |i: usize| (1.0 + sigmas[i] * sigmas[i]).sqrt();
-        let sampler = spec.build().unwrap();
-        let mut noise = noise_for(3, 1e3);
-        let opts = RunOptions::default();
-        let go = |x: Tensor, c: Option<Tensor>, noise: &mut BrownianNoise| match c {
-            None => run(
-                sampler.as_ref(),
-                &den,
-                &sde,
-                &sigmas,
-                x,
-                noise,
-                &opts,
-                &mut |_, _| {},
-            ),
-            Some(c) => run_from_pair(
-                sampler.as_ref(),
-                &den,
-                &sde,
-                &sigmas,
-                x,
-                c,
-                noise,
-                &opts,
-                &mut |_, _| {},
-            ),
-        };
-        let sample = go(&lat * a(0), None, &mut noise).unwrap().x;
-        close(
-            &sample,
-            &vec_of(&case["sample"]),
-            &format!("{what}, sample"),
-        );
+        let (x, _, _) = forward(&den, &spec, &sde, &sigmas, &(&lat * a(0)));
+        close_to(&x, &case["sample"], &format!("{what}, sample"));
+        // EDICT's pair is at one level; BDIA's and O-BELM's at the top two.
         let edict = matches!(spec, SamplerSpec::Edict { .. });
         let c = &second * if edict { a(0) } else { a(1) };
-        let from_pair = go(&lat * a(0), Some(c), &mut noise).unwrap().x;
-        close(
-            &from_pair,
-            &vec_of(&case["from_pair"]),
-            &format!("{what}, from a pair"),
-        );
+        let (x, _) = from_pair(&den, &spec, &sde, &sigmas, &(&lat * a(0)), &c);
+        close_to(&x, &case["from_pair"], &format!("{what}, from a pair"));
         if !matches!(spec, SamplerSpec::Bdia { .. }) {
-            let out = invert_exact(
-                sampler.as_ref(),
-                &den,
-                &sde,
-                &sigmas,
-                data.shallow_clone(),
-                None,
-                &mut noise,
-                &opts,
-                &mut |_, _| {},
-            )
-            .unwrap();
-            let inv = case["inverted"].as_array().unwrap();
-            close(&out.x, &vec_of(&inv[0]), &format!("{what}, inverted"));
-            close(
-                &out.companion.unwrap(),
-                &vec_of(&inv[1]),
+            let (z, c, _) = backward(&den, &spec, &sde, &sigmas, &data, None);
+            close_to(&z, &case["inverted"][0], &format!("{what}, inverted"));
+            close_to(
+                &c,
+                &case["inverted"][1],
                 &format!("{what}, inverted companion"),
             );
         }
@@ -525,55 +485,22 @@ fn edict_matches_salesforces_coupled_stablediffusion() {
     // alternation, 2, 4 and 8 steps: the pair after sampling from (latents, latents) and after
     // inverting data, within 1e-12.
     let (den, sde, lat, data) = pinned();
-    let close = close_to;
     let mut cases = 0;
     for line in include_str!("data/edict_reference.jsonl").lines() {
         let case: serde_json::Value = serde_json::from_str(line).unwrap();
-        let leapfrog = case["leapfrog"].as_bool().unwrap();
         let spec = SamplerSpec::Edict {
             mix_weight: 0.93,
-            leapfrog,
+            leapfrog: case["leapfrog"].as_bool().unwrap(),
         };
         let sigmas = vec_of(&case["sigmas"]);
         let what = format!("{spec:?} at {} steps", case["steps"]);
-        let sampler = spec.build().unwrap();
-        let mut noise = noise_for(3, 1e3);
-        let top = lat.shallow_clone() * (1.0 + sigmas[0] * sigmas[0]).sqrt();
-        let out = run(
-            sampler.as_ref(),
-            &den,
-            &sde,
-            &sigmas,
-            top,
-            &mut noise,
-            &RunOptions::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
-        close(&out.x, &case["sample"][0], &format!("{what}, x"));
-        close(
-            &out.companion.unwrap(),
-            &case["sample"][1],
-            &format!("{what}, y"),
-        );
-        let inv = invert_exact(
-            sampler.as_ref(),
-            &den,
-            &sde,
-            &sigmas,
-            data.shallow_clone(),
-            None,
-            &mut noise,
-            &RunOptions::default(),
-            &mut |_, _| {},
-        )
-        .unwrap();
-        close(&inv.x, &case["inverted"][0], &format!("{what}, inverted x"));
-        close(
-            &inv.companion.unwrap(),
-            &case["inverted"][1],
-            &format!("{what}, inverted y"),
-        );
+        let top = &lat * (1.0 + sigmas[0] * sigmas[0]).sqrt();
+        let (x, y, _) = forward(&den, &spec, &sde, &sigmas, &top);
+        close_to(&x, &case["sample"][0], &format!("{what}, x"));
+        close_to(&y.unwrap(), &case["sample"][1], &format!("{what}, y"));
+        let (x, y, _) = backward(&den, &spec, &sde, &sigmas, &data, None);
+        close_to(&x, &case["inverted"][0], &format!("{what}, inverted x"));
+        close_to(&y, &case["inverted"][1], &format!("{what}, inverted y"));
         cases += 1;
     }
     assert_eq!(cases, 6);
@@ -600,37 +527,23 @@ fn bdia_matches_the_authors_bdia_stablediffusion() {
         let sigmas = vec_of(&case["sigmas"]);
         let what = format!("{spec:?} at {} steps", case["steps"]);
         let a = |i: usize| (1.0 + sigmas[i] * sigmas[i]).sqrt();
-        let sampler = spec.build().unwrap();
-        let from_pair = |x: Tensor, c: Tensor| {
-            run_from_pair(
-                sampler.as_ref(),
-                &den,
-                &sde,
-                &sigmas,
-                x,
-                c,
-                &mut noise_for(3, 1e3),
-                &RunOptions::default(),
-                &mut |_, _| {},
-            )
-            .unwrap()
-            .x
-        };
-        let x = from_pair(&lat * a(0), &second * a(1));
+        let (x, _) = from_pair(
+            &den,
+            &spec,
+            &sde,
+            &sigmas,
+            &(&lat * a(0)),
+            &(&second * a(1)),
+        );
         close_to(&x, &case["from_pair"], &format!("{what}, from a pair"));
-        let inv = case["inverted"].as_array().unwrap();
-        let pair = |k: usize| Tensor::from_slice(&vec_of(&inv[k])).view([3, 2]);
-        let back = from_pair(pair(0), pair(1));
-        close_to(
-            &back,
-            &serde_json::json!(vec_of_tensor(&data)),
-            &format!("{what}, its inversion sampled back"),
+        let pair = |k: usize| Tensor::from_slice(&vec_of(&case["inverted"][k])).view([3, 2]);
+        let (back, _) = from_pair(&den, &spec, &sde, &sigmas, &pair(0), &pair(1));
+        let err = max_abs(&(back - &data));
+        assert!(
+            err < 1e-12,
+            "{what}: its inversion sampled back off by {err:.1e}"
         );
         cases += 1;
     }
     assert_eq!(cases, 6);
-}
-
-fn vec_of_tensor(t: &Tensor) -> Vec<f64> {
-    Vec::<f64>::try_from(t.flatten(0, -1)).unwrap()
 }
