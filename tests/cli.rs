@@ -1895,6 +1895,18 @@ fn sa_solver_takes_its_flags_and_its_label_alike() {
             "--gamma does not apply to the lcm sampler",
         ),
         (
+            vec!["--solver", "bdia", "--gamma", "0"],
+            "bdia's gamma must be in (0, 1]",
+        ),
+        (
+            vec!["--solver", "edict", "--mix-weight", "1"],
+            "edict's mix_weight must be in (0, 1)",
+        ),
+        (
+            vec!["--solver", "euler", "--mix-weight", "0.5"],
+            "--mix-weight does not apply to the euler sampler",
+        ),
+        (
             vec!["--solver", "er-sde", "--func-type", "9"],
             "func_type = 9: must be 1 to 7",
         ),
@@ -3393,6 +3405,18 @@ fn exact_inversion_writes_a_latent_pair_that_samples_the_data_again() {
             args.extend(flags);
             assert_bad(&args, needle, &p("bad.npy"));
         }
+    }
+    // --mix-weight and --gamma set the parameters the config keys set.
+    for (flags, label) in [
+        (["--mix-weight", "0.8"], "edict(mix_weight=0.8)"),
+        (["--gamma", "0.5"], "bdia(gamma=0.5)"),
+    ] {
+        let solver = label.split('(').next().unwrap();
+        let by_flag = gmm8_samples(&p("f.npy"), solver, "6", "16", &flags);
+        let by_key = gmm8_samples(&p("k.npy"), label, "6", "16", &[]);
+        let default = gmm8_samples(&p("n.npy"), solver, "6", "16", &[]);
+        assert_eq!(by_flag, by_key, "{label}");
+        assert_ne!(by_flag, default, "{label}");
     }
     // The pair file is not noise for a sampler without exact inversion.
     let (zz, bad) = (s(&p("zz.npy")), s(&p("bad.npy")));

@@ -305,22 +305,7 @@ pub fn invert_exact(
     let mut nfe = 0usize;
     let mut afs = false;
     let mut history = Vec::new();
-    let mut c = match companion {
-        Some(c) => c,
-        None => {
-            let mut ctx = StepCtx {
-                index: steps - 1,
-                sigmas,
-                sde,
-                noise: &mut *noise,
-                history: &mut history,
-                denoiser,
-                nfe: &mut nfe,
-                afs: &mut afs,
-            };
-            inverse.data_companion(&mut ctx, &x)?
-        }
-    };
+    let mut c = companion;
     let mut x = x;
     for index in (first..steps).rev() {
         let mut ctx = StepCtx {
@@ -333,16 +318,22 @@ pub fn invert_exact(
             nfe: &mut nfe,
             afs: &mut afs,
         };
-        (x, c) = inverse.unstep(&mut ctx, x, c)?;
+        // Data alone take their companion at the first step undone, the last one (sigma = 0).
+        let given = match c.take() {
+            Some(c) => c,
+            None => inverse.data_companion(&mut ctx, &x)?,
+        };
+        let (x_before, c_before) = inverse.unstep(&mut ctx, x, given)?;
         let done = steps - index;
         let check =
             index == first || (options.check_every > 0 && done.is_multiple_of(options.check_every));
-        if check && !(all_finite(&x)? && all_finite(&c)?) {
+        if check && !(all_finite(&x_before)? && all_finite(&c_before)?) {
             return Err(SolverError::NonFinite {
                 step: index,
                 sigma: sigmas[index],
             });
         }
+        (x, c) = (x_before, Some(c_before));
         observer(
             &StepReport {
                 index,
@@ -355,6 +346,10 @@ pub fn invert_exact(
     }
     // After undoing steps first.. the state is the one after step first - 1; with a one-step
     // start (first = 1) that is (x at sigmas[1], companion at sigmas[0]): the pair is its swap.
+    // (check_pair leaves at least one step to undo.)
+    let Some(mut c) = c else {
+        return Err(SolverError::Invalid("no step to undo".into()));
+    };
     if first == 1 {
         std::mem::swap(&mut x, &mut c);
     }

@@ -98,7 +98,7 @@ impl Sampler for Edict {
 
 impl ExactInverse for Edict {
     fn data_companion(&self, _ctx: &mut StepCtx<'_>, x: &Tensor) -> Result<Tensor> {
-        Ok(x.copy())
+        Ok(x.shallow_clone())
     }
     fn unstep(
         &self,
