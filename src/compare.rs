@@ -119,6 +119,7 @@ pub fn run(mut a: CompareArgs) -> Result<()> {
     let listed = matches!(
         a.grid.kind()?,
         scoreflow_solvers::GridKind::Levels { .. }
+            | scoreflow_solvers::GridKind::Ays { .. }
             | scoreflow_solvers::GridKind::LinearQuadratic { .. }
             | scoreflow_solvers::GridKind::Gits(_)
             | scoreflow_solvers::GridKind::Oss(_)

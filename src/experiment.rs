@@ -191,14 +191,22 @@ impl GridSpec {
         }
         let v = serde_json::to_value(&self.placement).unwrap_or(Value::Null);
         let kind = v["kind"].as_str().unwrap_or("grid").to_string();
-        let d = serde_json::from_value::<GridKind>(json!({ "kind": kind }))
-            .ok()
-            .and_then(|d| serde_json::to_value(d).ok())
-            .unwrap_or(Value::Null);
+        // A key is at its default where the placement without it reads back the same (a
+        // required key, such as a timesteps grid's spacing, does not read back without it).
+        let at_default = |k: &str| -> bool {
+            let mut without = v.clone();
+            if let Value::Object(m) = &mut without {
+                m.remove(k);
+            }
+            serde_json::from_value::<GridKind>(without)
+                .ok()
+                .and_then(|d| serde_json::to_value(d).ok())
+                .is_some_and(|d| d.get(k) == v.get(k))
+        };
         let mut parts = Vec::new();
         if let Value::Object(m) = &v {
             for (k, val) in m {
-                if k == "kind" || d.get(k) == Some(val) {
+                if k == "kind" || at_default(k) {
                     continue;
                 }
                 let text = match val {
@@ -231,6 +239,7 @@ impl GridSpec {
             self.placement,
             GridKind::Timesteps { .. }
                 | GridKind::Levels { .. }
+                | GridKind::Ays { .. }
                 | GridKind::LinearQuadratic { .. }
                 | GridKind::Gits(_)
                 | GridKind::Oss(_)
@@ -589,6 +598,7 @@ impl ExperimentConfig {
                     match &g.placement {
                         GridKind::Timesteps { .. } => "timesteps",
                         GridKind::Levels { .. } => "levels",
+                        GridKind::Ays { .. } => "ays",
                         GridKind::LinearQuadratic { .. } => "linear-quadratic",
                         p => p.chosen_for_model().unwrap_or_default(),
                     }
@@ -1716,6 +1726,7 @@ fn reference_ends(g: &GridSpec, sigmas: &[f64]) -> (f64, f64) {
         // From the grid's first level down to sigma_min (or its lowest level, if lower): a
         // grid that stops early is judged against the whole path.
         GridKind::Levels { .. }
+        | GridKind::Ays { .. }
         | GridKind::LinearQuadratic { .. }
         | GridKind::Gits(_)
         | GridKind::Oss(_) => (sigmas[0], g.sigma_min.min(grid::ends(sigmas).1)),
@@ -2171,8 +2182,26 @@ fn draw(
 
 #[cfg(test)]
 mod tests {
-    use super::{fresh_rows, label};
+    use super::{fresh_rows, label, GridSpec};
     use scoreflow_solvers::SamplerSpec;
+
+    #[test]
+    fn grid_tags_name_the_kind_and_what_differs_from_its_defaults() {
+        for (placement, tag) in [
+            ("{ kind = \"karras\" }", "karras"),
+            ("{ kind = \"karras\", rho = 5.0 }", "karras(rho=5)"),
+            ("{ kind = \"ays\" }", "ays"),
+            ("{ kind = \"ays\", model = \"sdxl\" }", "ays(model=sdxl)"),
+            ("{ kind = \"levels\", sigmas = [[80.0, 1.0]] }", "levels"),
+            (
+                "{ kind = \"timesteps\", spacing = \"comfy-beta\" }",
+                "timesteps(spacing=comfy-beta)",
+            ),
+        ] {
+            let g: GridSpec = toml::from_str(&format!("placement = {placement}")).unwrap();
+            assert_eq!(g.tag(), tag, "{placement}");
+        }
+    }
 
     #[test]
     fn labels_read_back_as_the_same_sampler_infinity_included() {

@@ -65,7 +65,8 @@ pub struct GridArgs {
     #[arg(long)]
     pub rho: Option<f64>,
     /// Grid placement: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta,
-    /// kl-optimal, linear-quadratic, or
+    /// kl-optimal, linear-quadratic, ays, ays-sdxl, ays-svd (Align Your Steps' levels for
+    /// Stable Diffusion 1.x, XL and Stable Video Diffusion, stretched as ComfyUI does), or
     /// ddpm-leading, ddpm-trailing, ddpm-linspace (diffusers' timestep spacings on a discrete
     /// chain: a model card's, else DDPM's linear one), comfy-normal, comfy-sgm-uniform,
     /// comfy-simple, comfy-ddim-uniform, comfy-beta (ComfyUI's schedulers on the same chain); levels:S1,S2,... (these nonzero levels,

@@ -446,7 +446,10 @@ fn sample(mut a: SampleArgs) -> Result<()> {
         "out": a.out.display().to_string(),
     });
     // Explicit and model-chosen grids: the levels themselves, so the record says what ran.
-    if matches!(a.grid.kind()?, scoreflow_solvers::GridKind::Levels { .. }) {
+    if matches!(
+        a.grid.kind()?,
+        scoreflow_solvers::GridKind::Levels { .. } | scoreflow_solvers::GridKind::Ays { .. }
+    ) {
         line["levels"] = serde_json::json!(&sigmas[..sigmas.len() - 1]);
     }
     println!("{line}");

@@ -2849,6 +2849,38 @@ fn optimize_grid_writes_the_levels_that_sample_and_compare_take() {
     for (g, w) in got.iter().zip(&want) {
         assert!((g - w).abs() <= 1e-12 * w, "{got:?} vs {want:?}");
     }
+    // So does an Align Your Steps preset: at 10 steps, the published list without its last
+    // level (values: solvers/tests/sde_and_grids.rs).
+    let o = run(&[
+        "sample",
+        "--denoiser",
+        "builtin:gmm8",
+        "--solver",
+        "euler",
+        "--steps",
+        "10",
+        "--num",
+        "4",
+        "--device",
+        "cpu",
+        "--grid",
+        "ays-svd",
+        "--out",
+        &d("ays.npy"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let got: Vec<f64> = line["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        [700.0, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034]
+    );
+    assert_eq!(line["grid"], "ays-svd");
     // compare takes it too (run: tests/experiment.rs).
     let o = run(&[
         "compare",

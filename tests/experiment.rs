@@ -683,12 +683,12 @@ fn every_shipped_config_loads() {
     // digits-samplers, digits-stochastic, digits-conditional, digits-guidance,
     // digits-guidance-interval, digits-cfgpp, gmm8-variance,
     // digits-variance, digits-clip, inversion, inversion-sd,
-    // spacing/{leading,trailing,linspace,comfy,digits,digits-fractional}, flow/{exact-karras,exact-shift1,exact-shift3,
+    // spacing/{leading,trailing,linspace,comfy,comfy-sd,digits,digits-fractional}, flow/{exact-karras,exact-shift1,exact-shift3,
     // checkpoint-flow,checkpoint-edm,digits-flow,digits-edm,reflow-1,reflow-2,exact-ancestral,exact-linear-quadratic,
     // digits-ancestral}; moons,
     // gmm8-train, digits, gmm8-learned, digits-learned, gmm8-flow, digits-flow, gmm8-reflow,
     // gmm8-posthoc; gits/{gmm8,digits,digits-afs}; eta-sweep, digits-eta-sweep.
-    assert_eq!(seen, (42, 9));
+    assert_eq!(seen, (43, 9));
 }
 
 #[test]
@@ -1239,6 +1239,10 @@ kind = "ipndm"
         (
             format!("[[grids]]\nplacement = {{ kind = \"karras\" }}\n[[grids]]\n{levels}\n[[samplers]]\nkind = \"dpm-adaptive\"\n"),
             "no range",
+        ),
+        (
+            "[[grids]]\nplacement = { kind = \"ays\", model = \"sdxl\" }\n[[samplers]]\nkind = \"dpm-adaptive\"\n".to_string(),
+            "the ays placement has no range",
         ),
         (
             "[[grids]]\nplacement = { kind = \"karras\" }\nsigma_max = 0.001\n".to_string(),

@@ -8,7 +8,7 @@ SAMPLERS_PY is ComfyUI's `comfy/samplers.py` (or any file holding its `normal_sc
 `simple_scheduler`, `ddim_scheduler`, `beta_scheduler` and `linear_quadratic_schedule`;
 `sgm_uniform` is `normal_scheduler` with `sgm=True`; `beta_scheduler` needs numpy and scipy,
 which .peers/site holds; `linear_quadratic` reads only the model's `sigma_max`, the chain's top
-level),
+level; a scheduler whose function the file lacks is left out, named on stderr),
 MODEL_SAMPLING_PY its `comfy/model_sampling.py` (its class `ModelSamplingDiscrete`). The
 functions and the class are taken from the files by name, as they stand; the class is given the
 chain's betas (`_register_schedule(given_betas=...)`, in float64, as ComfyUI's
@@ -19,7 +19,9 @@ The chains: DDPM's linear one (betas 1e-4 to 0.02, 1000 steps; scoreflow's defau
 Diffusion's (ComfyUI's `linear`, diffusers' `scaled_linear`: sqrt(beta) linear from sqrt(0.00085)
 to sqrt(0.012)). k-diffusion's `DiscreteSchedule(sigmas, quantize=False).get_sigmas(n)` (from
 k_diffusion/external.py, loaded by kdiffusion_files.py; `PYTHONPATH=.peers/site`) is printed
-beside ComfyUI's `normal`. One JSON line per chain, scheduler and step count, with the levels
+beside ComfyUI's `normal`. The `beta` scheduler is also called with the shapes (alpha, beta) of
+BETA_SHAPES, as ComfyUI's `BetaSamplingScheduler` node calls it. One JSON line per chain,
+scheduler, shape and step count, with the levels
 (ComfyUI's float32 values, 0 last). The values pinned in scoreflow's test
 `comfyuis_schedulers_are_its_levels_on_the_chain` (solvers/tests/sde_and_grids.rs) come from
 this script.
@@ -42,15 +44,20 @@ CHAINS = {
 STEPS = {"normal": [1, 3, 10, 25], "sgm_uniform": [1, 3, 10, 25], "simple": [1, 3, 10, 25],
          "ddim_uniform": [4, 8, 10, 6], "beta": [1, 2, 3, 10, 25, 138, 139],
          "linear_quadratic": [1, 2, 5, 10, 25]}
+BETA_SHAPES = [(0.5, 0.7), (1.0, 1.0), (2.0, 0.5)]
 
 
 def defs_from(path, names):
+    """The functions and classes `names` of the file, those it lacks named on stderr."""
     tree = ast.parse(open(path).read())
     nodes = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     import numpy
     import scipy.stats
     ns = {"torch": torch, "math": math, "numpy": numpy, "scipy": scipy}
     for name in names:
+        if name not in nodes:
+            print(f"{path} has no {name}: its scheduler is left out", file=sys.stderr)
+            continue
         exec(compile(ast.Module(body=[nodes[name]], type_ignores=[]), path, "exec"), ns)
     return ns
 
@@ -59,21 +66,28 @@ def main():
     ns = defs_from(sys.argv[1], ["normal_scheduler", "simple_scheduler", "ddim_scheduler",
                                  "beta_scheduler", "linear_quadratic_schedule"])
     cls = defs_from(sys.argv[2], ["ModelSamplingDiscrete"])["ModelSamplingDiscrete"]
-    pkg, _, _ = kdiffusion_files.load(lambda msg: sys.exit(msg), files=("sampling.py", "external.py"))
-    schedulers = {
-        "normal": ns["normal_scheduler"],
-        "sgm_uniform": functools.partial(ns["normal_scheduler"], sgm=True),
-        "simple": ns["simple_scheduler"],
-        "ddim_uniform": ns["ddim_scheduler"],
-        "beta": ns["beta_scheduler"],
-        "linear_quadratic": ns["linear_quadratic_schedule"],
+    funcs = {
+        "normal": "normal_scheduler",
+        "sgm_uniform": "normal_scheduler",
+        "simple": "simple_scheduler",
+        "ddim_uniform": "ddim_scheduler",
+        "beta": "beta_scheduler",
+        "linear_quadratic": "linear_quadratic_schedule",
     }
+    schedulers = {name: ns[f] for name, f in funcs.items() if f in ns}
+    if "sgm_uniform" in schedulers:
+        schedulers["sgm_uniform"] = functools.partial(schedulers["sgm_uniform"], sgm=True)
+    pkg = None
+    if "normal" in schedulers:
+        pkg, _, _ = kdiffusion_files.load(lambda msg: sys.exit(msg),
+                                          files=("sampling.py", "external.py"))
     for chain, betas in CHAINS.items():
         ms = cls.__new__(cls)
         torch.nn.Module.__init__(ms)
         ms._register_schedule(given_betas=betas())
         alphas_cumprod = torch.cumprod(1.0 - betas(), dim=0)
-        kd = pkg.external.DiscreteSchedule(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5, False)
+        kd = pkg and pkg.external.DiscreteSchedule(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5,
+                                                   False)
         for name, fn in schedulers.items():
             for n in STEPS[name]:
                 line = {"chain": chain, "scheduler": name, "steps": n,
@@ -81,10 +95,19 @@ def main():
                 if name == "normal":
                     line["k_diffusion"] = [float(v) for v in kd.get_sigmas(n)]
                 print(json.dumps(line))
-        lq = schedulers["linear_quadratic"](ms, 10, threshold_noise=0.05, linear_steps=3)
-        print(json.dumps({"chain": chain, "scheduler": "linear_quadratic", "steps": 10,
-                          "threshold_noise": 0.05, "linear_steps": 3,
-                          "sigmas": [float(v) for v in lq]}))
+        if "linear_quadratic" in schedulers:
+            lq = schedulers["linear_quadratic"](ms, 10, threshold_noise=0.05, linear_steps=3)
+            print(json.dumps({"chain": chain, "scheduler": "linear_quadratic", "steps": 10,
+                              "threshold_noise": 0.05, "linear_steps": 3,
+                              "sigmas": [float(v) for v in lq]}))
+        # The beta scheduler with other shapes, as ComfyUI's BetaSamplingScheduler node calls it.
+        if "beta" in schedulers:
+            for alpha, beta in BETA_SHAPES:
+                for n in [3, 10, 25]:
+                    sig = schedulers["beta"](ms, n, alpha=alpha, beta=beta)
+                    print(json.dumps({"chain": chain, "scheduler": "beta", "steps": n,
+                                      "alpha": alpha, "beta": beta,
+                                      "sigmas": [float(v) for v in sig]}))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,12 @@ pub enum GridKind {
         beta_end: f64,
         #[serde(default = "default_m")]
         timesteps: usize,
+        /// `comfy-beta` only: the Beta distribution's parameters (ComfyUI's
+        /// `BetaSamplingScheduler` node; 0.6 each, its `beta` scheduler's, when left out).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alpha: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        beta: Option<f64>,
     },
     /// Explicit levels: `sigmas` holds one or more decreasing lists of nonzero levels, each the
     /// grid of as many steps as it has levels (0 is appended). A grid of `n` steps takes the
@@ -101,6 +107,15 @@ pub enum GridKind {
     /// Sabour et al. 2024, as ComfyUI's `AlignYourStepsScheduler` applies it). `sigma_min` and
     /// `sigma_max` are not used. `scoreflow optimize-grid` writes GITS grids in this form.
     Levels { sigmas: Vec<Vec<f64>> },
+    /// Align Your Steps (Sabour, Fidler & Kreis 2024): the published 10-step levels of a model
+    /// family ([`AysModel`]), stretched to `n` steps as ComfyUI's `AlignYourStepsScheduler`
+    /// (comfy_extras/nodes_align_your_steps.py) does: the 11 listed levels interpolated
+    /// log-linearly to `n + 1` ([`loglinear`]), the last of them replaced by 0 (at 10 steps the
+    /// list without its lowest level). `sigma_min` and `sigma_max` are not used.
+    Ays {
+        #[serde(default)]
+        model: AysModel,
+    },
     /// GITS (Chen et al. 2024): the levels chosen for the model by dynamic programming over a
     /// teacher's trajectories (see [`crate::gits`]). It needs the model, so [`sigmas`] cannot
     /// build it; experiments and commands solve it with [`crate::gits::GitsParams::solve`].
@@ -109,6 +124,66 @@ pub enum GridKind {
     /// student's own Euler steps along a teacher's trajectories (see [`crate::oss`]); solved
     /// where the model is known, as `Gits`.
     Oss(crate::oss::OssParams),
+}
+
+/// The model families Align Your Steps published levels for ([`GridKind::Ays`]): the 11 levels
+/// of a 10-step grid, from the NVIDIA project page's how-to
+/// (research.nvidia.com/labs/toronto-ai/AlignYourSteps/howto.html) as ComfyUI lists them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AysModel {
+    /// Stable Diffusion 1.x (its discrete chain's levels, 14.61 down to 0.029).
+    #[default]
+    Sd1,
+    /// Stable Diffusion XL (the same chain, other levels between).
+    Sdxl,
+    /// Stable Video Diffusion (EDM levels, 700 down to 0.002).
+    Svd,
+}
+
+impl AysModel {
+    /// The name in a config and after `ays-` on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            AysModel::Sd1 => "sd1",
+            AysModel::Sdxl => "sdxl",
+            AysModel::Svd => "svd",
+        }
+    }
+    /// The 11 published levels of the 10-step grid, the last the model's lowest level.
+    pub fn levels(self) -> [f64; 11] {
+        match self {
+            AysModel::Sd1 => [
+                14.6146412293,
+                6.4745760956,
+                3.8636745985,
+                2.6946151520,
+                1.8841921177,
+                1.3943805092,
+                0.9642583904,
+                0.6523686016,
+                0.3977456272,
+                0.1515232662,
+                0.0291671582,
+            ],
+            AysModel::Sdxl => [
+                14.6146412293,
+                6.3184485287,
+                3.7681790315,
+                2.1811480769,
+                1.3405244945,
+                0.8620721141,
+                0.5550693289,
+                0.3798540708,
+                0.2332364134,
+                0.1114188177,
+                0.0291671582,
+            ],
+            AysModel::Svd => [
+                700.0, 54.5, 15.886, 7.977, 4.248, 1.789, 0.981, 0.403, 0.173, 0.034, 0.002,
+            ],
+        }
+    }
 }
 
 /// diffusers' `timestep_spacing` (see [`GridKind::Timesteps`]), and ComfyUI's schedulers that
@@ -134,7 +209,9 @@ pub enum Spacing {
     /// error (ComfyUI runs the other number of steps).
     ComfyDdimUniform,
     /// ComfyUI's `beta` (after Lee et al. 2024): the table's levels at the timesteps
-    /// `round((T - 1) F^-1(1 - i / n))`, `i = 0 .. n - 1` (F the Beta(0.6, 0.6) distribution,
+    /// `round((T - 1) F^-1(1 - i / n))`, `i = 0 .. n - 1` (F the Beta(alpha, beta)
+    /// distribution, 0.6 and 0.6 unless the grid sets them as ComfyUI's `BetaSamplingScheduler`
+    /// node does,
     /// rounding half to even as numpy), a timestep equal to the one before it dropped; a step
     /// count that loses a level so is an error (ComfyUI runs fewer steps).
     ComfyBeta,
@@ -174,8 +251,14 @@ pub fn chain_sigma_at(chain: &[f64], t: f64) -> f64 {
 }
 
 /// The `n` nonzero levels of one of ComfyUI's schedulers ([`Spacing::is_comfy`]) on the
-/// chain's levels `chain` (`s_0 .. s_{T-1}`, increasing).
-pub fn comfy_levels(spacing: Spacing, n: usize, chain: &[f64]) -> Result<Vec<f64>> {
+/// chain's levels `chain` (`s_0 .. s_{T-1}`, increasing); `(alpha, beta)` shape `comfy-beta`'s
+/// distribution (ComfyUI's default is `(0.6, 0.6)`).
+pub fn comfy_levels(
+    spacing: Spacing,
+    n: usize,
+    chain: &[f64],
+    (alpha, beta): (f64, f64),
+) -> Result<Vec<f64>> {
     let t = chain.len();
     let top = (t - 1) as f64;
     // ComfyUI ends these grids without a 0 where the chain's lowest level is within 1e-5 of 0
@@ -237,13 +320,13 @@ pub fn comfy_levels(spacing: Spacing, n: usize, chain: &[f64]) -> Result<Vec<f64
                 let step = 1.0 / n as f64;
                 for i in 0..n {
                     let p = 1.0 - i as f64 * step;
-                    // The median of the symmetric Beta(0.6, 0.6) is 1/2 exactly. With T - 1 odd,
+                    // The median of a symmetric Beta(a, a) is 1/2 exactly. With T - 1 odd,
                     // (T - 1) / 2 is a tie, which rounds to the even step; statrs' quantile is
                     // an ulp below 1/2 there and would round down (scipy's, an ulp above, up).
-                    let q = if p == 0.5 {
+                    let q = if p == 0.5 && alpha == beta {
                         0.5
                     } else {
-                        statrs::function::beta::inv_beta_reg(0.6, 0.6, p)
+                        statrs::function::beta::inv_beta_reg(alpha, beta, p)
                     };
                     let j = (q * top).round_ties_even() as usize;
                     if out.last() != Some(&j) {
@@ -456,7 +539,7 @@ impl GridKind {
     }
 
     /// Parse a command-line name: `karras`, `uniform-t`, `log-snr`, `poly-t`, `iddpm`,
-    /// `poly-exponential`, `beta`, `kl-optimal`, `ddpm-*` (their default parameters; `rho`, where given, for the grids
+    /// `poly-exponential`, `beta`, `kl-optimal`, `ays` (`ays-sd1`), `ays-sdxl`, `ays-svd`, `ddpm-*` (their default parameters; `rho`, where given, for the grids
     /// that have one).
     pub fn from_name(name: &str, rho: Option<f64>) -> Result<Self> {
         if rho.is_some() && !matches!(name, "karras" | "poly-t" | "poly-exponential") {
@@ -480,7 +563,16 @@ impl GridKind {
                 alpha: point_six(),
                 beta: point_six(),
             },
-            "kl-optimal" => GridKind::KlOptimal {},
+"kl-optimal" => GridKind::KlOptimal {},
+            "ays" | "ays-sd1" => GridKind::Ays {
+                model: AysModel::Sd1,
+            },
+            "ays-sdxl" => GridKind::Ays {
+                model: AysModel::Sdxl,
+            },
+            "ays-svd" => GridKind::Ays {
+                model: AysModel::Svd,
+            },
             "linear-quadratic" => GridKind::LinearQuadratic {
                 threshold_noise: threshold_noise(),
                 linear_steps: None,
@@ -502,6 +594,8 @@ impl GridKind {
                 beta_start: beta_start(),
                 beta_end: beta_end(),
                 timesteps: default_m(),
+                alpha: None,
+                beta: None,
             },
             "iddpm" => GridKind::Iddpm {
                 c_1: default_c_1(),
@@ -510,7 +604,7 @@ impl GridKind {
             },
             other => {
                 return Err(SolverError::Grid(format!(
-                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta, kl-optimal, linear-quadratic, ddpm-leading, ddpm-trailing, ddpm-linspace, comfy-normal, comfy-sgm-uniform, comfy-simple, comfy-ddim-uniform, comfy-beta)"
+                    "unknown grid '{other}' (known: karras, uniform-t, log-snr, poly-t, iddpm, poly-exponential, beta, kl-optimal, ays, ays-sdxl, ays-svd, linear-quadratic, ddpm-leading, ddpm-trailing, ddpm-linspace, comfy-normal, comfy-sgm-uniform, comfy-simple, comfy-ddim-uniform, comfy-beta)"
                 )))
             }
         })
@@ -560,6 +654,9 @@ fn levels_for(sets: &[Vec<f64>], n: usize) -> Result<Vec<f64>> {
 /// equally spaced positions (the ends are kept).
 pub fn loglinear(v: &[f64], n: usize) -> Vec<f64> {
     let m = v.len();
+    if m == n {
+        return v.to_vec();
+    }
     if m == 1 || n == 1 {
         return vec![v[0]; n];
     }
@@ -685,6 +782,11 @@ pub fn sigmas(
             }
         }
         GridKind::Levels { sigmas } => levels_for(sigmas, n)?,
+        GridKind::Ays { model } => {
+            let mut v = loglinear(&model.levels(), n + 1);
+            v.truncate(n);
+            v
+        }
         GridKind::Gits(_) | GridKind::Oss(_) => {
             return Err(SolverError::Grid(format!(
                 "the {} placement is chosen for a model: it is solved where the model is known (sample, compare, run, optimize-grid)",
@@ -698,8 +800,19 @@ pub fn sigmas(
             beta_start,
             beta_end,
             timesteps,
+            alpha,
+            beta,
         } => {
             let t = *timesteps;
+            if (alpha.is_some() || beta.is_some()) && *spacing != Spacing::ComfyBeta {
+                return Err(SolverError::Grid(format!(
+                    "alpha and beta shape the comfy-beta spacing's distribution, not the {} spacing",
+                    spacing.name()
+                )));
+            }
+            let shape = (alpha.unwrap_or_else(point_six), beta.unwrap_or_else(point_six));
+            check_positive("alpha", shape.0)?;
+            check_positive("beta", shape.1)?;
             if !(2..=MAX_STEPS).contains(&t) {
                 return Err(SolverError::Grid(format!(
                     "the chain's timesteps must be 2 to {MAX_STEPS}, got {t}"
@@ -727,7 +840,7 @@ pub fn sigmas(
             }
             let chain = DdpmChain::from_schedule(*schedule, t, *beta_start, *beta_end).sigmas();
             if spacing.is_comfy() {
-                comfy_levels(*spacing, n, &chain)?
+                comfy_levels(*spacing, n, &chain, shape)?
             } else {
                 let j = spaced_timesteps(*spacing, n, t, *steps_offset);
             if let Some(bad) = j.iter().find(|&&j| j < 0 || j >= t as i64) {
@@ -747,7 +860,10 @@ pub fn sigmas(
         out[0] = sigma_max;
     } else if !matches!(
         kind,
-        GridKind::Iddpm { .. } | GridKind::Timesteps { .. } | GridKind::Levels { .. }
+        GridKind::Iddpm { .. }
+            | GridKind::Timesteps { .. }
+            | GridKind::Levels { .. }
+            | GridKind::Ays { .. }
     ) {
         out[0] = sigma_max;
         if n > 1 {

@@ -610,6 +610,8 @@ fn ddpm_spaced_grids_are_diffusers_timesteps_on_the_chain() {
         beta_start,
         beta_end,
         timesteps: 1000,
+        alpha: None,
+        beta: None,
     };
     let linear = |spacing, offset| chain(spacing, offset, BetaSchedule::Linear, 1e-4, 0.02);
     let cases: Vec<(GridKind, usize, [f64; 3], [usize; 3])> = vec![
@@ -725,6 +727,8 @@ fn comfyuis_schedulers_are_its_levels_on_the_chain() {
         beta_start,
         beta_end,
         timesteps: 1000,
+        alpha: None,
+        beta: None,
     };
     let linear = (BetaSchedule::Linear, 1e-4, 0.02);
     let scaled = (BetaSchedule::ScaledLinear, 0.00085, 0.012);
@@ -1515,4 +1519,173 @@ fn linear_quadratic_is_comfyuis_schedule() {
     assert!(bad(0.025, Some(6)).contains("linear_steps must be 1 to 5"));
     assert!(bad(0.025, Some(0)).contains("linear_steps"));
     assert!(bad(1.5, None).contains("threshold_noise"));
+}
+
+#[test]
+fn ays_grids_are_comfyuis_align_your_steps() {
+    // Printed by `python3 experiments/peers/ays_check.py NODES_ALIGN_YOUR_STEPS_PY` (ComfyUI's
+    // comfy_extras/nodes_align_your_steps.py as it stands: AlignYourStepsScheduler.get_sigmas,
+    // denoise 1) into tests/data/ays_reference.jsonl: float32 levels, 0 last.
+    use scoreflow_solvers::grid::AysModel;
+    let edm = Edm::default();
+    let mut seen = 0;
+    for line in include_str!("data/ays_reference.jsonl").lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let model = match v["model"].as_str().unwrap() {
+            "SD1" => AysModel::Sd1,
+            "SDXL" => AysModel::Sdxl,
+            _ => AysModel::Svd,
+        };
+        let n = v["steps"].as_u64().unwrap() as usize;
+        let want: Vec<f64> = v["sigmas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        // sigma_min and sigma_max are not used: any valid range gives the same levels.
+        let got = grid::sigmas(&GridKind::Ays { model }, n, 0.5, 1.0, &edm).unwrap();
+        assert_eq!(got.len(), want.len(), "{model:?} {n}: {got:?}");
+        for (a, b) in got.iter().zip(&want) {
+            // float32 rounding of ComfyUI's tensor.
+            assert!(
+                (a - b).abs() <= 1e-7 * b.abs(),
+                "{model:?} {n} steps: {got:?} vs {want:?}"
+            );
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 27);
+    // At 10 steps the grid is the published list without its lowest level, exactly; the
+    // command-line names choose the families.
+    let ten = grid::sigmas(
+        &GridKind::Ays {
+            model: AysModel::Sdxl,
+        },
+        10,
+        0.5,
+        1.0,
+        &edm,
+    )
+    .unwrap();
+    assert_eq!(ten[..10], AysModel::Sdxl.levels()[..10]);
+    assert_eq!(ten[10], 0.0);
+    for (name, model) in [
+        ("ays", AysModel::Sd1),
+        ("ays-sd1", AysModel::Sd1),
+        ("ays-sdxl", AysModel::Sdxl),
+        ("ays-svd", AysModel::Svd),
+    ] {
+        assert_eq!(
+            GridKind::from_name(name, None).unwrap(),
+            GridKind::Ays { model }
+        );
+    }
+    let err = GridKind::from_name("ays", Some(3.0))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--rho applies to"), "{err}");
+    // In a config (`{ kind = "ays", model = "svd" }`; here its JSON form), sd1 by default, other names refused.
+    let svd: GridKind = serde_json::from_str(r#"{"kind": "ays", "model": "svd"}"#).unwrap();
+    assert_eq!(
+        svd,
+        GridKind::Ays {
+            model: AysModel::Svd
+        }
+    );
+    let sd1: GridKind = serde_json::from_str(r#"{"kind": "ays"}"#).unwrap();
+    assert_eq!(
+        sd1,
+        GridKind::Ays {
+            model: AysModel::Sd1
+        }
+    );
+    let err = serde_json::from_str::<GridKind>(r#"{"kind": "ays", "model": "sd3"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown variant `sd3`"), "{err}");
+}
+
+#[test]
+fn comfy_beta_takes_the_beta_sampling_schedulers_shape() {
+    // Printed by ComfyUI's beta_scheduler as it stands, called with alpha and beta as its
+    // BetaSamplingScheduler node calls it (`experiments/peers/comfy_schedulers_check.py`, the
+    // lines with "alpha", into tests/data/comfy_beta_shapes.jsonl): three shapes on DDPM's
+    // linear chain and Stable Diffusion's, 3, 10 and 25 steps, ComfyUI's float32 levels.
+    use scoreflow_solvers::grid::Spacing;
+    let edm = Edm::default();
+    let mut seen = 0;
+    for line in include_str!("data/comfy_beta_shapes.jsonl").lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (schedule, beta_start, beta_end) = match v["chain"].as_str().unwrap() {
+            "linear" => (BetaSchedule::Linear, 1e-4, 0.02),
+            _ => (BetaSchedule::ScaledLinear, 0.00085, 0.012),
+        };
+        let kind = GridKind::Timesteps {
+            spacing: Spacing::ComfyBeta,
+            steps_offset: 0,
+            schedule,
+            beta_start,
+            beta_end,
+            timesteps: 1000,
+            alpha: v["alpha"].as_f64(),
+            beta: v["beta"].as_f64(),
+        };
+        let n = v["steps"].as_u64().unwrap() as usize;
+        let got = grid::sigmas(&kind, n, 0.002, 80.0, &edm).unwrap();
+        let want: Vec<f64> = v["sigmas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(got.len(), want.len(), "{line}: {got:?}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-6 * w, "{line}: {got:?}");
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 18);
+    // Left out, the shape is ComfyUI's beta scheduler's (0.6, 0.6); a shape on another spacing,
+    // or one not positive and finite, is refused.
+    let with = |spacing, alpha: Option<f64>, beta: Option<f64>| GridKind::Timesteps {
+        spacing,
+        steps_offset: 0,
+        schedule: BetaSchedule::Linear,
+        beta_start: 1e-4,
+        beta_end: 0.02,
+        timesteps: 1000,
+        alpha,
+        beta,
+    };
+    assert_eq!(
+        grid::sigmas(&with(Spacing::ComfyBeta, None, None), 10, 0.002, 80.0, &edm).unwrap(),
+        grid::sigmas(
+            &with(Spacing::ComfyBeta, Some(0.6), Some(0.6)),
+            10,
+            0.002,
+            80.0,
+            &edm
+        )
+        .unwrap()
+    );
+    for (kind, needle) in [
+        (
+            with(Spacing::ComfyNormal, Some(0.5), None),
+            "not the comfy-normal spacing",
+        ),
+        (with(Spacing::ComfyBeta, Some(0.0), None), "alpha"),
+        (with(Spacing::ComfyBeta, None, Some(f64::NAN)), "beta"),
+    ] {
+        let err = grid::sigmas(&kind, 10, 0.002, 80.0, &edm)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+    // The keys stay out of a grid's JSON where left out (cells keep their keys).
+    let json = serde_json::to_value(with(Spacing::ComfyBeta, None, None)).unwrap();
+    assert!(
+        json.get("alpha").is_none() && json.get("beta").is_none(),
+        "{json}"
+    );
 }
