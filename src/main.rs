@@ -255,6 +255,19 @@ struct SampleArgs {
     /// (edict, bdia, belm: undo their steps exactly and write the latent pair [2, N, ...]).
     #[arg(long, conflicts_with_all = ["noise", "num", "png"])]
     invert: Option<PathBuf>,
+    /// SDEdit (Meng et al. 2022), image to image: start from these data (`[N, ...]` in the
+    /// model's per-sample shape) noised to a level partway down the grid, set by --strength or
+    /// --denoise, and sample from there; the noise is --noise's, else drawn from --seed.
+    #[arg(long, conflicts_with_all = ["num", "invert"])]
+    init: Option<PathBuf>,
+    /// With --init: diffusers' image-to-image strength in (0, 1]: of the grid of --steps steps,
+    /// the last floor(steps x strength) run.
+    #[arg(long, requires = "init", conflicts_with = "denoise")]
+    strength: Option<f64>,
+    /// With --init: ComfyUI's denoise in (0, 1]: the grid of floor(steps / denoise) steps, of
+    /// which the last --steps run.
+    #[arg(long, requires = "init")]
+    denoise: Option<f64>,
     /// With --invert: decode the latents again as `sample --noise OUT` would (same sampler,
     /// steps and grid) and report the round trip's error.
     #[arg(long)]
@@ -291,6 +304,22 @@ fn sample(mut a: SampleArgs) -> Result<()> {
             bail!("--invert needs --steps >= 2 (it walks the levels above 0 of the sampling grid)");
         }
     }
+    let partial = match (a.strength, a.denoise) {
+        (Some(s), _) => Some(scoreflow_solvers::grid::Partial::Strength(s)),
+        (None, Some(d)) => Some(scoreflow_solvers::grid::Partial::Denoise(d)),
+        (None, None) if a.init.is_some() => {
+            bail!("--init needs --strength (diffusers' convention) or --denoise (ComfyUI's)")
+        }
+        (None, None) => None,
+    };
+    if partial.is_some() && a.init.is_none() {
+        bail!("--strength and --denoise apply to --init (a run from data partway down the grid)");
+    }
+    // The grid to build: a partial run takes the tail of a grid of grid_steps steps.
+    let grid_steps = match partial {
+        Some(p) => p.grid_steps(a.steps)?,
+        None => a.steps,
+    };
     let sde = job::sde_from_name(&a.grid.sde)?;
     a.grid.kind()?;
     let dev = device::parse(&a.device)?;
@@ -334,9 +363,12 @@ fn sample(mut a: SampleArgs) -> Result<()> {
         &shape,
         dev,
         kind,
-        &[a.steps],
+        &[grid_steps],
     )?;
-    let sigmas = a.grid.sigmas_within(sde.as_ref(), a.steps, precond)?;
+    let mut sigmas = a.grid.sigmas_within(sde.as_ref(), grid_steps, precond)?;
+    if let Some(p) = partial {
+        sigmas = p.tail(&sigmas, a.steps)?;
+    }
     if a.png.is_some() && shape.len() != 3 {
         bail!("--png draws image samples; this model's samples have shape {shape:?}");
     }
@@ -344,6 +376,14 @@ fn sample(mut a: SampleArgs) -> Result<()> {
     // `sample --invert` wrote for it: [2, N, ...], the latents and their companion.
     let exact_inversion = spec.build()?.exact_inverse().is_some();
     let mut companion = None;
+    let init = match &a.init {
+        Some(path) => Some(
+            npy::read_shaped(path, &shape, "init data")?
+                .to_device(dev)
+                .to_kind(kind),
+        ),
+        None => None,
+    };
     let z = match (&a.invert, &a.noise, a.num) {
         (Some(path), _, _) => npy::read_shaped(path, &shape, "data file")?
             .to_device(dev)
@@ -360,6 +400,10 @@ fn sample(mut a: SampleArgs) -> Result<()> {
             job::initial_noise_shaped(a.seed, n, &shape, dev, kind)?
         }
         (None, None, Some(_)) => bail!("--num must be at least 1"),
+        (None, None, None) if init.is_some() => {
+            let n = init.as_ref().map_or(0, |x| x.size()[0]) as usize;
+            job::initial_noise_shaped(a.seed, n, &shape, dev, kind)?
+        }
         (None, None, None) => bail!(
             "give the starting noise with --noise FILE.npy or --num N (or data to encode with --invert FILE.npy)"
         ),
@@ -393,13 +437,30 @@ fn sample(mut a: SampleArgs) -> Result<()> {
         );
     }
     let n = z.size()[0];
+    // SDEdit's start: the data plus sigma_start times the noise, which the run takes as the
+    // latents z + x0 / sigma_start (it starts from sigmas[0] times its latents).
+    let start_latents = match &init {
+        Some(x0) => {
+            if companion.is_some() {
+                bail!("--init starts from data and noise: give --noise as plain [N, ...] noise, not a latent pair");
+            }
+            if x0.size()[0] != n {
+                bail!(
+                    "--init has {} samples and --noise {n}: give as many of each",
+                    x0.size()[0]
+                );
+            }
+            &z + x0 / sigmas[0]
+        }
+        None => z.shallow_clone(),
+    };
     let start = Instant::now();
     let job::Sampled { x, nfe, .. } = job::run_latents(
         &spec,
         den.as_ref(),
         sde.as_ref(),
         &sigmas,
-        &z,
+        &start_latents,
         companion.as_ref(),
         a.seed,
         0,
@@ -445,6 +506,13 @@ fn sample(mut a: SampleArgs) -> Result<()> {
         "num": n,
         "out": a.out.display().to_string(),
     });
+    if let (Some(p), Some(path)) = (partial, &a.init) {
+        let (name, v) = p.name_value();
+        line["init"] = serde_json::json!(path.display().to_string());
+        line[name] = serde_json::json!(v);
+        line["steps_run"] = serde_json::json!(sigmas.len() - 1);
+        line["sigma_start"] = serde_json::json!(sigmas[0]);
+    }
     // Explicit and model-chosen grids: the levels themselves, so the record says what ran.
     if matches!(
         a.grid.kind()?,

@@ -3472,3 +3472,195 @@ fn exact_inversion_writes_a_latent_pair_that_samples_the_data_again() {
         &p("bad.npy"),
     );
 }
+
+#[test]
+fn sdedit_starts_from_noised_data_partway_down_the_grid() {
+    // N((1, -0.5), diag(1, 0.25)): the probability-flow ODE from level s to 0 maps x to
+    // mu + sqrt(v / (v + s^2)) (x - mu) in each coordinate, so a run from data x0 noised to s,
+    // x0 + s z, has an exact end to compare with.
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    std::fs::write(
+        d("g.json"),
+        r#"{"mean": [1.0, -0.5], "covariance": [[1.0, 0.0], [0.0, 0.25]]}"#,
+    )
+    .unwrap();
+    let model = format!("gaussian:{}", d("g.json"));
+    let x0: Vec<f64> = (0..64)
+        .flat_map(|i| {
+            let t = i as f64 / 63.0;
+            [1.0 + 2.0 * (t - 0.5), -0.5 + (3.0 * t).sin() * 0.5]
+        })
+        .collect();
+    write_npy(Path::new(&d("x0.npy")), &[64, 2], &x0, false);
+    let karras = |n: usize, i: usize| {
+        let (a, b) = (80f64.powf(1.0 / 7.0), 0.002f64.powf(1.0 / 7.0));
+        (a + i as f64 / (n - 1) as f64 * (b - a)).powi(7)
+    };
+    let sdedit = |extra: &[&str], out: &str| -> serde_json::Value {
+        let o = run(&[
+            &[
+                "sample",
+                "--denoiser",
+                &model,
+                "--device",
+                "cpu",
+                "--init",
+                &d("x0.npy"),
+                "--out",
+                &d(out),
+            ][..],
+            extra,
+        ]
+        .concat());
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    // diffusers' strength: of 1600 steps the last 800 run, from the grid's level 800 (Heun's
+    // error against the exact map: 2.5e-3, 1.5e-4, 4.3e-6 at 100, 400, 1600 steps).
+    let line = sdedit(
+        &[
+            "--solver",
+            "heun",
+            "--steps",
+            "1600",
+            "--strength",
+            "0.5",
+            "--dtype",
+            "float64",
+            "--save-noise",
+            &d("z.npy"),
+        ],
+        "x.npy",
+    );
+    assert_eq!(line["steps_run"], 800);
+    assert_eq!(line["nfe"], 1599);
+    assert_eq!(line["strength"], 0.5);
+    let s = line["sigma_start"].as_f64().unwrap();
+    assert!((s - karras(1600, 800)).abs() <= 1e-12 * s, "{line}");
+    let (_, z) = read_f32_npy(Path::new(&d("z.npy")));
+    let (shape, x) = read_f32_npy(Path::new(&d("x.npy")));
+    assert_eq!(shape, [64, 2]);
+    let (mu, v) = ([1.0, -0.5], [1.0, 0.25]);
+    let mut worst = 0f64;
+    for i in 0..128 {
+        let c = i % 2;
+        let xs = x0[i] + s * z[i] as f64;
+        let want = mu[c] + (v[c] / (v[c] + s * s)).sqrt() * (xs - mu[c]);
+        worst = worst.max((x[i] as f64 - want).abs());
+    }
+    assert!(worst < 2e-5, "max error {worst} against the exact ODE map");
+    // Not the run from noise alone: the data set where it ends.
+    let far = (0..128)
+        .map(|i| (x[i] as f64 - x0[i]).abs())
+        .fold(0f64, f64::max);
+    assert!(far < 3.0 * s, "{far}");
+    // strength 0.3 of 10 steps: the last 3; ComfyUI's denoise 0.5 of 10 steps: the last 10 of
+    // a grid of 20.
+    let line = sdedit(
+        &["--solver", "euler", "--steps", "10", "--strength", "0.3"],
+        "a.npy",
+    );
+    assert_eq!(
+        (line["steps_run"].as_u64(), line["nfe"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let s = line["sigma_start"].as_f64().unwrap();
+    assert!((s - karras(10, 7)).abs() <= 1e-12 * s, "{line}");
+    let line = sdedit(
+        &["--solver", "euler", "--steps", "10", "--denoise", "0.5"],
+        "b.npy",
+    );
+    assert_eq!(
+        (line["steps_run"].as_u64(), line["nfe"].as_u64()),
+        (Some(10), Some(10))
+    );
+    let s = line["sigma_start"].as_f64().unwrap();
+    assert!((s - karras(20, 10)).abs() <= 1e-12 * s, "{line}");
+    // The same noise from a file gives the same run as from the seed.
+    let line = sdedit(
+        &[
+            "--solver",
+            "euler",
+            "--steps",
+            "10",
+            "--denoise",
+            "0.5",
+            "--save-noise",
+            &d("zb.npy"),
+        ],
+        "b2.npy",
+    );
+    assert_eq!(line["nfe"], 10);
+    sdedit(
+        &[
+            "--solver",
+            "euler",
+            "--steps",
+            "10",
+            "--denoise",
+            "0.5",
+            "--noise",
+            &d("zb.npy"),
+        ],
+        "b3.npy",
+    );
+    assert_eq!(
+        std::fs::read(d("b2.npy")).unwrap(),
+        std::fs::read(d("b3.npy")).unwrap()
+    );
+    // Bad input: exit 2, nothing written.
+    write_npy(Path::new(&d("wide.npy")), &[4, 3], &[0.0; 12], true);
+    write_npy(Path::new(&d("z5.npy")), &[5, 2], &[0.0; 10], true);
+    let out = dir.path().join("bad.npy");
+    let bad = |extra: &[&str], needle: &str| {
+        let args = [
+            &[
+                "sample",
+                "--denoiser",
+                &model,
+                "--solver",
+                "euler",
+                "--steps",
+                "10",
+                "--device",
+                "cpu",
+                "--out",
+                out.to_str().unwrap(),
+            ][..],
+            extra,
+        ]
+        .concat();
+        assert_bad(&args, needle, &out);
+    };
+    let init = d("x0.npy");
+    bad(&["--init", &init], "--init needs --strength");
+    bad(&["--num", "4", "--strength", "0.5"], "apply to --init");
+    bad(&["--init", &init, "--strength", "0"], "must be in (0, 1]");
+    bad(&["--init", &init, "--denoise", "1.5"], "must be in (0, 1]");
+    bad(&["--init", &init, "--strength", "0.05"], "runs no step");
+    bad(
+        &["--init", &init, "--strength", "0.5", "--denoise", "0.5"],
+        "cannot be used with",
+    );
+    bad(
+        &["--init", &init, "--strength", "0.5", "--num", "4"],
+        "cannot be used with",
+    );
+    bad(
+        &["--init", &d("wide.npy"), "--strength", "0.5"],
+        "init data",
+    );
+    bad(
+        &[
+            "--init",
+            &init,
+            "--strength",
+            "0.5",
+            "--noise",
+            &d("z5.npy"),
+        ],
+        "as many of each",
+    );
+    bad(&["--init", &d("none.npy"), "--strength", "0.5"], "none.npy");
+}

@@ -679,6 +679,75 @@ fn frac(i: usize, n: usize) -> f64 {
     }
 }
 
+/// Where a partial run starts: SDEdit (Meng et al. 2022, "SDEdit: Guided Image Synthesis and
+/// Editing with Stochastic Differential Equations"), image-to-image sampling, starts from data
+/// noised to a level partway down the grid and samples from there. The level is set in one of
+/// the two conventions users meet.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Partial {
+    /// diffusers' image-to-image `strength` in (0, 1] (`get_timesteps` of its img2img
+    /// pipelines): of the grid of `n` steps, the last `min(floor(n s), n)` run, from the level
+    /// where they start.
+    Strength(f64),
+    /// ComfyUI's `denoise` in (0, 1] (`KSampler.set_steps`, comfy/samplers.py): the grid of
+    /// `floor(n / d)` steps, of which the last `n` run; above 0.9999, the grid of `n` steps.
+    Denoise(f64),
+}
+
+impl Partial {
+    /// The name of its flag and config key (`strength`, `denoise`) and its value.
+    pub fn name_value(self) -> (&'static str, f64) {
+        match self {
+            Partial::Strength(s) => ("strength", s),
+            Partial::Denoise(d) => ("denoise", d),
+        }
+    }
+
+    /// The step count of the grid to build for a run of `steps` steps (before [`Self::tail`]).
+    pub fn grid_steps(self, steps: usize) -> Result<usize> {
+        let (name, v) = self.name_value();
+        if !(v > 0.0 && v <= 1.0) {
+            return Err(SolverError::Parameter {
+                name,
+                value: v,
+                why: "must be in (0, 1]",
+            });
+        }
+        Ok(match self {
+            Partial::Strength(_) => steps,
+            Partial::Denoise(d) if d > 0.9999 => steps,
+            Partial::Denoise(d) => {
+                let total = (steps as f64 / d).floor();
+                if total > MAX_STEPS as f64 {
+                    return Err(SolverError::Grid(format!(
+                        "denoise {} with {steps} steps asks for a grid of {total} steps, more than {MAX_STEPS}",
+                        crate::Num(d)
+                    )));
+                }
+                total as usize
+            }
+        })
+    }
+
+    /// The levels that run, 0 last: the tail of `sigmas`, the grid of [`Self::grid_steps`]`(steps)`
+    /// steps.
+    pub fn tail(self, sigmas: &[f64], steps: usize) -> Result<Vec<f64>> {
+        let grid_steps = sigmas.len() - 1;
+        let run = match self {
+            Partial::Strength(s) => ((steps as f64 * s).floor() as usize).min(steps),
+            Partial::Denoise(_) => steps.min(grid_steps),
+        };
+        if run == 0 {
+            return Err(SolverError::Grid(format!(
+                "strength {} with {steps} steps runs no step (floor({steps} x {}) = 0): raise --strength or --steps",
+                crate::Num(self.name_value().1),
+                crate::Num(self.name_value().1)
+            )));
+        }
+        Ok(sigmas[grid_steps - run..].to_vec())
+    }
+}
+
 /// The most steps a grid may have (a million: far beyond convergence for any sampler here, and
 /// a bound that turns a mistyped count into an error rather than an allocation failure).
 pub const MAX_STEPS: usize = 1_000_000;

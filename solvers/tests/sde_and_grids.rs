@@ -1689,3 +1689,50 @@ fn comfy_beta_takes_the_beta_sampling_schedulers_shape() {
         "{json}"
     );
 }
+
+#[test]
+fn partial_runs_take_diffusers_and_comfyuis_tails() {
+    use scoreflow_solvers::grid::Partial;
+    let edm = Edm::default();
+    let karras = |n| grid::sigmas(&GridKind::default(), n, 0.002, 80.0, &edm).unwrap();
+    // diffusers' get_timesteps: init_timestep = min(int(n * strength), n), in Python's float
+    // arithmetic (100 x 0.29 = 28.999999999999996: 28 steps).
+    for (n, s, run) in [(10, 0.3, 3), (50, 0.8, 40), (100, 0.29, 28), (7, 1.0, 7)] {
+        let p = Partial::Strength(s);
+        assert_eq!(p.grid_steps(n).unwrap(), n);
+        let g = karras(n);
+        assert_eq!(p.tail(&g, n).unwrap(), g[n - run..], "{n} {s}");
+    }
+    // ComfyUI's KSampler.set_steps: int(steps / denoise) steps, the last steps + 1 levels; above
+    // 0.9999 the whole grid.
+    for (n, d, total) in [
+        (10, 0.5, 20),
+        (20, 0.7, 28),
+        (20, 0.99995, 20),
+        (3, 0.1, 30),
+    ] {
+        let p = Partial::Denoise(d);
+        assert_eq!(p.grid_steps(n).unwrap(), total, "{n} {d}");
+        let g = karras(total);
+        assert_eq!(p.tail(&g, n).unwrap(), g[total - n..], "{n} {d}");
+    }
+    for p in [
+        Partial::Strength(0.0),
+        Partial::Strength(1.5),
+        Partial::Denoise(-0.1),
+        Partial::Denoise(f64::NAN),
+    ] {
+        let err = p.grid_steps(10).unwrap_err().to_string();
+        assert!(err.contains("must be in (0, 1]"), "{err}");
+    }
+    let err = Partial::Strength(0.05)
+        .tail(&karras(10), 10)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("runs no step"), "{err}");
+    let err = Partial::Denoise(1e-9)
+        .grid_steps(10)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("more than 1000000"), "{err}");
+}
