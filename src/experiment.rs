@@ -85,12 +85,31 @@ pub struct ExperimentConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_denoised: Option<f64>,
     /// `[ratio, max]`: dynamic thresholding of every denoised estimate (Saharia et al. 2022).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "two_numbers"
+    )]
     pub dynamic_threshold: Option<[f64; 2]>,
     /// The analytical first step (AFS, Zhou et al. 2024) in every cell: the first evaluation,
     /// at the grid's top level, is replaced by `x / sqrt(1 + sigma^2)` as the ODE's derivative.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub afs: bool,
+}
+
+/// An optional `[a, b]` that must have two numbers (serde reads a fixed-size array from the
+/// first elements of a longer TOML array and drops the rest).
+fn two_numbers<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<[f64; 2]>, D::Error> {
+    match Option::<Vec<f64>>::deserialize(d)? {
+        None => Ok(None),
+        Some(v) if v.len() == 2 => Ok(Some([v[0], v[1]])),
+        Some(v) => Err(serde::de::Error::invalid_length(
+            v.len(),
+            &"an array of length 2, [ratio, max]",
+        )),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -529,6 +548,15 @@ impl ExperimentConfig {
                 None => return Err(failed(&e)),
             },
         };
+        // A [grid] equal to the default cannot be told from none once read: ask the text.
+        if let Ok(table) = toml::from_str::<toml::Table>(&text) {
+            if table.contains_key("grid") && table.contains_key("grids") {
+                bail!(
+                    "{}: give one grid as [grid] or several as [[grids]], not both",
+                    path.display()
+                );
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -1803,6 +1831,13 @@ pub fn plot_merged(dirs: &[PathBuf], out: &Path) -> Result<()> {
                 "--out {} is one of the inputs; give a new folder for the merged results",
                 out.display()
             );
+        }
+    }
+    // The same folder twice would draw each of its lines twice under two tags.
+    let key = |d: &PathBuf| d.canonicalize().unwrap_or_else(|_| d.clone());
+    for (i, d) in dirs.iter().enumerate() {
+        if dirs[..i].iter().any(|e| key(e) == key(d)) {
+            bail!("plot --out lists the folder {} twice", d.display());
         }
     }
     let names: Vec<String> = dirs

@@ -168,6 +168,12 @@ pub fn eval_digits(a: EvalDigitsArgs) -> Result<()> {
             m.net.shape
         );
     }
+    if m.net.num_classes == 0 && (a.guidance != 1.0 || a.guidance_interval.is_some()) {
+        bail!(
+            "--guidance and --guidance-interval need a class-conditional checkpoint; {} is unconditional",
+            a.checkpoint.display()
+        );
+    }
     let n = digits.len();
     let even = Tensor::arange_start_step(0, n, 2, (Kind::Int64, Device::Cpu));
     let odd = Tensor::arange_start_step(1, n, 2, (Kind::Int64, Device::Cpu));

@@ -89,7 +89,10 @@ pub struct GridArgs {
 
 /// A `--grid` that is not a name: `levels:S1,S2,...`, `gits`, or a TOML file with a `[grid]`
 /// table holding a `placement`.
-fn grid_from_text(name: &str, rho: Option<f64>) -> Result<Option<GridKind>> {
+/// A grid file's `[grid]` table is read whole (unknown keys, bad values and `sigma_min >=
+/// sigma_max` are errors), and the file's `sde`, where it names one, is returned with the
+/// placement: the command's `--sde` must agree with it.
+fn grid_from_text(name: &str, rho: Option<f64>) -> Result<Option<(GridKind, Option<String>)>> {
     let other =
         name.starts_with("levels:") || name == "gits" || name == "oss" || name.ends_with(".toml");
     if other && rho.is_some() {
@@ -104,15 +107,18 @@ fn grid_from_text(name: &str, rho: Option<f64>) -> Result<Option<GridKind>> {
                     .map_err(|_| anyhow::anyhow!("--grid levels: '{v}' is not a number"))
             })
             .collect::<Result<Vec<f64>>>()?;
-        return Ok(Some(GridKind::Levels {
-            sigmas: vec![levels],
-        }));
+        return Ok(Some((
+            GridKind::Levels {
+                sigmas: vec![levels],
+            },
+            None,
+        )));
     }
     if name == "gits" {
-        return Ok(Some(GridKind::Gits(Default::default())));
+        return Ok(Some((GridKind::Gits(Default::default()), None)));
     }
     if name == "oss" {
-        return Ok(Some(GridKind::Oss(Default::default())));
+        return Ok(Some((GridKind::Oss(Default::default()), None)));
     }
     if name.ends_with(".toml") {
         let text = std::fs::read_to_string(name)
@@ -132,7 +138,21 @@ fn grid_from_text(name: &str, rho: Option<f64>) -> Result<Option<GridKind>> {
                 e.to_string().trim_end().replace('\n', " ")
             )
         })?;
-        return Ok(Some(kind));
+        let spec: crate::experiment::GridSpec =
+            table["grid"]
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    anyhow::anyhow!(
+                        "--grid {name}: [grid]: {}",
+                        e.to_string().trim_end().replace('\n', " ")
+                    )
+                })?;
+        scoreflow_solvers::sde::check_sigma_range(spec.sigma_min, spec.sigma_max)
+            .map_err(|e| anyhow::anyhow!("--grid {name}: [grid] {e}"))?;
+        sde_from_name(&spec.sde).map_err(|e| anyhow::anyhow!("--grid {name}: [grid] {e}"))?;
+        let sde = table["grid"].get("sde").map(|_| spec.sde);
+        return Ok(Some((kind, sde)));
     }
     Ok(None)
 }
@@ -142,7 +162,14 @@ impl GridArgs {
         if let Some(k) = &self.solved {
             return Ok(k.clone());
         }
-        if let Some(k) = grid_from_text(&self.grid, self.rho)? {
+        if let Some((k, file_sde)) = grid_from_text(&self.grid, self.rho)? {
+            if let Some(file_sde) = file_sde.filter(|s| *s != self.sde) {
+                bail!(
+                    "--grid {}: its [grid] was made under the {file_sde} SDE and this run is under {}: pass --sde {file_sde} (or leave sde out of the file to use its levels under another SDE)",
+                    self.grid,
+                    self.sde
+                );
+            }
             if self.steps_offset.is_some() {
                 bail!(
                     "--steps-offset applies to the ddpm-leading grid, not {}",

@@ -304,6 +304,9 @@ fn sample(mut a: SampleArgs) -> Result<()> {
             bail!("--invert needs --steps >= 2 (it walks the levels above 0 of the sampling grid)");
         }
     }
+    if a.quantize && a.checkpoint.is_none() {
+        bail!("--quantize applies to a trained network with a discrete chain (--checkpoint), not to an exact model");
+    }
     let partial = match (a.strength, a.denoise) {
         (Some(s), _) => Some(scoreflow_solvers::grid::Partial::Strength(s)),
         (None, Some(d)) => Some(scoreflow_solvers::grid::Partial::Denoise(d)),
@@ -424,6 +427,14 @@ fn sample(mut a: SampleArgs) -> Result<()> {
     }
     if a.save_noise.as_ref() == Some(&a.out) {
         bail!("--save-noise and --out name the same file");
+    }
+    if let Some(png) = a.png.as_ref() {
+        if png == &a.out || a.save_noise.as_ref() == Some(png) {
+            bail!(
+                "--png names {}, which --out or --save-noise also names",
+                png.display()
+            );
+        }
     }
     if a.invert.is_some() {
         return invert(
@@ -600,6 +611,35 @@ fn invert(
     Ok(())
 }
 
+/// libtorch's sentence where a panic's message is its failure to allocate memory (on the CPU,
+/// `DefaultCPUAllocator: can't allocate memory: ...`; on CUDA, `CUDA out of memory. ...`).
+fn out_of_memory(msg: &str) -> Option<String> {
+    let at = msg
+        .find("can't allocate memory")
+        .or_else(|| msg.find("out of memory"))?;
+    let head = &msg[..at];
+    let start = [
+        head.rfind(['"', '\n', ']']).map(|i| i + 1),
+        head.rfind(". ").map(|i| i + 2),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or(0);
+    let tail = &msg[start..];
+    let end = tail
+        .find(" (")
+        .into_iter()
+        .chain(tail.find('\n'))
+        // tch's unwrap prints libtorch's error with Debug escapes: a newline as `\n`.
+        .chain(tail.find("\\n"))
+        .chain(tail.find('"'))
+        .chain(tail.find("frame #"))
+        .min()
+        .unwrap_or(tail.len());
+    Some(tail[..end].trim().trim_end_matches('.').to_string())
+}
+
 fn main() {
     // Output piped into a reader that stops early (`scoreflow samplers | head`) ends the process
     // quietly, as for other Unix tools, instead of failing a print (Rust ignores SIGPIPE).
@@ -620,6 +660,13 @@ fn main() {
             .unwrap_or("");
         if let Some(why) = msg.strip_prefix("failed printing to stdout") {
             eprintln!("error: cannot write to standard output{why}");
+            std::process::exit(2);
+        }
+        // libtorch failing to allocate (tch's infallible wrappers unwrap its error): the run
+        // asked for more memory than there is. Say so, with libtorch's own sentence, and exit
+        // 2 as for other bad input; outputs are written only after the work, so none is left.
+        if let Some(why) = out_of_memory(msg) {
+            eprintln!("error: out of memory: {why}; ask for fewer samples (--num), a smaller batch or a smaller network");
             std::process::exit(2);
         }
         default_hook(info);
@@ -653,5 +700,26 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::out_of_memory;
+
+    #[test]
+    fn out_of_memory_keeps_libtorchs_sentence() {
+        // As tch's unwrap prints libtorch's CPU and CUDA allocation failures.
+        let cpu = "called `Result::unwrap()` on an `Err` value: Torch(\"[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 6400000000 bytes. Error code 12 (Cannot allocate memory)\\nException raised from alloc_cpu at ...\")";
+        assert_eq!(
+            out_of_memory(cpu).unwrap(),
+            "DefaultCPUAllocator: can't allocate memory: you tried to allocate 6400000000 bytes. Error code 12"
+        );
+        let cuda = "called `Result::unwrap()` on an `Err` value: Torch(\"CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.19 GiB\\nframe #0: ...\")";
+        assert_eq!(
+            out_of_memory(cuda).unwrap(),
+            "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.19 GiB"
+        );
+        assert_eq!(out_of_memory("index out of range"), None);
     }
 }

@@ -80,6 +80,10 @@ impl Default for Backbone {
     }
 }
 
+/// The most weights a backbone may have (2^30, about 1.07e9: a mistyped width becomes this
+/// error, not an allocation failure or the out-of-memory killer).
+pub const MAX_PARAMS: f64 = (1u64 << 30) as f64;
+
 impl Backbone {
     pub fn validate(&self) -> Result<()> {
         match self {
@@ -124,7 +128,44 @@ impl Backbone {
                 }
             }
         }
+        let params = self.approx_params();
+        if params > MAX_PARAMS {
+            bail!(
+                "model.backbone: about {params:.2e} parameters, more than 2^30 (4 GiB of float32 weights, and training keeps five copies: weights, gradients, Adam's two moments, the EMA); make it narrower or shallower"
+            );
+        }
         Ok(())
+    }
+
+    /// The number of weights, roughly (the per-sample size's own terms left out; a U-Net
+    /// counted at its widest level throughout, an overestimate): for the size check.
+    pub fn approx_params(&self) -> f64 {
+        match self {
+            Backbone::Mlp {
+                hidden,
+                depth,
+                fourier_features,
+                ..
+            } => {
+                let h = *hidden as f64;
+                h * h * (3.0 * *depth as f64 + 1.0) + 2.0 * *fourier_features as f64 * h
+            }
+            Backbone::Unet {
+                channels,
+                channel_mult,
+                blocks,
+                fourier_features,
+                ..
+            } => {
+                let widest =
+                    *channels as f64 * channel_mult.iter().copied().max().unwrap_or(1) as f64;
+                // Per level: `blocks` residual blocks down and `blocks + 1` up, each two 3x3
+                // convolutions, the up blocks' inputs twice as wide.
+                let per_block = 2.0 * 9.0 * 2.0 * widest * widest;
+                channel_mult.len() as f64 * (2.0 * *blocks as f64 + 1.0) * per_block
+                    + 2.0 * *fourier_features as f64 * widest
+            }
+        }
     }
 
     /// Check that the backbone fits samples of per-sample shape `shape`.

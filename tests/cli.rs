@@ -3664,3 +3664,165 @@ fn sdedit_starts_from_noised_data_partway_down_the_grid() {
     );
     bad(&["--init", &d("none.npy"), "--strength", "0.5"], "none.npy");
 }
+
+#[test]
+fn fuzzed_inputs_are_errors_naming_the_problem() {
+    // Inputs a fuzzing session found taken without complaint, or crashing: exit 2, one line,
+    // nothing written.
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let out = dir.path().join("out.toml");
+    let og = |extra: &[&str], needle: &str| {
+        let args = [
+            &[
+                "optimize-grid",
+                "--denoiser",
+                "builtin:gmm8",
+                "--steps",
+                "4",
+                "--device",
+                "cpu",
+                "--out",
+                out.to_str().unwrap(),
+            ][..],
+            extra,
+        ]
+        .concat();
+        assert_bad(&args, needle, &out);
+    };
+    // Warm-up sample counts that cannot be allocated (an abort before), and a seed the grid
+    // file cannot hold (an error after the solve before).
+    og(
+        &["--samples", "99999999999"],
+        "samples must be at most 1048576",
+    );
+    og(
+        &["--method", "oss", "--samples", "2000000000"],
+        "samples must be at most 1048576",
+    );
+    og(
+        &["--samples", "1000000", "--teacher-steps", "3000"],
+        "more than 4294967296",
+    );
+    og(
+        &["--samples", "4", "--seed", "18446744073709551615"],
+        "seed must be at most 9223372036854775807",
+    );
+    // A grid file's [grid] table is read whole, and its SDE must be the run's.
+    let npy = dir.path().join("x.npy");
+    let sample = |extra: &[&str], needle: &str| {
+        let args = [
+            &[
+                "sample",
+                "--denoiser",
+                "builtin:gmm8",
+                "--solver",
+                "euler",
+                "--steps",
+                "4",
+                "--num",
+                "4",
+                "--device",
+                "cpu",
+                "--out",
+                npy.to_str().unwrap(),
+            ][..],
+            extra,
+        ]
+        .concat();
+        assert_bad(&args, needle, &npy);
+    };
+    for (i, (extra, needle)) in [
+        ("bogus = 3", "unknown field `bogus`"),
+        ("sigma_min = \"x\"", "invalid type"),
+        ("sigma_min = 100.0\nsigma_max = 80.0", "sigma_min"),
+        ("sigma_min = nan", "sigma_min"),
+        ("sde = \"zzz\"", "zzz"),
+        ("sde = \"vp\"", "pass --sde vp"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let g = d(&format!("g{i}.toml"));
+        std::fs::write(
+            &g,
+            format!("[grid]\nplacement = {{ kind = \"karras\" }}\n{extra}\n"),
+        )
+        .unwrap();
+        sample(&["--grid", &g], needle);
+    }
+    let g = d("g5.toml");
+    let o = run(&[
+        "sample",
+        "--denoiser",
+        "builtin:gmm8",
+        "--solver",
+        "euler",
+        "--steps",
+        "4",
+        "--num",
+        "4",
+        "--device",
+        "cpu",
+        "--grid",
+        &g,
+        "--sde",
+        "vp",
+        "--out",
+        npy.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_file(&npy).unwrap();
+    // --quantize has no chain to quantize on an exact model.
+    sample(&["--quantize"], "--quantize applies to a trained network");
+    // --png naming the file --out or --save-noise writes would lose one of them.
+    let digits = repo("runs/digits/checkpoint.safetensors");
+    let same = npy.to_str().unwrap();
+    for extra in [
+        &["--png", same][..],
+        &["--png", &d("n.png"), "--save-noise", &d("n.png")][..],
+    ] {
+        let args = [
+            &[
+                "sample",
+                "--checkpoint",
+                digits.to_str().unwrap(),
+                "--solver",
+                "euler",
+                "--steps",
+                "2",
+                "--num",
+                "2",
+                "--device",
+                "cpu",
+                "--out",
+                same,
+            ][..],
+            extra,
+        ]
+        .concat();
+        assert_bad(&args, "--png names", &npy);
+        assert!(!dir.path().join("n.png").exists());
+    }
+    // eval-digits: guidance needs a class-conditional network.
+    let png = dir.path().join("e.png");
+    assert_bad(
+        &[
+            "eval-digits",
+            "--checkpoint",
+            repo("runs/digits-learned/checkpoint.safetensors")
+                .to_str()
+                .unwrap(),
+            "--steps",
+            "2",
+            "--guidance",
+            "2",
+            "--device",
+            "cpu",
+            "--png",
+            png.to_str().unwrap(),
+        ],
+        "need a class-conditional checkpoint",
+        &png,
+    );
+}

@@ -1053,6 +1053,10 @@ fn plot_merges_experiments_into_one_table_and_plot() {
             vec!["plot", a, b, "--out", &format!("{a}/")],
             "is one of the inputs",
         ),
+        (
+            vec!["plot", a, &format!("{a}/"), "--out", m],
+            "lists the folder",
+        ),
     ] {
         let o = run(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
@@ -1245,6 +1249,10 @@ kind = "ipndm"
             "the ays placement has no range",
         ),
         (
+            "[grid]\nplacement = { kind = \"karras\" }\n[[grids]]\nplacement = { kind = \"log-snr\" }\n".to_string(),
+            "not both",
+        ),
+        (
             "[[grids]]\nplacement = { kind = \"karras\" }\nsigma_max = 0.001\n".to_string(),
             "sigma",
         ),
@@ -1261,6 +1269,18 @@ kind = "ipndm"
         assert!(err.contains(want), "{extra}: {err}");
         assert!(!out.exists(), "{extra}: nothing written");
     }
+    // A top-level pair with a third number is refused, not cut to two.
+    let out = dir.path().join("bad");
+    let path = write_config(
+        dir.path(),
+        "bad.toml",
+        &format!("dynamic_threshold = [0.9, 1.0, 3.0]\n{}", head(&out)),
+    );
+    let o = run(&["run", &path]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("an array of length 2"), "{err}");
+    assert!(!out.exists());
 }
 
 #[test]

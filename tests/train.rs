@@ -338,6 +338,20 @@ fn bad_configs_name_the_key_and_line() {
         &good.replace("batch = 512", "batch = 100000000000"),
     );
     expect_error(&["train", &huge], "train.batch = 100000000000 is more than");
+    // A network too large to allocate is refused before it is built (an MLP 30000 wide: about
+    // 1.1e10 weights; the out-of-memory killer before).
+    let wide = write("wide.toml", &good.replace("hidden = 128", "hidden = 30000"));
+    expect_error(&["train", &wide], "more than 2^30");
+    let unet = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/experiments/digits.toml"
+    ))
+    .unwrap();
+    let unet = write(
+        "unet.toml",
+        &unet.replace("channels = 32", "channels = 16384"),
+    );
+    expect_error(&["train", &unet], "more than 2^30");
     let moons = concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/moons.toml");
     expect_error(
         &["train", moons, "--stop-at", "0"],

@@ -284,6 +284,49 @@ pub fn check_teacher(
     Ok(())
 }
 
+/// The most warm-up samples GITS and OSS take (2^20; their default is 256).
+pub const MAX_WARMUP_SAMPLES: usize = 1 << 20;
+
+/// The most numbers the teacher's kept states may hold (2^32): `(teacher_steps + 1) x samples x`
+/// the numbers of one sample.
+pub const MAX_TEACHER_NUMBERS: u128 = 1 << 32;
+
+/// The warm-up settings' checks: at most [`MAX_WARMUP_SAMPLES`] samples, and a seed a TOML file
+/// can hold (a signed 64-bit integer: optimize-grid writes it).
+pub fn check_warmup(method: &str, samples: usize, seed: u64) -> Result<()> {
+    if samples > MAX_WARMUP_SAMPLES {
+        return Err(SolverError::Invalid(format!(
+            "{method}: samples must be at most {MAX_WARMUP_SAMPLES}, got {samples}"
+        )));
+    }
+    if seed > i64::MAX as u64 {
+        return Err(SolverError::Invalid(format!(
+            "{method}: seed must be at most {} (a TOML integer), got {seed}",
+            i64::MAX
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the teacher's states from `samples` warm-up samples of `shape` over `teacher_steps`
+/// steps fit in [`MAX_TEACHER_NUMBERS`] (checked before any is drawn).
+pub fn check_teacher_size(
+    method: &str,
+    samples: usize,
+    teacher_steps: usize,
+    shape: &[i64],
+) -> Result<()> {
+    let numel: u128 = shape.iter().map(|&d| d.max(0) as u128).product();
+    let total = (teacher_steps as u128 + 1) * samples as u128 * numel;
+    if total > MAX_TEACHER_NUMBERS {
+        return Err(SolverError::Invalid(format!(
+            "{method}: the teacher's states ({} levels x {samples} samples of shape {shape:?}) are {total} numbers, more than {MAX_TEACHER_NUMBERS}; use fewer samples or teacher steps",
+            teacher_steps + 1
+        )));
+    }
+    Ok(())
+}
+
 /// Sample index of the first warm-up latent: far above the samples experiments and commands
 /// draw (0 onwards), so that the grid is not fitted to the noise it is then judged on.
 pub const WARMUP_FIRST: u64 = 1 << 40;
@@ -365,6 +408,7 @@ impl GitsParams {
             self.teacher_steps,
             self.samples,
         )?;
+        check_warmup("gits", self.samples, self.seed)?;
         if !(self.coeff > 0.0 && self.coeff.is_finite()) {
             return Err(SolverError::Parameter {
                 name: "coeff",
@@ -410,6 +454,7 @@ impl GitsParams {
         kind: Kind,
     ) -> Result<Gits> {
         self.validate()?;
+        check_teacher_size("gits", self.samples, self.teacher_steps, shape)?;
         let sigmas = self.teacher_sigmas(sigma_min, sigma_max, sde)?;
         let z = self.warmup(shape, device, kind);
         let states = tch::no_grad(|| teacher_trajectory(&self.teacher, den, sde, &sigmas, &z))?;

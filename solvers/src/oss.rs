@@ -104,7 +104,8 @@ impl OssParams {
             &self.teacher_grid,
             self.teacher_steps,
             self.samples,
-        )
+        )?;
+        crate::gits::check_warmup("oss", self.samples, self.seed)
     }
 
     /// The teacher's levels between `sigma_min` and `sigma_max`, ending in 0.
@@ -138,6 +139,7 @@ impl OssParams {
         max_steps: usize,
     ) -> Result<Oss> {
         self.validate()?;
+        crate::gits::check_teacher_size("oss", self.samples, self.teacher_steps, shape)?;
         let sigmas = self.teacher_sigmas(sigma_min, sigma_max, sde)?;
         let z = crate::gits::warmup_latents(self.seed, self.samples, shape, device, kind);
         let states =
