@@ -393,6 +393,9 @@ fn sample(mut a: SampleArgs) -> Result<()> {
             .to_kind(kind),
         (None, Some(path), _) if exact_inversion => {
             let (z, c) = npy::read_shaped_or_pair(path, &shape, "noise file")?;
+            if c.is_some() {
+                check_pair_record(path, &spec, &sigmas)?;
+            }
             companion = c.map(|c| c.to_device(dev).to_kind(kind));
             z.to_device(dev).to_kind(kind)
         }
@@ -489,7 +492,7 @@ fn sample(mut a: SampleArgs) -> Result<()> {
     }
     // The starting noise as it was given: a latent pair stays a pair, in its precision.
     let save = |path: &std::path::Path| match &companion {
-        Some(c) => npy::write_as(path, &Tensor::stack(&[&z, c], 0), z.kind()),
+        Some(c) => write_pair(path, &z, c, &pair_record(&spec, &a, &sigmas)),
         None => npy::write_f32(path, &z.to_device(tch::Device::Cpu)),
     };
     let written = npy::write_f32(&a.out, &x).and_then(|()| match &a.save_noise {
@@ -586,7 +589,7 @@ fn invert(
     // An exact-inversion sampler's latents are a pair, stacked: [2, N, ...], in the run's
     // precision (its decoding amplifies rounding).
     match &companion {
-        Some(c) => npy::write_as(&a.out, &Tensor::stack(&[&z, c], 0), z.kind())?,
+        Some(c) => write_pair(&a.out, &z, c, &pair_record(spec, a, sigmas))?,
         None => npy::write_f32(&a.out, &z.to_device(tch::Device::Cpu))?,
     }
     let line = serde_json::json!({
@@ -608,6 +611,108 @@ fn invert(
         "out": a.out.display().to_string(),
     });
     println!("{line}");
+    Ok(())
+}
+
+/// Where the record of a latent pair `PATH` lies: `PATH.json`.
+fn pair_record_path(path: &std::path::Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".json");
+    PathBuf::from(p)
+}
+
+/// What decoding a latent pair exactly needs: the sampler (with its parameters) and the
+/// sampling grid's levels it was inverted on, with the flags that made them.
+fn pair_record(
+    spec: &scoreflow_solvers::SamplerSpec,
+    a: &SampleArgs,
+    sigmas: &[f64],
+) -> serde_json::Value {
+    serde_json::json!({
+        "pair": true,
+        "sampler": scoreflow::experiment::label(spec),
+        "steps": sigmas.len() - 1,
+        "grid": a.grid.grid,
+        "sde": a.grid.sde,
+        "sigmas": &sigmas[..sigmas.len() - 1],
+    })
+}
+
+/// Write the pair `[2, N, ...]` (in `z`'s precision) and its record beside it; neither is left
+/// if either fails.
+fn write_pair(
+    path: &std::path::Path,
+    z: &Tensor,
+    companion: &Tensor,
+    record: &serde_json::Value,
+) -> Result<()> {
+    npy::write_as(path, &Tensor::stack(&[z, companion], 0), z.kind())?;
+    let text = serde_json::to_string_pretty(record)? + "\n";
+    scoreflow::compare::write_atomic(&pair_record_path(path), &text).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })
+}
+
+/// A latent pair decodes exactly only with the sampler and grid that inverted it: where its
+/// record lies beside it, this run must have both (a pair without one, written by hand or by an
+/// older scoreflow, is taken with a note).
+fn check_pair_record(
+    path: &std::path::Path,
+    spec: &scoreflow_solvers::SamplerSpec,
+    sigmas: &[f64],
+) -> Result<()> {
+    let rp = pair_record_path(path);
+    if !rp.exists() {
+        eprintln!(
+            "note: {} has no record {} beside it: its sampler and grid are not checked",
+            path.display(),
+            rp.display()
+        );
+        return Ok(());
+    }
+    let record: serde_json::Value = std::fs::read_to_string(&rp)
+        .map_err(anyhow::Error::from)
+        .and_then(|t| Ok(serde_json::from_str(&t)?))
+        .map_err(|e| {
+            anyhow::anyhow!("cannot read the latent pair's record {}: {e}", rp.display())
+        })?;
+    let made_by = record["sampler"].as_str().unwrap_or("?");
+    let label = scoreflow::experiment::label(spec);
+    if made_by != label {
+        bail!(
+            "{}: the latent pair was inverted by {made_by} and this run is {label}; decode it with the sampler (and parameters) that made it (its record: {})",
+            path.display(),
+            rp.display()
+        );
+    }
+    let levels: Option<Vec<f64>> = record["sigmas"]
+        .as_array()
+        .and_then(|v| v.iter().map(|x| x.as_f64()).collect());
+    let Some(levels) = levels else {
+        bail!(
+            "cannot read the latent pair's record {}: no list of sigmas",
+            rp.display()
+        );
+    };
+    let here = &sigmas[..sigmas.len() - 1];
+    let same = levels.len() == here.len()
+        && levels
+            .iter()
+            .zip(here)
+            .all(|(a, b)| (a - b).abs() <= 1e-12 * b.abs());
+    if !same {
+        bail!(
+            "{}: the latent pair was inverted on a grid of {} steps (--grid {}, --sde {}, from sigma {} down to {}); this run's grid of {} steps has other levels: give the flags that inverted it (its record: {})",
+            path.display(),
+            levels.len(),
+            record["grid"].as_str().unwrap_or("?"),
+            record["sde"].as_str().unwrap_or("?"),
+            levels.first().copied().unwrap_or(f64::NAN),
+            levels.last().copied().unwrap_or(f64::NAN),
+            here.len(),
+            rp.display()
+        );
+    }
     Ok(())
 }
 

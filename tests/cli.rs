@@ -150,9 +150,11 @@ fn assert_bad(args: &[&str], needle: &str, out: &Path) {
         "args {args:?}: expected '{needle}' in: {err}"
     );
     assert!(!err.contains("panicked"), "{err}");
-    // One line, apart from clap's own usage errors (which end with a pointer to --help).
+    // One line, apart from clap's own usage errors (which end with a pointer to --help) and
+    // the notes before it.
     if !err.contains("For more information, try '--help'") {
-        assert_eq!(err.trim_end().lines().count(), 1, "args {args:?}: {err}");
+        let lines = err.trim_end().lines().filter(|l| !l.starts_with("note: "));
+        assert_eq!(lines.count(), 1, "args {args:?}: {err}");
     }
     assert!(!out.exists(), "args {args:?} left an output file");
     let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
@@ -3376,6 +3378,13 @@ fn exact_inversion_writes_a_latent_pair_that_samples_the_data_again() {
         };
         let line = sample(["--invert", "d.npy"], "zz.npy", &["--roundtrip"]);
         assert_eq!(line["pair"], true, "{line}");
+        // Its record beside it: the sampler and the grid's levels that decode it.
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p("zz.npy.json")).unwrap()).unwrap();
+        assert_eq!(record["sampler"], solver, "{record}");
+        assert_eq!(record["steps"], 10);
+        assert_eq!(record["sigmas"][0], 80.0);
+        assert_eq!(record["sigmas"].as_array().unwrap().len(), 10);
         let rt = line["roundtrip_rms"].as_f64().unwrap();
         assert!(rt < 1e-10, "{solver}: roundtrip {rt}");
         // The pair in the run's precision (float64 here).
@@ -3409,31 +3418,49 @@ fn exact_inversion_writes_a_latent_pair_that_samples_the_data_again() {
         let saved = s(&p("saved.npy"));
         sample(["--noise", "zz.npy"], "d3.npy", &["--save-noise", &saved]);
         assert_eq!(std::fs::read(p("saved.npy")).unwrap(), bytes, "{solver}");
+        assert!(p("saved.npy.json").exists());
         // A pair takes no analytical first step, and for the two-step samplers at least 2
         // steps.
+        // (The float32 copy has no record: its grid is not checked, so the step count is.)
+        // The record refuses another step count, grid or sampler.
+        let other = if solver == "belm" { "bdia" } else { "belm" };
         let (zz, bad) = (s(&p("zz.npy")), s(&p("bad.npy")));
+        let zz32 = s(&p("zz32.npy"));
         for (flags, needle) in [
             (vec!["--steps", "10", "--afs"], "analytical first step"),
-            (vec!["--steps", "1"], "at least 2 steps"),
+            (vec!["--steps", "1", "--noise", &zz32], "at least 2 steps"),
+            (vec!["--steps", "12"], "inverted on a grid of 10 steps"),
+            (
+                vec!["--steps", "10", "--rho", "5"],
+                "inverted on a grid of 10 steps",
+            ),
+            (
+                vec!["--steps", "10", "--solver", other],
+                &format!("inverted by {solver}"),
+            ),
         ] {
             if solver == "edict" && flags[1] == "1" {
                 continue;
             }
+            let with_solver = flags.contains(&"--solver");
+            let with_noise = flags.contains(&"--noise");
             let mut args = vec![
                 "sample",
                 "--denoiser",
                 "builtin:gmm8",
-                "--solver",
-                solver,
                 "--dtype",
                 "float64",
                 "--device",
                 "cpu",
-                "--noise",
-                &zz,
                 "--out",
                 &bad,
             ];
+            if !with_solver {
+                args.extend(["--solver", solver]);
+            }
+            if !with_noise {
+                args.extend(["--noise", &zz]);
+            }
             args.extend(flags);
             assert_bad(&args, needle, &p("bad.npy"));
         }
