@@ -304,6 +304,20 @@ fn sample(mut a: SampleArgs) -> Result<()> {
             bail!("--invert needs --steps >= 2 (it walks the levels above 0 of the sampling grid)");
         }
     }
+    if a.save_noise.as_ref() == Some(&a.out) {
+        bail!("--save-noise and --out name the same file");
+    }
+    if let Some(png) = a.png.as_ref() {
+        if png == &a.out || a.save_noise.as_ref() == Some(png) {
+            bail!(
+                "--png names {}, which --out or --save-noise also names",
+                png.display()
+            );
+        }
+    }
+    if a.afs && a.init.is_some() {
+        bail!("--afs replaces the first evaluation by pure noise's; a run from data (--init) does not start from pure noise");
+    }
     if a.quantize && a.checkpoint.is_none() {
         bail!("--quantize applies to a trained network with a discrete chain (--checkpoint), not to an exact model");
     }
@@ -359,19 +373,6 @@ fn sample(mut a: SampleArgs) -> Result<()> {
     // A trained network samples in its own noise range unless the flags say otherwise; a gits
     // or oss grid is chosen for the denoiser that samples (guidance and thresholds included).
     let precond = trained.as_ref().map(|t| &t.net.precond);
-    a.grid.solve_for_model(
-        den.as_ref(),
-        sde.as_ref(),
-        precond,
-        &shape,
-        dev,
-        kind,
-        &[grid_steps],
-    )?;
-    let mut sigmas = a.grid.sigmas_within(sde.as_ref(), grid_steps, precond)?;
-    if let Some(p) = partial {
-        sigmas = p.tail(&sigmas, a.steps)?;
-    }
     if a.png.is_some() && shape.len() != 3 {
         bail!("--png draws image samples; this model's samples have shape {shape:?}");
     }
@@ -393,9 +394,6 @@ fn sample(mut a: SampleArgs) -> Result<()> {
             .to_kind(kind),
         (None, Some(path), _) if exact_inversion => {
             let (z, c) = npy::read_shaped_or_pair(path, &shape, "noise file")?;
-            if c.is_some() {
-                check_pair_record(path, &spec, &sigmas)?;
-            }
             companion = c.map(|c| c.to_device(dev).to_kind(kind));
             z.to_device(dev).to_kind(kind)
         }
@@ -428,16 +426,34 @@ fn sample(mut a: SampleArgs) -> Result<()> {
             }
         }
     }
-    if a.save_noise.as_ref() == Some(&a.out) {
-        bail!("--save-noise and --out name the same file");
-    }
-    if let Some(png) = a.png.as_ref() {
-        if png == &a.out || a.save_noise.as_ref() == Some(png) {
+    if let Some(x0) = &init {
+        if companion.is_some() {
+            bail!("--init starts from data and noise: give --noise as plain [N, ...] noise, not a latent pair");
+        }
+        if x0.size()[0] != z.size()[0] {
             bail!(
-                "--png names {}, which --out or --save-noise also names",
-                png.display()
+                "--init has {} samples and --noise {}: give as many of each",
+                x0.size()[0],
+                z.size()[0]
             );
         }
+    }
+    // The inputs are read and checked: now the grid (a gits or oss one solved first).
+    a.grid.solve_for_model(
+        den.as_ref(),
+        sde.as_ref(),
+        precond,
+        &shape,
+        dev,
+        kind,
+        &[grid_steps],
+    )?;
+    let mut sigmas = a.grid.sigmas_within(sde.as_ref(), grid_steps, precond)?;
+    if let Some(p) = partial {
+        sigmas = p.tail(&sigmas, a.steps)?;
+    }
+    if let (Some(path), true) = (&a.noise, companion.is_some()) {
+        check_pair_record(path, &spec, &sigmas)?;
     }
     if a.invert.is_some() {
         return invert(
@@ -454,18 +470,7 @@ fn sample(mut a: SampleArgs) -> Result<()> {
     // SDEdit's start: the data plus sigma_start times the noise, which the run takes as the
     // latents z + x0 / sigma_start (it starts from sigmas[0] times its latents).
     let start_latents = match &init {
-        Some(x0) => {
-            if companion.is_some() {
-                bail!("--init starts from data and noise: give --noise as plain [N, ...] noise, not a latent pair");
-            }
-            if x0.size()[0] != n {
-                bail!(
-                    "--init has {} samples and --noise {n}: give as many of each",
-                    x0.size()[0]
-                );
-            }
-            &z + x0 / sigmas[0]
-        }
+        Some(x0) => &z + x0 / sigmas[0],
         None => z.shallow_clone(),
     };
     let start = Instant::now();

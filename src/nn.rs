@@ -128,18 +128,17 @@ impl Backbone {
                 }
             }
         }
-        let params = self.approx_params();
-        if params > MAX_PARAMS {
-            bail!(
-                "model.backbone: about {params:.2e} parameters, more than 2^30 (4 GiB of float32 weights, and training keeps five copies: weights, gradients, Adam's two moments, the EMA); make it narrower or shallower"
-            );
-        }
         Ok(())
     }
 
-    /// The number of weights, roughly (the per-sample size's own terms left out; a U-Net
-    /// counted at its widest level throughout, an overestimate): for the size check.
-    pub fn approx_params(&self) -> f64 {
+    /// The number of weights (biases and norms included) of this backbone for samples of
+    /// per-sample shape `shape`, as [`Denoiser`]'s constructors build it, with one output per
+    /// number of a sample and no class embedding (a learned variance's second output and a class
+    /// table add a few more): counted before anything is allocated.
+    pub fn weights(&self, shape: &[i64]) -> f64 {
+        let conv = |i: f64, o: f64, k: f64| i * o * k * k + o;
+        let linear = |i: f64, o: f64| i * o + o;
+        let embedding = |nf: f64, d: f64| linear(2.0 * nf, d) + linear(d, d);
         match self {
             Backbone::Mlp {
                 hidden,
@@ -147,23 +146,65 @@ impl Backbone {
                 fourier_features,
                 ..
             } => {
-                let h = *hidden as f64;
-                h * h * (3.0 * *depth as f64 + 1.0) + 2.0 * *fourier_features as f64 * h
+                let (h, d) = (*hidden as f64, shape.iter().product::<i64>() as f64);
+                embedding(*fourier_features as f64, h)
+                    + linear(d, h)
+                    + 3.0 * *depth as f64 * linear(h, h)
+                    + linear(h, d)
             }
             Backbone::Unet {
                 channels,
                 channel_mult,
                 blocks,
+                attn_resolutions,
                 fourier_features,
                 ..
             } => {
-                let widest =
-                    *channels as f64 * channel_mult.iter().copied().max().unwrap_or(1) as f64;
-                // Per level: `blocks` residual blocks down and `blocks + 1` up, each two 3x3
-                // convolutions, the up blocks' inputs twice as wide.
-                let per_block = 2.0 * 9.0 * 2.0 * widest * widest;
-                channel_mult.len() as f64 * (2.0 * *blocks as f64 + 1.0) * per_block
-                    + 2.0 * *fourier_features as f64 * widest
+                let (ch, e) = (*channels as f64, 4.0 * *channels as f64);
+                let (c_in, mut res) = (shape[0] as f64, shape[1]);
+                let res_block = |i: f64, o: f64| {
+                    2.0 * i
+                        + conv(i, o, 3.0)
+                        + linear(e, o)
+                        + 2.0 * o
+                        + conv(o, o, 3.0)
+                        + if i != o { conv(i, o, 1.0) } else { 0.0 }
+                };
+                let attention = |c: f64| 2.0 * c + conv(c, 3.0 * c, 1.0) + conv(c, c, 1.0);
+                let mut n = embedding(*fourier_features as f64, e) + conv(c_in, ch, 3.0);
+                let (mut cur, mut skips) = (ch, vec![ch]);
+                for (lvl, m) in channel_mult.iter().enumerate() {
+                    for _ in 0..*blocks {
+                        let o = ch * *m as f64;
+                        n += res_block(cur, o);
+                        if attn_resolutions.contains(&res) {
+                            n += attention(o);
+                        }
+                        cur = o;
+                        skips.push(cur);
+                    }
+                    if lvl + 1 < channel_mult.len() {
+                        n += conv(cur, cur, 3.0);
+                        skips.push(cur);
+                        res /= 2;
+                    }
+                }
+                n += 2.0 * res_block(cur, cur) + attention(cur);
+                for (lvl, m) in channel_mult.iter().enumerate().rev() {
+                    for _ in 0..=*blocks {
+                        let o = ch * *m as f64;
+                        n += res_block(cur + skips.pop().unwrap_or(0.0), o);
+                        if attn_resolutions.contains(&res) {
+                            n += attention(o);
+                        }
+                        cur = o;
+                    }
+                    if lvl > 0 {
+                        n += conv(cur, cur, 3.0);
+                        res *= 2;
+                    }
+                }
+                n + 2.0 * cur + conv(cur, c_in, 3.0)
             }
         }
     }
@@ -187,10 +228,16 @@ impl Backbone {
                         channel_mult.len()
                     );
                 }
-                Ok(())
             }
-            _ => Ok(()),
+            _ => {}
         }
+        let weights = self.weights(shape);
+        if weights > MAX_PARAMS {
+            bail!(
+                "model.backbone: {weights:.3e} weights for samples of shape {shape:?}, more than 2^30 (4 GiB in float32, and training keeps five copies: weights, gradients, Adam's two moments, the EMA); make it narrower or shallower"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -1070,5 +1117,42 @@ impl Guided<'_> {
             v.map(|v| back(v.narrow(0, 0, n))),
             Some(back(uncond)),
         ))
+    }
+}
+
+#[cfg(test)]
+mod weight_count_tests {
+    use super::{Backbone, Network};
+    use tch::nn;
+
+    #[test]
+    fn weights_counts_what_the_constructors_build() {
+        // The count the size check uses equals the trainable numbers of the built network: an
+        // MLP and U-Nets with and without attention, at several widths and levels.
+        let cases: Vec<(Backbone, Vec<i64>)> = vec![
+            (
+                toml::from_str("kind = \"mlp\"\nhidden = 96\ndepth = 3").unwrap(),
+                vec![2],
+            ),
+            (
+                toml::from_str("kind = \"unet\"\nchannels = 16\nchannel_mult = [1, 2]\nblocks = 1\nattn_resolutions = [4]").unwrap(),
+                vec![1, 8, 8],
+            ),
+            (
+                toml::from_str("kind = \"unet\"\nchannels = 8\nchannel_mult = [1, 2, 3]\nblocks = 2\nattn_resolutions = [8, 2]").unwrap(),
+                vec![3, 8, 8],
+            ),
+        ];
+        for (backbone, shape) in cases {
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let precond = crate::precond::Precond::default();
+            let _net = Network::new(&vs.root(), &precond, &backbone, &shape, 0);
+            let built: i64 = vs
+                .trainable_variables()
+                .iter()
+                .map(|t| t.numel() as i64)
+                .sum();
+            assert_eq!(backbone.weights(&shape), built as f64, "{backbone:?}");
+        }
     }
 }

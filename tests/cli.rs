@@ -3604,7 +3604,8 @@ fn sdedit_starts_from_noised_data_partway_down_the_grid() {
     );
     let s = line["sigma_start"].as_f64().unwrap();
     assert!((s - karras(20, 10)).abs() <= 1e-12 * s, "{line}");
-    // The same noise from a file gives the same run as from the seed.
+    // The same noise from a file gives the same run as from the seed (another --seed: the
+    // file's noise is what runs).
     let line = sdedit(
         &[
             "--solver",
@@ -3629,6 +3630,8 @@ fn sdedit_starts_from_noised_data_partway_down_the_grid() {
             "0.5",
             "--noise",
             &d("zb.npy"),
+            "--seed",
+            "7",
         ],
         "b3.npy",
     );
@@ -3666,6 +3669,7 @@ fn sdedit_starts_from_noised_data_partway_down_the_grid() {
     bad(&["--init", &init, "--strength", "0"], "must be in (0, 1]");
     bad(&["--init", &init, "--denoise", "1.5"], "must be in (0, 1]");
     bad(&["--init", &init, "--strength", "0.05"], "runs no step");
+    bad(&["--init", &init, "--strength", "0.5", "--afs"], "--afs");
     bad(
         &["--init", &init, "--strength", "0.5", "--denoise", "0.5"],
         "cannot be used with",

@@ -6,7 +6,9 @@ Usage: python3 experiments/peers/ays_check.py NODES_ALIGN_YOUR_STEPS_PY
 
 NODES_ALIGN_YOUR_STEPS_PY is ComfyUI's `comfy_extras/nodes_align_your_steps.py`, imported by
 file path as it stands (it needs numpy and torch; `source scripts/env.sh` gives the project's
-torch). Its node's `get_sigmas(model_type, steps, denoise=1.0)` is called for SD1, SDXL and SVD;
+torch). The pins come from the file at ComfyUI commit 341667c4, whose node is a plain class;
+later versions declare it through `comfy_api` (not importable alone): there, copy
+`loglinear_interp`, `NOISE_LEVELS` and the body of `get_sigmas` into a file of that shape. Its node's `get_sigmas(model_type, steps, denoise=1.0)` is called for SD1, SDXL and SVD;
 one JSON line per model type and step count with the levels it returns (float32 values as
 float, 0 last). The values pinned in scoreflow's test `ays_grids_are_comfyuis_align_your_steps`
 (solvers/tests/sde_and_grids.rs) come from this script.

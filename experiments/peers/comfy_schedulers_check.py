@@ -45,6 +45,11 @@ STEPS = {"normal": [1, 3, 10, 25], "sgm_uniform": [1, 3, 10, 25], "simple": [1, 
          "ddim_uniform": [4, 8, 10, 6], "beta": [1, 2, 3, 10, 25, 138, 139],
          "linear_quadratic": [1, 2, 5, 10, 25]}
 BETA_SHAPES = [(0.5, 0.7), (1.0, 1.0), (2.0, 0.5)]
+# Shapes and step counts where a timestep lands on a half step of the chain (T - 1 = 999): the
+# quantile's last bit decides the rounding.
+BETA_TIES = [((0.5, 0.5), 10), ((1.0, 1.0), 6), ((1.0, 1.0), 12), ((2.0, 1.0), 4),
+             ((2.0, 1.0), 8), ((1.0, 5.0), 64), ((2.0, 5.0), 64), ((20.0, 20.0), 10),
+             ((0.6, 0.6), 10)]
 
 
 def defs_from(path, names):
@@ -102,12 +107,12 @@ def main():
                               "sigmas": [float(v) for v in lq]}))
         # The beta scheduler with other shapes, as ComfyUI's BetaSamplingScheduler node calls it.
         if "beta" in schedulers:
-            for alpha, beta in BETA_SHAPES:
-                for n in [3, 10, 25]:
-                    sig = schedulers["beta"](ms, n, alpha=alpha, beta=beta)
-                    print(json.dumps({"chain": chain, "scheduler": "beta", "steps": n,
-                                      "alpha": alpha, "beta": beta,
-                                      "sigmas": [float(v) for v in sig]}))
+            cases = [(shape, n) for shape in BETA_SHAPES for n in [3, 10, 25]] + BETA_TIES
+            for (alpha, beta), n in cases:
+                sig = schedulers["beta"](ms, n, alpha=alpha, beta=beta)
+                print(json.dumps({"chain": chain, "scheduler": "beta", "steps": n,
+                                  "alpha": alpha, "beta": beta,
+                                  "sigmas": [float(v) for v in sig]}))
 
 
 if __name__ == "__main__":

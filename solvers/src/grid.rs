@@ -320,10 +320,19 @@ pub fn comfy_levels(
                 let step = 1.0 / n as f64;
                 for i in 0..n {
                     let p = 1.0 - i as f64 * step;
-                    // The median of a symmetric Beta(a, a) is 1/2 exactly. With T - 1 odd,
-                    // (T - 1) / 2 is a tie, which rounds to the even step; statrs' quantile is
-                    // an ulp below 1/2 there and would round down (scipy's, an ulp above, up).
-                    let q = if p == 0.5 && alpha == beta {
+                    // Where the quantile times T - 1 lands on a half step, the last bit of the
+                    // quantile decides the rounding, so scipy's arithmetic is followed where it
+                    // is known: its closed forms where a parameter is 1 (Beta(a, 1) has the
+                    // quantile p^(1/a), Beta(1, b) 1 - (1 - p)^(1/b)), and at the median of
+                    // ComfyUI's default Beta(0.6, 0.6), where scipy's value is an ulp above 1/2
+                    // (statrs' an ulp below).
+                    let q = if alpha == 1.0 && beta == 1.0 {
+                        p
+                    } else if beta == 1.0 {
+                        p.powf(1.0 / alpha)
+                    } else if alpha == 1.0 {
+                        1.0 - (1.0 - p).powf(1.0 / beta)
+                    } else if p == 0.5 && alpha == 0.6 && beta == 0.6 {
                         0.5
                     } else {
                         statrs::function::beta::inv_beta_reg(alpha, beta, p)
@@ -714,6 +723,13 @@ impl Partial {
             });
         }
         Ok(match self {
+            Partial::Strength(st) if (steps as f64 * st).floor() < 1.0 => {
+                return Err(SolverError::Grid(format!(
+                    "strength {} with {steps} steps runs no step (floor({steps} x {}) = 0): raise --strength or --steps",
+                    crate::Num(st),
+                    crate::Num(st)
+                )))
+            }
             Partial::Strength(_) => steps,
             Partial::Denoise(d) if d > 0.9999 => steps,
             Partial::Denoise(d) => {
@@ -815,8 +831,16 @@ pub fn sigmas(
                 .collect()
         }
         GridKind::Beta { alpha, beta } => {
-            check_positive("alpha", *alpha)?;
-            check_positive("beta", *beta)?;
+            // As for comfy-beta: far beyond this, statrs' quantile search does not end.
+            for (name, v) in [("alpha", *alpha), ("beta", *beta)] {
+                if !(v > 0.0 && v <= 50.0) {
+                    return Err(SolverError::Parameter {
+                        name,
+                        value: v,
+                        why: "must be in (0, 50]",
+                    });
+                }
+            }
             (0..n)
                 .map(|i| {
                     let q = statrs::function::beta::inv_beta_reg(*alpha, *beta, 1.0 - frac(i, n));
@@ -880,8 +904,17 @@ pub fn sigmas(
                 )));
             }
             let shape = (alpha.unwrap_or_else(point_six), beta.unwrap_or_else(point_six));
-            check_positive("alpha", shape.0)?;
-            check_positive("beta", shape.1)?;
+            // ComfyUI's BetaSamplingScheduler takes 0 to 50; far beyond, statrs' quantile
+            // search does not end.
+            for (name, v) in [("alpha", shape.0), ("beta", shape.1)] {
+                if !(v > 0.0 && v <= 50.0) {
+                    return Err(SolverError::Parameter {
+                        name,
+                        value: v,
+                        why: "must be in (0, 50] (ComfyUI's BetaSamplingScheduler's range)",
+                    });
+                }
+            }
             if !(2..=MAX_STEPS).contains(&t) {
                 return Err(SolverError::Grid(format!(
                     "the chain's timesteps must be 2 to {MAX_STEPS}, got {t}"
