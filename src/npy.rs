@@ -271,11 +271,20 @@ pub fn write_f32(path: &Path, t: &Tensor) -> Result<()> {
 
 /// [`write_f32`] in another element type (`Kind::Double`: `<f8`).
 pub fn write_as(path: &Path, t: &Tensor, kind: Kind) -> Result<()> {
+    let cpu = t.to_device(tch::Device::Cpu);
+    let out = cpu.to_kind(kind).contiguous();
+    // Finite values that the narrower type cannot hold (a float64 run's |x| above 3.4e38)
+    // would be written as infinities.
+    let all_finite = |x: &Tensor| x.numel() == 0 || x.isfinite().all().int64_value(&[]) != 0;
+    if cpu.is_floating_point() && all_finite(&cpu) && !all_finite(&out) {
+        bail!(
+            "cannot write {}: its values (largest magnitude {:e}) are beyond the range of {kind:?}",
+            path.display(),
+            cpu.abs().max().double_value(&[])
+        );
+    }
     let tmp = temp_path(path);
-    let result = t
-        .to_device(tch::Device::Cpu)
-        .to_kind(kind)
-        .contiguous()
+    let result = out
         .write_npy(&tmp)
         .map_err(anyhow::Error::from)
         .and_then(|_| commit(&tmp, path).map_err(anyhow::Error::from));

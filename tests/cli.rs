@@ -3857,3 +3857,36 @@ fn fuzzed_inputs_are_errors_naming_the_problem() {
         &png,
     );
 }
+
+#[test]
+fn float64_samples_beyond_float32_are_an_error_not_infinities() {
+    // An SDEdit run in float64 from data near 1e39 ends there; the float32 output cannot hold
+    // it: exit 2 and no file, not a file of infinities.
+    let dir = tempfile::tempdir().unwrap();
+    let init = dir.path().join("i.npy");
+    write_npy(&init, &[2, 2], &[1e39, 0.5, 0.1, 0.2], false);
+    let out = dir.path().join("o.npy");
+    assert_bad(
+        &[
+            "sample",
+            "--denoiser",
+            "builtin:gmm8",
+            "--solver",
+            "euler",
+            "--steps",
+            "5",
+            "--strength",
+            "0.2",
+            "--init",
+            init.to_str().unwrap(),
+            "--dtype",
+            "float64",
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "beyond the range of Float",
+        &out,
+    );
+}

@@ -460,6 +460,19 @@ pub fn linear_quadratic_u(
     Ok(u)
 }
 
+/// A Beta distribution's parameter for the `beta` and `comfy-beta` grids: 1e-6 to 50 (ComfyUI's
+/// node takes 0 to 50; outside this statrs' quantile search fails or does not end).
+fn check_beta_shape(name: &'static str, v: f64) -> Result<()> {
+    if !(1e-6..=50.0).contains(&v) {
+        return Err(SolverError::Parameter {
+            name,
+            value: v,
+            why: "must be in [1e-6, 50]",
+        });
+    }
+    Ok(())
+}
+
 fn point_six() -> f64 {
     0.6
 }
@@ -831,15 +844,8 @@ pub fn sigmas(
                 .collect()
         }
         GridKind::Beta { alpha, beta } => {
-            // As for comfy-beta: far beyond this, statrs' quantile search does not end.
             for (name, v) in [("alpha", *alpha), ("beta", *beta)] {
-                if !(v > 0.0 && v <= 50.0) {
-                    return Err(SolverError::Parameter {
-                        name,
-                        value: v,
-                        why: "must be in (0, 50]",
-                    });
-                }
+                check_beta_shape(name, v)?;
             }
             (0..n)
                 .map(|i| {
@@ -904,16 +910,10 @@ pub fn sigmas(
                 )));
             }
             let shape = (alpha.unwrap_or_else(point_six), beta.unwrap_or_else(point_six));
-            // ComfyUI's BetaSamplingScheduler takes 0 to 50; far beyond, statrs' quantile
-            // search does not end.
+            // ComfyUI's BetaSamplingScheduler takes 0 to 50; far beyond, and at subnormal
+            // values, statrs' quantile search fails or does not end.
             for (name, v) in [("alpha", shape.0), ("beta", shape.1)] {
-                if !(v > 0.0 && v <= 50.0) {
-                    return Err(SolverError::Parameter {
-                        name,
-                        value: v,
-                        why: "must be in (0, 50] (ComfyUI's BetaSamplingScheduler's range)",
-                    });
-                }
+                check_beta_shape(name, v)?;
             }
             if !(2..=MAX_STEPS).contains(&t) {
                 return Err(SolverError::Grid(format!(

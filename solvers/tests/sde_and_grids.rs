@@ -1698,7 +1698,15 @@ fn comfy_beta_takes_the_beta_sampling_schedulers_shape() {
         ),
         (with(Spacing::ComfyBeta, Some(0.0), None), "alpha"),
         (with(Spacing::ComfyBeta, None, Some(f64::NAN)), "beta"),
-        (with(Spacing::ComfyBeta, Some(1e8), Some(3.0)), "(0, 50]"),
+        (with(Spacing::ComfyBeta, Some(1e8), Some(3.0)), "[1e-6, 50]"),
+        (
+            with(Spacing::ComfyBeta, Some(1e-310), Some(0.6)),
+            "[1e-6, 50]",
+        ),
+        (
+            with(Spacing::ComfyBeta, Some(0.6), Some(5e-324)),
+            "[1e-6, 50]",
+        ),
     ] {
         let err = grid::sigmas(&kind, 10, 0.002, 80.0, &edm)
             .unwrap_err()
