@@ -199,7 +199,7 @@ struct SampleArgs {
     checkpoint: Option<PathBuf>,
     /// A network with a discrete preconditioning: feed it the nearest step of its chain, not the
     /// fractional one (as ComfyUI does; k-diffusion's quantize=True).
-    #[arg(long, requires = "checkpoint")]
+    #[arg(long)]
     quantize: bool,
     /// Sampler name (see docs/samplers/).
     #[arg(long, alias = "sampler")]
@@ -262,11 +262,11 @@ struct SampleArgs {
     init: Option<PathBuf>,
     /// With --init: diffusers' image-to-image strength in (0, 1]: of the grid of --steps steps,
     /// the last floor(steps x strength) run.
-    #[arg(long, requires = "init", conflicts_with = "denoise")]
+    #[arg(long, conflicts_with = "denoise")]
     strength: Option<f64>,
     /// With --init: ComfyUI's denoise in (0, 1]: the grid of floor(steps / denoise) steps, of
     /// which the last --steps run.
-    #[arg(long, requires = "init")]
+    #[arg(long)]
     denoise: Option<f64>,
     /// With --invert: decode the latents again as `sample --noise OUT` would (same sampler,
     /// steps and grid) and report the round trip's error.

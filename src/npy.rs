@@ -276,7 +276,7 @@ pub fn write_as(path: &Path, t: &Tensor, kind: Kind) -> Result<()> {
     // Finite values that the narrower type cannot hold (a float64 run's |x| above 3.4e38)
     // would be written as infinities.
     let all_finite = |x: &Tensor| x.numel() == 0 || x.isfinite().all().int64_value(&[]) != 0;
-    if cpu.is_floating_point() && all_finite(&cpu) && !all_finite(&out) {
+    if cpu.kind() != kind && cpu.is_floating_point() && all_finite(&cpu) && !all_finite(&out) {
         bail!(
             "cannot write {}: its values (largest magnitude {:e}) are beyond the range of {kind:?}",
             path.display(),

@@ -142,14 +142,6 @@ pub enum AysModel {
 }
 
 impl AysModel {
-    /// The name in a config and after `ays-` on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            AysModel::Sd1 => "sd1",
-            AysModel::Sdxl => "sdxl",
-            AysModel::Svd => "svd",
-        }
-    }
     /// The 11 published levels of the 10-step grid, the last the model's lowest level.
     pub fn levels(self) -> [f64; 11] {
         match self {
@@ -735,14 +727,8 @@ impl Partial {
                 why: "must be in (0, 1]",
             });
         }
+        self.runs(steps)?;
         Ok(match self {
-            Partial::Strength(st) if (steps as f64 * st).floor() < 1.0 => {
-                return Err(SolverError::Grid(format!(
-                    "strength {} with {steps} steps runs no step (floor({steps} x {}) = 0): raise --strength or --steps",
-                    crate::Num(st),
-                    crate::Num(st)
-                )))
-            }
             Partial::Strength(_) => steps,
             Partial::Denoise(d) if d > 0.9999 => steps,
             Partial::Denoise(d) => {
@@ -762,18 +748,24 @@ impl Partial {
     /// steps.
     pub fn tail(self, sigmas: &[f64], steps: usize) -> Result<Vec<f64>> {
         let grid_steps = sigmas.len() - 1;
-        let run = match self {
-            Partial::Strength(s) => ((steps as f64 * s).floor() as usize).min(steps),
-            Partial::Denoise(_) => steps.min(grid_steps),
-        };
-        if run == 0 {
-            return Err(SolverError::Grid(format!(
-                "strength {} with {steps} steps runs no step (floor({steps} x {}) = 0): raise --strength or --steps",
-                crate::Num(self.name_value().1),
-                crate::Num(self.name_value().1)
-            )));
-        }
+        let run = self.runs(steps)?.min(grid_steps);
         Ok(sigmas[grid_steps - run..].to_vec())
+    }
+
+    /// How many steps run for `steps` steps: `min(floor(n s), n)` for a strength (none is an
+    /// error), `n` for a denoise.
+    fn runs(self, steps: usize) -> Result<usize> {
+        match self {
+            Partial::Strength(s) => match ((steps as f64 * s).floor() as usize).min(steps) {
+                0 => Err(SolverError::Grid(format!(
+                    "strength {} with {steps} steps runs no step (floor({steps} x {}) = 0): raise --strength or --steps",
+                    crate::Num(s),
+                    crate::Num(s)
+                ))),
+                run => Ok(run),
+            },
+            Partial::Denoise(_) => Ok(steps),
+        }
     }
 }
 
