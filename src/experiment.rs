@@ -251,6 +251,22 @@ impl GridSpec {
         }
     }
 
+    /// The grid with what does not change its levels left out: the name, and comfy-beta's
+    /// shape where it is the default (0.6, 0.6).
+    fn canonical(&self) -> GridSpec {
+        let mut g = self.clone();
+        g.name = None;
+        g.solved = None;
+        if let GridKind::Timesteps { alpha, beta, .. } = &mut g.placement {
+            for v in [alpha, beta] {
+                if *v == Some(0.6) {
+                    *v = None;
+                }
+            }
+        }
+        g
+    }
+
     /// Whether each step count may have its own ends (the timesteps, levels and gits
     /// placements): no range for the adaptive samplers.
     pub fn ends_move(&self) -> bool {
@@ -642,8 +658,16 @@ impl ExperimentConfig {
             bail!("a grid's name must not be empty");
         }
         let tags: Vec<String> = self.grids.iter().map(GridSpec::tag).collect();
-        if let Some(d) = job::repeated(&self.grids) {
-            bail!("grids lists the grid {} twice", d.tag());
+        // The same grid written two ways (another name, comfy-beta's shape at its default)
+        // would run the same cells twice.
+        let same: Vec<GridSpec> = self.grids.iter().map(GridSpec::canonical).collect();
+        if let Some(i) = same
+            .iter()
+            .enumerate()
+            .find(|(i, g)| same[..*i].contains(g))
+            .map(|(i, _)| i)
+        {
+            bail!("grids lists the grid {} twice", self.grids[i].tag());
         }
         if let Some(t) = job::repeated(&tags) {
             bail!("two of the grids are tagged {t}: give each a name (name = \"...\" in its [[grids]] table)");

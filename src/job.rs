@@ -40,6 +40,25 @@ pub fn sde_from_name(name: &str) -> Result<Box<dyn Sde>> {
     })
 }
 
+/// Whether two SDE names give the same process: equal names, or flows with one shift
+/// (`flow`, `flow:1` and `flow:1.0`; `flow:mu=M` is the shift e^M).
+pub fn same_sde(a: &str, b: &str) -> bool {
+    fn shift(name: &str) -> Option<f64> {
+        if name == "flow" {
+            return Some(1.0);
+        }
+        if let Some(mu) = name.strip_prefix("flow:mu=") {
+            return mu.parse::<f64>().ok().map(f64::exp);
+        }
+        name.strip_prefix("flow:")?.parse().ok()
+    }
+    a == b
+        || match (shift(a), shift(b)) {
+            (Some(x), Some(y)) => (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
+            _ => false,
+        }
+}
+
 /// `--dtype float32|float64`.
 pub fn kind_from_name(name: &str) -> Result<Kind> {
     Ok(match name {
@@ -96,6 +115,9 @@ fn grid_from_text(name: &str, rho: Option<f64>) -> Result<Option<(GridKind, Opti
     let other =
         name.starts_with("levels:") || name == "gits" || name == "oss" || name.ends_with(".toml");
     if other && rho.is_some() {
+        if name.ends_with(".toml") {
+            bail!("--rho does not change a grid file's placement: set rho in the [grid] placement of {name}");
+        }
         bail!("--rho applies to the karras, poly-t and poly-exponential grids, not {name}");
     }
     if let Some(list) = name.strip_prefix("levels:") {
@@ -163,7 +185,7 @@ impl GridArgs {
             return Ok(k.clone());
         }
         if let Some((k, file_sde)) = grid_from_text(&self.grid, self.rho)? {
-            if let Some(file_sde) = file_sde.filter(|s| *s != self.sde) {
+            if let Some(file_sde) = file_sde.filter(|s| !same_sde(s, &self.sde)) {
                 bail!(
                     "--grid {}: its [grid] was made under the {file_sde} SDE and this run is under {}: pass --sde {file_sde} (or leave sde out of the file to use its levels under another SDE)",
                     self.grid,
@@ -171,6 +193,12 @@ impl GridArgs {
                 );
             }
             if self.steps_offset.is_some() {
+                if self.grid.ends_with(".toml") {
+                    bail!(
+                        "--steps-offset does not change a grid file's placement: set steps_offset in the [grid] placement of {}",
+                        self.grid
+                    );
+                }
                 bail!(
                     "--steps-offset applies to the ddpm-leading grid, not {}",
                     self.grid
@@ -1343,6 +1371,27 @@ pub fn oss_levels(solved: &scoreflow_solvers::oss::Oss, n: usize) -> Result<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sde_names_are_compared_as_processes() {
+        for (a, b) in [
+            ("vp", "vp"),
+            ("flow", "flow:1"),
+            ("flow:3", "flow:3.0"),
+            ("flow:1", "flow:mu=0"),
+            ("flow:mu=1.5", &format!("flow:{}", 1.5f64.exp())),
+        ] {
+            assert!(same_sde(a, b) && same_sde(b, a), "{a} {b}");
+        }
+        for (a, b) in [
+            ("vp", "ve"),
+            ("flow", "flow:3"),
+            ("flow:x", "flow:1"),
+            ("edm", "flow"),
+        ] {
+            assert!(!same_sde(a, b), "{a} {b}");
+        }
+    }
 
     #[test]
     fn an_oss_grid_that_repeats_a_level_is_an_error_naming_the_steps_it_reaches() {

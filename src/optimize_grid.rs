@@ -242,6 +242,16 @@ pub fn run(a: OptimizeGridArgs) -> Result<()> {
         }
     };
     let seconds = t.elapsed().as_secs_f64();
+    // The teacher grid's own ends (a placement with its own levels, ays or timesteps, does not
+    // span lo..hi).
+    let ends = (
+        teacher_sigmas.iter().copied().rfind(|&s| s > 0.0),
+        teacher_sigmas.first().copied(),
+    );
+    let (lo, hi) = match ends {
+        (Some(l), Some(h)) if l < h => (l, h),
+        _ => (lo, hi),
+    };
     let mut lists = Vec::new();
     for (&n, path) in steps.iter().zip(&paths) {
         let levels: Vec<f64> = path[..n].iter().map(|&i| teacher_sigmas[i]).collect();

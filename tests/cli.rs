@@ -2820,6 +2820,32 @@ fn optimize_grid_writes_the_levels_that_sample_and_compare_take() {
         .collect();
     assert_eq!(outs[0], outs[1]);
     assert_eq!(outs[0], outs[2]);
+    // A teacher placement with its own levels (ays) writes its own ends, not 0.002 and 80.
+    let ays_file = d("ays-gits.toml");
+    let o = run(&[
+        &[
+            "optimize-grid",
+            "--denoiser",
+            "builtin:gmm8",
+            "--steps",
+            "4",
+            "--device",
+            "cpu",
+            "--grid",
+            "ays",
+        ][..],
+        &settings,
+        &["--out", &ays_file],
+    ]
+    .concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&ays_file).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    let top = table["grid"]["sigma_max"].as_float().unwrap();
+    assert!((top - 14.615).abs() < 1e-3, "{text}");
+    let bottom = table["grid"]["sigma_min"].as_float().unwrap();
+    assert!(bottom > 0.029 && bottom < 0.152, "{text}");
+    assert!(text.contains(&format!("from {bottom} to {top}")), "{text}");
     // The JSON line of a levels or gits grid lists the levels that ran.
     let o = run(&[
         "sample",
@@ -3799,6 +3825,43 @@ fn fuzzed_inputs_are_errors_naming_the_problem() {
         &g,
         "--sde",
         "vp",
+        "--out",
+        npy.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_file(&npy).unwrap();
+    // A file's rho and steps_offset are set in the file.
+    sample(
+        &["--grid", &g, "--sde", "vp", "--rho", "5"],
+        "set rho in the [grid] placement of",
+    );
+    sample(
+        &["--grid", &g, "--sde", "vp", "--steps-offset", "1"],
+        "set steps_offset in the [grid] placement of",
+    );
+    // The file's SDE is compared as a process: flow:3 is flow:3.0.
+    let g = d("g-flow.toml");
+    std::fs::write(
+        &g,
+        "[grid]\nplacement = { kind = \"karras\" }\nsde = \"flow:3\"\nsigma_max = 50.0\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "sample",
+        "--denoiser",
+        "builtin:gmm8",
+        "--solver",
+        "euler",
+        "--steps",
+        "4",
+        "--num",
+        "4",
+        "--device",
+        "cpu",
+        "--grid",
+        &g,
+        "--sde",
+        "flow:3.0",
         "--out",
         npy.to_str().unwrap(),
     ]);

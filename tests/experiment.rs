@@ -1241,6 +1241,19 @@ kind = "ipndm"
             "twice",
         ),
         (
+            // The same grid under another name, and comfy-beta's shape written at its default.
+            "[[grids]]\nplacement = { kind = \"karras\" }\n[[grids]]\nname = \"k\"\nplacement = { kind = \"karras\" }\n".to_string(),
+            "lists the grid k twice",
+        ),
+        (
+            "[[grids]]\nplacement = { kind = \"timesteps\", spacing = \"comfy-beta\" }\n[[grids]]\nplacement = { kind = \"timesteps\", spacing = \"comfy-beta\", alpha = 0.6 }\n".to_string(),
+            "lists the grid timesteps(alpha=0.6,spacing=comfy-beta) twice",
+        ),
+        (
+            "[[grids]]\nplacement = { kind = \"levels\", sigmas = [[80.0, 1.0], [70.0, 2.0]] }\n".to_string(),
+            "lists 0 and 1 both have 2 levels",
+        ),
+        (
             format!("[[grids]]\nplacement = {{ kind = \"karras\" }}\n[[grids]]\n{levels}\n[[samplers]]\nkind = \"dpm-adaptive\"\n"),
             "no range",
         ),

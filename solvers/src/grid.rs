@@ -651,6 +651,15 @@ fn levels_for(sets: &[Vec<f64>], n: usize) -> Result<Vec<f64>> {
             )));
         }
     }
+    // Two lists of one length would leave it to the order which grid runs.
+    for (k, set) in sets.iter().enumerate() {
+        if let Some(j) = sets[..k].iter().position(|s| s.len() == set.len()) {
+            return Err(SolverError::Grid(format!(
+                "levels: lists {j} and {k} both have {} levels; give one list per step count",
+                set.len()
+            )));
+        }
+    }
     if let Some(set) = sets.iter().find(|s| s.len() == n) {
         return Ok(set.clone());
     }

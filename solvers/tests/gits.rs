@@ -270,6 +270,10 @@ fn levels_grids_take_their_list_or_interpolate_it_log_linearly() {
         (vec![vec![80.0, 0.0]], "not positive and finite"),
         (vec![vec![]], "list 0 is empty"),
         (vec![], "no list"),
+        (
+            vec![vec![80.0, 1.0], vec![80.0, 5.0, 0.5], vec![70.0, 2.0]],
+            "lists 0 and 2 both have 2 levels",
+        ),
     ] {
         let err = grid::sigmas(&GridKind::Levels { sigmas: bad }, 2, 0.002, 80.0, &edm)
             .unwrap_err()
