@@ -192,7 +192,9 @@ pub fn run(mut a: CompareArgs) -> Result<()> {
                 sde.as_ref(),
             )?
         } else {
-            a.grid.sigmas(sde.as_ref(), a.reference_steps)?
+            // The whole path, also where the grids discard their penultimate level.
+            let (lo, hi) = a.grid.range(None);
+            grid::sigmas(&a.grid.kind()?, a.reference_steps, lo, hi, sde.as_ref())?
         };
         let (r, _) = job::run_from_noise(
             &SamplerSpec::Heun(Default::default()),

@@ -170,6 +170,11 @@ pub struct GridSpec {
     pub sigma_max: f64,
     #[serde(default = "edm")]
     pub sde: String,
+    /// ComfyUI's KSampler rule for dpm_2, dpm_2_ancestral, uni_pc and uni_pc_bh2
+    /// ([`grid::sigmas_discarding_penultimate`]): the grid of one step more without its last
+    /// nonzero level. Left out of the cells' keys when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discard_penultimate: bool,
     /// A gits placement's levels once solved for the model (one list per step count); not part
     /// of the config (nor of the cells' keys).
     #[serde(skip)]
@@ -184,6 +189,7 @@ impl Default for GridSpec {
             sigma_min: 0.002,
             sigma_max: 80.0,
             sde: "edm".into(),
+            discard_penultimate: false,
             solved: None,
         }
     }
@@ -192,13 +198,12 @@ impl Default for GridSpec {
 impl GridSpec {
     /// The noise levels of a run of `steps` steps (ending in 0).
     fn sigmas(&self, steps: usize, sde: &dyn Sde) -> Result<Vec<f64>> {
-        Ok(grid::sigmas(
-            self.solved.as_ref().unwrap_or(&self.placement),
-            steps,
-            self.sigma_min,
-            self.sigma_max,
-            sde,
-        )?)
+        let kind = self.solved.as_ref().unwrap_or(&self.placement);
+        Ok(if self.discard_penultimate {
+            grid::sigmas_discarding_penultimate(kind, steps, self.sigma_min, self.sigma_max, sde)?
+        } else {
+            grid::sigmas(kind, steps, self.sigma_min, self.sigma_max, sde)?
+        })
     }
 
     /// The placement's name in tables: `name` where given, else its kind and the parameters
@@ -243,6 +248,9 @@ impl GridSpec {
                 };
                 parts.push(format!("{k}={text}"));
             }
+        }
+        if self.discard_penultimate {
+            parts.push("discard_penultimate".into());
         }
         if parts.is_empty() {
             kind
@@ -702,6 +710,9 @@ impl ExperimentConfig {
         }
         for g in self.grid_list() {
             let sde = job::sde_from_name(&g.sde)?;
+            if g.discard_penultimate {
+                grid::check_discard_penultimate(&g.placement)?;
+            }
             // Solved for the model when the run starts; its teacher grid is checked here.
             let teacher = match &g.placement {
                 GridKind::Gits(p) => {
@@ -2260,6 +2271,19 @@ mod tests {
             let g: GridSpec = toml::from_str(&format!("placement = {placement}")).unwrap();
             assert_eq!(g.tag(), tag, "{placement}");
         }
+        // ComfyUI's discard of the penultimate level is named; the default is left out of the
+        // serialized grid (the cells' keys).
+        let g: GridSpec = toml::from_str(
+            "placement = { kind = \"karras\", rho = 5.0 }\ndiscard_penultimate = true",
+        )
+        .unwrap();
+        assert_eq!(g.tag(), "karras(rho=5,discard_penultimate)");
+        assert_eq!(
+            serde_json::to_value(&g).unwrap()["discard_penultimate"],
+            true
+        );
+        let plain = serde_json::to_value(GridSpec::default()).unwrap();
+        assert!(plain.get("discard_penultimate").is_none(), "{plain}");
     }
 
     #[test]

@@ -97,6 +97,11 @@ pub struct GridArgs {
     /// ddpm-leading: diffusers' steps_offset, added to every timestep (Stable Diffusion's is 1).
     #[arg(long)]
     pub steps_offset: Option<usize>,
+    /// ComfyUI's KSampler rule for dpm_2, dpm_2_ancestral, uni_pc and uni_pc_bh2: the grid of
+    /// one step more, without its last nonzero level (the last step leaves for 0 from one
+    /// level higher); not with levels, gits or oss.
+    #[arg(long)]
+    pub discard_penultimate: bool,
     /// Forward process: edm, ve, vp, vp-cosine, subvp, or flow (rectified flow; flow:C with SD3's
     /// timestep shift C; flow:mu=M, diffusers' dynamic shifting, is flow:exp(M)).
     #[arg(long, default_value = "edm")]
@@ -106,12 +111,33 @@ pub struct GridArgs {
     pub solved: Option<GridKind>,
 }
 
+/// A placement read from `--grid` text, and what a grid file's `[grid]` says beside it.
+struct FromText {
+    kind: GridKind,
+    /// The file's `sde`, where it names one.
+    sde: Option<String>,
+    discard_penultimate: bool,
+    /// The file's `sigma_min` and `sigma_max`, where it gives them.
+    range: (Option<f64>, Option<f64>),
+}
+
+impl FromText {
+    fn placement(kind: GridKind) -> Self {
+        FromText {
+            kind,
+            sde: None,
+            discard_penultimate: false,
+            range: (None, None),
+        }
+    }
+}
+
 /// A `--grid` that is not a name: `levels:S1,S2,...`, `gits`, or a TOML file with a `[grid]`
 /// table holding a `placement`.
 /// A grid file's `[grid]` table is read whole (unknown keys, bad values and `sigma_min >=
 /// sigma_max` are errors), and the file's `sde`, where it names one, is returned with the
 /// placement: the command's `--sde` must agree with it.
-fn grid_from_text(name: &str, rho: Option<f64>) -> Result<Option<(GridKind, Option<String>)>> {
+fn grid_from_text(name: &str, rho: Option<f64>) -> Result<Option<FromText>> {
     let other =
         name.starts_with("levels:") || name == "gits" || name == "oss" || name.ends_with(".toml");
     if other && rho.is_some() {
@@ -129,18 +155,17 @@ fn grid_from_text(name: &str, rho: Option<f64>) -> Result<Option<(GridKind, Opti
                     .map_err(|_| anyhow::anyhow!("--grid levels: '{v}' is not a number"))
             })
             .collect::<Result<Vec<f64>>>()?;
-        return Ok(Some((
-            GridKind::Levels {
-                sigmas: vec![levels],
-            },
-            None,
-        )));
+        return Ok(Some(FromText::placement(GridKind::Levels {
+            sigmas: vec![levels],
+        })));
     }
     if name == "gits" {
-        return Ok(Some((GridKind::Gits(Default::default()), None)));
+        return Ok(Some(FromText::placement(
+            GridKind::Gits(Default::default()),
+        )));
     }
     if name == "oss" {
-        return Ok(Some((GridKind::Oss(Default::default()), None)));
+        return Ok(Some(FromText::placement(GridKind::Oss(Default::default()))));
     }
     if name.ends_with(".toml") {
         let text = std::fs::read_to_string(name)
@@ -173,8 +198,16 @@ fn grid_from_text(name: &str, rho: Option<f64>) -> Result<Option<(GridKind, Opti
         scoreflow_solvers::sde::check_sigma_range(spec.sigma_min, spec.sigma_max)
             .map_err(|e| anyhow::anyhow!("--grid {name}: [grid] {e}"))?;
         sde_from_name(&spec.sde).map_err(|e| anyhow::anyhow!("--grid {name}: [grid] {e}"))?;
-        let sde = table["grid"].get("sde").map(|_| spec.sde);
-        return Ok(Some((kind, sde)));
+        let given = |k: &str| table["grid"].get(k).is_some();
+        return Ok(Some(FromText {
+            kind,
+            range: (
+                given("sigma_min").then_some(spec.sigma_min),
+                given("sigma_max").then_some(spec.sigma_max),
+            ),
+            sde: given("sde").then_some(spec.sde),
+            discard_penultimate: spec.discard_penultimate,
+        }));
     }
     Ok(None)
 }
@@ -184,7 +217,25 @@ impl GridArgs {
         if let Some(k) = &self.solved {
             return Ok(k.clone());
         }
-        if let Some((k, file_sde)) = grid_from_text(&self.grid, self.rho)? {
+        let kind = self.placement()?;
+        if self.discards()? {
+            grid::check_discard_penultimate(&kind)?;
+        }
+        Ok(kind)
+    }
+    /// Whether the grid drops its penultimate level: `--discard-penultimate`, or a grid file's
+    /// `discard_penultimate`.
+    pub fn discards(&self) -> Result<bool> {
+        Ok(self.discard_penultimate
+            || grid_from_text(&self.grid, self.rho)?.is_some_and(|f| f.discard_penultimate))
+    }
+    fn placement(&self) -> Result<GridKind> {
+        if let Some(FromText {
+            kind: k,
+            sde: file_sde,
+            ..
+        }) = grid_from_text(&self.grid, self.rho)?
+        {
             if let Some(file_sde) = file_sde.filter(|s| !same_sde(s, &self.sde)) {
                 bail!(
                     "--grid {}: its [grid] was made under the {file_sde} SDE and this run is under {}: pass --sde {file_sde} (or leave sde out of the file to use its levels under another SDE)",
@@ -257,11 +308,24 @@ impl GridArgs {
         self.solved = Some(GridKind::Levels { sigmas: lists });
         Ok(())
     }
-    /// The ends of the grid: the flags, else the model's range where it has one (the levels a
-    /// VP, iDDPM or discrete-chain network was trained on), else 0.002 and 80.
+    /// The ends of the grid: the flags, else a grid file's `sigma_min` and `sigma_max` where it
+    /// gives them, else the model's range where it has one (the levels a VP, iDDPM or
+    /// discrete-chain network was trained on), else 0.002 and 80.
     pub fn range(&self, model: Option<(f64, f64)>) -> (f64, f64) {
         let (lo, hi) = model.unwrap_or((0.002, 80.0));
-        (self.sigma_min.unwrap_or(lo), self.sigma_max.unwrap_or(hi))
+        // A file that cannot be read is an error where its placement is taken ([`Self::kind`]).
+        let (file_lo, file_hi) = if self.grid.ends_with(".toml") {
+            grid_from_text(&self.grid, None)
+                .ok()
+                .flatten()
+                .map_or((None, None), |f| f.range)
+        } else {
+            (None, None)
+        };
+        (
+            self.sigma_min.or(file_lo).unwrap_or(lo),
+            self.sigma_max.or(file_hi).unwrap_or(hi),
+        )
     }
     /// [`Self::sigmas`] for a trained network's preconditioning: the ends of [`Self::range`]
     /// with its noise range, and the `ddpm-*` grids on its chain where it has one (a model
@@ -293,7 +357,11 @@ impl GridArgs {
         {
             (*schedule, *beta_start, *beta_end, *timesteps) = (*s, *b0, *b1, *t);
         }
-        Ok(grid::sigmas(&kind, steps, lo, hi, sde)?)
+        Ok(if self.discards()? {
+            grid::sigmas_discarding_penultimate(&kind, steps, lo, hi, sde)?
+        } else {
+            grid::sigmas(&kind, steps, lo, hi, sde)?
+        })
     }
 }
 

@@ -533,10 +533,16 @@ fn sample(mut a: SampleArgs) -> Result<()> {
         line["sigma_start"] = serde_json::json!(sigmas[0]);
     }
     // Explicit and model-chosen grids: the levels themselves, so the record says what ran.
-    if matches!(
-        a.grid.kind()?,
-        scoreflow_solvers::GridKind::Levels { .. } | scoreflow_solvers::GridKind::Ays { .. }
-    ) {
+    let discards = a.grid.discards()?;
+    if discards {
+        line["discard_penultimate"] = serde_json::json!(true);
+    }
+    if discards
+        || matches!(
+            a.grid.kind()?,
+            scoreflow_solvers::GridKind::Levels { .. } | scoreflow_solvers::GridKind::Ays { .. }
+        )
+    {
         line["levels"] = serde_json::json!(&sigmas[..sigmas.len() - 1]);
     }
     println!("{line}");

@@ -483,6 +483,7 @@ pub fn run(a: NllArgs) -> Result<()> {
             rho: None,
             grid: grid_name.clone(),
             steps_offset: None,
+            discard_penultimate: false,
             sde: "edm".into(),
             solved: None,
         };

@@ -173,6 +173,9 @@ pub fn run(a: OptimizeGridArgs) -> Result<()> {
         bail!("--steps lists {d} twice");
     }
     let teacher_grid = a.grid.kind()?;
+    if a.grid.discards()? {
+        bail!("--discard-penultimate does not apply to optimize-grid: the teacher runs on its whole grid, and the chosen levels are listed per step count");
+    }
     if let Some(name) = teacher_grid.chosen_for_model() {
         bail!("--grid is the teacher grid's placement here; it cannot be {name}");
     }

@@ -3809,27 +3809,30 @@ fn fuzzed_inputs_are_errors_naming_the_problem() {
         sample(&["--grid", &g], needle);
     }
     let g = d("g5.toml");
-    let o = run(&[
-        "sample",
-        "--denoiser",
-        "builtin:gmm8",
-        "--solver",
-        "euler",
-        "--steps",
-        "4",
-        "--num",
-        "4",
-        "--device",
-        "cpu",
-        "--grid",
-        &g,
-        "--sde",
-        "vp",
-        "--out",
-        npy.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    std::fs::remove_file(&npy).unwrap();
+    let sample_ok = |grid: &str, sde: &str| {
+        let o = run(&[
+            "sample",
+            "--denoiser",
+            "builtin:gmm8",
+            "--solver",
+            "euler",
+            "--steps",
+            "4",
+            "--num",
+            "4",
+            "--device",
+            "cpu",
+            "--grid",
+            grid,
+            "--sde",
+            sde,
+            "--out",
+            npy.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::remove_file(&npy).unwrap();
+    };
+    sample_ok(&g, "vp");
     // A file's rho and steps_offset are set in the file.
     sample(
         &["--grid", &g, "--sde", "vp", "--rho", "5"],
@@ -3846,27 +3849,45 @@ fn fuzzed_inputs_are_errors_naming_the_problem() {
         "[grid]\nplacement = { kind = \"karras\" }\nsde = \"flow:3\"\nsigma_max = 50.0\n",
     )
     .unwrap();
-    let o = run(&[
-        "sample",
-        "--denoiser",
-        "builtin:gmm8",
-        "--solver",
-        "euler",
-        "--steps",
-        "4",
-        "--num",
-        "4",
-        "--device",
-        "cpu",
-        "--grid",
+    sample_ok(&g, "flow:3.0");
+    // The file's sigma_min and sigma_max are the grid's ends, unless the flags give them.
+    let g = d("g-range.toml");
+    std::fs::write(
         &g,
-        "--sde",
-        "flow:3.0",
-        "--out",
-        npy.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    std::fs::remove_file(&npy).unwrap();
+        "[grid]\nplacement = { kind = \"karras\" }\nsigma_min = 0.01\nsigma_max = 50.0\n",
+    )
+    .unwrap();
+    for (extra, lo, hi) in [
+        (&[][..], 0.01, 50.0),
+        (&["--sigma-max", "40"][..], 0.01, 40.0),
+    ] {
+        let o = run(&[
+            &[
+                "sample",
+                "--denoiser",
+                "builtin:gmm8",
+                "--solver",
+                "euler",
+                "--steps",
+                "4",
+                "--num",
+                "4",
+                "--device",
+                "cpu",
+                "--grid",
+                &g,
+                "--out",
+                npy.to_str().unwrap(),
+            ][..],
+            extra,
+        ]
+        .concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(line["sigma_min"], lo, "{extra:?}");
+        assert_eq!(line["sigma_max"], hi, "{extra:?}");
+        std::fs::remove_file(&npy).unwrap();
+    }
     // --quantize has no chain to quantize on an exact model.
     sample(&["--quantize"], "--quantize applies to a trained network");
     // --png naming the file --out or --save-noise writes would lose one of them.
@@ -3952,4 +3973,141 @@ fn float64_samples_beyond_float32_are_an_error_not_infinities() {
         "beyond the range of Float",
         &out,
     );
+}
+
+#[test]
+fn discard_penultimate_runs_comfyuis_ksampler_grid() {
+    // ComfyUI's KSampler for dpm_2, dpm_2_ancestral, uni_pc and uni_pc_bh2: the grid of one
+    // step more without its last nonzero level.
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let karras = |n: usize, i: usize| {
+        let (a, b) = (80f64.powf(1.0 / 7.0), 0.002f64.powf(1.0 / 7.0));
+        (a + i as f64 / (n - 1) as f64 * (b - a)).powi(7)
+    };
+    let sample = |extra: &[&str], out: &str| -> (serde_json::Value, Vec<u8>) {
+        let o = run(&[
+            &[
+                "sample",
+                "--denoiser",
+                "builtin:gmm8",
+                "--solver",
+                "dpm2",
+                "--steps",
+                "5",
+                "--device",
+                "cpu",
+                "--out",
+                &d(out),
+            ][..],
+            extra,
+        ]
+        .concat());
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+        (
+            serde_json::from_slice(&o.stdout).unwrap(),
+            std::fs::read(d(out)).unwrap(),
+        )
+    };
+    let (line, flag) = sample(&["--discard-penultimate", "--num", "16"], "a.npy");
+    assert_eq!(line["discard_penultimate"], true);
+    assert_eq!(line["nfe"], 9);
+    let levels: Vec<f64> = line["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(levels.len(), 5);
+    for (i, l) in levels.iter().enumerate() {
+        assert!((l - karras(6, i)).abs() <= 1e-12 * l.max(1.0), "{levels:?}");
+    }
+    // The same levels given as a list, and a grid file that says discard_penultimate.
+    let list: Vec<String> = levels.iter().map(|v| format!("{v:?}")).collect();
+    let (_, listed) = sample(
+        &[
+            "--num",
+            "16",
+            "--grid",
+            &format!("levels:{}", list.join(",")),
+        ],
+        "b.npy",
+    );
+    assert_eq!(flag, listed);
+    std::fs::write(
+        d("g.toml"),
+        "[grid]\nplacement = { kind = \"karras\" }\ndiscard_penultimate = true\n",
+    )
+    .unwrap();
+    let (_, filed) = sample(&["--num", "16", "--grid", &d("g.toml")], "c.npy");
+    assert_eq!(flag, filed);
+    let (_, plain) = sample(&["--num", "16"], "d.npy");
+    assert_ne!(flag, plain);
+    // With --denoise, ComfyUI discards on the grid of int(steps / denoise) steps, then takes its
+    // tail: 5 steps at 0.5 run from level 5 of the 11-level Karras grid.
+    write_npy(
+        Path::new(&d("x0.npy")),
+        &[16, 2],
+        &(0..32).map(|i| (i as f64 * 0.37).sin()).collect::<Vec<_>>(),
+        false,
+    );
+    let (line, _) = sample(
+        &[
+            "--discard-penultimate",
+            "--init",
+            &d("x0.npy"),
+            "--denoise",
+            "0.5",
+        ],
+        "e.npy",
+    );
+    let start = line["sigma_start"].as_f64().unwrap();
+    assert!((start - karras(11, 5)).abs() <= 1e-12 * start, "{line}");
+    assert_eq!(line["steps_run"], 5);
+    // Placements listed per count have no grid of one step more; optimize-grid runs its
+    // teacher on the whole grid.
+    let out = dir.path().join("bad.npy");
+    for (extra, needle) in [
+        (
+            &[
+                "--solver",
+                "euler",
+                "--discard-penultimate",
+                "--grid",
+                "gits",
+            ][..],
+            "the gits placement lists its levels",
+        ),
+        (
+            &[
+                "--solver",
+                "euler",
+                "--discard-penultimate",
+                "--grid",
+                "levels:80,1,0.1",
+            ][..],
+            "the levels placement lists its levels",
+        ),
+    ] {
+        assert_bad_sample(extra, "3", needle, &out);
+    }
+    let o = run(&[
+        "optimize-grid",
+        "--denoiser",
+        "builtin:gmm8",
+        "--steps",
+        "4",
+        "--device",
+        "cpu",
+        "--discard-penultimate",
+        "--out",
+        &d("opt.toml"),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("does not apply to optimize-grid"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!Path::new(&d("opt.toml")).exists());
 }

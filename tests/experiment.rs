@@ -683,12 +683,12 @@ fn every_shipped_config_loads() {
     // digits-samplers, digits-stochastic, digits-conditional, digits-guidance,
     // digits-guidance-interval, digits-cfgpp, gmm8-variance,
     // digits-variance, digits-clip, inversion, inversion-sd,
-    // spacing/{leading,trailing,linspace,comfy,comfy-sd,digits,digits-fractional}, flow/{exact-karras,exact-shift1,exact-shift3,
+    // spacing/{leading,trailing,linspace,comfy,comfy-sd,comfy-discard,digits,digits-fractional}, flow/{exact-karras,exact-shift1,exact-shift3,
     // checkpoint-flow,checkpoint-edm,digits-flow,digits-edm,reflow-1,reflow-2,exact-ancestral,exact-linear-quadratic,
     // digits-ancestral}; moons,
     // gmm8-train, digits, gmm8-learned, digits-learned, gmm8-flow, digits-flow, gmm8-reflow,
     // gmm8-posthoc; gits/{gmm8,digits,digits-afs}; eta-sweep, digits-eta-sweep.
-    assert_eq!(seen, (43, 9));
+    assert_eq!(seen, (44, 9));
 }
 
 #[test]
@@ -1252,6 +1252,10 @@ kind = "ipndm"
         (
             "[[grids]]\nplacement = { kind = \"levels\", sigmas = [[80.0, 1.0], [70.0, 2.0]] }\n".to_string(),
             "lists 0 and 1 both have 2 levels",
+        ),
+        (
+            "[[grids]]\nplacement = { kind = \"levels\", sigmas = [[80.0, 1.0]] }\ndiscard_penultimate = true\n".to_string(),
+            "the levels placement lists its levels",
         ),
         (
             format!("[[grids]]\nplacement = {{ kind = \"karras\" }}\n[[grids]]\n{levels}\n[[samplers]]\nkind = \"dpm-adaptive\"\n"),

@@ -782,6 +782,40 @@ impl Partial {
 /// a bound that turns a mistyped count into an error rather than an allocation failure).
 pub const MAX_STEPS: usize = 1_000_000;
 
+/// ComfyUI's KSampler rule for its samplers `dpm_2`, `dpm_2_ancestral`, `uni_pc` and
+/// `uni_pc_bh2` (`DISCARD_PENULTIMATE_SIGMA_SAMPLERS`, comfy/samplers.py): the placement's grid
+/// of `steps + 1` steps without its last nonzero level, so that `steps` steps run and the last
+/// leaves for 0 from one level higher. Placements that list their levels (`levels`, `gits`,
+/// `oss`) have no grid of another count to take it from, and are an error.
+pub fn sigmas_discarding_penultimate(
+    kind: &GridKind,
+    steps: usize,
+    sigma_min: f64,
+    sigma_max: f64,
+    sde: &dyn Sde,
+) -> Result<Vec<f64>> {
+    check_discard_penultimate(kind)?;
+    if steps == 0 {
+        return Err(SolverError::ZeroSteps(steps));
+    }
+    let mut s = sigmas(kind, steps + 1, sigma_min, sigma_max, sde)?;
+    s.remove(s.len() - 2);
+    Ok(s)
+}
+
+/// Whether [`sigmas_discarding_penultimate`] applies to the placement.
+pub fn check_discard_penultimate(kind: &GridKind) -> Result<()> {
+    let listed = match kind {
+        GridKind::Levels { .. } => "levels",
+        GridKind::Gits(_) => "gits",
+        GridKind::Oss(_) => "oss",
+        _ => return Ok(()),
+    };
+    Err(SolverError::Grid(format!(
+        "discard_penultimate takes a placement's grid of one step more, and the {listed} placement lists its levels per step count: use it with a placement computed for any count"
+    )))
+}
+
 /// Build a grid of `steps` steps: `steps + 1` noise levels ending in 0.
 pub fn sigmas(
     kind: &GridKind,

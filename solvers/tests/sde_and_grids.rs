@@ -1767,3 +1767,68 @@ fn partial_runs_take_diffusers_and_comfyuis_tails() {
         .to_string();
     assert!(err.contains("more than 1000000"), "{err}");
 }
+
+#[test]
+fn discarding_the_penultimate_level_is_comfyuis_ksampler_rule() {
+    // ComfyUI's KSampler for dpm_2, dpm_2_ancestral, uni_pc, uni_pc_bh2: calculate_sigmas for
+    // steps + 1, then torch.cat([sigmas[:-2], sigmas[-1:]]). Karras' levels written out (SD's
+    // range, as ComfyUI's model_sampling gives it).
+    let edm = Edm::default();
+    let (lo, hi): (f64, f64) = (0.0291675, 14.614642);
+    let karras = |i: usize, m: usize| {
+        let (a, b) = (hi.powf(1.0 / 7.0), lo.powf(1.0 / 7.0));
+        (a + i as f64 / (m - 1) as f64 * (b - a)).powi(7)
+    };
+    for n in [1, 2, 3, 10, 25] {
+        let got =
+            grid::sigmas_discarding_penultimate(&GridKind::default(), n, lo, hi, &edm).unwrap();
+        // n + 1 levels above 0 in the grid of n + 1 steps; all but its last (= lo) are kept.
+        let mut want: Vec<f64> = (0..n).map(|i| karras(i, n + 1)).collect();
+        want.push(0.0);
+        assert_eq!(got.len(), n + 1, "{n}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-12 * w.max(1.0), "{n}: {got:?} {want:?}");
+        }
+        assert!(
+            got[n - 1] > lo,
+            "{n}: the last step leaves from above sigma_min"
+        );
+    }
+    // The same surgery on every computed placement, the chain's spacings included.
+    for kind in [
+        GridKind::from_name("log-snr", None).unwrap(),
+        GridKind::from_name("comfy-normal", None).unwrap(),
+        GridKind::from_name("ddpm-trailing", None).unwrap(),
+        GridKind::from_name("ays-sdxl", None).unwrap(),
+        GridKind::from_name("linear-quadratic", None).unwrap(),
+    ] {
+        for n in [2, 7, 16] {
+            let full = grid::sigmas(&kind, n + 1, 0.002, 80.0, &edm).unwrap();
+            let got = grid::sigmas_discarding_penultimate(&kind, n, 0.002, 80.0, &edm).unwrap();
+            assert_eq!(got[..n], full[..n], "{kind:?} {n}");
+            assert_eq!(got[n], 0.0);
+        }
+    }
+    // Placements that list their levels per count have no grid of one step more.
+    for (kind, name) in [
+        (
+            GridKind::Levels {
+                sigmas: vec![vec![80.0, 1.0]],
+            },
+            "levels",
+        ),
+        (GridKind::Gits(Default::default()), "gits"),
+        (GridKind::Oss(Default::default()), "oss"),
+    ] {
+        let e = grid::sigmas_discarding_penultimate(&kind, 2, 0.002, 80.0, &edm)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("the {name} placement lists its levels")),
+            "{e}"
+        );
+    }
+    assert!(
+        grid::sigmas_discarding_penultimate(&GridKind::default(), 0, 0.002, 80.0, &edm).is_err()
+    );
+}
