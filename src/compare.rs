@@ -39,6 +39,11 @@ pub struct CompareArgs {
     /// first evaluation is replaced by x / sqrt(1 + sigma^2) as the ODE's derivative.
     #[arg(long)]
     pub afs: bool,
+    /// Also run each sampler that inverts back up its grid from its samples, and report the
+    /// RMS distance between the noise recovered and the noise it started from (an experiment's
+    /// `roundtrip` metric; exactly 0 up to rounding for edict, bdia and belm).
+    #[arg(long)]
+    pub roundtrip: bool,
     #[command(flatten)]
     pub grid: GridArgs,
     /// auto, cpu, cuda or cuda:N.
@@ -62,6 +67,9 @@ pub struct Row {
     pub max: Option<f64>,
     /// Total-variation distance between the sample's mode weights and the mixture's.
     pub mode_tv: Option<f64>,
+    /// With `--roundtrip`: RMS distance of the noise recovered by inverting the samples to the
+    /// starting noise (samplers that invert, at least 2 steps).
+    pub roundtrip: Option<f64>,
     pub seconds: f64,
 }
 
@@ -240,12 +248,13 @@ pub fn run(mut a: CompareArgs) -> Result<()> {
         for &n in &spec_steps {
             let sigmas = a.grid.sigmas(sde.as_ref(), n)?;
             let t = Instant::now();
-            let (x, nfe) = job::run_from_noise_with(
+            let job::Sampled { x, nfe, companion } = job::run_latents(
                 spec,
                 den,
                 sde.as_ref(),
                 &sigmas,
                 &z,
+                None,
                 a.seed,
                 0,
                 &scoreflow_solvers::RunOptions {
@@ -255,6 +264,21 @@ pub fn run(mut a: CompareArgs) -> Result<()> {
                 &mut |_, _| {},
             )?;
             let seconds = t.elapsed().as_secs_f64();
+            let roundtrip = if a.roundtrip {
+                job::roundtrip_rms(
+                    spec,
+                    den,
+                    sde.as_ref(),
+                    &sigmas,
+                    &x,
+                    companion.as_ref(),
+                    &z,
+                    a.seed,
+                    a.afs,
+                )?
+            } else {
+                None
+            };
             let reference = if spec.is_stochastic() {
                 None
             } else {
@@ -278,7 +302,7 @@ pub fn run(mut a: CompareArgs) -> Result<()> {
             };
             summary_rows.push(serde_json::json!({
                 "label": crate::experiment::label(spec), "params": spec, "steps": n, "nfe": nfe,
-                "seed": a.seed, "rms": rms, "max": max, "mode-tv": mode_tv,
+                "seed": a.seed, "rms": rms, "max": max, "mode-tv": mode_tv, "roundtrip": roundtrip,
             }));
             rows.push(Row {
                 sampler: crate::experiment::label(spec),
@@ -287,6 +311,7 @@ pub fn run(mut a: CompareArgs) -> Result<()> {
                 rms,
                 max,
                 mode_tv,
+                roundtrip,
                 seconds,
             });
         }
@@ -324,6 +349,10 @@ pub fn run(mut a: CompareArgs) -> Result<()> {
                 ("rms", "RMS distance to the reference ODE solution"),
                 ("max", "largest distance to the reference solution"),
                 ("mode-tv", "mode-weight error (total variation)"),
+                (
+                    "roundtrip",
+                    "noise recovered by inverting the samples (RMS)",
+                ),
             ],
             &floors,
             unranked,
@@ -348,37 +377,51 @@ pub fn table(rows: &[Row]) -> String {
         .max()
         .unwrap_or(0)
         .max(18);
+    // The roundtrip column only where it was measured (compare --roundtrip).
+    let trips = rows.iter().any(|r| r.roundtrip.is_some());
     let mut s = format!(
-        "{:<w$} {:>6} {:>6} {:>11} {:>11} {:>8} {:>9}\n",
-        "sampler", "steps", "nfe", "rms_error", "max_error", "mode_tv", "seconds"
+        "{:<w$} {:>6} {:>6} {:>11} {:>11} {:>8}",
+        "sampler", "steps", "nfe", "rms_error", "max_error", "mode_tv"
     );
+    if trips {
+        let _ = write!(s, " {:>11}", "roundtrip");
+    }
+    let _ = writeln!(s, " {:>9}", "seconds");
     for r in rows {
         let tv = r
             .mode_tv
             .map(|v| format!("{v:.4}"))
             .unwrap_or_else(|| "-".into());
-        let _ = writeln!(
+        let _ = write!(
             s,
-            "{:<w$} {:>6} {:>6} {:>11} {:>11} {:>8} {:>9.4}",
+            "{:<w$} {:>6} {:>6} {:>11} {:>11} {:>8}",
             r.sampler,
             r.steps,
             r.nfe,
             fmt_opt(r.rms),
             fmt_opt(r.max),
             tv,
-            r.seconds
         );
+        if trips {
+            let _ = write!(s, " {:>11}", fmt_opt(r.roundtrip));
+        }
+        let _ = writeln!(s, " {:>9.4}", r.seconds);
     }
     s
 }
 
 fn to_csv(rows: &[Row]) -> String {
     let o = |v: Option<f64>| v.map(|v| format!("{v:e}")).unwrap_or_default();
-    let mut s = String::from("sampler,steps,nfe,rms_error,max_error,mode_tv,seconds\n");
+    let trips = rows.iter().any(|r| r.roundtrip.is_some());
+    let mut s = String::from(if trips {
+        "sampler,steps,nfe,rms_error,max_error,mode_tv,roundtrip,seconds\n"
+    } else {
+        "sampler,steps,nfe,rms_error,max_error,mode_tv,seconds\n"
+    });
     for r in rows {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{}{}",
             if r.sampler.contains(',') {
                 format!("\"{}\"", r.sampler)
             } else {
@@ -389,6 +432,11 @@ fn to_csv(rows: &[Row]) -> String {
             o(r.rms),
             o(r.max),
             o(r.mode_tv),
+            if trips {
+                format!("{},", o(r.roundtrip))
+            } else {
+                String::new()
+            },
             r.seconds
         );
     }
@@ -425,7 +473,7 @@ fn plot(stem: &Path, rows: &[Row], fresh_tv: Option<f64>, title: &str) -> Result
             .filter(|s| !s.points.is_empty())
             .collect()
     };
-    let panels = [
+    let mut panels = vec![
         Panel {
             title: format!("{title}: error vs reference ODE solution"),
             ylabel: "RMS error".into(),
@@ -439,5 +487,14 @@ fn plot(stem: &Path, rows: &[Row], fresh_tv: Option<f64>, title: &str) -> Result
             floor: fresh_tv.map(|f| ("fresh data (noise floor)".to_string(), f)),
         },
     ];
+    let trips = series(&|r| r.roundtrip);
+    if !trips.is_empty() {
+        panels.push(Panel {
+            title: "round trip: noise recovered by inverting the samples".into(),
+            ylabel: "RMS distance to the starting noise".into(),
+            series: trips,
+            floor: None,
+        });
+    }
     crate::plot::quality_vs_nfe(stem, &panels)
 }

@@ -1602,33 +1602,17 @@ impl CellCtx<'_> {
                     model.mixture().map(|g| mode_coverage(g, &x)).transpose()?
                 }
                 // (Not counted in the cell's NFE: the inversion's own steps - 1 evaluations.)
-                Metric::Roundtrip if steps >= 2 && spec.build()?.invertible() => {
-                    let (z, _, _) = job::invert_to_noise(spec, den, sde, &sigmas, &x, None, seed)?;
-                    Some(crate::metrics::rms_distance(&z, &state.z))
-                }
-                // An exact-inversion sampler undoes its run, from the samples and the companion
-                // the run left (not a run whose undone first step took the analytical estimate).
-                Metric::Roundtrip
-                    if steps >= 2
-                        && companion.is_some()
-                        && !(cfg.afs
-                            && spec
-                                .build()?
-                                .exact_inverse()
-                                .is_some_and(|e| e.first_undone() == 0)) =>
-                {
-                    let (z, _, _) = job::invert_to_noise(
-                        spec,
-                        den,
-                        sde,
-                        &sigmas,
-                        &x,
-                        companion.as_ref(),
-                        seed,
-                    )?;
-                    Some(crate::metrics::rms_distance(&z, &state.z))
-                }
-                Metric::Roundtrip => None,
+                Metric::Roundtrip => job::roundtrip_rms(
+                    spec,
+                    den,
+                    sde,
+                    &sigmas,
+                    &x,
+                    companion.as_ref(),
+                    &state.z,
+                    seed,
+                    cfg.afs,
+                )?,
                 Metric::Fd => match (self.classifier, &state.data) {
                     (Some(c), Some(d)) => {
                         Some(crate::fid::frechet(&c.features(&x), &c.features(d)))

@@ -957,6 +957,49 @@ pub fn run_from_noise_with(
     Ok((out.x, out.nfe))
 }
 
+/// The `roundtrip` measure of a run: `spec` run back up its grid `sigmas` from its samples `x`
+/// (with the companion an exact-inversion sampler's run left), and the RMS distance over
+/// samples between the noise recovered and the noise `z` the samples came from, in units of the
+/// noise. None where the sampler does not invert, on a one-step grid, and for an
+/// exact-inversion run whose first step, the one undone last, was the analytical first step
+/// (`afs`). The inversion's evaluations are not counted in the run's NFE.
+#[allow(clippy::too_many_arguments)]
+pub fn roundtrip_rms(
+    spec: &SamplerSpec,
+    den: &dyn Denoiser,
+    sde: &dyn Sde,
+    sigmas: &[f64],
+    x: &Tensor,
+    companion: Option<&Tensor>,
+    z: &Tensor,
+    seed: u64,
+    afs: bool,
+) -> Result<Option<f64>> {
+    if sigmas.len() < 3 {
+        return Ok(None);
+    }
+    let sampler = spec.build()?;
+    let undoes = if sampler.invertible() {
+        true
+    } else {
+        companion.is_some()
+            && !(afs
+                && sampler
+                    .exact_inverse()
+                    .is_some_and(|e| e.first_undone() == 0))
+    };
+    if !undoes {
+        return Ok(None);
+    }
+    let companion = if sampler.invertible() {
+        None
+    } else {
+        companion
+    };
+    let (back, _, _) = invert_to_noise(spec, den, sde, sigmas, x, companion, seed)?;
+    Ok(Some(crate::metrics::rms_distance(&back, z)))
+}
+
 /// What [`run_latents`] returns: the samples, the evaluations, and for an exact-inversion
 /// sampler the samples' companion (what [`invert_to_noise`] takes to invert them exactly).
 pub struct Sampled {

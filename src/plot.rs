@@ -128,10 +128,7 @@ where
     if vals.is_empty() || nfes.is_empty() {
         return Ok(());
     }
-    let (lo, hi) = (
-        vals.iter().cloned().fold(f64::INFINITY, f64::min) / 1.5,
-        vals.iter().cloned().fold(0.0, f64::max) * 1.5,
-    );
+    let (lo, hi) = value_range(&vals);
     let (x0, x1) = (
         nfes.iter().cloned().fold(f64::INFINITY, f64::min) / 1.3,
         nfes.iter().cloned().fold(0.0, f64::max) * 1.3,
@@ -262,6 +259,23 @@ fn nfe_tick(v: f64) -> String {
 
 /// A value tick's text, three significant digits without float noise (0.3, not
 /// 0.30000000000000004): decimals from 1e-3 to 1e5, else scientific.
+/// The value axis' range: the values with a margin, reaching down to a power of ten where they
+/// lie within one decade (plotters labels a log axis only at the powers of ten and their
+/// multiples, so an axis between two powers of ten would have no labels).
+fn value_range(vals: &[f64]) -> (f64, f64) {
+    let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min) / 1.5;
+    let hi = vals.iter().cloned().fold(0.0, f64::max) * 1.5;
+    let decade = 10f64.powf(hi.log10().floor());
+    (
+        if plottable(decade) {
+            lo.min(decade)
+        } else {
+            lo
+        },
+        hi,
+    )
+}
+
 fn value_tick(v: f64) -> String {
     if !v.is_finite() {
         return String::new();
@@ -490,6 +504,20 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_axes_hold_a_power_of_ten() {
+        // Mode weights between 0.029 and 0.0625: the axis reaches down to 0.01.
+        assert_eq!(value_range(&[0.0293, 0.0625]).0, 0.01);
+        // Values across decades keep their own margin.
+        let (lo, hi) = value_range(&[0.002, 3.0]);
+        assert!((lo - 0.002 / 1.5).abs() < 1e-15 && (hi - 4.5).abs() < 1e-12);
+        for vals in [[0.2, 0.9], [3e-7, 8e-7], [20.0, 60.0]] {
+            let (lo, hi) = value_range(&vals);
+            let p = 10f64.powf(hi.log10().floor());
+            assert!(lo <= p && p <= hi, "{vals:?}: {lo} {hi}");
+        }
+    }
 
     #[test]
     fn value_ticks_have_no_float_noise() {

@@ -1077,6 +1077,47 @@ fn compare_writes_a_table_csv_and_plot() {
     assert!(stdout.contains("best rms within a budget"), "{stdout}");
     let svg = std::fs::read_to_string(dir.path().join("error_vs_nfe.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("heun"));
+    assert!(!csv.contains("roundtrip"), "{csv}");
+    // --roundtrip: the noise recovered by inverting; exact for belm, shrinking with the steps
+    // for heun, none for the stochastic ddpm and at one step.
+    let trips = dir.path().join("trips");
+    let o = run(&[
+        "compare",
+        "--solvers",
+        "heun,belm,ddpm",
+        "--steps",
+        "1,4,16",
+        "--num",
+        "64",
+        "--reference-steps",
+        "64",
+        "--roundtrip",
+        "--device",
+        "cpu",
+        "--out-dir",
+        trips.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(trips.join("results.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("sampler,steps,nfe,rms_error,max_error,mode_tv,roundtrip,seconds")
+    );
+    let trip = |name: &str, steps: &str| -> Option<f64> {
+        let l = csv
+            .lines()
+            .find(|l| l.starts_with(&format!("{name},{steps},")))
+            .unwrap();
+        l.split(',').nth(6).unwrap().parse().ok()
+    };
+    assert!(trip("belm", "4").unwrap() < 1e-8 && trip("belm", "16").unwrap() < 1e-8);
+    assert!(trip("heun", "16").unwrap() < trip("heun", "4").unwrap() / 10.0);
+    assert!(trip("heun", "16").unwrap() > 1e-6);
+    for (name, steps) in [("ddpm", "4"), ("heun", "1"), ("belm", "1")] {
+        assert_eq!(trip(name, steps), None, "{name} {steps}");
+    }
+    assert!(String::from_utf8_lossy(&o.stdout).contains("roundtrip"));
     // Lists with an empty item are refused (compare and bench).
     let never = dir.path().join("never");
     for args in [
