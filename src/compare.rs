@@ -156,6 +156,15 @@ pub fn run(mut a: CompareArgs) -> Result<()> {
     }
     let model = model::parse(&a.denoiser, dev)?;
     npy::check_out_dir(&a.out_dir)?;
+    npy::check_out_files(
+        &a.out_dir,
+        &[
+            "results.csv",
+            "summary.md",
+            "error_vs_nfe.png",
+            "error_vs_nfe.svg",
+        ],
+    )?;
     if chosen {
         // (No adaptive samplers here: refused above, as the grid's ends move with the count.)
         a.grid.solve_for_model(

@@ -174,6 +174,23 @@ fn from_points(points: Vec<[f64; 2]>, labels: Vec<i64>, classes: usize) -> Datas
     }
 }
 
+/// The most points a synthetic data set may have (a mistyped count is an error, not an
+/// allocation failure).
+pub const MAX_NUM: usize = 1 << 28;
+
+/// [`load`] for a trained network whose samples have shape `shape` (a model card's `[data]`, a
+/// checkpoint's stored data): other per-sample shapes are an error.
+pub fn load_for(cfg: &DataConfig, seed: u64, shape: &[i64]) -> Result<Dataset> {
+    let d = load(cfg, seed)?;
+    let got = &d.x.size()[1..];
+    if got != shape {
+        bail!(
+            "the model's data has samples of shape {got:?}, and the network takes samples of shape {shape:?}"
+        );
+    }
+    Ok(d)
+}
+
 /// Build (or load) the data set; synthetic sets are drawn with `seed`.
 pub fn load(cfg: &DataConfig, seed: u64) -> Result<Dataset> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xDA7A);
@@ -181,6 +198,9 @@ pub fn load(cfg: &DataConfig, seed: u64) -> Result<Dataset> {
     let check = |num: usize| -> Result<()> {
         if num == 0 {
             bail!("data.num must be at least 1");
+        }
+        if num > MAX_NUM {
+            bail!("data.num = {num} is more than {MAX_NUM}");
         }
         Ok(())
     };

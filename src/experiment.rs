@@ -965,7 +965,7 @@ fn load_model(spec: &ModelSpec, dev: Device) -> Result<Loaded> {
                 crate::card::quantize_time(&mut t.model.net, path)?;
             }
             let data = match &t.data {
-                Some((d, seed)) => Some(crate::data::load(d, *seed)?),
+                Some((d, seed)) => Some(crate::data::load_for(d, *seed, &t.model.net.shape)?),
                 None => None,
             };
             Loaded::Trained(Box::new(t.model), data)
@@ -1032,6 +1032,7 @@ pub fn read_results(dir: &Path) -> Result<Vec<Value>> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
     let mut rows = Vec::new();
+    let mut keys = std::collections::HashSet::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -1040,7 +1041,14 @@ pub fn read_results(dir: &Path) -> Result<Vec<Value>> {
             Ok(v) => v,
             // A line cut short by a kill (JSON that ends early; later results continue on
             // the next line): that cell runs again.
-            Err(e) if e.is_eof() => continue,
+            Err(e) if e.is_eof() => {
+                eprintln!(
+                    "note: {} line {} was cut short (a killed run) and is skipped; `scoreflow run` runs its cell again",
+                    path.display(),
+                    i + 1
+                );
+                continue;
+            }
             Err(e) => bail!(
                 "{} line {} is not a results line ({e}); fix or delete the line (the cell then runs again)",
                 path.display(),
@@ -1053,6 +1061,16 @@ pub fn read_results(dir: &Path) -> Result<Vec<Value>> {
                 path.display(),
                 i + 1
             );
+        }
+        // A cell written twice (two runs on one folder at once) is counted once.
+        if !keys.insert(v["key"].as_str().unwrap_or_default().to_string()) {
+            eprintln!(
+                "note: {} line {} repeats the cell of an earlier line ({}) and is skipped",
+                path.display(),
+                i + 1,
+                v["label"].as_str().unwrap_or_default()
+            );
+            continue;
         }
         rows.push(v);
     }
@@ -1240,6 +1258,7 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     let dev = device::parse(&cfg.device)?;
     let kind = job::kind_from_name(&cfg.dtype)?;
     npy::check_out_dir(&cfg.out_dir)?;
+    npy::check_out_files(&cfg.out_dir, OUTPUTS)?;
     let model = load_model(&cfg.model, dev)?;
     check_chain(cfg, &model)?;
     // Checked here, not at the first such cell, so that no cell's results are written.
@@ -1805,6 +1824,19 @@ fn metric_title(m: &str) -> (&'static str, &'static str) {
     }
 }
 
+/// The files `run` and `plot` write into an experiment's folder (besides results.jsonl,
+/// floors.json, experiment.json and samples/).
+const OUTPUTS: &[&str] = &[
+    "results.csv",
+    "summary.md",
+    "quality_vs_nfe.png",
+    "quality_vs_nfe.svg",
+    "samples_grid.png",
+    "samples_grid.svg",
+    "trajectories.png",
+    "trajectories.svg",
+];
+
 /// `scoreflow plot OUT_DIR`: results.csv, summary.md and the plots from results.jsonl.
 pub fn plot_dir(dir: &Path) -> Result<()> {
     let (rows, cfg) = load_plotted(dir)?;
@@ -2023,6 +2055,64 @@ fn draw(
         )
     };
     rows.sort_by_key(rank);
+    // Scatter grid of 2-D samples (seed of the first row), one panel per sampler and step count.
+    // Read (and check) before anything is written, so that a bad snapshot leaves the folder
+    // as it was.
+    let snap = dir.join("samples");
+    let first_seed = rows[0]["seed"].as_u64();
+    let mut scat = Vec::new();
+    let mut images = Vec::new();
+    let mut paths: BTreeMap<String, (u64, Tensor)> = BTreeMap::new();
+    if snapshots && snap.is_dir() {
+        for r in rows.iter().filter(|r| r["seed"].as_u64() == first_seed) {
+            let key = r["key"].as_str().unwrap_or("");
+            let label = r["label"].as_str().unwrap_or("").to_string();
+            // A cell's snapshots are optional (older runs, other shapes), but one that is there
+            // must be readable and of a snapshot's shape.
+            let file = snap.join(format!("{key}.npy"));
+            if !file.exists() {
+                continue;
+            }
+            let t = read_snapshot(
+                &file,
+                &[&[-1, 2], &[-1, -1, -1, -1]],
+                "[N, 2] or [N, C, H, W]",
+            )?;
+            if t.dim() == 4 {
+                images.push(t);
+                continue;
+            }
+            let v: Vec<f64> = Vec::try_from(t.flatten(0, -1))?;
+            let short: String = label.chars().take(24).collect();
+            scat.push(Scatter {
+                title: format!("{short} nfe {}", r["nfe"]),
+                points: v.chunks(2).map(|c| [c[0], c[1]]).collect(),
+            });
+            // Trajectories: per sampler, the run whose step count is closest to 32 (in log scale).
+            let steps = r["steps"].as_u64().unwrap_or(0);
+            let path_file = snap.join(format!("{key}.path.npy"));
+            if path_file.exists() {
+                let p = read_snapshot(&path_file, &[&[-1, -1, 2]], "[steps + 1, paths, 2]")?;
+                let dist = |n: u64| ((n.max(1) as f64) / 32.0).log2().abs();
+                let better = match paths.get(&label) {
+                    None => true,
+                    Some((s0, _)) => dist(steps) < dist(*s0),
+                };
+                if better {
+                    paths.insert(label, (steps, p));
+                }
+            }
+        }
+        if let Some(first) = images.first() {
+            if images.iter().any(|t| t.size()[1..] != first.size()[1..]) {
+                bail!(
+                    "the image snapshots in {} have different shapes; rerun the experiment into a new out_dir",
+                    snap.display()
+                );
+            }
+        }
+    }
+    npy::check_out_files(dir, OUTPUTS)?;
     let metric_names: Vec<&str> = Metric::ALL
         .iter()
         .map(Metric::name)
@@ -2121,59 +2211,8 @@ fn draw(
         });
     }
     plot::quality_vs_nfe(&dir.join("quality_vs_nfe"), &panels)?;
-    // Scatter grid of 2-D samples (seed of the first row), one panel per sampler and step count.
-    let snap = dir.join("samples");
     if snapshots && snap.is_dir() {
-        let first_seed = rows[0]["seed"].as_u64();
-        let mut scat = Vec::new();
-        let mut images = Vec::new();
-        let mut paths: BTreeMap<String, (u64, Tensor)> = BTreeMap::new();
-        for r in rows.iter().filter(|r| r["seed"].as_u64() == first_seed) {
-            let key = r["key"].as_str().unwrap_or("");
-            let label = r["label"].as_str().unwrap_or("").to_string();
-            // A cell's snapshots are optional (older runs, other shapes), but one that is there
-            // must be readable and of a snapshot's shape.
-            let file = snap.join(format!("{key}.npy"));
-            if !file.exists() {
-                continue;
-            }
-            let t = read_snapshot(
-                &file,
-                &[&[-1, 2], &[-1, -1, -1, -1]],
-                "[N, 2] or [N, C, H, W]",
-            )?;
-            if t.dim() == 4 {
-                images.push(t);
-                continue;
-            }
-            let v: Vec<f64> = Vec::try_from(t.flatten(0, -1))?;
-            let short: String = label.chars().take(24).collect();
-            scat.push(Scatter {
-                title: format!("{short} nfe {}", r["nfe"]),
-                points: v.chunks(2).map(|c| [c[0], c[1]]).collect(),
-            });
-            // Trajectories: per sampler, the run whose step count is closest to 32 (in log scale).
-            let steps = r["steps"].as_u64().unwrap_or(0);
-            let path_file = snap.join(format!("{key}.path.npy"));
-            if path_file.exists() {
-                let p = read_snapshot(&path_file, &[&[-1, -1, 2]], "[steps + 1, paths, 2]")?;
-                let dist = |n: u64| ((n.max(1) as f64) / 32.0).log2().abs();
-                let better = match paths.get(&label) {
-                    None => true,
-                    Some((s0, _)) => dist(steps) < dist(*s0),
-                };
-                if better {
-                    paths.insert(label, (steps, p));
-                }
-            }
-        }
-        if let Some(first) = images.first() {
-            if images.iter().any(|t| t.size()[1..] != first.size()[1..]) {
-                bail!(
-                    "the image snapshots in {} have different shapes; rerun the experiment into a new out_dir",
-                    snap.display()
-                );
-            }
+        if !images.is_empty() {
             // One row of 10 images per sampler and step count (first seed).
             crate::image::write_grid(&dir.join("samples_grid.png"), &Tensor::cat(&images, 0), 10)?;
         }

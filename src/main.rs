@@ -315,6 +315,58 @@ fn sample(mut a: SampleArgs) -> Result<()> {
             );
         }
     }
+    // An output that names an input would replace it (a file written is replaced whole).
+    let mut inputs: Vec<(&str, PathBuf)> = Vec::new();
+    if let Some(p) = &a.checkpoint {
+        inputs.push(("--checkpoint", p.clone()));
+        if scoreflow::card::is_card(p) {
+            if let Ok(card) = scoreflow::card::ModelCard::load(p) {
+                inputs.push(("the model card's torchscript", card.torchscript));
+            }
+        }
+    }
+    if let Some(file) = a.denoiser.as_deref().and_then(|d| {
+        d.strip_prefix("gmm:")
+            .or_else(|| d.strip_prefix("gaussian:"))
+    }) {
+        inputs.push(("--denoiser", PathBuf::from(file)));
+    }
+    for (flag, p) in [
+        ("--noise", &a.noise),
+        ("--invert", &a.invert),
+        ("--init", &a.init),
+    ] {
+        if let Some(p) = p {
+            inputs.push((flag, p.clone()));
+            inputs.push((flag, pair_record_path(p)));
+        }
+    }
+    if a.grid.grid.ends_with(".toml") {
+        inputs.push(("--grid", PathBuf::from(&a.grid.grid)));
+    }
+    // (A latent pair's record is written beside an inverted --out and beside --save-noise.)
+    for (flag, out, record) in [
+        ("--out", Some(&a.out), a.invert.is_some()),
+        ("--png", a.png.as_ref(), false),
+        ("--save-noise", a.save_noise.as_ref(), true),
+    ] {
+        let Some(out) = out else { continue };
+        let written: Vec<PathBuf> = if record {
+            vec![out.clone(), pair_record_path(out)]
+        } else {
+            vec![out.clone()]
+        };
+        for (input, path) in &inputs {
+            for written in &written {
+                if npy::same_file(written, path) {
+                    bail!(
+                        "{flag} would write {}, which {input} reads: choose another output path",
+                        written.display()
+                    );
+                }
+            }
+        }
+    }
     if a.afs && a.init.is_some() {
         bail!("--afs replaces the first evaluation by pure noise's; a run from data (--init) does not start from pure noise");
     }

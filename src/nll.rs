@@ -435,7 +435,7 @@ pub fn run(a: NllArgs) -> Result<()> {
                             path.display()
                         )
                     })?;
-                    let data = crate::data::load(&data, seed)?.x;
+                    let data = crate::data::load_for(&data, seed, &t.model.net.shape)?.x;
                     let _turn = train::exclusive_rng();
                     tch::manual_seed((a.seed ^ 0xDA7A) as i64 & i64::MAX);
                     let idx = Tensor::randperm(data.size()[0], (Kind::Int64, tch::Device::Cpu))

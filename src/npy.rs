@@ -226,6 +226,26 @@ pub fn create_out_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
 }
 
+/// Outputs `names` of the folder `dir` that are folders themselves cannot be written: an
+/// error naming the first, checked before any work so that no other output is written.
+pub fn check_out_files(dir: &Path, names: &[&str]) -> Result<()> {
+    for n in names {
+        let p = dir.join(n);
+        if p.is_dir() {
+            bail!("cannot write {}: it is a folder", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// Whether two paths name one existing file (through links and `..`).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
 /// A temporary sibling of `path` (of the file a symbolic link points to) that [`commit`] moves
 /// over it once complete; in the temporary folder where `path` is a device or a pipe.
 pub fn temp_path(path: &Path) -> PathBuf {

@@ -94,8 +94,15 @@ fn read_snapshot(path: &Path) -> Result<Snapshot> {
         .with_context(|| bad("samples is not a number"))?;
     let stds: Vec<f64> =
         serde_json::from_str(ck.meta("stds")?).with_context(|| bad("stds is not a list"))?;
-    if !(samples > 0.0) || stds.is_empty() {
-        bail!(bad("no samples or no sigma_rel"));
+    // (An infinite count would make the profiles' inner products loop without end.)
+    if !(samples > 0.0 && samples <= 1e18) {
+        bail!(bad(&format!(
+            "samples must be a count in (0, 1e18], got {}",
+            scoreflow_solvers::Num(samples)
+        )));
+    }
+    if stds.is_empty() {
+        bail!(bad("no sigma_rel"));
     }
     Ok(Snapshot {
         path: path.to_path_buf(),
@@ -133,7 +140,7 @@ pub fn run(args: &PosthocArgs) -> Result<()> {
     }
     let template_path = crate::train::checkpoint_path_in(&args.run_dir);
     for p in paths.iter().chain([&template_path]) {
-        if same_file(p, &args.out) {
+        if crate::npy::same_file(p, &args.out) {
             bail!("--out {} would overwrite an input", args.out.display());
         }
     }
@@ -208,11 +215,4 @@ pub fn run(args: &PosthocArgs) -> Result<()> {
         })
     );
     Ok(())
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
 }

@@ -207,7 +207,7 @@ impl TrainConfig {
         };
         for (what, v, max) in [
             ("train.batch", t.batch.max(0) as u64, 1u64 << 24),
-            ("data.num", data_num as u64, 1 << 28),
+            ("data.num", data_num as u64, data::MAX_NUM as u64),
             (
                 "train.snapshot_samples",
                 t.snapshot_samples.unwrap_or(0) as u64,

@@ -349,6 +349,38 @@ fn an_experiment_runs_on_a_card_and_asks_for_data_where_its_metrics_need_it() {
     let csv = std::fs::read_to_string(d.join("c/results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
     assert!(d.join("c/quality_vs_nfe.png").exists());
+    // Data of another shape than the network's is an error naming both, for run and nll.
+    Tensor::ones([16, 3], (Kind::Float, Device::Cpu))
+        .write_npy(d.join("data3.npy"))
+        .unwrap();
+    write_card(
+        d,
+        "card3",
+        "eps.pt",
+        "kind = \"discrete\"",
+        "[data]\nkind = \"npy\"\npath = \"data3.npy\"",
+    );
+    let want =
+        "the model's data has samples of shape [3], and the network takes samples of shape [2]";
+    let o = exp("card3.toml", "\"rms\", \"sw2\"", "c3");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains(want), "{}", stderr(&o));
+    let o = bin()
+        .args([
+            "nll",
+            "--device",
+            "cpu",
+            "--steps",
+            "4",
+            "--num",
+            "8",
+            "--checkpoint",
+        ])
+        .arg(d.join("card3.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains(want), "{}", stderr(&o));
     // The timesteps placement (diffusers' spacings on the card's chain, given in [grid]):
     // data metrics and rms run; adaptive samplers are refused.
     let ts = |metrics: &str, sampler: &str, out: &str| {

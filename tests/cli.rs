@@ -1118,6 +1118,29 @@ fn compare_writes_a_table_csv_and_plot() {
         assert_eq!(trip(name, steps), None, "{name} {steps}");
     }
     assert!(String::from_utf8_lossy(&o.stdout).contains("roundtrip"));
+    // An output that is a folder is refused before the work, and nothing is written.
+    let pre = dir.path().join("pre");
+    std::fs::create_dir_all(pre.join("error_vs_nfe.png")).unwrap();
+    let o = run(&[
+        "compare",
+        "--solvers",
+        "euler",
+        "--steps",
+        "4",
+        "--num",
+        "16",
+        "--device",
+        "cpu",
+        "--out-dir",
+        pre.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("error_vs_nfe.png: it is a folder"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!pre.join("results.csv").exists() && !pre.join("summary.md").exists());
     // Lists with an empty item are refused (compare and bench).
     let never = dir.path().join("never");
     for args in [
@@ -3929,6 +3952,66 @@ fn fuzzed_inputs_are_errors_naming_the_problem() {
         assert_eq!(line["sigma_max"], hi, "{extra:?}");
         std::fs::remove_file(&npy).unwrap();
     }
+    // An output naming an input (through `..` too) is refused, and the input is untouched.
+    let z = d("z.npy");
+    write_npy(
+        Path::new(&z),
+        &[4, 2],
+        &[0.1, -0.3, 1.2, 0.4, -0.7, 0.9, 0.0, 2.0],
+        false,
+    );
+    let ck = d("victim.safetensors");
+    std::fs::copy(repo("runs/gmm8/checkpoint.safetensors"), &ck).unwrap();
+    let gmm = d("m.json");
+    std::fs::copy(repo("experiments/gmm8.json"), &gmm).unwrap();
+    let gmm_spec = format!("gmm:{gmm}");
+    let before = (
+        std::fs::read(&z).unwrap(),
+        std::fs::read(&ck).unwrap(),
+        std::fs::read(&gmm).unwrap(),
+    );
+    let z_dotted = format!("{}/../{}/z.npy", dir.path().display(), {
+        dir.path().file_name().unwrap().to_str().unwrap()
+    });
+    for (args, needle) in [
+        (
+            vec![
+                "--denoiser",
+                "builtin:gmm8",
+                "--noise",
+                &z,
+                "--out",
+                &z_dotted,
+            ],
+            "which --noise reads",
+        ),
+        (
+            vec!["--checkpoint", &ck, "--num", "4", "--out", &ck],
+            "which --checkpoint reads",
+        ),
+        (
+            vec!["--denoiser", &gmm_spec, "--num", "4", "--out", &gmm],
+            "which --denoiser reads",
+        ),
+    ] {
+        let o = run(&[
+            &[
+                "sample", "--solver", "euler", "--steps", "2", "--device", "cpu",
+            ][..],
+            &args,
+        ]
+        .concat());
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+    assert_eq!(
+        (
+            std::fs::read(&z).unwrap(),
+            std::fs::read(&ck).unwrap(),
+            std::fs::read(&gmm).unwrap()
+        ),
+        before
+    );
     // --quantize has no chain to quantize on an exact model.
     sample(&["--quantize"], "--quantize applies to a trained network");
     // --png naming the file --out or --save-noise writes would lose one of them.

@@ -203,6 +203,74 @@ fn an_interrupted_run_resumes_to_the_same_results() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(d.join("quality_vs_nfe.png").exists());
     assert_eq!(ra, results(&d));
+    // A line repeated (two runs on one folder at once) is counted once, and a line cut short
+    // in the middle is skipped: both with a note.
+    let e = dir.path().join("e");
+    copy_dir(&a, &e);
+    let mut text = std::fs::read_to_string(a.join("results.jsonl")).unwrap();
+    text.push_str(lines[0]);
+    text.push('\n');
+    std::fs::write(e.join("results.jsonl"), &text).unwrap();
+    let o = run(&["plot", e.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("line 25 repeats the cell of an earlier line"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(e.join("results.csv")).unwrap(),
+        std::fs::read_to_string(a.join("results.csv")).unwrap()
+    );
+    let mut cut: Vec<String> = text.lines().map(String::from).collect();
+    cut[2].truncate(40);
+    std::fs::write(e.join("results.jsonl"), cut.join("\n")).unwrap();
+    let o = run(&["plot", e.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("line 3 was cut short"), "{err}");
+    let csv = std::fs::read_to_string(e.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 24, "{csv}");
+    // A snapshot that cannot be read, or an output that is a folder, fails the plot before any
+    // output is written.
+    let snap = std::fs::read_dir(e.join("samples"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .find(|p| !p.to_string_lossy().ends_with(".path.npy"))
+        .unwrap();
+    let good = std::fs::read(&snap).unwrap();
+    std::fs::write(&snap, b"not an npy").unwrap();
+    std::fs::remove_file(e.join("summary.md")).unwrap();
+    let o = run(&["plot", e.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not a valid .npy file"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!e.join("summary.md").exists());
+    assert_eq!(std::fs::read_to_string(e.join("results.csv")).unwrap(), csv);
+    std::fs::write(&snap, good).unwrap();
+    std::fs::remove_file(e.join("quality_vs_nfe.svg")).unwrap();
+    std::fs::create_dir(e.join("quality_vs_nfe.svg")).unwrap();
+    let o = run(&["plot", e.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("quality_vs_nfe.svg: it is a folder"));
+    assert!(!e.join("summary.md").exists());
+}
+
+/// Copy the files of `from` (one level of folders) to `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let p = entry.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
 }
 
 #[test]

@@ -800,6 +800,37 @@ fn posthoc_ema_reconstructs_other_widths_from_the_snapshots() {
         assert!(err.contains(want), "{err}");
     }
     assert!(!dir.path().join("bad.safetensors").exists());
+    // A snapshot whose sample count is infinite (it made the profiles' sums loop) is refused.
+    let tampered = dir.path().join("tampered");
+    std::fs::create_dir_all(tampered.join("posthoc")).unwrap();
+    std::fs::copy(
+        out.join("checkpoint.safetensors"),
+        tampered.join("checkpoint.safetensors"),
+    )
+    .unwrap();
+    for entry in std::fs::read_dir(out.join("posthoc")).unwrap() {
+        let p = entry.unwrap().path();
+        let mut ck = scoreflow::checkpoint::load(&p).unwrap();
+        if p.ends_with("00000030.safetensors") {
+            ck.meta.insert("samples".into(), "inf".into());
+        }
+        let dest = tampered.join("posthoc").join(p.file_name().unwrap());
+        scoreflow::checkpoint::save(&dest, &ck.tensors, ck.meta).unwrap();
+    }
+    let err = format!(
+        "{:#}",
+        scoreflow::posthoc::run(&PosthocArgs {
+            run_dir: tampered.clone(),
+            ..args(0.07, None, "bad.safetensors")
+        })
+        .err()
+        .unwrap()
+    );
+    assert!(
+        err.contains("00000030.safetensors: samples must be a count in (0, 1e18], got inf"),
+        "{err}"
+    );
+    assert!(!dir.path().join("bad.safetensors").exists());
     let mut bad = cfg.clone();
     bad.train.posthoc_stds = Some(vec![0.05, 0.4]);
     assert!(bad
