@@ -124,6 +124,13 @@ impl ModelCard {
 pub fn load(path: &Path, dev: Device) -> Result<(Network, ModelCard)> {
     let card = ModelCard::load(path)?;
     let ts = &card.torchscript;
+    if ts.is_dir() {
+        bail!(
+            "model card {}: torchscript names {}, a folder, not a TorchScript file",
+            path.display(),
+            ts.display()
+        );
+    }
     if !ts.is_file() {
         bail!(
             "model card {}: TorchScript file {} does not exist",

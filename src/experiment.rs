@@ -665,6 +665,14 @@ impl ExperimentConfig {
         {
             bail!("a grid's name must not be empty");
         }
+        if let Some(n) = self
+            .grid_list()
+            .iter()
+            .filter_map(|g| g.name.as_deref())
+            .find(|n| n.chars().any(|c| c.is_control() || c == '"'))
+        {
+            bail!("the grid name {n:?} has a quote or a control character (a line break, a tab), which results.csv and summary.md cannot hold");
+        }
         let tags: Vec<String> = self.grids.iter().map(GridSpec::tag).collect();
         // The same grid written two ways (another name, comfy-beta's shape at its default)
         // would run the same cells twice.
@@ -948,6 +956,20 @@ fn load_model(spec: &ModelSpec, dev: Device) -> Result<Loaded> {
                     .as_ref()
                     .ok_or_else(|| anyhow!("checkpoint {} does not exist", path.display()))?;
                 let cfg = train::TrainConfig::load(tc)?;
+                // Where the trained checkpoint is copied must exist before the training.
+                if train::checkpoint_path(&cfg) != *path {
+                    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        if !dir.is_dir() {
+                            bail!(
+                                "checkpoint {} is missing and its folder {} does not exist: train_config {} trains into {}, and the checkpoint would be copied there",
+                                path.display(),
+                                dir.display(),
+                                tc.display(),
+                                cfg.out_dir.display()
+                            );
+                        }
+                    }
+                }
                 eprintln!(
                     "training {} first (checkpoint {} is missing)",
                     tc.display(),
@@ -1357,6 +1379,15 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
             )?;
             grid.solved = Some(GridKind::Levels { sigmas: lists });
         }
+    }
+    // The batch's size, before any cell (the noise is drawn per cell).
+    let numel: u128 = shape.iter().map(|&d| d.max(0) as u128).product();
+    if solved.num as u128 * numel > job::MAX_ELEMENTS {
+        bail!(
+            "num = {} samples of shape {shape:?} are more than {} numbers; draw fewer at a time",
+            solved.num,
+            job::MAX_ELEMENTS
+        );
     }
     let cfg = &solved;
     let cells = cfg.cells();

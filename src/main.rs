@@ -351,6 +351,9 @@ fn sample(mut a: SampleArgs) -> Result<()> {
         ("--save-noise", a.save_noise.as_ref(), true),
     ] {
         let Some(out) = out else { continue };
+        if out.is_dir() {
+            bail!("{flag} {} is a folder; give a file path", out.display());
+        }
         let written: Vec<PathBuf> = if record {
             vec![out.clone(), pair_record_path(out)]
         } else {

@@ -352,6 +352,12 @@ pub fn run(a: NllArgs) -> Result<()> {
     {
         bail!("--num and --steps must be at least 1 and 0 < --sigma-min < --sigma-max < inf");
     }
+    if steps > scoreflow_solvers::grid::MAX_STEPS {
+        bail!(
+            "--steps {steps} is more than {}, the most a grid may have",
+            scoreflow_solvers::grid::MAX_STEPS
+        );
+    }
     if a.levels.is_some_and(|k| k < 2) {
         bail!("--levels must be at least 2");
     }

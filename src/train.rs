@@ -498,13 +498,16 @@ pub fn run(cfg: &TrainConfig, opts: &RunOpts) -> Result<Report> {
             for (state, prefix) in [(&adam.m[k], "adam_m"), (&adam.v[k], "adam_v")] {
                 let key = format!("{prefix}.{name}");
                 let src = ck.tensor(&key).with_context(in_ck)?;
-                if src.size() != state.size() || src.isfinite().all().int64_value(&[]) == 0 {
+                if src.size() != state.size() {
                     bail!(
-                        "{}: tensor {key} has shape {:?} (expected {:?}) or non-finite values",
+                        "{}: tensor {key} has shape {:?}, expected {:?}",
                         in_ck(),
                         src.size(),
                         state.size()
                     );
+                }
+                if src.isfinite().all().int64_value(&[]) == 0 {
+                    bail!("{}: tensor {key} has NaN or infinite values", in_ck());
                 }
                 tch::no_grad(|| state.shallow_clone().copy_(src));
             }
@@ -570,6 +573,19 @@ fn train_loop(
     let mut losses = Vec::new();
     let mut pending: Vec<(usize, Tensor)> = Vec::new();
     let mut last_good = if start > 0 { Some(start) } else { None };
+    // What a failure leaves: this run's last checkpoint, or none (a file in the folder is then
+    // an earlier run's).
+    let kept = |good: Option<usize>| match good {
+        Some(g) => format!(
+            "the last good checkpoint (step {g}) is kept at {}",
+            ckpt_path.display()
+        ),
+        None if ckpt_path.exists() => format!(
+            "this run wrote no checkpoint ({} is an earlier run's)",
+            ckpt_path.display()
+        ),
+        None => "no checkpoint had been written yet".to_string(),
+    };
     let bar = if opts.quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -708,14 +724,11 @@ fn train_loop(
             let steps: Vec<usize> = pending.drain(..).map(|(s, _)| s).collect();
             if let Some((s, _)) = steps.iter().zip(&values).find(|(_, v)| !v.is_finite()) {
                 bar.abandon();
-                let kept = match last_good {
-                    Some(g) => format!(
-                        "the last good checkpoint (step {g}) is kept at {}",
-                        ckpt_path.display()
-                    ),
-                    None => "no checkpoint had been written yet".to_string(),
-                };
-                bail!("non-finite training loss at step {}; {kept}", s + 1);
+                bail!(
+                    "non-finite training loss at step {}; {}",
+                    s + 1,
+                    kept(last_good)
+                );
             }
             losses.extend(steps.iter().map(|s| s + 1).zip(values.iter().copied()));
             let secs = clock.elapsed().as_secs_f64();
@@ -761,10 +774,7 @@ fn train_loop(
                 .values()
                 .all(|t| t.isfinite().all().int64_value(&[]) != 0);
             if !finite {
-                bail!(
-                    "non-finite weights at step {done}; the last good checkpoint is kept at {}",
-                    ckpt_path.display()
-                );
+                bail!("non-finite weights at step {done}; {}", kept(last_good));
             }
             let mut meta = HashMap::new();
             meta.insert("format".into(), checkpoint::FORMAT.into());
@@ -775,7 +785,12 @@ fn train_loop(
             meta.insert("scoreflow_version".into(), env!("CARGO_PKG_VERSION").into());
             checkpoint::save(ckpt_path, &tensors, meta)?;
             last_good = Some(done);
-            snapshot(cfg, &ema, dev)?;
+            snapshot(cfg, &ema, dev).with_context(|| {
+                format!(
+                    "sampling the training snapshot of step {done} from the EMA weights (the checkpoint of step {done} is written at {})",
+                    ckpt_path.display()
+                )
+            })?;
         }
         if let Some(stds) = &t.posthoc_stds {
             let every = t.posthoc_every.unwrap_or(t.checkpoint_every);

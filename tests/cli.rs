@@ -3962,6 +3962,7 @@ fn fuzzed_inputs_are_errors_naming_the_problem() {
     );
     let ck = d("victim.safetensors");
     std::fs::copy(repo("runs/gmm8/checkpoint.safetensors"), &ck).unwrap();
+    let dir_s = dir.path().to_str().unwrap().to_string();
     let gmm = d("m.json");
     std::fs::copy(repo("experiments/gmm8.json"), &gmm).unwrap();
     let gmm_spec = format!("gmm:{gmm}");
@@ -3992,6 +3993,10 @@ fn fuzzed_inputs_are_errors_naming_the_problem() {
         (
             vec!["--denoiser", &gmm_spec, "--num", "4", "--out", &gmm],
             "which --denoiser reads",
+        ),
+        (
+            vec!["--denoiser", "builtin:gmm8", "--num", "4", "--out", &dir_s],
+            "is a folder; give a file path",
         ),
     ] {
         let o = run(&[

@@ -1305,6 +1305,10 @@ kind = "ipndm"
             "name must not be empty",
         ),
         (
+            "[[grids]]\nname = \"a\\\"b\"\nplacement = { kind = \"karras\" }\n".to_string(),
+            "has a quote or a control character",
+        ),
+        (
             "[[grids]]\nplacement = { kind = \"karras\" }\n[[grids]]\nplacement = { kind = \"karras\" }\n".to_string(),
             "twice",
         ),

@@ -545,13 +545,29 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     .unwrap()
     .to_string();
     assert!(
-        err.contains("non-finite") && err.contains("step 10"),
+        err.contains("non-finite") && err.contains("the last good checkpoint (step 10)"),
         "{err}"
     );
     assert_eq!(
         std::fs::read(train::checkpoint_path(&cfg)).unwrap(),
         before,
         "the good checkpoint was overwritten"
+    );
+    // A fresh run into the same folder that fails before its first checkpoint does not call the
+    // earlier run's checkpoint its own.
+    let err = train::run(
+        &cfg,
+        &RunOpts {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("non-finite") && err.contains("this run wrote no checkpoint"),
+        "{err}"
     );
     // A fresh run that fails before its first log line leaves no folder behind.
     cfg.out_dir = dir.path().join("fresh");

@@ -454,9 +454,10 @@ impl GaussianMixture {
                     )))
                 }
             };
-            if row.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+            if let Some(v) = row.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
                 return Err(SolverError::Model(format!(
-                    "std {i} must be finite and non-negative"
+                    "the std of component {i} must be finite and non-negative, got {}",
+                    crate::Num(*v)
                 )));
             }
             full.push(row);
