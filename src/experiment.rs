@@ -1915,6 +1915,13 @@ pub fn plot_merged(dirs: &[PathBuf], out: &Path) -> Result<()> {
             );
         }
     }
+    // An experiment's own folder would have its table and plots replaced by the merge.
+    if out.join("results.jsonl").exists() {
+        bail!(
+            "--out {} holds an experiment's results (results.jsonl); give a new folder for the merged results",
+            out.display()
+        );
+    }
     // The same folder twice would draw each of its lines twice under two tags.
     let key = |d: &PathBuf| d.canonicalize().unwrap_or_else(|_| d.clone());
     for (i, d) in dirs.iter().enumerate() {

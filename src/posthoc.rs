@@ -138,6 +138,21 @@ pub fn run(args: &PosthocArgs) -> Result<()> {
             dir.display()
         );
     }
+    // A checkpoint written among the snapshots would be read as one by the next posthoc-ema.
+    if let Some(parent) = args.out.parent() {
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        if crate::npy::same_file(parent, &dir) {
+            bail!(
+                "--out {} is inside the run's post-hoc snapshot folder {}; write it elsewhere",
+                args.out.display(),
+                dir.display()
+            );
+        }
+    }
     let template_path = crate::train::checkpoint_path_in(&args.run_dir);
     for p in paths.iter().chain([&template_path]) {
         if crate::npy::same_file(p, &args.out) {

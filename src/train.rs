@@ -192,8 +192,9 @@ impl TrainConfig {
         if t.steps == 0 || t.batch < 1 || t.checkpoint_every == 0 || t.log_every == 0 {
             bail!("train.steps, train.batch, train.checkpoint_every and train.log_every must be at least 1");
         }
-        if !(t.lr > 0.0 && t.lr.is_finite() && t.ema_half_life > 0.0) {
-            bail!("train.lr and train.ema_half_life must be positive");
+        if !(t.lr > 0.0 && t.lr.is_finite() && t.ema_half_life > 0.0 && t.ema_half_life.is_finite())
+        {
+            bail!("train.lr and train.ema_half_life must be positive and finite");
         }
         // Sizes that could not be allocated (a mistyped number) are errors, not aborts.
         let data_num = match &self.data {

@@ -1112,6 +1112,11 @@ fn plot_merges_experiments_into_one_table_and_plot() {
             "{tagged} not in the merged table"
         );
     }
+    // Another experiment's folder as --out would lose its own table and plots.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::copy(outs[0].join("results.jsonl"), other.join("results.jsonl")).unwrap();
+    let other_s = other.to_str().unwrap().to_string();
     // Errors: several folders without --out, --out naming an input, a folder without results.
     for (args, needle) in [
         (vec!["plot", a, b], "several merged into --out"),
@@ -1124,6 +1129,10 @@ fn plot_merges_experiments_into_one_table_and_plot() {
         (
             vec!["plot", a, &format!("{a}/"), "--out", m],
             "lists the folder",
+        ),
+        (
+            vec!["plot", a, b, "--out", &other_s],
+            "holds an experiment's results",
         ),
     ] {
         let o = run(&args);

@@ -811,6 +811,13 @@ fn posthoc_ema_reconstructs_other_widths_from_the_snapshots() {
             },
             "would overwrite an input",
         ),
+        (
+            PosthocArgs {
+                out: out.join("posthoc/../posthoc/new.safetensors"),
+                ..args(0.07, None, "")
+            },
+            "is inside the run's post-hoc snapshot folder",
+        ),
     ] {
         let err = format!("{:#}", scoreflow::posthoc::run(&a).err().unwrap());
         assert!(err.contains(want), "{err}");
