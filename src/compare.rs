@@ -133,9 +133,11 @@ pub fn run(mut a: CompareArgs) -> Result<()> {
             | scoreflow_solvers::GridKind::Oss(_)
     );
     let floor = a.grid.range(None).0;
+    // A discarded penultimate level moves the last level with the step count too.
+    let discards = a.grid.discards()?;
     if let Some(s) = specs
         .iter()
-        .find(|s| (per_count || listed) && s.is_adaptive())
+        .find(|s| (per_count || listed || discards) && s.is_adaptive())
     {
         bail!(
             "the adaptive sampler {} chooses its own steps between the grid's ends, and the {} grid's ends move with the step count: use a grid with fixed ends",

@@ -265,6 +265,7 @@ impl GridSpec {
         let mut g = self.clone();
         g.name = None;
         g.solved = None;
+        g.sde = job::canonical_sde(&g.sde);
         if let GridKind::Timesteps { alpha, beta, .. } = &mut g.placement {
             for v in [alpha, beta] {
                 if *v == Some(0.6) {
@@ -278,15 +279,17 @@ impl GridSpec {
     /// Whether each step count may have its own ends (the timesteps, levels and gits
     /// placements): no range for the adaptive samplers.
     pub fn ends_move(&self) -> bool {
-        matches!(
-            self.placement,
-            GridKind::Timesteps { .. }
-                | GridKind::Levels { .. }
-                | GridKind::Ays { .. }
-                | GridKind::LinearQuadratic { .. }
-                | GridKind::Gits(_)
-                | GridKind::Oss(_)
-        )
+        // A discarded penultimate level moves the last level with the step count.
+        self.discard_penultimate
+            || matches!(
+                self.placement,
+                GridKind::Timesteps { .. }
+                    | GridKind::Levels { .. }
+                    | GridKind::Ays { .. }
+                    | GridKind::LinearQuadratic { .. }
+                    | GridKind::Gits(_)
+                    | GridKind::Oss(_)
+            )
     }
 }
 
@@ -644,6 +647,12 @@ impl ExperimentConfig {
         }
         for g in self.grid_list().iter().filter(|g| g.ends_move()) {
             if let Some(s) = self.samplers.iter().find(|s| s.is_adaptive()) {
+                if g.discard_penultimate {
+                    bail!(
+                        "the adaptive sampler {} chooses its own steps between the grid's ends; a grid that discards its penultimate level ends higher at each step count: use it without discard_penultimate",
+                        s.name()
+                    );
+                }
                 bail!(
                     "the adaptive sampler {} chooses its own steps; the {} placement has no range for it",
                     s.name(),
@@ -817,7 +826,10 @@ impl ExperimentConfig {
                 n
             })
             .collect();
-        v.dedup();
+        // Budgets in any order may give one step count twice (heun: 3 and 4 both give 2 steps):
+        // one cell each.
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|n| seen.insert(*n));
         v
     }
 

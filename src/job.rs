@@ -40,18 +40,30 @@ pub fn sde_from_name(name: &str) -> Result<Box<dyn Sde>> {
     })
 }
 
+/// A flow SDE name's shift (`flow` 1, `flow:C` C, `flow:mu=M` e^M); None for the others.
+fn flow_shift(name: &str) -> Option<f64> {
+    if name == "flow" {
+        return Some(1.0);
+    }
+    if let Some(mu) = name.strip_prefix("flow:mu=") {
+        return mu.parse::<f64>().ok().map(f64::exp);
+    }
+    name.strip_prefix("flow:")?.parse().ok()
+}
+
+/// An SDE name written one way per process (`flow`, `flow:1.0` and `flow:mu=0` as `flow:1`),
+/// for telling two configurations apart.
+pub fn canonical_sde(name: &str) -> String {
+    match flow_shift(name) {
+        Some(c) => format!("flow:{c}"),
+        None => name.to_string(),
+    }
+}
+
 /// Whether two SDE names give the same process: equal names, or flows with one shift
 /// (`flow`, `flow:1` and `flow:1.0`; `flow:mu=M` is the shift e^M).
 pub fn same_sde(a: &str, b: &str) -> bool {
-    fn shift(name: &str) -> Option<f64> {
-        if name == "flow" {
-            return Some(1.0);
-        }
-        if let Some(mu) = name.strip_prefix("flow:mu=") {
-            return mu.parse::<f64>().ok().map(f64::exp);
-        }
-        name.strip_prefix("flow:")?.parse().ok()
-    }
+    let shift = flow_shift;
     a == b
         || match (shift(a), shift(b)) {
             (Some(x), Some(y)) => (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),

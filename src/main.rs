@@ -288,6 +288,12 @@ fn sample(mut a: SampleArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1");
     }
+    if spec.is_adaptive() && a.grid.discards()? {
+        bail!(
+            "the adaptive sampler {} chooses its own steps between the grid's ends; a grid that discards its penultimate level ends higher: leave out --discard-penultimate",
+            spec.name()
+        );
+    }
     if a.roundtrip && a.invert.is_none() {
         bail!("--roundtrip applies to --invert");
     }
@@ -676,6 +682,11 @@ fn invert(
         "pair": companion.is_some(),
         "out": a.out.display().to_string(),
     });
+    let mut line = line;
+    if a.grid.discards()? {
+        line["discard_penultimate"] = serde_json::json!(true);
+        line["levels"] = serde_json::json!(&sigmas[..sigmas.len() - 1]);
+    }
     println!("{line}");
     Ok(())
 }
@@ -694,14 +705,19 @@ fn pair_record(
     a: &SampleArgs,
     sigmas: &[f64],
 ) -> serde_json::Value {
-    serde_json::json!({
+    let mut record = serde_json::json!({
         "pair": true,
         "sampler": scoreflow::experiment::label(spec),
         "steps": sigmas.len() - 1,
         "grid": a.grid.grid,
         "sde": a.grid.sde,
         "sigmas": &sigmas[..sigmas.len() - 1],
-    })
+    });
+    // Only where set, so that other records stay as they were.
+    if a.grid.discards().unwrap_or(false) {
+        record["discard_penultimate"] = serde_json::json!(true);
+    }
+    record
 }
 
 /// Write the pair `[2, N, ...]` (in `z`'s precision) and its record beside it; neither is left
@@ -768,11 +784,16 @@ fn check_pair_record(
             .all(|(a, b)| (a - b).abs() <= 1e-12 * b.abs());
     if !same {
         bail!(
-            "{}: the latent pair was inverted on a grid of {} steps (--grid {}, --sde {}, from sigma {} down to {}); this run's grid of {} steps has other levels: give the flags that inverted it (its record: {})",
+            "{}: the latent pair was inverted on a grid of {} steps (--grid {}, --sde {}{}, from sigma {} down to {}); this run's grid of {} steps has other levels: give the flags that inverted it (its record: {})",
             path.display(),
             levels.len(),
             record["grid"].as_str().unwrap_or("?"),
             record["sde"].as_str().unwrap_or("?"),
+            if record["discard_penultimate"] == true {
+                ", --discard-penultimate"
+            } else {
+                ""
+            },
             levels.first().copied().unwrap_or(f64::NAN),
             levels.last().copied().unwrap_or(f64::NAN),
             here.len(),

@@ -174,7 +174,12 @@ pub fn run(a: OptimizeGridArgs) -> Result<()> {
     }
     let teacher_grid = a.grid.kind()?;
     if a.grid.discards()? {
-        bail!("--discard-penultimate does not apply to optimize-grid: the teacher runs on its whole grid, and the chosen levels are listed per step count");
+        let from = if a.grid.discard_penultimate {
+            "--discard-penultimate".to_string()
+        } else {
+            format!("discard_penultimate in {}", a.grid.grid)
+        };
+        bail!("{from} does not apply to optimize-grid: the teacher runs on its whole grid, and the chosen levels are listed per step count");
     }
     if let Some(name) = teacher_grid.chosen_for_model() {
         bail!("--grid is the teacher grid's placement here; it cannot be {name}");

@@ -257,8 +257,6 @@ fn nfe_tick(v: f64) -> String {
     }
 }
 
-/// A value tick's text, three significant digits without float noise (0.3, not
-/// 0.30000000000000004): decimals from 1e-3 to 1e5, else scientific.
 /// The value axis' range: the values with a margin, reaching down to a power of ten where they
 /// lie within one decade (plotters labels a log axis only at the powers of ten and their
 /// multiples, so an axis between two powers of ten would have no labels).
@@ -276,6 +274,8 @@ fn value_range(vals: &[f64]) -> (f64, f64) {
     )
 }
 
+/// A value tick's text, three significant digits without float noise (0.3, not
+/// 0.30000000000000004): decimals from 1e-3 to 1e5, else scientific.
 fn value_tick(v: f64) -> String {
     if !v.is_finite() {
         return String::new();
@@ -512,10 +512,15 @@ mod tests {
         // Values across decades keep their own margin.
         let (lo, hi) = value_range(&[0.002, 3.0]);
         assert!((lo - 0.002 / 1.5).abs() < 1e-15 && (hi - 4.5).abs() < 1e-12);
-        for vals in [[0.2, 0.9], [3e-7, 8e-7], [20.0, 60.0]] {
+        // (0.2 to 0.9 with the margin reach above 1 and hold it already; 20 to 60 do not.)
+        for (vals, want) in [
+            ([0.2, 0.9], 0.2 / 1.5),
+            ([3e-7, 8e-7], 3e-7 / 1.5),
+            ([20.0, 60.0], 10.0),
+        ] {
             let (lo, hi) = value_range(&vals);
-            let p = 10f64.powf(hi.log10().floor());
-            assert!(lo <= p && p <= hi, "{vals:?}: {lo} {hi}");
+            assert!((lo - want).abs() < 1e-12 * want, "{vals:?}: {lo}");
+            assert!((hi - vals[1] * 1.5).abs() < 1e-12 * hi, "{vals:?}: {hi}");
         }
     }
 

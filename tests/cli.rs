@@ -4193,6 +4193,51 @@ fn discard_penultimate_runs_comfyuis_ksampler_grid() {
     let start = line["sigma_start"].as_f64().unwrap();
     assert!((start - karras(11, 5)).abs() <= 1e-12 * start, "{line}");
     assert_eq!(line["steps_run"], 5);
+    // Exact inversion on the discarded grid: the record says so, and decoding without the flag
+    // is refused naming it.
+    let o = run(&[
+        "sample",
+        "--denoiser",
+        "builtin:gmm8",
+        "--solver",
+        "belm",
+        "--steps",
+        "5",
+        "--device",
+        "cpu",
+        "--discard-penultimate",
+        "--invert",
+        &d("a.npy"),
+        "--out",
+        &d("pair.npy"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(line["discard_penultimate"], true, "{line}");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d("pair.npy.json")).unwrap()).unwrap();
+    assert_eq!(record["discard_penultimate"], true, "{record}");
+    let o = run(&[
+        "sample",
+        "--denoiser",
+        "builtin:gmm8",
+        "--solver",
+        "belm",
+        "--steps",
+        "5",
+        "--device",
+        "cpu",
+        "--noise",
+        &d("pair.npy"),
+        "--out",
+        &d("back.npy"),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--discard-penultimate, from sigma"),
+        "{}",
+        stderr(&o)
+    );
     // Placements listed per count have no grid of one step more; optimize-grid runs its
     // teacher on the whole grid.
     let out = dir.path().join("bad.npy");
@@ -4208,14 +4253,8 @@ fn discard_penultimate_runs_comfyuis_ksampler_grid() {
             "the gits placement lists its levels",
         ),
         (
-            &[
-                "--solver",
-                "euler",
-                "--discard-penultimate",
-                "--grid",
-                "levels:80,1,0.1",
-            ][..],
-            "the levels placement lists its levels",
+            &["--solver", "dpm-adaptive", "--discard-penultimate"][..],
+            "leave out --discard-penultimate",
         ),
     ] {
         assert_bad_sample(extra, "3", needle, &out);

@@ -299,6 +299,28 @@ fn nfe_budgets_pick_steps_per_sampler() {
     };
     assert_eq!(nfes("euler"), vec![10, 20]);
     assert_eq!(nfes("heun"), vec![9, 19]);
+    // Budgets out of order that give one step count twice (heun: 3 and 4 are both 2 steps) run
+    // it once, and the run finishes.
+    let out = dir.path().join("twice");
+    let cfg = write_config(
+        dir.path(),
+        "twice.toml",
+        &small(&out, "nfe = [3, 9, 4]").replace(
+            "[\"rms\", \"max\", \"sw2\", \"mmd\", \"mode-tv\", \"mode-coverage\"]",
+            "[\"mode-tv\"]",
+        ),
+    );
+    let o = run(&["run", &cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("results.csv").exists());
+    let rows = results(&out);
+    let mut heun: Vec<u64> = rows
+        .iter()
+        .filter(|r| r["label"] == "heun" && r["seed"] == 0)
+        .map(|r| r["nfe"].as_u64().unwrap())
+        .collect();
+    heun.sort();
+    assert_eq!(heun, vec![3, 9]);
 }
 
 #[test]
@@ -1335,8 +1357,12 @@ kind = "ipndm"
             "lists 0 and 1 both have 2 levels",
         ),
         (
-            "[[grids]]\nplacement = { kind = \"levels\", sigmas = [[80.0, 1.0]] }\ndiscard_penultimate = true\n".to_string(),
+            "[[grids]]\nplacement = { kind = \"levels\", sigmas = [[80.0, 1.0], [80.0, 5.0, 1.0]] }\ndiscard_penultimate = true\n".to_string(),
             "the levels placement lists its levels",
+        ),
+        (
+            "[[grids]]\nplacement = { kind = \"karras\" }\ndiscard_penultimate = true\n[[samplers]]\nkind = \"rk45\"\n".to_string(),
+            "use it without discard_penultimate",
         ),
         (
             format!("[[grids]]\nplacement = {{ kind = \"karras\" }}\n[[grids]]\n{levels}\n[[samplers]]\nkind = \"dpm-adaptive\"\n"),

@@ -785,8 +785,9 @@ pub const MAX_STEPS: usize = 1_000_000;
 /// ComfyUI's KSampler rule for its samplers `dpm_2`, `dpm_2_ancestral`, `uni_pc` and
 /// `uni_pc_bh2` (`DISCARD_PENULTIMATE_SIGMA_SAMPLERS`, comfy/samplers.py): the placement's grid
 /// of `steps + 1` steps without its last nonzero level, so that `steps` steps run and the last
-/// leaves for 0 from one level higher. Placements that list their levels (`levels`, `gits`,
-/// `oss`) have no grid of another count to take it from, and are an error.
+/// leaves for 0 from one level higher. Placements that list their levels per step count
+/// (`levels` with several lists, `gits`, `oss`) have no grid of another count to take it
+/// from, and are an error.
 pub fn sigmas_discarding_penultimate(
     kind: &GridKind,
     steps: usize,
@@ -798,7 +799,12 @@ pub fn sigmas_discarding_penultimate(
     if steps == 0 {
         return Err(SolverError::ZeroSteps(steps));
     }
-    let mut s = sigmas(kind, steps + 1, sigma_min, sigma_max, sde)?;
+    let mut s = sigmas(kind, steps + 1, sigma_min, sigma_max, sde).map_err(|e| {
+        SolverError::Grid(format!(
+            "{e} (discard_penultimate takes the grid of {} steps and drops its last level above 0)",
+            steps + 1
+        ))
+    })?;
     s.remove(s.len() - 2);
     Ok(s)
 }
@@ -806,6 +812,8 @@ pub fn sigmas_discarding_penultimate(
 /// Whether [`sigmas_discarding_penultimate`] applies to the placement.
 pub fn check_discard_penultimate(kind: &GridKind) -> Result<()> {
     let listed = match kind {
+        // One list is interpolated to any count; several are one per count.
+        GridKind::Levels { sigmas } if sigmas.len() == 1 => return Ok(()),
         GridKind::Levels { .. } => "levels",
         GridKind::Gits(_) => "gits",
         GridKind::Oss(_) => "oss",

@@ -1813,7 +1813,7 @@ fn discarding_the_penultimate_level_is_comfyuis_ksampler_rule() {
     for (kind, name) in [
         (
             GridKind::Levels {
-                sigmas: vec![vec![80.0, 1.0]],
+                sigmas: vec![vec![80.0, 1.0], vec![80.0, 5.0, 1.0]],
             },
             "levels",
         ),
@@ -1831,4 +1831,23 @@ fn discarding_the_penultimate_level_is_comfyuis_ksampler_rule() {
     assert!(
         grid::sigmas_discarding_penultimate(&GridKind::default(), 0, 0.002, 80.0, &edm).is_err()
     );
+    // One list of levels is interpolated to the count of one step more, as ays is.
+    let one = GridKind::Levels {
+        sigmas: vec![vec![80.0, 5.0, 0.5]],
+    };
+    assert_eq!(
+        grid::sigmas_discarding_penultimate(&one, 2, 0.002, 80.0, &edm).unwrap(),
+        vec![80.0, 5.0, 0.0]
+    );
+    // Errors of the larger grid say that it is one step more.
+    let e = grid::sigmas_discarding_penultimate(
+        &GridKind::default(),
+        grid::MAX_STEPS,
+        0.002,
+        80.0,
+        &edm,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("takes the grid of 1000001 steps"), "{e}");
 }
