@@ -63,9 +63,8 @@ pub fn canonical_sde(name: &str) -> String {
 /// Whether two SDE names give the same process: equal names, or flows with one shift
 /// (`flow`, `flow:1` and `flow:1.0`; `flow:mu=M` is the shift e^M).
 pub fn same_sde(a: &str, b: &str) -> bool {
-    let shift = flow_shift;
     a == b
-        || match (shift(a), shift(b)) {
+        || match (flow_shift(a), flow_shift(b)) {
             (Some(x), Some(y)) => (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
             _ => false,
         }
@@ -111,7 +110,7 @@ pub struct GridArgs {
     pub steps_offset: Option<usize>,
     /// ComfyUI's KSampler rule for dpm_2, dpm_2_ancestral, uni_pc and uni_pc_bh2: the grid of
     /// one step more, without its last nonzero level (the last step leaves for 0 from one
-    /// level higher); not with levels, gits or oss.
+    /// level higher); not with gits, oss, levels of several lists or the adaptive samplers.
     #[arg(long)]
     pub discard_penultimate: bool,
     /// Forward process: edm, ve, vp, vp-cosine, subvp, or flow (rectified flow; flow:C with SD3's
