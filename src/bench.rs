@@ -65,8 +65,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.reps > 10_000 {
         bail!("--reps {} is more than 10000", a.reps);
     }
-    if let Some(p) = a.json.as_ref().filter(|p| p.is_dir()) {
-        bail!("--json {} is a folder; give a file path", p.display());
+    if let Some(p) = &a.json {
+        crate::npy::check_out_file("--json", p)?;
     }
     if let Some(d) = job::repeated(&batches) {
         bail!("--num lists {d} twice");
@@ -213,8 +213,8 @@ const WARMUP: usize = 10;
 /// device synchronized before and after; set-up, warm-up and the final checkpoint are not), as
 /// samples per second.
 pub fn run_train(a: BenchTrainArgs) -> Result<()> {
-    if let Some(p) = a.json.as_ref().filter(|p| p.is_dir()) {
-        bail!("--json {} is a folder; give a file path", p.display());
+    if let Some(p) = &a.json {
+        crate::npy::check_out_file("--json", p)?;
     }
     use crate::train::{self, RunOpts, TrainConfig};
     if a.steps == 0 || a.steps > 1_000_000 {

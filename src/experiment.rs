@@ -1393,14 +1393,7 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
         }
     }
     // The batch's size, before any cell (the noise is drawn per cell).
-    let numel: u128 = shape.iter().map(|&d| d.max(0) as u128).product();
-    if solved.num as u128 * numel > job::MAX_ELEMENTS {
-        bail!(
-            "num = {} samples of shape {shape:?} are more than {} numbers; draw fewer at a time",
-            solved.num,
-            job::MAX_ELEMENTS
-        );
-    }
+    job::check_batch_size(solved.num, &shape)?;
     let cfg = &solved;
     let cells = cfg.cells();
     let todo: Vec<_> = cells

@@ -153,9 +153,7 @@ pub fn eval_digits(a: EvalDigitsArgs) -> Result<()> {
     if let Some(dir) = a.png.parent() {
         crate::npy::check_out_dir(dir)?;
     }
-    if a.png.is_dir() {
-        bail!("--png {} is a folder; give a file path", a.png.display());
-    }
+    crate::npy::check_out_file("--png", &a.png)?;
     let digits = data::read_digits(&data::default_digits_path())?;
     if crate::card::is_card(&a.checkpoint) {
         bail!(

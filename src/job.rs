@@ -1209,13 +1209,19 @@ pub fn initial_noise_shaped(
     device: tch::Device,
     kind: Kind,
 ) -> Result<Tensor> {
+    check_batch_size(n, shape)?;
+    Ok(BrownianNoise::new(seed, 0, n, shape, 1.0, device, kind).initial())
+}
+
+/// A batch of `n` samples of `shape` holds at most [`MAX_ELEMENTS`] numbers.
+pub fn check_batch_size(n: usize, shape: &[i64]) -> Result<()> {
     let numel: u128 = shape.iter().map(|&d| d.max(0) as u128).product();
     if n as u128 * numel > MAX_ELEMENTS {
         bail!(
             "{n} samples of shape {shape:?} are more than {MAX_ELEMENTS} numbers; draw fewer at a time"
         );
     }
-    Ok(BrownianNoise::new(seed, 0, n, shape, 1.0, device, kind).initial())
+    Ok(())
 }
 
 /// A sampler written as its table label: `name` (the defaults) or `name(key=value,...)` with

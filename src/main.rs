@@ -357,9 +357,7 @@ fn sample(mut a: SampleArgs) -> Result<()> {
         ("--save-noise", a.save_noise.as_ref(), true),
     ] {
         let Some(out) = out else { continue };
-        if out.is_dir() {
-            bail!("{flag} {} is a folder; give a file path", out.display());
-        }
+        npy::check_out_file(flag, out)?;
         let written: Vec<PathBuf> = if record {
             vec![out.clone(), pair_record_path(out)]
         } else {
@@ -664,7 +662,7 @@ fn invert(
         Some(c) => write_pair(&a.out, &z, c, &pair_record(spec, a, sigmas))?,
         None => npy::write_f32(&a.out, &z.to_device(tch::Device::Cpu))?,
     }
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "solver": spec.name(),
         "invert": a.invert.as_ref().map(|p| p.display().to_string()),
         "steps": a.steps,
@@ -682,7 +680,6 @@ fn invert(
         "pair": companion.is_some(),
         "out": a.out.display().to_string(),
     });
-    let mut line = line;
     if a.grid.discards()? {
         line["discard_penultimate"] = serde_json::json!(true);
         line["levels"] = serde_json::json!(&sigmas[..sigmas.len() - 1]);

@@ -238,6 +238,14 @@ pub fn check_out_files(dir: &Path, names: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// An output file given as `flag` that is a folder is an error, checked before any work.
+pub fn check_out_file(flag: &str, path: &Path) -> Result<()> {
+    if path.is_dir() {
+        bail!("{flag} {} is a folder; give a file path", path.display());
+    }
+    Ok(())
+}
+
 /// Whether two paths name one existing file (through links and `..`).
 pub fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
