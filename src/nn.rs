@@ -1143,6 +1143,9 @@ mod weight_count_tests {
                 vec![3, 8, 8],
             ),
         ];
+        // Building a network draws its initial weights from libtorch's process-wide generator:
+        // take it, or a seeded draw in a test beside this one (fresh_rows) sees other numbers.
+        let _turn = crate::train::exclusive_rng();
         for (backbone, shape) in cases {
             let vs = nn::VarStore::new(tch::Device::Cpu);
             let precond = crate::precond::Precond::default();

@@ -359,7 +359,11 @@ fn from_checkpoint(ck: &Checkpoint, dev: Device) -> Result<(Model, TrainConfig)>
     if cfg.model.conditional && classes == 0 {
         bail!("its config is class-conditional but it stores num_classes = 0");
     }
-    let mut m = Model::new(&cfg.model, &shape, classes, dev);
+    // The weights are overwritten, but building them draws from the process-wide generator.
+    let mut m = {
+        let _turn = exclusive_rng();
+        Model::new(&cfg.model, &shape, classes, dev)
+    };
     m.load_prefix(ck, "ema")?;
     Ok((m, cfg))
 }
@@ -413,7 +417,9 @@ pub fn checkpoint_path_in(dir: &Path) -> PathBuf {
 /// the same numbers as an uninterrupted one); runs in one process take turns.
 static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Hold libtorch's process-wide generator for a seeded computation.
+/// Hold libtorch's process-wide generator for a seeded computation. Whatever else draws from it
+/// while seeded computations may run beside it (network construction in the test binaries) takes
+/// it too, or the seeded computation's numbers change.
 pub fn exclusive_rng() -> std::sync::MutexGuard<'static, ()> {
     TRAINING.lock().unwrap_or_else(|e| e.into_inner())
 }

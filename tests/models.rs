@@ -10,6 +10,9 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 
 #[test]
 fn unet_keeps_image_shapes_and_sees_sigma_only_through_c_noise() {
+    // Initial weights come from libtorch's process-wide generator; training tests beside this
+    // one reseed it and draw in turn.
+    let _turn = train::exclusive_rng();
     let vs = VarStore::new(Device::Cpu);
     let bb = Backbone::Unet {
         channels: 16,
@@ -45,6 +48,9 @@ fn unet_keeps_image_shapes_and_sees_sigma_only_through_c_noise() {
 fn unet_widths_whose_skip_concatenations_are_not_multiples_of_32_work() {
     // channels 48, mult [1, 2]: the decoder concatenates 96 + 48 = 144 channels, which 32 groups
     // do not divide; the group norm takes the largest divisor instead (24 here).
+    // Initial weights come from libtorch's process-wide generator; training tests beside this
+    // one reseed it and draw in turn.
+    let _turn = train::exclusive_rng();
     let vs = VarStore::new(Device::Cpu);
     let bb = Backbone::Unet {
         channels: 48,
