@@ -239,6 +239,31 @@ impl Backbone {
         }
         Ok(())
     }
+
+    /// A U-Net's `attn_resolutions` are heights its levels have for samples of shape `shape`
+    /// (checked where a network is trained; a checkpoint loads as it was built).
+    pub fn check_attention(&self, shape: &[i64]) -> Result<()> {
+        let Backbone::Unet {
+            channel_mult,
+            attn_resolutions,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        // Attention goes where a level's height is listed: a listed size no level has
+        // would add no attention at all.
+        let heights: Vec<i64> = (0..channel_mult.len()).map(|l| shape[1] >> l).collect();
+        if let Some(r) = attn_resolutions.iter().find(|r| !heights.contains(r)) {
+            bail!(
+                "model.backbone.attn_resolutions = {attn_resolutions:?} (the default is [4]): {r} is no level of this U-Net; for {}x{} images and {} levels the levels' heights are {heights:?} (list some of these, or [] for attention in the middle block only)",
+                shape[1],
+                shape[2],
+                channel_mult.len()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Random Fourier features of `c_noise`, then a two-layer MLP: the noise embedding.

@@ -439,6 +439,7 @@ pub fn run(cfg: &TrainConfig, opts: &RunOpts) -> Result<Report> {
     }
     let shape = data.shape();
     cfg.model.backbone.check_shape(&shape)?;
+    cfg.model.backbone.check_attention(&shape)?;
     let classes = if cfg.model.conditional {
         if data.num_classes == 0 || data.labels.is_none() {
             bail!("model.conditional needs labelled data; this data set has no labels");

@@ -487,6 +487,14 @@ fn npy_image_data_with_labels_and_shape_errors() {
             ),
             "divisible",
         ),
+        (
+            cfg(
+                "kind = \"unet\"\nchannels = 8\nchannel_mult = [1, 2]\nattn_resolutions = [8, 2]",
+                &l,
+                false,
+            ),
+            "8 is no level of this U-Net; for 4x4 images and 2 levels the levels' heights are [4, 2]",
+        ),
     ] {
         let o = run(&c);
         let err = String::from_utf8_lossy(&o.stderr);
