@@ -175,6 +175,15 @@ pub struct GridSpec {
     /// nonzero level. Left out of the cells' keys when false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub discard_penultimate: bool,
+    /// SDEdit (Meng et al. 2022), image to image: every cell starts from a second fresh data
+    /// set noised to a level partway down the grid, diffusers' `strength` (of the grid of n
+    /// steps the last floor(n strength) run) or ComfyUI's `denoise` (the grid of floor(n /
+    /// denoise) steps, of which the last n run), as `sample --init`. Left out of the cells'
+    /// keys when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denoise: Option<f64>,
     /// A gits placement's levels once solved for the model (one list per step count); not part
     /// of the config (nor of the cells' keys).
     #[serde(skip)]
@@ -190,6 +199,8 @@ impl Default for GridSpec {
             sigma_max: 80.0,
             sde: "edm".into(),
             discard_penultimate: false,
+            strength: None,
+            denoise: None,
             solved: None,
         }
     }
@@ -199,11 +210,29 @@ impl GridSpec {
     /// The noise levels of a run of `steps` steps (ending in 0).
     fn sigmas(&self, steps: usize, sde: &dyn Sde) -> Result<Vec<f64>> {
         let kind = self.solved.as_ref().unwrap_or(&self.placement);
-        Ok(if self.discard_penultimate {
-            grid::sigmas_discarding_penultimate(kind, steps, self.sigma_min, self.sigma_max, sde)?
+        let partial = self.partial();
+        let n = match partial {
+            Some(p) => p.grid_steps(steps)?,
+            None => steps,
+        };
+        let sigmas = if self.discard_penultimate {
+            grid::sigmas_discarding_penultimate(kind, n, self.sigma_min, self.sigma_max, sde)?
         } else {
-            grid::sigmas(kind, steps, self.sigma_min, self.sigma_max, sde)?
+            grid::sigmas(kind, n, self.sigma_min, self.sigma_max, sde)?
+        };
+        Ok(match partial {
+            Some(p) => p.tail(&sigmas, steps)?,
+            None => sigmas,
         })
+    }
+
+    /// SDEdit's `strength` or `denoise`, where the grid has one.
+    pub fn partial(&self) -> Option<grid::Partial> {
+        match (self.strength, self.denoise) {
+            (Some(s), _) => Some(grid::Partial::Strength(s)),
+            (None, Some(d)) => Some(grid::Partial::Denoise(d)),
+            (None, None) => None,
+        }
     }
 
     /// The placement's name in tables: `name` where given, else its kind and the parameters
@@ -252,6 +281,10 @@ impl GridSpec {
         if self.discard_penultimate {
             parts.push("discard_penultimate".into());
         }
+        if let Some(p) = self.partial() {
+            let (name, v) = p.name_value();
+            parts.push(format!("{name}={v}"));
+        }
         if parts.is_empty() {
             kind
         } else {
@@ -279,8 +312,10 @@ impl GridSpec {
     /// Whether each step count may have its own ends (the timesteps, levels and gits
     /// placements): no range for the adaptive samplers.
     pub fn ends_move(&self) -> bool {
-        // A discarded penultimate level moves the last level with the step count.
+        // A discarded penultimate level moves the last level with the step count, SDEdit's
+        // strength and denoise the first.
         self.discard_penultimate
+            || self.partial().is_some()
             || matches!(
                 self.placement,
                 GridKind::Timesteps { .. }
@@ -316,11 +351,15 @@ pub enum Metric {
     /// the distance between the starting noise and the noise recovered by running the same
     /// sampler back up the same grid from the samples (`sample --invert`), in units of the noise.
     Roundtrip,
+    /// Grids with `strength` or `denoise` (SDEdit): RMS over samples of the distance between
+    /// each sample and the input it started from, SDEdit's faithfulness (Meng et al. 2022 use
+    /// the L2 distance to the input).
+    InputDistance,
 }
 
 impl Metric {
     /// Every metric, in the order of results.csv's columns and of the summary's sections.
-    pub const ALL: [Metric; 8] = [
+    pub const ALL: [Metric; 9] = [
         Metric::Rms,
         Metric::Max,
         Metric::Sw2,
@@ -329,6 +368,7 @@ impl Metric {
         Metric::ModeTv,
         Metric::ModeCoverage,
         Metric::Roundtrip,
+        Metric::InputDistance,
     ];
     pub fn name(&self) -> &'static str {
         match self {
@@ -340,6 +380,7 @@ impl Metric {
             Metric::ModeCoverage => "mode-coverage",
             Metric::Fd => "fd",
             Metric::Roundtrip => "roundtrip",
+            Metric::InputDistance => "input-distance",
         }
     }
     /// Metrics against the ODE solution only make sense for deterministic samplers.
@@ -535,12 +576,12 @@ impl ExperimentConfig {
         v
     }
 
-    /// Whether a grid is on the timesteps placement, whose rms/max are measured between each
-    /// step count's own ends (not ranked by budget).
+    /// Whether a grid is on the timesteps placement or starts partway down (SDEdit), whose
+    /// rms/max are measured between each step count's own ends (not ranked by budget).
     fn on_timesteps(&self) -> bool {
         self.grid_list()
             .iter()
-            .any(|g| matches!(g.placement, GridKind::Timesteps { .. }))
+            .any(|g| matches!(g.placement, GridKind::Timesteps { .. }) || g.partial().is_some())
     }
 
     fn tagged(&self, g: usize, m: usize, text: String) -> String {
@@ -653,6 +694,13 @@ impl ExperimentConfig {
                         s.name()
                     );
                 }
+                if let Some(p) = g.partial() {
+                    bail!(
+                        "the adaptive sampler {} chooses its own steps between the grid's ends; a grid with {} starts partway down at each step count: use a fixed-step sampler",
+                        s.name(),
+                        p.name_value().0
+                    );
+                }
                 bail!(
                     "the adaptive sampler {} chooses its own steps; the {} placement has no range for it",
                     s.name(),
@@ -730,6 +778,30 @@ impl ExperimentConfig {
             if g.discard_penultimate {
                 grid::check_discard_penultimate(&g.placement)?;
             }
+            if let Some(p) = g.partial() {
+                let name = p.name_value().0;
+                if g.strength.is_some() && g.denoise.is_some() {
+                    bail!("a grid gives strength (diffusers') or denoise (ComfyUI's), not both");
+                }
+                if matches!(
+                    g.placement,
+                    GridKind::Gits(_) | GridKind::Oss(_) | GridKind::Levels { .. }
+                ) {
+                    bail!(
+                        "{name} takes the tail of a longer grid; the {} placement gives the levels of each step count itself: use a formula placement (karras, ays, timesteps, ...)",
+                        match &g.placement {
+                            GridKind::Levels { .. } => "levels",
+                            p => p.chosen_for_model().unwrap_or_default(),
+                        }
+                    );
+                }
+                if self.afs {
+                    bail!("afs replaces the first evaluation by the estimate for pure noise; a grid with {name} starts from noised data: use one or the other");
+                }
+                if g.strength.is_some() && !self.nfe.is_empty() {
+                    bail!("strength runs floor(n x strength) of n steps, which NFE budgets do not pick: give steps = [...] (or use denoise, which runs n)");
+                }
+            }
             // Solved for the model when the run starts; its teacher grid is checked here.
             let teacher = match &g.placement {
                 GridKind::Gits(p) => {
@@ -774,6 +846,11 @@ impl ExperimentConfig {
             }
             if *m == Metric::Fd && !matches!(self.model, ModelSpec::Checkpoint { .. }) {
                 bail!("metric fd needs a checkpoint trained on labelled images");
+            }
+            if *m == Metric::InputDistance
+                && !self.grid_list().iter().any(|g| g.partial().is_some())
+            {
+                bail!("metric input-distance needs a grid that starts from data (strength or denoise in [grid] or a [[grids]] table)");
             }
         }
         match &self.model {
@@ -1358,6 +1435,16 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
             m.name()
         );
     }
+    if let (Loaded::Trained(_, None), Some(g)) = (
+        &model,
+        cfg.grid_list().iter().find(|g| g.partial().is_some()),
+    ) {
+        bail!(
+            "the grid {} starts from data ({}), and the model card has no [data] table",
+            g.tag(),
+            g.partial().map(|p| p.name_value().0).unwrap_or_default()
+        );
+    }
     let sdes = cfg
         .grid_list()
         .iter()
@@ -1432,6 +1519,7 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
                 dens[c.model],
                 c.model,
                 reference_ends(grid, &sigmas),
+                grid.partial().is_some(),
             )?;
         }
     }
@@ -1568,11 +1656,13 @@ impl CellCtx<'_> {
         let grid = &cfg.grid_list()[g];
         let sde = self.sdes[g].as_ref();
         let sigmas = grid.sigmas(steps, sde)?;
+        let from_init = grid.partial().is_some();
+        let z = state.latents(from_init, sigmas[0]);
         let t = Instant::now();
         // The paths of the first 16 samples, for the trajectory plot of 2-D models.
         let track = shape == [2];
         let mut path: Vec<Tensor> = if track {
-            vec![(&state.z * sigmas[0]).narrow(0, 0, 16.min(cfg.num as i64))]
+            vec![(&z * sigmas[0]).narrow(0, 0, 16.min(cfg.num as i64))]
         } else {
             Vec::new()
         };
@@ -1586,7 +1676,7 @@ impl CellCtx<'_> {
             den,
             sde,
             &sigmas,
-            &state.z,
+            &z,
             None,
             seed,
             0,
@@ -1605,6 +1695,10 @@ impl CellCtx<'_> {
         });
         if cfg.grids.len() > 1 {
             rec["grid"] = json!(grid.tag());
+        }
+        if from_init {
+            // Where SDEdit's run started: the level moves with the step count.
+            rec["sigma_start"] = json!(sigmas[0]);
         }
         if cfg.weight_axis().len() > 1 {
             rec["guidance"] = json!(cfg.weight_axis()[c.model]);
@@ -1628,7 +1722,7 @@ impl CellCtx<'_> {
                 Metric::Rms | Metric::Max => {
                     let r = state
                         .reference
-                        .get(&(c.model, ends_key(reference_ends(grid, &sigmas))))
+                        .get(&(c.model, ends_key(reference_ends(grid, &sigmas)), from_init))
                         .ok_or_else(|| anyhow!("no reference solution for seed {seed}"))?;
                     let dist = (&x - r)
                         .flatten(1, -1)
@@ -1664,10 +1758,22 @@ impl CellCtx<'_> {
                     &sigmas,
                     &x,
                     companion.as_ref(),
-                    &state.z,
+                    &z,
                     seed,
                     cfg.afs,
                 )?,
+                Metric::InputDistance => match (&state.init, from_init) {
+                    (Some(x0), true) => Some(
+                        (&x - x0)
+                            .flatten(1, -1)
+                            .square()
+                            .sum_dim_intlist(1, false, Kind::Double)
+                            .mean(Kind::Double)
+                            .sqrt()
+                            .double_value(&[]),
+                    ),
+                    _ => None,
+                },
                 Metric::Fd => match (self.classifier, &state.data) {
                     (Some(c), Some(d)) => {
                         Some(crate::fid::frechet(&c.features(&x), &c.features(d)))
@@ -1750,8 +1856,12 @@ pub fn mode_coverage(g: &GaussianMixture, x: &Tensor) -> Result<f64> {
 struct SeedState {
     z: Tensor,
     data: Option<Tensor>,
-    /// Keyed by the model's index in [`ExperimentConfig::model_list`] and the ends.
-    reference: BTreeMap<(usize, (u64, u64)), Tensor>,
+    /// SDEdit's inputs where a grid has `strength` or `denoise`: the second fresh data set
+    /// (the floor's), in the noise's dtype.
+    init: Option<Tensor>,
+    /// Keyed by the model's index in [`ExperimentConfig::model_list`], the ends and whether the
+    /// path starts from `init`.
+    reference: BTreeMap<(usize, (u64, u64), bool), Tensor>,
 }
 
 impl SeedState {
@@ -1773,9 +1883,18 @@ impl SeedState {
         } else {
             None
         };
+        let init = if cfg.grid_list().iter().any(|g| g.partial().is_some()) {
+            let x0 = model.data(cfg.num, seed, 1, dev)?.ok_or_else(|| {
+                anyhow!("strength and denoise start from data; the model has none")
+            })?;
+            Some(x0.to_kind(z.kind()).reshape(z.size()))
+        } else {
+            None
+        };
         Ok(SeedState {
             z,
             data,
+            init,
             reference: BTreeMap::new(),
         })
     }
@@ -1791,10 +1910,11 @@ impl SeedState {
         den: &dyn Denoiser,
         model_index: usize,
         (hi, lo): (f64, f64),
+        from_init: bool,
     ) -> Result<&Tensor> {
-        let key = (model_index, ends_key((hi, lo)));
+        let key = (model_index, ends_key((hi, lo)), from_init);
         if !self.reference.contains_key(&key) {
-            let start = &self.z * hi;
+            let start = self.latents(from_init, hi) * hi;
             let at_min = match model {
                 Loaded::Exact(ExactModel::Gaussian(g))
                     if cfg.clip_denoised.is_none() && cfg.dynamic_threshold.is_none() =>
@@ -1817,6 +1937,15 @@ impl SeedState {
         }
         Ok(&self.reference[&key])
     }
+
+    /// The latents of a run whose first level is `hi`: the noise, or for SDEdit the noise plus
+    /// the input over `hi` (the run starts from `hi` times its latents: `x0 + hi z`).
+    fn latents(&self, from_init: bool, hi: f64) -> Tensor {
+        match (&self.init, from_init) {
+            (Some(x0), true) => &self.z + x0 / hi,
+            _ => self.z.shallow_clone(),
+        }
+    }
 }
 
 /// The ends `(sigma_max, sigma_min)` of the reference path that a cell on `sigmas` approximates:
@@ -1824,6 +1953,9 @@ impl SeedState {
 /// count has its own first level and last level above 0.
 fn reference_ends(g: &GridSpec, sigmas: &[f64]) -> (f64, f64) {
     match g.placement {
+        // SDEdit: from the level it starts at (each step count its own).
+        GridKind::Timesteps { .. } if g.partial().is_some() => grid::ends(sigmas),
+        _ if g.partial().is_some() => (sigmas[0], g.sigma_min.min(grid::ends(sigmas).1)),
         GridKind::Timesteps { .. } => grid::ends(sigmas),
         // From the grid's first level down to sigma_min (or its lowest level, if lower): a
         // grid that stops early is judged against the whole path.
@@ -1848,6 +1980,10 @@ fn metric_title(m: &str) -> (&'static str, &'static str) {
         "sw2" => ("sliced Wasserstein-2 to fresh data", "SW2"),
         "mmd" => ("MMD to fresh data", "MMD"),
         "fd" => ("Fréchet distance on classifier features", "FD"),
+        "input-distance" => (
+            "distance to the SDEdit input (RMS over samples)",
+            "distance to input",
+        ),
         "roundtrip" => (
             "noise recovered by inverting the samples (RMS, units of the noise)",
             "round-trip error",
@@ -2350,6 +2486,16 @@ mod tests {
         );
         let plain = serde_json::to_value(GridSpec::default()).unwrap();
         assert!(plain.get("discard_penultimate").is_none(), "{plain}");
+        // So are SDEdit's strength and denoise.
+        assert!(plain.get("strength").is_none() && plain.get("denoise").is_none());
+        let g: GridSpec =
+            toml::from_str("placement = { kind = \"karras\" }\nstrength = 0.5").unwrap();
+        assert_eq!(g.tag(), "karras(strength=0.5)");
+        let g: GridSpec = toml::from_str(
+            "placement = { kind = \"karras\" }\ndiscard_penultimate = true\ndenoise = 0.75",
+        )
+        .unwrap();
+        assert_eq!(g.tag(), "karras(discard_penultimate,denoise=0.75)");
     }
 
     #[test]

@@ -192,8 +192,13 @@ pub fn markdown(
         "# {title}\n\nMeans over {seeds} seed{} of each sampler at each step count (NFE in \
          parentheses: network evaluations per sample, averaged over seeds), then the best sampler \
          within each budget of evaluations and the cheapest sampler reaching each quality. Lower \
-         is better for every metric but mode-coverage.\n",
+         is better for every metric but mode-coverage{}.\n",
         if seeds == 1 { "" } else { "s" },
+        if metrics.iter().any(|(m, _)| *m == "input-distance") {
+            " (input-distance is no quality: how much of the SDEdit input is kept)"
+        } else {
+            ""
+        },
     );
     for (m, what) in metrics {
         let cells = cells(rows, m);
@@ -243,6 +248,12 @@ pub fn markdown(
                 }
             }
             out += "\n";
+        }
+        if *m == "input-distance" {
+            out += "\nNot ranked: the distance to the SDEdit input says how much of the input a \
+                    sampler keeps, which is neither better nor worse; read it beside a quality \
+                    metric.\n";
+            continue;
         }
         if unranked.contains(m) {
             out += "\nNot ranked by budget: each step count is measured against its own reference \
@@ -304,6 +315,10 @@ pub fn markdown(
 
 /// The best-within-budget lines of `metric`, for the terminal; None where no cell has it.
 pub fn headline(rows: &[Value], metric: &str) -> Option<String> {
+    // (Nor for input-distance, which is no quality.)
+    if metric == "input-distance" {
+        return None;
+    }
     let cells = cells(rows, metric);
     let lines: Vec<String> = frontier(&cells, metric)
         .into_iter()

@@ -415,6 +415,121 @@ fn gaussian_models_use_the_exact_flow_as_reference() {
 }
 
 #[test]
+fn sdedit_grids_start_from_data_and_solve_their_reference_from_there() {
+    // Grids with strength or denoise start each cell from the second fresh data set noised to a
+    // level partway down (SDEdit): the reference solve starts there too (Heun converges to it at
+    // second order), the distance to the input grows with the strength, and the round trip
+    // recovers the latents that include the input.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let grid = |name: &str, key: &str| {
+        format!("[[grids]]\nname = \"{name}\"\nplacement = {{ kind = \"karras\" }}\n{key}\n")
+    };
+    let body = format!(
+        "out_dir = \"{}\"\ndevice = \"cpu\"\ndtype = \"float64\"\nnum = 512\nseeds = [0]\nsteps = [8, 16, 32]\nreference_tol = 1e-9\nmetrics = [\"rms\", \"input-distance\", \"roundtrip\", \"mode-tv\"]\n[model]\nkind = \"builtin\"\nname = \"gmm8\"\n{}{}{}{}[[samplers]]\nkind = \"heun\"\n[[samplers]]\nkind = \"euler-ancestral\"\n",
+        out.display(),
+        grid("s0.2", "strength = 0.2"),
+        grid("s0.5", "strength = 0.5"),
+        grid("s0.8", "strength = 0.8"),
+        grid("d0.5", "denoise = 0.5"),
+    );
+    let cfg = write_config(dir.path(), "sdedit.toml", &body);
+    let o = run(&["run", &cfg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = results(&out);
+    let cell = |grid: &str, label: &str, steps: u64| {
+        rows.iter()
+            .find(|r| r["grid"] == grid && r["sampler"] == label && r["steps"] == steps)
+            .unwrap_or_else(|| panic!("no {label} {steps} on {grid}"))
+            .clone()
+    };
+    let num = |grid: &str, label: &str, steps: u64, m: &str| {
+        cell(grid, label, steps)[m]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{m} of {label} {steps} on {grid}"))
+    };
+    // Strength runs floor(n s) of n steps, denoise n of floor(n / d): Heun's NFE 2 k - 1.
+    assert_eq!(cell("s0.5", "heun", 8)["nfe"], 7);
+    assert_eq!(cell("s0.2", "heun", 16)["nfe"], 5);
+    assert_eq!(cell("d0.5", "heun", 8)["nfe"], 15);
+    // The start: level 4 of Karras' 8-step grid (strength 0.5), level 8 of its 16 (denoise 0.5).
+    let karras = |n: usize, i: usize| {
+        let (a, b) = (80f64.powf(1.0 / 7.0), 0.002f64.powf(1.0 / 7.0));
+        (a + i as f64 / (n - 1) as f64 * (b - a)).powi(7)
+    };
+    for (g, want) in [("s0.5", karras(8, 4)), ("d0.5", karras(16, 8))] {
+        let got = cell(g, "heun", 8)["sigma_start"].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-12 * want, "{g}: {got} vs {want}");
+    }
+    for g in ["s0.5", "s0.8", "d0.5"] {
+        let e: Vec<f64> = [8, 16, 32]
+            .iter()
+            .map(|&n| num(g, "heun", n, "rms"))
+            .collect();
+        for w in e.windows(2) {
+            assert!(w[0] / w[1] > 3.0, "heun on {g}: {e:?}");
+        }
+        assert!(num(g, "heun", 32, "roundtrip") < 0.05, "{g}");
+    }
+    // The input is moved further the higher the start; an ancestral sampler forgets more of it.
+    let d: Vec<f64> = ["s0.2", "s0.5", "s0.8"]
+        .iter()
+        .map(|g| num(g, "heun", 32, "input-distance"))
+        .collect();
+    assert!(d[0] > 0.0 && d[0] < d[1] && d[1] < d[2], "{d:?}");
+    assert!(
+        num("s0.5", "euler-ancestral", 32, "input-distance") > d[1],
+        "{d:?}"
+    );
+    assert!(cell("s0.5", "euler-ancestral", 32)["roundtrip"].is_null());
+    // The samples are the data's (the noised inputs have the exact marginal).
+    assert!(num("s0.8", "heun", 32, "mode-tv") < 0.1);
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert!(
+        csv.lines().next().unwrap().contains(",input-distance,"),
+        "{csv}"
+    );
+    // Without such a grid the metric has nothing to measure.
+    let plain =
+        body.split("[[grids]]").next().unwrap().to_string() + "[[samplers]]\nkind = \"heun\"\n";
+    let cfg = write_config(
+        dir.path(),
+        "plain.toml",
+        &plain.replace(
+            &out.display().to_string(),
+            &dir.path().join("plain").display().to_string(),
+        ),
+    );
+    let o = run(&["run", &cfg]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("metric input-distance needs a grid that starts from data"),
+        "{err}"
+    );
+    // AFS's first step assumes pure noise.
+    let afs = write_config(
+        dir.path(),
+        "afs.toml",
+        &format!(
+            "afs = true\n{}",
+            body.replace(
+                &out.display().to_string(),
+                &dir.path().join("afs").display().to_string()
+            )
+        ),
+    );
+    let o = run(&["run", &afs]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("a grid with strength starts from noised data"),
+        "{err}"
+    );
+    assert!(!dir.path().join("afs").exists());
+}
+
+#[test]
 fn the_roundtrip_metric_recovers_the_noise_at_the_samplers_order() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
@@ -777,8 +892,8 @@ fn every_shipped_config_loads() {
     // checkpoint-flow,checkpoint-edm,digits-flow,digits-edm,reflow-1,reflow-2,exact-ancestral,exact-linear-quadratic,
     // digits-ancestral}; moons,
     // gmm8-train, digits, gmm8-learned, digits-learned, gmm8-flow, digits-flow, gmm8-reflow,
-    // gmm8-posthoc; gits/{gmm8,digits,digits-afs}; eta-sweep, digits-eta-sweep.
-    assert_eq!(seen, (44, 9));
+    // gmm8-posthoc; gits/{gmm8,digits,digits-afs}; eta-sweep, digits-eta-sweep; sdedit.
+    assert_eq!(seen, (45, 9));
 }
 
 #[test]
@@ -1380,6 +1495,27 @@ kind = "ipndm"
             "[[grids]]\nplacement = { kind = \"karras\" }\nsigma_max = 0.001\n".to_string(),
             "sigma",
         ),
+        (
+            "[[grids]]\nplacement = { kind = \"karras\" }\nstrength = 0.5\ndenoise = 0.5\n".to_string(),
+            "strength (diffusers') or denoise (ComfyUI's), not both",
+        ),
+        (
+            "[[grids]]\nplacement = { kind = \"karras\" }\nstrength = 1.5\n".to_string(),
+            "must be in (0, 1]",
+        ),
+        (
+            "[[grids]]\nplacement = { kind = \"karras\" }\nstrength = 0.1\n".to_string(),
+            "runs no step",
+        ),
+        (
+            format!("[[grids]]\n{gits}\ndenoise = 0.5\n"),
+            "denoise takes the tail of a longer grid; the gits placement",
+        ),
+        (
+            "[[grids]]\nplacement = { kind = \"karras\" }\nstrength = 0.5\n[[samplers]]\nkind = \"rk45\"\n".to_string(),
+            "a grid with strength starts partway down",
+        ),
+
     ] {
         let out = dir.path().join("bad");
         let path = write_config(

@@ -163,6 +163,8 @@ fn the_vlb_term_is_improved_ddpms_bound_in_its_own_variables() {
 #[test]
 fn the_hybrid_loss_is_improved_ddpms_training_loss() {
     let _rng = rng_lock();
+    // It compares two draws from one seed: training elsewhere in the process takes turns too.
+    let _turn = train::exclusive_rng();
     let chain = DdpmChain::squaredcos_cap_v2(50);
     let loss_toml =
         "kind = \"ddpm\"\nschedule = \"squaredcos-cap-v2\"\nsteps = 50\ndecoder = \"discretized\"";

@@ -67,8 +67,16 @@ fn unet_widths_whose_skip_concatenations_are_not_multiples_of_32_work() {
     assert!(d.isfinite().all().int64_value(&[]) != 0);
 }
 
+/// The CUDA tests take turns: a graph capture in one thread fails another thread's allocation or
+/// synchronous copy ("operation not permitted when stream is capturing").
+fn cuda_turn() -> std::sync::MutexGuard<'static, ()> {
+    static CUDA: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    CUDA.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn cuda_graph_replay_matches_the_eager_network() {
+    let _cuda = cuda_turn();
     if !tch::Cuda::is_available() {
         println!(
             "skipped: no CUDA device on this machine (the same test runs where one is present)"
@@ -108,6 +116,10 @@ fn exact_denoisers_with_sigma_as_a_tensor_and_through_cuda_graphs() {
     // The graph entry point (sigma^2 as a tensor) is the same arithmetic as the plain call; on
     // CUDA the exact denoisers replay captured graphs, which must equal eager calls.
     use scoreflow::model::{self, DenoiseSigma2};
+    // It draws from libtorch's generator (training tests beside it reseed it) and captures
+    // graphs on CUDA.
+    let _turn = train::exclusive_rng();
+    let _cuda = cuda_turn();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let gauss = format!(
         "gaussian:{}",
@@ -164,6 +176,7 @@ fn the_brownian_tree_on_cuda_equals_the_host_tree() {
     // On CUDA the tree's normals are generated on the device (int64 tensor ops); on the CPU in
     // Rust. Same keys, same walk: the same increments up to the last place of log and cos.
     use scoreflow::solvers::noise::{BrownianNoise, NoiseSource, STREAM_STEP};
+    let _cuda = cuda_turn();
     if !tch::Cuda::is_available() {
         println!(
             "skipped: no CUDA device on this machine (the same test runs where one is present)"
@@ -203,6 +216,7 @@ fn digits_load_as_labelled_images() {
 #[test]
 fn frechet_distance_of_known_gaussians() {
     // N(0, I) vs N(mu, 4 I) in 3-D: |mu|^2 + Tr(I + 4I - 2 * 2I) = |mu|^2 + 3.
+    let _turn = train::exclusive_rng();
     let n = 200_000;
     let a = Tensor::randn([n, 3], (Kind::Double, Device::Cpu));
     let mu = Tensor::from_slice(&[1.0, -2.0, 0.5]).view([1, 3]);
@@ -430,9 +444,13 @@ fn npy_image_data_with_labels_and_shape_errors() {
     let x = dir.path().join("x.npy");
     let l = dir.path().join("l.npy");
     let l_short = dir.path().join("l_short.npy");
-    (Tensor::rand([64, 1, 4, 4], (Kind::Float, Device::Cpu)) * 2.0 - 1.0)
-        .write_npy(&x)
-        .unwrap();
+    {
+        // (Not while load_for_sampling below takes the generator in its turn.)
+        let _turn = train::exclusive_rng();
+        (Tensor::rand([64, 1, 4, 4], (Kind::Float, Device::Cpu)) * 2.0 - 1.0)
+            .write_npy(&x)
+            .unwrap();
+    }
     Tensor::arange(64, (Kind::Int64, Device::Cpu))
         .remainder(4)
         .write_npy(&l)

@@ -256,8 +256,10 @@ fn flow_loss_draws_logit_normal_uniform_mode_or_cosmap_times_weighted_by_one_ove
             worst = worst.max((got - quantile(q)).abs());
         }
         println!("{time:?} (s = {scale}): quantiles within {worst:.1e}");
+        // 200,000 draws: a quantile's standard error is at most 1.6e-3 here (mode -0.8 at the
+        // median), so 1e-2 is 6 of them, where 5e-3 failed about one parallel run in 500.
         assert!(
-            worst < 5e-3,
+            worst < 1e-2,
             "{time:?} s = {scale}: quantiles off by {worst}"
         );
     }
