@@ -892,8 +892,9 @@ fn every_shipped_config_loads() {
     // checkpoint-flow,checkpoint-edm,digits-flow,digits-edm,reflow-1,reflow-2,exact-ancestral,exact-linear-quadratic,
     // digits-ancestral}; moons,
     // gmm8-train, digits, gmm8-learned, digits-learned, gmm8-flow, digits-flow, gmm8-reflow,
-    // gmm8-posthoc; gits/{gmm8,digits,digits-afs}; eta-sweep, digits-eta-sweep; sdedit.
-    assert_eq!(seen, (45, 9));
+    // gmm8-posthoc; gits/{gmm8,digits,digits-afs}; eta-sweep, digits-eta-sweep; sdedit,
+    // digits-sdedit.
+    assert_eq!(seen, (46, 9));
 }
 
 #[test]
