@@ -489,44 +489,30 @@ fn sdedit_grids_start_from_data_and_solve_their_reference_from_there() {
         csv.lines().next().unwrap().contains(",input-distance,"),
         "{csv}"
     );
-    // Without such a grid the metric has nothing to measure.
     let plain =
         body.split("[[grids]]").next().unwrap().to_string() + "[[samplers]]\nkind = \"heun\"\n";
-    let cfg = write_config(
-        dir.path(),
-        "plain.toml",
-        &plain.replace(
-            &out.display().to_string(),
-            &dir.path().join("plain").display().to_string(),
-        ),
+    // Refused before any work, naming the problem.
+    let refused = |name: &str, text: String, needle: &str| {
+        let folder = dir.path().join(name);
+        let text = text.replace(&out.display().to_string(), &folder.display().to_string());
+        let cfg = write_config(dir.path(), &format!("{name}.toml"), &text);
+        let o = run(&["run", &cfg]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "{err}");
+        assert!(!folder.exists());
+    };
+    // Without such a grid the metric has nothing to measure; AFS's first step assumes pure noise.
+    refused(
+        "plain",
+        plain,
+        "metric input-distance needs a grid that starts from data",
     );
-    let o = run(&["run", &cfg]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("metric input-distance needs a grid that starts from data"),
-        "{err}"
+    refused(
+        "afs",
+        format!("afs = true\n{body}"),
+        "a grid with strength starts from noised data",
     );
-    // AFS's first step assumes pure noise.
-    let afs = write_config(
-        dir.path(),
-        "afs.toml",
-        &format!(
-            "afs = true\n{}",
-            body.replace(
-                &out.display().to_string(),
-                &dir.path().join("afs").display().to_string()
-            )
-        ),
-    );
-    let o = run(&["run", &afs]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("a grid with strength starts from noised data"),
-        "{err}"
-    );
-    assert!(!dir.path().join("afs").exists());
 }
 
 #[test]
