@@ -77,6 +77,8 @@ pub struct PosthocArgs {
 
 struct Snapshot {
     path: PathBuf,
+    /// The training run that wrote it (none in snapshots older than run ids).
+    run: Option<String>,
     samples: f64,
     stds: Vec<f64>,
     tensors: BTreeMap<String, Tensor>,
@@ -106,6 +108,7 @@ fn read_snapshot(path: &Path) -> Result<Snapshot> {
     }
     Ok(Snapshot {
         path: path.to_path_buf(),
+        run: ck.meta("run").ok().map(str::to_string),
         samples,
         stds,
         tensors: ck.tensors,
@@ -163,6 +166,29 @@ pub fn run(args: &PosthocArgs) -> Result<()> {
         .iter()
         .map(|p| read_snapshot(p))
         .collect::<Result<_>>()?;
+    let mut template = checkpoint::load(&template_path)?;
+    // A fresh training run into the folder leaves the earlier run's later snapshots behind:
+    // only the checkpoint's own run counts (snapshots without a run id are older than ids).
+    let run = template.meta("run").ok().map(str::to_string);
+    let (snaps, others): (Vec<Snapshot>, Vec<Snapshot>) = snaps
+        .into_iter()
+        .partition(|s| run.is_none() || s.run.is_none() || s.run == run);
+    if let Some(first) = others.first() {
+        if snaps.is_empty() {
+            bail!(
+                "every post-hoc EMA snapshot in {} is of another training run than the checkpoint {} (a fresh run into the folder has written none yet)",
+                dir.display(),
+                template_path.display()
+            );
+        }
+        eprintln!(
+            "note: left out {} snapshot{} of an earlier training run in this folder ({}{}); the checkpoint is a later run's",
+            others.len(),
+            if others.len() == 1 { "" } else { "s" },
+            first.path.display(),
+            if others.len() > 1 { ", ..." } else { "" }
+        );
+    }
     let last = snaps.iter().map(|s| s.samples).fold(0.0, f64::max);
     let t = args.samples.unwrap_or(last);
     if !(t > 0.0 && t <= last) {
@@ -171,7 +197,6 @@ pub fn run(args: &PosthocArgs) -> Result<()> {
             scoreflow_solvers::Num(t)
         );
     }
-    let mut template = checkpoint::load(&template_path)?;
     let names: Vec<String> = template
         .tensors
         .keys()

@@ -481,8 +481,13 @@ pub fn run(cfg: &TrainConfig, opts: &RunOpts) -> Result<Report> {
         .map(|_| params.iter().map(|(_, p)| p.detach().copy()).collect())
         .collect();
     let mut start = 0usize;
+    let mut run_id = fresh_run_id();
     if opts.resume {
         let ck = checkpoint::load(&ckpt_path).with_context(|| "cannot resume")?;
+        // A resumed run is the same run (a checkpoint older than run ids starts one).
+        if let Ok(id) = ck.meta("run") {
+            run_id = id.to_string();
+        }
         let in_ck = || format!("cannot resume from checkpoint {}", ckpt_path.display());
         let saved: TrainConfig = serde_json::from_str(ck.meta("config").with_context(in_ck)?)
             .context("checkpoint config is not valid")
@@ -542,7 +547,22 @@ pub fn run(cfg: &TrainConfig, opts: &RunOpts) -> Result<Report> {
     }
     train_loop(
         cfg, opts, &data, model, ema, params, trainable, adam, start, dev, &ckpt_path, phema,
+        &run_id,
     )
+}
+
+/// A new training run's identifier, written into its checkpoints and post-hoc EMA snapshots: a
+/// fresh run into a folder gets another, so `posthoc-ema` leaves out an earlier run's snapshots
+/// (not from libtorch's generator, which training seeds).
+fn fresh_run_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -559,6 +579,7 @@ fn train_loop(
     dev: Device,
     ckpt_path: &Path,
     phema: Vec<Vec<Tensor>>,
+    run_id: &str,
 ) -> Result<Report> {
     let t = &cfg.train;
     if start > t.steps {
@@ -791,6 +812,7 @@ fn train_loop(
             meta.insert("shape".into(), serde_json::to_string(&data.shape())?);
             meta.insert("num_classes".into(), model.net.num_classes.to_string());
             meta.insert("scoreflow_version".into(), env!("CARGO_PKG_VERSION").into());
+            meta.insert("run".into(), run_id.into());
             checkpoint::save(ckpt_path, &tensors, meta)?;
             last_good = Some(done);
             snapshot(cfg, &ema, dev).with_context(|| {
@@ -803,7 +825,16 @@ fn train_loop(
         if let Some(stds) = &t.posthoc_stds {
             let every = t.posthoc_every.unwrap_or(t.checkpoint_every);
             if done % every == 0 || done == end {
-                write_posthoc_snapshot(cfg, stds, &params, &phema, done, &data.shape(), &model)?;
+                write_posthoc_snapshot(
+                    cfg,
+                    stds,
+                    &params,
+                    &phema,
+                    done,
+                    &data.shape(),
+                    &model,
+                    run_id,
+                )?;
             }
         }
     }
@@ -838,6 +869,7 @@ fn write_posthoc_snapshot(
     step: usize,
     shape: &[i64],
     model: &Model,
+    run_id: &str,
 ) -> Result<()> {
     let dir = posthoc_dir(&cfg.out_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -859,6 +891,7 @@ fn write_posthoc_snapshot(
     meta.insert("stds".into(), serde_json::to_string(stds)?);
     meta.insert("shape".into(), serde_json::to_string(shape)?);
     meta.insert("num_classes".into(), model.net.num_classes.to_string());
+    meta.insert("run".into(), run_id.into());
     checkpoint::save(&dir.join(format!("{step:08}.safetensors")), &tensors, meta)
 }
 

@@ -793,6 +793,48 @@ fn posthoc_ema_reconstructs_other_widths_from_the_snapshots() {
     assert!(worst < 1e-5, "{worst}");
     train::load_for_sampling(&dir.path().join("p07.safetensors"), Device::Cpu).unwrap();
 
+    // The resumed run is one run: its snapshots and checkpoint carry one run id. A fresh run
+    // stopped at step 20 into that folder gets another; posthoc-ema leaves out the earlier run's
+    // snapshots of steps 30 and 40, so its default length is the new run's 20 steps.
+    let id = |p: &Path| {
+        scoreflow::checkpoint::load(p)
+            .unwrap()
+            .meta("run")
+            .unwrap()
+            .to_string()
+    };
+    let resumed = &cfg_r.out_dir;
+    let first_id = id(&resumed.join("checkpoint.safetensors"));
+    assert_eq!(id(&resumed.join("posthoc/00000010.safetensors")), first_id);
+    assert_eq!(id(&resumed.join("posthoc/00000040.safetensors")), first_id);
+    train::run(
+        &cfg_r,
+        &RunOpts {
+            stop_at: Some(20),
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_ne!(id(&resumed.join("checkpoint.safetensors")), first_id);
+    scoreflow::posthoc::run(&PosthocArgs {
+        run_dir: resumed.clone(),
+        std: 0.05,
+        samples: None,
+        out: dir.path().join("p05-fresh.safetensors"),
+    })
+    .unwrap();
+    let rebuilt = scoreflow::checkpoint::load(&dir.path().join("p05-fresh.safetensors")).unwrap();
+    let own = scoreflow::checkpoint::load(&resumed.join("posthoc/00000020.safetensors")).unwrap();
+    let mut worst = 0.0f64;
+    for (k, v) in &own.tensors {
+        if let Some(name) = k.strip_prefix("phema0.") {
+            let e = &rebuilt.tensors[&format!("ema.{name}")];
+            worst = worst.max((e - v).abs().max().double_value(&[]));
+        }
+    }
+    assert!(worst < 1e-5, "the fresh run's own last snapshot: {worst}");
+
     // Bad input names the problem and writes nothing.
     for (a, want) in [
         (args(0.5, None, "bad.safetensors"), "--std"),
