@@ -335,10 +335,15 @@ pub fn run(mut a: CompareArgs) -> Result<()> {
         );
     }
     // Per-count references (ddpm grids) make rms/max incomparable across step counts.
-    let unranked: &[&str] = if per_count { &["rms", "max"] } else { &[] };
+    let own = crate::summary::OWN_ENDS;
+    let unranked: &[(&str, &str)] = if per_count {
+        &[("rms", own), ("max", own)]
+    } else {
+        &[]
+    };
     if let Some(h) = ["rms", "mode-tv"]
         .into_iter()
-        .filter(|m| !unranked.contains(m))
+        .filter(|m| !unranked.iter().any(|(u, _)| u == m))
         .find_map(|m| crate::summary::headline(&summary_rows, m))
     {
         println!("{h}");

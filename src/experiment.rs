@@ -216,10 +216,21 @@ impl GridSpec {
             None => steps,
         };
         let sigmas = if self.discard_penultimate {
-            grid::sigmas_discarding_penultimate(kind, n, self.sigma_min, self.sigma_max, sde)?
+            grid::sigmas_discarding_penultimate(kind, n, self.sigma_min, self.sigma_max, sde)
         } else {
-            grid::sigmas(kind, n, self.sigma_min, self.sigma_max, sde)?
+            grid::sigmas(kind, n, self.sigma_min, self.sigma_max, sde)
         };
+        // Under denoise the grid built is longer than the step count asked for: say so.
+        let sigmas = sigmas.map_err(|e| match partial {
+            Some(p) if n != steps => {
+                let (name, v) = p.name_value();
+                anyhow!(
+                    "{e} ({name} {} at {steps} steps takes the tail of the grid of {n} steps)",
+                    scoreflow_solvers::Num(v)
+                )
+            }
+            _ => e.into(),
+        })?;
         Ok(match partial {
             Some(p) => p.tail(&sigmas, steps)?,
             None => sigmas,
@@ -299,6 +310,10 @@ impl GridSpec {
         g.name = None;
         g.solved = None;
         g.sde = job::canonical_sde(&g.sde);
+        // Strength 1 and denoise above 0.9999 both run the whole grid from the data.
+        if g.strength == Some(1.0) || g.denoise.is_some_and(|d| d > 0.9999 && d <= 1.0) {
+            (g.strength, g.denoise) = (Some(1.0), None);
+        }
         if let GridKind::Timesteps { alpha, beta, .. } = &mut g.placement {
             for v in [alpha, beta] {
                 if *v == Some(0.6) {
@@ -576,12 +591,27 @@ impl ExperimentConfig {
         v
     }
 
-    /// Whether a grid is on the timesteps placement or starts partway down (SDEdit), whose
-    /// rms/max are measured between each step count's own ends (not ranked by budget).
-    fn on_timesteps(&self) -> bool {
-        self.grid_list()
+    /// The metrics the summary does not rank by budget, each with why: every one where a grid
+    /// starts from data (SDEdit: the start moves with the grid and step count), else rms/max
+    /// under the timesteps placement (measured between each step count's own ends).
+    fn unranked(&self) -> Vec<(&'static str, &'static str)> {
+        let grids = self.grid_list();
+        if grids.iter().any(|g| g.partial().is_some()) {
+            Metric::ALL
+                .iter()
+                .map(|m| (m.name(), crate::summary::FROM_DATA))
+                .collect()
+        } else if grids
             .iter()
-            .any(|g| matches!(g.placement, GridKind::Timesteps { .. }) || g.partial().is_some())
+            .any(|g| matches!(g.placement, GridKind::Timesteps { .. }))
+        {
+            vec![
+                ("rms", crate::summary::OWN_ENDS),
+                ("max", crate::summary::OWN_ENDS),
+            ]
+        } else {
+            Vec::new()
+        }
     }
 
     fn tagged(&self, g: usize, m: usize, text: String) -> String {
@@ -743,7 +773,7 @@ impl ExperimentConfig {
             bail!("grids lists the grid {} twice", self.grids[i].tag());
         }
         if let Some(t) = job::repeated(&tags) {
-            bail!("two of the grids are tagged {t}: give each a name (name = \"...\" in its [[grids]] table)");
+            bail!("two of the grids are tagged {t}: give each a name of its own (name = \"...\" in its [[grids]] table)");
         }
         // A repeated entry would run the same cells twice and count them twice in the means.
         use job::repeated;
@@ -1487,6 +1517,29 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
         .iter()
         .filter(|c| !done.contains(&cell_key(cfg, &models, c)))
         .collect();
+    // What a sampler's first step would refuse on a cell's levels (restart's segments, which
+    // need levels between the first and the last step), before any cell runs.
+    for c in &todo {
+        let grid = &cfg.grid_list()[c.grid];
+        let sigmas = grid.sigmas(c.steps, sdes[c.grid].as_ref())?;
+        if let Err(e) = c.spec.build()?.check_grid(&sigmas) {
+            let runs = match grid.partial() {
+                Some(p) if sigmas.len() - 1 != c.steps => format!(
+                    " ({} {} runs {} of them)",
+                    p.name_value().0,
+                    scoreflow_solvers::Num(p.name_value().1),
+                    sigmas.len() - 1
+                ),
+                _ => String::new(),
+            };
+            bail!(
+                "{} at {} steps{runs} on the grid {}: {e}",
+                label(c.spec),
+                c.steps,
+                grid.tag()
+            );
+        }
+    }
     let total = todo.len().min(max_cells.unwrap_or(usize::MAX));
     eprintln!(
         "{} cells, {} done, running {}",
@@ -2024,10 +2077,7 @@ pub fn plot_dir(dir: &Path) -> Result<()> {
     let primary: Option<&'static str> = cfg
         .as_ref()
         .and_then(|c| c.metrics.first().map(|m| m.name()));
-    let unranked: Vec<&'static str> = match &cfg {
-        Some(c) if c.on_timesteps() => vec!["rms", "max"],
-        _ => Vec::new(),
-    };
+    let unranked = cfg.as_ref().map(|c| c.unranked()).unwrap_or_default();
     let order: Vec<String> = cfg.map(|c| c.labels()).unwrap_or_default();
     draw(dir, rows, primary, &unranked, &order, &floors, true)
 }
@@ -2094,7 +2144,7 @@ pub fn plot_merged(dirs: &[PathBuf], out: &Path) -> Result<()> {
     let mut order = Vec::new();
     let mut floors = BTreeMap::new();
     let mut primary = None;
-    let mut unranked: Vec<&'static str> = Vec::new();
+    let mut unranked: Vec<(&'static str, &'static str)> = Vec::new();
     for (dir, tag) in dirs.iter().zip(&tags) {
         if !dir.is_dir() {
             bail!("{} is not an experiment folder", dir.display());
@@ -2111,11 +2161,9 @@ pub fn plot_merged(dirs: &[PathBuf], out: &Path) -> Result<()> {
         }
         if let Some(c) = &cfg {
             primary = primary.or_else(|| c.metrics.first().map(|m| m.name()));
-            if c.on_timesteps() {
-                for m in ["rms", "max"] {
-                    if !unranked.contains(&m) {
-                        unranked.push(m);
-                    }
+            for u in c.unranked() {
+                if !unranked.iter().any(|(m, _)| *m == u.0) {
+                    unranked.push(u);
                 }
             }
             order.extend(c.labels().iter().map(|l| format!("{l} [{tag}]")));
@@ -2185,10 +2233,18 @@ fn load_plotted(dir: &Path) -> Result<(Vec<Value>, Option<ExperimentConfig>)> {
             }
         }
         if rows.len() < all {
+            // Only where the configuration has cells without a line is there work for `run`.
+            let drawn: HashSet<&str> = rows.iter().filter_map(|r| r["key"].as_str()).collect();
+            let missing = names.keys().filter(|k| !drawn.contains(k.as_str())).count();
             eprintln!(
-                "note: {} of {all} lines in {} are not cells of experiment.json (another configuration, or cells of an older scoreflow whose samplers have gained parameters since) and are not drawn; `scoreflow run` the experiment again to compute the missing cells",
+                "note: {} of {all} lines in {} are not cells of experiment.json (another configuration, or cells of an older scoreflow whose samplers have gained parameters since) and are not drawn{}",
                 all - rows.len(),
-                dir.join("results.jsonl").display()
+                dir.join("results.jsonl").display(),
+                if missing > 0 {
+                    format!("; {missing} of its cells have no line: `scoreflow run` the experiment again to compute them")
+                } else {
+                    String::new()
+                }
             );
         }
     }
@@ -2216,7 +2272,7 @@ fn draw(
     out: &Path,
     mut rows: Vec<Value>,
     primary: Option<&'static str>,
-    unranked: &[&'static str],
+    unranked: &[(&'static str, &'static str)],
     order: &[String],
     floors: &BTreeMap<String, f64>,
     snapshots: bool,
@@ -2441,7 +2497,7 @@ fn draw(
     if let Some(h) = primary
         .into_iter()
         .chain(metric_names.iter().copied())
-        .filter(|m| !unranked.contains(m))
+        .filter(|m| !unranked.iter().any(|(u, _)| u == m))
         .find_map(|m| crate::summary::headline(&rows, m))
     {
         println!("{h}");

@@ -173,6 +173,16 @@ fn cheapest_reaching(cells: &[Cell], target: f64) -> Option<&Cell> {
 }
 
 /// The summary of `rows` (an experiment's cells, sorted by seed, sampler, steps) for `metrics`
+/// Why a metric is not ranked by budget under the timesteps placement.
+pub const OWN_ENDS: &str = "Not ranked by budget: each step count is measured against its own \
+     reference (between its own first and last levels), so values at different step counts are \
+     not comparable.";
+
+/// Why no metric is ranked by budget where cells start from data (SDEdit).
+pub const FROM_DATA: &str = "Not ranked by budget: the cells start from data at levels that \
+     differ between grids and step counts (SDEdit's strength or denoise), so a cheap cell that \
+     keeps more of its input would rank above a better sampler; compare within one grid.";
+
 /// (with their titles), with the floors where known, as Markdown. The metrics in `unranked` get
 /// their table but no budget ranking (their values at different step counts measure different
 /// things: under the timesteps placement each step count has its own reference).
@@ -181,7 +191,7 @@ pub fn markdown(
     rows: &[Value],
     metrics: &[(&str, &str)],
     floors: &BTreeMap<String, f64>,
-    unranked: &[&str],
+    unranked: &[(&str, &str)],
 ) -> String {
     let seeds = rows
         .iter()
@@ -255,10 +265,8 @@ pub fn markdown(
                     metric.\n";
             continue;
         }
-        if unranked.contains(m) {
-            out += "\nNot ranked by budget: each step count is measured against its own reference \
-                    (between its own first and last levels), so values at different step counts \
-                    are not comparable.\n";
+        if let Some((_, why)) = unranked.iter().find(|(u, _)| u == m) {
+            out += &format!("\n{why}\n");
             continue;
         }
         out += &format!(
@@ -447,7 +455,13 @@ mod tests {
             md.contains("| 31 | dpm-adaptive | adaptive | 31 | 0.900 |"),
             "{md}"
         );
-        let md = markdown("t", &rows, &[("rms", "err")], &BTreeMap::new(), &["rms"]);
+        let md = markdown(
+            "t",
+            &rows,
+            &[("rms", "err")],
+            &BTreeMap::new(),
+            &[("rms", OWN_ENDS)],
+        );
         assert!(
             md.contains("Not ranked by budget") && !md.contains("NFE at most"),
             "{md}"

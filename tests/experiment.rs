@@ -489,6 +489,13 @@ fn sdedit_grids_start_from_data_and_solve_their_reference_from_there() {
         csv.lines().next().unwrap().contains(",input-distance,"),
         "{csv}"
     );
+    // Cells start at other levels per grid and step count: nothing is ranked by budget.
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("Not ranked by budget: the cells start from data")
+            && !summary.contains("NFE at most"),
+        "{summary}"
+    );
     let plain =
         body.split("[[grids]]").next().unwrap().to_string() + "[[samplers]]\nkind = \"heun\"\n";
     // Refused before any work, naming the problem.
@@ -512,6 +519,20 @@ fn sdedit_grids_start_from_data_and_solve_their_reference_from_there() {
         "afs",
         format!("afs = true\n{body}"),
         "a grid with strength starts from noised data",
+    );
+    // A sampler that cannot run the levels a strength leaves, named before any cell runs.
+    let head = body
+        .split("[[grids]]")
+        .next()
+        .unwrap()
+        .replace("steps = [8, 16, 32]", "steps = [8, 3]");
+    refused(
+        "restart",
+        format!(
+            "{head}{}[[samplers]]\nkind = \"euler\"\n[[samplers]]\nkind = \"restart\"\n",
+            grid("s0.5", "strength = 0.5")
+        ),
+        "restart at 3 steps (strength 0.5 runs 1 of them) on the grid s0.5: restart: a restart returns to a level between the first and the last step",
     );
 }
 
@@ -1489,6 +1510,11 @@ kind = "ipndm"
         (
             "[[grids]]\nplacement = { kind = \"karras\" }\nstrength = 1.5\n".to_string(),
             "must be in (0, 1]",
+        ),
+        (
+            // Both run the whole grid from the data.
+            "[[grids]]\nplacement = { kind = \"karras\" }\nstrength = 1.0\n[[grids]]\nname = \"d\"\nplacement = { kind = \"karras\" }\ndenoise = 1.0\n".to_string(),
+            "lists the grid d twice",
         ),
         (
             "[[grids]]\nplacement = { kind = \"karras\" }\nstrength = 0.1\n".to_string(),

@@ -91,6 +91,13 @@ pub trait Sampler {
     fn name(&self) -> &'static str;
     /// Advance `x` from `ctx.sigma()` to `ctx.sigma_next()`.
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor>;
+    /// The error its first step would report on the levels `sigmas` (ending in 0) of a grid it
+    /// cannot run, without running it: for a caller that checks every grid before any work (an
+    /// experiment). Ok by default.
+    fn check_grid(&self, sigmas: &[f64]) -> Result<()> {
+        let _ = sigmas;
+        Ok(())
+    }
     /// Whether the step also integrates the probability-flow ODE upwards (`sigma_next >
     /// sigma`), for [`invert`]: a deterministic step whose formulas hold for either sign of the
     /// step, as its inversion test measures. False by default.

@@ -298,7 +298,7 @@ pub fn comfy_levels(
                     .map(|m| m.to_string())
                     .collect();
                 return Err(SolverError::Grid(format!(
-                    "comfy-ddim-uniform: ComfyUI's ddim_uniform takes {} steps when asked for {n} on a chain of {t} (every {ss}th timestep from 1); step counts it keeps (up to 60): {}",
+                    "comfy-ddim-uniform: ComfyUI's ddim_uniform takes {} steps when asked for {n} on a chain of {t} (a timestep every {ss} from 1); step counts it keeps (up to 60): {}",
                     idx.len(),
                     agree.join(", ")
                 )));
@@ -744,8 +744,9 @@ impl Partial {
                 let total = (steps as f64 / d).floor();
                 if total > MAX_STEPS as f64 {
                     return Err(SolverError::Grid(format!(
-                        "denoise {} with {steps} steps asks for a grid of {total} steps, more than {MAX_STEPS}",
-                        crate::Num(d)
+                        "denoise {} with {steps} steps asks for a grid of {} steps, more than {MAX_STEPS}",
+                        crate::Num(d),
+                        crate::Num(total)
                     )));
                 }
                 total as usize
@@ -767,7 +768,7 @@ impl Partial {
         match self {
             Partial::Strength(s) => match ((steps as f64 * s).floor() as usize).min(steps) {
                 0 => Err(SolverError::Grid(format!(
-                    "strength {} with {steps} steps runs no step (floor({steps} x {}) = 0): raise --strength or --steps",
+                    "strength {} with {steps} steps runs no step (floor({steps} x {}) = 0): raise the strength or the step count",
                     crate::Num(s),
                     crate::Num(s)
                 ))),

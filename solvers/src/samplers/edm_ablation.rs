@@ -285,13 +285,17 @@ impl Sampler for EdmAblation {
     fn name(&self) -> &'static str {
         "edm-ablation"
     }
-    fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
-        let n = ctx.steps();
-        if n < 2 && self.p.schedule == Schedule::Vp {
+    fn check_grid(&self, sigmas: &[f64]) -> Result<()> {
+        if sigmas.len() < 3 && self.p.schedule == Schedule::Vp {
             return Err(SolverError::Invalid(
                 "edm-ablation: the vp schedule is fitted to the grid's first and last nonzero levels, so it needs at least 2 steps".into(),
             ));
         }
+        Ok(())
+    }
+    fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
+        let n = ctx.steps();
+        self.check_grid(ctx.sigmas)?;
         let (sigma_max, sigma_min) = (ctx.sigmas[0], ctx.sigmas[n.saturating_sub(1)]);
         let ode = Ode::new(&self.p, sigma_min, sigma_max)?;
         let (x_hat, s_hat) = self.churn.apply(ctx, x)?;

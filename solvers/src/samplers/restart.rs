@@ -302,6 +302,9 @@ impl Sampler for Restart {
     fn name(&self) -> &'static str {
         "restart"
     }
+    fn check_grid(&self, sigmas: &[f64]) -> Result<()> {
+        self.targets(sigmas).map(|_| ())
+    }
     fn step(&self, ctx: &mut StepCtx<'_>, x: Tensor) -> Result<Tensor> {
         // Checked before the first evaluation, so a bad segment costs nothing.
         let targets = self.targets(ctx.sigmas)?;
