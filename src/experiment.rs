@@ -237,6 +237,14 @@ impl GridSpec {
         })
     }
 
+    /// The placement's `kind` as configs write it (`karras`, `levels`, `gits`, ...).
+    pub fn kind_name(&self) -> String {
+        serde_json::to_value(&self.placement)
+            .ok()
+            .and_then(|v| v["kind"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "grid".into())
+    }
+
     /// SDEdit's `strength` or `denoise`, where the grid has one.
     pub fn partial(&self) -> Option<grid::Partial> {
         match (self.strength, self.denoise) {
@@ -254,7 +262,7 @@ impl GridSpec {
             return n.clone();
         }
         let v = serde_json::to_value(&self.placement).unwrap_or(Value::Null);
-        let kind = v["kind"].as_str().unwrap_or("grid").to_string();
+        let kind = self.kind_name();
         // A key is at its default where the placement without it reads back the same (a
         // required key, such as a timesteps grid's spacing, does not read back without it).
         let at_default = |k: &str| -> bool {
@@ -734,13 +742,7 @@ impl ExperimentConfig {
                 bail!(
                     "the adaptive sampler {} chooses its own steps; the {} placement has no range for it",
                     s.name(),
-                    match &g.placement {
-                        GridKind::Timesteps { .. } => "timesteps",
-                        GridKind::Levels { .. } => "levels",
-                        GridKind::Ays { .. } => "ays",
-                        GridKind::LinearQuadratic { .. } => "linear-quadratic",
-                        p => p.chosen_for_model().unwrap_or_default(),
-                    }
+                    g.kind_name()
                 );
             }
         }
@@ -819,10 +821,7 @@ impl ExperimentConfig {
                 ) {
                     bail!(
                         "{name} takes the tail of a longer grid; the {} placement gives the levels of each step count itself: use a formula placement (karras, ays, timesteps, ...)",
-                        match &g.placement {
-                            GridKind::Levels { .. } => "levels",
-                            p => p.chosen_for_model().unwrap_or_default(),
-                        }
+                        g.kind_name()
                     );
                 }
                 if self.afs {

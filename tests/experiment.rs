@@ -276,15 +276,19 @@ fn copy_dir(from: &Path, to: &Path) {
 #[test]
 fn nfe_budgets_pick_steps_per_sampler() {
     let dir = tempfile::tempdir().unwrap();
+    // The small experiment at NFE budgets `nfe`, mode-tv alone.
+    let budgets = |name: &str, out: &Path, nfe: &str| {
+        write_config(
+            dir.path(),
+            name,
+            &small(out, &format!("nfe = {nfe}")).replace(
+                "[\"rms\", \"max\", \"sw2\", \"mmd\", \"mode-tv\", \"mode-coverage\"]",
+                "[\"mode-tv\"]",
+            ),
+        )
+    };
     let out = dir.path().join("out");
-    let cfg = write_config(
-        dir.path(),
-        "e.toml",
-        &small(&out, "nfe = [10, 20]").replace(
-            "[\"rms\", \"max\", \"sw2\", \"mmd\", \"mode-tv\", \"mode-coverage\"]",
-            "[\"mode-tv\"]",
-        ),
-    );
+    let cfg = budgets("e.toml", &out, "[10, 20]");
     let o = run(&["run", &cfg]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let rows = results(&out);
@@ -302,14 +306,7 @@ fn nfe_budgets_pick_steps_per_sampler() {
     // Budgets out of order that give one step count twice (heun: 3 and 4 are both 2 steps) run
     // it once, and the run finishes.
     let out = dir.path().join("twice");
-    let cfg = write_config(
-        dir.path(),
-        "twice.toml",
-        &small(&out, "nfe = [3, 9, 4]").replace(
-            "[\"rms\", \"max\", \"sw2\", \"mmd\", \"mode-tv\", \"mode-coverage\"]",
-            "[\"mode-tv\"]",
-        ),
-    );
+    let cfg = budgets("twice.toml", &out, "[3, 9, 4]");
     let o = run(&["run", &cfg]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.join("results.csv").exists());

@@ -553,34 +553,29 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
         before,
         "the good checkpoint was overwritten"
     );
+    // A fresh run's error.
+    let fresh = |cfg: &TrainConfig| {
+        train::run(
+            cfg,
+            &RunOpts {
+                quiet: true,
+                ..Default::default()
+            },
+        )
+        .err()
+        .unwrap()
+        .to_string()
+    };
     // A fresh run into the same folder that fails before its first checkpoint does not call the
     // earlier run's checkpoint its own.
-    let err = train::run(
-        &cfg,
-        &RunOpts {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = fresh(&cfg);
     assert!(
         err.contains("non-finite") && err.contains("this run wrote no checkpoint"),
         "{err}"
     );
     // A fresh run that fails before its first log line leaves no folder behind.
     cfg.out_dir = dir.path().join("fresh");
-    let err = train::run(
-        &cfg,
-        &RunOpts {
-            quiet: true,
-            ..Default::default()
-        },
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let err = fresh(&cfg);
     assert!(err.contains("non-finite"), "{err}");
     assert!(!cfg.out_dir.exists(), "a failed run left {:?}", cfg.out_dir);
 }
@@ -834,6 +829,23 @@ fn posthoc_ema_reconstructs_other_widths_from_the_snapshots() {
         }
     }
     assert!(worst < 1e-5, "the fresh run's own last snapshot: {worst}");
+    // With only the earlier run's snapshots left, there is nothing of the checkpoint's run.
+    for step in [10, 20] {
+        std::fs::remove_file(resumed.join(format!("posthoc/{step:08}.safetensors"))).unwrap();
+    }
+    let err = scoreflow::posthoc::run(&PosthocArgs {
+        run_dir: resumed.clone(),
+        std: 0.05,
+        samples: None,
+        out: dir.path().join("none.safetensors"),
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("every post-hoc EMA snapshot in") && err.contains("another training run"),
+        "{err}"
+    );
+    assert!(!dir.path().join("none.safetensors").exists());
 
     // Bad input names the problem and writes nothing.
     for (a, want) in [
