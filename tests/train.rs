@@ -776,15 +776,23 @@ fn posthoc_ema_reconstructs_other_widths_from_the_snapshots() {
     };
     scoreflow::posthoc::run(&args(0.05, None, "p05.safetensors")).unwrap();
     scoreflow::posthoc::run(&args(0.07, Some(30.0 * 512.0), "p07.safetensors")).unwrap();
-    let rebuilt = scoreflow::checkpoint::load(&dir.path().join("p05.safetensors")).unwrap();
-    let last = scoreflow::checkpoint::load(&out.join("posthoc/00000040.safetensors")).unwrap();
-    let mut worst = 0.0f64;
-    for (k, v) in &last.tensors {
-        if let Some(name) = k.strip_prefix("phema0.") {
-            let e = &rebuilt.tensors[&format!("ema.{name}")];
-            worst = worst.max((e - v).abs().max().double_value(&[]));
+    // The largest difference between a rebuilt checkpoint's EMA and a snapshot's first width.
+    let gap = |rebuilt: &Path, snapshot: &Path| {
+        let rebuilt = scoreflow::checkpoint::load(rebuilt).unwrap();
+        let snapshot = scoreflow::checkpoint::load(snapshot).unwrap();
+        let mut worst = 0.0f64;
+        for (k, v) in &snapshot.tensors {
+            if let Some(name) = k.strip_prefix("phema0.") {
+                let e = &rebuilt.tensors[&format!("ema.{name}")];
+                worst = worst.max((e - v).abs().max().double_value(&[]));
+            }
         }
-    }
+        worst
+    };
+    let worst = gap(
+        &dir.path().join("p05.safetensors"),
+        &out.join("posthoc/00000040.safetensors"),
+    );
     assert!(worst < 1e-5, "{worst}");
     train::load_for_sampling(&dir.path().join("p07.safetensors"), Device::Cpu).unwrap();
 
@@ -819,15 +827,10 @@ fn posthoc_ema_reconstructs_other_widths_from_the_snapshots() {
         out: dir.path().join("p05-fresh.safetensors"),
     })
     .unwrap();
-    let rebuilt = scoreflow::checkpoint::load(&dir.path().join("p05-fresh.safetensors")).unwrap();
-    let own = scoreflow::checkpoint::load(&resumed.join("posthoc/00000020.safetensors")).unwrap();
-    let mut worst = 0.0f64;
-    for (k, v) in &own.tensors {
-        if let Some(name) = k.strip_prefix("phema0.") {
-            let e = &rebuilt.tensors[&format!("ema.{name}")];
-            worst = worst.max((e - v).abs().max().double_value(&[]));
-        }
-    }
+    let worst = gap(
+        &dir.path().join("p05-fresh.safetensors"),
+        &resumed.join("posthoc/00000020.safetensors"),
+    );
     assert!(worst < 1e-5, "the fresh run's own last snapshot: {worst}");
     // With only the earlier run's snapshots left, there is nothing of the checkpoint's run.
     for step in [10, 20] {
