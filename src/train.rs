@@ -610,7 +610,7 @@ fn train_loop(
             ckpt_path.display()
         ),
         None if ckpt_path.exists() => format!(
-            "this run wrote no checkpoint ({} is an earlier run's)",
+            "this run (run {run_id}) wrote no checkpoint ({} is an earlier run's)",
             ckpt_path.display()
         ),
         None => "no checkpoint had been written yet".to_string(),
@@ -777,7 +777,7 @@ fn train_loop(
             writeln!(
                 log,
                 "{}",
-                serde_json::json!({"step": done, "loss": mean, "samples_per_s": rate})
+                serde_json::json!({"step": done, "loss": mean, "samples_per_s": rate, "run": run_id})
             )?;
             clock = Instant::now();
             interval_samples = 0;

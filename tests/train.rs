@@ -570,10 +570,45 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     // earlier run's checkpoint its own.
     let err = fresh(&cfg);
     assert!(
-        err.contains("non-finite") && err.contains("this run wrote no checkpoint"),
+        err.contains("non-finite")
+            && err.contains("wrote no checkpoint")
+            && err.contains("is an earlier run's"),
         "{err}"
     );
+    // Log lines say whose they are. This run failed within its first log interval: the log is
+    // still the earlier run's, whole, with the checkpoint's run id.
+    let ck_run = scoreflow::checkpoint::load(&train::checkpoint_path(&cfg))
+        .unwrap()
+        .meta("run")
+        .unwrap()
+        .to_string();
+    let runs = || -> Vec<String> {
+        std::fs::read_to_string(cfg.out_dir.join("log.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["run"].to_string())
+            .collect()
+    };
+    assert!(
+        runs().iter().all(|r| *r == format!("{ck_run:?}")),
+        "{:?}",
+        runs()
+    );
+    // Logging every step, a fresh run logs its first (finite) step and then fails: the log is
+    // the new run's, named in the error, beside the earlier run's checkpoint.
+    cfg.train.log_every = 1;
+    let err = fresh(&cfg);
+    let new_runs = runs();
+    assert!(!new_runs.is_empty());
+    assert!(new_runs
+        .iter()
+        .all(|r| *r == new_runs[0] && *r != format!("{ck_run:?}")));
+    assert!(
+        err.contains(&format!("run {}", new_runs[0].trim_matches('"'))),
+        "{err} / {new_runs:?}"
+    );
     // A fresh run that fails before its first log line leaves no folder behind.
+    cfg.train.log_every = 10;
     cfg.out_dir = dir.path().join("fresh");
     let err = fresh(&cfg);
     assert!(err.contains("non-finite"), "{err}");
@@ -819,7 +854,15 @@ fn posthoc_ema_reconstructs_other_widths_from_the_snapshots() {
         },
     )
     .unwrap();
-    assert_ne!(id(&resumed.join("checkpoint.safetensors")), first_id);
+    let fresh_id = id(&resumed.join("checkpoint.safetensors"));
+    assert_ne!(fresh_id, first_id);
+    // The fresh run's log is its own: every line carries its run id.
+    let log = std::fs::read_to_string(resumed.join("log.jsonl")).unwrap();
+    assert!(log.lines().count() > 0);
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["run"].as_str(), Some(fresh_id.as_str()), "{line}");
+    }
     scoreflow::posthoc::run(&PosthocArgs {
         run_dir: resumed.clone(),
         std: 0.05,
