@@ -495,12 +495,14 @@ fn plot(stem: &Path, rows: &[Row], fresh_tv: Option<f64>, title: &str) -> Result
             ylabel: "RMS error".into(),
             series: series(&|r| r.rms),
             floor: None,
+            fraction: false,
         },
         Panel {
             title: "mode-weight error (total variation)".into(),
             ylabel: "TV distance".into(),
             series: series(&|r| r.mode_tv),
             floor: fresh_tv.map(|f| ("fresh data (noise floor)".to_string(), f)),
+            fraction: false,
         },
     ];
     let trips = series(&|r| r.roundtrip);
@@ -510,6 +512,7 @@ fn plot(stem: &Path, rows: &[Row], fresh_tv: Option<f64>, title: &str) -> Result
             ylabel: "RMS distance to the starting noise".into(),
             series: trips,
             floor: None,
+            fraction: false,
         });
     }
     crate::plot::quality_vs_nfe(stem, &panels)

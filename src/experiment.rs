@@ -378,11 +378,16 @@ pub enum Metric {
     /// each sample and the input it started from, SDEdit's faithfulness (Meng et al. 2022 use
     /// the L2 distance to the input).
     InputDistance,
+    /// Class-conditional sampling (`[model] conditional = true`) of a checkpoint trained on
+    /// labelled images: the fraction of samples that the classifier of `fd` assigns to the class
+    /// they were sampled for (sample `i` of class `i mod K`). Higher is better: guidance trades
+    /// Fréchet distance for it.
+    ClassAccuracy,
 }
 
 impl Metric {
     /// Every metric, in the order of results.csv's columns and of the summary's sections.
-    pub const ALL: [Metric; 9] = [
+    pub const ALL: [Metric; 10] = [
         Metric::Rms,
         Metric::Max,
         Metric::Sw2,
@@ -390,6 +395,7 @@ impl Metric {
         Metric::Fd,
         Metric::ModeTv,
         Metric::ModeCoverage,
+        Metric::ClassAccuracy,
         Metric::Roundtrip,
         Metric::InputDistance,
     ];
@@ -404,6 +410,7 @@ impl Metric {
             Metric::Fd => "fd",
             Metric::Roundtrip => "roundtrip",
             Metric::InputDistance => "input-distance",
+            Metric::ClassAccuracy => "class-accuracy",
         }
     }
     /// Metrics against the ODE solution only make sense for deterministic samplers.
@@ -876,6 +883,17 @@ impl ExperimentConfig {
             if *m == Metric::Fd && !matches!(self.model, ModelSpec::Checkpoint { .. }) {
                 bail!("metric fd needs a checkpoint trained on labelled images");
             }
+            if *m == Metric::ClassAccuracy
+                && !matches!(
+                    self.model,
+                    ModelSpec::Checkpoint {
+                        conditional: true,
+                        ..
+                    }
+                )
+            {
+                bail!("metric class-accuracy needs class-conditional sampling ([model] kind = \"checkpoint\" with conditional = true) of a network trained on labelled images");
+            }
             if *m == Metric::InputDistance
                 && !self.grid_list().iter().any(|g| g.partial().is_some())
             {
@@ -996,6 +1014,17 @@ impl Loaded {
                 Some(data.x.index_select(0, &idx).to_device(dev))
             }
         })
+    }
+
+    /// The labels of [`Loaded::data`]'s rows, where the training data has labels.
+    fn data_labels(&self, n: usize, seed: u64, part: u64) -> Option<Tensor> {
+        match self {
+            Loaded::Trained(_, Some(data)) => data.labels.as_ref().map(|l| {
+                l.index_select(0, &fresh_rows(data.x.size()[0], n, seed, part))
+                    .to_device(Device::Cpu)
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -1441,13 +1470,26 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
     // (A gits grid comes with one weight only, checked in validate.)
     let den = dens[0];
     let shape = model.shape();
-    let classifier = match (&model, cfg.metrics.contains(&Metric::Fd)) {
-        (Loaded::Trained(_, data), true) => {
+    let classified = cfg
+        .metrics
+        .iter()
+        .find(|m| matches!(m, Metric::Fd | Metric::ClassAccuracy));
+    let classifier = match (&model, classified) {
+        (Loaded::Trained(_, data), Some(m)) => {
             let Some(data) = data
                 .as_ref()
                 .filter(|d| shape.len() == 3 && d.labels.is_some())
             else {
-                bail!("metric fd needs a checkpoint trained on labelled images; this one has samples of shape {shape:?}");
+                bail!(
+                    "metric {} needs a checkpoint trained on labelled images; this one has {}",
+                    m.name(),
+                    match data {
+                        None => "no [data] table (a model card without one)".to_string(),
+                        Some(d) if d.labels.is_none() =>
+                            format!("unlabelled data of shape {shape:?}"),
+                        Some(_) => format!("samples of shape {shape:?}"),
+                    }
+                );
             };
             Some(crate::fid::Classifier::train(data, 3000, 0xC1A5)?)
         }
@@ -1640,11 +1682,18 @@ pub fn run_config(cfg: &ExperimentConfig, max_cells: Option<usize>) -> Result<()
                     mmd(&other, d, bandwidth.unwrap_or_else(|| median_distance(d))),
                 );
             }
-            if let Some(c) = &classifier {
+            if let (Some(c), true) = (&classifier, cfg.metrics.contains(&Metric::Fd)) {
                 floors.insert(
                     "fd",
                     crate::fid::frechet(&c.features(&other), &c.features(d)),
                 );
+            }
+            if let (Some(c), true, Some(labels)) = (
+                &classifier,
+                cfg.metrics.contains(&Metric::ClassAccuracy),
+                model.data_labels(cfg.num, *seed, 1),
+            ) {
+                floors.insert("class-accuracy", c.accuracy(&other, &labels));
             }
             if let (Some(g), true) = (model.mixture(), cfg.metrics.contains(&Metric::ModeTv)) {
                 floors.insert("mode-tv", compare::mode_tv(g, &other)?);
@@ -1832,6 +1881,16 @@ impl CellCtx<'_> {
                     }
                     _ => None,
                 },
+                // The classes the guided denoiser sampled for (`Classes::Cycle`).
+                Metric::ClassAccuracy => match (self.classifier, model) {
+                    (Some(c), Loaded::Trained(m, _)) if m.net.num_classes > 0 => {
+                        let n = x.size()[0];
+                        let labels = Tensor::arange(n, (Kind::Int64, Device::Cpu))
+                            .remainder(m.net.num_classes as i64);
+                        Some(c.accuracy(&x, &labels))
+                    }
+                    _ => None,
+                },
             };
             rec[m.name()] = v.map(Value::from).unwrap_or(Value::Null);
         }
@@ -1926,10 +1985,12 @@ impl SeedState {
         kind: Kind,
     ) -> Result<Self> {
         let z = job::initial_noise_shaped(seed, cfg.num, shape, dev, kind)?;
-        let needs_data = cfg
-            .metrics
-            .iter()
-            .any(|m| matches!(m, Metric::Sw2 | Metric::Mmd | Metric::Fd));
+        let needs_data = cfg.metrics.iter().any(|m| {
+            matches!(
+                m,
+                Metric::Sw2 | Metric::Mmd | Metric::Fd | Metric::ClassAccuracy
+            )
+        });
         let data = if needs_data {
             model.data(cfg.num, seed, 0, dev)?
         } else {
@@ -2032,6 +2093,10 @@ fn metric_title(m: &str) -> (&'static str, &'static str) {
         "sw2" => ("sliced Wasserstein-2 to fresh data", "SW2"),
         "mmd" => ("MMD to fresh data", "MMD"),
         "fd" => ("Fréchet distance on classifier features", "FD"),
+        "class-accuracy" => (
+            "share of samples the classifier puts in their class",
+            "class accuracy",
+        ),
         "input-distance" => (
             "distance to the SDEdit input (RMS over samples)",
             "distance to input",
@@ -2434,14 +2499,20 @@ fn draw(
             }
         }
         let (title, ylabel) = metric_title(m);
-        let floor = floors
-            .get(*m)
-            .map(|f| ("fresh data vs fresh data".to_string(), *f));
+        let floor = floors.get(*m).map(|f| {
+            let what = if *m == "class-accuracy" {
+                "the classifier on fresh data"
+            } else {
+                "fresh data vs fresh data"
+            };
+            (what.to_string(), *f)
+        });
         panels.push(Panel {
             title: title.into(),
             ylabel: ylabel.into(),
             series,
             floor,
+            fraction: *m == "class-accuracy",
         });
     }
     plot::quality_vs_nfe(&dir.join("quality_vs_nfe"), &panels)?;

@@ -91,13 +91,16 @@ pub struct Series {
     pub points: Vec<(f64, f64, f64, f64)>,
 }
 
-/// A log-log panel of quality against NFE.
+/// A panel of quality against NFE: log-log, or with a linear value axis from 0 to 1 for a
+/// fraction (`fraction`).
 pub struct Panel {
     pub title: String,
     pub ylabel: String,
     pub series: Vec<Series>,
     /// A horizontal reference line (e.g. the distance between two fresh data sets).
     pub floor: Option<(String, f64)>,
+    /// The values are fractions in [0, 1] (an accuracy): a linear value axis.
+    pub fraction: bool,
 }
 
 /// A value a log axis can show (plotters' log scale loops on 0 and on the ends of the float range).
@@ -112,12 +115,20 @@ fn draw_panel<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
+    // What the value axis can show: positive values on a log axis, finite ones on a linear one.
+    let showable = |v: f64| {
+        if p.fraction {
+            v.is_finite()
+        } else {
+            plottable(v)
+        }
+    };
     let vals: Vec<f64> = p
         .series
         .iter()
         .flat_map(|s| s.points.iter().flat_map(|q| [q.1, q.2, q.3]))
         .chain(p.floor.iter().map(|f| f.1))
-        .filter(|v| plottable(*v))
+        .filter(|v| showable(*v))
         .collect();
     let nfes: Vec<f64> = p
         .series
@@ -128,17 +139,50 @@ where
     if vals.is_empty() || nfes.is_empty() {
         return Ok(());
     }
-    let (lo, hi) = value_range(&vals);
     let (x0, x1) = (
         nfes.iter().cloned().fold(f64::INFINITY, f64::min) / 1.3,
         nfes.iter().cloned().fold(0.0, f64::max) * 1.3,
     );
-    let mut chart = ChartBuilder::on(area)
+    let dims = area.dim_in_pixel();
+    let mut builder = ChartBuilder::on(area);
+    builder
         .caption(&p.title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d((x0..x1).log_scale(), (lo..hi).log_scale())?;
+        .y_label_area_size(70);
+    if p.fraction {
+        // From below the lowest value to just above 1, where a fraction ends.
+        let min = vals.iter().cloned().fold(1.0, f64::min);
+        let span = (1.0 - min).max(0.02);
+        let (lo, hi) = ((min - 0.15 * span).max(min.min(0.0)), 1.0 + 0.05 * span);
+        let chart = builder.build_cartesian_2d((x0..x1).log_scale(), lo..hi)?;
+        draw_lines(chart, p, dims, (x0, x1), &showable, &|y| {
+            (y - lo) / (hi - lo)
+        })
+    } else {
+        let (lo, hi) = value_range(&vals);
+        let chart = builder.build_cartesian_2d((x0..x1).log_scale(), (lo..hi).log_scale())?;
+        draw_lines(chart, p, dims, (x0, x1), &showable, &|y| {
+            (y / lo).ln() / (hi / lo).ln()
+        })
+    }
+}
+
+/// The axes, lines, floor and legend of a panel on its chart; `unit_y` maps a value to its
+/// height in the plotting area, 0 to 1 (for the legend's placement).
+fn draw_lines<'a, DB, Y>(
+    mut chart: ChartContext<'a, DB, Cartesian2d<LogCoord<f64>, Y>>,
+    p: &Panel,
+    dims: (u32, u32),
+    (x0, x1): (f64, f64),
+    showable: &dyn Fn(f64) -> bool,
+    unit_y: &dyn Fn(f64) -> f64,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    Y: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
+{
     chart
         .configure_mesh()
         .x_desc("NFE")
@@ -153,7 +197,7 @@ where
         let pts: Vec<(f64, f64)> = s
             .points
             .iter()
-            .filter(|q| plottable(q.0) && plottable(q.1))
+            .filter(|q| plottable(q.0) && showable(q.1))
             .map(|q| (q.0, q.1))
             .collect();
         if pts.is_empty() {
@@ -191,11 +235,11 @@ where
         chart.draw_series(
             s.points
                 .iter()
-                .filter(|q| plottable(q.0) && plottable(q.2) && plottable(q.3) && q.3 > q.2)
+                .filter(|q| plottable(q.0) && showable(q.2) && showable(q.3) && q.3 > q.2)
                 .map(|q| PathElement::new(vec![(q.0, q.2), (q.0, q.3)], color.stroke_width(1))),
         )?;
     }
-    if let Some((label, f)) = p.floor.as_ref().filter(|f| plottable(f.1)) {
+    if let Some((label, f)) = p.floor.as_ref().filter(|f| showable(f.1)) {
         chart
             .draw_series(LineSeries::new(
                 vec![(x0, *f), (x1, *f)],
@@ -206,7 +250,7 @@ where
     }
     // The legend goes to the corner that hides the fewest points (its size estimated from the
     // labels: 12 px text, about 7 px per character, 18 px per row, in the plotting area).
-    let (pw, ph) = area.dim_in_pixel();
+    let (pw, ph) = dims;
     let (pw, ph) = ((pw as f64 - 100.0).max(1.0), (ph as f64 - 90.0).max(1.0));
     let rows = p.series.len() + usize::from(p.floor.is_some());
     let chars = p
@@ -220,7 +264,7 @@ where
         ((chars as f64 * 7.0 + 50.0) / pw).min(1.0),
         ((rows as f64 * 18.0 + 16.0) / ph).min(1.0),
     );
-    let (lx, ly) = ((x1 / x0).ln(), (hi / lo).ln());
+    let lx = (x1 / x0).ln();
     let unit: Vec<(f64, f64)> = p
         .series
         .iter()
@@ -229,8 +273,8 @@ where
                 .iter()
                 .flat_map(|q| [(q.0, q.1), (q.0, q.2), (q.0, q.3)])
         })
-        .filter(|q| plottable(q.0) && plottable(q.1))
-        .map(|(x, y)| ((x / x0).ln() / lx, (y / lo).ln() / ly))
+        .filter(|q| plottable(q.0) && showable(q.1))
+        .map(|(x, y)| ((x / x0).ln() / lx, unit_y(y)))
         .collect();
     chart
         .configure_series_labels()
@@ -576,6 +620,52 @@ mod tests {
         );
         // One variant only: no dashes.
         assert_eq!(line_styles(&["euler [a]", "heun [a]"]), [(0, 0), (1, 0)]);
+    }
+
+    #[test]
+    fn a_fraction_panel_has_a_linear_axis_that_shows_zero() {
+        // Accuracies 0 to 1: a linear axis from 0 (a log axis cannot show 0) to just above 1,
+        // ticked in tenths; beside it a log panel.
+        let dir = tempfile::tempdir().unwrap();
+        let series = |v: [f64; 3]| Series {
+            label: "heun".into(),
+            points: vec![
+                (8.0, v[0], v[0], v[0]),
+                (16.0, v[1], v[1], v[1]),
+                (32.0, v[2], v[2], v[2]),
+            ],
+        };
+        let panels = [
+            Panel {
+                title: "accuracy".into(),
+                ylabel: "class accuracy".into(),
+                series: vec![series([0.0, 0.5, 1.0])],
+                floor: Some(("the classifier on fresh data".into(), 1.0)),
+                fraction: true,
+            },
+            Panel {
+                title: "error".into(),
+                ylabel: "FD".into(),
+                series: vec![series([30.0, 10.0, 3.0])],
+                floor: None,
+                fraction: false,
+            },
+        ];
+        let stem = dir.path().join("q");
+        quality_vs_nfe(&stem, &panels).unwrap();
+        let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
+        let texts: Vec<&str> = svg
+            .split("<text")
+            .skip(1)
+            .filter_map(|t| {
+                t.split_once('>')
+                    .map(|(_, r)| r.split('<').next().unwrap().trim())
+            })
+            .collect();
+        for tick in ["0", "0.5", "1", "10"] {
+            assert!(texts.contains(&tick), "no tick {tick}: {texts:?}");
+        }
+        assert!(stem.with_extension("png").exists());
     }
 
     #[test]

@@ -34,9 +34,9 @@ fn partial(c: &Cell, seeds: usize) -> String {
     }
 }
 
-/// Whether larger values of a metric are better (only `mode-coverage`).
+/// Whether larger values of a metric are better (`mode-coverage` and `class-accuracy`).
 fn higher_is_better(metric: &str) -> bool {
-    metric == "mode-coverage"
+    metric == "mode-coverage" || metric == "class-accuracy"
 }
 
 /// Three significant digits, plain for moderate magnitudes, scientific otherwise.
@@ -202,7 +202,7 @@ pub fn markdown(
         "# {title}\n\nMeans over {seeds} seed{} of each sampler at each step count (NFE in \
          parentheses: network evaluations per sample, averaged over seeds), then the best sampler \
          within each budget of evaluations and the cheapest sampler reaching each quality. Lower \
-         is better for every metric but mode-coverage{}.\n",
+         is better for every metric but mode-coverage and class-accuracy{}.\n",
         if seeds == 1 { "" } else { "s" },
         if metrics.iter().any(|(m, _)| *m == "input-distance") {
             " (input-distance is no quality: how much of the SDEdit input is kept)"
@@ -217,11 +217,12 @@ pub fn markdown(
         }
         let floor = floors
             .get(*m)
-            .map(|f| {
-                format!(
+            .map(|f| match *m {
+                "class-accuracy" => format!("; the classifier's on fresh data: {}", fmt3(*f)),
+                _ => format!(
                     "; fresh data's own value (the sampling-noise floor): {}",
                     fmt3(*f)
-                )
+                ),
             })
             .unwrap_or_default();
         out += &format!("\n## {m}: {what}{floor}\n\n");

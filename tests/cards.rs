@@ -1363,3 +1363,133 @@ fn the_ddpm_grids_take_the_cards_chain() {
         stderr(&o)
     );
 }
+
+/// A class-conditional digits card (EDM preconditioning, `classes = 10`) whose denoiser is exact
+/// for point masses at the ten class-mean digits: given class k (< 10) it returns that class's
+/// mean at every noise level, given the null label 10 the posterior mean over all ten.
+fn trace_class_mean_digits(path: &Path) {
+    let digits = scoreflow::data::read_digits(&scoreflow::data::default_digits_path()).unwrap();
+    let labels = digits.labels.as_ref().unwrap();
+    let x = digits.x.flatten(1, -1).to_kind(Kind::Float);
+    let means = Tensor::stack(
+        &(0..10)
+            .map(|k| {
+                x.index_select(0, &labels.eq(k).nonzero().view([-1]))
+                    .mean_dim([0i64].as_slice(), false, Kind::Float)
+            })
+            .collect::<Vec<_>>(),
+        0,
+    );
+    let ins = [
+        Tensor::randn([4, 1, 8, 8], (Kind::Float, Device::Cpu)),
+        Tensor::from_slice(&[-1.5f32, -0.2, 0.4, 1.0]),
+        Tensor::from_slice(&[0i64, 3, 10, 9]),
+    ];
+    let m = CModule::create_by_tracing("ClassMeans", "forward", &ins, &mut |ins| {
+        // EDM: c_noise = ln(s) / 4, c_in = 1 / sqrt(s^2 + 1/4).
+        let s = (&ins[1] * 4.0).exp().unsqueeze(1);
+        let s2 = s.square();
+        let x = ins[0].flatten(1, -1) * (&s2 + 0.25).sqrt();
+        let d2 = (x.unsqueeze(1) - means.unsqueeze(0))
+            .square()
+            .sum_dim_intlist(&[2i64][..], false, Kind::Float);
+        let posterior = (-d2 / (&s2 * 2.0)).softmax(1, Kind::Float).matmul(&means);
+        let label = &ins[2];
+        let given = means.index_select(0, &label.clamp_max(9));
+        let d = given.where_self(&label.ne(10).unsqueeze(1), &posterior);
+        let skip = (&s2 + 0.25).reciprocal() * 0.25;
+        let out = &s * 0.5 * (&s2 + 0.25).rsqrt();
+        vec![((d - skip * &x) / out).view([-1, 1, 8, 8])]
+    })
+    .unwrap();
+    m.save(path).unwrap();
+}
+
+#[test]
+fn class_accuracy_counts_samples_in_the_class_they_were_drawn_for() {
+    // Metric class-accuracy on a card whose class-k denoiser returns class k's mean digit: the
+    // conditional samples (w = 1) are the class means, which the classifier puts in their class;
+    // unconditional ones (w = 0: the null label alone) land on a class mean the noise picks, in
+    // the drawn class about one time in ten. The metric labels sample i with class i mod 10.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    trace_class_mean_digits(&d.join("means.pt"));
+    let card = d.join("means.toml");
+    std::fs::write(
+        &card,
+        format!(
+            "torchscript = \"means.pt\"\nshape = [1, 8, 8]\nclasses = 10\n[precond]\nkind = \"edm\"\n[data]\nkind = \"digits\"\npath = \"{}\"\n",
+            scoreflow::data::default_digits_path().display()
+        ),
+    )
+    .unwrap();
+    let exp = |name: &str, metrics: &str, model_extra: &str| {
+        let path = d.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "out_dir = \"{}\"\ndevice = \"cpu\"\nnum = 200\nseeds = [0]\nsteps = [8]\nmetrics = [{metrics}]\nsamplers = [{{ kind = \"heun\" }}]\n[model]\nkind = \"checkpoint\"\npath = \"{}\"\n{model_extra}\n",
+                d.join(name).display(),
+                card.display()
+            ),
+        )
+        .unwrap();
+        bin().args(["run"]).arg(&path).output().unwrap()
+    };
+    let o = exp(
+        "acc",
+        "\"class-accuracy\", \"fd\"",
+        "conditional = true\nguidance = [0.0, 1.0]",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(d.join("acc/results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let acc = |w: f64| {
+        rows.iter()
+            .find(|r| r["guidance"] == serde_json::json!(w))
+            .unwrap()["class-accuracy"]
+            .as_f64()
+            .unwrap()
+    };
+    let (uncond, cond) = (acc(0.0), acc(1.0));
+    println!("class-accuracy: w = 0 {uncond}, w = 1 {cond}");
+    assert!(cond >= 0.9, "conditional samples in their class: {cond}");
+    assert!(
+        uncond < 0.3,
+        "unconditional samples in the drawn class: {uncond}"
+    );
+    // The floor: the classifier on fresh training digits with their own labels.
+    let floors: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("acc/floors.json")).unwrap()).unwrap();
+    let floor = floors["class-accuracy"].as_f64().unwrap();
+    assert!(floor > 0.9 && floor <= 1.0, "{floor}");
+    assert!(floors["fd"].as_f64().unwrap() > 0.0);
+    // Higher is better: the summary ranks the conditional cell first within the budget.
+    let summary = std::fs::read_to_string(d.join("acc/summary.md")).unwrap();
+    assert!(
+        summary.contains("## class-accuracy: ") && summary.contains("| 15 | heun @ w=1 | 8 | 15 |"),
+        "{summary}"
+    );
+    // Refused before any work: unconditional sampling, or a model without labelled images.
+    let o = exp("uncond", "\"class-accuracy\"", "");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("metric class-accuracy needs class-conditional sampling"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d.join("uncond").exists());
+    let text = std::fs::read_to_string(&card).unwrap();
+    std::fs::write(&card, &text[..text.find("[data]").unwrap()]).unwrap();
+    let o = exp("nodata", "\"class-accuracy\"", "conditional = true");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("metric class-accuracy needs a checkpoint trained on labelled images; this one has no [data] table"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d.join("nodata").exists());
+}
