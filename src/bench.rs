@@ -28,7 +28,8 @@ pub struct BenchArgs {
     /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
-    /// Comma-separated sampler names (default: all).
+    /// Comma-separated samplers, each a name or name(key=value, ...) with the config keys, as in
+    /// compare (default: all).
     #[arg(long)]
     pub solvers: Option<String>,
     #[command(flatten)]

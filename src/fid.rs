@@ -108,6 +108,7 @@ pub struct EvalDigitsArgs {
     /// Sampler: a name, or name(key=value, ...) as in compare and bench.
     #[arg(long, default_value = "heun")]
     pub solver: String,
+    /// Steps of the Karras grid over the checkpoint's noise range.
     #[arg(long, default_value_t = 18)]
     pub steps: usize,
     /// Guidance weight for class-conditional models (1: plain conditional).
@@ -117,6 +118,7 @@ pub struct EvalDigitsArgs {
     /// 2024).
     #[arg(long, allow_hyphen_values = true)]
     pub guidance_interval: Option<String>,
+    /// Seeds the classifier's training and the samples' noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// PNG grid of samples (one row per class for conditional models).

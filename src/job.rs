@@ -388,11 +388,13 @@ pub struct SamplerArgs {
     /// euler, heun, heunpp2, dpm2, edm-stochastic, edm-ablation, restart: EDM's S_churn (0 = no churn).
     #[arg(long)]
     pub s_churn: Option<f64>,
-    /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: S_tmin (no churn below it);
+    /// euler, heun, heunpp2, dpm2, edm-stochastic, edm-ablation, restart: S_tmin (no churn
+    /// below it);
     /// sa-solver, sa-solver-comfy: no noise (tau = 0) below it.
     #[arg(long)]
     pub s_tmin: Option<f64>,
-    /// euler, heun, dpm2, edm-stochastic, edm-ablation, restart: S_tmax (no churn above it);
+    /// euler, heun, heunpp2, dpm2, edm-stochastic, edm-ablation, restart: S_tmax (no churn
+    /// above it);
     /// sa-solver, sa-solver-comfy: no noise (tau = 0) above it.
     #[arg(long)]
     pub s_tmax: Option<f64>,

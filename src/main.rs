@@ -201,7 +201,7 @@ struct SampleArgs {
     /// fractional one (as ComfyUI does; k-diffusion's quantize=True).
     #[arg(long)]
     quantize: bool,
-    /// Sampler name (see docs/samplers/).
+    /// Sampler name (see docs/samplers/; `scoreflow samplers` lists them). Also --sampler.
     #[arg(long, alias = "sampler")]
     solver: String,
     /// Number of steps (grid levels minus one).
