@@ -111,6 +111,7 @@ fn plottable(v: f64) -> bool {
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     p: &Panel,
+    look: &Looks,
 ) -> Result<(), Box<dyn std::error::Error>>
 where
     DB::ErrorType: 'static,
@@ -156,13 +157,13 @@ where
         let span = (1.0 - min).max(0.02);
         let (lo, hi) = ((min - 0.15 * span).max(min.min(0.0)), 1.0 + 0.05 * span);
         let chart = builder.build_cartesian_2d((x0..x1).log_scale(), lo..hi)?;
-        draw_lines(chart, p, dims, (x0, x1), &showable, &|y| {
+        draw_lines(chart, p, look, dims, (x0, x1), &showable, &|y| {
             (y - lo) / (hi - lo)
         })
     } else {
         let (lo, hi) = value_range(&vals);
         let chart = builder.build_cartesian_2d((x0..x1).log_scale(), (lo..hi).log_scale())?;
-        draw_lines(chart, p, dims, (x0, x1), &showable, &|y| {
+        draw_lines(chart, p, look, dims, (x0, x1), &showable, &|y| {
             (y / lo).ln() / (hi / lo).ln()
         })
     }
@@ -173,6 +174,7 @@ where
 fn draw_lines<'a, DB, Y>(
     mut chart: ChartContext<'a, DB, Cartesian2d<LogCoord<f64>, Y>>,
     p: &Panel,
+    look: &Looks,
     dims: (u32, u32),
     (x0, x1): (f64, f64),
     showable: &dyn Fn(f64) -> bool,
@@ -191,9 +193,10 @@ where
         .y_desc(p.ylabel.as_str())
         .label_style(("sans-serif", 13))
         .draw()?;
-    let labels: Vec<&str> = p.series.iter().map(|s| s.label.as_str()).collect();
-    let styles = line_styles(&labels);
-    for (s, &(c, dash)) in p.series.iter().zip(&styles) {
+    // With the figure's legend beside the panels, a panel's own legend has only its floor line.
+    let own = look.shared.is_none();
+    for s in &p.series {
+        let (c, dash) = look.style(&s.label);
         let pts: Vec<(f64, f64)> = s
             .points
             .iter()
@@ -206,22 +209,21 @@ where
         let color = series_color(c);
         let (on, off) = DASHES[dash];
         if on == 0 {
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
-                .label(s.label.as_str())
-                .legend(move |(x, y)| {
+            let drawn = chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?;
+            if own {
+                drawn.label(s.label.as_str()).legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });
+            }
         } else {
-            chart
-                .draw_series(DashedLineSeries::new(
-                    pts.clone(),
-                    on,
-                    off,
-                    color.stroke_width(2),
-                ))?
-                .label(s.label.as_str())
-                .legend(move |(x, y)| {
+            let drawn = chart.draw_series(DashedLineSeries::new(
+                pts.clone(),
+                on,
+                off,
+                color.stroke_width(2),
+            ))?;
+            if own {
+                drawn.label(s.label.as_str()).legend(move |(x, y)| {
                     plotters::element::DashedPathElement::new(
                         vec![(x, y), (x + 24, y)],
                         on.min(6),
@@ -229,6 +231,7 @@ where
                         color.stroke_width(2),
                     )
                 });
+            }
         }
         chart.draw_series(pts.iter().map(|q| Circle::new(*q, 3, color.filled())))?;
         // The spread over seeds as vertical bars.
@@ -252,12 +255,21 @@ where
     // labels: 12 px text, about 7 px per character, 18 px per row, in the plotting area).
     let (pw, ph) = dims;
     let (pw, ph) = ((pw as f64 - 100.0).max(1.0), (ph as f64 - 90.0).max(1.0));
-    let rows = p.series.len() + usize::from(p.floor.is_some());
-    let chars = p
+    let floor_shown = p.floor.as_ref().is_some_and(|f| showable(f.1));
+    let in_legend: Vec<&str> = p
         .series
         .iter()
-        .map(|s| s.label.chars().count())
-        .chain(p.floor.iter().map(|f| f.0.chars().count()))
+        .filter(|_| own)
+        .map(|s| s.label.as_str())
+        .chain(p.floor.iter().filter(|_| floor_shown).map(|f| f.0.as_str()))
+        .collect();
+    if in_legend.is_empty() {
+        return Ok(());
+    }
+    let rows = in_legend.len();
+    let chars = in_legend
+        .iter()
+        .map(|l| l.chars().count())
         .max()
         .unwrap_or(0);
     let size = (
@@ -472,19 +484,183 @@ pub fn trajectories(stem: &Path, panels: &[(String, Vec<Vec<[f64; 2]>>)]) -> Res
 pub fn quality_vs_nfe(stem: &Path, panels: &[Panel]) -> Result<()> {
     let cols = panels.len().clamp(1, 2);
     let rows = panels.len().div_ceil(cols).max(1);
-    render(stem, (640 * cols as u32, 540 * rows as u32), |svg, png| {
+    let look = Looks::of(panels);
+    let (pw, ph) = (640 * cols as u32, 540 * rows as u32);
+    let side = look.shared.as_ref().map_or(0, |e| legend_width(e, ph));
+    render(stem, (pw + side, ph), |svg, png| {
         if let Some(a) = svg {
-            for (area, p) in a.split_evenly((rows, cols)).iter().zip(panels) {
-                draw_panel(area, p)?;
+            let (left, right) = a.split_horizontally(pw);
+            for (area, p) in left.split_evenly((rows, cols)).iter().zip(panels) {
+                draw_panel(area, p, &look)?;
+            }
+            if let Some(e) = &look.shared {
+                draw_legend(&right, e)?;
             }
         }
         if let Some(a) = png {
-            for (area, p) in a.split_evenly((rows, cols)).iter().zip(panels) {
-                draw_panel(area, p)?;
+            let (left, right) = a.split_horizontally(pw);
+            for (area, p) in left.split_evenly((rows, cols)).iter().zip(panels) {
+                draw_panel(area, p, &look)?;
+            }
+            if let Some(e) = &look.shared {
+                draw_legend(&right, e)?;
             }
         }
         Ok(())
     })
+}
+
+/// The most lines a panel's own legend lists; with more, the figure gets one legend beside its
+/// panels.
+const LEGEND_IN_PANEL: usize = 10;
+
+/// One row of the figure's legend: a line sample (`color` None: black) and its text.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    text: String,
+    color: Option<usize>,
+    dash: usize,
+}
+
+/// The lines' styles across a figure, and its legend where it is drawn beside the panels.
+struct Looks {
+    styles: std::collections::HashMap<String, (usize, usize)>,
+    shared: Option<Vec<Entry>>,
+}
+
+impl Looks {
+    /// Every line's `(color, dash)` from the labels of all panels (a line keeps its style from
+    /// panel to panel, even where a panel lacks another line); with more lines than
+    /// [`LEGEND_IN_PANEL`], a legend beside the panels, factored where the lines are names times
+    /// variants (`name @ variant`, `name [variant]`): one row per name in its color, one per
+    /// variant in its dash pattern.
+    fn of(panels: &[Panel]) -> Looks {
+        let mut labels: Vec<&str> = Vec::new();
+        for s in panels.iter().flat_map(|p| &p.series) {
+            if !labels.contains(&s.label.as_str()) {
+                labels.push(&s.label);
+            }
+        }
+        let styles = line_styles(&labels);
+        let shared = (labels.len() > LEGEND_IN_PANEL).then(|| legend_entries(&labels, &styles));
+        Looks {
+            styles: labels.iter().map(|l| l.to_string()).zip(styles).collect(),
+            shared,
+        }
+    }
+
+    fn style(&self, label: &str) -> (usize, usize) {
+        self.styles.get(label).copied().unwrap_or((0, 0))
+    }
+}
+
+/// The rows of a legend for `labels` styled `styles`: factored into names and variants where
+/// every variant has its own dash pattern, else one row per line.
+fn legend_entries(labels: &[&str], styles: &[(usize, usize)]) -> Vec<Entry> {
+    let split = |l: &str| -> (String, String) {
+        let cut = [l.find(" @ "), l.find(" [")].into_iter().flatten().min();
+        match cut {
+            Some(i) => (l[..i].to_string(), l[i..].trim().to_string()),
+            None => (l.to_string(), String::new()),
+        }
+    };
+    let mut names: Vec<(String, usize)> = Vec::new();
+    let mut variants: Vec<(String, usize)> = Vec::new();
+    for (l, &(c, d)) in labels.iter().zip(styles) {
+        let (n, v) = split(l);
+        if !names.iter().any(|(m, _)| *m == n) {
+            names.push((n, c));
+        }
+        if !variants.iter().any(|(w, _)| *w == v) {
+            variants.push((v, d));
+        }
+    }
+    // Factored only where each variant has a dash pattern of its own (at most DASHES.len()).
+    let dashes: std::collections::BTreeSet<usize> = variants.iter().map(|v| v.1).collect();
+    if variants.len() >= 2
+        && dashes.len() == variants.len()
+        && names.len() + variants.len() < labels.len()
+    {
+        names
+            .into_iter()
+            .map(|(text, c)| Entry {
+                text,
+                color: Some(c),
+                dash: 0,
+            })
+            .chain(variants.into_iter().map(|(text, d)| Entry {
+                text,
+                color: None,
+                dash: d,
+            }))
+            .collect()
+    } else {
+        labels
+            .iter()
+            .zip(styles)
+            .map(|(l, &(c, d))| Entry {
+                text: l.to_string(),
+                color: Some(c),
+                dash: d,
+            })
+            .collect()
+    }
+}
+
+/// Legend rows: 18 px apart, from 40 px down.
+const LEGEND_ROW: u32 = 18;
+
+/// The width of the legend beside panels `height` px high: columns of rows, 7 px per character
+/// of the longest text and 66 px for the line sample and margins.
+fn legend_width(entries: &[Entry], height: u32) -> u32 {
+    let per_col = ((height.saturating_sub(50)) / LEGEND_ROW).max(1) as usize;
+    let cols = entries.len().div_ceil(per_col).max(1) as u32;
+    let chars = entries
+        .iter()
+        .map(|e| e.text.chars().count())
+        .max()
+        .unwrap_or(0) as u32;
+    cols * (chars * 7 + 66) + 10
+}
+
+/// The legend beside the panels, in columns.
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    entries: &[Entry],
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    let (_, h) = area.dim_in_pixel();
+    let per_col = ((h.saturating_sub(50)) / LEGEND_ROW).max(1) as usize;
+    let chars = entries
+        .iter()
+        .map(|e| e.text.chars().count())
+        .max()
+        .unwrap_or(0) as i32;
+    let font = ("sans-serif", 12).into_font();
+    for (i, e) in entries.iter().enumerate() {
+        let x = 5 + (i / per_col) as i32 * (chars * 7 + 66);
+        let y = 40 + (i % per_col) as i32 * LEGEND_ROW as i32;
+        let color = e.color.map_or(BLACK.to_rgba(), series_color);
+        let (on, off) = DASHES[e.dash];
+        // A sample long enough to show the whole dash pattern.
+        if on == 0 {
+            area.draw(&PathElement::new(
+                vec![(x, y), (x + 40, y)],
+                color.stroke_width(2),
+            ))?;
+        } else {
+            area.draw(&plotters::element::DashedPathElement::new(
+                vec![(x, y), (x + 40, y)],
+                on,
+                off,
+                color.stroke_width(2),
+            ))?;
+        }
+        area.draw(&Text::new(e.text.clone(), (x + 48, y - 7), font.clone()))?;
+    }
+    Ok(())
 }
 
 /// A grid of 2-D scatter plots, as `stem.svg` and `stem.png`.
@@ -666,6 +842,111 @@ mod tests {
             assert!(texts.contains(&tick), "no tick {tick}: {texts:?}");
         }
         assert!(stem.with_extension("png").exists());
+    }
+
+    /// A panel with one point per label.
+    fn lines(labels: &[String]) -> Panel {
+        Panel {
+            title: "t".into(),
+            ylabel: "y".into(),
+            series: labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| Series {
+                    label: l.clone(),
+                    points: vec![(8.0, 1.0 + i as f64, 1.0 + i as f64, 1.0 + i as f64)],
+                })
+                .collect(),
+            floor: None,
+            fraction: false,
+        }
+    }
+
+    #[test]
+    fn many_lines_get_one_legend_beside_the_panels_factored_into_names_and_variants() {
+        let names = ["euler", "heun", "dpmpp-2m", "euler-cfgpp"];
+        let grid = |variants: &[&str]| -> Vec<String> {
+            names
+                .iter()
+                .flat_map(|n| variants.iter().map(move |v| format!("{n} @ {v}")))
+                .collect()
+        };
+        // Four names times three weights: 12 lines, a legend of 4 + 3 rows beside the panels.
+        let labels = grid(&["w=0.5", "w=1", "w=2"]);
+        let look = Looks::of(&[lines(&labels)]);
+        let rows = look.shared.as_ref().unwrap();
+        let texts: Vec<&str> = rows.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "euler",
+                "heun",
+                "dpmpp-2m",
+                "euler-cfgpp",
+                "@ w=0.5",
+                "@ w=1",
+                "@ w=2"
+            ]
+        );
+        assert!(rows[..4].iter().all(|e| e.color.is_some() && e.dash == 0));
+        let dashes: Vec<usize> = rows[4..].iter().map(|e| e.dash).collect();
+        assert_eq!(dashes, [0, 1, 2]);
+        assert!(rows[4..].iter().all(|e| e.color.is_none()));
+        // Each line's style is its name's color and its variant's dash.
+        for (i, l) in labels.iter().enumerate() {
+            assert_eq!(look.style(l), (i / 3, i % 3));
+        }
+        // Styles belong to the figure: where the first panel lacks euler's lines, heun still has
+        // one color for its three lines and euler another (per panel, heun took euler's color in
+        // the first panel and its own in the second).
+        let other = Looks::of(&[lines(&labels[3..]), lines(&labels)]);
+        let colors: std::collections::BTreeSet<usize> =
+            labels.iter().map(|l| other.style(l).0).collect();
+        assert_eq!(colors.len(), 4);
+        for n in 0..4 {
+            let c: std::collections::BTreeSet<usize> = labels[3 * n..3 * n + 3]
+                .iter()
+                .map(|l| other.style(l).0)
+                .collect();
+            assert_eq!(c.len(), 1);
+        }
+        // More variants than dash patterns: one row per line.
+        let five = grid(&["a", "b", "c", "d", "e"]);
+        assert_eq!(Looks::of(&[lines(&five)]).shared.unwrap().len(), 20);
+        // Few lines: the panels' own legends, as before.
+        assert!(Looks::of(&[lines(&grid(&["w=1", "w=2"])[..6])])
+            .shared
+            .is_none());
+        // Drawn: the figure is wider than its two panels, and the legend names each name and
+        // each variant once, no line's whole label.
+        let dir = tempfile::tempdir().unwrap();
+        let stem = dir.path().join("q");
+        quality_vs_nfe(&stem, &[lines(&labels), lines(&labels)]).unwrap();
+        let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
+        let width: u32 = svg
+            .split("width=\"")
+            .nth(1)
+            .and_then(|w| w.split('"').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(width > 1280, "{width}");
+        let texts: Vec<&str> = svg
+            .split("<text")
+            .skip(1)
+            .filter_map(|t| {
+                t.split_once('>')
+                    .map(|(_, r)| r.split('<').next().unwrap().trim())
+            })
+            .collect();
+        for t in ["euler", "heun", "@ w=0.5", "@ w=2"] {
+            assert_eq!(
+                texts.iter().filter(|x| **x == t).count(),
+                1,
+                "{t}: {texts:?}"
+            );
+        }
+        assert!(!texts.contains(&"euler @ w=1"), "{texts:?}");
     }
 
     #[test]
