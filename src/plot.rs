@@ -38,18 +38,24 @@ fn series_color(i: usize) -> RGBAColor {
 /// Dash patterns `(dash, gap)` in pixels for the variants of one line (0: solid).
 const DASHES: [(u32, u32); 4] = [(0, 0), (9, 5), (3, 4), (16, 5)];
 
+/// A line's label cut into its sampler's name and its variant (`@ w=2`, `[folder]`; empty
+/// where there is none).
+fn name_and_variant(label: &str) -> (String, String) {
+    let cut = [label.find(" @ "), label.find(" [")]
+        .into_iter()
+        .flatten()
+        .min();
+    match cut {
+        Some(i) => (label[..i].to_string(), label[i..].trim().to_string()),
+        None => (label.to_string(), String::new()),
+    }
+}
+
 /// Each line's `(color, dash)`: lines labelled `name @ variant` or `name [variant]` (a sampler
 /// on several grids, or in several merged experiments) take one color per name and one dash
 /// pattern per variant, where there are several variants; otherwise one color per line, solid.
 pub fn line_styles(labels: &[&str]) -> Vec<(usize, usize)> {
-    let split = |l: &str| -> (String, String) {
-        let cut = [l.find(" @ "), l.find(" [")].into_iter().flatten().min();
-        match cut {
-            Some(i) => (l[..i].to_string(), l[i..].to_string()),
-            None => (l.to_string(), String::new()),
-        }
-    };
-    let parts: Vec<(String, String)> = labels.iter().map(|l| split(l)).collect();
+    let parts: Vec<(String, String)> = labels.iter().map(|l| name_and_variant(l)).collect();
     let mut names: Vec<&String> = Vec::new();
     let mut variants: Vec<&String> = Vec::new();
     for (n, v) in &parts {
@@ -557,17 +563,10 @@ impl Looks {
 /// The rows of a legend for `labels` styled `styles`: factored into names and variants where
 /// every variant has its own dash pattern, else one row per line.
 fn legend_entries(labels: &[&str], styles: &[(usize, usize)]) -> Vec<Entry> {
-    let split = |l: &str| -> (String, String) {
-        let cut = [l.find(" @ "), l.find(" [")].into_iter().flatten().min();
-        match cut {
-            Some(i) => (l[..i].to_string(), l[i..].trim().to_string()),
-            None => (l.to_string(), String::new()),
-        }
-    };
     let mut names: Vec<(String, usize)> = Vec::new();
     let mut variants: Vec<(String, usize)> = Vec::new();
     for (l, &(c, d)) in labels.iter().zip(styles) {
-        let (n, v) = split(l);
+        let (n, v) = name_and_variant(l);
         if !names.iter().any(|(m, _)| *m == n) {
             names.push((n, c));
         }
@@ -830,18 +829,22 @@ mod tests {
         let stem = dir.path().join("q");
         quality_vs_nfe(&stem, &panels).unwrap();
         let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
-        let texts: Vec<&str> = svg
-            .split("<text")
+        let texts = svg_texts(&svg);
+        for tick in ["0", "0.5", "1", "10"] {
+            assert!(texts.contains(&tick), "no tick {tick}: {texts:?}");
+        }
+        assert!(stem.with_extension("png").exists());
+    }
+
+    /// The texts of an SVG's `<text>` elements.
+    fn svg_texts(svg: &str) -> Vec<&str> {
+        svg.split("<text")
             .skip(1)
             .filter_map(|t| {
                 t.split_once('>')
                     .map(|(_, r)| r.split('<').next().unwrap().trim())
             })
-            .collect();
-        for tick in ["0", "0.5", "1", "10"] {
-            assert!(texts.contains(&tick), "no tick {tick}: {texts:?}");
-        }
-        assert!(stem.with_extension("png").exists());
+            .collect()
     }
 
     /// A panel with one point per label.
@@ -931,14 +934,7 @@ mod tests {
             .parse()
             .unwrap();
         assert!(width > 1280, "{width}");
-        let texts: Vec<&str> = svg
-            .split("<text")
-            .skip(1)
-            .filter_map(|t| {
-                t.split_once('>')
-                    .map(|(_, r)| r.split('<').next().unwrap().trim())
-            })
-            .collect();
+        let texts = svg_texts(&svg);
         for t in ["euler", "heun", "@ w=0.5", "@ w=2"] {
             assert_eq!(
                 texts.iter().filter(|x| **x == t).count(),
