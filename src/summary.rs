@@ -163,13 +163,35 @@ fn targets(cells: &[Cell]) -> Vec<f64> {
     out
 }
 
-/// The cheapest cell (fewest mean evaluations; then the lower value) whose mean is at most
-/// `target`.
-fn cheapest_reaching(cells: &[Cell], target: f64) -> Option<&Cell> {
+/// Quality targets for a higher-is-better metric (a fraction: an accuracy, a coverage): those of
+/// 0.5, 0.9, 0.99 and 1 that some cell reaches and some does not (from the loosest up).
+fn targets_at_least(cells: &[Cell]) -> Vec<f64> {
+    [0.5, 0.9, 0.99, 1.0]
+        .into_iter()
+        .filter(|&t| cells.iter().any(|c| c.mean >= t) && cells.iter().any(|c| c.mean < t))
+        .collect()
+}
+
+/// The cheapest cell (fewest mean evaluations; then the better value) whose mean reaches
+/// `target`: at most it, or at least it where higher is better.
+fn cheapest_reaching(cells: &[Cell], target: f64, higher: bool) -> Option<&Cell> {
     cells
         .iter()
-        .filter(|c| c.mean <= target)
-        .min_by(|a, b| a.nfe.total_cmp(&b.nfe).then(a.mean.total_cmp(&b.mean)))
+        .filter(|c| {
+            if higher {
+                c.mean >= target
+            } else {
+                c.mean <= target
+            }
+        })
+        .min_by(|a, b| {
+            let better = if higher {
+                b.mean.total_cmp(&a.mean)
+            } else {
+                a.mean.total_cmp(&b.mean)
+            };
+            a.nfe.total_cmp(&b.nfe).then(better)
+        })
 }
 
 /// The summary of `rows` (an experiment's cells, sorted by seed, sampler, steps) for `metrics`
@@ -285,19 +307,21 @@ pub fn markdown(
             );
         }
         // The other way round: the fewest evaluations that reach a quality.
-        let goals = if higher_is_better(m) {
-            Vec::new()
+        let higher = higher_is_better(m);
+        let goals = if higher {
+            targets_at_least(&cells)
         } else {
             targets(&cells)
         };
         if !goals.is_empty() {
             out += &format!(
-                "\n| {m} at most | cheapest sampler | steps | NFE | {m} |\n|---|---|---|---|---|\n"
+                "\n| {m} at {} | cheapest sampler | steps | NFE | {m} |\n|---|---|---|---|---|\n",
+                if higher { "least" } else { "most" }
             );
             // A target whose cheapest cell also reaches the next, tighter one is left out.
             let mut rows: Vec<(f64, &Cell)> = Vec::new();
             for t in goals {
-                if let Some(c) = cheapest_reaching(&cells, t) {
+                if let Some(c) = cheapest_reaching(&cells, t, higher) {
                     if rows.last().is_some_and(|(_, p)| std::ptr::eq(*p, c)) {
                         rows.pop();
                     }
@@ -388,17 +412,38 @@ mod tests {
             !md.contains("| 1.00 |") && !md.contains("| 0.0100 |"),
             "{md}"
         );
-        // No such table for mode-coverage (higher is better).
-        let cov: Vec<Value> = rows
-            .iter()
-            .map(|r| {
-                let mut r = r.clone();
-                r["mode-coverage"] = r["rms"].clone();
-                r
-            })
-            .collect();
-        let md = markdown("t", &cov, &[("mode-coverage", "c")], &BTreeMap::new(), &[]);
-        assert!(!md.contains("| mode-coverage at most |"), "{md}");
+        // Where higher is better (class-accuracy, mode-coverage), the cheapest cell reaching
+        // at least 0.5, 0.9, 0.99 and 1 where some cell does and some does not.
+        let acc = |label: &str, steps: u64, nfe: u64, v: f64| {
+            row(label, label, steps, nfe, 0, ("class-accuracy", v))
+        };
+        let rows = vec![
+            acc("euler", 4, 4, 0.6),
+            acc("euler", 8, 8, 0.95),
+            acc("euler", 16, 16, 0.992),
+            acc("heun", 4, 7, 0.4),
+            acc("heun", 8, 15, 1.0),
+        ];
+        let md = markdown(
+            "t",
+            &rows,
+            &[("class-accuracy", "a")],
+            &BTreeMap::new(),
+            &[],
+        );
+        assert!(
+            md.contains(
+                "| class-accuracy at least | cheapest sampler | steps | NFE | class-accuracy |"
+            ),
+            "{md}"
+        );
+        assert!(!md.contains("class-accuracy at most"), "{md}");
+        assert!(md.contains("| 0.500 | euler | 4 | 4 | 0.600 |"), "{md}");
+        assert!(md.contains("| 0.900 | euler | 8 | 8 | 0.950 |"), "{md}");
+        // 0.99 and 1: euler at 16 reaches 0.99 with 16 NFE; heun at 15 reaches both, cheaper,
+        // so it is listed once, at 1.
+        assert!(!md.contains("| 0.990 |"), "{md}");
+        assert!(md.contains("| 1.00 | heun | 8 | 15 | 1.00 |"), "{md}");
     }
 
     #[test]
