@@ -1275,6 +1275,26 @@ fn cuda_and_cpu_agree_on_the_digits_unet_with_and_without_graphs() {
     }
 }
 
+#[test]
+fn k_diffusion_and_diffusers_agree_at_three_steps() {
+    // The same comparison on the exact mixture at 3 steps, where the samplers' start-up and
+    // last-step rules make up the whole run (the step from 80 spans most of the range): every
+    // k-diffusion, diffusers and scipy check agrees but diffusers' PNDM with its Runge-Kutta
+    // start, which diffusers cannot run on fewer than 4 steps (skipped by peers.py).
+    let dir = tempfile::tempdir().unwrap();
+    let Some(v) = peers(&["--check-only", "--steps", "3"], dir.path()) else {
+        return;
+    };
+    let checks = v["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 77);
+    for c in checks {
+        assert_eq!(c["agree"], true, "{c}");
+    }
+    let dpm_fast = checks.iter().find(|c| c["sampler"] == "dpm-fast").unwrap();
+    // One second-order step over most of the range ends far from the data, on both sides.
+    assert!(dpm_fast["max_abs"].as_f64().unwrap() > 100.0, "{dpm_fast}");
+}
+
 /// `python3 experiments/peers/peers.py ARGS --out DIR` with k-diffusion on the path (installed by
 /// scripts/test.sh into .peers/site), and the peers.json it wrote; None (after printing why)
 /// where k-diffusion is not installed.
