@@ -2784,10 +2784,11 @@ fn rectified_flow_matches_diffusers_flow_match_schedulers() {
 
 #[test]
 fn dpm_multistep_lowers_its_final_orders_as_diffusers_does() {
-    // On an 8-step grid diffusers' DPMSolverMultistepScheduler (lower_order_final) takes the
+    // On an 8-step grid diffusers' DPMSolverMultistepScheduler with lower_order_final takes the
     // step before the last at second order: dpm-multistep of order 3 gives its samples in the
     // data-prediction, noise-prediction and SDE forms, while dpmpp-3m (k-diffusion's 3M, third
-    // order there) does not (exit code 1 for that disagreement).
+    // order there) does not (exit code 1 for that disagreement, the opt-in contrast
+    // dpmpp-3m-diffusers-lower-final); without lower_order_final diffusers gives dpmpp-3m's.
     let dir = tempfile::tempdir().unwrap();
     let Some(v) = peers_exit(
         &[
@@ -2795,7 +2796,8 @@ fn dpm_multistep_lowers_its_final_orders_as_diffusers_does() {
             "--steps",
             "8",
             "--check-samplers",
-            "dpm-multistep-3,dpm-multistep-3-eps,dpm-multistep-3-sde,dpmpp-3m-diffusers",
+            "dpm-multistep-3,dpm-multistep-3-eps,dpm-multistep-3-sde,dpmpp-3m-diffusers,\
+             dpmpp-3m-diffusers-lower-final",
         ],
         dir.path(),
         1,
@@ -2803,11 +2805,11 @@ fn dpm_multistep_lowers_its_final_orders_as_diffusers_does() {
         return;
     };
     let checks = v["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 4);
+    assert_eq!(checks.len(), 5);
     for c in checks {
-        let ours = c["sampler"].as_str().unwrap().starts_with("dpm-multistep");
-        assert_eq!(c["agree"], ours, "{c}");
-        if !ours {
+        let contrast = c["sampler"] == "dpmpp-3m-diffusers-lower-final";
+        assert_eq!(c["agree"], !contrast, "{c}");
+        if contrast {
             assert!(c["max_abs_diff"].as_f64().unwrap() > 0.1, "{c}");
         }
     }

@@ -590,6 +590,9 @@ def _kd_dpm_fast(eta=0.0, s_noise=1.0):
 # sees rounding noise in its error estimate near sigma_min, where x - D cancels (SCIPY_CHECKS).
 FLOAT64_CHECKS = {"dpm-adaptive-eta0.5", "rk45-float64"}
 
+# Checks run only where --check-samplers names them (expected to disagree: contrasts).
+OPT_IN_CHECKS = {"dpmpp-3m-diffusers-lower-final"}
+
 # The checks with PNDM's Runge-Kutta start-up, which diffusers runs only from 4 steps on.
 PRK_CHECKS = {"pndm", "pndm-smax2"}
 
@@ -959,18 +962,19 @@ def _x0_scheduler_with_step_noise(mod, sch, model, x, grid, noise, last_d=False)
         mod.randn_tensor = saved
 
 
-def _diffusers_multistep(order, solver_type):
+def _diffusers_multistep(order, solver_type, lower_order_final=False):
     """diffusers' DPMSolverMultistepScheduler (DPM-Solver++, final sigma 0, whose last step is
     first order) with its sigmas set to scoreflow's grid: a second implementation of dpmpp-2m
     (order 2, midpoint) and dpmpp-3m (order 3; its second-order start-up step is the "heun" form,
     as in k-diffusion's sample_dpmpp_3m_sde). Without lower_order_final, which below 15 steps
     would also take the second-to-last step at order 2 (k-diffusion's samplers and dpmpp-2m/3m
-    do not; dpm-multistep does, checked with _diffusers_multistep_full)."""
+    do not; dpm-multistep does, checked with _diffusers_multistep_full); with it, the contrast
+    OPT_IN_CHECKS names."""
 
     def run(diffusers, model, x, sigmas, grid, noise):
         sch = diffusers[9].DPMSolverMultistepScheduler(
             solver_order=order, prediction_type="sample", algorithm_type="dpmsolver++",
-            solver_type=solver_type, lower_order_final=False, final_sigmas_type="zero")
+            solver_type=solver_type, lower_order_final=lower_order_final, final_sigmas_type="zero")
         return _x0_scheduler_on_grid(sch, model, x, grid, last_d=False)
 
     return run
@@ -1195,6 +1199,10 @@ DIFFUSERS_CHECKS = {
     "plms": (["--solver", "pndm", "--skip-prk-steps", "true"], _diffusers_pndm(True)),
     "dpmpp-2m-diffusers": (["--solver", "dpmpp-2m"], _diffusers_multistep(2, "midpoint")),
     "dpmpp-3m-diffusers": (["--solver", "dpmpp-3m"], _diffusers_multistep(3, "heun")),
+    # A contrast, run only where --check-samplers names it (OPT_IN_CHECKS): diffusers' default
+    # lower_order_final, which below 15 steps takes the second-to-last step at order 2 where
+    # dpmpp-3m takes it at order 3, so they disagree there.
+    "dpmpp-3m-diffusers-lower-final": (["--solver", "dpmpp-3m"], _diffusers_multistep(3, "heun", True)),
     "dpmpp-2m-sde-diffusers": (["--solver", "dpmpp-2m-sde"], _diffusers_multistep_sde("midpoint")),
     "dpmpp-2m-sde-heun-diffusers": (["--solver", "dpmpp-2m-sde", "--solver-type", "heun"],
                                     _diffusers_multistep_sde("heun")),
@@ -1508,8 +1516,9 @@ def main():
     ap.add_argument("--check-only", action="store_true", help="only check that the samples agree (no timing)")
     known_checks = list(CHECKS) + list(DIFFUSERS_CHECKS) + list(SCIPY_CHECKS)
     ap.add_argument("--check-samplers",
-                    help=f"samplers whose samples are compared, of {','.join(known_checks)} (default: all; the "
-                         "diffusers ones only where diffusers can be imported)")
+                    help=f"samplers whose samples are compared, of {','.join(known_checks)} (default: all but "
+                         f"the contrasts {','.join(sorted(OPT_IN_CHECKS))}; the diffusers ones only where "
+                         "diffusers can be imported)")
     ap.add_argument("--diffusers-site", default=os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".peers", "diffusers")),
                     help="folder with diffusers installed (scripts/peers-setup.sh puts it there)")
     ap.add_argument("--check-noise-seed", type=int,
@@ -1532,7 +1541,8 @@ def main():
     train_modes = [m for m in a.train_modes.split(",") if m]
     if set(train_modes) - set(TRAIN_MODES):
         ap.error(f"unknown --train-modes {sorted(set(train_modes) - set(TRAIN_MODES))}")
-    check_names = [c for c in (a.check_samplers or ",".join(known_checks)).split(",") if c]
+    default_checks = ",".join(c for c in known_checks if c not in OPT_IN_CHECKS)
+    check_names = [c for c in (a.check_samplers or default_checks).split(",") if c]
     if set(check_names) - set(known_checks):
         ap.error(f"unknown --check-samplers {sorted(set(check_names) - set(known_checks))} (known: {', '.join(known_checks)})")
     if set(s for s in a.samplers.split(",") if s) - set(KD_NAMES):
