@@ -1881,12 +1881,14 @@ impl CellCtx<'_> {
                     }
                     _ => None,
                 },
-                // The classes the guided denoiser sampled for (`Classes::Cycle`).
+                // The classes the guided denoiser sampled for.
                 Metric::ClassAccuracy => match (self.classifier, model) {
                     (Some(c), Loaded::Trained(m, _)) if m.net.num_classes > 0 => {
-                        let n = x.size()[0];
-                        let labels = Tensor::arange(n, (Kind::Int64, Device::Cpu))
-                            .remainder(m.net.num_classes as i64);
+                        let labels = crate::nn::Classes::Cycle.labels(
+                            x.size()[0],
+                            m.net.num_classes,
+                            Device::Cpu,
+                        );
                         Some(c.accuracy(&x, &labels))
                     }
                     _ => None,

@@ -1057,7 +1057,7 @@ pub enum Classes {
 
 impl Classes {
     /// The labels of a batch of `n` on `dev`.
-    fn labels(self, n: i64, num_classes: usize, dev: Device) -> Tensor {
+    pub(crate) fn labels(self, n: i64, num_classes: usize, dev: Device) -> Tensor {
         match self {
             Classes::One(k) => Tensor::full([n], k, (Kind::Int64, dev)),
             Classes::Cycle => {

@@ -97,8 +97,8 @@ pub struct Series {
     pub points: Vec<(f64, f64, f64, f64)>,
 }
 
-/// A panel of quality against NFE: log-log, or with a linear value axis from 0 to 1 for a
-/// fraction (`fraction`).
+/// A panel of quality against NFE: log-log, or with a linear value axis (from below the
+/// lowest value to just above 1) for a fraction (`fraction`).
 pub struct Panel {
     pub title: String,
     pub ylabel: String,

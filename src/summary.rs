@@ -194,7 +194,6 @@ fn cheapest_reaching(cells: &[Cell], target: f64, higher: bool) -> Option<&Cell>
         })
 }
 
-/// The summary of `rows` (an experiment's cells, sorted by seed, sampler, steps) for `metrics`
 /// Why a metric is not ranked by budget under the timesteps placement.
 pub const OWN_ENDS: &str = "Not ranked by budget: each step count is measured against its own \
      reference (between its own first and last levels), so values at different step counts are \
@@ -205,6 +204,7 @@ pub const FROM_DATA: &str = "Not ranked by budget: the cells start from data at 
      differ between grids and step counts (SDEdit's strength or denoise), so a cheap cell that \
      keeps more of its input would rank above a better sampler; compare within one grid.";
 
+/// The summary of `rows` (an experiment's cells, sorted by seed, sampler, steps) for `metrics`
 /// (with their titles), with the floors where known, as Markdown. The metrics in `unranked` get
 /// their table but no budget ranking (their values at different step counts measure different
 /// things: under the timesteps placement each step count has its own reference).
@@ -388,16 +388,21 @@ mod tests {
 
     #[test]
     fn the_cheapest_cell_reaching_each_quality_is_listed() {
-        let e = |label: &str, steps: u64, nfe: u64, v: f64| {
-            row(label, label, steps, nfe, 0, ("rms", v))
+        // Five cells of one metric: (label, steps, NFE, value).
+        let cells = |m: &str, v: [f64; 5]| -> Vec<Value> {
+            [
+                ("euler", 4, 4),
+                ("euler", 8, 8),
+                ("euler", 16, 16),
+                ("heun", 4, 7),
+                ("heun", 8, 15),
+            ]
+            .iter()
+            .zip(v)
+            .map(|(&(l, s, n), v)| row(l, l, s, n, 0, (m, v)))
+            .collect()
         };
-        let rows = vec![
-            e("euler", 4, 4, 0.5),
-            e("euler", 8, 8, 0.2),
-            e("euler", 16, 16, 0.09),
-            e("heun", 4, 7, 0.3),
-            e("heun", 8, 15, 0.02),
-        ];
+        let rows = cells("rms", [0.5, 0.2, 0.09, 0.3, 0.02]);
         let md = markdown("t", &rows, &[("rms", "err")], &BTreeMap::new(), &[]);
         // Targets 0.3, 0.1 and 0.03 lie between the best (0.02) and the worst (0.5) cell; heun
         // at 15 NFE is the cheapest for both 0.1 and 0.03, listed once, at the tighter one.
@@ -414,16 +419,7 @@ mod tests {
         );
         // Where higher is better (class-accuracy, mode-coverage), the cheapest cell reaching
         // at least 0.5, 0.9, 0.99 and 1 where some cell does and some does not.
-        let acc = |label: &str, steps: u64, nfe: u64, v: f64| {
-            row(label, label, steps, nfe, 0, ("class-accuracy", v))
-        };
-        let rows = vec![
-            acc("euler", 4, 4, 0.6),
-            acc("euler", 8, 8, 0.95),
-            acc("euler", 16, 16, 0.992),
-            acc("heun", 4, 7, 0.4),
-            acc("heun", 8, 15, 1.0),
-        ];
+        let rows = cells("class-accuracy", [0.6, 0.95, 0.992, 0.4, 1.0]);
         let md = markdown(
             "t",
             &rows,

@@ -1194,7 +1194,7 @@ DIFFUSERS_CHECKS = {
     "deis": (["--solver", "deis"], _diffusers_deis(3)),
     "deis-2": (["--solver", "deis", "--order", "2"], _diffusers_deis(2)),
     "ipndm": (["--solver", "ipndm"], _diffusers_ipndm),
-    "pndm": (["--solver", "pndm"], _diffusers_pndm(False)),  # (PRK_CHECKS)
+    "pndm": (["--solver", "pndm"], _diffusers_pndm(False)),
     "pndm-smax2": (["--solver", "pndm", "--sigma-max", "2"], _diffusers_pndm(False, sigma_max=2.0)),
     "plms": (["--solver", "pndm", "--skip-prk-steps", "true"], _diffusers_pndm(True)),
     "dpmpp-2m-diffusers": (["--solver", "dpmpp-2m"], _diffusers_multistep(2, "midpoint")),
