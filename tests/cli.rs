@@ -1765,6 +1765,30 @@ fn every_sampler_has_a_doc_page_and_a_row_in_the_samplers_table() {
 }
 
 #[test]
+fn the_repo_leaves_room_for_the_gpu_checks_binaries() {
+    // A device call carries the repo's files and the packed binaries (scripts/gpu-prepare.sh,
+    // 4 MiB on 2026-12-08) within 64 MiB; reserve 6. Over it, the GPU check cannot travel: see
+    // docs/performance.md, "Running the GPU check".
+    if !repo(".git").exists() {
+        println!("skipped: not a git checkout, so no device call is made from it");
+        return;
+    }
+    let out = Command::new("python3")
+        .arg(repo("scripts/travel-size.py"))
+        .args(["--reserve", "6"])
+        .current_dir(repo("."))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("reserved 6.0 MiB"), "{text}");
+}
+
+#[test]
 fn outputs_follow_links_and_write_into_devices() {
     // The output is written beside the file and renamed over it (never half-written), but a
     // symbolic link keeps pointing where it did and a device such as /dev/null is written into,
