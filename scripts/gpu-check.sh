@@ -50,6 +50,11 @@ if [ "${1:-}" = "--part" ]; then
       for t in cli models cards; do device-bin/test-$t cuda --nocapture --test-threads 1 || st=1; done
       exit $st
     } 2>&1 | tee "$res/tests.log" || fail=1
+    # The tests pass with a printed reason where they see no GPU: here that is a failure.
+    if [ "$dev" = cuda ] && grep -q "no CUDA" "$res/tests.log"; then
+      echo "gpu-check: the test binaries saw no CUDA device (libtorch_cuda not loaded?)" | tee -a "$res/tests.log"
+      fail=1
+    fi
     ;;
   bench)
     for g in auto off; do
