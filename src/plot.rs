@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Once;
 
 /// Line colors: the ten of matplotlib's tab10, then six darker ones, all readable on white
-/// (plotters' Palette99 turns pale from its 15th color); repeats after 16.
+/// (plotters' Palette99 turns pale from its 15th color); after 16, the colors repeat on dashed lines (`line_styles`).
 const SERIES_COLORS: [(u8, u8, u8); 16] = [
     (0x1f, 0x77, 0xb4),
     (0xff, 0x7f, 0x0e),
@@ -53,7 +53,8 @@ fn name_and_variant(label: &str) -> (String, String) {
 
 /// Each line's `(color, dash)`: lines labelled `name @ variant` or `name [variant]` (a sampler
 /// on several grids, or in several merged experiments) take one color per name and one dash
-/// pattern per variant, where there are several variants; otherwise one color per line, solid.
+/// pattern per variant, where there are several variants; otherwise one color per line, solid
+/// up to the 16th and dashed after it.
 pub fn line_styles(labels: &[&str]) -> Vec<(usize, usize)> {
     let parts: Vec<(String, String)> = labels.iter().map(|l| name_and_variant(l)).collect();
     let mut names: Vec<&String> = Vec::new();
@@ -67,7 +68,10 @@ pub fn line_styles(labels: &[&str]) -> Vec<(usize, usize)> {
         }
     }
     if variants.len() < 2 {
-        return (0..labels.len()).map(|i| (i, 0)).collect();
+        // One color each; once the colors run out, the next lines are dashed.
+        return (0..labels.len())
+            .map(|i| (i, (i / SERIES_COLORS.len()) % DASHES.len()))
+            .collect();
     }
     parts
         .iter()
@@ -191,14 +195,37 @@ where
     DB::ErrorType: 'static,
     Y: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
 {
-    chart
-        .configure_mesh()
-        .x_desc("NFE")
+    // plotters' minor lines on a log axis run on from each decade to the axis' end (from 10:
+    // 11, 12, ... 250), a dense band near 100; the log axes get theirs here instead, at 2 to 9
+    // times each power of ten.
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc("NFE")
         .x_label_formatter(&|v| nfe_tick(*v))
         .y_label_formatter(&|v| value_tick(*v))
         .y_desc(p.ylabel.as_str())
         .label_style(("sans-serif", 13))
-        .draw()?;
+        .x_max_light_lines(0);
+    if !p.fraction {
+        mesh.y_max_light_lines(0);
+    }
+    mesh.draw()?;
+    let light = BLACK.mix(0.08);
+    let (ylo, yhi) = {
+        let r = chart.y_range();
+        (r.start, r.end)
+    };
+    chart.draw_series(
+        log_minor_lines(x0, x1)
+            .into_iter()
+            .map(|v| PathElement::new(vec![(v, ylo), (v, yhi)], light)),
+    )?;
+    if !p.fraction {
+        chart.draw_series(
+            log_minor_lines(ylo, yhi)
+                .into_iter()
+                .map(|v| PathElement::new(vec![(x0, v), (x1, v)], light)),
+        )?;
+    }
     // With the figure's legend beside the panels, a panel's own legend has only its floor line.
     let own = look.shared.is_none();
     for s in &p.series {
@@ -306,6 +333,19 @@ where
 
 /// An NFE tick's text: 1, 2 and 5 times a power of ten, blank between them (a log axis's ticks
 /// at 60, 70, 80, 90 would run into each other).
+/// The minor lines of a log axis from `lo` to `hi`: 2 to 9 times each power of ten inside.
+fn log_minor_lines(lo: f64, hi: f64) -> Vec<f64> {
+    if !(lo > 0.0 && hi > lo && hi.is_finite()) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for k in lo.log10().floor() as i32..=hi.log10().ceil() as i32 {
+        let p = 10f64.powi(k);
+        out.extend((2..=9).map(|m| m as f64 * p).filter(|v| *v > lo && *v < hi));
+    }
+    out
+}
+
 fn nfe_tick(v: f64) -> String {
     if !(v > 0.0 && v.is_finite()) {
         return String::new();
@@ -744,6 +784,26 @@ mod tests {
     }
 
     #[test]
+    fn log_axes_get_minor_lines_at_two_to_nine_times_each_power_of_ten() {
+        // NFE from 3.8 to 250: 4..9, 20..90, 200; no line at a power of ten (those are bold).
+        let lines = log_minor_lines(3.8, 250.0);
+        let want: Vec<f64> = [4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+            .into_iter()
+            .chain((2..=9).map(|m| m as f64 * 10.0))
+            .chain([200.0])
+            .collect();
+        assert_eq!(lines.len(), want.len(), "{lines:?}");
+        for (a, b) in lines.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-9 * b, "{lines:?}");
+        }
+        // Values below 1, the ends left out (0.005 to 0.009, 0.02 to 0.04), and nothing for an
+        // empty or non-positive range.
+        let small = log_minor_lines(0.004, 0.05);
+        assert_eq!(small.len(), 5 + 3, "{small:?}");
+        assert!(log_minor_lines(0.0, 1.0).is_empty() && log_minor_lines(5.0, 5.0).is_empty());
+    }
+
+    #[test]
     fn value_ticks_have_no_float_noise() {
         for (v, want) in [
             (0.30000000000000004, "0.3"),
@@ -795,6 +855,16 @@ mod tests {
         );
         // One variant only: no dashes.
         assert_eq!(line_styles(&["euler [a]", "heun [a]"]), [(0, 0), (1, 0)]);
+        // More plain lines than colors: the 17th on is dashed, so no two lines look alike.
+        let many: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+        let styles = line_styles(&many.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        assert_eq!(styles[15], (15, 0));
+        assert_eq!(styles[16], (16, 1));
+        let looks: std::collections::BTreeSet<(usize, usize)> = styles
+            .iter()
+            .map(|&(c, d)| (c % SERIES_COLORS.len(), d))
+            .collect();
+        assert_eq!(looks.len(), 20);
     }
 
     #[test]
