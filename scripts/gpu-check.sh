@@ -17,7 +17,8 @@
 # stopped, and what it wrote so far is kept (peers.py rewrites its peers.json after every
 # measurement). Results go to out/gpu; where OUT is set (the device call's $OUT), they are also
 # packed, after every part, into $OUT/gpu-check.tar.gz, with $OUT/summary.txt beside it (a call
-# brings back at most 8 files). Unpack here with `tar -xzf gpu-check.tar.gz -C out/gpu`.
+# brings back at most 8 files). Unpack here with `tar -xzf gpu-check.tar.gz -C out/gpu`. The
+# summary ends with issue 5's targets, met or missed (scripts/gpu-targets.py).
 # GPU_CHECK_DEVICE=cpu GPU_CHECK_QUICK=1 runs the same plumbing on the CPU with tiny sizes (a dry
 # run of this script away from a GPU; the numbers mean nothing).
 set -uo pipefail
@@ -100,6 +101,7 @@ summarize() {
     [ -f "$res/bench.log" ] && cat "$res/bench.log"
     [ -f "$res/peers.log" ] && tail -n 40 "$res/peers.log"
     [ -f "$res/train.log" ] && tail -n 30 "$res/train.log"
+    python3 scripts/gpu-targets.py "$res"
   } > "$res/summary.txt"
   if [ -n "${OUT:-}" ]; then
     mkdir -p "$OUT"
