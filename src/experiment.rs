@@ -561,7 +561,7 @@ impl ExperimentConfig {
     }
 
     /// The keys of every cell, as written in results.jsonl.
-    fn cell_keys(&self) -> HashSet<String> {
+    pub fn cell_keys(&self) -> HashSet<String> {
         let models = self.model_list();
         self.cells()
             .iter()

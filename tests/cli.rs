@@ -1739,6 +1739,36 @@ fn samplers_lists_every_sampler_with_its_config_defaults() {
 }
 
 #[test]
+fn an_infinite_s_tmax_survives_json() {
+    // experiment.json (JSON, which has no infinity) writes `s_tmax = inf` as null; every
+    // sampler with an s_tmax reads that back as infinity.
+    use scoreflow::solvers::{samplers::NAMES, SamplerSpec};
+    let mut taken = Vec::new();
+    for name in NAMES {
+        let Ok(spec) = toml::from_str::<SamplerSpec>(&format!("kind = \"{name}\"\ns_tmax = inf\n"))
+        else {
+            continue;
+        };
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains("\"s_tmax\":null"), "{name}: {json}");
+        let back: SamplerSpec =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("{name}: {json}: {e}"));
+        assert_eq!(back, spec, "{name}");
+        taken.push(*name);
+    }
+    for name in [
+        "euler",
+        "edm-stochastic",
+        "edm-ablation",
+        "restart",
+        "sa-solver",
+        "sa-solver-comfy",
+    ] {
+        assert!(taken.contains(&name), "{name} takes s_tmax: {taken:?}");
+    }
+}
+
+#[test]
 fn every_sampler_has_a_doc_page_and_a_row_in_the_samplers_table() {
     use scoreflow::solvers::samplers::NAMES;
     let index = std::fs::read_to_string(repo("docs/samplers/README.md")).unwrap();

@@ -881,6 +881,18 @@ fn every_shipped_config_loads() {
         if text.contains("[[samplers]]") {
             let cfg = scoreflow::experiment::ExperimentConfig::load(&path);
             assert!(cfg.is_ok(), "{}: {:?}", path.display(), cfg.err());
+            // What `run` writes to experiment.json, `plot` reads back as the same cells (JSON
+            // has no infinity: `s_tmax = inf` is written as null).
+            let cfg = cfg.unwrap();
+            let json = serde_json::to_string(&cfg).unwrap();
+            let back: scoreflow::experiment::ExperimentConfig = serde_json::from_str(&json)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{}: experiment.json does not read back: {e}",
+                        path.display()
+                    )
+                });
+            assert_eq!(back.cell_keys(), cfg.cell_keys(), "{}", path.display());
             seen.0 += 1;
         } else {
             let cfg = scoreflow::train::TrainConfig::load(&path);

@@ -36,6 +36,8 @@ pub struct Churn {
     pub s_noise: f64,
 }
 
+/// An `s_tmax` read back from JSON, which has no infinity and writes it as `null` (a config's
+/// `s_tmax = inf` in experiment.json).
 pub(crate) fn inf_if_null<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<f64, D::Error> {
