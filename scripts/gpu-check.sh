@@ -19,6 +19,8 @@
 # packed, after every part, into $OUT/gpu-check.tar.gz, with $OUT/summary.txt beside it (a call
 # brings back at most 8 files). Unpack here with `tar -xzf gpu-check.tar.gz -C out/gpu`. The
 # summary ends with issue 5's targets, met or missed (scripts/gpu-targets.py).
+# Before the parts, a smoke test (the mixture, 2 Euler steps on the device): where it fails the
+# check stops at once, exit code 3, with smoke.log in the summary.
 # GPU_CHECK_DEVICE=cpu GPU_CHECK_QUICK=1 runs the same plumbing on the CPU with tiny sizes (a dry
 # run of this script away from a GPU; the numbers mean nothing).
 set -uo pipefail
@@ -97,6 +99,7 @@ mkdir -p "$res"
 summarize() {
   {
     cat "$res/gpu.txt" "$res/parts.txt" 2>/dev/null
+    grep -q "smoke: failed" "$res/parts.txt" 2>/dev/null && tail -n 20 "$res/smoke.log"
     [ -f "$res/tests.log" ] && grep -E "^test .* \.\.\. |^test result|skipped|no CUDA" "$res/tests.log"
     [ -f "$res/bench.log" ] && cat "$res/bench.log"
     [ -f "$res/peers.log" ] && tail -n 40 "$res/peers.log"
@@ -138,6 +141,19 @@ if PEERS_OFFLINE=1 scripts/peers-setup.sh python3 "$bin" 2>&1 | tee "$res/setup.
   echo "setup: ok in $((SECONDS - s)) s" | tee -a "$res/parts.txt"
 else
   echo "setup: failed in $((SECONDS - s)) s (setup.log)" | tee -a "$res/parts.txt"
+fi
+
+# A quick look first: where the binary cannot sample on the device, nothing below can, so stop
+# at once and keep the session's device time for a second call.
+s=$SECONDS
+if timeout -k 5 90 "$bin" bench --denoiser builtin:gmm8 --num 64 --steps 2 --solvers euler --reps 1 \
+  --device "$dev" > "$res/smoke.log" 2>&1; then
+  echo "smoke: ok in $((SECONDS - s)) s" | tee -a "$res/parts.txt"
+else
+  echo "smoke: failed in $((SECONDS - s)) s, nothing else run (smoke.log)" | tee -a "$res/parts.txt"
+  cat "$res/smoke.log"
+  summarize
+  exit 3
 fi
 
 for p in $parts; do
