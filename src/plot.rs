@@ -3,6 +3,7 @@
 
 use crate::npy::temp_path;
 use anyhow::{anyhow, Result};
+use plotters::coord::combinators::WithKeyPoints;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
@@ -166,13 +167,13 @@ where
         let min = vals.iter().cloned().fold(1.0, f64::min);
         let span = (1.0 - min).max(0.02);
         let (lo, hi) = ((min - 0.15 * span).max(min.min(0.0)), 1.0 + 0.05 * span);
-        let chart = builder.build_cartesian_2d((x0..x1).log_scale(), lo..hi)?;
+        let chart = builder.build_cartesian_2d(log_axis(x0, x1), lo..hi)?;
         draw_lines(chart, p, look, dims, (x0, x1), &showable, &|y| {
             (y - lo) / (hi - lo)
         })
     } else {
         let (lo, hi) = value_range(&vals);
-        let chart = builder.build_cartesian_2d((x0..x1).log_scale(), (lo..hi).log_scale())?;
+        let chart = builder.build_cartesian_2d(log_axis(x0, x1), log_axis(lo, hi))?;
         draw_lines(chart, p, look, dims, (x0, x1), &showable, &|y| {
             (y / lo).ln() / (hi / lo).ln()
         })
@@ -182,7 +183,7 @@ where
 /// The axes, lines, floor and legend of a panel on its chart; `unit_y` maps a value to its
 /// height in the plotting area, 0 to 1 (for the legend's placement).
 fn draw_lines<'a, DB, Y>(
-    mut chart: ChartContext<'a, DB, Cartesian2d<LogCoord<f64>, Y>>,
+    mut chart: ChartContext<'a, DB, Cartesian2d<LogAxis, Y>>,
     p: &Panel,
     look: &Looks,
     dims: (u32, u32),
@@ -195,37 +196,15 @@ where
     DB::ErrorType: 'static,
     Y: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
 {
-    // plotters' minor lines on a log axis run on from each decade to the axis' end (from 10:
-    // 11, 12, ... 250), a dense band near 100; the log axes get theirs here instead, at 2 to 9
-    // times each power of ten.
-    let mut mesh = chart.configure_mesh();
-    mesh.x_desc("NFE")
-        .x_label_formatter(&|v| nfe_tick(*v))
+    chart
+        .configure_mesh()
+        .x_desc("NFE")
+        .x_label_formatter(&|v| value_tick(*v))
         .y_label_formatter(&|v| value_tick(*v))
         .y_desc(p.ylabel.as_str())
         .label_style(("sans-serif", 13))
-        .x_max_light_lines(0);
-    if !p.fraction {
-        mesh.y_max_light_lines(0);
-    }
-    mesh.draw()?;
-    let light = BLACK.mix(0.08);
-    let (ylo, yhi) = {
-        let r = chart.y_range();
-        (r.start, r.end)
-    };
-    chart.draw_series(
-        log_minor_lines(x0, x1)
-            .into_iter()
-            .map(|v| PathElement::new(vec![(v, ylo), (v, yhi)], light)),
-    )?;
-    if !p.fraction {
-        chart.draw_series(
-            log_minor_lines(ylo, yhi)
-                .into_iter()
-                .map(|v| PathElement::new(vec![(x0, v), (x1, v)], light)),
-        )?;
-    }
+        .max_light_lines(2)
+        .draw()?;
     // With the figure's legend beside the panels, a panel's own legend has only its floor line.
     let own = look.shared.is_none();
     for s in &p.series {
@@ -333,31 +312,62 @@ where
 
 /// An NFE tick's text: 1, 2 and 5 times a power of ten, blank between them (a log axis's ticks
 /// at 60, 70, 80, 90 would run into each other).
-/// The minor lines of a log axis from `lo` to `hi`: 2 to 9 times each power of ten inside.
-fn log_minor_lines(lo: f64, hi: f64) -> Vec<f64> {
-    if !(lo > 0.0 && hi > lo && hi.is_finite()) {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for k in lo.log10().floor() as i32..=hi.log10().ceil() as i32 {
-        let p = 10f64.powi(k);
-        out.extend((2..=9).map(|m| m as f64 * p).filter(|v| *v > lo && *v < hi));
-    }
-    out
+/// A log axis whose ticks are [`log_ticks`] (plotters' own ticks on a log axis label only the
+/// powers of ten and the multiples above the first one in range, and its minor lines run on
+/// from each power of ten to the axis' end, a dense band near 100).
+type LogAxis = WithKeyPoints<LogCoord<f64>>;
+
+fn log_axis(lo: f64, hi: f64) -> LogAxis {
+    let (bold, light) = log_ticks(lo, hi);
+    (lo..hi)
+        .log_scale()
+        .with_key_points(bold)
+        .with_light_points(light)
 }
 
-fn nfe_tick(v: f64) -> String {
-    if !(v > 0.0 && v.is_finite()) {
-        return String::new();
+/// The ticks of a log axis from `lo` to `hi`: labelled, `m 10^k` for every m in 1..9 where the
+/// axis spans up to about a decade, for m = 1, 2, 5 up to 2.5 decades, for m = 1 above (every
+/// other power of ten beyond 8 decades); unlabelled minor lines at the other `m 10^k` (none
+/// beyond 5 decades). Where fewer than two labels fall in range, the minor lines are labelled
+/// too, and where none does, the axis' middle is.
+fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, Vec<f64>) {
+    if !(lo > 0.0 && hi > lo && hi.is_finite()) {
+        return (Vec::new(), Vec::new());
     }
-    let p = 10f64.powf(v.log10().floor());
-    let m = v / p;
-    if [1.0, 2.0, 5.0].iter().any(|k| (m - k).abs() < 1e-6) {
-        format!("{}", (m.round() * p * 1e6).round() / 1e6)
+    let decades = (hi / lo).log10();
+    let labelled: &[u32] = if decades <= 1.2 {
+        &[1, 2, 3, 4, 5, 6, 7, 8, 9]
+    } else if decades <= 2.5 {
+        &[1, 2, 5]
     } else {
-        String::new()
+        &[1]
+    };
+    let every = if decades > 8.0 { 2 } else { 1 };
+    let (mut bold, mut light) = (Vec::new(), Vec::new());
+    for k in lo.log10().floor() as i32..=hi.log10().ceil() as i32 {
+        let p = 10f64.powi(k);
+        for m in 1..=9u32 {
+            let v = m as f64 * p;
+            if v < lo || v > hi {
+                continue;
+            }
+            if labelled.contains(&m) && (m != 1 || k.rem_euclid(every) == 0) {
+                bold.push(v);
+            } else if decades <= 5.0 {
+                light.push(v);
+            }
+        }
     }
+    if bold.len() < 2 {
+        bold.append(&mut light);
+        bold.sort_by(f64::total_cmp);
+    }
+    if bold.is_empty() {
+        bold.push((lo * hi).sqrt());
+    }
+    (bold, light)
 }
+
 
 /// The value axis' range: the values with a margin, reaching down to a power of ten where they
 /// lie within one decade (plotters labels a log axis only at the powers of ten and their
@@ -784,23 +794,35 @@ mod tests {
     }
 
     #[test]
-    fn log_axes_get_minor_lines_at_two_to_nine_times_each_power_of_ten() {
-        // NFE from 3.8 to 250: 4..9, 20..90, 200; no line at a power of ten (those are bold).
-        let lines = log_minor_lines(3.8, 250.0);
-        let want: Vec<f64> = [4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    fn log_axes_label_what_their_span_has_room_for() {
+        let close = |got: &[f64], want: &[f64]| {
+            got.len() == want.len() && got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-9 * b)
+        };
+        // NFE 4 to 10 (a GITS grid axis): every integer labelled, none left as a minor line.
+        let (bold, light) = log_ticks(3.08, 13.0);
+        assert!(close(&bold, &[4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]), "{bold:?}");
+        assert!(light.is_empty(), "{light:?}");
+        // NFE 3.8 to 250: 10, 20, 50, 100, 200 labelled, the other m 10^k minor lines, and
+        // none beyond the axis (plotters' own ran on from 10 to the end: 11, 12, ..., 250).
+        let (bold, light) = log_ticks(3.8, 250.0);
+        assert!(close(&bold, &[5.0, 10.0, 20.0, 50.0, 100.0, 200.0]), "{bold:?}");
+        let want: Vec<f64> = [4.0, 6.0, 7.0, 8.0, 9.0]
             .into_iter()
-            .chain((2..=9).map(|m| m as f64 * 10.0))
-            .chain([200.0])
+            .chain([3.0, 4.0, 6.0, 7.0, 8.0, 9.0].map(|m| m * 10.0))
+            .chain([3.0, 4.0, 6.0, 7.0, 8.0, 9.0].map(|m| m * 100.0))
+            .filter(|v| *v <= 250.0)
             .collect();
-        assert_eq!(lines.len(), want.len(), "{lines:?}");
-        for (a, b) in lines.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-9 * b, "{lines:?}");
-        }
-        // Values below 1, the ends left out (0.005 to 0.009, 0.02 to 0.04), and nothing for an
-        // empty or non-positive range.
-        let small = log_minor_lines(0.004, 0.05);
-        assert_eq!(small.len(), 5 + 3, "{small:?}");
-        assert!(log_minor_lines(0.0, 1.0).is_empty() && log_minor_lines(5.0, 5.0).is_empty());
+        assert!(close(&light, &want), "{light:?}");
+        // Seven decades: powers of ten only, no minor lines; twelve: every other power.
+        let (bold, light) = log_ticks(2e-7, 3.0);
+        assert_eq!(bold.len(), 7, "{bold:?}");
+        assert!(light.is_empty());
+        let (bold, _) = log_ticks(1e-9, 5e2);
+        assert!(close(&bold, &[1e-8, 1e-6, 1e-4, 1e-2, 1.0, 100.0]), "{bold:?}");
+        // A span with no m 10^k inside gets its middle labelled; a bad range gets nothing.
+        let (bold, _) = log_ticks(1.1, 1.8);
+        assert!(close(&bold, &[(1.1f64 * 1.8).sqrt()]), "{bold:?}");
+        assert!(log_ticks(0.0, 1.0).0.is_empty() && log_ticks(5.0, 5.0).0.is_empty());
     }
 
     #[test]
@@ -820,15 +842,6 @@ mod tests {
         ] {
             assert_eq!(value_tick(v), want, "{v}");
         }
-    }
-
-    #[test]
-    fn nfe_ticks_are_1_2_5_times_powers_of_ten() {
-        let t: Vec<String> = [1.0, 3.0, 10.0, 20.0, 50.0, 60.0, 70.0, 100.0, 200.0, 0.5]
-            .iter()
-            .map(|v| nfe_tick(*v))
-            .collect();
-        assert_eq!(t, ["1", "", "10", "20", "50", "", "", "100", "200", "0.5"]);
     }
 
     #[test]
