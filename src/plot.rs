@@ -368,10 +368,8 @@ fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, Vec<f64>) {
     (bold, light)
 }
 
-
 /// The value axis' range: the values with a margin, reaching down to a power of ten where they
-/// lie within one decade (plotters labels a log axis only at the powers of ten and their
-/// multiples, so an axis between two powers of ten would have no labels).
+/// lie within one decade (so that every value axis shows a power of ten to read the others by).
 fn value_range(vals: &[f64]) -> (f64, f64) {
     let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min) / 1.5;
     let hi = vals.iter().cloned().fold(0.0, f64::max) * 1.5;
@@ -800,12 +798,18 @@ mod tests {
         };
         // NFE 4 to 10 (a GITS grid axis): every integer labelled, none left as a minor line.
         let (bold, light) = log_ticks(3.08, 13.0);
-        assert!(close(&bold, &[4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]), "{bold:?}");
+        assert!(
+            close(&bold, &[4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]),
+            "{bold:?}"
+        );
         assert!(light.is_empty(), "{light:?}");
         // NFE 3.8 to 250: 10, 20, 50, 100, 200 labelled, the other m 10^k minor lines, and
         // none beyond the axis (plotters' own ran on from 10 to the end: 11, 12, ..., 250).
         let (bold, light) = log_ticks(3.8, 250.0);
-        assert!(close(&bold, &[5.0, 10.0, 20.0, 50.0, 100.0, 200.0]), "{bold:?}");
+        assert!(
+            close(&bold, &[5.0, 10.0, 20.0, 50.0, 100.0, 200.0]),
+            "{bold:?}"
+        );
         let want: Vec<f64> = [4.0, 6.0, 7.0, 8.0, 9.0]
             .into_iter()
             .chain([3.0, 4.0, 6.0, 7.0, 8.0, 9.0].map(|m| m * 10.0))
@@ -818,7 +822,10 @@ mod tests {
         assert_eq!(bold.len(), 7, "{bold:?}");
         assert!(light.is_empty());
         let (bold, _) = log_ticks(1e-9, 5e2);
-        assert!(close(&bold, &[1e-8, 1e-6, 1e-4, 1e-2, 1.0, 100.0]), "{bold:?}");
+        assert!(
+            close(&bold, &[1e-8, 1e-6, 1e-4, 1e-2, 1.0, 100.0]),
+            "{bold:?}"
+        );
         // A span with no m 10^k inside gets its middle labelled; a bad range gets nothing.
         let (bold, _) = log_ticks(1.1, 1.8);
         assert!(close(&bold, &[(1.1f64 * 1.8).sqrt()]), "{bold:?}");
