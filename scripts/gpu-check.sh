@@ -29,7 +29,11 @@ res=out/gpu
 dev="${GPU_CHECK_DEVICE:-cuda}"
 quick="${GPU_CHECK_QUICK:-}"
 bin="$PWD/device-bin/scoreflow"
-export LD_LIBRARY_PATH="$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+torch_dir="$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))' 2>/dev/null)" || {
+  echo "gpu-check: python3 cannot import torch (the device's python has it; here, source scripts/env.sh)" >&2
+  exit 2
+}
+export LD_LIBRARY_PATH="$torch_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONPATH="$PWD/.peers/site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 if [ "${1:-}" = "--part" ]; then
@@ -88,7 +92,18 @@ fi
 
 budget="${GPU_CHECK_BUDGET:-520}"
 declare -A cap=([tests]=150 [bench]=120 [peers]=200 [train]=150)
-for kv in ${GPU_CHECK_CAPS:-}; do cap[${kv%%=*}]=${kv#*=}; done
+for kv in ${GPU_CHECK_CAPS:-}; do
+  k=${kv%%=*} v=${kv#*=}
+  if [ -z "${cap[$k]:-}" ] || ! [[ "$v" =~ ^[1-9][0-9]*$ ]]; then
+    echo "gpu-check: GPU_CHECK_CAPS takes PART=SECONDS (parts: tests, bench, peers, train), got '$kv'" >&2
+    exit 2
+  fi
+  cap[$k]=$v
+done
+if ! [[ "$budget" =~ ^[1-9][0-9]*$ ]]; then
+  echo "gpu-check: GPU_CHECK_BUDGET must be a whole number of seconds, got '$budget'" >&2
+  exit 2
+fi
 parts="${*:-tests bench peers train}"
 for p in $parts; do
   [ -n "${cap[$p]:-}" ] || { echo "gpu-check: unknown part $p (tests, bench, peers, train)" >&2; exit 2; }

@@ -12,10 +12,13 @@ DETERMINISTIC = {"euler", "heun", "dpmpp-2m", "dpm2", "lms", "dpmpp-3m", "ddim"}
 
 def load(d, name):
     p = os.path.join(d, name)
+    if not os.path.exists(p):
+        return None
     try:
         with open(p) as f:
             return json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as e:
+        print(f"gpu-targets: cannot read {p} ({e}); its targets count as not measured", file=sys.stderr)
         return None
 
 

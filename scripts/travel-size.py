@@ -21,6 +21,11 @@ def size(path):
     return out
 
 
+def usage(msg):
+    print(f"travel-size: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main():
     top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True).stdout.strip()
     os.chdir(top)
@@ -30,13 +35,14 @@ def main():
     args = sys.argv[1:]
     reserve = 0
     if args[:1] == ["--reserve"]:
-        if len(args) < 2:
-            sys.exit("travel-size: --reserve needs a number of MiB")
-        reserve, args = int(float(args[1]) * 2**20), args[2:]
+        try:
+            reserve, args = int(float(args[1]) * 2**20), args[2:]
+        except (IndexError, ValueError):
+            usage("--reserve needs a number of MiB")
     carried = {}
     for c in args:
         if not os.path.lexists(c):
-            sys.exit(f"travel-size: carried path {c} does not exist")
+            usage(f"carried path {c} does not exist")
         carried[c] = size(c)
     total = sum(s for s, _ in tree) + sum(s for v in carried.values() for s, _ in v) + reserve
     mib = lambda b: f"{b / 2**20:.1f} MiB"

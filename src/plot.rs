@@ -10,7 +10,8 @@ use std::path::Path;
 use std::sync::Once;
 
 /// Line colors: the ten of matplotlib's tab10, then six darker ones, all readable on white
-/// (plotters' Palette99 turns pale from its 15th color); after 16, the colors repeat on dashed lines (`line_styles`).
+/// (plotters' Palette99 turns pale from its 15th color); after 16, the colors repeat on dashed
+/// lines (`line_styles`).
 const SERIES_COLORS: [(u8, u8, u8); 16] = [
     (0x1f, 0x77, 0xb4),
     (0xff, 0x7f, 0x0e),
@@ -310,8 +311,6 @@ where
     Ok(())
 }
 
-/// An NFE tick's text: 1, 2 and 5 times a power of ten, blank between them (a log axis's ticks
-/// at 60, 70, 80, 90 would run into each other).
 /// A log axis whose ticks are [`log_ticks`] (plotters' own ticks on a log axis label only the
 /// powers of ten and the multiples above the first one in range, and its minor lines run on
 /// from each power of ten to the axis' end, a dense band near 100).

@@ -116,10 +116,7 @@ pub struct AblationParams {
     pub s_churn: f64,
     #[serde(default)]
     pub s_tmin: f64,
-    #[serde(
-        default = "super::inf",
-        deserialize_with = "super::edm_stochastic::inf_if_null"
-    )]
+    #[serde(default = "super::inf", deserialize_with = "super::inf_if_null")]
     pub s_tmax: f64,
     #[serde(default = "super::one")]
     pub s_noise: f64,

@@ -29,19 +29,11 @@ pub struct Churn {
     pub s_tmin: f64,
     /// `S_tmax`: no churn at levels above it (JSON, which has no infinity, writes the default
     /// as `null`, read back as infinity).
-    #[serde(default = "super::inf", deserialize_with = "inf_if_null")]
+    #[serde(default = "super::inf", deserialize_with = "super::inf_if_null")]
     pub s_tmax: f64,
     /// `S_noise`: scale of the added noise.
     #[serde(default = "super::one")]
     pub s_noise: f64,
-}
-
-/// An `s_tmax` read back from JSON, which has no infinity and writes it as `null` (a config's
-/// `s_tmax = inf` in experiment.json).
-pub(crate) fn inf_if_null<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
 }
 
 impl Default for Churn {

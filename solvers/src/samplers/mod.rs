@@ -180,6 +180,11 @@ fn half() -> f64 {
 fn inf() -> f64 {
     f64::INFINITY
 }
+/// An `s_tmax` read back from JSON, which has no infinity and writes it as `null` (a config's
+/// `s_tmax = inf` in an experiment's experiment.json).
+fn inf_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+}
 fn snr() -> f64 {
     0.16
 }

@@ -100,10 +100,7 @@ pub struct RestartParams {
     pub s_churn: f64,
     #[serde(default = "s_tmin")]
     pub s_tmin: f64,
-    #[serde(
-        default = "super::one",
-        deserialize_with = "super::edm_stochastic::inf_if_null"
-    )]
+    #[serde(default = "super::one", deserialize_with = "super::inf_if_null")]
     pub s_tmax: f64,
     /// Scale of all added noise: the main churn, the jumps and the restarts' churn.
     #[serde(default = "super::one")]

@@ -67,10 +67,7 @@ pub struct SaSolverComfyParams {
     pub tau: f64,
     #[serde(default = "s_tmin")]
     pub s_tmin: f64,
-    #[serde(
-        default = "s_tmax",
-        deserialize_with = "super::edm_stochastic::inf_if_null"
-    )]
+    #[serde(default = "s_tmax", deserialize_with = "super::inf_if_null")]
     pub s_tmax: f64,
     #[serde(default = "super::one")]
     pub s_noise: f64,
